@@ -1,0 +1,6 @@
+// `cargo test` links the test binaries against libpython; the rpath makes the
+// loader pick the interpreter PyO3 was configured for (pyenv's), not the
+// distribution's libpython that sits in the loader cache.
+fn main() {
+    pyo3_build_config::add_libpython_rpath_link_args();
+}

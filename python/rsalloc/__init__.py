@@ -1,0 +1,96 @@
+"""rsalloc: explicit, checked native memory for Python.
+
+Buffers, structs, strings, out-parameters and pointer arrays for C libraries
+called through ctypes or cffi, with a lifetime the program controls. Every
+mistake that is undefined behaviour in C (use after free, double free, a
+free through the wrong allocator, an index out of bounds) is an exception.
+See DESIGN.md / README.md.
+"""
+
+from __future__ import annotations
+
+from ._errors import (
+    ArenaClosedError,
+    DoubleFreeError,
+    HeapCorruptionError,
+    LeakError,
+    NullPointerError,
+    OwnershipError,
+    RsallocError,
+    UseAfterFreeError,
+)
+from ._rsalloc import (
+    Allocator,
+    Pointer,
+    Stats,
+    alignof,
+    calloc,
+    free,
+    malloc,
+    nullptr,
+    sizeof,
+    stats,
+    to_native_utf8,
+    to_native_utf16,
+)
+from ._types import (
+    Bool,
+    Double,
+    Float,
+    Float32,
+    Float64,
+    Int8,
+    Int16,
+    Int32,
+    Int64,
+    IntPtr,
+    NativeType,
+    Size,
+    Uint8,
+    Uint16,
+    Uint32,
+    Uint64,
+    Void,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Allocator",
+    "ArenaClosedError",
+    "Bool",
+    "Double",
+    "DoubleFreeError",
+    "Float",
+    "Float32",
+    "Float64",
+    "HeapCorruptionError",
+    "Int8",
+    "Int16",
+    "Int32",
+    "Int64",
+    "IntPtr",
+    "LeakError",
+    "NativeType",
+    "NullPointerError",
+    "OwnershipError",
+    "Pointer",
+    "RsallocError",
+    "Size",
+    "Stats",
+    "Uint8",
+    "Uint16",
+    "Uint32",
+    "Uint64",
+    "UseAfterFreeError",
+    "Void",
+    "alignof",
+    "calloc",
+    "free",
+    "malloc",
+    "nullptr",
+    "sizeof",
+    "stats",
+    "to_native_utf8",
+    "to_native_utf16",
+]

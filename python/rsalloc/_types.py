@@ -1,0 +1,119 @@
+"""Element types (DESIGN §2). They are classes, as in Dart's package:ffi, so
+that `Pointer[Int32]` is both an element type and an annotation. The Rust
+layer reads `_kind_` once per class and caches what it needs."""
+
+from __future__ import annotations
+
+__all__ = [
+    "NativeType",
+    "Int8",
+    "Int16",
+    "Int32",
+    "Int64",
+    "Uint8",
+    "Uint16",
+    "Uint32",
+    "Uint64",
+    "Float32",
+    "Float64",
+    "Float",
+    "Double",
+    "Bool",
+    "IntPtr",
+    "Size",
+    "Void",
+]
+
+
+class NativeType:
+    """Base class of rsalloc's element types. Not instantiated."""
+
+    __slots__ = ()
+    _kind_: str = ""
+
+    def __new__(cls, *args: object, **kwargs: object) -> NativeType:
+        raise TypeError(f"{cls.__name__} is an element type, not a value; allocate one with calloc({cls.__name__})")
+
+
+class Int8(NativeType):
+    _kind_ = "I8"
+
+
+class Int16(NativeType):
+    _kind_ = "I16"
+
+
+class Int32(NativeType):
+    _kind_ = "I32"
+
+
+class Int64(NativeType):
+    _kind_ = "I64"
+
+
+class Uint8(NativeType):
+    _kind_ = "U8"
+
+
+class Uint16(NativeType):
+    _kind_ = "U16"
+
+
+class Uint32(NativeType):
+    _kind_ = "U32"
+
+
+class Uint64(NativeType):
+    _kind_ = "U64"
+
+
+class Float32(NativeType):
+    _kind_ = "F32"
+
+
+class Float64(NativeType):
+    _kind_ = "F64"
+
+
+class Bool(NativeType):
+    _kind_ = "Bool"
+
+
+class IntPtr(NativeType):
+    _kind_ = "IntPtr"
+
+
+class Size(NativeType):
+    _kind_ = "Size"
+
+
+class Void(NativeType):
+    _kind_ = "Void"
+
+
+Float = Float32
+Double = Float64
+
+SCALARS = (Int8, Int16, Int32, Int64, Uint8, Uint16, Uint32, Uint64, Float32, Float64, Bool, IntPtr, Size, Void)
+
+
+class PointerSlot(NativeType):
+    """Base of the classes `Pointer[T]` returns: a pointer-sized slot
+    holding the address of a T."""
+
+    _kind_ = "Ptr"
+    _target_: type = Void
+
+
+_slot_types: dict[object, type] = {}
+
+
+def pointer_type(target: type) -> type:
+    """The element type `Pointer[target]`, one class per target."""
+    try:
+        return _slot_types[target]
+    except KeyError:
+        pass
+    name = getattr(target, "__name__", repr(target))
+    cls = type(f"Pointer[{name}]", (PointerSlot,), {"__slots__": (), "_target_": target, "__module__": "rsalloc"})
+    return _slot_types.setdefault(target, cls)

@@ -1,0 +1,390 @@
+//! Allocators: a [`Backend`] that gets and returns raw memory, wrapped in an
+//! [`AllocCore`] that validates requests, counts, and creates [`Record`]s.
+//! Every rule of ownership lives here and in `record`, so an allocator of any
+//! kind (libc, guarded, Python-defined, foreign C functions, arenas) gets all
+//! the checks by construction.
+
+use super::error::{Error, Result};
+use super::layout::Request;
+use super::record::{ArenaTag, Record};
+use super::stats::{Counters, GLOBAL};
+use super::sys;
+use std::any::Any;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
+
+/// Where an allocator's memory comes from and goes back to.
+pub trait Backend: Send + Sync {
+    /// `size` bytes (possibly 0) at `align`; zero-filled when `zeroed`.
+    fn alloc(&self, size: usize, align: usize, zeroed: bool) -> Result<NonNull<u8>>;
+
+    /// # Safety
+    /// `ptr` came from this backend's `alloc`/`realloc` with `size` and
+    /// `align`, and is not used again.
+    unsafe fn free(&self, ptr: NonNull<u8>, size: usize, align: usize);
+
+    /// Resizes; on failure the old block is untouched. The default moves the
+    /// bytes to a new block.
+    ///
+    /// # Safety
+    /// As for `free`; on success `ptr` is not used again.
+    unsafe fn realloc(
+        &self,
+        ptr: NonNull<u8>,
+        old: usize,
+        new: usize,
+        align: usize,
+        zeroed: bool,
+    ) -> Result<NonNull<u8>> {
+        let fresh = self.alloc(new, align, zeroed)?;
+        // SAFETY: distinct blocks, each at least min(old, new) bytes.
+        unsafe {
+            std::ptr::copy_nonoverlapping(ptr.as_ptr(), fresh.as_ptr(), old.min(new));
+            self.free(ptr, old, align);
+        }
+        Ok(fresh)
+    }
+
+    /// Address of the C function that frees this backend's blocks, if C may call it.
+    fn native_free(&self) -> Option<usize> {
+        None
+    }
+}
+
+/// libc's malloc family.
+pub struct Libc;
+
+impl Backend for Libc {
+    fn alloc(&self, size: usize, align: usize, zeroed: bool) -> Result<NonNull<u8>> {
+        sys::alloc(size, align, zeroed)
+    }
+    unsafe fn free(&self, ptr: NonNull<u8>, _size: usize, _align: usize) {
+        // SAFETY: forwarded contract.
+        unsafe { sys::free(ptr) }
+    }
+    unsafe fn realloc(
+        &self,
+        ptr: NonNull<u8>,
+        old: usize,
+        new: usize,
+        align: usize,
+        zeroed: bool,
+    ) -> Result<NonNull<u8>> {
+        // SAFETY: forwarded contract.
+        unsafe { sys::realloc(ptr, old, new, align, zeroed) }
+    }
+    fn native_free(&self) -> Option<usize> {
+        Some(sys::free_fn_address())
+    }
+}
+
+/// Allocators sharing one owner group accept each other's pointers (as
+/// malloc and calloc do in C). Group 1 is libc's heap.
+pub const LIBC_GROUP: u64 = 1;
+static NEXT_ID: AtomicU64 = AtomicU64::new(LIBC_GROUP + 1);
+
+/// A fresh identity for an owner group or an arena.
+pub fn new_id() -> u64 {
+    NEXT_ID.fetch_add(1, Relaxed)
+}
+
+pub struct AllocCore {
+    pub name: String,
+    /// Owner group: who may free this allocator's blocks.
+    pub group: u64,
+    /// calloc semantics: new memory (and a realloc's new tail) is zeroed.
+    pub zeroed: bool,
+    pub counters: Counters,
+    pub backend: Box<dyn Backend>,
+    /// The binding layer's object for this allocator (set once).
+    pub handle: OnceLock<Box<dyn Any + Send + Sync>>,
+}
+
+impl AllocCore {
+    pub fn new(
+        name: impl Into<String>,
+        group: u64,
+        zeroed: bool,
+        backend: Box<dyn Backend>,
+    ) -> Arc<Self> {
+        Arc::new(AllocCore {
+            name: name.into(),
+            group,
+            zeroed,
+            counters: Counters::new(),
+            backend,
+            handle: OnceLock::new(),
+        })
+    }
+
+    pub(crate) fn count_alloc(&self, size: usize) {
+        self.counters.on_alloc(size);
+        GLOBAL.on_alloc(size);
+    }
+
+    pub(crate) fn count_free(&self, size: usize) {
+        self.counters.on_free(size);
+        GLOBAL.on_free(size);
+    }
+
+    /// A new block, owned by this allocator or, with `arena`, by that arena.
+    pub fn allocate(
+        self: &Arc<Self>,
+        req: Request,
+        arena: Option<&Arc<ArenaTag>>,
+    ) -> Result<Arc<Record>> {
+        let p = self.backend.alloc(req.size, req.align, self.zeroed)?;
+        self.record(p, req, arena)
+    }
+
+    fn record(
+        self: &Arc<Self>,
+        p: NonNull<u8>,
+        req: Request,
+        arena: Option<&Arc<ArenaTag>>,
+    ) -> Result<Arc<Record>> {
+        let rec = Arc::new(Record::new(
+            p,
+            req.size,
+            req.align,
+            self.clone(),
+            arena.cloned(),
+        ));
+        self.count_alloc(req.size);
+        if let Some(tag) = arena {
+            tag.counters.on_alloc(req.size);
+        }
+        Ok(rec)
+    }
+
+    /// Takes ownership of a block this allocator's C counterpart allocated.
+    pub fn adopt(self: &Arc<Self>, addr: usize, req: Request) -> Result<Arc<Record>> {
+        let p = NonNull::new(addr as *mut u8).ok_or(Error::NullPointer)?;
+        self.record(p, req, None)
+    }
+
+    /// Frees a block through this allocator (its owner group must own it).
+    pub fn free(&self, rec: &Record, addr: usize) -> Result<()> {
+        rec.free(self.group, 0, addr)
+    }
+
+    /// Resizes `rec` (viewed at `addr`) to `new` bytes. The old record dies
+    /// (`Reallocated`) and a new one is returned; on failure nothing changes.
+    pub fn realloc(self: &Arc<Self>, rec: &Record, addr: usize, new: usize) -> Result<Arc<Record>> {
+        rec.begin_realloc(self.group, addr)?;
+        let old = rec.size();
+        let align = rec.align();
+        // SAFETY: begin_realloc made us the only user of the old block.
+        let moved = unsafe {
+            if Arc::ptr_eq(self, rec.allocator()) {
+                self.backend
+                    .realloc(rec_ptr(rec), old, new, align, self.zeroed)
+            } else {
+                // Same owner group, another backend: move the bytes across.
+                self.backend
+                    .alloc(new, align, self.zeroed)
+                    .inspect(|fresh| {
+                        std::ptr::copy_nonoverlapping(
+                            rec_ptr(rec).as_ptr(),
+                            fresh.as_ptr(),
+                            old.min(new),
+                        );
+                        rec.allocator().backend.free(rec_ptr(rec), old, align);
+                    })
+            }
+        };
+        match moved {
+            Ok(p) => {
+                rec.finish_realloc();
+                let fresh = self.record(p, Request { size: new, align }, None)?;
+                if rec.is_autofree() {
+                    fresh.set_autofree()?;
+                }
+                Ok(fresh)
+            }
+            Err(e) => {
+                rec.undo_realloc();
+                Err(e)
+            }
+        }
+    }
+}
+
+fn rec_ptr(rec: &Record) -> NonNull<u8> {
+    NonNull::new(rec.addr() as *mut u8).expect("records never hold null")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::error::{Death, Ownership};
+    use crate::core::layout::array;
+    use crate::core::record::State;
+
+    fn libc(zeroed: bool) -> Arc<AllocCore> {
+        AllocCore::new("malloc", LIBC_GROUP, zeroed, Box::new(Libc))
+    }
+
+    #[test]
+    fn alloc_free_counts() {
+        let a = libc(false);
+        let r = a.allocate(array(10, 4, 4, None).unwrap(), None).unwrap();
+        assert_eq!(a.counters.snapshot().live_bytes, 40);
+        a.free(&r, r.addr()).unwrap();
+        let s = a.counters.snapshot();
+        assert_eq!(
+            (s.live_count, s.live_bytes, s.total_allocs, s.total_frees),
+            (0, 0, 1, 1)
+        );
+        assert!(matches!(
+            a.free(&r, r.addr()),
+            Err(Error::DoubleFree(Death::Freed))
+        ));
+        assert!(matches!(
+            r.check_access(),
+            Err(Error::UseAfterFree(Death::Freed))
+        ));
+        assert_eq!(a.counters.snapshot().total_frees, 1);
+    }
+
+    #[test]
+    fn ownership_rules() {
+        let m = libc(false);
+        let c = libc(true);
+        let other = AllocCore::new("other", new_id(), false, Box::new(Libc));
+        let r = m.allocate(array(8, 1, 1, None).unwrap(), None).unwrap();
+        assert!(matches!(
+            other.free(&r, r.addr()),
+            Err(Error::Ownership(Ownership::OtherOwner))
+        ));
+        assert!(matches!(
+            m.free(&r, r.addr() + 1),
+            Err(Error::Ownership(Ownership::Interior))
+        ));
+        assert_eq!(r.state(), State::Live);
+        c.free(&r, r.addr()).unwrap(); // same group: calloc frees malloc's block
+        assert_eq!(m.counters.snapshot().live_count, 0);
+    }
+
+    #[test]
+    fn pins_defer_the_return_of_memory() {
+        let a = libc(false);
+        let r = a.allocate(array(8, 1, 1, None).unwrap(), None).unwrap();
+        r.pin().unwrap();
+        a.free(&r, r.addr()).unwrap();
+        assert_eq!(a.counters.snapshot().live_count, 0);
+        assert_eq!(r.pins(), 1);
+        assert!(r.pin().is_err());
+        r.unpin(); // returns the memory now (checked by valgrind/ASan runs)
+        assert_eq!(r.pins(), 0);
+    }
+
+    #[test]
+    fn realloc_moves_and_kills_the_old_record() {
+        let c = libc(true);
+        let r = c.allocate(array(4, 1, 1, None).unwrap(), None).unwrap();
+        unsafe { std::ptr::write_bytes(r.addr() as *mut u8, 9, 4) };
+        r.pin().unwrap();
+        assert!(matches!(c.realloc(&r, r.addr(), 64), Err(Error::Exported)));
+        r.unpin();
+        let n = c.realloc(&r, r.addr(), 64).unwrap();
+        assert_eq!(r.state(), State::Dead(Death::Reallocated));
+        let bytes = unsafe { std::slice::from_raw_parts(n.addr() as *const u8, 64) };
+        assert_eq!(&bytes[..4], &[9; 4]);
+        assert!(bytes[4..].iter().all(|b| *b == 0));
+        let s = c.counters.snapshot();
+        assert_eq!((s.live_count, s.live_bytes), (1, 64));
+        assert!(matches!(
+            c.realloc(&n, n.addr(), 1 << 62),
+            Err(Error::OutOfMemory(_))
+        ));
+        assert_eq!(n.state(), State::Live);
+        c.free(&n, n.addr()).unwrap();
+    }
+
+    #[test]
+    fn detach_and_autofree() {
+        let a = libc(false);
+        let r = a.allocate(array(8, 1, 1, None).unwrap(), None).unwrap();
+        let addr = r.detach(r.addr()).unwrap();
+        assert_eq!(a.counters.snapshot().live_count, 0);
+        assert!(r.check_access().is_ok());
+        assert!(matches!(
+            a.free(&r, addr),
+            Err(Error::Ownership(Ownership::Detached))
+        ));
+        unsafe { libc::free(addr as *mut libc::c_void) }; // C frees it
+
+        let r = a.allocate(array(8, 1, 1, None).unwrap(), None).unwrap();
+        r.set_autofree().unwrap();
+        assert_eq!(a.counters.snapshot().live_count, 1);
+        drop(r);
+        assert_eq!(a.counters.snapshot().live_count, 0);
+    }
+
+    #[test]
+    fn threads_hammering_alloc_free_keep_exact_counts() {
+        let a = libc(false);
+        std::thread::scope(|s| {
+            for t in 0..4 {
+                let a = a.clone();
+                s.spawn(move || {
+                    let mut held = Vec::new();
+                    for i in 0..5_000usize {
+                        let r = a
+                            .allocate(array((i % 13 + t) as i128, 8, 8, None).unwrap(), None)
+                            .unwrap();
+                        if i % 3 == 0 {
+                            a.free(&r, r.addr()).unwrap();
+                        } else {
+                            held.push(r);
+                        }
+                    }
+                    for r in held {
+                        a.free(&r, r.addr()).unwrap();
+                    }
+                });
+            }
+        });
+        let s = a.counters.snapshot();
+        assert_eq!(
+            (s.live_count, s.live_bytes, s.total_allocs, s.total_frees),
+            (0, 0, 20_000, 20_000)
+        );
+    }
+
+    #[test]
+    fn a_shared_record_frees_exactly_once_under_races() {
+        for _ in 0..200 {
+            let a = libc(false);
+            let r = a.allocate(array(16, 1, 1, None).unwrap(), None).unwrap();
+            let oks = std::sync::atomic::AtomicUsize::new(0);
+            std::thread::scope(|s| {
+                for _ in 0..4 {
+                    s.spawn(|| {
+                        if r.pin().is_ok() {
+                            r.unpin();
+                        }
+                        if a.free(&r, r.addr()).is_ok() {
+                            oks.fetch_add(1, Relaxed);
+                        }
+                    });
+                }
+            });
+            assert_eq!(oks.load(Relaxed), 1);
+            assert_eq!(a.counters.snapshot().live_count, 0);
+        }
+    }
+
+    #[test]
+    fn unsatisfiable_requests_change_nothing() {
+        let a = libc(false);
+        let req = Request {
+            size: 1 << 62,
+            align: 8,
+        };
+        assert!(matches!(a.allocate(req, None), Err(Error::OutOfMemory(_))));
+        assert_eq!(a.counters.snapshot(), Default::default());
+    }
+}

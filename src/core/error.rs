@@ -1,0 +1,118 @@
+//! The one error type of the core. The Python layer maps each variant to an
+//! exception in one place (`py::errors`), adding the pointer's description.
+
+use std::fmt;
+
+/// Why a block is dead: the three ways an allocation stops being usable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Death {
+    Freed,
+    Released,
+    Reallocated,
+}
+
+impl Death {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Death::Freed => "freed",
+            Death::Released => "released with its arena",
+            Death::Reallocated => "reallocated",
+        }
+    }
+}
+
+/// Why a free was refused as an ownership mistake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ownership {
+    /// The pointer belongs to another allocator (or arena).
+    OtherOwner,
+    /// Unowned view: `from_address`, a slot read, foreign memory.
+    Foreign,
+    /// Ownership was handed away with `detach()`.
+    Detached,
+    /// The pointer points inside a block, not at its start.
+    Interior,
+    /// A bump-region arena cannot give memory to another owner.
+    RegionCannotDetach,
+}
+
+#[derive(Debug)]
+pub enum Error {
+    /// A size or count below zero (ValueError).
+    NegativeSize,
+    /// Alignment not a power of two (ValueError).
+    BadAlignment(u128),
+    /// count × size, or the size rounded to the alignment, exceeds isize::MAX (OverflowError).
+    SizeOverflow,
+    /// The system could not supply this many bytes (MemoryError).
+    OutOfMemory(usize),
+    /// Access through a dead pointer (UseAfterFreeError).
+    UseAfterFree(Death),
+    /// Free of a dead pointer (DoubleFreeError).
+    DoubleFree(Death),
+    /// Free by a non-owner, of a foreign, detached or interior pointer (OwnershipError).
+    Ownership(Ownership),
+    /// Access through address 0 (NullPointerError).
+    NullPointer,
+    /// Index outside the view (IndexError).
+    OutOfBounds { index: i128, len: usize },
+    /// Byte range outside the view (IndexError).
+    RangeOutOfBounds {
+        offset: usize,
+        len: usize,
+        extent: usize,
+    },
+    /// Allocation or registration on a released arena (ArenaClosedError).
+    ArenaClosed,
+    /// The block is exported through the buffer protocol and cannot move (BufferError).
+    Exported,
+    /// A failure raised by code outside the core (a Python-defined allocator).
+    External(Box<dyn std::error::Error + Send + Sync>),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::NegativeSize => write!(f, "size must not be negative"),
+            Error::BadAlignment(a) => write!(f, "alignment {a} is not a power of two"),
+            Error::SizeOverflow => write!(f, "size does not fit in isize"),
+            Error::OutOfMemory(n) => write!(f, "out of memory allocating {n} bytes"),
+            Error::UseAfterFree(d) => write!(f, "use after free: the block was {}", d.as_str()),
+            Error::DoubleFree(d) => write!(f, "double free: the block was already {}", d.as_str()),
+            Error::Ownership(o) => f.write_str(match o {
+                Ownership::OtherOwner => "this allocator does not own the pointer",
+                Ownership::Foreign => "the pointer is an unowned view (foreign memory)",
+                Ownership::Detached => {
+                    "the pointer was detached: its memory belongs to someone else"
+                }
+                Ownership::Interior => "the pointer points inside a block, not at its start",
+                Ownership::RegionCannotDetach => {
+                    "a bump-region arena cannot give its memory away; copy it out with clone()"
+                }
+            }),
+            Error::NullPointer => write!(f, "access through a null pointer"),
+            Error::OutOfBounds { index, len } => {
+                write!(f, "index {index} out of range for {len} elements")
+            }
+            Error::RangeOutOfBounds {
+                offset,
+                len,
+                extent,
+            } => write!(
+                f,
+                "byte range {offset}..{} out of bounds for {extent} bytes",
+                (*offset as u128) + (*len as u128)
+            ),
+            Error::ArenaClosed => write!(f, "the arena was released"),
+            Error::Exported => write!(
+                f,
+                "the block is exported through the buffer protocol and cannot move"
+            ),
+            Error::External(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}

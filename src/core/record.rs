@@ -1,0 +1,298 @@
+//! The allocation record: one per block, shared (through `Arc`) by every view
+//! of the block. It holds the owner, the size, and one atomic word with the
+//! block's state and its count of buffer exports ("pins"), so that liveness
+//! checks and the free/export race are decided by a single compare-and-swap.
+
+use super::alloc::AllocCore;
+use super::error::{Death, Error, Ownership, Result};
+use super::stats::Counters;
+use std::any::Any;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicUsize, Ordering::*};
+use std::sync::{Arc, OnceLock};
+
+/// The state bits of [`Record::word`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Owned and usable.
+    Live,
+    /// Usable, but ownership was handed to someone else (C): not freeable here.
+    Detached,
+    Dead(Death),
+}
+
+const STATE_MASK: usize = 0b111;
+const LIVE: usize = 0;
+const DETACHED: usize = 1;
+const FREED: usize = 2;
+const RELEASED: usize = 3;
+const REALLOCATED: usize = 4;
+/// Owned by an arena (which frees it at release), not by its allocator.
+const IN_ARENA: usize = 1 << 3;
+/// Freed when the last reference to the record goes (`Pointer.autofree()`).
+const AUTOFREE: usize = 1 << 4;
+const PIN_SHIFT: u32 = 8;
+const PIN: usize = 1 << PIN_SHIFT;
+
+fn decode(word: usize) -> State {
+    match word & STATE_MASK {
+        LIVE => State::Live,
+        DETACHED => State::Detached,
+        FREED => State::Dead(Death::Freed),
+        RELEASED => State::Dead(Death::Released),
+        _ => State::Dead(Death::Reallocated),
+    }
+}
+
+fn is_dead(word: usize) -> bool {
+    word & STATE_MASK >= FREED
+}
+
+pub struct Record {
+    addr: NonNull<u8>,
+    size: usize,
+    align: usize,
+    word: AtomicUsize,
+    alloc: Arc<AllocCore>,
+    /// The arena that owns the block while IN_ARENA is set.
+    arena: Option<Arc<ArenaTag>>,
+    /// Tracking data (allocation site, time, thread), set once by the tracker.
+    pub track: OnceLock<Box<dyn Any + Send + Sync>>,
+}
+
+// SAFETY: the raw address is only an address here; all shared state is atomic.
+unsafe impl Send for Record {}
+unsafe impl Sync for Record {}
+
+impl Record {
+    /// A record for a block `alloc` just handed out (and has counted).
+    pub(crate) fn new(
+        addr: NonNull<u8>,
+        size: usize,
+        align: usize,
+        alloc: Arc<AllocCore>,
+        arena: Option<Arc<ArenaTag>>,
+    ) -> Self {
+        let word = if arena.is_some() { IN_ARENA } else { LIVE };
+        Record {
+            addr,
+            size,
+            align,
+            word: AtomicUsize::new(word),
+            alloc,
+            arena,
+            track: OnceLock::new(),
+        }
+    }
+
+    pub fn addr(&self) -> usize {
+        self.addr.as_ptr() as usize
+    }
+    pub fn size(&self) -> usize {
+        self.size
+    }
+    pub fn align(&self) -> usize {
+        self.align
+    }
+    pub fn allocator(&self) -> &Arc<AllocCore> {
+        &self.alloc
+    }
+    pub fn state(&self) -> State {
+        decode(self.word.load(Acquire))
+    }
+    pub fn pins(&self) -> usize {
+        self.word.load(Acquire) >> PIN_SHIFT
+    }
+    /// The arena that owns the block now, if any.
+    pub fn arena(&self) -> Option<u64> {
+        let tag = self.arena.as_ref()?;
+        (self.word.load(Acquire) & IN_ARENA != 0).then_some(tag.id)
+    }
+    pub fn is_autofree(&self) -> bool {
+        self.word.load(Relaxed) & AUTOFREE != 0
+    }
+
+    /// Ok when the bytes may be accessed (live or detached).
+    #[inline]
+    pub fn check_access(&self) -> Result<()> {
+        match decode(self.word.load(Acquire)) {
+            State::Dead(d) => Err(Error::UseAfterFree(d)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Applies `f` to the word until the CAS succeeds or `f` refuses.
+    fn update(&self, mut f: impl FnMut(usize) -> Result<usize>) -> Result<usize> {
+        let mut cur = self.word.load(Acquire);
+        loop {
+            let new = f(cur)?;
+            match self.word.compare_exchange_weak(cur, new, AcqRel, Acquire) {
+                Ok(_) => return Ok(cur),
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    /// A buffer export begins: the memory stays until [`Record::unpin`].
+    pub fn pin(&self) -> Result<()> {
+        self.update(|w| match decode(w) {
+            State::Dead(d) => Err(Error::UseAfterFree(d)),
+            _ => Ok(w + PIN),
+        })
+        .map(drop)
+    }
+
+    /// A buffer export ends; the last one out of a dead block returns its memory.
+    pub fn unpin(&self) {
+        let prev = self.word.fetch_sub(PIN, AcqRel);
+        debug_assert!(prev >= PIN, "unpin without pin");
+        if prev >> PIN_SHIFT == 1 && is_dead(prev) {
+            self.return_memory();
+        }
+    }
+
+    fn return_memory(&self) {
+        // SAFETY: called exactly once, by whoever saw the block dead with no pins.
+        unsafe { self.alloc.backend.free(self.addr, self.size, self.align) }
+    }
+
+    /// Checks that `owner_group` may free the block at `addr` (no state change).
+    fn check_free(&self, word: usize, owner_group: u64, arena: u64, addr: usize) -> Result<()> {
+        let owned_here = if word & IN_ARENA != 0 {
+            self.arena.as_ref().is_some_and(|t| t.id == arena)
+        } else {
+            arena == 0 && owner_group == self.alloc.group
+        };
+        if !owned_here {
+            return Err(Error::Ownership(Ownership::OtherOwner));
+        }
+        match decode(word) {
+            State::Dead(d) => Err(Error::DoubleFree(d)),
+            State::Detached => Err(Error::Ownership(Ownership::Detached)),
+            State::Live if addr != self.addr() => Err(Error::Ownership(Ownership::Interior)),
+            State::Live => Ok(()),
+        }
+    }
+
+    /// Frees the block on behalf of an allocator of `owner_group` (arena 0) or
+    /// of the arena `arena`, as asked through a view at `addr`. The counters
+    /// stop counting it at once; the memory goes back when no export pins it.
+    pub fn free(&self, owner_group: u64, arena: u64, addr: usize) -> Result<()> {
+        let death = if arena != 0 { RELEASED } else { FREED };
+        let prev = self.update(|w| {
+            self.check_free(w, owner_group, arena, addr)?;
+            Ok((w & !STATE_MASK) | death)
+        })?;
+        self.count_free(prev);
+        if prev >> PIN_SHIFT == 0 {
+            self.return_memory();
+        }
+        Ok(())
+    }
+
+    /// Checks, without changing anything, that a free would be accepted.
+    pub fn check_freeable(&self, owner_group: u64, arena: u64, addr: usize) -> Result<()> {
+        self.check_free(self.word.load(Acquire), owner_group, arena, addr)
+    }
+
+    /// Ownership leaves rsalloc, whoever owned the block (allocator or
+    /// arena): it stays usable through its views but is no longer counted or
+    /// freeable here. `addr` is the view asking; it must be the block's start.
+    pub fn detach(&self, addr: usize) -> Result<usize> {
+        let prev = self.update(|w| match decode(w) {
+            State::Dead(d) => Err(Error::UseAfterFree(d)),
+            State::Detached => Err(Error::Ownership(Ownership::Detached)),
+            State::Live if addr != self.addr() => Err(Error::Ownership(Ownership::Interior)),
+            State::Live => Ok((w & !(STATE_MASK | IN_ARENA)) | DETACHED),
+        })?;
+        self.count_free(prev);
+        Ok(self.addr())
+    }
+
+    /// An arena hands the block to its backing allocator (it stays live and counted there).
+    pub fn leave_arena(&self, arena: u64) -> Result<()> {
+        self.update(|w| {
+            self.check_free(w, self.alloc.group, arena, self.addr())?;
+            if w & IN_ARENA == 0 {
+                return Err(Error::Ownership(Ownership::OtherOwner));
+            }
+            Ok(w & !IN_ARENA)
+        })?;
+        if let Some(tag) = &self.arena {
+            tag.counters.on_free(self.size);
+        }
+        Ok(())
+    }
+
+    /// Stops counting the block: in its allocator, the process, and the arena
+    /// that owned it when `word` was read.
+    fn count_free(&self, word: usize) {
+        self.alloc.count_free(self.size);
+        if word & IN_ARENA != 0 {
+            if let Some(tag) = &self.arena {
+                tag.counters.on_free(self.size);
+            }
+        }
+    }
+
+    /// Marks the block to be freed when the record's last reference goes.
+    pub fn set_autofree(&self) -> Result<()> {
+        self.update(|w| match decode(w) {
+            State::Dead(d) => Err(Error::UseAfterFree(d)),
+            _ => Ok(w | AUTOFREE),
+        })
+        .map(drop)
+    }
+
+    /// Begins a realloc: the block must be live, owned by `owner_group`, at
+    /// `addr`, and not exported. On success it is marked reallocated; the
+    /// caller then either [`Record::finish_realloc`]s or [`Record::undo_realloc`]s.
+    pub(crate) fn begin_realloc(&self, owner_group: u64, addr: usize) -> Result<()> {
+        self.update(|w| {
+            self.check_free(w, owner_group, 0, addr)?;
+            if w >> PIN_SHIFT != 0 {
+                return Err(Error::Exported);
+            }
+            Ok((w & !STATE_MASK) | REALLOCATED)
+        })
+        .map(drop)
+    }
+
+    pub(crate) fn undo_realloc(&self) {
+        self.word.fetch_and(!STATE_MASK, AcqRel);
+    }
+
+    /// The old block's memory now belongs to the new record: count it freed.
+    pub(crate) fn finish_realloc(&self) {
+        self.count_free(LIVE);
+    }
+}
+
+impl Drop for Record {
+    fn drop(&mut self) {
+        let w = *self.word.get_mut();
+        if w & AUTOFREE != 0 && decode(w) == State::Live && w & IN_ARENA == 0 {
+            self.alloc.count_free(self.size);
+            self.return_memory();
+        }
+    }
+}
+
+impl std::fmt::Debug for Record {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Record")
+            .field("addr", &format_args!("{:#x}", self.addr()))
+            .field("size", &self.size)
+            .field("state", &self.state())
+            .field("pins", &self.pins())
+            .field("allocator", &self.alloc.name)
+            .finish()
+    }
+}
+
+/// The identity and counters of an arena that owns records.
+#[derive(Debug)]
+pub struct ArenaTag {
+    pub id: u64,
+    pub counters: Counters,
+}

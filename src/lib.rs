@@ -1,0 +1,36 @@
+//! rsalloc: explicit, checked native memory for Python.
+//!
+//! `core` is pure Rust (allocation records, allocators, counters); `py` is
+//! the thin PyO3 layer, one file per exposed concept. This file only wires
+//! the module together.
+
+pub mod core;
+pub mod py;
+
+use pyo3::prelude::*;
+
+#[pymodule(gil_used = false)]
+mod _rsalloc {
+    #[pymodule_export]
+    use crate::py::allocator::{free, Allocator};
+    #[pymodule_export]
+    use crate::py::pointer::Pointer;
+    #[pymodule_export]
+    use crate::py::stats::{stats, Stats};
+    #[pymodule_export]
+    use crate::py::strings::{to_native_utf16, to_native_utf8};
+    #[pymodule_export]
+    use crate::py::types::{alignof, sizeof};
+
+    use pyo3::prelude::*;
+
+    #[pymodule_init]
+    fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
+        let py = m.py();
+        m.add("malloc", crate::py::allocator::malloc(py)?)?;
+        m.add("calloc", crate::py::allocator::calloc(py)?)?;
+        m.add("nullptr", crate::py::pointer::nullptr_object(py)?)?;
+        m.add("LIBC_FREE", crate::core::sys::free_fn_address())?;
+        Ok(())
+    }
+}

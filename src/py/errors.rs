@@ -1,0 +1,74 @@
+//! The one place core errors become Python exceptions.
+
+use crate::core::error::Error;
+use pyo3::exceptions::{PyBufferError, PyIndexError, PyMemoryError, PyOverflowError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::PyType;
+
+macro_rules! py_errors {
+    ($($name:ident => $class:literal),* $(,)?) => {
+        $(
+            #[allow(non_upper_case_globals)]
+            static $name: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+        )*
+        /// The rsalloc exception classes, imported once from `rsalloc._errors`.
+        #[derive(Clone, Copy)]
+        pub enum Exc { $($name),* }
+        impl Exc {
+            pub fn class(self, py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
+                match self { $(Exc::$name => $name.import(py, "rsalloc._errors", $class)),* }
+            }
+            pub fn err(self, py: Python<'_>, msg: String) -> PyErr {
+                match self.class(py) {
+                    Ok(cls) => PyErr::from_type(cls.clone(), msg),
+                    Err(e) => e,
+                }
+            }
+        }
+    };
+}
+
+py_errors! {
+    UseAfterFree => "UseAfterFreeError",
+    DoubleFree => "DoubleFreeError",
+    Ownership => "OwnershipError",
+    NullPointer => "NullPointerError",
+    ArenaClosed => "ArenaClosedError",
+    Leak => "LeakError",
+    HeapCorruption => "HeapCorruptionError",
+}
+
+/// Maps a core error to its exception; `subject` names the pointer or the
+/// request ("Pointer[Int32] at 0x… from malloc"), appended to the message.
+pub fn to_py(py: Python<'_>, e: Error, subject: &dyn std::fmt::Display) -> PyErr {
+    let msg = format!("{e}: {subject}");
+    match e {
+        Error::NegativeSize | Error::BadAlignment(_) => PyValueError::new_err(msg),
+        Error::SizeOverflow => PyOverflowError::new_err(msg),
+        Error::OutOfMemory(_) => PyMemoryError::new_err(msg),
+        Error::UseAfterFree(_) => Exc::UseAfterFree.err(py, msg),
+        Error::DoubleFree(_) => Exc::DoubleFree.err(py, msg),
+        Error::Ownership(_) => Exc::Ownership.err(py, msg),
+        Error::NullPointer => Exc::NullPointer.err(py, msg),
+        Error::OutOfBounds { .. } | Error::RangeOutOfBounds { .. } => PyIndexError::new_err(msg),
+        Error::ArenaClosed => Exc::ArenaClosed.err(py, msg),
+        Error::Exported => PyBufferError::new_err(msg),
+        Error::External(inner) => match inner.downcast::<PyErr>() {
+            Ok(pyerr) => *pyerr,
+            Err(other) => PyMemoryError::new_err(other.to_string()),
+        },
+    }
+}
+
+/// Core results in a Python context: `.py(py, &subject)?`.
+pub trait IntoPy<T> {
+    fn py(self, py: Python<'_>, subject: &dyn std::fmt::Display) -> PyResult<T>;
+}
+
+impl<T> IntoPy<T> for Result<T, Error> {
+    #[inline]
+    fn py(self, py: Python<'_>, subject: &dyn std::fmt::Display) -> PyResult<T> {
+        self.map_err(|e| to_py(py, e, subject))
+    }
+}

@@ -1,0 +1,8 @@
+//! The PyO3 layer: thin wrappers over `core`, one file per exposed concept.
+
+pub mod allocator;
+pub mod errors;
+pub mod pointer;
+pub mod stats;
+pub mod strings;
+pub mod types;

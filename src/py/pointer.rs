@@ -1,0 +1,942 @@
+//! `rsalloc.Pointer`: a typed, checked view of native memory (DESIGN §3).
+//!
+//! A Pointer is an address, an element type, the bytes reachable from it
+//! (`extent`, None for foreign memory of unknown length) and an owner: the
+//! shared allocation record when rsalloc allocated the block. Every access
+//! checks the record's state first, so any view of a freed block raises.
+
+use super::errors::{to_py, IntoPy};
+use super::types::{self, TypeInfo};
+use crate::core::error::{Error, Ownership};
+use crate::core::record::{Record, State};
+use crate::core::types::{Kind, Value};
+use pyo3::exceptions::{PyBufferError, PyIndexError, PyOverflowError, PyTypeError, PyValueError};
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBool, PyFloat, PyInt, PyList, PySlice, PyTuple};
+use std::ffi::{c_int, CStr};
+use std::fmt;
+use std::sync::Arc;
+
+/// Who answers for the memory behind a view.
+#[derive(Clone)]
+pub enum Owner {
+    /// Foreign memory: `from_address`, a slot's pointee, `nullptr`.
+    Unowned,
+    /// A block rsalloc allocated (or adopted); shared by all its views.
+    Block(Arc<Record>),
+}
+
+#[pyclass(frozen, weakref, module = "rsalloc", name = "Pointer")]
+pub struct Pointer {
+    pub addr: usize,
+    pub ty: &'static TypeInfo,
+    /// Bytes reachable from `addr` within the block; None when unknown.
+    pub extent: Option<usize>,
+    pub owner: Owner,
+    /// Stable storage for the buffer protocol: [count, nbytes, itemsize, 1].
+    dims: [isize; 4],
+}
+
+impl Pointer {
+    pub fn new(addr: usize, ty: &'static TypeInfo, extent: Option<usize>, owner: Owner) -> Self {
+        let mut p = Pointer {
+            addr,
+            ty,
+            extent,
+            owner,
+            dims: [0; 4],
+        };
+        p.dims = [
+            p.count().unwrap_or(0) as isize,
+            p.nbytes_usize().unwrap_or(0) as isize,
+            ty.size as isize,
+            1,
+        ];
+        p
+    }
+
+    /// Another view of the same owner.
+    fn view(&self, addr: usize, ty: &'static TypeInfo, extent: Option<usize>) -> Self {
+        Pointer::new(addr, ty, extent, self.owner.clone())
+    }
+
+    pub fn record(&self) -> Option<&Arc<Record>> {
+        match &self.owner {
+            Owner::Block(r) => Some(r),
+            Owner::Unowned => None,
+        }
+    }
+
+    /// Elements in the view: None for unknown extent or sizeless types.
+    pub fn count(&self) -> Option<usize> {
+        let size = self.elem_size()?;
+        Some(self.extent? / size)
+    }
+
+    fn elem_size(&self) -> Option<usize> {
+        (self.ty.kind != Kind::Void && self.ty.size > 0).then_some(self.ty.size)
+    }
+
+    /// Bytes covered by the view's elements (all of the extent for Void).
+    pub fn nbytes_usize(&self) -> Option<usize> {
+        match self.elem_size() {
+            Some(size) => Some(self.count()? * size),
+            None => self.extent,
+        }
+    }
+
+    /// Ok when the bytes behind the view may be touched.
+    #[inline]
+    pub fn check(&self) -> Result<(), Error> {
+        if self.addr == 0 {
+            return Err(Error::NullPointer);
+        }
+        match &self.owner {
+            Owner::Block(r) => r.check_access(),
+            Owner::Unowned => Ok(()),
+        }
+    }
+
+    /// Ok when the view is alive (null views count as alive: nothing was freed).
+    fn check_alive(&self) -> Result<(), Error> {
+        match &self.owner {
+            Owner::Block(r) => r.check_access(),
+            Owner::Unowned => Ok(()),
+        }
+    }
+
+    pub fn err(&self, py: Python<'_>, e: Error) -> PyErr {
+        to_py(py, e, self)
+    }
+
+    /// The address of element `i` (negative counts from the end when the count is known).
+    fn elem_addr(&self, i: isize) -> Result<usize, Error> {
+        self.check()?;
+        let size = self.ty.size;
+        match self.count() {
+            Some(n) => {
+                let j = if i < 0 { i + n as isize } else { i };
+                if j < 0 || j as usize >= n {
+                    return Err(Error::OutOfBounds {
+                        index: i as i128,
+                        len: n,
+                    });
+                }
+                Ok(self.addr + j as usize * size)
+            }
+            // Unknown length: nothing to check against (documented), but a
+            // negative index would read before the pointer.
+            None if i < 0 => Err(Error::OutOfBounds {
+                index: i as i128,
+                len: 0,
+            }),
+            None => (i as usize)
+                .checked_mul(size)
+                .and_then(|o| self.addr.checked_add(o))
+                .ok_or(Error::OutOfBounds {
+                    index: i as i128,
+                    len: 0,
+                }),
+        }
+    }
+
+    /// A checked byte range [offset, offset+len) inside the view.
+    fn byte_range(&self, offset: usize, len: usize) -> Result<usize, Error> {
+        self.check()?;
+        let extent = self.nbytes_usize().ok_or(Error::RangeOutOfBounds {
+            offset,
+            len,
+            extent: 0,
+        })?;
+        match offset.checked_add(len) {
+            Some(end) if end <= extent => Ok(self.addr + offset),
+            _ => Err(Error::RangeOutOfBounds {
+                offset,
+                len,
+                extent,
+            }),
+        }
+    }
+
+    fn element_type_error(&self) -> PyErr {
+        PyTypeError::new_err(format!("{} has no elements to index", self.ty.name))
+    }
+
+    fn read(&self, py: Python<'_>, addr: usize) -> PyResult<Py<PyAny>> {
+        let kind = self.ty.kind;
+        match kind {
+            Kind::Void => Err(self.element_type_error()),
+            Kind::Opaque => self.instance_at(py, addr),
+            _ => {
+                // SAFETY: elem_addr checked liveness and bounds (or the view is
+                // foreign, whose reads are the caller's responsibility).
+                let v = unsafe { kind.read(addr) };
+                Ok(match v {
+                    Value::Int(i) => i.into_pyobject(py)?.into_any().unbind(),
+                    Value::UInt(u) => u.into_pyobject(py)?.into_any().unbind(),
+                    Value::Float(f) => f.into_pyobject(py)?.into_any().unbind(),
+                    Value::Bool(b) => PyBool::new(py, b).to_owned().into_any().unbind(),
+                    Value::Addr(a) => {
+                        let target = self.ty.target.expect("pointer slots have a target");
+                        Py::new(py, Pointer::new(a, target, None, Owner::Unowned))?.into_any()
+                    }
+                })
+            }
+        }
+    }
+
+    fn write(&self, py: Python<'_>, addr: usize, v: &Bound<'_, PyAny>) -> PyResult<()> {
+        let kind = self.ty.kind;
+        let value = match kind {
+            Kind::Void => return Err(self.element_type_error()),
+            Kind::Opaque => return self.write_instance(py, addr, v),
+            _ => to_value(kind, self.ty, v)?,
+        };
+        // SAFETY: as in `read`.
+        unsafe { kind.write(addr, value) };
+        Ok(())
+    }
+
+    /// An instance of the ctypes aggregate type living at `addr` (it pins the block).
+    fn instance_at(&self, py: Python<'_>, addr: usize) -> PyResult<Py<PyAny>> {
+        let one = Py::new(py, self.view(addr, self.ty, Some(self.ty.size)))?;
+        Ok(self
+            .ty
+            .class
+            .bind(py)
+            .call_method1("from_buffer", (one,))?
+            .unbind())
+    }
+
+    fn write_instance(&self, py: Python<'_>, addr: usize, v: &Bound<'_, PyAny>) -> PyResult<()> {
+        if !v.is_instance(self.ty.class.bind(py))? {
+            return Err(PyTypeError::new_err(format!(
+                "expected a {} instance, got {}",
+                self.ty.name,
+                v.get_type().name()?
+            )));
+        }
+        let src = types::ctypes(py)?
+            .call_method1("addressof", (v,))?
+            .extract::<usize>()?;
+        // SAFETY: both regions hold ty.size bytes (a ctypes instance of the type; a checked slot).
+        unsafe { std::ptr::copy(src as *const u8, addr as *mut u8, self.ty.size) };
+        Ok(())
+    }
+
+    fn index(&self, idx: &Bound<'_, PyAny>) -> PyResult<isize> {
+        idx.extract::<isize>().map_err(|e| {
+            if e.is_instance_of::<PyOverflowError>(idx.py()) {
+                PyIndexError::new_err("index out of range")
+            } else {
+                PyTypeError::new_err(format!(
+                    "Pointer indices must be integers or slices, not {}",
+                    idx.get_type()
+                        .name()
+                        .map(|n| n.to_string())
+                        .unwrap_or_default()
+                ))
+            }
+        })
+    }
+
+    /// (start, step, length) of a slice, which needs a known count.
+    fn slice_bounds(
+        &self,
+        py: Python<'_>,
+        s: &Bound<'_, PySlice>,
+    ) -> PyResult<(isize, isize, usize)> {
+        let n = self.count().ok_or_else(|| {
+            PyTypeError::new_err(format!("cannot slice {}: its count is unknown", self))
+        })?;
+        self.check().py(py, self)?;
+        let ind = s.indices(n as isize)?;
+        Ok((ind.start, ind.step, ind.slicelength))
+    }
+
+    fn owner_name(&self) -> String {
+        match &self.owner {
+            Owner::Block(r) => match r.state() {
+                State::Detached => "detached".into(),
+                _ => match r.arena() {
+                    Some(id) => format!("arena #{id}"),
+                    None => r.allocator().name.clone(),
+                },
+            },
+            Owner::Unowned => "unowned".into(),
+        }
+    }
+
+    fn state_name(&self) -> &'static str {
+        match &self.owner {
+            Owner::Block(r) => match r.state() {
+                State::Live => "live",
+                State::Detached => "detached",
+                State::Dead(d) => d.as_str(),
+            },
+            Owner::Unowned => "foreign",
+        }
+    }
+}
+
+impl fmt::Display for Pointer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Pointer[{}] at {:#x}", self.ty.name, self.addr)?;
+        if let Some(n) = self.count() {
+            write!(f, " (count {n}")?;
+        } else if let Some(e) = self.extent {
+            write!(f, " ({e} bytes")?;
+        } else {
+            write!(f, " (unknown count")?;
+        }
+        write!(f, ", {})", self.owner_name())
+    }
+}
+
+/// Converts a Python value for a slot of `kind`, checking kind and range.
+fn to_value(kind: Kind, ty: &TypeInfo, v: &Bound<'_, PyAny>) -> PyResult<Value> {
+    let out_of_range = |shown: &dyn fmt::Display| {
+        PyOverflowError::new_err(format!("{shown} is out of range for {}", ty.name))
+    };
+    match kind {
+        Kind::F32 | Kind::F64 => {
+            if !(v.is_instance_of::<PyFloat>() || v.is_instance_of::<PyInt>()) && !has_float(v) {
+                return Err(wrong_kind(ty, v, "a float or an int"));
+            }
+            let f: f64 = v.extract()?;
+            if kind == Kind::F32 && f.is_finite() && (f as f32).is_infinite() {
+                return Err(out_of_range(&f));
+            }
+            Ok(Value::Float(f))
+        }
+        Kind::Bool => {
+            if let Ok(b) = v.cast::<PyBool>() {
+                return Ok(Value::Bool(b.is_true()));
+            }
+            if v.is_instance_of::<PyFloat>() {
+                return Err(wrong_kind(ty, v, "a bool"));
+            }
+            match v.extract::<i64>() {
+                Ok(0) => Ok(Value::Bool(false)),
+                Ok(1) => Ok(Value::Bool(true)),
+                Ok(i) => Err(out_of_range(&i)),
+                Err(_) => Err(wrong_kind(ty, v, "a bool")),
+            }
+        }
+        Kind::Ptr => {
+            if v.is_none() {
+                return Ok(Value::Addr(0));
+            }
+            if let Ok(p) = v.cast::<Pointer>() {
+                let p = p.get();
+                p.check_alive().py(v.py(), p)?;
+                return Ok(Value::Addr(p.addr));
+            }
+            if v.is_instance_of::<PyInt>() {
+                return v
+                    .extract::<usize>()
+                    .map(Value::Addr)
+                    .map_err(|_| out_of_range(v));
+            }
+            Err(wrong_kind(ty, v, "a Pointer, an int address or None"))
+        }
+        _ => {
+            if v.is_instance_of::<PyFloat>() {
+                return Err(wrong_kind(ty, v, "an int"));
+            }
+            let (lo, hi) = kind.int_range().expect("integer kind");
+            if hi > i64::MAX as i128 {
+                let u = v
+                    .extract::<u64>()
+                    .map_err(|e| int_error(e, v, &out_of_range))?;
+                return Ok(Value::UInt(u));
+            }
+            let i = v
+                .extract::<i64>()
+                .map_err(|e| int_error(e, v, &out_of_range))?;
+            if (i as i128) < lo || (i as i128) > hi {
+                return Err(out_of_range(&i));
+            }
+            Ok(Value::Int(i))
+        }
+    }
+}
+
+fn has_float(v: &Bound<'_, PyAny>) -> bool {
+    !v.is_instance_of::<pyo3::types::PyString>() && v.hasattr("__float__").unwrap_or(false)
+}
+
+fn int_error(
+    e: PyErr,
+    v: &Bound<'_, PyAny>,
+    out_of_range: &dyn Fn(&dyn fmt::Display) -> PyErr,
+) -> PyErr {
+    if e.is_instance_of::<PyOverflowError>(v.py()) {
+        out_of_range(v)
+    } else {
+        e
+    }
+}
+
+fn wrong_kind(ty: &TypeInfo, v: &Bound<'_, PyAny>, wanted: &str) -> PyErr {
+    PyTypeError::new_err(format!(
+        "{} takes {wanted}, not {}",
+        ty.name,
+        v.get_type()
+            .name()
+            .map(|n| n.to_string())
+            .unwrap_or_default()
+    ))
+}
+
+static C_VOID_P: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+/// A non-negative int argument as usize (negative: ValueError; too big: OverflowError).
+pub fn usize_arg(v: &Bound<'_, PyAny>, what: &str) -> PyResult<usize> {
+    let i: i128 = v.extract()?;
+    if i < 0 {
+        return Err(PyValueError::new_err(format!(
+            "{what} must not be negative, got {i}"
+        )));
+    }
+    usize::try_from(i).map_err(|_| PyOverflowError::new_err(format!("{what} {i} is too large")))
+}
+
+#[pymethods]
+impl Pointer {
+    /// The address as an int.
+    #[getter]
+    fn address(&self) -> usize {
+        self.addr
+    }
+
+    fn __int__(&self) -> usize {
+        self.addr
+    }
+
+    /// The element type.
+    #[getter]
+    fn r#type(&self, py: Python<'_>) -> Py<PyAny> {
+        self.ty.class.clone_ref(py)
+    }
+
+    /// Elements in the view, None when unknown (foreign memory).
+    #[getter(count)]
+    fn get_count(&self) -> Option<usize> {
+        self.count()
+    }
+
+    /// Bytes covered by the view, None when unknown.
+    #[getter]
+    fn nbytes(&self) -> Option<usize> {
+        self.nbytes_usize()
+    }
+
+    fn __len__(&self) -> PyResult<usize> {
+        self.count()
+            .ok_or_else(|| PyTypeError::new_err(format!("len() of {}: its count is unknown", self)))
+    }
+
+    fn __getitem__(&self, py: Python<'_>, idx: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        if let Ok(s) = idx.cast::<PySlice>() {
+            let (start, step, len) = self.slice_bounds(py, s)?;
+            let items = PyList::empty(py);
+            for k in 0..len as isize {
+                let i = start + k * step;
+                items.append(self.read(py, self.addr + i as usize * self.ty.size)?)?;
+            }
+            return Ok(items.into_any().unbind());
+        }
+        let addr = self.elem_addr(self.index(idx)?).py(py, self)?;
+        self.read(py, addr)
+    }
+
+    fn __setitem__(
+        &self,
+        py: Python<'_>,
+        idx: &Bound<'_, PyAny>,
+        v: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        if let Ok(s) = idx.cast::<PySlice>() {
+            let (start, step, len) = self.slice_bounds(py, s)?;
+            let values: Vec<Bound<'_, PyAny>> = v.try_iter()?.collect::<PyResult<_>>()?;
+            if values.len() != len {
+                return Err(PyValueError::new_err(format!(
+                    "slice assignment of {} values to {len} elements",
+                    values.len()
+                )));
+            }
+            // Convert everything first, so a bad value changes nothing.
+            if self.ty.kind == Kind::Opaque || self.ty.kind == Kind::Void {
+                return Err(PyTypeError::new_err(format!(
+                    "slice assignment to {}",
+                    self.ty.name
+                )));
+            }
+            let converted = values
+                .iter()
+                .map(|x| to_value(self.ty.kind, self.ty, x))
+                .collect::<PyResult<Vec<_>>>()?;
+            for (k, value) in converted.into_iter().enumerate() {
+                let addr = self.addr + (start + k as isize * step) as usize * self.ty.size;
+                // SAFETY: slice_bounds checked liveness and the range.
+                unsafe { self.ty.kind.write(addr, value) };
+            }
+            return Ok(());
+        }
+        let addr = self.elem_addr(self.index(idx)?).py(py, self)?;
+        self.write(py, addr, v)
+    }
+
+    fn __iter__(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
+        let all = slf.as_any().get_item(PySlice::full(slf.py()))?;
+        Ok(all.try_iter()?.into_any().unbind())
+    }
+
+    /// `p[0]`.
+    #[getter]
+    fn get_value(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let addr = self.elem_addr(0).py(py, self)?;
+        self.read(py, addr)
+    }
+
+    #[setter]
+    fn set_value(&self, py: Python<'_>, v: &Bound<'_, PyAny>) -> PyResult<()> {
+        let addr = self.elem_addr(0).py(py, self)?;
+        self.write(py, addr, v)
+    }
+
+    /// For a ctypes element type: an instance living in this memory (it pins the block).
+    #[getter(r#ref)]
+    fn get_ref(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        if !self.ty.ctypes {
+            return Err(PyTypeError::new_err(format!(
+                ".ref needs a ctypes element type (Structure, Union, array, scalar), not {}",
+                self.ty.name
+            )));
+        }
+        let addr = self.elem_addr(0).py(py, self)?;
+        self.instance_at(py, addr)
+    }
+
+    fn __add__(&self, py: Python<'_>, n: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        if !n.is_instance_of::<PyInt>() {
+            return Ok(py.NotImplemented());
+        }
+        Ok(Py::new(py, self.offset_by(py, n.extract()?)?)?.into_any())
+    }
+
+    /// A view n elements further in the same allocation (0 <= n <= count).
+    fn offset(&self, py: Python<'_>, n: isize) -> PyResult<Pointer> {
+        self.offset_by(py, n)
+    }
+
+    /// The same bytes seen as elements of T (count = nbytes // sizeof(T)).
+    fn cast(&self, py: Python<'_>, t: &Bound<'_, PyAny>) -> PyResult<Pointer> {
+        let ty = types::lookup(t)?;
+        self.check_alive().py(py, self)?;
+        Ok(self.view(self.addr, ty, self.extent))
+    }
+
+    /// Decodes a C string: UTF-8 for Uint8/Int8, UTF-16 for Uint16, up to the
+    /// first NUL or the end of the view, or exactly `length` elements.
+    #[pyo3(signature = (length=None, errors="strict"))]
+    fn to_str(
+        &self,
+        py: Python<'_>,
+        length: Option<&Bound<'_, PyAny>>,
+        errors: &str,
+    ) -> PyResult<Py<PyAny>> {
+        let unit = match self.ty.kind {
+            Kind::U8 | Kind::I8 => 1,
+            Kind::U16 => 2,
+            _ => {
+                return Err(PyTypeError::new_err(format!(
+                    "to_str() needs a Uint8, Int8 or Uint16 pointer, not {}",
+                    self.ty.name
+                )))
+            }
+        };
+        self.check().py(py, self)?;
+        let units = match length {
+            Some(l) => {
+                let l = usize_arg(l, "length")?;
+                self.byte_range(
+                    0,
+                    l.checked_mul(unit)
+                        .ok_or_else(|| PyOverflowError::new_err("length too large"))?,
+                )
+                .py(py, self)?;
+                l
+            }
+            // SAFETY: the scan stays inside the view when its count is known;
+            // a foreign view of unknown length is scanned like C's strlen.
+            None => unsafe { nul_position(self.addr, unit, self.count()) },
+        };
+        let errors = std::ffi::CString::new(errors)
+            .map_err(|_| PyValueError::new_err("bad errors value"))?;
+        // SAFETY: [addr, addr + units*unit) was checked above.
+        let s = unsafe {
+            if unit == 1 {
+                ffi::PyUnicode_DecodeUTF8(self.addr as *const _, units as isize, errors.as_ptr())
+            } else {
+                let mut order: c_int = if cfg!(target_endian = "little") {
+                    -1
+                } else {
+                    1
+                };
+                ffi::PyUnicode_DecodeUTF16(
+                    self.addr as *const _,
+                    (units * 2) as isize,
+                    errors.as_ptr(),
+                    &mut order,
+                )
+            }
+        };
+        // SAFETY: a new reference or NULL with an exception set.
+        unsafe { Bound::from_owned_ptr_or_err(py, s) }.map(Bound::unbind)
+    }
+
+    /// The view's bytes (or the first n) as bytes.
+    #[pyo3(signature = (n=None))]
+    fn read_bytes<'py>(
+        &self,
+        py: Python<'py>,
+        n: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let n = match n {
+            Some(n) => usize_arg(n, "n")?,
+            None => self
+                .nbytes_usize()
+                .ok_or_else(|| PyTypeError::new_err(format!("read_bytes() of {}: pass n", self)))?,
+        };
+        let addr = self.byte_range(0, n).py(py, self)?;
+        // SAFETY: checked range.
+        Ok(pyo3::types::PyBytes::new(py, unsafe {
+            std::slice::from_raw_parts(addr as *const u8, n)
+        })
+        .into_any())
+    }
+
+    /// Copies a bytes-like object into the view at a byte offset.
+    #[pyo3(signature = (data, offset=None))]
+    fn write_bytes(
+        &self,
+        py: Python<'_>,
+        data: &Bound<'_, PyAny>,
+        offset: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let offset = offset.map_or(Ok(0), |o| usize_arg(o, "offset"))?;
+        let src = pyo3::buffer::PyBuffer::<u8>::get(data)
+            .or_else(|_| bytes_buffer(data))
+            .map_err(|_| PyTypeError::new_err("write_bytes() takes a bytes-like object"))?;
+        let len = src.len_bytes();
+        let dst = self.byte_range(offset, len).py(py, self)?;
+        // SAFETY: checked destination; the source buffer is held for the copy.
+        unsafe { std::ptr::copy(src.buf_ptr() as *const u8, dst as *mut u8, len) };
+        Ok(())
+    }
+
+    /// Sets every byte of the view to `byte`.
+    fn fill(&self, py: Python<'_>, byte: i64) -> PyResult<()> {
+        if !(0..=255).contains(&byte) {
+            return Err(PyValueError::new_err(format!(
+                "byte must be in range(0, 256), got {byte}"
+            )));
+        }
+        let n = self
+            .nbytes_usize()
+            .ok_or_else(|| PyTypeError::new_err(format!("fill() of {}", self)))?;
+        let addr = self.byte_range(0, n).py(py, self)?;
+        // SAFETY: checked range.
+        unsafe { std::ptr::write_bytes(addr as *mut u8, byte as u8, n) };
+        Ok(())
+    }
+
+    /// Copies all of `src` (a Pointer or bytes-like object) to the start of the view.
+    fn copy_from(&self, py: Python<'_>, src: &Bound<'_, PyAny>) -> PyResult<()> {
+        let (from, len) = if let Ok(p) = src.cast::<Pointer>() {
+            let p = p.get();
+            let n = p.nbytes_usize().ok_or_else(|| {
+                PyTypeError::new_err(format!("copy_from() of {}: unknown length", p))
+            })?;
+            (p.byte_range(0, n).py(py, p)?, n)
+        } else {
+            let buf = pyo3::buffer::PyBuffer::<u8>::get(src)
+                .or_else(|_| bytes_buffer(src))
+                .map_err(|_| {
+                    PyTypeError::new_err("copy_from() takes a Pointer or a bytes-like object")
+                })?;
+            let dst = self.byte_range(0, buf.len_bytes()).py(py, self)?;
+            // SAFETY: checked destination; buffer held for the copy; memmove semantics.
+            unsafe { std::ptr::copy(buf.buf_ptr() as *const u8, dst as *mut u8, buf.len_bytes()) };
+            return Ok(());
+        };
+        let dst = self.byte_range(0, len).py(py, self)?;
+        // SAFETY: both ranges checked; `copy` allows overlap.
+        unsafe { std::ptr::copy(from as *const u8, dst as *mut u8, len) };
+        Ok(())
+    }
+
+    /// So that a ctypes foreign function accepts a Pointer (as a `c_void_p`).
+    #[getter]
+    fn _as_parameter_<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        self.check_alive().py(py, self)?;
+        let cls = C_VOID_P.import(py, "ctypes", "c_void_p")?;
+        cls.call1((if self.addr == 0 {
+            None
+        } else {
+            Some(self.addr)
+        },))
+    }
+
+    /// The owning allocator (None for foreign or detached memory).
+    #[getter]
+    fn allocator(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        Ok(match &self.owner {
+            Owner::Block(r) if r.state() != State::Detached => {
+                super::allocator::owner_object(py, r)
+            }
+            _ => py.None(),
+        })
+    }
+
+    /// Not freed, released or reallocated.
+    #[getter]
+    fn alive(&self) -> bool {
+        self.check_alive().is_ok()
+    }
+
+    #[getter]
+    fn is_null(&self) -> bool {
+        self.addr == 0
+    }
+
+    fn __bool__(&self) -> bool {
+        self.addr != 0
+    }
+
+    /// An unowned view of memory rsalloc did not allocate.
+    #[staticmethod]
+    #[pyo3(signature = (address, r#type, count=None))]
+    fn from_address(
+        address: &Bound<'_, PyAny>,
+        r#type: &Bound<'_, PyAny>,
+        count: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Pointer> {
+        let addr = usize_arg(address, "address")?;
+        let ty = types::lookup(r#type)?;
+        let extent = match count {
+            None => None,
+            Some(c) => {
+                let c = usize_arg(c, "count")?;
+                Some(
+                    c.checked_mul(ty.size.max(1))
+                        .filter(|n| addr.checked_add(*n).is_some() && *n <= isize::MAX as usize)
+                        .ok_or_else(|| {
+                            PyOverflowError::new_err("count × size overflows the address space")
+                        })?,
+                )
+            }
+        };
+        Ok(Pointer::new(addr, ty, extent, Owner::Unowned))
+    }
+
+    /// Hands ownership away (to C code that will free the block): returns the
+    /// address; the block is no longer counted, and the Pointer becomes an
+    /// unowned view.
+    fn detach(&self, py: Python<'_>) -> PyResult<usize> {
+        match &self.owner {
+            Owner::Block(r) => r.detach(self.addr).py(py, self),
+            Owner::Unowned => Err(self.err(py, Error::Ownership(Ownership::Foreign))),
+        }
+    }
+
+    /// Frees the block when its last Python reference (pointer, view,
+    /// export) is gone. Returns the pointer.
+    fn autofree(slf: Bound<'_, Self>) -> PyResult<Bound<'_, Self>> {
+        let this = slf.get();
+        match &this.owner {
+            Owner::Block(r) => r.set_autofree().py(slf.py(), this)?,
+            Owner::Unowned => return Err(this.err(slf.py(), Error::Ownership(Ownership::Foreign))),
+        }
+        Ok(slf)
+    }
+
+    fn __repr__(&self) -> String {
+        let count = match self.count() {
+            Some(n) => n.to_string(),
+            None => "?".into(),
+        };
+        format!(
+            "<Pointer[{}] {:#x} count={} {} {}>",
+            self.ty.name,
+            self.addr,
+            count,
+            self.owner_name(),
+            self.state_name()
+        )
+    }
+
+    fn __eq__(&self, other: &Bound<'_, PyAny>) -> bool {
+        other
+            .cast::<Pointer>()
+            .is_ok_and(|o| o.get().addr == self.addr)
+    }
+
+    fn __hash__(&self) -> u64 {
+        self.addr as u64
+    }
+
+    fn __reduce_ex__(&self, _protocol: &Bound<'_, PyAny>) -> PyResult<()> {
+        Err(PyTypeError::new_err(
+            "Pointer objects cannot be pickled: an address means nothing in another process",
+        ))
+    }
+
+    /// `Pointer[T]`: the element type of a slot holding the address of a T.
+    #[classmethod]
+    fn __class_getitem__<'py>(
+        _cls: &Bound<'py, pyo3::types::PyType>,
+        t: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        if let Ok(tuple) = t.cast::<PyTuple>() {
+            return Err(PyTypeError::new_err(format!(
+                "Pointer[...] takes one type, got {}",
+                tuple.len()
+            )));
+        }
+        types::pointer_class(t)
+    }
+
+    unsafe fn __getbuffer__(
+        slf: Bound<'_, Self>,
+        view: *mut ffi::Py_buffer,
+        flags: c_int,
+    ) -> PyResult<()> {
+        let this = slf.get();
+        let py = slf.py();
+        if view.is_null() {
+            return Err(PyBufferError::new_err("NULL view in __getbuffer__"));
+        }
+        let Some(nbytes) = this.nbytes_usize() else {
+            return Err(PyBufferError::new_err(format!(
+                "{}: unknown length, no buffer",
+                this
+            )));
+        };
+        this.check().py(py, this)?;
+        if let Some(r) = this.record() {
+            r.pin().py(py, this)?;
+        }
+        // Elements keep their format only when the consumer asks for formats
+        // and shapes; otherwise the view is plain bytes.
+        let typed = this.elem_size().is_some()
+            && flags & ffi::PyBUF_FORMAT == ffi::PyBUF_FORMAT
+            && flags & ffi::PyBUF_ND == ffi::PyBUF_ND;
+        let (shape, strides, itemsize, format): (&isize, &isize, isize, &CStr) = if typed {
+            (
+                &this.dims[0],
+                &this.dims[2],
+                this.ty.size as isize,
+                this.ty.format,
+            )
+        } else {
+            (&this.dims[1], &this.dims[3], 1, c"B")
+        };
+        // SAFETY: `view` is a valid Py_buffer to fill; the shape, strides and
+        // format pointers live in `this` (or are static) and stay valid while
+        // the export holds `obj`.
+        unsafe {
+            (*view).buf = this.addr as *mut _;
+            (*view).len = nbytes as isize;
+            (*view).readonly = 0;
+            (*view).itemsize = itemsize;
+            (*view).format = if flags & ffi::PyBUF_FORMAT == ffi::PyBUF_FORMAT {
+                format.as_ptr() as *mut _
+            } else {
+                std::ptr::null_mut()
+            };
+            (*view).ndim = 1;
+            (*view).shape = if flags & ffi::PyBUF_ND == ffi::PyBUF_ND {
+                shape as *const isize as *mut isize
+            } else {
+                std::ptr::null_mut()
+            };
+            (*view).strides = if flags & ffi::PyBUF_STRIDES == ffi::PyBUF_STRIDES {
+                strides as *const isize as *mut isize
+            } else {
+                std::ptr::null_mut()
+            };
+            (*view).suboffsets = std::ptr::null_mut();
+            (*view).internal = std::ptr::null_mut();
+            (*view).obj = slf.into_any().into_ptr();
+        }
+        Ok(())
+    }
+
+    unsafe fn __releasebuffer__(&self, _view: *mut ffi::Py_buffer) {
+        if let Some(r) = self.record() {
+            r.unpin();
+        }
+    }
+}
+
+impl Pointer {
+    fn offset_by(&self, py: Python<'_>, n: isize) -> PyResult<Pointer> {
+        self.check_alive().py(py, self)?;
+        let size = self.ty.size.max(1);
+        let limit = self.count().or(self.extent);
+        let ok = n >= 0 && limit.is_none_or(|c| n as usize <= c);
+        if !ok {
+            return Err(PyIndexError::new_err(format!(
+                "offset {n} outside 0..={} for {}",
+                limit.map(|c| c.to_string()).unwrap_or_else(|| "∞".into()),
+                self
+            )));
+        }
+        let bytes = n as usize * size;
+        let addr = self
+            .addr
+            .checked_add(bytes)
+            .ok_or_else(|| PyOverflowError::new_err("address overflow"))?;
+        Ok(self.view(addr, self.ty, self.extent.map(|e| e - bytes)))
+    }
+}
+
+/// A byte buffer over any bytes-like object (e.g. a memoryview of another format).
+fn bytes_buffer(data: &Bound<'_, PyAny>) -> PyResult<pyo3::buffer::PyBuffer<u8>> {
+    let mv = pyo3::types::PyMemoryView::from(data)?;
+    let cast = mv.call_method1("cast", ("B",))?;
+    pyo3::buffer::PyBuffer::<u8>::get(&cast)
+}
+
+/// The index of the first NUL unit, scanning at most `limit` units.
+///
+/// # Safety
+/// `addr` is readable for `limit` units, or up to a NUL when `limit` is None.
+unsafe fn nul_position(addr: usize, unit: usize, limit: Option<usize>) -> usize {
+    let mut i = 0;
+    while limit.is_none_or(|l| i < l) {
+        // SAFETY: caller's contract.
+        let zero = unsafe {
+            if unit == 1 {
+                *((addr + i) as *const u8) == 0
+            } else {
+                ((addr + 2 * i) as *const u16).read_unaligned() == 0
+            }
+        };
+        if zero {
+            break;
+        }
+        i += 1;
+    }
+    i
+}
+
+/// The null `Pointer[Void]`.
+pub fn nullptr_object(py: Python<'_>) -> PyResult<Bound<'_, Pointer>> {
+    Bound::new(py, Pointer::new(0, types::void(py)?, None, Owner::Unowned))
+}

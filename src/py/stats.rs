@@ -1,0 +1,64 @@
+//! `rsalloc.Stats` and `rsalloc.stats()` (DESIGN §7).
+
+use crate::core::stats::{Snapshot, GLOBAL};
+use pyo3::prelude::*;
+
+/// A snapshot of allocation counters.
+#[pyclass(
+    frozen,
+    eq,
+    get_all,
+    skip_from_py_object,
+    module = "rsalloc",
+    name = "Stats"
+)]
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    /// Allocations handed out and not yet freed or released.
+    pub live_count: u64,
+    /// Bytes asked for by the live allocations.
+    pub live_bytes: u64,
+    /// The highest live_bytes seen.
+    pub peak_bytes: u64,
+    pub total_allocs: u64,
+    pub total_frees: u64,
+}
+
+impl From<Snapshot> for Stats {
+    fn from(s: Snapshot) -> Self {
+        Stats {
+            live_count: s.live_count,
+            live_bytes: s.live_bytes,
+            peak_bytes: s.peak_bytes,
+            total_allocs: s.total_allocs,
+            total_frees: s.total_frees,
+        }
+    }
+}
+
+#[pymethods]
+impl Stats {
+    fn __repr__(&self) -> String {
+        format!(
+            "Stats(live_count={}, live_bytes={}, peak_bytes={}, total_allocs={}, total_frees={})",
+            self.live_count, self.live_bytes, self.peak_bytes, self.total_allocs, self.total_frees
+        )
+    }
+
+    /// The counters as a dict.
+    fn _asdict(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let d = pyo3::types::PyDict::new(py);
+        d.set_item("live_count", self.live_count)?;
+        d.set_item("live_bytes", self.live_bytes)?;
+        d.set_item("peak_bytes", self.peak_bytes)?;
+        d.set_item("total_allocs", self.total_allocs)?;
+        d.set_item("total_frees", self.total_frees)?;
+        Ok(d.into_any().unbind())
+    }
+}
+
+/// The process-wide counters: every allocation of every allocator.
+#[pyfunction]
+pub fn stats() -> Stats {
+    Stats::from(GLOBAL.snapshot())
+}

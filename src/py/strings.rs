@@ -1,0 +1,116 @@
+//! `to_native_utf8` / `to_native_utf16`: Python strings as NUL-terminated C strings.
+
+use super::allocator::{malloc, Allocator};
+use super::pointer::Pointer;
+use super::types::{self, TypeInfo};
+use crate::core::layout::Request;
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyString};
+
+/// Allocates `nbytes` for a `ty` string from any allocator object: an
+/// rsalloc Allocator directly, anything else through its `allocate` method.
+fn allocate_from<'py>(
+    py: Python<'py>,
+    allocator: Option<&Bound<'py, PyAny>>,
+    ty: &'static TypeInfo,
+    nbytes: usize,
+) -> PyResult<Bound<'py, Pointer>> {
+    let default;
+    let allocator = match allocator {
+        Some(a) => a,
+        None => {
+            default = malloc(py)?.into_any();
+            &default
+        }
+    };
+    if let Ok(a) = allocator.cast::<Allocator>() {
+        let p = a.get().new_pointer(
+            py,
+            ty,
+            Request {
+                size: nbytes,
+                align: ty.align,
+            },
+        )?;
+        return Bound::new(py, p);
+    }
+    let raw = allocator.call_method1("allocate", (nbytes,))?;
+    let raw = raw
+        .cast_into::<Pointer>()
+        .map_err(|_| PyTypeError::new_err("allocate() did not return a Pointer"))?;
+    let cls = ty.class.bind(py);
+    raw.call_method1("cast", (cls,))?
+        .cast_into::<Pointer>()
+        .map_err(Into::into)
+}
+
+fn write_with_nul(p: &Pointer, bytes: &[u8], nul: usize) {
+    // SAFETY: the block was just allocated with bytes.len() + nul bytes.
+    unsafe {
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), p.addr as *mut u8, bytes.len());
+        std::ptr::write_bytes((p.addr + bytes.len()) as *mut u8, 0, nul);
+    }
+}
+
+fn encode<'py>(
+    s: &Bound<'py, PyString>,
+    encoding: &str,
+    errors: &str,
+) -> PyResult<Bound<'py, PyBytes>> {
+    Ok(s.call_method1("encode", (encoding, errors))?
+        .cast_into::<PyBytes>()?)
+}
+
+fn no_nul(units: impl Iterator<Item = bool>) -> PyResult<()> {
+    if units.into_iter().any(|z| z) {
+        return Err(PyValueError::new_err(
+            "embedded NUL character: C would cut the string there",
+        ));
+    }
+    Ok(())
+}
+
+/// A NUL-terminated UTF-8 copy of `s` (count = encoded length + 1).
+#[pyfunction]
+#[pyo3(signature = (s, allocator=None, *, errors="strict"))]
+pub fn to_native_utf8<'py>(
+    py: Python<'py>,
+    s: &Bound<'py, PyString>,
+    allocator: Option<&Bound<'py, PyAny>>,
+    errors: &str,
+) -> PyResult<Bound<'py, Pointer>> {
+    let encoded;
+    let bytes: &[u8] = if errors == "strict" {
+        s.to_str()?.as_bytes()
+    } else {
+        encoded = encode(s, "utf-8", errors)?;
+        encoded.as_bytes()
+    };
+    no_nul(bytes.iter().map(|b| *b == 0))?;
+    let p = allocate_from(py, allocator, types::uint8(py)?, bytes.len() + 1)?;
+    write_with_nul(p.get(), bytes, 1);
+    Ok(p)
+}
+
+/// A NUL-terminated UTF-16 copy of `s` in native byte order (count = code units + 1).
+#[pyfunction]
+#[pyo3(signature = (s, allocator=None, *, errors="strict"))]
+pub fn to_native_utf16<'py>(
+    py: Python<'py>,
+    s: &Bound<'py, PyString>,
+    allocator: Option<&Bound<'py, PyAny>>,
+    errors: &str,
+) -> PyResult<Bound<'py, Pointer>> {
+    let encoding = if cfg!(target_endian = "little") {
+        "utf-16-le"
+    } else {
+        "utf-16-be"
+    };
+    let encoded = encode(s, encoding, errors)?;
+    let bytes = encoded.as_bytes();
+    no_nul(bytes.chunks(2).map(|u| u == [0, 0]))?;
+    let p = allocate_from(py, allocator, types::uint16(py)?, bytes.len() + 2)?;
+    write_with_nul(p.get(), bytes, 2);
+    Ok(p)
+}

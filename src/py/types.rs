@@ -1,0 +1,276 @@
+//! Element types: each Python class that can be an element type (rsalloc's
+//! own, `Pointer[T]`, ctypes scalars, structures, unions and arrays) maps to
+//! one leaked, immutable [`TypeInfo`]. rsalloc's scalars are found by pointer
+//! identity in a small table; everything else through a cache filled once
+//! per class.
+
+use crate::core::types::Kind;
+use pyo3::exceptions::PyTypeError;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::PyType;
+use std::collections::HashMap;
+use std::ffi::{CStr, CString};
+use std::sync::Mutex;
+
+pub struct TypeInfo {
+    pub kind: Kind,
+    pub size: usize,
+    pub align: usize,
+    pub format: &'static CStr,
+    /// The class itself, as `p.type` returns it.
+    pub class: Py<PyAny>,
+    /// The pointee of a `Pointer[T]` slot (`Void` for `c_void_p`).
+    pub target: Option<&'static TypeInfo>,
+    pub name: String,
+    /// A ctypes class: `p.ref` and aggregate elements build instances of it.
+    pub ctypes: bool,
+}
+
+impl TypeInfo {
+    /// Elements can be read and written one by one (not Void).
+    pub fn has_size(&self) -> bool {
+        self.kind != Kind::Void
+    }
+}
+
+struct Registry {
+    /// rsalloc's own scalar classes, matched by identity on the hot path.
+    scalars: Vec<(usize, &'static TypeInfo)>,
+    cache: Mutex<HashMap<usize, &'static TypeInfo>>,
+    uint8: &'static TypeInfo,
+    uint16: &'static TypeInfo,
+    void: &'static TypeInfo,
+}
+
+static REGISTRY: PyOnceLock<Registry> = PyOnceLock::new();
+
+fn leak(info: TypeInfo) -> &'static TypeInfo {
+    Box::leak(Box::new(info))
+}
+
+fn kind_named(name: &str) -> Option<Kind> {
+    use Kind::*;
+    Some(match name {
+        "I8" => I8,
+        "I16" => I16,
+        "I32" => I32,
+        "I64" => I64,
+        "U8" => U8,
+        "U16" => U16,
+        "U32" => U32,
+        "U64" => U64,
+        "F32" => F32,
+        "F64" => F64,
+        "Bool" => Bool,
+        "IntPtr" => IntPtr,
+        "Size" => Size,
+        "Ptr" => Ptr,
+        "Void" => Void,
+        _ => return None,
+    })
+}
+
+fn scalar(class: &Bound<'_, PyAny>, kind: Kind, ctypes: bool) -> PyResult<&'static TypeInfo> {
+    let size = kind.size();
+    Ok(leak(TypeInfo {
+        kind,
+        size,
+        align: size.max(1),
+        format: kind.format(),
+        class: class.clone().unbind(),
+        target: None,
+        name: class.getattr("__name__")?.extract()?,
+        ctypes,
+    }))
+}
+
+fn registry(py: Python<'_>) -> PyResult<&Registry> {
+    REGISTRY.get_or_try_init(py, || {
+        let module = py.import("rsalloc._types")?;
+        let mut scalars = Vec::new();
+        for class in module.getattr("SCALARS")?.try_iter()? {
+            let class = class?;
+            let kind: String = class.getattr("_kind_")?.extract()?;
+            let kind = kind_named(&kind).expect("_types.py names known kinds");
+            scalars.push((class.as_ptr() as usize, scalar(&class, kind, false)?));
+        }
+        let find = |k: Kind| scalars.iter().find(|(_, t)| t.kind == k).unwrap().1;
+        let (uint8, uint16, void) = (find(Kind::U8), find(Kind::U16), find(Kind::Void));
+        Ok(Registry {
+            scalars,
+            cache: Mutex::new(HashMap::new()),
+            uint8,
+            uint16,
+            void,
+        })
+    })
+}
+
+pub fn uint8(py: Python<'_>) -> PyResult<&'static TypeInfo> {
+    Ok(registry(py)?.uint8)
+}
+pub fn uint16(py: Python<'_>) -> PyResult<&'static TypeInfo> {
+    Ok(registry(py)?.uint16)
+}
+pub fn void(py: Python<'_>) -> PyResult<&'static TypeInfo> {
+    Ok(registry(py)?.void)
+}
+
+/// The TypeInfo of an element type, or TypeError.
+#[inline]
+pub fn lookup(t: &Bound<'_, PyAny>) -> PyResult<&'static TypeInfo> {
+    let reg = registry(t.py())?;
+    let key = t.as_ptr() as usize;
+    if let Some((_, info)) = reg.scalars.iter().find(|(k, _)| *k == key) {
+        return Ok(info);
+    }
+    if let Some(info) = reg.cache.lock().unwrap().get(&key) {
+        return Ok(info);
+    }
+    let info = classify(t)?;
+    // Two threads may classify the same class; the first entry wins.
+    Ok(*reg.cache.lock().unwrap().entry(key).or_insert(info))
+}
+
+static CTYPES: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+pub fn ctypes(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
+    CTYPES.import(py, "rsalloc._ctypes_support", "ctypes")
+}
+
+fn not_a_type(t: &Bound<'_, PyAny>) -> PyErr {
+    PyTypeError::new_err(format!(
+        "{} is not an element type: use an rsalloc type (Int32, Pointer[T], ...) or a ctypes type",
+        t.repr().map(|r| r.to_string()).unwrap_or_default()
+    ))
+}
+
+/// ctypes `_type_` codes of simple types.
+fn ctypes_code(code: &str) -> Option<Kind> {
+    use Kind::*;
+    let long = if std::mem::size_of::<libc::c_long>() == 8 {
+        (I64, U64)
+    } else {
+        (I32, U32)
+    };
+    Some(match code {
+        "b" | "c" => I8,
+        "B" => U8,
+        "h" => I16,
+        "H" => U16,
+        "i" => I32,
+        "I" => U32,
+        "l" => long.0,
+        "L" => long.1,
+        "q" => I64,
+        "Q" => U64,
+        "f" => F32,
+        "d" => F64,
+        "?" => Bool,
+        "P" | "z" | "Z" => Ptr,
+        "u" => {
+            if std::mem::size_of::<libc::wchar_t>() == 4 {
+                U32
+            } else {
+                U16
+            }
+        }
+        _ => return None,
+    })
+}
+
+fn classify(t: &Bound<'_, PyAny>) -> PyResult<&'static TypeInfo> {
+    let py = t.py();
+    let Ok(class) = t.cast::<PyType>() else {
+        return Err(not_a_type(t));
+    };
+    let support = py.import("rsalloc._ctypes_support")?;
+    let types = py.import("rsalloc._types")?;
+    if class.is_subclass(&types.getattr("PointerSlot")?)? {
+        let target = lookup(&class.getattr("_target_")?)?;
+        return pointer_info(class, target);
+    }
+    // A ctypes type: describe() returns (kind, size, align, format, target).
+    let desc = support.call_method1("describe", (class,))?;
+    if desc.is_none() {
+        return Err(not_a_type(t));
+    }
+    let (code, size, align, format, target): (
+        String,
+        usize,
+        usize,
+        String,
+        Option<Bound<'_, PyAny>>,
+    ) = desc.extract()?;
+    let name: String = class.getattr("__name__")?.extract()?;
+    if code == "aggregate" {
+        return Ok(leak(TypeInfo {
+            kind: Kind::Opaque,
+            size,
+            align: align.max(1),
+            format: Box::leak(CString::new(format).unwrap_or_default().into_boxed_c_str()),
+            class: class.clone().into_any().unbind(),
+            target: None,
+            name,
+            ctypes: true,
+        }));
+    }
+    let kind = ctypes_code(&code).ok_or_else(|| not_a_type(t))?;
+    if kind == Kind::Ptr {
+        let target = match target {
+            Some(tt) => lookup(&tt)?,
+            None if code == "z" => registry(py)?.scalars[0].1, // char* -> Int8
+            None => void(py)?,
+        };
+        return pointer_info(class, target);
+    }
+    let info = scalar(class.as_any(), kind, true)?;
+    Ok(info)
+}
+
+fn pointer_info(
+    class: &Bound<'_, PyType>,
+    target: &'static TypeInfo,
+) -> PyResult<&'static TypeInfo> {
+    let size = Kind::Ptr.size();
+    Ok(leak(TypeInfo {
+        kind: Kind::Ptr,
+        size,
+        align: size,
+        format: Kind::Ptr.format(),
+        class: class.clone().into_any().unbind(),
+        target: Some(target),
+        name: format!("Pointer[{}]", target.name),
+        ctypes: false,
+    }))
+}
+
+/// `Pointer[T]`: the slot class for T (validated as an element type).
+pub fn pointer_class<'py>(target: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    lookup(target)?;
+    target
+        .py()
+        .import("rsalloc._types")?
+        .call_method1("pointer_type", (target,))
+}
+
+fn sized(t: &Bound<'_, PyAny>) -> PyResult<&'static TypeInfo> {
+    let info = lookup(t)?;
+    if !info.has_size() {
+        return Err(PyTypeError::new_err(format!("{} has no size", info.name)));
+    }
+    Ok(info)
+}
+
+/// `sizeof(T)`: the C size of an element type.
+#[pyfunction]
+pub fn sizeof(t: &Bound<'_, PyAny>) -> PyResult<usize> {
+    Ok(sized(t)?.size)
+}
+
+/// `alignof(T)`: the C alignment of an element type.
+#[pyfunction]
+pub fn alignof(t: &Bound<'_, PyAny>) -> PyResult<usize> {
+    Ok(sized(t)?.align)
+}
