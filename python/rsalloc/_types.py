@@ -6,6 +6,8 @@ from __future__ import annotations
 
 __all__ = [
     "NativeType",
+    "Integer",
+    "Floating",
     "Int8",
     "Int16",
     "Int32",
@@ -35,43 +37,55 @@ class NativeType:
         raise TypeError(f"{cls.__name__} is an element type, not a value; allocate one with calloc({cls.__name__})")
 
 
-class Int8(NativeType):
+class Integer(NativeType):
+    """Base of the integer element types: their elements are `int`."""
+
+    __slots__ = ()
+
+
+class Floating(NativeType):
+    """Base of the floating-point element types: their elements are `float`."""
+
+    __slots__ = ()
+
+
+class Int8(Integer):
     _kind_ = "I8"
 
 
-class Int16(NativeType):
+class Int16(Integer):
     _kind_ = "I16"
 
 
-class Int32(NativeType):
+class Int32(Integer):
     _kind_ = "I32"
 
 
-class Int64(NativeType):
+class Int64(Integer):
     _kind_ = "I64"
 
 
-class Uint8(NativeType):
+class Uint8(Integer):
     _kind_ = "U8"
 
 
-class Uint16(NativeType):
+class Uint16(Integer):
     _kind_ = "U16"
 
 
-class Uint32(NativeType):
+class Uint32(Integer):
     _kind_ = "U32"
 
 
-class Uint64(NativeType):
+class Uint64(Integer):
     _kind_ = "U64"
 
 
-class Float32(NativeType):
+class Float32(Floating):
     _kind_ = "F32"
 
 
-class Float64(NativeType):
+class Float64(Floating):
     _kind_ = "F64"
 
 
@@ -79,11 +93,11 @@ class Bool(NativeType):
     _kind_ = "Bool"
 
 
-class IntPtr(NativeType):
+class IntPtr(Integer):
     _kind_ = "IntPtr"
 
 
-class Size(NativeType):
+class Size(Integer):
     _kind_ = "Size"
 
 

@@ -28,6 +28,57 @@ pub enum Owner {
     Block(Arc<Record>),
 }
 
+impl Owner {
+    /// Ok when the memory may be accessed.
+    #[inline]
+    pub fn check_access(&self) -> Result<(), Error> {
+        match self {
+            Owner::Block(r) => r.check_access(),
+            Owner::Unowned => Ok(()),
+        }
+    }
+
+    /// A buffer export begins: the memory stays until `unpin`.
+    pub fn pin(&self) -> Result<(), Error> {
+        match self {
+            Owner::Block(r) => r.pin(),
+            Owner::Unowned => Ok(()),
+        }
+    }
+
+    pub fn unpin(&self) {
+        if let Owner::Block(r) = self {
+            r.unpin();
+        }
+    }
+
+    /// Who owns the memory, for messages.
+    pub fn name(&self) -> String {
+        match self {
+            Owner::Block(r) => match r.state() {
+                State::Detached => "detached".into(),
+                _ => match r.arena() {
+                    Some(id) => format!("arena #{id}"),
+                    None => r.allocator().name.clone(),
+                },
+            },
+            Owner::Unowned => "unowned".into(),
+        }
+    }
+
+    /// The state, for repr.
+    pub fn state_name(&self) -> &'static str {
+        match self {
+            Owner::Block(r) => match r.state() {
+                State::Live => "live",
+                State::Detached => "detached",
+                State::Dead(d) => d.as_str(),
+            },
+            Owner::Unowned => "foreign",
+        }
+    }
+}
+
 #[pyclass(frozen, weakref, module = "rsalloc", name = "Pointer")]
 pub struct Pointer {
     pub addr: usize,
@@ -93,18 +144,12 @@ impl Pointer {
         if self.addr == 0 {
             return Err(Error::NullPointer);
         }
-        match &self.owner {
-            Owner::Block(r) => r.check_access(),
-            Owner::Unowned => Ok(()),
-        }
+        self.owner.check_access()
     }
 
     /// Ok when the view is alive (null views count as alive: nothing was freed).
     fn check_alive(&self) -> Result<(), Error> {
-        match &self.owner {
-            Owner::Block(r) => r.check_access(),
-            Owner::Unowned => Ok(()),
-        }
+        self.owner.check_access()
     }
 
     pub fn err(&self, py: Python<'_>, e: Error) -> PyErr {
@@ -255,30 +300,6 @@ impl Pointer {
         let ind = s.indices(n as isize)?;
         Ok((ind.start, ind.step, ind.slicelength))
     }
-
-    fn owner_name(&self) -> String {
-        match &self.owner {
-            Owner::Block(r) => match r.state() {
-                State::Detached => "detached".into(),
-                _ => match r.arena() {
-                    Some(id) => format!("arena #{id}"),
-                    None => r.allocator().name.clone(),
-                },
-            },
-            Owner::Unowned => "unowned".into(),
-        }
-    }
-
-    fn state_name(&self) -> &'static str {
-        match &self.owner {
-            Owner::Block(r) => match r.state() {
-                State::Live => "live",
-                State::Detached => "detached",
-                State::Dead(d) => d.as_str(),
-            },
-            Owner::Unowned => "foreign",
-        }
-    }
 }
 
 impl fmt::Display for Pointer {
@@ -291,7 +312,7 @@ impl fmt::Display for Pointer {
         } else {
             write!(f, " (unknown count")?;
         }
-        write!(f, ", {})", self.owner_name())
+        write!(f, ", {})", self.owner.name())
     }
 }
 
@@ -775,8 +796,8 @@ impl Pointer {
             self.ty.name,
             self.addr,
             count,
-            self.owner_name(),
-            self.state_name()
+            self.owner.name(),
+            self.owner.state_name()
         )
     }
 
@@ -828,9 +849,7 @@ impl Pointer {
             )));
         };
         this.check().py(py, this)?;
-        if let Some(r) = this.record() {
-            r.pin().py(py, this)?;
-        }
+        this.owner.pin().py(py, this)?;
         // Elements keep their format only when the consumer asks for formats
         // and shapes; otherwise the view is plain bytes.
         let typed = this.elem_size().is_some()
@@ -878,9 +897,7 @@ impl Pointer {
     }
 
     unsafe fn __releasebuffer__(&self, _view: *mut ffi::Py_buffer) {
-        if let Some(r) = self.record() {
-            r.unpin();
-        }
+        self.owner.unpin();
     }
 }
 
