@@ -30,7 +30,6 @@ mod _rsalloc {
         m.add("malloc", crate::py::allocator::malloc(py)?)?;
         m.add("calloc", crate::py::allocator::calloc(py)?)?;
         m.add("nullptr", crate::py::pointer::nullptr_object(py)?)?;
-        m.add("LIBC_FREE", crate::core::sys::free_fn_address())?;
         Ok(())
     }
 }

@@ -147,7 +147,6 @@ class Allocator:
 malloc: Allocator
 calloc: Allocator
 nullptr: Pointer[Void]
-LIBC_FREE: int
 
 def free(p: Pointer[Any]) -> None: ...
 def sizeof(t: type[Any]) -> int: ...
