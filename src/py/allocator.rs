@@ -43,27 +43,14 @@ impl std::fmt::Display for Asked<'_> {
     }
 }
 
-/// A count argument as i128 (any Python int; overflow past i128 is OverflowError).
-fn count_arg(v: &Bound<'_, PyAny>) -> PyResult<i128> {
-    if v.is_instance_of::<pyo3::types::PyFloat>() {
-        return Err(PyTypeError::new_err(
-            "a count or size must be an int, not float",
-        ));
-    }
-    v.extract()
-}
-
-fn align_arg(v: Option<&Bound<'_, PyAny>>) -> PyResult<Option<u128>> {
-    let Some(v) = v.filter(|v| !v.is_none()) else {
-        return Ok(None);
-    };
-    let a = count_arg(v)?;
-    if a <= 0 {
-        return Err(PyValueError::new_err(format!(
+fn align_arg(v: Option<i128>) -> PyResult<Option<u128>> {
+    match v {
+        None => Ok(None),
+        Some(a) if a <= 0 => Err(PyValueError::new_err(format!(
             "alignment {a} is not a power of two"
-        )));
+        ))),
+        Some(a) => Ok(Some(a as u128)),
     }
-    Ok(Some(a as u128))
 }
 
 impl Allocator {
@@ -74,12 +61,14 @@ impl Allocator {
         Ok(obj)
     }
 
+    /// Sizes arrive as i128: any int a user could mean is classified exactly
+    /// (negative, too big for isize, fine); floats and other kinds are TypeError.
     fn request(
         &self,
         py: Python<'_>,
         ty: &'static TypeInfo,
-        count: &Bound<'_, PyAny>,
-        alignment: Option<&Bound<'_, PyAny>>,
+        count: i128,
+        alignment: Option<i128>,
     ) -> PyResult<Request> {
         if !ty.has_size() {
             return Err(PyTypeError::new_err(format!(
@@ -87,9 +76,8 @@ impl Allocator {
                 ty.name
             )));
         }
-        let n = count_arg(count)?;
         let align = align_arg(alignment)?;
-        layout::array(n, ty.size, ty.align, align).py(py, &Asked(&self.core.name, ty, count))
+        layout::array(count, ty.size, ty.align, align).py(py, &Asked(&self.core.name, ty, &count))
     }
 
     pub fn new_pointer(
@@ -120,25 +108,17 @@ impl Allocator {
 #[pymethods]
 impl Allocator {
     /// `a(T=Uint8, count=1, *, alignment=None)`: a Pointer[T] of count elements.
-    #[pyo3(signature = (r#type=None, count=None, *, alignment=None))]
+    #[pyo3(signature = (r#type=None, count=1, *, alignment=None))]
     fn __call__(
         &self,
         py: Python<'_>,
         r#type: Option<&Bound<'_, PyAny>>,
-        count: Option<&Bound<'_, PyAny>>,
-        alignment: Option<&Bound<'_, PyAny>>,
+        count: i128,
+        alignment: Option<i128>,
     ) -> PyResult<Pointer> {
         let ty = match r#type {
             Some(t) => types::lookup(t)?,
             None => types::uint8(py)?,
-        };
-        let one;
-        let count = match count {
-            Some(c) => c,
-            None => {
-                one = 1i32.into_pyobject(py)?.into_any();
-                &one
-            }
         };
         let req = self.request(py, ty, count, alignment)?;
         self.new_pointer(py, ty, req)
@@ -146,12 +126,7 @@ impl Allocator {
 
     /// `allocate(nbytes, *, alignment=None)`: a Pointer[Uint8] of nbytes.
     #[pyo3(signature = (nbytes, *, alignment=None))]
-    fn allocate(
-        &self,
-        py: Python<'_>,
-        nbytes: &Bound<'_, PyAny>,
-        alignment: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<Pointer> {
+    fn allocate(&self, py: Python<'_>, nbytes: i128, alignment: Option<i128>) -> PyResult<Pointer> {
         let ty = types::uint8(py)?;
         let req = self.request(py, ty, nbytes, alignment)?;
         self.new_pointer(py, ty, req)
@@ -169,12 +144,7 @@ impl Allocator {
 
     /// Grows or shrinks to `count` elements of p's type. Returns the new
     /// Pointer; p and all its views are dead. calloc zeroes the new tail.
-    fn realloc(
-        &self,
-        py: Python<'_>,
-        p: &Bound<'_, Pointer>,
-        count: &Bound<'_, PyAny>,
-    ) -> PyResult<Pointer> {
+    fn realloc(&self, py: Python<'_>, p: &Bound<'_, Pointer>, count: i128) -> PyResult<Pointer> {
         let p = p.get();
         let ty = if p.ty.has_size() {
             p.ty
@@ -197,24 +167,20 @@ impl Allocator {
 
     /// Takes ownership of `count` T at `address`, which this allocator's C
     /// counterpart allocated (e.g. a `strdup` result for malloc).
-    #[pyo3(signature = (address, r#type, count=None))]
+    #[pyo3(signature = (address, r#type, count=1))]
     fn adopt(
         &self,
         py: Python<'_>,
         address: &Bound<'_, PyAny>,
         r#type: &Bound<'_, PyAny>,
-        count: Option<&Bound<'_, PyAny>>,
+        count: i128,
     ) -> PyResult<Pointer> {
         let addr = usize_arg(address, "address")?;
         let ty = types::lookup(r#type)?;
-        let count = match count {
-            Some(c) => c.clone(),
-            None => 1i32.into_pyobject(py)?.into_any(),
-        };
         let req = self.request(
             py,
             if ty.has_size() { ty } else { types::uint8(py)? },
-            &count,
+            count,
             None,
         )?;
         let req = Request {
