@@ -1,0 +1,97 @@
+"""`python -m rsalloc demo`: a tour of rsalloc against real C libraries
+(libc and zlib through ctypes). Every step prints one line."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+
+import rsalloc
+from rsalloc import Int32, Pointer, Uint8, UseAfterFreeError, calloc, free, malloc, to_native_utf8
+
+
+def _libc() -> ctypes.CDLL:
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    libc.strlen.argtypes = [ctypes.c_void_p]
+    libc.strlen.restype = ctypes.c_size_t
+    libc.strtol.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
+    libc.strtol.restype = ctypes.c_long
+    libc.qsort.restype = None
+    return libc
+
+
+def _zlib() -> ctypes.CDLL:
+    z = ctypes.CDLL(ctypes.util.find_library("z") or "libz.so.1")
+    for name in ("compress2", "uncompress"):
+        getattr(z, name).restype = ctypes.c_int
+    z.compress2.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_ulong, ctypes.c_int]
+    z.uncompress.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_ulong]
+    z.compressBound.argtypes = [ctypes.c_ulong]
+    z.compressBound.restype = ctypes.c_ulong
+    return z
+
+
+def _step(title: str, result: object) -> None:
+    print(f"  {title:<44} {result}")
+
+
+def run() -> int:
+    libc, z = _libc(), _zlib()
+    print("rsalloc demo: checked native memory, driven through ctypes\n")
+
+    # Strings in and out of C.
+    s = to_native_utf8("héllo, wörld")
+    _step("to_native_utf8 -> libc strlen", f"{libc.strlen(s)} bytes (Python len {len('héllo, wörld')})")
+    end = calloc(Pointer[Uint8])  # a char** out-parameter
+    num = to_native_utf8("4096 bytes left")
+    _step("strtol with a char** out-parameter", f"{libc.strtol(num, end, 10)}, rest {end[0].to_str()!r}")
+
+    # An array sorted by C, calling back into Python.
+    n = 8
+    arr = malloc(Int32, n)
+    arr[:] = [5, -3, 9, 0, 2, 7, -8, 1]
+    cmp_t = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)
+
+    def compare(a: int, b: int) -> int:
+        x, y = Pointer.from_address(a, Int32)[0], Pointer.from_address(b, Int32)[0]
+        return (x > y) - (x < y)
+
+    libc.qsort(arr, n, rsalloc.sizeof(Int32), cmp_t(compare))
+    _step("qsort of a malloc'd Int32 array", arr[:])
+
+    # zlib round trip: buffers and unsigned-long out-parameters.
+    text = ("rsalloc " * 64).encode()
+    src = malloc.allocate(len(text))
+    src.write_bytes(text)
+    bound = z.compressBound(len(text))
+    packed = malloc.allocate(bound)
+    packed_len = calloc(ctypes.c_ulong)
+    packed_len[0] = bound
+    rc = z.compress2(packed, packed_len, src, len(text), 9)
+    out = malloc.allocate(len(text))
+    out_len = calloc(ctypes.c_ulong)
+    out_len[0] = len(text)
+    rc2 = z.uncompress(out, out_len, packed, packed_len[0])
+    same = out.read_bytes(out_len[0]) == text
+    _step("zlib compress2 / uncompress", f"rc={rc},{rc2}: {len(text)} -> {packed_len[0]} -> {out_len[0]} bytes, equal={same}")
+
+    # numpy-style zero-copy view through the buffer protocol.
+    view = memoryview(arr)
+    _step("memoryview(arr)", f"format {view.format!r}, shape {view.shape}")
+    view.release()
+
+    # A mistake that would be undefined behaviour in C.
+    free(arr)
+    try:
+        arr[0]
+    except UseAfterFreeError as e:
+        _step("arr[0] after free(arr)", f"UseAfterFreeError: {e}")
+
+    for p in (s, end, num, src, packed, packed_len, out, out_len):
+        free(p)
+    st = rsalloc.stats()
+    print()
+    _step("rsalloc.stats()", f"live={st.live_count} ({st.live_bytes} B), peak={st.peak_bytes} B, "
+          f"allocs={st.total_allocs}, frees={st.total_frees}")
+    _step("leaks", "none" if st.live_count == 0 else f"{st.live_count} live allocations")
+    return 0 if st.live_count == 0 and same and rc == rc2 == 0 else 1
