@@ -1,0 +1,329 @@
+"""`python -m rsalloc bench`: rsalloc beside the peers installed here.
+
+Every cell is a `timeit` statement; each repeat runs every cell of a job once,
+in turn (interleaved), and the table shows the median over the repeats in ns
+per operation, with the ratio of each rsalloc cell to the fastest peer of its
+row measured in the same run. Peers that are not installed are skipped with a
+line saying so. Install them all with `pip install ".[bench]"`.
+"""
+
+from __future__ import annotations
+
+import array
+import ctypes
+import ctypes.util
+import gc
+import json
+import os
+import platform
+import statistics
+import sys
+import timeit
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import rsalloc
+
+try:
+    import numpy as np
+except ImportError:  # pragma: no cover - depends on the machine
+    np = None
+try:
+    import cffi
+
+    _ffi: Any = cffi.FFI()
+    _ffi.cdef("void *malloc(size_t); void free(void *);")
+    _cffi_libc: Any = _ffi.dlopen(None)
+except ImportError:  # pragma: no cover
+    cffi = None
+try:
+    import pyarrow as pa
+except ImportError:  # pragma: no cover
+    pa = None
+
+
+@dataclass
+class Cell:
+    """One implementation of one row: `stmt` timed with `setup` in `ns`."""
+
+    impl: str
+    stmt: str
+    setup: str = "pass"
+    ops: int = 1  # operations per execution of stmt
+    ours: bool = False
+
+
+@dataclass
+class Row:
+    job: str
+    name: str
+    cells: list[Cell]
+    medians: dict[str, float] = field(default_factory=dict)
+
+
+def _libc() -> ctypes.CDLL:
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    libc.malloc.argtypes = [ctypes.c_size_t]
+    libc.malloc.restype = ctypes.c_void_p
+    libc.free.argtypes = [ctypes.c_void_p]
+    libc.free.restype = None
+    return libc
+
+
+def _namespace() -> dict[str, Any]:
+    ns: dict[str, Any] = {
+        "rsalloc": rsalloc,
+        "ctypes": ctypes,
+        "array": array,
+        "np": np,
+        "pa": pa,
+        "libc": _libc(),
+        "malloc_allocate": rsalloc.malloc.allocate,
+        "calloc_allocate": rsalloc.calloc.allocate,
+        "rfree": rsalloc.free,
+        "Int32": rsalloc.Int32,
+        "utf8": rsalloc.to_native_utf8,
+        "text": "x" * 31 + "é",  # 32 characters, 33 bytes in UTF-8
+        "create_string_buffer": ctypes.create_string_buffer,
+    }
+    if cffi is not None:
+        ns.update(ffi=_ffi, clib=_cffi_libc, ffi_new=_ffi.new)
+    return ns
+
+
+def _missing() -> list[str]:
+    return [name for name, mod in (("numpy", np), ("cffi", cffi), ("pyarrow", pa)) if mod is None]
+
+
+def _alloc_rows() -> list[Row]:
+    rows = []
+    for n, label in ((64, "64 B"), (4096, "4 KiB")):
+        raw = [
+            Cell("rsalloc malloc", f"rfree(malloc_allocate({n}))", ours=True),
+            Cell("bytearray", f"bytearray({n})"),
+            Cell("ctypes libc malloc/free", f"libc.free(libc.malloc({n}))"),
+        ]
+        zeroed = [
+            Cell("rsalloc calloc", f"rfree(calloc_allocate({n}))", ours=True),
+            Cell("bytearray", f"bytearray({n})"),
+            Cell("ctypes create_string_buffer", f"create_string_buffer({n})"),
+            Cell("ctypes array type", "T()", setup=f"T = ctypes.c_char * {n}"),
+        ]
+        if np is not None:
+            raw.append(Cell("numpy.empty", f"np.empty({n}, np.uint8)"))
+            zeroed.append(Cell("numpy.zeros", f"np.zeros({n}, np.uint8)"))
+        if cffi is not None:
+            raw.append(Cell("cffi malloc/free", f"clib.free(clib.malloc({n}))"))
+            zeroed.append(Cell("cffi ffi.new", f"ffi_new('char[]', {n})"))
+        if pa is not None:
+            raw.append(Cell("pyarrow.allocate_buffer", f"pa.allocate_buffer({n})"))
+        rows.append(Row("a", f"alloc+free {label}, raw", raw))
+        rows.append(Row("a", f"alloc+free {label}, zeroed", zeroed))
+    return rows
+
+
+def _arena_rows() -> list[Row]:
+    loop = "for _ in R: "
+    cells = []
+    if hasattr(rsalloc, "Arena"):
+        cells.append(
+            Cell(
+                "rsalloc Arena",
+                "with Arena() as a:\n    al = a.allocate\n    for _ in R: al(32)",
+                setup="Arena = rsalloc.Arena; R = range(1000)",
+                ops=1000,
+                ours=True,
+            )
+        )
+    cells += [
+        Cell("list of bytearray", "[bytearray(32) for _ in R]", setup="R = range(1000)", ops=1000),
+        Cell("list of ctypes arrays", "[T() for _ in R]", setup="R = range(1000); T = ctypes.c_char * 32", ops=1000),
+        Cell("rsalloc malloc, freed one by one",
+             "ps = [al(32) for _ in R]\n" + loop + "pass\nfor p in ps: rfree(p)",
+             setup="R = range(1000); al = malloc_allocate", ops=1000),
+    ]
+    if np is not None:
+        cells.append(Cell("list of numpy.empty", "[np.empty(32, np.uint8) for _ in R]", setup="R = range(1000)", ops=1000))
+    if cffi is not None:
+        cells.append(Cell("list of cffi ffi.new", "[ffi_new('char[]', 32) for _ in R]", setup="R = range(1000)", ops=1000))
+    # The malloc-one-by-one cell is rsalloc too, but not the arena: show it, compare only the arena.
+    cells[-1 if np is None and cffi is None else len(cells) - 1 - (np is not None) - (cffi is not None)].ours = False
+    return [Row("b", "1000 × 32 B, released together", cells)]
+
+
+def _element_rows() -> list[Row]:
+    setup_r = "p = rsalloc.calloc(Int32, 1024); I = range(1024)"
+    read = [
+        Cell("rsalloc Pointer", "for i in I: p[i]", setup=setup_r, ops=1024, ours=True),
+        Cell("ctypes array", "for i in I: p[i]", setup="p = (ctypes.c_int32 * 1024)(); I = range(1024)", ops=1024),
+        Cell("memoryview cast", "for i in I: p[i]", setup="p = memoryview(bytearray(4096)).cast('i'); I = range(1024)", ops=1024),
+        Cell("array.array", "for i in I: p[i]", setup="p = array.array('i', bytes(4096)); I = range(1024)", ops=1024),
+    ]
+    write = [
+        Cell("rsalloc Pointer", "for i in I: p[i] = i", setup=setup_r, ops=1024, ours=True),
+        Cell("ctypes array", "for i in I: p[i] = i", setup="p = (ctypes.c_int32 * 1024)(); I = range(1024)", ops=1024),
+        Cell("memoryview cast", "for i in I: p[i] = i", setup="p = memoryview(bytearray(4096)).cast('i'); I = range(1024)", ops=1024),
+        Cell("array.array", "for i in I: p[i] = i", setup="p = array.array('i', bytes(4096)); I = range(1024)", ops=1024),
+    ]
+    if np is not None:
+        read.append(Cell("numpy", "for i in I: p[i]", setup="p = np.zeros(1024, np.int32); I = range(1024)", ops=1024))
+        write.append(Cell("numpy", "for i in I: p[i] = i", setup="p = np.zeros(1024, np.int32); I = range(1024)", ops=1024))
+    return [Row("c", "Int32 element read (1024 elements)", read), Row("c", "Int32 element write (1024 elements)", write)]
+
+
+COPY_BYTES = 64 << 20
+
+
+def _copy_rows() -> list[Row]:
+    mk = f"N = {COPY_BYTES}; "
+    cells = [
+        Cell("rsalloc copy_from", "dst.copy_from(src)",
+             setup=mk + "src = rsalloc.malloc.allocate(N); dst = rsalloc.malloc.allocate(N); src.fill(1); dst.fill(2)",
+             ours=True),
+        Cell("ctypes.memmove", "ctypes.memmove(dst, src, N)",
+             setup=mk + "src = ctypes.create_string_buffer(b'\\x01' * N, N); dst = ctypes.create_string_buffer(N)"),
+        Cell("memoryview slice", "dst[:] = src",
+             setup=mk + "src = memoryview(bytearray(b'\\x01') * N); dst = memoryview(bytearray(N))"),
+    ]
+    if np is not None:
+        cells.append(Cell("numpy.copyto", "np.copyto(dst, src)",
+                          setup=mk + "src = np.ones(N, np.uint8); dst = np.zeros(N, np.uint8)"))
+    return [Row("d", "64 MiB copy", cells)]
+
+
+def _string_rows() -> list[Row]:
+    cells = [
+        Cell("rsalloc to_native_utf8", "s = utf8(text); s.to_str(); rfree(s)", ours=True),
+        Cell("ctypes create_string_buffer", "b = create_string_buffer(text.encode()); b.value.decode()"),
+    ]
+    if cffi is not None:
+        cells.append(Cell("cffi ffi.new", "c = ffi_new('char[]', text.encode()); ffi.string(c).decode()"))
+    return [Row("e", "32-char C string: create, read, free", cells)]
+
+
+def _tracking_rows() -> list[Row]:
+    tracking = getattr(rsalloc, "tracking", None)
+    if tracking is None:
+        return []
+    rows = []
+    for frames in (1, 16):
+        rows.append(Row("f", f"alloc+free 64 B, tracking on ({frames} frames)", [
+            Cell("rsalloc tracked", "rfree(malloc_allocate(64))",
+                 setup=f"rsalloc.tracking.enable(frames={frames})", ours=True),
+            Cell("bytearray under tracemalloc", "bytearray(64)",
+                 setup=f"import tracemalloc; tracemalloc.start({frames})"),
+        ]))
+    return rows
+
+
+JOBS: dict[str, Callable[[], list[Row]]] = {
+    "a": _alloc_rows,
+    "b": _arena_rows,
+    "c": _element_rows,
+    "d": _copy_rows,
+    "e": _string_rows,
+    "f": _tracking_rows,
+}
+
+_TEARDOWN = "import tracemalloc; tracemalloc.stop()\ntry:\n    rsalloc.tracking.disable()\nexcept AttributeError:\n    pass"
+
+
+def _measure(row: Row, repeats: int, quick: bool, ns: dict[str, Any]) -> None:
+    target = 0.005 if quick else 0.04  # seconds per measurement
+    timers = []
+    for cell in row.cells:
+        # Each cell runs its setup in a namespace of its own: state such as a
+        # started tracemalloc must not leak into the next cell.
+        t = timeit.Timer(cell.stmt, setup=cell.setup, globals=dict(ns))
+        timers.append(t)
+    numbers = []
+    for cell, t in zip(row.cells, timers):
+        n, _ = t.autorange()
+        numbers.append(max(1, int(n * target / 0.2)))
+        exec(_TEARDOWN, dict(ns))
+    samples: dict[str, list[float]] = {c.impl: [] for c in row.cells}
+    for _ in range(repeats):
+        for cell, t, n in zip(row.cells, timers, numbers):
+            gc.collect()
+            secs = t.timeit(n)
+            exec(_TEARDOWN, dict(ns))
+            samples[cell.impl].append(secs / (n * cell.ops) * 1e9)
+    row.medians = {impl: statistics.median(v) for impl, v in samples.items()}
+
+
+def _ratios(row: Row) -> dict[str, float]:
+    peers = [row.medians[c.impl] for c in row.cells if not c.ours and not c.impl.startswith("rsalloc")]
+    if not peers:
+        return {}
+    best = min(peers)
+    return {c.impl: row.medians[c.impl] / best for c in row.cells if c.ours}
+
+
+def _memory_row() -> dict[str, Any]:
+    """Bytes each live allocation costs beyond its 16-byte block, over 1e6 allocations (RSS)."""
+
+    def rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    n = 1_000_000
+    out = {}
+    for name, make, release in (
+        ("rsalloc malloc(Uint8, 16)", lambda: rsalloc.malloc.allocate(16), rsalloc.free),
+        ("ctypes (c_char * 16)()", (ctypes.c_char * 16), None),
+    ):
+        gc.collect()
+        before = rss()
+        held = [make() for _ in range(n)]
+        after = rss()
+        out[name] = (after - before) / n - 16
+        if release is not None:
+            for p in held:
+                release(p)
+        del held
+        gc.collect()
+    return out
+
+
+def run(jobs: list[str] | None = None, repeats: int = 5, as_json: bool = False, quick: bool = False) -> int:
+    wanted = jobs or list(JOBS)
+    unknown = [j for j in wanted if j not in JOBS and j != "g"]
+    if unknown:
+        print(f"unknown job(s) {unknown}: choose from {sorted(JOBS)} and g (memory)", file=sys.stderr)
+        return 2
+    ns = _namespace()
+    missing = _missing()
+    rows: list[Row] = []
+    for j in wanted:
+        if j in JOBS:
+            rows += JOBS[j]()
+    for row in rows:
+        _measure(row, max(1, repeats), quick, ns)
+    memory = _memory_row() if "g" in wanted or not jobs else None
+    result = {
+        "machine": {"python": sys.version.split()[0], "platform": platform.platform(), "cpus": os.cpu_count()},
+        "repeats": repeats,
+        "skipped_peers": missing,
+        "rows": [
+            {"job": r.job, "row": r.name, "ns_per_op": r.medians, "ratio_to_fastest_peer": _ratios(r)} for r in rows
+        ],
+        "memory_overhead_bytes": memory,
+    }
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return 0
+    for name in missing:
+        print(f"(peer {name} is not installed: its cells are skipped; pip install \".[bench]\")")
+    print(f"rsalloc bench: median ns per operation over {repeats} interleaved repeats; "
+          "ratio = rsalloc / fastest peer in the same run\n")
+    for r in rows:
+        ratios = _ratios(r)
+        print(f"[{r.job}] {r.name}")
+        for c in sorted(r.cells, key=lambda c: r.medians[c.impl]):
+            mark = f"  ratio {ratios[c.impl]:.2f}x" if c.impl in ratios else ""
+            print(f"    {c.impl:<34} {r.medians[c.impl]:>12.1f} ns{mark}")
+    if memory:
+        print("\n[g] bytes per live allocation beyond a 16-byte block (RSS over 1e6 allocations)")
+        for k, v in memory.items():
+            print(f"    {k:<34} {v:>12.1f} B")
+    return 0
