@@ -43,6 +43,28 @@ impl std::fmt::Display for Asked<'_> {
     }
 }
 
+/// A size, count or alignment argument: any Python int, classified exactly
+/// (negative, too big for isize, fine) up to 128 bits; anything else is
+/// TypeError. Small ints take a fast path that skips the 128-bit conversion.
+pub struct SizeArg(pub i128);
+
+impl<'a, 'py> FromPyObject<'a, 'py> for SizeArg {
+    type Error = PyErr;
+
+    #[inline]
+    fn extract(obj: pyo3::Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+        if obj.is_exact_instance_of::<pyo3::types::PyInt>() {
+            let mut overflow = 0;
+            // SAFETY: obj is an exact int; this call cannot fail otherwise.
+            let v = unsafe { pyo3::ffi::PyLong_AsLongLongAndOverflow(obj.as_ptr(), &mut overflow) };
+            if overflow == 0 {
+                return Ok(SizeArg(v as i128));
+            }
+        }
+        obj.extract::<i128>().map(SizeArg)
+    }
+}
+
 fn align_arg(v: Option<i128>) -> PyResult<Option<u128>> {
     match v {
         None => Ok(None),
@@ -108,27 +130,32 @@ impl Allocator {
 #[pymethods]
 impl Allocator {
     /// `a(T=Uint8, count=1, *, alignment=None)`: a Pointer[T] of count elements.
-    #[pyo3(signature = (r#type=None, count=1, *, alignment=None))]
+    #[pyo3(signature = (r#type=None, count=SizeArg(1), *, alignment=None))]
     fn __call__(
         &self,
         py: Python<'_>,
         r#type: Option<&Bound<'_, PyAny>>,
-        count: i128,
-        alignment: Option<i128>,
+        count: SizeArg,
+        alignment: Option<SizeArg>,
     ) -> PyResult<Pointer> {
         let ty = match r#type {
             Some(t) => types::lookup(t)?,
             None => types::uint8(py)?,
         };
-        let req = self.request(py, ty, count, alignment)?;
+        let req = self.request(py, ty, count.0, alignment.map(|a| a.0))?;
         self.new_pointer(py, ty, req)
     }
 
     /// `allocate(nbytes, *, alignment=None)`: a Pointer[Uint8] of nbytes.
     #[pyo3(signature = (nbytes, *, alignment=None))]
-    fn allocate(&self, py: Python<'_>, nbytes: i128, alignment: Option<i128>) -> PyResult<Pointer> {
+    fn allocate(
+        &self,
+        py: Python<'_>,
+        nbytes: SizeArg,
+        alignment: Option<SizeArg>,
+    ) -> PyResult<Pointer> {
         let ty = types::uint8(py)?;
-        let req = self.request(py, ty, nbytes, alignment)?;
+        let req = self.request(py, ty, nbytes.0, alignment.map(|a| a.0))?;
         self.new_pointer(py, ty, req)
     }
 
@@ -144,14 +171,14 @@ impl Allocator {
 
     /// Grows or shrinks to `count` elements of p's type. Returns the new
     /// Pointer; p and all its views are dead. calloc zeroes the new tail.
-    fn realloc(&self, py: Python<'_>, p: &Bound<'_, Pointer>, count: i128) -> PyResult<Pointer> {
+    fn realloc(&self, py: Python<'_>, p: &Bound<'_, Pointer>, count: SizeArg) -> PyResult<Pointer> {
         let p = p.get();
         let ty = if p.ty.has_size() {
             p.ty
         } else {
             types::uint8(py)?
         };
-        let req = self.request(py, ty, count, None)?;
+        let req = self.request(py, ty, count.0, None)?;
         if p.addr == 0 {
             return self.new_pointer(py, ty, req); // C: realloc(NULL, n) is malloc(n)
         }
@@ -167,20 +194,20 @@ impl Allocator {
 
     /// Takes ownership of `count` T at `address`, which this allocator's C
     /// counterpart allocated (e.g. a `strdup` result for malloc).
-    #[pyo3(signature = (address, r#type, count=1))]
+    #[pyo3(signature = (address, r#type, count=SizeArg(1)))]
     fn adopt(
         &self,
         py: Python<'_>,
         address: &Bound<'_, PyAny>,
         r#type: &Bound<'_, PyAny>,
-        count: i128,
+        count: SizeArg,
     ) -> PyResult<Pointer> {
         let addr = usize_arg(address, "address")?;
         let ty = types::lookup(r#type)?;
         let req = self.request(
             py,
             if ty.has_size() { ty } else { types::uint8(py)? },
-            count,
+            count.0,
             None,
         )?;
         let req = Request {

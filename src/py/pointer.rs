@@ -79,33 +79,43 @@ impl Owner {
     }
 }
 
-#[pyclass(frozen, weakref, module = "rsalloc", name = "Pointer")]
+#[pyclass(frozen, module = "rsalloc", name = "Pointer")]
 pub struct Pointer {
     pub addr: usize,
     pub ty: &'static TypeInfo,
     /// Bytes reachable from `addr` within the block; None when unknown.
     pub extent: Option<usize>,
     pub owner: Owner,
-    /// Stable storage for the buffer protocol: [count, nbytes, itemsize, 1].
-    dims: [isize; 4],
+    /// Elements in the view (None: unknown extent or a sizeless type),
+    /// computed once: every index check reads it.
+    count: Option<usize>,
+    /// Stable storage for the buffer protocol's shape: [count, nbytes].
+    dims: [isize; 2],
 }
 
 impl Pointer {
     pub fn new(addr: usize, ty: &'static TypeInfo, extent: Option<usize>, owner: Owner) -> Self {
-        let mut p = Pointer {
+        let size = ty.size;
+        let count = match extent {
+            Some(e) if ty.kind != Kind::Void && size > 0 => Some(if size.is_power_of_two() {
+                e >> size.trailing_zeros()
+            } else {
+                e / size
+            }),
+            _ => None,
+        };
+        let nbytes = match count {
+            Some(n) => n * size,
+            None => extent.unwrap_or(0),
+        };
+        Pointer {
             addr,
             ty,
             extent,
             owner,
-            dims: [0; 4],
-        };
-        p.dims = [
-            p.count().unwrap_or(0) as isize,
-            p.nbytes_usize().unwrap_or(0) as isize,
-            ty.size as isize,
-            1,
-        ];
-        p
+            count,
+            dims: [count.unwrap_or(0) as isize, nbytes as isize],
+        }
     }
 
     /// Another view of the same owner.
@@ -121,9 +131,9 @@ impl Pointer {
     }
 
     /// Elements in the view: None for unknown extent or sizeless types.
+    #[inline]
     pub fn count(&self) -> Option<usize> {
-        let size = self.elem_size()?;
-        Some(self.extent? / size)
+        self.count
     }
 
     fn elem_size(&self) -> Option<usize> {
@@ -132,8 +142,8 @@ impl Pointer {
 
     /// Bytes covered by the view's elements (all of the extent for Void).
     pub fn nbytes_usize(&self) -> Option<usize> {
-        match self.elem_size() {
-            Some(size) => Some(self.count()? * size),
+        match self.count {
+            Some(_) => Some(self.dims[1] as usize),
             None => self.extent,
         }
     }
@@ -271,7 +281,11 @@ impl Pointer {
         Ok(())
     }
 
+    #[inline]
     fn index(&self, idx: &Bound<'_, PyAny>) -> PyResult<isize> {
+        if let Some(i) = exact_small_int(idx) {
+            return Ok(i as isize);
+        }
         idx.extract::<isize>().map_err(|e| {
             if e.is_instance_of::<PyOverflowError>(idx.py()) {
                 PyIndexError::new_err("index out of range")
@@ -364,10 +378,20 @@ fn to_value(kind: Kind, ty: &TypeInfo, v: &Bound<'_, PyAny>) -> PyResult<Value> 
             Err(wrong_kind(ty, v, "a Pointer, an int address or None"))
         }
         _ => {
+            let (lo, hi) = kind.int_range().expect("integer kind");
+            if let Some(i) = exact_small_int(v) {
+                if (i as i128) < lo || (i as i128) > hi {
+                    return Err(out_of_range(&i));
+                }
+                return Ok(if hi > i64::MAX as i128 {
+                    Value::UInt(i as u64)
+                } else {
+                    Value::Int(i)
+                });
+            }
             if v.is_instance_of::<PyFloat>() {
                 return Err(wrong_kind(ty, v, "an int"));
             }
-            let (lo, hi) = kind.int_range().expect("integer kind");
             if hi > i64::MAX as i128 {
                 let u = v
                     .extract::<u64>()
@@ -383,6 +407,19 @@ fn to_value(kind: Kind, ty: &TypeInfo, v: &Bound<'_, PyAny>) -> PyResult<Value> 
             Ok(Value::Int(i))
         }
     }
+}
+
+/// The value of an exact `int` that fits in i64, without PyO3's generic path
+/// (element access is the hottest path there is).
+#[inline]
+fn exact_small_int(v: &Bound<'_, PyAny>) -> Option<i64> {
+    if !v.is_exact_instance_of::<PyInt>() {
+        return None;
+    }
+    let mut overflow = 0;
+    // SAFETY: v is an exact int, for which this call cannot fail.
+    let i = unsafe { ffi::PyLong_AsLongLongAndOverflow(v.as_ptr(), &mut overflow) };
+    (overflow == 0).then_some(i)
 }
 
 fn has_float(v: &Bound<'_, PyAny>) -> bool {
@@ -855,15 +892,19 @@ impl Pointer {
         let typed = this.elem_size().is_some()
             && flags & ffi::PyBUF_FORMAT == ffi::PyBUF_FORMAT
             && flags & ffi::PyBUF_ND == ffi::PyBUF_ND;
-        let (shape, strides, itemsize, format): (&isize, &isize, isize, &CStr) = if typed {
+        // The stride of a contiguous view is the item size: the TypeInfo's
+        // size (static, same layout as isize) or a static 1 for bytes.
+        static ONE: isize = 1;
+        let (shape, strides, itemsize, format): (&isize, *const isize, isize, &CStr) = if typed {
+            let size: *const usize = &this.ty.size;
             (
                 &this.dims[0],
-                &this.dims[2],
+                size.cast(),
                 this.ty.size as isize,
                 this.ty.format,
             )
         } else {
-            (&this.dims[1], &this.dims[3], 1, c"B")
+            (&this.dims[1], &ONE, 1, c"B")
         };
         // SAFETY: `view` is a valid Py_buffer to fill; the shape, strides and
         // format pointers live in `this` (or are static) and stay valid while
@@ -885,7 +926,7 @@ impl Pointer {
                 std::ptr::null_mut()
             };
             (*view).strides = if flags & ffi::PyBUF_STRIDES == ffi::PyBUF_STRIDES {
-                strides as *const isize as *mut isize
+                strides as *mut isize
             } else {
                 std::ptr::null_mut()
             };
