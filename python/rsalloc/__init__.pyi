@@ -1,6 +1,6 @@
 # Typing stubs for rsalloc: the whole public API (DESIGN.md §2-§9).
 import ctypes
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Generic, Literal, SupportsIndex, TypeVar, overload
 
 from ._errors import (
@@ -127,10 +127,22 @@ class Stats:
     def _asdict(self) -> dict[str, int]: ...
 
 class Allocator:
-    """An owner of native memory: malloc, calloc, arenas, custom allocators."""
+    """An owner of native memory: malloc, calloc, arenas, custom allocators.
 
+    Subclass it to define an allocator in Python: implement `_raw_alloc` and
+    `_raw_free`; set `zeroed = True` in the class body for calloc semantics;
+    an `__init__` of your own must call `super().__init__()`.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None: ...
+    def _raw_alloc(self, nbytes: int, alignment: int) -> int:
+        """(Subclasses) the address of nbytes (>= 1) aligned to alignment, or 0 when out of memory."""
+    def _raw_free(self, address: int) -> None:
+        """(Subclasses) return a block that _raw_alloc gave."""
     @property
     def name(self) -> str: ...
+    @property
+    def zeroed(self) -> bool: ...
     @overload
     def __call__(self, *, alignment: int | None = None) -> Pointer[Uint8]: ...
     @overload
@@ -143,6 +155,20 @@ class Allocator:
     @property
     def native_free(self) -> int | None: ...
     def stats(self) -> Stats: ...
+
+class ForeignAllocator(Allocator):
+    """An allocator over two C functions (`void *alloc(size_t)`, `void free(void *)`:
+    ctypes function objects or addresses, called natively) or two Python
+    callables (`alloc(nbytes) -> int`, `free(address)`)."""
+
+    def __init__(
+        self,
+        alloc: Callable[[int], int | None] | int,
+        free: Callable[[int], object] | int,
+        zeroed: bool = False,
+        *,
+        name: str | None = None,
+    ) -> None: ...
 
 malloc: Allocator
 calloc: Allocator
