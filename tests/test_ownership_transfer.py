@@ -40,13 +40,15 @@ def test_adopt_sqlite3_mprintf_into_a_foreign_allocator() -> None:
 
 
 def test_adopt_null_and_bad_arguments_change_nothing() -> None:
+    raw = LIBC.malloc(4)
     with nothing_changes(malloc):
         with pytest.raises(rsalloc.NullPointerError):
             malloc.adopt(0, Uint8, 4)
         with pytest.raises(ValueError):
             malloc.adopt(-8, Uint8, 4)
         with pytest.raises(ValueError):
-            malloc.adopt(LIBC.malloc(4) or 0, Uint8, -1)
+            malloc.adopt(raw, Uint8, -1)
+    LIBC.free(raw)  # still C's: the refused adopt took nothing
 
 
 def test_detach_hands_a_block_to_c_which_frees_it() -> None:
