@@ -102,7 +102,7 @@ def run(db: int) -> None:
             blob = malloc(Uint8, size)
             blob.write_bytes(bytes(range(size)) if size == 16 else bytes(size))
             text = to_native_utf8(name)
-            check(db, sqlite.sqlite3_bind_text(insert, 1, text, text.count - 1, SQLITE_TRANSIENT), "bind")
+            check(db, sqlite.sqlite3_bind_text(insert, 1, text, len(text) - 1, SQLITE_TRANSIENT), "bind")
             check(db, sqlite.sqlite3_bind_blob64(insert, 2, blob, blob.nbytes, SQLITE_TRANSIENT), "bind")
             if size == 16:
                 # sqlite3_expanded_sql returns memory the caller frees with sqlite3_free.
