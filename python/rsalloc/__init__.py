@@ -21,6 +21,7 @@ from ._errors import (
 )
 from ._rsalloc import (
     Allocator,
+    ForeignAllocator,
     Pointer,
     Stats,
     alignof,
@@ -64,6 +65,7 @@ __all__ = [
     "Float",
     "Float32",
     "Float64",
+    "ForeignAllocator",
     "HeapCorruptionError",
     "Int8",
     "Int16",

@@ -1,21 +1,99 @@
-"""What the Rust layer needs to know about ctypes classes, read once per class."""
+"""What the Rust layer needs to know about ctypes classes and functions, read once."""
 
 from __future__ import annotations
 
 import ctypes
 
-__all__ = ["ctypes", "describe"]
+__all__ = ["c_function", "ctypes", "describe"]
 
 _Pointer = type(ctypes.POINTER(ctypes.c_int))
+_CFuncPtr = ctypes._CFuncPtr  # type: ignore[attr-defined]
+_PTR = ctypes.sizeof(ctypes.c_void_p)
+_INT = {1: "b", 2: "h", 4: "i", 8: "q"}
+_SIGNED = set("bhilq")
+# Simple types rsalloc reads itself (src/py/types.rs); other simple codes
+# ('g' long double) are opaque: reachable through p.ref and buffers.
+_SCALAR_CODES = set("bBcBhHiIlLqQfd?PzZu")
 
 
-def _aggregate_format(cls: type) -> str:
-    # The element format a consumer of the buffer protocol sees: ctypes'
-    # own, with an array's shape folded into a PEP 3118 sub-array.
-    view = memoryview(cls())
-    if view.ndim <= 1 and not issubclass(cls, ctypes.Array):
-        return view.format
-    return "(" + ",".join(str(n) for n in view.shape) + ")" + view.format
+def _order(cls: type) -> str:
+    fmt = memoryview(cls()).format
+    return ">" if ">" in fmt else "<"
+
+
+def _scalar_format(cls: type) -> str:
+    """A field's format in standard sizes (numpy rejects ctypes' 'z', '&', 'u', native 'P')."""
+    size = ctypes.sizeof(cls)
+    if isinstance(cls, _Pointer):
+        return "<" + _INT[_PTR].upper()
+    code = cls._type_
+    if code in "fd?c":
+        return _order(cls) + code
+    if code in _SIGNED and size in _INT:
+        return _order(cls) + _INT[size]
+    if code in "BHILQPzZu" and size in _INT:
+        return _order(cls) + _INT[size].upper()
+    return f"({size})B"
+
+
+def _fields(cls: type) -> list[tuple[str, type, bool]]:
+    # A Structure subclass extends its bases' _fields_.
+    out: list[tuple[str, type, bool]] = []
+    for klass in reversed(cls.__mro__):
+        for f in klass.__dict__.get("_fields_", ()):
+            out.append((f[0], f[1], len(f) > 2))
+    return out
+
+
+def _struct_format(cls: type) -> str | None:
+    # [format, names]; bitfields sharing a storage unit become one field
+    # named "a|b" holding the whole unit.
+    parts: list[list[str]] = []
+    end = 0
+    unit_at: dict[int, list[str]] = {}
+    for name, ftype, is_bits in _fields(cls):
+        offset = getattr(cls, name).offset
+        if is_bits and offset in unit_at:
+            unit_at[offset][1] += "|" + name
+            continue
+        if offset < end:
+            return None  # overlapping fields: describe the bytes only
+        if offset > end:
+            parts.append([f"{offset - end}x", ""])
+        part = [_element_format(ftype), name]
+        if is_bits:
+            unit_at[offset] = part
+        parts.append(part)
+        end = offset + ctypes.sizeof(ftype)
+    size = ctypes.sizeof(cls)
+    if end > size:
+        return None
+    if size > end:
+        parts.append([f"{size - end}x", ""])
+    return "T{" + "".join(f"{fmt}:{name}:" if name else fmt for fmt, name in parts) + "}"
+
+
+def _element_format(cls: type) -> str:
+    """The PEP 3118 format of one element of a ctypes type, one numpy accepts:
+    standard sizes with explicit padding (so packed and big-endian layouts
+    stay exact), pointers as unsigned integers, unions as raw bytes."""
+    size = ctypes.sizeof(cls)
+    if issubclass(cls, ctypes.Array):
+        dims = []
+        inner: type = cls
+        while issubclass(inner, ctypes.Array):
+            dims.append(inner._length_)
+            inner = inner._type_
+        fmt = _element_format(inner)
+        if fmt.startswith("("):  # bytes: fold into the dimensions
+            dims.append(ctypes.sizeof(inner))
+            fmt = "B"
+        return "(" + ",".join(map(str, dims)) + ")" + fmt
+    if issubclass(cls, ctypes.Structure):
+        return _struct_format(cls) or f"({size})B"
+    if issubclass(cls, ctypes.Union):
+        return f"({size})B"
+    return _scalar_format(cls)
 
 
 def describe(cls: type) -> tuple[str, int, int, str, type | None] | None:
@@ -23,15 +101,42 @@ def describe(cls: type) -> tuple[str, int, int, str, type | None] | None:
 
     code is the ctypes `_type_` letter of a simple type, "P" for a
     `POINTER(T)` type (pointee T), or "aggregate" for a Structure, Union or
-    array type.
+    array type and for simple types rsalloc does not read itself.
     """
     if not isinstance(cls, type):
         return None
     if issubclass(cls, (ctypes.Structure, ctypes.Union, ctypes.Array)):
-        return ("aggregate", ctypes.sizeof(cls), ctypes.alignment(cls), _aggregate_format(cls), None)
+        return ("aggregate", ctypes.sizeof(cls), ctypes.alignment(cls), _element_format(cls), None)
     if isinstance(cls, _Pointer):
-        return ("P", ctypes.sizeof(cls), ctypes.alignment(cls), "N", cls._type_)
-    if issubclass(cls, ctypes._SimpleCData):
+        return ("P", _PTR, _PTR, "N", cls._type_)
+    if issubclass(cls, ctypes._SimpleCData):  # type: ignore[attr-defined]
         code = cls._type_
-        return (code, ctypes.sizeof(cls), ctypes.alignment(cls), code, None)
+        if code == "O":
+            return None  # py_object: a PyObject* in native memory cannot be refcounted
+        kind = code if code in _SCALAR_CODES else "aggregate"
+        return (kind, ctypes.sizeof(cls), ctypes.alignment(cls), code, None)
+    return None
+
+
+def _max_size(f: object) -> int:
+    """The largest size the first parameter of `f` carries (argtypes, when declared)."""
+    argtypes = getattr(f, "argtypes", None)
+    if argtypes:
+        t = argtypes[0]
+        bits = 8 * ctypes.sizeof(t)
+        if bits < 8 * _PTR:
+            signed = getattr(t, "_type_", "") in _SIGNED
+            return (1 << (bits - signed)) - 1
+    return (1 << (8 * _PTR)) - 1
+
+
+def c_function(f: object) -> tuple[int, int] | None:
+    """(address, max_size) of a C function given as a ctypes function object
+    or an int address; None for anything else (a Python callable)."""
+    if isinstance(f, _CFuncPtr):
+        return (ctypes.cast(f, ctypes.c_void_p).value or 0, _max_size(f))
+    if isinstance(f, int) and not isinstance(f, bool):
+        if f <= 0:
+            raise ValueError(f"{f} is not the address of a C function")
+        return (f, (1 << (8 * _PTR)) - 1)
     return None

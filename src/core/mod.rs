@@ -2,6 +2,7 @@
 
 pub mod alloc;
 pub mod error;
+pub mod foreign;
 pub mod layout;
 pub mod record;
 pub mod stats;

@@ -2,6 +2,7 @@
 //! top-level `free` (DESIGN §4). The rules live in `core::alloc` and
 //! `core::record`; this file parses arguments and builds Pointers.
 
+use super::custom::{self, PyCallbacks};
 use super::errors::IntoPy;
 use super::pointer::{usize_arg, Owner, Pointer};
 use super::stats::Stats;
@@ -13,8 +14,9 @@ use crate::core::record::Record;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::PyWeakrefReference;
-use std::sync::Arc;
+use pyo3::types::{PyDict, PyTuple, PyType, PyWeakrefReference};
+use pyo3::{PyTraverseError, PyVisit};
+use std::sync::{Arc, OnceLock};
 
 #[pyclass(frozen, subclass, weakref, module = "rsalloc", name = "Allocator")]
 pub struct Allocator {
@@ -22,15 +24,39 @@ pub struct Allocator {
 }
 
 /// The Python object of each allocator core, for `Pointer.allocator`
-/// (a weak reference: records must not keep their allocator's wrapper alive).
-struct Handle(Py<PyWeakrefReference>);
+/// (a weak reference: records must not keep their allocator's wrapper
+/// alive), and the Python functions of a Python-defined backend.
+struct Handle {
+    weak: OnceLock<Py<PyWeakrefReference>>,
+    callbacks: Option<Arc<PyCallbacks>>,
+}
+
+fn handle(core: &AllocCore) -> Option<&Handle> {
+    core.handle.get().and_then(|h| h.downcast_ref::<Handle>())
+}
+
+/// Sets the handle of a new core (once).
+pub fn set_handle(
+    core: &AllocCore,
+    obj: Option<&Bound<'_, Allocator>>,
+    callbacks: Option<Arc<PyCallbacks>>,
+) -> PyResult<()> {
+    let weak = OnceLock::new();
+    if let Some(obj) = obj {
+        let _ = weak.set(PyWeakrefReference::new(obj)?.unbind());
+    }
+    let _ = core.handle.set(Box::new(Handle { weak, callbacks }));
+    Ok(())
+}
+
+pub fn handle_callbacks(core: &AllocCore) -> Option<&Arc<PyCallbacks>> {
+    handle(core)?.callbacks.as_ref()
+}
 
 pub fn owner_object(py: Python<'_>, rec: &Record) -> Py<PyAny> {
-    rec.allocator()
-        .handle
-        .get()
-        .and_then(|h| h.downcast_ref::<Handle>())
-        .and_then(|h| h.0.bind(py).upgrade())
+    handle(rec.allocator())
+        .and_then(|h| h.weak.get())
+        .and_then(|w| w.bind(py).upgrade())
         .map(Bound::unbind)
         .unwrap_or_else(|| py.None())
 }
@@ -78,8 +104,7 @@ fn align_arg(v: Option<i128>) -> PyResult<Option<u128>> {
 impl Allocator {
     pub fn wrap(py: Python<'_>, core: Arc<AllocCore>) -> PyResult<Bound<'_, Allocator>> {
         let obj = Bound::new(py, Allocator { core })?;
-        let weak = PyWeakrefReference::new(&obj)?.unbind();
-        let _ = obj.get().core.handle.set(Box::new(Handle(weak)));
+        set_handle(&obj.get().core, Some(&obj), None)?;
         Ok(obj)
     }
 
@@ -129,6 +154,58 @@ impl Allocator {
 
 #[pymethods]
 impl Allocator {
+    /// For Python subclasses that implement `_raw_alloc` / `_raw_free`.
+    #[new]
+    #[classmethod]
+    #[pyo3(signature = (*_args, **_kwargs))]
+    fn py_new(
+        cls: &Bound<'_, PyType>,
+        _args: &Bound<'_, PyTuple>,
+        _kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Self> {
+        Ok(Allocator {
+            core: custom::subclass_core(cls)?,
+        })
+    }
+
+    /// Binds the Python object to its core (a subclass's `__init__` must
+    /// call `super().__init__()`).
+    #[pyo3(signature = (*_args, **_kwargs))]
+    fn __init__(
+        slf: &Bound<'_, Self>,
+        _args: &Bound<'_, PyTuple>,
+        _kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<()> {
+        if let Some(h) = handle(&slf.get().core) {
+            if h.weak.get().is_none() {
+                let _ = h.weak.set(PyWeakrefReference::new(slf)?.unbind());
+            }
+            if let Some(cb) = &h.callbacks {
+                cb.bind_methods(slf.as_any())?;
+            }
+        }
+        Ok(())
+    }
+
+    // The backend of a Python-defined allocator refers back to the object;
+    // that edge counts only while no block holds the core (see py::custom).
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        if let Some(cb) = handle_callbacks(&self.core) {
+            if Arc::strong_count(&self.core) == 1 {
+                cb.traverse(&visit)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self) {
+        if let Some(cb) = handle_callbacks(&self.core) {
+            if Arc::strong_count(&self.core) == 1 {
+                cb.clear();
+            }
+        }
+    }
+
     /// `a(T=Uint8, count=1, *, alignment=None)`: a Pointer[T] of count elements.
     #[pyo3(signature = (r#type=None, count=SizeArg(1), *, alignment=None))]
     fn __call__(
@@ -166,7 +243,9 @@ impl Allocator {
             return Ok(());
         }
         let rec = self.owned(py, p)?;
-        self.core.free(rec, p.addr).py(py, p)
+        custom::raising_free_errors(py, rec.allocator(), || {
+            self.core.free(rec, p.addr).py(py, p)
+        })
     }
 
     /// Grows or shrinks to `count` elements of p's type. Returns the new
@@ -245,6 +324,12 @@ impl Allocator {
         self.core.backend.native_free()
     }
 
+    /// New memory is zero-filled (calloc semantics).
+    #[getter]
+    fn zeroed(&self) -> bool {
+        self.core.zeroed
+    }
+
     /// The allocator's name.
     #[getter]
     fn name(&self) -> &str {
@@ -303,13 +388,15 @@ pub fn free(py: Python<'_>, p: &Bound<'_, Pointer>) -> PyResult<()> {
         .record()
         .ok_or_else(|| p.err(py, Error::Ownership(Ownership::Foreign)))?;
     let group = rec.allocator().group;
-    match rec.arena() {
-        // Arena memory is released with its arena: free is a no-op for a live block.
-        Some(_) => rec.check_access().map_err(|e| match e {
-            Error::UseAfterFree(d) => Error::DoubleFree(d),
-            e => e,
-        }),
-        None => rec.free(group, 0, p.addr),
-    }
-    .py(py, p)
+    custom::raising_free_errors(py, rec.allocator(), || {
+        match rec.arena() {
+            // Arena memory is released with its arena: free is a no-op for a live block.
+            Some(_) => rec.check_access().map_err(|e| match e {
+                Error::UseAfterFree(d) => Error::DoubleFree(d),
+                e => e,
+            }),
+            None => rec.free(group, 0, p.addr),
+        }
+        .py(py, p)
+    })
 }

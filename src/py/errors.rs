@@ -1,6 +1,7 @@
 //! The one place core errors become Python exceptions.
 
 use crate::core::error::Error;
+use crate::core::foreign::BadBlock;
 use pyo3::exceptions::{PyBufferError, PyIndexError, PyMemoryError, PyOverflowError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -56,6 +57,7 @@ pub fn to_py(py: Python<'_>, e: Error, subject: &dyn std::fmt::Display) -> PyErr
         Error::Exported => PyBufferError::new_err(msg),
         Error::External(inner) => match inner.downcast::<PyErr>() {
             Ok(pyerr) => *pyerr,
+            Err(other) if other.is::<BadBlock>() => PyValueError::new_err(msg),
             Err(other) => PyMemoryError::new_err(other.to_string()),
         },
     }

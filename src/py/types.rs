@@ -189,7 +189,7 @@ fn classify(t: &Bound<'_, PyAny>) -> PyResult<&'static TypeInfo> {
     let types = py.import("rsalloc._types")?;
     if class.is_subclass(&types.getattr("PointerSlot")?)? {
         let target = lookup(&class.getattr("_target_")?)?;
-        return pointer_info(class, target);
+        return pointer_info(class, target, false);
     }
     // A ctypes type: describe() returns (kind, size, align, format, target).
     let desc = support.call_method1("describe", (class,))?;
@@ -218,12 +218,13 @@ fn classify(t: &Bound<'_, PyAny>) -> PyResult<&'static TypeInfo> {
     }
     let kind = ctypes_code(&code).ok_or_else(|| not_a_type(t))?;
     if kind == Kind::Ptr {
+        // A pointee rsalloc cannot describe (py_object, ...) is seen as Void.
         let target = match target {
-            Some(tt) => lookup(&tt)?,
+            Some(tt) => lookup(&tt).or_else(|_| void(py))?,
             None if code == "z" => registry(py)?.scalars[0].1, // char* -> Int8
             None => void(py)?,
         };
-        return pointer_info(class, target);
+        return pointer_info(class, target, true);
     }
     let info = scalar(class.as_any(), kind, true)?;
     Ok(info)
@@ -232,6 +233,7 @@ fn classify(t: &Bound<'_, PyAny>) -> PyResult<&'static TypeInfo> {
 fn pointer_info(
     class: &Bound<'_, PyType>,
     target: &'static TypeInfo,
+    ctypes: bool,
 ) -> PyResult<&'static TypeInfo> {
     let size = Kind::Ptr.size();
     Ok(leak(TypeInfo {
@@ -242,7 +244,7 @@ fn pointer_info(
         class: class.clone().into_any().unbind(),
         target: Some(target),
         name: format!("Pointer[{}]", target.name),
-        ctypes: false,
+        ctypes,
     }))
 }
 

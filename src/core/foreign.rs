@@ -1,0 +1,263 @@
+//! Backends over memory functions that are not libc's: a pair of C functions
+//! (`sqlite3_malloc64`/`sqlite3_free`, `g_malloc`/`g_free`, ...) called
+//! natively, and the checks every foreign backend applies to what its
+//! allocation function returns, so that a bad address is an error and never
+//! a crash.
+
+use super::alloc::Backend;
+use super::error::{Error, Result};
+use std::any::Any;
+use std::ffi::c_void;
+use std::fmt;
+use std::ptr::NonNull;
+
+/// What an allocation function returned that rsalloc cannot use (the
+/// Python layer raises `ValueError`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BadBlock {
+    /// Not an address: negative, or the block would wrap past `isize::MAX`.
+    NotAnAddress { value: String, size: usize },
+    /// Not aligned as requested; the block was handed back to its free function.
+    Misaligned { addr: usize, align: usize },
+}
+
+impl fmt::Display for BadBlock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BadBlock::NotAnAddress { value, size } => write!(
+                f,
+                "the allocation function returned {value}, which is not the address of {size} bytes"
+            ),
+            BadBlock::Misaligned { addr, align } => write!(
+                f,
+                "the allocation function returned {addr:#x}, which is not aligned to {align} bytes \
+                 (this allocator cannot honour that alignment; the block was freed again)"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for BadBlock {}
+
+/// Validates a raw result of an allocation function asked for `size` bytes
+/// at `align`. 0 means out of memory. A misaligned block is handed to
+/// `give_back` before the error is returned, so nothing leaks.
+pub fn check_block(
+    value: i128,
+    size: usize,
+    align: usize,
+    give_back: impl FnOnce(NonNull<u8>),
+) -> Result<NonNull<u8>> {
+    if value == 0 {
+        return Err(Error::OutOfMemory(size));
+    }
+    let addr = usize::try_from(value)
+        .ok()
+        .filter(|a| {
+            a.checked_add(size)
+                .is_some_and(|end| end <= isize::MAX as usize)
+        })
+        .ok_or_else(|| {
+            Error::External(Box::new(BadBlock::NotAnAddress {
+                value: value.to_string(),
+                size,
+            }))
+        })?;
+    let p = NonNull::new(addr as *mut u8).expect("checked non-zero");
+    if addr % align != 0 {
+        give_back(p);
+        return Err(Error::External(Box::new(BadBlock::Misaligned {
+            addr,
+            align,
+        })));
+    }
+    Ok(p)
+}
+
+pub type AllocFn = unsafe extern "C" fn(usize) -> *mut c_void;
+pub type FreeFn = unsafe extern "C" fn(*mut c_void);
+
+/// Two C functions, `void *alloc(size_t)` and `void free(void *)`, called
+/// directly (no trip through Python).
+pub struct CFunctions {
+    alloc: AllocFn,
+    free: FreeFn,
+    /// The largest request the alloc function's parameter type can carry
+    /// (a 32-bit `int` parameter would silently truncate a bigger size).
+    max_size: usize,
+    /// Whatever keeps the functions valid (the binding layer's function
+    /// objects: a ctypes callback's thunk dies with its object).
+    _keep: Box<dyn Any + Send + Sync>,
+}
+
+impl CFunctions {
+    /// # Safety
+    /// `alloc` and `free` are the addresses of C functions with the
+    /// signatures of [`AllocFn`] and [`FreeFn`] (for `alloc`, a parameter
+    /// narrower than `size_t` is fine when `max_size` fits it), that stay
+    /// valid while `keep` lives, and `free` frees what `alloc` returns.
+    pub unsafe fn new(
+        alloc: usize,
+        free: usize,
+        max_size: usize,
+        keep: Box<dyn Any + Send + Sync>,
+    ) -> Option<Self> {
+        if alloc == 0 || free == 0 {
+            return None;
+        }
+        // SAFETY: non-null function addresses with these signatures (caller's contract).
+        let (alloc, free) = unsafe {
+            (
+                std::mem::transmute::<usize, AllocFn>(alloc),
+                std::mem::transmute::<usize, FreeFn>(free),
+            )
+        };
+        Some(CFunctions {
+            alloc,
+            free,
+            max_size,
+            _keep: keep,
+        })
+    }
+}
+
+impl Backend for CFunctions {
+    fn alloc(&self, size: usize, align: usize, zeroed: bool) -> Result<NonNull<u8>> {
+        // A zero-byte request asks for one: C allocators may return NULL for 0.
+        let n = size.max(1);
+        if n > self.max_size {
+            return Err(Error::OutOfMemory(size));
+        }
+        // SAFETY: the function has this signature (constructor's contract).
+        let raw = unsafe { (self.alloc)(n) } as usize;
+        let p = check_block(raw as i128, n, align, |p| unsafe {
+            // SAFETY: `p` came from `alloc` and is not used again.
+            (self.free)(p.as_ptr() as *mut c_void)
+        })?;
+        if zeroed {
+            // SAFETY: the block holds n bytes.
+            unsafe { std::ptr::write_bytes(p.as_ptr(), 0, n) };
+        }
+        Ok(p)
+    }
+
+    unsafe fn free(&self, ptr: NonNull<u8>, _size: usize, _align: usize) {
+        // SAFETY: `ptr` came from `alloc` (or was adopted from the same C allocator).
+        unsafe { (self.free)(ptr.as_ptr() as *mut c_void) }
+    }
+
+    fn native_free(&self) -> Option<usize> {
+        Some(self.free as *const () as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::alloc::{new_id, AllocCore};
+    use crate::core::error::{Error, Ownership};
+    use crate::core::layout::array;
+    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+    use std::sync::Arc;
+
+    static LIVE: AtomicUsize = AtomicUsize::new(0);
+
+    unsafe extern "C" fn counting_alloc(n: usize) -> *mut c_void {
+        LIVE.fetch_add(1, Relaxed);
+        unsafe { libc::malloc(n) }
+    }
+    unsafe extern "C" fn counting_free(p: *mut c_void) {
+        LIVE.fetch_sub(1, Relaxed);
+        unsafe { libc::free(p) }
+    }
+    // Returns blocks one byte past malloc's, so never aligned to 2 or more.
+    unsafe extern "C" fn odd_alloc(n: usize) -> *mut c_void {
+        unsafe { (libc::malloc(n + 1) as *mut u8).add(1) as *mut c_void }
+    }
+    unsafe extern "C" fn odd_free(p: *mut c_void) {
+        unsafe { libc::free((p as *mut u8).sub(1) as *mut c_void) }
+    }
+    unsafe extern "C" fn null_alloc(_n: usize) -> *mut c_void {
+        std::ptr::null_mut()
+    }
+
+    fn core(alloc: AllocFn, free: FreeFn, max: usize, zeroed: bool) -> Arc<AllocCore> {
+        let b = unsafe {
+            CFunctions::new(
+                alloc as *const () as usize,
+                free as *const () as usize,
+                max,
+                Box::new(()),
+            )
+        };
+        AllocCore::new("c", new_id(), zeroed, Box::new(b.unwrap()))
+    }
+
+    #[test]
+    fn c_functions_get_every_check() {
+        let a = core(counting_alloc, counting_free, usize::MAX, true);
+        let r = a.allocate(array(16, 4, 4, None).unwrap(), None).unwrap();
+        let bytes = unsafe { std::slice::from_raw_parts(r.addr() as *const u8, 64) };
+        assert!(bytes.iter().all(|b| *b == 0));
+        assert_eq!(LIVE.load(Relaxed), 1);
+        assert_eq!(
+            a.backend.native_free(),
+            Some(counting_free as *const () as usize)
+        );
+        let libc_heap = AllocCore::new(
+            "malloc",
+            crate::core::alloc::LIBC_GROUP,
+            false,
+            Box::new(crate::core::alloc::Libc),
+        );
+        assert!(matches!(
+            libc_heap.free(&r, r.addr()),
+            Err(Error::Ownership(Ownership::OtherOwner))
+        ));
+        // realloc moves through alloc + copy + free of the same functions.
+        unsafe { std::ptr::write_bytes(r.addr() as *mut u8, 5, 64) };
+        let n = a.realloc(&r, r.addr(), 128).unwrap();
+        let bytes = unsafe { std::slice::from_raw_parts(n.addr() as *const u8, 128) };
+        assert!(bytes[..64].iter().all(|b| *b == 5) && bytes[64..].iter().all(|b| *b == 0));
+        assert_eq!(LIVE.load(Relaxed), 1);
+        a.free(&n, n.addr()).unwrap();
+        assert!(matches!(a.free(&n, n.addr()), Err(Error::DoubleFree(_))));
+        assert_eq!(LIVE.load(Relaxed), 0);
+        assert_eq!(a.counters.snapshot().live_count, 0);
+        // Zero bytes still gets a block of its own.
+        let z = a.allocate(array(0, 1, 1, None).unwrap(), None).unwrap();
+        a.free(&z, z.addr()).unwrap();
+    }
+
+    #[test]
+    fn bad_results_are_errors() {
+        let a = core(odd_alloc, odd_free, usize::MAX, false);
+        let e = a.allocate(array(8, 8, 8, None).unwrap(), None).unwrap_err();
+        assert!(matches!(&e, Error::External(b)
+            if matches!(b.downcast_ref::<BadBlock>(), Some(BadBlock::Misaligned { align: 8, .. }))));
+        assert_eq!(a.counters.snapshot().total_allocs, 0);
+        // Byte alignment is satisfied by any address.
+        let r = a.allocate(array(8, 1, 1, None).unwrap(), None).unwrap();
+        a.free(&r, r.addr()).unwrap();
+
+        let a = core(null_alloc, libc::free as FreeFn, usize::MAX, false);
+        assert!(matches!(
+            a.allocate(array(8, 1, 1, None).unwrap(), None),
+            Err(Error::OutOfMemory(8))
+        ));
+        let a = core(counting_alloc, counting_free, i32::MAX as usize, false);
+        assert!(matches!(
+            a.allocate(array(1 << 31, 1, 1, None).unwrap(), None),
+            Err(Error::OutOfMemory(_))
+        ));
+        assert!(matches!(
+            check_block(-8, 8, 8, |_| unreachable!()),
+            Err(Error::External(_))
+        ));
+        assert!(matches!(
+            check_block(isize::MAX as i128 - 4, 8, 1, |_| unreachable!()),
+            Err(Error::External(_))
+        ));
+        assert!(unsafe { CFunctions::new(0, 1, 1, Box::new(())) }.is_none());
+    }
+}

@@ -1,0 +1,300 @@
+//! Python-defined allocators (DESIGN §4): `Allocator` subclasses that
+//! implement `_raw_alloc(nbytes, alignment)` / `_raw_free(address)`, and
+//! `ForeignAllocator(alloc, free, zeroed=False)` over two C functions (called
+//! natively) or two Python callables. Each is a core backend of an owner
+//! group of its own, so every check of `core::alloc` applies.
+//!
+//! The allocator object, its core and the backend form a cycle (object ->
+//! core -> backend -> bound methods -> object): the backend must outlive the
+//! object while blocks are live, so that a late free (autofree, an export
+//! released after `free`) still reaches `_raw_free`. The object's
+//! `__traverse__` reports that edge only when no record holds the core, so
+//! the cycle is collected exactly when nothing can free through it any more.
+
+use super::allocator::{set_handle, Allocator};
+use crate::core::alloc::{new_id, AllocCore, Backend};
+use crate::core::error::{Error, Result};
+use crate::core::foreign::{check_block, BadBlock, CFunctions};
+use pyo3::exceptions::PyTypeError;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBool, PyInt, PyType};
+use pyo3::{PyTraverseError, PyVisit};
+use std::cell::RefCell;
+use std::ptr::NonNull;
+use std::sync::{Arc, Mutex};
+
+/// The two Python functions behind a backend.
+struct Fns {
+    alloc: Py<PyAny>,
+    free: Py<PyAny>,
+}
+
+pub struct PyCallbacks {
+    name: String,
+    /// None until an Allocator subclass's `__init__` binds its methods, and
+    /// again after the garbage collector broke the cycle.
+    fns: Mutex<Option<Fns>>,
+    /// `_raw_alloc(nbytes, alignment)` (a subclass) or `alloc(nbytes)` (a callable).
+    with_alignment: bool,
+}
+
+impl PyCallbacks {
+    fn get(&self, py: Python<'_>) -> PyResult<(Py<PyAny>, Py<PyAny>)> {
+        // Clone under the lock, call outside it: the callee may allocate.
+        let fns = self.fns.lock().unwrap_or_else(|e| e.into_inner());
+        match &*fns {
+            Some(f) => Ok((f.alloc.clone_ref(py), f.free.clone_ref(py))),
+            None => Err(PyTypeError::new_err(format!(
+                "{}: the allocator is not initialised (an __init__ that does not call super().__init__()?)",
+                self.name
+            ))),
+        }
+    }
+
+    /// Binds an Allocator subclass instance's `_raw_alloc`/`_raw_free` (once).
+    pub fn bind_methods(&self, obj: &Bound<'_, PyAny>) -> PyResult<()> {
+        if !self.with_alignment {
+            return Ok(());
+        }
+        let mut fns = self.fns.lock().unwrap_or_else(|e| e.into_inner());
+        if fns.is_none() {
+            *fns = Some(Fns {
+                alloc: obj.getattr("_raw_alloc")?.unbind(),
+                free: obj.getattr("_raw_free")?.unbind(),
+            });
+        }
+        Ok(())
+    }
+
+    pub fn traverse(&self, visit: &PyVisit<'_>) -> std::result::Result<(), PyTraverseError> {
+        // try_lock: a collection must never wait; an unvisited edge only
+        // postpones the collection.
+        if let Ok(fns) = self.fns.try_lock() {
+            if let Some(f) = &*fns {
+                visit.call(&f.alloc)?;
+                visit.call(&f.free)?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn clear(&self) {
+        let taken = self.fns.lock().unwrap_or_else(|e| e.into_inner()).take();
+        drop(taken); // outside the lock: dropping may run arbitrary code
+    }
+}
+
+fn external(e: PyErr) -> Error {
+    Error::External(Box::new(e))
+}
+
+/// A backend that calls Python for every block.
+struct PyBackend(Arc<PyCallbacks>);
+
+impl PyBackend {
+    fn give_back(&self, py: Python<'_>, free: &Py<PyAny>, p: NonNull<u8>) {
+        if let Err(e) = free.call1(py, (p.as_ptr() as usize,)) {
+            report_free_error(py, e);
+        }
+    }
+}
+
+/// The int an allocation function returned (one beyond i128 is no address either).
+fn address_value(name: &str, v: &Bound<'_, PyAny>, size: usize) -> Result<i128> {
+    if !v.is_instance_of::<PyInt>() || v.is_instance_of::<PyBool>() {
+        return Err(external(PyTypeError::new_err(format!(
+            "{name}: the allocation function must return an int address (0 for out of memory), not {}",
+            v.get_type().name().map(|n| n.to_string()).unwrap_or_default()
+        ))));
+    }
+    v.extract::<i128>().map_err(|_| {
+        Error::External(Box::new(BadBlock::NotAnAddress {
+            value: v.to_string(),
+            size,
+        }))
+    })
+}
+
+impl Backend for PyBackend {
+    fn alloc(&self, size: usize, align: usize, zeroed: bool) -> Result<NonNull<u8>> {
+        Python::attach(|py| {
+            // Never ask for 0 bytes: every block needs an address of its own.
+            let n = size.max(1);
+            let (alloc, free) = self.0.get(py).map_err(external)?;
+            let ret = if self.0.with_alignment {
+                alloc.call1(py, (n, align))
+            } else {
+                alloc.call1(py, (n,))
+            }
+            .map_err(external)?;
+            let value = address_value(&self.0.name, ret.bind(py), n)?;
+            let p = check_block(value, n, align, |p| self.give_back(py, &free, p))?;
+            if zeroed {
+                // SAFETY: the function promised n bytes at p.
+                unsafe { std::ptr::write_bytes(p.as_ptr(), 0, n) };
+            }
+            Ok(p)
+        })
+    }
+
+    unsafe fn free(&self, ptr: NonNull<u8>, _size: usize, _align: usize) {
+        Python::attach(|py| match self.0.get(py) {
+            Ok((_, free)) => self.give_back(py, &free, ptr),
+            Err(e) => report_free_error(py, e),
+        })
+    }
+}
+
+thread_local! {
+    /// Armed (Some) while a `free()` call runs: a failing `_raw_free` is
+    /// stored here and raised by that call. Frees with no caller to raise
+    /// into (autofree, the last export of a freed block) report it as
+    /// unraisable, as `__del__` does.
+    static CAUGHT: RefCell<Option<Option<PyErr>>> = const { RefCell::new(None) };
+}
+
+fn report_free_error(py: Python<'_>, e: PyErr) {
+    let unclaimed = CAUGHT.with(|c| match &mut *c.borrow_mut() {
+        Some(slot @ None) => {
+            *slot = Some(e);
+            None
+        }
+        _ => Some(e),
+    });
+    if let Some(e) = unclaimed {
+        e.write_unraisable(py, None);
+    }
+}
+
+/// The Python callbacks behind an allocator core, if it has any.
+pub fn callbacks(core: &AllocCore) -> Option<&Arc<PyCallbacks>> {
+    super::allocator::handle_callbacks(core)
+}
+
+/// Runs `f`, a free through `core`; an exception raised by a Python free
+/// function during it becomes the result.
+pub fn raising_free_errors(
+    py: Python<'_>,
+    core: &AllocCore,
+    f: impl FnOnce() -> PyResult<()>,
+) -> PyResult<()> {
+    if callbacks(core).is_none() {
+        return f();
+    }
+    let outer = CAUGHT.with(|c| c.replace(Some(None)));
+    let r = f();
+    let caught = CAUGHT.with(|c| c.replace(outer)).flatten();
+    match (r, caught) {
+        (Ok(()), Some(e)) => Err(e),
+        (r, Some(e)) => {
+            e.write_unraisable(py, None);
+            r
+        }
+        (r, None) => r,
+    }
+}
+
+/// The core of a new instance of `cls`, a Python subclass of Allocator.
+pub fn subclass_core(cls: &Bound<'_, PyType>) -> PyResult<Arc<AllocCore>> {
+    let py = cls.py();
+    if cls.is(py.get_type::<Allocator>()) {
+        return Err(PyTypeError::new_err(
+            "Allocator cannot be instantiated: subclass it and implement _raw_alloc(nbytes, alignment) \
+             and _raw_free(address), or use ForeignAllocator(alloc, free)",
+        ));
+    }
+    let name = cls.name()?.to_string();
+    for method in ["_raw_alloc", "_raw_free"] {
+        if !cls.hasattr(method)? {
+            return Err(PyTypeError::new_err(format!(
+                "{name} must implement {method} to be an Allocator"
+            )));
+        }
+    }
+    // `zeroed = True` in the class body gives calloc semantics.
+    let zeroed = cls
+        .getattr("zeroed")
+        .ok()
+        .and_then(|v| v.cast::<PyBool>().ok().map(|b| b.is_true()))
+        .unwrap_or(false);
+    let cb = Arc::new(PyCallbacks {
+        name: name.clone(),
+        fns: Mutex::new(None),
+        with_alignment: true,
+    });
+    let core = AllocCore::new(name, new_id(), zeroed, Box::new(PyBackend(cb.clone())));
+    set_handle(&core, None, Some(cb))?;
+    Ok(core)
+}
+
+static C_FUNCTION: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+/// `ForeignAllocator(alloc, free, zeroed=False, *, name=None)`.
+#[pyclass(frozen, extends = Allocator, module = "rsalloc", name = "ForeignAllocator")]
+pub struct ForeignAllocator;
+
+#[pymethods]
+impl ForeignAllocator {
+    #[new]
+    #[pyo3(signature = (alloc, free, zeroed=false, *, name=None))]
+    fn new(
+        alloc: &Bound<'_, PyAny>,
+        free: &Bound<'_, PyAny>,
+        zeroed: bool,
+        name: Option<String>,
+    ) -> PyResult<PyClassInitializer<Self>> {
+        let py = alloc.py();
+        let describe = C_FUNCTION.import(py, "rsalloc._ctypes_support", "c_function")?;
+        let c_alloc: Option<(usize, usize)> = describe.call1((alloc,))?.extract()?;
+        let c_free: Option<(usize, usize)> = describe.call1((free,))?.extract()?;
+        let name = match name {
+            Some(n) => n,
+            None => alloc
+                .getattr("__name__")
+                .map(|n| n.to_string())
+                .unwrap_or_else(|_| "foreign".into()),
+        };
+        let (backend, cb): (Box<dyn Backend>, _) =
+            match (c_alloc, c_free) {
+                (Some((a, max_size)), Some((f, _))) => {
+                    let keep = Box::new((alloc.clone().unbind(), free.clone().unbind()));
+                    // SAFETY: the addresses are C functions (ctypes function
+                    // objects, kept alive by `keep`, or addresses the caller
+                    // vouches for); their signatures are the documented contract.
+                    let b = unsafe { CFunctions::new(a, f, max_size, keep) }.ok_or_else(|| {
+                        PyTypeError::new_err("ForeignAllocator: a function pointer is NULL")
+                    })?;
+                    (Box::new(b), None)
+                }
+                (None, None) if alloc.is_callable() && free.is_callable() => {
+                    let cb = Arc::new(PyCallbacks {
+                        name: name.clone(),
+                        fns: Mutex::new(Some(Fns {
+                            alloc: alloc.clone().unbind(),
+                            free: free.clone().unbind(),
+                        })),
+                        with_alignment: false,
+                    });
+                    (Box::new(PyBackend(cb.clone())), Some(cb))
+                }
+                _ => return Err(PyTypeError::new_err(
+                    "ForeignAllocator(alloc, free): give two C functions (ctypes function objects \
+                     or addresses) or two Python callables, not one of each",
+                )),
+            };
+        let core = AllocCore::new(name, new_id(), zeroed, backend);
+        set_handle(&core, None, cb)?;
+        Ok(PyClassInitializer::from(Allocator { core }).add_subclass(ForeignAllocator))
+    }
+
+    fn __repr__(slf: &Bound<'_, Self>) -> String {
+        let core = &slf.as_super().get().core;
+        let how = if callbacks(core).is_some() {
+            "Python callables"
+        } else {
+            "C functions"
+        };
+        format!("<rsalloc.ForeignAllocator {} ({how})>", core.name)
+    }
+}
