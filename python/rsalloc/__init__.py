@@ -21,10 +21,12 @@ from ._errors import (
 )
 from ._rsalloc import (
     Allocator,
+    Arena,
     Pointer,
     Stats,
     alignof,
     calloc,
+    current_arena,
     free,
     malloc,
     nullptr,
@@ -33,6 +35,7 @@ from ._rsalloc import (
     to_native_utf8,
     to_native_utf16,
 )
+from ._arena import using
 from ._types import (
     Bool,
     Double,
@@ -57,6 +60,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Allocator",
+    "Arena",
     "ArenaClosedError",
     "Bool",
     "Double",
@@ -86,6 +90,7 @@ __all__ = [
     "Void",
     "alignof",
     "calloc",
+    "current_arena",
     "free",
     "malloc",
     "nullptr",
@@ -93,4 +98,5 @@ __all__ = [
     "stats",
     "to_native_utf8",
     "to_native_utf16",
+    "using",
 ]

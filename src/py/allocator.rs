@@ -14,29 +14,47 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyWeakrefReference;
-use std::sync::Arc;
+use std::any::Any;
+use std::sync::{Arc, OnceLock};
 
 #[pyclass(frozen, subclass, weakref, module = "rsalloc", name = "Allocator")]
 pub struct Allocator {
     pub core: Arc<AllocCore>,
 }
 
-/// The Python object of each allocator core, for `Pointer.allocator`
-/// (a weak reference: records must not keep their allocator's wrapper alive).
-struct Handle(Py<PyWeakrefReference>);
+/// The Python object of each allocator core or arena, for
+/// `Pointer.allocator` (a weak reference: records must not keep their
+/// owner's wrapper alive).
+pub(crate) struct Handle(Py<PyWeakrefReference>);
 
-pub fn owner_object(py: Python<'_>, rec: &Record) -> Py<PyAny> {
-    rec.allocator()
-        .handle
-        .get()
+type HandleCell = OnceLock<Box<dyn Any + Send + Sync>>;
+
+/// Remembers `obj` as the Python object of the core owning `cell`.
+pub(crate) fn set_handle(cell: &HandleCell, obj: &Bound<'_, PyAny>) -> PyResult<()> {
+    let weak = PyWeakrefReference::new(obj)?.unbind();
+    let _ = cell.set(Box::new(Handle(weak)));
+    Ok(())
+}
+
+/// The Python object remembered in `cell`, None when gone.
+pub(crate) fn handle_object(py: Python<'_>, cell: &HandleCell) -> Py<PyAny> {
+    cell.get()
         .and_then(|h| h.downcast_ref::<Handle>())
         .and_then(|h| h.0.bind(py).upgrade())
         .map(Bound::unbind)
         .unwrap_or_else(|| py.None())
 }
 
+/// The owner of a record: its arena while one owns it, else its allocator.
+pub fn owner_object(py: Python<'_>, rec: &Record) -> Py<PyAny> {
+    match rec.arena_tag() {
+        Some(tag) => handle_object(py, &tag.handle),
+        None => handle_object(py, &rec.allocator().handle),
+    }
+}
+
 /// Describes a request in error messages.
-struct Asked<'a>(&'a str, &'a TypeInfo, &'a dyn std::fmt::Display);
+pub(crate) struct Asked<'a>(pub &'a str, pub &'a TypeInfo, pub &'a dyn std::fmt::Display);
 impl std::fmt::Display for Asked<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}({}, {})", self.0, self.1.name, self.2)
@@ -45,6 +63,12 @@ impl std::fmt::Display for Asked<'_> {
 
 /// A count argument as i128 (any Python int; overflow past i128 is OverflowError).
 fn count_arg(v: &Bound<'_, PyAny>) -> PyResult<i128> {
+    // Hot path: a small int converts without the 128-bit byte-array route.
+    if v.is_exact_instance_of::<pyo3::types::PyInt>() {
+        if let Ok(i) = v.extract::<i64>() {
+            return Ok(i as i128);
+        }
+    }
     if v.is_instance_of::<pyo3::types::PyFloat>() {
         return Err(PyTypeError::new_err(
             "a count or size must be an int, not float",
@@ -66,30 +90,126 @@ fn align_arg(v: Option<&Bound<'_, PyAny>>) -> PyResult<Option<u128>> {
     Ok(Some(a as u128))
 }
 
+/// A validated request for `count` elements of `ty` from the allocator `who`.
+pub(crate) fn request(
+    py: Python<'_>,
+    who: &str,
+    ty: &'static TypeInfo,
+    count: &Bound<'_, PyAny>,
+    alignment: Option<&Bound<'_, PyAny>>,
+) -> PyResult<Request> {
+    if !ty.has_size() {
+        return Err(PyTypeError::new_err(format!(
+            "{} has no size: allocate bytes or a sized type",
+            ty.name
+        )));
+    }
+    let n = count_arg(count)?;
+    let align = align_arg(alignment)?;
+    layout::array(n, ty.size, ty.align, align).py(py, &Asked(who, ty, count))
+}
+
+/// The arguments of `a(T=Uint8, count=1, *, alignment=None)`.
+pub(crate) fn call_request(
+    py: Python<'_>,
+    who: &str,
+    r#type: Option<&Bound<'_, PyAny>>,
+    count: Option<&Bound<'_, PyAny>>,
+    alignment: Option<&Bound<'_, PyAny>>,
+) -> PyResult<(&'static TypeInfo, Request)> {
+    let ty = match r#type {
+        Some(t) => types::lookup(t)?,
+        None => types::uint8(py)?,
+    };
+    let req = match count {
+        Some(c) => request(py, who, ty, c, alignment)?,
+        None => request(py, who, ty, &1i32.into_pyobject(py)?.into_any(), alignment)?,
+    };
+    Ok((ty, req))
+}
+
+/// The arguments of `a.allocate(nbytes, *, alignment=None)`.
+pub(crate) fn bytes_request(
+    py: Python<'_>,
+    who: &str,
+    nbytes: &Bound<'_, PyAny>,
+    alignment: Option<&Bound<'_, PyAny>>,
+) -> PyResult<(&'static TypeInfo, Request)> {
+    let ty = types::uint8(py)?;
+    Ok((ty, request(py, who, ty, nbytes, alignment)?))
+}
+
+/// The element type and request of `a.realloc(p, count)`: p's type (bytes
+/// for a Void pointer) at p's block alignment.
+pub(crate) fn realloc_request(
+    py: Python<'_>,
+    who: &str,
+    p: &Pointer,
+    count: &Bound<'_, PyAny>,
+) -> PyResult<(&'static TypeInfo, Request)> {
+    let ty = if p.ty.has_size() {
+        p.ty
+    } else {
+        types::uint8(py)?
+    };
+    Ok((ty, request(py, who, ty, count, None)?))
+}
+
+/// The address, element type and request of `a.adopt(address, T, count=1)`.
+pub(crate) fn adopt_request(
+    py: Python<'_>,
+    who: &str,
+    address: &Bound<'_, PyAny>,
+    r#type: &Bound<'_, PyAny>,
+    count: Option<&Bound<'_, PyAny>>,
+) -> PyResult<(usize, &'static TypeInfo, Request)> {
+    let addr = usize_arg(address, "address")?;
+    let ty = types::lookup(r#type)?;
+    let count = match count {
+        Some(c) => c.clone(),
+        None => 1i32.into_pyobject(py)?.into_any(),
+    };
+    let sized = if ty.has_size() { ty } else { types::uint8(py)? };
+    let req = request(py, who, sized, &count, None)?;
+    Ok((
+        addr,
+        ty,
+        Request {
+            align: ty.align.max(1),
+            ..req
+        },
+    ))
+}
+
+/// `a.clone(p)`: `make` allocates a block of p's size and alignment, which
+/// then receives a copy of p's bytes.
+pub(crate) fn clone_with(
+    py: Python<'_>,
+    p: &Pointer,
+    make: impl FnOnce(&'static TypeInfo, Request) -> PyResult<Pointer>,
+) -> PyResult<Pointer> {
+    let n = p
+        .nbytes_usize()
+        .ok_or_else(|| PyTypeError::new_err(format!("clone() of {p}: unknown length")))?;
+    p.check().py(py, p)?;
+    let align = p
+        .record()
+        .map_or(p.ty.align, |r| r.align())
+        .max(p.ty.align)
+        .max(1);
+    let fresh = make(p.ty, Request { size: n, align })?;
+    // Re-checked: `make` may have run Python code (a custom allocator).
+    p.check().py(py, p)?;
+    // SAFETY: p is live with n bytes; fresh holds n bytes.
+    unsafe { std::ptr::copy_nonoverlapping(p.addr as *const u8, fresh.addr as *mut u8, n) };
+    Ok(fresh)
+}
+
 impl Allocator {
     pub fn wrap(py: Python<'_>, core: Arc<AllocCore>) -> PyResult<Bound<'_, Allocator>> {
         let obj = Bound::new(py, Allocator { core })?;
-        let weak = PyWeakrefReference::new(&obj)?.unbind();
-        let _ = obj.get().core.handle.set(Box::new(Handle(weak)));
+        set_handle(&obj.get().core.handle, obj.as_any())?;
         Ok(obj)
-    }
-
-    fn request(
-        &self,
-        py: Python<'_>,
-        ty: &'static TypeInfo,
-        count: &Bound<'_, PyAny>,
-        alignment: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<Request> {
-        if !ty.has_size() {
-            return Err(PyTypeError::new_err(format!(
-                "{} has no size: allocate bytes or a sized type",
-                ty.name
-            )));
-        }
-        let n = count_arg(count)?;
-        let align = align_arg(alignment)?;
-        layout::array(n, ty.size, ty.align, align).py(py, &Asked(&self.core.name, ty, count))
     }
 
     pub fn new_pointer(
@@ -112,8 +232,7 @@ impl Allocator {
 
     /// The record behind `p`, for an operation that needs an owned block.
     fn owned<'a>(&self, py: Python<'_>, p: &'a Pointer) -> PyResult<&'a Arc<Record>> {
-        p.record()
-            .ok_or_else(|| p.err(py, Error::Ownership(Ownership::Foreign)))
+        p.owner.record_for_allocator().py(py, p)
     }
 }
 
@@ -128,19 +247,7 @@ impl Allocator {
         count: Option<&Bound<'_, PyAny>>,
         alignment: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Pointer> {
-        let ty = match r#type {
-            Some(t) => types::lookup(t)?,
-            None => types::uint8(py)?,
-        };
-        let one;
-        let count = match count {
-            Some(c) => c,
-            None => {
-                one = 1i32.into_pyobject(py)?.into_any();
-                &one
-            }
-        };
-        let req = self.request(py, ty, count, alignment)?;
+        let (ty, req) = call_request(py, &self.core.name, r#type, count, alignment)?;
         self.new_pointer(py, ty, req)
     }
 
@@ -152,8 +259,7 @@ impl Allocator {
         nbytes: &Bound<'_, PyAny>,
         alignment: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Pointer> {
-        let ty = types::uint8(py)?;
-        let req = self.request(py, ty, nbytes, alignment)?;
+        let (ty, req) = bytes_request(py, &self.core.name, nbytes, alignment)?;
         self.new_pointer(py, ty, req)
     }
 
@@ -176,12 +282,7 @@ impl Allocator {
         count: &Bound<'_, PyAny>,
     ) -> PyResult<Pointer> {
         let p = p.get();
-        let ty = if p.ty.has_size() {
-            p.ty
-        } else {
-            types::uint8(py)?
-        };
-        let req = self.request(py, ty, count, None)?;
+        let (ty, req) = realloc_request(py, &self.core.name, p, count)?;
         if p.addr == 0 {
             return self.new_pointer(py, ty, req); // C: realloc(NULL, n) is malloc(n)
         }
@@ -205,22 +306,7 @@ impl Allocator {
         r#type: &Bound<'_, PyAny>,
         count: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Pointer> {
-        let addr = usize_arg(address, "address")?;
-        let ty = types::lookup(r#type)?;
-        let count = match count {
-            Some(c) => c.clone(),
-            None => 1i32.into_pyobject(py)?.into_any(),
-        };
-        let req = self.request(
-            py,
-            if ty.has_size() { ty } else { types::uint8(py)? },
-            &count,
-            None,
-        )?;
-        let req = Request {
-            align: ty.align.max(1),
-            ..req
-        };
+        let (addr, ty, req) = adopt_request(py, &self.core.name, address, r#type, count)?;
         let rec = self
             .core
             .adopt(addr, req)
@@ -230,20 +316,7 @@ impl Allocator {
 
     /// A new block from this allocator holding a copy of p's bytes.
     fn clone(&self, py: Python<'_>, p: &Bound<'_, Pointer>) -> PyResult<Pointer> {
-        let p = p.get();
-        let n = p
-            .nbytes_usize()
-            .ok_or_else(|| PyTypeError::new_err(format!("clone() of {p}: unknown length")))?;
-        p.check().py(py, p)?;
-        let align = p
-            .record()
-            .map_or(p.ty.align, |r| r.align())
-            .max(p.ty.align)
-            .max(1);
-        let fresh = self.new_pointer(py, p.ty, Request { size: n, align })?;
-        // SAFETY: p was checked live with n bytes; fresh holds n bytes.
-        unsafe { std::ptr::copy_nonoverlapping(p.addr as *const u8, fresh.addr as *mut u8, n) };
-        Ok(fresh)
+        clone_with(py, p.get(), |ty, req| self.new_pointer(py, ty, req))
     }
 
     /// Address of the C function that frees this allocator's memory, or None.
@@ -306,17 +379,14 @@ pub fn free(py: Python<'_>, p: &Bound<'_, Pointer>) -> PyResult<()> {
     if p.addr == 0 {
         return Ok(());
     }
-    let rec = p
-        .record()
-        .ok_or_else(|| p.err(py, Error::Ownership(Ownership::Foreign)))?;
-    let group = rec.allocator().group;
-    match rec.arena() {
-        // Arena memory is released with its arena: free is a no-op for a live block.
-        Some(_) => rec.check_access().map_err(|e| match e {
-            Error::UseAfterFree(d) => Error::DoubleFree(d),
-            e => e,
-        }),
-        None => rec.free(group, 0, p.addr),
+    match &p.owner {
+        Owner::Block(rec) => match rec.arena() {
+            // Arena memory is released with its arena: free is a no-op for a live block.
+            Some(id) => rec.check_freeable(rec.allocator().group, id, p.addr),
+            None => rec.free(rec.allocator().group, 0, p.addr),
+        },
+        Owner::Region(r) => super::arena::region_free(r, p.addr),
+        Owner::Unowned => Err(Error::Ownership(Ownership::Foreign)),
     }
     .py(py, p)
 }
