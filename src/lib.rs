@@ -14,6 +14,8 @@ mod _rsalloc {
     #[pymodule_export]
     use crate::py::allocator::{free, Allocator};
     #[pymodule_export]
+    use crate::py::arena::{current_arena, Arena};
+    #[pymodule_export]
     use crate::py::custom::ForeignAllocator;
     #[pymodule_export]
     use crate::py::pointer::Pointer;

@@ -21,11 +21,13 @@ from ._errors import (
 )
 from ._rsalloc import (
     Allocator,
+    Arena,
     ForeignAllocator,
     Pointer,
     Stats,
     alignof,
     calloc,
+    current_arena,
     free,
     malloc,
     nullptr,
@@ -34,6 +36,7 @@ from ._rsalloc import (
     to_native_utf8,
     to_native_utf16,
 )
+from ._arena import using
 from ._types import (
     Bool,
     Double,
@@ -58,6 +61,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Allocator",
+    "Arena",
     "ArenaClosedError",
     "Bool",
     "Double",
@@ -88,6 +92,7 @@ __all__ = [
     "Void",
     "alignof",
     "calloc",
+    "current_arena",
     "free",
     "malloc",
     "nullptr",
@@ -95,4 +100,5 @@ __all__ = [
     "stats",
     "to_native_utf8",
     "to_native_utf16",
+    "using",
 ]

@@ -160,8 +160,18 @@ impl AllocCore {
 
     /// Takes ownership of a block this allocator's C counterpart allocated.
     pub fn adopt(self: &Arc<Self>, addr: usize, req: Request) -> Result<Arc<Record>> {
+        self.adopt_in(addr, req, None)
+    }
+
+    /// As [`AllocCore::adopt`], owned by `arena` when given.
+    pub fn adopt_in(
+        self: &Arc<Self>,
+        addr: usize,
+        req: Request,
+        arena: Option<&Arc<ArenaTag>>,
+    ) -> Result<Arc<Record>> {
         let p = NonNull::new(addr as *mut u8).ok_or(Error::NullPointer)?;
-        self.record(p, req, None)
+        self.record(p, req, arena)
     }
 
     /// Frees a block through this allocator (its owner group must own it).
@@ -172,7 +182,7 @@ impl AllocCore {
     /// Resizes `rec` (viewed at `addr`) to `new` bytes. The old record dies
     /// (`Reallocated`) and a new one is returned; on failure nothing changes.
     pub fn realloc(self: &Arc<Self>, rec: &Record, addr: usize, new: usize) -> Result<Arc<Record>> {
-        rec.begin_realloc(self.group, addr)?;
+        rec.begin_realloc(self.group, 0, addr)?;
         let old = rec.size();
         let align = rec.align();
         // SAFETY: begin_realloc made us the only user of the old block.

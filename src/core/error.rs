@@ -34,6 +34,8 @@ pub enum Ownership {
     Interior,
     /// A bump-region arena cannot give memory to another owner.
     RegionCannotDetach,
+    /// A bump-region arena cannot take memory it did not carve out.
+    RegionCannotAdopt,
 }
 
 #[derive(Debug)]
@@ -90,6 +92,9 @@ impl fmt::Display for Error {
                 Ownership::Interior => "the pointer points inside a block, not at its start",
                 Ownership::RegionCannotDetach => {
                     "a bump-region arena cannot give its memory away; copy it out with clone()"
+                }
+                Ownership::RegionCannotAdopt => {
+                    "a bump-region arena cannot adopt memory; adopt it with the allocator that made it"
                 }
             }),
             Error::NullPointer => write!(f, "access through a null pointer"),

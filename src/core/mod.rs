@@ -1,10 +1,12 @@
 //! The pure-Rust core: no Python here. Everything is testable with `cargo test`.
 
 pub mod alloc;
+pub mod arena;
 pub mod error;
 pub mod foreign;
 pub mod layout;
 pub mod record;
+pub mod region;
 pub mod stats;
 pub mod sys;
 pub mod types;

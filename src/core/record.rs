@@ -108,6 +108,11 @@ impl Record {
         let tag = self.arena.as_ref()?;
         (self.word.load(Acquire) & IN_ARENA != 0).then_some(tag.id)
     }
+    /// The arena that owns the block now, if any.
+    pub fn arena_tag(&self) -> Option<&Arc<ArenaTag>> {
+        let tag = self.arena.as_ref()?;
+        (self.word.load(Acquire) & IN_ARENA != 0).then_some(tag)
+    }
     pub fn is_autofree(&self) -> bool {
         self.word.load(Relaxed) & AUTOFREE != 0
     }
@@ -151,7 +156,7 @@ impl Record {
         }
     }
 
-    fn return_memory(&self) {
+    pub(crate) fn return_memory(&self) {
         // SAFETY: called exactly once, by whoever saw the block dead with no pins.
         unsafe { self.alloc.backend.free(self.addr, self.size, self.align) }
     }
@@ -247,9 +252,9 @@ impl Record {
     /// Begins a realloc: the block must be live, owned by `owner_group`, at
     /// `addr`, and not exported. On success it is marked reallocated; the
     /// caller then either [`Record::finish_realloc`]s or [`Record::undo_realloc`]s.
-    pub(crate) fn begin_realloc(&self, owner_group: u64, addr: usize) -> Result<()> {
+    pub(crate) fn begin_realloc(&self, owner_group: u64, arena: u64, addr: usize) -> Result<()> {
         self.update(|w| {
-            self.check_free(w, owner_group, 0, addr)?;
+            self.check_free(w, owner_group, arena, addr)?;
             if w >> PIN_SHIFT != 0 {
                 return Err(Error::Exported);
             }
@@ -262,9 +267,10 @@ impl Record {
         self.word.fetch_and(!STATE_MASK, AcqRel);
     }
 
-    /// The old block's memory now belongs to the new record: count it freed.
+    /// The old block's memory now belongs to the new record: count it freed
+    /// (in its arena too when an arena owned it).
     pub(crate) fn finish_realloc(&self) {
-        self.count_free(LIVE);
+        self.count_free(self.word.load(Acquire));
     }
 }
 
@@ -295,4 +301,16 @@ impl std::fmt::Debug for Record {
 pub struct ArenaTag {
     pub id: u64,
     pub counters: Counters,
+    /// The binding layer's object for the arena (set once).
+    pub handle: OnceLock<Box<dyn Any + Send + Sync>>,
+}
+
+impl ArenaTag {
+    pub fn new(id: u64) -> Self {
+        ArenaTag {
+            id,
+            counters: Counters::new(),
+            handle: OnceLock::new(),
+        }
+    }
 }

@@ -16,6 +16,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyTuple, PyType, PyWeakrefReference};
 use pyo3::{PyTraverseError, PyVisit};
+use std::any::Any;
 use std::sync::{Arc, OnceLock};
 
 #[pyclass(frozen, subclass, weakref, module = "rsalloc", name = "Allocator")]
@@ -23,46 +24,59 @@ pub struct Allocator {
     pub core: Arc<AllocCore>,
 }
 
-/// The Python object of each allocator core, for `Pointer.allocator`
-/// (a weak reference: records must not keep their allocator's wrapper
-/// alive), and the Python functions of a Python-defined backend.
-struct Handle {
+/// The Python object of each allocator core or arena, for
+/// `Pointer.allocator` (a weak reference: records must not keep their
+/// owner's wrapper alive), and the Python functions of a Python-defined
+/// backend.
+pub(crate) struct Handle {
     weak: OnceLock<Py<PyWeakrefReference>>,
     callbacks: Option<Arc<PyCallbacks>>,
 }
 
-fn handle(core: &AllocCore) -> Option<&Handle> {
-    core.handle.get().and_then(|h| h.downcast_ref::<Handle>())
+type HandleCell = OnceLock<Box<dyn Any + Send + Sync>>;
+
+fn handle(cell: &HandleCell) -> Option<&Handle> {
+    cell.get().and_then(|h| h.downcast_ref::<Handle>())
 }
 
-/// Sets the handle of a new core (once).
-pub fn set_handle(
-    core: &AllocCore,
-    obj: Option<&Bound<'_, Allocator>>,
+/// Sets the handle of a new core or arena (once): its Python object, when
+/// known yet, and the callbacks of a Python-defined backend.
+pub(crate) fn set_handle(
+    cell: &HandleCell,
+    obj: Option<&Bound<'_, PyAny>>,
     callbacks: Option<Arc<PyCallbacks>>,
 ) -> PyResult<()> {
     let weak = OnceLock::new();
     if let Some(obj) = obj {
         let _ = weak.set(PyWeakrefReference::new(obj)?.unbind());
     }
-    let _ = core.handle.set(Box::new(Handle { weak, callbacks }));
+    let _ = cell.set(Box::new(Handle { weak, callbacks }));
     Ok(())
 }
 
 pub fn handle_callbacks(core: &AllocCore) -> Option<&Arc<PyCallbacks>> {
-    handle(core)?.callbacks.as_ref()
+    handle(&core.handle)?.callbacks.as_ref()
 }
 
-pub fn owner_object(py: Python<'_>, rec: &Record) -> Py<PyAny> {
-    handle(rec.allocator())
+/// The Python object remembered in `cell`, None when gone.
+pub(crate) fn handle_object(py: Python<'_>, cell: &HandleCell) -> Py<PyAny> {
+    handle(cell)
         .and_then(|h| h.weak.get())
         .and_then(|w| w.bind(py).upgrade())
         .map(Bound::unbind)
         .unwrap_or_else(|| py.None())
 }
 
+/// The owner of a record: its arena while one owns it, else its allocator.
+pub fn owner_object(py: Python<'_>, rec: &Record) -> Py<PyAny> {
+    match rec.arena_tag() {
+        Some(tag) => handle_object(py, &tag.handle),
+        None => handle_object(py, &rec.allocator().handle),
+    }
+}
+
 /// Describes a request in error messages.
-struct Asked<'a>(&'a str, &'a TypeInfo, &'a dyn std::fmt::Display);
+pub(crate) struct Asked<'a>(pub &'a str, pub &'a TypeInfo, pub &'a dyn std::fmt::Display);
 impl std::fmt::Display for Asked<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}({}, {})", self.0, self.1.name, self.2)
@@ -101,30 +115,117 @@ fn align_arg(v: Option<i128>) -> PyResult<Option<u128>> {
     }
 }
 
+/// A validated request for `count` elements of `ty` from the allocator `who`.
+pub(crate) fn request(
+    py: Python<'_>,
+    who: &str,
+    ty: &'static TypeInfo,
+    count: i128,
+    alignment: Option<i128>,
+) -> PyResult<Request> {
+    if !ty.has_size() {
+        return Err(PyTypeError::new_err(format!(
+            "{} has no size: allocate bytes or a sized type",
+            ty.name
+        )));
+    }
+    let align = align_arg(alignment)?;
+    layout::array(count, ty.size, ty.align, align).py(py, &Asked(who, ty, &count))
+}
+
+/// The arguments of `a(T=Uint8, count=1, *, alignment=None)`.
+pub(crate) fn call_request(
+    py: Python<'_>,
+    who: &str,
+    r#type: Option<&Bound<'_, PyAny>>,
+    count: i128,
+    alignment: Option<i128>,
+) -> PyResult<(&'static TypeInfo, Request)> {
+    let ty = match r#type {
+        Some(t) => types::lookup(t)?,
+        None => types::uint8(py)?,
+    };
+    Ok((ty, request(py, who, ty, count, alignment)?))
+}
+
+/// The arguments of `a.allocate(nbytes, *, alignment=None)`.
+pub(crate) fn bytes_request(
+    py: Python<'_>,
+    who: &str,
+    nbytes: i128,
+    alignment: Option<i128>,
+) -> PyResult<(&'static TypeInfo, Request)> {
+    let ty = types::uint8(py)?;
+    Ok((ty, request(py, who, ty, nbytes, alignment)?))
+}
+
+/// The element type and request of `a.realloc(p, count)`: p's type (bytes
+/// for a Void pointer) at p's block alignment.
+pub(crate) fn realloc_request(
+    py: Python<'_>,
+    who: &str,
+    p: &Pointer,
+    count: i128,
+) -> PyResult<(&'static TypeInfo, Request)> {
+    let ty = if p.ty.has_size() {
+        p.ty
+    } else {
+        types::uint8(py)?
+    };
+    Ok((ty, request(py, who, ty, count, None)?))
+}
+
+/// The address, element type and request of `a.adopt(address, T, count=1)`.
+pub(crate) fn adopt_request(
+    py: Python<'_>,
+    who: &str,
+    address: &Bound<'_, PyAny>,
+    r#type: &Bound<'_, PyAny>,
+    count: i128,
+) -> PyResult<(usize, &'static TypeInfo, Request)> {
+    let addr = usize_arg(address, "address")?;
+    let ty = types::lookup(r#type)?;
+    let sized = if ty.has_size() { ty } else { types::uint8(py)? };
+    let req = request(py, who, sized, count, None)?;
+    Ok((
+        addr,
+        ty,
+        Request {
+            align: ty.align.max(1),
+            ..req
+        },
+    ))
+}
+
+/// `a.clone(p)`: `make` allocates a block of p's size and alignment, which
+/// then receives a copy of p's bytes.
+pub(crate) fn clone_with(
+    py: Python<'_>,
+    p: &Pointer,
+    make: impl FnOnce(&'static TypeInfo, Request) -> PyResult<Pointer>,
+) -> PyResult<Pointer> {
+    let n = p
+        .nbytes_usize()
+        .ok_or_else(|| PyTypeError::new_err(format!("clone() of {p}: unknown length")))?;
+    p.check().py(py, p)?;
+    let align = p
+        .record()
+        .map_or(p.ty.align, |r| r.align())
+        .max(p.ty.align)
+        .max(1);
+    let fresh = make(p.ty, Request { size: n, align })?;
+    // Re-checked: `make` may have run Python code (a custom allocator).
+    p.check().py(py, p)?;
+    // SAFETY: p is live with n bytes; fresh holds n bytes.
+    unsafe { std::ptr::copy_nonoverlapping(p.addr as *const u8, fresh.addr as *mut u8, n) };
+    Ok(fresh)
+}
+
 impl Allocator {
     pub fn wrap(py: Python<'_>, core: Arc<AllocCore>) -> PyResult<Bound<'_, Allocator>> {
         let obj = Bound::new(py, Allocator { core })?;
-        set_handle(&obj.get().core, Some(&obj), None)?;
+        set_handle(&obj.get().core.handle, Some(obj.as_any()), None)?;
         Ok(obj)
-    }
-
-    /// Sizes arrive as i128: any int a user could mean is classified exactly
-    /// (negative, too big for isize, fine); floats and other kinds are TypeError.
-    fn request(
-        &self,
-        py: Python<'_>,
-        ty: &'static TypeInfo,
-        count: i128,
-        alignment: Option<i128>,
-    ) -> PyResult<Request> {
-        if !ty.has_size() {
-            return Err(PyTypeError::new_err(format!(
-                "{} has no size: allocate bytes or a sized type",
-                ty.name
-            )));
-        }
-        let align = align_arg(alignment)?;
-        layout::array(count, ty.size, ty.align, align).py(py, &Asked(&self.core.name, ty, &count))
     }
 
     pub fn new_pointer(
@@ -147,8 +248,7 @@ impl Allocator {
 
     /// The record behind `p`, for an operation that needs an owned block.
     fn owned<'a>(&self, py: Python<'_>, p: &'a Pointer) -> PyResult<&'a Arc<Record>> {
-        p.record()
-            .ok_or_else(|| p.err(py, Error::Ownership(Ownership::Foreign)))
+        p.owner.record_for_allocator().py(py, p)
     }
 }
 
@@ -176,7 +276,7 @@ impl Allocator {
         _args: &Bound<'_, PyTuple>,
         _kwargs: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<()> {
-        if let Some(h) = handle(&slf.get().core) {
+        if let Some(h) = handle(&slf.get().core.handle) {
             if h.weak.get().is_none() {
                 let _ = h.weak.set(PyWeakrefReference::new(slf)?.unbind());
             }
@@ -215,11 +315,7 @@ impl Allocator {
         count: SizeArg,
         alignment: Option<SizeArg>,
     ) -> PyResult<Pointer> {
-        let ty = match r#type {
-            Some(t) => types::lookup(t)?,
-            None => types::uint8(py)?,
-        };
-        let req = self.request(py, ty, count.0, alignment.map(|a| a.0))?;
+        let (ty, req) = call_request(py, &self.core.name, r#type, count.0, alignment.map(|a| a.0))?;
         self.new_pointer(py, ty, req)
     }
 
@@ -231,8 +327,7 @@ impl Allocator {
         nbytes: SizeArg,
         alignment: Option<SizeArg>,
     ) -> PyResult<Pointer> {
-        let ty = types::uint8(py)?;
-        let req = self.request(py, ty, nbytes.0, alignment.map(|a| a.0))?;
+        let (ty, req) = bytes_request(py, &self.core.name, nbytes.0, alignment.map(|a| a.0))?;
         self.new_pointer(py, ty, req)
     }
 
@@ -252,12 +347,7 @@ impl Allocator {
     /// Pointer; p and all its views are dead. calloc zeroes the new tail.
     fn realloc(&self, py: Python<'_>, p: &Bound<'_, Pointer>, count: SizeArg) -> PyResult<Pointer> {
         let p = p.get();
-        let ty = if p.ty.has_size() {
-            p.ty
-        } else {
-            types::uint8(py)?
-        };
-        let req = self.request(py, ty, count.0, None)?;
+        let (ty, req) = realloc_request(py, &self.core.name, p, count.0)?;
         if p.addr == 0 {
             return self.new_pointer(py, ty, req); // C: realloc(NULL, n) is malloc(n)
         }
@@ -281,18 +371,7 @@ impl Allocator {
         r#type: &Bound<'_, PyAny>,
         count: SizeArg,
     ) -> PyResult<Pointer> {
-        let addr = usize_arg(address, "address")?;
-        let ty = types::lookup(r#type)?;
-        let req = self.request(
-            py,
-            if ty.has_size() { ty } else { types::uint8(py)? },
-            count.0,
-            None,
-        )?;
-        let req = Request {
-            align: ty.align.max(1),
-            ..req
-        };
+        let (addr, ty, req) = adopt_request(py, &self.core.name, address, r#type, count.0)?;
         let rec = self
             .core
             .adopt(addr, req)
@@ -302,20 +381,7 @@ impl Allocator {
 
     /// A new block from this allocator holding a copy of p's bytes.
     fn clone(&self, py: Python<'_>, p: &Bound<'_, Pointer>) -> PyResult<Pointer> {
-        let p = p.get();
-        let n = p
-            .nbytes_usize()
-            .ok_or_else(|| PyTypeError::new_err(format!("clone() of {p}: unknown length")))?;
-        p.check().py(py, p)?;
-        let align = p
-            .record()
-            .map_or(p.ty.align, |r| r.align())
-            .max(p.ty.align)
-            .max(1);
-        let fresh = self.new_pointer(py, p.ty, Request { size: n, align })?;
-        // SAFETY: p was checked live with n bytes; fresh holds n bytes.
-        unsafe { std::ptr::copy_nonoverlapping(p.addr as *const u8, fresh.addr as *mut u8, n) };
-        Ok(fresh)
+        clone_with(py, p.get(), |ty, req| self.new_pointer(py, ty, req))
     }
 
     /// Address of the C function that frees this allocator's memory, or None.
@@ -384,19 +450,17 @@ pub fn free(py: Python<'_>, p: &Bound<'_, Pointer>) -> PyResult<()> {
     if p.addr == 0 {
         return Ok(());
     }
-    let rec = p
-        .record()
-        .ok_or_else(|| p.err(py, Error::Ownership(Ownership::Foreign)))?;
-    let group = rec.allocator().group;
-    custom::raising_free_errors(py, rec.allocator(), || {
-        match rec.arena() {
+    let free = || match &p.owner {
+        Owner::Block(rec) => match rec.arena() {
             // Arena memory is released with its arena: free is a no-op for a live block.
-            Some(_) => rec.check_access().map_err(|e| match e {
-                Error::UseAfterFree(d) => Error::DoubleFree(d),
-                e => e,
-            }),
-            None => rec.free(group, 0, p.addr),
-        }
-        .py(py, p)
-    })
+            Some(id) => rec.check_freeable(rec.allocator().group, id, p.addr),
+            None => rec.free(rec.allocator().group, 0, p.addr),
+        },
+        Owner::Region(r) => super::arena::region_free(r, p.addr),
+        Owner::Unowned => Err(Error::Ownership(Ownership::Foreign)),
+    };
+    match &p.owner {
+        Owner::Block(rec) => custom::raising_free_errors(py, rec.allocator(), || free().py(py, p)),
+        _ => free().py(py, p),
+    }
 }

@@ -224,7 +224,7 @@ pub fn subclass_core(cls: &Bound<'_, PyType>) -> PyResult<Arc<AllocCore>> {
         with_alignment: true,
     });
     let core = AllocCore::new(name, new_id(), zeroed, Box::new(PyBackend(cb.clone())));
-    set_handle(&core, None, Some(cb))?;
+    set_handle(&core.handle, None, Some(cb))?;
     Ok(core)
 }
 
@@ -284,7 +284,7 @@ impl ForeignAllocator {
                 )),
             };
         let core = AllocCore::new(name, new_id(), zeroed, backend);
-        set_handle(&core, None, cb)?;
+        set_handle(&core.handle, None, cb)?;
         Ok(PyClassInitializer::from(Allocator { core }).add_subclass(ForeignAllocator))
     }
 

@@ -1,6 +1,7 @@
 //! The PyO3 layer: thin wrappers over `core`, one file per exposed concept.
 
 pub mod allocator;
+pub mod arena;
 pub mod custom;
 pub mod errors;
 pub mod pointer;

@@ -9,6 +9,7 @@ use super::errors::{to_py, IntoPy};
 use super::types::{self, TypeInfo};
 use crate::core::error::{Error, Ownership};
 use crate::core::record::{Record, State};
+use crate::core::region::RegionRef;
 use crate::core::types::{Kind, Value};
 use pyo3::exceptions::{PyBufferError, PyIndexError, PyOverflowError, PyTypeError, PyValueError};
 use pyo3::ffi;
@@ -26,6 +27,8 @@ pub enum Owner {
     Unowned,
     /// A block rsalloc allocated (or adopted); shared by all its views.
     Block(Arc<Record>),
+    /// A block of a bump-region arena: alive while its generation is.
+    Region(RegionRef),
 }
 
 impl Owner {
@@ -34,6 +37,7 @@ impl Owner {
     pub fn check_access(&self) -> Result<(), Error> {
         match self {
             Owner::Block(r) => r.check_access(),
+            Owner::Region(r) => r.check_access(),
             Owner::Unowned => Ok(()),
         }
     }
@@ -42,13 +46,16 @@ impl Owner {
     pub fn pin(&self) -> Result<(), Error> {
         match self {
             Owner::Block(r) => r.pin(),
+            Owner::Region(r) => r.pin(),
             Owner::Unowned => Ok(()),
         }
     }
 
     pub fn unpin(&self) {
-        if let Owner::Block(r) = self {
-            r.unpin();
+        match self {
+            Owner::Block(r) => r.unpin(),
+            Owner::Region(r) => r.unpin(),
+            Owner::Unowned => {}
         }
     }
 
@@ -62,19 +69,37 @@ impl Owner {
                     None => r.allocator().name.clone(),
                 },
             },
+            Owner::Region(r) => format!("arena #{}", r.region.id),
             Owner::Unowned => "unowned".into(),
         }
     }
 
     /// The state, for repr.
     pub fn state_name(&self) -> &'static str {
-        match self {
+        let dead = match self {
             Owner::Block(r) => match r.state() {
-                State::Live => "live",
-                State::Detached => "detached",
-                State::Dead(d) => d.as_str(),
+                State::Live => return "live",
+                State::Detached => return "detached",
+                State::Dead(d) => d,
             },
-            Owner::Unowned => "foreign",
+            Owner::Region(r) => match r.check_access() {
+                Ok(()) => return "live",
+                Err(Error::UseAfterFree(d)) => d,
+                Err(_) => return "dead",
+            },
+            Owner::Unowned => return "foreign",
+        };
+        dead.as_str()
+    }
+
+    /// The record of an allocator-owned block, for operations that need one
+    /// (free, realloc through an allocator): region memory belongs to its
+    /// arena, unowned memory to nobody.
+    pub fn record_for_allocator(&self) -> Result<&Arc<Record>, Error> {
+        match self {
+            Owner::Block(r) => Ok(r),
+            Owner::Region(_) => Err(Error::Ownership(Ownership::OtherOwner)),
+            Owner::Unowned => Err(Error::Ownership(Ownership::Foreign)),
         }
     }
 }
@@ -126,7 +151,7 @@ impl Pointer {
     pub fn record(&self) -> Option<&Arc<Record>> {
         match &self.owner {
             Owner::Block(r) => Some(r),
-            Owner::Unowned => None,
+            Owner::Region(_) | Owner::Unowned => None,
         }
     }
 
@@ -757,6 +782,7 @@ impl Pointer {
             Owner::Block(r) if r.state() != State::Detached => {
                 super::allocator::owner_object(py, r)
             }
+            Owner::Region(r) => super::allocator::handle_object(py, &r.region.handle),
             _ => py.None(),
         })
     }
@@ -808,6 +834,7 @@ impl Pointer {
     fn detach(&self, py: Python<'_>) -> PyResult<usize> {
         match &self.owner {
             Owner::Block(r) => r.detach(self.addr).py(py, self),
+            Owner::Region(_) => Err(self.err(py, Error::Ownership(Ownership::RegionCannotDetach))),
             Owner::Unowned => Err(self.err(py, Error::Ownership(Ownership::Foreign))),
         }
     }
@@ -818,6 +845,8 @@ impl Pointer {
         let this = slf.get();
         match &this.owner {
             Owner::Block(r) => r.set_autofree().py(slf.py(), this)?,
+            // Region memory goes with its arena, never earlier: nothing to arm.
+            Owner::Region(r) => r.check_access().py(slf.py(), this)?,
             Owner::Unowned => return Err(this.err(slf.py(), Error::Ownership(Ownership::Foreign))),
         }
         Ok(slf)

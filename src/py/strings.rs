@@ -1,6 +1,7 @@
 //! `to_native_utf8` / `to_native_utf16`: Python strings as NUL-terminated C strings.
 
 use super::allocator::{malloc, Allocator};
+use super::arena::Arena;
 use super::pointer::Pointer;
 use super::types::{self, TypeInfo};
 use crate::core::layout::Request;
@@ -9,7 +10,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyString};
 
 /// Allocates `nbytes` for a `ty` string from any allocator object: an
-/// rsalloc Allocator directly, anything else through its `allocate` method.
+/// rsalloc Allocator or Arena directly, anything else through its `allocate` method.
 fn allocate_from<'py>(
     py: Python<'py>,
     allocator: Option<&Bound<'py, PyAny>>,
@@ -24,16 +25,15 @@ fn allocate_from<'py>(
             &default
         }
     };
+    let req = Request {
+        size: nbytes,
+        align: ty.align,
+    };
     if let Ok(a) = allocator.cast::<Allocator>() {
-        let p = a.get().new_pointer(
-            py,
-            ty,
-            Request {
-                size: nbytes,
-                align: ty.align,
-            },
-        )?;
-        return Bound::new(py, p);
+        return Bound::new(py, a.get().new_pointer(py, ty, req)?);
+    }
+    if let Ok(a) = allocator.cast::<Arena>() {
+        return Bound::new(py, a.get().new_pointer(a.as_any(), ty, req)?);
     }
     let raw = allocator.call_method1("allocate", (nbytes,))?;
     let raw = raw

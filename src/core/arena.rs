@@ -1,0 +1,269 @@
+//! The wrapping arena behind `Arena(allocator)`: every block comes from the
+//! backing allocator as a record owned by the arena (`IN_ARENA`), and the
+//! arena frees the ones it still owns at release.
+//!
+//! The backing allocator is never called with the arena's lock held: a
+//! Python-defined backend may run Python code, and a thread holding the lock
+//! while waiting for the interpreter would deadlock with one waiting for it.
+
+use super::alloc::{new_id, AllocCore};
+use super::error::{Error, Result};
+use super::layout::Request;
+use super::record::{ArenaTag, Record};
+use std::ptr::NonNull;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+#[derive(Default)]
+struct Inner {
+    /// The records handed out since the last release (some may have died
+    /// or left since: release skips those).
+    records: Vec<Arc<Record>>,
+    closed: bool,
+}
+
+pub struct WrapArena {
+    pub tag: Arc<ArenaTag>,
+    pub backing: Arc<AllocCore>,
+    inner: Mutex<Inner>,
+}
+
+impl WrapArena {
+    pub fn new(backing: Arc<AllocCore>) -> Self {
+        WrapArena {
+            tag: Arc::new(ArenaTag::new(new_id())),
+            backing,
+            inner: Mutex::new(Inner::default()),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn id(&self) -> u64 {
+        self.tag.id
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
+    /// Records a block the backing allocator just made for the arena; if the
+    /// arena closed meanwhile or cannot remember it, the block is freed again.
+    fn keep(&self, rec: Arc<Record>) -> Result<Arc<Record>> {
+        let mut g = self.lock();
+        let refused = if g.closed {
+            Some(Error::ArenaClosed)
+        } else if g.records.try_reserve(1).is_err() {
+            Some(Error::OutOfMemory(rec.size()))
+        } else {
+            None
+        };
+        match refused {
+            None => {
+                g.records.push(rec.clone());
+                Ok(rec)
+            }
+            Some(e) => {
+                drop(g);
+                let _ = rec.free(self.backing.group, self.tag.id, rec.addr());
+                Err(e)
+            }
+        }
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.is_closed() {
+            return Err(Error::ArenaClosed);
+        }
+        Ok(())
+    }
+
+    pub fn allocate(&self, req: Request) -> Result<Arc<Record>> {
+        self.check_open()?;
+        let rec = self.backing.allocate(req, Some(&self.tag))?;
+        self.keep(rec)
+    }
+
+    /// Takes ownership of a block the backing allocator's C counterpart made.
+    pub fn adopt(&self, addr: usize, req: Request) -> Result<Arc<Record>> {
+        self.check_open()?;
+        let rec = self.backing.adopt_in(addr, req, Some(&self.tag))?;
+        self.keep(rec)
+    }
+
+    /// `arena.free(p)`: a no-op for a live block of this arena (viewed at
+    /// its start); every mistake a real free would report is reported.
+    pub fn free(&self, rec: &Record, addr: usize) -> Result<()> {
+        rec.check_freeable(self.backing.group, self.tag.id, addr)
+    }
+
+    /// A new block of `new` bytes holding the old bytes; the old block dies
+    /// (`Reallocated`) and returns to the backing allocator. On failure
+    /// nothing changes.
+    pub fn realloc(&self, rec: &Record, addr: usize, new: usize) -> Result<Arc<Record>> {
+        rec.begin_realloc(self.backing.group, self.tag.id, addr)?;
+        let fresh = match self.allocate(Request {
+            size: new,
+            align: rec.align(),
+        }) {
+            Ok(f) => f,
+            Err(e) => {
+                rec.undo_realloc();
+                return Err(e);
+            }
+        };
+        let old = NonNull::new(rec.addr() as *mut u8).expect("records never hold null");
+        // SAFETY: begin_realloc made us the only user of the old block (live,
+        // not exported); the new one is distinct; each holds min(old, new).
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                old.as_ptr(),
+                fresh.addr() as *mut u8,
+                rec.size().min(new),
+            );
+        }
+        rec.finish_realloc();
+        rec.return_memory();
+        Ok(fresh)
+    }
+
+    /// The block leaves the arena and belongs to the backing allocator
+    /// (still counted there), surviving the release.
+    pub fn detach(&self, rec: &Arc<Record>, addr: usize) -> Result<()> {
+        self.free(rec, addr)?;
+        rec.leave_arena(self.tag.id)?;
+        let mut g = self.lock();
+        if let Some(i) = g.records.iter().rposition(|r| Arc::ptr_eq(r, rec)) {
+            g.records.swap_remove(i);
+        }
+        Ok(())
+    }
+
+    /// Frees every block the arena still owns. Without `reuse` the arena is
+    /// closed for good. Returns false when it was already closed.
+    pub fn release(&self, reuse: bool) -> bool {
+        let records = {
+            let mut g = self.lock();
+            if g.closed {
+                return false;
+            }
+            g.closed = !reuse;
+            std::mem::take(&mut g.records)
+        };
+        for rec in &records {
+            if rec.arena() == Some(self.tag.id) {
+                // Dead blocks (reallocated) refuse: nothing left to free.
+                let _ = rec.free(self.backing.group, self.tag.id, rec.addr());
+            }
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::alloc::{Libc, LIBC_GROUP};
+    use crate::core::error::{Death, Ownership};
+    use crate::core::record::State;
+
+    fn malloc() -> Arc<AllocCore> {
+        AllocCore::new("malloc", LIBC_GROUP, false, Box::new(Libc))
+    }
+
+    fn req(size: usize) -> Request {
+        Request { size, align: 8 }
+    }
+
+    #[test]
+    fn blocks_are_counted_in_backing_and_arena_until_release() {
+        let m = malloc();
+        let a = WrapArena::new(m.clone());
+        let r1 = a.allocate(req(10)).unwrap();
+        let r2 = a.allocate(req(20)).unwrap();
+        assert_eq!(m.counters.snapshot().live_bytes, 30);
+        assert_eq!(a.tag.counters.snapshot().live_count, 2);
+        // The backing allocator may not free an arena block.
+        assert!(matches!(
+            m.free(&r1, r1.addr()),
+            Err(Error::Ownership(Ownership::OtherOwner))
+        ));
+        a.free(&r1, r1.addr()).unwrap(); // no-op
+        assert!(matches!(
+            a.free(&r1, r1.addr() + 1),
+            Err(Error::Ownership(Ownership::Interior))
+        ));
+        assert!(a.release(false));
+        for r in [&r1, &r2] {
+            assert_eq!(r.state(), State::Dead(Death::Released));
+        }
+        assert!(matches!(
+            a.free(&r1, r1.addr()),
+            Err(Error::DoubleFree(Death::Released))
+        ));
+        let s = m.counters.snapshot();
+        assert_eq!((s.live_count, s.live_bytes, s.total_frees), (0, 0, 2));
+        assert_eq!(a.tag.counters.snapshot().live_count, 0);
+        assert!(matches!(a.allocate(req(1)), Err(Error::ArenaClosed)));
+        assert!(!a.release(false));
+    }
+
+    #[test]
+    fn detach_hands_the_block_to_the_backing_allocator() {
+        let m = malloc();
+        let a = WrapArena::new(m.clone());
+        let r = a.allocate(req(16)).unwrap();
+        a.detach(&r, r.addr()).unwrap();
+        assert_eq!(r.arena(), None);
+        assert_eq!(a.tag.counters.snapshot().live_count, 0);
+        a.release(true);
+        assert_eq!(r.state(), State::Live);
+        assert_eq!(m.counters.snapshot().live_count, 1);
+        m.free(&r, r.addr()).unwrap();
+        assert_eq!(m.counters.snapshot().live_count, 0);
+    }
+
+    #[test]
+    fn realloc_moves_within_the_arena() {
+        let m = malloc();
+        let a = WrapArena::new(m.clone());
+        let r = a.allocate(req(4)).unwrap();
+        unsafe { std::ptr::write_bytes(r.addr() as *mut u8, 5, 4) };
+        let n = a.realloc(&r, r.addr(), 32).unwrap();
+        assert_eq!(r.state(), State::Dead(Death::Reallocated));
+        assert_eq!(n.arena(), Some(a.id()));
+        assert_eq!(unsafe { *(n.addr() as *const [u8; 4]) }, [5; 4]);
+        let s = m.counters.snapshot();
+        assert_eq!((s.live_count, s.live_bytes), (1, 32));
+        assert_eq!(a.tag.counters.snapshot().live_bytes, 32);
+        assert!(matches!(
+            a.realloc(&n, n.addr(), 1 << 62),
+            Err(Error::OutOfMemory(_))
+        ));
+        assert_eq!(n.state(), State::Live);
+        a.release(false);
+        assert_eq!(m.counters.snapshot().live_count, 0);
+        assert_eq!(n.state(), State::Dead(Death::Released));
+    }
+
+    #[test]
+    fn threads_share_an_arena_with_exact_counts() {
+        let m = malloc();
+        let a = WrapArena::new(m.clone());
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for i in 0..2000 {
+                        a.allocate(req(i % 50)).unwrap();
+                    }
+                });
+            }
+        });
+        let expected: usize = 4 * (0..2000).map(|i| i % 50).sum::<usize>();
+        let s = m.counters.snapshot();
+        assert_eq!((s.live_count, s.live_bytes), (8000, expected as u64));
+        a.release(false);
+        assert_eq!(m.counters.snapshot().live_count, 0);
+    }
+}

@@ -1,0 +1,552 @@
+//! `rsalloc.Arena` and `rsalloc.current_arena()` (DESIGN §5): scoped
+//! release, either of a bump region (`core::region`) or of blocks from a
+//! backing allocator (`core::arena`). Request parsing, cloning and Pointer
+//! construction are shared with `Allocator` (`py::allocator`).
+
+use super::allocator::{
+    adopt_request, bytes_request, call_request, clone_with, realloc_request, set_handle, Allocator,
+    Asked, SizeArg,
+};
+use super::errors::{to_py, IntoPy};
+use super::pointer::{Owner, Pointer};
+use super::stats::Stats;
+use super::types::TypeInfo;
+use crate::core::arena::WrapArena;
+use crate::core::error::{Error, Ownership};
+use crate::core::layout::Request;
+use crate::core::region::{RegionCore, RegionRef};
+use crate::core::stats::Snapshot;
+use pyo3::exceptions::{PyRuntimeError, PyStopIteration, PyTypeError};
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyList, PyTuple, PyType};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+enum Backing {
+    Region(Arc<RegionCore>),
+    Wrap(WrapArena),
+}
+
+/// A function to run at release: `cb()`, or `release(resource)` from `using`.
+enum Callback {
+    Call(Py<PyAny>),
+    Release(Py<PyAny>, Py<PyAny>),
+}
+
+#[pyclass(frozen, weakref, module = "rsalloc", name = "Arena")]
+pub struct Arena {
+    backing: Backing,
+    /// The backing allocator object (kept alive with the arena), None for a region.
+    allocator: Option<Py<PyAny>>,
+    callbacks: Mutex<Vec<Callback>>,
+    name: String,
+}
+
+/// `free(p)` of a region block: a no-op for a live block viewed at its start.
+pub fn region_free(r: &RegionRef, addr: usize) -> Result<(), Error> {
+    r.check_access().map_err(|e| match e {
+        Error::UseAfterFree(d) => Error::DoubleFree(d),
+        e => e,
+    })?;
+    if addr != r.base {
+        return Err(Error::Ownership(Ownership::Interior));
+    }
+    Ok(())
+}
+
+static CURRENT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static EXCEPTION_GROUP: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+
+/// The context variable holding `(innermost arena, outer value)`.
+fn current_var(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
+    CURRENT
+        .get_or_try_init(py, || {
+            Ok::<_, PyErr>(
+                py.import("contextvars")?
+                    .getattr("ContextVar")?
+                    .call1(("rsalloc.current_arena",))?
+                    .unbind(),
+            )
+        })
+        .map(|v| v.bind(py))
+}
+
+fn current_value<'py>(py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+    current_var(py)?.call_method1("get", (py.None(),))
+}
+
+/// The innermost arena entered with `with` / `async with` in this context
+/// (per thread and per asyncio task).
+#[pyfunction]
+pub fn current_arena(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+    let cur = current_value(py)?;
+    if cur.is_none() {
+        return Err(PyRuntimeError::new_err(
+            "no current arena: current_arena() is only valid inside `with Arena()`",
+        ));
+    }
+    cur.cast_into::<PyTuple>()?.get_item(0)
+}
+
+/// Failures of release callbacks: one as itself, several as an ExceptionGroup.
+fn raise_all(py: Python<'_>, mut errors: Vec<PyErr>) -> PyResult<()> {
+    match errors.len() {
+        0 => Ok(()),
+        1 => Err(errors.remove(0)),
+        n => {
+            let cls = EXCEPTION_GROUP.import(py, "builtins", "BaseExceptionGroup")?;
+            let excs = PyList::new(py, errors.iter().map(|e| e.value(py)))?;
+            let group = cls.call1((format!("{n} arena release callbacks raised"), excs))?;
+            Err(PyErr::from_value(group))
+        }
+    }
+}
+
+/// The awaitable `__aenter__` / `__aexit__` return: done at once, with `value`.
+#[pyclass(frozen, module = "rsalloc", name = "_Ready")]
+pub struct Ready(Py<PyAny>);
+
+#[pymethods]
+impl Ready {
+    fn __await__(slf: Bound<'_, Self>) -> Bound<'_, Self> {
+        slf
+    }
+    fn __iter__(slf: Bound<'_, Self>) -> Bound<'_, Self> {
+        slf
+    }
+    fn __next__(&self, py: Python<'_>) -> PyResult<()> {
+        Err(PyStopIteration::new_err((self.0.clone_ref(py),)))
+    }
+}
+
+impl Arena {
+    fn lock(&self) -> MutexGuard<'_, Vec<Callback>> {
+        self.callbacks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn id(&self) -> u64 {
+        match &self.backing {
+            Backing::Region(r) => r.id,
+            Backing::Wrap(w) => w.id(),
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        match &self.backing {
+            Backing::Region(r) => r.is_closed(),
+            Backing::Wrap(w) => w.is_closed(),
+        }
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        match &self.backing {
+            Backing::Region(r) => r.snapshot(),
+            Backing::Wrap(w) => w.tag.counters.snapshot(),
+        }
+    }
+
+    fn check_open(&self, py: Python<'_>) -> PyResult<()> {
+        if self.is_closed() {
+            return Err(to_py(py, Error::ArenaClosed, &self.name));
+        }
+        Ok(())
+    }
+
+    /// A Pointer to a new block of this arena. `slf` is the arena's own
+    /// object, remembered on first use for `Pointer.allocator`.
+    pub fn new_pointer(
+        &self,
+        slf: &Bound<'_, PyAny>,
+        ty: &'static TypeInfo,
+        req: Request,
+    ) -> PyResult<Pointer> {
+        let py = slf.py();
+        match &self.backing {
+            Backing::Region(r) => {
+                if r.handle.get().is_none() {
+                    set_handle(&r.handle, Some(slf), None)?;
+                }
+                let (addr, token) = r.allocate(req).py(py, &Asked(&self.name, ty, &req.size))?;
+                Ok(Pointer::new(
+                    addr,
+                    ty,
+                    Some(req.size),
+                    Owner::Region(RegionRef {
+                        region: r.clone(),
+                        token,
+                        base: addr,
+                    }),
+                ))
+            }
+            Backing::Wrap(w) => {
+                if w.tag.handle.get().is_none() {
+                    set_handle(&w.tag.handle, Some(slf), None)?;
+                }
+                let rec = w.allocate(req).py(py, &Asked(&self.name, ty, &req.size))?;
+                Ok(Pointer::new(
+                    rec.addr(),
+                    ty,
+                    Some(req.size),
+                    Owner::Block(rec),
+                ))
+            }
+        }
+    }
+
+    /// Checks that `p` is a block of this arena that a free would accept.
+    fn check_free(&self, p: &Pointer) -> Result<(), Error> {
+        match (&self.backing, &p.owner) {
+            (Backing::Region(mine), Owner::Region(r)) if Arc::ptr_eq(mine, &r.region) => {
+                region_free(r, p.addr)
+            }
+            (Backing::Wrap(w), Owner::Block(rec)) => w.free(rec, p.addr),
+            (_, Owner::Unowned) => Err(Error::Ownership(Ownership::Foreign)),
+            _ => Err(Error::Ownership(Ownership::OtherOwner)),
+        }
+    }
+
+    fn enter(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let prev = current_value(py)?;
+        current_var(py)?.call_method1("set", (PyTuple::new(py, [slf.as_any(), &prev])?,))?;
+        Ok(())
+    }
+
+    /// Pops this arena off the context's stack (if it is on top: an exit
+    /// out of order leaves the context alone) and releases it.
+    fn exit(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let cur = current_value(py)?;
+        if let Ok(t) = cur.cast::<PyTuple>() {
+            if t.len() == 2 && t.get_item(0)?.is(slf) {
+                current_var(py)?.call_method1("set", (t.get_item(1)?,))?;
+            }
+        }
+        slf.get().release(py, false)
+    }
+
+    fn release(&self, py: Python<'_>, reuse: bool) -> PyResult<()> {
+        let mut errors = Vec::new();
+        // Callbacks first, newest first: they may still need the memory
+        // (e.g. a C handle whose struct lives in the arena). Registered ones
+        // are popped one at a time, so a callback may register another.
+        loop {
+            let Some(cb) = self.lock().pop() else { break };
+            let r = match &cb {
+                Callback::Call(f) => f.call0(py),
+                Callback::Release(res, f) => f.call1(py, (res,)),
+            };
+            if let Err(e) = r {
+                errors.push(e);
+            }
+        }
+        match &self.backing {
+            Backing::Region(r) => r.release(reuse),
+            Backing::Wrap(w) => w.release(reuse),
+        };
+        raise_all(py, errors)
+    }
+
+    fn register(&self, py: Python<'_>, cb: Callback) -> PyResult<()> {
+        self.check_open(py)?;
+        let mut g = self.lock();
+        g.try_reserve(1)
+            .map_err(|_| pyo3::exceptions::PyMemoryError::new_err("callback list"))?;
+        g.push(cb);
+        Ok(())
+    }
+}
+
+#[pymethods]
+impl Arena {
+    /// `Arena()`: a bump region; `Arena(allocator)`: blocks from that allocator.
+    #[new]
+    #[pyo3(signature = (allocator=None))]
+    fn new(allocator: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
+        let (backing, obj) = match allocator.filter(|a| !a.is_none()) {
+            None => (Backing::Region(RegionCore::new()), None),
+            Some(a) => {
+                let alloc = a.cast::<Allocator>().map_err(|_| {
+                    PyTypeError::new_err(format!(
+                        "Arena() wraps an rsalloc Allocator (malloc, calloc, ...), not {}",
+                        a.get_type()
+                            .name()
+                            .map(|n| n.to_string())
+                            .unwrap_or_default()
+                    ))
+                })?;
+                (
+                    Backing::Wrap(WrapArena::new(alloc.get().core.clone())),
+                    Some(a.clone().unbind()),
+                )
+            }
+        };
+        let mut arena = Arena {
+            backing,
+            allocator: obj,
+            callbacks: Mutex::new(Vec::new()),
+            name: String::new(),
+        };
+        arena.name = format!("arena #{}", arena.id());
+        Ok(arena)
+    }
+
+    /// `arena(T=Uint8, count=1, *, alignment=None)`: a Pointer[T] of count elements.
+    #[pyo3(signature = (r#type=None, count=SizeArg(1), *, alignment=None))]
+    fn __call__(
+        slf: &Bound<'_, Self>,
+        r#type: Option<&Bound<'_, PyAny>>,
+        count: SizeArg,
+        alignment: Option<SizeArg>,
+    ) -> PyResult<Pointer> {
+        let this = slf.get();
+        let (ty, req) = call_request(
+            slf.py(),
+            &this.name,
+            r#type,
+            count.0,
+            alignment.map(|a| a.0),
+        )?;
+        this.new_pointer(slf.as_any(), ty, req)
+    }
+
+    /// `allocate(nbytes, *, alignment=None)`: a Pointer[Uint8] of nbytes.
+    #[pyo3(signature = (nbytes, *, alignment=None))]
+    fn allocate(
+        slf: &Bound<'_, Self>,
+        nbytes: SizeArg,
+        alignment: Option<SizeArg>,
+    ) -> PyResult<Pointer> {
+        let this = slf.get();
+        let (ty, req) = bytes_request(slf.py(), &this.name, nbytes.0, alignment.map(|a| a.0))?;
+        this.new_pointer(slf.as_any(), ty, req)
+    }
+
+    /// A no-op for a live block of this arena (released with the arena);
+    /// a dead one -> DoubleFreeError, anyone else's -> OwnershipError.
+    fn free(&self, py: Python<'_>, p: &Bound<'_, Pointer>) -> PyResult<()> {
+        let p = p.get();
+        if p.addr == 0 {
+            return Ok(());
+        }
+        self.check_free(p).py(py, p)
+    }
+
+    /// A new block of `count` elements from this arena holding p's bytes;
+    /// p and its views are dead.
+    fn realloc(slf: &Bound<'_, Self>, p: &Bound<'_, Pointer>, count: SizeArg) -> PyResult<Pointer> {
+        let py = slf.py();
+        let this = slf.get();
+        let p = p.get();
+        let (ty, req) = realloc_request(py, &this.name, p, count.0)?;
+        if p.addr == 0 {
+            return this.new_pointer(slf.as_any(), ty, req);
+        }
+        this.check_open(py)?;
+        match (&this.backing, &p.owner) {
+            (Backing::Region(mine), Owner::Region(r)) if Arc::ptr_eq(mine, &r.region) => {
+                region_free(r, p.addr).py(py, p)?;
+                let old = p.extent.unwrap_or(0);
+                let (addr, token) = mine.realloc(r.token, r.base, old, req).py(py, p)?;
+                Ok(Pointer::new(
+                    addr,
+                    p.ty,
+                    Some(req.size),
+                    Owner::Region(RegionRef {
+                        region: mine.clone(),
+                        token,
+                        base: addr,
+                    }),
+                ))
+            }
+            (Backing::Wrap(w), Owner::Block(rec)) => {
+                let fresh = w.realloc(rec, p.addr, req.size).py(py, p)?;
+                Ok(Pointer::new(
+                    fresh.addr(),
+                    p.ty,
+                    Some(req.size),
+                    Owner::Block(fresh),
+                ))
+            }
+            _ => {
+                let e = this
+                    .check_free(p)
+                    .err()
+                    .unwrap_or(Error::Ownership(Ownership::OtherOwner));
+                Err(to_py(py, e, p))
+            }
+        }
+    }
+
+    /// Takes ownership of `count` T at `address`, which the backing
+    /// allocator's C counterpart allocated; freed at release. A bump region
+    /// cannot adopt (OwnershipError).
+    #[pyo3(signature = (address, r#type, count=SizeArg(1)))]
+    fn adopt(
+        slf: &Bound<'_, Self>,
+        address: &Bound<'_, PyAny>,
+        r#type: &Bound<'_, PyAny>,
+        count: SizeArg,
+    ) -> PyResult<Pointer> {
+        let py = slf.py();
+        let this = slf.get();
+        let (addr, ty, req) = adopt_request(py, &this.name, address, r#type, count.0)?;
+        let asked = Asked("adopt", ty, &format_args!("{addr:#x}"));
+        match &this.backing {
+            Backing::Region(_) => {
+                Err(Error::Ownership(Ownership::RegionCannotAdopt)).py(py, &asked)
+            }
+            Backing::Wrap(w) => {
+                if w.tag.handle.get().is_none() {
+                    set_handle(&w.tag.handle, Some(slf.as_any()), None)?;
+                }
+                let rec = w.adopt(addr, req).py(py, &asked)?;
+                Ok(Pointer::new(addr, ty, Some(req.size), Owner::Block(rec)))
+            }
+        }
+    }
+
+    /// A new block of this arena holding a copy of p's bytes.
+    fn clone(slf: &Bound<'_, Self>, p: &Bound<'_, Pointer>) -> PyResult<Pointer> {
+        clone_with(slf.py(), p.get(), |ty, req| {
+            slf.get().new_pointer(slf.as_any(), ty, req)
+        })
+    }
+
+    /// `p` leaves the arena and survives its release: from an arena over an
+    /// allocator, p then belongs to that allocator; a bump region cannot
+    /// give memory away (OwnershipError: copy it out with `clone`).
+    fn detach<'py>(
+        &self,
+        py: Python<'py>,
+        p: Bound<'py, Pointer>,
+    ) -> PyResult<Bound<'py, Pointer>> {
+        let ptr = p.get();
+        self.check_free(ptr).py(py, ptr)?;
+        match (&self.backing, &ptr.owner) {
+            (Backing::Wrap(w), Owner::Block(rec)) => w.detach(rec, ptr.addr).py(py, ptr)?,
+            _ => {
+                return Err(Error::Ownership(Ownership::RegionCannotDetach)).py(py, ptr);
+            }
+        }
+        Ok(p)
+    }
+
+    /// Registers `release(resource)` to run at release; returns `resource`.
+    fn using<'py>(
+        &self,
+        resource: Bound<'py, PyAny>,
+        release: Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = resource.py();
+        self.register(
+            py,
+            Callback::Release(resource.clone().unbind(), release.unbind()),
+        )?;
+        Ok(resource)
+    }
+
+    /// Registers `cb()` to run at release (last registered runs first).
+    fn on_release_all(&self, py: Python<'_>, cb: Bound<'_, PyAny>) -> PyResult<()> {
+        self.register(py, Callback::Call(cb.unbind()))
+    }
+
+    /// Runs the callbacks and releases every block: all pointers from the
+    /// arena die. With `reuse=True` the arena stays open (keeping a chunk);
+    /// otherwise it is closed. Releasing a closed arena does nothing.
+    #[pyo3(signature = (reuse=false))]
+    fn release_all(&self, py: Python<'_>, reuse: bool) -> PyResult<()> {
+        self.release(py, reuse)
+    }
+
+    /// Arena memory is freed by the arena, never by C: None.
+    #[getter]
+    fn native_free(&self) -> Option<usize> {
+        None
+    }
+
+    #[getter]
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The backing allocator, None for a bump region.
+    #[getter]
+    fn allocator(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.allocator.as_ref().map(|a| a.clone_ref(py))
+    }
+
+    /// True after a final release.
+    #[getter]
+    fn closed(&self) -> bool {
+        self.is_closed()
+    }
+
+    /// The arena's own counters (its allocations live until release).
+    fn stats(&self) -> Stats {
+        Stats::from(self.snapshot())
+    }
+
+    /// Live allocations.
+    fn __len__(&self) -> usize {
+        self.snapshot().live_count as usize
+    }
+
+    fn __repr__(&self) -> String {
+        let kind = match &self.backing {
+            Backing::Region(_) => "bump region".to_string(),
+            Backing::Wrap(w) => format!("over {}", w.backing.name),
+        };
+        if self.is_closed() {
+            return format!("<rsalloc.Arena #{} {kind} released>", self.id());
+        }
+        let s = self.snapshot();
+        let callbacks = self.lock().len();
+        let chunks = match &self.backing {
+            Backing::Region(r) => {
+                let u = r.usage();
+                format!(", {} chunks of {} bytes", u.chunks, u.reserved)
+            }
+            Backing::Wrap(_) => String::new(),
+        };
+        format!(
+            "<rsalloc.Arena #{} {kind} open: {} allocations, {} bytes{chunks}, {callbacks} callbacks>",
+            self.id(),
+            s.live_count,
+            s.live_bytes
+        )
+    }
+
+    fn __enter__(slf: Bound<'_, Self>) -> PyResult<Bound<'_, Self>> {
+        Arena::enter(&slf)?;
+        Ok(slf)
+    }
+
+    #[pyo3(signature = (*_exc))]
+    fn __exit__(slf: &Bound<'_, Self>, _exc: &Bound<'_, PyTuple>) -> PyResult<bool> {
+        Arena::exit(slf)?;
+        Ok(false)
+    }
+
+    fn __aenter__(slf: Bound<'_, Self>) -> PyResult<Ready> {
+        Arena::enter(&slf)?;
+        Ok(Ready(slf.into_any().unbind()))
+    }
+
+    #[pyo3(signature = (*_exc))]
+    fn __aexit__(slf: &Bound<'_, Self>, _exc: &Bound<'_, PyTuple>) -> PyResult<Ready> {
+        Arena::exit(slf)?;
+        Ok(Ready(
+            pyo3::types::PyBool::new(slf.py(), false)
+                .to_owned()
+                .into_any()
+                .unbind(),
+        ))
+    }
+
+    fn __reduce_ex__(&self, _protocol: &Bound<'_, PyAny>) -> PyResult<()> {
+        Err(PyTypeError::new_err("arenas cannot be pickled"))
+    }
+}
