@@ -4,7 +4,7 @@ Shows: a UTF-8 path for sqlite3_open_v2, `sqlite3**` and `sqlite3_stmt**`
 out-parameters as Pointer[Void] slots, a blob bound from rsalloc memory,
 a column blob read through Pointer.from_address, memory that SQLite
 allocated adopted by a ForeignAllocator over sqlite3_malloc64/sqlite3_free,
-and the counters at the end.
+sqlite3_close registered with arena.using, and the counters at the end.
 
 Run: python examples/sqlite3_demo.py
 """
@@ -133,11 +133,11 @@ def main() -> None:
     print("SQLite", sqlite.sqlite3_libversion().decode())
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "données.db")  # a UTF-8 path
-        db = open_database(path)
-        try:
+        # The arena closes the database when the block ends, even on an error,
+        # after freeing nothing else: run() frees its own temporaries.
+        with rsalloc.Arena() as arena:
+            db = arena.using(open_database(path), sqlite.sqlite3_close)
             run(db)
-        finally:
-            sqlite.sqlite3_close(db)
         print("database file:", os.path.basename(path), os.path.getsize(path), "bytes")
     s = rsalloc.stats()
     print(f"rsalloc: {s.total_allocs} allocations, {s.total_frees} frees, {s.live_count} live")

@@ -418,3 +418,30 @@ def test_calloc_string_into_custom_allocator() -> None:
     assert s.allocator is pool and s.to_str() == "héllo"
     pool.free(s)
     assert calloc.zeroed and not malloc.zeroed
+
+
+def test_arena_over_a_python_defined_allocator() -> None:
+    pool = Pool()
+    with rsalloc.Arena(pool) as arena:
+        p = arena(Int32, 8)
+        q = arena.allocate(100)
+        assert p.allocator is arena
+        assert pool.stats().live_count == 2  # the backing allocator shows the arena's blocks
+        with pytest.raises(rsalloc.OwnershipError):
+            pool.free(p)
+        kept = arena.detach(q)
+        assert kept.allocator is pool
+    assert not p.alive and kept.alive
+    assert [e[0] for e in pool.log].count("free") == 1  # the arena freed p through the pool
+    assert pool.stats().live_count == 1
+    pool.free(kept)
+    assert pool.live == set()
+
+
+def test_arena_over_a_foreign_allocator_of_sqlite3() -> None:
+    sq = rsalloc.ForeignAllocator(SQLITE.sqlite3_malloc64, SQLITE.sqlite3_free)
+    with rsalloc.Arena(sq) as arena:
+        blocks = [arena.allocate(n) for n in (1, 64, 4096)]
+        assert [SQLITE.sqlite3_msize(b.address) >= b.nbytes for b in blocks] == [True] * 3
+        assert sq.stats().live_count == 3
+    assert sq.stats().live_count == 0 and not any(b.alive for b in blocks)

@@ -275,3 +275,25 @@ def test_struct_slots_in_int32_memory() -> None:
     p.cast(GUID)[1] = GUID(Data1=7)
     assert p[4] == 7
     free(p)
+
+
+def test_structs_in_an_arena_and_the_seed_example_inside_one() -> None:
+    before = rsalloc.stats()
+    with rsalloc.Arena() as arena:
+        guids = arena(GUID, 4)
+        assert guids.count == 4 and guids.nbytes == 4 * ctypes.sizeof(GUID)
+        (guids + 3).ref.Data1 = 0xDEADBEEF
+        assert guids[3].Data1 == 0xDEADBEEF
+        person = arena(Person)
+        ref = person.ref
+        for field, text in (("name", "Ada"), ("email", "ada@example.org"), ("city", "London")):
+            s = rsalloc.to_native_utf8(text, arena)
+            kind = ctypes.POINTER(ctypes.c_char) if field == "email" else ctypes.c_char_p
+            setattr(ref, field, ctypes.cast(s, kind))
+        slots = person.cast(rsalloc.Pointer[Uint8])
+        assert [LIBC.strlen(s.address) for s in slots] == [3, 15, 6]
+        assert [s.to_str() for s in slots] == ["Ada", "ada@example.org", "London"]
+        del ref
+    assert not person.alive and not guids.alive
+    after = rsalloc.stats()
+    assert (after.live_count, after.live_bytes) == (before.live_count, before.live_bytes)

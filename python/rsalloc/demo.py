@@ -59,21 +59,34 @@ def run() -> int:
     libc.qsort(arr, n, rsalloc.sizeof(Int32), cmp_t(compare))
     _step("qsort of a malloc'd Int32 array", arr[:])
 
-    # zlib round trip: buffers and unsigned-long out-parameters.
+    # zlib round trip: every buffer and unsigned-long out-parameter in one
+    # arena, released together when the block ends.
     text = ("rsalloc " * 64).encode()
-    src = malloc.allocate(len(text))
-    src.write_bytes(text)
-    bound = z.compressBound(len(text))
-    packed = malloc.allocate(bound)
-    packed_len = calloc(ctypes.c_ulong)
-    packed_len[0] = bound
-    rc = z.compress2(packed, packed_len, src, len(text), 9)
-    out = malloc.allocate(len(text))
-    out_len = calloc(ctypes.c_ulong)
-    out_len[0] = len(text)
-    rc2 = z.uncompress(out, out_len, packed, packed_len[0])
-    same = out.read_bytes(out_len[0]) == text
-    _step("zlib compress2 / uncompress", f"rc={rc},{rc2}: {len(text)} -> {packed_len[0]} -> {out_len[0]} bytes, equal={same}")
+    with rsalloc.Arena() as arena:
+        src = arena.allocate(len(text))
+        src.write_bytes(text)
+        bound = z.compressBound(len(text))
+        packed = arena.allocate(bound)
+        packed_len = arena(ctypes.c_ulong)
+        packed_len[0] = bound
+        rc = z.compress2(packed, packed_len, src, len(text), 9)
+        out = arena.allocate(len(text))
+        out_len = arena(ctypes.c_ulong)
+        out_len[0] = len(text)
+        rc2 = z.uncompress(out, out_len, packed, packed_len[0])
+        same = out.read_bytes(out_len[0]) == text
+        _step("zlib compress2 / uncompress in an Arena", f"rc={rc},{rc2}: {len(text)} -> {packed_len[0]} -> "
+              f"{out_len[0]} bytes, equal={same}, {len(arena)} blocks")
+    _step("after the with block", f"arena buffers alive: {packed.alive}")
+
+    # A C struct (a ctypes Structure) living in native memory.
+    class TimeSpec(ctypes.Structure):
+        _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+    libc.clock_gettime.argtypes = [ctypes.c_int, ctypes.c_void_p]
+    ts = calloc(TimeSpec)
+    libc.clock_gettime(1, ts)  # CLOCK_MONOTONIC, filled in by C
+    _step("clock_gettime into calloc(TimeSpec)", f"tv_sec={ts.ref.tv_sec}, tv_nsec>=0: {ts.ref.tv_nsec >= 0}")
 
     # numpy-style zero-copy view through the buffer protocol.
     view = memoryview(arr)
@@ -87,7 +100,7 @@ def run() -> int:
     except UseAfterFreeError as e:
         _step("arr[0] after free(arr)", f"UseAfterFreeError: {e}")
 
-    for p in (s, end, num, src, packed, packed_len, out, out_len):
+    for p in (s, end, num, ts):
         free(p)
     st = rsalloc.stats()
     print()
