@@ -21,6 +21,8 @@ def _libc() -> ctypes.CDLL:
     libc.strdup.restype = ctypes.c_void_p
     libc.strlen.argtypes = [ctypes.c_void_p]
     libc.strlen.restype = ctypes.c_size_t
+    libc.memset.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
+    libc.memset.restype = ctypes.c_void_p
     return libc
 
 
@@ -48,7 +50,11 @@ def counters(*allocators: rsalloc.Allocator) -> list[dict[str, int]]:
 def nothing_changes(*allocators: rsalloc.Allocator, pointers: tuple[rsalloc.Pointer, ...] = ()) -> Iterator[None]:
     """The block must leave the counters (global and of `allocators`) and the bytes of `pointers` alone."""
     before = counters(*allocators)
-    contents = [p.read_bytes() for p in pointers]
+    contents = [_bytes(p) for p in pointers]
     yield
     assert counters(*allocators) == before
-    assert [p.read_bytes() for p in pointers] == contents
+    assert [_bytes(p) for p in pointers] == contents
+
+
+def _bytes(p: rsalloc.Pointer) -> bytes | None:
+    return p.read_bytes() if p.alive and p.nbytes is not None else None
