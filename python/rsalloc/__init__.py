@@ -23,8 +23,12 @@ from ._rsalloc import (
     Allocator,
     Pointer,
     Stats,
+    adaptive_calloc,
+    adaptive_malloc,
     alignof,
     calloc,
+    diagnostic_calloc,
+    diagnostic_malloc,
     free,
     malloc,
     nullptr,
@@ -53,6 +57,9 @@ from ._types import (
     Void,
 )
 
+from . import tracking
+from .tracking import LeakRecord, leak_check, leak_report, leaks
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -71,6 +78,7 @@ __all__ = [
     "Int64",
     "IntPtr",
     "LeakError",
+    "LeakRecord",
     "NativeType",
     "NullPointerError",
     "OwnershipError",
@@ -84,13 +92,21 @@ __all__ = [
     "Uint64",
     "UseAfterFreeError",
     "Void",
+    "adaptive_calloc",
+    "adaptive_malloc",
     "alignof",
     "calloc",
+    "diagnostic_calloc",
+    "diagnostic_malloc",
     "free",
+    "leak_check",
+    "leak_report",
+    "leaks",
     "malloc",
     "nullptr",
     "sizeof",
     "stats",
     "to_native_utf8",
     "to_native_utf16",
+    "tracking",
 ]

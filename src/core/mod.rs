@@ -2,8 +2,10 @@
 
 pub mod alloc;
 pub mod error;
+pub mod guard;
 pub mod layout;
 pub mod record;
 pub mod stats;
 pub mod sys;
+pub mod track;
 pub mod types;
