@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from . import _rsalloc
+from . import _rsalloc  # type: ignore[attr-defined]  # the extension has no stub of its own
 from ._errors import LeakError
 
 __all__ = [
@@ -125,12 +125,12 @@ def disable() -> None:
 
 
 def is_enabled() -> bool:
-    return _rsalloc._track_is_enabled()
+    return bool(_rsalloc._track_is_enabled())
 
 
 def frames() -> int:
     """Frames captured per allocation."""
-    return _rsalloc._track_frames()
+    return int(_rsalloc._track_frames())
 
 
 # -- filters ------------------------------------------------------------------
@@ -316,7 +316,7 @@ def _leak_error(found: list[LeakRecord], where: str) -> LeakError:
     lines = [f"{n} allocation{'' if n == 1 else 's'} made inside {where} still live ({total} bytes):"]
     lines.extend(f"  {r.describe()}" for r in _largest_first(found))
     err = LeakError("\n".join(lines))
-    err.leaks = found  # type: ignore[attr-defined]
+    err.leaks = found
     return err
 
 

@@ -220,7 +220,10 @@ pub(crate) fn on_end(rec: &Record, free_site: bool) {
 fn end_slow(rec: &Record, t: Option<&Tracked>, free_site: bool) {
     if let Some(t) = t {
         if t.seq != 0 {
-            registry().remove(&t.seq);
+            // Dropped after the lock is released: the site's last reference
+            // may run code (a weakref callback on a code object) that allocates.
+            let entry = registry().remove(&t.seq);
+            drop(entry);
         }
     }
     if !free_site {
