@@ -24,6 +24,11 @@ mod _rsalloc {
     #[pymodule_export]
     use crate::py::strings::{to_native_utf16, to_native_utf8};
     #[pymodule_export]
+    use crate::py::tracking::{
+        _track_disable, _track_enable, _track_frames, _track_is_enabled, _track_live, _track_lost,
+        _track_seq,
+    };
+    #[pymodule_export]
     use crate::py::types::{alignof, sizeof};
 
     use pyo3::prelude::*;
@@ -34,6 +39,13 @@ mod _rsalloc {
         m.add("malloc", crate::py::allocator::malloc(py)?)?;
         m.add("calloc", crate::py::allocator::calloc(py)?)?;
         m.add("nullptr", crate::py::pointer::nullptr_object(py)?)?;
+        crate::py::tracking::install();
+        for zeroed in [false, true] {
+            let a = crate::py::tracking::adaptive(py, zeroed)?;
+            m.add(a.get().core.name.as_str(), &a)?;
+            let d = crate::py::tracking::diagnostic(py, zeroed)?;
+            m.add(d.get().core.name.as_str(), &d)?;
+        }
         Ok(())
     }
 }

@@ -25,9 +25,13 @@ from ._rsalloc import (
     ForeignAllocator,
     Pointer,
     Stats,
+    adaptive_calloc,
+    adaptive_malloc,
     alignof,
     calloc,
     current_arena,
+    diagnostic_calloc,
+    diagnostic_malloc,
     free,
     malloc,
     nullptr,
@@ -57,6 +61,9 @@ from ._types import (
     Void,
 )
 
+from . import tracking
+from .tracking import LeakRecord, leak_check, leak_report, leaks
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -77,6 +84,7 @@ __all__ = [
     "Int64",
     "IntPtr",
     "LeakError",
+    "LeakRecord",
     "NativeType",
     "NullPointerError",
     "OwnershipError",
@@ -90,10 +98,17 @@ __all__ = [
     "Uint64",
     "UseAfterFreeError",
     "Void",
+    "adaptive_calloc",
+    "adaptive_malloc",
     "alignof",
     "calloc",
     "current_arena",
+    "diagnostic_calloc",
+    "diagnostic_malloc",
     "free",
+    "leak_check",
+    "leak_report",
+    "leaks",
     "malloc",
     "nullptr",
     "sizeof",
@@ -101,4 +116,5 @@ __all__ = [
     "to_native_utf8",
     "to_native_utf16",
     "using",
+    "tracking",
 ]

@@ -36,6 +36,13 @@ from ._types import (
     Uint64 as Uint64,
     Void as Void,
 )
+from . import tracking as tracking
+from .tracking import (
+    LeakRecord as LeakRecord,
+    leak_check as leak_check,
+    leak_report as leak_report,
+    leaks as leaks,
+)
 
 __version__: str
 
@@ -216,6 +223,10 @@ class Arena:
 
 malloc: Allocator
 calloc: Allocator
+adaptive_malloc: Allocator
+adaptive_calloc: Allocator
+diagnostic_malloc: Allocator
+diagnostic_calloc: Allocator
 nullptr: Pointer[Void]
 
 def free(p: Pointer[Any]) -> None: ...

@@ -40,6 +40,9 @@ class ArenaClosedError(RsallocError):
 class LeakError(RsallocError):
     """leak_check() found allocations still live at its end."""
 
+    #: The LeakRecords of the allocations still live.
+    leaks: list
+
 
 class HeapCorruptionError(RsallocError):
     """Guard bytes around a diagnostic block were overwritten."""

@@ -9,6 +9,7 @@ use super::layout::Request;
 use super::record::{ArenaTag, Record};
 use super::stats::{Counters, GLOBAL};
 use super::sys;
+use super::track;
 use std::any::Any;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -21,8 +22,14 @@ pub trait Backend: Send + Sync {
 
     /// # Safety
     /// `ptr` came from this backend's `alloc`/`realloc` with `size` and
-    /// `align`, and is not used again.
-    unsafe fn free(&self, ptr: NonNull<u8>, size: usize, align: usize);
+    /// `align`, and is not used again. The memory is returned even when the
+    /// result is an error (a guarded block whose canaries were overwritten).
+    unsafe fn free(&self, ptr: NonNull<u8>, size: usize, align: usize) -> Result<()>;
+
+    /// Checks a live block without freeing it (guard bytes); Ok by default.
+    fn verify(&self, _ptr: NonNull<u8>, _size: usize, _align: usize) -> Result<()> {
+        Ok(())
+    }
 
     /// Resizes; on failure the old block is untouched. The default moves the
     /// bytes to a new block.
@@ -37,11 +44,13 @@ pub trait Backend: Send + Sync {
         align: usize,
         zeroed: bool,
     ) -> Result<NonNull<u8>> {
+        self.verify(ptr, old, align)?;
         let fresh = self.alloc(new, align, zeroed)?;
         // SAFETY: distinct blocks, each at least min(old, new) bytes.
         unsafe {
             std::ptr::copy_nonoverlapping(ptr.as_ptr(), fresh.as_ptr(), old.min(new));
-            self.free(ptr, old, align);
+            // The old block was verified; the move has happened either way.
+            let _ = self.free(ptr, old, align);
         }
         Ok(fresh)
     }
@@ -59,9 +68,10 @@ impl Backend for Libc {
     fn alloc(&self, size: usize, align: usize, zeroed: bool) -> Result<NonNull<u8>> {
         sys::alloc(size, align, zeroed)
     }
-    unsafe fn free(&self, ptr: NonNull<u8>, _size: usize, _align: usize) {
+    unsafe fn free(&self, ptr: NonNull<u8>, _size: usize, _align: usize) -> Result<()> {
         // SAFETY: forwarded contract.
-        unsafe { sys::free(ptr) }
+        unsafe { sys::free(ptr) };
+        Ok(())
     }
     unsafe fn realloc(
         &self,
@@ -99,6 +109,8 @@ pub struct AllocCore {
     pub backend: Box<dyn Backend>,
     /// The binding layer's object for this allocator (set once).
     pub handle: OnceLock<Box<dyn Any + Send + Sync>>,
+    /// Records every allocation, tracking switch or not (diagnostic allocators).
+    pub always_track: bool,
 }
 
 impl AllocCore {
@@ -108,6 +120,17 @@ impl AllocCore {
         zeroed: bool,
         backend: Box<dyn Backend>,
     ) -> Arc<Self> {
+        Self::new_tracked(name, group, zeroed, backend, false)
+    }
+
+    /// An allocator that records when tracking is on, or always with `always_track`.
+    pub fn new_tracked(
+        name: impl Into<String>,
+        group: u64,
+        zeroed: bool,
+        backend: Box<dyn Backend>,
+        always_track: bool,
+    ) -> Arc<Self> {
         Arc::new(AllocCore {
             name: name.into(),
             group,
@@ -115,7 +138,14 @@ impl AllocCore {
             counters: Counters::new(),
             backend,
             handle: OnceLock::new(),
+            always_track,
         })
+    }
+
+    /// Whether a new block of this allocator is recorded now.
+    #[inline]
+    fn tracks(&self) -> bool {
+        self.always_track || track::enabled()
     }
 
     pub(crate) fn count_alloc(&self, size: usize) {
@@ -134,8 +164,18 @@ impl AllocCore {
         req: Request,
         arena: Option<&Arc<ArenaTag>>,
     ) -> Result<Arc<Record>> {
+        self.allocate_typed(req, arena, "")
+    }
+
+    /// [`AllocCore::allocate`], naming the element type for leak records.
+    pub fn allocate_typed(
+        self: &Arc<Self>,
+        req: Request,
+        arena: Option<&Arc<ArenaTag>>,
+        ty: &'static str,
+    ) -> Result<Arc<Record>> {
         let p = self.backend.alloc(req.size, req.align, self.zeroed)?;
-        self.record(p, req, arena)
+        self.record(p, req, arena, ty)
     }
 
     fn record(
@@ -143,6 +183,7 @@ impl AllocCore {
         p: NonNull<u8>,
         req: Request,
         arena: Option<&Arc<ArenaTag>>,
+        ty: &'static str,
     ) -> Result<Arc<Record>> {
         let rec = Arc::new(Record::new(
             p,
@@ -152,15 +193,28 @@ impl AllocCore {
             arena.cloned(),
         ));
         self.count_alloc(req.size);
-        if let Some(tag) = arena {
-            tag.counters.on_alloc(req.size);
+        match arena {
+            Some(tag) => tag.counters.on_alloc(req.size),
+            // Arena memory is freed by its scope: never recorded.
+            None if self.tracks() => track::register(&rec, self, ty),
+            None => {}
         }
         Ok(rec)
     }
 
     /// Takes ownership of a block this allocator's C counterpart allocated.
     pub fn adopt(self: &Arc<Self>, addr: usize, req: Request) -> Result<Arc<Record>> {
-        self.adopt_in(addr, req, None)
+        self.adopt_in(addr, req, None, "")
+    }
+
+    /// [`AllocCore::adopt`], naming the element type for leak records.
+    pub fn adopt_typed(
+        self: &Arc<Self>,
+        addr: usize,
+        req: Request,
+        ty: &'static str,
+    ) -> Result<Arc<Record>> {
+        self.adopt_in(addr, req, None, ty)
     }
 
     /// As [`AllocCore::adopt`], owned by `arena` when given.
@@ -169,9 +223,10 @@ impl AllocCore {
         addr: usize,
         req: Request,
         arena: Option<&Arc<ArenaTag>>,
+        ty: &'static str,
     ) -> Result<Arc<Record>> {
         let p = NonNull::new(addr as *mut u8).ok_or(Error::NullPointer)?;
-        self.record(p, req, arena)
+        self.record(p, req, arena, ty)
     }
 
     /// Frees a block through this allocator (its owner group must own it).
@@ -191,23 +246,28 @@ impl AllocCore {
                 self.backend
                     .realloc(rec_ptr(rec), old, new, align, self.zeroed)
             } else {
-                // Same owner group, another backend: move the bytes across.
-                self.backend
-                    .alloc(new, align, self.zeroed)
-                    .inspect(|fresh| {
-                        std::ptr::copy_nonoverlapping(
-                            rec_ptr(rec).as_ptr(),
-                            fresh.as_ptr(),
-                            old.min(new),
-                        );
-                        rec.allocator().backend.free(rec_ptr(rec), old, align);
-                    })
+                // Same owner group, another backend: move the bytes across
+                // (after the old block's guard bytes, if any, check out).
+                let from = &rec.allocator().backend;
+                from.verify(rec_ptr(rec), old, align).and_then(|()| {
+                    self.backend
+                        .alloc(new, align, self.zeroed)
+                        .inspect(|fresh| {
+                            std::ptr::copy_nonoverlapping(
+                                rec_ptr(rec).as_ptr(),
+                                fresh.as_ptr(),
+                                old.min(new),
+                            );
+                            let _ = from.free(rec_ptr(rec), old, align);
+                        })
+                })
             }
         };
         match moved {
             Ok(p) => {
                 rec.finish_realloc();
-                let fresh = self.record(p, Request { size: new, align }, None)?;
+                let ty = track::type_of(rec);
+                let fresh = self.record(p, Request { size: new, align }, None, ty)?;
                 if rec.is_autofree() {
                     fresh.set_autofree()?;
                 }

@@ -88,7 +88,7 @@ impl WrapArena {
     /// Takes ownership of a block the backing allocator's C counterpart made.
     pub fn adopt(&self, addr: usize, req: Request) -> Result<Arc<Record>> {
         self.check_open()?;
-        let rec = self.backing.adopt_in(addr, req, Some(&self.tag))?;
+        let rec = self.backing.adopt_in(addr, req, Some(&self.tag), "")?;
         self.keep(rec)
     }
 
@@ -124,7 +124,7 @@ impl WrapArena {
             );
         }
         rec.finish_realloc();
-        rec.return_memory();
+        rec.return_memory()?;
         Ok(fresh)
     }
 

@@ -38,6 +38,17 @@ pub enum Ownership {
     RegionCannotAdopt,
 }
 
+/// What the guard bytes of a diagnostic block showed at its free.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Corruption {
+    /// Canary bytes overwritten before the block's start.
+    pub before: usize,
+    /// Canary bytes overwritten after the block's end.
+    pub after: usize,
+    /// The block's size.
+    pub size: usize,
+}
+
 #[derive(Debug)]
 pub enum Error {
     /// A size or count below zero (ValueError).
@@ -68,6 +79,8 @@ pub enum Error {
     ArenaClosed,
     /// The block is exported through the buffer protocol and cannot move (BufferError).
     Exported,
+    /// Guard bytes around a diagnostic block were overwritten (HeapCorruptionError).
+    HeapCorruption(Corruption),
     /// A failure raised by code outside the core (a Python-defined allocator).
     External(Box<dyn std::error::Error + Send + Sync>),
 }
@@ -115,6 +128,19 @@ impl fmt::Display for Error {
                 f,
                 "the block is exported through the buffer protocol and cannot move"
             ),
+            Error::HeapCorruption(c) => {
+                write!(f, "heap corruption: guard bytes were overwritten (")?;
+                match (c.before, c.after) {
+                    (0, a) => write!(f, "{a} after the end of the {}-byte block", c.size)?,
+                    (b, 0) => write!(f, "{b} before the start of the block")?,
+                    (b, a) => write!(
+                        f,
+                        "{b} before the start and {a} after the end of the {}-byte block",
+                        c.size
+                    )?,
+                }
+                write!(f, "); the memory was returned")
+            }
             Error::External(e) => write!(f, "{e}"),
         }
     }

@@ -141,9 +141,10 @@ impl Backend for CFunctions {
         Ok(p)
     }
 
-    unsafe fn free(&self, ptr: NonNull<u8>, _size: usize, _align: usize) {
+    unsafe fn free(&self, ptr: NonNull<u8>, _size: usize, _align: usize) -> Result<()> {
         // SAFETY: `ptr` came from `alloc` (or was adopted from the same C allocator).
-        unsafe { (self.free)(ptr.as_ptr() as *mut c_void) }
+        unsafe { (self.free)(ptr.as_ptr() as *mut c_void) };
+        Ok(())
     }
 
     fn native_free(&self) -> Option<usize> {

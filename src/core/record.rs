@@ -6,6 +6,7 @@
 use super::alloc::AllocCore;
 use super::error::{Death, Error, Ownership, Result};
 use super::stats::Counters;
+use super::track::{self, Tracked};
 use std::any::Any;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicUsize, Ordering::*};
@@ -56,8 +57,9 @@ pub struct Record {
     alloc: Arc<AllocCore>,
     /// The arena that owns the block while IN_ARENA is set.
     arena: Option<Arc<ArenaTag>>,
-    /// Tracking data (allocation site, time, thread), set once by the tracker.
-    pub track: OnceLock<Box<dyn Any + Send + Sync>>,
+    /// Tracking data (allocation and free sites) for error messages, set
+    /// once by `track` when the block is recorded or freed under tracking.
+    pub track: OnceLock<Box<Tracked>>,
 }
 
 // SAFETY: the raw address is only an address here; all shared state is atomic.
@@ -152,11 +154,12 @@ impl Record {
         let prev = self.word.fetch_sub(PIN, AcqRel);
         debug_assert!(prev >= PIN, "unpin without pin");
         if prev >> PIN_SHIFT == 1 && is_dead(prev) {
-            self.return_memory();
+            // Guard bytes were checked at the free, when an error could be raised.
+            let _ = self.return_memory();
         }
     }
 
-    pub(crate) fn return_memory(&self) {
+    pub(crate) fn return_memory(&self) -> Result<()> {
         // SAFETY: called exactly once, by whoever saw the block dead with no pins.
         unsafe { self.alloc.backend.free(self.addr, self.size, self.align) }
     }
@@ -189,10 +192,13 @@ impl Record {
             Ok((w & !STATE_MASK) | death)
         })?;
         self.count_free(prev);
+        track::on_end(self, arena == 0);
         if prev >> PIN_SHIFT == 0 {
-            self.return_memory();
+            self.return_memory()
+        } else {
+            // Exported: the memory goes back later; check its guard bytes now.
+            self.alloc.backend.verify(self.addr, self.size, self.align)
         }
-        Ok(())
     }
 
     /// Checks, without changing anything, that a free would be accepted.
@@ -211,6 +217,7 @@ impl Record {
             State::Live => Ok((w & !(STATE_MASK | IN_ARENA)) | DETACHED),
         })?;
         self.count_free(prev);
+        track::on_end(self, false);
         Ok(self.addr())
     }
 
@@ -241,12 +248,15 @@ impl Record {
     }
 
     /// Marks the block to be freed when the record's last reference goes.
+    /// The garbage collector owns the block from now on, so it cannot leak:
+    /// it leaves the leak registry.
     pub fn set_autofree(&self) -> Result<()> {
         self.update(|w| match decode(w) {
             State::Dead(d) => Err(Error::UseAfterFree(d)),
             _ => Ok(w | AUTOFREE),
-        })
-        .map(drop)
+        })?;
+        track::on_end(self, false);
+        Ok(())
     }
 
     /// Begins a realloc: the block must be live, owned by `owner_group`, at
@@ -271,6 +281,7 @@ impl Record {
     /// (in its arena too when an arena owned it).
     pub(crate) fn finish_realloc(&self) {
         self.count_free(self.word.load(Acquire));
+        track::on_end(self, true);
     }
 }
 
@@ -279,7 +290,16 @@ impl Drop for Record {
         let w = *self.word.get_mut();
         if w & AUTOFREE != 0 && decode(w) == State::Live && w & IN_ARENA == 0 {
             self.alloc.count_free(self.size);
-            self.return_memory();
+            if let Err(e) = self.return_memory() {
+                // No caller to raise to: the garbage collector freed it.
+                use std::io::Write;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "rsalloc: {e}: autofree block at {:#x} from {}",
+                    self.addr(),
+                    self.alloc.name
+                );
+            }
         }
     }
 }

@@ -236,7 +236,7 @@ impl Allocator {
     ) -> PyResult<Pointer> {
         let rec = self
             .core
-            .allocate(req, None)
+            .allocate_typed(req, None, &ty.name)
             .py(py, &Asked(&self.core.name, ty, &req.size))?;
         Ok(Pointer::new(
             rec.addr(),
@@ -374,7 +374,7 @@ impl Allocator {
         let (addr, ty, req) = adopt_request(py, &self.core.name, address, r#type, count.0)?;
         let rec = self
             .core
-            .adopt(addr, req)
+            .adopt_typed(addr, req, &ty.name)
             .py(py, &Asked("adopt", ty, &format_args!("{addr:#x}")))?;
         Ok(Pointer::new(addr, ty, Some(req.size), Owner::Block(rec)))
     }
@@ -419,18 +419,25 @@ impl Allocator {
 static MALLOC: PyOnceLock<Py<Allocator>> = PyOnceLock::new();
 static CALLOC: PyOnceLock<Py<Allocator>> = PyOnceLock::new();
 
+/// A module-level allocator, made once.
+pub fn named_allocator<'py>(
+    py: Python<'py>,
+    cell: &'static PyOnceLock<Py<Allocator>>,
+    make: impl FnOnce() -> Arc<AllocCore>,
+) -> PyResult<Bound<'py, Allocator>> {
+    cell.get_or_try_init(py, || Ok::<_, PyErr>(Allocator::wrap(py, make())?.unbind()))
+        .map(|a| a.bind(py).clone())
+}
+
 fn libc_allocator<'py>(
     py: Python<'py>,
     cell: &'static PyOnceLock<Py<Allocator>>,
     name: &str,
     zeroed: bool,
 ) -> PyResult<Bound<'py, Allocator>> {
-    cell.get_or_try_init(py, || {
-        Ok::<_, PyErr>(
-            Allocator::wrap(py, AllocCore::new(name, LIBC_GROUP, zeroed, Box::new(Libc)))?.unbind(),
-        )
+    named_allocator(py, cell, || {
+        AllocCore::new(name, LIBC_GROUP, zeroed, Box::new(Libc))
     })
-    .map(|a| a.bind(py).clone())
 }
 
 /// The module-level `malloc`.

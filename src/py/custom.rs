@@ -138,11 +138,20 @@ impl Backend for PyBackend {
         })
     }
 
-    unsafe fn free(&self, ptr: NonNull<u8>, _size: usize, _align: usize) {
+    // A failing `_raw_free` is raised by the `free()` call that caused it
+    // (see CAUGHT), not returned: the same path serves frees that have no
+    // caller to raise into.
+    unsafe fn free(
+        &self,
+        ptr: NonNull<u8>,
+        _size: usize,
+        _align: usize,
+    ) -> crate::core::error::Result<()> {
         Python::attach(|py| match self.0.get(py) {
             Ok((_, free)) => self.give_back(py, &free, ptr),
             Err(e) => report_free_error(py, e),
-        })
+        });
+        Ok(())
     }
 }
 

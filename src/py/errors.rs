@@ -54,6 +54,7 @@ pub fn to_py(py: Python<'_>, e: Error, subject: &dyn std::fmt::Display) -> PyErr
         Error::NullPointer => Exc::NullPointer.err(py, msg),
         Error::OutOfBounds { .. } | Error::RangeOutOfBounds { .. } => PyIndexError::new_err(msg),
         Error::ArenaClosed => Exc::ArenaClosed.err(py, msg),
+        Error::HeapCorruption(_) => Exc::HeapCorruption.err(py, msg),
         Error::Exported => PyBufferError::new_err(msg),
         Error::External(inner) => match inner.downcast::<PyErr>() {
             Ok(pyerr) => *pyerr,

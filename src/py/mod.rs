@@ -7,4 +7,5 @@ pub mod errors;
 pub mod pointer;
 pub mod stats;
 pub mod strings;
+pub mod tracking;
 pub mod types;

@@ -351,7 +351,11 @@ impl fmt::Display for Pointer {
         } else {
             write!(f, " (unknown count")?;
         }
-        write!(f, ", {})", self.owner.name())
+        write!(f, ", {})", self.owner.name())?;
+        match &self.owner {
+            Owner::Block(r) => super::tracking::write_sites(f, r),
+            _ => Ok(()),
+        }
     }
 }
 

@@ -1,0 +1,236 @@
+//! Leak tracking in Python (DESIGN §7): the traceback capture the core calls
+//! at each tracked allocation, the adaptive and diagnostic allocators, and
+//! the raw functions `rsalloc.tracking` builds its API on.
+//!
+//! A capture keeps (code object, instruction offset) pairs only; file, line
+//! and function are worked out when a report or an error message needs them.
+
+use super::allocator::{named_allocator, Allocator};
+use crate::core::alloc::{AllocCore, Libc, LIBC_GROUP};
+use crate::core::guard::Guarded;
+use crate::core::record::Record;
+use crate::core::track::{self, Capture, Entry, Site};
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyList, PyTuple};
+use pyo3::{intern, IntoPyObjectExt};
+use std::cell::RefCell;
+use std::ffi::c_int;
+use std::fmt;
+use std::sync::Arc;
+use std::time::UNIX_EPOCH;
+
+/// A captured stack, innermost frame first.
+struct Frames(Box<[(Py<PyAny>, c_int)]>);
+
+thread_local! {
+    /// `threading.current_thread().name`, looked up once per thread.
+    static THREAD_NAME: RefCell<Option<Arc<str>>> = const { RefCell::new(None) };
+}
+
+fn thread_name(py: Python<'_>) -> Option<Arc<str>> {
+    THREAD_NAME.with(|cell| {
+        if let Some(n) = &*cell.borrow() {
+            return Some(n.clone());
+        }
+        let name: Arc<str> = py
+            .import(intern!(py, "threading"))
+            .and_then(|m| m.call_method0(intern!(py, "current_thread")))
+            .and_then(|t| t.getattr(intern!(py, "name")))
+            .and_then(|n| n.extract::<String>())
+            .ok()?
+            .into();
+        *cell.borrow_mut() = Some(name.clone());
+        Some(name)
+    })
+}
+
+/// The core's capture hook: up to `n` frames of the running Python stack.
+fn capture(n: usize) -> Capture {
+    Python::attach(|py| {
+        let mut frames = Vec::with_capacity(n.min(track::MAX_FRAMES));
+        // SAFETY: attached to the interpreter. PyEval_GetFrame lends its
+        // frame; PyFrame_GetBack and PyFrame_GetCode return new references,
+        // which we release (frames) or keep (code objects).
+        unsafe {
+            let mut frame = ffi::PyEval_GetFrame();
+            let mut owned: *mut ffi::PyFrameObject = std::ptr::null_mut();
+            while !frame.is_null() && frames.len() < n {
+                let code = ffi::PyFrame_GetCode(frame);
+                let lasti = ffi::PyFrame_GetLasti(frame);
+                frames.push((Bound::from_owned_ptr(py, code.cast()).unbind(), lasti));
+                let back = ffi::PyFrame_GetBack(frame);
+                if !owned.is_null() {
+                    ffi::Py_DECREF(owned.cast());
+                }
+                owned = back;
+                frame = back;
+            }
+            if !owned.is_null() {
+                ffi::Py_DECREF(owned.cast());
+            }
+        }
+        Capture {
+            site: (!frames.is_empty()).then(|| Arc::new(Frames(frames.into_boxed_slice())) as Site),
+            thread_name: thread_name(py),
+        }
+    })
+}
+
+/// One resolved frame: (file, line, function).
+type Line = (String, i64, String);
+
+fn resolve(py: Python<'_>, site: &Site) -> Vec<Line> {
+    let Some(frames) = site.downcast_ref::<Frames>() else {
+        return Vec::new();
+    };
+    frames
+        .0
+        .iter()
+        .map(|(code, lasti)| {
+            let code = code.bind(py);
+            // SAFETY: `code` is a code object (PyFrame_GetCode's result).
+            let line = unsafe { ffi::PyCode_Addr2Line(code.as_ptr().cast(), *lasti) };
+            let text = |attr| {
+                code.getattr(attr)
+                    .and_then(|v| v.extract::<String>())
+                    .unwrap_or_else(|_| "?".into())
+            };
+            (
+                text(intern!(py, "co_filename")),
+                i64::from(line),
+                text(intern!(py, "co_qualname")),
+            )
+        })
+        .collect()
+}
+
+fn first_line(py: Python<'_>, site: &Site) -> Option<String> {
+    let (file, line, func) = resolve(py, site).into_iter().next()?;
+    Some(format!("{file}:{line} in {func}"))
+}
+
+/// Appends where the block was allocated and freed, when tracking saw it
+/// (error messages: `Pointer`'s Display).
+pub fn write_sites(f: &mut fmt::Formatter<'_>, rec: &Record) -> fmt::Result {
+    let Some(t) = rec.track.get() else {
+        return Ok(());
+    };
+    Python::attach(|py| {
+        if let Some(at) = t.site.as_ref().and_then(|s| first_line(py, s)) {
+            write!(f, "; allocated at {at}")?;
+        }
+        if let Some(at) = t.freed.get().and_then(|s| first_line(py, s)) {
+            write!(f, "; freed at {at}")?;
+        }
+        Ok(())
+    })
+}
+
+/// Installs the capture hook (module import).
+pub fn install() {
+    track::set_capture(capture);
+}
+
+static ADAPTIVE_MALLOC: PyOnceLock<Py<Allocator>> = PyOnceLock::new();
+static ADAPTIVE_CALLOC: PyOnceLock<Py<Allocator>> = PyOnceLock::new();
+static DIAGNOSTIC_MALLOC: PyOnceLock<Py<Allocator>> = PyOnceLock::new();
+static DIAGNOSTIC_CALLOC: PyOnceLock<Py<Allocator>> = PyOnceLock::new();
+
+/// `adaptive_malloc`/`adaptive_calloc` (package:win32's names): libc's heap,
+/// recorded exactly when tracking is on — the same as `malloc`/`calloc`.
+pub fn adaptive(py: Python<'_>, zeroed: bool) -> PyResult<Bound<'_, Allocator>> {
+    let (cell, name) = if zeroed {
+        (&ADAPTIVE_CALLOC, "adaptive_calloc")
+    } else {
+        (&ADAPTIVE_MALLOC, "adaptive_malloc")
+    };
+    named_allocator(py, cell, || {
+        AllocCore::new(name, LIBC_GROUP, zeroed, Box::new(Libc))
+    })
+}
+
+/// `diagnostic_malloc`/`diagnostic_calloc`: always recorded, guard bytes
+/// around every block. In libc's owner group: the record's own backend
+/// returns each block, whichever of the group frees it.
+pub fn diagnostic(py: Python<'_>, zeroed: bool) -> PyResult<Bound<'_, Allocator>> {
+    let (cell, name) = if zeroed {
+        (&DIAGNOSTIC_CALLOC, "diagnostic_calloc")
+    } else {
+        (&DIAGNOSTIC_MALLOC, "diagnostic_malloc")
+    };
+    named_allocator(py, cell, || {
+        AllocCore::new_tracked(name, LIBC_GROUP, zeroed, Box::new(Guarded), true)
+    })
+}
+
+/// `_track_enable(frames)`: turns tracking on.
+#[pyfunction]
+pub fn _track_enable(frames: usize) {
+    track::enable(frames);
+}
+
+/// `_track_disable()`: turns tracking off (records already made stay).
+#[pyfunction]
+pub fn _track_disable() {
+    track::disable();
+}
+
+#[pyfunction]
+pub fn _track_is_enabled() -> bool {
+    track::enabled()
+}
+
+/// Frames captured per allocation.
+#[pyfunction]
+pub fn _track_frames() -> usize {
+    track::frames()
+}
+
+/// The sequence number the next tracked allocation will get.
+#[pyfunction]
+pub fn _track_seq() -> u64 {
+    track::next_seq()
+}
+
+/// Tracked allocations that could not be recorded (bookkeeping memory ran out).
+#[pyfunction]
+pub fn _track_lost() -> u64 {
+    track::lost()
+}
+
+fn entry_tuple<'py>(py: Python<'py>, e: &Entry) -> PyResult<Bound<'py, PyTuple>> {
+    let time = e
+        .wall_time()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    let frames = e.site.as_ref().map(|s| resolve(py, s)).unwrap_or_default();
+    PyTuple::new(
+        py,
+        [
+            e.seq.into_py_any(py)?,
+            e.addr.into_py_any(py)?,
+            e.size.into_py_any(py)?,
+            e.ty.into_py_any(py)?,
+            e.allocator.name.as_str().into_py_any(py)?,
+            time.into_py_any(py)?,
+            e.thread_id.into_py_any(py)?,
+            e.thread_name.as_deref().into_py_any(py)?,
+            PyList::new(py, frames)?.into_any().unbind(),
+        ],
+    )
+}
+
+/// `_track_live(since)`: the live records with a sequence number >= since,
+/// oldest first, as tuples `(seq, address, size, type, allocator, time,
+/// thread_id, thread_name, [(file, line, function), ...])`.
+#[pyfunction]
+pub fn _track_live(py: Python<'_>, since: u64) -> PyResult<Bound<'_, PyList>> {
+    let entries = track::live_since(since);
+    let items = entries
+        .iter()
+        .map(|e| entry_tuple(py, e))
+        .collect::<PyResult<Vec<_>>>()?;
+    PyList::new(py, items)
+}
