@@ -215,13 +215,23 @@ def test_diagnostic_allocators_always_record() -> None:
 
 
 def test_arena_memory_is_not_recorded() -> None:
-    arena_cls = getattr(rsalloc, "Arena", None)
-    if arena_cls is None:
-        pytest.skip("no Arena on this branch")
     tracking.enable()
-    with arena_cls() as arena:
+    with rsalloc.Arena() as arena:
         p = arena.allocate(8)
         assert mine(p) == []
+    with rsalloc.Arena(rsalloc.malloc) as arena:
+        q = arena(rsalloc.Int32, 2)
+        assert mine(q) == []
+
+
+def test_a_block_detached_from_an_arena_is_recorded_as_its_allocators() -> None:
+    tracking.enable()
+    with rsalloc.Arena(rsalloc.malloc) as arena:
+        q = arena.detach(arena(rsalloc.Int32, 2))
+    [rec] = mine(q)
+    assert (rec.allocator, rec.type, rec.size) == ("malloc", "Int32", 8)
+    rsalloc.free(q)
+    assert mine(q) == []
 
 
 def test_threads_record_their_name_and_the_registry_stays_exact() -> None:

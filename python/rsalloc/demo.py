@@ -36,6 +36,9 @@ def _step(title: str, result: object) -> None:
 
 
 def run() -> int:
+    # Record every allocation of the tour, so the report at the end can name
+    # the line of anything left behind.
+    rsalloc.tracking.enable(frames=4)
     libc, z = _libc(), _zlib()
     print("rsalloc demo: checked native memory, driven through ctypes\n")
 
@@ -106,5 +109,8 @@ def run() -> int:
     print()
     _step("rsalloc.stats()", f"live={st.live_count} ({st.live_bytes} B), peak={st.peak_bytes} B, "
           f"allocs={st.total_allocs}, frees={st.total_frees}")
-    _step("leaks", "none" if st.live_count == 0 else f"{st.live_count} live allocations")
+    report = rsalloc.leak_report().rstrip()
+    _step("rsalloc.leak_report()", report.splitlines()[-1])
+    if st.live_count:
+        print(report)
     return 0 if st.live_count == 0 and same and rc == rc2 == 0 else 1

@@ -148,6 +148,14 @@ impl AllocCore {
         self.always_track || track::enabled()
     }
 
+    /// Records `rec`, which just became this allocator's to free (it left an
+    /// arena), as a new block would be.
+    pub fn track_adopted(self: &Arc<Self>, rec: &Record, ty: &'static str) {
+        if self.tracks() && rec.track.get().is_none() {
+            track::register(rec, self, ty);
+        }
+    }
+
     pub(crate) fn count_alloc(&self, size: usize) {
         self.counters.on_alloc(size);
         GLOBAL.on_alloc(size);

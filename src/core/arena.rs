@@ -129,10 +129,12 @@ impl WrapArena {
     }
 
     /// The block leaves the arena and belongs to the backing allocator
-    /// (still counted there), surviving the release.
-    pub fn detach(&self, rec: &Arc<Record>, addr: usize) -> Result<()> {
+    /// (still counted there, and recorded as one of its blocks while
+    /// tracking is on: it must now be freed), surviving the release.
+    pub fn detach(&self, rec: &Arc<Record>, addr: usize, ty: &'static str) -> Result<()> {
         self.free(rec, addr)?;
         rec.leave_arena(self.tag.id)?;
+        rec.allocator().track_adopted(rec, ty);
         let mut g = self.lock();
         if let Some(i) = g.records.iter().rposition(|r| Arc::ptr_eq(r, rec)) {
             g.records.swap_remove(i);
@@ -214,7 +216,7 @@ mod tests {
         let m = malloc();
         let a = WrapArena::new(m.clone());
         let r = a.allocate(req(16)).unwrap();
-        a.detach(&r, r.addr()).unwrap();
+        a.detach(&r, r.addr(), "").unwrap();
         assert_eq!(r.arena(), None);
         assert_eq!(a.tag.counters.snapshot().live_count, 0);
         a.release(true);

@@ -426,7 +426,9 @@ impl Arena {
         let ptr = p.get();
         self.check_free(ptr).py(py, ptr)?;
         match (&self.backing, &ptr.owner) {
-            (Backing::Wrap(w), Owner::Block(rec)) => w.detach(rec, ptr.addr).py(py, ptr)?,
+            (Backing::Wrap(w), Owner::Block(rec)) => {
+                w.detach(rec, ptr.addr, &ptr.ty.name).py(py, ptr)?
+            }
             _ => {
                 return Err(Error::Ownership(Ownership::RegionCannotDetach)).py(py, ptr);
             }
