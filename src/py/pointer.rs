@@ -662,12 +662,18 @@ impl Pointer {
             // a foreign view of unknown length is scanned like C's strlen.
             None => unsafe { nul_position(self.addr, unit, self.count()) },
         };
-        let errors = std::ffi::CString::new(errors)
-            .map_err(|_| PyValueError::new_err("bad errors value"))?;
+        // NULL means "strict" to CPython's decoders: no C string to build.
+        let errors = match errors {
+            "strict" => None,
+            e => Some(
+                std::ffi::CString::new(e).map_err(|_| PyValueError::new_err("bad errors value"))?,
+            ),
+        };
+        let errors = errors.as_ref().map_or(std::ptr::null(), |e| e.as_ptr());
         // SAFETY: [addr, addr + units*unit) was checked above.
         let s = unsafe {
             if unit == 1 {
-                ffi::PyUnicode_DecodeUTF8(self.addr as *const _, units as isize, errors.as_ptr())
+                ffi::PyUnicode_DecodeUTF8(self.addr as *const _, units as isize, errors)
             } else {
                 let mut order: c_int = if cfg!(target_endian = "little") {
                     -1
@@ -677,7 +683,7 @@ impl Pointer {
                 ffi::PyUnicode_DecodeUTF16(
                     self.addr as *const _,
                     (units * 2) as isize,
-                    errors.as_ptr(),
+                    errors,
                     &mut order,
                 )
             }
@@ -1009,22 +1015,27 @@ fn bytes_buffer(data: &Bound<'_, PyAny>) -> PyResult<pyo3::buffer::PyBuffer<u8>>
 /// # Safety
 /// `addr` is readable for `limit` units, or up to a NUL when `limit` is None.
 unsafe fn nul_position(addr: usize, unit: usize, limit: Option<usize>) -> usize {
-    let mut i = 0;
-    while limit.is_none_or(|l| i < l) {
-        // SAFETY: caller's contract.
-        let zero = unsafe {
-            if unit == 1 {
-                *((addr + i) as *const u8) == 0
+    match (unit, limit) {
+        // SAFETY (all arms): the caller's contract.
+        (1, Some(n)) => unsafe {
+            let hit = libc::memchr(addr as *const libc::c_void, 0, n);
+            if hit.is_null() {
+                n
             } else {
-                ((addr + 2 * i) as *const u16).read_unaligned() == 0
+                hit as usize - addr
             }
-        };
-        if zero {
-            break;
+        },
+        (1, None) => unsafe { libc::strlen(addr as *const libc::c_char) },
+        _ => {
+            let mut i = 0;
+            while limit.is_none_or(|l| i < l)
+                && unsafe { ((addr + 2 * i) as *const u16).read_unaligned() } != 0
+            {
+                i += 1;
+            }
+            i
         }
-        i += 1;
     }
-    i
 }
 
 /// The null `Pointer[Void]`.

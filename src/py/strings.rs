@@ -62,8 +62,8 @@ fn encode<'py>(
         .cast_into::<PyBytes>()?)
 }
 
-fn no_nul(units: impl Iterator<Item = bool>) -> PyResult<()> {
-    if units.into_iter().any(|z| z) {
+fn no_nul(has_nul: bool) -> PyResult<()> {
+    if has_nul {
         return Err(PyValueError::new_err(
             "embedded NUL character: C would cut the string there",
         ));
@@ -87,7 +87,7 @@ pub fn to_native_utf8<'py>(
         encoded = encode(s, "utf-8", errors)?;
         encoded.as_bytes()
     };
-    no_nul(bytes.iter().map(|b| *b == 0))?;
+    no_nul(bytes.contains(&0))?; // memchr: runs at memory speed
     let p = allocate_from(py, allocator, types::uint8(py)?, bytes.len() + 1)?;
     write_with_nul(p.get(), bytes, 1);
     Ok(p)
@@ -109,7 +109,7 @@ pub fn to_native_utf16<'py>(
     };
     let encoded = encode(s, encoding, errors)?;
     let bytes = encoded.as_bytes();
-    no_nul(bytes.chunks(2).map(|u| u == [0, 0]))?;
+    no_nul(bytes.chunks(2).any(|u| u == [0, 0]))?;
     let p = allocate_from(py, allocator, types::uint16(py)?, bytes.len() + 2)?;
     write_with_nul(p.get(), bytes, 2);
     Ok(p)
