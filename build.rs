@@ -1,6 +1,9 @@
 // `cargo test` links the test binaries against libpython; the rpath makes the
 // loader pick the interpreter PyO3 was configured for (pyenv's), not the
-// distribution's libpython that sits in the loader cache.
+// distribution's libpython that sits in the loader cache. Without the
+// `python` feature (the pure core) there is nothing to link.
 fn main() {
-    pyo3_build_config::add_libpython_rpath_link_args();
+    if std::env::var_os("CARGO_FEATURE_PYTHON").is_some() {
+        pyo3_build_config::add_libpython_rpath_link_args();
+    }
 }

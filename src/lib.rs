@@ -5,10 +5,13 @@
 //! the module together.
 
 pub mod core;
+#[cfg(feature = "python")]
 pub mod py;
 
+#[cfg(feature = "python")]
 use pyo3::prelude::*;
 
+#[cfg(feature = "python")]
 #[pymodule(gil_used = false)]
 mod _rsalloc {
     #[pymodule_export]
