@@ -445,3 +445,26 @@ def test_arena_over_a_foreign_allocator_of_sqlite3() -> None:
         assert [SQLITE.sqlite3_msize(b.address) >= b.nbytes for b in blocks] == [True] * 3
         assert sq.stats().live_count == 3
     assert sq.stats().live_count == 0 and not any(b.alive for b in blocks)
+
+
+def test_python_defined_and_foreign_allocators_are_tracked() -> None:
+    from rsalloc import tracking
+
+    pool = Pool()
+    sq = rsalloc.ForeignAllocator(SQLITE.sqlite3_malloc64, SQLITE.sqlite3_free, name="sqlite3")
+    tracking.enable(frames=2)
+    try:
+        p = pool(Int32, 3)
+        q = sq.allocate(10)
+        mine = {r.address: r for r in rsalloc.leaks()}
+        assert (mine[p.address].allocator, mine[p.address].type, mine[p.address].size) == (pool.name, "Int32", 12)
+        assert (mine[q.address].allocator, mine[q.address].size) == ("sqlite3", 10)
+        assert mine[q.address].traceback[0][0].endswith("test_custom_allocators.py")
+        pool.free(p)
+        sq.free(q)
+        live = {r.address for r in rsalloc.leaks()}
+        assert p.address not in live and q.address not in live
+        with pytest.raises(rsalloc.DoubleFreeError, match="freed at .*test_custom_allocators.py"):
+            pool.free(p)
+    finally:
+        tracking.disable()
