@@ -348,7 +348,7 @@ impl Arena {
         match (&this.backing, &p.owner) {
             (Backing::Region(mine), Owner::Region(r)) if Arc::ptr_eq(mine, &r.region) => {
                 region_free(r, p.addr).py(py, p)?;
-                let old = p.extent.unwrap_or(0);
+                let old = p.extent().unwrap_or(0);
                 let (addr, token) = mine.realloc(r.token, r.base, old, req).py(py, p)?;
                 Ok(Pointer::new(
                     addr,

@@ -108,15 +108,18 @@ impl Owner {
 pub struct Pointer {
     pub addr: usize,
     pub ty: &'static TypeInfo,
-    /// Bytes reachable from `addr` within the block; None when unknown.
-    pub extent: Option<usize>,
+    /// Bytes reachable from `addr` within the block; UNKNOWN for foreign
+    /// memory of unknown length (see `extent()`). Sentinels rather than
+    /// Options keep the object small: a million live pointers are common.
+    extent: usize,
     pub owner: Owner,
-    /// Elements in the view (None: unknown extent or a sizeless type),
-    /// computed once: every index check reads it.
-    count: Option<usize>,
-    /// Stable storage for the buffer protocol's shape: [count, nbytes].
+    /// [count, nbytes], computed once (every index check reads the count,
+    /// -1 when unknown), and the stable storage the buffer protocol's shape
+    /// points into.
     dims: [isize; 2],
 }
+
+const UNKNOWN: usize = usize::MAX;
 
 impl Pointer {
     pub fn new(addr: usize, ty: &'static TypeInfo, extent: Option<usize>, owner: Owner) -> Self {
@@ -136,11 +139,16 @@ impl Pointer {
         Pointer {
             addr,
             ty,
-            extent,
+            extent: extent.unwrap_or(UNKNOWN),
             owner,
-            count,
-            dims: [count.unwrap_or(0) as isize, nbytes as isize],
+            dims: [count.map_or(-1, |n| n as isize), nbytes as isize],
         }
+    }
+
+    /// Bytes reachable from the address within the block; None when unknown.
+    #[inline]
+    pub fn extent(&self) -> Option<usize> {
+        (self.extent != UNKNOWN).then_some(self.extent)
     }
 
     /// Another view of the same owner.
@@ -158,7 +166,7 @@ impl Pointer {
     /// Elements in the view: None for unknown extent or sizeless types.
     #[inline]
     pub fn count(&self) -> Option<usize> {
-        self.count
+        (self.dims[0] >= 0).then_some(self.dims[0] as usize)
     }
 
     fn elem_size(&self) -> Option<usize> {
@@ -167,9 +175,9 @@ impl Pointer {
 
     /// Bytes covered by the view's elements (all of the extent for Void).
     pub fn nbytes_usize(&self) -> Option<usize> {
-        match self.count {
+        match self.count() {
             Some(_) => Some(self.dims[1] as usize),
-            None => self.extent,
+            None => self.extent(),
         }
     }
 
@@ -346,7 +354,7 @@ impl fmt::Display for Pointer {
         write!(f, "Pointer[{}] at {:#x}", self.ty.name, self.addr)?;
         if let Some(n) = self.count() {
             write!(f, " (count {n}")?;
-        } else if let Some(e) = self.extent {
+        } else if let Some(e) = self.extent() {
             write!(f, " ({e} bytes")?;
         } else {
             write!(f, " (unknown count")?;
@@ -624,7 +632,7 @@ impl Pointer {
     fn cast(&self, py: Python<'_>, t: &Bound<'_, PyAny>) -> PyResult<Pointer> {
         let ty = types::lookup(t)?;
         self.check_alive().py(py, self)?;
-        Ok(self.view(self.addr, ty, self.extent))
+        Ok(self.view(self.addr, ty, self.extent()))
     }
 
     /// Decodes a C string: UTF-8 for Uint8/Int8, UTF-16 for Uint16, up to the
@@ -985,7 +993,7 @@ impl Pointer {
     fn offset_by(&self, py: Python<'_>, n: isize) -> PyResult<Pointer> {
         self.check_alive().py(py, self)?;
         let size = self.ty.size.max(1);
-        let limit = self.count().or(self.extent);
+        let limit = self.count().or(self.extent());
         let ok = n >= 0 && limit.is_none_or(|c| n as usize <= c);
         if !ok {
             return Err(PyIndexError::new_err(format!(
@@ -999,7 +1007,7 @@ impl Pointer {
             .addr
             .checked_add(bytes)
             .ok_or_else(|| PyOverflowError::new_err("address overflow"))?;
-        Ok(self.view(addr, self.ty, self.extent.map(|e| e - bytes)))
+        Ok(self.view(addr, self.ty, self.extent().map(|e| e - bytes)))
     }
 }
 
