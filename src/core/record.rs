@@ -9,7 +9,7 @@ use super::stats::Counters;
 use super::track::{self, Tracked};
 use std::any::Any;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicUsize, Ordering::*};
+use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering::*};
 use std::sync::{Arc, OnceLock};
 
 /// The state bits of [`Record::word`].
@@ -59,7 +59,7 @@ pub struct Record {
     arena: Option<Arc<ArenaTag>>,
     /// Tracking data (allocation and free sites) for error messages, set
     /// once by `track` when the block is recorded or freed under tracking.
-    pub track: OnceLock<Box<Tracked>>,
+    pub track: OnceBox<Tracked>,
 }
 
 // SAFETY: the raw address is only an address here; all shared state is atomic.
@@ -83,7 +83,7 @@ impl Record {
             word: AtomicUsize::new(word),
             alloc,
             arena,
-            track: OnceLock::new(),
+            track: OnceBox::new(),
         }
     }
 
@@ -334,3 +334,47 @@ impl ArenaTag {
         }
     }
 }
+
+/// A box set at most once, in one pointer-sized atomic: `OnceLock<Box<T>>`
+/// costs twice the space, and every live block carries one.
+pub struct OnceBox<T>(AtomicPtr<T>);
+
+impl<T> OnceBox<T> {
+    pub const fn new() -> Self {
+        OnceBox(AtomicPtr::new(std::ptr::null_mut()))
+    }
+
+    #[inline]
+    pub fn get(&self) -> Option<&T> {
+        // SAFETY: a non-null pointer came from Box::into_raw in `set` and is
+        // only freed by Drop, which has `&mut self`.
+        unsafe { self.0.load(Acquire).as_ref() }
+    }
+
+    /// Stores `value` unless a value is there already (then it is handed back).
+    pub fn set(&self, value: Box<T>) -> std::result::Result<(), Box<T>> {
+        let p = Box::into_raw(value);
+        match self
+            .0
+            .compare_exchange(std::ptr::null_mut(), p, AcqRel, Acquire)
+        {
+            Ok(_) => Ok(()),
+            // SAFETY: p was not published; we still own it.
+            Err(_) => Err(unsafe { Box::from_raw(p) }),
+        }
+    }
+}
+
+impl<T> Drop for OnceBox<T> {
+    fn drop(&mut self) {
+        let p = *self.0.get_mut();
+        if !p.is_null() {
+            // SAFETY: set once from Box::into_raw; dropped once, here.
+            drop(unsafe { Box::from_raw(p) });
+        }
+    }
+}
+
+// SAFETY: it owns a T, shared only through &T.
+unsafe impl<T: Send + Sync> Send for OnceBox<T> {}
+unsafe impl<T: Send + Sync> Sync for OnceBox<T> {}

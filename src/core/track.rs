@@ -209,7 +209,7 @@ pub(crate) fn register(rec: &Record, alloc: &Arc<AllocCore>, ty: &'static str) {
 /// block tracked, the place of the free is kept for later error messages.
 #[inline]
 pub(crate) fn on_end(rec: &Record, free_site: bool) {
-    let t = rec.track.get().map(|b| &**b);
+    let t = rec.track.get();
     if t.is_none() && !(free_site && enabled()) {
         return;
     }
