@@ -6,4 +6,6 @@ pub mod layout;
 pub mod record;
 pub mod stats;
 pub mod sys;
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit;
 pub mod types;
