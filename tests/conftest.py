@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _native import LIBC, nothing_changes  # noqa: E402
+from _native import LIBC, counters, nothing_changes  # noqa: E402
 
 import rsalloc  # noqa: E402
 
@@ -24,3 +24,8 @@ def unchanged(*pointers: rsalloc.Pointer):  # type: ignore[no-untyped-def]
     """The block must leave the global, malloc and calloc counters (peak
     included) and the bytes of the live `pointers` alone."""
     return nothing_changes(rsalloc.malloc, rsalloc.calloc, pointers=pointers)
+
+
+def snapshot() -> tuple[object, ...]:
+    """Every counter a failed call must leave alone: global, malloc, calloc."""
+    return tuple(counters(rsalloc.malloc, rsalloc.calloc))

@@ -10,5 +10,7 @@ pub mod record;
 pub mod region;
 pub mod stats;
 pub mod sys;
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit;
 pub mod track;
 pub mod types;

@@ -741,11 +741,14 @@ impl Pointer {
     }
 
     /// Sets every byte of the view to `byte`.
-    fn fill(&self, py: Python<'_>, byte: i64) -> PyResult<()> {
+    fn fill(&self, py: Python<'_>, byte: &Bound<'_, PyAny>) -> PyResult<()> {
+        // Any int outside range(0, 256) is the same mistake (as bytearray says), however large.
+        let byte = match byte.extract::<i64>() {
+            Err(e) if e.is_instance_of::<PyOverflowError>(py) => -1,
+            other => other?,
+        };
         if !(0..=255).contains(&byte) {
-            return Err(PyValueError::new_err(format!(
-                "byte must be in range(0, 256), got {byte}"
-            )));
+            return Err(PyValueError::new_err("byte must be in range(0, 256)"));
         }
         let n = self
             .nbytes_usize()

@@ -35,7 +35,17 @@ fn allocate_from<'py>(
     if let Ok(a) = allocator.cast::<Arena>() {
         return Bound::new(py, a.get().new_pointer(a.as_any(), ty, req)?);
     }
-    let raw = allocator.call_method1("allocate", (nbytes,))?;
+    let allocate = allocator.getattr("allocate").map_err(|_| {
+        PyTypeError::new_err(format!(
+            "allocator must be an rsalloc allocator, not {}",
+            allocator
+                .get_type()
+                .name()
+                .map(|n| n.to_string())
+                .unwrap_or_default()
+        ))
+    })?;
+    let raw = allocate.call1((nbytes,))?;
     let raw = raw
         .cast_into::<Pointer>()
         .map_err(|_| PyTypeError::new_err("allocate() did not return a Pointer"))?;

@@ -1,0 +1,582 @@
+"""Random programs against a plain-Python model (DESIGN §3, §4, §6, §7).
+
+A hypothesis state machine allocates, writes, reads, makes views, frees,
+reallocates, detaches, adopts and exports at random. The model keeps every
+block's bytes (and which bytes are known: malloc memory starts unknown), its
+state and its exports, and the counters of each allocator. After every step
+the real library must agree with the model byte for byte and counter for
+counter; every misuse must raise its documented exception and change nothing.
+
+CI runs a bounded size. A long run (see docs/safety.md):
+
+    RSALLOC_MODEL_EXAMPLES=5000 RSALLOC_MODEL_STEPS=100 python -m pytest tests/test_model.py
+
+Allocators come from ALLOCATORS, a list of factories: an allocator with its
+own owner group (an arena, a Python-defined allocator) is one more entry.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from hypothesis import HealthCheck, event, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
+import rsalloc
+from rsalloc import (
+    Bool,
+    DoubleFreeError,
+    Float32,
+    Float64,
+    Int8,
+    Int16,
+    Int32,
+    Int64,
+    IntPtr,
+    OwnershipError,
+    Pointer,
+    Size,
+    Uint8,
+    Uint16,
+    Uint32,
+    Uint64,
+    UseAfterFreeError,
+)
+
+from conftest import LIBC
+
+
+@dataclass(frozen=True)
+class TypeSpec:
+    cls: object
+    code: str  # native struct code of one element
+    lo: float = 0
+    hi: float = 0
+
+    @property
+    def size(self) -> int:
+        return struct.calcsize("@" + self.code)
+
+    def unpack(self, raw: bytes) -> object:
+        return struct.unpack("@" + self.code, raw)[0]
+
+    def pack(self, v: object) -> bytes:
+        return struct.pack("@" + self.code, v)
+
+
+def _int(cls: object, code: str) -> TypeSpec:
+    bits = 8 * struct.calcsize("@" + code)
+    signed = code.islower()
+    return TypeSpec(cls, code, -(2 ** (bits - 1)) if signed else 0, 2 ** (bits - 1) - 1 if signed else 2**bits - 1)
+
+
+INT_TYPES = [
+    _int(t, c)
+    for t, c in [(Int8, "b"), (Int16, "h"), (Int32, "i"), (Int64, "q"), (Uint8, "B"), (Uint16, "H"),
+                 (Uint32, "I"), (Uint64, "Q"), (IntPtr, "n"), (Size, "N")]
+]
+F32 = TypeSpec(Float32, "f")
+F64 = TypeSpec(Float64, "d")
+BOOL = TypeSpec(Bool, "?")
+SLOT = TypeSpec(Pointer[Int32], "N", 0, 2**64 - 1)  # a pointer slot holding an Int32's address
+TYPES = INT_TYPES + [F32, F64, BOOL, SLOT]
+INT32 = next(t for t in TYPES if t.cls is Int32)
+
+
+@dataclass(eq=False)
+class AllocSpec:
+    """One allocator under test; `group` says who may free whose blocks."""
+
+    name: str
+    make: Callable[[], rsalloc.Allocator]
+    group: str
+    zeroed: bool
+    obj: rsalloc.Allocator | None = None
+
+
+ALLOCATORS = [
+    AllocSpec("malloc", lambda: rsalloc.malloc, group="libc", zeroed=False),
+    AllocSpec("calloc", lambda: rsalloc.calloc, group="libc", zeroed=True),
+]
+
+COUNTERS = ("live_count", "live_bytes", "total_allocs", "total_frees")
+DEAD = ("freed", "reallocated")
+
+
+@dataclass(eq=False)
+class Block:
+    alloc: AllocSpec
+    address: int
+    data: bytearray
+    known: bytearray  # 1 where the model knows the byte
+    root: Pointer  # a Uint8 view of all of it, to compare bytes
+    state: str = "live"  # live, freed, reallocated, detached, c_freed (C freed it after detach)
+    exports: list[tuple[memoryview, View]] = field(default_factory=list)
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.data)
+
+    def accessible(self) -> bool:
+        return self.state in ("live", "detached")
+
+
+@dataclass(eq=False)
+class View:
+    ptr: Pointer
+    block: Block
+    offset: int  # bytes from the start of the block
+    type: TypeSpec
+
+    @property
+    def count(self) -> int:
+        return (self.block.nbytes - self.offset) // self.type.size
+
+
+def values(t: TypeSpec) -> st.SearchStrategy[object]:
+    if t is F32:
+        return st.floats(width=32, allow_nan=False)
+    if t is F64:
+        return st.floats(allow_nan=False)
+    if t is BOOL:
+        return st.booleans()
+    return st.integers(int(t.lo), int(t.hi))
+
+
+def bad_values(t: TypeSpec) -> st.SearchStrategy[tuple[object, type[Exception]]]:
+    wrong = st.sampled_from([("7", TypeError), (b"x", TypeError), ([1], TypeError)])
+    if t in (F32, F64):
+        big = [(3.5e38 * 10, OverflowError)] if t is F32 else []
+        return st.one_of(wrong, st.sampled_from(big or [("1.0", TypeError)]))
+    if t is BOOL:
+        return st.one_of(wrong, st.sampled_from([(2, OverflowError), (-1, OverflowError), (0.5, TypeError)]))
+    if t is SLOT:
+        return st.one_of(wrong, st.sampled_from([(-1, OverflowError), (2**64, OverflowError), (1.0, TypeError)]))
+    return st.one_of(
+        wrong,
+        st.sampled_from([(int(t.hi) + 1, OverflowError), (int(t.lo) - 1, OverflowError), (1.0, TypeError)]),
+    )
+
+
+def stats_of(s: rsalloc.Stats) -> dict[str, int]:
+    return {k: getattr(s, k) for k in COUNTERS}
+
+
+class RsallocModel(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.allocs = [AllocSpec(a.name, a.make, a.group, a.zeroed, a.make()) for a in ALLOCATORS]
+        self.blocks: list[Block] = []
+        self.views: list[View] = []
+        self.model = {a.name: dict.fromkeys(COUNTERS, 0) for a in self.allocs}
+        self.start_global = stats_of(rsalloc.stats())
+        self.start = {a.name: stats_of(a.obj.stats()) for a in self.allocs}
+
+    # --- model bookkeeping -------------------------------------------------
+
+    def count_alloc(self, a: AllocSpec, n: int) -> None:
+        m = self.model[a.name]
+        m["live_count"] += 1
+        m["live_bytes"] += n
+        m["total_allocs"] += 1
+
+    def count_free(self, b: Block) -> None:
+        m = self.model[b.alloc.name]
+        m["live_count"] -= 1
+        m["live_bytes"] -= b.nbytes
+        m["total_frees"] += 1
+
+    def add_block(self, a: AllocSpec, p: Pointer, t: TypeSpec, data: bytes, known: bytes) -> Block:
+        b = Block(a, p.address, bytearray(data), bytearray(known), p.cast(Uint8))
+        self.blocks.append(b)
+        self.views.append(View(p, b, 0, t))
+        self.count_alloc(a, len(data))
+        return b
+
+    def pick_view(self, i: int) -> View:
+        return self.views[i % len(self.views)]
+
+    def snapshot(self) -> tuple[object, ...]:
+        return (stats_of(rsalloc.stats()), *[stats_of(a.obj.stats()) for a in self.allocs])
+
+    def misuse(self, exc: type[Exception], call: Callable[[], object]) -> None:
+        """`call` must raise exactly `exc` and leave every counter alone (bytes: the invariants)."""
+        before = self.snapshot()
+        try:
+            call()
+        except exc:
+            event(f"misuse: {exc.__name__}")
+        except Exception as e:  # pragma: no cover - the failure message
+            raise AssertionError(f"expected {exc.__name__}, got {type(e).__name__}: {e}") from e
+        else:  # pragma: no cover
+            raise AssertionError(f"expected {exc.__name__}, nothing raised")
+        assert self.snapshot() == before
+
+    def expect_read(self, v: View, i: int) -> object | None:
+        """The model's value of element i of v, or None when some byte is unknown."""
+        at = v.offset + i * v.type.size
+        if not all(v.block.known[at : at + v.type.size]):
+            return None
+        return v.type.unpack(bytes(v.block.data[at : at + v.type.size]))
+
+    def free_error(self, a: AllocSpec | None, v: View) -> type[Exception] | None:
+        """The exception a free of v through a (None: its own owner) raises, per DESIGN §4."""
+        b = v.block
+        if a is not None and a.group != b.alloc.group:
+            return OwnershipError
+        if b.state in DEAD:
+            return DoubleFreeError
+        if b.state in ("detached", "c_freed") or v.offset != 0:
+            return OwnershipError
+        return None
+
+    # --- allocation ----------------------------------------------------------
+
+    @initialize()
+    def start_with_blocks(self) -> None:
+        """Every program starts with Int32s and zeroed pointer slots to point at them."""
+        zeroed = next(a for a in self.allocs if a.zeroed)
+        self.add_block(zeroed, zeroed.obj(Int32, 4), INT32, bytes(16), b"\x01" * 16)
+        n = 4 * SLOT.size
+        self.add_block(zeroed, zeroed.obj(SLOT.cls, 4), SLOT, bytes(n), b"\x01" * n)
+
+    @rule(
+        which=st.integers(0, 100),
+        t=st.sampled_from(TYPES),
+        count=st.integers(0, 64),
+        alignment=st.sampled_from([None, None, 1, 2, 8, 16, 64, 4096]),
+        as_bytes=st.booleans(),
+    )
+    def allocate(self, which: int, t: TypeSpec, count: int, alignment: int | None, as_bytes: bool) -> None:
+        a = self.allocs[which % len(self.allocs)]
+        if as_bytes:
+            t = next(x for x in TYPES if x.cls is Uint8)
+            p = a.obj.allocate(count, alignment=alignment)
+        else:
+            p = a.obj(t.cls, count, alignment=alignment)
+        n = count * t.size
+        assert (p.type, p.count, p.nbytes, p.alive) == (t.cls, count, n, True)
+        assert p.address % (alignment or t.size) == 0
+        assert p.allocator is a.obj
+        fill = b"\x01" if a.zeroed else b"\x00"
+        b = self.add_block(a, p, t, bytes(n), fill * n)
+        if a.zeroed:
+            assert p.read_bytes() == bytes(n)
+        assert b.nbytes == n
+
+    @rule(size=st.integers(1, 64), byte=st.integers(0, 255), use_strdup=st.booleans())
+    def adopt_from_c(self, size: int, byte: int, use_strdup: bool) -> None:
+        """C allocated it (strdup, malloc); malloc takes ownership (DESIGN §4 adopt)."""
+        a = next(x for x in self.allocs if x.name == "malloc")
+        if use_strdup:
+            data = bytes([byte or 1]) * (size - 1) + b"\x00"
+            raw = LIBC.strdup(data[:-1])
+        else:
+            data = bytes([byte]) * size
+            raw = LIBC.malloc(size)
+            LIBC.memset(raw, byte, size)
+        p = a.obj.adopt(raw, Uint8, size)
+        assert p.address == raw and p.allocator is a.obj
+        self.add_block(a, p, next(x for x in TYPES if x.cls is Uint8), data, b"\x01" * size)
+
+    # --- element access --------------------------------------------------------
+
+    @rule(i=st.integers(0, 10**6), index=st.integers(-70, 70), data=st.data())
+    def write(self, i: int, index: int, data: st.DataObject) -> None:
+        v = self.pick_view(i)
+        value = data.draw(values(v.type))
+        if not v.block.accessible():
+            exc = UseAfterFreeError if v.block.state in DEAD else None
+            if exc:
+                self.misuse(exc, lambda: v.ptr.__setitem__(index, value))
+            return
+        if not -v.count <= index < v.count:
+            self.misuse(IndexError, lambda: v.ptr.__setitem__(index, value))
+            return
+        v.ptr[index] = value
+        index %= v.count
+        at = v.offset + index * v.type.size
+        v.block.data[at : at + v.type.size] = v.type.pack(value)
+        v.block.known[at : at + v.type.size] = b"\x01" * v.type.size
+
+    @rule(i=st.integers(0, 10**6), index=st.integers(0, 70), data=st.data())
+    def write_a_bad_value(self, i: int, index: int, data: st.DataObject) -> None:
+        v = self.pick_view(i)
+        if not v.block.accessible() or v.count == 0:
+            return
+        value, exc = data.draw(bad_values(v.type))
+        self.misuse(exc, lambda: v.ptr.__setitem__(index % v.count, value))
+
+    @rule(i=st.integers(0, 10**6), index=st.integers(-70, 70))
+    def read(self, i: int, index: int) -> None:
+        v = self.pick_view(i)
+        if not v.block.accessible():
+            if v.block.state in DEAD:
+                self.misuse(UseAfterFreeError, lambda: v.ptr[index])
+            return
+        if not -v.count <= index < v.count:
+            self.misuse(IndexError, lambda: v.ptr[index])
+            return
+        want = self.expect_read(v, index % v.count)
+        if want is None:
+            # Never-written malloc bytes: reading them is legal but meaningless,
+            # and valgrind (scripts/memcheck.sh) rightly reports it as the
+            # program's use of uninitialised memory, as it would in C.
+            return
+        got = v.ptr[index]
+        if v.type is SLOT:
+            assert isinstance(got, Pointer) and got.address == want and got.allocator is None
+        else:
+            assert got == want and type(got) is type(want), (got, want)
+
+    # --- views -----------------------------------------------------------------
+
+    @rule(i=st.integers(0, 10**6), n=st.integers(0, 80))
+    def offset(self, i: int, n: int) -> None:
+        v = self.pick_view(i)
+        if v.block.state in DEAD:
+            self.misuse(UseAfterFreeError, lambda: v.ptr + n)
+            return
+        if v.block.state == "c_freed":
+            return
+        if n > v.count:
+            self.misuse(IndexError, lambda: v.ptr + n)
+            return
+        q = v.ptr + n if n % 2 else v.ptr.offset(n)
+        assert q.address == v.ptr.address + n * v.type.size and q.count == v.count - n
+        self.views.append(View(q, v.block, v.offset + n * v.type.size, v.type))
+
+    @rule(i=st.integers(0, 10**6), t=st.sampled_from(TYPES))
+    def cast(self, i: int, t: TypeSpec) -> None:
+        v = self.pick_view(i)
+        if v.block.state in DEAD:
+            self.misuse(UseAfterFreeError, lambda: v.ptr.cast(t.cls))
+            return
+        if v.block.state == "c_freed":
+            return
+        q = v.ptr.cast(t.cls)
+        w = View(q, v.block, v.offset, t)
+        assert q.address == v.ptr.address and q.type is t.cls and q.count == w.count
+        self.views.append(w)
+
+    @rule(i=st.integers(0, 10**6), index=st.integers(0, 70), j=st.integers(0, 10**6), null=st.booleans())
+    def store_a_pointer(self, i: int, index: int, j: int, null: bool) -> None:
+        """A pointer into a Pointer[Int32] slot: the slot holds its address (or None: NULL)."""
+        slots = [v for v in self.views if v.type is SLOT]
+        if not slots:
+            return
+        s = slots[i % len(slots)]
+        # Mostly live Int32 targets, so that reading through the slot is checked.
+        live = [v for v in self.views if v.block.accessible() and v.type is INT32 and v.count]
+        target = None if null else live[j % len(live)] if live and j % 4 else self.pick_view(j)
+        if not s.block.accessible() or s.count == 0:
+            return
+        index %= s.count
+        if target is not None and target.block.state in DEAD:
+            self.misuse(UseAfterFreeError, lambda: s.ptr.__setitem__(index, target.ptr))
+            return
+        s.ptr[index] = None if target is None else target.ptr
+        at = s.offset + index * SLOT.size
+        s.block.data[at : at + SLOT.size] = SLOT.pack(0 if target is None else target.ptr.address)
+        s.block.known[at : at + SLOT.size] = b"\x01" * SLOT.size
+        self.check_slot(s, index)
+
+    @rule(i=st.integers(0, 10**6), index=st.integers(0, 70))
+    def read_through_a_slot(self, i: int, index: int) -> None:
+        slots = [v for v in self.views if v.type is SLOT and v.block.accessible() and v.count]
+        if slots:
+            s = slots[i % len(slots)]
+            self.check_slot(s, index % s.count)
+
+    def check_slot(self, s: View, index: int) -> None:
+        addr = self.expect_read(s, index)
+        if addr is None:
+            return
+        q = s.ptr[index]
+        assert q.address == addr and q.type is Int32 and q.count is None and q.allocator is None
+        if addr == 0:
+            self.misuse(rsalloc.NullPointerError, lambda: q[0])
+            return
+        # Read through it only when the model knows 4 live bytes there: the
+        # slot's pointee is unowned, so rsalloc cannot check it (DESIGN §3).
+        for b in self.blocks:
+            if b.accessible() and b.address <= addr and addr + 4 <= b.address + b.nbytes:
+                at = addr - b.address
+                if all(b.known[at : at + 4]):
+                    event("read through a slot")
+                    assert q[0] == INT32.unpack(bytes(b.data[at : at + 4]))
+                return
+
+    # --- frees -------------------------------------------------------------------
+
+    @rule(i=st.integers(0, 10**6), which=st.integers(-1, 100))
+    def free(self, i: int, which: int) -> None:
+        """Free through an allocator (which >= 0) or rsalloc.free: success,
+        DoubleFreeError, or OwnershipError (interior, detached, other owner)."""
+        v = self.pick_view(i)
+        a = None if which < 0 else self.allocs[which % len(self.allocs)]
+        call = (lambda: rsalloc.free(v.ptr)) if a is None else (lambda: a.obj.free(v.ptr))
+        exc = self.free_error(a, v)
+        if exc is not None:
+            self.misuse(exc, call)
+            return
+        call()
+        event("freed")
+        v.block.state = "freed"
+        self.count_free(v.block)
+        assert not v.ptr.alive and not v.block.root.alive
+
+    @rule(which=st.integers(-1, 100))
+    def free_nullptr(self, which: int) -> None:
+        before = self.snapshot()
+        if which < 0:
+            rsalloc.free(rsalloc.nullptr)
+        else:
+            self.allocs[which % len(self.allocs)].obj.free(rsalloc.nullptr)
+        assert self.snapshot() == before
+
+    @rule(i=st.integers(0, 10**6), which=st.integers(0, 100), count=st.integers(0, 64))
+    def realloc(self, i: int, which: int, count: int) -> None:
+        v = self.pick_view(i)
+        a = self.allocs[which % len(self.allocs)]
+        exc = self.free_error(a, v)
+        if exc is None and v.block.exports:
+            exc = BufferError
+        if exc is not None:
+            self.misuse(exc, lambda: a.obj.realloc(v.ptr, count))
+            return
+        old = v.block
+        q = a.obj.realloc(v.ptr, count)
+        n = count * v.type.size
+        assert (q.type, q.count, q.nbytes, q.allocator) == (v.type.cls, count, n, a.obj)
+        kept = min(n, old.nbytes)
+        tail = n - kept
+        data = bytes(old.data[:kept]) + bytes(tail)
+        known = bytes(old.known[:kept]) + (b"\x01" if a.zeroed else b"\x00") * tail
+        event("reallocated")
+        old.state = "reallocated"
+        self.count_free(old)
+        self.add_block(a, q, v.type, data, known)
+        assert not v.ptr.alive and not old.root.alive
+
+    # --- ownership leaving ---------------------------------------------------------
+
+    @rule(i=st.integers(0, 10**6))
+    def detach(self, i: int) -> None:
+        v = self.pick_view(i)
+        b = v.block
+        if b.state in DEAD:
+            self.misuse(UseAfterFreeError, v.ptr.detach)
+            return
+        if b.state in ("detached", "c_freed") or v.offset != 0:
+            self.misuse(OwnershipError, v.ptr.detach)
+            return
+        assert v.ptr.detach() == b.address
+        b.state = "detached"
+        event("detached")
+        self.count_free(b)
+        assert v.ptr.allocator is None and v.ptr.alive
+
+    @rule(i=st.integers(0, 10**6))
+    def c_frees_a_detached_block(self, i: int) -> None:
+        """The C side frees what was detached, with libc's free: nothing is counted."""
+        blocks = [b for b in self.blocks if b.state == "detached" and not b.exports]
+        if not blocks:
+            return
+        b = blocks[i % len(blocks)]
+        before = self.snapshot()
+        LIBC.free(b.address)
+        event("C freed a detached block")
+        b.state = "c_freed"
+        assert self.snapshot() == before
+
+    # --- buffer exports ----------------------------------------------------------------
+
+    @rule(i=st.integers(0, 10**6))
+    def export(self, i: int) -> None:
+        v = self.pick_view(i)
+        if v.block.state in DEAD:
+            self.misuse(UseAfterFreeError, lambda: memoryview(v.ptr))
+            return
+        if v.block.state == "c_freed":
+            return
+        m = memoryview(v.ptr)
+        assert m.nbytes == v.count * v.type.size and m.shape == (v.count,)
+        v.block.exports.append((m, v))
+
+    @rule(i=st.integers(0, 10**6))
+    def release_an_export(self, i: int) -> None:
+        blocks = [b for b in self.blocks if b.exports]
+        if not blocks:
+            return
+        b = blocks[i % len(blocks)]
+        m, _ = b.exports.pop(i % len(b.exports))
+        before = self.snapshot()
+        m.release()
+        assert self.snapshot() == before  # the memory goes back; the counters moved at free
+
+    # --- invariants -------------------------------------------------------------------
+
+    @invariant()
+    def counters_equal_the_model(self) -> None:
+        total = dict.fromkeys(COUNTERS, 0)
+        for a in self.allocs:
+            got = stats_of(a.obj.stats())
+            want = {k: self.start[a.name][k] + self.model[a.name][k] for k in COUNTERS}
+            assert got == want, a.name
+            for k in COUNTERS:
+                total[k] += self.model[a.name][k]
+        got = stats_of(rsalloc.stats())
+        assert got == {k: self.start_global[k] + total[k] for k in COUNTERS}
+
+    @invariant()
+    def bytes_equal_the_model(self) -> None:
+        for b in self.blocks:
+            if b.accessible():
+                raw = b.root.read_bytes()
+                assert b.root.alive
+            elif b.state in DEAD and b.exports:
+                # Dead but pinned: the exports still read the bytes (DESIGN §6).
+                event("dead block read through its export")
+                assert not b.root.alive
+                m, v = b.exports[0]
+                raw = bytes(b.data[: v.offset]) + m.tobytes() + bytes(b.data[v.offset + m.nbytes :])
+                assert len(raw) == b.nbytes
+            else:
+                assert b.root.alive == (b.state == "c_freed")
+                continue
+            assert len(raw) == b.nbytes
+            for k in range(b.nbytes):
+                if b.known[k]:
+                    assert raw[k] == b.data[k], (b.state, k)
+
+    def teardown(self) -> None:
+        for b in self.blocks:
+            for m, _ in b.exports:
+                m.release()
+            b.exports.clear()
+            if b.state == "live":
+                rsalloc.free(b.root)
+                self.count_free(b)
+            elif b.state == "detached":
+                LIBC.free(b.address)
+        now = stats_of(rsalloc.stats())
+        assert now["live_count"] == self.start_global["live_count"]
+        assert now["live_bytes"] == self.start_global["live_bytes"]
+        self.counters_equal_the_model()
+
+
+EXAMPLES = int(os.environ.get("RSALLOC_MODEL_EXAMPLES", "50"))
+STEPS = int(os.environ.get("RSALLOC_MODEL_STEPS", "40"))
+
+TestModel = RsallocModel.TestCase
+TestModel.settings = settings(
+    max_examples=EXAMPLES,
+    stateful_step_count=STEPS,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
