@@ -11,12 +11,17 @@ CI runs a bounded size. A long run (see docs/safety.md):
 
     RSALLOC_MODEL_EXAMPLES=5000 RSALLOC_MODEL_STEPS=100 python -m pytest tests/test_model.py
 
-Allocators come from ALLOCATORS, a list of factories: an allocator with its
-own owner group (an arena, a Python-defined allocator) is one more entry.
+Allocators come from ALLOCATORS, a list of factories: malloc and calloc
+(one owner group), a Python-defined allocator (a group of its own), an arena
+over malloc and a bump-region arena. Arenas add release (with and without
+reuse) and the arena rules of DESIGN §5: free is a no-op, only the arena may
+realloc, a released arena's blocks are dead, a closed arena refuses to
+allocate.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import struct
 from collections.abc import Callable
@@ -87,24 +92,55 @@ TYPES = INT_TYPES + [F32, F64, BOOL, SLOT]
 INT32 = next(t for t in TYPES if t.cls is Int32)
 
 
+class Pool(rsalloc.Allocator):
+    """A Python-defined allocator over libc (so C may free what it detaches)."""
+
+    def _raw_alloc(self, nbytes: int, alignment: int) -> int:
+        if alignment <= 16:
+            return LIBC.malloc(nbytes) or 0
+        out = ctypes.c_void_p()
+        return out.value or 0 if LIBC.posix_memalign(ctypes.byref(out), alignment, nbytes) == 0 else 0
+
+    def _raw_free(self, address: int) -> None:
+        LIBC.free(address)
+
+
+LIBC.posix_memalign.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t]
+LIBC.posix_memalign.restype = ctypes.c_int
+
+
 @dataclass(eq=False)
 class AllocSpec:
-    """One allocator under test; `group` says who may free whose blocks."""
+    """One allocator under test; `group` says who may free whose blocks.
+
+    kind: "plain" (an Allocator), "wrap" (an arena over `backing`, whose
+    counters move with the arena's) or "region" (a bump-region arena)."""
 
     name: str
-    make: Callable[[], rsalloc.Allocator]
+    make: Callable[[], rsalloc.Allocator | rsalloc.Arena]
     group: str
     zeroed: bool
-    obj: rsalloc.Allocator | None = None
+    kind: str = "plain"
+    backing: str | None = None
+    obj: rsalloc.Allocator | rsalloc.Arena | None = None
+    closed: bool = False
+
+    @property
+    def arena(self) -> bool:
+        return self.kind != "plain"
 
 
 ALLOCATORS = [
     AllocSpec("malloc", lambda: rsalloc.malloc, group="libc", zeroed=False),
     AllocSpec("calloc", lambda: rsalloc.calloc, group="libc", zeroed=True),
+    AllocSpec("pool", Pool, group="pool", zeroed=False),
+    AllocSpec("arena(malloc)", lambda: rsalloc.Arena(rsalloc.malloc), group="wrap", zeroed=False, kind="wrap",
+              backing="malloc"),
+    AllocSpec("arena()", rsalloc.Arena, group="region", zeroed=True, kind="region"),
 ]
 
 COUNTERS = ("live_count", "live_bytes", "total_allocs", "total_frees")
-DEAD = ("freed", "reallocated")
+DEAD = ("freed", "reallocated", "released")
 
 
 @dataclass(eq=False)
@@ -169,7 +205,8 @@ def stats_of(s: rsalloc.Stats) -> dict[str, int]:
 class RsallocModel(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.allocs = [AllocSpec(a.name, a.make, a.group, a.zeroed, a.make()) for a in ALLOCATORS]
+        self.allocs = [AllocSpec(a.name, a.make, a.group, a.zeroed, a.kind, a.backing, a.make()) for a in ALLOCATORS]
+        self.by_name = {a.name: a for a in self.allocs}
         self.blocks: list[Block] = []
         self.views: list[View] = []
         self.model = {a.name: dict.fromkeys(COUNTERS, 0) for a in self.allocs}
@@ -178,17 +215,23 @@ class RsallocModel(RuleBasedStateMachine):
 
     # --- model bookkeeping -------------------------------------------------
 
+    def counted_in(self, a: AllocSpec) -> list[dict[str, int]]:
+        """The model counters an allocation of `a` moves: an arena over an
+        allocator counts in both."""
+        names = [a.name] + ([a.backing] if a.backing else [])
+        return [self.model[n] for n in names]
+
     def count_alloc(self, a: AllocSpec, n: int) -> None:
-        m = self.model[a.name]
-        m["live_count"] += 1
-        m["live_bytes"] += n
-        m["total_allocs"] += 1
+        for m in self.counted_in(a):
+            m["live_count"] += 1
+            m["live_bytes"] += n
+            m["total_allocs"] += 1
 
     def count_free(self, b: Block) -> None:
-        m = self.model[b.alloc.name]
-        m["live_count"] -= 1
-        m["live_bytes"] -= b.nbytes
-        m["total_frees"] += 1
+        for m in self.counted_in(b.alloc):
+            m["live_count"] -= 1
+            m["live_bytes"] -= b.nbytes
+            m["total_frees"] += 1
 
     def add_block(self, a: AllocSpec, p: Pointer, t: TypeSpec, data: bytes, known: bytes) -> Block:
         b = Block(a, p.address, bytearray(data), bytearray(known), p.cast(Uint8))
@@ -234,6 +277,17 @@ class RsallocModel(RuleBasedStateMachine):
             return OwnershipError
         return None
 
+    def realloc_error(self, a: AllocSpec, v: View) -> type[Exception] | None:
+        """The exception `a.realloc(v)` raises: a closed arena refuses first,
+        then the free rules; a block an export pins cannot move (a region's
+        old block does not move: it stays until release)."""
+        if a.closed:
+            return rsalloc.ArenaClosedError
+        exc = self.free_error(a, v)
+        if exc is None and v.block.exports and v.block.alloc.kind != "region":
+            exc = BufferError
+        return exc
+
     # --- allocation ----------------------------------------------------------
 
     @initialize()
@@ -253,6 +307,9 @@ class RsallocModel(RuleBasedStateMachine):
     )
     def allocate(self, which: int, t: TypeSpec, count: int, alignment: int | None, as_bytes: bool) -> None:
         a = self.allocs[which % len(self.allocs)]
+        if a.closed:
+            self.misuse(rsalloc.ArenaClosedError, lambda: a.obj.allocate(count, alignment=alignment))
+            return
         if as_bytes:
             t = next(x for x in TYPES if x.cls is Uint8)
             p = a.obj.allocate(count, alignment=alignment)
@@ -424,6 +481,13 @@ class RsallocModel(RuleBasedStateMachine):
         if exc is not None:
             self.misuse(exc, call)
             return
+        if v.block.alloc.arena:
+            # An arena frees at release: free of a live block is a no-op.
+            before = self.snapshot()
+            call()
+            assert self.snapshot() == before and v.ptr.alive
+            event("arena free: no-op")
+            return
         call()
         event("freed")
         v.block.state = "freed"
@@ -443,9 +507,7 @@ class RsallocModel(RuleBasedStateMachine):
     def realloc(self, i: int, which: int, count: int) -> None:
         v = self.pick_view(i)
         a = self.allocs[which % len(self.allocs)]
-        exc = self.free_error(a, v)
-        if exc is None and v.block.exports:
-            exc = BufferError
+        exc = self.realloc_error(a, v)
         if exc is not None:
             self.misuse(exc, lambda: a.obj.realloc(v.ptr, count))
             return
@@ -469,6 +531,9 @@ class RsallocModel(RuleBasedStateMachine):
     def detach(self, i: int) -> None:
         v = self.pick_view(i)
         b = v.block
+        if b.alloc.kind == "region":
+            self.misuse(OwnershipError, v.ptr.detach)  # a bump region gives nothing away
+            return
         if b.state in DEAD:
             self.misuse(UseAfterFreeError, v.ptr.detach)
             return
@@ -519,6 +584,23 @@ class RsallocModel(RuleBasedStateMachine):
         m.release()
         assert self.snapshot() == before  # the memory goes back; the counters moved at free
 
+    # --- arenas ---------------------------------------------------------------------------
+
+    @rule(which=st.integers(0, 100), reuse=st.booleans())
+    def release_an_arena(self, which: int, reuse: bool) -> None:
+        arenas = [a for a in self.allocs if a.arena]
+        a = arenas[which % len(arenas)]
+        a.obj.release_all(reuse=reuse)
+        if a.closed:
+            return  # releasing a closed arena does nothing
+        for b in self.blocks:
+            if b.alloc is a and b.state == "live":
+                b.state = "released"
+                self.count_free(b)
+        a.closed = not reuse
+        event(f"released an arena (reuse={reuse})")
+        assert len(a.obj) == 0
+
     # --- invariants -------------------------------------------------------------------
 
     @invariant()
@@ -528,8 +610,9 @@ class RsallocModel(RuleBasedStateMachine):
             got = stats_of(a.obj.stats())
             want = {k: self.start[a.name][k] + self.model[a.name][k] for k in COUNTERS}
             assert got == want, a.name
-            for k in COUNTERS:
-                total[k] += self.model[a.name][k]
+            if a.kind != "wrap":  # a wrapping arena's blocks are its backing's too: count once
+                for k in COUNTERS:
+                    total[k] += self.model[a.name][k]
         got = stats_of(rsalloc.stats())
         assert got == {k: self.start_global[k] + total[k] for k in COUNTERS}
 
@@ -559,6 +642,15 @@ class RsallocModel(RuleBasedStateMachine):
             for m, _ in b.exports:
                 m.release()
             b.exports.clear()
+        for a in self.allocs:
+            if a.arena and not a.closed:
+                a.obj.release_all()
+                a.closed = True
+                for b in self.blocks:
+                    if b.alloc is a and b.state == "live":
+                        b.state = "released"
+                        self.count_free(b)
+        for b in self.blocks:
             if b.state == "live":
                 rsalloc.free(b.root)
                 self.count_free(b)
