@@ -94,6 +94,28 @@ def c() -> Iterator[Ctx]:
 
 Row = tuple[str, Callable[[Ctx], Any], type[BaseException]]
 
+ARENAS: list[tuple[str, Callable[[], rsalloc.Arena]]] = [
+    ("Arena()", rsalloc.Arena),
+    ("Arena(malloc)", lambda: rsalloc.Arena(malloc)),
+]
+DIAGNOSTIC = ("diagnostic_malloc", "diagnostic_calloc", "adaptive_malloc", "adaptive_calloc")
+
+
+def closed(arena: rsalloc.Arena) -> rsalloc.Arena:
+    arena.release_all()
+    return arena
+
+
+# Arena blocks the rows misuse, made once (before any row measures): a live
+# block of each kind of arena and a block of a released one. The arenas stay
+# referenced for the whole session so that nothing changes under a row.
+KEPT_ARENAS = {k: m() for k, m in ARENAS}
+LIVE_ARENA_BLOCK = {k: a.allocate(8) for k, a in KEPT_ARENAS.items()}
+RELEASED_ARENAS = {k: m() for k, m in ARENAS}
+RELEASED_ARENA_BLOCK = {k: a.allocate(8) for k, a in RELEASED_ARENAS.items()}
+for _a in RELEASED_ARENAS.values():
+    _a.release_all()
+
 
 def _setitem(target: str, index: Any, value: Any) -> Callable[[Ctx], Any]:
     return lambda c: getattr(c, target).__setitem__(index, value)
@@ -298,6 +320,48 @@ ROWS: list[Row] = [
     *[(f"{f.__name__}({t!r})", lambda c, f=f, t=t: f(t), TypeError)
       for f in (sizeof, alignof) for t in (int, Void, "Int32", None, 4, ctypes.c_int32(1), Pointer)],
     *[(f"Pointer[{t!r}]", lambda c, t=t: Pointer[t], TypeError) for t in (int, "Int32", None, 4, (Int32, Uint8))],
+    # --- Arena (both kinds): the allocator rules, plus arena ownership ---
+    ("Arena(42)", lambda c: rsalloc.Arena(42), TypeError),
+    ("Arena(Arena())", lambda c: rsalloc.Arena(rsalloc.Arena()), TypeError),
+    *[(f"{k}.allocate(-1)", lambda c, m=m: m().allocate(-1), ValueError) for k, m in ARENAS],
+    *[(f"{k}(Int32, 2**63)", lambda c, m=m: m()(Int32, 2**63), OverflowError) for k, m in ARENAS],
+    *[(f"{k}(Int32, 1.5)", lambda c, m=m: m()(Int32, 1.5), TypeError) for k, m in ARENAS],
+    *[(f"{k}(int)", lambda c, m=m: m()(int), TypeError) for k, m in ARENAS],
+    *[(f"{k}.allocate(8, alignment=3)", lambda c, m=m: m().allocate(8, alignment=3), ValueError) for k, m in ARENAS],
+    *[(f"{k}.allocate(2**62)", lambda c, m=m: m().allocate(2**62), MemoryError) for k, m in ARENAS],
+    *[(f"closed {k}.allocate(8)", lambda c, m=m: closed(m()).allocate(8), rsalloc.ArenaClosedError) for k, m in ARENAS],
+    *[(f"closed {k}.using(1, print)", lambda c, m=m: closed(m()).using(1, print), rsalloc.ArenaClosedError)
+      for k, m in ARENAS],
+    *[(f"closed {k}.on_release_all(print)", lambda c, m=m: closed(m()).on_release_all(print),
+       rsalloc.ArenaClosedError) for k, m in ARENAS],
+    *[(f"{k}.free(p)", lambda c, m=m: m().free(c.p), OwnershipError) for k, m in ARENAS],
+    *[(f"{k}.free(dead)", lambda c, m=m: m().free(c.dead), OwnershipError) for k, m in ARENAS],
+    *[(f"{k}.free(foreign)", lambda c, m=m: m().free(c.foreign), OwnershipError) for k, m in ARENAS],
+    *[(f"{k}.realloc(p, 8)", lambda c, m=m: m().realloc(c.p, 8), OwnershipError) for k, m in ARENAS],
+    *[(f"{k}.detach(p)", lambda c, m=m: m().detach(c.p), OwnershipError) for k, m in ARENAS],
+    ("Arena().adopt(orphan, Uint8, 8)", lambda c: rsalloc.Arena().adopt(c.orphan, Uint8, 8), OwnershipError),
+    *[(f"{k}: malloc.free(arena block)", lambda c, k=k: malloc.free(LIVE_ARENA_BLOCK[k]), OwnershipError)
+      for k, _ in ARENAS],
+    *[(f"{k}: malloc.realloc(arena block, 2)", lambda c, k=k: malloc.realloc(LIVE_ARENA_BLOCK[k], 2), OwnershipError)
+      for k, _ in ARENAS],
+    *[(f"{k}: p.detach() of a released block", lambda c, k=k: RELEASED_ARENA_BLOCK[k].detach(),
+       OwnershipError if k == "Arena()" else UseAfterFreeError) for k, _ in ARENAS],
+    *[(f"{k}: free(released block)", lambda c, k=k: free(RELEASED_ARENA_BLOCK[k]), DoubleFreeError)
+      for k, _ in ARENAS],
+    ("current_arena() outside any", lambda c: rsalloc.current_arena(), RuntimeError),
+    ("using(42)", lambda c: rsalloc.using(42), TypeError),
+    # --- Python-defined and foreign allocators ---
+    *[(f"ForeignAllocator({a!r}, {f!r})", lambda c, a=a, f=f: rsalloc.ForeignAllocator(a, f), TypeError)
+      for a, f in (("malloc", "free"), (None, None), (LIBC.malloc, None), (None, LIBC.free))],
+    ("Allocator()", lambda c: rsalloc.Allocator(), TypeError),
+    # --- tracking, reports and the diagnostic allocators ---
+    ("tracking.enable(frames=-1)", lambda c: rsalloc.tracking.enable(frames=-1), ValueError),
+    ("tracking.enable(frames='8')", lambda c: rsalloc.tracking.enable(frames="8"), TypeError),
+    ("leak_report(format='xml')", lambda c: rsalloc.leak_report(format="xml"), ValueError),
+    *[(f"{a}.allocate(-1)", lambda c, a=a: getattr(rsalloc, a).allocate(-1), ValueError) for a in DIAGNOSTIC],
+    *[(f"{a}.allocate(2**62)", lambda c, a=a: getattr(rsalloc, a).allocate(2**62), MemoryError) for a in DIAGNOSTIC],
+    *[(f"{a}(Int32, 2**63)", lambda c, a=a: getattr(rsalloc, a)(Int32, 2**63), OverflowError) for a in DIAGNOSTIC],
+    *[(f"{a}.free(p)", lambda c, a=a: getattr(rsalloc, a).free(c.dead), DoubleFreeError) for a in DIAGNOSTIC],
 ]
 
 
@@ -319,8 +383,8 @@ def test_bad_input_raises_the_documented_exception_and_changes_nothing(c, call, 
     with pytest.raises(exc) as info:
         call(c)
     assert observed(c) == before
-    if issubclass(exc, rsalloc.RsallocError):
-        assert "0x" in str(info.value)  # names the pointer (its address)
+    if issubclass(exc, rsalloc.RsallocError) and exc is not rsalloc.ArenaClosedError:
+        assert "0x" in str(info.value)  # names the pointer (its address); a closed arena names the arena
 
 
 def test_none_as_the_type_means_the_default():
