@@ -7,6 +7,7 @@
 use super::error::{Error, Result};
 use super::layout::Request;
 use super::record::{ArenaTag, Record};
+use super::record_ref::{RecordRef, RecordSlot};
 use super::stats::{Counters, GLOBAL};
 use super::sys;
 use super::track;
@@ -171,7 +172,7 @@ impl AllocCore {
         self: &Arc<Self>,
         req: Request,
         arena: Option<&Arc<ArenaTag>>,
-    ) -> Result<Arc<Record>> {
+    ) -> Result<RecordRef> {
         self.allocate_typed(req, arena, "")
     }
 
@@ -181,19 +182,22 @@ impl AllocCore {
         req: Request,
         arena: Option<&Arc<ArenaTag>>,
         ty: &'static str,
-    ) -> Result<Arc<Record>> {
+    ) -> Result<RecordRef> {
+        // The record's memory first: once the block exists, nothing can fail.
+        let slot = RecordSlot::new()?;
         let p = self.backend.alloc(req.size, req.align, self.zeroed)?;
-        self.record(p, req, arena, ty)
+        Ok(self.record(slot, p, req, arena, ty))
     }
 
     fn record(
         self: &Arc<Self>,
+        slot: RecordSlot,
         p: NonNull<u8>,
         req: Request,
         arena: Option<&Arc<ArenaTag>>,
         ty: &'static str,
-    ) -> Result<Arc<Record>> {
-        let rec = Arc::new(Record::new(
+    ) -> RecordRef {
+        let rec = slot.fill(Record::new(
             p,
             req.size,
             req.align,
@@ -207,11 +211,11 @@ impl AllocCore {
             None if self.tracks() => track::register(&rec, self, ty),
             None => {}
         }
-        Ok(rec)
+        rec
     }
 
     /// Takes ownership of a block this allocator's C counterpart allocated.
-    pub fn adopt(self: &Arc<Self>, addr: usize, req: Request) -> Result<Arc<Record>> {
+    pub fn adopt(self: &Arc<Self>, addr: usize, req: Request) -> Result<RecordRef> {
         self.adopt_in(addr, req, None, "")
     }
 
@@ -221,7 +225,7 @@ impl AllocCore {
         addr: usize,
         req: Request,
         ty: &'static str,
-    ) -> Result<Arc<Record>> {
+    ) -> Result<RecordRef> {
         self.adopt_in(addr, req, None, ty)
     }
 
@@ -232,9 +236,10 @@ impl AllocCore {
         req: Request,
         arena: Option<&Arc<ArenaTag>>,
         ty: &'static str,
-    ) -> Result<Arc<Record>> {
+    ) -> Result<RecordRef> {
         let p = NonNull::new(addr as *mut u8).ok_or(Error::NullPointer)?;
-        self.record(p, req, arena, ty)
+        let slot = RecordSlot::new()?;
+        Ok(self.record(slot, p, req, arena, ty))
     }
 
     /// Frees a block through this allocator (its owner group must own it).
@@ -244,7 +249,8 @@ impl AllocCore {
 
     /// Resizes `rec` (viewed at `addr`) to `new` bytes. The old record dies
     /// (`Reallocated`) and a new one is returned; on failure nothing changes.
-    pub fn realloc(self: &Arc<Self>, rec: &Record, addr: usize, new: usize) -> Result<Arc<Record>> {
+    pub fn realloc(self: &Arc<Self>, rec: &Record, addr: usize, new: usize) -> Result<RecordRef> {
+        let slot = RecordSlot::new()?;
         rec.begin_realloc(self.group, 0, addr)?;
         let old = rec.size();
         let align = rec.align();
@@ -275,7 +281,7 @@ impl AllocCore {
             Ok(p) => {
                 rec.finish_realloc();
                 let ty = track::type_of(rec);
-                let fresh = self.record(p, Request { size: new, align }, None, ty)?;
+                let fresh = self.record(slot, p, Request { size: new, align }, None, ty);
                 if rec.is_autofree() {
                     fresh.set_autofree()?;
                 }

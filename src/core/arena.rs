@@ -10,6 +10,7 @@ use super::alloc::{new_id, AllocCore};
 use super::error::{Error, Result};
 use super::layout::Request;
 use super::record::{ArenaTag, Record};
+use crate::core::record_ref::RecordRef;
 use std::ptr::NonNull;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -17,7 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 struct Inner {
     /// The records handed out since the last release (some may have died
     /// or left since: release skips those).
-    records: Vec<Arc<Record>>,
+    records: Vec<RecordRef>,
     closed: bool,
 }
 
@@ -50,7 +51,7 @@ impl WrapArena {
 
     /// Records a block the backing allocator just made for the arena; if the
     /// arena closed meanwhile or cannot remember it, the block is freed again.
-    fn keep(&self, rec: Arc<Record>) -> Result<Arc<Record>> {
+    fn keep(&self, rec: RecordRef) -> Result<RecordRef> {
         let mut g = self.lock();
         let refused = if g.closed {
             Some(Error::ArenaClosed)
@@ -79,14 +80,14 @@ impl WrapArena {
         Ok(())
     }
 
-    pub fn allocate(&self, req: Request) -> Result<Arc<Record>> {
+    pub fn allocate(&self, req: Request) -> Result<RecordRef> {
         self.check_open()?;
         let rec = self.backing.allocate(req, Some(&self.tag))?;
         self.keep(rec)
     }
 
     /// Takes ownership of a block the backing allocator's C counterpart made.
-    pub fn adopt(&self, addr: usize, req: Request) -> Result<Arc<Record>> {
+    pub fn adopt(&self, addr: usize, req: Request) -> Result<RecordRef> {
         self.check_open()?;
         let rec = self.backing.adopt_in(addr, req, Some(&self.tag), "")?;
         self.keep(rec)
@@ -101,7 +102,7 @@ impl WrapArena {
     /// A new block of `new` bytes holding the old bytes; the old block dies
     /// (`Reallocated`) and returns to the backing allocator. On failure
     /// nothing changes.
-    pub fn realloc(&self, rec: &Record, addr: usize, new: usize) -> Result<Arc<Record>> {
+    pub fn realloc(&self, rec: &Record, addr: usize, new: usize) -> Result<RecordRef> {
         rec.begin_realloc(self.backing.group, self.tag.id, addr)?;
         let fresh = match self.allocate(Request {
             size: new,
@@ -131,12 +132,12 @@ impl WrapArena {
     /// The block leaves the arena and belongs to the backing allocator
     /// (still counted there, and recorded as one of its blocks while
     /// tracking is on: it must now be freed), surviving the release.
-    pub fn detach(&self, rec: &Arc<Record>, addr: usize, ty: &'static str) -> Result<()> {
+    pub fn detach(&self, rec: &RecordRef, addr: usize, ty: &'static str) -> Result<()> {
         self.free(rec, addr)?;
         rec.leave_arena(self.tag.id)?;
         rec.allocator().track_adopted(rec, ty);
         let mut g = self.lock();
-        if let Some(i) = g.records.iter().rposition(|r| Arc::ptr_eq(r, rec)) {
+        if let Some(i) = g.records.iter().rposition(|r| RecordRef::ptr_eq(r, rec)) {
             g.records.swap_remove(i);
         }
         Ok(())

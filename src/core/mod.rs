@@ -7,6 +7,7 @@ pub mod foreign;
 pub mod guard;
 pub mod layout;
 pub mod record;
+pub mod record_ref;
 pub mod region;
 pub mod stats;
 pub mod sys;

@@ -11,6 +11,7 @@ use crate::core::alloc::{AllocCore, Libc, LIBC_GROUP};
 use crate::core::error::{Error, Ownership};
 use crate::core::layout::{self, Request};
 use crate::core::record::Record;
+use crate::core::record_ref::RecordRef;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -247,7 +248,7 @@ impl Allocator {
     }
 
     /// The record behind `p`, for an operation that needs an owned block.
-    fn owned<'a>(&self, py: Python<'_>, p: &'a Pointer) -> PyResult<&'a Arc<Record>> {
+    fn owned<'a>(&self, py: Python<'_>, p: &'a Pointer) -> PyResult<&'a RecordRef> {
         p.owner.record_for_allocator().py(py, p)
     }
 }

@@ -8,7 +8,8 @@
 use super::errors::{to_py, IntoPy};
 use super::types::{self, TypeInfo};
 use crate::core::error::{Error, Ownership};
-use crate::core::record::{Record, State};
+use crate::core::record::State;
+use crate::core::record_ref::RecordRef;
 use crate::core::region::RegionRef;
 use crate::core::types::{Kind, Value};
 use pyo3::exceptions::{PyBufferError, PyIndexError, PyOverflowError, PyTypeError, PyValueError};
@@ -18,7 +19,6 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBool, PyFloat, PyInt, PyList, PySlice, PyTuple};
 use std::ffi::{c_int, CStr};
 use std::fmt;
-use std::sync::Arc;
 
 /// Who answers for the memory behind a view.
 #[derive(Clone)]
@@ -26,7 +26,7 @@ pub enum Owner {
     /// Foreign memory: `from_address`, a slot's pointee, `nullptr`.
     Unowned,
     /// A block rsalloc allocated (or adopted); shared by all its views.
-    Block(Arc<Record>),
+    Block(RecordRef),
     /// A block of a bump-region arena: alive while its generation is.
     Region(RegionRef),
 }
@@ -95,7 +95,7 @@ impl Owner {
     /// The record of an allocator-owned block, for operations that need one
     /// (free, realloc through an allocator): region memory belongs to its
     /// arena, unowned memory to nobody.
-    pub fn record_for_allocator(&self) -> Result<&Arc<Record>, Error> {
+    pub fn record_for_allocator(&self) -> Result<&RecordRef, Error> {
         match self {
             Owner::Block(r) => Ok(r),
             Owner::Region(_) => Err(Error::Ownership(Ownership::OtherOwner)),
@@ -156,7 +156,7 @@ impl Pointer {
         Pointer::new(addr, ty, extent, self.owner.clone())
     }
 
-    pub fn record(&self) -> Option<&Arc<Record>> {
+    pub fn record(&self) -> Option<&RecordRef> {
         match &self.owner {
             Owner::Block(r) => Some(r),
             Owner::Region(_) | Owner::Unowned => None,

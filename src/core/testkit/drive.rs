@@ -6,7 +6,8 @@ use super::Counting;
 use crate::core::alloc::{new_id, AllocCore};
 use crate::core::error::{Death, Error, Ownership};
 use crate::core::layout::{self, Request};
-use crate::core::record::{Record, State};
+use crate::core::record::State;
+use crate::core::record_ref::RecordRef;
 use std::sync::Arc;
 
 /// Reads the program's bytes; past the end every read is 0.
@@ -84,7 +85,7 @@ enum Shadow {
 }
 
 struct Slot {
-    rec: Arc<Record>,
+    rec: RecordRef,
     shadow: Shadow,
     pins: usize,
     autofree: bool,

@@ -6,6 +6,7 @@ use crate::core::alloc::{new_id, AllocCore};
 use crate::core::error::{Death, Error, Ownership};
 use crate::core::layout::{array, Request};
 use crate::core::record::{Record, State};
+use crate::core::record_ref::RecordRef;
 use crate::core::stats::Snapshot;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Barrier};
@@ -57,6 +58,20 @@ const PATH: &[Step] = &[
 
 #[test]
 fn every_out_of_memory_along_the_path_is_an_error_that_changes_and_leaks_nothing() {
+    run_path_failing(|c, k| c.fail_at(k));
+}
+
+/// The bookkeeping too: the k-th record allocation fails (reserved before the
+/// block, so the block is never allocated and nothing leaks).
+#[test]
+fn every_record_allocation_failure_along_the_path_is_an_error_that_changes_and_leaks_nothing() {
+    run_path_failing(|_, k| crate::core::record_ref::fault::fail_record_at(k));
+    crate::core::record_ref::fault::fail_record_at(0);
+}
+
+/// Walks PATH once per k, with `arm(ledger, k)` making the k-th allocation of
+/// some kind fail; every failure must be OutOfMemory and change nothing.
+fn run_path_failing(arm: impl Fn(&Counting, usize)) {
     let mut k = 0;
     loop {
         let group = new_id();
@@ -66,8 +81,8 @@ fn every_out_of_memory_along_the_path_is_an_error_that_changes_and_leaks_nothing
             AllocCore::new("calloc-like", group, true, Box::new(c.clone())),
             AllocCore::new("malloc-like", group, false, Box::new(c.clone())),
         ];
-        c.fail_at(k);
-        let mut slots: Vec<Arc<Record>> = Vec::new();
+        arm(&c, k);
+        let mut slots: Vec<RecordRef> = Vec::new();
         let mut failed = None;
         for (i, step) in PATH.iter().enumerate() {
             let before = allocs.each_ref().map(|a| a.counters.snapshot());
@@ -188,7 +203,7 @@ fn threads_racing_one_record_end_it_exactly_once() {
         stamp(&r, 0x5A);
         let wins = Wins::default();
         let barrier = Barrier::new(THREADS);
-        let fresh: Vec<Arc<Record>> = std::thread::scope(|s| {
+        let fresh: Vec<RecordRef> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..THREADS as u64)
                 .map(|t| {
                     let (r, a, wins, barrier) = (&r, &a, &wins, &barrier);
