@@ -111,6 +111,11 @@ def closed(arena: rsalloc.Arena) -> rsalloc.Arena:
 # referenced for the whole session so that nothing changes under a row.
 KEPT_ARENAS = {k: m() for k, m in ARENAS}
 LIVE_ARENA_BLOCK = {k: a.allocate(8) for k, a in KEPT_ARENAS.items()}
+def teardown_module() -> None:
+    for a in KEPT_ARENAS.values():
+        a.release_all()
+
+
 RELEASED_ARENAS = {k: m() for k, m in ARENAS}
 RELEASED_ARENA_BLOCK = {k: a.allocate(8) for k, a in RELEASED_ARENAS.items()}
 for _a in RELEASED_ARENAS.values():

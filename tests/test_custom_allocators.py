@@ -345,7 +345,10 @@ def test_foreign_allocator_is_called_natively() -> None:
     raw = ctypes.CDLL(None)  # functions with default (int) restype: unused natively
     na = ForeignAllocator(raw.malloc, raw.free)
     q = na(Int64, 4)
-    assert q.address > 0xFFFFFFFF  # an int restype would have cut a heap address
+    probe = LIBC.malloc(8)  # where this process's heap lives (valgrind puts it low)
+    if probe > 0xFFFFFFFF:
+        assert q.address > 0xFFFFFFFF  # an int restype would have cut a heap address
+    LIBC.free(probe)
     q[:] = [1, 2, 3, 4]
     assert q[:] == [1, 2, 3, 4]
     na.free(q)
