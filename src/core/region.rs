@@ -16,6 +16,7 @@ use super::layout::{round_up, Request, MALLOC_ALIGN};
 use super::stats::{Snapshot, GLOBAL};
 use super::sys;
 use std::any::Any;
+use std::collections::HashSet;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::*};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
@@ -81,8 +82,9 @@ struct Inner {
     pins: usize,
     /// Chunks of released generations that exports still look into.
     parked: Vec<Chunk>,
-    /// Starts of the blocks reallocated in this generation (dead early).
-    dead: Vec<usize>,
+    /// Starts of the blocks reallocated in this generation (dead early): a
+    /// set, as every access to the region's blocks looks here once any exist.
+    dead: HashSet<usize>,
 }
 
 /// What `repr(arena)` shows.
@@ -274,7 +276,7 @@ impl RegionCore {
         unsafe {
             std::ptr::copy_nonoverlapping(base as *const u8, at as *mut u8, old.min(req.size))
         };
-        g.dead.push(base);
+        g.dead.insert(base);
         self.dead_count.store(g.dead.len(), Release);
         g.count_alloc(req.size);
         g.count_free(1, old);
