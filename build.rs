@@ -1,9 +1,13 @@
 // `cargo test` links the test binaries against libpython; the rpath makes the
 // loader pick the interpreter PyO3 was configured for (pyenv's), not the
-// distribution's libpython that sits in the loader cache. Without the
-// `python` feature (the pure core) there is nothing to link.
+// distribution's libpython that sits in the loader cache. `use_pyo3_cfgs`
+// gives this crate PyO3's cfgs (`Py_GIL_DISABLED` on a free-threaded
+// interpreter). Without the `python` feature (the pure core) there is
+// nothing to link.
 fn main() {
+    println!("cargo:rustc-check-cfg=cfg(rsalloc_pin_access)");
     if std::env::var_os("CARGO_FEATURE_PYTHON").is_some() {
+        pyo3_build_config::use_pyo3_cfgs();
         pyo3_build_config::add_libpython_rpath_link_args();
     }
 }

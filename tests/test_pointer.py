@@ -365,3 +365,29 @@ def test_ctypes_pointer_types_are_slots():
     assert q[0][0] == 42
     for x in (p, q, target):
         free(x)
+
+
+class FreesOnConversion:
+    """A value whose conversion runs Python code that frees the block being written."""
+
+    def __init__(self, victim: Pointer, as_float: bool = False) -> None:
+        self.victim = victim
+
+    def __index__(self) -> int:
+        free(self.victim)
+        return 1
+
+    def __float__(self) -> float:
+        free(self.victim)
+        return 1.0
+
+
+@pytest.mark.parametrize("t", [Int64, Float64])
+def test_a_conversion_that_frees_the_block_cannot_write_into_freed_memory(t):
+    for write in (lambda p, v: p.__setitem__(0, v), lambda p, v: setattr(p, "value", v),
+                  lambda p, v: p.__setitem__(slice(0, 2), [v, v])):
+        p = malloc(t, 4)
+        before = rsalloc.stats().live_count
+        with pytest.raises(UseAfterFreeError):
+            write(p, FreesOnConversion(p))
+        assert not p.alive and rsalloc.stats().live_count == before - 1

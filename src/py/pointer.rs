@@ -104,6 +104,25 @@ impl Owner {
     }
 }
 
+/// Keeps a block's memory for the length of one access. With the GIL, a
+/// Python-level free cannot run between the liveness check and the read or
+/// write, and this is nothing. Without it (a free-threaded interpreter), it
+/// pins the block like a buffer export: a racing free makes the block dead
+/// at once but its memory stays until the access ends. `--cfg
+/// rsalloc_pin_access` turns it on under the GIL too, to test it.
+pub struct Access<'a> {
+    #[cfg(any(Py_GIL_DISABLED, rsalloc_pin_access))]
+    owner: &'a Owner,
+    _on: std::marker::PhantomData<&'a Owner>,
+}
+
+impl Drop for Access<'_> {
+    fn drop(&mut self) {
+        #[cfg(any(Py_GIL_DISABLED, rsalloc_pin_access))]
+        self.owner.unpin();
+    }
+}
+
 #[pyclass(frozen, module = "rsalloc", name = "Pointer")]
 pub struct Pointer {
     pub addr: usize,
@@ -188,6 +207,23 @@ impl Pointer {
             return Err(Error::NullPointer);
         }
         self.owner.check_access()
+    }
+
+    /// Holds the memory for one access (see [`Access`]); fails when dead.
+    #[inline]
+    pub fn access(&self) -> Result<Access<'_>, Error> {
+        #[cfg(any(Py_GIL_DISABLED, rsalloc_pin_access))]
+        {
+            self.owner.pin()?;
+            Ok(Access {
+                owner: &self.owner,
+                _on: std::marker::PhantomData,
+            })
+        }
+        #[cfg(not(any(Py_GIL_DISABLED, rsalloc_pin_access)))]
+        Ok(Access {
+            _on: std::marker::PhantomData,
+        })
     }
 
     /// Ok when the view is alive (null views count as alive: nothing was freed).
@@ -275,14 +311,20 @@ impl Pointer {
         }
     }
 
-    fn write(&self, py: Python<'_>, addr: usize, v: &Bound<'_, PyAny>) -> PyResult<()> {
+    /// `self[i] = v`. The value is converted before the write, and the block
+    /// checked again after: a conversion can run Python code (`__index__`,
+    /// `__float__`, an `__instancecheck__`) that frees the block.
+    fn write(&self, py: Python<'_>, i: isize, v: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.elem_addr(i).py(py, self)?; // bounds and liveness first: IndexError before TypeError
         let kind = self.ty.kind;
         let value = match kind {
             Kind::Void => return Err(self.element_type_error()),
-            Kind::Opaque => return self.write_instance(py, addr, v),
+            Kind::Opaque => return self.write_instance(py, i, v),
             _ => to_value(kind, self.ty, v)?,
         };
-        // SAFETY: as in `read`.
+        let _held = self.access().py(py, self)?;
+        let addr = self.elem_addr(i).py(py, self)?;
+        // SAFETY: checked live and in bounds just now, with no Python code since.
         unsafe { kind.write(addr, value) };
         Ok(())
     }
@@ -298,7 +340,7 @@ impl Pointer {
             .unbind())
     }
 
-    fn write_instance(&self, py: Python<'_>, addr: usize, v: &Bound<'_, PyAny>) -> PyResult<()> {
+    fn write_instance(&self, py: Python<'_>, i: isize, v: &Bound<'_, PyAny>) -> PyResult<()> {
         if !v.is_instance(self.ty.class.bind(py))? {
             return Err(PyTypeError::new_err(format!(
                 "expected a {} instance, got {}",
@@ -309,7 +351,10 @@ impl Pointer {
         let src = types::ctypes(py)?
             .call_method1("addressof", (v,))?
             .extract::<usize>()?;
-        // SAFETY: both regions hold ty.size bytes (a ctypes instance of the type; a checked slot).
+        let _held = self.access().py(py, self)?;
+        let addr = self.elem_addr(i).py(py, self)?;
+        // SAFETY: both regions hold ty.size bytes (a ctypes instance of the
+        // type, which `v` keeps alive; a slot checked just now).
         unsafe { std::ptr::copy(src as *const u8, addr as *mut u8, self.ty.size) };
         Ok(())
     }
@@ -537,6 +582,7 @@ impl Pointer {
     fn __getitem__(&self, py: Python<'_>, idx: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
         if let Ok(s) = idx.cast::<PySlice>() {
             let (start, step, len) = self.slice_bounds(py, s)?;
+            let _held = self.access().py(py, self)?;
             let items = PyList::empty(py);
             for k in 0..len as isize {
                 let i = start + k * step;
@@ -544,7 +590,9 @@ impl Pointer {
             }
             return Ok(items.into_any().unbind());
         }
-        let addr = self.elem_addr(self.index(idx)?).py(py, self)?;
+        let i = self.index(idx)?;
+        let _held = self.access().py(py, self)?;
+        let addr = self.elem_addr(i).py(py, self)?;
         self.read(py, addr)
     }
 
@@ -574,15 +622,18 @@ impl Pointer {
                 .iter()
                 .map(|x| to_value(self.ty.kind, self.ty, x))
                 .collect::<PyResult<Vec<_>>>()?;
+            // The conversions ran Python code: the block may be dead now.
+            let _held = self.access().py(py, self)?;
+            self.check().py(py, self)?;
             for (k, value) in converted.into_iter().enumerate() {
                 let addr = self.addr + (start + k as isize * step) as usize * self.ty.size;
-                // SAFETY: slice_bounds checked liveness and the range.
+                // SAFETY: slice_bounds checked the range; liveness checked just now.
                 unsafe { self.ty.kind.write(addr, value) };
             }
             return Ok(());
         }
-        let addr = self.elem_addr(self.index(idx)?).py(py, self)?;
-        self.write(py, addr, v)
+        let i = self.index(idx)?;
+        self.write(py, i, v)
     }
 
     fn __iter__(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
@@ -593,14 +644,14 @@ impl Pointer {
     /// `p[0]`.
     #[getter]
     fn get_value(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let _held = self.access().py(py, self)?;
         let addr = self.elem_addr(0).py(py, self)?;
         self.read(py, addr)
     }
 
     #[setter]
     fn set_value(&self, py: Python<'_>, v: &Bound<'_, PyAny>) -> PyResult<()> {
-        let addr = self.elem_addr(0).py(py, self)?;
-        self.write(py, addr, v)
+        self.write(py, 0, v)
     }
 
     /// For a ctypes element type: an instance living in this memory (it pins the block).
@@ -655,6 +706,7 @@ impl Pointer {
             }
         };
         self.check().py(py, self)?;
+        let _held = self.access().py(py, self)?;
         let units = match length {
             Some(l) => {
                 let l = usize_arg(l, "length")?;
@@ -713,6 +765,7 @@ impl Pointer {
                 .nbytes_usize()
                 .ok_or_else(|| PyTypeError::new_err(format!("read_bytes() of {}: pass n", self)))?,
         };
+        let _held = self.access().py(py, self)?;
         let addr = self.byte_range(0, n).py(py, self)?;
         // SAFETY: checked range.
         Ok(pyo3::types::PyBytes::new(py, unsafe {
@@ -734,6 +787,7 @@ impl Pointer {
             .or_else(|_| bytes_buffer(data))
             .map_err(|_| PyTypeError::new_err("write_bytes() takes a bytes-like object"))?;
         let len = src.len_bytes();
+        let _held = self.access().py(py, self)?;
         let dst = self.byte_range(offset, len).py(py, self)?;
         // SAFETY: checked destination; the source buffer is held for the copy.
         unsafe { std::ptr::copy(src.buf_ptr() as *const u8, dst as *mut u8, len) };
@@ -753,6 +807,7 @@ impl Pointer {
         let n = self
             .nbytes_usize()
             .ok_or_else(|| PyTypeError::new_err(format!("fill() of {}", self)))?;
+        let _held = self.access().py(py, self)?;
         let addr = self.byte_range(0, n).py(py, self)?;
         // SAFETY: checked range.
         unsafe { std::ptr::write_bytes(addr as *mut u8, byte as u8, n) };
@@ -761,23 +816,26 @@ impl Pointer {
 
     /// Copies all of `src` (a Pointer or bytes-like object) to the start of the view.
     fn copy_from(&self, py: Python<'_>, src: &Bound<'_, PyAny>) -> PyResult<()> {
-        let (from, len) = if let Ok(p) = src.cast::<Pointer>() {
+        let (from, len, _src_held) = if let Ok(p) = src.cast::<Pointer>() {
             let p = p.get();
             let n = p.nbytes_usize().ok_or_else(|| {
                 PyTypeError::new_err(format!("copy_from() of {}: unknown length", p))
             })?;
-            (p.byte_range(0, n).py(py, p)?, n)
+            let held = p.access().py(py, p)?;
+            (p.byte_range(0, n).py(py, p)?, n, held)
         } else {
             let buf = pyo3::buffer::PyBuffer::<u8>::get(src)
                 .or_else(|_| bytes_buffer(src))
                 .map_err(|_| {
                     PyTypeError::new_err("copy_from() takes a Pointer or a bytes-like object")
                 })?;
+            let _held = self.access().py(py, self)?;
             let dst = self.byte_range(0, buf.len_bytes()).py(py, self)?;
             // SAFETY: checked destination; buffer held for the copy; memmove semantics.
             unsafe { std::ptr::copy(buf.buf_ptr() as *const u8, dst as *mut u8, buf.len_bytes()) };
             return Ok(());
         };
+        let _held = self.access().py(py, self)?;
         let dst = self.byte_range(0, len).py(py, self)?;
         // SAFETY: both ranges checked; `copy` allows overlap.
         unsafe { std::ptr::copy(from as *const u8, dst as *mut u8, len) };
