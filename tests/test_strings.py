@@ -94,3 +94,28 @@ def test_foreign_c_string_of_unknown_length(libc):
 def test_non_str_is_a_type_error():
     with pytest.raises(TypeError):
         to_native_utf8(b"bytes")
+
+
+class HandsBack:
+    """An allocator-like object (duck-typed `allocate`) returning a chosen Pointer."""
+
+    def __init__(self, p: rsalloc.Pointer) -> None:
+        self.p = p
+
+    def allocate(self, nbytes: int) -> rsalloc.Pointer:
+        return self.p
+
+
+def test_a_duck_typed_allocator_cannot_make_a_string_overflow_its_block():
+    small = malloc.allocate(2)
+    small.write_bytes(b"ok")
+    with pytest.raises(IndexError):
+        to_native_utf8("longer than two bytes", HandsBack(small))
+    assert small.read_bytes() == b"ok"
+    free(small)
+    with pytest.raises(rsalloc.UseAfterFreeError):
+        to_native_utf16("x", HandsBack(small))
+    fits = malloc.allocate(4)
+    p = to_native_utf8("abc", HandsBack(fits))
+    assert p.to_str() == "abc" and p.address == fits.address
+    free(fits)

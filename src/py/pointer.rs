@@ -267,7 +267,7 @@ impl Pointer {
     }
 
     /// A checked byte range [offset, offset+len) inside the view.
-    fn byte_range(&self, offset: usize, len: usize) -> Result<usize, Error> {
+    pub(crate) fn byte_range(&self, offset: usize, len: usize) -> Result<usize, Error> {
         self.check()?;
         let extent = self.nbytes_usize().ok_or(Error::RangeOutOfBounds {
             offset,

@@ -2,6 +2,7 @@
 
 use super::allocator::{malloc, Allocator};
 use super::arena::Arena;
+use super::errors::IntoPy;
 use super::pointer::Pointer;
 use super::types::{self, TypeInfo};
 use crate::core::layout::Request;
@@ -55,12 +56,17 @@ fn allocate_from<'py>(
         .map_err(Into::into)
 }
 
-fn write_with_nul(p: &Pointer, bytes: &[u8], nul: usize) {
-    // SAFETY: the block was just allocated with bytes.len() + nul bytes.
+/// Copies the string and its NUL into `p`, checked: an allocator written in
+/// Python may have handed back a smaller, foreign or dead Pointer.
+fn write_with_nul(py: Python<'_>, p: &Pointer, bytes: &[u8], nul: usize) -> PyResult<()> {
+    let _held = p.access().py(py, p)?;
+    let at = p.byte_range(0, bytes.len() + nul).py(py, p)?;
+    // SAFETY: [at, at + len + nul) was checked just now.
     unsafe {
-        std::ptr::copy_nonoverlapping(bytes.as_ptr(), p.addr as *mut u8, bytes.len());
-        std::ptr::write_bytes((p.addr + bytes.len()) as *mut u8, 0, nul);
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), at as *mut u8, bytes.len());
+        std::ptr::write_bytes((at + bytes.len()) as *mut u8, 0, nul);
     }
+    Ok(())
 }
 
 fn encode<'py>(
@@ -99,7 +105,7 @@ pub fn to_native_utf8<'py>(
     };
     no_nul(bytes.contains(&0))?; // memchr: runs at memory speed
     let p = allocate_from(py, allocator, types::uint8(py)?, bytes.len() + 1)?;
-    write_with_nul(p.get(), bytes, 1);
+    write_with_nul(py, p.get(), bytes, 1)?;
     Ok(p)
 }
 
@@ -121,6 +127,6 @@ pub fn to_native_utf16<'py>(
     let bytes = encoded.as_bytes();
     no_nul(bytes.chunks(2).any(|u| u == [0, 0]))?;
     let p = allocate_from(py, allocator, types::uint16(py)?, bytes.len() + 2)?;
-    write_with_nul(p.get(), bytes, 2);
+    write_with_nul(py, p.get(), bytes, 2)?;
     Ok(p)
 }
