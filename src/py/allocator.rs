@@ -4,9 +4,10 @@
 
 use super::custom::{self, PyCallbacks};
 use super::errors::IntoPy;
-use super::pointer::{usize_arg, Owner, Pointer};
+use super::pointer::{Owner, Pointer};
 use super::stats::Stats;
 use super::types::{self, TypeInfo};
+use super::values::usize_arg;
 use crate::core::alloc::{AllocCore, Libc, LIBC_GROUP};
 use crate::core::error::{Error, Ownership};
 use crate::core::layout::{self, Request};

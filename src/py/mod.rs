@@ -9,3 +9,4 @@ pub mod stats;
 pub mod strings;
 pub mod tracking;
 pub mod types;
+pub mod values;
