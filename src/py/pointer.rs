@@ -317,29 +317,25 @@ impl Pointer {
     /// `__float__`, an `__instancecheck__`) that frees the block.
     fn write(&self, py: Python<'_>, i: isize, v: &Bound<'_, PyAny>) -> PyResult<()> {
         let kind = self.ty.kind;
-        // Exact ints, floats, bools and None convert without running Python
-        // code: one check suffices (the hot path).
-        let plain = v.is_exact_instance_of::<PyInt>()
-            || v.is_exact_instance_of::<PyFloat>()
-            || v.is_exact_instance_of::<PyBool>()
-            || v.is_none();
-        if plain && !matches!(kind, Kind::Void | Kind::Opaque) {
-            let _held = self.access().py(py, self)?;
-            let addr = self.elem_addr(i).py(py, self)?;
-            let value = to_value(kind, self.ty, v)?;
-            // SAFETY: checked live and in bounds; the conversion ran no Python code.
-            unsafe { kind.write(addr, value) };
-            return Ok(());
-        }
-        self.elem_addr(i).py(py, self)?; // bounds and liveness first: IndexError before TypeError
+        let _held = self.access().py(py, self)?;
+        let addr = self.elem_addr(i).py(py, self)?; // bounds and liveness first: IndexError before TypeError
         let value = match kind {
             Kind::Void => return Err(self.element_type_error()),
             Kind::Opaque => return self.write_instance(py, i, v),
             _ => to_value(kind, self.ty, v)?,
         };
-        let _held = self.access().py(py, self)?;
-        let addr = self.elem_addr(i).py(py, self)?;
-        // SAFETY: checked live and in bounds just now, with no Python code since.
+        // Exact ints, floats, bools and None convert without running Python
+        // code (the hot path); anything else may have freed the block.
+        let plain = v.is_exact_instance_of::<PyInt>()
+            || v.is_exact_instance_of::<PyFloat>()
+            || v.is_exact_instance_of::<PyBool>()
+            || v.is_none();
+        let addr = if plain {
+            addr
+        } else {
+            self.elem_addr(i).py(py, self)?
+        };
+        // SAFETY: checked live and in bounds with no Python code run since.
         unsafe { kind.write(addr, value) };
         Ok(())
     }
