@@ -9,21 +9,7 @@ import ctypes.util
 from collections.abc import Iterator
 
 import rsalloc
-
-
-def _libc() -> ctypes.CDLL:
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    libc.malloc.argtypes = [ctypes.c_size_t]
-    libc.malloc.restype = ctypes.c_void_p
-    libc.free.argtypes = [ctypes.c_void_p]
-    libc.free.restype = None
-    libc.strdup.argtypes = [ctypes.c_char_p]
-    libc.strdup.restype = ctypes.c_void_p
-    libc.strlen.argtypes = [ctypes.c_void_p]
-    libc.strlen.restype = ctypes.c_size_t
-    libc.memset.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
-    libc.memset.restype = ctypes.c_void_p
-    return libc
+from rsalloc._clib import libc as _libc
 
 
 def _sqlite() -> ctypes.CDLL:

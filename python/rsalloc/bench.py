@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import array
 import ctypes
-import ctypes.util
 import gc
 import json
 import os
@@ -23,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import rsalloc
+from rsalloc._clib import libc as _libc
 
 try:
     import numpy as np
@@ -59,15 +59,6 @@ class Row:
     name: str
     cells: list[Cell]
     medians: dict[str, float] = field(default_factory=dict)
-
-
-def _libc() -> ctypes.CDLL:
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    libc.malloc.argtypes = [ctypes.c_size_t]
-    libc.malloc.restype = ctypes.c_void_p
-    libc.free.argtypes = [ctypes.c_void_p]
-    libc.free.restype = None
-    return libc
 
 
 def _namespace() -> dict[str, Any]:

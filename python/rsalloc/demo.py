@@ -7,17 +7,8 @@ import ctypes
 import ctypes.util
 
 import rsalloc
+from rsalloc._clib import libc as _libc
 from rsalloc import Int32, Pointer, Uint8, UseAfterFreeError, calloc, free, malloc, to_native_utf8
-
-
-def _libc() -> ctypes.CDLL:
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    libc.strlen.argtypes = [ctypes.c_void_p]
-    libc.strlen.restype = ctypes.c_size_t
-    libc.strtol.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
-    libc.strtol.restype = ctypes.c_long
-    libc.qsort.restype = None
-    return libc
 
 
 def _zlib() -> ctypes.CDLL:
@@ -86,7 +77,6 @@ def run() -> int:
     class TimeSpec(ctypes.Structure):
         _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
 
-    libc.clock_gettime.argtypes = [ctypes.c_int, ctypes.c_void_p]
     ts = calloc(TimeSpec)
     libc.clock_gettime(1, ts)  # CLOCK_MONOTONIC, filled in by C
     _step("clock_gettime into calloc(TimeSpec)", f"tv_sec={ts.ref.tv_sec}, tv_nsec>=0: {ts.ref.tv_nsec >= 0}")
