@@ -39,6 +39,7 @@ mod _rsalloc {
     #[pymodule_init]
     fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
         let py = m.py();
+        crate::py::freelist::install(py)?;
         m.add("malloc", crate::py::allocator::malloc(py)?)?;
         m.add("calloc", crate::py::allocator::calloc(py)?)?;
         m.add("nullptr", crate::py::pointer::nullptr_object(py)?)?;
@@ -49,6 +50,7 @@ mod _rsalloc {
             let d = crate::py::tracking::diagnostic(py, zeroed)?;
             m.add(d.get().core.name.as_str(), &d)?;
         }
-        Ok(())
+        crate::py::fast::install(m)
+
     }
 }

@@ -39,7 +39,7 @@ pub struct Arena {
     /// The backing allocator object (kept alive with the arena), None for a region.
     allocator: Option<Py<PyAny>>,
     callbacks: Mutex<Vec<Callback>>,
-    name: String,
+    pub(crate) name: String,
 }
 
 /// `free(p)` of a region block: a no-op for a live block viewed at its start.

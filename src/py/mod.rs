@@ -4,6 +4,8 @@ pub mod allocator;
 pub mod arena;
 pub mod custom;
 pub mod errors;
+pub mod fast;
+pub mod freelist;
 pub mod pointer;
 pub mod stats;
 pub mod strings;

@@ -1,0 +1,135 @@
+//! A free list for `Pointer` objects, like CPython's own for floats and
+//! tuples.
+//!
+//! Every allocation returns a new Pointer and every free or arena release
+//! drops one, so the Python object's own heap round trip (`object_new` ->
+//! `PyType_GenericAlloc` -> `PyObject_Malloc`, then `PyObject_Free`) is a
+//! large share of a small allocation's cost (BENCHMARKS.md). The type's
+//! `tp_alloc` and `tp_free` slots are pointed here: `tp_free` keeps up to
+//! `CAP` dead objects, `tp_alloc` hands one back zeroed and initialised
+//! exactly as `PyType_GenericAlloc` would.
+//!
+//! `new_object` builds the object itself: what PyO3 would do (allocate
+//! through `object.__new__`, then move the value in) minus the generic
+//! `object.__new__` call, which costs as much as the rest together.
+//!
+//! The list is only touched from `tp_alloc` and `tp_free`, which CPython
+//! calls with the GIL held. A free-threaded build has no GIL to guard it, so
+//! there the slots are left alone (`install` does nothing).
+
+use super::pointer::Pointer;
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::type_object::PyTypeInfo;
+use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+
+/// Pointer's type object and the offset of the Rust value in its objects,
+/// set by `install` once it has checked the layout (0: not checked, use
+/// PyO3's own path).
+static TYPE: AtomicPtr<ffi::PyTypeObject> = AtomicPtr::new(std::ptr::null_mut());
+static OFFSET: AtomicUsize = AtomicUsize::new(0);
+
+/// A new Python object holding `value`.
+#[inline]
+pub fn new_object(py: Python<'_>, value: Pointer) -> PyResult<Bound<'_, Pointer>> {
+    let off = OFFSET.load(Ordering::Relaxed);
+    if off == 0 {
+        return Bound::new(py, value);
+    }
+    let tp = TYPE.load(Ordering::Relaxed);
+    // SAFETY: install checked that a Pointer object is a PyObject header
+    // followed at `off` by the Pointer value and nothing else, so a zeroed
+    // object of the type with the value written at `off` is exactly what
+    // PyO3 builds. tp_alloc is always set on a ready type.
+    unsafe {
+        let alloc = (*tp).tp_alloc.unwrap_or(ffi::PyType_GenericAlloc);
+        let obj = alloc(tp, 0);
+        if obj.is_null() {
+            return Err(PyErr::fetch(py));
+        }
+        obj.cast::<u8>().add(off).cast::<Pointer>().write(value);
+        Ok(Bound::from_owned_ptr(py, obj).cast_into_unchecked())
+    }
+}
+
+/// Enough to absorb a burst of temporaries, small enough not to matter
+/// (CAP * 88 B).
+#[cfg(not(Py_GIL_DISABLED))]
+const CAP: usize = 256;
+
+#[cfg(not(Py_GIL_DISABLED))]
+struct List {
+    items: [*mut ffi::PyObject; CAP],
+    len: usize,
+}
+
+/// Guarded by the GIL: see the module comment.
+#[cfg(not(Py_GIL_DISABLED))]
+struct GilCell(std::cell::UnsafeCell<List>);
+
+// SAFETY: only accessed from tp_alloc/tp_free, which run with the GIL held.
+#[cfg(not(Py_GIL_DISABLED))]
+unsafe impl Sync for GilCell {}
+
+#[cfg(not(Py_GIL_DISABLED))]
+static LIST: GilCell = GilCell(std::cell::UnsafeCell::new(List {
+    items: [std::ptr::null_mut(); CAP],
+    len: 0,
+}));
+
+#[cfg(not(Py_GIL_DISABLED))]
+unsafe extern "C" fn alloc(tp: *mut ffi::PyTypeObject, nitems: ffi::Py_ssize_t) -> *mut ffi::PyObject {
+    // SAFETY: the GIL is held (module comment); every item came from
+    // PyType_GenericAlloc for this same type, so it has tp_basicsize bytes.
+    unsafe {
+        let list = &mut *LIST.0.get();
+        if list.len == 0 || nitems != 0 {
+            return ffi::PyType_GenericAlloc(tp, nitems);
+        }
+        list.len -= 1;
+        let obj = list.items[list.len];
+        std::ptr::write_bytes(obj.cast::<u8>(), 0, (*tp).tp_basicsize as usize);
+        // Sets the type (a new reference for a heap type) and the refcount.
+        ffi::PyObject_Init(obj, tp)
+    }
+}
+
+#[cfg(not(Py_GIL_DISABLED))]
+unsafe extern "C" fn free(obj: *mut std::ffi::c_void) {
+    // SAFETY: the GIL is held; obj is a dead Pointer whose contents PyO3 has
+    // already dropped and whose type reference it releases itself.
+    unsafe {
+        let list = &mut *LIST.0.get();
+        if list.len < CAP {
+            list.items[list.len] = obj.cast();
+            list.len += 1;
+        } else {
+            ffi::PyObject_Free(obj);
+        }
+    }
+}
+
+/// Points `Pointer`'s allocation slots at the list and enables
+/// `new_object`. Called once at module init. Subclasses cannot exist
+/// (Pointer is final), so every object the list sees has the same size.
+pub fn install(py: Python<'_>) -> PyResult<()> {
+    let probe = super::pointer::nullptr_object(py)?;
+    let tp = Pointer::type_object(py).as_type_ptr();
+    let off = probe.get() as *const Pointer as usize - probe.as_ptr() as usize;
+    // SAFETY: reading the size of a ready type.
+    let basicsize = unsafe { (*tp).tp_basicsize } as usize;
+    if off >= std::mem::size_of::<ffi::PyObject>() && basicsize == off + std::mem::size_of::<Pointer>() {
+        TYPE.store(tp, Ordering::Relaxed);
+        OFFSET.store(off, Ordering::Relaxed);
+    }
+    #[cfg(not(Py_GIL_DISABLED))]
+    {
+        // SAFETY: a heap type we own, not yet used; the slots are plain fields.
+        unsafe {
+            debug_assert!((*tp).tp_flags & ffi::Py_TPFLAGS_HAVE_GC == 0);
+            (*tp).tp_alloc = Some(alloc);
+            (*tp).tp_free = Some(free);
+        }
+    }
+    Ok(())
+}
