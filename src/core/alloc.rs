@@ -60,6 +60,13 @@ pub trait Backend: Send + Sync {
     fn native_free(&self) -> Option<usize> {
         None
     }
+
+    /// True when `alloc` and `free` run nothing but the system allocator: no
+    /// user code, no other effect, and `free` cannot fail. The binding's
+    /// fast paths serve only such backends.
+    fn plain(&self) -> bool {
+        false
+    }
 }
 
 /// libc's malloc family.
@@ -73,6 +80,9 @@ impl Backend for Libc {
         // SAFETY: forwarded contract.
         unsafe { sys::free(ptr) };
         Ok(())
+    }
+    fn plain(&self) -> bool {
+        true
     }
     unsafe fn realloc(
         &self,
@@ -147,6 +157,13 @@ impl AllocCore {
     #[inline]
     fn tracks(&self) -> bool {
         self.always_track || track::enabled()
+    }
+
+    /// An allocation here runs only libc and records nothing (see
+    /// [`Backend::plain`]).
+    #[inline]
+    pub fn plain(&self) -> bool {
+        !self.tracks() && self.backend.plain()
     }
 
     /// Records `rec`, which just became this allocator's to free (it left an

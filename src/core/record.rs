@@ -106,6 +106,13 @@ impl Record {
         self.word.load(Acquire) >> PIN_SHIFT
     }
     /// The arena that owns the block now, if any.
+    /// A free of this block runs only libc and records nothing: it is no
+    /// arena's, not tracked, and its allocator is plain.
+    #[inline]
+    pub fn frees_plainly(&self) -> bool {
+        self.arena.is_none() && self.track.get().is_none() && self.alloc.plain()
+    }
+
     pub fn arena(&self) -> Option<u64> {
         let tag = self.arena.as_ref()?;
         (self.word.load(Acquire) & IN_ARENA != 0).then_some(tag.id)

@@ -158,6 +158,9 @@ pub(crate) fn bytes_request(
     alignment: Option<i128>,
 ) -> PyResult<(&'static TypeInfo, Request)> {
     let ty = types::uint8(py)?;
+    if let (None, Ok(n)) = (alignment, i64::try_from(nbytes)) {
+        return Ok((ty, layout::bytes(n).py(py, &Asked(who, ty, &nbytes))?));
+    }
     Ok((ty, request(py, who, ty, nbytes, alignment)?))
 }
 

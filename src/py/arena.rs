@@ -154,6 +154,38 @@ impl Arena {
         Ok(())
     }
 
+    /// The bump region, once its Python handle is set: the case the fast
+    /// path of `allocate` serves (fast.rs).
+    #[inline]
+    pub(crate) fn ready_region(&self) -> Option<&Arc<RegionCore>> {
+        match &self.backing {
+            Backing::Region(r) if r.handle.get().is_some() => Some(r),
+            _ => None,
+        }
+    }
+
+    /// A Pointer to a new block of the region `r` (this arena's).
+    #[inline]
+    pub(crate) fn region_pointer(
+        &self,
+        py: Python<'_>,
+        r: &Arc<RegionCore>,
+        ty: &'static TypeInfo,
+        req: Request,
+    ) -> PyResult<Pointer> {
+        let (addr, token) = r.allocate(req).py(py, &Asked(&self.name, ty, &req.size))?;
+        Ok(Pointer::new(
+            addr,
+            ty,
+            Some(req.size),
+            Owner::Region(RegionRef {
+                region: r.clone(),
+                token,
+                base: addr,
+            }),
+        ))
+    }
+
     /// A Pointer to a new block of this arena. `slf` is the arena's own
     /// object, remembered on first use for `Pointer.allocator`.
     pub fn new_pointer(
@@ -168,17 +200,7 @@ impl Arena {
                 if r.handle.get().is_none() {
                     set_handle(&r.handle, Some(slf), None)?;
                 }
-                let (addr, token) = r.allocate(req).py(py, &Asked(&self.name, ty, &req.size))?;
-                Ok(Pointer::new(
-                    addr,
-                    ty,
-                    Some(req.size),
-                    Owner::Region(RegionRef {
-                        region: r.clone(),
-                        token,
-                        base: addr,
-                    }),
-                ))
+                self.region_pointer(py, r, ty, req)
             }
             Backing::Wrap(w) => {
                 if w.tag.handle.get().is_none() {

@@ -1,20 +1,27 @@
 //! Hand-written vectorcall entry points for the calls made once per block:
 //! `allocator.allocate(n)`, `arena.allocate(n)` and `rsalloc.free(p)`.
 //!
-//! PyO3's generated wrapper parses every call through its generic argument
-//! machinery; for a call whose whole job is a `malloc`, that parsing cost
-//! about as much as the allocation (BENCHMARKS.md). Each function here
-//! handles the common shape of its call (one positional argument of the
-//! exact expected type, no keywords) directly and hands every other shape,
-//! unchanged, to the PyO3 method it replaces, so keyword arguments, error
-//! messages, signatures and docstrings stay PyO3's. The functions run inside
-//! PyO3's own trampoline, so panics and errors are handled as everywhere
-//! else.
+//! PyO3's generated wrapper costs about as much as the allocation itself
+//! for these calls (BENCHMARKS.md): its generic argument parsing, and a
+//! trampoline that registers the thread with PyO3 in a thread-local. Each
+//! entry point here serves one common case directly, the *plain* one: one
+//! positional argument of the exact expected type, no keywords, an
+//! allocator whose blocks come from libc with tracking off (or a bump
+//! region). Every other call goes, unchanged, to the PyO3 method it
+//! replaced, so keyword arguments, Python-defined allocators, tracking,
+//! messages, signatures and docstrings stay PyO3's.
+//!
+//! Why the plain case needs no PyO3 trampoline: it creates Python objects
+//! but drops none that PyO3 would defer (a `Py<T>` dropped while PyO3
+//! believes the thread detached is leaked), and runs no user code. An error
+//! or a panic is rare, so raising it pays for `Python::attach`, which makes
+//! PyO3 aware of the thread before the error's objects are released.
 
 use super::allocator::{bytes_request, Allocator};
 use super::arena::Arena;
+use super::errors::IntoPy;
 use super::freelist::new_object;
-use super::pointer::Pointer;
+use super::pointer::{Owner, Pointer};
 use super::values::exact_small_int;
 use pyo3::ffi;
 use pyo3::prelude::*;
@@ -22,13 +29,69 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyCFunction, PyType};
 use pyo3::type_object::PyTypeInfo;
 use std::ffi::CStr;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 
 type Args = *const *mut ffi::PyObject;
 
-/// The PyO3 methods the fast ones replace, for every other call shape.
+/// The PyO3 methods the fast ones replace, for every other call.
 static ALLOCATOR_ALLOCATE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static ARENA_ALLOCATE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static FREE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+/// What a fast route did with a call.
+enum Outcome {
+    /// The call's result (a new reference).
+    Done(*mut ffi::PyObject),
+    /// The call failed with this error.
+    Raise(PyErr),
+    /// Not the plain case, and nothing was done: the PyO3 method takes it.
+    Delegate,
+}
+
+impl From<PyResult<*mut ffi::PyObject>> for Outcome {
+    fn from(r: PyResult<*mut ffi::PyObject>) -> Self {
+        match r {
+            Ok(obj) => Outcome::Done(obj),
+            Err(e) => Outcome::Raise(e),
+        }
+    }
+}
+
+/// Runs a fast route and turns its outcome into what CPython expects.
+///
+/// # Safety
+/// Called by CPython with the GIL (or an attached thread state); `args`
+/// holds `nargs` positional objects followed by one per name in `kwnames`.
+#[inline]
+unsafe fn enter(
+    slow: &PyOnceLock<Py<PyAny>>,
+    slf: Option<*mut ffi::PyObject>,
+    args: Args,
+    nargs: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+    route: impl FnOnce(Python<'_>) -> Outcome,
+) -> *mut ffi::PyObject {
+    // SAFETY: per the function's contract.
+    let py = unsafe { Python::assume_attached() };
+    let raise = |e: PyErr| {
+        Python::attach(|py| e.restore(py));
+        std::ptr::null_mut()
+    };
+    match catch_unwind(AssertUnwindSafe(|| route(py))) {
+        Ok(Outcome::Done(obj)) => obj,
+        Ok(Outcome::Raise(e)) => raise(e),
+        // SAFETY: per the function's contract.
+        Ok(Outcome::Delegate) => unsafe { delegate(slow, slf, args, nargs, kwnames) },
+        Err(payload) => {
+            let msg = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "panic in rsalloc".into());
+            raise(pyo3::panic::PanicException::new_err(msg))
+        }
+    }
+}
 
 /// The one positional argument of a keyword-free call, if that is the shape.
 ///
@@ -46,119 +109,131 @@ unsafe fn single<'a, 'py>(
 }
 
 /// Calls the replaced PyO3 method (or function, when `slf` is None) with
-/// the arguments exactly as received.
+/// the arguments exactly as received; its error, if any, is left raised.
 ///
 /// # Safety
-/// `args` holds `nargs` positional objects followed by one per name in
-/// `kwnames` (vectorcall convention).
+/// As for `enter`.
 unsafe fn delegate(
-    py: Python<'_>,
     slow: &PyOnceLock<Py<PyAny>>,
     slf: Option<*mut ffi::PyObject>,
     args: Args,
     nargs: ffi::Py_ssize_t,
     kwnames: *mut ffi::PyObject,
-) -> PyResult<*mut ffi::PyObject> {
-    let slow = slow.get(py).expect("installed with the module");
-    // SAFETY: per the function's contract; kwnames is a tuple when set.
+) -> *mut ffi::PyObject {
+    // SAFETY: per the function's contract; kwnames is a tuple when set; the
+    // slow callable is set at install, before any call can arrive.
     unsafe {
+        let py = Python::assume_attached();
+        let Some(slow) = slow.get(py) else {
+            ffi::PyErr_SetString(ffi::PyExc_RuntimeError, c"rsalloc: fast path not installed".as_ptr());
+            return std::ptr::null_mut();
+        };
         let nkw = if kwnames.is_null() { 0 } else { ffi::PyTuple_GET_SIZE(kwnames) };
         let total = (nargs + nkw) as usize;
         let mut all: Vec<*mut ffi::PyObject> = Vec::new();
-        all.try_reserve_exact(total + 1)
-            .map_err(|_| pyo3::exceptions::PyMemoryError::new_err("argument list"))?;
+        if all.try_reserve_exact(total + 1).is_err() {
+            return ffi::PyErr_NoMemory();
+        }
         all.extend(slf);
         all.extend_from_slice(std::slice::from_raw_parts(args, total));
         let npos = nargs as usize + usize::from(slf.is_some());
-        let out = ffi::PyObject_Vectorcall(slow.as_ptr(), all.as_ptr(), npos, kwnames);
-        if out.is_null() {
-            Err(PyErr::fetch(py))
-        } else {
-            Ok(out)
-        }
+        ffi::PyObject_Vectorcall(slow.as_ptr(), all.as_ptr(), npos, kwnames)
     }
 }
 
-/// `allocator.allocate(nbytes)`.
-unsafe fn allocator_allocate(
-    py: Python<'_>,
+/// `allocator.allocate(nbytes)` of a plain allocator.
+unsafe extern "C" fn allocator_allocate(
     slf: *mut ffi::PyObject,
     args: Args,
     nargs: ffi::Py_ssize_t,
     kwnames: *mut ffi::PyObject,
-) -> PyResult<*mut ffi::PyObject> {
+) -> *mut ffi::PyObject {
     // SAFETY: CPython's method descriptor checked that slf is an Allocator;
-    // args as received.
+    // the rest per `enter`.
     unsafe {
-        if let Some(n) = single(py, args, nargs, kwnames).and_then(|a| exact_small_int(&a)) {
+        enter(&ALLOCATOR_ALLOCATE, Some(slf), args, nargs, kwnames, |py| {
             let this = pyo3::Borrowed::from_ptr(py, slf).cast_unchecked::<Allocator>();
             let this = this.get();
-            let (ty, req) = bytes_request(py, &this.core.name, n.into(), None)?;
-            return Ok(new_object(py, this.new_pointer(py, ty, req)?)?.into_ptr());
-        }
-        delegate(py, &ALLOCATOR_ALLOCATE, Some(slf), args, nargs, kwnames)
+            match single(py, args, nargs, kwnames).and_then(|a| exact_small_int(&a)) {
+                Some(n) if this.core.plain() => (|| {
+                    let (ty, req) = bytes_request(py, &this.core.name, n.into(), None)?;
+                    Ok(new_object(py, this.new_pointer(py, ty, req)?)?.into_ptr())
+                })()
+                .into(),
+                _ => Outcome::Delegate,
+            }
+        })
     }
 }
 
-/// `arena.allocate(nbytes)`.
-unsafe fn arena_allocate(
-    py: Python<'_>,
+/// `arena.allocate(nbytes)` of a bump-region arena.
+unsafe extern "C" fn arena_allocate(
     slf: *mut ffi::PyObject,
     args: Args,
     nargs: ffi::Py_ssize_t,
     kwnames: *mut ffi::PyObject,
-) -> PyResult<*mut ffi::PyObject> {
+) -> *mut ffi::PyObject {
     // SAFETY: as for allocator_allocate, with Arena.
     unsafe {
-        if let Some(n) = single(py, args, nargs, kwnames).and_then(|a| exact_small_int(&a)) {
-            let slf = pyo3::Borrowed::from_ptr(py, slf);
-            let this = slf.cast_unchecked::<Arena>().get();
-            let (ty, req) = bytes_request(py, &this.name, n.into(), None)?;
-            return Ok(new_object(py, this.new_pointer(&slf, ty, req)?)?.into_ptr());
-        }
-        delegate(py, &ARENA_ALLOCATE, Some(slf), args, nargs, kwnames)
+        enter(&ARENA_ALLOCATE, Some(slf), args, nargs, kwnames, |py| {
+            let this = pyo3::Borrowed::from_ptr(py, slf).cast_unchecked::<Arena>();
+            let this = this.get();
+            match (single(py, args, nargs, kwnames).and_then(|a| exact_small_int(&a)), this.ready_region()) {
+                (Some(n), Some(r)) => (|| {
+                    let (ty, req) = bytes_request(py, &this.name, n.into(), None)?;
+                    Ok(new_object(py, this.region_pointer(py, r, ty, req)?)?.into_ptr())
+                })()
+                .into(),
+                _ => Outcome::Delegate,
+            }
+        })
     }
 }
 
-/// `rsalloc.free(p)`.
-unsafe fn free(
-    py: Python<'_>,
+/// `rsalloc.free(p)` of a block from a plain allocator.
+unsafe extern "C" fn free(
     _module: *mut ffi::PyObject,
     args: Args,
     nargs: ffi::Py_ssize_t,
     kwnames: *mut ffi::PyObject,
-) -> PyResult<*mut ffi::PyObject> {
-    // SAFETY: args as received.
+) -> *mut ffi::PyObject {
+    // SAFETY: per `enter`.
     unsafe {
-        if let Some(p) = single(py, args, nargs, kwnames) {
-            if let Ok(p) = p.cast::<Pointer>() {
-                super::allocator::free(py, &p)?;
-                return Ok(ffi::Py_NewRef(ffi::Py_None()));
+        enter(&FREE, None, args, nargs, kwnames, |py| {
+            let Some(p) = single(py, args, nargs, kwnames) else {
+                return Outcome::Delegate;
+            };
+            let Ok(p) = p.cast::<Pointer>() else {
+                return Outcome::Delegate;
+            };
+            let p = p.get();
+            match &p.owner {
+                Owner::Block(rec) if p.addr != 0 && rec.frees_plainly() => {
+                    match rec.free(rec.allocator().group, 0, p.addr).py(py, p) {
+                        Ok(()) => Outcome::Done(ffi::Py_NewRef(ffi::Py_None())),
+                        Err(e) => Outcome::Raise(e),
+                    }
+                }
+                _ => Outcome::Delegate,
             }
-        }
-        delegate(py, &FREE, None, args, nargs, kwnames)
+        })
     }
 }
 
 /// A `PyMethodDef` like `old`'s (name, docstring and text signature) that
-/// calls `body` through PyO3's trampoline. Leaked: CPython keeps pointers to
-/// it for the life of the process.
-macro_rules! method_def {
-    ($old:expr, $body:path) => {{
-        let mut def = $old;
-        def.ml_meth = ffi::PyMethodDefPointer {
-            PyCFunctionFastWithKeywords: pyo3::get_trampoline_function!(
-                fastcall_cfunction_with_keywords,
-                $body
-            ),
-        };
-        def.ml_flags = ffi::METH_FASTCALL | ffi::METH_KEYWORDS;
-        Box::into_raw(Box::new(def))
-    }};
+/// calls `entry`. Leaked: CPython keeps pointers to it for the life of the
+/// process.
+fn method_def(old: ffi::PyMethodDef, entry: ffi::PyCFunctionFastWithKeywords) -> *mut ffi::PyMethodDef {
+    let mut def = old;
+    def.ml_meth = ffi::PyMethodDefPointer {
+        PyCFunctionFastWithKeywords: entry,
+    };
+    def.ml_flags = ffi::METH_FASTCALL | ffi::METH_KEYWORDS;
+    Box::into_raw(Box::new(def))
 }
 
-/// Replaces method `name` of `ty` by a fast one whose body is `def`'s,
-/// keeping the old one in `slow`.
+/// Replaces method `name` of `ty` by the one `make` defines from the old
+/// one's definition, keeping the old one in `slow`.
 fn replace_method(
     ty: &Bound<'_, PyType>,
     name: &CStr,
@@ -190,17 +265,17 @@ fn replace_method(
 pub fn install(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     replace_method(&Allocator::type_object(py), c"allocate", &ALLOCATOR_ALLOCATE, |old| {
-        method_def!(old, allocator_allocate)
+        method_def(old, allocator_allocate)
     })?;
     replace_method(&Arena::type_object(py), c"allocate", &ARENA_ALLOCATE, |old| {
-        method_def!(old, arena_allocate)
+        method_def(old, arena_allocate)
     })?;
 
     let old = m.getattr("free")?.cast_into::<PyCFunction>()?;
     // SAFETY: a PyO3 function's PyMethodDef lives for the process; the new
     // function object takes the module as self, as PyO3's does.
     unsafe {
-        let def = method_def!(*(*old.as_ptr().cast::<ffi::PyCFunctionObject>()).m_ml, free);
+        let def = method_def(*(*old.as_ptr().cast::<ffi::PyCFunctionObject>()).m_ml, free);
         let new = Bound::from_owned_ptr_or_err(
             py,
             ffi::PyCMethod_New(def, m.as_ptr(), m.getattr("__name__")?.as_ptr(), std::ptr::null_mut()),

@@ -87,10 +87,11 @@ unsafe extern "C" fn alloc(tp: *mut ffi::PyTypeObject, nitems: ffi::Py_ssize_t) 
             return ffi::PyType_GenericAlloc(tp, nitems);
         }
         list.len -= 1;
-        let obj = list.items[list.len];
-        std::ptr::write_bytes(obj.cast::<u8>(), 0, (*tp).tp_basicsize as usize);
+        // Not zeroed, unlike PyType_GenericAlloc's memory: both creators of
+        // Pointer objects (PyO3 and new_object) write the whole value, which
+        // install checked is all there is after the header.
         // Sets the type (a new reference for a heap type) and the refcount.
-        ffi::PyObject_Init(obj, tp)
+        ffi::PyObject_Init(list.items[list.len], tp)
     }
 }
 
@@ -118,10 +119,11 @@ pub fn install(py: Python<'_>) -> PyResult<()> {
     let off = probe.get() as *const Pointer as usize - probe.as_ptr() as usize;
     // SAFETY: reading the size of a ready type.
     let basicsize = unsafe { (*tp).tp_basicsize } as usize;
-    if off >= std::mem::size_of::<ffi::PyObject>() && basicsize == off + std::mem::size_of::<Pointer>() {
-        TYPE.store(tp, Ordering::Relaxed);
-        OFFSET.store(off, Ordering::Relaxed);
+    if off < std::mem::size_of::<ffi::PyObject>() || basicsize != off + std::mem::size_of::<Pointer>() {
+        return Ok(()); // another PyO3 layout: leave object creation to PyO3
     }
+    TYPE.store(tp, Ordering::Relaxed);
+    OFFSET.store(off, Ordering::Relaxed);
     #[cfg(not(Py_GIL_DISABLED))]
     {
         // SAFETY: a heap type we own, not yet used; the slots are plain fields.
