@@ -51,6 +51,5 @@ mod _rsalloc {
             m.add(d.get().core.name.as_str(), &d)?;
         }
         crate::py::fast::install(m)
-
     }
 }

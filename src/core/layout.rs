@@ -84,7 +84,10 @@ mod tests {
     #[test]
     fn bytes_is_array_of_uint8() {
         for n in [0, 1, 7, 4096, i64::MAX, -1, i64::MIN] {
-            assert_eq!(bytes(n), array(n.into(), 1, 1, None), "{n}");
+            assert_eq!(
+                format!("{:?}", bytes(n)),
+                format!("{:?}", array(n.into(), 1, 1, None))
+            );
         }
     }
 

@@ -1,5 +1,6 @@
-//! Hand-written vectorcall entry points for the calls made once per block:
-//! `allocator.allocate(n)`, `arena.allocate(n)` and `rsalloc.free(p)`.
+//! Hand-written entry points for the hottest calls: the ones made once per
+//! block (`allocator.allocate(n)`, `arena.allocate(n)`, `rsalloc.free(p)`)
+//! and element access (`p[i]`, `p[i] = v`).
 //!
 //! PyO3's generated wrapper costs about as much as the allocation itself
 //! for these calls (BENCHMARKS.md): its generic argument parsing, and a
@@ -23,13 +24,15 @@ use super::errors::IntoPy;
 use super::freelist::new_object;
 use super::pointer::{Owner, Pointer};
 use super::values::exact_small_int;
+use crate::core::types::Kind;
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyCFunction, PyType};
 use pyo3::type_object::PyTypeInfo;
-use std::ffi::CStr;
+use pyo3::types::{PyCFunction, PyType};
+use std::ffi::{c_int, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::OnceLock;
 
 type Args = *const *mut ffi::PyObject;
 
@@ -39,49 +42,55 @@ static ARENA_ALLOCATE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static FREE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
 /// What a fast route did with a call.
-enum Outcome {
-    /// The call's result (a new reference).
-    Done(*mut ffi::PyObject),
+enum Outcome<R> {
+    /// The call's result (a new reference, or a slot's status).
+    Done(R),
     /// The call failed with this error.
     Raise(PyErr),
-    /// Not the plain case, and nothing was done: the PyO3 method takes it.
+    /// Not the plain case, and nothing was done: the PyO3 code takes it.
     Delegate,
 }
 
-impl From<PyResult<*mut ffi::PyObject>> for Outcome {
-    fn from(r: PyResult<*mut ffi::PyObject>) -> Self {
+impl<T> From<PyResult<T>> for Outcome<T> {
+    fn from(r: PyResult<T>) -> Self {
         match r {
-            Ok(obj) => Outcome::Done(obj),
+            Ok(v) => Outcome::Done(v),
             Err(e) => Outcome::Raise(e),
         }
     }
 }
 
-/// Runs a fast route and turns its outcome into what CPython expects.
+/// A C return type and its error value.
+trait Ret {
+    const ERR: Self;
+}
+impl Ret for *mut ffi::PyObject {
+    const ERR: Self = std::ptr::null_mut();
+}
+impl Ret for c_int {
+    const ERR: Self = -1;
+}
+
+/// Runs a fast route and turns its outcome into what CPython expects;
+/// `slow` runs the replaced PyO3 code with the call as received.
 ///
 /// # Safety
-/// Called by CPython with the GIL (or an attached thread state); `args`
-/// holds `nargs` positional objects followed by one per name in `kwnames`.
+/// Called by CPython with the GIL (or an attached thread state).
 #[inline]
-unsafe fn enter(
-    slow: &PyOnceLock<Py<PyAny>>,
-    slf: Option<*mut ffi::PyObject>,
-    args: Args,
-    nargs: ffi::Py_ssize_t,
-    kwnames: *mut ffi::PyObject,
-    route: impl FnOnce(Python<'_>) -> Outcome,
-) -> *mut ffi::PyObject {
+unsafe fn enter<R: Ret>(
+    route: impl FnOnce(Python<'_>) -> Outcome<R>,
+    slow: impl FnOnce() -> R,
+) -> R {
     // SAFETY: per the function's contract.
     let py = unsafe { Python::assume_attached() };
     let raise = |e: PyErr| {
         Python::attach(|py| e.restore(py));
-        std::ptr::null_mut()
+        R::ERR
     };
     match catch_unwind(AssertUnwindSafe(|| route(py))) {
-        Ok(Outcome::Done(obj)) => obj,
+        Ok(Outcome::Done(r)) => r,
         Ok(Outcome::Raise(e)) => raise(e),
-        // SAFETY: per the function's contract.
-        Ok(Outcome::Delegate) => unsafe { delegate(slow, slf, args, nargs, kwnames) },
+        Ok(Outcome::Delegate) => slow(),
         Err(payload) => {
             let msg = payload
                 .downcast_ref::<&str>()
@@ -125,10 +134,17 @@ unsafe fn delegate(
     unsafe {
         let py = Python::assume_attached();
         let Some(slow) = slow.get(py) else {
-            ffi::PyErr_SetString(ffi::PyExc_RuntimeError, c"rsalloc: fast path not installed".as_ptr());
+            ffi::PyErr_SetString(
+                ffi::PyExc_RuntimeError,
+                c"rsalloc: fast path not installed".as_ptr(),
+            );
             return std::ptr::null_mut();
         };
-        let nkw = if kwnames.is_null() { 0 } else { ffi::PyTuple_GET_SIZE(kwnames) };
+        let nkw = if kwnames.is_null() {
+            0
+        } else {
+            ffi::PyTuple_GET_SIZE(kwnames)
+        };
         let total = (nargs + nkw) as usize;
         let mut all: Vec<*mut ffi::PyObject> = Vec::new();
         if all.try_reserve_exact(total + 1).is_err() {
@@ -151,18 +167,21 @@ unsafe extern "C" fn allocator_allocate(
     // SAFETY: CPython's method descriptor checked that slf is an Allocator;
     // the rest per `enter`.
     unsafe {
-        enter(&ALLOCATOR_ALLOCATE, Some(slf), args, nargs, kwnames, |py| {
-            let this = pyo3::Borrowed::from_ptr(py, slf).cast_unchecked::<Allocator>();
-            let this = this.get();
-            match single(py, args, nargs, kwnames).and_then(|a| exact_small_int(&a)) {
-                Some(n) if this.core.plain() => (|| {
-                    let (ty, req) = bytes_request(py, &this.core.name, n.into(), None)?;
-                    Ok(new_object(py, this.new_pointer(py, ty, req)?)?.into_ptr())
-                })()
-                .into(),
-                _ => Outcome::Delegate,
-            }
-        })
+        enter(
+            |py| {
+                let this = pyo3::Borrowed::from_ptr(py, slf).cast_unchecked::<Allocator>();
+                let this = this.get();
+                match single(py, args, nargs, kwnames).and_then(|a| exact_small_int(&a)) {
+                    Some(n) if this.core.plain() => (|| {
+                        let (ty, req) = bytes_request(py, &this.core.name, n.into(), None)?;
+                        Ok(new_object(py, this.new_pointer(py, ty, req)?)?.into_ptr())
+                    })()
+                    .into(),
+                    _ => Outcome::Delegate,
+                }
+            },
+            || delegate(&ALLOCATOR_ALLOCATE, Some(slf), args, nargs, kwnames),
+        )
     }
 }
 
@@ -175,18 +194,24 @@ unsafe extern "C" fn arena_allocate(
 ) -> *mut ffi::PyObject {
     // SAFETY: as for allocator_allocate, with Arena.
     unsafe {
-        enter(&ARENA_ALLOCATE, Some(slf), args, nargs, kwnames, |py| {
-            let this = pyo3::Borrowed::from_ptr(py, slf).cast_unchecked::<Arena>();
-            let this = this.get();
-            match (single(py, args, nargs, kwnames).and_then(|a| exact_small_int(&a)), this.ready_region()) {
-                (Some(n), Some(r)) => (|| {
-                    let (ty, req) = bytes_request(py, &this.name, n.into(), None)?;
-                    Ok(new_object(py, this.region_pointer(py, r, ty, req)?)?.into_ptr())
-                })()
-                .into(),
-                _ => Outcome::Delegate,
-            }
-        })
+        enter(
+            |py| {
+                let this = pyo3::Borrowed::from_ptr(py, slf).cast_unchecked::<Arena>();
+                let this = this.get();
+                match (
+                    single(py, args, nargs, kwnames).and_then(|a| exact_small_int(&a)),
+                    this.ready_region(),
+                ) {
+                    (Some(n), Some(r)) => (|| {
+                        let (ty, req) = bytes_request(py, &this.name, n.into(), None)?;
+                        Ok(new_object(py, this.region_pointer(py, r, ty, req)?)?.into_ptr())
+                    })()
+                    .into(),
+                    _ => Outcome::Delegate,
+                }
+            },
+            || delegate(&ARENA_ALLOCATE, Some(slf), args, nargs, kwnames),
+        )
     }
 }
 
@@ -199,31 +224,125 @@ unsafe extern "C" fn free(
 ) -> *mut ffi::PyObject {
     // SAFETY: per `enter`.
     unsafe {
-        enter(&FREE, None, args, nargs, kwnames, |py| {
-            let Some(p) = single(py, args, nargs, kwnames) else {
-                return Outcome::Delegate;
-            };
-            let Ok(p) = p.cast::<Pointer>() else {
-                return Outcome::Delegate;
-            };
-            let p = p.get();
-            match &p.owner {
-                Owner::Block(rec) if p.addr != 0 && rec.frees_plainly() => {
-                    match rec.free(rec.allocator().group, 0, p.addr).py(py, p) {
-                        Ok(()) => Outcome::Done(ffi::Py_NewRef(ffi::Py_None())),
-                        Err(e) => Outcome::Raise(e),
+        enter(
+            |py| {
+                let Some(p) = single(py, args, nargs, kwnames) else {
+                    return Outcome::Delegate;
+                };
+                let Ok(p) = p.cast::<Pointer>() else {
+                    return Outcome::Delegate;
+                };
+                let p = p.get();
+                match &p.owner {
+                    Owner::Block(rec) if p.addr != 0 && rec.frees_plainly() => {
+                        match rec.free(rec.allocator().group, 0, p.addr).py(py, p) {
+                            Ok(()) => Outcome::Done(ffi::Py_NewRef(ffi::Py_None())),
+                            Err(e) => Outcome::Raise(e),
+                        }
                     }
+                    _ => Outcome::Delegate,
                 }
-                _ => Outcome::Delegate,
-            }
-        })
+            },
+            || delegate(&FREE, None, args, nargs, kwnames),
+        )
     }
+}
+
+/// The PyO3 slots `p[i]` and `p[i] = v` replace.
+static OLD_SUBSCRIPT: OnceLock<ffi::binaryfunc> = OnceLock::new();
+static OLD_ASS_SUBSCRIPT: OnceLock<ffi::objobjargproc> = OnceLock::new();
+
+/// Element types read and written as plain numbers: no Python objects
+/// beyond the number, no user code.
+fn numeric(kind: Kind) -> bool {
+    !matches!(kind, Kind::Ptr | Kind::Void | Kind::Opaque)
+}
+
+/// `p[i]` with an int index into numeric elements.
+unsafe extern "C" fn subscript(
+    slf: *mut ffi::PyObject,
+    key: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: the slot of Pointer, which has no subclasses: slf is a Pointer.
+    unsafe {
+        enter(
+            |py| {
+                let p = pyo3::Borrowed::from_ptr(py, slf).cast_unchecked::<Pointer>();
+                let p = p.get();
+                let key = pyo3::Borrowed::from_ptr(py, key);
+                match exact_small_int(&key).and_then(|i| isize::try_from(i).ok()) {
+                    Some(i) if numeric(p.ty.kind) => p.item(py, i).map(Py::into_ptr).into(),
+                    _ => Outcome::Delegate,
+                }
+            },
+            || OLD_SUBSCRIPT.get().expect("installed")(slf, key),
+        )
+    }
+}
+
+/// `p[i] = v` with an int index into numeric elements and an exact int or
+/// float value (whose conversion runs no Python code).
+unsafe extern "C" fn ass_subscript(
+    slf: *mut ffi::PyObject,
+    key: *mut ffi::PyObject,
+    value: *mut ffi::PyObject,
+) -> c_int {
+    // SAFETY: as for subscript; value is NULL for `del p[i]`.
+    unsafe {
+        enter(
+            |py| {
+                if value.is_null() {
+                    return Outcome::Delegate;
+                }
+                let p = pyo3::Borrowed::from_ptr(py, slf).cast_unchecked::<Pointer>();
+                let p = p.get();
+                let key = pyo3::Borrowed::from_ptr(py, key);
+                let value = pyo3::Borrowed::from_ptr(py, value);
+                let plain = value.is_exact_instance_of::<pyo3::types::PyInt>()
+                    || value.is_exact_instance_of::<pyo3::types::PyFloat>();
+                match exact_small_int(&key).and_then(|i| isize::try_from(i).ok()) {
+                    Some(i) if plain && numeric(p.ty.kind) => {
+                        p.write(py, i, &value).map(|()| 0).into()
+                    }
+                    _ => Outcome::Delegate,
+                }
+            },
+            || OLD_ASS_SUBSCRIPT.get().expect("installed")(slf, key, value),
+        )
+    }
+}
+
+/// Points Pointer's mapping slots at `subscript` and `ass_subscript`.
+fn replace_item_slots(py: Python<'_>) -> PyResult<()> {
+    let tp = Pointer::type_object(py).as_type_ptr();
+    // SAFETY: a heap type's mapping methods are its own (PyHeapTypeObject's
+    // as_mapping), set by PyO3 for __getitem__/__setitem__; replaced once,
+    // at module init, before any Pointer is indexed.
+    unsafe {
+        let m = (*tp).tp_as_mapping;
+        let (Some(get), Some(set)) = (
+            m.as_ref().and_then(|m| m.mp_subscript),
+            m.as_ref().and_then(|m| m.mp_ass_subscript),
+        ) else {
+            return Err(pyo3::exceptions::PyRuntimeError::new_err(
+                "Pointer has no item slots",
+            ));
+        };
+        let _ = OLD_SUBSCRIPT.set(get);
+        let _ = OLD_ASS_SUBSCRIPT.set(set);
+        (*m).mp_subscript = Some(subscript);
+        (*m).mp_ass_subscript = Some(ass_subscript);
+    }
+    Ok(())
 }
 
 /// A `PyMethodDef` like `old`'s (name, docstring and text signature) that
 /// calls `entry`. Leaked: CPython keeps pointers to it for the life of the
 /// process.
-fn method_def(old: ffi::PyMethodDef, entry: ffi::PyCFunctionFastWithKeywords) -> *mut ffi::PyMethodDef {
+fn method_def(
+    old: ffi::PyMethodDef,
+    entry: ffi::PyCFunctionFastWithKeywords,
+) -> *mut ffi::PyMethodDef {
     let mut def = old;
     def.ml_meth = ffi::PyMethodDefPointer {
         PyCFunctionFastWithKeywords: entry,
@@ -247,8 +366,14 @@ fn replace_method(
     // PyMethodDef PyO3 keeps for the life of the process; the new
     // descriptor is stored in the type's dict, as PyType_Ready would.
     unsafe {
-        if ffi::Py_IS_TYPE(old.as_ptr(), std::ptr::addr_of_mut!(ffi::PyMethodDescr_Type)) == 0 {
-            return Err(pyo3::exceptions::PyRuntimeError::new_err("not a method descriptor"));
+        if ffi::Py_IS_TYPE(
+            old.as_ptr(),
+            std::ptr::addr_of_mut!(ffi::PyMethodDescr_Type),
+        ) == 0
+        {
+            return Err(pyo3::exceptions::PyRuntimeError::new_err(
+                "not a method descriptor",
+            ));
         }
         let def = make(*(*old.as_ptr().cast::<ffi::PyMethodDescrObject>()).d_method);
         let new = Bound::from_owned_ptr_or_err(py, ffi::PyDescr_NewMethod(ty.as_type_ptr(), def))?;
@@ -264,12 +389,18 @@ fn replace_method(
 /// its functions and classes.
 pub fn install(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
-    replace_method(&Allocator::type_object(py), c"allocate", &ALLOCATOR_ALLOCATE, |old| {
-        method_def(old, allocator_allocate)
-    })?;
-    replace_method(&Arena::type_object(py), c"allocate", &ARENA_ALLOCATE, |old| {
-        method_def(old, arena_allocate)
-    })?;
+    replace_method(
+        &Allocator::type_object(py),
+        c"allocate",
+        &ALLOCATOR_ALLOCATE,
+        |old| method_def(old, allocator_allocate),
+    )?;
+    replace_method(
+        &Arena::type_object(py),
+        c"allocate",
+        &ARENA_ALLOCATE,
+        |old| method_def(old, arena_allocate),
+    )?;
 
     let old = m.getattr("free")?.cast_into::<PyCFunction>()?;
     // SAFETY: a PyO3 function's PyMethodDef lives for the process; the new
@@ -278,10 +409,15 @@ pub fn install(m: &Bound<'_, PyModule>) -> PyResult<()> {
         let def = method_def(*(*old.as_ptr().cast::<ffi::PyCFunctionObject>()).m_ml, free);
         let new = Bound::from_owned_ptr_or_err(
             py,
-            ffi::PyCMethod_New(def, m.as_ptr(), m.getattr("__name__")?.as_ptr(), std::ptr::null_mut()),
+            ffi::PyCMethod_New(
+                def,
+                m.as_ptr(),
+                m.getattr("__name__")?.as_ptr(),
+                std::ptr::null_mut(),
+            ),
         )?;
         m.setattr("free", new)?;
     }
     let _ = FREE.set(py, old.into_any().unbind());
-    Ok(())
+    replace_item_slots(py)
 }

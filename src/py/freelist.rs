@@ -78,7 +78,10 @@ static LIST: GilCell = GilCell(std::cell::UnsafeCell::new(List {
 }));
 
 #[cfg(not(Py_GIL_DISABLED))]
-unsafe extern "C" fn alloc(tp: *mut ffi::PyTypeObject, nitems: ffi::Py_ssize_t) -> *mut ffi::PyObject {
+unsafe extern "C" fn alloc(
+    tp: *mut ffi::PyTypeObject,
+    nitems: ffi::Py_ssize_t,
+) -> *mut ffi::PyObject {
     // SAFETY: the GIL is held (module comment); every item came from
     // PyType_GenericAlloc for this same type, so it has tp_basicsize bytes.
     unsafe {
@@ -119,7 +122,9 @@ pub fn install(py: Python<'_>) -> PyResult<()> {
     let off = probe.get() as *const Pointer as usize - probe.as_ptr() as usize;
     // SAFETY: reading the size of a ready type.
     let basicsize = unsafe { (*tp).tp_basicsize } as usize;
-    if off < std::mem::size_of::<ffi::PyObject>() || basicsize != off + std::mem::size_of::<Pointer>() {
+    if off < std::mem::size_of::<ffi::PyObject>()
+        || basicsize != off + std::mem::size_of::<Pointer>()
+    {
         return Ok(()); // another PyO3 layout: leave object creation to PyO3
     }
     TYPE.store(tp, Ordering::Relaxed);

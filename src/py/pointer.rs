@@ -289,6 +289,13 @@ impl Pointer {
         PyTypeError::new_err(format!("{} has no elements to index", self.ty.name))
     }
 
+    /// `self[i]` for an index already in range of isize.
+    pub(crate) fn item(&self, py: Python<'_>, i: isize) -> PyResult<Py<PyAny>> {
+        let _held = self.access().py(py, self)?;
+        let addr = self.elem_addr(i).py(py, self)?;
+        self.read(py, addr)
+    }
+
     fn read(&self, py: Python<'_>, addr: usize) -> PyResult<Py<PyAny>> {
         let kind = self.ty.kind;
         match kind {
@@ -315,7 +322,7 @@ impl Pointer {
     /// `self[i] = v`. The value is converted before the write, and the block
     /// checked again after: a conversion can run Python code (`__index__`,
     /// `__float__`, an `__instancecheck__`) that frees the block.
-    fn write(&self, py: Python<'_>, i: isize, v: &Bound<'_, PyAny>) -> PyResult<()> {
+    pub(crate) fn write(&self, py: Python<'_>, i: isize, v: &Bound<'_, PyAny>) -> PyResult<()> {
         let kind = self.ty.kind;
         let _held = self.access().py(py, self)?;
         let addr = self.elem_addr(i).py(py, self)?; // bounds and liveness first: IndexError before TypeError
@@ -371,7 +378,7 @@ impl Pointer {
     }
 
     #[inline]
-    fn index(&self, idx: &Bound<'_, PyAny>) -> PyResult<isize> {
+    pub(crate) fn index(&self, idx: &Bound<'_, PyAny>) -> PyResult<isize> {
         if let Some(i) = exact_small_int(idx) {
             return Ok(i as isize);
         }
@@ -471,10 +478,7 @@ impl Pointer {
             }
             return Ok(items.into_any().unbind());
         }
-        let i = self.index(idx)?;
-        let _held = self.access().py(py, self)?;
-        let addr = self.elem_addr(i).py(py, self)?;
-        self.read(py, addr)
+        self.item(py, self.index(idx)?)
     }
 
     fn __setitem__(
