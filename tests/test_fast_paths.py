@@ -1,0 +1,206 @@
+"""The hand-written entry points (src/py/fast.rs) and the Pointer free list
+(src/py/freelist.rs) behave exactly like the PyO3 code they stand in front of.
+
+Each fast call has a twin that takes PyO3's route: a keyword argument makes
+`allocate` and `free` delegate, and `type(p).__getitem__` / `__setitem__`
+call the slot functions PyO3 installed before rsalloc replaced them.
+"""
+
+from __future__ import annotations
+
+import gc
+import sys
+import threading
+
+import pytest
+
+import rsalloc
+from rsalloc import Arena, Int32, calloc, free, malloc
+
+
+def outcome(fn, *args, **kwargs):
+    """(exception type, message) of a call, or ('ok', repr-free summary)."""
+    try:
+        r = fn(*args, **kwargs)
+    except Exception as e:  # noqa: BLE001 - any exception is the outcome
+        return type(e), str(e)
+    return "ok", None if r is None else (type(r).__name__, getattr(r, "count", None))
+
+
+@pytest.mark.parametrize("n", [0, 1, 64, 4096, -1, 2**62, 2**63 - 1, -(2**63), 2**70])
+@pytest.mark.parametrize("allocator", [malloc, calloc])
+def test_allocate_matches_the_keyword_route(allocator, n):
+    fast = outcome(allocator.allocate, n)
+    slow = outcome(allocator.allocate, nbytes=n)
+    assert fast == slow
+    if fast[0] == "ok":
+        assert fast[1] == ("Pointer", n)
+
+
+@pytest.mark.parametrize("n", [0, 32, -1, 2**63 - 1, 2**70])
+def test_arena_allocate_matches_the_keyword_route(n):
+    with Arena() as a:
+        a.allocate(1)  # the fast route serves an arena whose handle is set
+        assert outcome(a.allocate, n) == outcome(a.allocate, nbytes=n)
+
+
+def test_arena_allocate_on_a_closed_arena_matches():
+    a = Arena()
+    a.allocate(1)
+    a.release_all(reuse=False)
+    fast, slow = outcome(a.allocate, 8), outcome(a.allocate, nbytes=8)
+    assert fast == slow
+    assert fast[0] is rsalloc.ArenaClosedError
+
+
+def test_free_matches_the_keyword_route():
+    p = malloc.allocate(16)
+    assert outcome(free, p) == ("ok", None)
+    fast, slow = outcome(free, p), outcome(free, p=p)
+    assert fast == slow
+    assert fast[0] is rsalloc.DoubleFreeError
+    assert outcome(free, 3) == outcome(free, p=3)
+    assert outcome(free, rsalloc.nullptr) == ("ok", None)
+
+
+def test_free_of_an_arena_block_and_of_a_view_matches():
+    with Arena(malloc) as a:
+        p = a.allocate(16)
+        assert outcome(free, p) == outcome(free, p=p) == ("ok", None)
+    q = malloc.allocate(16)
+    v = q + 1
+    assert outcome(free, v) == outcome(free, p=v)
+    assert outcome(free, v)[0] is rsalloc.OwnershipError
+    free(q)
+
+
+@pytest.mark.parametrize("i", [0, 3, -1, -4, 4, -5, 2**62, 2**70, True, 1.0, "x"])
+def test_item_read_matches_the_pyo3_slot(i):
+    p = calloc(Int32, 4)
+    p[3] = -7
+    assert outcome(lambda: p[i]) == outcome(type(p).__getitem__, p, i)
+    free(p)
+    assert outcome(lambda: p[0]) == outcome(type(p).__getitem__, p, 0)
+    assert outcome(lambda: p[0])[0] is rsalloc.UseAfterFreeError
+
+
+@pytest.mark.parametrize("v", [0, -1, 2**31 - 1, 2**31, -(2**31) - 1, 2**70, 1.5, True, None, "7"])
+def test_item_write_matches_the_pyo3_slot(v):
+    fast_p, slow_p = calloc(Int32, 2), calloc(Int32, 2)
+
+    def fast():
+        fast_p[1] = v
+
+    def slow():
+        type(slow_p).__setitem__(slow_p, 1, v)
+
+    assert outcome(fast) == outcome(slow)
+    assert list(fast_p) == list(slow_p)
+    free(fast_p)
+    free(slow_p)
+    slow_p = fast_p  # the same freed pointer, both routes: the same message
+    assert outcome(fast) == outcome(slow)
+    assert outcome(fast)[0] is rsalloc.UseAfterFreeError
+
+
+def test_float_and_pointer_elements():
+    f = calloc(rsalloc.Float64, 2)
+    f[0] = 2.5
+    f[1] = 3
+    assert (f[0], f[1]) == (2.5, 3.0)
+    slots = calloc(rsalloc.Pointer[Int32], 1)  # not numeric: PyO3's route
+    target = calloc(Int32, 1)
+    slots[0] = target
+    assert slots[0].address == target.address
+    for p in (f, slots, target):
+        free(p)
+
+
+def test_errors_raised_on_the_fast_routes_leak_no_references():
+    # Raising goes through Python::attach so that PyO3 releases the error's
+    # objects; without it they would be leaked, one reference per error.
+    p = calloc(Int32, 1)
+    free(p)
+    kinds = [ValueError, rsalloc.UseAfterFreeError, rsalloc.DoubleFreeError, IndexError]
+    before = [sys.getrefcount(k) for k in kinds]
+    q = calloc(Int32, 1)
+    for _ in range(2000):
+        with pytest.raises(ValueError):
+            malloc.allocate(-1)
+        with pytest.raises(rsalloc.UseAfterFreeError):
+            p[0]
+        with pytest.raises(rsalloc.DoubleFreeError):
+            free(p)
+        with pytest.raises(IndexError):
+            q[1]
+    free(q)
+    gc.collect()
+    after = [sys.getrefcount(k) for k in kinds]
+    assert [a - b for a, b in zip(after, before)] == [0, 0, 0, 0]
+
+
+def test_free_list_keeps_the_type_reference_count_balanced():
+    # Every object taken from the list holds a reference to its (heap) type
+    # and gives it back when it dies: the count returns to where it was.
+    def rounds():
+        for _ in range(5000):
+            free(malloc.allocate(8))
+        held = [malloc.allocate(8) for _ in range(600)]  # more than the list keeps
+        for p in held:
+            free(p)
+
+    rounds()  # warm-up: lazily created caches take their references once
+    gc.collect()
+    before = sys.getrefcount(rsalloc.Pointer)
+    for _ in range(3):
+        rounds()
+    gc.collect()
+    after = sys.getrefcount(rsalloc.Pointer)  # outside the assert: pytest's rewrite holds its operands
+    assert after == before
+
+
+def test_a_recycled_pointer_object_is_fresh():
+    p = malloc.allocate(8)
+    free(p)
+    del p
+    q = calloc(Int32, 3)  # made from the free list: the dead object above
+    assert "live" in repr(q) and q.count == 3 and list(q) == [0, 0, 0]
+    free(q)
+
+
+def test_fast_routes_under_threads_keep_exact_counts():
+    before = malloc.stats()
+
+    def work():
+        for _ in range(2000):
+            p = malloc.allocate(24)
+            p[0] = 1
+            assert p[0] == 1
+            free(p)
+        with Arena() as a:
+            for _ in range(500):
+                a.allocate(8)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    after = malloc.stats()
+    assert after.live_count == before.live_count
+    assert after.total_allocs - before.total_allocs == 8000
+    assert after.total_frees - before.total_frees == 8000
+
+
+def test_tracking_takes_the_pyo3_route_and_records_the_site():
+    from rsalloc import tracking
+
+    tracking.enable()
+    try:
+        p = malloc.allocate(8)  # this line is the allocation site
+        found = [r for r in tracking.leaks() if r.address == p.address]
+    finally:
+        tracking.disable()
+    free(p)
+    assert len(found) == 1
+    assert "test_fast_paths.py" in found[0].location
