@@ -1,11 +1,8 @@
 //! Atomic allocation counters, one set per allocator and one for the process.
 //!
 //! `live_count` is derived (`allocs - frees`) so an allocation costs two
-//! read-modify-writes per set instead of three. `peak_bytes` is kept on the
-//! free side: live bytes only fall at a free, so their highest value is
-//! either the value some free found (its `fetch_sub` returns it) or the
-//! current one, which `snapshot` takes into account. An allocation never
-//! touches it, and a free only when it found a new peak.
+//! read-modify-writes per set instead of three; `peak_bytes` is only touched
+//! when a new peak is reached.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -44,7 +41,10 @@ impl Counters {
     #[inline]
     pub fn on_alloc(&self, bytes: usize) {
         self.allocs.fetch_add(1, Relaxed);
-        self.live_bytes.fetch_add(bytes as u64, Relaxed);
+        let now = self.live_bytes.fetch_add(bytes as u64, Relaxed) + bytes as u64;
+        if now > self.peak_bytes.load(Relaxed) {
+            self.peak_bytes.fetch_max(now, Relaxed);
+        }
     }
 
     #[inline]
@@ -56,10 +56,7 @@ impl Counters {
     #[inline]
     pub fn on_free_many(&self, count: u64, bytes: usize) {
         self.frees.fetch_add(count, Relaxed);
-        let before = self.live_bytes.fetch_sub(bytes as u64, Relaxed);
-        if before > self.peak_bytes.load(Relaxed) {
-            self.peak_bytes.fetch_max(before, Relaxed);
-        }
+        self.live_bytes.fetch_sub(bytes as u64, Relaxed);
     }
 
     pub fn snapshot(&self) -> Snapshot {
@@ -67,11 +64,10 @@ impl Counters {
         // momentarily high, never negative.
         let frees = self.frees.load(Relaxed);
         let allocs = self.allocs.load(Relaxed);
-        let live_bytes = self.live_bytes.load(Relaxed);
         Snapshot {
             live_count: allocs.saturating_sub(frees),
-            live_bytes,
-            peak_bytes: self.peak_bytes.load(Relaxed).max(live_bytes),
+            live_bytes: self.live_bytes.load(Relaxed),
+            peak_bytes: self.peak_bytes.load(Relaxed),
             total_allocs: allocs,
             total_frees: frees,
         }
@@ -125,16 +121,5 @@ mod tests {
             (0, 0, 80_000, 80_000)
         );
         assert!(s.peak_bytes >= 13 && s.peak_bytes <= 8 * 13);
-    }
-
-    #[test]
-    fn peak_without_any_free_is_the_live_total() {
-        let c = Counters::new();
-        c.on_alloc(100);
-        c.on_alloc(50);
-        assert_eq!(c.snapshot().peak_bytes, 150);
-        c.on_free(150);
-        c.on_alloc(20);
-        assert_eq!(c.snapshot().peak_bytes, 150);
     }
 }
