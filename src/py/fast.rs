@@ -157,6 +157,37 @@ unsafe fn delegate(
     }
 }
 
+/// `x.allocate(nbytes)` called with one exact int: `make(py, n)` builds the
+/// Pointer, or returns None when `x` is not a plain case.
+///
+/// # Safety
+/// As for `enter`; `slf` is the object the method descriptor checked.
+#[inline]
+unsafe fn allocate_entry(
+    slow: &PyOnceLock<Py<PyAny>>,
+    slf: *mut ffi::PyObject,
+    args: Args,
+    nargs: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+    make: impl FnOnce(Python<'_>, i64) -> Option<PyResult<Pointer>>,
+) -> *mut ffi::PyObject {
+    // SAFETY: per the function's contract.
+    unsafe {
+        enter(
+            |py| {
+                let made = single(py, args, nargs, kwnames)
+                    .and_then(|a| exact_small_int(&a))
+                    .and_then(|n| make(py, n));
+                match made {
+                    Some(p) => p.and_then(|p| Ok(new_object(py, p)?.into_ptr())).into(),
+                    None => Outcome::Delegate,
+                }
+            },
+            || delegate(slow, Some(slf), args, nargs, kwnames),
+        )
+    }
+}
+
 /// `allocator.allocate(nbytes)` of a plain allocator.
 unsafe extern "C" fn allocator_allocate(
     slf: *mut ffi::PyObject,
@@ -164,24 +195,16 @@ unsafe extern "C" fn allocator_allocate(
     nargs: ffi::Py_ssize_t,
     kwnames: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
-    // SAFETY: CPython's method descriptor checked that slf is an Allocator;
-    // the rest per `enter`.
+    // SAFETY: CPython's method descriptor checked that slf is an Allocator.
     unsafe {
-        enter(
-            |py| {
-                let this = pyo3::Borrowed::from_ptr(py, slf).cast_unchecked::<Allocator>();
-                let this = this.get();
-                match single(py, args, nargs, kwnames).and_then(|a| exact_small_int(&a)) {
-                    Some(n) if this.core.plain() => (|| {
-                        let (ty, req) = bytes_request(py, &this.core.name, n.into(), None)?;
-                        Ok(new_object(py, this.new_pointer(py, ty, req)?)?.into_ptr())
-                    })()
-                    .into(),
-                    _ => Outcome::Delegate,
-                }
-            },
-            || delegate(&ALLOCATOR_ALLOCATE, Some(slf), args, nargs, kwnames),
-        )
+        allocate_entry(&ALLOCATOR_ALLOCATE, slf, args, nargs, kwnames, |py, n| {
+            let this = pyo3::Borrowed::from_ptr(py, slf).cast_unchecked::<Allocator>();
+            let this = this.get();
+            this.core.plain().then(|| {
+                let (ty, req) = bytes_request(py, &this.core.name, n.into(), None)?;
+                this.new_pointer(py, ty, req)
+            })
+        })
     }
 }
 
@@ -192,26 +215,16 @@ unsafe extern "C" fn arena_allocate(
     nargs: ffi::Py_ssize_t,
     kwnames: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
-    // SAFETY: as for allocator_allocate, with Arena.
+    // SAFETY: CPython's method descriptor checked that slf is an Arena.
     unsafe {
-        enter(
-            |py| {
-                let this = pyo3::Borrowed::from_ptr(py, slf).cast_unchecked::<Arena>();
-                let this = this.get();
-                match (
-                    single(py, args, nargs, kwnames).and_then(|a| exact_small_int(&a)),
-                    this.ready_region(),
-                ) {
-                    (Some(n), Some(r)) => (|| {
-                        let (ty, req) = bytes_request(py, &this.name, n.into(), None)?;
-                        Ok(new_object(py, this.region_pointer(py, r, ty, req)?)?.into_ptr())
-                    })()
-                    .into(),
-                    _ => Outcome::Delegate,
-                }
-            },
-            || delegate(&ARENA_ALLOCATE, Some(slf), args, nargs, kwnames),
-        )
+        allocate_entry(&ARENA_ALLOCATE, slf, args, nargs, kwnames, |py, n| {
+            let this = pyo3::Borrowed::from_ptr(py, slf).cast_unchecked::<Arena>();
+            let this = this.get();
+            this.ready_region().map(|r| {
+                let (ty, req) = bytes_request(py, &this.name, n.into(), None)?;
+                this.region_pointer(py, r, ty, req)
+            })
+        })
     }
 }
 
@@ -258,6 +271,12 @@ fn numeric(kind: Kind) -> bool {
     !matches!(kind, Kind::Ptr | Kind::Void | Kind::Opaque)
 }
 
+/// An exact int key that fits an index.
+#[inline]
+fn int_index(key: &Bound<'_, PyAny>) -> Option<isize> {
+    exact_small_int(key).and_then(|i| isize::try_from(i).ok())
+}
+
 /// `p[i]` with an int index into numeric elements.
 unsafe extern "C" fn subscript(
     slf: *mut ffi::PyObject,
@@ -270,7 +289,7 @@ unsafe extern "C" fn subscript(
                 let p = pyo3::Borrowed::from_ptr(py, slf).cast_unchecked::<Pointer>();
                 let p = p.get();
                 let key = pyo3::Borrowed::from_ptr(py, key);
-                match exact_small_int(&key).and_then(|i| isize::try_from(i).ok()) {
+                match int_index(&key) {
                     Some(i) if numeric(p.ty.kind) => p.item(py, i).map(Py::into_ptr).into(),
                     _ => Outcome::Delegate,
                 }
@@ -300,7 +319,7 @@ unsafe extern "C" fn ass_subscript(
                 let value = pyo3::Borrowed::from_ptr(py, value);
                 let plain = value.is_exact_instance_of::<pyo3::types::PyInt>()
                     || value.is_exact_instance_of::<pyo3::types::PyFloat>();
-                match exact_small_int(&key).and_then(|i| isize::try_from(i).ok()) {
+                match int_index(&key) {
                     Some(i) if plain && numeric(p.ty.kind) => {
                         p.write(py, i, &value).map(|()| 0).into()
                     }

@@ -38,9 +38,9 @@ pub fn new_object(py: Python<'_>, value: Pointer) -> PyResult<Bound<'_, Pointer>
     }
     let tp = TYPE.load(Ordering::Relaxed);
     // SAFETY: install checked that a Pointer object is a PyObject header
-    // followed at `off` by the Pointer value and nothing else, so a zeroed
-    // object of the type with the value written at `off` is exactly what
-    // PyO3 builds. tp_alloc is always set on a ready type.
+    // followed at `off` by the Pointer value and nothing else, so an object
+    // from the type's tp_alloc (header set) with the value written at `off`
+    // is exactly what PyO3 builds. tp_alloc is always set on a ready type.
     unsafe {
         let alloc = (*tp).tp_alloc.unwrap_or(ffi::PyType_GenericAlloc);
         let obj = alloc(tp, 0);
@@ -52,63 +52,62 @@ pub fn new_object(py: Python<'_>, value: Pointer) -> PyResult<Bound<'_, Pointer>
     }
 }
 
-/// Enough to absorb a burst of temporaries, small enough not to matter
-/// (CAP * 88 B).
+/// The list itself: only where a GIL guards it.
 #[cfg(not(Py_GIL_DISABLED))]
-const CAP: usize = 256;
+mod list {
+    use pyo3::ffi;
 
-#[cfg(not(Py_GIL_DISABLED))]
-struct List {
-    items: [*mut ffi::PyObject; CAP],
-    len: usize,
-}
+    /// Enough to absorb a burst of temporaries, small enough not to matter
+    /// (CAP * 88 B).
+    const CAP: usize = 256;
 
-/// Guarded by the GIL: see the module comment.
-#[cfg(not(Py_GIL_DISABLED))]
-struct GilCell(std::cell::UnsafeCell<List>);
-
-// SAFETY: only accessed from tp_alloc/tp_free, which run with the GIL held.
-#[cfg(not(Py_GIL_DISABLED))]
-unsafe impl Sync for GilCell {}
-
-#[cfg(not(Py_GIL_DISABLED))]
-static LIST: GilCell = GilCell(std::cell::UnsafeCell::new(List {
-    items: [std::ptr::null_mut(); CAP],
-    len: 0,
-}));
-
-#[cfg(not(Py_GIL_DISABLED))]
-unsafe extern "C" fn alloc(
-    tp: *mut ffi::PyTypeObject,
-    nitems: ffi::Py_ssize_t,
-) -> *mut ffi::PyObject {
-    // SAFETY: the GIL is held (module comment); every item came from
-    // PyType_GenericAlloc for this same type, so it has tp_basicsize bytes.
-    unsafe {
-        let list = &mut *LIST.0.get();
-        if list.len == 0 || nitems != 0 {
-            return ffi::PyType_GenericAlloc(tp, nitems);
-        }
-        list.len -= 1;
-        // Not zeroed, unlike PyType_GenericAlloc's memory: both creators of
-        // Pointer objects (PyO3 and new_object) write the whole value, which
-        // install checked is all there is after the header.
-        // Sets the type (a new reference for a heap type) and the refcount.
-        ffi::PyObject_Init(list.items[list.len], tp)
+    struct List {
+        items: [*mut ffi::PyObject; CAP],
+        len: usize,
     }
-}
 
-#[cfg(not(Py_GIL_DISABLED))]
-unsafe extern "C" fn free(obj: *mut std::ffi::c_void) {
-    // SAFETY: the GIL is held; obj is a dead Pointer whose contents PyO3 has
-    // already dropped and whose type reference it releases itself.
-    unsafe {
-        let list = &mut *LIST.0.get();
-        if list.len < CAP {
-            list.items[list.len] = obj.cast();
-            list.len += 1;
-        } else {
-            ffi::PyObject_Free(obj);
+    /// Guarded by the GIL: see the file comment.
+    struct GilCell(std::cell::UnsafeCell<List>);
+
+    // SAFETY: only accessed from tp_alloc/tp_free, which run with the GIL held.
+    unsafe impl Sync for GilCell {}
+
+    static LIST: GilCell = GilCell(std::cell::UnsafeCell::new(List {
+        items: [std::ptr::null_mut(); CAP],
+        len: 0,
+    }));
+
+    pub(super) unsafe extern "C" fn alloc(
+        tp: *mut ffi::PyTypeObject,
+        nitems: ffi::Py_ssize_t,
+    ) -> *mut ffi::PyObject {
+        // SAFETY: the GIL is held (module comment); every item came from
+        // PyType_GenericAlloc for this same type, so it has tp_basicsize bytes.
+        unsafe {
+            let list = &mut *LIST.0.get();
+            if list.len == 0 || nitems != 0 {
+                return ffi::PyType_GenericAlloc(tp, nitems);
+            }
+            list.len -= 1;
+            // Not zeroed, unlike PyType_GenericAlloc's memory: both creators of
+            // Pointer objects (PyO3 and new_object) write the whole value, which
+            // install checked is all there is after the header.
+            // Sets the type (a new reference for a heap type) and the refcount.
+            ffi::PyObject_Init(list.items[list.len], tp)
+        }
+    }
+
+    pub(super) unsafe extern "C" fn free(obj: *mut std::ffi::c_void) {
+        // SAFETY: the GIL is held; obj is a dead Pointer whose contents PyO3 has
+        // already dropped and whose type reference it releases itself.
+        unsafe {
+            let list = &mut *LIST.0.get();
+            if list.len < CAP {
+                list.items[list.len] = obj.cast();
+                list.len += 1;
+            } else {
+                ffi::PyObject_Free(obj);
+            }
         }
     }
 }
@@ -134,8 +133,8 @@ pub fn install(py: Python<'_>) -> PyResult<()> {
         // SAFETY: a heap type we own, not yet used; the slots are plain fields.
         unsafe {
             debug_assert!((*tp).tp_flags & ffi::Py_TPFLAGS_HAVE_GC == 0);
-            (*tp).tp_alloc = Some(alloc);
-            (*tp).tp_free = Some(free);
+            (*tp).tp_alloc = Some(list::alloc);
+            (*tp).tp_free = Some(list::free);
         }
     }
     Ok(())
