@@ -122,6 +122,55 @@ pub struct AllocCore {
     pub handle: OnceLock<Box<dyn Any + Send + Sync>>,
     /// Records every allocation, tracking switch or not (diagnostic allocators).
     pub always_track: bool,
+    /// Never dropped (see [`AllocCore::into_lifelong`]): records skip the count.
+    lifelong: bool,
+}
+
+/// A record's reference to its allocator: an `Arc<AllocCore>` that skips the
+/// reference count for a lifelong allocator. Counting is an atomic
+/// read-modify-write when the record is made and another when it dies: a
+/// measurable part of a small allocation, spent on allocators that never die.
+pub struct CoreRef(NonNull<AllocCore>);
+
+// SAFETY: as Arc<AllocCore>: AllocCore is Send + Sync.
+unsafe impl Send for CoreRef {}
+unsafe impl Sync for CoreRef {}
+
+impl CoreRef {
+    pub fn new(core: &Arc<AllocCore>) -> Self {
+        if !core.lifelong {
+            std::mem::forget(core.clone());
+        }
+        CoreRef(NonNull::from(&**core))
+    }
+
+    /// A counted reference, for those who keep the allocator on their own.
+    pub fn arc(&self) -> Arc<AllocCore> {
+        // SAFETY: the pointer came from an Arc that is alive: this
+        // reference's own count, or the count a lifelong allocator leaked.
+        unsafe {
+            Arc::increment_strong_count(self.0.as_ptr());
+            Arc::from_raw(self.0.as_ptr())
+        }
+    }
+}
+
+impl std::ops::Deref for CoreRef {
+    type Target = AllocCore;
+    #[inline]
+    fn deref(&self) -> &AllocCore {
+        // SAFETY: alive while this reference is (see `arc`).
+        unsafe { self.0.as_ref() }
+    }
+}
+
+impl Drop for CoreRef {
+    fn drop(&mut self) {
+        if !self.lifelong {
+            // SAFETY: gives back the count `new` took.
+            unsafe { Arc::decrement_strong_count(self.0.as_ptr()) }
+        }
+    }
 }
 
 impl AllocCore {
@@ -150,13 +199,32 @@ impl AllocCore {
             backend,
             handle: OnceLock::new(),
             always_track,
+            lifelong: false,
         })
+    }
+
+    /// Makes a new allocator live as long as the process (the module's
+    /// `malloc`, `calloc` and the other built-ins): its records then skip the
+    /// reference count. Must be called before it makes any record; a core
+    /// that is already shared is returned unchanged.
+    pub fn into_lifelong(mut core: Arc<Self>) -> Arc<Self> {
+        if let Some(c) = Arc::get_mut(&mut core) {
+            c.lifelong = true;
+            std::mem::forget(core.clone());
+        }
+        core
     }
 
     /// Whether a new block of this allocator is recorded now.
     #[inline]
     fn tracks(&self) -> bool {
         self.always_track || track::enabled()
+    }
+
+    /// Whether this allocator lives as long as the process.
+    #[inline]
+    pub fn is_lifelong(&self) -> bool {
+        self.lifelong
     }
 
     /// An allocation here runs only libc and records nothing (see
@@ -168,9 +236,9 @@ impl AllocCore {
 
     /// Records `rec`, which just became this allocator's to free (it left an
     /// arena), as a new block would be.
-    pub fn track_adopted(self: &Arc<Self>, rec: &Record, ty: &'static str) {
+    pub fn track_adopted(&self, rec: &Record, ty: &'static str) {
         if self.tracks() && rec.track.get().is_none() {
-            track::register(rec, self, ty);
+            track::register(rec, ty);
         }
     }
 
@@ -218,14 +286,14 @@ impl AllocCore {
             p,
             req.size,
             req.align,
-            self.clone(),
+            CoreRef::new(self),
             arena.cloned(),
         ));
         self.count_alloc(req.size);
         match arena {
             Some(tag) => tag.counters.on_alloc(req.size),
             // Arena memory is freed by its scope: never recorded.
-            None if self.tracks() => track::register(&rec, self, ty),
+            None if self.tracks() => track::register(&rec, ty),
             None => {}
         }
         rec
@@ -273,7 +341,7 @@ impl AllocCore {
         let align = rec.align();
         // SAFETY: begin_realloc made us the only user of the old block.
         let moved = unsafe {
-            if Arc::ptr_eq(self, rec.allocator()) {
+            if std::ptr::eq(&**self, rec.allocator()) {
                 self.backend
                     .realloc(rec_ptr(rec), old, new, align, self.zeroed)
             } else {
@@ -476,6 +544,36 @@ mod tests {
             assert_eq!(oks.load(Relaxed), 1);
             assert_eq!(a.counters.snapshot().live_count, 0);
         }
+    }
+
+    #[test]
+    fn records_count_their_allocator_unless_it_is_lifelong() {
+        let a = libc(false);
+        let r = a.allocate(array(8, 1, 1, None).unwrap(), None).unwrap();
+        assert_eq!(Arc::strong_count(&a), 2);
+        let kept = r.allocator_arc();
+        assert_eq!(Arc::strong_count(&a), 3);
+        drop((r, kept));
+        assert_eq!(Arc::strong_count(&a), 1);
+
+        let l = AllocCore::into_lifelong(libc(false));
+        let before = Arc::strong_count(&l);
+        assert_eq!(before, 2, "one count leaked for the process");
+        let r = l.allocate(array(8, 1, 1, None).unwrap(), None).unwrap();
+        assert_eq!(Arc::strong_count(&l), before);
+        assert!(std::ptr::eq(r.allocator(), &*l));
+        assert_eq!(Arc::strong_count(&r.allocator_arc()), before + 1);
+        l.free(&r, r.addr()).unwrap();
+        drop(r);
+        assert_eq!(Arc::strong_count(&l), before);
+
+        // Already shared: left as it is (its records keep counting).
+        let shared = libc(false);
+        let other = shared.clone();
+        let same = AllocCore::into_lifelong(shared);
+        assert_eq!(Arc::strong_count(&other), 2);
+        drop(same);
+        assert_eq!(Arc::strong_count(&other), 1);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! block's state and its count of buffer exports ("pins"), so that liveness
 //! checks and the free/export race are decided by a single compare-and-swap.
 
-use super::alloc::AllocCore;
+use super::alloc::{AllocCore, CoreRef};
 use super::error::{Death, Error, Ownership, Result};
 use super::stats::Counters;
 use super::track::{self, Tracked};
@@ -54,7 +54,7 @@ pub struct Record {
     size: usize,
     align: usize,
     word: AtomicUsize,
-    alloc: Arc<AllocCore>,
+    alloc: CoreRef,
     /// The arena that owns the block while IN_ARENA is set.
     arena: Option<Arc<ArenaTag>>,
     /// Tracking data (allocation and free sites) for error messages, set
@@ -72,7 +72,7 @@ impl Record {
         addr: NonNull<u8>,
         size: usize,
         align: usize,
-        alloc: Arc<AllocCore>,
+        alloc: CoreRef,
         arena: Option<Arc<ArenaTag>>,
     ) -> Self {
         let word = if arena.is_some() { IN_ARENA } else { LIVE };
@@ -96,8 +96,12 @@ impl Record {
     pub fn align(&self) -> usize {
         self.align
     }
-    pub fn allocator(&self) -> &Arc<AllocCore> {
+    pub fn allocator(&self) -> &AllocCore {
         &self.alloc
+    }
+    /// The allocator, counted, for those who keep it beyond the record.
+    pub fn allocator_arc(&self) -> Arc<AllocCore> {
+        self.alloc.arc()
     }
     pub fn state(&self) -> State {
         decode(self.word.load(Acquire))
@@ -111,6 +115,18 @@ impl Record {
     #[inline]
     pub fn frees_plainly(&self) -> bool {
         self.arena.is_none() && self.track.get().is_none() && self.alloc.plain()
+    }
+
+    /// Dropping the record runs only Rust and libc: its allocator is
+    /// lifelong with a plain backend (so an autofree block goes back to
+    /// libc), and it holds no arena or tracking data, the only parts that
+    /// can hold Python objects.
+    #[inline]
+    pub fn drops_plainly(&self) -> bool {
+        self.arena.is_none()
+            && self.track.get().is_none()
+            && self.alloc.is_lifelong()
+            && self.alloc.backend.plain()
     }
 
     pub fn arena(&self) -> Option<u64> {
@@ -379,6 +395,12 @@ impl<T> Drop for OnceBox<T> {
             // SAFETY: set once from Box::into_raw; dropped once, here.
             drop(unsafe { Box::from_raw(p) });
         }
+    }
+}
+
+impl<T> Default for OnceBox<T> {
+    fn default() -> Self {
+        Self::new()
     }
 }
 

@@ -169,7 +169,7 @@ fn registry() -> MutexGuard<'static, Registry> {
 
 /// Records a block `alloc` just handed out. Called by the allocator when it
 /// tracks (switch on, or a diagnostic allocator); never for arena memory.
-pub(crate) fn register(rec: &Record, alloc: &Arc<AllocCore>, ty: &'static str) {
+pub(crate) fn register(rec: &Record, ty: &'static str) {
     let cap = capture(frames());
     let seq = SEQ.fetch_add(1, Relaxed);
     let nanos = anchor().0.elapsed().as_nanos() as u64;
@@ -178,7 +178,7 @@ pub(crate) fn register(rec: &Record, alloc: &Arc<AllocCore>, ty: &'static str) {
         addr: rec.addr(),
         size: rec.size(),
         ty,
-        allocator: alloc.clone(),
+        allocator: rec.allocator_arc(),
         nanos,
         thread_id: thread_id(),
         thread_name: cap.thread_name,

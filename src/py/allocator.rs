@@ -430,6 +430,8 @@ pub fn named_allocator<'py>(
     cell: &'static PyOnceLock<Py<Allocator>>,
     make: impl FnOnce() -> Arc<AllocCore>,
 ) -> PyResult<Bound<'py, Allocator>> {
+    // The module's named allocators live as long as the process.
+    let make = || AllocCore::into_lifelong(make());
     cell.get_or_try_init(py, || Ok::<_, PyErr>(Allocator::wrap(py, make())?.unbind()))
         .map(|a| a.bind(py).clone())
 }
