@@ -204,3 +204,121 @@ def test_tracking_takes_the_pyo3_route_and_records_the_site():
     free(p)
     assert len(found) == 1
     assert "test_fast_paths.py" in found[0].location
+
+
+class _Pool(rsalloc.Allocator):
+    """A Python-defined allocator over libc, logging its frees."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.freed: list[int] = []
+
+    def _raw_alloc(self, nbytes: int, alignment: int) -> int:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        libc.malloc.restype = ctypes.c_void_p
+        return libc.malloc(nbytes) or 0
+
+    def _raw_free(self, address: int) -> None:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        libc.free.argtypes = [ctypes.c_void_p]
+        self.freed.append(address)
+        libc.free(address)
+
+
+def _dealloc_cases():
+    """(name, make) pairs: make() returns (pointer, check) where check() runs
+    after the pointer's last reference is gone. Each owner kind reaches a
+    different dealloc route (freelist.rs): rsalloc's own when dropping runs
+    no Python code, PyO3's otherwise."""
+
+    def plain():
+        p = malloc.allocate(8)
+        free(p)
+        return p, lambda: None
+
+    def view_of_a_live_block():
+        p = malloc(Int32, 4)
+        v = p + 1  # shares the record: dropping v only counts down
+        return v, lambda: free(p)
+
+    def autofree():
+        before = malloc.stats().live_count
+        p = malloc.allocate(8).autofree()
+        return p, lambda: _eq(malloc.stats().live_count, before)
+
+    def autofree_calloc_view():
+        before = calloc.stats().live_count
+        p = calloc(Int32, 4).autofree()
+        q = p + 2  # p dies first (a shared record), then q takes the block with it
+        return q, lambda: _eq(calloc.stats().live_count, before)
+
+    def python_allocator_autofree():
+        pool = _Pool()
+        p = pool.allocate(8).autofree()  # dropping it calls Python: PyO3's route
+        addr = p.address
+        return p, lambda: _eq(pool.freed, [addr])
+
+    def arena_region():
+        a = Arena()
+        p = a.allocate(8)
+        return p, lambda: (a.release_all(), _eq(a.stats().live_count, 0))
+
+    def region_outliving_its_arena():
+        a = Arena()
+        p = a.allocate(8)
+        del a  # the pointer holds the region's last reference: PyO3's route
+        return p, lambda: None
+
+    def tracked():
+        from rsalloc import tracking
+
+        tracking.enable()
+        try:
+            p = malloc.allocate(8)
+        finally:
+            tracking.disable()
+        free(p)
+        return p, lambda: None
+
+    def foreign():
+        return rsalloc.Pointer.from_address(id(object()), Int32), lambda: None
+
+    return [
+        (f.__name__, f)
+        for f in (
+            plain,
+            view_of_a_live_block,
+            autofree,
+            autofree_calloc_view,
+            python_allocator_autofree,
+            arena_region,
+            region_outliving_its_arena,
+            tracked,
+            foreign,
+        )
+    ]
+
+
+def _eq(a, b):
+    assert a == b
+
+
+@pytest.mark.parametrize("name,make", _dealloc_cases(), ids=[n for n, _ in _dealloc_cases()])
+def test_every_dealloc_route_releases_the_object_and_its_owner(name, make):
+    for _ in range(3):  # warm-up: lazily created caches take references once
+        p, check = make()
+        del p
+        check()
+    gc.collect()
+    before = sys.getrefcount(rsalloc.Pointer)
+    for _ in range(300):
+        p, check = make()
+        del p
+        check()
+    gc.collect()
+    after = sys.getrefcount(rsalloc.Pointer)
+    assert after == before

@@ -13,6 +13,13 @@
 //! through `object.__new__`, then move the value in) minus the generic
 //! `object.__new__` call, which costs as much as the rest together.
 //!
+//! `dealloc` replaces PyO3's `tp_dealloc` when dropping the value touches
+//! no Python object (`Owner::drops_plainly`: the common case of a block
+//! from malloc/calloc, or of a live arena's region). PyO3's version runs in
+//! a trampoline that registers the thread with PyO3 (a thread-local round
+//! trip), which only matters when a `Py<T>` is dropped; every other case
+//! still goes to PyO3's.
+//!
 //! The list is only touched from `tp_alloc` and `tp_free`, which CPython
 //! calls with the GIL held. A free-threaded build has no GIL to guard it, so
 //! there the slots are left alone (`install` does nothing).
@@ -97,6 +104,37 @@ mod list {
         }
     }
 
+    /// PyO3's `tp_dealloc`, for the objects `dealloc` does not take.
+    static PYO3_DEALLOC: std::sync::OnceLock<ffi::destructor> = std::sync::OnceLock::new();
+
+    pub(super) fn set_pyo3_dealloc(d: ffi::destructor) {
+        let _ = PYO3_DEALLOC.set(d);
+    }
+
+    /// A Pointer object's last reference is gone.
+    pub(super) unsafe extern "C" fn dealloc(obj: *mut ffi::PyObject) {
+        // SAFETY: CPython calls tp_dealloc with the GIL held, once, on a dead
+        // Pointer (the type is final), whose value sits at OFFSET (install
+        // checked). The value is dropped once, then the memory goes to
+        // tp_free and the instance's reference to its heap type is released,
+        // as PyO3's tp_dealloc does.
+        unsafe {
+            let off = super::OFFSET.load(std::sync::atomic::Ordering::Relaxed);
+            let value = obj.cast::<u8>().add(off).cast::<super::Pointer>();
+            if !(*value).owner.drops_plainly() {
+                return PYO3_DEALLOC.get().expect("set at install")(obj);
+            }
+            let tp = ffi::Py_TYPE(obj);
+            // No Python object is dropped here; nothing in the drop panics,
+            // but unwinding out of a C callback would abort: leak instead.
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                std::ptr::drop_in_place(value)
+            }));
+            free(obj.cast());
+            ffi::Py_DECREF(tp.cast());
+        }
+    }
+
     pub(super) unsafe extern "C" fn free(obj: *mut std::ffi::c_void) {
         // SAFETY: the GIL is held; obj is a dead Pointer whose contents PyO3 has
         // already dropped and whose type reference it releases itself.
@@ -135,6 +173,10 @@ pub fn install(py: Python<'_>) -> PyResult<()> {
             debug_assert!((*tp).tp_flags & ffi::Py_TPFLAGS_HAVE_GC == 0);
             (*tp).tp_alloc = Some(list::alloc);
             (*tp).tp_free = Some(list::free);
+            if let Some(d) = (*tp).tp_dealloc {
+                list::set_pyo3_dealloc(d);
+                (*tp).tp_dealloc = Some(list::dealloc);
+            }
         }
     }
     Ok(())

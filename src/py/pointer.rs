@@ -60,6 +60,19 @@ impl Owner {
         }
     }
 
+    /// Dropping this owner touches no Python object (none is freed, no
+    /// Python allocator runs): true when it drops only a reference count,
+    /// or a record that [`drops_plainly`](crate::core::record::Record::drops_plainly).
+    /// Exact under the GIL, where no other thread drops references meanwhile.
+    #[inline]
+    pub fn drops_plainly(&self) -> bool {
+        match self {
+            Owner::Unowned => true,
+            Owner::Block(r) => r.is_shared() || r.drops_plainly(),
+            Owner::Region(r) => std::sync::Arc::strong_count(&r.region) > 1,
+        }
+    }
+
     /// Who owns the memory, for messages.
     pub fn name(&self) -> String {
         match self {
