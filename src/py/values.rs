@@ -19,7 +19,7 @@ pub(crate) fn to_value(kind: Kind, ty: &TypeInfo, v: &Bound<'_, PyAny>) -> PyRes
     };
     match kind {
         Kind::F32 | Kind::F64 => {
-            if !(v.is_instance_of::<PyFloat>() || v.is_instance_of::<PyInt>()) && !has_float(v) {
+            if !(v.is_instance_of::<PyFloat>() || v.is_instance_of::<PyInt>() || has_float(v)) {
                 return Err(wrong_kind(ty, v, "a float or an int"));
             }
             let f: f64 = v.extract()?;
