@@ -22,7 +22,8 @@ pub fn alloc(size: usize, align: usize, zeroed: bool) -> Result<NonNull<u8>> {
             if zeroed && n > SMALL_CALLOC {
                 libc::calloc(1, n)
             } else {
-                let p = libc::malloc(n);
+                // black_box: LLVM would fuse malloc + memset back into calloc.
+                let p = std::hint::black_box(libc::malloc(n));
                 if zeroed && !p.is_null() {
                     std::ptr::write_bytes(p as *mut u8, 0, n);
                 }
