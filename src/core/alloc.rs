@@ -124,6 +124,8 @@ pub struct AllocCore {
     pub always_track: bool,
     /// Never dropped (see [`AllocCore::into_lifelong`]): records skip the count.
     lifelong: bool,
+    /// `backend.plain()`, asked once: the fast paths ask for every block.
+    plain_backend: bool,
 }
 
 /// A record's reference to its allocator: an `Arc<AllocCore>` that skips the
@@ -192,6 +194,7 @@ impl AllocCore {
         always_track: bool,
     ) -> Arc<Self> {
         Arc::new(AllocCore {
+            plain_backend: backend.plain(),
             name: name.into(),
             group,
             zeroed,
@@ -231,7 +234,13 @@ impl AllocCore {
     /// [`Backend::plain`]).
     #[inline]
     pub fn plain(&self) -> bool {
-        !self.tracks() && self.backend.plain()
+        !self.tracks() && self.plain_backend
+    }
+
+    /// [`Backend::plain`] of this allocator's backend.
+    #[inline]
+    pub fn plain_backend(&self) -> bool {
+        self.plain_backend
     }
 
     /// Records `rec`, which just became this allocator's to free (it left an

@@ -126,7 +126,7 @@ impl Record {
         self.arena.is_none()
             && self.track.get().is_none()
             && self.alloc.is_lifelong()
-            && self.alloc.backend.plain()
+            && self.alloc.plain_backend()
     }
 
     pub fn arena(&self) -> Option<u64> {

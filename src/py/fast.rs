@@ -21,7 +21,7 @@
 use super::allocator::{bytes_request, Allocator};
 use super::arena::Arena;
 use super::errors::IntoPy;
-use super::freelist::new_object;
+use super::freelist::{as_pointer, new_object};
 use super::pointer::{Owner, Pointer};
 use super::values::exact_small_int;
 use crate::core::types::Kind;
@@ -242,7 +242,7 @@ unsafe extern "C" fn free(
                 let Some(p) = single(py, args, nargs, kwnames) else {
                     return Outcome::Delegate;
                 };
-                let Ok(p) = p.cast::<Pointer>() else {
+                let Some(p) = as_pointer(&p) else {
                     return Outcome::Delegate;
                 };
                 let p = p.get();

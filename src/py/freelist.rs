@@ -36,6 +36,20 @@ use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 static TYPE: AtomicPtr<ffi::PyTypeObject> = AtomicPtr::new(std::ptr::null_mut());
 static OFFSET: AtomicUsize = AtomicUsize::new(0);
 
+/// `obj` as a Pointer, when it is one (the type is final: an exact check).
+#[inline]
+pub fn as_pointer<'a, 'py>(
+    obj: &pyo3::Borrowed<'a, 'py, PyAny>,
+) -> Option<pyo3::Borrowed<'a, 'py, Pointer>> {
+    let tp = TYPE.load(Ordering::Relaxed);
+    if tp.is_null() {
+        return obj.cast::<Pointer>().ok();
+    }
+    // SAFETY: an object's type pointer is always readable; equal to
+    // Pointer's type means the object is a Pointer.
+    (unsafe { ffi::Py_TYPE(obj.as_ptr()) } == tp).then(|| unsafe { obj.cast_unchecked() })
+}
+
 /// A new Python object holding `value`.
 #[inline]
 pub fn new_object(py: Python<'_>, value: Pointer) -> PyResult<Bound<'_, Pointer>> {
