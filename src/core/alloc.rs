@@ -533,6 +533,53 @@ mod tests {
     }
 
     #[test]
+    fn free_plain_decides_as_free_does() {
+        // Each scenario prepares a block, then frees it once through `free`
+        // and once (on a twin) through `free_plain`: same outcome, same counts.
+        type Prep = fn(&RecordRef) -> usize;
+        let scenarios: [(&str, Prep); 6] = [
+            ("live, at its start", |r| r.addr()),
+            ("interior view", |r| r.addr() + 1),
+            ("freed already", |r| {
+                r.free(r.allocator().group, 0, r.addr()).unwrap();
+                r.addr()
+            }),
+            ("exported", |r| {
+                r.pin().unwrap();
+                r.addr()
+            }),
+            ("autofree", |r| {
+                r.set_autofree().unwrap();
+                r.addr()
+            }),
+            ("detached", |r| r.detach(r.addr()).unwrap()),
+        ];
+        for (name, prep) in scenarios {
+            let outcome = |plain: bool| {
+                let a = libc(false);
+                let r = a.allocate(array(8, 1, 1, None).unwrap(), None).unwrap();
+                let addr = prep(&r);
+                let res = if plain {
+                    r.free_plain(addr)
+                } else {
+                    r.free(a.group, 0, addr)
+                };
+                let out = (format!("{res:?}"), r.state(), a.counters.snapshot());
+                if r.pins() > 0 {
+                    r.unpin();
+                }
+                if r.state() == State::Detached {
+                    unsafe { libc::free(r.addr() as *mut libc::c_void) };
+                } else if r.state() == State::Live && !r.is_autofree() {
+                    a.free(&r, r.addr()).unwrap();
+                }
+                out
+            };
+            assert_eq!(outcome(true), outcome(false), "{name}");
+        }
+    }
+
+    #[test]
     fn a_shared_record_frees_exactly_once_under_races() {
         for _ in 0..200 {
             let a = libc(false);

@@ -224,6 +224,24 @@ impl Record {
         }
     }
 
+    /// [`Record::free`] by the block's own allocator group, for a block that
+    /// [`frees_plainly`](Record::frees_plainly): the common word (live, no
+    /// flags, no exports) viewed at its start takes one compare-and-swap and
+    /// nothing else; any other case is `free` itself.
+    #[inline]
+    pub fn free_plain(&self, addr: usize) -> Result<()> {
+        if addr == self.addr()
+            && self
+                .word
+                .compare_exchange(LIVE, FREED, AcqRel, Acquire)
+                .is_ok()
+        {
+            self.alloc.count_free(self.size);
+            return self.return_memory();
+        }
+        self.free(self.alloc.group, 0, addr)
+    }
+
     /// Checks, without changing anything, that a free would be accepted.
     pub fn check_freeable(&self, owner_group: u64, arena: u64, addr: usize) -> Result<()> {
         self.check_free(self.word.load(Acquire), owner_group, arena, addr)

@@ -248,7 +248,7 @@ unsafe extern "C" fn free(
                 let p = p.get();
                 match &p.owner {
                     Owner::Block(rec) if p.addr != 0 && rec.frees_plainly() => {
-                        match rec.free(rec.allocator().group, 0, p.addr).py(py, p) {
+                        match rec.free_plain(p.addr).py(py, p) {
                             Ok(()) => Outcome::Done(ffi::Py_NewRef(ffi::Py_None())),
                             Err(e) => Outcome::Raise(e),
                         }
