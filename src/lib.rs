@@ -39,10 +39,13 @@ mod _rsalloc {
     #[pymodule_init]
     fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
         let py = m.py();
-        // Every call into rsalloc holds the GIL (none detaches), and PyO3
-        // refuses sub-interpreters: no two threads update counters at once.
+        // SAFETY: with a GIL, every call into rsalloc and every drop of its
+        // objects holds it (no call releases it), and PyO3 refuses
+        // sub-interpreters: one thread at a time is ever inside the core.
         #[cfg(not(Py_GIL_DISABLED))]
-        crate::core::stats::assume_serialized();
+        unsafe {
+            crate::core::serial::assume_serialized()
+        };
         crate::py::freelist::install(py)?;
         m.add("malloc", crate::py::allocator::malloc(py)?)?;
         m.add("calloc", crate::py::allocator::calloc(py)?)?;

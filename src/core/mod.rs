@@ -9,6 +9,7 @@ pub mod layout;
 pub mod record;
 pub mod record_ref;
 pub mod region;
+pub mod serial;
 pub mod stats;
 pub mod sys;
 #[cfg(any(test, feature = "testkit"))]

@@ -127,14 +127,16 @@ impl std::fmt::Debug for RecordRef {
     }
 }
 
-/// The record memory this thread gave back lately, reused before the heap is
-/// asked again. A record is allocated and freed with every block, and glibc's
-/// `malloc` and `free` of it cost about 130 instructions (callgrind); a pop
-/// and a push here cost about a third of that. Per thread, so that no lock
-/// or atomic operation is needed; bounded, so a thread holds at most
-/// `CAP` × 64 bytes; emptied into the heap when the thread ends.
+/// Record memory given back lately, reused before the heap is asked again.
+/// A record is allocated and freed with every block, and glibc's `malloc`
+/// and `free` of it cost about 130 instructions (callgrind). Per thread, so
+/// that no lock or atomic operation is needed, and emptied into the heap when
+/// the thread ends; one process-wide list instead once every caller is
+/// serialized ([`crate::core::serial`]), which saves the thread-local lookup
+/// (~35 instructions). Bounded: at most `CAP` × 64 bytes per list.
 mod cache {
     use super::Inner;
+    use crate::core::serial::serialized;
     use std::alloc::{dealloc, Layout};
     use std::cell::UnsafeCell;
     use std::mem::MaybeUninit;
@@ -149,6 +151,15 @@ mod cache {
         slots: [MaybeUninit<Slot>; CAP],
     }
 
+    impl Cache {
+        const fn new() -> Self {
+            Cache {
+                len: 0,
+                slots: [MaybeUninit::uninit(); CAP],
+            }
+        }
+    }
+
     impl Drop for Cache {
         fn drop(&mut self) {
             for s in &self.slots[..self.len] {
@@ -159,9 +170,35 @@ mod cache {
     }
 
     thread_local! {
-        static CACHE: UnsafeCell<Cache> = const {
-            UnsafeCell::new(Cache { len: 0, slots: [MaybeUninit::uninit(); CAP] })
-        };
+        static LOCAL: UnsafeCell<Cache> = const { UnsafeCell::new(Cache::new()) };
+    }
+
+    /// The process-wide list of serialized mode.
+    struct Shared(UnsafeCell<Cache>);
+
+    // SAFETY: only touched when `serialized()`, whose contract is that no
+    // two threads are inside the core at once.
+    unsafe impl Sync for Shared {}
+
+    static SHARED: Shared = Shared(UnsafeCell::new(Cache::new()));
+
+    /// Runs `f` on the cache in use; None when this thread's is gone (the
+    /// thread is ending).
+    #[inline]
+    fn with<R>(f: impl FnOnce(&mut Cache) -> R) -> Option<R> {
+        if serialized() {
+            // SAFETY: see `Shared`; `f` does not re-enter the cache.
+            return Some(f(unsafe { &mut *SHARED.0.get() }));
+        }
+        with_local(f)
+    }
+
+    /// Kept out of line: the serialized path stays small enough to inline.
+    #[inline(never)]
+    fn with_local<R>(f: impl FnOnce(&mut Cache) -> R) -> Option<R> {
+        // SAFETY: this thread's cache; no reference to it outlives `f`,
+        // which does not re-enter it.
+        LOCAL.try_with(|c| f(unsafe { &mut *c.get() })).ok()
     }
 
     fn release(slot: Slot) {
@@ -172,28 +209,21 @@ mod cache {
     /// A slot from the cache, if it has one.
     #[inline]
     pub(super) fn take() -> Option<Slot> {
-        CACHE
-            .try_with(|c| {
-                // SAFETY: this thread's cache; no reference to it outlives
-                // this closure, and nothing here re-enters it.
-                let c = unsafe { &mut *c.get() };
-                c.len.checked_sub(1).map(|i| {
-                    c.len = i;
-                    // SAFETY: entries below the old `len` are initialised.
-                    unsafe { c.slots[i].assume_init() }
-                })
+        with(|c| {
+            c.len.checked_sub(1).map(|i| {
+                c.len = i;
+                // SAFETY: entries below the old `len` are initialised.
+                unsafe { c.slots[i].assume_init() }
             })
-            .ok()
-            .flatten()
+        })
+        .flatten()
     }
 
     /// Gives an unused slot back (to the heap when the cache is full or the
     /// thread is ending).
     #[inline]
     pub(super) fn give(slot: Slot) {
-        let kept = CACHE.try_with(|c| {
-            // SAFETY: as in `take`.
-            let c = unsafe { &mut *c.get() };
+        let kept = with(|c| {
             if c.len == CAP {
                 return false;
             }
@@ -201,14 +231,15 @@ mod cache {
             c.len += 1;
             true
         });
-        if kept != Ok(true) {
+        if kept != Some(true) {
             release(slot);
         }
     }
 
+    /// Slots in this thread's cache (tests never switch to serialized mode).
     #[cfg(test)]
     pub(super) fn len() -> usize {
-        CACHE.with(|c| unsafe { (*c.get()).len })
+        LOCAL.with(|c| unsafe { (*c.get()).len })
     }
 }
 

@@ -4,29 +4,11 @@
 //! updates per set instead of three; `peak_bytes` is only touched when a new
 //! peak is reached.
 //!
-//! An update is a locked read-modify-write (~2.3 ns each on the development
-//! machine, against ~0.4 ns for a load and a store), and a block's
-//! allocation and free make eight of them. When every writer is serialized
-//! by an outside lock, as the GIL serializes every Python thread that calls
-//! rsalloc, [`assume_serialized`] turns them into plain loads and stores:
-//! still atomic accesses (readers on other threads see no torn values), but
-//! no longer safe against two writers at once, which that lock rules out.
-//! A wrong assumption can only miscount; it cannot touch memory.
+//! Updates are locked read-modify-writes, or plain atomic loads and stores
+//! once the binding has declared every caller serialized ([`super::serial`]).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-
-static SERIALIZED: AtomicBool = AtomicBool::new(false);
-
-/// Declares that from now on no two threads update counters at the same
-/// time (the binding calls it at import on interpreters with a GIL).
-pub fn assume_serialized() {
-    SERIALIZED.store(true, Relaxed);
-}
-
-#[inline]
-fn serialized() -> bool {
-    SERIALIZED.load(Relaxed)
-}
+use super::serial::serialized;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 #[inline]
 fn add(cell: &AtomicU64, n: u64, serialized: bool) -> u64 {

@@ -233,6 +233,7 @@ impl Allocator {
         Ok(obj)
     }
 
+    #[inline]
     pub fn new_pointer(
         &self,
         py: Python<'_>,
