@@ -47,6 +47,8 @@ mod _rsalloc {
             crate::core::serial::assume_serialized()
         };
         crate::py::freelist::install(py)?;
+        #[cfg(not(any(Py_3_12, PyPy, GraalPy, Py_LIMITED_API)))]
+        crate::py::values::digits::check(py)?;
         m.add("malloc", crate::py::allocator::malloc(py)?)?;
         m.add("calloc", crate::py::allocator::calloc(py)?)?;
         m.add("nullptr", crate::py::pointer::nullptr_object(py)?)?;

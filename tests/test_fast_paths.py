@@ -15,7 +15,7 @@ import threading
 import pytest
 
 import rsalloc
-from rsalloc import Arena, Int32, calloc, free, malloc
+from rsalloc import Arena, Int32, Int64, calloc, free, malloc
 
 
 def outcome(fn, *args, **kwargs):
@@ -322,3 +322,36 @@ def test_every_dealloc_route_releases_the_object_and_its_owner(name, make):
     gc.collect()
     after = sys.getrefcount(rsalloc.Pointer)
     assert after == before
+
+
+_DIGIT_EDGES = [
+    0, 1, -1, 7, -7,
+    2**30 - 1, 2**30, 2**30 + 1, -(2**30) + 1, -(2**30), -(2**30) - 1,
+    2**31, 2**59 + 5, 2**60 - 1, 2**60, 2**60 + 1, -(2**60) + 1, -(2**60), -(2**60) - 1,
+    2**62 + 3, 2**63 - 1, -(2**63),
+]
+
+
+@pytest.mark.parametrize("i", _DIGIT_EDGES)
+def test_ints_read_straight_from_their_digits_keep_their_value(i):
+    # Indices, sizes and element values of one or two 30-bit digits are read
+    # from the int object itself (values.rs, `digits`); longer ones through
+    # the C API. Every edge must come out as the same number.
+    p = calloc(Int64, 4)
+    if -4 <= i < 4:
+        p[i] = 11
+        assert p[i] == 11 and p[i % 4] == 11
+    else:
+        with pytest.raises(IndexError, match=rf"^index {i} out of range"):
+            p[i]
+        with pytest.raises(IndexError, match=rf"^index {i} out of range"):
+            p[i] = 1
+    p[0] = i  # an element value: any int64 is stored as itself
+    assert p[0] == i
+    free(p)
+    if i < 0:
+        assert outcome(malloc.allocate, i) == outcome(malloc.allocate, nbytes=i)
+    elif i < 4096:
+        q = malloc.allocate(i)
+        assert q.count == i
+        free(q)
