@@ -157,11 +157,23 @@ pub(crate) fn bytes_request(
     nbytes: i128,
     alignment: Option<i128>,
 ) -> PyResult<(&'static TypeInfo, Request)> {
-    let ty = types::uint8(py)?;
     if let (None, Ok(n)) = (alignment, i64::try_from(nbytes)) {
-        return Ok((ty, layout::bytes(n).py(py, &Asked(who, ty, &nbytes))?));
+        return plain_bytes_request(py, who, n);
     }
+    let ty = types::uint8(py)?;
     Ok((ty, request(py, who, ty, nbytes, alignment)?))
+}
+
+/// [`bytes_request`] of `nbytes` that fit an i64, without an alignment: the
+/// fast entry points' case, inlined into them.
+#[inline]
+pub(crate) fn plain_bytes_request(
+    py: Python<'_>,
+    who: &str,
+    nbytes: i64,
+) -> PyResult<(&'static TypeInfo, Request)> {
+    let ty = types::uint8(py)?;
+    Ok((ty, layout::bytes(nbytes).py(py, &Asked(who, ty, &nbytes))?))
 }
 
 /// The element type and request of `a.realloc(p, count)`: p's type (bytes

@@ -18,7 +18,7 @@
 //! or a panic is rare, so raising it pays for `Python::attach`, which makes
 //! PyO3 aware of the thread before the error's objects are released.
 
-use super::allocator::{bytes_request, Allocator};
+use super::allocator::{plain_bytes_request, Allocator};
 use super::arena::Arena;
 use super::errors::IntoPy;
 use super::freelist::{as_pointer, new_object};
@@ -201,7 +201,7 @@ unsafe extern "C" fn allocator_allocate(
             let this = pyo3::Borrowed::from_ptr(py, slf).cast_unchecked::<Allocator>();
             let this = this.get();
             this.core.plain().then(|| {
-                let (ty, req) = bytes_request(py, &this.core.name, n.into(), None)?;
+                let (ty, req) = plain_bytes_request(py, &this.core.name, n)?;
                 this.new_pointer(py, ty, req)
             })
         })
@@ -221,7 +221,7 @@ unsafe extern "C" fn arena_allocate(
             let this = pyo3::Borrowed::from_ptr(py, slf).cast_unchecked::<Arena>();
             let this = this.get();
             this.ready_region().map(|r| {
-                let (ty, req) = bytes_request(py, &this.name, n.into(), None)?;
+                let (ty, req) = plain_bytes_request(py, &this.name, n)?;
                 this.region_pointer(py, r, ty, req)
             })
         })
