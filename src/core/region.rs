@@ -110,6 +110,7 @@ pub struct RegionCore {
 }
 
 impl Inner {
+    #[inline]
     fn bump(&mut self, size: usize, align: usize) -> Result<usize> {
         // Every block advances by at least a byte, so addresses are unique.
         let size = size.max(1);
@@ -122,6 +123,7 @@ impl Inner {
         self.grow(size, align)
     }
 
+    #[cold]
     fn grow(&mut self, size: usize, align: usize) -> Result<usize> {
         self.chunks
             .try_reserve(1)
