@@ -14,6 +14,13 @@ use std::alloc::Layout;
 const N: usize = 1000;
 
 fn main() {
+    // `RSALLOC_SERIALIZED=1`: the mode the Python binding runs the core in
+    // under the GIL (src/core/serial.rs). Every bench here runs on one
+    // thread, which is all that mode asks.
+    if std::env::var_os("RSALLOC_SERIALIZED").is_some_and(|v| v == "1") {
+        // SAFETY: divan runs these benches on a single thread.
+        unsafe { rsalloc::core::serial::assume_serialized() };
+    }
     divan::main();
 }
 
