@@ -40,8 +40,9 @@ mod _rsalloc {
     fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
         let py = m.py();
         // SAFETY: with a GIL, every call into rsalloc and every drop of its
-        // objects holds it (no call releases it), and PyO3 refuses
-        // sub-interpreters: one thread at a time is ever inside the core.
+        // objects holds it; rsalloc releases it nowhere, and user code that
+        // does (a Python-defined allocator's methods) runs only in the core's
+        // callbacks. PyO3 refuses sub-interpreters.
         #[cfg(not(Py_GIL_DISABLED))]
         unsafe {
             crate::core::serial::assume_serialized()

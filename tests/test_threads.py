@@ -72,3 +72,60 @@ def test_racing_frees_free_exactly_once_and_reads_never_see_garbage():
         assert outcomes.count("freed") == 1
         assert set(outcomes) <= {"freed", 7, "DoubleFreeError", "UseAfterFreeError"}
         assert not p.alive
+
+
+class _SleepyPool(rsalloc.Allocator):
+    """A Python-defined allocator that lets go of the GIL inside every call,
+    so other threads run rsalloc while this one is in the middle of an
+    allocation or a free (src/core/serial.rs: what the GIL must cover)."""
+
+    def _raw_alloc(self, nbytes: int, alignment: int) -> int:
+        import ctypes
+        import time
+
+        time.sleep(0)  # releases the GIL
+        libc = ctypes.CDLL(None)
+        libc.malloc.restype = ctypes.c_void_p
+        return libc.malloc(nbytes) or 0
+
+    def _raw_free(self, address: int) -> None:
+        import ctypes
+        import time
+
+        time.sleep(0)
+        libc = ctypes.CDLL(None)
+        libc.free.argtypes = [ctypes.c_void_p]
+        libc.free(address)
+
+
+def test_threads_interleaving_inside_python_allocator_callbacks_keep_exact_counts():
+    pool = _SleepyPool()
+    before = rsalloc.stats()
+    errors = []
+
+    def work(i):
+        try:
+            for k in range(300):
+                if i % 2:
+                    p = pool.allocate(8 + k % 5)
+                    p[0] = 1
+                    free(p)
+                    q = pool.allocate(4).autofree()  # freed by the last reference, in a callback
+                    del q
+                else:
+                    p = malloc.allocate(16)
+                    p[0] = 2
+                    free(p)
+                    with rsalloc.Arena() as a:
+                        a.allocate(8)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    run_threads(4, work)
+    assert not errors
+    after = rsalloc.stats()
+    assert after.live_count == before.live_count
+    assert after.live_bytes == before.live_bytes
+    assert after.total_allocs - before.total_allocs == 4 * 300 * 2
+    s = pool.stats()
+    assert (s.live_count, s.total_allocs, s.total_frees) == (0, 2 * 300 * 2, 2 * 300 * 2)

@@ -16,15 +16,18 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
 static SERIALIZED: AtomicBool = AtomicBool::new(false);
 
-/// Declares that from now on no two threads are ever inside the core at the
-/// same time.
+/// Declares that from now on every caller holds one and the same outside
+/// lock whenever it runs core code.
 ///
 /// # Safety
 /// Every later call into the core, and every drop of a value it handed out
-/// (records, regions, allocators), must happen while holding one and the
-/// same lock (the binding: the GIL, which no call into rsalloc releases,
-/// and PyO3 refuses sub-interpreters). The record cache becomes a single
-/// unsynchronised list: two threads in it at once would corrupt it.
+/// (records, regions, allocators), must run while holding that lock (the
+/// binding: the GIL; PyO3 refuses sub-interpreters). The lock may be let go
+/// only inside callbacks the core makes to its caller's code (a
+/// Python-defined allocator's `_raw_alloc` may release the GIL): the
+/// unsynchronised steps this switch allows (a counter update, a push or a
+/// pop on the record cache) never span such a callback. Two threads in the
+/// record cache at once would corrupt it.
 pub unsafe fn assume_serialized() {
     SERIALIZED.store(true, Relaxed);
 }
