@@ -4,16 +4,27 @@
 //! threads without an outside lock) must not see it.
 
 use rsalloc::core::alloc::{AllocCore, Libc, LIBC_GROUP};
-use rsalloc::core::layout::array;
+use rsalloc::core::layout::{array, Request};
+use rsalloc::core::region::{RegionCore, RegionRef};
 use rsalloc::core::stats::GLOBAL;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+
+/// Every use of the core in this binary holds it (the GIL's role).
+static LOCK: Mutex<()> = Mutex::new(());
+
+/// Held by each test for its whole run: they compare process-wide counters.
+static ONE_TEST: Mutex<()> = Mutex::new(());
+
+fn serialize() {
+    // SAFETY: every use of the core below holds LOCK, including the drops
+    // of what it hands out.
+    unsafe { rsalloc::core::serial::assume_serialized() };
+}
 
 #[test]
 fn threads_behind_one_lock_keep_exact_counts_and_sound_records() {
-    // SAFETY: every use of the core below holds LOCK (the GIL's role),
-    // including the drops of the records it hands out.
-    unsafe { rsalloc::core::serial::assume_serialized() };
-    static LOCK: Mutex<()> = Mutex::new(());
+    let _one = ONE_TEST.lock().unwrap_or_else(|e| e.into_inner());
+    serialize();
     let a = AllocCore::into_lifelong(AllocCore::new("malloc", LIBC_GROUP, true, Box::new(Libc)));
     let global_before = GLOBAL.snapshot();
     std::thread::scope(|s| {
@@ -56,4 +67,53 @@ fn threads_behind_one_lock_keep_exact_counts_and_sound_records() {
     let g = GLOBAL.snapshot();
     assert_eq!(g.total_allocs - global_before.total_allocs, 20_000);
     assert_eq!(g.live_bytes, global_before.live_bytes);
+}
+
+#[test]
+fn a_region_shared_by_threads_behind_one_lock_hands_out_disjoint_blocks() {
+    let _one = ONE_TEST.lock().unwrap_or_else(|e| e.into_inner());
+    serialize();
+    let region = {
+        let _g = LOCK.lock().unwrap();
+        RegionCore::new()
+    };
+    let weak = Arc::downgrade(&region);
+    let anchor = {
+        let _g = LOCK.lock().unwrap();
+        RegionRef::anchor(&region)
+    };
+    let blocks = Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            let (region, blocks) = (&region, &blocks);
+            s.spawn(move || {
+                let mut mine = Vec::new();
+                for i in 0..2_000usize {
+                    let _g = LOCK.lock().unwrap();
+                    let req = Request { size: 8 + i % 24, align: 8 };
+                    let (at, token) = region.allocate(req).unwrap();
+                    let r = RegionRef::new(region, token, at);
+                    r.check_access().unwrap();
+                    if i % 2 == 0 {
+                        mine.push((at, req.size, r));
+                    }
+                }
+                let _g = LOCK.lock().unwrap();
+                blocks.lock().unwrap().extend(mine);
+            });
+        }
+    });
+    let _g = LOCK.lock().unwrap();
+    let mut blocks = blocks.into_inner().unwrap();
+    blocks.sort_by_key(|b| b.0);
+    for w in blocks.windows(2) {
+        assert!(w[0].0 + w[0].1 <= w[1].0, "overlap at {:#x}", w[1].0);
+    }
+    assert_eq!(region.snapshot().live_count, 8_000);
+    assert_eq!(Arc::strong_count(&region), 2, "the references hold one count");
+    drop(region);
+    drop(anchor);
+    assert!(weak.upgrade().is_some(), "4 000 references still hold it");
+    drop(blocks);
+    assert!(weak.upgrade().is_none());
 }

@@ -18,8 +18,9 @@ use super::sys;
 use std::any::Any;
 use std::collections::HashSet;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::*};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use super::serial::{serialized, SerialGuard, SerialMutex};
+use std::sync::atomic::{fence, AtomicU64, AtomicUsize, Ordering::*};
+use std::sync::{Arc, OnceLock};
 
 /// Size of the first chunk; each new chunk doubles it up to [`MAX_CHUNK`].
 pub const FIRST_CHUNK: usize = 4096;
@@ -104,7 +105,9 @@ pub struct RegionCore {
     state: AtomicU64,
     /// `inner.dead.len()`, readable without the lock on the access path.
     dead_count: AtomicUsize,
-    inner: Mutex<Inner>,
+    inner: SerialMutex<Inner>,
+    /// Live [`RegionRef`]s; together they hold one count of the `Arc`.
+    views: AtomicUsize,
     /// The binding layer's object for this region (set once).
     pub handle: OnceLock<Box<dyn Any + Send + Sync>>,
 }
@@ -179,18 +182,17 @@ impl RegionCore {
             id: new_id(),
             state: AtomicU64::new(0),
             dead_count: AtomicUsize::new(0),
-            inner: Mutex::new(Inner {
+            inner: SerialMutex::new(Inner {
                 next_size: FIRST_CHUNK,
                 ..Inner::default()
             }),
+            views: AtomicUsize::new(0),
             handle: OnceLock::new(),
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        // Nothing panics while holding the lock; a poisoned lock still holds
-        // consistent data.
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> SerialGuard<'_, Inner> {
+        self.inner.lock()
     }
 
     pub fn is_closed(&self) -> bool {
@@ -366,23 +368,139 @@ impl std::fmt::Debug for RegionCore {
 
 /// A block of a region as a Pointer's owner: the region, the token the
 /// block was handed out with, and where the block starts (views share it).
-#[derive(Clone, Debug)]
+///
+/// Every Pointer into a region holds one, so their references to the region
+/// are counted apart from its `Arc`: all of them together hold a single
+/// `Arc` count, taken when the first appears and given back when the last
+/// goes, and the arena holds one ([`RegionRef::anchor`]) while it lives. In
+/// serialized mode ([`crate::core::serial`]) a reference is then counted
+/// with a plain load and store. Measured from Python, the locked
+/// instructions of an `Arc` clone and drop, with the region's lock, cost
+/// ~5–7 ns of an arena allocation's ~47 (removing the lock alone gained
+/// nothing: the first locked instruction in a stretch of code is the
+/// expensive one).
 pub struct RegionRef {
-    pub region: Arc<RegionCore>,
+    region: NonNull<RegionCore>,
     pub token: u64,
     pub base: usize,
 }
 
+// SAFETY: as Arc<RegionCore>: RegionCore is Send + Sync and the count of
+// references is atomic unless every caller is serialized.
+unsafe impl Send for RegionRef {}
+unsafe impl Sync for RegionRef {}
+
 impl RegionRef {
+    pub fn new(region: &Arc<RegionCore>, token: u64, base: usize) -> Self {
+        let r = RegionRef {
+            region: NonNull::from(&**region),
+            token,
+            base,
+        };
+        r.add_view();
+        r
+    }
+
+    /// The reference a region's owner (the arena) holds for as long as it
+    /// lives, so that Pointers coming and going never take the count across
+    /// zero (each crossing moves the `Arc` count). Never used for access.
+    pub fn anchor(region: &Arc<RegionCore>) -> Self {
+        Self::new(region, u64::MAX, 0)
+    }
+
+    #[inline]
+    pub fn region(&self) -> &RegionCore {
+        // SAFETY: the references together hold an Arc count (add_view).
+        unsafe { self.region.as_ref() }
+    }
+
+    /// Whether this is a reference to `r`.
+    pub fn is_in(&self, r: &Arc<RegionCore>) -> bool {
+        std::ptr::eq(self.region.as_ptr(), Arc::as_ptr(r))
+    }
+
+    /// Dropping this reference only counts down: other references remain,
+    /// or someone else (the arena) still holds the region. Exact when no
+    /// other thread drops references meanwhile (serialized mode).
+    pub fn drops_to_a_count(&self) -> bool {
+        if self.region().views.load(Acquire) > 1 {
+            return true;
+        }
+        // SAFETY: a borrowed view of the Arc the references hold, not dropped.
+        let arc = std::mem::ManuallyDrop::new(unsafe { Arc::from_raw(self.region.as_ptr()) });
+        Arc::strong_count(&arc) > 1
+    }
+
+    #[inline]
+    fn add_view(&self) {
+        let views = &self.region().views;
+        let first = if serialized() {
+            let n = views.load(Relaxed);
+            views.store(n + 1, Relaxed);
+            n == 0
+        } else {
+            views.fetch_add(1, Relaxed) == 0
+        };
+        if first {
+            // SAFETY: the caller holds an Arc (new) or a reference (clone)
+            // to this region, so it is alive; the new count is the group's.
+            unsafe { Arc::increment_strong_count(self.region.as_ptr()) }
+        }
+    }
+
     #[inline]
     pub fn check_access(&self) -> Result<()> {
-        self.region.check(self.token, self.base)
+        self.region().check(self.token, self.base)
     }
     pub fn pin(&self) -> Result<()> {
-        self.region.pin(self.token, self.base)
+        self.region().pin(self.token, self.base)
     }
     pub fn unpin(&self) {
-        self.region.unpin()
+        self.region().unpin()
+    }
+}
+
+impl Clone for RegionRef {
+    fn clone(&self) -> Self {
+        let r = RegionRef {
+            region: self.region,
+            token: self.token,
+            base: self.base,
+        };
+        r.add_view();
+        r
+    }
+}
+
+impl Drop for RegionRef {
+    #[inline]
+    fn drop(&mut self) {
+        let views = &self.region().views;
+        let last = if serialized() {
+            let n = views.load(Relaxed) - 1;
+            views.store(n, Relaxed);
+            n == 0
+        } else if views.fetch_sub(1, Release) == 1 {
+            // As Arc: every use through the other references happens before.
+            fence(Acquire);
+            true
+        } else {
+            false
+        };
+        if last {
+            // SAFETY: gives back the group's count, taken in add_view.
+            unsafe { Arc::decrement_strong_count(self.region.as_ptr()) }
+        }
+    }
+}
+
+impl std::fmt::Debug for RegionRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegionRef")
+            .field("region", &self.region().id)
+            .field("token", &self.token)
+            .field("base", &format_args!("{:#x}", self.base))
+            .finish()
     }
 }
 
@@ -390,6 +508,54 @@ impl RegionRef {
 mod tests {
     use super::*;
     use crate::core::layout::array;
+
+    #[test]
+    fn references_share_one_arc_count_and_keep_the_region_alive() {
+        let arc = RegionCore::new();
+        let weak = Arc::downgrade(&arc);
+        let (at, token) = arc.allocate(req(8, 8)).unwrap();
+        let a = RegionRef::new(&arc, token, at);
+        assert_eq!(Arc::strong_count(&arc), 2);
+        let b = a.clone();
+        let c = RegionRef::new(&arc, token, at);
+        assert_eq!(Arc::strong_count(&arc), 2, "one count for all references");
+        assert!(a.is_in(&arc) && a.drops_to_a_count());
+        drop((b, c));
+        assert!(a.drops_to_a_count(), "the arena still holds the region");
+        drop(arc);
+        assert!(!a.drops_to_a_count(), "the last reference frees the region");
+        assert!(a.check_access().is_ok());
+        assert!(weak.upgrade().is_some());
+        drop(a);
+        assert!(weak.upgrade().is_none(), "freed with the last reference");
+    }
+
+    #[test]
+    fn references_counted_from_many_threads_balance() {
+        let arc = RegionCore::new();
+        let weak = Arc::downgrade(&arc);
+        let (at, token) = arc.allocate(req(8, 8)).unwrap();
+        let first = RegionRef::new(&arc, token, at);
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                let (arc, first) = (&arc, &first);
+                s.spawn(move || {
+                    for i in 0..10_000 {
+                        let r = if i % 2 == 0 {
+                            first.clone()
+                        } else {
+                            RegionRef::new(arc, token, at)
+                        };
+                        assert!(r.check_access().is_ok());
+                    }
+                });
+            }
+        });
+        assert_eq!(Arc::strong_count(&arc), 2);
+        drop(arc);
+        drop(first);
+        assert!(weak.upgrade().is_none());
+    }
 
     fn req(size: usize, align: usize) -> Request {
         Request { size, align }

@@ -12,7 +12,10 @@
 //! Allocation *state* (free, export, detach) is decided by compare-and-swap
 //! whatever this switch says: it is what decides who returns memory.
 
+use std::cell::UnsafeCell;
+use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 static SERIALIZED: AtomicBool = AtomicBool::new(false);
 
@@ -26,8 +29,9 @@ static SERIALIZED: AtomicBool = AtomicBool::new(false);
 /// only inside callbacks the core makes to its caller's code (a
 /// Python-defined allocator's `_raw_alloc` may release the GIL): the
 /// unsynchronised steps this switch allows (a counter update, a push or a
-/// pop on the record cache) never span such a callback. Two threads in the
-/// record cache at once would corrupt it.
+/// pop on the record cache, a region's bump, a region reference's count)
+/// never span such a callback. Two threads in one of them at once would
+/// corrupt it.
 pub unsafe fn assume_serialized() {
     SERIALIZED.store(true, Relaxed);
 }
@@ -35,4 +39,90 @@ pub unsafe fn assume_serialized() {
 #[inline]
 pub(crate) fn serialized() -> bool {
     SERIALIZED.load(Relaxed)
+}
+
+/// A mutex that is not taken at all once every caller is serialized: the
+/// outside lock already excludes everyone else. Its users never lock it
+/// twice at once (that would deadlock a `Mutex` as well), and never run a
+/// callback to their caller's code while holding it.
+pub(crate) struct SerialMutex<T> {
+    lock: Mutex<()>,
+    value: UnsafeCell<T>,
+}
+
+// SAFETY: as Mutex<T>: one guard at a time reaches the value, either
+// through the mutex or through the outside lock `assume_serialized` promises.
+unsafe impl<T: Send> Send for SerialMutex<T> {}
+unsafe impl<T: Send> Sync for SerialMutex<T> {}
+
+pub(crate) struct SerialGuard<'a, T> {
+    _held: Option<MutexGuard<'a, ()>>,
+    value: &'a UnsafeCell<T>,
+}
+
+impl<T> SerialMutex<T> {
+    pub(crate) fn new(value: T) -> Self {
+        SerialMutex {
+            lock: Mutex::new(()),
+            value: UnsafeCell::new(value),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn lock(&self) -> SerialGuard<'_, T> {
+        let held = if serialized() {
+            None
+        } else {
+            // Nothing panics while holding the lock; a poisoned lock still
+            // guards consistent data.
+            Some(self.lock.lock().unwrap_or_else(PoisonError::into_inner))
+        };
+        SerialGuard {
+            _held: held,
+            value: &self.value,
+        }
+    }
+}
+
+impl<T> Deref for SerialGuard<'_, T> {
+    type Target = T;
+    #[inline]
+    fn deref(&self) -> &T {
+        // SAFETY: this guard is the only one (see SerialMutex's Sync).
+        unsafe { &*self.value.get() }
+    }
+}
+
+impl<T> DerefMut for SerialGuard<'_, T> {
+    #[inline]
+    fn deref_mut(&mut self) -> &mut T {
+        // SAFETY: as in `deref`, and the guard is borrowed mutably.
+        unsafe { &mut *self.value.get() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serial_mutex_excludes_threads_when_not_serialized() {
+        // The unit tests never switch to serialized mode: this is the Mutex.
+        let m = SerialMutex::new((0u64, 0u64));
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for _ in 0..20_000 {
+                        let mut g = m.lock();
+                        let a = g.0;
+                        std::hint::black_box(&mut *g);
+                        g.0 = a + 1;
+                        g.1 += 1;
+                        assert_eq!(g.0, g.1);
+                    }
+                });
+            }
+        });
+        assert_eq!(*m.lock(), (80_000, 80_000));
+    }
 }

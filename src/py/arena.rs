@@ -40,6 +40,8 @@ pub struct Arena {
     allocator: Option<Py<PyAny>>,
     callbacks: Mutex<Vec<Callback>>,
     pub(crate) name: String,
+    /// A bump region's reference of its own (`RegionRef::anchor`).
+    _anchor: Option<RegionRef>,
 }
 
 /// `free(p)` of a region block: a no-op for a live block viewed at its start.
@@ -178,11 +180,7 @@ impl Arena {
             addr,
             ty,
             Some(req.size),
-            Owner::Region(RegionRef {
-                region: r.clone(),
-                token,
-                base: addr,
-            }),
+            Owner::Region(RegionRef::new(r, token, addr)),
         ))
     }
 
@@ -220,7 +218,7 @@ impl Arena {
     /// Checks that `p` is a block of this arena that a free would accept.
     fn check_free(&self, p: &Pointer) -> Result<(), Error> {
         match (&self.backing, &p.owner) {
-            (Backing::Region(mine), Owner::Region(r)) if Arc::ptr_eq(mine, &r.region) => {
+            (Backing::Region(mine), Owner::Region(r)) if r.is_in(mine) => {
                 region_free(r, p.addr)
             }
             (Backing::Wrap(w), Owner::Block(rec)) => w.free(rec, p.addr),
@@ -305,11 +303,16 @@ impl Arena {
                 )
             }
         };
+        let anchor = match &backing {
+            Backing::Region(r) => Some(RegionRef::anchor(r)),
+            Backing::Wrap(_) => None,
+        };
         let mut arena = Arena {
             backing,
             allocator: obj,
             callbacks: Mutex::new(Vec::new()),
             name: String::new(),
+            _anchor: anchor,
         };
         arena.name = format!("arena #{}", arena.id());
         Ok(arena)
@@ -368,7 +371,7 @@ impl Arena {
         }
         this.check_open(py)?;
         match (&this.backing, &p.owner) {
-            (Backing::Region(mine), Owner::Region(r)) if Arc::ptr_eq(mine, &r.region) => {
+            (Backing::Region(mine), Owner::Region(r)) if r.is_in(mine) => {
                 region_free(r, p.addr).py(py, p)?;
                 let old = p.extent().unwrap_or(0);
                 let (addr, token) = mine.realloc(r.token, r.base, old, req).py(py, p)?;
@@ -376,11 +379,7 @@ impl Arena {
                     addr,
                     p.ty,
                     Some(req.size),
-                    Owner::Region(RegionRef {
-                        region: mine.clone(),
-                        token,
-                        base: addr,
-                    }),
+                    Owner::Region(RegionRef::new(mine, token, addr)),
                 ))
             }
             (Backing::Wrap(w), Owner::Block(rec)) => {

@@ -69,7 +69,7 @@ impl Owner {
         match self {
             Owner::Unowned => true,
             Owner::Block(r) => r.is_shared() || r.drops_plainly(),
-            Owner::Region(r) => std::sync::Arc::strong_count(&r.region) > 1,
+            Owner::Region(r) => r.drops_to_a_count(),
         }
     }
 
@@ -83,7 +83,7 @@ impl Owner {
                     None => r.allocator().name.clone(),
                 },
             },
-            Owner::Region(r) => format!("arena #{}", r.region.id),
+            Owner::Region(r) => format!("arena #{}", r.region().id),
             Owner::Unowned => "unowned".into(),
         }
     }
@@ -759,7 +759,7 @@ impl Pointer {
             Owner::Block(r) if r.state() != State::Detached => {
                 super::allocator::owner_object(py, r)
             }
-            Owner::Region(r) => super::allocator::handle_object(py, &r.region.handle),
+            Owner::Region(r) => super::allocator::handle_object(py, &r.region().handle),
             _ => py.None(),
         })
     }
