@@ -167,7 +167,7 @@ impl Arena {
     }
 
     /// A Pointer to a new block of the region `r` (this arena's).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn region_pointer(
         &self,
         py: Python<'_>,

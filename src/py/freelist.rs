@@ -51,7 +51,7 @@ pub fn as_pointer<'a, 'py>(
 }
 
 /// A new Python object holding `value`.
-#[inline]
+#[inline(always)]
 pub fn new_object(py: Python<'_>, value: Pointer) -> PyResult<Bound<'_, Pointer>> {
     let off = OFFSET.load(Ordering::Relaxed);
     if off == 0 {
@@ -63,8 +63,12 @@ pub fn new_object(py: Python<'_>, value: Pointer) -> PyResult<Bound<'_, Pointer>
     // from the type's tp_alloc (header set) with the value written at `off`
     // is exactly what PyO3 builds. tp_alloc is always set on a ready type.
     unsafe {
-        let alloc = (*tp).tp_alloc.unwrap_or(ffi::PyType_GenericAlloc);
-        let obj = alloc(tp, 0);
+        // The list's own tp_alloc, called directly (inlined) where install
+        // set it; the type's slot elsewhere.
+        #[cfg(not(Py_GIL_DISABLED))]
+        let obj = list::alloc(tp, 0);
+        #[cfg(Py_GIL_DISABLED)]
+        let obj = (*tp).tp_alloc.unwrap_or(ffi::PyType_GenericAlloc)(tp, 0);
         if obj.is_null() {
             return Err(PyErr::fetch(py));
         }
@@ -98,6 +102,7 @@ mod list {
         len: 0,
     }));
 
+    #[inline]
     pub(super) unsafe extern "C" fn alloc(
         tp: *mut ffi::PyTypeObject,
         nitems: ffi::Py_ssize_t,
