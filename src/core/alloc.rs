@@ -271,6 +271,7 @@ impl AllocCore {
     }
 
     /// [`AllocCore::allocate`], naming the element type for leak records.
+    #[inline]
     pub fn allocate_typed(
         self: &Arc<Self>,
         req: Request,
@@ -283,6 +284,7 @@ impl AllocCore {
         Ok(self.record(slot, p, req, arena, ty))
     }
 
+    #[inline(always)]
     fn record(
         self: &Arc<Self>,
         slot: RecordSlot,
