@@ -90,7 +90,10 @@ fn a_region_shared_by_threads_behind_one_lock_hands_out_disjoint_blocks() {
                 let mut mine = Vec::new();
                 for i in 0..2_000usize {
                     let _g = LOCK.lock().unwrap();
-                    let req = Request { size: 8 + i % 24, align: 8 };
+                    let req = Request {
+                        size: 8 + i % 24,
+                        align: 8,
+                    };
                     let (at, token) = region.allocate(req).unwrap();
                     let r = RegionRef::new(region, token, at);
                     r.check_access().unwrap();
@@ -110,7 +113,11 @@ fn a_region_shared_by_threads_behind_one_lock_hands_out_disjoint_blocks() {
         assert!(w[0].0 + w[0].1 <= w[1].0, "overlap at {:#x}", w[1].0);
     }
     assert_eq!(region.snapshot().live_count, 8_000);
-    assert_eq!(Arc::strong_count(&region), 2, "the references hold one count");
+    assert_eq!(
+        Arc::strong_count(&region),
+        2,
+        "the references hold one count"
+    );
     drop(region);
     drop(anchor);
     assert!(weak.upgrade().is_some(), "4 000 references still hold it");

@@ -13,12 +13,12 @@
 use super::alloc::new_id;
 use super::error::{Death, Error, Result};
 use super::layout::{round_up, Request, MALLOC_ALIGN};
+use super::serial::{serialized, SerialGuard, SerialMutex};
 use super::stats::{Snapshot, GLOBAL};
 use super::sys;
 use std::any::Any;
 use std::collections::HashSet;
 use std::ptr::NonNull;
-use super::serial::{serialized, SerialGuard, SerialMutex};
 use std::sync::atomic::{fence, AtomicU64, AtomicUsize, Ordering::*};
 use std::sync::{Arc, OnceLock};
 

@@ -151,7 +151,13 @@ mod tests {
             c.on_free_many_as(2, 25, serialized);
             let s = c.snapshot();
             assert_eq!(
-                (s.live_count, s.live_bytes, s.peak_bytes, s.total_allocs, s.total_frees),
+                (
+                    s.live_count,
+                    s.live_bytes,
+                    s.peak_bytes,
+                    s.total_allocs,
+                    s.total_frees
+                ),
                 (0, 0, 30, 3, 3),
                 "serialized: {serialized}"
             );

@@ -115,7 +115,16 @@ mod tests {
     #[test]
     fn zeroed_blocks_are_zero_even_on_reused_memory() {
         // A dirty block freed just before is what malloc hands out next.
-        for n in [1, 24, 64, 1000, 4096, SMALL_CALLOC, SMALL_CALLOC + 1, 1 << 20] {
+        for n in [
+            1,
+            24,
+            64,
+            1000,
+            4096,
+            SMALL_CALLOC,
+            SMALL_CALLOC + 1,
+            1 << 20,
+        ] {
             for _ in 0..3 {
                 let dirty = alloc(n, 8, false).unwrap();
                 unsafe {

@@ -218,9 +218,7 @@ impl Arena {
     /// Checks that `p` is a block of this arena that a free would accept.
     fn check_free(&self, p: &Pointer) -> Result<(), Error> {
         match (&self.backing, &p.owner) {
-            (Backing::Region(mine), Owner::Region(r)) if r.is_in(mine) => {
-                region_free(r, p.addr)
-            }
+            (Backing::Region(mine), Owner::Region(r)) if r.is_in(mine) => region_free(r, p.addr),
             (Backing::Wrap(w), Owner::Block(rec)) => w.free(rec, p.addr),
             (_, Owner::Unowned) => Err(Error::Ownership(Ownership::Foreign)),
             _ => Err(Error::Ownership(Ownership::OtherOwner)),

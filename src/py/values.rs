@@ -181,7 +181,10 @@ pub(crate) mod digits {
         unsafe {
             let o = v.as_ptr();
             let size = (*o.cast::<ffi::PyVarObject>()).ob_size;
-            let d = o.cast::<u8>().add(std::mem::size_of::<ffi::PyVarObject>()).cast::<u32>();
+            let d = o
+                .cast::<u8>()
+                .add(std::mem::size_of::<ffi::PyVarObject>())
+                .cast::<u32>();
             let magnitude = match size.unsigned_abs() {
                 0 => return Some(0),
                 1 => i64::from(*d),
