@@ -176,8 +176,8 @@ mod cache {
     /// The process-wide list of serialized mode.
     struct Shared(UnsafeCell<Cache>);
 
-    // SAFETY: only touched when `serialized()`, whose contract is that no
-    // two threads are inside the core at once.
+    // SAFETY: only touched when `serialized()`, whose contract is that one
+    // outside lock covers every push and pop (neither calls out).
     unsafe impl Sync for Shared {}
 
     static SHARED: Shared = Shared(UnsafeCell::new(Cache::new()));
