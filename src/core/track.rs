@@ -94,7 +94,14 @@ pub fn lost() -> u64 {
 /// anchor taken once, so reports can still show a date.
 fn anchor() -> &'static (Instant, SystemTime) {
     static ANCHOR: OnceLock<(Instant, SystemTime)> = OnceLock::new();
-    ANCHOR.get_or_init(|| (Instant::now(), SystemTime::now()))
+    ANCHOR.get_or_init(|| {
+        // Wall clock first: the monotonic anchor is then the later of the
+        // two, so a derived wall time lags the true one by the gap between
+        // the reads and is never in the future (read the other way round,
+        // it led by that gap, and a test comparing with now() was flaky).
+        let wall = SystemTime::now();
+        (Instant::now(), wall)
+    })
 }
 
 /// The calling thread's identity: `pthread_self`, which is what Python's
