@@ -280,6 +280,40 @@ mod tests {
     use crate::core::layout::array;
 
     #[test]
+    fn a_record_with_its_count_fits_a_64_byte_glibc_chunk() {
+        // 56 bytes + glibc's 8-byte header: every live block carries one.
+        assert_eq!(std::mem::size_of::<Inner>(), 56);
+    }
+
+    #[test]
+    fn the_alignment_kept_in_the_state_word_survives_every_transition() {
+        let a = AllocCore::new("malloc", LIBC_GROUP, false, Box::new(Libc));
+        for shift in 0..=16 {
+            let align = 1usize << shift;
+            let r = a
+                .allocate(array(3, 8, 8, Some(align as u128)).unwrap(), None)
+                .unwrap();
+            assert_eq!(r.align(), align);
+            assert_eq!(r.addr() % align, 0);
+            for _ in 0..300 {
+                r.pin().unwrap(); // pins count above the alignment bits
+            }
+            assert_eq!((r.align(), r.pins()), (align, 300));
+            for _ in 0..300 {
+                r.unpin();
+            }
+            r.set_autofree().unwrap();
+            assert_eq!(r.align(), align);
+            a.free(&r, r.addr()).unwrap();
+            assert_eq!(r.align(), align);
+            assert_eq!(
+                r.state(),
+                crate::core::record::State::Dead(crate::core::error::Death::Freed)
+            );
+        }
+    }
+
+    #[test]
     fn record_memory_is_reused_from_the_thread_cache() {
         let a = AllocCore::new("malloc", LIBC_GROUP, false, Box::new(Libc));
         let req = array(8, 1, 1, None).unwrap();
