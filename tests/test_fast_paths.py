@@ -13,6 +13,7 @@ import sys
 import threading
 
 import pytest
+from _native import LIBC
 
 import rsalloc
 from rsalloc import Arena, Int32, Int64, calloc, free, malloc
@@ -214,19 +215,11 @@ class _Pool(rsalloc.Allocator):
         self.freed: list[int] = []
 
     def _raw_alloc(self, nbytes: int, alignment: int) -> int:
-        import ctypes
-
-        libc = ctypes.CDLL(None)
-        libc.malloc.restype = ctypes.c_void_p
-        return libc.malloc(nbytes) or 0
+        return LIBC.malloc(nbytes) or 0
 
     def _raw_free(self, address: int) -> None:
-        import ctypes
-
-        libc = ctypes.CDLL(None)
-        libc.free.argtypes = [ctypes.c_void_p]
         self.freed.append(address)
-        libc.free(address)
+        LIBC.free(address)
 
 
 def _dealloc_cases():

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
+
+from _native import LIBC
 
 import rsalloc
 from rsalloc import DoubleFreeError, Int64, UseAfterFreeError, calloc, free, malloc
@@ -80,22 +83,12 @@ class _SleepyPool(rsalloc.Allocator):
     allocation or a free (src/core/serial.rs: what the GIL must cover)."""
 
     def _raw_alloc(self, nbytes: int, alignment: int) -> int:
-        import ctypes
-        import time
-
         time.sleep(0)  # releases the GIL
-        libc = ctypes.CDLL(None)
-        libc.malloc.restype = ctypes.c_void_p
-        return libc.malloc(nbytes) or 0
+        return LIBC.malloc(nbytes) or 0
 
     def _raw_free(self, address: int) -> None:
-        import ctypes
-        import time
-
         time.sleep(0)
-        libc = ctypes.CDLL(None)
-        libc.free.argtypes = [ctypes.c_void_p]
-        libc.free(address)
+        LIBC.free(address)
 
 
 def test_threads_interleaving_inside_python_allocator_callbacks_keep_exact_counts():
