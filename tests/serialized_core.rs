@@ -5,7 +5,7 @@
 
 use rsalloc::core::alloc::{AllocCore, Libc, LIBC_GROUP};
 use rsalloc::core::layout::{array, Request};
-use rsalloc::core::region::{RegionCore, RegionRef};
+use rsalloc::core::region::{Anchor, RegionCore};
 use rsalloc::core::stats::GLOBAL;
 use std::sync::{Arc, Mutex};
 
@@ -73,19 +73,16 @@ fn threads_behind_one_lock_keep_exact_counts_and_sound_records() {
 fn a_region_shared_by_threads_behind_one_lock_hands_out_disjoint_blocks() {
     let _one = ONE_TEST.lock().unwrap_or_else(|e| e.into_inner());
     serialize();
-    let region = {
-        let _g = LOCK.lock().unwrap();
-        RegionCore::new()
-    };
-    let weak = Arc::downgrade(&region);
     let anchor = {
         let _g = LOCK.lock().unwrap();
-        RegionRef::anchor(&region)
+        Anchor::new(RegionCore::new()).unwrap()
     };
+    let region = anchor.region().clone();
+    let weak = Arc::downgrade(&region);
     let blocks = Mutex::new(Vec::new());
     std::thread::scope(|s| {
         for _ in 0..4 {
-            let (region, blocks) = (&region, &blocks);
+            let (anchor, blocks) = (&anchor, &blocks);
             s.spawn(move || {
                 let mut mine = Vec::new();
                 for i in 0..2_000usize {
@@ -94,9 +91,8 @@ fn a_region_shared_by_threads_behind_one_lock_hands_out_disjoint_blocks() {
                         size: 8 + i % 24,
                         align: 8,
                     };
-                    let (at, token) = region.allocate(req).unwrap();
-                    let r = RegionRef::new(region, token, at);
-                    r.check_access().unwrap();
+                    let (at, r) = anchor.allocate(req).unwrap();
+                    r.check_access(at).unwrap();
                     if i % 2 == 0 {
                         mine.push((at, req.size, r));
                     }
@@ -115,8 +111,8 @@ fn a_region_shared_by_threads_behind_one_lock_hands_out_disjoint_blocks() {
     assert_eq!(region.snapshot().live_count, 8_000);
     assert_eq!(
         Arc::strong_count(&region),
-        2,
-        "the references hold one count"
+        3,
+        "the anchor, the generation (for all references) and this test"
     );
     drop(region);
     drop(anchor);

@@ -632,3 +632,53 @@ def test_zlib_compress_and_uncompress_in_one_arena() -> None:
         assert rsalloc.stats().live_count == before + 5
     assert rsalloc.stats().live_count == before
     assert not any(p.alive for p in (src, packed, packed_len, out, out_len))
+
+
+def test_a_region_block_is_freed_or_reallocated_only_through_a_view_at_its_start() -> None:
+    # A region Pointer's owner is one word: whether the view starts its
+    # block is a bit carried from view to view, not a stored address.
+    with Arena() as a:
+        p = a(Int32, 4)
+        p[:] = [1, 2, 3, 4]
+        at_start = [p + 0, p.cast(Uint8), p.cast(Uint8).cast(Int32), (p + 0).cast(Int64)]
+        inside = [p + 1, (p + 1).cast(Uint8), p.cast(Uint8) + 4, p + 4]
+        for v in inside:
+            with unchanged(a), pytest.raises(OwnershipError):
+                a.free(v)
+            with unchanged(a), pytest.raises(OwnershipError):
+                a.realloc(v, 8)
+        for v in at_start:
+            with unchanged(a):
+                a.free(v)  # a no-op for a live block
+        q = a.realloc(at_start[1], 32)  # Uint8 view at the start: 32 bytes
+        assert q.count == 32 and q.cast(Int32)[:4] == [1, 2, 3, 4]
+        assert not any(v.alive for v in [p, *at_start, *inside[:3]])
+        with pytest.raises(DoubleFreeError):
+            a.free(at_start[0])
+
+
+def test_a_reallocation_kills_views_by_address_range_and_spares_neighbours() -> None:
+    with Arena() as a:
+        before, p, after = a(Int64, 1), a(Int32, 4), a(Int64, 1)
+        empty = a(Uint8, 0)
+        before[0], after[0] = 5, 6
+        views = [p, p + 1, p + 3, p.cast(Uint8) + 15]
+        q = a.realloc(p, 8)
+        for v in views:
+            assert not v.alive
+            with pytest.raises(UseAfterFreeError, match="reallocated"):
+                v.read_bytes(1)
+        assert before[0] == 5 and after[0] == 6 and before.alive and after.alive
+        assert q.alive and empty.alive
+        a.realloc(empty, 1)  # a block of no bytes still has a start, which dies
+        assert not empty.alive and after.alive
+        # The one view a range cannot place: no bytes, at the dead block's
+        # end, which is also where the next block may start. It reaches
+        # nothing, so nothing can be read or written through it.
+        end = (q + 8)
+        r = a.realloc(q, 16)
+        assert end.count == 0 and not q.alive and r.alive
+        with pytest.raises(IndexError):
+            end[0]
+        with pytest.raises(OwnershipError):
+            a.free(end)

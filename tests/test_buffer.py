@@ -117,3 +117,34 @@ def test_numpy_writes_are_visible_through_views():
     np.copyto(np.asarray(p + 2), np.array([9.0, 9.0]))
     assert p[:] == [0.5, 1.5, 9.0, 9.0]
     free(p)
+
+
+def test_each_export_keeps_its_own_shape_until_released():
+    # The Pointer keeps no element count: each export's shape is its own
+    # (Py_buffer.internal), and must stay right while other exports of other
+    # views come and go.
+    base = malloc.allocate(4096)
+    views = [(base + i).cast(Uint8) for i in range(0, 4000, 7)] + [base.cast(Int32) + i for i in range(0, 1000, 3)]
+    mvs = [memoryview(v) for v in views]
+    expected = [m.shape for m in mvs]
+    assert expected[0] == (4096,) and expected[-1] == (1024 - 999,)
+    for m in mvs[::2]:
+        m.release()
+    assert [m.shape for m in mvs[1::2]] == expected[1::2]
+    assert all(m.nbytes == m.shape[0] * m.itemsize for m in mvs[1::2])
+    assert [m.shape for m in mvs[1::2]] == [(v.count,) for v in views[1::2]]
+    del mvs
+    gc.collect()
+    free(base)
+
+
+def test_a_partial_trailing_element_is_not_exported():
+    p = malloc.allocate(10)
+    q = p.cast(Int32)
+    assert q.count == 2
+    m = memoryview(q)
+    assert m.shape == (2,) and m.nbytes == 8 and m.format == "i"
+    assert len(bytes(q)) == 8
+    assert len(bytes(p)) == 10  # the bytes view still reaches all 10
+    m.release()
+    free(p)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import math
 import pickle
+import sys
 
 import numpy as np
 import pytest
@@ -391,3 +392,12 @@ def test_a_conversion_that_frees_the_block_cannot_write_into_freed_memory(t):
         with pytest.raises(UseAfterFreeError):
             write(p, FreesOnConversion(p))
         assert not p.alive and rsalloc.stats().live_count == before - 1
+
+
+def test_a_pointer_object_is_48_bytes_whoever_owns_it():
+    # Issue 6 bounds the bytes each live allocation costs: the object is a
+    # header, the address, the type, the extent and a one-word owner.
+    with rsalloc.Arena() as a:
+        owned = [rsalloc.malloc.allocate(16), a.allocate(16), rsalloc.Pointer.from_address(0x1000, rsalloc.Uint8, 4)]
+        assert [sys.getsizeof(p) for p in owned] == [48, 48, 48]
+    rsalloc.free(owned[0])

@@ -61,6 +61,9 @@ impl Drop for RecordSlot {
 }
 
 /// A counted reference to a record, shared by every view of its block.
+/// One aligned word (`repr(transparent)`), so that a Pointer's owner can
+/// hold it untagged beside tagged region references.
+#[repr(transparent)]
 pub struct RecordRef(NonNull<Inner>);
 
 // SAFETY: as Arc<Record>: Record is Send + Sync, and the count is atomic.
@@ -77,6 +80,20 @@ impl RecordRef {
     /// means to clone or drop them (the GIL).
     pub fn is_shared(&self) -> bool {
         self.inner().strong.load(Acquire) > 1
+    }
+
+    /// The word, for a Pointer's owner: aligned to 8, so its low bits are
+    /// clear. Undone by [`RecordRef::from_word`].
+    pub fn into_word(self) -> usize {
+        let w = self.0.as_ptr() as usize;
+        std::mem::forget(self);
+        w
+    }
+
+    /// # Safety
+    /// `w` came from [`RecordRef::into_word`] and is given back once.
+    pub unsafe fn from_word(w: usize) -> Self {
+        RecordRef(NonNull::new_unchecked(w as *mut Inner))
     }
 
     fn inner(&self) -> &Inner {

@@ -17,7 +17,6 @@ use super::serial::{serialized, SerialGuard, SerialMutex};
 use super::stats::{Snapshot, GLOBAL};
 use super::sys;
 use std::any::Any;
-use std::collections::HashSet;
 use std::ptr::NonNull;
 use std::sync::atomic::{fence, AtomicU64, AtomicUsize, Ordering::*};
 use std::sync::{Arc, OnceLock};
@@ -83,9 +82,12 @@ struct Inner {
     pins: usize,
     /// Chunks of released generations that exports still look into.
     parked: Vec<Chunk>,
-    /// Starts of the blocks reallocated in this generation (dead early): a
-    /// set, as every access to the region's blocks looks here once any exist.
-    dead: HashSet<usize>,
+    /// The blocks reallocated in this generation (dead early), as (start,
+    /// end), sorted. A view carries its address, not its block's start, so
+    /// an access looks up the block whose range holds the address; every
+    /// access to the region's blocks looks here once any exist. A vector,
+    /// not a BTreeMap: its room is reserved fallibly.
+    dead: Vec<(usize, usize)>,
 }
 
 /// What `repr(arena)` shows.
@@ -106,8 +108,6 @@ pub struct RegionCore {
     /// `inner.dead.len()`, readable without the lock on the access path.
     dead_count: AtomicUsize,
     inner: SerialMutex<Inner>,
-    /// Live [`RegionRef`]s; together they hold one count of the `Arc`.
-    views: AtomicUsize,
     /// The binding layer's object for this region (set once).
     pub handle: OnceLock<Box<dyn Any + Send + Sync>>,
 }
@@ -186,7 +186,6 @@ impl RegionCore {
                 next_size: FIRST_CHUNK,
                 ..Inner::default()
             }),
-            views: AtomicUsize::new(0),
             handle: OnceLock::new(),
         })
     }
@@ -213,23 +212,28 @@ impl RegionCore {
         Ok((at, state))
     }
 
-    /// Ok when the block at `base` handed out with `token` may be accessed.
+    /// Ok when a view at `addr` of a block handed out with `token` may be
+    /// accessed.
     #[inline]
-    pub fn check(&self, token: u64, base: usize) -> Result<()> {
+    pub fn check(&self, token: u64, addr: usize) -> Result<()> {
         if self.state.load(Acquire) != token {
             return Err(Error::UseAfterFree(Death::Released));
         }
-        if self.dead_count.load(Acquire) != 0 && self.lock().dead.contains(&base) {
-            return Err(Error::UseAfterFree(Death::Reallocated));
+        if self.dead_count.load(Acquire) != 0 {
+            return self.check_locked(&self.lock(), token, addr);
         }
         Ok(())
     }
 
-    fn check_locked(&self, g: &Inner, token: u64, base: usize) -> Result<()> {
+    fn check_locked(&self, g: &Inner, token: u64, addr: usize) -> Result<()> {
         if self.state.load(Relaxed) != token {
             return Err(Error::UseAfterFree(Death::Released));
         }
-        if g.dead.contains(&base) {
+        // Blocks never overlap, so the last dead block starting at or below
+        // `addr` is the only one that can hold it. A view of no bytes just
+        // past a dead block's end is not found: it reaches nothing.
+        let i = g.dead.partition_point(|&(start, _)| start <= addr);
+        if i > 0 && addr < g.dead[i - 1].1 {
             return Err(Error::UseAfterFree(Death::Reallocated));
         }
         Ok(())
@@ -237,9 +241,9 @@ impl RegionCore {
 
     /// A buffer export of a live block begins: the region's chunks stay
     /// until [`RegionCore::unpin`].
-    pub fn pin(&self, token: u64, base: usize) -> Result<()> {
+    pub fn pin(&self, token: u64, addr: usize) -> Result<()> {
         let mut g = self.lock();
-        self.check_locked(&g, token, base)?;
+        self.check_locked(&g, token, addr)?;
         g.pins += 1;
         Ok(())
     }
@@ -280,7 +284,9 @@ impl RegionCore {
         unsafe {
             std::ptr::copy_nonoverlapping(base as *const u8, at as *mut u8, old.min(req.size))
         };
-        g.dead.insert(base);
+        // Bump blocks take at least a byte (see `bump`).
+        let i = g.dead.partition_point(|&(start, _)| start < base);
+        g.dead.insert(i, (base, base + old.max(1)));
         self.dead_count.store(g.dead.len(), Release);
         g.count_alloc(req.size);
         g.count_free(1, old);
@@ -366,94 +372,149 @@ impl std::fmt::Debug for RegionCore {
     }
 }
 
-/// A block of a region as a Pointer's owner: the region, the token the
-/// block was handed out with, and where the block starts (views share it).
-///
-/// Every Pointer into a region holds one, so their references to the region
-/// are counted apart from its `Arc`: all of them together hold a single
-/// `Arc` count, taken when the first appears and given back when the last
-/// goes, and the arena holds one ([`RegionRef::anchor`]) while it lives. In
-/// serialized mode ([`crate::core::serial`]) a reference is then counted
-/// with a plain load and store. Measured from Python, the locked
-/// instructions of an `Arc` clone and drop, with the region's lock, cost
-/// ~5–7 ns of an arena allocation's ~47 (removing the lock alone gained
-/// nothing: the first locked instruction in a stretch of code is the
-/// expensive one).
-pub struct RegionRef {
-    region: NonNull<RegionCore>,
-    pub token: u64,
-    pub base: usize,
+/// One generation of a region as its blocks' Pointers see it: the region
+/// and the token its blocks were handed out with. Every Pointer into a
+/// region holds a [`RegionRef`] to one; a release starts a new generation,
+/// so an arena makes a few of these in its life, not one per block.
+struct Generation {
+    /// References to this generation; in serialized mode ([`crate::core::serial`])
+    /// counted with a plain load and store.
+    refs: AtomicUsize,
+    token: u64,
+    region: Arc<RegionCore>,
 }
 
-// SAFETY: as Arc<RegionCore>: RegionCore is Send + Sync and the count of
-// references is atomic unless every caller is serialized.
+/// Set in every [`RegionRef`] word, so that a Pointer's owner (one word)
+/// tells a region reference from a record reference (aligned, bit clear).
+pub const REGION_TAG: usize = 0b01;
+/// The view starts its block: only such a view may free or realloc it.
+const START: usize = 0b10;
+const TAGS: usize = REGION_TAG | START;
+
+/// A Pointer's reference to its block in a region: one word, the address
+/// of the block's [`Generation`] with [`REGION_TAG`] and, for a view at the
+/// block's start, [`START`].
+///
+/// One word rather than (region, token, start address): every live Pointer
+/// carries its owner, and the word is what lets a Pointer object fit in 48
+/// bytes. The block's start is not needed for access: a block that dies
+/// before its generation (realloc) is found by address range
+/// ([`RegionCore::check`]).
+#[repr(transparent)]
+pub struct RegionRef(NonNull<u8>);
+
+// SAFETY: as Arc<Generation>: the generation is immutable but for its count,
+// which is atomic unless every caller is serialized.
 unsafe impl Send for RegionRef {}
 unsafe impl Sync for RegionRef {}
 
 impl RegionRef {
-    pub fn new(region: &Arc<RegionCore>, token: u64, base: usize) -> Self {
-        let r = RegionRef {
-            region: NonNull::from(&**region),
-            token,
-            base,
-        };
-        r.add_view();
-        r
+    fn generation(&self) -> &Generation {
+        let p = (self.0.as_ptr() as usize & !TAGS) as *const Generation;
+        // SAFETY: the generation lives while any reference to it does.
+        unsafe { &*p }
     }
 
-    /// The reference a region's owner (the arena) holds for as long as it
-    /// lives, so that Pointers coming and going never take the count across
-    /// zero (each crossing moves the `Arc` count). Never used for access.
-    pub fn anchor(region: &Arc<RegionCore>) -> Self {
-        Self::new(region, u64::MAX, 0)
+    /// A reference to a new generation object (count 1); fails instead of aborting.
+    fn new_generation(region: &Arc<RegionCore>, token: u64) -> Result<Self> {
+        let layout = std::alloc::Layout::new::<Generation>();
+        // SAFETY: Generation has a non-zero size.
+        let p = unsafe { std::alloc::alloc(layout) } as *mut Generation;
+        if p.is_null() {
+            return Err(Error::OutOfMemory(layout.size()));
+        }
+        // SAFETY: p is fresh memory for a Generation.
+        unsafe {
+            p.write(Generation {
+                refs: AtomicUsize::new(1),
+                token,
+                region: region.clone(),
+            })
+        };
+        // SAFETY: p is non-null; a Generation is aligned to 8, so the tag bits are free.
+        Ok(RegionRef(unsafe {
+            NonNull::new_unchecked((p as usize | REGION_TAG) as *mut u8)
+        }))
+    }
+
+    /// The word, for a Pointer's owner; undone by [`RegionRef::from_word`].
+    pub fn into_word(self) -> usize {
+        let w = self.0.as_ptr() as usize;
+        std::mem::forget(self);
+        w
+    }
+
+    /// # Safety
+    /// `w` came from [`RegionRef::into_word`] and is given back once.
+    pub unsafe fn from_word(w: usize) -> Self {
+        debug_assert!(w & REGION_TAG != 0);
+        RegionRef(NonNull::new_unchecked(w as *mut u8))
     }
 
     #[inline]
     pub fn region(&self) -> &RegionCore {
-        // SAFETY: the references together hold an Arc count (add_view).
-        unsafe { self.region.as_ref() }
+        &self.generation().region
+    }
+
+    pub fn token(&self) -> u64 {
+        self.generation().token
+    }
+
+    /// Whether the view this reference belongs to starts its block.
+    pub fn is_start(&self) -> bool {
+        self.0.as_ptr() as usize & START != 0
+    }
+
+    /// Another reference, for a view at `same_start` (false: inside the block).
+    #[inline]
+    pub fn view(&self, same_start: bool) -> Self {
+        let w = self.0.as_ptr() as usize;
+        let w = if same_start { w } else { w & !START };
+        self.add_ref();
+        // SAFETY: w is this reference's word, perhaps without START: non-null.
+        RegionRef(unsafe { NonNull::new_unchecked(w as *mut u8) })
+    }
+
+    /// This reference, for a view at its block's start.
+    fn starting(self) -> Self {
+        let w = self.into_word() | START;
+        // SAFETY: the word of a reference just given up, with a free tag bit set.
+        unsafe { RegionRef::from_word(w) }
     }
 
     /// Whether this is a reference to `r`.
     pub fn is_in(&self, r: &Arc<RegionCore>) -> bool {
-        std::ptr::eq(self.region.as_ptr(), Arc::as_ptr(r))
+        std::ptr::eq(self.region(), Arc::as_ptr(r))
     }
 
-    /// Dropping this reference only counts down: other references remain,
-    /// or someone else (the arena) still holds the region. Exact when no
-    /// other thread drops references meanwhile (serialized mode).
+    /// Dropping this reference only counts down: other references to its
+    /// generation remain (the arena holds the current one), or someone else
+    /// holds the region, so nothing else is dropped. Exact when no other
+    /// thread drops references meanwhile (serialized mode).
     pub fn drops_to_a_count(&self) -> bool {
-        if self.region().views.load(Acquire) > 1 {
-            return true;
-        }
-        // SAFETY: a borrowed view of the Arc the references hold, not dropped.
-        let arc = std::mem::ManuallyDrop::new(unsafe { Arc::from_raw(self.region.as_ptr()) });
-        Arc::strong_count(&arc) > 1
+        let g = self.generation();
+        g.refs.load(Acquire) > 1 || Arc::strong_count(&g.region) > 1
     }
 
     #[inline]
-    fn add_view(&self) {
-        let views = &self.region().views;
-        let first = if serialized() {
-            let n = views.load(Relaxed);
-            views.store(n + 1, Relaxed);
-            n == 0
+    fn add_ref(&self) {
+        let refs = &self.generation().refs;
+        if serialized() {
+            refs.store(refs.load(Relaxed) + 1, Relaxed);
         } else {
-            views.fetch_add(1, Relaxed) == 0
-        };
-        if first {
-            // SAFETY: the caller holds an Arc (new) or a reference (clone)
-            // to this region, so it is alive; the new count is the group's.
-            unsafe { Arc::increment_strong_count(self.region.as_ptr()) }
+            // Relaxed, as Arc: a new reference is made from an existing one.
+            refs.fetch_add(1, Relaxed);
         }
     }
 
     #[inline]
-    pub fn check_access(&self) -> Result<()> {
-        self.region().check(self.token, self.base)
+    pub fn check_access(&self, addr: usize) -> Result<()> {
+        let g = self.generation();
+        g.region.check(g.token, addr)
     }
-    pub fn pin(&self) -> Result<()> {
-        self.region().pin(self.token, self.base)
+    pub fn pin(&self, addr: usize) -> Result<()> {
+        let g = self.generation();
+        g.region.pin(g.token, addr)
     }
     pub fn unpin(&self) {
         self.region().unpin()
@@ -462,25 +523,19 @@ impl RegionRef {
 
 impl Clone for RegionRef {
     fn clone(&self) -> Self {
-        let r = RegionRef {
-            region: self.region,
-            token: self.token,
-            base: self.base,
-        };
-        r.add_view();
-        r
+        self.view(true)
     }
 }
 
 impl Drop for RegionRef {
     #[inline]
     fn drop(&mut self) {
-        let views = &self.region().views;
+        let g = self.generation();
         let last = if serialized() {
-            let n = views.load(Relaxed) - 1;
-            views.store(n, Relaxed);
+            let n = g.refs.load(Relaxed) - 1;
+            g.refs.store(n, Relaxed);
             n == 0
-        } else if views.fetch_sub(1, Release) == 1 {
+        } else if g.refs.fetch_sub(1, Release) == 1 {
             // As Arc: every use through the other references happens before.
             fence(Acquire);
             true
@@ -488,8 +543,13 @@ impl Drop for RegionRef {
             false
         };
         if last {
-            // SAFETY: gives back the group's count, taken in add_view.
-            unsafe { Arc::decrement_strong_count(self.region.as_ptr()) }
+            let p = (self.0.as_ptr() as usize & !TAGS) as *mut Generation;
+            // SAFETY: the last reference: the generation came from
+            // new_generation with this layout, and nothing refers to it.
+            unsafe {
+                std::ptr::drop_in_place(p);
+                std::alloc::dealloc(p.cast(), std::alloc::Layout::new::<Generation>());
+            }
         }
     }
 }
@@ -498,9 +558,74 @@ impl std::fmt::Debug for RegionRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RegionRef")
             .field("region", &self.region().id)
-            .field("token", &self.token)
-            .field("base", &format_args!("{:#x}", self.base))
+            .field("token", &self.token())
+            .field("start", &self.is_start())
             .finish()
+    }
+}
+
+/// What an owner of a region (the arena) allocates through: the region and
+/// a reference to its current generation, handed (counted) to each new
+/// block. A block handed out after a release names a newer token; the
+/// reference is then replaced, so a generation object is made once per
+/// release, and the counts of a generation's references never cross zero
+/// while the arena lives.
+pub struct Anchor {
+    region: Arc<RegionCore>,
+    current: SerialMutex<RegionRef>,
+}
+
+impl Anchor {
+    pub fn new(region: Arc<RegionCore>) -> Result<Self> {
+        let token = region.state.load(Acquire);
+        let current = RegionRef::new_generation(&region, token)?;
+        Ok(Anchor {
+            region,
+            current: SerialMutex::new(current),
+        })
+    }
+
+    pub fn region(&self) -> &Arc<RegionCore> {
+        &self.region
+    }
+
+    /// A reference for a block handed out with `token`, starting the block.
+    #[inline]
+    fn reference(&self, token: u64) -> Result<RegionRef> {
+        let mut cur = self.current.lock();
+        let r = if cur.token() == token {
+            cur.view(true)
+        } else {
+            let fresh = RegionRef::new_generation(&self.region, token)?;
+            // Tokens only grow: a block handed out before a racing release
+            // keeps a generation object of its own.
+            if token > cur.token() {
+                *cur = fresh.clone();
+            }
+            fresh
+        };
+        Ok(r.starting())
+    }
+
+    /// A zeroed block of `req`: its address and the reference of a view at its start.
+    #[inline]
+    pub fn allocate(&self, req: Request) -> Result<(usize, RegionRef)> {
+        let (at, token) = self.region.allocate(req)?;
+        Ok((at, self.reference(token)?))
+    }
+
+    /// [`RegionCore::realloc`] of the block that `r` (a view at its start,
+    /// `old` bytes long) refers to.
+    pub fn realloc(
+        &self,
+        r: &RegionRef,
+        base: usize,
+        old: usize,
+        req: Request,
+    ) -> Result<(usize, RegionRef)> {
+        debug_assert!(r.is_start() && r.is_in(&self.region));
+        let (at, token) = self.region.realloc(r.token(), base, old, req)?;
+        Ok((at, self.reference(token)?))
     }
 }
 
@@ -510,51 +635,110 @@ mod tests {
     use crate::core::layout::array;
 
     #[test]
-    fn references_share_one_arc_count_and_keep_the_region_alive() {
+    fn references_share_a_generation_and_keep_the_region_alive() {
         let arc = RegionCore::new();
         let weak = Arc::downgrade(&arc);
-        let (at, token) = arc.allocate(req(8, 8)).unwrap();
-        let a = RegionRef::new(&arc, token, at);
-        assert_eq!(Arc::strong_count(&arc), 2);
-        let b = a.clone();
-        let c = RegionRef::new(&arc, token, at);
-        assert_eq!(Arc::strong_count(&arc), 2, "one count for all references");
-        assert!(a.is_in(&arc) && a.drops_to_a_count());
-        drop((b, c));
-        assert!(a.drops_to_a_count(), "the arena still holds the region");
+        let anchor = Anchor::new(arc.clone()).unwrap();
         drop(arc);
+        let (at, a) = anchor.allocate(req(8, 8)).unwrap();
+        let (_, b) = anchor.allocate(req(8, 8)).unwrap();
+        let region = anchor.region().clone();
+        assert_eq!(
+            Arc::strong_count(&region),
+            3,
+            "the arena, one generation, this test"
+        );
+        assert!(
+            std::ptr::eq(a.generation(), b.generation()),
+            "one generation object"
+        );
+        assert!(a.is_start() && a.is_in(&region) && a.drops_to_a_count());
+        let inner = a.view(false);
+        assert!(!inner.is_start() && a.view(true).is_start());
+        drop(region);
+        drop(anchor);
+        assert!(a.drops_to_a_count(), "other references remain");
+        drop((b, inner));
         assert!(!a.drops_to_a_count(), "the last reference frees the region");
-        assert!(a.check_access().is_ok());
+        assert!(a.check_access(at).is_ok());
         assert!(weak.upgrade().is_some());
         drop(a);
         assert!(weak.upgrade().is_none(), "freed with the last reference");
     }
 
     #[test]
+    fn a_release_starts_a_new_generation_object() {
+        let anchor = Anchor::new(RegionCore::new()).unwrap();
+        let (at, old) = anchor.allocate(req(8, 8)).unwrap();
+        assert!(anchor.region().release(true));
+        assert!(matches!(
+            old.check_access(at),
+            Err(Error::UseAfterFree(Death::Released))
+        ));
+        let (at2, new) = anchor.allocate(req(8, 8)).unwrap();
+        assert!(!std::ptr::eq(old.generation(), new.generation()));
+        assert_ne!(old.token(), new.token());
+        assert!(new.check_access(at2).is_ok());
+        let (_, newer) = anchor.allocate(req(8, 8)).unwrap();
+        assert!(std::ptr::eq(new.generation(), newer.generation()));
+        // The old generation lives on in its last reference only.
+        assert!(!std::ptr::eq(
+            anchor.current.lock().generation(),
+            old.generation()
+        ));
+        assert_eq!(old.generation().refs.load(Relaxed), 1);
+    }
+
+    #[test]
     fn references_counted_from_many_threads_balance() {
-        let arc = RegionCore::new();
-        let weak = Arc::downgrade(&arc);
-        let (at, token) = arc.allocate(req(8, 8)).unwrap();
-        let first = RegionRef::new(&arc, token, at);
+        let anchor = Anchor::new(RegionCore::new()).unwrap();
+        let weak = Arc::downgrade(anchor.region());
+        let (at, first) = anchor.allocate(req(8, 8)).unwrap();
         std::thread::scope(|s| {
             for _ in 0..4 {
-                let (arc, first) = (&arc, &first);
+                let (anchor, first) = (&anchor, &first);
                 s.spawn(move || {
                     for i in 0..10_000 {
-                        let r = if i % 2 == 0 {
-                            first.clone()
+                        let (a, r) = if i % 2 == 0 {
+                            (at, first.view(i % 4 == 0))
                         } else {
-                            RegionRef::new(arc, token, at)
+                            anchor.allocate(req(8, 8)).unwrap()
                         };
-                        assert!(r.check_access().is_ok());
+                        assert!(r.check_access(a).is_ok());
                     }
                 });
             }
         });
-        assert_eq!(Arc::strong_count(&arc), 2);
-        drop(arc);
+        assert_eq!(
+            first.generation().refs.load(Relaxed),
+            2,
+            "the anchor's and this one"
+        );
+        drop(anchor);
         drop(first);
         assert!(weak.upgrade().is_none());
+    }
+
+    #[test]
+    fn a_reallocated_block_is_dead_across_its_range_only() {
+        let r = RegionCore::new();
+        let (a, t) = r.allocate(req(16, 8)).unwrap();
+        let (after, _) = r.allocate(req(8, 8)).unwrap();
+        let (zero, _) = r.allocate(req(0, 1)).unwrap();
+        let (b, t2) = r.realloc(t, a, 16, req(32, 8)).unwrap();
+        for addr in [a, a + 1, a + 15] {
+            assert!(matches!(
+                r.check(t, addr),
+                Err(Error::UseAfterFree(Death::Reallocated))
+            ));
+            assert!(r.pin(t, addr).is_err());
+        }
+        assert!(r.check(t, after).is_ok() && r.check(t2, b).is_ok());
+        // A block of no bytes takes one: its start is dead after a realloc.
+        r.realloc(t, zero, 0, req(4, 1)).unwrap();
+        assert!(r.check(t, zero).is_err());
+        assert!(r.check(t, after).is_ok());
+        r.release(false);
     }
 
     fn req(size: usize, align: usize) -> Request {

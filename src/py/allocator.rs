@@ -4,7 +4,7 @@
 
 use super::custom::{self, PyCallbacks};
 use super::errors::IntoPy;
-use super::pointer::{Owner, Pointer};
+use super::pointer::{Owned, Owner, Pointer};
 use super::stats::Stats;
 use super::types::{self, TypeInfo};
 use super::values::usize_arg;
@@ -260,7 +260,7 @@ impl Allocator {
             rec.addr(),
             ty,
             Some(req.size),
-            Owner::Block(rec),
+            Owner::block(rec),
         ))
     }
 
@@ -375,7 +375,7 @@ impl Allocator {
             fresh.addr(),
             p.ty,
             Some(req.size),
-            Owner::Block(fresh),
+            Owner::block(fresh),
         ))
     }
 
@@ -394,7 +394,7 @@ impl Allocator {
             .core
             .adopt_typed(addr, req, &ty.name)
             .py(py, &Asked("adopt", ty, &format_args!("{addr:#x}")))?;
-        Ok(Pointer::new(addr, ty, Some(req.size), Owner::Block(rec)))
+        Ok(Pointer::new(addr, ty, Some(req.size), Owner::block(rec)))
     }
 
     /// A new block from this allocator holding a copy of p's bytes.
@@ -477,17 +477,17 @@ pub fn free(py: Python<'_>, p: &Bound<'_, Pointer>) -> PyResult<()> {
     if p.addr == 0 {
         return Ok(());
     }
-    let free = || match &p.owner {
-        Owner::Block(rec) => match rec.arena() {
+    let free = || match p.owner.get() {
+        Owned::Block(rec) => match rec.arena() {
             // Arena memory is released with its arena: free is a no-op for a live block.
             Some(id) => rec.check_freeable(rec.allocator().group, id, p.addr),
             None => rec.free(rec.allocator().group, 0, p.addr),
         },
-        Owner::Region(r) => super::arena::region_free(r, p.addr),
-        Owner::Unowned => Err(Error::Ownership(Ownership::Foreign)),
+        Owned::Region(r) => super::arena::region_free(r, p.addr),
+        Owned::Unowned => Err(Error::Ownership(Ownership::Foreign)),
     };
-    match &p.owner {
-        Owner::Block(rec) => custom::raising_free_errors(py, rec.allocator(), || free().py(py, p)),
+    match p.owner.get() {
+        Owned::Block(rec) => custom::raising_free_errors(py, rec.allocator(), || free().py(py, p)),
         _ => free().py(py, p),
     }
 }

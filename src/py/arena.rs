@@ -8,22 +8,24 @@ use super::allocator::{
     Asked, SizeArg,
 };
 use super::errors::{to_py, IntoPy};
-use super::pointer::{Owner, Pointer};
+use super::pointer::{Owned, Owner, Pointer};
 use super::stats::Stats;
 use super::types::TypeInfo;
 use crate::core::arena::WrapArena;
 use crate::core::error::{Error, Ownership};
 use crate::core::layout::Request;
-use crate::core::region::{RegionCore, RegionRef};
+use crate::core::region::{Anchor, RegionCore, RegionRef};
 use crate::core::stats::Snapshot;
 use pyo3::exceptions::{PyRuntimeError, PyStopIteration, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyList, PyTuple, PyType};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 enum Backing {
-    Region(Arc<RegionCore>),
+    /// A bump region, allocated through its anchor (the arena's reference
+    /// to the region's current generation).
+    Region(Anchor),
     Wrap(WrapArena),
 }
 
@@ -40,17 +42,15 @@ pub struct Arena {
     allocator: Option<Py<PyAny>>,
     callbacks: Mutex<Vec<Callback>>,
     pub(crate) name: String,
-    /// A bump region's reference of its own (`RegionRef::anchor`).
-    _anchor: Option<RegionRef>,
 }
 
 /// `free(p)` of a region block: a no-op for a live block viewed at its start.
 pub fn region_free(r: &RegionRef, addr: usize) -> Result<(), Error> {
-    r.check_access().map_err(|e| match e {
+    r.check_access(addr).map_err(|e| match e {
         Error::UseAfterFree(d) => Error::DoubleFree(d),
         e => e,
     })?;
-    if addr != r.base {
+    if !r.is_start() {
         return Err(Error::Ownership(Ownership::Interior));
     }
     Ok(())
@@ -130,21 +130,21 @@ impl Arena {
 
     fn id(&self) -> u64 {
         match &self.backing {
-            Backing::Region(r) => r.id,
+            Backing::Region(a) => a.region().id,
             Backing::Wrap(w) => w.id(),
         }
     }
 
     fn is_closed(&self) -> bool {
         match &self.backing {
-            Backing::Region(r) => r.is_closed(),
+            Backing::Region(a) => a.region().is_closed(),
             Backing::Wrap(w) => w.is_closed(),
         }
     }
 
     fn snapshot(&self) -> Snapshot {
         match &self.backing {
-            Backing::Region(r) => r.snapshot(),
+            Backing::Region(a) => a.region().snapshot(),
             Backing::Wrap(w) => w.tag.counters.snapshot(),
         }
     }
@@ -159,9 +159,9 @@ impl Arena {
     /// The bump region, once its Python handle is set: the case the fast
     /// path of `allocate` serves (fast.rs).
     #[inline]
-    pub(crate) fn ready_region(&self) -> Option<&Arc<RegionCore>> {
+    pub(crate) fn ready_region(&self) -> Option<&Anchor> {
         match &self.backing {
-            Backing::Region(r) if r.handle.get().is_some() => Some(r),
+            Backing::Region(a) if a.region().handle.get().is_some() => Some(a),
             _ => None,
         }
     }
@@ -171,17 +171,12 @@ impl Arena {
     pub(crate) fn region_pointer(
         &self,
         py: Python<'_>,
-        r: &Arc<RegionCore>,
+        a: &Anchor,
         ty: &'static TypeInfo,
         req: Request,
     ) -> PyResult<Pointer> {
-        let (addr, token) = r.allocate(req).py(py, &Asked(&self.name, ty, &req.size))?;
-        Ok(Pointer::new(
-            addr,
-            ty,
-            Some(req.size),
-            Owner::Region(RegionRef::new(r, token, addr)),
-        ))
+        let (addr, r) = a.allocate(req).py(py, &Asked(&self.name, ty, &req.size))?;
+        Ok(Pointer::new(addr, ty, Some(req.size), Owner::region(r)))
     }
 
     /// A Pointer to a new block of this arena. `slf` is the arena's own
@@ -194,11 +189,11 @@ impl Arena {
     ) -> PyResult<Pointer> {
         let py = slf.py();
         match &self.backing {
-            Backing::Region(r) => {
-                if r.handle.get().is_none() {
-                    set_handle(&r.handle, Some(slf), None)?;
+            Backing::Region(a) => {
+                if a.region().handle.get().is_none() {
+                    set_handle(&a.region().handle, Some(slf), None)?;
                 }
-                self.region_pointer(py, r, ty, req)
+                self.region_pointer(py, a, ty, req)
             }
             Backing::Wrap(w) => {
                 if w.tag.handle.get().is_none() {
@@ -209,7 +204,7 @@ impl Arena {
                     rec.addr(),
                     ty,
                     Some(req.size),
-                    Owner::Block(rec),
+                    Owner::block(rec),
                 ))
             }
         }
@@ -217,10 +212,12 @@ impl Arena {
 
     /// Checks that `p` is a block of this arena that a free would accept.
     fn check_free(&self, p: &Pointer) -> Result<(), Error> {
-        match (&self.backing, &p.owner) {
-            (Backing::Region(mine), Owner::Region(r)) if r.is_in(mine) => region_free(r, p.addr),
-            (Backing::Wrap(w), Owner::Block(rec)) => w.free(rec, p.addr),
-            (_, Owner::Unowned) => Err(Error::Ownership(Ownership::Foreign)),
+        match (&self.backing, p.owner.get()) {
+            (Backing::Region(mine), Owned::Region(r)) if r.is_in(mine.region()) => {
+                region_free(r, p.addr)
+            }
+            (Backing::Wrap(w), Owned::Block(rec)) => w.free(rec, p.addr),
+            (_, Owned::Unowned) => Err(Error::Ownership(Ownership::Foreign)),
             _ => Err(Error::Ownership(Ownership::OtherOwner)),
         }
     }
@@ -261,7 +258,7 @@ impl Arena {
             }
         }
         match &self.backing {
-            Backing::Region(r) => r.release(reuse),
+            Backing::Region(a) => a.region().release(reuse),
             Backing::Wrap(w) => w.release(reuse),
         };
         raise_all(py, errors)
@@ -284,7 +281,11 @@ impl Arena {
     #[pyo3(signature = (allocator=None))]
     fn new(allocator: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
         let (backing, obj) = match allocator.filter(|a| !a.is_none()) {
-            None => (Backing::Region(RegionCore::new()), None),
+            None => {
+                let anchor = Anchor::new(RegionCore::new())
+                    .map_err(|e| pyo3::exceptions::PyMemoryError::new_err(e.to_string()))?;
+                (Backing::Region(anchor), None)
+            }
             Some(a) => {
                 let alloc = a.cast::<Allocator>().map_err(|_| {
                     PyTypeError::new_err(format!(
@@ -301,16 +302,11 @@ impl Arena {
                 )
             }
         };
-        let anchor = match &backing {
-            Backing::Region(r) => Some(RegionRef::anchor(r)),
-            Backing::Wrap(_) => None,
-        };
         let mut arena = Arena {
             backing,
             allocator: obj,
             callbacks: Mutex::new(Vec::new()),
             name: String::new(),
-            _anchor: anchor,
         };
         arena.name = format!("arena #{}", arena.id());
         Ok(arena)
@@ -368,25 +364,25 @@ impl Arena {
             return this.new_pointer(slf.as_any(), ty, req);
         }
         this.check_open(py)?;
-        match (&this.backing, &p.owner) {
-            (Backing::Region(mine), Owner::Region(r)) if r.is_in(mine) => {
+        match (&this.backing, p.owner.get()) {
+            (Backing::Region(mine), Owned::Region(r)) if r.is_in(mine.region()) => {
                 region_free(r, p.addr).py(py, p)?;
                 let old = p.extent().unwrap_or(0);
-                let (addr, token) = mine.realloc(r.token, r.base, old, req).py(py, p)?;
+                let (addr, fresh) = mine.realloc(r, p.addr, old, req).py(py, p)?;
                 Ok(Pointer::new(
                     addr,
                     p.ty,
                     Some(req.size),
-                    Owner::Region(RegionRef::new(mine, token, addr)),
+                    Owner::region(fresh),
                 ))
             }
-            (Backing::Wrap(w), Owner::Block(rec)) => {
+            (Backing::Wrap(w), Owned::Block(rec)) => {
                 let fresh = w.realloc(rec, p.addr, req.size).py(py, p)?;
                 Ok(Pointer::new(
                     fresh.addr(),
                     p.ty,
                     Some(req.size),
-                    Owner::Block(fresh),
+                    Owner::block(fresh),
                 ))
             }
             _ => {
@@ -422,7 +418,7 @@ impl Arena {
                     set_handle(&w.tag.handle, Some(slf.as_any()), None)?;
                 }
                 let rec = w.adopt(addr, req).py(py, &asked)?;
-                Ok(Pointer::new(addr, ty, Some(req.size), Owner::Block(rec)))
+                Ok(Pointer::new(addr, ty, Some(req.size), Owner::block(rec)))
             }
         }
     }
@@ -444,8 +440,8 @@ impl Arena {
     ) -> PyResult<Bound<'py, Pointer>> {
         let ptr = p.get();
         self.check_free(ptr).py(py, ptr)?;
-        match (&self.backing, &ptr.owner) {
-            (Backing::Wrap(w), Owner::Block(rec)) => {
+        match (&self.backing, ptr.owner.get()) {
+            (Backing::Wrap(w), Owned::Block(rec)) => {
                 w.detach(rec, ptr.addr, &ptr.ty.name).py(py, ptr)?
             }
             _ => {
@@ -526,8 +522,8 @@ impl Arena {
         let s = self.snapshot();
         let callbacks = self.lock().len();
         let chunks = match &self.backing {
-            Backing::Region(r) => {
-                let u = r.usage();
+            Backing::Region(a) => {
+                let u = a.region().usage();
                 format!(", {} chunks of {} bytes", u.chunks, u.reserved)
             }
             Backing::Wrap(_) => String::new(),

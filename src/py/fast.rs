@@ -22,7 +22,7 @@ use super::allocator::{plain_bytes_request, Allocator};
 use super::arena::Arena;
 use super::errors::IntoPy;
 use super::freelist::{as_pointer, new_object};
-use super::pointer::{Owner, Pointer};
+use super::pointer::{Owned, Pointer};
 use super::values::exact_small_int;
 use crate::core::types::Kind;
 use pyo3::ffi;
@@ -246,8 +246,8 @@ unsafe extern "C" fn free(
                     return Outcome::Delegate;
                 };
                 let p = p.get();
-                match &p.owner {
-                    Owner::Block(rec) if p.addr != 0 && rec.frees_plainly() => {
+                match p.owner.get() {
+                    Owned::Block(rec) if p.addr != 0 && rec.frees_plainly() => {
                         match rec.free_plain(p.addr).py(py, p) {
                             Ok(()) => Outcome::Done(ffi::Py_NewRef(ffi::Py_None())),
                             Err(e) => Outcome::Raise(e),

@@ -83,7 +83,7 @@ mod list {
     use pyo3::ffi;
 
     /// Enough to absorb a burst of temporaries, small enough not to matter
-    /// (CAP * 88 B).
+    /// (CAP * 48 B).
     const CAP: usize = 256;
 
     struct List {

@@ -6,6 +6,7 @@ pub mod custom;
 pub mod errors;
 pub mod fast;
 pub mod freelist;
+pub mod owner;
 pub mod pointer;
 pub mod stats;
 pub mod strings;

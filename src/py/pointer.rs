@@ -6,12 +6,12 @@
 //! checks the record's state first, so any view of a freed block raises.
 
 use super::errors::{to_py, IntoPy};
+pub use super::owner::{Owned, Owner};
 use super::types::{self, TypeInfo};
 use super::values::{exact_small_int, to_value, usize_arg};
 use crate::core::error::{Error, Ownership};
 use crate::core::record::State;
 use crate::core::record_ref::RecordRef;
-use crate::core::region::RegionRef;
 use crate::core::types::{Kind, Value};
 use pyo3::exceptions::{PyBufferError, PyIndexError, PyOverflowError, PyTypeError, PyValueError};
 use pyo3::ffi;
@@ -20,103 +20,6 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBool, PyFloat, PyInt, PyList, PySlice, PyTuple};
 use std::ffi::{c_int, CStr};
 use std::fmt;
-
-/// Who answers for the memory behind a view.
-#[derive(Clone)]
-pub enum Owner {
-    /// Foreign memory: `from_address`, a slot's pointee, `nullptr`.
-    Unowned,
-    /// A block rsalloc allocated (or adopted); shared by all its views.
-    Block(RecordRef),
-    /// A block of a bump-region arena: alive while its generation is.
-    Region(RegionRef),
-}
-
-impl Owner {
-    /// Ok when the memory may be accessed.
-    #[inline]
-    pub fn check_access(&self) -> Result<(), Error> {
-        match self {
-            Owner::Block(r) => r.check_access(),
-            Owner::Region(r) => r.check_access(),
-            Owner::Unowned => Ok(()),
-        }
-    }
-
-    /// A buffer export begins: the memory stays until `unpin`.
-    pub fn pin(&self) -> Result<(), Error> {
-        match self {
-            Owner::Block(r) => r.pin(),
-            Owner::Region(r) => r.pin(),
-            Owner::Unowned => Ok(()),
-        }
-    }
-
-    pub fn unpin(&self) {
-        match self {
-            Owner::Block(r) => r.unpin(),
-            Owner::Region(r) => r.unpin(),
-            Owner::Unowned => {}
-        }
-    }
-
-    /// Dropping this owner touches no Python object (none is freed, no
-    /// Python allocator runs): true when it drops only a reference count,
-    /// or a record that [`drops_plainly`](crate::core::record::Record::drops_plainly).
-    /// Exact under the GIL, where no other thread drops references meanwhile.
-    #[inline]
-    pub fn drops_plainly(&self) -> bool {
-        match self {
-            Owner::Unowned => true,
-            Owner::Block(r) => r.is_shared() || r.drops_plainly(),
-            Owner::Region(r) => r.drops_to_a_count(),
-        }
-    }
-
-    /// Who owns the memory, for messages.
-    pub fn name(&self) -> String {
-        match self {
-            Owner::Block(r) => match r.state() {
-                State::Detached => "detached".into(),
-                _ => match r.arena() {
-                    Some(id) => format!("arena #{id}"),
-                    None => r.allocator().name.clone(),
-                },
-            },
-            Owner::Region(r) => format!("arena #{}", r.region().id),
-            Owner::Unowned => "unowned".into(),
-        }
-    }
-
-    /// The state, for repr.
-    pub fn state_name(&self) -> &'static str {
-        let dead = match self {
-            Owner::Block(r) => match r.state() {
-                State::Live => return "live",
-                State::Detached => return "detached",
-                State::Dead(d) => d,
-            },
-            Owner::Region(r) => match r.check_access() {
-                Ok(()) => return "live",
-                Err(Error::UseAfterFree(d)) => d,
-                Err(_) => return "dead",
-            },
-            Owner::Unowned => return "foreign",
-        };
-        dead.as_str()
-    }
-
-    /// The record of an allocator-owned block, for operations that need one
-    /// (free, realloc through an allocator): region memory belongs to its
-    /// arena, unowned memory to nobody.
-    pub fn record_for_allocator(&self) -> Result<&RecordRef, Error> {
-        match self {
-            Owner::Block(r) => Ok(r),
-            Owner::Region(_) => Err(Error::Ownership(Ownership::OtherOwner)),
-            Owner::Unowned => Err(Error::Ownership(Ownership::Foreign)),
-        }
-    }
-}
 
 /// Keeps a block's memory for the length of one access. With the GIL, a
 /// Python-level free cannot run between the liveness check and the read or
@@ -142,39 +45,24 @@ pub struct Pointer {
     pub addr: usize,
     pub ty: &'static TypeInfo,
     /// Bytes reachable from `addr` within the block; UNKNOWN for foreign
-    /// memory of unknown length (see `extent()`). Sentinels rather than
-    /// Options keep the object small: a million live pointers are common.
+    /// memory of unknown length (see `extent()`). A sentinel rather than an
+    /// Option, and the element count computed rather than kept: with the
+    /// one-word owner, a Pointer object is 48 bytes, and a program may hold
+    /// a million of them (issue 6).
     extent: usize,
     pub owner: Owner,
-    /// [count, nbytes], computed once (every index check reads the count,
-    /// -1 when unknown), and the stable storage the buffer protocol's shape
-    /// points into.
-    dims: [isize; 2],
 }
 
 const UNKNOWN: usize = usize::MAX;
 
 impl Pointer {
+    #[inline]
     pub fn new(addr: usize, ty: &'static TypeInfo, extent: Option<usize>, owner: Owner) -> Self {
-        let size = ty.size;
-        let count = match extent {
-            Some(e) if ty.kind != Kind::Void && size > 0 => Some(if size.is_power_of_two() {
-                e >> size.trailing_zeros()
-            } else {
-                e / size
-            }),
-            _ => None,
-        };
-        let nbytes = match count {
-            Some(n) => n * size,
-            None => extent.unwrap_or(0),
-        };
         Pointer {
             addr,
             ty,
             extent: extent.unwrap_or(UNKNOWN),
             owner,
-            dims: [count.map_or(-1, |n| n as isize), nbytes as isize],
         }
     }
 
@@ -186,20 +74,29 @@ impl Pointer {
 
     /// Another view of the same owner.
     fn view(&self, addr: usize, ty: &'static TypeInfo, extent: Option<usize>) -> Self {
-        Pointer::new(addr, ty, extent, self.owner.clone())
+        Pointer::new(addr, ty, extent, self.owner.view(addr == self.addr))
     }
 
     pub fn record(&self) -> Option<&RecordRef> {
-        match &self.owner {
-            Owner::Block(r) => Some(r),
-            Owner::Region(_) | Owner::Unowned => None,
+        match self.owner.get() {
+            Owned::Block(r) => Some(r),
+            Owned::Region(_) | Owned::Unowned => None,
         }
     }
 
     /// Elements in the view: None for unknown extent or sizeless types.
     #[inline]
     pub fn count(&self) -> Option<usize> {
-        (self.dims[0] >= 0).then_some(self.dims[0] as usize)
+        let size = self.ty.size;
+        if self.extent == UNKNOWN || self.ty.kind == Kind::Void || size == 0 {
+            return None;
+        }
+        // Element sizes are mostly powers of two: a shift, not a division.
+        Some(if size.is_power_of_two() {
+            self.extent >> size.trailing_zeros()
+        } else {
+            self.extent / size
+        })
     }
 
     fn elem_size(&self) -> Option<usize> {
@@ -209,7 +106,7 @@ impl Pointer {
     /// Bytes covered by the view's elements (all of the extent for Void).
     pub fn nbytes_usize(&self) -> Option<usize> {
         match self.count() {
-            Some(_) => Some(self.dims[1] as usize),
+            Some(n) => Some(n * self.ty.size),
             None => self.extent(),
         }
     }
@@ -220,7 +117,7 @@ impl Pointer {
         if self.addr == 0 {
             return Err(Error::NullPointer);
         }
-        self.owner.check_access()
+        self.owner.check_access(self.addr)
     }
 
     /// Holds the memory for one access (see [`Access`]); fails when dead.
@@ -228,7 +125,7 @@ impl Pointer {
     pub fn access(&self) -> Result<Access<'_>, Error> {
         #[cfg(any(Py_GIL_DISABLED, rsalloc_pin_access))]
         {
-            self.owner.pin()?;
+            self.owner.pin(self.addr)?;
             Ok(Access {
                 owner: &self.owner,
                 _on: std::marker::PhantomData,
@@ -242,7 +139,7 @@ impl Pointer {
 
     /// Ok when the view is alive (null views count as alive: nothing was freed).
     pub(crate) fn check_alive(&self) -> Result<(), Error> {
-        self.owner.check_access()
+        self.owner.check_access(self.addr)
     }
 
     pub fn err(&self, py: Python<'_>, e: Error) -> PyErr {
@@ -250,8 +147,29 @@ impl Pointer {
     }
 
     /// The address of element `i` (negative counts from the end when the count is known).
+    #[inline]
     fn elem_addr(&self, i: isize) -> Result<usize, Error> {
         self.check()?;
+        let size = self.ty.size;
+        // The hot case, without computing the count: element i ends within
+        // the extent. An unknown extent (usize::MAX) admits every index
+        // (documented), as long as the address does not wrap; sizeless
+        // types (Void) pass here and fail at the read.
+        if i >= 0 {
+            let end = (i as usize)
+                .checked_mul(size)
+                .and_then(|o| o.checked_add(size));
+            if let Some(end) = end.filter(|&e| e <= self.extent) {
+                if self.extent != UNKNOWN || self.addr.checked_add(end).is_some() {
+                    return Ok(self.addr + end - size);
+                }
+            }
+        }
+        self.elem_addr_slow(i)
+    }
+
+    #[cold]
+    fn elem_addr_slow(&self, i: isize) -> Result<usize, Error> {
         let size = self.ty.size;
         match self.count() {
             Some(n) => {
@@ -325,7 +243,7 @@ impl Pointer {
                     Value::Bool(b) => PyBool::new(py, b).to_owned().into_any().unbind(),
                     Value::Addr(a) => {
                         let target = self.ty.target.expect("pointer slots have a target");
-                        Py::new(py, Pointer::new(a, target, None, Owner::Unowned))?.into_any()
+                        Py::new(py, Pointer::new(a, target, None, Owner::UNOWNED))?.into_any()
                     }
                 })
             }
@@ -436,8 +354,8 @@ impl fmt::Display for Pointer {
             write!(f, " (unknown count")?;
         }
         write!(f, ", {})", self.owner.name())?;
-        match &self.owner {
-            Owner::Block(r) => super::tracking::write_sites(f, r),
+        match self.owner.get() {
+            Owned::Block(r) => super::tracking::write_sites(f, r),
             _ => Ok(()),
         }
     }
@@ -755,11 +673,11 @@ impl Pointer {
     /// The owning allocator (None for foreign or detached memory).
     #[getter]
     fn allocator(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        Ok(match &self.owner {
-            Owner::Block(r) if r.state() != State::Detached => {
+        Ok(match self.owner.get() {
+            Owned::Block(r) if r.state() != State::Detached => {
                 super::allocator::owner_object(py, r)
             }
-            Owner::Region(r) => super::allocator::handle_object(py, &r.region().handle),
+            Owned::Region(r) => super::allocator::handle_object(py, &r.region().handle),
             _ => py.None(),
         })
     }
@@ -802,17 +720,17 @@ impl Pointer {
                 )
             }
         };
-        Ok(Pointer::new(addr, ty, extent, Owner::Unowned))
+        Ok(Pointer::new(addr, ty, extent, Owner::UNOWNED))
     }
 
     /// Hands ownership away (to C code that will free the block): returns the
     /// address; the block is no longer counted, and the Pointer becomes an
     /// unowned view.
     fn detach(&self, py: Python<'_>) -> PyResult<usize> {
-        match &self.owner {
-            Owner::Block(r) => r.detach(self.addr).py(py, self),
-            Owner::Region(_) => Err(self.err(py, Error::Ownership(Ownership::RegionCannotDetach))),
-            Owner::Unowned => Err(self.err(py, Error::Ownership(Ownership::Foreign))),
+        match self.owner.get() {
+            Owned::Block(r) => r.detach(self.addr).py(py, self),
+            Owned::Region(_) => Err(self.err(py, Error::Ownership(Ownership::RegionCannotDetach))),
+            Owned::Unowned => Err(self.err(py, Error::Ownership(Ownership::Foreign))),
         }
     }
 
@@ -820,11 +738,11 @@ impl Pointer {
     /// export) is gone. Returns the pointer.
     fn autofree(slf: Bound<'_, Self>) -> PyResult<Bound<'_, Self>> {
         let this = slf.get();
-        match &this.owner {
-            Owner::Block(r) => r.set_autofree().py(slf.py(), this)?,
+        match this.owner.get() {
+            Owned::Block(r) => r.set_autofree().py(slf.py(), this)?,
             // Region memory goes with its arena, never earlier: nothing to arm.
-            Owner::Region(r) => r.check_access().py(slf.py(), this)?,
-            Owner::Unowned => return Err(this.err(slf.py(), Error::Ownership(Ownership::Foreign))),
+            Owned::Region(r) => r.check_access(this.addr).py(slf.py(), this)?,
+            Owned::Unowned => return Err(this.err(slf.py(), Error::Ownership(Ownership::Foreign))),
         }
         Ok(slf)
     }
@@ -840,7 +758,7 @@ impl Pointer {
             self.addr,
             count,
             self.owner.name(),
-            self.owner.state_name()
+            self.owner.state_name(self.addr)
         )
     }
 
@@ -892,7 +810,6 @@ impl Pointer {
             )));
         };
         this.check().py(py, this)?;
-        this.owner.pin().py(py, this)?;
         // Elements keep their format only when the consumer asks for formats
         // and shapes; otherwise the view is plain bytes.
         let typed = this.elem_size().is_some()
@@ -901,20 +818,42 @@ impl Pointer {
         // The stride of a contiguous view is the item size: the TypeInfo's
         // size (static, same layout as isize) or a static 1 for bytes.
         static ONE: isize = 1;
-        let (shape, strides, itemsize, format): (&isize, *const isize, isize, &CStr) = if typed {
+        let (len, strides, itemsize, format): (usize, *const isize, isize, &CStr) = if typed {
             let size: *const usize = &this.ty.size;
             (
-                &this.dims[0],
+                nbytes / this.ty.size,
                 size.cast(),
                 this.ty.size as isize,
                 this.ty.format,
             )
         } else {
-            (&this.dims[1], &ONE, 1, c"B")
+            (nbytes, &ONE, 1, c"B")
         };
-        // SAFETY: `view` is a valid Py_buffer to fill; the shape, strides and
-        // format pointers live in `this` (or are static) and stay valid while
-        // the export holds `obj`.
+        // The shape must stay put until release, and the Pointer keeps no
+        // count of its own (see `extent`): it lives in the export's
+        // `internal` slot, freed by __releasebuffer__.
+        let shape = if flags & ffi::PyBUF_ND == ffi::PyBUF_ND {
+            let layout = std::alloc::Layout::new::<isize>();
+            // SAFETY: a non-zero size.
+            let p = unsafe { std::alloc::alloc(layout) }.cast::<isize>();
+            if p.is_null() {
+                return Err(pyo3::exceptions::PyMemoryError::new_err(
+                    "no memory for a buffer shape",
+                ));
+            }
+            // SAFETY: fresh memory for one isize.
+            unsafe { p.write(len as isize) };
+            p
+        } else {
+            std::ptr::null_mut()
+        };
+        if let Err(e) = this.owner.pin(this.addr) {
+            free_shape(shape);
+            return Err(this.err(py, e));
+        }
+        // SAFETY: `view` is a valid Py_buffer to fill; the strides and
+        // format pointers live in `this.ty` (static) or are static, the shape
+        // is the export's own, and all stay valid while the export holds `obj`.
         unsafe {
             (*view).buf = this.addr as *mut _;
             (*view).len = nbytes as isize;
@@ -926,25 +865,31 @@ impl Pointer {
                 std::ptr::null_mut()
             };
             (*view).ndim = 1;
-            (*view).shape = if flags & ffi::PyBUF_ND == ffi::PyBUF_ND {
-                shape as *const isize as *mut isize
-            } else {
-                std::ptr::null_mut()
-            };
+            (*view).shape = shape;
             (*view).strides = if flags & ffi::PyBUF_STRIDES == ffi::PyBUF_STRIDES {
                 strides as *mut isize
             } else {
                 std::ptr::null_mut()
             };
             (*view).suboffsets = std::ptr::null_mut();
-            (*view).internal = std::ptr::null_mut();
+            (*view).internal = shape.cast();
             (*view).obj = slf.into_any().into_ptr();
         }
         Ok(())
     }
 
-    unsafe fn __releasebuffer__(&self, _view: *mut ffi::Py_buffer) {
+    unsafe fn __releasebuffer__(&self, view: *mut ffi::Py_buffer) {
+        // SAFETY: CPython passes the view this object filled.
+        free_shape(unsafe { (*view).internal }.cast());
         self.owner.unpin();
+    }
+}
+
+/// Frees the shape a buffer export kept in `internal` (null: none).
+fn free_shape(shape: *mut isize) {
+    if !shape.is_null() {
+        // SAFETY: allocated in __getbuffer__ with this layout, freed once.
+        unsafe { std::alloc::dealloc(shape.cast(), std::alloc::Layout::new::<isize>()) }
     }
 }
 
@@ -1007,5 +952,5 @@ unsafe fn nul_position(addr: usize, unit: usize, limit: Option<usize>) -> usize 
 
 /// The null `Pointer[Void]`.
 pub fn nullptr_object(py: Python<'_>) -> PyResult<Bound<'_, Pointer>> {
-    Bound::new(py, Pointer::new(0, types::void(py)?, None, Owner::Unowned))
+    Bound::new(py, Pointer::new(0, types::void(py)?, None, Owner::UNOWNED))
 }
