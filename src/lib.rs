@@ -42,10 +42,16 @@ mod _rsalloc {
         // SAFETY: with a GIL, every call into rsalloc and every drop of its
         // objects holds it; rsalloc releases it nowhere, and user code that
         // does (a Python-defined allocator's methods) runs only in the core's
-        // callbacks. PyO3 refuses sub-interpreters.
+        // callbacks. PyO3 refuses sub-interpreters. So record memory may come
+        // from CPython's small-object allocator, which needs the GIL and has
+        // no header per block (48 bytes a record, not glibc's 64); no record
+        // exists before this line.
         #[cfg(not(Py_GIL_DISABLED))]
         unsafe {
-            crate::core::serial::assume_serialized()
+            crate::core::serial::assume_serialized_with(crate::core::serial::RecordMemory {
+                alloc: pyo3::ffi::PyObject_Malloc,
+                free: pyo3::ffi::PyObject_Free,
+            })
         };
         crate::py::freelist::install(py)?;
         #[cfg(not(any(Py_3_12, PyPy, GraalPy, Py_LIMITED_API)))]

@@ -1,7 +1,9 @@
-//! The core in serialized mode (`core::serial::assume_serialized`), as the
-//! Python binding runs it under the GIL. A test binary of its own: the switch
-//! is process-wide and can never be turned off, so the unit tests (which run
-//! threads without an outside lock) must not see it.
+//! The core in serialized mode (`core::serial::assume_serialized_with`), as
+//! the Python binding runs it under the GIL, with record memory from
+//! functions it is given (the binding's: CPython's small-object allocator).
+//! A test binary of its own: the switch is process-wide and can never be
+//! turned off, so the unit tests (which run threads without an outside lock)
+//! must not see it.
 
 use rsalloc::core::alloc::{AllocCore, Libc, LIBC_GROUP};
 use rsalloc::core::layout::{array, Request};
@@ -15,10 +17,75 @@ static LOCK: Mutex<()> = Mutex::new(());
 /// Held by each test for its whole run: they compare process-wide counters.
 static ONE_TEST: Mutex<()> = Mutex::new(());
 
+use rsalloc::core::error::Error;
+use rsalloc::core::serial::{assume_serialized_with, RecordMemory};
+use std::collections::BTreeSet;
+use std::ffi::c_void;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+
+/// A record with its count, as the core asks for it.
+const RECORD: usize = 48;
+
+/// Record memory given out by `record_alloc` and not yet taken back.
+static SLOTS: Mutex<BTreeSet<usize>> = Mutex::new(BTreeSet::new());
+static ALLOCS: AtomicUsize = AtomicUsize::new(0);
+static FREES: AtomicUsize = AtomicUsize::new(0);
+/// Calls that broke the contract: a size other than a record's, a free of
+/// memory `record_alloc` did not give, a call without LOCK held.
+static WRONG: AtomicUsize = AtomicUsize::new(0);
+/// The next `record_alloc` finds no memory.
+static FAIL_NEXT: AtomicBool = AtomicBool::new(false);
+
+fn lock_is_held() -> bool {
+    // Held by someone, that is: each test holds it around all its core calls.
+    LOCK.try_lock().is_err()
+}
+
+unsafe extern "C" fn record_alloc(size: usize) -> *mut c_void {
+    if size != RECORD || !lock_is_held() {
+        WRONG.fetch_add(1, Relaxed);
+    }
+    if FAIL_NEXT.swap(false, Relaxed) {
+        return std::ptr::null_mut();
+    }
+    let p = unsafe { libc::malloc(size) };
+    SLOTS.lock().unwrap().insert(p as usize);
+    ALLOCS.fetch_add(1, Relaxed);
+    p
+}
+
+unsafe extern "C" fn record_free(p: *mut c_void) {
+    if !lock_is_held() {
+        WRONG.fetch_add(1, Relaxed);
+    }
+    if !SLOTS.lock().unwrap().remove(&(p as usize)) {
+        WRONG.fetch_add(1, Relaxed);
+        return;
+    }
+    FREES.fetch_add(1, Relaxed);
+    unsafe { libc::free(p) };
+}
+
 fn serialize() {
     // SAFETY: every use of the core below holds LOCK, including the drops
-    // of what it hands out.
-    unsafe { rsalloc::core::serial::assume_serialized() };
+    // of what it hands out; `record_alloc` and `record_free` need nothing
+    // more. Each test calls this first, so no record exists before the
+    // first call, and later ones pass the same functions.
+    unsafe {
+        assume_serialized_with(RecordMemory {
+            alloc: record_alloc,
+            free: record_free,
+        })
+    };
+}
+
+/// Whether `addr` lies in a record slot `record_alloc` gave out.
+fn in_a_slot(addr: usize) -> bool {
+    let slots = SLOTS.lock().unwrap();
+    slots
+        .range(..=addr)
+        .next_back()
+        .is_some_and(|s| addr < s + RECORD)
 }
 
 #[test]
@@ -67,6 +134,11 @@ fn threads_behind_one_lock_keep_exact_counts_and_sound_records() {
     let g = GLOBAL.snapshot();
     assert_eq!(g.total_allocs - global_before.total_allocs, 20_000);
     assert_eq!(g.live_bytes, global_before.live_bytes);
+    assert_eq!(
+        WRONG.load(Relaxed),
+        0,
+        "record memory used against its contract"
+    );
 }
 
 #[test]
@@ -119,4 +191,77 @@ fn a_region_shared_by_threads_behind_one_lock_hands_out_disjoint_blocks() {
     assert!(weak.upgrade().is_some(), "4 000 references still hold it");
     drop(blocks);
     assert!(weak.upgrade().is_none());
+}
+
+#[test]
+fn record_memory_comes_from_the_given_functions_and_goes_back_to_them() {
+    let _one = ONE_TEST.lock().unwrap_or_else(|e| e.into_inner());
+    serialize();
+    let _g = LOCK.lock().unwrap();
+    let a = AllocCore::new("m", LIBC_GROUP, false, Box::new(Libc));
+    let req = array(16, 1, 1, None).unwrap();
+    let allocs = ALLOCS.load(Relaxed);
+    let many: Vec<_> = (0..1_000).map(|_| a.allocate(req, None).unwrap()).collect();
+    for r in &many {
+        assert!(in_a_slot(&**r as *const _ as usize));
+    }
+    // At most the 64 kept for reuse did not come from `record_alloc` now.
+    assert!(ALLOCS.load(Relaxed) - allocs >= 1_000 - 64);
+    for r in &many {
+        a.free(r, r.addr()).unwrap();
+    }
+    drop(many);
+    // No record lives: the slots still out are the 64 kept for reuse, and
+    // every other one went back through `record_free`.
+    assert_eq!(SLOTS.lock().unwrap().len(), 64);
+    let (allocs, frees) = (ALLOCS.load(Relaxed), FREES.load(Relaxed));
+    let reused: Vec<_> = (0..64).map(|_| a.allocate(req, None).unwrap()).collect();
+    assert_eq!(ALLOCS.load(Relaxed), allocs, "all 64 were kept slots");
+    let fresh = a.allocate(req, None).unwrap();
+    assert_eq!(ALLOCS.load(Relaxed), allocs + 1);
+    assert!(in_a_slot(&*fresh as *const _ as usize));
+    for r in reused.iter().chain([&fresh]) {
+        a.free(r, r.addr()).unwrap();
+    }
+    drop((reused, fresh));
+    assert_eq!(
+        FREES.load(Relaxed),
+        frees + 1,
+        "the one the cache had no room for"
+    );
+    assert_eq!(SLOTS.lock().unwrap().len(), 64);
+    assert_eq!(WRONG.load(Relaxed), 0);
+}
+
+#[test]
+fn record_memory_running_out_is_an_error_that_changes_nothing() {
+    let _one = ONE_TEST.lock().unwrap_or_else(|e| e.into_inner());
+    serialize();
+    let _g = LOCK.lock().unwrap();
+    let a = AllocCore::new("m", LIBC_GROUP, false, Box::new(Libc));
+    let req = array(16, 1, 1, None).unwrap();
+    // Empty the slots kept for reuse, so that the next record asks for memory.
+    let held: Vec<_> = (0..65).map(|_| a.allocate(req, None).unwrap()).collect();
+    let before = a.counters.snapshot();
+    FAIL_NEXT.store(true, Relaxed);
+    assert!(matches!(
+        a.allocate(req, None),
+        Err(Error::OutOfMemory(RECORD))
+    ));
+    assert!(
+        !FAIL_NEXT.load(Relaxed),
+        "the record's memory was asked for"
+    );
+    let after = a.counters.snapshot();
+    assert_eq!(
+        (after.live_count, after.total_allocs),
+        (before.live_count, before.total_allocs)
+    );
+    let r = a.allocate(req, None).unwrap();
+    for r in held.iter().chain([&r]) {
+        a.free(r, r.addr()).unwrap();
+    }
+    drop((held, r));
+    assert_eq!(a.counters.snapshot().live_count, 0);
+    assert_eq!(WRONG.load(Relaxed), 0);
 }

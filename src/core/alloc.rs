@@ -246,7 +246,7 @@ impl AllocCore {
     /// Records `rec`, which just became this allocator's to free (it left an
     /// arena), as a new block would be.
     pub fn track_adopted(&self, rec: &Record, ty: &'static str) {
-        if self.tracks() && rec.track.get().is_none() {
+        if self.tracks() && rec.tracked().is_none() {
             track::register(rec, ty);
         }
     }

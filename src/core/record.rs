@@ -1,7 +1,13 @@
-//! The allocation record: one per block, shared (through `Arc`) by every view
-//! of the block. It holds the owner, the size, and one atomic word with the
-//! block's state and its count of buffer exports ("pins"), so that liveness
-//! checks and the free/export race are decided by a single compare-and-swap.
+//! The allocation record: one per block, shared (through `RecordRef`) by
+//! every view of the block. It holds the owner, the size, and one atomic word
+//! with the block's state and its count of buffer exports ("pins"), so that
+//! liveness checks and the free/export race are decided by a single
+//! compare-and-swap.
+//!
+//! Every live block carries one, so its size is the memory rsalloc costs per
+//! block (issue 6): 40 bytes, 48 with its reference count. What only some
+//! blocks have (an owning arena, tracking data) shares one word, `Extra`,
+//! which is null for the common block.
 
 use super::alloc::{AllocCore, CoreRef};
 use super::error::{Death, Error, Ownership, Result};
@@ -11,6 +17,11 @@ use std::any::Any;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering::*};
 use std::sync::{Arc, OnceLock};
+
+// Every live block has a record: keep it at 40 bytes (48 with its count,
+// exactly a 16-byte size class of CPython's small-object allocator).
+#[cfg(target_pointer_width = "64")]
+const _: () = assert!(std::mem::size_of::<Record>() == 40);
 
 /// The state bits of [`Record::word`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,11 +70,9 @@ pub struct Record {
     size: usize,
     word: AtomicUsize,
     alloc: CoreRef,
-    /// The arena that owns the block while IN_ARENA is set.
-    arena: Option<Arc<ArenaTag>>,
-    /// Tracking data (allocation and free sites) for error messages, set
-    /// once by `track` when the block is recorded or freed under tracking.
-    pub track: OnceBox<Tracked>,
+    /// The arena the block was made in (it owns the block while IN_ARENA is
+    /// set) and tracking data, both rare.
+    extra: Extra,
 }
 
 // SAFETY: the raw address is only an address here; all shared state is atomic.
@@ -87,8 +96,7 @@ impl Record {
             size,
             word: AtomicUsize::new(word),
             alloc,
-            arena,
-            track: OnceBox::new(),
+            extra: Extra::new(arena),
         }
     }
 
@@ -114,12 +122,26 @@ impl Record {
     pub fn pins(&self) -> usize {
         self.word.load(Acquire) >> PIN_SHIFT
     }
-    /// The arena that owns the block now, if any.
+
+    /// Tracking data (allocation and free sites) for error messages, once
+    /// `track` has set it.
+    #[inline]
+    pub fn tracked(&self) -> Option<&Tracked> {
+        self.extra.tracked()
+    }
+
+    /// Sets the tracking data unless some is there already (the first
+    /// stays); false when it was not set, also when its memory ran out
+    /// (tracking data is for messages: losing it fails nothing).
+    pub fn set_tracked(&self, tracked: Tracked) -> bool {
+        self.extra.set_tracked(tracked)
+    }
+
     /// A free of this block runs only libc and records nothing: it is no
     /// arena's, not tracked, and its allocator is plain.
     #[inline]
     pub fn frees_plainly(&self) -> bool {
-        self.arena.is_none() && self.track.get().is_none() && self.alloc.plain()
+        self.extra.is_empty() && self.alloc.plain()
     }
 
     /// Dropping the record runs only Rust and libc: its allocator is
@@ -128,19 +150,16 @@ impl Record {
     /// can hold Python objects.
     #[inline]
     pub fn drops_plainly(&self) -> bool {
-        self.arena.is_none()
-            && self.track.get().is_none()
-            && self.alloc.is_lifelong()
-            && self.alloc.plain_backend()
+        self.extra.is_empty() && self.alloc.is_lifelong() && self.alloc.plain_backend()
     }
 
+    /// The id of the arena that owns the block now, if any.
     pub fn arena(&self) -> Option<u64> {
-        let tag = self.arena.as_ref()?;
-        (self.word.load(Acquire) & IN_ARENA != 0).then_some(tag.id)
+        self.arena_tag().map(|t| t.id)
     }
     /// The arena that owns the block now, if any.
-    pub fn arena_tag(&self) -> Option<&Arc<ArenaTag>> {
-        let tag = self.arena.as_ref()?;
+    pub fn arena_tag(&self) -> Option<&ArenaTag> {
+        let tag = self.extra.arena()?;
         (self.word.load(Acquire) & IN_ARENA != 0).then_some(tag)
     }
     pub fn is_autofree(&self) -> bool {
@@ -195,7 +214,7 @@ impl Record {
     /// Checks that `owner_group` may free the block at `addr` (no state change).
     fn check_free(&self, word: usize, owner_group: u64, arena: u64, addr: usize) -> Result<()> {
         let owned_here = if word & IN_ARENA != 0 {
-            self.arena.as_ref().is_some_and(|t| t.id == arena)
+            self.extra.arena().is_some_and(|t| t.id == arena)
         } else {
             arena == 0 && owner_group == self.alloc.group
         };
@@ -280,7 +299,7 @@ impl Record {
             }
             Ok(w & !IN_ARENA)
         })?;
-        if let Some(tag) = &self.arena {
+        if let Some(tag) = self.extra.arena() {
             tag.counters.on_free(self.size);
         }
         Ok(())
@@ -291,7 +310,7 @@ impl Record {
     fn count_free(&self, word: usize) {
         self.alloc.count_free(self.size);
         if word & IN_ARENA != 0 {
-            if let Some(tag) = &self.arena {
+            if let Some(tag) = self.extra.arena() {
                 tag.counters.on_free(self.size);
             }
         }
@@ -385,52 +404,223 @@ impl ArenaTag {
     }
 }
 
-/// A box set at most once, in one pointer-sized atomic: `OnceLock<Box<T>>`
-/// costs twice the space, and every live block carries one.
-pub struct OnceBox<T>(AtomicPtr<T>);
+/// What only some blocks carry, in one word. A field each (the arena's
+/// `Option<Arc>`, a boxed `Tracked`) made the record 48 bytes, 56 with its
+/// count; one word makes them 40 and 48, exactly a size class of CPython's
+/// small-object allocator (issue 6: the memory per live block).
+///
+/// The word is
+/// - null for the common block: no arena, not tracked (one load tells the
+///   plain paths so);
+/// - an arena's tag (`Arc::into_raw`, holding one count) for a block made
+///   in an arena: the `Option<Arc>` itself, so making such a record costs
+///   nothing more than before and allocates nothing;
+/// - a `Box<ExtraData>` with both parts and bit 0 set, once tracking data
+///   is set: at most once, by compare-and-swap, so the word changes at most
+///   once in the record's life and what a reader found stays valid until
+///   the record drops (an arena's tag moves into the box with its count).
+struct Extra(AtomicPtr<()>);
 
-impl<T> OnceBox<T> {
-    pub const fn new() -> Self {
-        OnceBox(AtomicPtr::new(std::ptr::null_mut()))
+struct ExtraData {
+    arena: Option<Arc<ArenaTag>>,
+    tracked: Tracked,
+}
+
+/// Bit 0 of [`Extra`]'s word: the rest is a `Box<ExtraData>` (aligned to 8).
+const DATA: usize = 1;
+
+/// The word, decoded; raw pointers, so that the counts and the box can be
+/// given back through them.
+enum Word {
+    Empty,
+    Arena(*const ArenaTag),
+    Data(*mut ExtraData),
+}
+
+impl Word {
+    #[inline]
+    fn of(p: *mut ()) -> Word {
+        if p.is_null() {
+            Word::Empty
+        } else if p.addr() & DATA == 0 {
+            Word::Arena(p.cast_const().cast())
+        } else {
+            Word::Data(p.map_addr(|a| a & !DATA).cast())
+        }
+    }
+}
+
+impl Extra {
+    #[inline]
+    fn new(arena: Option<Arc<ArenaTag>>) -> Self {
+        let p = arena.map_or(std::ptr::null(), Arc::into_raw);
+        Extra(AtomicPtr::new(p.cast_mut().cast()))
+    }
+
+    /// Only compared with null: nothing is read through it.
+    #[inline]
+    fn is_empty(&self) -> bool {
+        self.0.load(Relaxed).is_null()
     }
 
     #[inline]
-    pub fn get(&self) -> Option<&T> {
-        // SAFETY: a non-null pointer came from Box::into_raw in `set` and is
-        // only freed by Drop, which has `&mut self`.
-        unsafe { self.0.load(Acquire).as_ref() }
+    fn word(&self) -> Word {
+        Word::of(self.0.load(Acquire))
     }
 
-    /// Stores `value` unless a value is there already (then it is handed back).
-    pub fn set(&self, value: Box<T>) -> std::result::Result<(), Box<T>> {
-        let p = Box::into_raw(value);
-        match self
-            .0
-            .compare_exchange(std::ptr::null_mut(), p, AcqRel, Acquire)
-        {
-            Ok(_) => Ok(()),
-            // SAFETY: p was not published; we still own it.
-            Err(_) => Err(unsafe { Box::from_raw(p) }),
+    // The references below live no longer than `self`: an arena's tag lives
+    // on a count the word holds (or the box that replaced it), and the box
+    // is freed only by `Drop`, which has `&mut self`.
+
+    fn arena(&self) -> Option<&ArenaTag> {
+        match self.word() {
+            Word::Empty => None,
+            // SAFETY: see above.
+            Word::Arena(tag) => Some(unsafe { &*tag }),
+            // SAFETY: see above.
+            Word::Data(d) => unsafe { (*d).arena.as_deref() },
+        }
+    }
+
+    #[inline]
+    fn tracked(&self) -> Option<&Tracked> {
+        match self.word() {
+            // SAFETY: see above.
+            Word::Data(d) => Some(unsafe { &(*d).tracked }),
+            _ => None,
+        }
+    }
+
+    fn set_tracked(&self, tracked: Tracked) -> bool {
+        let cur = self.0.load(Acquire);
+        let arena = match Word::of(cur) {
+            Word::Data(_) => return false,
+            Word::Empty => None,
+            // SAFETY: the word holds a count of this Arc; the box takes it
+            // over if the swap below succeeds (and forgets it otherwise).
+            Word::Arena(tag) => Some(unsafe { Arc::from_raw(tag) }),
+        };
+        let data = ExtraData { arena, tracked };
+        // Not Box::new: running out of memory here must not abort.
+        let layout = std::alloc::Layout::new::<ExtraData>();
+        // SAFETY: ExtraData has a non-zero size.
+        let p = unsafe { std::alloc::alloc(layout) }.cast::<ExtraData>();
+        if p.is_null() {
+            std::mem::forget(data.arena);
+            return false;
+        }
+        // SAFETY: fresh memory with ExtraData's layout.
+        unsafe { p.write(data) };
+        let word = p.map_addr(|a| a | DATA).cast::<()>();
+        match self.0.compare_exchange(cur, word, AcqRel, Acquire) {
+            Ok(_) => true,
+            Err(_) => {
+                // Someone else's tracking data won; the arena's count stays theirs.
+                // SAFETY: p was never published, and was allocated as a Box is.
+                let mut lost = unsafe { Box::from_raw(p) };
+                std::mem::forget(lost.arena.take());
+                false
+            }
+        }
+    }
+
+    #[cold]
+    fn drop_slow(p: *mut ()) {
+        match Word::of(p) {
+            Word::Empty => {}
+            // SAFETY: gives back the count the word holds.
+            Word::Arena(tag) => drop(unsafe { Arc::from_raw(tag) }),
+            // SAFETY: installed once by `set_tracked`, dropped once, here.
+            Word::Data(d) => drop(unsafe { Box::from_raw(d) }),
         }
     }
 }
 
-impl<T> Drop for OnceBox<T> {
+impl Drop for Extra {
+    #[inline]
     fn drop(&mut self) {
         let p = *self.0.get_mut();
         if !p.is_null() {
-            // SAFETY: set once from Box::into_raw; dropped once, here.
-            drop(unsafe { Box::from_raw(p) });
+            Self::drop_slow(p);
         }
     }
 }
 
-impl<T> Default for OnceBox<T> {
-    fn default() -> Self {
-        Self::new()
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::alloc::{AllocCore, Libc, LIBC_GROUP};
+    use crate::core::arena::WrapArena;
+    use crate::core::layout::Request;
+
+    fn req() -> Request {
+        Request { size: 16, align: 8 }
+    }
+
+    fn tracked(seq: u64) -> Tracked {
+        Tracked {
+            seq,
+            ty: "",
+            site: None,
+            freed: OnceLock::new(),
+        }
+    }
+
+    #[test]
+    fn a_plain_block_has_an_empty_extra_word() {
+        let m = AllocCore::new("m", LIBC_GROUP, false, Box::new(Libc));
+        let r = m.allocate(req(), None).unwrap();
+        assert!(r.extra.is_empty());
+        assert!(r.tracked().is_none() && r.arena_tag().is_none());
+        m.free(&r, r.addr()).unwrap();
+    }
+
+    #[test]
+    fn an_arena_block_keeps_its_arena_when_tracking_data_arrives() {
+        let m = AllocCore::new("m", LIBC_GROUP, false, Box::new(Libc));
+        let a = WrapArena::new(m.clone());
+        let r = a.allocate(req()).unwrap();
+        assert_eq!(Arc::strong_count(&a.tag), 2, "the record holds one count");
+        assert!(!r.extra.is_empty() && r.tracked().is_none());
+        assert_eq!(r.arena(), Some(a.id()));
+        assert!(r.set_tracked(tracked(7)));
+        assert!(!r.set_tracked(tracked(8)), "the first stays");
+        assert_eq!(r.tracked().map(|t| t.seq), Some(7));
+        assert_eq!(r.arena(), Some(a.id()));
+        assert_eq!(Arc::strong_count(&a.tag), 2, "the count moved, not copied");
+        // The arena still frees it; its counters still see it.
+        assert!(a.release(false));
+        assert_eq!(a.tag.counters.snapshot().live_count, 0);
+        drop(r);
+        assert_eq!(Arc::strong_count(&a.tag), 1);
+    }
+
+    #[test]
+    fn racing_setters_install_tracking_data_once() {
+        let m = AllocCore::new("m", LIBC_GROUP, false, Box::new(Libc));
+        let a = WrapArena::new(m.clone());
+        for round in 0..200 {
+            let plain = m.allocate(req(), None).unwrap();
+            let in_arena = a.allocate(req()).unwrap();
+            for r in [&plain, &in_arena] {
+                let won: usize = std::thread::scope(|s| {
+                    let hs: Vec<_> = (0..4)
+                        .map(|t| s.spawn(move || r.set_tracked(tracked(t)) as usize))
+                        .collect();
+                    hs.into_iter().map(|h| h.join().unwrap()).sum()
+                });
+                assert_eq!(won, 1, "round {round}");
+                assert!(r.tracked().is_some());
+            }
+            assert_eq!(in_arena.arena(), Some(a.id()));
+            assert_eq!(plain.arena(), None);
+            m.free(&plain, plain.addr()).unwrap();
+        }
+        a.release(false);
+        assert_eq!(
+            Arc::strong_count(&a.tag),
+            1,
+            "every record gave its count back"
+        );
     }
 }
-
-// SAFETY: it owns a T, shared only through &T.
-unsafe impl<T: Send + Sync> Send for OnceBox<T> {}
-unsafe impl<T: Send + Sync> Sync for OnceBox<T> {}

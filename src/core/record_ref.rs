@@ -4,10 +4,17 @@
 //! its memory is reserved first (`RecordSlot::new`, an error on failure) and
 //! only then is the block itself allocated, so no failure leaves a block
 //! without a record.
+//!
+//! A record with its count is 48 bytes, and every live block has one. Under
+//! the GIL the binding has that memory come from CPython's small-object
+//! allocator (`serial::assume_serialized_with`), which has a 48-byte size
+//! class and no header: glibc's `malloc` would take a 64-byte chunk.
+//! Elsewhere (free-threaded builds, the core alone) it is Rust's global
+//! allocator. Either way recent slots are reused first (`mod cache`).
 
 use super::error::{Error, Result};
 use super::record::Record;
-use std::alloc::{alloc, Layout};
+use std::alloc::Layout;
 use std::mem::MaybeUninit;
 use std::ops::Deref;
 use std::ptr::NonNull;
@@ -17,6 +24,10 @@ struct Inner {
     strong: AtomicUsize,
     rec: Record,
 }
+
+// What every live block costs in bookkeeping: see `a_record_with_its_count_is_48_bytes`.
+#[cfg(target_pointer_width = "64")]
+const _: () = assert!(std::mem::size_of::<Inner>() == 48);
 
 /// Memory for one record, not yet filled.
 pub struct RecordSlot(NonNull<MaybeUninit<Inner>>);
@@ -31,9 +42,7 @@ impl RecordSlot {
         if let Some(p) = cache::take() {
             return Ok(RecordSlot(p));
         }
-        // SAFETY: Inner has a non-zero size.
-        let p = unsafe { alloc(Layout::new::<Inner>()) } as *mut MaybeUninit<Inner>;
-        NonNull::new(p)
+        cache::allocate()
             .map(RecordSlot)
             .ok_or(Error::OutOfMemory(Layout::new::<Inner>().size()))
     }
@@ -150,14 +159,23 @@ impl std::fmt::Debug for RecordRef {
 /// that no lock or atomic operation is needed, and emptied into the heap when
 /// the thread ends; one process-wide list instead once every caller is
 /// serialized ([`crate::core::serial`]), which saves the thread-local lookup
-/// (~35 instructions). Bounded: at most `CAP` × 64 bytes per list.
+/// (~35 instructions). Bounded: at most `CAP` slots per list.
+///
+/// "The heap" is Rust's global allocator, or in serialized mode the
+/// functions the binding gave (`serial::assume_serialized_with`: CPython's
+/// small-object allocator, where a 48-byte record costs 48 bytes, not a
+/// 64-byte glibc chunk). A slot always goes back where it came from: the
+/// functions are given before any slot exists, and serialized mode uses only
+/// the process-wide list, never a thread's.
 mod cache {
     use super::Inner;
-    use crate::core::serial::serialized;
-    use std::alloc::{dealloc, Layout};
+    use crate::core::serial::{record_memory, serialized};
+    use std::alloc::{alloc, dealloc, Layout};
     use std::cell::UnsafeCell;
     use std::mem::MaybeUninit;
     use std::ptr::NonNull;
+    #[cfg(debug_assertions)]
+    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
     const CAP: usize = 64;
 
@@ -218,9 +236,53 @@ mod cache {
         LOCAL.try_with(|c| f(unsafe { &mut *c.get() })).ok()
     }
 
+    /// Memory for a slot from the heap, None when there is none: the
+    /// functions serialized mode was given, else Rust's global allocator.
+    pub(super) fn allocate() -> Option<Slot> {
+        let layout = Layout::new::<Inner>();
+        let p: *mut MaybeUninit<Inner> = match record_memory() {
+            Some(m) => {
+                // SAFETY: serialized mode: under the outside lock `m` needs.
+                let p = unsafe { (m.alloc)(layout.size()) }.cast::<MaybeUninit<Inner>>();
+                debug_assert!(p.is_aligned(), "record memory misaligned");
+                p
+            }
+            None => {
+                // SAFETY: Inner has a non-zero size.
+                let p = unsafe { alloc(layout) }.cast::<MaybeUninit<Inner>>();
+                #[cfg(debug_assertions)]
+                if !p.is_null() {
+                    FROM_GLOBAL.fetch_add(1, Relaxed);
+                }
+                p
+            }
+        };
+        NonNull::new(p)
+    }
+
+    /// Gives a slot back to the heap it came from: the functions are given
+    /// before any slot exists and never change (`assume_serialized_with`).
     fn release(slot: Slot) {
-        // SAFETY: every slot came from `alloc` with Inner's layout.
-        unsafe { dealloc(slot.as_ptr().cast(), Layout::new::<Inner>()) }
+        match record_memory() {
+            // SAFETY: `m.alloc` gave it; serialized mode: under the outside lock.
+            Some(m) => unsafe { (m.free)(slot.as_ptr().cast()) },
+            None => {
+                #[cfg(debug_assertions)]
+                FROM_GLOBAL.fetch_sub(1, Relaxed);
+                // SAFETY: `allocate` took it from `alloc` with Inner's layout.
+                unsafe { dealloc(slot.as_ptr().cast(), Layout::new::<Inner>()) }
+            }
+        }
+    }
+
+    /// Slots taken from the global allocator and not given back (in use or
+    /// kept here): the switch to other record memory needs none.
+    #[cfg(debug_assertions)]
+    static FROM_GLOBAL: AtomicUsize = AtomicUsize::new(0);
+
+    #[cfg(debug_assertions)]
+    pub(crate) fn from_global() -> usize {
+        FROM_GLOBAL.load(Relaxed)
     }
 
     /// A slot from the cache, if it has one.
@@ -260,6 +322,13 @@ mod cache {
     }
 }
 
+/// Record memory taken from Rust's global allocator and not given back,
+/// for `serial::assume_serialized_with`'s check.
+#[cfg(debug_assertions)]
+pub(crate) fn slots_from_the_global_allocator() -> usize {
+    cache::from_global()
+}
+
 /// Failure injection for the record allocation (tests and fuzzing): the
 /// k-th `RecordSlot::new` on this thread fails.
 #[cfg(any(test, feature = "testkit"))]
@@ -297,9 +366,11 @@ mod tests {
     use crate::core::layout::array;
 
     #[test]
-    fn a_record_with_its_count_fits_a_64_byte_glibc_chunk() {
-        // 56 bytes + glibc's 8-byte header: every live block carries one.
-        assert_eq!(std::mem::size_of::<Inner>(), 56);
+    fn a_record_with_its_count_is_48_bytes() {
+        // Every live block carries one: 48 is a size class of CPython's
+        // small-object allocator (no header), which serves records under
+        // the GIL; through glibc it is a 64-byte chunk.
+        assert_eq!(std::mem::size_of::<Inner>(), 48);
     }
 
     #[test]

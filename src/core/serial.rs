@@ -9,15 +9,34 @@
 //! counters become an atomic load and store, and the record cache one
 //! process-wide list.
 //!
+//! The switch can also hand the core the functions that give record memory
+//! ([`assume_serialized_with`]): the binding passes CPython's small-object
+//! allocator, which needs the GIL (this very contract) and keeps no header
+//! per block, so a 48-byte record costs 48 bytes instead of glibc's 64-byte
+//! chunk (issue 6: every live block has a record).
+//!
 //! Allocation *state* (free, export, detach) is decided by compare-and-swap
 //! whatever this switch says: it is what decides who returns memory.
 
 use std::cell::UnsafeCell;
+use std::ffi::c_void;
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
 
 static SERIALIZED: AtomicBool = AtomicBool::new(false);
+
+/// Where the memory of allocation records comes from in serialized mode, as
+/// C functions: `alloc(size)` returns memory aligned for any object of that
+/// size (at least 8) or null when there is none, and `free(p)` takes back
+/// what `alloc` gave. Both are called only under the outside lock.
+#[derive(Clone, Copy, Debug)]
+pub struct RecordMemory {
+    pub alloc: unsafe extern "C" fn(usize) -> *mut c_void,
+    pub free: unsafe extern "C" fn(*mut c_void),
+}
+
+static RECORD_MEMORY: OnceLock<RecordMemory> = OnceLock::new();
 
 /// Declares that from now on every caller holds one and the same outside
 /// lock whenever it runs core code.
@@ -29,11 +48,45 @@ static SERIALIZED: AtomicBool = AtomicBool::new(false);
 /// only inside callbacks the core makes to its caller's code (a
 /// Python-defined allocator's `_raw_alloc` may release the GIL): the
 /// unsynchronised steps this switch allows (a counter update, a push or a
-/// pop on the record cache, a region's bump, a region reference's count)
+/// pop on the record cache, a call to the record memory functions of
+/// [`assume_serialized_with`], a region's bump, a region reference's count)
 /// never span such a callback. Two threads in one of them at once would
 /// corrupt it.
 pub unsafe fn assume_serialized() {
     SERIALIZED.store(true, Relaxed);
+}
+
+/// [`assume_serialized`], and from now on record memory comes from
+/// `records` instead of Rust's global allocator.
+///
+/// # Safety
+/// As [`assume_serialized`]; moreover `records` must be usable under the
+/// outside lock (the binding: `PyObject_Malloc` and `PyObject_Free`, which
+/// need the GIL), and no record may exist yet, nor any record memory kept
+/// for reuse: each slot goes back to the functions that gave it, and the
+/// ones taken before would not (checked in debug builds). The first call's
+/// functions stay; a later call must pass the same ones.
+pub unsafe fn assume_serialized_with(records: RecordMemory) {
+    #[cfg(debug_assertions)]
+    {
+        let kept = crate::core::record_ref::slots_from_the_global_allocator();
+        debug_assert_eq!(kept, 0, "record memory taken before the switch");
+    }
+    let kept = RECORD_MEMORY.get_or_init(|| records);
+    // Addresses, not fn pointers, compared: the comparison is what is meant.
+    debug_assert!(
+        kept.alloc as usize == records.alloc as usize
+            && kept.free as usize == records.free as usize,
+        "record memory functions replaced"
+    );
+    SERIALIZED.store(true, Relaxed);
+}
+
+/// The functions record memory comes from, once [`assume_serialized_with`]
+/// gave them.
+#[inline]
+pub(crate) fn record_memory() -> Option<&'static RecordMemory> {
+    RECORD_MEMORY.get()
 }
 
 #[inline]

@@ -203,12 +203,12 @@ pub(crate) fn register(rec: &Record, ty: &'static str) {
     if !registered {
         LOST.fetch_add(1, Relaxed);
     }
-    let _ = rec.track.set(Box::new(Tracked {
+    rec.set_tracked(Tracked {
         seq: if registered { seq } else { 0 },
         ty,
         site: cap.site,
         freed: OnceLock::new(),
-    }));
+    });
 }
 
 /// The block left its owner's hands (freed, reallocated, detached,
@@ -216,7 +216,7 @@ pub(crate) fn register(rec: &Record, ty: &'static str) {
 /// block tracked, the place of the free is kept for later error messages.
 #[inline]
 pub(crate) fn on_end(rec: &Record, free_site: bool) {
-    let t = rec.track.get();
+    let t = rec.tracked();
     if t.is_none() && !(free_site && enabled()) {
         return;
     }
@@ -247,19 +247,19 @@ fn end_slow(rec: &Record, t: Option<&Tracked>, free_site: bool) {
         None => {
             let freed = OnceLock::new();
             let _ = freed.set(site);
-            let _ = rec.track.set(Box::new(Tracked {
+            rec.set_tracked(Tracked {
                 seq: 0,
                 ty: "",
                 site: None,
                 freed,
-            }));
+            });
         }
     }
 }
 
 /// The element type name a tracked record was allocated as ("" when unknown).
 pub(crate) fn type_of(rec: &Record) -> &'static str {
-    rec.track.get().map_or("", |t| t.ty)
+    rec.tracked().map_or("", |t| t.ty)
 }
 
 /// Every live tracked allocation, oldest first.
@@ -345,7 +345,7 @@ mod tests {
         let e = mine(&a);
         assert_eq!(e.len(), 1);
         assert_eq!((e[0].addr, e[0].size, e[0].ty), (n.addr(), 64, "Uint8"));
-        assert!(e[0].seq > r.track.get().unwrap().seq);
+        assert!(e[0].seq > r.tracked().unwrap().seq);
 
         let addr = n.detach(n.addr()).unwrap();
         assert!(mine(&a).is_empty());
@@ -366,7 +366,7 @@ mod tests {
         let a = AllocCore::new("plain", LIBC_GROUP, false, Box::new(Libc));
         if !enabled() {
             let r = a.allocate(array(4, 1, 1, None).unwrap(), None).unwrap();
-            assert!(r.track.get().is_none());
+            assert!(r.tracked().is_none());
             a.free(&r, r.addr()).unwrap();
         }
     }

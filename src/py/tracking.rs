@@ -114,7 +114,7 @@ fn first_line(py: Python<'_>, site: &Site) -> Option<String> {
 /// Appends where the block was allocated and freed, when tracking saw it
 /// (error messages: `Pointer`'s Display).
 pub fn write_sites(f: &mut fmt::Formatter<'_>, rec: &Record) -> fmt::Result {
-    let Some(t) = rec.track.get() else {
+    let Some(t) = rec.tracked() else {
         return Ok(());
     };
     Python::attach(|py| {
