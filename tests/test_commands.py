@@ -33,3 +33,18 @@ def test_bench_json_smoke():
     (row,) = data["rows"]
     assert row["job"] == "e" and row["ns_per_op"]["rsalloc to_native_utf8"] > 0
     assert "rsalloc to_native_utf8" in row["ratio_to_fastest_peer"]
+
+
+def test_bench_across_processes_takes_medians_of_each_process_ratios():
+    out = run("bench", "--quick", "--repeats", "1", "--processes", "3", "--json", "e")
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["processes"] == 3
+    (row,) = data["rows"]
+    per = row["ratio_per_process"]["rsalloc to_native_utf8"]
+    assert len(per) == 3 and all(r > 0 for r in per)
+    assert row["ratio_to_fastest_peer"]["rsalloc to_native_utf8"] == sorted(per)[1]
+    text = run("bench", "--quick", "--repeats", "1", "--processes", "2", "e")
+    assert text.returncode == 0 and "medians across 2 processes" in text.stdout
+    bad = run("bench", "--processes", "0", "e")
+    assert bad.returncode == 2 and "--processes" in bad.stderr

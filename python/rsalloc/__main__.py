@@ -17,6 +17,10 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--json", action="store_true", help="print the results as JSON")
     bench.add_argument("--repeats", type=int, default=5, help="interleaved repeats per cell (default 5)")
     bench.add_argument("--quick", action="store_true", help="fewer iterations, for a smoke test")
+    bench.add_argument(
+        "--processes", type=int, default=1,
+        help="run in N fresh processes and report medians across them (default 1)",
+    )
     bench.add_argument("jobs", nargs="*", help="job letters to run (default: all)")
     args = parser.parse_args(argv)
     if args.command == "demo":
@@ -26,7 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "bench":
         from .bench import run as run_bench
 
-        return run_bench(jobs=args.jobs, repeats=args.repeats, as_json=args.json, quick=args.quick)
+        return run_bench(
+            jobs=args.jobs, repeats=args.repeats, as_json=args.json, quick=args.quick, processes=args.processes
+        )
     parser.print_help()
     return 2
 

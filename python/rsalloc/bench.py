@@ -276,14 +276,9 @@ def _memory_row() -> dict[str, Any]:
     return out
 
 
-def run(jobs: list[str] | None = None, repeats: int = 5, as_json: bool = False, quick: bool = False) -> int:
-    wanted = jobs or list(JOBS)
-    unknown = [j for j in wanted if j not in JOBS and j != "g"]
-    if unknown:
-        print(f"unknown job(s) {unknown}: choose from {sorted(JOBS)} and g (memory)", file=sys.stderr)
-        return 2
+def _collect(wanted: list[str], jobs: list[str] | None, repeats: int, quick: bool) -> dict[str, Any]:
+    """Measures the wanted jobs in this process: the result as `--json` prints it."""
     ns = _namespace()
-    missing = _missing()
     rows: list[Row] = []
     for j in wanted:
         if j in JOBS:
@@ -291,28 +286,93 @@ def run(jobs: list[str] | None = None, repeats: int = 5, as_json: bool = False, 
     for row in rows:
         _measure(row, max(1, repeats), quick, ns)
     memory = _memory_row() if "g" in wanted or not jobs else None
-    result = {
+    return {
         "machine": {"python": sys.version.split()[0], "platform": platform.platform(), "cpus": os.cpu_count()},
         "repeats": repeats,
-        "skipped_peers": missing,
+        "processes": 1,
+        "skipped_peers": _missing(),
         "rows": [
             {"job": r.job, "row": r.name, "ns_per_op": r.medians, "ratio_to_fastest_peer": _ratios(r)} for r in rows
         ],
         "memory_overhead_bytes": memory,
     }
+
+
+def _collect_in_processes(argv: list[str], processes: int) -> dict[str, Any]:
+    """Runs the bench in `processes` fresh interpreters, one after the other,
+    and takes the median across them of every figure: of the ns per
+    operation, and of each process's own ratios (each still a ratio to a
+    peer measured in the same process).
+
+    Why: a process's memory layout (address randomisation) can make short
+    paths run ~15 % slower for its whole life, rsalloc's or a peer's
+    (BENCHMARKS.md, per-process modes); one process samples one layout.
+    """
+    import subprocess
+
+    results = []
+    for _ in range(processes):
+        out = subprocess.run(
+            [sys.executable, "-m", "rsalloc", "bench", "--json", *argv],
+            check=True, capture_output=True, text=True,
+        )
+        results.append(json.loads(out.stdout))
+    first = results[0]
+    rows = []
+    for i, row in enumerate(first["rows"]):
+        per = [r["rows"][i] for r in results]
+        rows.append({
+            "job": row["job"],
+            "row": row["row"],
+            "ns_per_op": {k: statistics.median(p["ns_per_op"][k] for p in per) for k in row["ns_per_op"]},
+            "ratio_to_fastest_peer": {
+                k: statistics.median(p["ratio_to_fastest_peer"][k] for p in per) for k in row["ratio_to_fastest_peer"]
+            },
+            "ratio_per_process": {k: [p["ratio_to_fastest_peer"][k] for p in per] for k in row["ratio_to_fastest_peer"]},
+        })
+    memory = first["memory_overhead_bytes"]
+    if memory:
+        memory = {k: statistics.median(r["memory_overhead_bytes"][k] for r in results) for k in memory}
+    return {**first, "processes": processes, "rows": rows, "memory_overhead_bytes": memory}
+
+
+def run(
+    jobs: list[str] | None = None,
+    repeats: int = 5,
+    as_json: bool = False,
+    quick: bool = False,
+    processes: int = 1,
+) -> int:
+    wanted = jobs or list(JOBS)
+    unknown = [j for j in wanted if j not in JOBS and j != "g"]
+    if unknown:
+        print(f"unknown job(s) {unknown}: choose from {sorted(JOBS)} and g (memory)", file=sys.stderr)
+        return 2
+    if processes < 1:
+        print("--processes must be at least 1", file=sys.stderr)
+        return 2
+    if processes == 1:
+        result = _collect(wanted, jobs, repeats, quick)
+    else:
+        argv = ["--repeats", str(repeats), *(["--quick"] if quick else []), *(jobs or [])]
+        result = _collect_in_processes(argv, processes)
     if as_json:
         print(json.dumps(result, indent=2))
         return 0
-    for name in missing:
+    for name in result["skipped_peers"]:
         print(f"(peer {name} is not installed: its cells are skipped; pip install \".[bench]\")")
-    print(f"rsalloc bench: median ns per operation over {repeats} interleaved repeats; "
+    across = f", medians across {processes} processes" if processes > 1 else ""
+    print(f"rsalloc bench: median ns per operation over {repeats} interleaved repeats{across}; "
           "ratio = rsalloc / fastest peer in the same run\n")
-    for r in rows:
-        ratios = _ratios(r)
-        print(f"[{r.job}] {r.name}")
-        for c in sorted(r.cells, key=lambda c: r.medians[c.impl]):
-            mark = f"  ratio {ratios[c.impl]:.2f}x" if c.impl in ratios else ""
-            print(f"    {c.impl:<34} {r.medians[c.impl]:>12.1f} ns{mark}")
+    for r in result["rows"]:
+        ratios = r["ratio_to_fastest_peer"]
+        print(f"[{r['job']}] {r['row']}")
+        for impl, ns in sorted(r["ns_per_op"].items(), key=lambda kv: kv[1]):
+            mark = f"  ratio {ratios[impl]:.2f}x" if impl in ratios else ""
+            if impl in r.get("ratio_per_process", {}):
+                mark += " (" + ", ".join(f"{x:.2f}" for x in r["ratio_per_process"][impl]) + ")"
+            print(f"    {impl:<34} {ns:>12.1f} ns{mark}")
+    memory = result["memory_overhead_bytes"]
     if memory:
         print("\n[g] bytes per live allocation beyond a 16-byte block (RSS over 1e6 allocations)")
         for k, v in memory.items():
