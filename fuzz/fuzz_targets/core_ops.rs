@@ -9,7 +9,8 @@ use libfuzzer_sys::fuzz_target;
 use rsalloc::core::alloc::{AllocCore, Backend};
 use rsalloc::core::error::{Error, Result};
 use rsalloc::core::layout::{self, Request};
-use rsalloc::core::record::{Record, State};
+use rsalloc::core::record::State;
+use rsalloc::core::record_ref::RecordRef;
 use rsalloc::core::region::RegionCore;
 use rsalloc::core::sys;
 use std::collections::HashSet;
@@ -49,7 +50,7 @@ impl Bytes<'_> {
 }
 
 struct Held {
-    rec: Arc<Record>,
+    rec: RecordRef,
     fill: u8,
     pinned: u32,
 }
