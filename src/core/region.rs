@@ -412,10 +412,14 @@ unsafe impl Send for RegionRef {}
 unsafe impl Sync for RegionRef {}
 
 impl RegionRef {
+    /// The generation's address: the word without its tag bits.
+    fn generation_ptr(&self) -> *mut Generation {
+        (self.0.as_ptr() as usize & !TAGS) as *mut Generation
+    }
+
     fn generation(&self) -> &Generation {
-        let p = (self.0.as_ptr() as usize & !TAGS) as *const Generation;
         // SAFETY: the generation lives while any reference to it does.
-        unsafe { &*p }
+        unsafe { &*self.generation_ptr() }
     }
 
     /// A reference to a new generation object (count 1); fails instead of aborting.
@@ -546,7 +550,7 @@ impl Drop for RegionRef {
             false
         };
         if last {
-            let p = (self.0.as_ptr() as usize & !TAGS) as *mut Generation;
+            let p = self.generation_ptr();
             // SAFETY: the last reference: the generation came from
             // new_generation with this layout, and nothing refers to it.
             unsafe {
