@@ -23,7 +23,7 @@ mod _rsalloc {
     #[pymodule_export]
     use crate::py::pointer::Pointer;
     #[pymodule_export]
-    use crate::py::stats::{stats, Stats};
+    use crate::py::stats::{_block_cache, stats, Stats};
     #[pymodule_export]
     use crate::py::strings::{to_native_utf16, to_native_utf8};
     #[pymodule_export]
@@ -51,7 +51,13 @@ mod _rsalloc {
             crate::core::serial::assume_serialized_with(crate::core::serial::RecordMemory {
                 alloc: pyo3::ffi::PyObject_Malloc,
                 free: pyo3::ffi::PyObject_Free,
-            })
+            });
+            // Off where Python's own cache is off: valgrind and sanitizers
+            // must see every free (core::block_cache).
+            let pythonmalloc = std::env::var("PYTHONMALLOC").unwrap_or_default();
+            if !matches!(pythonmalloc.as_str(), "malloc" | "malloc_debug") {
+                crate::core::block_cache::enable();
+            }
         };
         crate::py::freelist::install(py)?;
         #[cfg(not(any(Py_3_12, PyPy, GraalPy, Py_LIMITED_API)))]

@@ -75,7 +75,9 @@ fn serialize() {
         assume_serialized_with(RecordMemory {
             alloc: record_alloc,
             free: record_free,
-        })
+        });
+        // As the binding does: the block cache needs serialized mode.
+        rsalloc::core::block_cache::enable();
     };
 }
 
@@ -264,4 +266,77 @@ fn record_memory_running_out_is_an_error_that_changes_nothing() {
     drop((held, r));
     assert_eq!(a.counters.snapshot().live_count, 0);
     assert_eq!(WRONG.load(Relaxed), 0);
+}
+
+mod block_cache {
+    use super::*;
+    use rsalloc::core::block_cache::{held, trim, MAX_BYTES, MAX_SIZE, PER_CLASS};
+
+    fn bytes(n: usize) -> Request {
+        array(n as i128, 1, 1, None).unwrap()
+    }
+
+    #[test]
+    fn a_freed_small_block_serves_the_next_request_of_its_size() {
+        let _one = ONE_TEST.lock().unwrap_or_else(|e| e.into_inner());
+        serialize();
+        let _g = LOCK.lock().unwrap();
+        let m = AllocCore::new("malloc", LIBC_GROUP, false, Box::new(Libc));
+        let c = AllocCore::new("calloc", LIBC_GROUP, true, Box::new(Libc));
+        trim();
+        let before = held();
+        assert_eq!(before, (0, 0));
+        let r = m.allocate(bytes(64), None).unwrap();
+        let addr = r.addr();
+        unsafe { std::ptr::write_bytes(addr as *mut u8, 0xAB, 64) };
+        m.free(&r, addr).unwrap();
+        assert_eq!(held().0, before.0 + 1, "kept, not freed");
+        // calloc's request of the same size gets it back, cleared.
+        let z = c.allocate(bytes(64), None).unwrap();
+        assert_eq!(z.addr(), addr);
+        assert_eq!(held(), before);
+        let all = unsafe { std::slice::from_raw_parts(addr as *const u8, 64) };
+        assert!(all.iter().all(|b| *b == 0));
+        // Still a libc block: handed to C, C's realloc and free take it.
+        assert_eq!(z.detach(addr).unwrap(), addr);
+        let big = unsafe { libc::realloc(addr as *mut c_void, 100_000) };
+        assert!(!big.is_null());
+        unsafe { libc::free(big) };
+        drop(z);
+        assert_eq!(WRONG.load(Relaxed), 0);
+    }
+
+    #[test]
+    fn it_keeps_no_more_than_its_bounds() {
+        let _one = ONE_TEST.lock().unwrap_or_else(|e| e.into_inner());
+        serialize();
+        let _g = LOCK.lock().unwrap();
+        let m = AllocCore::new("malloc", LIBC_GROUP, false, Box::new(Libc));
+        let churn = |n: usize, count: usize| {
+            let rs: Vec<_> = (0..count)
+                .map(|_| m.allocate(bytes(n), None).unwrap())
+                .collect();
+            for r in &rs {
+                m.free(r, r.addr()).unwrap();
+            }
+        };
+        // Empty the classes used below, then fill them past their bounds.
+        churn(200, 3 * PER_CLASS);
+        churn(MAX_SIZE, 3 * PER_CLASS);
+        let before = held();
+        churn(200, 3 * PER_CLASS);
+        assert_eq!(held().0, before.0, "the class was already full");
+        churn(MAX_SIZE + 1, 4);
+        assert_eq!(held().0, before.0, "beyond MAX_SIZE: never kept");
+        for n in (1..=MAX_SIZE).step_by(97) {
+            churn(n, 2 * PER_CLASS);
+            assert!(held().1 <= MAX_BYTES, "{:?} after size {n}", held());
+        }
+        let s = m.counters.snapshot();
+        assert_eq!((s.live_count, s.live_bytes), (0, 0), "counts as freed");
+        let kept = held().0;
+        assert!(kept > 0);
+        assert_eq!(trim(), kept);
+        assert_eq!(held(), (0, 0));
+    }
 }

@@ -4,8 +4,9 @@
 //! kind (libc, guarded, Python-defined, foreign C functions, arenas) gets all
 //! the checks by construction.
 
+use super::block_cache;
 use super::error::{Error, Result};
-use super::layout::Request;
+use super::layout::{Request, MALLOC_ALIGN};
 use super::record::{ArenaTag, Record};
 use super::record_ref::{RecordRef, RecordSlot};
 use super::stats::{Counters, GLOBAL};
@@ -73,12 +74,26 @@ pub trait Backend: Send + Sync {
 pub struct Libc;
 
 impl Backend for Libc {
+    #[inline]
     fn alloc(&self, size: usize, align: usize, zeroed: bool) -> Result<NonNull<u8>> {
+        if align <= MALLOC_ALIGN {
+            if let Some(p) = block_cache::take(size) {
+                if zeroed {
+                    // SAFETY: the kept block has at least `size` usable bytes.
+                    unsafe { std::ptr::write_bytes(p.as_ptr(), 0, size) };
+                }
+                return Ok(p);
+            }
+        }
         sys::alloc(size, align, zeroed)
     }
+    #[inline]
     unsafe fn free(&self, ptr: NonNull<u8>, _size: usize, _align: usize) -> Result<()> {
-        // SAFETY: forwarded contract.
-        unsafe { sys::free(ptr) };
+        // SAFETY: forwarded contract: a live libc block, unused from now on.
+        if !unsafe { block_cache::give(ptr) } {
+            // SAFETY: as above; the cache did not keep it.
+            unsafe { sys::free(ptr) };
+        }
         Ok(())
     }
     fn plain(&self) -> bool {

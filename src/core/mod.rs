@@ -2,6 +2,7 @@
 
 pub mod alloc;
 pub mod arena;
+pub mod block_cache;
 pub mod error;
 pub mod foreign;
 pub mod guard;

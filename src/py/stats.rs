@@ -62,3 +62,17 @@ impl Stats {
 pub fn stats() -> Stats {
     Stats::from(GLOBAL.snapshot())
 }
+
+/// `(on, blocks, bytes)` of the cache of freed small libc blocks
+/// (`core::block_cache`), after freeing every kept block if `trim`:
+/// private, for tests and diagnostics.
+#[pyfunction]
+#[pyo3(signature = (trim=false))]
+pub fn _block_cache(trim: bool) -> (bool, usize, usize) {
+    use crate::core::block_cache;
+    if trim {
+        block_cache::trim();
+    }
+    let (blocks, bytes) = block_cache::held();
+    (block_cache::enabled(), blocks, bytes)
+}

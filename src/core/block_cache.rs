@@ -1,0 +1,247 @@
+//! Small libc blocks kept after `free` for the next allocation of the same
+//! size: a cache in front of glibc's, as CPython's own free lists are in
+//! front of pymalloc.
+//!
+//! Why: a block from `malloc`/`calloc` costs a glibc `malloc` and `free`
+//! besides rsalloc's own work, ~130 instructions for 64 bytes (tcache, with
+//! its hardening checks) and ~430 for 4 KiB (above tcache's range: bins and
+//! chunk unlinking), callgrind. Peers that keep small buffers in pymalloc
+//! (a ctypes array, `bytearray`) pay less. Here a freed block is pushed on a
+//! per-size stack and popped by the next allocation of that size: a few
+//! loads and stores (BENCHMARKS.md, issue 6).
+//!
+//! What stays true: every block is still a block of libc's `malloc`, so C
+//! may `free()` or `realloc()` what it is handed, and `malloc.adopt` may
+//! take C's. Only blocks rsalloc itself frees are kept; a block handed to C
+//! never passes through here.
+//!
+//! Bounds: blocks of up to [`MAX_SIZE`] bytes, at most [`PER_CLASS`] per size
+//! class and [`MAX_BYTES`] in all; anything beyond goes to `free` at once.
+//!
+//! When: only in serialized mode (`serial`), where one outside lock covers
+//! every push and pop, and only once the binding [`enable`]s it. The binding
+//! leaves it off under `PYTHONMALLOC=malloc` or `malloc_debug`, the settings
+//! used with valgrind and sanitizers, which must see every `free` to report
+//! C's use of a freed block (as pymalloc is then off for Python's objects).
+//!
+//! Size classes: a block goes in class `(usable + 8) / 16`, where `usable`
+//! is `malloc_usable_size`, and a request of `n` bytes looks in class
+//! `max(2, (n + 23) / 16)`. Equal classes imply `usable >= n` whatever the
+//! allocator (`usable + 8 >= 16c` and `n + 23 < 16(c + 1)`), and with
+//! glibc's chunk sizes (`n + 8` rounded up to 16, at least 32) a block
+//! `malloc(n)` gave files exactly where the next request for `n` looks.
+
+use super::serial::serialized;
+use std::cell::UnsafeCell;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+
+/// The largest request served from the cache, in bytes.
+pub const MAX_SIZE: usize = 4096;
+/// Blocks kept per size class.
+pub const PER_CLASS: usize = 8;
+/// Bytes kept in all, counting each block as its class's nominal size
+/// (16 per class number: within 8 bytes of the block's usable size).
+pub const MAX_BYTES: usize = 128 * 1024;
+
+const CLASSES: usize = class_of_request(MAX_SIZE) + 1;
+
+#[inline(always)]
+const fn class_of_request(n: usize) -> usize {
+    let c = (n + 23) >> 4;
+    if c < 2 {
+        2
+    } else {
+        c
+    }
+}
+
+#[inline(always)]
+const fn class_bytes(class: usize) -> usize {
+    class << 4
+}
+
+struct Stack {
+    len: usize,
+    blocks: [*mut u8; PER_CLASS],
+}
+
+struct Cache {
+    bytes: usize,
+    stacks: [Stack; CLASSES],
+}
+
+/// Guarded by serialized mode's outside lock: see the module comment.
+struct Shared(UnsafeCell<Cache>);
+
+// SAFETY: only touched when ENABLED, which requires serialized mode, whose
+// contract is that one outside lock covers every call (none calls out).
+unsafe impl Sync for Shared {}
+
+static CACHE: Shared = Shared(UnsafeCell::new(Cache {
+    bytes: 0,
+    stacks: [const {
+        Stack {
+            len: 0,
+            blocks: [std::ptr::null_mut(); PER_CLASS],
+        }
+    }; CLASSES],
+}));
+
+static ENABLED: AtomicBool = AtomicBool::new(false);
+
+/// Turns the cache on, for good.
+///
+/// # Safety
+/// Serialized mode is on (`serial::assume_serialized_with`), with its
+/// contract: every later call into the core holds the one outside lock.
+pub unsafe fn enable() {
+    debug_assert!(serialized(), "the block cache needs serialized mode");
+    if serialized() && cfg!(all(target_os = "linux", target_env = "gnu")) {
+        ENABLED.store(true, Relaxed);
+    }
+}
+
+/// Whether [`enable`] turned the cache on.
+pub fn enabled() -> bool {
+    ENABLED.load(Relaxed)
+}
+
+/// The cache, when on. The caller must not hold the reference across
+/// another call to this module.
+#[inline(always)]
+fn cache() -> Option<&'static mut Cache> {
+    // SAFETY: ENABLED implies serialized mode: the caller holds the outside
+    // lock, and no other reference to the cache is alive (module functions
+    // take it once each and do not call each other).
+    enabled().then(|| unsafe { &mut *CACHE.0.get() })
+}
+
+/// A kept block with at least `n` usable bytes, aligned as `malloc`'s; its
+/// contents are whatever was there.
+#[inline]
+pub fn take(n: usize) -> Option<NonNull<u8>> {
+    if n > MAX_SIZE {
+        return None;
+    }
+    let c = cache()?;
+    let s = &mut c.stacks[class_of_request(n)];
+    let i = s.len.checked_sub(1)?;
+    s.len = i;
+    c.bytes -= class_bytes(class_of_request(n));
+    NonNull::new(s.blocks[i])
+}
+
+/// Keeps a block rsalloc is freeing, if there is room; false when the
+/// caller must `free` it itself.
+///
+/// # Safety
+/// `p` is a live block of libc's `malloc` family that nothing else uses
+/// from now on.
+#[inline]
+pub unsafe fn give(p: NonNull<u8>) -> bool {
+    let Some(c) = cache() else {
+        return false;
+    };
+    let class = (usable(p.as_ptr()) + 8) >> 4;
+    if class >= CLASSES || c.bytes + class_bytes(class) > MAX_BYTES {
+        return false;
+    }
+    let s = &mut c.stacks[class];
+    if s.len == PER_CLASS {
+        return false;
+    }
+    s.blocks[s.len] = p.as_ptr();
+    s.len += 1;
+    c.bytes += class_bytes(class);
+    true
+}
+
+/// Frees every kept block; returns how many there were.
+pub fn trim() -> usize {
+    let Some(c) = cache() else {
+        return 0;
+    };
+    let mut freed = 0;
+    for s in &mut c.stacks {
+        for p in s.blocks[..s.len].iter() {
+            // SAFETY: kept blocks are live libc blocks nothing else uses.
+            unsafe { libc::free(p.cast()) };
+        }
+        freed += s.len;
+        s.len = 0;
+    }
+    c.bytes = 0;
+    freed
+}
+
+/// Blocks and bytes (as counted against [`MAX_BYTES`]) kept now.
+pub fn held() -> (usize, usize) {
+    cache().map_or((0, 0), |c| (c.stacks.iter().map(|s| s.len).sum(), c.bytes))
+}
+
+/// Usable bytes of a live libc block.
+#[inline(always)]
+fn usable(p: *mut u8) -> usize {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: p is a live block of libc's malloc family.
+    return unsafe { libc::malloc_usable_size(p.cast()) };
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        // Never reached: `enable` leaves the cache off elsewhere.
+        let _ = p;
+        usize::MAX
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The module comment's claim, checked for every pair: a block lands
+    /// where a request looks only if it has room for it.
+    #[test]
+    fn a_class_match_means_the_block_is_large_enough() {
+        for n in 0..=MAX_SIZE {
+            let c = class_of_request(n);
+            assert!(c < CLASSES);
+            // The smallest usable size filed in class c.
+            let least = (0..).find(|u| (u + 8) >> 4 == c).unwrap();
+            assert!(least >= n, "request {n}, class {c}, usable {least}");
+        }
+    }
+
+    /// With glibc's chunk sizes, `malloc(n)` files where `n` looks. glibc
+    /// may hand out a larger chunk than asked when the rest would be too
+    /// small to keep (then the class is higher): rare, so most must match.
+    #[test]
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    fn a_glibc_block_files_where_its_own_size_looks() {
+        let sizes: Vec<usize> = (0..=MAX_SIZE).collect();
+        let mut exact = 0;
+        for &n in &sizes {
+            let p = unsafe { libc::malloc(n.max(1)) } as *mut u8;
+            assert!(!p.is_null());
+            let filed = (usable(p) + 8) >> 4;
+            assert!(filed >= class_of_request(n), "n = {n}");
+            exact += usize::from(filed == class_of_request(n));
+            unsafe { libc::free(p.cast()) };
+        }
+        assert!(
+            exact * 100 >= sizes.len() * 95,
+            "{exact} of {}",
+            sizes.len()
+        );
+    }
+
+    #[test]
+    fn it_is_off_until_enabled_in_serialized_mode() {
+        // Unit tests never enter serialized mode.
+        assert!(!enabled());
+        assert_eq!(take(64), None);
+        let p = NonNull::new(unsafe { libc::malloc(64) } as *mut u8).unwrap();
+        assert!(!unsafe { give(p) });
+        unsafe { libc::free(p.as_ptr().cast()) };
+        assert_eq!(held(), (0, 0));
+    }
+}

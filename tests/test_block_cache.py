@@ -1,0 +1,136 @@
+"""The cache of freed small libc blocks (docs/decisions.md, core::block_cache):
+what it keeps, and that it changes nothing a program can observe except speed."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import subprocess
+import sys
+
+import pytest
+
+import rsalloc
+from rsalloc import UseAfterFreeError, calloc, free, malloc
+
+from rsalloc._rsalloc import _block_cache
+
+libc = ctypes.CDLL(None)
+libc.free.argtypes = [ctypes.c_void_p]
+libc.realloc.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+libc.realloc.restype = ctypes.c_void_p
+
+on = pytest.mark.skipif(not _block_cache()[0], reason="block cache off (PYTHONMALLOC=malloc or not glibc)")
+
+
+def held() -> int:
+    return _block_cache()[1]
+
+
+def reused(n: int) -> tuple[rsalloc.Pointer, rsalloc.Pointer]:
+    """A freed pointer of n bytes and the new allocation given its memory."""
+    _block_cache(True)
+    p = malloc.allocate(n)
+    free(p)
+    q = malloc.allocate(n)
+    assert q.address == p.address  # the same memory, a new allocation
+    return p, q
+
+
+def churn(n: int, count: int) -> None:
+    ps = [malloc.allocate(n) for _ in range(count)]
+    for p in ps:
+        free(p)
+
+
+@on
+def test_a_freed_block_is_kept_and_calloc_gets_it_back_cleared() -> None:
+    _block_cache(True)
+    p = malloc.allocate(64)
+    ctypes.memset(int(p), 0xAB, 64)
+    free(p)
+    assert _block_cache()[1:] == (1, 80)  # counted at its class's 80 bytes
+    z = calloc.allocate(64)
+    assert z.address == p.address
+    assert held() == 0
+    assert z.read_bytes() == bytes(64)
+    free(z)
+
+
+@on
+def test_a_stale_pointer_to_a_reused_block_still_raises() -> None:
+    p, q = reused(48)
+    q[0] = 7
+    with pytest.raises(UseAfterFreeError):
+        p[0]
+    with pytest.raises(UseAfterFreeError):
+        p[0] = 1
+    assert q[0] == 7
+    free(q)
+
+
+@on
+def test_a_reused_block_handed_to_c_is_c_s_to_realloc_and_free() -> None:
+    _, q = reused(100)
+    addr = q.detach()
+    bigger = libc.realloc(addr, 1 << 20)
+    assert bigger
+    libc.free(bigger)
+
+
+@on
+def test_the_cache_is_bounded_and_never_counts_as_live() -> None:
+    before = rsalloc.stats()
+    for n in range(1, 4097, 61):
+        churn(n, 20)
+        blocks, nbytes = _block_cache()[1:]
+        assert nbytes <= 128 * 1024 and blocks <= 8 * 258
+    kept = held()
+    churn(4097, 5)
+    churn(1 << 16, 5)
+    assert held() == kept, "blocks over 4 KiB are never kept"
+    after = rsalloc.stats()
+    assert after.live_count == before.live_count and after.live_bytes == before.live_bytes
+
+
+@on
+def test_trim_frees_every_kept_block() -> None:
+    churn(32, 4)
+    assert held() > 0
+    assert _block_cache(True)[1:] == (0, 0)
+    free(malloc.allocate(32))  # allocation goes on as before
+    assert held() == 1
+
+
+@on
+def test_a_block_freed_when_its_last_export_goes_is_kept_too() -> None:
+    _block_cache(True)
+    p = malloc.allocate(256)
+    view = memoryview(p)
+    free(p)
+    kept = held()
+    assert not p.alive
+    view.release()  # the real return of the memory happens here
+    assert held() == kept + 1
+    free(malloc.allocate(256))
+
+
+@pytest.mark.parametrize("setting, expect_on", [("malloc", False), ("malloc_debug", False), ("pymalloc", True)])
+def test_pythonmalloc_malloc_turns_it_off(setting: str, expect_on: bool) -> None:
+    """Under valgrind or a sanitizer (run with PYTHONMALLOC=malloc), every free
+    must reach libc so that C's use of a freed block is reported."""
+    code = (
+        "import rsalloc\n"
+        "from rsalloc._rsalloc import _block_cache\n"
+        "rsalloc.free(rsalloc.malloc.allocate(64))\n"
+        "print(*_block_cache())\n"
+    )
+    env = dict(os.environ, PYTHONMALLOC=setting)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    enabled, blocks, _ = out.stdout.split()
+    glibc = _block_cache()[0] or os.environ.get("PYTHONMALLOC", "").startswith("malloc")
+    if not glibc:
+        pytest.skip("no block cache on this platform")
+    assert enabled == str(expect_on)
+    assert int(blocks) == (1 if expect_on else 0)
