@@ -4,8 +4,8 @@
     callgrind_annotate cg.MODE
 
 Per-iteration cost = (total of MODE - total of `empty`) / N. Modes:
-malloc, calloc, malloc4k, calloc4k, arena, read (rsalloc); bytearray,
-balist, ctarr, ctarr4k, mv (peers); empty.
+malloc, calloc, malloc4k, calloc4k, arena, read, write (rsalloc); bytearray,
+balist, ctarr, ctarr4k, mv, mvwrite (peers); empty.
 """
 
 import ctypes
@@ -44,6 +44,11 @@ def main(mode: str) -> None:
         for _ in R:
             p[5]
         fr(p)
+    elif mode == "write":
+        p = rsalloc.calloc(rsalloc.Int32, 1024)
+        for _ in R:
+            p[5] = 7
+        fr(p)
     elif mode == "bytearray":
         for _ in R:
             bytearray(64)
@@ -58,6 +63,10 @@ def main(mode: str) -> None:
         m = memoryview(bytearray(4096)).cast("i")
         for _ in R:
             m[5]
+    elif mode == "mvwrite":
+        m = memoryview(bytearray(4096)).cast("i")
+        for _ in R:
+            m[5] = 7
     else:
         raise SystemExit(f"unknown mode {mode!r}")
 

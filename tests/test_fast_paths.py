@@ -104,6 +104,33 @@ def test_item_write_matches_the_pyo3_slot(v):
     assert outcome(fast)[0] is rsalloc.UseAfterFreeError
 
 
+NUMERIC = [t for t in rsalloc._types.SCALARS if t is not rsalloc.Void]
+VALUES = [0, 1, -1, 127, 128, -129, 255, 256, 2**15, 2**31, -(2**31) - 1, 2**32, 2**63 - 1, -(2**63), 2**64 - 1]
+VALUES += [2**64, 2**70, 1.5, -0.0, 3.4e38, 3.5e38, 1e308, float("inf"), float("nan"), True, False, None]
+
+
+@pytest.mark.parametrize("t", NUMERIC, ids=lambda t: t.__name__)
+def test_every_numeric_type_reads_and_writes_as_the_pyo3_slots_do(t):
+    """The fast routes convert each kind themselves (ranges, float width,
+    bools): every value and type must end as PyO3's route does, in memory
+    and in what is read back."""
+    fast_p, slow_p = calloc(t, 2), calloc(t, 2)
+    for v in VALUES:
+
+        def fast():
+            fast_p[1] = v
+
+        def slow():
+            type(slow_p).__setitem__(slow_p, 1, v)
+
+        assert outcome(fast) == outcome(slow), (t, v)
+        assert fast_p.read_bytes() == slow_p.read_bytes(), (t, v)
+        got, want = fast_p[1], type(slow_p).__getitem__(slow_p, 1)
+        assert type(got) is type(want) and (got == want or got != got and want != want), (t, v)
+    for p in (fast_p, slow_p):
+        free(p)
+
+
 def test_float_and_pointer_elements():
     f = calloc(rsalloc.Float64, 2)
     f[0] = 2.5

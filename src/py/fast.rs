@@ -290,7 +290,10 @@ unsafe extern "C" fn subscript(
                 let p = p.get();
                 let key = pyo3::Borrowed::from_ptr(py, key);
                 match int_index(&key) {
-                    Some(i) if numeric(p.ty.kind) => p.item(py, i).map(Py::into_ptr).into(),
+                    Some(i) if numeric(p.ty.kind) => match p.plain_item(i) {
+                        Some(r) => Outcome::Done(r),
+                        None => p.item(py, i).map(Py::into_ptr).into(),
+                    },
                     _ => Outcome::Delegate,
                 }
             },
@@ -321,7 +324,11 @@ unsafe extern "C" fn ass_subscript(
                     || value.is_exact_instance_of::<pyo3::types::PyFloat>();
                 match int_index(&key) {
                     Some(i) if plain && numeric(p.ty.kind) => {
-                        p.write(py, i, &value).map(|()| 0).into()
+                        if p.plain_write(i, &value) {
+                            Outcome::Done(0)
+                        } else {
+                            p.write(py, i, &value).map(|()| 0).into()
+                        }
                     }
                     _ => Outcome::Delegate,
                 }
