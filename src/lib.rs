@@ -52,10 +52,7 @@ mod _rsalloc {
                 alloc: pyo3::ffi::PyObject_Malloc,
                 free: pyo3::ffi::PyObject_Free,
             });
-            // Off where Python's own cache is off: valgrind and sanitizers
-            // must see every free (core::block_cache).
-            let pythonmalloc = std::env::var("PYTHONMALLOC").unwrap_or_default();
-            if !matches!(pythonmalloc.as_str(), "malloc" | "malloc_debug") {
+            if crate::py::stats::block_cache_wanted() {
                 crate::core::block_cache::enable();
             }
         };

@@ -362,19 +362,36 @@ fn replace_item_slots(py: Python<'_>) -> PyResult<()> {
     Ok(())
 }
 
+/// A `PyMethodDef` kept for the life of the process: in static storage
+/// rather than leaked, so that a leak checker does not count it lost once
+/// CPython drops, at exit, the objects that point at it.
+struct Def(ffi::PyMethodDef);
+
+// SAFETY: written once at module init (under the GIL), then only read, by
+// CPython, through the objects made from it.
+unsafe impl Send for Def {}
+unsafe impl Sync for Def {}
+
+/// One per replaced entry point: allocator.allocate, arena.allocate, free.
+static DEFS: [OnceLock<Def>; 3] = [OnceLock::new(), OnceLock::new(), OnceLock::new()];
+
 /// A `PyMethodDef` like `old`'s (name, docstring and text signature) that
-/// calls `entry`. Leaked: CPython keeps pointers to it for the life of the
-/// process.
+/// calls `entry`, in slot `slot` of `DEFS`.
 fn method_def(
+    slot: usize,
     old: ffi::PyMethodDef,
     entry: ffi::PyCFunctionFastWithKeywords,
 ) -> *mut ffi::PyMethodDef {
-    let mut def = old;
-    def.ml_meth = ffi::PyMethodDefPointer {
-        PyCFunctionFastWithKeywords: entry,
-    };
-    def.ml_flags = ffi::METH_FASTCALL | ffi::METH_KEYWORDS;
-    Box::into_raw(Box::new(def))
+    let def = DEFS[slot].get_or_init(|| {
+        let mut def = old;
+        def.ml_meth = ffi::PyMethodDefPointer {
+            PyCFunctionFastWithKeywords: entry,
+        };
+        def.ml_flags = ffi::METH_FASTCALL | ffi::METH_KEYWORDS;
+        Def(def)
+    });
+    // CPython takes a mutable pointer but never writes through it.
+    std::ptr::from_ref(&def.0).cast_mut()
 }
 
 /// Replaces method `name` of `ty` by the one `make` defines from the old
@@ -419,20 +436,24 @@ pub fn install(m: &Bound<'_, PyModule>) -> PyResult<()> {
         &Allocator::type_object(py),
         c"allocate",
         &ALLOCATOR_ALLOCATE,
-        |old| method_def(old, allocator_allocate),
+        |old| method_def(0, old, allocator_allocate),
     )?;
     replace_method(
         &Arena::type_object(py),
         c"allocate",
         &ARENA_ALLOCATE,
-        |old| method_def(old, arena_allocate),
+        |old| method_def(1, old, arena_allocate),
     )?;
 
     let old = m.getattr("free")?.cast_into::<PyCFunction>()?;
     // SAFETY: a PyO3 function's PyMethodDef lives for the process; the new
     // function object takes the module as self, as PyO3's does.
     unsafe {
-        let def = method_def(*(*old.as_ptr().cast::<ffi::PyCFunctionObject>()).m_ml, free);
+        let def = method_def(
+            2,
+            *(*old.as_ptr().cast::<ffi::PyCFunctionObject>()).m_ml,
+            free,
+        );
         let new = Bound::from_owned_ptr_or_err(
             py,
             ffi::PyCMethod_New(

@@ -63,6 +63,19 @@ pub fn stats() -> Stats {
     Stats::from(GLOBAL.snapshot())
 }
 
+/// Whether to turn on the cache of freed small blocks at import:
+/// `RSALLOC_BLOCK_CACHE=0` or `1` decides; otherwise it is off where
+/// Python's own cache is (`PYTHONMALLOC=malloc` or `malloc_debug`, the
+/// settings for valgrind and sanitizers, which must see every free).
+pub fn block_cache_wanted() -> bool {
+    let var = |name| std::env::var(name).unwrap_or_default();
+    match var("RSALLOC_BLOCK_CACHE").as_str() {
+        "0" => false,
+        "1" => true,
+        _ => !matches!(var("PYTHONMALLOC").as_str(), "malloc" | "malloc_debug"),
+    }
+}
+
 /// `(on, blocks, bytes)` of the cache of freed small libc blocks
 /// (`core::block_cache`), after freeing every kept block if `trim`:
 /// private, for tests and diagnostics.
