@@ -22,7 +22,8 @@
 //! every push and pop, and only once the binding [`enable`]s it. The binding
 //! leaves it off under `PYTHONMALLOC=malloc` or `malloc_debug`, the settings
 //! used with valgrind and sanitizers, which must see every `free` to report
-//! C's use of a freed block (as pymalloc is then off for Python's objects).
+//! C's use of a freed block (as pymalloc is then off for Python's objects),
+//! unless `RSALLOC_BLOCK_CACHE` says otherwise (`py::stats`).
 //!
 //! Size classes: a block goes in class `(usable + 8) / 16`, where `usable`
 //! is `malloc_usable_size`, and a request of `n` bytes looks in class
@@ -32,6 +33,7 @@
 //! `malloc(n)` gave files exactly where the next request for `n` looks.
 
 use super::serial::serialized;
+use super::sys;
 use std::cell::UnsafeCell;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -125,10 +127,11 @@ pub fn take(n: usize) -> Option<NonNull<u8>> {
         return None;
     }
     let c = cache()?;
-    let s = &mut c.stacks[class_of_request(n)];
+    let class = class_of_request(n);
+    let s = &mut c.stacks[class];
     let i = s.len.checked_sub(1)?;
     s.len = i;
-    c.bytes -= class_bytes(class_of_request(n));
+    c.bytes -= class_bytes(class);
     NonNull::new(s.blocks[i])
 }
 
@@ -143,7 +146,7 @@ pub unsafe fn give(p: NonNull<u8>) -> bool {
     let Some(c) = cache() else {
         return false;
     };
-    let class = (usable(p.as_ptr()) + 8) >> 4;
+    let class = usable(p.as_ptr()).saturating_add(8) >> 4;
     if class >= CLASSES || c.bytes + class_bytes(class) > MAX_BYTES {
         return false;
     }
@@ -164,9 +167,9 @@ pub fn trim() -> usize {
     };
     let mut freed = 0;
     for s in &mut c.stacks {
-        for p in s.blocks[..s.len].iter() {
-            // SAFETY: kept blocks are live libc blocks nothing else uses.
-            unsafe { libc::free(p.cast()) };
+        for &p in &s.blocks[..s.len] {
+            // SAFETY: kept blocks are live, non-null libc blocks nothing else uses.
+            unsafe { sys::free(NonNull::new_unchecked(p)) };
         }
         freed += s.len;
         s.len = 0;
@@ -188,7 +191,8 @@ fn usable(p: *mut u8) -> usize {
     return unsafe { libc::malloc_usable_size(p.cast()) };
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
     {
-        // Never reached: `enable` leaves the cache off elsewhere.
+        // Never reached: `enable` leaves the cache off elsewhere (and a
+        // block this large would not be kept).
         let _ = p;
         usize::MAX
     }

@@ -71,6 +71,12 @@ impl Kind {
         }
     }
 
+    /// Elements read and written as plain numbers (ints, floats, bools): no
+    /// Python objects beyond the number, no user code.
+    pub const fn is_number(self) -> bool {
+        !matches!(self, Kind::Ptr | Kind::Void | Kind::Opaque)
+    }
+
     /// The inclusive range of an integer kind, as i128.
     pub const fn int_range(self) -> Option<(i128, i128)> {
         use Kind::*;

@@ -24,7 +24,6 @@ use super::errors::IntoPy;
 use super::freelist::{as_pointer, new_object};
 use super::pointer::{Owned, Pointer};
 use super::values::exact_small_int;
-use crate::core::types::Kind;
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -265,12 +264,6 @@ unsafe extern "C" fn free(
 static OLD_SUBSCRIPT: OnceLock<ffi::binaryfunc> = OnceLock::new();
 static OLD_ASS_SUBSCRIPT: OnceLock<ffi::objobjargproc> = OnceLock::new();
 
-/// Element types read and written as plain numbers: no Python objects
-/// beyond the number, no user code.
-fn numeric(kind: Kind) -> bool {
-    !matches!(kind, Kind::Ptr | Kind::Void | Kind::Opaque)
-}
-
 /// An exact int key that fits an index.
 #[inline]
 fn int_index(key: &Bound<'_, PyAny>) -> Option<isize> {
@@ -290,7 +283,7 @@ unsafe extern "C" fn subscript(
                 let p = p.get();
                 let key = pyo3::Borrowed::from_ptr(py, key);
                 match int_index(&key) {
-                    Some(i) if numeric(p.ty.kind) => match p.plain_item(i) {
+                    Some(i) if p.ty.kind.is_number() => match p.plain_item(i) {
                         Some(r) => Outcome::Done(r),
                         None => p.item(py, i).map(Py::into_ptr).into(),
                     },
@@ -323,7 +316,7 @@ unsafe extern "C" fn ass_subscript(
                 let plain = value.is_exact_instance_of::<pyo3::types::PyInt>()
                     || value.is_exact_instance_of::<pyo3::types::PyFloat>();
                 match int_index(&key) {
-                    Some(i) if plain && numeric(p.ty.kind) => {
+                    Some(i) if plain && p.ty.kind.is_number() => {
                         if p.plain_write(i, &value) {
                             Outcome::Done(0)
                         } else {

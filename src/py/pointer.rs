@@ -224,12 +224,12 @@ impl Pointer {
     /// (null with the exception set if CPython is out of memory); None for
     /// anything else, which `item` then serves or raises. The fast entry
     /// point's case in one frame: `item` and `read` stay out of line, and
-    /// their calls and `PyResult`s cost ~10 % of `p[i]` (callgrind).
+    /// their calls and `PyResult`s cost ~15 % of `p[i]` (callgrind).
     #[inline(always)]
     pub(crate) fn plain_item(&self, i: isize) -> Option<*mut ffi::PyObject> {
         let _held = self.access().ok()?;
         let addr = self.elem_addr(i).ok()?;
-        if !matches!(self.ty.kind, Kind::Void | Kind::Opaque | Kind::Ptr) {
+        if self.ty.kind.is_number() {
             // SAFETY: elem_addr checked liveness and bounds (or the view is
             // foreign, whose reads are the caller's responsibility); the
             // conversions take plain numbers.
