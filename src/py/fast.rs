@@ -387,13 +387,14 @@ fn method_def(
     std::ptr::from_ref(&def.0).cast_mut()
 }
 
-/// Replaces method `name` of `ty` by the one `make` defines from the old
-/// one's definition, keeping the old one in `slow`.
+/// Replaces method `name` of `ty` by one that calls `entry` (its definition
+/// in `DEFS[slot]`, copied from the old one's), keeping the old one in `slow`.
 fn replace_method(
     ty: &Bound<'_, PyType>,
     name: &CStr,
     slow: &PyOnceLock<Py<PyAny>>,
-    make: impl FnOnce(ffi::PyMethodDef) -> *mut ffi::PyMethodDef,
+    slot: usize,
+    entry: ffi::PyCFunctionFastWithKeywords,
 ) -> PyResult<()> {
     let py = ty.py();
     let dict = ty.getattr("__dict__")?;
@@ -411,7 +412,11 @@ fn replace_method(
                 "not a method descriptor",
             ));
         }
-        let def = make(*(*old.as_ptr().cast::<ffi::PyMethodDescrObject>()).d_method);
+        let def = method_def(
+            slot,
+            *(*old.as_ptr().cast::<ffi::PyMethodDescrObject>()).d_method,
+            entry,
+        );
         let new = Bound::from_owned_ptr_or_err(py, ffi::PyDescr_NewMethod(ty.as_type_ptr(), def))?;
         let tp_dict = Bound::from_borrowed_ptr(py, (*ty.as_type_ptr()).tp_dict);
         tp_dict.set_item(name.to_str().expect("ascii"), new)?;
@@ -429,13 +434,15 @@ pub fn install(m: &Bound<'_, PyModule>) -> PyResult<()> {
         &Allocator::type_object(py),
         c"allocate",
         &ALLOCATOR_ALLOCATE,
-        |old| method_def(0, old, allocator_allocate),
+        0,
+        allocator_allocate,
     )?;
     replace_method(
         &Arena::type_object(py),
         c"allocate",
         &ARENA_ALLOCATE,
-        |old| method_def(1, old, arena_allocate),
+        1,
+        arena_allocate,
     )?;
 
     let old = m.getattr("free")?.cast_into::<PyCFunction>()?;
