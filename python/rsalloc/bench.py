@@ -76,6 +76,7 @@ def _namespace() -> dict[str, Any]:
         "utf8": rsalloc.to_native_utf8,
         "text": "x" * 31 + "é",  # 32 characters, 33 bytes in UTF-8
         "create_string_buffer": ctypes.create_string_buffer,
+        "WORDS": WORDS,
     }
     if cffi is not None:
         ns.update(ffi=_ffi, clib=_cffi_libc, ffi_new=_ffi.new)
@@ -207,6 +208,75 @@ def _tracking_rows() -> list[Row]:
     return rows
 
 
+# What programs write (not single operations): the shapes C interop code
+# takes in practice, each beside the idiom a ctypes, cffi or numpy user writes.
+
+def _per_call_arena_rows() -> list[Row]:
+    """Scratch memory for one C call: three 32-byte buffers, zeroed, gone at the end."""
+    three = "a.allocate(32); a.allocate(32); a.allocate(32)"
+    cells = [
+        Cell("rsalloc with Arena()", f"with Arena() as a:\n    {three}", setup="Arena = rsalloc.Arena", ours=True),
+        # Not a peer: the same allocations freed one by one (the arena's own goal).
+        Cell("rsalloc calloc, freed one by one",
+             "x = al(32); y = al(32); z = al(32); rfree(x); rfree(y); rfree(z)", setup="al = calloc_allocate"),
+        Cell("bytearray", "x = bytearray(32); y = bytearray(32); z = bytearray(32); del x, y, z"),
+        Cell("ctypes arrays", "x = T(); y = T(); z = T(); del x, y, z", setup="T = ctypes.c_char * 32"),
+    ]
+    if np is not None:
+        cells.append(Cell("numpy.zeros", "x = Z(32, U8); y = Z(32, U8); z = Z(32, U8); del x, y, z",
+                          setup="Z = np.zeros; U8 = np.uint8"))
+    if cffi is not None:
+        cells.append(Cell("cffi ffi.new", "x = ffi_new('char[32]'); y = ffi_new('char[32]'); z = ffi_new('char[32]'); del x, y, z"))
+    return [Row("h", "per-call scratch: 3 × 32 B, zeroed, released at the end", cells)]
+
+
+WORDS = [f"word-{i:02d}-é" for i in range(16)]
+
+
+def _char_array_rows() -> list[Row]:
+    """The seed `char**`: 16 Python strings as native UTF-8 in a pointer array, then all freed."""
+    setup = "words = WORDS; I = range(16)"
+    cells = [
+        Cell("rsalloc char** (free(arr[i]))",
+             "arr = calloc(PU8, 16)\nfor i in I: arr[i] = utf8(words[i])\nfor i in I: rfree(arr[i])\nrfree(arr)",
+             setup=setup + "; calloc = rsalloc.calloc; PU8 = rsalloc.Pointer[rsalloc.Uint8]", ours=True),
+        Cell("ctypes c_char_p array",
+             "arr = (CP * 16)(*[w.encode() for w in words])\ndel arr",
+             setup=setup + "; CP = ctypes.c_char_p"),
+        Cell("ctypes string buffers + array",
+             "bufs = [csb(w.encode()) for w in words]\narr = (VP * 16)(*[addressof(b) for b in bufs])\ndel arr, bufs",
+             setup=setup + "; csb = ctypes.create_string_buffer; VP = ctypes.c_void_p; addressof = ctypes.addressof"),
+    ]
+    if cffi is not None:
+        cells.append(Cell("cffi char*[]",
+                          "keep = [ffi_new('char[]', w.encode()) for w in words]\narr = ffi_new('char*[]', keep)\ndel arr, keep",
+                          setup=setup))
+    return [Row("i", "char** of 16 native strings: build, then free", cells)]
+
+
+def _bulk_rows() -> list[Row]:
+    """A buffer of 1024 Int32 to a Python list and back."""
+    lst = "L = list(range(1024))"
+    read = [
+        Cell("rsalloc p[:]", "p[:]", setup="p = rsalloc.calloc(Int32, 1024)", ours=True),
+        Cell("array.tolist()", "a.tolist()", setup="a = array.array('i', bytes(4096))"),
+        Cell("ctypes array[:]", "c[:]", setup="c = (ctypes.c_int32 * 1024)()"),
+        Cell("memoryview.tolist()", "m.tolist()", setup="m = memoryview(bytearray(4096)).cast('i')"),
+    ]
+    write = [
+        Cell("rsalloc p[:] = list", "p[:] = L", setup=f"{lst}; p = rsalloc.calloc(Int32, 1024)", ours=True),
+        Cell("array.array('i', list)", "array.array('i', L)", setup=lst),
+        Cell("ctypes array[:] = list", "c[:] = L", setup=f"{lst}; c = (ctypes.c_int32 * 1024)()"),
+    ]
+    if np is not None:
+        read.append(Cell("numpy tolist()", "n.tolist()", setup="n = np.zeros(1024, np.int32)"))
+        write.append(Cell("numpy n[:] = list", "n[:] = L", setup=f"{lst}; n = np.zeros(1024, np.int32)"))
+    if cffi is not None:
+        read.append(Cell("cffi unpack", "ffi.unpack(c, 1024)", setup="c = ffi_new('int32_t[]', 1024)"))
+        write.append(Cell("cffi c[0:1024] = list", "c[0:1024] = L", setup=f"{lst}; c = ffi_new('int32_t[]', 1024)"))
+    return [Row("j", "bulk read: 1024 Int32 to a list", read), Row("j", "bulk write: a list of 1024 ints", write)]
+
+
 JOBS: dict[str, Callable[[], list[Row]]] = {
     "a": _alloc_rows,
     "b": _arena_rows,
@@ -214,6 +284,9 @@ JOBS: dict[str, Callable[[], list[Row]]] = {
     "d": _copy_rows,
     "e": _string_rows,
     "f": _tracking_rows,
+    "h": _per_call_arena_rows,
+    "i": _char_array_rows,
+    "j": _bulk_rows,
 }
 
 _TEARDOWN = "import tracemalloc; tracemalloc.stop()\ntry:\n    rsalloc.tracking.disable()\nexcept AttributeError:\n    pass"
