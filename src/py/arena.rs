@@ -17,6 +17,7 @@ use crate::core::layout::Request;
 use crate::core::region::{Anchor, RegionCore, RegionRef};
 use crate::core::stats::Snapshot;
 use pyo3::exceptions::{PyRuntimeError, PyStopIteration, PyTypeError};
+use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyList, PyTuple, PyType};
@@ -73,8 +74,31 @@ fn current_var(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
         .map(|v| v.bind(py))
 }
 
+/// The context variable's value (None when unset). Through the C API:
+/// `ContextVar.get` / `.set` as method calls cost an attribute lookup and an
+/// argument tuple each, the larger part of an empty `with Arena()`
+/// (docs/decisions.md, "Per-call arenas").
 fn current_value<'py>(py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-    current_var(py)?.call_method1("get", (py.None(),))
+    let var = current_var(py)?;
+    let mut value = std::ptr::null_mut();
+    // SAFETY: `var` is a ContextVar (made in current_var); the default is a
+    // borrowed None; on success `value` is a new reference.
+    let rc = unsafe { ffi::PyContextVar_Get(var.as_ptr(), ffi::Py_None(), &mut value) };
+    if rc < 0 {
+        return Err(PyErr::fetch(py));
+    }
+    // SAFETY: a new reference (PyContextVar_Get returned 0 with a default).
+    Ok(unsafe { Bound::from_owned_ptr(py, value) })
+}
+
+/// Sets the context variable; the reset token it returns is not needed.
+fn set_current(py: Python<'_>, value: &Bound<'_, PyAny>) -> PyResult<()> {
+    let var = current_var(py)?;
+    // SAFETY: `var` is a ContextVar, `value` a live object; the result is a
+    // new reference to a token, or NULL with an exception set.
+    let token = unsafe { ffi::PyContextVar_Set(var.as_ptr(), value.as_ptr()) };
+    // SAFETY: as above.
+    unsafe { Bound::from_owned_ptr_or_err(py, token) }.map(drop)
 }
 
 /// The innermost arena entered with `with` / `async with` in this context
@@ -225,8 +249,7 @@ impl Arena {
     fn enter(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let prev = current_value(py)?;
-        current_var(py)?.call_method1("set", (PyTuple::new(py, [slf.as_any(), &prev])?,))?;
-        Ok(())
+        set_current(py, PyTuple::new(py, [slf.as_any(), &prev])?.as_any())
     }
 
     /// Pops this arena off the context's stack (if it is on top: an exit
@@ -236,7 +259,7 @@ impl Arena {
         let cur = current_value(py)?;
         if let Ok(t) = cur.cast::<PyTuple>() {
             if t.len() == 2 && t.get_item(0)?.is(slf) {
-                current_var(py)?.call_method1("set", (t.get_item(1)?,))?;
+                set_current(py, &t.get_item(1)?)?;
             }
         }
         slf.get().release(py, false)
