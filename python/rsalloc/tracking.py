@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from . import _rsalloc  # type: ignore[attr-defined]  # the extension has no stub of its own
+from ._constants import DEFAULT_FRAMES  # frames per allocation unless told otherwise
 from ._errors import LeakError
 
 __all__ = [
@@ -43,8 +44,6 @@ __all__ = [
     "leaks",
 ]
 
-#: Frames captured per allocation when ``enable()`` is not told otherwise.
-DEFAULT_FRAMES = 8
 #: Version of the JSON report's schema (docs/tracking.md); bumped on any
 #: incompatible change, never for added keys.
 SCHEMA_VERSION = 1

@@ -97,6 +97,62 @@ impl Counters {
         sub(&self.live_bytes, bytes as u64, serialized);
     }
 
+    /// Charges `n` live bytes ahead of an allocation that replaces `credit`
+    /// bytes counted here (a realloc's old block, freed once the new one
+    /// exists), unless the live bytes less `credit` would then pass `max`:
+    /// `Err(live bytes)`, and nothing changed. One compare-and-swap decides,
+    /// so racing threads never pass `max` together. The peak is raised to
+    /// the bytes live once the replaced block is gone.
+    #[inline]
+    pub fn reserve(&self, n: u64, credit: u64, max: u64) -> Result<(), u64> {
+        let fits = |cur: u64| {
+            let after = (cur as u128 + n as u128).saturating_sub(credit as u128);
+            after <= max as u128
+        };
+        let now = if serialized() {
+            let cur = self.live_bytes.load(Relaxed);
+            if !fits(cur) {
+                return Err(cur);
+            }
+            self.live_bytes.store(cur.wrapping_add(n), Relaxed);
+            cur.wrapping_add(n)
+        } else {
+            let mut cur = self.live_bytes.load(Relaxed);
+            loop {
+                if !fits(cur) {
+                    return Err(cur);
+                }
+                match self.live_bytes.compare_exchange_weak(
+                    cur,
+                    cur.wrapping_add(n),
+                    Relaxed,
+                    Relaxed,
+                ) {
+                    Ok(_) => break cur.wrapping_add(n),
+                    Err(seen) => cur = seen,
+                }
+            }
+        };
+        let settled = now.saturating_sub(credit);
+        if settled > self.peak_bytes.load(Relaxed) {
+            self.peak_bytes.fetch_max(settled, Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Gives back what [`Counters::reserve`] charged for an allocation that
+    /// then failed.
+    #[inline]
+    pub fn unreserve(&self, n: u64) {
+        sub(&self.live_bytes, n, serialized());
+    }
+
+    /// The allocation whose bytes [`Counters::reserve`] charged exists.
+    #[inline]
+    pub fn on_alloc_reserved(&self) {
+        add(&self.allocs, 1, serialized());
+    }
+
     pub fn snapshot(&self) -> Snapshot {
         // frees before allocs: a racing allocation can only make live_count
         // momentarily high, never negative.
