@@ -6,6 +6,7 @@ and changes nothing."""
 from __future__ import annotations
 
 import ctypes
+import gc
 import random
 import subprocess
 import sys
@@ -48,6 +49,19 @@ class Pool(Allocator):
 
     def _raw_free(self, address: int) -> None:
         LIBC.free(address)
+
+
+@pytest.fixture(autouse=True)
+def no_collection() -> Iterator[None]:
+    """The process-wide counters must move only with this test's blocks: a
+    collection freeing an earlier test's garbage (autofree blocks, unreleased
+    arenas) in the middle would move them."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 @pytest.fixture

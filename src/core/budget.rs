@@ -115,6 +115,10 @@ pub fn reserve_all<'a, I: Iterator<Item = Target<'a>>>(
             });
         }
     }
+    for t in targets() {
+        t.counters
+            .raise_peak(if t.replaces { credit } else { 0 }, t.limit);
+    }
     Ok(())
 }
 
@@ -135,6 +139,120 @@ pub fn commit_all<'a>(targets: impl Iterator<Item = Target<'a>>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::alloc::{AllocCore, Libc, LIBC_GROUP};
+    use crate::core::arena::WrapArena;
+    use crate::core::error::Error;
+    use crate::core::layout::Request;
+    use crate::core::region::{Anchor, RegionCore};
+    use std::sync::Arc;
+
+    fn malloc() -> Arc<AllocCore> {
+        AllocCore::new("malloc", LIBC_GROUP, false, Box::new(Libc))
+    }
+
+    fn req(size: usize) -> Request {
+        Request { size, align: 8 }
+    }
+
+    fn over(e: Error) -> OverLimit {
+        match e {
+            Error::OverLimit(o) => o,
+            e => panic!("not a limit: {e}"),
+        }
+    }
+
+    #[test]
+    fn a_limited_allocator_refuses_and_counts_nothing() {
+        let m = malloc();
+        let l = m.limited(100);
+        let a = l.allocate(req(60), None).unwrap();
+        let before = (l.counters.snapshot(), m.counters.snapshot());
+        let e = over(l.allocate(req(41), None).unwrap_err());
+        assert_eq!(
+            (e.scope, e.limit, e.live, e.request),
+            (Scope::Allocator, 100, 60, 41)
+        );
+        assert_eq!((l.counters.snapshot(), m.counters.snapshot()), before);
+        // Counted in the allocator it goes through, too.
+        assert_eq!(m.counters.snapshot().live_bytes, 60);
+        // A realloc counts the difference: 60 -> 100 fits.
+        let b = l.realloc(&a, a.addr(), 100).unwrap();
+        assert!(l.realloc(&b, b.addr(), 101).is_err());
+        let s = l.counters.snapshot();
+        assert_eq!(
+            (s.live_bytes, s.peak_bytes, s.total_allocs, s.total_frees),
+            (100, 100, 2, 1)
+        );
+        l.free(&b, b.addr()).unwrap();
+        assert_eq!(m.counters.snapshot().live_bytes, 0);
+        assert_eq!(l.counters.snapshot().live_bytes, 0);
+    }
+
+    #[test]
+    fn nested_limits_all_apply() {
+        let outer = malloc().limited(50);
+        let inner = outer.limited(1000);
+        let _a = inner.allocate(req(50), None).unwrap();
+        let e = over(inner.allocate(req(1), None).unwrap_err());
+        assert_eq!((e.limit, e.live), (50, 50));
+        // The inner allocator's charge was given back, its peak untouched.
+        let s = inner.counters.snapshot();
+        assert_eq!((s.total_allocs, s.live_bytes, s.peak_bytes), (1, 50, 50));
+    }
+
+    #[test]
+    fn arenas_count_against_their_limit() {
+        let a = WrapArena::with_limit(malloc(), 64);
+        let r = a.allocate(req(40)).unwrap();
+        assert_eq!(over(a.allocate(req(25)).unwrap_err()).scope, Scope::Arena);
+        let r = a.realloc(&r, r.addr(), 64).unwrap();
+        assert_eq!(a.tag.counters.snapshot().live_bytes, 64);
+        assert!(a.realloc(&r, r.addr(), 65).is_err());
+        a.release(false);
+        assert_eq!(a.backing.counters.snapshot().live_bytes, 0);
+
+        let region = Anchor::new(RegionCore::with_limit(64)).unwrap();
+        let (at, r) = region.allocate(req(40)).unwrap();
+        assert_eq!(over(region.allocate(req(25)).unwrap_err()).live, 40);
+        let (_, _r) = region.realloc(&r, at, 40, req(64)).unwrap();
+        let s = region.region().snapshot();
+        assert_eq!((s.live_bytes, s.peak_bytes), (64, 64));
+        assert_eq!(region.region().limit(), Some(64));
+        region.region().release(false);
+    }
+
+    #[test]
+    fn eight_threads_at_an_allocator_limit() {
+        let l = malloc().limited(4096);
+        let refused = AtomicU64::new(0);
+        std::thread::scope(|s| {
+            for t in 0..8usize {
+                let (l, refused) = (&l, &refused);
+                s.spawn(move || {
+                    let mut held = Vec::new();
+                    for i in 0..4000usize {
+                        match l.allocate(req(1 + (t * 31 + i) % 300), None) {
+                            Ok(r) => held.push(r),
+                            Err(_) => {
+                                refused.fetch_add(1, Relaxed);
+                                if let Some(r) = held.pop() {
+                                    l.free(&r, r.addr()).unwrap();
+                                }
+                            }
+                        }
+                    }
+                    for r in held {
+                        l.free(&r, r.addr()).unwrap();
+                    }
+                });
+            }
+        });
+        let s = l.counters.snapshot();
+        assert!(refused.load(Relaxed) > 0);
+        assert!(s.peak_bytes <= 4096, "peak {}", s.peak_bytes);
+        assert_eq!((s.live_count, s.live_bytes), (0, 0));
+        assert_eq!(s.total_allocs + refused.load(Relaxed), 8 * 4000);
+    }
 
     fn target(c: &Counters, limit: u64, scope: Scope) -> Target<'_> {
         Target {

@@ -183,6 +183,7 @@ impl Inner {
                         request: n as u64,
                     })
                 })?;
+            GLOBAL.raise_peak(replaces as u64, limit);
             return Ok(true);
         }
         Ok(false)
