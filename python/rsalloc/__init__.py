@@ -10,7 +10,7 @@ See DESIGN.md / README.md.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ._constants import TRACEMALLOC_DOMAIN
 from ._errors import (
@@ -43,73 +43,8 @@ from ._types import (
     Void,
 )
 
-# The names below come from the extension, which is imported on first use of
-# any of them (PEP 562), not by `import rsalloc`: the pytest plugin's entry
-# point imports this package in every pytest run, and a run that does not ask
-# for the plugin must not load native code (docs/decisions.md). The first
-# lookup binds them all in this module, so later ones are plain attribute
-# lookups.
-_EXTENSION_NAMES = frozenset(
-    {
-        "Allocator",
-        "Arena",
-        "ForeignAllocator",
-        "Pointer",
-        "Stats",
-        "adaptive_calloc",
-        "adaptive_malloc",
-        "alignof",
-        "calloc",
-        "current_arena",
-        "diagnostic_calloc",
-        "diagnostic_malloc",
-        "free",
-        "malloc",
-        "nullptr",
-        "set_limit",
-        "sizeof",
-        "stats",
-        "to_native_utf8",
-        "to_native_utf16",
-        "using",
-        "tracking",
-        "LeakRecord",
-        "leak_check",
-        "leak_report",
-        "leaks",
-    }
-)
-
-if TYPE_CHECKING:
-    from . import tracking
-    from ._arena import using
-    from ._rsalloc import (  # type: ignore[attr-defined]
-        Allocator,
-        Arena,
-        ForeignAllocator,
-        Pointer,
-        Stats,
-        adaptive_calloc,
-        adaptive_malloc,
-        alignof,
-        calloc,
-        current_arena,
-        diagnostic_calloc,
-        diagnostic_malloc,
-        free,
-        malloc,
-        nullptr,
-        set_limit,
-        sizeof,
-        stats,
-        to_native_utf8,
-        to_native_utf16,
-    )
-    from .tracking import LeakRecord, leak_check, leak_report, leaks
-
-
 def _load() -> None:
-    """Imports the extension and binds every name it provides here."""
+    """Imports the extension and binds every name that needs it here."""
     # import_module, not `from . import`: that would ask this module's
     # __getattr__ for the submodule first, and come back here.
     _rsalloc = importlib.import_module(__name__ + "._rsalloc")
@@ -190,3 +125,11 @@ __all__ = [
     "using",
     "tracking",
 ]
+
+# The names of __all__ not bound above come from the extension, which is
+# imported on first use of any of them (PEP 562), not by `import rsalloc`:
+# the pytest plugin's entry point imports this package in every pytest run,
+# and a run that does not ask for the plugin must not load native code
+# (docs/decisions.md). The first lookup binds them all in this module, so
+# later ones are plain attribute lookups. Type checkers read __init__.pyi.
+_EXTENSION_NAMES = frozenset(__all__).difference(globals())
