@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import os
 import random
+import re
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from _native import LIBC, SQLITE, nothing_changes
@@ -302,3 +305,24 @@ def test_a_limit_turns_runaway_growth_into_a_memory_error() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["256", "True", "True"]
+
+
+def test_the_stubs_type_check_and_the_sample_runs() -> None:
+    pytest.importorskip("mypy")
+    pytest.importorskip("typing_extensions")
+    sample = Path(__file__).parent / "typing" / "budgets_sample.py"
+    env = dict(os.environ, MYPY_CACHE_DIR=os.devnull)
+    out = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--no-incremental", str(sample)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=sample.parent,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    ns: dict[str, object] = {}
+    exec(compile(sample.read_text(), str(sample), "exec"), ns)
+    assert ns["budgets"]() == 1024  # type: ignore[operator]
+    report = ns["collapsed"]()  # type: ignore[operator]
+    assert all(re.fullmatch(r"[^;\n]+(;[^;\n]+)* \d+", line) for line in report.splitlines())
