@@ -150,6 +150,28 @@ def test_a_refused_request_never_reaches_a_python_allocator() -> None:
     assert pool.stats().live_bytes == 0
 
 
+class Empty(Pool):
+    def _raw_alloc(self, nbytes: int, alignment: int) -> int:
+        return 0  # out of memory
+
+
+def test_a_failed_allocation_gives_its_charge_back(process_limit: None) -> None:
+    lim = Empty().limited(1000)
+    rsalloc.set_limit(rsalloc.stats().live_bytes + 10_000)
+    with nothing_changes(lim):
+        with pytest.raises(MemoryError, match="out of memory"):
+            lim.allocate(100)
+    rsalloc.set_limit(None)
+    big = malloc.limited(2**63)
+    p = big.allocate(8)
+    with nothing_changes(big):
+        with pytest.raises(MemoryError, match="out of memory"):
+            big.realloc(p, 2**62)  # within every limit but the system's
+    assert p.alive
+    free(p)
+    assert lim.stats().peak_bytes == 0
+
+
 def test_foreign_and_diagnostic_allocators_can_be_limited() -> None:
     sq = ForeignAllocator(SQLITE.sqlite3_malloc64, SQLITE.sqlite3_free)
     lim = sq.limited(16)

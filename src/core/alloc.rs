@@ -466,7 +466,7 @@ impl AllocCore {
                 return Err(e);
             }
         };
-        Ok(self.record(slot, p, req, arena, ty, charged))
+        Ok(self.record(slot, p, req, arena, ty, charged.then_some(replaces)))
     }
 
     #[inline(always)]
@@ -477,7 +477,9 @@ impl AllocCore {
         req: Request,
         arena: Option<&Arc<ArenaTag>>,
         ty: &'static str,
-        charged: bool,
+        // Some when the bytes were charged ahead: the bytes of a replaced
+        // block still counted.
+        charged: Option<usize>,
     ) -> RecordRef {
         let rec = slot.fill(Record::new(
             p,
@@ -486,8 +488,8 @@ impl AllocCore {
             CoreRef::new(self),
             arena.cloned(),
         ));
-        if charged {
-            budget::commit_all(self.targets(arena.map(|t| &**t), true));
+        if let Some(replaced) = charged {
+            budget::commit_all(self.targets(arena.map(|t| &**t), true), replaced as u64);
         } else {
             self.count_alloc(req.size);
             if let Some(tag) = arena {
@@ -528,7 +530,7 @@ impl AllocCore {
         let p = NonNull::new(addr as *mut u8).ok_or(Error::NullPointer)?;
         let slot = RecordSlot::new()?;
         let charged = self.charge(req.size, 0, arena.map(|t| &**t), true)?;
-        Ok(self.record(slot, p, req, arena, ty, charged))
+        Ok(self.record(slot, p, req, arena, ty, charged.then_some(0)))
     }
 
     /// Frees a block through this allocator (its owner group must own it).
@@ -576,6 +578,8 @@ impl AllocCore {
                 observer::gone(rec.addr());
                 rec.finish_realloc();
                 let ty = track::type_of(rec);
+                // The old block is counted free already: nothing to credit.
+                let charged = charged.then_some(0);
                 let fresh = self.record(slot, p, Request { size: new, align }, None, ty, charged);
                 if rec.is_autofree() {
                     fresh.set_autofree()?;

@@ -115,10 +115,6 @@ pub fn reserve_all<'a, I: Iterator<Item = Target<'a>>>(
             });
         }
     }
-    for t in targets() {
-        t.counters
-            .raise_peak(if t.replaces { credit } else { 0 }, t.limit);
-    }
     Ok(())
 }
 
@@ -129,10 +125,13 @@ pub fn unreserve_all<'a>(targets: impl Iterator<Item = Target<'a>>, n: u64) {
     }
 }
 
-/// The charged allocation exists: each target counts one more.
-pub fn commit_all<'a>(targets: impl Iterator<Item = Target<'a>>) {
+/// The charged allocation exists: each target counts one more, and its
+/// peak rises, less `credit` bytes of a replaced block still counted.
+pub fn commit_all<'a>(targets: impl Iterator<Item = Target<'a>>, credit: u64) {
     for t in targets {
         t.counters.on_alloc_reserved();
+        t.counters
+            .raise_peak(if t.replaces { credit } else { 0 }, t.limit);
     }
 }
 
@@ -274,7 +273,7 @@ mod tests {
             .into_iter()
         };
         reserve_all(both, 40, 0).unwrap();
-        commit_all(both());
+        commit_all(both(), 0);
         let e = reserve_all(both, 20, 0).unwrap_err();
         assert_eq!(
             e,
@@ -289,8 +288,11 @@ mod tests {
             let s = c.snapshot();
             assert_eq!((s.live_bytes, s.total_allocs, s.peak_bytes), (40, 1, 40));
         }
-        // A replacement is checked net of the bytes it replaces.
+        // A replacement is checked net of the bytes it replaces, and its
+        // peak raised net of them while they are still counted.
         reserve_all(both, 45, 40).unwrap();
+        assert_eq!(b.snapshot().peak_bytes, 40);
+        commit_all(both(), 40);
         assert_eq!(b.snapshot().peak_bytes, 45);
     }
 

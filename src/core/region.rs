@@ -183,7 +183,6 @@ impl Inner {
                         request: n as u64,
                     })
                 })?;
-            GLOBAL.raise_peak(replaces as u64, limit);
             return Ok(true);
         }
         Ok(false)
@@ -222,7 +221,9 @@ impl Inner {
         self.bytes += size;
         self.peak_bytes = self.peak_bytes.max(self.bytes);
         if charged {
+            // A realloc counts its old block free first: nothing to credit.
             GLOBAL.on_alloc_reserved();
+            GLOBAL.raise_peak(0, budget::process_max());
         } else {
             GLOBAL.on_alloc(size);
         }

@@ -102,7 +102,7 @@ impl Counters {
     /// exists), unless the live bytes less `credit` would then pass `max`:
     /// `Err(live bytes)`, and nothing changed. One compare-and-swap decides,
     /// so racing threads never pass `max` together. The peak is left to
-    /// [`Counters::raise_peak`], once every counter charged agreed.
+    /// [`Counters::raise_peak`], once the allocation exists.
     #[inline]
     pub fn reserve(&self, n: u64, credit: u64, max: u64) -> Result<(), u64> {
         let fits = |cur: u64| {
