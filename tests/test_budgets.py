@@ -197,6 +197,9 @@ def test_bad_limits() -> None:
         with pytest.raises(exc):
             rsalloc.set_limit(bad)
     assert rsalloc.stats().limit is None
+    np = pytest.importorskip("numpy")
+    assert malloc.limited(np.int64(5)).stats().limit == 5  # __index__, as sizes take
+    assert Arena(limit=2**64 - 2).stats().limit == 2**64 - 2
 
 
 def test_bump_arena_limit_counts_bytes_asked_for() -> None:

@@ -82,22 +82,25 @@ pub fn stats() -> Stats {
     Stats::from(GLOBAL.snapshot()).with_limit(budget::process_limit())
 }
 
-/// A byte limit argument: an int from 0 to 2**64 - 2 (`what` names it in
-/// errors).
+/// A byte limit argument: an int (or an object with `__index__`, not a
+/// bool) from 0 to 2**64 - 2; `what` names it in errors.
 pub fn limit_arg(value: &Bound<'_, PyAny>, what: &str) -> PyResult<u64> {
-    if !value.is_instance_of::<PyInt>() || value.is_instance_of::<PyBool>() {
-        return Err(PyTypeError::new_err(format!(
-            "{what} must be an int number of bytes or None, not {}",
-            value
-                .get_type()
-                .name()
-                .map(|n| n.to_string())
-                .unwrap_or_default()
-        )));
-    }
-    let n: i128 = value
-        .extract()
-        .map_err(|_| PyOverflowError::new_err(format!("{what} is too large")))?;
+    let n: i128 = match value.extract() {
+        Ok(n) if !value.is_instance_of::<PyBool>() => n,
+        Err(_) if value.is_instance_of::<PyInt>() => {
+            return Err(PyOverflowError::new_err(format!("{what} is too large")))
+        }
+        _ => {
+            return Err(PyTypeError::new_err(format!(
+                "{what} must be an int number of bytes or None, not {}",
+                value
+                    .get_type()
+                    .name()
+                    .map(|n| n.to_string())
+                    .unwrap_or_default()
+            )))
+        }
+    };
     if n < 0 {
         return Err(PyValueError::new_err(format!(
             "{what} must not be negative, got {n}"
