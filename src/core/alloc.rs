@@ -325,7 +325,8 @@ impl AllocCore {
 
     /// Charges `n` bytes (replacing `replaces` bytes of a realloc) before
     /// the memory is asked for, when any limit applies; true when charged.
-    /// Without one: one relaxed load and two branches, nothing charged.
+    /// Without one: the process's limit (one relaxed load and a branch) and
+    /// this allocator's limit field are checked, nothing is charged.
     #[inline(always)]
     fn charge(
         &self,
@@ -491,6 +492,8 @@ impl AllocCore {
         if let Some(replaced) = charged {
             budget::commit_all(self.targets(arena.map(|t| &**t), true), replaced as u64);
         } else {
+            // A limited allocator (the only kind with `over`) always charges.
+            debug_assert!(self.over.is_none());
             self.count_alloc(req.size);
             if let Some(tag) = arena {
                 tag.counters.on_alloc(req.size);
