@@ -23,9 +23,11 @@ mod _rsalloc {
     #[pymodule_export]
     use crate::py::pointer::Pointer;
     #[pymodule_export]
-    use crate::py::stats::{_block_cache, stats, Stats};
+    use crate::py::stats::{_block_cache, set_limit, stats, Stats};
     #[pymodule_export]
     use crate::py::strings::{to_native_utf16, to_native_utf8};
+    #[pymodule_export]
+    use crate::py::tracemalloc::{_set_tracemalloc, _tracemalloc_domain, _tracemalloc_on};
     #[pymodule_export]
     use crate::py::tracking::{
         _track_disable, _track_enable, _track_frames, _track_is_enabled, _track_live, _track_lost,
@@ -63,12 +65,18 @@ mod _rsalloc {
         m.add("calloc", crate::py::allocator::calloc(py)?)?;
         m.add("nullptr", crate::py::pointer::nullptr_object(py)?)?;
         crate::py::tracking::install();
+        crate::py::tracemalloc::install();
         for zeroed in [false, true] {
             let a = crate::py::tracking::adaptive(py, zeroed)?;
             m.add(a.get().core.name.as_str(), &a)?;
             let d = crate::py::tracking::diagnostic(py, zeroed)?;
             m.add(d.get().core.name.as_str(), &d)?;
         }
-        crate::py::fast::install(m)
+        crate::py::fast::install(m)?;
+        // Keeps the tracemalloc flag current from now on, whichever way the
+        // extension was first imported.
+        py.import("rsalloc._tracemalloc")?
+            .call_method1("install", (m,))?;
+        Ok(())
     }
 }

@@ -9,6 +9,10 @@ See DESIGN.md / README.md.
 
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
+from ._constants import TRACEMALLOC_DOMAIN
 from ._errors import (
     ArenaClosedError,
     DoubleFreeError,
@@ -19,28 +23,6 @@ from ._errors import (
     RsallocError,
     UseAfterFreeError,
 )
-from ._rsalloc import (
-    Allocator,
-    Arena,
-    ForeignAllocator,
-    Pointer,
-    Stats,
-    adaptive_calloc,
-    adaptive_malloc,
-    alignof,
-    calloc,
-    current_arena,
-    diagnostic_calloc,
-    diagnostic_malloc,
-    free,
-    malloc,
-    nullptr,
-    sizeof,
-    stats,
-    to_native_utf8,
-    to_native_utf16,
-)
-from ._arena import using
 from ._types import (
     Bool,
     Double,
@@ -61,8 +43,31 @@ from ._types import (
     Void,
 )
 
-from . import tracking
-from .tracking import LeakRecord, leak_check, leak_report, leaks
+def _load() -> None:
+    """Imports the extension and binds every name that needs it here."""
+    # import_module, not `from . import`: that would ask this module's
+    # __getattr__ for the submodule first, and come back here.
+    _rsalloc = importlib.import_module(__name__ + "._rsalloc")
+    tracking = importlib.import_module(__name__ + ".tracking")
+    using = importlib.import_module(__name__ + "._arena").using
+
+    found: dict[str, Any] = {"tracking": tracking, "using": using}
+    for name in _EXTENSION_NAMES - found.keys():
+        source = tracking if hasattr(tracking, name) and not hasattr(_rsalloc, name) else _rsalloc
+        found[name] = getattr(source, name)
+    globals().update(found)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXTENSION_NAMES:
+        _load()
+        return globals()[name]
+    raise AttributeError(f"module 'rsalloc' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 __version__ = "0.1.0"
 
@@ -92,6 +97,7 @@ __all__ = [
     "RsallocError",
     "Size",
     "Stats",
+    "TRACEMALLOC_DOMAIN",
     "Uint8",
     "Uint16",
     "Uint32",
@@ -111,6 +117,7 @@ __all__ = [
     "leaks",
     "malloc",
     "nullptr",
+    "set_limit",
     "sizeof",
     "stats",
     "to_native_utf8",
@@ -118,3 +125,11 @@ __all__ = [
     "using",
     "tracking",
 ]
+
+# The names of __all__ not bound above come from the extension, which is
+# imported on first use of any of them (PEP 562), not by `import rsalloc`:
+# the pytest plugin's entry point imports this package in every pytest run,
+# and a run that does not ask for the plugin must not load native code
+# (docs/decisions.md). The first lookup binds them all in this module, so
+# later ones are plain attribute lookups. Type checkers read __init__.pyi.
+_EXTENSION_NAMES = frozenset(__all__).difference(globals())

@@ -4,7 +4,8 @@ where each block was allocated.
 
 Markers: ``@pytest.mark.rsalloc_leaks`` checks one test even without the
 option; ``@pytest.mark.no_rsalloc_leaks`` never checks it. Without the option
-and the marker the plugin does nothing.
+and the marker the plugin does nothing, and does not even import the
+extension: rsalloc.tracking is imported by the first test it checks.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from . import tracking
+from ._constants import DEFAULT_FRAMES
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -30,7 +31,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         type=int,
         default=None,
         metavar="N",
-        help=f"frames of traceback recorded per allocation (default {tracking.DEFAULT_FRAMES})",
+        help=f"frames of traceback recorded per allocation (default {DEFAULT_FRAMES})",
     )
 
 
@@ -51,6 +52,8 @@ def _checked(item: pytest.Item) -> bool:
 def pytest_runtest_call(item: pytest.Item) -> Generator[None, Any, Any]:
     if not _checked(item):
         return (yield)
+    from . import tracking
+
     check = tracking.leak_check(frames=item.config.getoption("--rsalloc-frames", default=None))
     check.__enter__()
     try:

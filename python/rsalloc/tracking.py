@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from . import _rsalloc  # type: ignore[attr-defined]  # the extension has no stub of its own
+from ._constants import DEFAULT_FRAMES  # frames per allocation unless told otherwise
 from ._errors import LeakError
 
 __all__ = [
@@ -43,8 +44,6 @@ __all__ = [
     "leaks",
 ]
 
-#: Frames captured per allocation when ``enable()`` is not told otherwise.
-DEFAULT_FRAMES = 8
 #: Version of the JSON report's schema (docs/tracking.md); bumped on any
 #: incompatible change, never for added keys.
 SCHEMA_VERSION = 1
@@ -244,15 +243,37 @@ def _text(records: list[LeakRecord]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def leak_report(format: Literal["text", "json"] = "text", filter: Any = None) -> str:
+def _frame_name(file: str, line: int, func: str) -> str:
+    # ';' separates frames and a line ends a stack: neither may appear in one.
+    name = f"{func} ({file}:{line})"
+    return name.replace(";", ",").replace("\n", " ").replace("\r", " ")
+
+
+def _collapsed(records: list[LeakRecord]) -> str:
+    """Folded stacks (flamegraph.pl, inferno, speedscope): one line per
+    distinct allocating traceback, root first, weighted by its live bytes."""
+    weights: dict[str, int] = {}
+    for r in records:
+        frames = [_frame_name(*f) for f in reversed(r.traceback)] or ["<no traceback>"]
+        stack = ";".join(frames)
+        weights[stack] = weights.get(stack, 0) + r.size
+    return "".join(f"{stack} {n}\n" for stack, n in sorted(weights.items()))
+
+
+def leak_report(format: Literal["text", "json", "collapsed"] = "text", filter: Any = None) -> str:
     """A report of the live tracked allocations, largest first.
 
     ``"text"``: one block per allocation and a summary line (count, bytes).
     ``"json"``: the stable schema of docs/tracking.md.
+    ``"collapsed"``: folded stacks for flame graphs (flamegraph.pl, inferno,
+    speedscope): ``frame;frame;frame bytes`` per allocating traceback, root
+    first, frames as ``function (file:line)``, live bytes as weights.
     """
     records = leaks(filter)
     if format == "text":
         return _text(records)
+    if format == "collapsed":
+        return _collapsed(records)
     if format == "json":
         doc = {
             "schema_version": SCHEMA_VERSION,
@@ -264,7 +285,7 @@ def leak_report(format: Literal["text", "json"] = "text", filter: Any = None) ->
             "leaks": [r.to_dict() for r in _largest_first(records)],
         }
         return json.dumps(doc, indent=2)
-    raise ValueError(f'format must be "text" or "json", not {format!r}')
+    raise ValueError(f'format must be "text", "json" or "collapsed", not {format!r}')
 
 
 # -- leak_check ---------------------------------------------------------------

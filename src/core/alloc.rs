@@ -5,8 +5,10 @@
 //! the checks by construction.
 
 use super::block_cache;
+use super::budget::{self, Scope, Target, UNLIMITED};
 use super::error::{Error, Result};
 use super::layout::{Request, MALLOC_ALIGN};
+use super::observer;
 use super::record::{ArenaTag, Record};
 use super::record_ref::{RecordRef, RecordSlot};
 use super::stats::{Counters, GLOBAL};
@@ -141,6 +143,46 @@ pub struct AllocCore {
     lifelong: bool,
     /// `backend.plain()`, asked once: the fast paths ask for every block.
     plain_backend: bool,
+    /// The cap on this allocator's live bytes (`a.limited(n)`), or UNLIMITED.
+    limit: u64,
+    /// The allocator a limited one allocates through: its blocks count
+    /// there too, and its limit applies.
+    over: Option<Arc<AllocCore>>,
+}
+
+/// The backend of `a.limited(n)`: `a`'s own.
+struct Over(Arc<AllocCore>);
+
+impl Backend for Over {
+    #[inline]
+    fn alloc(&self, size: usize, align: usize, zeroed: bool) -> Result<NonNull<u8>> {
+        self.0.backend.alloc(size, align, zeroed)
+    }
+    #[inline]
+    unsafe fn free(&self, ptr: NonNull<u8>, size: usize, align: usize) -> Result<()> {
+        // SAFETY: forwarded contract: the block came from this same backend.
+        unsafe { self.0.backend.free(ptr, size, align) }
+    }
+    fn verify(&self, ptr: NonNull<u8>, size: usize, align: usize) -> Result<()> {
+        self.0.backend.verify(ptr, size, align)
+    }
+    unsafe fn realloc(
+        &self,
+        ptr: NonNull<u8>,
+        old: usize,
+        new: usize,
+        align: usize,
+        zeroed: bool,
+    ) -> Result<NonNull<u8>> {
+        // SAFETY: forwarded contract.
+        unsafe { self.0.backend.realloc(ptr, old, new, align, zeroed) }
+    }
+    fn native_free(&self) -> Option<usize> {
+        self.0.backend.native_free()
+    }
+    fn plain(&self) -> bool {
+        self.0.plain_backend
+    }
 }
 
 /// A record's reference to its allocator: an `Arc<AllocCore>` that skips the
@@ -218,7 +260,109 @@ impl AllocCore {
             handle: OnceLock::new(),
             always_track,
             lifelong: false,
+            limit: UNLIMITED,
+            over: None,
         })
+    }
+
+    /// `a.limited(max_bytes)`: a new owner (an owner group of its own) whose
+    /// blocks come from this allocator's backend and count here too, and
+    /// whose live bytes never pass `max_bytes`.
+    pub fn limited(self: &Arc<Self>, max_bytes: u64) -> Arc<Self> {
+        Arc::new(AllocCore {
+            plain_backend: self.plain_backend,
+            name: format!("{}.limited({max_bytes})", self.name),
+            group: new_id(),
+            zeroed: self.zeroed,
+            counters: Counters::new(),
+            backend: Box::new(Over(self.clone())),
+            handle: OnceLock::new(),
+            always_track: self.always_track,
+            lifelong: false,
+            limit: max_bytes,
+            over: Some(self.clone()),
+        })
+    }
+
+    /// The cap on this allocator's live bytes, if any.
+    pub fn limit(&self) -> Option<u64> {
+        budget::as_option(self.limit)
+    }
+
+    /// The allocator a limited one allocates through.
+    pub fn over(&self) -> Option<&Arc<AllocCore>> {
+        self.over.as_ref()
+    }
+
+    /// The counters a new block is charged to under a limit: its arena's,
+    /// this allocator's and those it allocates through, the process's.
+    /// `same`: this allocator counted the block being replaced.
+    fn targets<'a>(
+        &'a self,
+        arena: Option<&'a ArenaTag>,
+        same: bool,
+    ) -> impl Iterator<Item = Target<'a>> + 'a {
+        let tag = arena.map(|t| Target {
+            counters: &t.counters,
+            limit: t.limit,
+            scope: Scope::Arena,
+            replaces: true,
+        });
+        let cores = std::iter::successors(Some(self), |c| c.over.as_deref()).map(move |c| Target {
+            counters: &c.counters,
+            limit: c.limit,
+            scope: Scope::Allocator,
+            replaces: same,
+        });
+        let process = Target {
+            counters: &GLOBAL,
+            limit: budget::process_max(),
+            scope: Scope::Process,
+            replaces: true,
+        };
+        tag.into_iter().chain(cores).chain(std::iter::once(process))
+    }
+
+    /// Charges `n` bytes (replacing `replaces` bytes of a realloc) before
+    /// the memory is asked for, when any limit applies; true when charged.
+    /// Without one: the process's limit (one relaxed load and a branch) and
+    /// this allocator's limit field are checked, nothing is charged.
+    #[inline(always)]
+    fn charge(
+        &self,
+        n: usize,
+        replaces: usize,
+        arena: Option<&ArenaTag>,
+        same: bool,
+    ) -> Result<bool> {
+        if budget::process_limited()
+            || self.limit != UNLIMITED
+            || arena.is_some_and(|t| t.limit != UNLIMITED)
+        {
+            self.charge_limited(n, replaces, arena, same)?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    #[inline(never)]
+    fn charge_limited(
+        &self,
+        n: usize,
+        replaces: usize,
+        arena: Option<&ArenaTag>,
+        same: bool,
+    ) -> Result<()> {
+        budget::reserve_all(|| self.targets(arena, same), n as u64, replaces as u64)
+            .map_err(Error::OverLimit)
+    }
+
+    /// Gives back a charge whose allocation failed.
+    #[cold]
+    fn uncharge(&self, charged: bool, n: usize, arena: Option<&ArenaTag>) {
+        if charged {
+            budget::unreserve_all(self.targets(arena, true), n as u64);
+        }
     }
 
     /// Makes a new allocator live as long as the process (the module's
@@ -273,6 +417,11 @@ impl AllocCore {
 
     pub(crate) fn count_free(&self, size: usize) {
         self.counters.on_free(size);
+        let mut over = &self.over;
+        while let Some(a) = over {
+            a.counters.on_free(size);
+            over = &a.over;
+        }
         GLOBAL.on_free(size);
     }
 
@@ -293,10 +442,32 @@ impl AllocCore {
         arena: Option<&Arc<ArenaTag>>,
         ty: &'static str,
     ) -> Result<RecordRef> {
+        self.allocate_replacing(req, arena, ty, 0)
+    }
+
+    /// [`AllocCore::allocate_typed`] of a block that replaces a block of
+    /// `replaces` bytes counted in the same places (an arena's realloc):
+    /// limits count the difference.
+    #[inline]
+    pub fn allocate_replacing(
+        self: &Arc<Self>,
+        req: Request,
+        arena: Option<&Arc<ArenaTag>>,
+        ty: &'static str,
+        replaces: usize,
+    ) -> Result<RecordRef> {
         // The record's memory first: once the block exists, nothing can fail.
         let slot = RecordSlot::new()?;
-        let p = self.backend.alloc(req.size, req.align, self.zeroed)?;
-        Ok(self.record(slot, p, req, arena, ty))
+        let tag = arena.map(|t| &**t);
+        let charged = self.charge(req.size, replaces, tag, true)?;
+        let p = match self.backend.alloc(req.size, req.align, self.zeroed) {
+            Ok(p) => p,
+            Err(e) => {
+                self.uncharge(charged, req.size, tag);
+                return Err(e);
+            }
+        };
+        Ok(self.record(slot, p, req, arena, ty, charged.then_some(replaces)))
     }
 
     #[inline(always)]
@@ -307,6 +478,9 @@ impl AllocCore {
         req: Request,
         arena: Option<&Arc<ArenaTag>>,
         ty: &'static str,
+        // Some when the bytes were charged ahead: the bytes of a replaced
+        // block still counted.
+        charged: Option<usize>,
     ) -> RecordRef {
         let rec = slot.fill(Record::new(
             p,
@@ -315,12 +489,20 @@ impl AllocCore {
             CoreRef::new(self),
             arena.cloned(),
         ));
-        self.count_alloc(req.size);
-        match arena {
-            Some(tag) => tag.counters.on_alloc(req.size),
-            // Arena memory is freed by its scope: never recorded.
-            None if self.tracks() => track::register(&rec, ty),
-            None => {}
+        if let Some(replaced) = charged {
+            budget::commit_all(self.targets(arena.map(|t| &**t), true), replaced as u64);
+        } else {
+            // A limited allocator (the only kind with `over`) always charges.
+            debug_assert!(self.over.is_none());
+            self.count_alloc(req.size);
+            if let Some(tag) = arena {
+                tag.counters.on_alloc(req.size);
+            }
+        }
+        observer::made(p.as_ptr() as usize, req.size);
+        // Arena memory is freed by its scope: never recorded.
+        if arena.is_none() && self.tracks() {
+            track::register(&rec, ty);
         }
         rec
     }
@@ -350,7 +532,8 @@ impl AllocCore {
     ) -> Result<RecordRef> {
         let p = NonNull::new(addr as *mut u8).ok_or(Error::NullPointer)?;
         let slot = RecordSlot::new()?;
-        Ok(self.record(slot, p, req, arena, ty))
+        let charged = self.charge(req.size, 0, arena.map(|t| &**t), true)?;
+        Ok(self.record(slot, p, req, arena, ty, charged.then_some(0)))
     }
 
     /// Frees a block through this allocator (its owner group must own it).
@@ -365,9 +548,14 @@ impl AllocCore {
         rec.begin_realloc(self.group, 0, addr)?;
         let old = rec.size();
         let align = rec.align();
+        let same = std::ptr::eq(&**self, rec.allocator());
+        // Limits count the difference: the old block is counted free below.
+        let charged = self
+            .charge(new, old, None, same)
+            .inspect_err(|_| rec.undo_realloc())?;
         // SAFETY: begin_realloc made us the only user of the old block.
         let moved = unsafe {
-            if std::ptr::eq(&**self, rec.allocator()) {
+            if same {
                 self.backend
                     .realloc(rec_ptr(rec), old, new, align, self.zeroed)
             } else {
@@ -390,15 +578,19 @@ impl AllocCore {
         };
         match moved {
             Ok(p) => {
+                observer::gone(rec.addr());
                 rec.finish_realloc();
                 let ty = track::type_of(rec);
-                let fresh = self.record(slot, p, Request { size: new, align }, None, ty);
+                // The old block is counted free already: nothing to credit.
+                let charged = charged.then_some(0);
+                let fresh = self.record(slot, p, Request { size: new, align }, None, ty, charged);
                 if rec.is_autofree() {
                     fresh.set_autofree()?;
                 }
                 Ok(fresh)
             }
             Err(e) => {
+                self.uncharge(charged, new, None);
                 rec.undo_realloc();
                 Err(e)
             }

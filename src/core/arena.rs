@@ -30,8 +30,13 @@ pub struct WrapArena {
 
 impl WrapArena {
     pub fn new(backing: Arc<AllocCore>) -> Self {
+        Self::with_limit(backing, super::budget::UNLIMITED)
+    }
+
+    /// An arena whose live bytes never pass `limit` (bytes asked for).
+    pub fn with_limit(backing: Arc<AllocCore>, limit: u64) -> Self {
         WrapArena {
-            tag: Arc::new(ArenaTag::new(new_id())),
+            tag: Arc::new(ArenaTag::with_limit(new_id(), limit)),
             backing,
             inner: Mutex::new(Inner::default()),
         }
@@ -104,10 +109,18 @@ impl WrapArena {
     /// nothing changes.
     pub fn realloc(&self, rec: &Record, addr: usize, new: usize) -> Result<RecordRef> {
         rec.begin_realloc(self.backing.group, self.tag.id, addr)?;
-        let fresh = match self.allocate(Request {
+        let req = Request {
             size: new,
             align: rec.align(),
-        }) {
+        };
+        // Limits count the difference: the old block is counted free below.
+        let made = self.check_open().and_then(|()| {
+            let fresh = self
+                .backing
+                .allocate_replacing(req, Some(&self.tag), "", rec.size())?;
+            self.keep(fresh)
+        });
+        let fresh = match made {
             Ok(f) => f,
             Err(e) => {
                 rec.undo_realloc();

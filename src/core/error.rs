@@ -1,6 +1,7 @@
 //! The one error type of the core. The Python layer maps each variant to an
 //! exception in one place (`py::errors`), adding the pointer's description.
 
+use super::budget::OverLimit;
 use std::fmt;
 
 /// Why a block is dead: the three ways an allocation stops being usable.
@@ -59,6 +60,8 @@ pub enum Error {
     SizeOverflow,
     /// The system could not supply this many bytes (MemoryError).
     OutOfMemory(usize),
+    /// A byte budget refused the request (MemoryError).
+    OverLimit(OverLimit),
     /// Access through a dead pointer (UseAfterFreeError).
     UseAfterFree(Death),
     /// Free of a dead pointer (DoubleFreeError).
@@ -94,6 +97,7 @@ impl fmt::Display for Error {
             Error::BadAlignment(a) => write!(f, "alignment {a} is not a power of two"),
             Error::SizeOverflow => write!(f, "size does not fit in isize"),
             Error::OutOfMemory(n) => write!(f, "out of memory allocating {n} bytes"),
+            Error::OverLimit(o) => write!(f, "out of budget: {o}"),
             Error::UseAfterFree(d) => write!(f, "use after free: the block was {}", d.as_str()),
             Error::DoubleFree(d) => write!(f, "double free: the block was already {}", d.as_str()),
             Error::Ownership(o) => f.write_str(match o {

@@ -3,10 +3,12 @@
 pub mod alloc;
 pub mod arena;
 pub mod block_cache;
+pub mod budget;
 pub mod error;
 pub mod foreign;
 pub mod guard;
 pub mod layout;
+pub mod observer;
 pub mod record;
 pub mod record_ref;
 pub mod region;

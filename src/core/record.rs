@@ -207,6 +207,7 @@ impl Record {
     }
 
     pub(crate) fn return_memory(&self) -> Result<()> {
+        super::observer::gone(self.addr());
         // SAFETY: called exactly once, by whoever saw the block dead with no pins.
         unsafe { self.alloc.backend.free(self.addr, self.size, self.align()) }
     }
@@ -287,6 +288,7 @@ impl Record {
         })?;
         self.count_free(prev);
         track::on_end(self, false);
+        super::observer::gone(self.addr());
         Ok(self.addr())
     }
 
@@ -390,15 +392,24 @@ impl std::fmt::Debug for Record {
 pub struct ArenaTag {
     pub id: u64,
     pub counters: Counters,
+    /// The cap on the arena's live bytes (`Arena(allocator, limit=N)`),
+    /// or `budget::UNLIMITED`.
+    pub limit: u64,
     /// The binding layer's object for the arena (set once).
     pub handle: OnceLock<Box<dyn Any + Send + Sync>>,
 }
 
 impl ArenaTag {
     pub fn new(id: u64) -> Self {
+        Self::with_limit(id, super::budget::UNLIMITED)
+    }
+
+    /// An arena whose live bytes never pass `limit`.
+    pub fn with_limit(id: u64, limit: u64) -> Self {
         ArenaTag {
             id,
             counters: Counters::new(),
+            limit,
             handle: OnceLock::new(),
         }
     }

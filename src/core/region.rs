@@ -11,6 +11,7 @@
 //! the chunks aside, and the last unpin returns them to libc.
 
 use super::alloc::new_id;
+use super::budget::{self, OverLimit, Scope, UNLIMITED};
 use super::error::{Death, Error, Result};
 use super::layout::{round_up, Request, MALLOC_ALIGN};
 use super::serial::{serialized, SerialGuard, SerialMutex};
@@ -43,7 +44,9 @@ unsafe impl Send for Chunk {}
 
 impl Chunk {
     fn new(size: usize, align: usize) -> Result<Chunk> {
-        sys::alloc(size, align, true).map(|ptr| Chunk { ptr, size })
+        let ptr = sys::alloc(size, align, true)?;
+        super::observer::made(ptr.as_ptr() as usize, size);
+        Ok(Chunk { ptr, size })
     }
     fn start(&self) -> usize {
         self.ptr.as_ptr() as usize
@@ -55,6 +58,7 @@ impl Chunk {
 
 impl Drop for Chunk {
     fn drop(&mut self) {
+        super::observer::gone(self.start());
         // SAFETY: the chunk came from sys::alloc and nothing refers to it any
         // more: its generation is dead and no export pins it.
         unsafe { sys::free(self.ptr) }
@@ -78,6 +82,8 @@ struct Inner {
     total_allocs: u64,
     total_frees: u64,
     peak_bytes: usize,
+    /// The cap on `bytes` (`Arena(limit=N)`), or UNLIMITED.
+    limit: u64,
     /// Buffer exports of any generation still open.
     pins: usize,
     /// Chunks of released generations that exports still look into.
@@ -149,12 +155,78 @@ impl Inner {
         Ok(at)
     }
 
-    fn count_alloc(&mut self, size: usize) {
+    /// Checks `n` bytes (replacing `replaces` bytes of a realloc) against
+    /// the region's limit and charges them to the process's limit when one
+    /// is set: true when charged there (see [`super::budget`]).
+    #[inline(always)]
+    fn charge(&self, n: usize, replaces: usize) -> Result<bool> {
+        if self.limit != UNLIMITED {
+            let after = (self.bytes as u128 + n as u128).saturating_sub(replaces as u128);
+            if after > self.limit as u128 {
+                return Err(Error::OverLimit(OverLimit {
+                    scope: Scope::Arena,
+                    limit: self.limit,
+                    live: self.bytes as u64,
+                    request: n as u64,
+                }));
+            }
+        }
+        if budget::process_limited() {
+            let limit = budget::process_max();
+            GLOBAL
+                .reserve(n as u64, replaces as u64, limit)
+                .map_err(|live| {
+                    Error::OverLimit(OverLimit {
+                        scope: Scope::Process,
+                        limit,
+                        live,
+                        request: n as u64,
+                    })
+                })?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Gives back a charge whose allocation failed.
+    #[cold]
+    fn uncharge(&self, charged: bool, n: usize) {
+        if charged {
+            GLOBAL.unreserve(n as u64);
+        }
+    }
+
+    /// Bumps a block of `size` at `align` that replaces `replaces` bytes,
+    /// within the limits.
+    #[inline(always)]
+    fn bump_charged(
+        &mut self,
+        size: usize,
+        align: usize,
+        replaces: usize,
+    ) -> Result<(usize, bool)> {
+        let charged = self.charge(size, replaces)?;
+        match self.bump(size, align) {
+            Ok(at) => Ok((at, charged)),
+            Err(e) => {
+                self.uncharge(charged, size);
+                Err(e)
+            }
+        }
+    }
+
+    fn count_alloc(&mut self, size: usize, charged: bool) {
         self.count += 1;
         self.total_allocs += 1;
         self.bytes += size;
         self.peak_bytes = self.peak_bytes.max(self.bytes);
-        GLOBAL.on_alloc(size);
+        if charged {
+            // A realloc counts its old block free first: nothing to credit.
+            GLOBAL.on_alloc_reserved();
+            GLOBAL.raise_peak(0, budget::process_max());
+        } else {
+            GLOBAL.on_alloc(size);
+        }
     }
 
     fn count_free(&mut self, count: u64, bytes: usize) {
@@ -178,12 +250,18 @@ impl Inner {
 
 impl RegionCore {
     pub fn new() -> Arc<Self> {
+        Self::with_limit(UNLIMITED)
+    }
+
+    /// A region whose live bytes (bytes asked for) never pass `limit`.
+    pub fn with_limit(limit: u64) -> Arc<Self> {
         Arc::new(RegionCore {
             id: new_id(),
             state: AtomicU64::new(0),
             dead_count: AtomicUsize::new(0),
             inner: SerialMutex::new(Inner {
                 next_size: FIRST_CHUNK,
+                limit,
                 ..Inner::default()
             }),
             handle: OnceLock::new(),
@@ -208,10 +286,10 @@ impl RegionCore {
         if state & CLOSED != 0 {
             return Err(Error::ArenaClosed);
         }
-        let at = g.bump(req.size, req.align)?;
+        let (at, charged) = g.bump_charged(req.size, req.align, 0)?;
         // Counted under the lock so that a racing release never sees (and
         // un-counts) an allocation before it was counted.
-        g.count_alloc(req.size);
+        g.count_alloc(req.size, charged);
         Ok((at, state))
     }
 
@@ -281,7 +359,7 @@ impl RegionCore {
         g.dead
             .try_reserve(1)
             .map_err(|_| Error::OutOfMemory(req.size))?;
-        let at = g.bump(req.size, req.align)?;
+        let (at, charged) = g.bump_charged(req.size, req.align, old)?;
         // SAFETY: both blocks are live in this region and distinct (bump
         // memory is never handed out twice); each holds min(old, new) bytes.
         unsafe {
@@ -291,8 +369,9 @@ impl RegionCore {
         let i = g.dead.partition_point(|&(start, _)| start < base);
         g.dead.insert(i, (base, base + old.max(1)));
         self.dead_count.store(g.dead.len(), Release);
-        g.count_alloc(req.size);
+        // The old block first: the live bytes never count both.
         g.count_free(1, old);
+        g.count_alloc(req.size, charged);
         Ok((at, token))
     }
 
@@ -339,6 +418,11 @@ impl RegionCore {
         drop(g);
         drop(chunks);
         true
+    }
+
+    /// The cap on the region's live bytes, if any.
+    pub fn limit(&self) -> Option<u64> {
+        budget::as_option(self.lock().limit)
     }
 
     /// The region's counters (exact: taken under the lock).

@@ -97,6 +97,69 @@ impl Counters {
         sub(&self.live_bytes, bytes as u64, serialized);
     }
 
+    /// Charges `n` live bytes ahead of an allocation that replaces `credit`
+    /// bytes counted here (a realloc's old block, freed once the new one
+    /// exists), unless the live bytes less `credit` would then pass `max`:
+    /// `Err(live bytes)`, and nothing changed. One compare-and-swap decides,
+    /// so racing threads never pass `max` together. The peak is left to
+    /// [`Counters::raise_peak`], once the allocation exists.
+    #[inline]
+    pub fn reserve(&self, n: u64, credit: u64, max: u64) -> Result<(), u64> {
+        let fits = |cur: u64| {
+            let after = (cur as u128 + n as u128).saturating_sub(credit as u128);
+            after <= max as u128
+        };
+        if serialized() {
+            let cur = self.live_bytes.load(Relaxed);
+            if !fits(cur) {
+                return Err(cur);
+            }
+            self.live_bytes.store(cur.wrapping_add(n), Relaxed);
+            return Ok(());
+        }
+        let mut cur = self.live_bytes.load(Relaxed);
+        loop {
+            if !fits(cur) {
+                return Err(cur);
+            }
+            match self
+                .live_bytes
+                .compare_exchange_weak(cur, cur.wrapping_add(n), Relaxed, Relaxed)
+            {
+                Ok(_) => return Ok(()),
+                Err(seen) => cur = seen,
+            }
+        }
+    }
+
+    /// Raises the peak to the live bytes less `credit` (the replaced block
+    /// about to be counted free), never above `max`: a racing realloc's
+    /// charge may briefly count its old block and its new one at once.
+    #[inline]
+    pub fn raise_peak(&self, credit: u64, max: u64) {
+        let settled = self
+            .live_bytes
+            .load(Relaxed)
+            .saturating_sub(credit)
+            .min(max);
+        if settled > self.peak_bytes.load(Relaxed) {
+            self.peak_bytes.fetch_max(settled, Relaxed);
+        }
+    }
+
+    /// Gives back what [`Counters::reserve`] charged for an allocation that
+    /// then failed.
+    #[inline]
+    pub fn unreserve(&self, n: u64) {
+        sub(&self.live_bytes, n, serialized());
+    }
+
+    /// The allocation whose bytes [`Counters::reserve`] charged exists.
+    #[inline]
+    pub fn on_alloc_reserved(&self) {
+        add(&self.allocs, 1, serialized());
+    }
+
     pub fn snapshot(&self) -> Snapshot {
         // frees before allocs: a racing allocation can only make live_count
         // momentarily high, never negative.

@@ -264,6 +264,13 @@ impl Allocator {
         ))
     }
 
+    /// The callbacks of this allocator's own Python-defined backend (a
+    /// limited allocator shares those of the one it allocates through,
+    /// whose object owns them).
+    fn own_callbacks(&self) -> Option<&Arc<PyCallbacks>> {
+        handle_callbacks(&self.core).filter(|_| self.core.over().is_none())
+    }
+
     /// The record behind `p`, for an operation that needs an owned block.
     fn owned<'a>(&self, py: Python<'_>, p: &'a Pointer) -> PyResult<&'a RecordRef> {
         p.owner.record_for_allocator().py(py, p)
@@ -308,7 +315,7 @@ impl Allocator {
     // The backend of a Python-defined allocator refers back to the object;
     // that edge counts only while no block holds the core (see py::custom).
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        if let Some(cb) = handle_callbacks(&self.core) {
+        if let Some(cb) = self.own_callbacks() {
             if Arc::strong_count(&self.core) == 1 {
                 cb.traverse(&visit)?;
             }
@@ -317,7 +324,7 @@ impl Allocator {
     }
 
     fn __clear__(&self) {
-        if let Some(cb) = handle_callbacks(&self.core) {
+        if let Some(cb) = self.own_callbacks() {
             if Arc::strong_count(&self.core) == 1 {
                 cb.clear();
             }
@@ -420,9 +427,28 @@ impl Allocator {
         &self.core.name
     }
 
-    /// This allocator's counters.
+    /// This allocator's counters, with its limit.
     fn stats(&self) -> Stats {
-        Stats::from(self.core.counters.snapshot())
+        Stats::from(self.core.counters.snapshot()).with_limit(self.core.limit())
+    }
+
+    /// `a.limited(max_bytes)`: a new allocator (an owner of its own) that
+    /// allocates through this one and whose live bytes never pass
+    /// `max_bytes`; a request that would pass it raises MemoryError.
+    fn limited<'py>(
+        slf: &Bound<'py, Self>,
+        max_bytes: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, Allocator>> {
+        let py = slf.py();
+        let max = super::stats::limit_arg(max_bytes, "max_bytes")?;
+        let inner = &slf.get().core;
+        let core = inner.limited(max);
+        let obj = Bound::new(py, Allocator { core })?;
+        // A Python-defined backend's free errors are raised by the free that
+        // caused them, as for the allocator itself.
+        let callbacks = handle_callbacks(inner).cloned();
+        set_handle(&obj.get().core.handle, Some(obj.as_any()), callbacks)?;
+        Ok(obj)
     }
 
     fn __repr__(&self) -> String {

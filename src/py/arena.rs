@@ -300,12 +300,20 @@ impl Arena {
 #[pymethods]
 impl Arena {
     /// `Arena()`: a bump region; `Arena(allocator)`: blocks from that allocator.
+    /// `limit=N`: the arena's live bytes (bytes asked for) never pass N.
     #[new]
-    #[pyo3(signature = (allocator=None))]
-    fn new(allocator: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
+    #[pyo3(signature = (allocator=None, limit=None))]
+    fn new(
+        allocator: Option<&Bound<'_, PyAny>>,
+        limit: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
+        let limit = match limit.filter(|l| !l.is_none()) {
+            Some(l) => super::stats::limit_arg(l, "limit")?,
+            None => crate::core::budget::UNLIMITED,
+        };
         let (backing, obj) = match allocator.filter(|a| !a.is_none()) {
             None => {
-                let anchor = Anchor::new(RegionCore::new())
+                let anchor = Anchor::new(RegionCore::with_limit(limit))
                     .map_err(|e| pyo3::exceptions::PyMemoryError::new_err(e.to_string()))?;
                 (Backing::Region(anchor), None)
             }
@@ -320,7 +328,7 @@ impl Arena {
                     ))
                 })?;
                 (
-                    Backing::Wrap(WrapArena::new(alloc.get().core.clone())),
+                    Backing::Wrap(WrapArena::with_limit(alloc.get().core.clone(), limit)),
                     Some(a.clone().unbind()),
                 )
             }
@@ -526,7 +534,19 @@ impl Arena {
 
     /// The arena's own counters (its allocations live until release).
     fn stats(&self) -> Stats {
-        Stats::from(self.snapshot())
+        let limit = match &self.backing {
+            Backing::Region(a) => a.region().limit(),
+            Backing::Wrap(w) => crate::core::budget::as_option(w.tag.limit),
+        };
+        Stats::from(self.snapshot()).with_limit(limit)
+    }
+
+    /// Refused: an arena is not an allocator to wrap; give the arena its
+    /// own budget with `Arena(allocator, limit=N)`.
+    fn limited(&self, _max_bytes: &Bound<'_, PyAny>) -> PyResult<()> {
+        Err(PyTypeError::new_err(
+            "an Arena cannot be limited after the fact: make it with Arena(allocator, limit=N)              or Arena(limit=N)",
+        ))
     }
 
     /// Live allocations.

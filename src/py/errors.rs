@@ -47,7 +47,7 @@ pub fn to_py(py: Python<'_>, e: Error, subject: &dyn std::fmt::Display) -> PyErr
     match e {
         Error::NegativeSize | Error::BadAlignment(_) => PyValueError::new_err(msg),
         Error::SizeOverflow => PyOverflowError::new_err(msg),
-        Error::OutOfMemory(_) => PyMemoryError::new_err(msg),
+        Error::OutOfMemory(_) | Error::OverLimit(_) => PyMemoryError::new_err(msg),
         Error::UseAfterFree(_) => Exc::UseAfterFree.err(py, msg),
         Error::DoubleFree(_) => Exc::DoubleFree.err(py, msg),
         Error::Ownership(_) => Exc::Ownership.err(py, msg),

@@ -10,6 +10,7 @@ pub mod owner;
 pub mod pointer;
 pub mod stats;
 pub mod strings;
+pub mod tracemalloc;
 pub mod tracking;
 pub mod types;
 pub mod values;

@@ -1,7 +1,10 @@
 //! `rsalloc.Stats` and `rsalloc.stats()` (DESIGN §7).
 
+use crate::core::budget;
 use crate::core::stats::{Snapshot, GLOBAL};
+use pyo3::exceptions::{PyOverflowError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyInt};
 
 /// A snapshot of allocation counters.
 #[pyclass(
@@ -22,6 +25,16 @@ pub struct Stats {
     pub peak_bytes: u64,
     pub total_allocs: u64,
     pub total_frees: u64,
+    /// The cap on live_bytes (`a.limited(n)`, `Arena(limit=n)`,
+    /// `rsalloc.set_limit(n)`), None when there is none.
+    pub limit: Option<u64>,
+}
+
+impl Stats {
+    /// These counters, showing `limit`.
+    pub fn with_limit(self, limit: Option<u64>) -> Self {
+        Stats { limit, ..self }
+    }
 }
 
 impl From<Snapshot> for Stats {
@@ -32,6 +45,7 @@ impl From<Snapshot> for Stats {
             peak_bytes: s.peak_bytes,
             total_allocs: s.total_allocs,
             total_frees: s.total_frees,
+            limit: None,
         }
     }
 }
@@ -39,8 +53,12 @@ impl From<Snapshot> for Stats {
 #[pymethods]
 impl Stats {
     fn __repr__(&self) -> String {
+        let limit = match self.limit {
+            Some(n) => format!(", limit={n}"),
+            None => String::new(),
+        };
         format!(
-            "Stats(live_count={}, live_bytes={}, peak_bytes={}, total_allocs={}, total_frees={})",
+            "Stats(live_count={}, live_bytes={}, peak_bytes={}, total_allocs={}, total_frees={}{limit})",
             self.live_count, self.live_bytes, self.peak_bytes, self.total_allocs, self.total_frees
         )
     }
@@ -57,10 +75,57 @@ impl Stats {
     }
 }
 
-/// The process-wide counters: every allocation of every allocator.
+/// The process-wide counters: every allocation of every allocator, with
+/// the process-wide limit.
 #[pyfunction]
 pub fn stats() -> Stats {
-    Stats::from(GLOBAL.snapshot())
+    Stats::from(GLOBAL.snapshot()).with_limit(budget::process_limit())
+}
+
+/// A byte limit argument: an int (or an object with `__index__`, not a
+/// bool) from 0 to 2**64 - 2; `what` names it in errors.
+pub fn limit_arg(value: &Bound<'_, PyAny>, what: &str) -> PyResult<u64> {
+    let n: i128 = match value.extract() {
+        Ok(n) if !value.is_instance_of::<PyBool>() => n,
+        Err(_) if value.is_instance_of::<PyInt>() => {
+            return Err(PyOverflowError::new_err(format!("{what} is too large")))
+        }
+        _ => {
+            return Err(PyTypeError::new_err(format!(
+                "{what} must be an int number of bytes or None, not {}",
+                value
+                    .get_type()
+                    .name()
+                    .map(|n| n.to_string())
+                    .unwrap_or_default()
+            )))
+        }
+    };
+    if n < 0 {
+        return Err(PyValueError::new_err(format!(
+            "{what} must not be negative, got {n}"
+        )));
+    }
+    match u64::try_from(n) {
+        Ok(n) if n != budget::UNLIMITED => Ok(n),
+        _ => Err(PyOverflowError::new_err(format!(
+            "{what} {n} does not fit in 64 bits (use None for no limit)"
+        ))),
+    }
+}
+
+/// `rsalloc.set_limit(max_bytes)`: caps the live bytes of every rsalloc
+/// allocation in the process together; `set_limit(None)` lifts the cap.
+/// A request that would pass it raises MemoryError; nothing live is freed.
+#[pyfunction]
+pub fn set_limit(max_bytes: &Bound<'_, PyAny>) -> PyResult<()> {
+    let limit = if max_bytes.is_none() {
+        None
+    } else {
+        Some(limit_arg(max_bytes, "max_bytes")?)
+    };
+    budget::set_process_limit(limit);
+    Ok(())
 }
 
 /// Whether to turn on the cache of freed small blocks at import:
