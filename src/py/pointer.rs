@@ -354,29 +354,19 @@ impl Pointer {
         true
     }
 
-    /// `self[i] = v`. The value is converted before the write, and the block
-    /// checked again after: a conversion can run Python code (`__index__`,
-    /// `__float__`, an `__instancecheck__`) that frees the block.
+    /// `self[i] = v`. The value is converted before the block is checked
+    /// and held for the write: a conversion can run Python code
+    /// (`__index__`, `__float__`, an `__instancecheck__`) that frees the block.
     pub(crate) fn write(&self, py: Python<'_>, i: isize, v: &Bound<'_, PyAny>) -> PyResult<()> {
         let kind = self.ty.kind;
-        let _held = self.access().py(py, self)?;
-        let addr = self.elem_addr(i).py(py, self)?; // bounds and liveness first: IndexError before TypeError
+        self.elem_addr(i).py(py, self)?; // bounds and liveness first: IndexError before TypeError
         let value = match kind {
             Kind::Void => return Err(self.element_type_error()),
             Kind::Opaque => return self.write_instance(py, i, v),
             _ => to_value(kind, self.ty, v)?,
         };
-        // Exact ints, floats, bools and None convert without running Python
-        // code (the hot path); anything else may have freed the block.
-        let plain = v.is_exact_instance_of::<PyInt>()
-            || v.is_exact_instance_of::<PyFloat>()
-            || v.is_exact_instance_of::<PyBool>()
-            || v.is_none();
-        let addr = if plain {
-            addr
-        } else {
-            self.elem_addr(i).py(py, self)?
-        };
+        let _held = self.access().py(py, self)?;
+        let addr = self.elem_addr(i).py(py, self)?;
         // SAFETY: checked live and in bounds with no Python code run since.
         unsafe { kind.write(addr, value) };
         Ok(())
