@@ -401,6 +401,23 @@ def test_numpy_columns_transposes_and_reversed_arrays() -> None:
     )
 
 
+def test_empty_sources_copy_nothing() -> None:
+    run(
+        """
+        p = malloc(Uint8, 4)
+        p.write_bytes(b"abcd")
+        for src in (b"", bytearray(), memoryview(b"abc")[3:], memoryview(b"abc")[::-1][3:]):
+            p.write_bytes(src)
+            p.write_bytes(src, 4)
+            p.copy_from(src)
+            Pointer.from_address(p.address, Uint8).write_bytes(src)
+        assert p.read_bytes() == b"abcd"
+        print("ok")
+        """,
+        "ok",
+    )
+
+
 def test_overlapping_reversed_source_is_its_own_destination() -> None:
     # The source is the destination's memory, reversed: gathered first.
     run(

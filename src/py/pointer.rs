@@ -28,6 +28,10 @@ use std::fmt;
 /// pins the block like a buffer export: a racing free makes the block dead
 /// at once but its memory stays until the access ends. `--cfg
 /// rsalloc_pin_access` turns it on under the GIL too, to test it.
+///
+/// An access takes it after converting its arguments and runs no Python
+/// code while holding it; an operation that must run Python code between
+/// its check and its memory touch holds a [`Pinned`] instead.
 pub struct Access<'a> {
     #[cfg(any(Py_GIL_DISABLED, rsalloc_pin_access))]
     owner: &'a Owner,

@@ -56,6 +56,10 @@ impl Source {
     /// `dst` is writable for `self.len()` bytes; it may overlap the source.
     pub unsafe fn copy_to(&self, py: Python<'_>, dst: *mut u8) -> PyResult<()> {
         let len = self.len();
+        if len == 0 {
+            // An empty export may have no address at all.
+            return Ok(());
+        }
         let view: *const ffi::Py_buffer = &*self.view;
         // SAFETY: a buffer this Source holds exported.
         if unsafe { ffi::PyBuffer_IsContiguous(view, b'C' as _) } != 0 {
