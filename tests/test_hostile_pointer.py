@@ -645,6 +645,11 @@ def test_numpy_asarray_of_dead_and_live_pointers() -> None:
         r = arena(Float64, 4)
         arena.release_all()
         expect(UseAfterFreeError, lambda: np.asarray(r))
+        # asked for objects, numpy holds the Pointers themselves, dead or foreign
+        q = Pointer.from_address(4096, Int32)
+        objs = np.array([p, q, r], dtype=object)
+        assert objs.shape == (3,) and objs[0] is p and objs[1] is q and objs[2] is r
+        assert np.asarray(q, dtype=object)[()] is q
 
         # live: zero-copy, writable, right dtype and shape, and it pins
         p = malloc(Int32, BIG // 4)

@@ -608,7 +608,9 @@ impl Pointer {
     /// swallows the buffer protocol's error and would make an object array,
     /// but lets this one's through (UseAfterFreeError, NullPointerError,
     /// BufferError for an unknown length). For a live pointer, the array
-    /// is a zero-copy, writable view whose memoryview pins the block.
+    /// is a zero-copy, writable view whose memoryview pins the block. Asked
+    /// for objects (`numpy.array([p, q], dtype=object)`), it holds the
+    /// Pointer itself, whatever its memory.
     #[pyo3(signature = (dtype=None, copy=None))]
     fn __array__<'py>(
         slf: &Bound<'py, Self>,
@@ -616,6 +618,16 @@ impl Pointer {
         copy: Option<bool>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
+        if let Some(d) = dtype {
+            let np = py.import("numpy")?;
+            let kind = np.call_method1("dtype", (d,))?.getattr("kind")?;
+            if kind.eq("O")? {
+                let empty = PyTuple::empty(py);
+                let one = np.call_method1("empty", (&empty, "O"))?;
+                one.set_item(empty, slf)?;
+                return Ok(one);
+            }
+        }
         let mv = pyo3::types::PyMemoryView::from(slf.as_any())?;
         let kwargs = pyo3::types::PyDict::new(py);
         if let Some(d) = dtype {
