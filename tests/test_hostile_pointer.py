@@ -763,6 +763,7 @@ def test_view_of_known_count() -> None:
 
 
 def test_view_states_the_length_of_foreign_memory() -> None:
+    pytest.importorskip("numpy")
     run(
         """
         buf = (ctypes.c_int32 * 6)(0, 1, 2, 3, 4, 5)
