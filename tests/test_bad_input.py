@@ -182,7 +182,9 @@ ROWS: list[Row] = [
     # (2**63 is a valid usize: adopt cannot tell a bogus address, see docs/safety.md)
     *[(f"malloc.adopt({n}, Uint8, 1)", lambda c, n=n: malloc.adopt(n, Uint8, 1), OverflowError) for n in HUGE[1:]],
     *[(f"malloc.adopt({v!r}, Uint8, 1)", lambda c, v=v: malloc.adopt(v, Uint8, 1), TypeError)
-      for v in (1.5, "0x10", None)],
+      for v in (1.5, "0x10")],
+    # None is NULL in every address argument (DESIGN §3): adopting it is adopting 0.
+    ("malloc.adopt(None, Uint8, 1)", lambda c: malloc.adopt(None, Uint8, 1), NullPointerError),
     ("malloc.adopt(orphan, Uint8, -1)", lambda c: malloc.adopt(c.orphan, Uint8, -1), ValueError),
     ("malloc.adopt(orphan, Int32, 2**62)", lambda c: malloc.adopt(c.orphan, Int32, 2**62), OverflowError),
     ("malloc.adopt(orphan, Uint8, 2**64)", lambda c: malloc.adopt(c.orphan, Uint8, 2**64), OverflowError),
@@ -205,6 +207,7 @@ ROWS: list[Row] = [
     ("dead[-1]", lambda c: c.dead[-1], UseAfterFreeError),
     ("nullptr[0]", lambda c: nullptr[0], NullPointerError),
     ("from_address(0, Int32)[0]", lambda c: Pointer.from_address(0, Int32)[0], NullPointerError),
+    ("from_address(None, Int32)[0]", lambda c: Pointer.from_address(None, Int32)[0], NullPointerError),
     ("p.cast(Void)[0]", lambda c: c.p.cast(Void)[0], TypeError),
     ("unknown[-1]", lambda c: c.unknown[-1], IndexError),
     ("unknown[:]", lambda c: c.unknown[:], TypeError),
@@ -280,7 +283,8 @@ ROWS: list[Row] = [
     ("p.write_bytes(b'x', 1.5)", lambda c: c.p.write_bytes(b"x", 1.5), TypeError),
     *[(f"p.write_bytes({v!r})", lambda c, v=v: c.p.write_bytes(v), TypeError) for v in ("text", 42, None, [1])],
     ("dead.write_bytes(b'x')", lambda c: c.dead.write_bytes(b"x"), UseAfterFreeError),
-    ("unknown.write_bytes(b'x')", lambda c: c.unknown.write_bytes(b"x"), IndexError),
+    # An unknown count takes the stated length (DESIGN §3), within the address space only.
+    ("unknown.write_bytes(b'x', 2**63)", lambda c: c.unknown.write_bytes(b"x", 2**63), IndexError),
     *[(f"p.fill({v!r})", lambda c, v=v: c.p.fill(v), ValueError) for v in (256, -1, 2**64, -(2**200))],
     *[(f"p.fill({v!r})", lambda c, v=v: c.p.fill(v), TypeError) for v in (1.5, "a", None, b"a")],
     ("dead.fill(0)", lambda c: c.dead.fill(0), UseAfterFreeError),
@@ -294,7 +298,7 @@ ROWS: list[Row] = [
     # --- Pointer.from_address ---
     ("from_address(-1, Int32)", lambda c: Pointer.from_address(-1, Int32), ValueError),
     *[(f"from_address({n}, Int32)", lambda c, n=n: Pointer.from_address(n, Int32), OverflowError) for n in (2**64, 2**200)],
-    *[(f"from_address({v!r}, Int32)", lambda c, v=v: Pointer.from_address(v, Int32), TypeError) for v in (1.5, "0", None)],
+    *[(f"from_address({v!r}, Int32)", lambda c, v=v: Pointer.from_address(v, Int32), TypeError) for v in (1.5, "0")],
     ("from_address(raw, int)", lambda c: Pointer.from_address(c.raw, int), TypeError),
     ("from_address(raw, Int32, -1)", lambda c: Pointer.from_address(c.raw, Int32, -1), ValueError),
     ("from_address(raw, Int32, 1.5)", lambda c: Pointer.from_address(c.raw, Int32, 1.5), TypeError),

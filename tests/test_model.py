@@ -540,6 +540,10 @@ class RsallocModel(RuleBasedStateMachine):
         if b.state in ("detached", "c_freed") or v.offset != 0:
             self.misuse(OwnershipError, v.ptr.detach)
             return
+        if b.exports:
+            # The new owner could free it under the export (DESIGN §6).
+            self.misuse(BufferError, v.ptr.detach)
+            return
         assert v.ptr.detach() == b.address
         b.state = "detached"
         event("detached")

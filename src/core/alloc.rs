@@ -668,6 +668,21 @@ mod tests {
     }
 
     #[test]
+    fn detach_is_refused_while_exported_and_changes_nothing() {
+        let a = libc(false);
+        let r = a.allocate(array(8, 1, 1, None).unwrap(), None).unwrap();
+        r.pin().unwrap();
+        assert!(matches!(r.detach(r.addr()), Err(Error::Exported)));
+        assert_eq!(r.state(), State::Live);
+        assert_eq!(a.counters.snapshot().live_count, 1);
+        r.unpin();
+        assert_eq!(r.detach(r.addr()).unwrap(), r.addr());
+        assert_eq!(r.state(), State::Detached);
+        // SAFETY: detached from libc's malloc: C's free is its owner now.
+        unsafe { libc::free(r.addr() as *mut libc::c_void) };
+    }
+
+    #[test]
     fn realloc_moves_and_kills_the_old_record() {
         let c = libc(true);
         let r = c.allocate(array(4, 1, 1, None).unwrap(), None).unwrap();

@@ -80,7 +80,8 @@ pub enum Error {
     },
     /// Allocation or registration on a released arena (ArenaClosedError).
     ArenaClosed,
-    /// The block is exported through the buffer protocol and cannot move (BufferError).
+    /// The block is exported through the buffer protocol and cannot move or
+    /// change owner (BufferError).
     Exported,
     /// Guard bytes around a diagnostic block were overwritten (HeapCorruptionError).
     HeapCorruption(Corruption),
@@ -130,7 +131,7 @@ impl fmt::Display for Error {
             Error::ArenaClosed => write!(f, "the arena was released"),
             Error::Exported => write!(
                 f,
-                "the block is exported through the buffer protocol and cannot move"
+                "the block is exported through the buffer protocol and cannot move or change owner"
             ),
             Error::HeapCorruption(c) => {
                 write!(f, "heap corruption: guard bytes were overwritten (")?;

@@ -279,11 +279,14 @@ impl Record {
     /// Ownership leaves rsalloc, whoever owned the block (allocator or
     /// arena): it stays usable through its views but is no longer counted or
     /// freeable here. `addr` is the view asking; it must be the block's start.
+    /// Refused while exported: the new owner may free the memory at once,
+    /// under a memoryview or array that still looks into it.
     pub fn detach(&self, addr: usize) -> Result<usize> {
         let prev = self.update(|w| match decode(w) {
             State::Dead(d) => Err(Error::UseAfterFree(d)),
             State::Detached => Err(Error::Ownership(Ownership::Detached)),
             State::Live if addr != self.addr() => Err(Error::Ownership(Ownership::Interior)),
+            State::Live if w >> PIN_SHIFT != 0 => Err(Error::Exported),
             State::Live => Ok((w & !(STATE_MASK | IN_ARENA)) | DETACHED),
         })?;
         self.count_free(prev);

@@ -7,7 +7,7 @@ use super::errors::IntoPy;
 use super::pointer::{Owned, Owner, Pointer};
 use super::stats::Stats;
 use super::types::{self, TypeInfo};
-use super::values::usize_arg;
+use super::values::address_arg;
 use crate::core::alloc::{AllocCore, Libc, LIBC_GROUP};
 use crate::core::error::{Error, Ownership};
 use crate::core::layout::{self, Request};
@@ -200,7 +200,7 @@ pub(crate) fn adopt_request(
     r#type: &Bound<'_, PyAny>,
     count: i128,
 ) -> PyResult<(usize, &'static TypeInfo, Request)> {
-    let addr = usize_arg(address, "address")?;
+    let addr = address_arg(address)?;
     let ty = types::lookup(r#type)?;
     let sized = if ty.has_size() { ty } else { types::uint8(py)? };
     let req = request(py, who, sized, count, None)?;

@@ -102,9 +102,13 @@ impl PyBackend {
 
 /// The int an allocation function returned (one beyond i128 is no address either).
 fn address_value(name: &str, v: &Bound<'_, PyAny>, size: usize) -> Result<i128> {
+    // None is ctypes' NULL (a `c_void_p` result): out of memory, as 0 is.
+    if v.is_none() {
+        return Ok(0);
+    }
     if !v.is_instance_of::<PyInt>() || v.is_instance_of::<PyBool>() {
         return Err(external(PyTypeError::new_err(format!(
-            "{name}: the allocation function must return an int address (0 for out of memory), not {}",
+            "{name}: the allocation function must return an int address (0 or None for out of memory), not {}",
             v.get_type().name().map(|n| n.to_string()).unwrap_or_default()
         ))));
     }

@@ -8,6 +8,7 @@ pub mod fast;
 pub mod freelist;
 pub mod owner;
 pub mod pointer;
+pub mod source;
 pub mod stats;
 pub mod strings;
 pub mod tracemalloc;

@@ -7,8 +7,9 @@
 
 use super::errors::{to_py, IntoPy};
 pub use super::owner::{Owned, Owner};
+use super::source::Source;
 use super::types::{self, TypeInfo};
-use super::values::{exact_small_int, to_value, usize_arg};
+use super::values::{address_arg, exact_small_int, to_value, usize_arg};
 use crate::core::error::{Error, Ownership};
 use crate::core::record::State;
 use crate::core::record_ref::RecordRef;
@@ -27,6 +28,10 @@ use std::fmt;
 /// pins the block like a buffer export: a racing free makes the block dead
 /// at once but its memory stays until the access ends. `--cfg
 /// rsalloc_pin_access` turns it on under the GIL too, to test it.
+///
+/// An access takes it after converting its arguments and runs no Python
+/// code while holding it; an operation that must run Python code between
+/// its check and its memory touch holds a [`Pinned`] instead.
 pub struct Access<'a> {
     #[cfg(any(Py_GIL_DISABLED, rsalloc_pin_access))]
     owner: &'a Owner,
@@ -37,6 +42,20 @@ impl Drop for Access<'_> {
     fn drop(&mut self) {
         #[cfg(any(Py_GIL_DISABLED, rsalloc_pin_access))]
         self.owner.unpin();
+    }
+}
+
+/// Holds a block's memory, in every build, through an operation that runs
+/// Python code between its check and its last memory touch (building the
+/// elements of a slice, a codec error handler): a pin like a buffer
+/// export's. A free meanwhile makes the block dead at once, and its memory
+/// stays until the operation ends; the operation re-checks liveness after
+/// each piece of Python code.
+pub struct Pinned<'a>(&'a Owner);
+
+impl Drop for Pinned<'_> {
+    fn drop(&mut self) {
+        self.0.unpin();
     }
 }
 
@@ -137,6 +156,13 @@ impl Pointer {
         })
     }
 
+    /// Checks the view and pins its memory until the guard drops (see [`Pinned`]).
+    pub fn pinned(&self) -> Result<Pinned<'_>, Error> {
+        self.check()?;
+        self.owner.pin(self.addr)?;
+        Ok(Pinned(&self.owner))
+    }
+
     /// Ok when the view is alive (null views count as alive: nothing was freed).
     pub(crate) fn check_alive(&self) -> Result<(), Error> {
         self.owner.check_access(self.addr)
@@ -214,6 +240,26 @@ impl Pointer {
                 extent,
             }),
         }
+    }
+
+    /// A byte range the caller states (`read_bytes(n)`, `to_str(length)`,
+    /// the length of a copy's source): checked against the view where its
+    /// extent is known; on a view of unknown extent taken as stated, as
+    /// `ctypes.string_at(addr, n)` does, as long as it stays in the address space.
+    pub(crate) fn stated_range(&self, offset: usize, len: usize) -> Result<usize, Error> {
+        if self.extent != UNKNOWN {
+            return self.byte_range(offset, len);
+        }
+        self.check()?;
+        offset
+            .checked_add(len)
+            .filter(|&end| end <= isize::MAX as usize && self.addr.checked_add(end).is_some())
+            .map(|_| self.addr + offset)
+            .ok_or(Error::RangeOutOfBounds {
+                offset,
+                len,
+                extent: 0,
+            })
     }
 
     fn element_type_error(&self) -> PyErr {
@@ -312,29 +358,19 @@ impl Pointer {
         true
     }
 
-    /// `self[i] = v`. The value is converted before the write, and the block
-    /// checked again after: a conversion can run Python code (`__index__`,
-    /// `__float__`, an `__instancecheck__`) that frees the block.
+    /// `self[i] = v`. The value is converted before the block is checked
+    /// and held for the write: a conversion can run Python code
+    /// (`__index__`, `__float__`, an `__instancecheck__`) that frees the block.
     pub(crate) fn write(&self, py: Python<'_>, i: isize, v: &Bound<'_, PyAny>) -> PyResult<()> {
         let kind = self.ty.kind;
-        let _held = self.access().py(py, self)?;
-        let addr = self.elem_addr(i).py(py, self)?; // bounds and liveness first: IndexError before TypeError
+        self.elem_addr(i).py(py, self)?; // bounds and liveness first: IndexError before TypeError
         let value = match kind {
             Kind::Void => return Err(self.element_type_error()),
             Kind::Opaque => return self.write_instance(py, i, v),
             _ => to_value(kind, self.ty, v)?,
         };
-        // Exact ints, floats, bools and None convert without running Python
-        // code (the hot path); anything else may have freed the block.
-        let plain = v.is_exact_instance_of::<PyInt>()
-            || v.is_exact_instance_of::<PyFloat>()
-            || v.is_exact_instance_of::<PyBool>()
-            || v.is_none();
-        let addr = if plain {
-            addr
-        } else {
-            self.elem_addr(i).py(py, self)?
-        };
+        let _held = self.access().py(py, self)?;
+        let addr = self.elem_addr(i).py(py, self)?;
         // SAFETY: checked live and in bounds with no Python code run since.
         unsafe { kind.write(addr, value) };
         Ok(())
@@ -462,10 +498,14 @@ impl Pointer {
 
     fn __getitem__(&self, py: Python<'_>, idx: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
         if let Ok(s) = idx.cast::<PySlice>() {
+            // The bounds ran the slice's __index__ methods; building the
+            // elements may run more Python code (from_buffer of an aggregate,
+            // a collection): pinned, and re-checked before every element.
             let (start, step, len) = self.slice_bounds(py, s)?;
-            let _held = self.access().py(py, self)?;
+            let _held = self.pinned().py(py, self)?;
             let items = PyList::empty(py);
             for k in 0..len as isize {
+                self.check().py(py, self)?;
                 let i = start + k * step;
                 items.append(self.read(py, self.addr + i as usize * self.ty.size)?)?;
             }
@@ -546,10 +586,91 @@ impl Pointer {
     }
 
     fn __add__(&self, py: Python<'_>, n: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
-        if !n.is_instance_of::<PyInt>() {
-            return Ok(py.NotImplemented());
+        match offset_operand(n)? {
+            Some(n) => Ok(Py::new(py, self.offset_by(py, n)?)?.into_any()),
+            None => Ok(py.NotImplemented()),
         }
-        Ok(Py::new(py, self.offset_by(py, n.extract()?)?)?.into_any())
+    }
+
+    /// `n + p`, as C allows.
+    fn __radd__(&self, py: Python<'_>, n: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        self.__add__(py, n)
+    }
+
+    /// numpy defers its operators to Pointer's (`np.int64(2) + p` is
+    /// `p.__radd__`, a Pointer), rather than making an array of `p`.
+    #[classattr]
+    fn __array_ufunc__(py: Python<'_>) -> Py<PyAny> {
+        py.None()
+    }
+
+    /// For `numpy.asarray(p)` of a pointer whose buffer fails: numpy
+    /// swallows the buffer protocol's error and would make an object array,
+    /// but lets this one's through (UseAfterFreeError, NullPointerError,
+    /// BufferError for an unknown length). For a live pointer, the array
+    /// is a zero-copy, writable view whose memoryview pins the block. Asked
+    /// for objects (`numpy.array([p, q], dtype=object)`), it holds the
+    /// Pointer itself, whatever its memory.
+    #[pyo3(signature = (dtype=None, copy=None))]
+    fn __array__<'py>(
+        slf: &Bound<'py, Self>,
+        dtype: Option<&Bound<'py, PyAny>>,
+        copy: Option<bool>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        if let Some(d) = dtype {
+            let np = py.import("numpy")?;
+            let kind = np.call_method1("dtype", (d,))?.getattr("kind")?;
+            if kind.eq("O")? {
+                let empty = PyTuple::empty(py);
+                let one = np.call_method1("empty", (&empty, "O"))?;
+                one.set_item(empty, slf)?;
+                return Ok(one);
+            }
+        }
+        let mv = pyo3::types::PyMemoryView::from(slf.as_any())?;
+        let kwargs = pyo3::types::PyDict::new(py);
+        if let Some(d) = dtype {
+            kwargs.set_item("dtype", d)?;
+        }
+        if let Some(c) = copy {
+            kwargs.set_item("copy", c)?;
+        }
+        py.import("numpy")?
+            .getattr("asarray")?
+            .call((mv,), Some(&kwargs))
+    }
+
+    /// A view of `count` elements from element `start` of the same memory
+    /// (count None: to the end). Bounds-checked where the count is known;
+    /// on a view of unknown count, it states the length.
+    #[pyo3(name = "view", signature = (start=None, count=None))]
+    fn view_of(
+        &self,
+        py: Python<'_>,
+        start: Option<&Bound<'_, PyAny>>,
+        count: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Pointer> {
+        let start = start.map_or(Ok(0), |s| usize_arg(s, "start"))?;
+        let count = count.map(|c| usize_arg(c, "count")).transpose()?;
+        let size = self.ty.size.max(1);
+        let at = self.offset_by(py, isize::try_from(start).unwrap_or(isize::MAX))?;
+        let Some(count) = count else {
+            return Ok(at);
+        };
+        let bytes = count
+            .checked_mul(size)
+            .filter(|&n| n <= isize::MAX as usize && at.addr.checked_add(n).is_some());
+        match (bytes, at.extent()) {
+            (Some(n), None) => Ok(self.view(at.addr, self.ty, Some(n))),
+            (Some(n), Some(e)) if n <= e => Ok(self.view(at.addr, self.ty, Some(n))),
+            (_, Some(_)) => Err(PyIndexError::new_err(format!(
+                "view of {count} elements from {start} outside {self}"
+            ))),
+            (None, None) => Err(PyOverflowError::new_err(
+                "count × size overflows the address space",
+            )),
+        }
     }
 
     /// A view n elements further in the same allocation (0 <= n <= count).
@@ -583,12 +704,26 @@ impl Pointer {
                 )))
             }
         };
+        // Arguments first: `length.__index__` may free the block.
+        let length = length.map(|l| usize_arg(l, "length")).transpose()?;
+        // NULL means "strict" to CPython's decoders: no C string to build.
+        let errors = match errors {
+            "strict" => None,
+            e => Some(
+                std::ffi::CString::new(e).map_err(|_| PyValueError::new_err("bad errors value"))?,
+            ),
+        };
+        // Any other handler may be a Python function, run by the decoder
+        // while it reads: the memory is pinned for it.
+        let _pinned = match errors {
+            Some(_) => Some(self.pinned().py(py, self)?),
+            None => None,
+        };
         self.check().py(py, self)?;
         let _held = self.access().py(py, self)?;
         let units = match length {
             Some(l) => {
-                let l = usize_arg(l, "length")?;
-                self.byte_range(
+                self.stated_range(
                     0,
                     l.checked_mul(unit)
                         .ok_or_else(|| PyOverflowError::new_err("length too large"))?,
@@ -599,13 +734,6 @@ impl Pointer {
             // SAFETY: the scan stays inside the view when its count is known;
             // a foreign view of unknown length is scanned like C's strlen.
             None => unsafe { nul_position(self.addr, unit, self.count()) },
-        };
-        // NULL means "strict" to CPython's decoders: no C string to build.
-        let errors = match errors {
-            "strict" => None,
-            e => Some(
-                std::ffi::CString::new(e).map_err(|_| PyValueError::new_err("bad errors value"))?,
-            ),
         };
         let errors = errors.as_ref().map_or(std::ptr::null(), |e| e.as_ptr());
         // SAFETY: [addr, addr + units*unit) was checked above.
@@ -627,7 +755,10 @@ impl Pointer {
             }
         };
         // SAFETY: a new reference or NULL with an exception set.
-        unsafe { Bound::from_owned_ptr_or_err(py, s) }.map(Bound::unbind)
+        let s = unsafe { Bound::from_owned_ptr_or_err(py, s) }?;
+        // A handler that freed the block made the rest of the text stale.
+        self.check().py(py, self)?;
+        Ok(s.unbind())
     }
 
     /// The view's bytes (or the first n) as bytes.
@@ -644,8 +775,8 @@ impl Pointer {
                 .ok_or_else(|| PyTypeError::new_err(format!("read_bytes() of {}: pass n", self)))?,
         };
         let _held = self.access().py(py, self)?;
-        let addr = self.byte_range(0, n).py(py, self)?;
-        // SAFETY: checked range.
+        let addr = self.stated_range(0, n).py(py, self)?;
+        // SAFETY: checked range (or stated on a view of unknown length).
         Ok(pyo3::types::PyBytes::new(py, unsafe {
             std::slice::from_raw_parts(addr as *const u8, n)
         })
@@ -660,16 +791,14 @@ impl Pointer {
         data: &Bound<'_, PyAny>,
         offset: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
+        // Arguments first (`__index__`, `__buffer__` may free the block).
         let offset = offset.map_or(Ok(0), |o| usize_arg(o, "offset"))?;
-        let src = pyo3::buffer::PyBuffer::<u8>::get(data)
-            .or_else(|_| bytes_buffer(data))
-            .map_err(|_| PyTypeError::new_err("write_bytes() takes a bytes-like object"))?;
-        let len = src.len_bytes();
+        let src = Source::get(data, "write_bytes() takes a bytes-like object")?;
         let _held = self.access().py(py, self)?;
-        let dst = self.byte_range(offset, len).py(py, self)?;
-        // SAFETY: checked destination; the source buffer is held for the copy.
-        unsafe { std::ptr::copy(src.buf_ptr() as *const u8, dst as *mut u8, len) };
-        Ok(())
+        let dst = self.stated_range(offset, src.len()).py(py, self)?;
+        // SAFETY: checked destination (or stated by the source's length on a
+        // view of unknown length); the source is held for the copy.
+        unsafe { src.copy_to(py, dst as *mut u8) }
     }
 
     /// Sets every byte of the view to `byte`.
@@ -702,19 +831,14 @@ impl Pointer {
             let held = p.access().py(py, p)?;
             (p.byte_range(0, n).py(py, p)?, n, held)
         } else {
-            let buf = pyo3::buffer::PyBuffer::<u8>::get(src)
-                .or_else(|_| bytes_buffer(src))
-                .map_err(|_| {
-                    PyTypeError::new_err("copy_from() takes a Pointer or a bytes-like object")
-                })?;
+            let buf = Source::get(src, "copy_from() takes a Pointer or a bytes-like object")?;
             let _held = self.access().py(py, self)?;
-            let dst = self.byte_range(0, buf.len_bytes()).py(py, self)?;
-            // SAFETY: checked destination; buffer held for the copy; memmove semantics.
-            unsafe { std::ptr::copy(buf.buf_ptr() as *const u8, dst as *mut u8, buf.len_bytes()) };
-            return Ok(());
+            let dst = self.stated_range(0, buf.len()).py(py, self)?;
+            // SAFETY: checked destination (as in write_bytes); buffer held for the copy.
+            return unsafe { buf.copy_to(py, dst as *mut u8) };
         };
         let _held = self.access().py(py, self)?;
-        let dst = self.byte_range(0, len).py(py, self)?;
+        let dst = self.stated_range(0, len).py(py, self)?;
         // SAFETY: both ranges checked; `copy` allows overlap.
         unsafe { std::ptr::copy(from as *const u8, dst as *mut u8, len) };
         Ok(())
@@ -767,7 +891,7 @@ impl Pointer {
         r#type: &Bound<'_, PyAny>,
         count: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Pointer> {
-        let addr = usize_arg(address, "address")?;
+        let addr = address_arg(address)?;
         let ty = types::lookup(r#type)?;
         let extent = match count {
             None => None,
@@ -957,7 +1081,9 @@ fn free_shape(shape: *mut isize) {
 
 impl Pointer {
     fn offset_by(&self, py: Python<'_>, n: isize) -> PyResult<Pointer> {
-        self.check_alive().py(py, self)?;
+        // Arithmetic on NULL is refused (DESIGN §3): `(q + 1)[0]` of a NULL
+        // `q` would otherwise read address 4.
+        self.check().py(py, self)?;
         let size = self.ty.size.max(1);
         let limit = self.count().or(self.extent());
         let ok = n >= 0 && limit.is_none_or(|c| n as usize <= c);
@@ -977,11 +1103,20 @@ impl Pointer {
     }
 }
 
-/// A byte buffer over any bytes-like object (e.g. a memoryview of another format).
-fn bytes_buffer(data: &Bound<'_, PyAny>) -> PyResult<pyo3::buffer::PyBuffer<u8>> {
-    let mv = pyo3::types::PyMemoryView::from(data)?;
-    let cast = mv.call_method1("cast", ("B",))?;
-    pyo3::buffer::PyBuffer::<u8>::get(&cast)
+/// The element offset `n` of `p + n` / `n + p`: an int, or an integer from
+/// elsewhere (a numpy integer, anything with `__index__` but a float); None
+/// for anything else, which is NotImplemented.
+fn offset_operand(n: &Bound<'_, PyAny>) -> PyResult<Option<isize>> {
+    if let Some(i) = exact_small_int(n) {
+        return Ok(Some(
+            isize::try_from(i).map_err(|_| PyOverflowError::new_err("offset out of range"))?,
+        ));
+    }
+    // SAFETY: a plain object pointer; PyIndex_Check reads its type's slot.
+    if n.is_instance_of::<PyInt>() || unsafe { ffi::PyIndex_Check(n.as_ptr()) } != 0 {
+        return n.extract().map(Some);
+    }
+    Ok(None)
 }
 
 /// The index of the first NUL unit, scanning at most `limit` units.

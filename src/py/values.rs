@@ -9,7 +9,8 @@ use crate::core::types::{Kind, Value};
 use pyo3::exceptions::{PyOverflowError, PyTypeError, PyValueError};
 use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyFloat, PyInt};
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBool, PyFloat, PyInt, PyType};
 use std::fmt;
 
 /// Converts a Python value for a slot of `kind`, checking kind and range.
@@ -31,6 +32,9 @@ pub(crate) fn to_value(kind: Kind, ty: &TypeInfo, v: &Bound<'_, PyAny>) -> PyRes
         Kind::Bool => {
             if let Ok(b) = v.cast::<PyBool>() {
                 return Ok(Value::Bool(b.is_true()));
+            }
+            if let Some(b) = numpy_bool(v) {
+                return Ok(Value::Bool(b));
             }
             if v.is_instance_of::<PyFloat>() {
                 return Err(wrong_kind(ty, v, "a bool"));
@@ -74,6 +78,9 @@ pub(crate) fn to_value(kind: Kind, ty: &TypeInfo, v: &Bound<'_, PyAny>) -> PyRes
             if v.is_instance_of::<PyFloat>() {
                 return Err(wrong_kind(ty, v, "an int"));
             }
+            if let Some(b) = numpy_bool(v) {
+                return Ok(Value::Int(i64::from(b)));
+            }
             if hi > i64::MAX as i128 {
                 let u = v
                     .extract::<u64>()
@@ -106,6 +113,27 @@ pub(crate) fn exact_small_int(v: &Bound<'_, PyAny>) -> Option<i64> {
     // SAFETY: v is an exact int, for which this call cannot fail.
     let i = unsafe { ffi::PyLong_AsLongLongAndOverflow(v.as_ptr(), &mut overflow) };
     (overflow == 0).then_some(i)
+}
+
+/// The value of a numpy bool, which, unlike Python's, is no int (it has no
+/// `__index__`) but is stored as Python's bool is. None for anything else,
+/// and before numpy is imported (no numpy bool exists then).
+fn numpy_bool(v: &Bound<'_, PyAny>) -> Option<bool> {
+    static NP_BOOL: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+    let py = v.py();
+    let cls = match NP_BOOL.get(py) {
+        Some(c) => c,
+        None => {
+            let modules = py.import("sys").ok()?.getattr("modules").ok()?;
+            let np = modules.get_item("numpy").ok()?;
+            let cls = np.getattr("bool_").ok()?.cast_into::<PyType>().ok()?;
+            NP_BOOL.get_or_init(py, || cls.unbind())
+        }
+    };
+    // Exact: a subclass could define its own conversions.
+    v.is_exact_instance(cls.bind(py))
+        .then(|| v.is_truthy().ok())
+        .flatten()
 }
 
 fn has_float(v: &Bound<'_, PyAny>) -> bool {
@@ -144,6 +172,15 @@ pub fn usize_arg(v: &Bound<'_, PyAny>, what: &str) -> PyResult<usize> {
         )));
     }
     usize::try_from(i).map_err(|_| PyOverflowError::new_err(format!("{what} {i} is too large")))
+}
+
+/// An address argument: a non-negative int, or None for NULL (as ctypes
+/// gives a `c_void_p` result of NULL).
+pub fn address_arg(v: &Bound<'_, PyAny>) -> PyResult<usize> {
+    if v.is_none() {
+        return Ok(0);
+    }
+    usize_arg(v, "address")
 }
 
 /// Reading a CPython int of one or two digits straight from the object:

@@ -23,6 +23,9 @@ def ints() -> int:
     assert_type(p[1:3], list[int])
     q = p + 1
     assert_type(q, Pointer[Int32])
+    assert_type(1 + p, Pointer[Int32])
+    assert_type(p.view(1, 2), Pointer[Int32])
+    assert_type(Pointer.from_address(None, Int32), Pointer[Int32])
     free(p)
     return x
 

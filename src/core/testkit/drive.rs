@@ -179,10 +179,12 @@ pub fn records(data: &[u8]) {
                 if let Some(s) = &mut slots[k] {
                     let addr = s.rec.addr() + interior as usize;
                     match (s.rec.detach(addr), s.shadow) {
-                        (Ok(x), Shadow::Live) if !interior => {
+                        (Ok(x), Shadow::Live) if !interior && s.pins == 0 => {
                             assert_eq!(x, s.rec.addr());
                             s.shadow = Shadow::Detached;
                         }
+                        // An export would outlive the new owner's free.
+                        (Err(Error::Exported), Shadow::Live) if !interior && s.pins > 0 => {}
                         (Err(Error::UseAfterFree(_)), Shadow::Dead) => {}
                         (Err(Error::Ownership(Ownership::Detached)), Shadow::Detached) => {}
                         (Err(Error::Ownership(Ownership::Interior)), Shadow::Live) if interior => {}

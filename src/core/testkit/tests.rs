@@ -235,7 +235,11 @@ fn threads_racing_one_record_end_it_exactly_once() {
                                 },
                                 3 => match r.detach(r.addr()) {
                                     Ok(_) => drop(wins.detach.fetch_add(1, SeqCst)),
-                                    Err(Error::UseAfterFree(_) | Error::Ownership(_)) => {}
+                                    Err(
+                                        Error::UseAfterFree(_)
+                                        | Error::Ownership(_)
+                                        | Error::Exported,
+                                    ) => {}
                                     Err(e) => panic!("detach: {e}"),
                                 },
                                 4 => match r.set_autofree() {
