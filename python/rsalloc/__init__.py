@@ -20,6 +20,7 @@ from ._errors import (
     UseAfterFreeError,
 )
 from ._rsalloc import (
+    __version__,
     Allocator,
     Arena,
     ForeignAllocator,
@@ -63,8 +64,6 @@ from ._types import (
 
 from . import tracking
 from .tracking import LeakRecord, leak_check, leak_report, leaks
-
-__version__ = "0.1.0"
 
 __all__ = [
     "Allocator",

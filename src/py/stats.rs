@@ -20,7 +20,9 @@ pub struct Stats {
     pub live_bytes: u64,
     /// The highest live_bytes seen.
     pub peak_bytes: u64,
+    /// Allocations counted so far, freed or not.
     pub total_allocs: u64,
+    /// Allocations freed or released so far.
     pub total_frees: u64,
 }
 
