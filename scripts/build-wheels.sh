@@ -15,8 +15,8 @@
 # build runs on a clean copy of the working tree (tracked and untracked files,
 # nothing .gitignore'd: no stale extension from `maturin develop`, no target/),
 # with its cargo target directory cached in target/wheels so a second run is
-# incremental (the build logs are kept there too). Needs git, a Rust toolchain and network access to the package
-# index (or a pip cache holding the pinned tools).
+# incremental (the build logs are kept there too). Needs git, a Rust
+# toolchain and the package index (or a pip cache holding the pinned tools).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -146,6 +146,12 @@ if [ -z "${NO_SDIST:-}" ]; then
     (cd "$SRC" && maturin sdist --out "$WORK/sdist") >"$CARGO_TARGET_DIR/sdist.log" 2>&1 ||
         { cat "$CARGO_TARGET_DIR/sdist.log" >&2; exit 1; }
     sdist=$(ls "$WORK/sdist"/*.tar.gz)
+    # pip builds the sdist with .cargo/config.toml's PyO3 cfgs only if it ships.
+    tar -tzf "$sdist" >"$WORK/sdist.list"
+    for f in .cargo/config.toml LICENSE Cargo.lock; do
+        grep -qx "[^/]*/$f" "$WORK/sdist.list" ||
+            { echo "build-wheels: the sdist lacks $f" >&2; exit 1; }
+    done
     cp "$sdist" "$OUT/"
     echo "== sdist: $(basename "$sdist") ($(since "$T0"))"
 fi

@@ -17,17 +17,19 @@ PY=${1:-python3}
 START=$(date +%s.%N)
 since() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f s", b - a }'; }
 
-tag=$("$PY" -c 'import sys, sysconfig
+# Wheel tags: python cp3XY, abi cp3XY (cp3XYt for a free-threaded build).
+read -r pytag abitag < <("$PY" -c 'import sys, sysconfig
 t = "t" if sysconfig.get_config_var("Py_GIL_DISABLED") else ""
-print(f"cp{sys.version_info[0]}{sys.version_info[1]}{t}")')
+v = f"cp{sys.version_info[0]}{sys.version_info[1]}"
+print(v, v + t)')
 if [ $# -ge 2 ]; then
     WHEEL=$(realpath "$2")
 else
     shopt -s nullglob
-    found=("$REPO"/dist/rsalloc-*-"$tag"-"$tag"-*.whl)
+    found=("$REPO"/dist/rsalloc-*-"$pytag"-"$abitag"-*.whl)
     shopt -u nullglob
     if [ ${#found[@]} -ne 1 ]; then
-        echo "test-wheel: want one $tag wheel in dist/, found ${#found[@]} (run scripts/build-wheels.sh $PY)" >&2
+        echo "test-wheel: want one $pytag-$abitag wheel in dist/, found ${#found[@]} (run scripts/build-wheels.sh $PY)" >&2
         exit 1
     fi
     WHEEL=${found[0]}
@@ -51,8 +53,10 @@ done
 
 T0=$(date +%s.%N)
 "$PY" -m venv "$WORK/venv"
-VPY=$WORK/venv/bin/python
-export PATH="$WORK/venv/bin:$PATH"
+VBIN=$WORK/venv/bin
+[ -d "$VBIN" ] || VBIN=$WORK/venv/Scripts  # Windows
+VPY=$VBIN/python
+export PATH="$VBIN:$PATH"
 "$VPY" -m pip install -q --disable-pip-version-check --only-binary :all: "$WHEEL[test]"
 SITE=$("$VPY" -c 'import sysconfig; print(sysconfig.get_path("platlib"))')
 echo "== installed into $SITE ($(since "$T0"))"
@@ -81,7 +85,10 @@ echo "== demo: ok ($(since "$T0"))"
 T0=$(date +%s.%N)
 echo "== the suite against the installed package"
 # shellcheck disable=SC2086
-RSALLOC_INSTALLED_IN=$SITE RSALLOC_SOURCE_TREE=$WORK/src \
+# The platform tag tests/test_installed_wheel.py expects in the wheel's
+# WHEEL file: this script's builds are manylinux_2_17; "" skips that check.
+: "${RSALLOC_WHEEL_PLATFORM=manylinux_2_17_$(uname -m)}"
+RSALLOC_INSTALLED_IN=$SITE RSALLOC_SOURCE_TREE=$WORK/src RSALLOC_WHEEL_PLATFORM=$RSALLOC_WHEEL_PLATFORM \
     "$VPY" -m pytest -q -p no:cacheprovider --rootdir "$WORK/src/tests" "$WORK/src/tests" ${PYTEST_ARGS:-}
 echo "== suite: ok ($(since "$T0"))"
 echo "== test-wheel: $(basename "$WHEEL") passed in $(since "$START")"

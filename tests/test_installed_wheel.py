@@ -1,8 +1,9 @@
 """When scripts/test-wheel.sh runs the suite against an installed wheel, it
 sets RSALLOC_INSTALLED_IN to the environment's site-packages: then the
 package the suite imports must be that one (not a source tree), carry its
-stubs and license, and its extension must be the manylinux wheel's (no
-rpath, no libpython). Elsewhere these tests are skipped."""
+stubs and license, its tags must match the interpreter (and the platform
+in RSALLOC_WHEEL_PLATFORM), and on Linux its extension must have no rpath
+and need no libpython. Elsewhere these tests are skipped."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -43,12 +45,18 @@ def test_the_wheel_carries_stubs_marker_and_license() -> None:
     assert "Programming Language :: Rust" in meta.get_all("Classifier", [])
     files = [str(f) for f in dist.files or []]
     assert any(f.endswith("licenses/LICENSE") or f.endswith("/LICENSE") for f in files), files
-    tag = f"cp{sys.version_info[0]}{sys.version_info[1]}"
     wheel = (Path(str(dist.locate_file(""))) / f"rsalloc-{dist.version}.dist-info" / "WHEEL").read_text()
-    assert f"Tag: {tag}-{tag}-manylinux_2_17_x86_64" in wheel, wheel
+    py = f"cp{sys.version_info[0]}{sys.version_info[1]}"
+    abi = py + ("t" if sysconfig.get_config_var("Py_GIL_DISABLED") else "")
+    assert f"Tag: {py}-{abi}-" in wheel, wheel
+    platform = os.environ.get("RSALLOC_WHEEL_PLATFORM")
+    if platform:
+        assert f"Tag: {py}-{abi}-{platform}" in wheel, wheel
 
 
-@pytest.mark.skipif(shutil.which("readelf") is None, reason="readelf is not installed")
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or shutil.which("readelf") is None, reason="an ELF check (Linux, readelf)"
+)
 def test_the_extension_has_no_rpath_and_no_libpython() -> None:
     dyn = subprocess.run(["readelf", "-d", str(_rsalloc.__file__)], capture_output=True, text=True, check=True)
     assert "RPATH" not in dyn.stdout and "RUNPATH" not in dyn.stdout, dyn.stdout
