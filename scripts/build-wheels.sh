@@ -39,7 +39,7 @@ candidates=()
 if [ $# -gt 0 ]; then
     candidates=("$@")
 else
-    for p in "$HOME"/.pyenv/versions/*/bin/python3.[0-9]*; do
+    for p in "$HOME"/.pyenv/versions/*/bin/python3.[0-9] "$HOME"/.pyenv/versions/*/bin/python3.[0-9][0-9]{,t}; do
         [ -x "$p" ] && candidates+=("$p")
     done
     IFS=: read -r -a path_dirs <<<"$PATH"
@@ -57,8 +57,14 @@ if sys.implementation.name == "cpython" and sys.version_info >= (3, 11):
     print(f"cp{sys.version_info[0]}{sys.version_info[1]}{t}", sys.executable)'
 declare -A by_tag=()
 for c in "${candidates[@]}"; do
-    line=$("$c" -c "$probe" 2>/dev/null) || continue
-    [ -n "$line" ] || continue
+    line=$("$c" -c "$probe" 2>/dev/null) || line=
+    if [ -z "$line" ]; then
+        if [ $# -gt 0 ]; then
+            echo "build-wheels: $c is not a CPython >= 3.11" >&2
+            exit 1
+        fi
+        continue
+    fi
     tag=${line%% *}
     [ -n "${by_tag[$tag]:-}" ] || by_tag[$tag]=${line#* }
 done

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs a built wheel into a fresh virtual environment with no Rust
 # toolchain reachable, then runs `python -m rsalloc demo` and the test suite
-# against the installed package (a copy of tests/ and examples/ in a
-# temporary directory: no source tree on sys.path).
+# against the installed package (a copy of tests/, examples/ and the
+# manifests in a temporary directory: no package source on sys.path).
 #
 #   scripts/test-wheel.sh [PYTHON [WHEEL]]
 #
@@ -64,6 +64,9 @@ echo "== installed into $SITE ($(since "$T0"))"
 mkdir -p "$WORK/src" "$WORK/run"
 cp -r "$REPO/tests" "$WORK/src/tests"
 [ -d "$REPO/examples" ] && cp -r "$REPO/examples" "$WORK/src/examples"
+# The manifests too, so tests/test_version.py compares the installed version
+# with Cargo.toml's; python/ stays behind (nothing to import from here).
+cp "$REPO/Cargo.toml" "$REPO/pyproject.toml" "$REPO/LICENSE" "$WORK/src/"
 find "$WORK/src" -name __pycache__ -prune -exec rm -rf {} +
 cd "$WORK/run"
 
