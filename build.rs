@@ -1,6 +1,9 @@
 // `cargo test` links the test binaries against libpython; the rpath makes the
 // loader pick the interpreter PyO3 was configured for (pyenv's), not the
-// distribution's libpython that sits in the loader cache. `use_pyo3_cfgs`
+// distribution's libpython that sits in the loader cache. A wheel's
+// extension gets neither: maturin sets PYO3_BUILD_EXTENSION_MODULE, under
+// which PyO3 links no libpython and this adds no rpath (scripts/build-wheels.sh
+// checks the built extension with readelf and auditwheel). `use_pyo3_cfgs`
 // gives this crate PyO3's cfgs (`Py_GIL_DISABLED` on a free-threaded
 // interpreter). Without the `python` feature (the pure core) there is
 // nothing to link.

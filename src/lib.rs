@@ -41,6 +41,9 @@ mod _rsalloc {
     #[pymodule_init]
     fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
         let py = m.py();
+        // Cargo.toml's version is the one version (pyproject.toml takes it
+        // from there too); `rsalloc.__version__` is this.
+        m.add("__version__", env!("CARGO_PKG_VERSION"))?;
         // SAFETY: with a GIL, every call into rsalloc and every drop of its
         // objects holds it; rsalloc releases it nowhere, and user code that
         // does (a Python-defined allocator's methods) runs only in the core's

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+# examples/ beside tests/, or under $RSALLOC_SOURCE_TREE when the tests run
+# from elsewhere (against an installed wheel).
+_tree = os.environ.get("RSALLOC_SOURCE_TREE")
+EXAMPLES = (Path(_tree) if _tree else Path(__file__).resolve().parent.parent) / "examples"
+pytestmark = pytest.mark.skipif(
+    not EXAMPLES.is_dir(), reason=f"no examples/ at {EXAMPLES} (set RSALLOC_SOURCE_TREE to the source tree)"
+)
 
 
 def run(name: str) -> str:

@@ -69,8 +69,6 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
 
 
-__version__ = "0.1.0"
-
 __all__ = [
     "Allocator",
     "Arena",
@@ -132,4 +130,5 @@ __all__ = [
 # and a run that does not ask for the plugin must not load native code
 # (docs/decisions.md). The first lookup binds them all in this module, so
 # later ones are plain attribute lookups. Type checkers read __init__.pyi.
-_EXTENSION_NAMES = frozenset(__all__).difference(globals())
+# `__version__` is the extension's (from Cargo.toml, the one place it is written).
+_EXTENSION_NAMES = frozenset(__all__).union({"__version__"}).difference(globals())

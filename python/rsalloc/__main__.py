@@ -7,6 +7,7 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m rsalloc COMMAND``: parses ``argv`` and runs the command; returns the exit status."""
     parser = argparse.ArgumentParser(
         prog="python -m rsalloc",
         description="rsalloc: explicit, checked native memory for Python.",

@@ -50,58 +50,86 @@ class Floating(NativeType):
 
 
 class Int8(Integer):
+    """C ``int8_t``: 1-byte signed integers (-2**7 .. 2**7 - 1)."""
+
     _kind_ = "I8"
 
 
 class Int16(Integer):
+    """C ``int16_t``: 2-byte signed integers."""
+
     _kind_ = "I16"
 
 
 class Int32(Integer):
+    """C ``int32_t``: 4-byte signed integers."""
+
     _kind_ = "I32"
 
 
 class Int64(Integer):
+    """C ``int64_t``: 8-byte signed integers."""
+
     _kind_ = "I64"
 
 
 class Uint8(Integer):
+    """C ``uint8_t``: bytes (0 .. 255); the element type of C strings and raw allocations."""
+
     _kind_ = "U8"
 
 
 class Uint16(Integer):
+    """C ``uint16_t``: 2-byte unsigned integers; the element type of UTF-16 strings."""
+
     _kind_ = "U16"
 
 
 class Uint32(Integer):
+    """C ``uint32_t``: 4-byte unsigned integers."""
+
     _kind_ = "U32"
 
 
 class Uint64(Integer):
+    """C ``uint64_t``: 8-byte unsigned integers."""
+
     _kind_ = "U64"
 
 
 class Float32(Floating):
+    """C ``float``: 4-byte IEEE 754 floats (``Float`` is the same class)."""
+
     _kind_ = "F32"
 
 
 class Float64(Floating):
+    """C ``double``: 8-byte IEEE 754 floats (``Double`` is the same class)."""
+
     _kind_ = "F64"
 
 
 class Bool(NativeType):
+    """C ``bool`` (``_Bool``): one byte, elements are ``True``/``False``."""
+
     _kind_ = "Bool"
 
 
 class IntPtr(Integer):
+    """C ``intptr_t``: a signed integer the size of a pointer."""
+
     _kind_ = "IntPtr"
 
 
 class Size(Integer):
+    """C ``size_t``: an unsigned integer the size of a pointer."""
+
     _kind_ = "Size"
 
 
 class Void(NativeType):
+    """C ``void``: the type of an untyped pointer (``nullptr``, ``void *``); it has no elements to index, ``cast`` it first."""
+
     _kind_ = "Void"
 
 

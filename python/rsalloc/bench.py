@@ -55,6 +55,8 @@ class Cell:
 
 @dataclass
 class Row:
+    """One benchmark of a job: its cells, one per implementation measured."""
+
     job: str
     name: str
     cells: list[Cell]
@@ -416,6 +418,9 @@ def run(
     quick: bool = False,
     processes: int = 1,
 ) -> int:
+    """``python -m rsalloc bench``: runs ``jobs`` (all by default), ``repeats``
+    times each in each of ``processes`` processes, and prints the table (or
+    JSON); returns the exit status."""
     wanted = jobs or list(JOBS)
     unknown = [j for j in wanted if j not in JOBS and j != "g"]
     if unknown:

@@ -27,6 +27,7 @@ def _step(title: str, result: object) -> None:
 
 
 def run() -> int:
+    """Runs the tour (``python -m rsalloc demo``) and returns the exit status."""
     # Record every allocation of the tour, so the report at the end can name
     # the line of anything left behind.
     rsalloc.tracking.enable(frames=4)

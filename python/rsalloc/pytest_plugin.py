@@ -19,6 +19,7 @@ from ._constants import DEFAULT_FRAMES
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
+    """Adds ``--rsalloc-leaks`` and ``--rsalloc-frames``."""
     group = parser.getgroup("rsalloc", "rsalloc native memory")
     group.addoption(
         "--rsalloc-leaks",
@@ -36,6 +37,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    """Declares the ``rsalloc_leaks`` and ``no_rsalloc_leaks`` markers."""
     config.addinivalue_line("markers", "rsalloc_leaks: fail this test if it leaks rsalloc native memory")
     config.addinivalue_line("markers", "no_rsalloc_leaks: never check this test for rsalloc leaks")
 
@@ -50,6 +52,7 @@ def _checked(item: pytest.Item) -> bool:
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Generator[None, Any, Any]:
+    """Runs a checked test inside a ``leak_check`` span and fails it if it leaked."""
     if not _checked(item):
         return (yield)
     from . import tracking

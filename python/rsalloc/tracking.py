@@ -79,6 +79,7 @@ class LeakRecord:
 
     @property
     def datetime(self) -> datetime.datetime:
+        """``time`` (when the block was allocated) as an aware UTC datetime."""
         return datetime.datetime.fromtimestamp(self.time, datetime.timezone.utc)
 
     def describe(self) -> str:
@@ -124,6 +125,7 @@ def disable() -> None:
 
 
 def is_enabled() -> bool:
+    """True while allocations are being tracked."""
     return bool(_rsalloc._track_is_enabled())
 
 
@@ -141,10 +143,12 @@ class LeakFilter:
     __slots__ = ("_pred", "_text")
 
     def __init__(self, pred: Callable[[LeakRecord], bool], text: str = "filter") -> None:
+        """``pred`` decides; ``text`` is what ``repr`` shows."""
         self._pred = pred
         self._text = text
 
     def __call__(self, record: LeakRecord) -> bool:
+        """True when ``record`` passes the filter."""
         return bool(self._pred(record))
 
     def __and__(self, other: LeakFilter) -> LeakFilter:
@@ -299,11 +303,15 @@ class leak_check(contextlib.ContextDecorator):
     """
 
     def __init__(self, frames: int | None = None, filter: Any = None) -> None:
+        """``frames``: frames captured per allocation inside the span (default:
+        the current setting, or DEFAULT_FRAMES when tracking is off);
+        ``filter``: only records it accepts count as leaks (see ``leaks``)."""
         self._frames = frames
         self._filter = filter
         self._stack: list[tuple[bool, int, int]] = []
 
     def __enter__(self) -> leak_check:
+        """Turns tracking on and opens a span; spans nest."""
         was_on, was_frames = is_enabled(), frames()
         n = self._frames if self._frames is not None else (was_frames if was_on else DEFAULT_FRAMES)
         enable(n)
@@ -325,6 +333,7 @@ class leak_check(contextlib.ContextDecorator):
         return found
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        """Ends the span; raises LeakError if it leaked and nothing else is raised."""
         __tracebackhide__ = True
         found = self.finish()
         if found and exc_type is None:

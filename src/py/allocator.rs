@@ -21,6 +21,20 @@ use pyo3::{PyTraverseError, PyVisit};
 use std::any::Any;
 use std::sync::{Arc, OnceLock};
 
+/// An owner of native memory (DESIGN §4): `malloc`, `calloc`, the
+/// adaptive and diagnostic allocators, `ForeignAllocator`s and Python
+/// subclasses are Allocators; an `Arena` takes the same calls.
+///
+/// `a(T=Uint8, count=1, *, alignment=None)` gives a `Pointer[T]` of `count`
+/// elements, `a.allocate(nbytes)` a `Pointer[Uint8]`; `a.free(p)`,
+/// `a.realloc(p, count)`, `a.adopt(address, T, count)` and `a.clone(p)`
+/// complete the set. A free that would be undefined behaviour in C (double
+/// free, wrong owner, interior pointer) raises instead.
+///
+/// Subclass it to define an allocator in Python: implement
+/// `_raw_alloc(nbytes, alignment) -> int` (0: out of memory) and
+/// `_raw_free(address)`; set `zeroed = True` in the class body for calloc
+/// semantics; an `__init__` of your own must call `super().__init__()`.
 #[pyclass(frozen, subclass, weakref, module = "rsalloc", name = "Allocator")]
 pub struct Allocator {
     pub core: Arc<AllocCore>,
@@ -282,6 +296,7 @@ impl Allocator {
     /// For Python subclasses that implement `_raw_alloc` / `_raw_free`.
     #[new]
     #[classmethod]
+    #[pyo3(text_signature = "()")]
     #[pyo3(signature = (*_args, **_kwargs))]
     fn py_new(
         cls: &Bound<'_, PyType>,
@@ -389,6 +404,7 @@ impl Allocator {
     /// Takes ownership of `count` T at `address`, which this allocator's C
     /// counterpart allocated (e.g. a `strdup` result for malloc).
     #[pyo3(signature = (address, r#type, count=SizeArg(1)))]
+    #[pyo3(text_signature = "($self, address, type, count=1)")]
     fn adopt(
         &self,
         py: Python<'_>,
@@ -455,6 +471,7 @@ impl Allocator {
         format!("<rsalloc.Allocator {}>", self.core.name)
     }
 
+    /// Refuses: an allocator owns memory of this process only (TypeError).
     fn __reduce_ex__(&self, _protocol: &Bound<'_, PyAny>) -> PyResult<()> {
         Err(PyTypeError::new_err("allocators cannot be pickled"))
     }

@@ -36,6 +36,20 @@ enum Callback {
     Release(Py<PyAny>, Py<PyAny>),
 }
 
+/// `Arena(allocator=None)`: everything allocated from it is released
+/// together (DESIGN §5).
+///
+/// `Arena()` is a bump region of zeroed memory, allocated in large chunks;
+/// `Arena(allocator)` allocates through that allocator and frees through it
+/// at release. It takes every call an Allocator takes (`arena(T, count)`,
+/// `allocate`, `realloc`, `adopt`, `clone`; `free` is a no-op).
+///
+/// `with Arena() as arena:` (or `async with`) releases it when the block
+/// ends, also when it raises; inside, `rsalloc.current_arena()` returns it.
+/// `arena.using(resource, release)` and `arena.on_release_all(callback)` run
+/// at release, last registered first. After `release_all()` every pointer
+/// from the arena is dead and allocating raises `ArenaClosedError` (unless
+/// `reuse=True`); `arena.detach(p)` lets a block outlive it.
 #[pyclass(frozen, weakref, module = "rsalloc", name = "Arena")]
 pub struct Arena {
     backing: Backing,
@@ -430,6 +444,7 @@ impl Arena {
     /// allocator's C counterpart allocated; freed at release. A bump region
     /// cannot adopt (OwnershipError).
     #[pyo3(signature = (address, r#type, count=SizeArg(1)))]
+    #[pyo3(text_signature = "($self, address, type, count=1)")]
     fn adopt(
         slf: &Bound<'_, Self>,
         address: &Bound<'_, PyAny>,
@@ -515,6 +530,7 @@ impl Arena {
         None
     }
 
+    /// The arena's name, as reprs and leak reports show it.
     #[getter]
     fn name(&self) -> &str {
         &self.name
@@ -579,22 +595,27 @@ impl Arena {
         )
     }
 
+    /// Makes this the current arena (`rsalloc.current_arena()`) and returns it.
     fn __enter__(slf: Bound<'_, Self>) -> PyResult<Bound<'_, Self>> {
         Arena::enter(&slf)?;
         Ok(slf)
     }
 
+    /// `release_all()`, then restores the previous current arena; an
+    /// exception from the block is not suppressed.
     #[pyo3(signature = (*_exc))]
     fn __exit__(slf: &Bound<'_, Self>, _exc: &Bound<'_, PyTuple>) -> PyResult<bool> {
         Arena::exit(slf)?;
         Ok(false)
     }
 
+    /// `async with` form of `__enter__`: an awaitable of the arena.
     fn __aenter__(slf: Bound<'_, Self>) -> PyResult<Ready> {
         Arena::enter(&slf)?;
         Ok(Ready(slf.into_any().unbind()))
     }
 
+    /// `async with` form of `__exit__`: releases, then an awaitable of False.
     #[pyo3(signature = (*_exc))]
     fn __aexit__(slf: &Bound<'_, Self>, _exc: &Bound<'_, PyTuple>) -> PyResult<Ready> {
         Arena::exit(slf)?;
@@ -606,6 +627,7 @@ impl Arena {
         ))
     }
 
+    /// Refuses: an arena owns memory of this process only (TypeError).
     fn __reduce_ex__(&self, _protocol: &Bound<'_, PyAny>) -> PyResult<()> {
         Err(PyTypeError::new_err("arenas cannot be pickled"))
     }

@@ -244,6 +244,14 @@ pub fn subclass_core(cls: &Bound<'_, PyType>) -> PyResult<Arc<AllocCore>> {
 static C_FUNCTION: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
 /// `ForeignAllocator(alloc, free, zeroed=False, *, name=None)`.
+///
+/// An allocator over two C functions (`void *alloc(size_t)`,
+/// `void free(void *)`: ctypes function objects or addresses, called
+/// natively) or two Python callables (`alloc(nbytes) -> int`,
+/// `free(address)`), for memory a C library frees with its own `free`
+/// (sqlite3_malloc/sqlite3_free, g_malloc/g_free). `alloc=None` makes a
+/// free-only owner: `adopt` works, allocating raises TypeError. Every
+/// Allocator check applies.
 #[pyclass(frozen, extends = Allocator, module = "rsalloc", name = "ForeignAllocator")]
 pub struct ForeignAllocator;
 

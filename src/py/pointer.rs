@@ -59,6 +59,20 @@ impl Drop for Pinned<'_> {
     }
 }
 
+/// A typed, checked view of native memory (DESIGN §3): an address, an
+/// element type and, when known, a count of elements. `Pointer[T]` is also
+/// the annotation for one.
+///
+/// Pointers come from an allocator (`calloc(Int32, 4)`, `arena(Uint8, 64)`),
+/// from `to_native_utf8`, or from `Pointer.from_address(addr, T, count)`
+/// (a view of foreign memory). `p[i]`, `p[i:j]`, `p.value`, `p + n`,
+/// `p.cast(T)`, `p.read_bytes()` and `p.to_str()` are bounds-checked; after
+/// its block is freed, reallocated or released, every access through p or a
+/// view of it raises `UseAfterFreeError`.
+/// `memoryview(p)` and `numpy.asarray(p)` share the memory (and pin it), and
+/// a Pointer can be passed straight to a ctypes foreign function.
+/// `p.detach()` hands the block to C; `p.autofree()` lets the garbage
+/// collector free it.
 #[pyclass(frozen, module = "rsalloc", name = "Pointer")]
 pub struct Pointer {
     pub addr: usize,
@@ -874,6 +888,7 @@ impl Pointer {
         self.check_alive().is_ok()
     }
 
+    /// True when the address is 0 (`nullptr`, a NULL read back from memory).
     #[getter]
     fn is_null(&self) -> bool {
         self.addr == 0
@@ -958,6 +973,7 @@ impl Pointer {
         self.addr as u64
     }
 
+    /// Refuses: an address means nothing in another process (TypeError).
     fn __reduce_ex__(&self, _protocol: &Bound<'_, PyAny>) -> PyResult<()> {
         Err(PyTypeError::new_err(
             "Pointer objects cannot be pickled: an address means nothing in another process",

@@ -23,7 +23,9 @@ pub struct Stats {
     pub live_bytes: u64,
     /// The highest live_bytes seen.
     pub peak_bytes: u64,
+    /// Allocations counted so far, freed or not.
     pub total_allocs: u64,
+    /// Allocations freed or released so far.
     pub total_frees: u64,
     /// The cap on live_bytes (`a.limited(n)`, `Arena(limit=n)`,
     /// `rsalloc.set_limit(n)`), None when there is none.
