@@ -21,11 +21,15 @@ mod _rsalloc {
     #[pymodule_export]
     use crate::py::custom::ForeignAllocator;
     #[pymodule_export]
+    use crate::py::params::_pointer_from_param;
+    #[pymodule_export]
     use crate::py::pointer::Pointer;
     #[pymodule_export]
     use crate::py::stats::{_block_cache, stats, Stats};
     #[pymodule_export]
     use crate::py::strings::{to_native_utf16, to_native_utf8};
+    #[pymodule_export]
+    use crate::py::structs::{Field, StructView};
     #[pymodule_export]
     use crate::py::tracking::{
         _track_disable, _track_enable, _track_frames, _track_is_enabled, _track_live, _track_lost,
@@ -69,6 +73,7 @@ mod _rsalloc {
             let d = crate::py::tracking::diagnostic(py, zeroed)?;
             m.add(d.get().core.name.as_str(), &d)?;
         }
+        crate::py::structs::install(py)?;
         crate::py::fast::install(m)
     }
 }

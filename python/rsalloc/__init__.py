@@ -41,6 +41,7 @@ from ._rsalloc import (
     to_native_utf16,
 )
 from ._arena import using
+from ._struct import Array, Struct, Union, offsetof
 from ._types import (
     Bool,
     Double,
@@ -69,6 +70,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Allocator",
     "Arena",
+    "Array",
     "ArenaClosedError",
     "Bool",
     "Double",
@@ -92,10 +94,12 @@ __all__ = [
     "RsallocError",
     "Size",
     "Stats",
+    "Struct",
     "Uint8",
     "Uint16",
     "Uint32",
     "Uint64",
+    "Union",
     "UseAfterFreeError",
     "Void",
     "adaptive_calloc",
@@ -111,6 +115,7 @@ __all__ = [
     "leaks",
     "malloc",
     "nullptr",
+    "offsetof",
     "sizeof",
     "stats",
     "to_native_utf8",

@@ -4,6 +4,8 @@ layer reads `_kind_` once per class and caches what it needs."""
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "NativeType",
     "Integer",
@@ -117,6 +119,22 @@ class PointerSlot(NativeType):
 
     _kind_ = "Ptr"
     _target_: type = Void
+
+    @classmethod
+    def from_param(cls, obj: object) -> object:
+        """ctypes' argument conversion: `argtypes = [Pointer[Uint8], Size]`
+        takes a live Pointer to T (any Pointer for `Pointer[Void]`) or None."""
+        return _from_param()(cls, obj)
+
+
+def _from_param() -> Any:
+    global _pointer_from_param
+    if _pointer_from_param is None:
+        from ._rsalloc import _pointer_from_param  # type: ignore[attr-defined]
+    return _pointer_from_param
+
+
+_pointer_from_param: Any = None
 
 
 _slot_types: dict[object, type] = {}

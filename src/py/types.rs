@@ -25,6 +25,22 @@ pub struct TypeInfo {
     pub name: String,
     /// A ctypes class: `p.ref` and aggregate elements build instances of it.
     pub ctypes: bool,
+    /// An rsalloc `Struct`/`Union` or `Array[T, n]`: elements are views.
+    pub composite: Composite,
+    /// The ctypes class a Pointer to this type passes to foreign functions
+    /// as (`_as_parameter_`), found on first use.
+    pub param: PyOnceLock<Py<PyAny>>,
+}
+
+/// What an element of an rsalloc composite type reads as.
+#[derive(Clone, Copy)]
+pub enum Composite {
+    /// Not a composite: a scalar, a slot, or a ctypes type.
+    No,
+    /// `rsalloc.Struct` or `rsalloc.Union`: a view of class `TypeInfo::class`.
+    Struct,
+    /// `rsalloc.Array[T, n]`: a counted `Pointer[T]` view.
+    Array { elem: &'static TypeInfo, len: usize },
 }
 
 impl TypeInfo {
@@ -45,7 +61,7 @@ struct Registry {
 
 static REGISTRY: PyOnceLock<Registry> = PyOnceLock::new();
 
-fn leak(info: TypeInfo) -> &'static TypeInfo {
+pub(crate) fn leak(info: TypeInfo) -> &'static TypeInfo {
     Box::leak(Box::new(info))
 }
 
@@ -82,6 +98,8 @@ fn scalar(class: &Bound<'_, PyAny>, kind: Kind, ctypes: bool) -> PyResult<&'stat
         target: None,
         name: class.getattr("__name__")?.extract()?,
         ctypes,
+        composite: Composite::No,
+        param: PyOnceLock::new(),
     }))
 }
 
@@ -129,8 +147,23 @@ pub fn lookup(t: &Bound<'_, PyAny>) -> PyResult<&'static TypeInfo> {
         return Ok(info);
     }
     let info = classify(t)?;
-    // Two threads may classify the same class; the first entry wins.
-    Ok(*reg.cache.lock().unwrap().entry(key).or_insert(info))
+    remember(t, info)
+}
+
+/// Enters the TypeInfo of class `t` in the cache (a struct does so before
+/// looking up its pointer fields, which may name it). Two threads may
+/// classify the same class; the first entry wins.
+pub(crate) fn remember(
+    t: &Bound<'_, PyAny>,
+    info: &'static TypeInfo,
+) -> PyResult<&'static TypeInfo> {
+    let reg = registry(t.py())?;
+    Ok(*reg
+        .cache
+        .lock()
+        .unwrap()
+        .entry(t.as_ptr() as usize)
+        .or_insert(info))
 }
 
 static CTYPES: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
@@ -191,6 +224,9 @@ fn classify(t: &Bound<'_, PyAny>) -> PyResult<&'static TypeInfo> {
         let target = lookup(&class.getattr("_target_")?)?;
         return pointer_info(class, target, false);
     }
+    if let Some(info) = super::structs::classify_composite(class)? {
+        return Ok(info);
+    }
     // A ctypes type: describe() returns (kind, size, align, format, target).
     let desc = support.call_method1("describe", (class,))?;
     if desc.is_none() {
@@ -214,6 +250,8 @@ fn classify(t: &Bound<'_, PyAny>) -> PyResult<&'static TypeInfo> {
             target: None,
             name,
             ctypes: true,
+            composite: Composite::No,
+            param: PyOnceLock::new(),
         }));
     }
     let kind = ctypes_code(&code).ok_or_else(|| not_a_type(t))?;
@@ -245,12 +283,18 @@ fn pointer_info(
         target: Some(target),
         name: format!("Pointer[{}]", target.name),
         ctypes,
+        composite: Composite::No,
+        param: PyOnceLock::new(),
     }))
 }
 
 /// `Pointer[T]`: the slot class for T (validated as an element type).
 pub fn pointer_class<'py>(target: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
-    lookup(target)?;
+    // A struct's layout is not needed to point at it, and may be what is
+    // being worked out (`next: Pointer[Node]` inside Node).
+    if !super::structs::is_struct_class(target)? {
+        lookup(target)?;
+    }
     target
         .py()
         .import("rsalloc._types")?
