@@ -24,7 +24,7 @@ from . import _types
 from ._ctypes_support import _element_format, describe
 from ._rsalloc import _StructView  # type: ignore[attr-defined]
 
-__all__ = ["Array", "Struct", "Union", "ctype_of", "offsetof", "param_type"]
+__all__ = ["Array", "Struct", "Union", "ctype_of", "offsetof", "param_type", "scalar_param"]
 
 _SCALAR_CTYPES: dict[type, type] = {
     _types.Int8: ctypes.c_int8,
@@ -103,6 +103,34 @@ def param_type(t: type) -> type:
         return ctypes.c_void_p  # a type ctypes has no name for: void *
 
 
+def scalar_param(t: type, obj: object) -> object:
+    """`T.from_param(obj)` of an rsalloc scalar type T (`argtypes = [Pointer[Uint8], Size]`):
+    the ctypes value, checked as element writes are (DESIGN §2): out of
+    range -> OverflowError, wrong kind -> TypeError."""
+    ct = _SCALAR_CTYPES.get(t)
+    if ct is None:
+        raise TypeError(f"{t.__name__} is not an argument type")
+    if issubclass(t, _types.Floating):
+        if not isinstance(obj, (int, float)) or isinstance(obj, bool):
+            raise TypeError(f"{t.__name__} takes a float or an int, not {type(obj).__name__}")
+        value = float(obj)
+        if t is _types.Float32 and abs(value) != float("inf") and abs(value) > 3.4028234663852886e38:
+            raise OverflowError(f"{value} is out of range for Float32")
+        return ct(value)
+    if t is _types.Bool:
+        if obj not in (0, 1) or isinstance(obj, float):
+            raise TypeError(f"Bool takes a bool, not {obj!r}")
+        return ct(bool(obj))
+    if isinstance(obj, float) or not hasattr(type(obj), "__index__"):
+        raise TypeError(f"{t.__name__} takes an int, not {type(obj).__name__}")
+    n = obj.__index__()  # type: ignore[attr-defined]
+    bits = 8 * ctypes.sizeof(ct)
+    lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if ct(-1).value == -1 else (0, (1 << bits) - 1)
+    if not lo <= n <= hi:
+        raise OverflowError(f"{n} is out of range for {t.__name__}")
+    return ct(n)
+
+
 def _shell(cls: type, for_pointer: bool = False) -> type | None:
     """The ctypes class of a struct, before its `_fields_` are set (ctypes'
     own idiom for self-reference). None when `for_pointer` and the class
@@ -137,9 +165,16 @@ def _struct_base(cls: type) -> type | None:
 def _resolve(cls: type, name: str, annotation: object) -> object:
     if not isinstance(annotation, str):
         return annotation
-    module = sys.modules.get(cls.__module__)
-    globalns = dict(vars(module)) if module is not None else {}
-    localns = dict(cls.__dict__.get("_rsalloc_scope_") or {})
+    globalns = cls.__dict__.get("_rsalloc_globals_")
+    if globalns is None:
+        module = sys.modules.get(cls.__module__)
+        globalns = dict(vars(module)) if module is not None else {}
+    frame = cls.__dict__.get("_rsalloc_frame_")
+    localns = dict(frame.f_locals) if frame is not None else {}
+    # The classes being laid out are known by name, though their class
+    # statements have not bound them yet (A holds a B that holds an A).
+    for c in _resolving:
+        localns.setdefault(c.__name__, c)
     localns[cls.__name__] = cls
     try:
         return eval(annotation, globalns, localns)  # noqa: S307 - the class's own annotation
@@ -173,6 +208,9 @@ def _complete(cls: type) -> type:
         info = tuple((name, t, getattr(shell, name).offset, isinstance(t, type) and issubclass(t, _types.PointerSlot)) for name, t, _ in fields)
         type.__setattr__(cls, "_rsalloc_fields_", info)
         type.__setattr__(cls, "_rsalloc_ctype_", shell)
+        for scope in ("_rsalloc_frame_", "_rsalloc_globals_"):
+            if scope in cls.__dict__:
+                type.__delattr__(cls, scope)
     finally:
         _resolving.remove(cls)
     return cls
@@ -213,11 +251,13 @@ class _StructMeta(type(_StructView)):  # type: ignore[misc]
             raise TypeError(f"{name} derives from both Struct and Union")
         type.__setattr__(cls, "_rsalloc_annotations_", annotations)
         type.__setattr__(cls, "_rsalloc_pack_", pack)
-        # The scope the class statement ran in, for string annotations
-        # naming its local classes (names defined later are not seen).
+        # The scope the class statement ran in, for string annotations that
+        # name its local classes. Kept only until the layout is known: a
+        # class naming one defined later holds that scope until first use.
         frame = sys._getframe(1)
+        type.__setattr__(cls, "_rsalloc_globals_", frame.f_globals)
         if frame.f_locals is not frame.f_globals:
-            type.__setattr__(cls, "_rsalloc_scope_", dict(frame.f_locals))
+            type.__setattr__(cls, "_rsalloc_frame_", frame)
         if _StructMeta._ready:
             try:
                 _types_sizeof(cls)  # resolve now when every name is known
