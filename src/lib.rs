@@ -74,6 +74,7 @@ mod _rsalloc {
             m.add(d.get().core.name.as_str(), &d)?;
         }
         crate::py::structs::install(py)?;
+        crate::py::fast_structs::install(py)?;
         crate::py::fast::install(m)
     }
 }

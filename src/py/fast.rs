@@ -41,7 +41,7 @@ static ARENA_ALLOCATE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static FREE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
 /// What a fast route did with a call.
-enum Outcome<R> {
+pub(crate) enum Outcome<R> {
     /// The call's result (a new reference, or a slot's status).
     Done(R),
     /// The call failed with this error.
@@ -60,7 +60,7 @@ impl<T> From<PyResult<T>> for Outcome<T> {
 }
 
 /// A C return type and its error value.
-trait Ret {
+pub(crate) trait Ret {
     const ERR: Self;
 }
 impl Ret for *mut ffi::PyObject {
@@ -76,7 +76,7 @@ impl Ret for c_int {
 /// # Safety
 /// Called by CPython with the GIL (or an attached thread state).
 #[inline]
-unsafe fn enter<R: Ret>(
+pub(crate) unsafe fn enter<R: Ret>(
     route: impl FnOnce(Python<'_>) -> Outcome<R>,
     slow: impl FnOnce() -> R,
 ) -> R {

@@ -5,6 +5,7 @@ pub mod arena;
 pub mod custom;
 pub mod errors;
 pub mod fast;
+pub mod fast_structs;
 pub mod freelist;
 pub mod owner;
 pub mod params;

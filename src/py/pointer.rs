@@ -8,7 +8,7 @@
 use super::errors::{to_py, IntoPy};
 pub use super::owner::{Owned, Owner};
 use super::types::{self, TypeInfo};
-use super::values::{exact_small_int, to_value, usize_arg};
+use super::values::{exact_small_int, plain_number, to_value, usize_arg};
 use crate::core::error::{Error, Ownership};
 use crate::core::record::State;
 use crate::core::record_ref::RecordRef;
@@ -284,20 +284,7 @@ impl Pointer {
     #[inline(always)]
     pub(crate) fn plain_write(&self, i: isize, v: &Bound<'_, PyAny>) -> bool {
         let kind = self.ty.kind;
-        let value = if let Some((lo, hi)) = kind.int_range() {
-            match exact_small_int(v) {
-                // Unsigned slots take the same bits (Kind::write).
-                Some(n) if (lo..=hi).contains(&(n as i128)) => Value::Int(n),
-                _ => return false,
-            }
-        } else if matches!(kind, Kind::F32 | Kind::F64) && v.is_exact_instance_of::<PyFloat>() {
-            // SAFETY: an exact float.
-            let f = unsafe { ffi::PyFloat_AS_DOUBLE(v.as_ptr()) };
-            if kind == Kind::F32 && f.is_finite() && (f as f32).is_infinite() {
-                return false;
-            }
-            Value::Float(f)
-        } else {
+        let Some(value) = plain_number(kind, v) else {
             return false;
         };
         let Some(_held) = self.access().ok() else {

@@ -11,10 +11,11 @@
 //! does not pin it.
 
 use super::errors::IntoPy;
+use super::freelist::as_pointer;
 use super::freelist::new_object;
 use super::pointer::{from_stored_address, Owner, Pointer};
 use super::types::{self, leak, Composite, TypeInfo};
-use super::values::to_value;
+use super::values::{plain_number, to_value};
 use crate::core::types::{Kind, Value};
 use pyo3::exceptions::{PyAttributeError, PyOverflowError, PyRuntimeError, PyTypeError};
 use pyo3::ffi;
@@ -54,7 +55,7 @@ impl StructView {
 
 /// Offset of the StructView value in a view object, measured at install
 /// (0 until then).
-static VIEW_OFFSET: AtomicUsize = AtomicUsize::new(0);
+pub(crate) static VIEW_OFFSET: AtomicUsize = AtomicUsize::new(0);
 
 /// Measures where PyO3 keeps a StructView in its objects, so that views of
 /// Python subclasses can be made directly (PyO3 makes only base objects).
@@ -87,11 +88,10 @@ pub(crate) fn make_view(py: Python<'_>, class: &Py<PyAny>, ptr: Pointer) -> PyRe
     // SAFETY: `class` is a StructView subclass (classify_composite checked),
     // whose objects start with StructView's layout: a header, then the
     // value at `off` (install measured it), then only what the subclass
-    // adds, which tp_alloc zeroes. Writing the value is all PyO3 does to
-    // initialise a frozen class's object.
+    // adds, which its allocation zeroes. Writing the value is all PyO3 does
+    // to initialise a frozen class's object.
     unsafe {
-        let alloc = (*tp).tp_alloc.unwrap_or(ffi::PyType_GenericAlloc);
-        let obj = alloc(tp, 0);
+        let obj = super::fast_structs::alloc_view(tp);
         if obj.is_null() {
             return Err(PyErr::fetch(py));
         }
@@ -111,6 +111,9 @@ pub struct Field {
     name: String,
     /// The field type as declared (`Array[T, n]`, `Pointer[T]`, a class).
     declared: Py<PyAny>,
+    /// The type object of the class declaring the field: its views are
+    /// views without a subclass check.
+    pub(crate) owner_type: usize,
 }
 
 impl Field {
@@ -119,6 +122,65 @@ impl Field {
             Ok(v) => Ok(v.get()),
             Err(_) => Err(PyTypeError::new_err("a struct field of another object")),
         }
+    }
+
+    /// The value of a number field of a live view, as a new reference
+    /// (null with the exception set if CPython is out of memory); None for
+    /// anything else, which `read` then serves or raises. For the fast
+    /// entry point (fast_structs.rs): no Python code runs here.
+    #[inline(always)]
+    pub(crate) fn plain_read(&self, view: &StructView) -> Option<*mut ffi::PyObject> {
+        let kind = self.ty.kind;
+        if !kind.is_number() {
+            return None;
+        }
+        let p = &view.ptr;
+        let _held = p.access().ok()?;
+        p.check().ok()?;
+        // SAFETY: live, and the field lies inside the struct; the
+        // conversions take plain numbers.
+        Some(unsafe {
+            match kind.read(p.addr + self.offset) {
+                Value::Int(v) => ffi::PyLong_FromLongLong(v),
+                Value::UInt(v) => ffi::PyLong_FromUnsignedLongLong(v),
+                Value::Float(v) => ffi::PyFloat_FromDouble(v),
+                Value::Bool(b) => ffi::Py_NewRef(if b { ffi::Py_True() } else { ffi::Py_False() }),
+                Value::Addr(_) => return None,
+            }
+        })
+    }
+
+    /// Stores an exact int or float into a number field, or a live Pointer
+    /// or None into a pointer field, of a live view; false for anything
+    /// else, which `write` then serves or raises. No Python code runs here.
+    #[inline(always)]
+    pub(crate) fn plain_write(&self, view: &StructView, v: &Bound<'_, PyAny>) -> bool {
+        let kind = self.ty.kind;
+        let value = if kind == Kind::Ptr {
+            if v.is_none() {
+                Value::Addr(0)
+            } else {
+                match as_pointer(&v.as_borrowed()) {
+                    Some(q) if q.get().check_alive().is_ok() => Value::Addr(q.get().addr),
+                    _ => return false,
+                }
+            }
+        } else {
+            match plain_number(kind, v) {
+                Some(value) => value,
+                None => return false,
+            }
+        };
+        let p = &view.ptr;
+        let Ok(_held) = p.access() else {
+            return false;
+        };
+        if p.check().is_err() {
+            return false;
+        }
+        // SAFETY: live, and the field lies inside the struct.
+        unsafe { kind.write(p.addr + self.offset, value) };
+        true
     }
 
     fn read(&self, py: Python<'_>, view: &StructView) -> PyResult<Py<PyAny>> {
@@ -288,6 +350,7 @@ pub(crate) fn classify_composite(class: &Bound<'_, PyType>) -> PyResult<Option<&
             composite: Composite::Struct,
             param: PyOnceLock::new(),
         });
+        super::fast_structs::plain_view_objects(class);
         let info = types::remember(class.as_any(), info)?;
         for ((fname, t, offset, _), known) in fields.into_iter().zip(infos) {
             let ty = match known {
@@ -299,6 +362,7 @@ pub(crate) fn classify_composite(class: &Bound<'_, PyType>) -> PyResult<Option<&
                 ty,
                 name: fname.clone(),
                 declared: t.unbind(),
+                owner_type: class.as_type_ptr() as usize,
             };
             class.setattr(fname.as_str(), Py::new(py, field)?)?;
         }
