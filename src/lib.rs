@@ -74,7 +74,7 @@ mod _rsalloc {
             m.add(d.get().core.name.as_str(), &d)?;
         }
         crate::py::structs::install(py)?;
-        crate::py::fast_structs::install(py)?;
-        crate::py::fast::install(m)
+        crate::py::fast::install(m)?;
+        crate::py::fast_structs::install(m)
     }
 }

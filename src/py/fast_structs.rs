@@ -1,19 +1,27 @@
 //! Hand-written entry points for struct field access (`p.ref.x`,
-//! `p.ref.x = v`), as fast.rs has for element access, and for the same
+//! `p.ref.x = v`) and the rest of the seed struct (`calloc(S)`,
+//! `to_native_utf8(s)`), as fast.rs has for element access, for the same
 //! reason: PyO3's generated slot wrappers (a trampoline registering the
 //! thread, generic argument handling) cost more than the access itself
 //! (BENCHMARKS.md, struct_field). Each serves the plain case — a number
 //! field read or written with an exact int or float, a pointer field
 //! written with a live Pointer or None, `p.ref` of a live struct pointer,
-//! a view dropped whose owner drops plainly — and hands every other call,
+//! a view dropped whose owner drops plainly, `allocator(T[, n])` of a plain
+//! allocator and a classified T, `to_native_utf8(s)` of an exact str from a
+//! plain malloc — and hands every other call,
 //! unchanged, to the PyO3 slot it replaced, which raises the errors.
 
-use super::fast::{enter, Outcome};
-use super::freelist::as_pointer;
+use super::allocator::{self, request, Allocator};
+use super::fast::{delegate, enter, replace_function, single, Args, Outcome};
+use super::freelist::{as_pointer, new_object};
 use super::structs::{make_view, Field, StructView, VIEW_OFFSET};
+use super::types;
 use super::types::Composite;
+use super::values::exact_small_int;
+use crate::core::layout::Request;
 use pyo3::ffi;
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 use pyo3::type_object::PyTypeInfo;
 use std::ffi::{c_int, c_void};
 use std::sync::atomic::Ordering;
@@ -314,6 +322,113 @@ pub(crate) fn plain_view_objects(class: &Bound<'_, pyo3::types::PyType>) {
     }
 }
 
+static OLD_ALLOCATOR_CALL: OnceLock<ffi::ternaryfunc> = OnceLock::new();
+static TO_NATIVE_UTF8: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+/// `allocator(T)` and `allocator(T, n)` of a plain allocator, T a type
+/// already classified and n an exact int: the seed struct's `calloc(S)`.
+unsafe extern "C" fn allocator_call(
+    slf: *mut ffi::PyObject,
+    args: *mut ffi::PyObject,
+    kwargs: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: CPython calls tp_call with the GIL, an Allocator (or a
+    // subclass's object) as `slf`, a tuple of arguments and a dict or null.
+    unsafe {
+        enter(
+            |py| {
+                let n = ffi::PyTuple_GET_SIZE(args);
+                if !(kwargs.is_null() || ffi::PyDict_Size(kwargs) == 0) || !(1..=2).contains(&n) {
+                    return Outcome::Delegate;
+                }
+                let this = pyo3::Borrowed::from_ptr(py, slf).cast_unchecked::<Allocator>();
+                let this = this.get();
+                if !this.core.plain() {
+                    return Outcome::Delegate;
+                }
+                let t = pyo3::Borrowed::from_ptr(py, ffi::PyTuple_GET_ITEM(args, 0));
+                let count = if n == 2 {
+                    match exact_small_int(&pyo3::Borrowed::from_ptr(
+                        py,
+                        ffi::PyTuple_GET_ITEM(args, 1),
+                    )) {
+                        Some(c) => c,
+                        None => return Outcome::Delegate,
+                    }
+                } else {
+                    1
+                };
+                let Some(ty) = types::lookup_cached(&t) else {
+                    return Outcome::Delegate; // first use: classifying runs Python code
+                };
+                request(py, &this.core.name, ty, count.into(), None)
+                    .and_then(|req| this.new_pointer(py, ty, req))
+                    .and_then(|p| Ok(new_object(py, p)?.into_ptr()))
+                    .into()
+            },
+            || OLD_ALLOCATOR_CALL.get().expect("installed")(slf, args, kwargs),
+        )
+    }
+}
+
+/// `to_native_utf8(s)` of an exact str, from a plain malloc.
+unsafe extern "C" fn to_native_utf8(
+    _module: *mut ffi::PyObject,
+    args: Args,
+    nargs: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: per `enter`; the UTF-8 bytes CPython caches in the str stay
+    // valid while the str (borrowed from the arguments) lives.
+    unsafe {
+        enter(
+            |py| {
+                let Some(s) = single(py, args, nargs, kwnames) else {
+                    return Outcome::Delegate;
+                };
+                if ffi::PyUnicode_CheckExact(s.as_ptr()) == 0 {
+                    return Outcome::Delegate;
+                }
+                let mut len: ffi::Py_ssize_t = 0;
+                let data = ffi::PyUnicode_AsUTF8AndSize(s.as_ptr(), &mut len);
+                if data.is_null() {
+                    ffi::PyErr_Clear(); // not encodable: the PyO3 function says why
+                    return Outcome::Delegate;
+                }
+                let bytes = std::slice::from_raw_parts(data.cast::<u8>(), len as usize);
+                if bytes.contains(&0) {
+                    return Outcome::Delegate;
+                }
+                let Ok(malloc) = allocator::malloc(py) else {
+                    return Outcome::Delegate;
+                };
+                let malloc = malloc.get();
+                if !malloc.core.plain() {
+                    return Outcome::Delegate;
+                }
+                let req = Request {
+                    size: bytes.len() + 1,
+                    align: 1,
+                };
+                let made = types::uint8(py)
+                    .and_then(|ty| malloc.new_pointer(py, ty, req))
+                    .map(|p| {
+                        // A fresh, live block of len + 1 bytes.
+                        std::ptr::copy_nonoverlapping(
+                            bytes.as_ptr(),
+                            p.addr as *mut u8,
+                            bytes.len(),
+                        );
+                        *((p.addr + bytes.len()) as *mut u8) = 0;
+                        p
+                    });
+                made.and_then(|p| Ok(new_object(py, p)?.into_ptr())).into()
+            },
+            || delegate(&TO_NATIVE_UTF8, None, args, nargs, kwnames),
+        )
+    }
+}
+
 /// A `PyGetSetDef` for the replaced `ref` getter, kept for the process.
 struct Def(ffi::PyGetSetDef);
 
@@ -326,7 +441,21 @@ static REF_DEF: OnceLock<Def> = OnceLock::new();
 /// Points the Field type's descriptor slots, StructView's dealloc and
 /// Pointer's `ref` getter at the entry points above. Called once at module
 /// init, before any of them is used.
-pub fn install(py: Python<'_>) -> PyResult<()> {
+pub fn install(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    replace_function(m, "to_native_utf8", &TO_NATIVE_UTF8, 3, to_native_utf8)?;
+    let alloc_tp = Allocator::type_object(py).as_type_ptr();
+    // SAFETY: a heap type rsalloc owns, ready, before any subclass exists
+    // (a Python allocator class made later inherits this slot).
+    unsafe {
+        let Some(call) = (*alloc_tp).tp_call else {
+            return Err(pyo3::exceptions::PyRuntimeError::new_err(
+                "Allocator has no tp_call",
+            ));
+        };
+        let _ = OLD_ALLOCATOR_CALL.set(call);
+        (*alloc_tp).tp_call = Some(allocator_call);
+    }
     let field = Field::type_object(py).as_type_ptr();
     let view = StructView::type_object(py).as_type_ptr();
     let _ = VIEW_TYPE.set(view as usize);

@@ -11,6 +11,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::PyType;
 use std::collections::HashMap;
 use std::ffi::{CStr, CString};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Mutex;
 
 pub struct TypeInfo {
@@ -53,10 +54,31 @@ impl TypeInfo {
 struct Registry {
     /// rsalloc's own scalar classes, matched by identity on the hot path.
     scalars: Vec<(usize, &'static TypeInfo)>,
-    cache: Mutex<HashMap<usize, &'static TypeInfo>>,
+    cache: Mutex<HashMap<usize, &'static TypeInfo, BuildHasherDefault<AddressHasher>>>,
     uint8: &'static TypeInfo,
     uint16: &'static TypeInfo,
     void: &'static TypeInfo,
+}
+
+/// Hashes a class's address: keys are distinct live objects, so no
+/// flooding to resist, and SipHash was half the cost of `calloc(S)`
+/// (BENCHMARKS.md, seed_struct).
+#[derive(Default)]
+struct AddressHasher(u64);
+
+impl Hasher for AddressHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_usize(&mut self, n: usize) {
+        // Objects are 16-byte aligned: the low bits carry nothing.
+        self.0 = ((n as u64) >> 4).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
 }
 
 static REGISTRY: PyOnceLock<Registry> = PyOnceLock::new();
@@ -117,7 +139,7 @@ fn registry(py: Python<'_>) -> PyResult<&Registry> {
         let (uint8, uint16, void) = (find(Kind::U8), find(Kind::U16), find(Kind::Void));
         Ok(Registry {
             scalars,
-            cache: Mutex::new(HashMap::new()),
+            cache: Mutex::new(HashMap::default()),
             uint8,
             uint16,
             void,
@@ -133,6 +155,17 @@ pub fn uint16(py: Python<'_>) -> PyResult<&'static TypeInfo> {
 }
 pub fn void(py: Python<'_>) -> PyResult<&'static TypeInfo> {
     Ok(registry(py)?.void)
+}
+
+/// The TypeInfo of a class already classified (no Python code runs), or None.
+#[inline]
+pub(crate) fn lookup_cached(t: &Bound<'_, PyAny>) -> Option<&'static TypeInfo> {
+    let reg = REGISTRY.get(t.py())?;
+    let key = t.as_ptr() as usize;
+    if let Some((_, info)) = reg.scalars.iter().find(|(k, _)| *k == key) {
+        return Some(info);
+    }
+    reg.cache.lock().ok()?.get(&key).copied()
 }
 
 /// The TypeInfo of an element type, or TypeError.
