@@ -412,7 +412,7 @@ unsafe extern "C" fn to_native_utf8(
                 };
                 let made = types::uint8(py)
                     .and_then(|ty| malloc.new_pointer(py, ty, req))
-                    .map(|p| {
+                    .inspect(|p| {
                         // A fresh, live block of len + 1 bytes.
                         std::ptr::copy_nonoverlapping(
                             bytes.as_ptr(),
@@ -420,7 +420,6 @@ unsafe extern "C" fn to_native_utf8(
                             bytes.len(),
                         );
                         *((p.addr + bytes.len()) as *mut u8) = 0;
-                        p
                     });
                 made.and_then(|p| Ok(new_object(py, p)?.into_ptr())).into()
             },

@@ -310,6 +310,16 @@ fn c_format(format: String) -> &'static std::ffi::CStr {
     Box::leak(CString::new(format).unwrap_or_default().into_boxed_c_str())
 }
 
+/// What `_struct._layout` returns: (size, alignment, buffer format, struct
+/// base or None, [(field name, declared type, offset, is a pointer slot)]).
+type StructLayout<'py> = (
+    usize,
+    usize,
+    String,
+    Option<Bound<'py, PyAny>>,
+    Vec<(String, Bound<'py, PyAny>, usize, bool)>,
+);
+
 /// The TypeInfo of a Struct/Union class (fields installed) or of an
 /// `Array[T, n]` class; None for any other class.
 pub(crate) fn classify_composite(class: &Bound<'_, PyType>) -> PyResult<Option<&'static TypeInfo>> {
@@ -317,14 +327,8 @@ pub(crate) fn classify_composite(class: &Bound<'_, PyType>) -> PyResult<Option<&
     let module = struct_module(py)?;
     let name: String = class.getattr("__name__")?.extract()?;
     if class.is_subclass(&StructView::type_object(py))? {
-        // (size, align, format, struct base or None, [(name, type, offset, is_pointer)])
-        let (size, align, format, base, fields): (
-            usize,
-            usize,
-            String,
-            Option<Bound<'_, PyAny>>,
-            Vec<(String, Bound<'_, PyAny>, usize, bool)>,
-        ) = module.call_method1("_layout", (class,))?.extract()?;
+        let (size, align, format, base, fields): StructLayout<'_> =
+            module.call_method1("_layout", (class,))?.extract()?;
         if let Some(base) = base {
             types::lookup(&base)?; // its fields are the first of this one
         }
