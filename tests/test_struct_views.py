@@ -781,3 +781,29 @@ def test_scalar_types_are_checked_argument_types() -> None:
         memset(p, 1, -1)  # a negative size never reaches C
     assert p.read_bytes() == bytes(4)
     free(p)
+
+
+def test_arrays_and_struct_pointers_as_element_types() -> None:
+    rows = calloc(Array[Int32, 3], 2)
+    assert (rows.count, rows.nbytes) == (2, 24)
+    rows[1] = [4, 5, 6]
+    row = rows[1]
+    assert (row.type, row.count, row[:]) == (Int32, 3, [4, 5, 6])
+    assert rows.ref.address == rows.address and rows.cast(Int32)[3:] == [4, 5, 6]
+    with nothing_changes(calloc, pointers=(rows,)):
+        with pytest.raises(ValueError):
+            rows[0] = [1, 2]
+
+    class S(Struct):
+        x: Int64
+
+    items = calloc(S, 2)
+    slots = calloc(Pointer[S], 2)
+    slots[0] = items + 1
+    slots[0].ref.x = 99
+    assert items[1].x == 99 and slots[1].is_null
+    free(slots)
+    free(items)
+    free(rows)
+    with pytest.raises(UseAfterFreeError):
+        row[0]
