@@ -21,11 +21,15 @@ mod _rsalloc {
     #[pymodule_export]
     use crate::py::custom::ForeignAllocator;
     #[pymodule_export]
+    use crate::py::params::_pointer_from_param;
+    #[pymodule_export]
     use crate::py::pointer::Pointer;
     #[pymodule_export]
     use crate::py::stats::{_block_cache, set_limit, stats, Stats};
     #[pymodule_export]
     use crate::py::strings::{to_native_utf16, to_native_utf8};
+    #[pymodule_export]
+    use crate::py::structs::{Field, StructView};
     #[pymodule_export]
     use crate::py::tracemalloc::{_set_tracemalloc, _tracemalloc_domain, _tracemalloc_on};
     #[pymodule_export]
@@ -75,7 +79,9 @@ mod _rsalloc {
             let d = crate::py::tracking::diagnostic(py, zeroed)?;
             m.add(d.get().core.name.as_str(), &d)?;
         }
+        crate::py::structs::install(py)?;
         crate::py::fast::install(m)?;
+        crate::py::fast_structs::install(m)?;
         // Keeps the tracemalloc flag current from now on, whichever way the
         // extension was first imported.
         py.import("rsalloc._tracemalloc")?

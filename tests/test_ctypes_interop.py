@@ -8,10 +8,12 @@ import rsalloc
 from rsalloc import Int32, Uint8, calloc, free, malloc, to_native_utf8
 
 
-def test_as_parameter_is_a_full_width_c_void_p(libc):
+def test_as_parameter_is_a_full_width_ctypes_pointer(libc):
+    # A ctypes pointer to the element type's ctypes type (DESIGN §3b), never a bare int.
     p = malloc.allocate(16, alignment=4096)
     param = p._as_parameter_
-    assert isinstance(param, ctypes.c_void_p) and param.value == p.address
+    assert isinstance(param, ctypes.POINTER(ctypes.c_char))
+    assert ctypes.cast(param, ctypes.c_void_p).value == p.address
     # No argtypes: ctypes would truncate a bare int to C int; a c_void_p is not truncated.
     raw_memset = ctypes.CDLL(None).memset
     raw_memset.restype = ctypes.c_void_p

@@ -50,10 +50,11 @@ def _load() -> None:
     _rsalloc = importlib.import_module(__name__ + "._rsalloc")
     tracking = importlib.import_module(__name__ + ".tracking")
     using = importlib.import_module(__name__ + "._arena").using
+    structs = importlib.import_module(__name__ + "._struct")
 
     found: dict[str, Any] = {"tracking": tracking, "using": using}
     for name in _EXTENSION_NAMES - found.keys():
-        source = tracking if hasattr(tracking, name) and not hasattr(_rsalloc, name) else _rsalloc
+        source = next((m for m in (_rsalloc, structs, tracking) if hasattr(m, name)), _rsalloc)
         found[name] = getattr(source, name)
     globals().update(found)
 
@@ -72,6 +73,7 @@ def __dir__() -> list[str]:
 __all__ = [
     "Allocator",
     "Arena",
+    "Array",
     "ArenaClosedError",
     "Bool",
     "Double",
@@ -96,10 +98,12 @@ __all__ = [
     "Size",
     "Stats",
     "TRACEMALLOC_DOMAIN",
+    "Struct",
     "Uint8",
     "Uint16",
     "Uint32",
     "Uint64",
+    "Union",
     "UseAfterFreeError",
     "Void",
     "adaptive_calloc",
@@ -116,6 +120,7 @@ __all__ = [
     "malloc",
     "nullptr",
     "set_limit",
+    "offsetof",
     "sizeof",
     "stats",
     "to_native_utf8",

@@ -2,8 +2,10 @@
 import builtins
 import ctypes
 import types
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
 from typing import Any, ClassVar, Generic, Literal, SupportsIndex, TypeVar, overload
+
+from typing_extensions import Self
 
 from ._errors import (
     ArenaClosedError as ArenaClosedError,
@@ -49,7 +51,8 @@ __version__: str
 _T_co = TypeVar("_T_co", covariant=True)
 _T = TypeVar("_T")
 _U = TypeVar("_U")
-_S = TypeVar("_S", bound=ctypes.Structure | ctypes.Union)
+_S = TypeVar("_S", bound=ctypes.Structure | ctypes.Union | Struct | Union)
+_N = TypeVar("_N", bound=int)
 _R = TypeVar("_R")
 
 _Buffer = bytes | bytearray | memoryview
@@ -125,6 +128,46 @@ class Pointer(Generic[_T_co]):
     def autofree(self) -> Pointer[_T_co]: ...
     def __eq__(self, other: object) -> bool: ...
     def __hash__(self) -> int: ...
+    @classmethod
+    def from_param(cls, obj: Pointer[Any] | None) -> Any:
+        """ctypes' argument conversion, for `argtypes = [Pointer[Uint8], Size]`."""
+    # A struct field declared `Pointer[T]` (`appKey: Pointer[Int8]` in a
+    # Struct body): reads a Pointer[T]; takes any Pointer (C converts
+    # pointers to the declared type), an int address or None (NULL).
+    @overload
+    def __get__(self, obj: None, owner: Any) -> Self: ...
+    @overload
+    def __get__(self, obj: object, owner: Any) -> Pointer[_T_co]: ...
+    def __set__(self, obj: object, value: Pointer[Any] | int | None) -> None: ...
+
+class _StructMeta(type):
+    @property
+    def ctype(cls) -> builtins.type[ctypes.Structure | ctypes.Union]:
+        """The equivalent ctypes Structure or Union type."""
+
+class Struct(metaclass=_StructMeta):
+    """Base of struct classes: the annotations are the fields, in C layout.
+    `p.ref` of a `Pointer[S]` is a view; `class S(Struct, pack=1)` packs."""
+
+    def __init_subclass__(cls, *, pack: int | None = None) -> None: ...
+
+class Union(metaclass=_StructMeta):
+    """Base of union classes: like Struct, every field at offset 0."""
+
+    def __init_subclass__(cls, *, pack: int | None = None) -> None: ...
+
+class Array(Generic[_T, _N]):
+    """`Array[T, n]` (typed `Array[T, Literal[n]]`): a field of n T held
+    inline; reads as a `Pointer[T]` of count n into the struct."""
+
+    ctype: ClassVar[builtins.type[ctypes.Array[Any]]]
+    @overload
+    def __get__(self, obj: None, owner: Any) -> Self: ...
+    @overload
+    def __get__(self, obj: object, owner: Any) -> Pointer[_T]: ...
+    def __set__(self, obj: object, value: Iterable[Any]) -> None: ...
+
+def offsetof(t: type[Struct | Union | ctypes.Structure | ctypes.Union], field: str) -> int: ...
 
 class Stats:
     """A snapshot of allocation counters."""

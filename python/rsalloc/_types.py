@@ -4,6 +4,11 @@ layer reads `_kind_` once per class and caches what it needs."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any, overload
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
 __all__ = [
     "NativeType",
     "Integer",
@@ -36,17 +41,47 @@ class NativeType:
     def __new__(cls, *args: object, **kwargs: object) -> NativeType:
         raise TypeError(f"{cls.__name__} is an element type, not a value; allocate one with calloc({cls.__name__})")
 
+    @classmethod
+    def from_param(cls, obj: object) -> object:
+        """ctypes' argument conversion: `argtypes = [Pointer[Uint8], Size]`
+        passes a Size argument range-checked, as element writes are."""
+        from ._struct import scalar_param
+
+        return scalar_param(cls, obj)
+
 
 class Integer(NativeType):
     """Base of the integer element types: their elements are `int`."""
 
     __slots__ = ()
 
+    if TYPE_CHECKING:
+        # What mypy sees of a struct field declared with this type (`x: Int32`
+        # in a Struct body): a descriptor reading and writing int. The
+        # runtime fields are rsalloc's own descriptors (src/py/structs.rs).
+        @overload
+        def __get__(self, obj: None, owner: Any) -> Self: ...
+        @overload
+        def __get__(self, obj: object, owner: Any) -> int: ...
+        def __get__(self, obj: object, owner: Any) -> int | Self: ...
+        def __set__(self, obj: object, value: int) -> None: ...
+
 
 class Floating(NativeType):
     """Base of the floating-point element types: their elements are `float`."""
 
     __slots__ = ()
+
+    if TYPE_CHECKING:
+        # What mypy sees of a struct field declared with this type (`x: Float64`
+        # in a Struct body): a descriptor reading and writing float. The
+        # runtime fields are rsalloc's own descriptors (src/py/structs.rs).
+        @overload
+        def __get__(self, obj: None, owner: Any) -> Self: ...
+        @overload
+        def __get__(self, obj: object, owner: Any) -> float: ...
+        def __get__(self, obj: object, owner: Any) -> float | Self: ...
+        def __set__(self, obj: object, value: float) -> None: ...
 
 
 class Int8(Integer):
@@ -114,6 +149,17 @@ class Bool(NativeType):
 
     _kind_ = "Bool"
 
+    if TYPE_CHECKING:
+        # What mypy sees of a struct field declared with this type (`x: Bool`
+        # in a Struct body): a descriptor reading and writing bool. The
+        # runtime fields are rsalloc's own descriptors (src/py/structs.rs).
+        @overload
+        def __get__(self, obj: None, owner: Any) -> Self: ...
+        @overload
+        def __get__(self, obj: object, owner: Any) -> bool: ...
+        def __get__(self, obj: object, owner: Any) -> bool | Self: ...
+        def __set__(self, obj: object, value: bool) -> None: ...
+
 
 class IntPtr(Integer):
     """C ``intptr_t``: a signed integer the size of a pointer."""
@@ -145,6 +191,22 @@ class PointerSlot(NativeType):
 
     _kind_ = "Ptr"
     _target_: type = Void
+
+    @classmethod
+    def from_param(cls, obj: object) -> object:
+        """ctypes' argument conversion: `argtypes = [Pointer[Uint8], Size]`
+        takes a live Pointer to T (any Pointer for `Pointer[Void]`) or None."""
+        return _from_param()(cls, obj)
+
+
+def _from_param() -> Any:
+    global _pointer_from_param
+    if _pointer_from_param is None:
+        from ._rsalloc import _pointer_from_param  # type: ignore[attr-defined]
+    return _pointer_from_param
+
+
+_pointer_from_param: Any = None
 
 
 _slot_types: dict[object, type] = {}

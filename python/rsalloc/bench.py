@@ -32,7 +32,11 @@ try:
     import cffi
 
     _ffi: Any = cffi.FFI()
-    _ffi.cdef("void *malloc(size_t); void free(void *);")
+    _ffi.cdef(
+        "void *malloc(size_t); void free(void *);"
+        "typedef struct { int32_t x; int32_t y; } bench_pair;"
+        "typedef struct { char *appKey; char *accid; char *token; } bench_auth;"
+    )
     _cffi_libc: Any = _ffi.dlopen(None)
 except ImportError:  # pragma: no cover
     cffi = None
@@ -51,6 +55,7 @@ class Cell:
     setup: str = "pass"
     ops: int = 1  # operations per execution of stmt
     ours: bool = False
+    compared: bool = True  # a peer the ratios are taken against
 
 
 @dataclass
@@ -277,6 +282,71 @@ def _bulk_rows() -> list[Row]:
         read.append(Cell("cffi unpack", "ffi.unpack(c, 1024)", setup="c = ffi_new('int32_t[]', 1024)"))
         write.append(Cell("cffi c[0:1024] = list", "c[0:1024] = L", setup=f"{lst}; c = ffi_new('int32_t[]', 1024)"))
     return [Row("j", "bulk read: 1024 Int32 to a list", read), Row("j", "bulk write: a list of 1024 ints", write)]
+_STRUCTS = """
+class Pair(rsalloc.Struct):
+    x: rsalloc.Int32
+    y: rsalloc.Int32
+class CPair(ctypes.Structure):
+    _fields_ = [("x", ctypes.c_int32), ("y", ctypes.c_int32)]
+class AuthInfo(rsalloc.Struct):
+    appKey: rsalloc.Pointer[rsalloc.Int8]
+    accid: rsalloc.Pointer[rsalloc.Int8]
+    token: rsalloc.Pointer[rsalloc.Int8]
+class CAuthInfo(ctypes.Structure):
+    _fields_ = [("appKey", ctypes.c_char_p), ("accid", ctypes.c_char_p), ("token", ctypes.c_char_p)]
+KEY, ACCID, TOKEN = "45c6af3c98409b18a84451215d0bdd6e", "user-42", "t\u00f6k\u00e9n"
+"""
+
+
+def _struct_field_rows() -> list[Row]:
+    """`p.ref.x` of an rsalloc struct pointer beside cffi's `p.x` and ctypes' `s.x`."""
+    ours = _STRUCTS + "p = rsalloc.calloc(Pair)"
+    # ctypes' s.x reads an instance, not through a pointer: shown, not compared.
+    ctypes_ptr = _STRUCTS + "pp = ctypes.pointer(CPair())"
+    read = [
+        Cell("rsalloc p.ref.x", "p.ref.x", setup=ours, ours=True),
+        Cell("ctypes pp.contents.x", "pp.contents.x", setup=ctypes_ptr),
+        Cell("ctypes s.x (instance, not compared)", "s.x", setup=_STRUCTS + "s = CPair()", compared=False),
+    ]
+    write = [
+        Cell("rsalloc p.ref.x = v", "p.ref.x = 5", setup=ours, ours=True),
+        Cell("ctypes pp.contents.x = v", "pp.contents.x = 5", setup=ctypes_ptr),
+        Cell("ctypes s.x = v (instance, not compared)", "s.x = 5", setup=_STRUCTS + "s = CPair()", compared=False),
+    ]
+    if cffi is not None:
+        read.append(Cell("cffi p.x", "p.x", setup="p = ffi_new('bench_pair *')"))
+        write.append(Cell("cffi p.x = v", "p.x = 5", setup="p = ffi_new('bench_pair *')"))
+    return [Row("struct_field", "struct field read", read), Row("struct_field", "struct field write", write)]
+
+
+def _seed_struct_rows() -> list[Row]:
+    """The seed example: a struct of three C strings made from str, then all freed."""
+    cells = [
+        Cell(
+            "rsalloc Struct + to_native_utf8",
+            "p = calloc(AuthInfo); r = p.ref\n"
+            "k = utf8(KEY); a = utf8(ACCID); t = utf8(TOKEN)\n"
+            "r.appKey = k; r.accid = a; r.token = t\n"
+            "rfree(k); rfree(a); rfree(t); rfree(p)",
+            setup=_STRUCTS + "calloc = rsalloc.calloc",
+            ours=True,
+        ),
+        Cell(
+            "ctypes Structure of c_char_p",
+            "s = CAuthInfo(); s.appKey = KEY.encode(); s.accid = ACCID.encode(); s.token = TOKEN.encode(); del s",
+            setup=_STRUCTS,
+        ),
+    ]
+    if cffi is not None:
+        cells.append(
+            Cell(
+                "cffi ffi.new struct + char[]",
+                "s = ffi_new('bench_auth *'); k = ffi_new('char[]', KEY.encode()); a = ffi_new('char[]', ACCID.encode())\n"
+                "t = ffi_new('char[]', TOKEN.encode()); s.appKey = k; s.accid = a; s.token = t; del s, k, a, t",
+                setup=_STRUCTS,
+            )
+        )
+    return [Row("seed_struct", "AuthInfo of three str, then freed", cells)]
 
 
 JOBS: dict[str, Callable[[], list[Row]]] = {
@@ -289,6 +359,8 @@ JOBS: dict[str, Callable[[], list[Row]]] = {
     "h": _per_call_arena_rows,
     "i": _char_array_rows,
     "j": _bulk_rows,
+    "struct_field": _struct_field_rows,
+    "seed_struct": _seed_struct_rows,
 }
 
 _TEARDOWN = "import tracemalloc; tracemalloc.stop()\ntry:\n    rsalloc.tracking.disable()\nexcept AttributeError:\n    pass"
@@ -318,7 +390,7 @@ def _measure(row: Row, repeats: int, quick: bool, ns: dict[str, Any]) -> None:
 
 
 def _ratios(row: Row) -> dict[str, float]:
-    peers = [row.medians[c.impl] for c in row.cells if not c.ours and not c.impl.startswith("rsalloc")]
+    peers = [row.medians[c.impl] for c in row.cells if c.compared and not c.ours and not c.impl.startswith("rsalloc")]
     if not peers:
         return {}
     best = min(peers)

@@ -33,7 +33,7 @@ use std::ffi::{c_int, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::OnceLock;
 
-type Args = *const *mut ffi::PyObject;
+pub(crate) type Args = *const *mut ffi::PyObject;
 
 /// The PyO3 methods the fast ones replace, for every other call.
 static ALLOCATOR_ALLOCATE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
@@ -41,7 +41,7 @@ static ARENA_ALLOCATE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static FREE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
 /// What a fast route did with a call.
-enum Outcome<R> {
+pub(crate) enum Outcome<R> {
     /// The call's result (a new reference, or a slot's status).
     Done(R),
     /// The call failed with this error.
@@ -60,7 +60,7 @@ impl<T> From<PyResult<T>> for Outcome<T> {
 }
 
 /// A C return type and its error value.
-trait Ret {
+pub(crate) trait Ret {
     const ERR: Self;
 }
 impl Ret for *mut ffi::PyObject {
@@ -76,7 +76,7 @@ impl Ret for c_int {
 /// # Safety
 /// Called by CPython with the GIL (or an attached thread state).
 #[inline]
-unsafe fn enter<R: Ret>(
+pub(crate) unsafe fn enter<R: Ret>(
     route: impl FnOnce(Python<'_>) -> Outcome<R>,
     slow: impl FnOnce() -> R,
 ) -> R {
@@ -106,7 +106,7 @@ unsafe fn enter<R: Ret>(
 /// # Safety
 /// `args` holds `nargs` borrowed objects.
 #[inline]
-unsafe fn single<'a, 'py>(
+pub(crate) unsafe fn single<'a, 'py>(
     py: Python<'py>,
     args: Args,
     nargs: ffi::Py_ssize_t,
@@ -121,7 +121,7 @@ unsafe fn single<'a, 'py>(
 ///
 /// # Safety
 /// As for `enter`.
-unsafe fn delegate(
+pub(crate) unsafe fn delegate(
     slow: &PyOnceLock<Py<PyAny>>,
     slf: Option<*mut ffi::PyObject>,
     args: Args,
@@ -365,8 +365,14 @@ struct Def(ffi::PyMethodDef);
 unsafe impl Send for Def {}
 unsafe impl Sync for Def {}
 
-/// One per replaced entry point: allocator.allocate, arena.allocate, free.
-static DEFS: [OnceLock<Def>; 3] = [OnceLock::new(), OnceLock::new(), OnceLock::new()];
+/// One per replaced entry point: allocator.allocate, arena.allocate, free,
+/// to_native_utf8 (fast_structs.rs).
+static DEFS: [OnceLock<Def>; 4] = [
+    OnceLock::new(),
+    OnceLock::new(),
+    OnceLock::new(),
+    OnceLock::new(),
+];
 
 /// A `PyMethodDef` like `old`'s (name, docstring and text signature) that
 /// calls `entry`, in slot `slot` of `DEFS`.
@@ -445,14 +451,29 @@ pub fn install(m: &Bound<'_, PyModule>) -> PyResult<()> {
         arena_allocate,
     )?;
 
-    let old = m.getattr("free")?.cast_into::<PyCFunction>()?;
+    replace_function(m, "free", &FREE, 2, free)?;
+    replace_item_slots(py)
+}
+
+/// Replaces module function `name` of `m` by one that calls `entry` (its
+/// definition in `DEFS[slot]`, copied from the old one's), keeping the old
+/// one in `slow`.
+pub(crate) fn replace_function(
+    m: &Bound<'_, PyModule>,
+    name: &str,
+    slow: &PyOnceLock<Py<PyAny>>,
+    slot: usize,
+    entry: ffi::PyCFunctionFastWithKeywords,
+) -> PyResult<()> {
+    let py = m.py();
+    let old = m.getattr(name)?.cast_into::<PyCFunction>()?;
     // SAFETY: a PyO3 function's PyMethodDef lives for the process; the new
     // function object takes the module as self, as PyO3's does.
     unsafe {
         let def = method_def(
-            2,
+            slot,
             *(*old.as_ptr().cast::<ffi::PyCFunctionObject>()).m_ml,
-            free,
+            entry,
         );
         let new = Bound::from_owned_ptr_or_err(
             py,
@@ -463,8 +484,8 @@ pub fn install(m: &Bound<'_, PyModule>) -> PyResult<()> {
                 std::ptr::null_mut(),
             ),
         )?;
-        m.setattr("free", new)?;
+        m.setattr(name, new)?;
     }
-    let _ = FREE.set(py, old.into_any().unbind());
-    replace_item_slots(py)
+    let _ = slow.set(py, old.into_any().unbind());
+    Ok(())
 }

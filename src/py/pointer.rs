@@ -9,7 +9,7 @@ use super::errors::{to_py, IntoPy};
 pub use super::owner::{Owned, Owner};
 use super::source::Source;
 use super::types::{self, TypeInfo};
-use super::values::{address_arg, exact_small_int, to_value, usize_arg};
+use super::values::{address_arg, exact_small_int, plain_number, to_value, usize_arg};
 use crate::core::error::{Error, Ownership};
 use crate::core::record::State;
 use crate::core::record_ref::RecordRef;
@@ -17,8 +17,7 @@ use crate::core::types::{Kind, Value};
 use pyo3::exceptions::{PyBufferError, PyIndexError, PyOverflowError, PyTypeError, PyValueError};
 use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBool, PyFloat, PyInt, PyList, PySlice, PyTuple};
+use pyo3::types::{PyBool, PyInt, PyList, PySlice, PyTuple};
 use std::ffi::{c_int, CStr};
 use std::fmt;
 
@@ -106,7 +105,7 @@ impl Pointer {
     }
 
     /// Another view of the same owner.
-    fn view(&self, addr: usize, ty: &'static TypeInfo, extent: Option<usize>) -> Self {
+    pub(crate) fn view(&self, addr: usize, ty: &'static TypeInfo, extent: Option<usize>) -> Self {
         Pointer::new(addr, ty, extent, self.owner.view(addr == self.addr))
     }
 
@@ -188,7 +187,7 @@ impl Pointer {
 
     /// The address of element `i` (negative counts from the end when the count is known).
     #[inline]
-    fn elem_addr(&self, i: isize) -> Result<usize, Error> {
+    pub(crate) fn elem_addr(&self, i: isize) -> Result<usize, Error> {
         self.check()?;
         let size = self.ty.size;
         // The hot case, without computing the count: element i ends within
@@ -345,20 +344,7 @@ impl Pointer {
     #[inline(always)]
     pub(crate) fn plain_write(&self, i: isize, v: &Bound<'_, PyAny>) -> bool {
         let kind = self.ty.kind;
-        let value = if let Some((lo, hi)) = kind.int_range() {
-            match exact_small_int(v) {
-                // Unsigned slots take the same bits (Kind::write).
-                Some(n) if (lo..=hi).contains(&(n as i128)) => Value::Int(n),
-                _ => return false,
-            }
-        } else if matches!(kind, Kind::F32 | Kind::F64) && v.is_exact_instance_of::<PyFloat>() {
-            // SAFETY: an exact float.
-            let f = unsafe { ffi::PyFloat_AS_DOUBLE(v.as_ptr()) };
-            if kind == Kind::F32 && f.is_finite() && (f as f32).is_infinite() {
-                return false;
-            }
-            Value::Float(f)
-        } else {
+        let Some(value) = plain_number(kind, v) else {
             return false;
         };
         let Some(_held) = self.access().ok() else {
@@ -390,8 +376,12 @@ impl Pointer {
         Ok(())
     }
 
-    /// An instance of the ctypes aggregate type living at `addr` (it pins the block).
+    /// An instance of the ctypes aggregate type living at `addr` (it pins
+    /// the block), or the view of an rsalloc Struct or Array there.
     fn instance_at(&self, py: Python<'_>, addr: usize) -> PyResult<Py<PyAny>> {
+        if let Some(view) = super::structs::composite_at(py, self, addr, self.ty) {
+            return view;
+        }
         let one = Py::new(py, self.view(addr, self.ty, Some(self.ty.size)))?;
         Ok(self
             .ty
@@ -402,6 +392,9 @@ impl Pointer {
     }
 
     fn write_instance(&self, py: Python<'_>, i: isize, v: &Bound<'_, PyAny>) -> PyResult<()> {
+        if let Some(done) = super::structs::write_composite(py, self, i, v) {
+            return done;
+        }
         if !v.is_instance(self.ty.class.bind(py))? {
             return Err(PyTypeError::new_err(format!(
                 "expected a {} instance, got {}",
@@ -472,8 +465,6 @@ impl fmt::Display for Pointer {
         }
     }
 }
-
-static C_VOID_P: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
 #[pymethods]
 impl Pointer {
@@ -589,9 +580,9 @@ impl Pointer {
     /// For a ctypes element type: an instance living in this memory (it pins the block).
     #[getter(r#ref)]
     fn get_ref(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        if !self.ty.ctypes {
+        if !self.ty.ctypes && matches!(self.ty.composite, types::Composite::No) {
             return Err(PyTypeError::new_err(format!(
-                ".ref needs a ctypes element type (Structure, Union, array, scalar), not {}",
+                ".ref needs a Struct, Union, Array or ctypes element type (Structure, Union, array, scalar), not {}",
                 self.ty.name
             )));
         }
@@ -858,16 +849,12 @@ impl Pointer {
         Ok(())
     }
 
-    /// So that a ctypes foreign function accepts a Pointer (as a `c_void_p`).
+    /// So that a ctypes foreign function accepts a Pointer: a ctypes pointer
+    /// to its element type's ctypes type (`c_void_p` for Void).
     #[getter]
     fn _as_parameter_<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         self.check_alive().py(py, self)?;
-        let cls = C_VOID_P.import(py, "ctypes", "c_void_p")?;
-        cls.call1((if self.addr == 0 {
-            None
-        } else {
-            Some(self.addr)
-        },))
+        super::params::as_parameter(py, self)
     }
 
     /// The owning allocator (None for foreign or detached memory).
@@ -1161,6 +1148,16 @@ unsafe fn nul_position(addr: usize, unit: usize, limit: Option<usize>) -> usize 
             i
         }
     }
+}
+
+/// The Pointer for an address read back from memory (a pointer field or
+/// slot) whose pointee is `ty`: an unowned view of unknown length.
+pub(crate) fn from_stored_address(
+    _py: Python<'_>,
+    addr: usize,
+    ty: &'static TypeInfo,
+) -> PyResult<Pointer> {
+    Ok(Pointer::new(addr, ty, None, Owner::UNOWNED))
 }
 
 /// The null `Pointer[Void]`.

@@ -11,6 +11,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::PyType;
 use std::collections::HashMap;
 use std::ffi::{CStr, CString};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Mutex;
 
 pub struct TypeInfo {
@@ -25,6 +26,22 @@ pub struct TypeInfo {
     pub name: String,
     /// A ctypes class: `p.ref` and aggregate elements build instances of it.
     pub ctypes: bool,
+    /// An rsalloc `Struct`/`Union` or `Array[T, n]`: elements are views.
+    pub composite: Composite,
+    /// The ctypes class a Pointer to this type passes to foreign functions
+    /// as (`_as_parameter_`), found on first use.
+    pub param: PyOnceLock<Py<PyAny>>,
+}
+
+/// What an element of an rsalloc composite type reads as.
+#[derive(Clone, Copy)]
+pub enum Composite {
+    /// Not a composite: a scalar, a slot, or a ctypes type.
+    No,
+    /// `rsalloc.Struct` or `rsalloc.Union`: a view of class `TypeInfo::class`.
+    Struct,
+    /// `rsalloc.Array[T, n]`: a counted `Pointer[T]` view.
+    Array { elem: &'static TypeInfo, len: usize },
 }
 
 impl TypeInfo {
@@ -37,15 +54,36 @@ impl TypeInfo {
 struct Registry {
     /// rsalloc's own scalar classes, matched by identity on the hot path.
     scalars: Vec<(usize, &'static TypeInfo)>,
-    cache: Mutex<HashMap<usize, &'static TypeInfo>>,
+    cache: Mutex<HashMap<usize, &'static TypeInfo, BuildHasherDefault<AddressHasher>>>,
     uint8: &'static TypeInfo,
     uint16: &'static TypeInfo,
     void: &'static TypeInfo,
 }
 
+/// Hashes a class's address: keys are distinct live objects, so no
+/// flooding to resist, and SipHash was half the cost of `calloc(S)`
+/// (BENCHMARKS.md, seed_struct).
+#[derive(Default)]
+struct AddressHasher(u64);
+
+impl Hasher for AddressHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_usize(&mut self, n: usize) {
+        // Objects are 16-byte aligned: the low bits carry nothing.
+        self.0 = ((n as u64) >> 4).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
 static REGISTRY: PyOnceLock<Registry> = PyOnceLock::new();
 
-fn leak(info: TypeInfo) -> &'static TypeInfo {
+pub(crate) fn leak(info: TypeInfo) -> &'static TypeInfo {
     Box::leak(Box::new(info))
 }
 
@@ -82,6 +120,8 @@ fn scalar(class: &Bound<'_, PyAny>, kind: Kind, ctypes: bool) -> PyResult<&'stat
         target: None,
         name: class.getattr("__name__")?.extract()?,
         ctypes,
+        composite: Composite::No,
+        param: PyOnceLock::new(),
     }))
 }
 
@@ -99,7 +139,7 @@ fn registry(py: Python<'_>) -> PyResult<&Registry> {
         let (uint8, uint16, void) = (find(Kind::U8), find(Kind::U16), find(Kind::Void));
         Ok(Registry {
             scalars,
-            cache: Mutex::new(HashMap::new()),
+            cache: Mutex::new(HashMap::default()),
             uint8,
             uint16,
             void,
@@ -117,6 +157,17 @@ pub fn void(py: Python<'_>) -> PyResult<&'static TypeInfo> {
     Ok(registry(py)?.void)
 }
 
+/// The TypeInfo of a class already classified (no Python code runs), or None.
+#[inline]
+pub(crate) fn lookup_cached(t: &Bound<'_, PyAny>) -> Option<&'static TypeInfo> {
+    let reg = REGISTRY.get(t.py())?;
+    let key = t.as_ptr() as usize;
+    if let Some((_, info)) = reg.scalars.iter().find(|(k, _)| *k == key) {
+        return Some(info);
+    }
+    reg.cache.lock().ok()?.get(&key).copied()
+}
+
 /// The TypeInfo of an element type, or TypeError.
 #[inline]
 pub fn lookup(t: &Bound<'_, PyAny>) -> PyResult<&'static TypeInfo> {
@@ -129,8 +180,23 @@ pub fn lookup(t: &Bound<'_, PyAny>) -> PyResult<&'static TypeInfo> {
         return Ok(info);
     }
     let info = classify(t)?;
-    // Two threads may classify the same class; the first entry wins.
-    Ok(*reg.cache.lock().unwrap().entry(key).or_insert(info))
+    remember(t, info)
+}
+
+/// Enters the TypeInfo of class `t` in the cache (a struct does so before
+/// looking up its pointer fields, which may name it). Two threads may
+/// classify the same class; the first entry wins.
+pub(crate) fn remember(
+    t: &Bound<'_, PyAny>,
+    info: &'static TypeInfo,
+) -> PyResult<&'static TypeInfo> {
+    let reg = registry(t.py())?;
+    Ok(*reg
+        .cache
+        .lock()
+        .unwrap()
+        .entry(t.as_ptr() as usize)
+        .or_insert(info))
 }
 
 static CTYPES: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
@@ -191,6 +257,9 @@ fn classify(t: &Bound<'_, PyAny>) -> PyResult<&'static TypeInfo> {
         let target = lookup(&class.getattr("_target_")?)?;
         return pointer_info(class, target, false);
     }
+    if let Some(info) = super::structs::classify_composite(class)? {
+        return Ok(info);
+    }
     // A ctypes type: describe() returns (kind, size, align, format, target).
     let desc = support.call_method1("describe", (class,))?;
     if desc.is_none() {
@@ -214,6 +283,8 @@ fn classify(t: &Bound<'_, PyAny>) -> PyResult<&'static TypeInfo> {
             target: None,
             name,
             ctypes: true,
+            composite: Composite::No,
+            param: PyOnceLock::new(),
         }));
     }
     let kind = ctypes_code(&code).ok_or_else(|| not_a_type(t))?;
@@ -245,12 +316,18 @@ fn pointer_info(
         target: Some(target),
         name: format!("Pointer[{}]", target.name),
         ctypes,
+        composite: Composite::No,
+        param: PyOnceLock::new(),
     }))
 }
 
 /// `Pointer[T]`: the slot class for T (validated as an element type).
 pub fn pointer_class<'py>(target: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
-    lookup(target)?;
+    // A struct's layout is not needed to point at it, and may be what is
+    // being worked out (`next: Pointer[Node]` inside Node).
+    if !super::structs::is_struct_class(target)? {
+        lookup(target)?;
+    }
     target
         .py()
         .import("rsalloc._types")?

@@ -98,6 +98,28 @@ pub(crate) fn to_value(kind: Kind, ty: &TypeInfo, v: &Bound<'_, PyAny>) -> PyRes
     }
 }
 
+/// The value of an exact int in range of integer `kind`, or of an exact
+/// float for a floating one, converted without running Python code; None
+/// for anything else (which `to_value` then converts or refuses).
+#[inline(always)]
+pub(crate) fn plain_number(kind: Kind, v: &Bound<'_, PyAny>) -> Option<Value> {
+    if let Some((lo, hi)) = kind.int_range() {
+        // Unsigned slots take the same bits (Kind::write).
+        return exact_small_int(v)
+            .filter(|n| (lo..=hi).contains(&(*n as i128)))
+            .map(Value::Int);
+    }
+    if matches!(kind, Kind::F32 | Kind::F64) && v.is_exact_instance_of::<PyFloat>() {
+        // SAFETY: an exact float.
+        let f = unsafe { ffi::PyFloat_AS_DOUBLE(v.as_ptr()) };
+        if kind == Kind::F32 && f.is_finite() && (f as f32).is_infinite() {
+            return None;
+        }
+        return Some(Value::Float(f));
+    }
+    None
+}
+
 /// The value of an exact `int` that fits in i64, without PyO3's generic path
 /// (element access is the hottest path there is).
 #[inline]
