@@ -290,21 +290,149 @@ impl Pointer {
         let addr = self.elem_addr(i).ok()?;
         if self.ty.kind.is_number() {
             // SAFETY: elem_addr checked liveness and bounds (or the view is
-            // foreign, whose reads are the caller's responsibility); the
-            // conversions take plain numbers.
-            return Some(unsafe {
-                match self.ty.kind.read(addr) {
-                    Value::Int(v) => ffi::PyLong_FromLongLong(v),
-                    Value::UInt(v) => ffi::PyLong_FromUnsignedLongLong(v),
-                    Value::Float(v) => ffi::PyFloat_FromDouble(v),
-                    Value::Bool(b) => {
-                        ffi::Py_NewRef(if b { ffi::Py_True() } else { ffi::Py_False() })
-                    }
-                    Value::Addr(_) => return None,
-                }
-            });
+            // foreign, whose reads are the caller's responsibility).
+            return number_object(unsafe { self.ty.kind.read(addr) });
         }
         None
+    }
+
+    /// `self[start::step]` of `len` numeric elements, as a list, in one
+    /// pass. The list is made first: its allocation may start the cycle
+    /// collector, and so Python code. Then the block is pinned and checked,
+    /// and every element read: an int or a float is made without running
+    /// Python code, so nothing can free the block in between, and nothing
+    /// is appended one by one (the list has its length from the start).
+    fn number_slice(
+        &self,
+        py: Python<'_>,
+        start: isize,
+        step: isize,
+        len: usize,
+    ) -> PyResult<Py<PyAny>> {
+        // SAFETY: a new list of `len` empty (NULL) slots, or NULL with an
+        // exception set; a list with NULL slots is valid to drop.
+        let list = unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyList_New(len as isize))? };
+        let _held = self.pinned().py(py, self)?;
+        let first = self.addr + start as usize * self.ty.size;
+        let stride = step * self.ty.size as isize;
+        let out = list.as_ptr();
+        use std::ffi::{c_long, c_ulong};
+        // One loop per element type, so the read and the conversion are not
+        // chosen again for every element.
+        // SAFETY (every arm): slice_bounds checked that the `len` elements
+        // from `first` by `stride` lie in the view, `pinned` that the block is
+        // live, and no Python code has run since; the list has `len` slots.
+        let filled = unsafe {
+            match self.ty.kind {
+                Kind::I8 => fill_list(out, first, stride, len, |v: i8| {
+                    ffi::PyLong_FromLong(v as c_long)
+                }),
+                Kind::I16 => fill_list(out, first, stride, len, |v: i16| {
+                    ffi::PyLong_FromLong(v as c_long)
+                }),
+                Kind::I32 => fill_list(out, first, stride, len, |v: i32| {
+                    ffi::PyLong_FromLong(v as c_long)
+                }),
+                Kind::U8 => fill_list(out, first, stride, len, |v: u8| {
+                    ffi::PyLong_FromLong(v as c_long)
+                }),
+                Kind::U16 => fill_list(out, first, stride, len, |v: u16| {
+                    ffi::PyLong_FromLong(v as c_long)
+                }),
+                Kind::U32 => fill_list(out, first, stride, len, |v: u32| {
+                    ffi::PyLong_FromUnsignedLong(v as c_ulong)
+                }),
+                Kind::F32 => fill_list(out, first, stride, len, |v: f32| {
+                    ffi::PyFloat_FromDouble(v as f64)
+                }),
+                Kind::F64 => {
+                    fill_list(out, first, stride, len, |v: f64| ffi::PyFloat_FromDouble(v))
+                }
+                Kind::I64 | Kind::IntPtr => fill_list(out, first, stride, len, |v: i64| {
+                    ffi::PyLong_FromLongLong(v)
+                }),
+                Kind::U64 | Kind::Size => fill_list(out, first, stride, len, |v: u64| {
+                    ffi::PyLong_FromUnsignedLongLong(v)
+                }),
+                Kind::Bool => fill_list(out, first, stride, len, |v: u8| {
+                    ffi::Py_NewRef(if v != 0 {
+                        ffi::Py_True()
+                    } else {
+                        ffi::Py_False()
+                    })
+                }),
+                Kind::Ptr | Kind::Void | Kind::Opaque => {
+                    unreachable!("number_slice of {:?}", self.ty.kind)
+                }
+            }
+        };
+        if !filled {
+            return Err(PyErr::fetch(py));
+        }
+        Ok(list.into_any().unbind())
+    }
+
+    /// `self[start::step] = values` from an exact list or tuple of plain
+    /// numbers (`plain_number`): every value converted before anything is
+    /// written, none of them running Python code, so a bad one changes
+    /// nothing and no Python code runs between the check and the writes.
+    /// None when the sequence is anything else, or holds anything else:
+    /// the general path then converts (and may refuse) it.
+    fn write_number_slice(
+        &self,
+        py: Python<'_>,
+        start: isize,
+        step: isize,
+        len: usize,
+        v: &Bound<'_, PyAny>,
+    ) -> Option<PyResult<()>> {
+        let kind = self.ty.kind;
+        if !kind.is_number() {
+            return None;
+        }
+        let items: &[*mut ffi::PyObject] = if let Ok(l) = v.cast_exact::<PyList>() {
+            // SAFETY: an exact list; no Python code runs while the slice is
+            // used, so the list cannot change under it.
+            unsafe {
+                let l = l.as_ptr().cast::<ffi::PyListObject>();
+                std::slice::from_raw_parts((*l).ob_item, ffi::PyList_GET_SIZE(l.cast()) as usize)
+            }
+        } else if let Ok(t) = v.cast_exact::<PyTuple>() {
+            // SAFETY: an exact tuple, immutable.
+            unsafe {
+                let t = t.as_ptr().cast::<ffi::PyTupleObject>();
+                std::slice::from_raw_parts(
+                    (*t).ob_item.as_ptr(),
+                    ffi::PyTuple_GET_SIZE(t.cast()) as usize,
+                )
+            }
+        } else {
+            return None;
+        };
+        if items.len() != len {
+            return Some(Err(slice_length_error(items.len(), len)));
+        }
+        let mut values = Vec::new();
+        if values.try_reserve_exact(len).is_err() {
+            return Some(Err(pyo3::exceptions::PyMemoryError::new_err(
+                "no memory to convert a slice assignment",
+            )));
+        }
+        for &item in items {
+            // SAFETY: a borrowed reference from the sequence, alive while it is.
+            let item = unsafe { Bound::from_borrowed_ptr(py, item) };
+            values.push(plain_number(kind, &item)?);
+        }
+        Some((|| {
+            let _held = self.pinned().py(py, self)?;
+            for (k, value) in values.into_iter().enumerate() {
+                let addr = self.addr + (start + k as isize * step) as usize * self.ty.size;
+                // SAFETY: slice_bounds checked the range, `pinned` the block;
+                // nothing ran since.
+                unsafe { kind.write(addr, value) };
+            }
+            Ok(())
+        })())
     }
 
     /// `self[i]` for an index already in range of isize.
@@ -507,6 +635,9 @@ impl Pointer {
             // elements may run more Python code (from_buffer of an aggregate,
             // a collection): pinned, and re-checked before every element.
             let (start, step, len) = self.slice_bounds(py, s)?;
+            if self.ty.kind.is_number() {
+                return self.number_slice(py, start, step, len);
+            }
             let _held = self.pinned().py(py, self)?;
             let items = PyList::empty(py);
             for k in 0..len as isize {
@@ -527,12 +658,12 @@ impl Pointer {
     ) -> PyResult<()> {
         if let Ok(s) = idx.cast::<PySlice>() {
             let (start, step, len) = self.slice_bounds(py, s)?;
+            if let Some(done) = self.write_number_slice(py, start, step, len, v) {
+                return done;
+            }
             let values: Vec<Bound<'_, PyAny>> = v.try_iter()?.collect::<PyResult<_>>()?;
             if values.len() != len {
-                return Err(PyValueError::new_err(format!(
-                    "slice assignment of {} values to {len} elements",
-                    values.len()
-                )));
+                return Err(slice_length_error(values.len(), len));
             }
             // Convert everything first, so a bad value changes nothing.
             if self.ty.kind == Kind::Opaque || self.ty.kind == Kind::Void {
@@ -1163,4 +1294,57 @@ pub(crate) fn from_stored_address(
 /// The null `Pointer[Void]`.
 pub fn nullptr_object(py: Python<'_>) -> PyResult<Bound<'_, Pointer>> {
     Bound::new(py, Pointer::new(0, types::void(py)?, None, Owner::UNOWNED))
+}
+
+/// The object for a numeric element's value, as a new reference (NULL with
+/// an exception set when CPython is out of memory); None for an address.
+/// Makes an int, a float or a bool: no Python code runs.
+#[inline(always)]
+fn number_object(v: Value) -> Option<*mut ffi::PyObject> {
+    // SAFETY: each call takes a plain number and returns a new reference or NULL.
+    Some(unsafe {
+        match v {
+            Value::Int(v) => ffi::PyLong_FromLongLong(v),
+            Value::UInt(v) => ffi::PyLong_FromUnsignedLongLong(v),
+            Value::Float(v) => ffi::PyFloat_FromDouble(v),
+            Value::Bool(b) => ffi::Py_NewRef(if b { ffi::Py_True() } else { ffi::Py_False() }),
+            Value::Addr(_) => return None,
+        }
+    })
+}
+
+fn slice_length_error(got: usize, len: usize) -> PyErr {
+    PyValueError::new_err(format!(
+        "slice assignment of {got} values to {len} elements"
+    ))
+}
+
+/// Fills the `len` empty slots of a new list with `make` of the elements at
+/// `first`, `first + stride`, ...; false (with the exception set) when
+/// `make` returns NULL.
+///
+/// # Safety
+/// `list` is a new list of `len` empty slots; every element address is
+/// readable as a `T`; `make` returns a new reference or NULL with an
+/// exception set, and runs no Python code.
+#[inline(always)]
+unsafe fn fill_list<T: Copy>(
+    list: *mut ffi::PyObject,
+    first: usize,
+    stride: isize,
+    len: usize,
+    make: impl Fn(T) -> *mut ffi::PyObject,
+) -> bool {
+    let mut at = first as isize;
+    for k in 0..len {
+        // SAFETY: the caller's contract.
+        let o = make(unsafe { (at as *const T).read_unaligned() });
+        if o.is_null() {
+            return false;
+        }
+        // SAFETY: k < len, an empty slot taking the new reference.
+        unsafe { ffi::PyList_SET_ITEM(list, k as isize, o) };
+        at += stride;
+    }
+    true
 }
