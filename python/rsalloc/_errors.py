@@ -1,6 +1,9 @@
 """The exception hierarchy (DESIGN §8). Defined in Python so that
 NullPointerError can also be a ValueError; the Rust layer raises these."""
 
+from typing import Any
+
+
 __all__ = [
     "RsallocError",
     "UseAfterFreeError",
@@ -41,7 +44,7 @@ class LeakError(RsallocError):
     """leak_check() found allocations still live at its end."""
 
     #: The LeakRecords of the allocations still live.
-    leaks: list
+    leaks: list[Any]
 
 
 class HeapCorruptionError(RsallocError):

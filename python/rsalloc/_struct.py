@@ -22,7 +22,7 @@ from typing import Any
 
 from . import _types
 from ._ctypes_support import _element_format, describe
-from ._rsalloc import _StructView  # type: ignore[attr-defined]
+from ._rsalloc import _StructView
 
 __all__ = ["Array", "Struct", "Union", "ctype_of", "offsetof", "param_type", "scalar_param"]
 
@@ -204,7 +204,7 @@ def _complete(cls: type) -> type:
             fields.append((name, t, ct))
         shell = _shell(cls)
         assert shell is not None
-        shell._fields_ = [(name, ct) for name, _, ct in fields]
+        shell._fields_ = [(name, ct) for name, _, ct in fields]  # type: ignore[attr-defined]
         info = tuple((name, t, getattr(shell, name).offset, isinstance(t, type) and issubclass(t, _types.PointerSlot)) for name, t, _ in fields)
         type.__setattr__(cls, "_rsalloc_fields_", info)
         type.__setattr__(cls, "_rsalloc_ctype_", shell)
@@ -279,7 +279,7 @@ class _StructMeta(type(_StructView)):  # type: ignore[misc]
 def _types_sizeof(cls: type) -> int:
     from ._rsalloc import sizeof
 
-    return sizeof(cls)  # type: ignore[no-any-return]
+    return sizeof(cls)
 
 
 class Struct(_StructView, metaclass=_StructMeta):

@@ -202,7 +202,7 @@ class PointerSlot(NativeType):
 def _from_param() -> Any:
     global _pointer_from_param
     if _pointer_from_param is None:
-        from ._rsalloc import _pointer_from_param  # type: ignore[attr-defined]
+        from ._rsalloc import _pointer_from_param
     return _pointer_from_param
 
 

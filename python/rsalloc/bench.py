@@ -24,12 +24,19 @@ from typing import Any, Callable
 import rsalloc
 from rsalloc._clib import libc as _libc
 
+np: Any
+cffi: Any
+pa: Any
 try:
-    import numpy as np
+    import numpy as _numpy
+
+    np = _numpy
 except ImportError:  # pragma: no cover - depends on the machine
     np = None
 try:
-    import cffi
+    import cffi as _cffi  # type: ignore[import-untyped,unused-ignore]
+
+    cffi = _cffi
 
     _ffi: Any = cffi.FFI()
     _ffi.cdef(
@@ -41,7 +48,9 @@ try:
 except ImportError:  # pragma: no cover
     cffi = None
 try:
-    import pyarrow as pa
+    import pyarrow as _pyarrow  # type: ignore[import-untyped,unused-ignore]
+
+    pa = _pyarrow
 except ImportError:  # pragma: no cover
     pa = None
 
@@ -406,10 +415,11 @@ def _memory_row() -> dict[str, Any]:
 
     n = 1_000_000
     out = {}
-    for name, make, release in (
+    cases: list[tuple[str, Callable[[], Any], Callable[[Any], None] | None]] = [
         ("rsalloc malloc(Uint8, 16)", lambda: rsalloc.malloc.allocate(16), rsalloc.free),
         ("ctypes (c_char * 16)()", (ctypes.c_char * 16), None),
-    ):
+    ]
+    for name, make, release in cases:
         gc.collect()
         before = rss()
         held = [make() for _ in range(n)]

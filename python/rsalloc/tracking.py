@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from . import _rsalloc  # type: ignore[attr-defined]  # the extension has no stub of its own
+from . import _rsalloc
 from ._constants import DEFAULT_FRAMES  # frames per allocation unless told otherwise
 from ._errors import LeakError
 
