@@ -6,6 +6,7 @@
 
 use super::block_cache;
 use super::error::{Error, Result};
+use super::index;
 use super::layout::{Request, MALLOC_ALIGN};
 use super::record::{ArenaTag, Record};
 use super::record_ref::{RecordRef, RecordSlot};
@@ -296,7 +297,11 @@ impl AllocCore {
         // The record's memory first: once the block exists, nothing can fail.
         let slot = RecordSlot::new()?;
         let p = self.backend.alloc(req.size, req.align, self.zeroed)?;
-        Ok(self.record(slot, p, req, arena, ty))
+        self.record(slot, p, req, arena, ty, false)
+            .inspect_err(|_| {
+                // SAFETY: the block just came from this backend; no record holds it.
+                let _ = unsafe { self.backend.free(p, req.size, req.align) };
+            })
     }
 
     #[inline(always)]
@@ -307,7 +312,8 @@ impl AllocCore {
         req: Request,
         arena: Option<&Arc<ArenaTag>>,
         ty: &'static str,
-    ) -> RecordRef {
+        adopted: bool,
+    ) -> Result<RecordRef> {
         let rec = slot.fill(Record::new(
             p,
             req.size,
@@ -315,6 +321,12 @@ impl AllocCore {
             CoreRef::new(self),
             arena.cloned(),
         ));
+        // Indexed before anyone can see it; an adopted address must be in
+        // no live block (it would be freed twice).
+        if let Err(e) = index::insert(&rec, adopted) {
+            rec.abandon();
+            return Err(e);
+        }
         self.count_alloc(req.size);
         match arena {
             Some(tag) => tag.counters.on_alloc(req.size),
@@ -322,7 +334,7 @@ impl AllocCore {
             None if self.tracks() => track::register(&rec, ty),
             None => {}
         }
-        rec
+        Ok(rec)
     }
 
     /// Takes ownership of a block this allocator's C counterpart allocated.
@@ -350,7 +362,7 @@ impl AllocCore {
     ) -> Result<RecordRef> {
         let p = NonNull::new(addr as *mut u8).ok_or(Error::NullPointer)?;
         let slot = RecordSlot::new()?;
-        Ok(self.record(slot, p, req, arena, ty))
+        self.record(slot, p, req, arena, ty, true)
     }
 
     /// Frees a block through this allocator (its owner group must own it).
@@ -392,7 +404,13 @@ impl AllocCore {
             Ok(p) => {
                 rec.finish_realloc();
                 let ty = track::type_of(rec);
-                let fresh = self.record(slot, p, Request { size: new, align }, None, ty);
+                let req = Request { size: new, align };
+                let fresh = self
+                    .record(slot, p, req, None, ty, false)
+                    .inspect_err(|_| {
+                        // SAFETY: the moved block has no record: give it back.
+                        let _ = unsafe { self.backend.free(p, new, align) };
+                    })?;
                 if rec.is_autofree() {
                     fresh.set_autofree()?;
                 }

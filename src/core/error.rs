@@ -36,6 +36,8 @@ pub enum Ownership {
     RegionCannotDetach,
     /// A bump-region arena cannot take memory it did not carve out.
     RegionCannotAdopt,
+    /// The address lies in a block rsalloc owns already (adopting it would free it twice).
+    AlreadyOwned,
 }
 
 /// What the guard bytes of a diagnostic block showed at its free.
@@ -105,6 +107,9 @@ impl fmt::Display for Error {
                 Ownership::Interior => "the pointer points inside a block, not at its start",
                 Ownership::RegionCannotDetach => {
                     "a bump-region arena cannot give its memory away; copy it out with clone()"
+                }
+                Ownership::AlreadyOwned => {
+                    "the address lies in a live block rsalloc owns already (it would be freed twice)"
                 }
                 Ownership::RegionCannotAdopt => {
                     "a bump-region arena cannot adopt memory; adopt it with the allocator that made it"

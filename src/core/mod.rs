@@ -6,6 +6,7 @@ pub mod block_cache;
 pub mod error;
 pub mod foreign;
 pub mod guard;
+pub mod index;
 pub mod layout;
 pub mod record;
 pub mod record_ref;

@@ -14,6 +14,7 @@
 
 use super::error::{Error, Result};
 use super::record::Record;
+use super::serial::serialized;
 use std::alloc::Layout;
 use std::mem::MaybeUninit;
 use std::ops::Deref;
@@ -105,6 +106,29 @@ impl RecordRef {
         RecordRef(NonNull::new_unchecked(w as *mut Inner))
     }
 
+    /// A new reference to the record at `rec`, unless its last reference
+    /// is being dropped (count 0): how the index hands out the records it
+    /// lists, which hold no count of their own.
+    ///
+    /// # Safety
+    /// `rec` is the record of a live `Inner` (the index's lock keeps it
+    /// from being freed meanwhile: a record leaves the index before its
+    /// memory goes).
+    pub(crate) unsafe fn upgrade(rec: *const Record) -> Option<Self> {
+        let inner = rec
+            .cast::<u8>()
+            .wrapping_sub(std::mem::offset_of!(Inner, rec))
+            .cast::<Inner>()
+            .cast_mut();
+        // SAFETY: the caller's contract.
+        let strong = unsafe { &(*inner).strong };
+        strong
+            .fetch_update(Acquire, Relaxed, |n| (n != 0).then(|| n + 1))
+            .ok()?;
+        // SAFETY: non-null (derived from a reference's pointee), now counted.
+        Some(RecordRef(unsafe { NonNull::new_unchecked(inner) }))
+    }
+
     fn inner(&self) -> &Inner {
         // SAFETY: the pointee lives while any reference exists.
         unsafe { self.0.as_ref() }
@@ -131,10 +155,11 @@ impl Clone for RecordRef {
 impl Drop for RecordRef {
     fn drop(&mut self) {
         // The only reference (the common case: one Pointer per block) needs
-        // no read-modify-write: no one else can clone it meanwhile. Acquire,
-        // as the fence below: every use through dropped references happened
-        // before.
-        if self.inner().strong.load(Acquire) != 1 {
+        // no read-modify-write when every caller is serialized: no one else
+        // can clone it meanwhile, not even the index (`upgrade`), which
+        // another thread could otherwise reach. Acquire, as the fence below:
+        // every use through dropped references happened before.
+        if !serialized() || self.inner().strong.load(Acquire) != 1 {
             if self.inner().strong.fetch_sub(1, Release) != 1 {
                 return;
             }

@@ -1,0 +1,522 @@
+//! Live blocks by address (DESIGN §3a): every address rsalloc hands out, at
+//! a block's start or inside it, resolves to the block, so that a Pointer
+//! made from an address read back from memory (a `Pointer[T]` slot, a
+//! struct field, `Pointer.from_address`) is a view of that block: bounded
+//! by it, dead with it, freeable at its start. It is also what keeps an
+//! address from being live twice (`adopt` of a live block's address, a block
+//! that C freed behind rsalloc's back and libc handed out again).
+//!
+//! Two structures under one lock ([`SerialMutex`]: no lock at all under the
+//! GIL):
+//! - a radix map of 32-byte granules for small blocks (up to [`SMALL_MAX`]
+//!   bytes): the granule of a block's start holds its record. glibc's
+//!   chunks are at least 32 bytes apart, so no two of its blocks share a
+//!   granule; a block whose granule is taken (a Python-defined allocator's
+//!   closely packed blocks) goes to the list below. Three levels: a static
+//!   table of 1 GiB spans (in `.bss`: untouched pages cost nothing), then
+//!   tables of 16 KiB leaves, each leaf one 4 KiB page of 512 slots. A leaf
+//!   page costs RSS only once touched: 8 bytes per 16-byte block on a dense
+//!   heap (glibc gives a 16-byte block a 32-byte chunk).
+//! - a sorted list of spans for everything else: larger blocks, the chunks
+//!   of bump-region arenas (whose blocks the region finds itself), and the
+//!   small blocks whose granule was taken.
+//!
+//! An interior address finds its small block by scanning back at most
+//! `SMALL_MAX / 32` granules to the nearest start (live blocks never
+//! overlap, so only the nearest start can hold it), and its large block or
+//! chunk by binary search.
+//!
+//! The index holds no counts: a record is in it exactly while its block is
+//! live (or in an arena), and leaves it, under the lock, before its memory
+//! can go back to libc or its record memory to the record cache. A reader
+//! takes a count on the record under the lock, only if the record still has
+//! one (see [`RecordRef::upgrade`]), so what it returns is a reference the
+//! record's state then checks on every access.
+
+use super::error::{Error, Ownership, Result};
+use super::record::Record;
+use super::record_ref::RecordRef;
+use super::region::RegionCore;
+use super::serial::{SerialGuard, SerialMutex};
+use std::ptr::null_mut;
+use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Weak};
+
+/// Blocks up to this many bytes go in the radix map.
+pub const SMALL_MAX: usize = 4096;
+const GRANULE_SHIFT: u32 = 5;
+const LEAF_BITS: u32 = 9;
+const MID_BITS: u32 = 16;
+/// Addresses the radix map covers (x86-64 and AArch64 user space with
+/// 4-level page tables); others go to the list.
+const ADDR_BITS: u32 = 47;
+const TOP_BITS: u32 = ADDR_BITS - GRANULE_SHIFT - LEAF_BITS - MID_BITS;
+const LEAF_SHIFT: u32 = GRANULE_SHIFT + LEAF_BITS;
+const MID_SHIFT: u32 = LEAF_SHIFT + MID_BITS;
+
+type Leaf = [AtomicUsize; 1 << LEAF_BITS];
+type Mid = [AtomicPtr<Leaf>; 1 << MID_BITS];
+
+/// The top level: one pointer per 1 GiB span of address space. Written and
+/// read only under [`STATE`]'s lock (atomics only to be a `static`).
+static TOP: [AtomicPtr<Mid>; 1 << TOP_BITS] = [const { AtomicPtr::new(null_mut()) }; 1 << TOP_BITS];
+
+/// What a span of the list stands for.
+enum Target {
+    /// A record's block (its record stays valid while it is listed).
+    Record(*const Record),
+    /// A chunk of a bump region: the region finds the block.
+    Chunk(Weak<RegionCore>),
+}
+
+struct Span {
+    start: usize,
+    /// Exclusive; a block of no bytes covers its start.
+    end: usize,
+    target: Target,
+}
+
+struct State {
+    /// The last leaf found, by its key (`addr >> LEAF_SHIFT`): alloc/free
+    /// loops touch one leaf again and again.
+    cached_key: usize,
+    cached_leaf: *const Leaf,
+    /// Sorted by start; spans never overlap.
+    spans: Vec<Span>,
+}
+
+// SAFETY: the raw pointers are records and leaves only ever used under the
+// lock; records are Sync, leaves are atomics that live for the process.
+unsafe impl Send for State {}
+
+static STATE: SerialMutex<State> = SerialMutex::new(State {
+    cached_key: usize::MAX,
+    cached_leaf: std::ptr::null(),
+    spans: Vec::new(),
+});
+
+fn lock() -> SerialGuard<'static, State> {
+    STATE.lock()
+}
+
+/// Zeroed memory for a radix table that lives as long as the process.
+fn table<T>() -> Option<*mut T> {
+    // SAFETY: calloc of a non-zero size; all-zero bytes are valid atomics
+    // holding null / 0.
+    let p = unsafe { libc::calloc(1, std::mem::size_of::<T>()) }.cast::<T>();
+    (!p.is_null()).then_some(p)
+}
+
+fn end_of(start: usize, size: usize) -> usize {
+    start.saturating_add(size.max(1))
+}
+
+fn in_radix(start: usize, size: usize) -> bool {
+    size <= SMALL_MAX && start >> ADDR_BITS == 0
+}
+
+impl State {
+    /// The leaf holding the granule of `addr`, made when `create`; None when
+    /// absent (or out of memory).
+    #[inline]
+    fn leaf(&mut self, addr: usize, create: bool) -> Option<&'static Leaf> {
+        let key = addr >> LEAF_SHIFT;
+        if key == self.cached_key {
+            // SAFETY: leaves live for the process once made.
+            return Some(unsafe { &*self.cached_leaf });
+        }
+        let top = &TOP[addr >> MID_SHIFT];
+        let mut mid = top.load(Relaxed);
+        if mid.is_null() {
+            if !create {
+                return None;
+            }
+            mid = table::<Mid>()?;
+            top.store(mid, Relaxed);
+        }
+        // SAFETY: made above or earlier; tables live for the process.
+        let slot = unsafe { &(*mid)[(addr >> LEAF_SHIFT) & ((1 << MID_BITS) - 1)] };
+        let mut leaf = slot.load(Relaxed);
+        if leaf.is_null() {
+            if !create {
+                return None;
+            }
+            leaf = table::<Leaf>()?;
+            slot.store(leaf, Relaxed);
+        }
+        self.cached_key = key;
+        self.cached_leaf = leaf;
+        // SAFETY: as above.
+        Some(unsafe { &*leaf })
+    }
+
+    #[inline]
+    fn slot(&mut self, addr: usize, create: bool) -> Option<&'static AtomicUsize> {
+        let leaf = self.leaf(addr, create)?;
+        Some(&leaf[(addr >> GRANULE_SHIFT) & ((1 << LEAF_BITS) - 1)])
+    }
+
+    /// The index of the last span starting at or below `addr`.
+    fn span_at_or_below(&self, addr: usize) -> Option<usize> {
+        self.spans
+            .partition_point(|s| s.start <= addr)
+            .checked_sub(1)
+    }
+
+    /// The small block containing `addr`, scanning back to the nearest start.
+    fn small_containing(&mut self, addr: usize) -> Option<*const Record> {
+        if addr >> ADDR_BITS != 0 {
+            return None;
+        }
+        let lowest = addr.saturating_sub(SMALL_MAX - 1) >> GRANULE_SHIFT;
+        let mut g = addr >> GRANULE_SHIFT;
+        loop {
+            let at = g << GRANULE_SHIFT;
+            if let Some(slot) = self.slot(at, false) {
+                let r = slot.load(Relaxed) as *const Record;
+                if !r.is_null() {
+                    // SAFETY: listed records are valid while listed (under the lock).
+                    let rec = unsafe { &*r };
+                    if rec.addr() <= addr {
+                        return (addr < end_of(rec.addr(), rec.size())).then_some(r);
+                    }
+                    // A start past `addr` in its own granule: look further back.
+                }
+            } else {
+                // No leaf: no block starts in its 16 KiB; skip to the one below.
+                let leaf_first = (at >> LEAF_SHIFT) << LEAF_BITS;
+                if leaf_first <= lowest {
+                    return None;
+                }
+                g = leaf_first;
+            }
+            if g <= lowest {
+                return None;
+            }
+            g -= 1;
+        }
+    }
+
+    fn find(&mut self, addr: usize) -> Option<Found> {
+        if let Some(r) = self.small_containing(addr) {
+            // SAFETY: listed, so valid; upgrade refuses a record whose
+            // last reference is being dropped.
+            return unsafe { RecordRef::upgrade(r) }.map(Found::Block);
+        }
+        let s = &self.spans[self.span_at_or_below(addr)?];
+        if addr >= s.end {
+            return None;
+        }
+        match &s.target {
+            // SAFETY: as above.
+            Target::Record(r) => unsafe { RecordRef::upgrade(*r) }.map(Found::Block),
+            Target::Chunk(w) => w.upgrade().map(Found::Chunk),
+        }
+    }
+
+    /// Whether a live block (or chunk) contains `addr`.
+    fn occupied(&mut self, addr: usize) -> bool {
+        if self.small_containing(addr).is_some() {
+            return true;
+        }
+        self.span_at_or_below(addr)
+            .is_some_and(|i| addr < self.spans[i].end)
+    }
+
+    fn insert_span(&mut self, span: Span) -> Result<()> {
+        let i = self.spans.partition_point(|s| s.start < span.start);
+        let overlaps = (i > 0 && self.spans[i - 1].end > span.start)
+            || self.spans.get(i).is_some_and(|s| s.start < span.end);
+        if overlaps {
+            return Err(Error::Ownership(Ownership::AlreadyOwned));
+        }
+        self.spans
+            .try_reserve(1)
+            .map_err(|_| Error::OutOfMemory(std::mem::size_of::<Span>()))?;
+        self.spans.insert(i, span);
+        Ok(())
+    }
+
+    fn remove_record(&mut self, rec: *const Record, start: usize, size: usize) {
+        let me = rec as usize;
+        if in_radix(start, size) {
+            if let Some(slot) = self.slot(start, false) {
+                if slot.load(Relaxed) == me {
+                    slot.store(0, Relaxed);
+                    return;
+                }
+            }
+        }
+        if let Some(i) = self.span_at_or_below(start) {
+            if matches!(self.spans[i].target, Target::Record(r) if r as usize == me) {
+                // Keeps its capacity: a later insert (an undone realloc) needs no memory.
+                self.spans.remove(i);
+            }
+        }
+    }
+}
+
+/// What an address resolved to.
+pub enum Found {
+    /// A live block with a record (any allocator, wrapping arenas too).
+    Block(RecordRef),
+    /// A chunk of a bump region: [`RegionCore::block_at`] finds the block.
+    Chunk(Arc<RegionCore>),
+}
+
+/// The live block (or bump-region chunk) that contains `addr`, if any.
+pub fn resolve(addr: usize) -> Option<Found> {
+    if addr == 0 {
+        return None;
+    }
+    lock().find(addr)
+}
+
+/// Lists the block of `rec`, just made (its count not yet published).
+/// `exclusive` (adopt): an address inside a live block is refused
+/// (`OwnershipError`). Otherwise a live record starting at the same address
+/// is displaced: libc handed its memory out again, so C freed it behind
+/// rsalloc's back; it dies (freed) without returning memory that is no
+/// longer its own.
+pub(crate) fn insert(rec: &Record, exclusive: bool) -> Result<()> {
+    let mut lost = None;
+    let r = insert_locked(&mut lock(), rec, exclusive, &mut lost);
+    // Outside the lock: ending its tracking entry may run Python code.
+    if let Some(old) = lost {
+        old.after_lost();
+    }
+    r
+}
+
+fn insert_locked(
+    g: &mut State,
+    rec: &Record,
+    exclusive: bool,
+    lost: &mut Option<RecordRef>,
+) -> Result<()> {
+    let (start, size) = (rec.addr(), rec.size());
+    let me = rec as *const Record as usize;
+    if exclusive && (g.occupied(start) || g.occupied(end_of(start, size) - 1)) {
+        return Err(Error::Ownership(Ownership::AlreadyOwned));
+    }
+    let small = in_radix(start, size);
+    if start >> ADDR_BITS == 0 {
+        if let Some(slot) = g.slot(start, small) {
+            let cur = slot.load(Relaxed);
+            if cur != 0 {
+                // SAFETY: listed, so valid under the lock.
+                let old = unsafe { &*(cur as *const Record) };
+                if old.addr() == start {
+                    slot.store(0, Relaxed);
+                    *lost = lose(old);
+                }
+            }
+            if small && slot.load(Relaxed) == 0 {
+                slot.store(me, Relaxed);
+                return Ok(());
+            }
+        } else if small {
+            return Err(Error::OutOfMemory(std::mem::size_of::<Leaf>()));
+        }
+    }
+    if let Some(i) = g.span_at_or_below(start) {
+        if g.spans[i].start == start {
+            if let Target::Record(r) = g.spans[i].target {
+                g.spans.remove(i);
+                // SAFETY: it was listed until now, so valid under the lock.
+                *lost = lose(unsafe { &*r });
+            }
+        }
+    }
+    // Large, or another block starts in this granule (closely packed blocks).
+    g.insert_span(Span {
+        start,
+        end: end_of(start, size),
+        target: Target::Record(rec),
+    })
+}
+
+/// Kills a record displaced by a new block at its address, under the lock
+/// (a racing free must not return memory that is the new block's now); a
+/// reference to it, when it has one, for the rest of its ending.
+fn lose(old: &Record) -> Option<RecordRef> {
+    if !old.lose() {
+        return None;
+    }
+    // SAFETY: listed until now, so valid under the lock.
+    unsafe { RecordRef::upgrade(old) }
+}
+
+/// Unlists the block of `rec` (it died, or its memory is about to move).
+#[inline]
+pub(crate) fn remove(rec: &Record) {
+    lock().remove_record(rec, rec.addr(), rec.size());
+}
+
+/// Lists a chunk of a bump region.
+pub(crate) fn insert_chunk(region: Weak<RegionCore>, start: usize, end: usize) -> Result<()> {
+    lock().insert_span(Span {
+        start,
+        end,
+        target: Target::Chunk(region),
+    })
+}
+
+/// Unlists the chunk starting at `start`.
+pub(crate) fn remove_chunk(start: usize) {
+    let mut g = lock();
+    if let Some(i) = g.span_at_or_below(start) {
+        if g.spans[i].start == start && matches!(g.spans[i].target, Target::Chunk(_)) {
+            let span = g.spans.remove(i);
+            drop(g);
+            drop(span);
+        }
+    }
+}
+
+/// Whether a live block contains `addr` (tests).
+pub fn is_indexed(addr: usize) -> bool {
+    lock().occupied(addr)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::alloc::{new_id, AllocCore, Libc, LIBC_GROUP};
+    use crate::core::layout::array;
+
+    fn malloc() -> Arc<AllocCore> {
+        AllocCore::new("malloc", LIBC_GROUP, false, Box::new(Libc))
+    }
+
+    fn block(found: Option<Found>) -> Option<RecordRef> {
+        match found {
+            Some(Found::Block(r)) => Some(r),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn every_byte_of_a_live_block_resolves_to_it_and_none_after_its_free() {
+        let m = malloc();
+        for size in [0usize, 1, 16, 31, 64, 4096, 4097, 100_000] {
+            let r = m
+                .allocate(array(size as i128, 1, 1, None).unwrap(), None)
+                .unwrap();
+            let last = r.addr() + size.max(1) - 1;
+            for addr in [r.addr(), r.addr() + size / 2, last] {
+                let found = block(resolve(addr)).expect("resolves");
+                assert!(RecordRef::ptr_eq(&found, &r), "size {size}");
+            }
+            m.free(&r, r.addr()).unwrap();
+            assert!(block(resolve(r.addr())).is_none());
+            assert!(!is_indexed(last));
+        }
+    }
+
+    #[test]
+    fn adopting_an_address_inside_a_live_block_is_refused() {
+        let m = malloc();
+        let r = m.allocate(array(64, 1, 1, None).unwrap(), None).unwrap();
+        for addr in [r.addr(), r.addr() + 8] {
+            let e = m.adopt(addr, array(8, 1, 1, None).unwrap()).unwrap_err();
+            assert!(matches!(e, Error::Ownership(Ownership::AlreadyOwned)));
+        }
+        // Ending inside it counts too.
+        let before = r.addr() - 8;
+        assert!(m.adopt(before, array(16, 1, 1, None).unwrap()).is_err());
+        assert_eq!(m.counters.snapshot().live_count, 1);
+        m.free(&r, r.addr()).unwrap();
+    }
+
+    #[test]
+    fn closely_packed_blocks_of_one_granule_resolve_apart() {
+        // A Python-style allocator carving 4-byte blocks out of one buffer.
+        let buf = vec![0u8; 64];
+        let base = (buf.as_ptr() as usize + 31) & !31;
+        let other = AllocCore::new("packed", new_id(), false, Box::new(Libc));
+        let recs: Vec<_> = (0..4)
+            .map(|i| {
+                other
+                    .adopt(base + 4 * i, array(4, 1, 1, None).unwrap())
+                    .unwrap()
+            })
+            .collect();
+        for (i, r) in recs.iter().enumerate() {
+            for off in 0..4 {
+                let f = block(resolve(base + 4 * i + off)).unwrap();
+                assert!(RecordRef::ptr_eq(&f, r));
+            }
+        }
+        for r in &recs {
+            r.detach(r.addr()).unwrap();
+        }
+        assert!(resolve(base).is_none() && resolve(base + 12).is_none());
+    }
+
+    #[test]
+    fn a_libc_block_handed_out_again_displaces_the_record_that_lost_it() {
+        let m = malloc();
+        let r = m.allocate(array(24, 1, 1, None).unwrap(), None).unwrap();
+        let addr = r.addr();
+        // C frees the block behind rsalloc's back; libc hands it out again.
+        unsafe { libc::free(addr as *mut libc::c_void) };
+        let mut again = Vec::new();
+        let hit = loop {
+            let n = m.allocate(array(24, 1, 1, None).unwrap(), None).unwrap();
+            if n.addr() == addr {
+                break n;
+            }
+            again.push(n);
+            assert!(again.len() < 64, "libc did not reuse the block");
+        };
+        assert!(matches!(
+            r.state(),
+            crate::core::record::State::Dead(crate::core::error::Death::Freed)
+        ));
+        // The old owner's free frees nothing: the memory is the new block's.
+        assert!(matches!(m.free(&r, addr), Err(Error::DoubleFree(_))));
+        let f = block(resolve(addr)).unwrap();
+        assert!(RecordRef::ptr_eq(&f, &hit));
+        for n in again.iter().chain([&hit]) {
+            m.free(n, n.addr()).unwrap();
+        }
+        assert_eq!(m.counters.snapshot().live_count, 0);
+    }
+
+    #[test]
+    fn resolutions_racing_frees_see_live_records_or_nothing() {
+        let m = malloc();
+        std::thread::scope(|s| {
+            for t in 0..4 {
+                let m = m.clone();
+                s.spawn(move || {
+                    let mut held = Vec::new();
+                    for i in 0..4000usize {
+                        let r = m
+                            .allocate(
+                                array(((i * 7 + t) % 200) as i128, 1, 1, None).unwrap(),
+                                None,
+                            )
+                            .unwrap();
+                        held.push(r);
+                        if i % 2 == 1 {
+                            let victim = held.swap_remove((i * 31) % held.len());
+                            m.free(&victim, victim.addr()).unwrap();
+                        }
+                        let probe = held[(i * 13) % held.len()].addr() + 1;
+                        if let Some(f) = block(resolve(probe)) {
+                            // Either a block of ours or another thread's: it
+                            // holds the address and its record is intact.
+                            assert!(f.addr() <= probe && probe <= f.addr() + f.size().max(1));
+                        }
+                    }
+                    for r in held {
+                        m.free(&r, r.addr()).unwrap();
+                    }
+                });
+            }
+        });
+        assert_eq!(m.counters.snapshot().live_count, 0);
+    }
+}
