@@ -81,8 +81,8 @@ def test_every_check_applies() -> None:
             malloc.free(p)
         with pytest.raises(OwnershipError):
             pool.free(p + 1)
-        with pytest.raises(OwnershipError):
-            pool.free(rsalloc.Pointer.from_address(p.address, Int64))
+        with pytest.raises(OwnershipError):  # resolved to p's block: its interior
+            pool.free(rsalloc.Pointer.from_address(p.address + 1, Int64))
     m = malloc(Int64)
     with nothing_changes(pool, malloc):
         with pytest.raises(OwnershipError):

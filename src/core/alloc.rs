@@ -323,7 +323,8 @@ impl AllocCore {
         ));
         // Indexed before anyone can see it; an adopted address must be in
         // no live block (it would be freed twice).
-        if let Err(e) = index::insert(&rec, adopted) {
+        // SAFETY: `rec` was just filled in its shared memory, and is held.
+        if let Err(e) = unsafe { index::insert(&rec, adopted) } {
             rec.abandon();
             return Err(e);
         }
@@ -644,6 +645,9 @@ mod tests {
         assert_eq!(Arc::strong_count(&a), 2);
         let kept = r.allocator_arc();
         assert_eq!(Arc::strong_count(&a), 3);
+        // A live block is indexed (its record kept, so its allocator too)
+        // until it ends.
+        a.free(&r, r.addr()).unwrap();
         drop((r, kept));
         assert_eq!(Arc::strong_count(&a), 1);
 

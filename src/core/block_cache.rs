@@ -160,6 +160,26 @@ pub unsafe fn give(p: NonNull<u8>) -> bool {
     true
 }
 
+/// Whether the cache keeps the block at `p` (freed by rsalloc, `size`
+/// bytes asked when it was allocated): its memory is still rsalloc's, not
+/// handed to anyone again. Scans the one class a block of that size files
+/// in (at most [`PER_CLASS`] entries).
+pub fn holds(p: usize, size: usize) -> bool {
+    if size > MAX_SIZE {
+        return false;
+    }
+    let Some(c) = cache() else {
+        return false;
+    };
+    // A block files by its usable size, which may put it a class above
+    // its request's (see `a_glibc_block_files_where_its_own_size_looks`).
+    let first = class_of_request(size);
+    (first..(first + 2).min(CLASSES)).any(|class| {
+        let s = &c.stacks[class];
+        s.blocks[..s.len].contains(&(p as *mut u8))
+    })
+}
+
 /// Frees every kept block; returns how many there were.
 pub fn trim() -> usize {
     let Some(c) = cache() else {

@@ -26,13 +26,26 @@
 //! overlap, so only the nearest start can hold it), and its large block or
 //! chunk by binary search.
 //!
-//! The index holds no counts: a record is in it exactly while its block is
-//! live (or in an arena), and leaves it, under the lock, before its memory
-//! can go back to libc or its record memory to the record cache. A reader
-//! takes a count on the record under the lock, only if the record still has
-//! one (see [`RecordRef::upgrade`]), so what it returns is a reference the
-//! record's state then checks on every access.
+//! The index holds a count on each record it lists (so `free(arr[i])`
+//! works after the Pointer that made the block is gone), except for
+//! autofree blocks, whose last Python reference must free them: their entry
+//! is tagged [`UNCOUNTED`], and the record unlists itself when it drops. A
+//! record is listed exactly while its block is live (or in an arena), and
+//! leaves, under the lock, before its memory can go back to libc. A reader
+//! takes a count under the lock, only if the record still has one (see
+//! [`RecordRef::upgrade`]), so what it returns is a reference the record's
+//! state then checks on every access.
+//!
+//! Lately freed blocks: the last [`FREED_KEPT`] records that died by a free,
+//! a realloc or an arena's release keep the index's count in a ring, so that
+//! the start address of such a block, read back from memory before rsalloc
+//! hands that address out again, gives a dead Pointer (`UseAfterFreeError`)
+//! and not a foreign view of whatever the memory holds now, as long as the
+//! memory is still rsalloc's (see [`lately_freed`]). A live block at the
+//! address always wins; older frees are forgotten (their addresses read
+//! back as foreign memory).
 
+use super::block_cache;
 use super::error::{Error, Ownership, Result};
 use super::record::Record;
 use super::record_ref::RecordRef;
@@ -44,6 +57,10 @@ use std::sync::{Arc, Weak};
 
 /// Blocks up to this many bytes go in the radix map.
 pub const SMALL_MAX: usize = 4096;
+/// Lately freed records kept for read-back (see the module comment).
+pub const FREED_KEPT: usize = 256;
+/// Tag of an entry that holds no count (an autofree block's).
+const UNCOUNTED: usize = 1;
 const GRANULE_SHIFT: u32 = 5;
 const LEAF_BITS: u32 = 9;
 const MID_BITS: u32 = 16;
@@ -63,8 +80,8 @@ static TOP: [AtomicPtr<Mid>; 1 << TOP_BITS] = [const { AtomicPtr::new(null_mut()
 
 /// What a span of the list stands for.
 enum Target {
-    /// A record's block (its record stays valid while it is listed).
-    Record(*const Record),
+    /// A record's block: its entry word (see [`State::record`]).
+    Record(usize),
     /// A chunk of a bump region: the region finds the block.
     Chunk(Weak<RegionCore>),
 }
@@ -83,6 +100,10 @@ struct State {
     cached_leaf: *const Leaf,
     /// Sorted by start; spans never overlap.
     spans: Vec<Span>,
+    /// Lately freed blocks: (start, counted record word), 0 when empty;
+    /// `next` is the oldest.
+    freed: [(usize, usize); FREED_KEPT],
+    next: usize,
 }
 
 // SAFETY: the raw pointers are records and leaves only ever used under the
@@ -93,7 +114,27 @@ static STATE: SerialMutex<State> = SerialMutex::new(State {
     cached_key: usize::MAX,
     cached_leaf: std::ptr::null(),
     spans: Vec::new(),
+    freed: [(0, 0); FREED_KEPT],
+    next: 0,
 });
+
+/// The record an entry word names.
+///
+/// # Safety
+/// `w` is a listed entry word, read under the lock (the record stays valid
+/// while it is listed).
+unsafe fn record<'a>(w: usize) -> &'a Record {
+    // SAFETY: the caller's contract.
+    unsafe { &*RecordRef::record_of_word(w & !UNCOUNTED) }
+}
+
+/// The index's reference of a counted entry word, given back; None for an
+/// uncounted one.
+fn take_count(w: usize) -> Option<RecordRef> {
+    // SAFETY: a counted word came from `RecordRef::into_word` when listed,
+    // and is unlisted (given back) once, here.
+    (w & UNCOUNTED == 0).then(|| unsafe { RecordRef::from_word(w) })
+}
 
 fn lock() -> SerialGuard<'static, State> {
     STATE.lock()
@@ -163,8 +204,9 @@ impl State {
             .checked_sub(1)
     }
 
-    /// The small block containing `addr`, scanning back to the nearest start.
-    fn small_containing(&mut self, addr: usize) -> Option<*const Record> {
+    /// The entry word of the small block containing `addr`, scanning back
+    /// to the nearest start.
+    fn small_containing(&mut self, addr: usize) -> Option<usize> {
         if addr >> ADDR_BITS != 0 {
             return None;
         }
@@ -173,12 +215,12 @@ impl State {
         loop {
             let at = g << GRANULE_SHIFT;
             if let Some(slot) = self.slot(at, false) {
-                let r = slot.load(Relaxed) as *const Record;
-                if !r.is_null() {
-                    // SAFETY: listed records are valid while listed (under the lock).
-                    let rec = unsafe { &*r };
+                let w = slot.load(Relaxed);
+                if w != 0 {
+                    // SAFETY: listed, read under the lock.
+                    let rec = unsafe { record(w) };
                     if rec.addr() <= addr {
-                        return (addr < end_of(rec.addr(), rec.size())).then_some(r);
+                        return (addr < end_of(rec.addr(), rec.size())).then_some(w);
                     }
                     // A start past `addr` in its own granule: look further back.
                 }
@@ -198,10 +240,10 @@ impl State {
     }
 
     fn find(&mut self, addr: usize) -> Option<Found> {
-        if let Some(r) = self.small_containing(addr) {
+        if let Some(w) = self.small_containing(addr) {
             // SAFETY: listed, so valid; upgrade refuses a record whose
-            // last reference is being dropped.
-            return unsafe { RecordRef::upgrade(r) }.map(Found::Block);
+            // last reference is being dropped (an uncounted entry).
+            return unsafe { RecordRef::upgrade(record(w)) }.map(Found::Block);
         }
         let s = &self.spans[self.span_at_or_below(addr)?];
         if addr >= s.end {
@@ -209,7 +251,7 @@ impl State {
         }
         match &s.target {
             // SAFETY: as above.
-            Target::Record(r) => unsafe { RecordRef::upgrade(*r) }.map(Found::Block),
+            Target::Record(w) => unsafe { RecordRef::upgrade(record(*w)) }.map(Found::Block),
             Target::Chunk(w) => w.upgrade().map(Found::Chunk),
         }
     }
@@ -237,22 +279,60 @@ impl State {
         Ok(())
     }
 
-    fn remove_record(&mut self, rec: *const Record, start: usize, size: usize) {
-        let me = rec as usize;
+    /// Unlists `rec`; the index's reference to it, if its entry held one.
+    fn remove_record(&mut self, rec: &Record) -> Option<RecordRef> {
+        let me = RecordRef::word_of(rec);
+        let (start, size) = (rec.addr(), rec.size());
         if in_radix(start, size) {
             if let Some(slot) = self.slot(start, false) {
-                if slot.load(Relaxed) == me {
+                let w = slot.load(Relaxed);
+                if w & !UNCOUNTED == me {
                     slot.store(0, Relaxed);
-                    return;
+                    return take_count(w);
                 }
             }
         }
-        if let Some(i) = self.span_at_or_below(start) {
-            if matches!(self.spans[i].target, Target::Record(r) if r as usize == me) {
+        let i = self.span_at_or_below(start)?;
+        match self.spans[i].target {
+            Target::Record(w) if w & !UNCOUNTED == me => {
                 // Keeps its capacity: a later insert (an undone realloc) needs no memory.
                 self.spans.remove(i);
+                take_count(w)
+            }
+            _ => None,
+        }
+    }
+
+    /// Turns `rec`'s entry into an uncounted one; the count it held.
+    fn uncount(&mut self, rec: &Record) -> Option<RecordRef> {
+        let me = RecordRef::word_of(rec);
+        let (start, size) = (rec.addr(), rec.size());
+        if in_radix(start, size) {
+            if let Some(slot) = self.slot(start, false) {
+                let w = slot.load(Relaxed);
+                if w == me {
+                    slot.store(me | UNCOUNTED, Relaxed);
+                    return take_count(w);
+                }
             }
         }
+        let i = self.span_at_or_below(start)?;
+        match &mut self.spans[i].target {
+            Target::Record(w) if *w == me => {
+                *w = me | UNCOUNTED;
+                take_count(me)
+            }
+            _ => None,
+        }
+    }
+
+    /// Keeps a dead record's count for read-back; the oldest one kept
+    /// before, to drop outside the lock.
+    fn keep_freed(&mut self, start: usize, r: RecordRef) -> Option<RecordRef> {
+        let i = self.next;
+        self.next = (i + 1) % FREED_KEPT;
+        let (_, old) = std::mem::replace(&mut self.freed[i], (start, r.into_word()));
+        (old != 0).then(|| take_count(old)).flatten()
     }
 }
 
@@ -272,59 +352,76 @@ pub fn resolve(addr: usize) -> Option<Found> {
     lock().find(addr)
 }
 
-/// Lists the block of `rec`, just made (its count not yet published).
+/// Lists the block of `rec`, just made, with a count on it.
 /// `exclusive` (adopt): an address inside a live block is refused
 /// (`OwnershipError`). Otherwise a live record starting at the same address
 /// is displaced: libc handed its memory out again, so C freed it behind
 /// rsalloc's back; it dies (freed) without returning memory that is no
 /// longer its own.
-pub(crate) fn insert(rec: &Record, exclusive: bool) -> Result<()> {
+///
+/// # Safety
+/// `rec` lives in a record's shared memory (`RecordSlot::fill`), and the
+/// caller holds a reference to it.
+pub(crate) unsafe fn insert(rec: &Record, exclusive: bool) -> Result<()> {
     let mut lost = None;
-    let r = insert_locked(&mut lock(), rec, exclusive, &mut lost);
-    // Outside the lock: ending its tracking entry may run Python code.
-    if let Some(old) = lost {
+    // SAFETY: the caller's contract.
+    let r = insert_locked(
+        &mut lock(),
+        unsafe { RecordRef::new_ref(rec) },
+        exclusive,
+        &mut lost,
+    );
+    // Outside the lock: ending its tracking entry may run Python code, and
+    // so may dropping its record.
+    if let Some((old, true)) = &lost {
         old.after_lost();
     }
+    drop(lost);
     r
 }
 
+/// Lists `rec` (the index's own reference, given back on failure; the
+/// caller holds another, so that drop only counts down).
 fn insert_locked(
     g: &mut State,
-    rec: &Record,
+    rec: RecordRef,
     exclusive: bool,
-    lost: &mut Option<RecordRef>,
+    lost: &mut Option<(RecordRef, bool)>,
 ) -> Result<()> {
     let (start, size) = (rec.addr(), rec.size());
-    let me = rec as *const Record as usize;
     if exclusive && (g.occupied(start) || g.occupied(end_of(start, size) - 1)) {
         return Err(Error::Ownership(Ownership::AlreadyOwned));
     }
+    // An autofree block's entry holds no count (an undone realloc lists
+    // one again); the caller's reference stays, so this only counts down.
+    let w = if rec.is_autofree() {
+        RecordRef::word_of(&rec) | UNCOUNTED
+    } else {
+        rec.into_word()
+    };
     let small = in_radix(start, size);
     if start >> ADDR_BITS == 0 {
         if let Some(slot) = g.slot(start, small) {
             let cur = slot.load(Relaxed);
-            if cur != 0 {
-                // SAFETY: listed, so valid under the lock.
-                let old = unsafe { &*(cur as *const Record) };
-                if old.addr() == start {
-                    slot.store(0, Relaxed);
-                    *lost = lose(old);
-                }
+            // SAFETY: listed, read under the lock.
+            if cur != 0 && unsafe { record(cur) }.addr() == start {
+                slot.store(0, Relaxed);
+                *lost = lose(cur);
             }
             if small && slot.load(Relaxed) == 0 {
-                slot.store(me, Relaxed);
+                slot.store(w, Relaxed);
                 return Ok(());
             }
         } else if small {
+            drop(take_count(w));
             return Err(Error::OutOfMemory(std::mem::size_of::<Leaf>()));
         }
     }
     if let Some(i) = g.span_at_or_below(start) {
         if g.spans[i].start == start {
-            if let Target::Record(r) = g.spans[i].target {
+            if let Target::Record(w) = g.spans[i].target {
                 g.spans.remove(i);
-                // SAFETY: it was listed until now, so valid under the lock.
-                *lost = lose(unsafe { &*r });
+                *lost = lose(w);
             }
         }
     }
@@ -332,25 +429,95 @@ fn insert_locked(
     g.insert_span(Span {
         start,
         end: end_of(start, size),
-        target: Target::Record(rec),
+        target: Target::Record(w),
     })
+    .inspect_err(|_| drop(take_count(w)))
 }
 
-/// Kills a record displaced by a new block at its address, under the lock
-/// (a racing free must not return memory that is the new block's now); a
-/// reference to it, when it has one, for the rest of its ending.
-fn lose(old: &Record) -> Option<RecordRef> {
-    if !old.lose() {
+/// Kills the record of entry `w`, displaced by a new block at its address,
+/// under the lock (a racing free must not return memory that is the new
+/// block's now); a reference to it for the rest of its ending.
+/// The flag says whether it was killed here (not found dead already).
+fn lose(w: usize) -> Option<(RecordRef, bool)> {
+    // SAFETY: listed until now, so valid under the lock.
+    let old = unsafe { record(w) };
+    let lost = old.lose();
+    // SAFETY: as above.
+    let r = take_count(w).or_else(|| unsafe { RecordRef::upgrade(old) });
+    r.map(|r| (r, lost))
+}
+
+/// Whether a dead record is kept for read-back: only those of the lifelong
+/// allocators (malloc, calloc, the adaptive and diagnostic ones), outside
+/// arenas. A record holds its allocator (and arena) alive, and a
+/// Python-defined allocator must be collectable once its blocks are gone.
+fn keeps(rec: &Record) -> bool {
+    rec.allocator().is_lifelong() && rec.arena_tag_any().is_none()
+}
+
+/// Unlists the block of `rec`, which died (freed, reallocated, released):
+/// its start is remembered as lately freed (see the module comment).
+#[inline]
+pub(crate) fn remove_dead(rec: &Record) {
+    let evicted = {
+        let mut g = lock();
+        match g.remove_record(rec) {
+            Some(r) if keeps(rec) => g.keep_freed(rec.addr(), r),
+            r => r,
+        }
+    };
+    // Outside the lock: dropping a record may run Python code.
+    drop(evicted);
+}
+
+/// Remembers `rec`, which died without being listed at the time (its
+/// block was unlisted when its realloc began), as lately freed.
+///
+/// # Safety
+/// As for [`insert`].
+pub(crate) unsafe fn keep_dead(rec: &Record) {
+    if !keeps(rec) {
+        return;
+    }
+    // SAFETY: the caller's contract.
+    let r = unsafe { RecordRef::new_ref(rec) };
+    let evicted = lock().keep_freed(rec.addr(), r);
+    drop(evicted);
+}
+
+/// Unlists the block of `rec`, which is still live but leaves rsalloc's
+/// hands (detached: C may free it), or is about to move (realloc).
+pub(crate) fn remove(rec: &Record) {
+    let r = lock().remove_record(rec);
+    drop(r);
+}
+
+/// The index stops counting `rec` (it became autofree: its last Python
+/// reference frees it), and unlists it when it drops.
+pub(crate) fn uncount(rec: &Record) {
+    let r = lock().uncount(rec);
+    drop(r);
+}
+
+/// The record of a block rsalloc freed lately whose start is `addr`, while
+/// its memory is still rsalloc's: kept in the block cache, or pinned by a
+/// buffer export. Memory given back to libc may be C's by now (an address
+/// C stores is then its own live block), and memory the cache hands out
+/// again is a live block the index finds first.
+pub fn lately_freed(addr: usize) -> Option<RecordRef> {
+    let g = lock();
+    let n = FREED_KEPT;
+    let w = (0..n)
+        .map(|k| g.freed[(g.next + n - 1 - k) % n])
+        .find(|&(start, w)| w != 0 && start == addr)?
+        .1;
+    // SAFETY: a kept word is counted: the record is valid.
+    let rec = unsafe { record(w) };
+    if rec.pins() == 0 && !block_cache::holds(addr, rec.size()) {
         return None;
     }
-    // SAFETY: listed until now, so valid under the lock.
-    unsafe { RecordRef::upgrade(old) }
-}
-
-/// Unlists the block of `rec` (it died, or its memory is about to move).
-#[inline]
-pub(crate) fn remove(rec: &Record) {
-    lock().remove_record(rec, rec.addr(), rec.size());
+    // SAFETY: as above.
+    unsafe { RecordRef::upgrade(rec) }
 }
 
 /// Lists a chunk of a bump region.

@@ -166,6 +166,10 @@ impl Record {
         let tag = self.extra.arena()?;
         (self.word.load(Acquire) & IN_ARENA != 0).then_some(tag)
     }
+    /// The arena the block was made in, whether or not it still owns it.
+    pub(crate) fn arena_tag_any(&self) -> Option<&ArenaTag> {
+        self.extra.arena()
+    }
     pub fn is_autofree(&self) -> bool {
         self.word.load(Relaxed) & AUTOFREE != 0
     }
@@ -245,7 +249,7 @@ impl Record {
             self.check_free(w, owner_group, arena, addr)?;
             Ok((w & !STATE_MASK) | death)
         })?;
-        index::remove(self);
+        index::remove_dead(self);
         self.count_free(prev);
         track::on_end(self, arena == 0);
         if prev >> PIN_SHIFT == 0 {
@@ -272,7 +276,7 @@ impl Record {
                 .compare_exchange(w, w | FREED, AcqRel, Acquire)
                 .is_ok()
         {
-            index::remove(self);
+            index::remove_dead(self);
             self.alloc.count_free(self.size);
             return self.return_memory();
         }
@@ -335,6 +339,8 @@ impl Record {
             State::Dead(d) => Err(Error::UseAfterFree(d)),
             _ => Ok(w | AUTOFREE),
         })?;
+        // The garbage collector frees it: the index holds no count on it.
+        index::uncount(self);
         track::on_end(self, false);
         Ok(())
     }
@@ -359,7 +365,8 @@ impl Record {
         self.word.fetch_and(!STATE_MASK, AcqRel);
         // Back where it was: its slot or span is still there (the index
         // never gives room back), so this needs no memory.
-        let _ = index::insert(self, false);
+        // SAFETY: records live in their shared memory; the caller holds one.
+        let _ = unsafe { index::insert(self, false) };
     }
 
     /// C freed the block behind rsalloc's back and libc handed its memory
@@ -395,6 +402,8 @@ impl Record {
     /// The old block's memory now belongs to the new record: count it freed
     /// (in its arena too when an arena owned it).
     pub(crate) fn finish_realloc(&self) {
+        // SAFETY: as in `undo_realloc`.
+        unsafe { index::keep_dead(self) };
         self.count_free(self.word.load(Acquire));
         track::on_end(self, true);
     }

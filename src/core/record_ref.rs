@@ -106,6 +106,36 @@ impl RecordRef {
         RecordRef(NonNull::new_unchecked(w as *mut Inner))
     }
 
+    /// The entry word of `rec` for the index: the address of its shared
+    /// memory, as [`RecordRef::into_word`] gives.
+    pub(crate) fn word_of(rec: &Record) -> usize {
+        (rec as *const Record as usize).wrapping_sub(std::mem::offset_of!(Inner, rec))
+    }
+
+    /// The record of a word from [`RecordRef::into_word`] or [`RecordRef::word_of`].
+    pub(crate) fn record_of_word(w: usize) -> *const Record {
+        (w + std::mem::offset_of!(Inner, rec)) as *const Record
+    }
+
+    /// Another reference to `rec`.
+    ///
+    /// # Safety
+    /// `rec` lives in a record's shared memory (`RecordSlot::fill`), and
+    /// the caller holds a reference to it.
+    pub(crate) unsafe fn new_ref(rec: &Record) -> Self {
+        let inner = Self::word_of(rec) as *mut Inner;
+        // SAFETY: the caller's contract; non-null.
+        let r = RecordRef(unsafe { NonNull::new_unchecked(inner) });
+        let strong = &r.inner().strong;
+        if serialized() {
+            // No other thread can count meanwhile (see `Drop`).
+            strong.store(strong.load(Relaxed) + 1, Relaxed);
+        } else {
+            strong.fetch_add(1, Relaxed);
+        }
+        r
+    }
+
     /// A new reference to the record at `rec`, unless its last reference
     /// is being dropped (count 0): how the index hands out the records it
     /// lists, which hold no count of their own.
@@ -115,11 +145,7 @@ impl RecordRef {
     /// from being freed meanwhile: a record leaves the index before its
     /// memory goes).
     pub(crate) unsafe fn upgrade(rec: *const Record) -> Option<Self> {
-        let inner = rec
-            .cast::<u8>()
-            .wrapping_sub(std::mem::offset_of!(Inner, rec))
-            .cast::<Inner>()
-            .cast_mut();
+        let inner = Self::word_of(unsafe { &*rec }) as *mut Inner;
         // SAFETY: the caller's contract.
         let strong = unsafe { &(*inner).strong };
         strong
