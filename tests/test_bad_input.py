@@ -182,14 +182,17 @@ ROWS: list[Row] = [
     # (2**63 is a valid usize: adopt cannot tell a bogus address, see docs/safety.md)
     *[(f"malloc.adopt({n}, Uint8, 1)", lambda c, n=n: malloc.adopt(n, Uint8, 1), OverflowError) for n in HUGE[1:]],
     *[(f"malloc.adopt({v!r}, Uint8, 1)", lambda c, v=v: malloc.adopt(v, Uint8, 1), TypeError)
-      for v in (1.5, "0x10", None)],
+      for v in (1.5, "0x10")],
+    ("malloc.adopt(None, Uint8, 1)", lambda c: malloc.adopt(None, Uint8, 1), NullPointerError),  # None is NULL
     ("malloc.adopt(orphan, Uint8, -1)", lambda c: malloc.adopt(c.orphan, Uint8, -1), ValueError),
     ("malloc.adopt(orphan, Int32, 2**62)", lambda c: malloc.adopt(c.orphan, Int32, 2**62), OverflowError),
     ("malloc.adopt(orphan, Uint8, 2**64)", lambda c: malloc.adopt(c.orphan, Uint8, 2**64), OverflowError),
     ("malloc.adopt(orphan, Uint8, 1.5)", lambda c: malloc.adopt(c.orphan, Uint8, 1.5), TypeError),
     ("malloc.adopt(orphan, int, 1)", lambda c: malloc.adopt(c.orphan, int, 1), TypeError),
     ("malloc.adopt(orphan, 'Uint8', 1)", lambda c: malloc.adopt(c.orphan, "Uint8", 1), TypeError),
-    ("malloc.adopt(orphan)", lambda c: malloc.adopt(c.orphan), TypeError),
+    ("malloc.adopt(orphan, Int32)", lambda c: malloc.adopt(c.orphan, Int32), TypeError),  # no count: only C strings
+    ("malloc.adopt(p.address + 4, Uint8, 4)", lambda c: malloc.adopt(c.p.address + 4, Uint8, 4), OwnershipError),
+    ("malloc.adopt(p.address, Int32, 4)", lambda c: malloc.adopt(c.p.address, Int32, 4), OwnershipError),
     # --- Allocator.clone ---
     ("malloc.clone(dead)", lambda c: malloc.clone(c.dead), UseAfterFreeError),
     ("malloc.clone(unknown)", lambda c: malloc.clone(c.unknown), TypeError),
@@ -357,7 +360,11 @@ ROWS: list[Row] = [
     ("using(42)", lambda c: rsalloc.using(42), TypeError),
     # --- Python-defined and foreign allocators ---
     *[(f"ForeignAllocator({a!r}, {f!r})", lambda c, a=a, f=f: rsalloc.ForeignAllocator(a, f), TypeError)
-      for a, f in (("malloc", "free"), (None, None), (LIBC.malloc, None), (None, LIBC.free))],
+      for a, f in (("malloc", "free"), (None, None), (LIBC.malloc, None))],
+    # A free-only owner (ForeignAllocator(None, free)) refuses every call that allocates.
+    *[(f"free-only {name}", lambda c, call=call: call(rsalloc.ForeignAllocator(None, LIBC.free), c), TypeError)
+      for name, call in (("a(Int32, 2)", lambda a, c: a(Int32, 2)), ("a.allocate(8)", lambda a, c: a.allocate(8)),
+                         ("a.clone(p)", lambda a, c: a.clone(c.p)))],
     ("Allocator()", lambda c: rsalloc.Allocator(), TypeError),
     # --- tracking, reports and the diagnostic allocators ---
     ("tracking.enable(frames=-1)", lambda c: rsalloc.tracking.enable(frames=-1), ValueError),

@@ -130,7 +130,7 @@ def test_realloc_clone_adopt() -> None:
     assert d.allocator is pool and d[:2] == [5, 6]
     raw = LIBC.malloc(8)
     pool.live.add(raw)
-    a = pool.adopt(raw, Int64)
+    a = pool.adopt(raw, Int64, 1)
     assert a.allocator is pool and pool.stats().live_count == 3
     for x in (q, d, a):
         pool.free(x)

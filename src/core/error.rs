@@ -85,6 +85,9 @@ pub enum Error {
     HeapCorruption(Corruption),
     /// A failure raised by code outside the core (a Python-defined allocator).
     External(Box<dyn std::error::Error + Send + Sync>),
+    /// The allocator cannot do this at all: a free-only allocator asked to
+    /// allocate (TypeError).
+    Unsupported(&'static str),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -147,6 +150,7 @@ impl fmt::Display for Error {
                 write!(f, "); the memory was returned")
             }
             Error::External(e) => write!(f, "{e}"),
+            Error::Unsupported(what) => f.write_str(what),
         }
     }
 }

@@ -36,8 +36,9 @@
 //! [`RecordRef::upgrade`]), so what it returns is a reference the record's
 //! state then checks on every access.
 //!
-//! Lately freed blocks: the last [`FREED_KEPT`] records that died by a free,
-//! a realloc or an arena's release keep the index's count in a ring, so that
+//! Lately freed blocks: up to [`FREED_KEPT`] records that died by a free or
+//! a realloc keep the index's count in a table (direct-mapped by address: a
+//! later free whose address maps to the same entry takes it), so that
 //! the start address of such a block, read back from memory before rsalloc
 //! hands that address out again, gives a dead Pointer (`UseAfterFreeError`)
 //! and not a foreign view of whatever the memory holds now, as long as the
@@ -100,10 +101,9 @@ struct State {
     cached_leaf: *const Leaf,
     /// Sorted by start; spans never overlap.
     spans: Vec<Span>,
-    /// Lately freed blocks: (start, counted record word), 0 when empty;
-    /// `next` is the oldest.
+    /// Lately freed blocks: (start, counted record word), 0 when empty,
+    /// at [`freed_slot`] of the start.
     freed: [(usize, usize); FREED_KEPT],
-    next: usize,
 }
 
 // SAFETY: the raw pointers are records and leaves only ever used under the
@@ -115,7 +115,6 @@ static STATE: SerialMutex<State> = SerialMutex::new(State {
     cached_leaf: std::ptr::null(),
     spans: Vec::new(),
     freed: [(0, 0); FREED_KEPT],
-    next: 0,
 });
 
 /// The record an entry word names.
@@ -326,14 +325,20 @@ impl State {
         }
     }
 
-    /// Keeps a dead record's count for read-back; the oldest one kept
-    /// before, to drop outside the lock.
+    /// Keeps a dead record's count for read-back; the one it displaces
+    /// (kept before under the same hash), to drop outside the lock.
+    /// Direct-mapped by address: in an allocate-free loop the record
+    /// displaced is the previous life of the same block, still in cache (a
+    /// ring's oldest entry was a cold line, measurable on every free).
     fn keep_freed(&mut self, start: usize, r: RecordRef) -> Option<RecordRef> {
-        let i = self.next;
-        self.next = (i + 1) % FREED_KEPT;
+        let i = freed_slot(start);
         let (_, old) = std::mem::replace(&mut self.freed[i], (start, r.into_word()));
         (old != 0).then(|| take_count(old)).flatten()
     }
+}
+
+fn freed_slot(start: usize) -> usize {
+    (start >> 4 ^ start >> 12) % FREED_KEPT
 }
 
 /// What an address resolved to.
@@ -506,11 +511,10 @@ pub(crate) fn uncount(rec: &Record) {
 /// again is a live block the index finds first.
 pub fn lately_freed(addr: usize) -> Option<RecordRef> {
     let g = lock();
-    let n = FREED_KEPT;
-    let w = (0..n)
-        .map(|k| g.freed[(g.next + n - 1 - k) % n])
-        .find(|&(start, w)| w != 0 && start == addr)?
-        .1;
+    let (start, w) = g.freed[freed_slot(addr)];
+    if w == 0 || start != addr {
+        return None;
+    }
     // SAFETY: a kept word is counted: the record is valid.
     let rec = unsafe { record(w) };
     if rec.pins() == 0 && !block_cache::holds(addr, rec.size()) {
