@@ -129,12 +129,14 @@ unsafe fn record<'a>(w: usize) -> &'a Record {
 
 /// The index's reference of a counted entry word, given back; None for an
 /// uncounted one.
+#[inline]
 fn take_count(w: usize) -> Option<RecordRef> {
     // SAFETY: a counted word came from `RecordRef::into_word` when listed,
     // and is unlisted (given back) once, here.
     (w & UNCOUNTED == 0).then(|| unsafe { RecordRef::from_word(w) })
 }
 
+#[inline]
 fn lock() -> SerialGuard<'static, State> {
     STATE.lock()
 }
@@ -147,10 +149,12 @@ fn table<T>() -> Option<*mut T> {
     (!p.is_null()).then_some(p)
 }
 
+#[inline]
 fn end_of(start: usize, size: usize) -> usize {
     start.saturating_add(size.max(1))
 }
 
+#[inline]
 fn in_radix(start: usize, size: usize) -> bool {
     size <= SMALL_MAX && start >> ADDR_BITS == 0
 }
@@ -160,11 +164,16 @@ impl State {
     /// absent (or out of memory).
     #[inline]
     fn leaf(&mut self, addr: usize, create: bool) -> Option<&'static Leaf> {
-        let key = addr >> LEAF_SHIFT;
-        if key == self.cached_key {
+        if addr >> LEAF_SHIFT == self.cached_key {
             // SAFETY: leaves live for the process once made.
             return Some(unsafe { &*self.cached_leaf });
         }
+        self.leaf_slow(addr, create)
+    }
+
+    #[inline(never)]
+    fn leaf_slow(&mut self, addr: usize, create: bool) -> Option<&'static Leaf> {
+        let key = addr >> LEAF_SHIFT;
         let top = &TOP[addr >> MID_SHIFT];
         let mut mid = top.load(Relaxed);
         if mid.is_null() {
@@ -279,6 +288,7 @@ impl State {
     }
 
     /// Unlists `rec`; the index's reference to it, if its entry held one.
+    #[inline]
     fn remove_record(&mut self, rec: &Record) -> Option<RecordRef> {
         let me = RecordRef::word_of(rec);
         let (start, size) = (rec.addr(), rec.size());
@@ -330,6 +340,7 @@ impl State {
     /// Direct-mapped by address: in an allocate-free loop the record
     /// displaced is the previous life of the same block, still in cache (a
     /// ring's oldest entry was a cold line, measurable on every free).
+    #[inline]
     fn keep_freed(&mut self, start: usize, r: RecordRef) -> Option<RecordRef> {
         let i = freed_slot(start);
         let (_, old) = std::mem::replace(&mut self.freed[i], (start, r.into_word()));
@@ -337,6 +348,7 @@ impl State {
     }
 }
 
+#[inline]
 fn freed_slot(start: usize) -> usize {
     (start >> 4 ^ start >> 12) % FREED_KEPT
 }
@@ -367,7 +379,26 @@ pub fn resolve(addr: usize) -> Option<Found> {
 /// # Safety
 /// `rec` lives in a record's shared memory (`RecordSlot::fill`), and the
 /// caller holds a reference to it.
+#[inline]
 pub(crate) unsafe fn insert(rec: &Record, exclusive: bool) -> Result<()> {
+    let start = rec.addr();
+    // The common case, inlined: a small counted block into a free granule.
+    if !exclusive && in_radix(start, rec.size()) && !rec.is_autofree() {
+        let mut g = lock();
+        if let Some(slot) = g.slot(start, true) {
+            if slot.load(Relaxed) == 0 {
+                // SAFETY: the caller's contract.
+                slot.store(unsafe { RecordRef::new_ref(rec) }.into_word(), Relaxed);
+                return Ok(());
+            }
+        }
+    }
+    // SAFETY: the caller's contract.
+    unsafe { insert_slow(rec, exclusive) }
+}
+
+#[cold]
+unsafe fn insert_slow(rec: &Record, exclusive: bool) -> Result<()> {
     let mut lost = None;
     // SAFETY: the caller's contract.
     let r = insert_locked(
@@ -456,6 +487,7 @@ fn lose(w: usize) -> Option<(RecordRef, bool)> {
 /// allocators (malloc, calloc, the adaptive and diagnostic ones), outside
 /// arenas. A record holds its allocator (and arena) alive, and a
 /// Python-defined allocator must be collectable once its blocks are gone.
+#[inline]
 fn keeps(rec: &Record) -> bool {
     rec.allocator().is_lifelong() && rec.arena_tag_any().is_none()
 }

@@ -180,13 +180,19 @@ impl Clone for RecordRef {
 
 impl Drop for RecordRef {
     fn drop(&mut self) {
-        // The only reference (the common case: one Pointer per block) needs
-        // no read-modify-write when every caller is serialized: no one else
-        // can clone it meanwhile, not even the index (`upgrade`), which
-        // another thread could otherwise reach. Acquire, as the fence below:
-        // every use through dropped references happened before.
-        if !serialized() || self.inner().strong.load(Acquire) != 1 {
-            if self.inner().strong.fetch_sub(1, Release) != 1 {
+        let strong = &self.inner().strong;
+        if serialized() {
+            // No other thread counts meanwhile, not even the index
+            // (`upgrade`): a load and a store, no read-modify-write. Acquire,
+            // as the fence below: every use through dropped references
+            // happened before.
+            let n = strong.load(Acquire);
+            if n != 1 {
+                strong.store(n - 1, Relaxed);
+                return;
+            }
+        } else {
+            if strong.fetch_sub(1, Release) != 1 {
                 return;
             }
             // As Arc: every use through other references happens before the drop.
