@@ -275,6 +275,69 @@ mod tests {
         a.free(&z, z.addr()).unwrap();
     }
 
+    static SIZES: std::sync::Mutex<Vec<usize>> = std::sync::Mutex::new(Vec::new());
+
+    unsafe extern "C" fn sized_free(p: *mut c_void, n: usize) {
+        SIZES.lock().unwrap().push(n);
+        unsafe { libc::free(p) }
+    }
+
+    #[test]
+    fn a_sized_free_gets_the_size_allocated_or_adopted_with() {
+        let b = unsafe {
+            CFunctions::new(
+                libc::malloc as *const () as usize,
+                sized_free as *const () as usize,
+                true,
+                usize::MAX,
+                Box::new(()),
+            )
+        };
+        let a = AllocCore::new("sized", new_id(), false, Box::new(b.unwrap()));
+        let r = a.allocate(array(5, 8, 8, None).unwrap(), None).unwrap();
+        a.free(&r, r.addr()).unwrap();
+        let raw = unsafe { libc::malloc(7) } as usize;
+        let q = a.adopt(raw, array(7, 1, 1, None).unwrap()).unwrap();
+        a.free(&q, raw).unwrap();
+        let z = a.allocate(array(0, 1, 1, None).unwrap(), None).unwrap();
+        a.free(&z, z.addr()).unwrap();
+        assert_eq!(
+            *SIZES.lock().unwrap(),
+            [40, 7, 1],
+            "a block of no bytes was allocated as one"
+        );
+    }
+
+    #[test]
+    fn a_free_only_backend_adopts_but_never_allocates() {
+        let b = unsafe {
+            CFunctions::new(
+                0,
+                counting_free as *const () as usize,
+                false,
+                0,
+                Box::new(()),
+            )
+        };
+        let a = AllocCore::new("free-only", new_id(), false, Box::new(b.unwrap()));
+        assert!(matches!(
+            a.allocate(array(8, 1, 1, None).unwrap(), None),
+            Err(Error::Unsupported(FREE_ONLY))
+        ));
+        assert_eq!(a.counters.snapshot().total_allocs, 0);
+        let raw = unsafe { counting_alloc(16) } as usize;
+        let r = a.adopt(raw, array(16, 1, 1, None).unwrap()).unwrap();
+        assert!(matches!(a.realloc(&r, raw, 32), Err(Error::Unsupported(_))));
+        assert_eq!(
+            r.state(),
+            crate::core::record::State::Live,
+            "a refused realloc changes nothing"
+        );
+        let before = LIVE.load(Relaxed);
+        a.free(&r, raw).unwrap();
+        assert_eq!(LIVE.load(Relaxed), before - 1);
+    }
+
     #[test]
     fn bad_results_are_errors() {
         let a = core(odd_alloc, odd_free, usize::MAX, false);

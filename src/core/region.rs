@@ -834,6 +834,38 @@ mod tests {
     }
 
     #[test]
+    fn addresses_find_their_block_through_the_index() {
+        use crate::core::index::{resolve, Found};
+        let r = RegionCore::new();
+        let (a, t) = r.allocate(req(10, 1)).unwrap();
+        let (b, _) = r.allocate(req(3, 8)).unwrap();
+        let (big, _) = r.allocate(req(3 * MAX_CHUNK, 8)).unwrap();
+        let (zero, _) = r.allocate(req(0, 1)).unwrap();
+        for (addr, want) in [
+            (a, (a, a + 10)),
+            (a + 9, (a, a + 10)),
+            (b + 2, (b, b + 3)),
+            (big + MAX_CHUNK, (big, big + 3 * MAX_CHUNK)),
+            (zero, (zero, zero + 1)),
+        ] {
+            let Some(Found::Chunk(region)) = resolve(addr) else {
+                panic!("{addr:#x} not found");
+            };
+            assert!(Arc::ptr_eq(&region, &r));
+            assert_eq!(r.block_at(addr), Some((want.0, want.1, t)));
+        }
+        // Padding between blocks belongs to no block.
+        if b > a + 10 {
+            assert_eq!(r.block_at(a + 10), None);
+        }
+        r.release(true);
+        assert!(resolve(big).is_none(), "released chunks leave the index");
+        assert!(r.block_at(a).is_none(), "the kept chunk holds no block");
+        r.release(false);
+        assert!(resolve(a).is_none());
+    }
+
+    #[test]
     fn alignment_is_honoured_and_memory_zeroed() {
         let r = RegionCore::new();
         for align in [1, 2, 8, 16, 64, 256, 4096, 8192, 1 << 16] {
