@@ -577,6 +577,27 @@ pub(crate) fn remove_chunk(start: usize) {
     }
 }
 
+/// Forgets every lately freed block (their records are dropped): their
+/// starts read back as foreign memory from now on. Returns how many.
+pub fn forget_lately_freed() -> usize {
+    let kept: Vec<RecordRef> = {
+        let mut g = lock();
+        let mut kept = Vec::new();
+        if kept.try_reserve(FREED_KEPT).is_err() {
+            return 0;
+        }
+        for e in g.freed.iter_mut() {
+            let (_, w) = std::mem::take(e);
+            if w != 0 {
+                kept.extend(take_count(w));
+            }
+        }
+        kept
+    };
+    // Outside the lock: dropping a record may run Python code.
+    kept.len()
+}
+
 /// Whether a live block contains `addr` (tests).
 pub fn is_indexed(addr: usize) -> bool {
     lock().occupied(addr)
@@ -635,7 +656,7 @@ mod tests {
     #[test]
     fn closely_packed_blocks_of_one_granule_resolve_apart() {
         // A Python-style allocator carving 4-byte blocks out of one buffer.
-        let buf = vec![0u8; 64];
+        let buf = [0u8; 64];
         let base = (buf.as_ptr() as usize + 31) & !31;
         let other = AllocCore::new("packed", new_id(), false, Box::new(Libc));
         let recs: Vec<_> = (0..4)
