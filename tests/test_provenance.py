@@ -320,24 +320,31 @@ def test_a_block_c_freed_behind_rsallocs_back_is_not_handed_out_twice() -> None:
     lib.getline.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
     lib.fclose.argtypes = [ctypes.c_void_p]
     text = b"a line much longer than the sixteen bytes rsalloc handed getline\n"
-    stream = lib.fmemopen(text, len(text), b"r")
-    buf = malloc.allocate(16)
     slots = calloc(Pointer[Uint8], 1)
     n = calloc(Int64, 1)
-    slots[0] = buf
-    n[0] = 16
-    assert lib.getline(slots, n, stream) == len(text)
-    lib.fclose(stream)
-    line = slots[0]
-    assert line.address != buf.address  # getline realloc'ed: C freed buf
+    fences = []
+    for _ in range(20):
+        buf = malloc.allocate(16)
+        fences.append(LIBC.malloc(16))  # usually right after buf: realloc must move it
+        stream = lib.fmemopen(text, len(text), b"r")
+        slots[0] = buf
+        n[0] = 16
+        assert lib.getline(slots, n, stream) == len(text)
+        lib.fclose(stream)
+        line = slots[0]
+        if line.address != buf.address:
+            break  # getline realloc'ed: C freed buf
+        free(buf)  # grown in place: still buf's block
+    else:
+        pytest.skip("realloc grew the buffer in place every time")
+    for f in fences:
+        LIBC.free(f)
     grown = malloc.adopt(line.address, Uint8, n[0])
     assert grown.read_bytes(len(text)) == text
     free(buf)  # rsalloc's free of a block C freed already: neither cached nor freed again
     a, b = malloc.allocate(16), LIBC.malloc(16)
     try:
-        assert a.address != b
-        a.fill(0xAA)
-        assert ctypes.string_at(b, 1) != b"\xaa" or a.address != b
+        assert a.address != b  # one block, one owner
     finally:
         free(a)
         LIBC.free(b)
