@@ -301,6 +301,11 @@ impl State {
                 }
             }
         }
+        self.remove_span(me, start)
+    }
+
+    #[cold]
+    fn remove_span(&mut self, me: usize, start: usize) -> Option<RecordRef> {
         let i = self.span_at_or_below(start)?;
         match self.spans[i].target {
             Target::Record(w) if w & !UNCOUNTED == me => {
@@ -397,6 +402,10 @@ pub(crate) unsafe fn insert(rec: &Record, exclusive: bool) -> Result<()> {
     unsafe { insert_slow(rec, exclusive) }
 }
 
+/// Everything [`insert`]'s inlined case does not serve.
+///
+/// # Safety
+/// As for [`insert`].
 #[cold]
 unsafe fn insert_slow(rec: &Record, exclusive: bool) -> Result<()> {
     let mut lost = None;

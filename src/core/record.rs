@@ -375,17 +375,18 @@ impl Record {
     /// Only the state changes here (under the index's lock, racing a free);
     /// [`Record::after_lost`] does the rest. False when it was not live.
     pub(crate) fn lose(&self) -> bool {
-        let prev = self.update(|w| match decode(w) {
-            State::Live => Ok((w & !STATE_MASK) | FREED | LOST),
-            _ => Err(Error::Exported),
-        });
-        match prev {
-            Ok(prev) => {
-                self.count_free(prev);
-                true
+        let mut cur = self.word.load(Acquire);
+        while decode(cur) == State::Live {
+            let lost = (cur & !STATE_MASK) | FREED | LOST;
+            match self.word.compare_exchange_weak(cur, lost, AcqRel, Acquire) {
+                Ok(_) => {
+                    self.count_free(cur);
+                    return true;
+                }
+                Err(now) => cur = now,
             }
-            Err(_) => false,
         }
+        false
     }
 
     /// A record that never made it into the index (its block is given back

@@ -145,6 +145,7 @@ impl RecordRef {
     /// from being freed meanwhile: a record leaves the index before its
     /// memory goes).
     pub(crate) unsafe fn upgrade(rec: *const Record) -> Option<Self> {
+        // SAFETY: the caller's contract: `rec` is a live record.
         let inner = Self::word_of(unsafe { &*rec }) as *mut Inner;
         // SAFETY: the caller's contract.
         let strong = unsafe { &(*inner).strong };
