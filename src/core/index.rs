@@ -384,7 +384,7 @@ pub fn resolve(addr: usize) -> Option<Found> {
 /// # Safety
 /// `rec` lives in a record's shared memory (`RecordSlot::fill`), and the
 /// caller holds a reference to it.
-#[inline]
+#[inline(always)]
 pub(crate) unsafe fn insert(rec: &Record, exclusive: bool) -> Result<()> {
     let start = rec.addr();
     // The common case, inlined: a small counted block into a free granule.
@@ -503,7 +503,7 @@ fn keeps(rec: &Record) -> bool {
 
 /// Unlists the block of `rec`, which died (freed, reallocated, released):
 /// its start is remembered as lately freed (see the module comment).
-#[inline]
+#[inline(always)]
 pub(crate) fn remove_dead(rec: &Record) {
     let evicted = {
         let mut g = lock();

@@ -180,12 +180,13 @@ impl Clone for RecordRef {
 }
 
 impl Drop for RecordRef {
+    #[inline]
     fn drop(&mut self) {
         let strong = &self.inner().strong;
         if serialized() {
             // No other thread counts meanwhile, not even the index
             // (`upgrade`): a load and a store, no read-modify-write. Acquire,
-            // as the fence below: every use through dropped references
+            // as the fence in `last`: every use through dropped references
             // happened before.
             let n = strong.load(Acquire);
             if n != 1 {
@@ -199,6 +200,14 @@ impl Drop for RecordRef {
             // As Arc: every use through other references happens before the drop.
             fence(Acquire);
         }
+        self.last();
+    }
+}
+
+impl RecordRef {
+    /// The last reference went: the record drops and its memory is reused.
+    #[inline(never)]
+    fn last(&mut self) {
         // SAFETY: the last reference; the memory came from RecordSlot::new.
         unsafe { std::ptr::drop_in_place(self.0.as_ptr()) };
         cache::give(self.0.cast());
