@@ -414,8 +414,9 @@ impl Drop for Record {
     fn drop(&mut self) {
         let w = *self.word.get_mut();
         if decode(w) == State::Live {
-            // The last reference to a live block (autofree, or leaked):
-            // it leaves the index before the record's memory goes.
+            // The last reference to a live block: an autofree one (the
+            // index holds a count on every other live block). It leaves
+            // the index before the record's memory goes.
             index::remove(self);
         }
         if w & AUTOFREE != 0 && decode(w) == State::Live && w & IN_ARENA == 0 {
