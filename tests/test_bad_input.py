@@ -191,7 +191,9 @@ ROWS: list[Row] = [
     ("malloc.adopt(orphan, Uint8, 1.5)", lambda c: malloc.adopt(c.orphan, Uint8, 1.5), TypeError),
     ("malloc.adopt(orphan, int, 1)", lambda c: malloc.adopt(c.orphan, int, 1), TypeError),
     ("malloc.adopt(orphan, 'Uint8', 1)", lambda c: malloc.adopt(c.orphan, "Uint8", 1), TypeError),
-    ("malloc.adopt(orphan)", lambda c: malloc.adopt(c.orphan), TypeError),
+    ("malloc.adopt(orphan, Int32)", lambda c: malloc.adopt(c.orphan, Int32), TypeError),  # no count: only C strings
+    ("malloc.adopt(p.address + 4, Uint8, 4)", lambda c: malloc.adopt(c.p.address + 4, Uint8, 4), OwnershipError),
+    ("malloc.adopt(p.address, Int32, 4)", lambda c: malloc.adopt(c.p.address, Int32, 4), OwnershipError),
     # --- Allocator.clone ---
     ("malloc.clone(dead)", lambda c: malloc.clone(c.dead), UseAfterFreeError),
     ("malloc.clone(unknown)", lambda c: malloc.clone(c.unknown), TypeError),
@@ -361,7 +363,11 @@ ROWS: list[Row] = [
     ("using(42)", lambda c: rsalloc.using(42), TypeError),
     # --- Python-defined and foreign allocators ---
     *[(f"ForeignAllocator({a!r}, {f!r})", lambda c, a=a, f=f: rsalloc.ForeignAllocator(a, f), TypeError)
-      for a, f in (("malloc", "free"), (None, None), (LIBC.malloc, None), (None, LIBC.free))],
+      for a, f in (("malloc", "free"), (None, None), (LIBC.malloc, None))],
+    # A free-only owner (ForeignAllocator(None, free)) refuses every call that allocates.
+    *[(f"free-only {name}", lambda c, call=call: call(rsalloc.ForeignAllocator(None, LIBC.free), c), TypeError)
+      for name, call in (("a(Int32, 2)", lambda a, c: a(Int32, 2)), ("a.allocate(8)", lambda a, c: a.allocate(8)),
+                         ("a.clone(p)", lambda a, c: a.clone(c.p)))],
     ("Allocator()", lambda c: rsalloc.Allocator(), TypeError),
     # --- tracking, reports and the diagnostic allocators ---
     ("tracking.enable(frames=-1)", lambda c: rsalloc.tracking.enable(frames=-1), ValueError),

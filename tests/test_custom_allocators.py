@@ -81,8 +81,8 @@ def test_every_check_applies() -> None:
             malloc.free(p)
         with pytest.raises(OwnershipError):
             pool.free(p + 1)
-        with pytest.raises(OwnershipError):
-            pool.free(rsalloc.Pointer.from_address(p.address, Int64))
+        with pytest.raises(OwnershipError):  # resolved to p's block: its interior
+            pool.free(rsalloc.Pointer.from_address(p.address + 1, Int64))
     m = malloc(Int64)
     with nothing_changes(pool, malloc):
         with pytest.raises(OwnershipError):
@@ -130,7 +130,7 @@ def test_realloc_clone_adopt() -> None:
     assert d.allocator is pool and d[:2] == [5, 6]
     raw = LIBC.malloc(8)
     pool.live.add(raw)
-    a = pool.adopt(raw, Int64)
+    a = pool.adopt(raw, Int64, 1)
     assert a.allocator is pool and pool.stats().live_count == 3
     for x in (q, d, a):
         pool.free(x)

@@ -130,5 +130,5 @@ def test_help_renders_the_class_documentation() -> None:
     text = pydoc.render_doc(rsalloc.Arena, renderer=pydoc.plaintext)
     assert "released" in text and "Arena(allocator=None)" in text
     text = pydoc.render_doc(rsalloc.Allocator, renderer=pydoc.plaintext)
-    assert "_raw_alloc" in text and "adopt(self, /, address, type, count=1)" in text
+    assert "_raw_alloc" in text and "adopt(self, /, address, type=None, count=None)" in text
     assert "Ellipsis" not in text

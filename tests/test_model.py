@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+import pytest
 
 import rsalloc
 from rsalloc import (
@@ -386,7 +387,8 @@ class RsallocModel(RuleBasedStateMachine):
             return
         got = v.ptr[index]
         if v.type is SLOT:
-            assert isinstance(got, Pointer) and got.address == want and got.allocator is None
+            assert isinstance(got, Pointer) and got.address == want
+            self.check_slot(v, index % v.count)
         else:
             assert got == want and type(got) is type(want), (got, want)
 
@@ -454,19 +456,31 @@ class RsallocModel(RuleBasedStateMachine):
         if addr is None:
             return
         q = s.ptr[index]
-        assert q.address == addr and q.type is Int32 and q.count is None and q.allocator is None
+        assert q.address == addr and q.type is Int32
         if addr == 0:
+            assert q.count is None and q.allocator is None
             self.misuse(rsalloc.NullPointerError, lambda: q[0])
             return
-        # Read through it only when the model knows 4 live bytes there: the
-        # slot's pointee is unowned, so rsalloc cannot check it (DESIGN §3).
-        for b in self.blocks:
-            if b.accessible() and b.address <= addr and addr + 4 <= b.address + b.nbytes:
-                at = addr - b.address
-                if all(b.known[at : at + 4]):
-                    event("read through a slot")
-                    assert q[0] == INT32.unpack(bytes(b.data[at : at + 4]))
-                return
+        # Read back from memory, the address resolves to the live block it
+        # points into (DESIGN §3a): bounded by it, owned by its owner.
+        # Detached blocks are C's (unowned views); dead ones read back as
+        # unowned or dead, never as live.
+        home = next((b for b in self.blocks if b.state == "live" and b.address <= addr < b.address + max(b.nbytes, 1)), None)
+        if home is None:
+            assert q.allocator is None or not q.alive
+            if not q.alive:
+                event("read back a dead block's address")
+                self.misuse(UseAfterFreeError, lambda: q[0])
+            return
+        event("read back a live block's address")
+        assert q.alive and q.count == (home.address + home.nbytes - addr) // 4
+        at = addr - home.address
+        if q.count and all(home.known[at : at + 4]):
+            event("read through a slot")
+            assert q[0] == INT32.unpack(bytes(home.data[at : at + 4]))
+        if q.count:
+            with pytest.raises(IndexError):
+                q[q.count]
 
     # --- frees -------------------------------------------------------------------
 

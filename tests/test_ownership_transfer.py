@@ -155,7 +155,8 @@ def test_autofree_survives_realloc_and_still_allows_an_explicit_free() -> None:
 
 def test_autofree_and_detach_of_foreign_or_dead_views_are_errors() -> None:
     p = malloc(Int32)
-    view = rsalloc.Pointer.from_address(p.address, Int32)
+    raw = ctypes.create_string_buffer(4)  # foreign memory: an unowned view
+    view = rsalloc.Pointer.from_address(ctypes.addressof(raw), Int32)
     with nothing_changes(malloc):
         with pytest.raises(OwnershipError):
             view.autofree()
@@ -187,7 +188,8 @@ def test_clone_copies_into_another_owner() -> None:
     with nothing_changes(malloc, sq):
         with pytest.raises(UseAfterFreeError):
             malloc.clone(src)
+        raw = ctypes.create_string_buffer(4)
         with pytest.raises(TypeError):
-            malloc.clone(rsalloc.Pointer.from_address(c.address, Int32))  # unknown length
+            malloc.clone(rsalloc.Pointer.from_address(ctypes.addressof(raw), Int32))  # unknown length
     for x in (c, tail, foreign):
         free(x)

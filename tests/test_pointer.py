@@ -198,10 +198,11 @@ def test_pointer_slots():
     slots[1] = None
     first = slots[0]
     assert isinstance(first, Pointer) and first.address == target.address
-    assert first.type is Int32 and first.count is None and first.allocator is None
-    assert first[2] == 3  # unowned, unknown count: non-negative indices only
+    # Resolved to target's live block (DESIGN §3a): bounded, owned.
+    assert first.type is Int32 and first.count == 3 and first.allocator is calloc
+    assert first[2] == 3 and first[-1] == 3
     with pytest.raises(IndexError):
-        first[-1]
+        first[3]
     assert slots[1].is_null
     with pytest.raises(NullPointerError):
         slots[1][0]

@@ -7,6 +7,7 @@
 use super::block_cache;
 use super::budget::{self, Scope, Target, UNLIMITED};
 use super::error::{Error, Result};
+use super::index;
 use super::layout::{Request, MALLOC_ALIGN};
 use super::observer;
 use super::record::{ArenaTag, Record};
@@ -467,7 +468,12 @@ impl AllocCore {
                 return Err(e);
             }
         };
-        Ok(self.record(slot, p, req, arena, ty, charged.then_some(replaces)))
+        self.record(slot, p, req, arena, ty, charged.then_some(replaces), false)
+            .inspect_err(|_| {
+                self.uncharge(charged, req.size, tag);
+                // SAFETY: the block just came from this backend; no record holds it.
+                let _ = unsafe { self.backend.free(p, req.size, req.align) };
+            })
     }
 
     #[inline(always)]
@@ -481,7 +487,8 @@ impl AllocCore {
         // Some when the bytes were charged ahead: the bytes of a replaced
         // block still counted.
         charged: Option<usize>,
-    ) -> RecordRef {
+        adopted: bool,
+    ) -> Result<RecordRef> {
         let rec = slot.fill(Record::new(
             p,
             req.size,
@@ -489,6 +496,14 @@ impl AllocCore {
             CoreRef::new(self),
             arena.cloned(),
         ));
+        // Indexed before anyone can see it; an adopted address must be in
+        // no live block (it would be freed twice). Nothing is counted yet:
+        // on failure the caller gives back the charge and the block.
+        // SAFETY: `rec` was just filled in its shared memory, and is held.
+        if let Err(e) = unsafe { index::insert(&rec, adopted) } {
+            rec.abandon();
+            return Err(e);
+        }
         if let Some(replaced) = charged {
             budget::commit_all(self.targets(arena.map(|t| &**t), true), replaced as u64);
         } else {
@@ -504,7 +519,7 @@ impl AllocCore {
         if arena.is_none() && self.tracks() {
             track::register(&rec, ty);
         }
-        rec
+        Ok(rec)
     }
 
     /// Takes ownership of a block this allocator's C counterpart allocated.
@@ -532,8 +547,10 @@ impl AllocCore {
     ) -> Result<RecordRef> {
         let p = NonNull::new(addr as *mut u8).ok_or(Error::NullPointer)?;
         let slot = RecordSlot::new()?;
-        let charged = self.charge(req.size, 0, arena.map(|t| &**t), true)?;
-        Ok(self.record(slot, p, req, arena, ty, charged.then_some(0)))
+        let tag = arena.map(|t| &**t);
+        let charged = self.charge(req.size, 0, tag, true)?;
+        self.record(slot, p, req, arena, ty, charged.then_some(0), true)
+            .inspect_err(|_| self.uncharge(charged, req.size, tag))
     }
 
     /// Frees a block through this allocator (its owner group must own it).
@@ -582,8 +599,14 @@ impl AllocCore {
                 rec.finish_realloc();
                 let ty = track::type_of(rec);
                 // The old block is counted free already: nothing to credit.
-                let charged = charged.then_some(0);
-                let fresh = self.record(slot, p, Request { size: new, align }, None, ty, charged);
+                let req = Request { size: new, align };
+                let fresh = self
+                    .record(slot, p, req, None, ty, charged.then_some(0), false)
+                    .inspect_err(|_| {
+                        self.uncharge(charged, new, None);
+                        // SAFETY: the moved block has no record: give it back.
+                        let _ = unsafe { self.backend.free(p, new, align) };
+                    })?;
                 if rec.is_autofree() {
                     fresh.set_autofree()?;
                 }
@@ -833,6 +856,9 @@ mod tests {
         assert_eq!(Arc::strong_count(&a), 2);
         let kept = r.allocator_arc();
         assert_eq!(Arc::strong_count(&a), 3);
+        // A live block is indexed (its record kept, so its allocator too)
+        // until it ends.
+        a.free(&r, r.addr()).unwrap();
         drop((r, kept));
         assert_eq!(Arc::strong_count(&a), 1);
 

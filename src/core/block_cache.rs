@@ -36,7 +36,7 @@ use super::serial::serialized;
 use super::sys;
 use std::cell::UnsafeCell;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 
 /// The largest request served from the cache, in bytes.
 pub const MAX_SIZE: usize = 4096;
@@ -92,6 +92,30 @@ static CACHE: Shared = Shared(UnsafeCell::new(Cache {
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
 
+/// glibc's per-process tcache key (0: unknown), which glibc stores in the
+/// second word of every block in its per-thread cache, as a double-free
+/// check. A block rsalloc frees that carries it was freed already: by C,
+/// behind rsalloc's back (`getline` growing its buffer, a `realloc` that
+/// moved it).
+static TCACHE_KEY: AtomicUsize = AtomicUsize::new(0);
+
+/// Learns [`TCACHE_KEY`] from a block freed for the purpose.
+fn learn_tcache_key() {
+    // SAFETY: plain libc calls; the freed block's memory stays mapped (it
+    // is in the calling thread's tcache), and the read is volatile.
+    let key = unsafe {
+        let p = libc::malloc(24).cast::<usize>();
+        if p.is_null() {
+            return;
+        }
+        libc::free(p.cast());
+        p.add(1).read_volatile()
+    };
+    // A glibc without keys leaves anything there; a pointer-like value would
+    // be a poor key (glibc's are random), so only a non-zero one is kept.
+    TCACHE_KEY.store(key, Relaxed);
+}
+
 /// Turns the cache on, for good.
 ///
 /// # Safety
@@ -100,6 +124,7 @@ static ENABLED: AtomicBool = AtomicBool::new(false);
 pub unsafe fn enable() {
     debug_assert!(serialized(), "the block cache needs serialized mode");
     if serialized() && cfg!(all(target_os = "linux", target_env = "gnu")) {
+        learn_tcache_key();
         ENABLED.store(true, Relaxed);
     }
 }
@@ -141,12 +166,30 @@ pub fn take(n: usize) -> Option<NonNull<u8>> {
 /// # Safety
 /// `p` is a live block of libc's `malloc` family that nothing else uses
 /// from now on.
+///
+/// A block glibc already counts free (C freed or reallocated it behind
+/// rsalloc's back) is neither kept nor freed: true. Kept, it would be
+/// handed out by the cache and by glibc both; freed, glibc would abort on
+/// the double free. glibc tells two such cases apart: a block in its
+/// per-thread cache carries [`TCACHE_KEY`], and one in its bins has no
+/// usable size. A block C freed that glibc already handed out again cannot
+/// be told from a live one (docs/safety.md).
 #[inline]
 pub unsafe fn give(p: NonNull<u8>) -> bool {
     let Some(c) = cache() else {
         return false;
     };
-    let class = usable(p.as_ptr()).saturating_add(8) >> 4;
+    let key = TCACHE_KEY.load(Relaxed);
+    // SAFETY: a libc block has at least 24 usable bytes (glibc's smallest
+    // chunk), readable whatever its state.
+    if key != 0 && unsafe { p.as_ptr().cast::<usize>().add(1).read_volatile() } == key {
+        return true;
+    }
+    let usable = usable(p.as_ptr());
+    if usable == 0 {
+        return true;
+    }
+    let class = usable.saturating_add(8) >> 4;
     if class >= CLASSES || c.bytes + class_bytes(class) > MAX_BYTES {
         return false;
     }
@@ -158,6 +201,26 @@ pub unsafe fn give(p: NonNull<u8>) -> bool {
     s.len += 1;
     c.bytes += class_bytes(class);
     true
+}
+
+/// Whether the cache keeps the block at `p` (freed by rsalloc, `size`
+/// bytes asked when it was allocated): its memory is still rsalloc's, not
+/// handed to anyone again. Scans the one class a block of that size files
+/// in (at most [`PER_CLASS`] entries).
+pub fn holds(p: usize, size: usize) -> bool {
+    if size > MAX_SIZE {
+        return false;
+    }
+    let Some(c) = cache() else {
+        return false;
+    };
+    // A block files by its usable size, which may put it a class above
+    // its request's (see `a_glibc_block_files_where_its_own_size_looks`).
+    let first = class_of_request(size);
+    (first..(first + 2).min(CLASSES)).any(|class| {
+        let s = &c.stacks[class];
+        s.blocks[..s.len].contains(&(p as *mut u8))
+    })
 }
 
 /// Frees every kept block; returns how many there were.

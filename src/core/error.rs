@@ -37,6 +37,8 @@ pub enum Ownership {
     RegionCannotDetach,
     /// A bump-region arena cannot take memory it did not carve out.
     RegionCannotAdopt,
+    /// The address lies in a block rsalloc owns already (adopting it would free it twice).
+    AlreadyOwned,
 }
 
 /// What the guard bytes of a diagnostic block showed at its free.
@@ -87,6 +89,9 @@ pub enum Error {
     HeapCorruption(Corruption),
     /// A failure raised by code outside the core (a Python-defined allocator).
     External(Box<dyn std::error::Error + Send + Sync>),
+    /// The allocator cannot do this at all: a free-only allocator asked to
+    /// allocate (TypeError).
+    Unsupported(&'static str),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -110,6 +115,9 @@ impl fmt::Display for Error {
                 Ownership::Interior => "the pointer points inside a block, not at its start",
                 Ownership::RegionCannotDetach => {
                     "a bump-region arena cannot give its memory away; copy it out with clone()"
+                }
+                Ownership::AlreadyOwned => {
+                    "the address lies in a live block rsalloc owns already (it would be freed twice)"
                 }
                 Ownership::RegionCannotAdopt => {
                     "a bump-region arena cannot adopt memory; adopt it with the allocator that made it"
@@ -147,6 +155,7 @@ impl fmt::Display for Error {
                 write!(f, "); the memory was returned")
             }
             Error::External(e) => write!(f, "{e}"),
+            Error::Unsupported(what) => f.write_str(what),
         }
     }
 }

@@ -76,12 +76,48 @@ pub fn check_block(
 
 pub type AllocFn = unsafe extern "C" fn(usize) -> *mut c_void;
 pub type FreeFn = unsafe extern "C" fn(*mut c_void);
+/// A sized free, `void free(void *, size_t)` (GMP's, C++'s sized delete).
+pub type SizedFreeFn = unsafe extern "C" fn(*mut c_void, usize);
 
-/// Two C functions, `void *alloc(size_t)` and `void free(void *)`, called
-/// directly (no trip through Python).
+/// What a free-only allocator says when asked to allocate.
+pub const FREE_ONLY: &str =
+    "this allocator only frees (ForeignAllocator(None, free)): it can adopt memory, not allocate it";
+
+/// How a backend's free function is called.
+#[derive(Clone, Copy)]
+pub enum Free {
+    Plain(FreeFn),
+    /// Given the size the block was allocated or adopted with.
+    Sized(SizedFreeFn),
+}
+
+impl Free {
+    /// # Safety
+    /// `p` is a block the function frees, of `size` bytes.
+    pub unsafe fn call(self, p: *mut c_void, size: usize) {
+        // SAFETY: the caller's contract; the signature is the constructor's.
+        unsafe {
+            match self {
+                Free::Plain(f) => f(p),
+                Free::Sized(f) => f(p, size),
+            }
+        }
+    }
+
+    fn address(self) -> usize {
+        match self {
+            Free::Plain(f) => f as *const () as usize,
+            Free::Sized(f) => f as *const () as usize,
+        }
+    }
+}
+
+/// Two C functions, `void *alloc(size_t)` and `void free(void *)` (or
+/// `free(void *, size_t)`), called directly (no trip through Python); no
+/// alloc function for a free-only allocator.
 pub struct CFunctions {
-    alloc: AllocFn,
-    free: FreeFn,
+    alloc: Option<AllocFn>,
+    free: Free,
     /// The largest request the alloc function's parameter type can carry
     /// (a 32-bit `int` parameter would silently truncate a bigger size).
     max_size: usize,
@@ -92,24 +128,30 @@ pub struct CFunctions {
 
 impl CFunctions {
     /// # Safety
-    /// `alloc` and `free` are the addresses of C functions with the
-    /// signatures of [`AllocFn`] and [`FreeFn`] (for `alloc`, a parameter
-    /// narrower than `size_t` is fine when `max_size` fits it), that stay
-    /// valid while `keep` lives, and `free` frees what `alloc` returns.
+    /// `alloc` (0: none, a free-only allocator) and `free` are the addresses
+    /// of C functions with the signatures of [`AllocFn`] and [`FreeFn`] (or
+    /// [`SizedFreeFn`] when `sized`; for `alloc`, a parameter narrower than
+    /// `size_t` is fine when `max_size` fits it), that stay valid while
+    /// `keep` lives, and `free` frees what `alloc` returns.
     pub unsafe fn new(
         alloc: usize,
         free: usize,
+        sized: bool,
         max_size: usize,
         keep: Box<dyn Any + Send + Sync>,
     ) -> Option<Self> {
-        if alloc == 0 || free == 0 {
+        if free == 0 {
             return None;
         }
         // SAFETY: non-null function addresses with these signatures (caller's contract).
         let (alloc, free) = unsafe {
             (
-                std::mem::transmute::<usize, AllocFn>(alloc),
-                std::mem::transmute::<usize, FreeFn>(free),
+                (alloc != 0).then(|| std::mem::transmute::<usize, AllocFn>(alloc)),
+                if sized {
+                    Free::Sized(std::mem::transmute::<usize, SizedFreeFn>(free))
+                } else {
+                    Free::Plain(std::mem::transmute::<usize, FreeFn>(free))
+                },
             )
         };
         Some(CFunctions {
@@ -125,14 +167,15 @@ impl Backend for CFunctions {
     fn alloc(&self, size: usize, align: usize, zeroed: bool) -> Result<NonNull<u8>> {
         // A zero-byte request asks for one: C allocators may return NULL for 0.
         let n = size.max(1);
+        let alloc = self.alloc.ok_or(Error::Unsupported(FREE_ONLY))?;
         if n > self.max_size {
             return Err(Error::OutOfMemory(size));
         }
         // SAFETY: the function has this signature (constructor's contract).
-        let raw = unsafe { (self.alloc)(n) } as usize;
+        let raw = unsafe { alloc(n) } as usize;
         let p = check_block(raw as i128, n, align, |p| unsafe {
-            // SAFETY: `p` came from `alloc` and is not used again.
-            (self.free)(p.as_ptr() as *mut c_void)
+            // SAFETY: `p` came from `alloc` (n bytes) and is not used again.
+            self.free.call(p.as_ptr() as *mut c_void, n)
         })?;
         if zeroed {
             // SAFETY: the block holds n bytes.
@@ -141,14 +184,15 @@ impl Backend for CFunctions {
         Ok(p)
     }
 
-    unsafe fn free(&self, ptr: NonNull<u8>, _size: usize, _align: usize) -> Result<()> {
-        // SAFETY: `ptr` came from `alloc` (or was adopted from the same C allocator).
-        unsafe { (self.free)(ptr.as_ptr() as *mut c_void) };
+    unsafe fn free(&self, ptr: NonNull<u8>, size: usize, _align: usize) -> Result<()> {
+        // SAFETY: `ptr` came from `alloc` (or was adopted from the same C
+        // allocator); a block of no bytes was allocated as one.
+        unsafe { self.free.call(ptr.as_ptr() as *mut c_void, size.max(1)) };
         Ok(())
     }
 
     fn native_free(&self) -> Option<usize> {
-        Some(self.free as *const () as usize)
+        Some(self.free.address())
     }
 }
 
@@ -187,6 +231,7 @@ mod tests {
             CFunctions::new(
                 alloc as *const () as usize,
                 free as *const () as usize,
+                false,
                 max,
                 Box::new(()),
             )
@@ -230,6 +275,69 @@ mod tests {
         a.free(&z, z.addr()).unwrap();
     }
 
+    static SIZES: std::sync::Mutex<Vec<usize>> = std::sync::Mutex::new(Vec::new());
+
+    unsafe extern "C" fn sized_free(p: *mut c_void, n: usize) {
+        SIZES.lock().unwrap().push(n);
+        unsafe { libc::free(p) }
+    }
+
+    #[test]
+    fn a_sized_free_gets_the_size_allocated_or_adopted_with() {
+        let b = unsafe {
+            CFunctions::new(
+                libc::malloc as *const () as usize,
+                sized_free as *const () as usize,
+                true,
+                usize::MAX,
+                Box::new(()),
+            )
+        };
+        let a = AllocCore::new("sized", new_id(), false, Box::new(b.unwrap()));
+        let r = a.allocate(array(5, 8, 8, None).unwrap(), None).unwrap();
+        a.free(&r, r.addr()).unwrap();
+        let raw = unsafe { libc::malloc(7) } as usize;
+        let q = a.adopt(raw, array(7, 1, 1, None).unwrap()).unwrap();
+        a.free(&q, raw).unwrap();
+        let z = a.allocate(array(0, 1, 1, None).unwrap(), None).unwrap();
+        a.free(&z, z.addr()).unwrap();
+        assert_eq!(
+            *SIZES.lock().unwrap(),
+            [40, 7, 1],
+            "a block of no bytes was allocated as one"
+        );
+    }
+
+    #[test]
+    fn a_free_only_backend_adopts_but_never_allocates() {
+        let b = unsafe {
+            CFunctions::new(
+                0,
+                counting_free as *const () as usize,
+                false,
+                0,
+                Box::new(()),
+            )
+        };
+        let a = AllocCore::new("free-only", new_id(), false, Box::new(b.unwrap()));
+        assert!(matches!(
+            a.allocate(array(8, 1, 1, None).unwrap(), None),
+            Err(Error::Unsupported(FREE_ONLY))
+        ));
+        assert_eq!(a.counters.snapshot().total_allocs, 0);
+        let raw = unsafe { counting_alloc(16) } as usize;
+        let r = a.adopt(raw, array(16, 1, 1, None).unwrap()).unwrap();
+        assert!(matches!(a.realloc(&r, raw, 32), Err(Error::Unsupported(_))));
+        assert_eq!(
+            r.state(),
+            crate::core::record::State::Live,
+            "a refused realloc changes nothing"
+        );
+        let before = LIVE.load(Relaxed);
+        a.free(&r, raw).unwrap();
+        assert_eq!(LIVE.load(Relaxed), before - 1);
+    }
+
     #[test]
     fn bad_results_are_errors() {
         let a = core(odd_alloc, odd_free, usize::MAX, false);
@@ -259,6 +367,6 @@ mod tests {
             check_block(isize::MAX as i128 - 4, 8, 1, |_| unreachable!()),
             Err(Error::External(_))
         ));
-        assert!(unsafe { CFunctions::new(0, 1, 1, Box::new(())) }.is_none());
+        assert!(unsafe { CFunctions::new(1, 0, false, 1, Box::new(())) }.is_none());
     }
 }

@@ -7,6 +7,7 @@ pub mod budget;
 pub mod error;
 pub mod foreign;
 pub mod guard;
+pub mod index;
 pub mod layout;
 pub mod observer;
 pub mod record;

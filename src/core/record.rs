@@ -11,6 +11,7 @@
 
 use super::alloc::{AllocCore, CoreRef};
 use super::error::{Death, Error, Ownership, Result};
+use super::index;
 use super::stats::Counters;
 use super::track::{self, Tracked};
 use std::any::Any;
@@ -43,6 +44,9 @@ const REALLOCATED: usize = 4;
 const IN_ARENA: usize = 1 << 3;
 /// Freed when the last reference to the record goes (`Pointer.autofree()`).
 const AUTOFREE: usize = 1 << 4;
+/// C freed the memory behind rsalloc's back and libc handed it out again
+/// (see [`Record::lose`]): dead, and its memory is not returned.
+const LOST: usize = 1 << 5;
 /// log2 of the block's alignment lives in the word too: a field of its own
 /// would take the record with its count from 56 to 64 bytes, and its glibc
 /// chunk from 64 to 80 (every live block has one). It never changes.
@@ -162,6 +166,10 @@ impl Record {
         let tag = self.extra.arena()?;
         (self.word.load(Acquire) & IN_ARENA != 0).then_some(tag)
     }
+    /// The arena the block was made in, whether or not it still owns it.
+    pub(crate) fn arena_tag_any(&self) -> Option<&ArenaTag> {
+        self.extra.arena()
+    }
     pub fn is_autofree(&self) -> bool {
         self.word.load(Relaxed) & AUTOFREE != 0
     }
@@ -207,6 +215,9 @@ impl Record {
     }
 
     pub(crate) fn return_memory(&self) -> Result<()> {
+        if self.word.load(Acquire) & LOST != 0 {
+            return Ok(()); // libc gave it to another block: not ours to return
+        }
         super::observer::gone(self.addr());
         // SAFETY: called exactly once, by whoever saw the block dead with no pins.
         unsafe { self.alloc.backend.free(self.addr, self.size, self.align()) }
@@ -239,6 +250,7 @@ impl Record {
             self.check_free(w, owner_group, arena, addr)?;
             Ok((w & !STATE_MASK) | death)
         })?;
+        index::remove_dead(self);
         self.count_free(prev);
         track::on_end(self, arena == 0);
         if prev >> PIN_SHIFT == 0 {
@@ -265,6 +277,7 @@ impl Record {
                 .compare_exchange(w, w | FREED, AcqRel, Acquire)
                 .is_ok()
         {
+            index::remove_dead(self);
             self.alloc.count_free(self.size);
             return self.return_memory();
         }
@@ -289,6 +302,8 @@ impl Record {
             State::Live if w >> PIN_SHIFT != 0 => Err(Error::Exported),
             State::Live => Ok((w & !(STATE_MASK | IN_ARENA)) | DETACHED),
         })?;
+        // C may free it from now on, and libc hand the address out again.
+        index::remove(self);
         self.count_free(prev);
         track::on_end(self, false);
         super::observer::gone(self.addr());
@@ -329,6 +344,8 @@ impl Record {
             State::Dead(d) => Err(Error::UseAfterFree(d)),
             _ => Ok(w | AUTOFREE),
         })?;
+        // The garbage collector frees it: the index holds no count on it.
+        index::uncount(self);
         track::on_end(self, false);
         Ok(())
     }
@@ -343,17 +360,56 @@ impl Record {
                 return Err(Error::Exported);
             }
             Ok((w & !STATE_MASK) | REALLOCATED)
-        })
-        .map(drop)
+        })?;
+        // The memory may move: out of the index before the backend runs.
+        index::remove(self);
+        Ok(())
     }
 
     pub(crate) fn undo_realloc(&self) {
         self.word.fetch_and(!STATE_MASK, AcqRel);
+        // Back where it was: its slot or span is still there (the index
+        // never gives room back), so this needs no memory.
+        // SAFETY: records live in their shared memory; the caller holds one.
+        let _ = unsafe { index::insert(self, false) };
+    }
+
+    /// C freed the block behind rsalloc's back and libc handed its memory
+    /// out again (the index found a new block at its address): it dies as
+    /// freed, and no later free returns memory that is no longer its own.
+    /// Only the state changes here (under the index's lock, racing a free);
+    /// [`Record::after_lost`] does the rest. False when it was not live.
+    pub(crate) fn lose(&self) -> bool {
+        let mut cur = self.word.load(Acquire);
+        while decode(cur) == State::Live {
+            let lost = (cur & !STATE_MASK) | FREED | LOST;
+            match self.word.compare_exchange_weak(cur, lost, AcqRel, Acquire) {
+                Ok(_) => {
+                    self.count_free(cur);
+                    return true;
+                }
+                Err(now) => cur = now,
+            }
+        }
+        false
+    }
+
+    /// A record that never made it into the index (its block is given back
+    /// by the caller, or was never rsalloc's): dropping it does nothing.
+    pub(crate) fn abandon(&self) {
+        self.word.fetch_or(FREED | LOST, AcqRel);
+    }
+
+    /// The end of [`Record::lose`]: its tracking entry goes.
+    pub(crate) fn after_lost(&self) {
+        track::on_end(self, false);
     }
 
     /// The old block's memory now belongs to the new record: count it freed
     /// (in its arena too when an arena owned it).
     pub(crate) fn finish_realloc(&self) {
+        // SAFETY: as in `undo_realloc`.
+        unsafe { index::keep_dead(self) };
         self.count_free(self.word.load(Acquire));
         track::on_end(self, true);
     }
@@ -362,6 +418,12 @@ impl Record {
 impl Drop for Record {
     fn drop(&mut self) {
         let w = *self.word.get_mut();
+        if decode(w) == State::Live {
+            // The last reference to a live block: an autofree one (the
+            // index holds a count on every other live block). It leaves
+            // the index before the record's memory goes.
+            index::remove(self);
+        }
         if w & AUTOFREE != 0 && decode(w) == State::Live && w & IN_ARENA == 0 {
             self.alloc.count_free(self.size);
             if let Err(e) = self.return_memory() {

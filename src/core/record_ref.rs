@@ -14,6 +14,7 @@
 
 use super::error::{Error, Result};
 use super::record::Record;
+use super::serial::serialized;
 use std::alloc::Layout;
 use std::mem::MaybeUninit;
 use std::ops::Deref;
@@ -105,6 +106,56 @@ impl RecordRef {
         RecordRef(NonNull::new_unchecked(w as *mut Inner))
     }
 
+    /// The entry word of `rec` for the index: the address of its shared
+    /// memory, as [`RecordRef::into_word`] gives.
+    pub(crate) fn word_of(rec: &Record) -> usize {
+        (rec as *const Record as usize).wrapping_sub(std::mem::offset_of!(Inner, rec))
+    }
+
+    /// The record of a word from [`RecordRef::into_word`] or [`RecordRef::word_of`].
+    pub(crate) fn record_of_word(w: usize) -> *const Record {
+        (w + std::mem::offset_of!(Inner, rec)) as *const Record
+    }
+
+    /// Another reference to `rec`.
+    ///
+    /// # Safety
+    /// `rec` lives in a record's shared memory (`RecordSlot::fill`), and
+    /// the caller holds a reference to it.
+    pub(crate) unsafe fn new_ref(rec: &Record) -> Self {
+        let inner = Self::word_of(rec) as *mut Inner;
+        // SAFETY: the caller's contract; non-null.
+        let r = RecordRef(unsafe { NonNull::new_unchecked(inner) });
+        let strong = &r.inner().strong;
+        if serialized() {
+            // No other thread can count meanwhile (see `Drop`).
+            strong.store(strong.load(Relaxed) + 1, Relaxed);
+        } else {
+            strong.fetch_add(1, Relaxed);
+        }
+        r
+    }
+
+    /// A new reference to the record at `rec`, unless its last reference
+    /// is being dropped (count 0): how the index hands out the records it
+    /// lists, which hold no count of their own.
+    ///
+    /// # Safety
+    /// `rec` is the record of a live `Inner` (the index's lock keeps it
+    /// from being freed meanwhile: a record leaves the index before its
+    /// memory goes).
+    pub(crate) unsafe fn upgrade(rec: *const Record) -> Option<Self> {
+        // SAFETY: the caller's contract: `rec` is a live record.
+        let inner = Self::word_of(unsafe { &*rec }) as *mut Inner;
+        // SAFETY: the caller's contract.
+        let strong = unsafe { &(*inner).strong };
+        strong
+            .fetch_update(Acquire, Relaxed, |n| (n != 0).then(|| n + 1))
+            .ok()?;
+        // SAFETY: non-null (derived from a reference's pointee), now counted.
+        Some(RecordRef(unsafe { NonNull::new_unchecked(inner) }))
+    }
+
     fn inner(&self) -> &Inner {
         // SAFETY: the pointee lives while any reference exists.
         unsafe { self.0.as_ref() }
@@ -129,18 +180,34 @@ impl Clone for RecordRef {
 }
 
 impl Drop for RecordRef {
+    #[inline]
     fn drop(&mut self) {
-        // The only reference (the common case: one Pointer per block) needs
-        // no read-modify-write: no one else can clone it meanwhile. Acquire,
-        // as the fence below: every use through dropped references happened
-        // before.
-        if self.inner().strong.load(Acquire) != 1 {
-            if self.inner().strong.fetch_sub(1, Release) != 1 {
+        let strong = &self.inner().strong;
+        if serialized() {
+            // No other thread counts meanwhile, not even the index
+            // (`upgrade`): a load and a store, no read-modify-write. Acquire,
+            // as the fence in `last`: every use through dropped references
+            // happened before.
+            let n = strong.load(Acquire);
+            if n != 1 {
+                strong.store(n - 1, Relaxed);
+                return;
+            }
+        } else {
+            if strong.fetch_sub(1, Release) != 1 {
                 return;
             }
             // As Arc: every use through other references happens before the drop.
             fence(Acquire);
         }
+        self.last();
+    }
+}
+
+impl RecordRef {
+    /// The last reference went: the record drops and its memory is reused.
+    #[inline(never)]
+    fn last(&mut self) {
         // SAFETY: the last reference; the memory came from RecordSlot::new.
         unsafe { std::ptr::drop_in_place(self.0.as_ptr()) };
         cache::give(self.0.cast());

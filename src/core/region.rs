@@ -13,6 +13,7 @@
 use super::alloc::new_id;
 use super::budget::{self, OverLimit, Scope, UNLIMITED};
 use super::error::{Death, Error, Result};
+use super::index;
 use super::layout::{round_up, Request, MALLOC_ALIGN};
 use super::serial::{serialized, SerialGuard, SerialMutex};
 use super::stats::{Snapshot, GLOBAL};
@@ -20,7 +21,7 @@ use super::sys;
 use std::any::Any;
 use std::ptr::NonNull;
 use std::sync::atomic::{fence, AtomicU64, AtomicUsize, Ordering::*};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, Weak};
 
 /// Size of the first chunk; each new chunk doubles it up to [`MAX_CHUNK`].
 pub const FIRST_CHUNK: usize = 4096;
@@ -37,16 +38,40 @@ const GENERATION: u64 = 2;
 struct Chunk {
     ptr: NonNull<u8>,
     size: usize,
+    /// The blocks carved out of a shared chunk, as (start, end) offsets in
+    /// bump order (so sorted): how an address read back from memory finds
+    /// its block (`RegionCore::block_at`). Empty for a chunk of its own,
+    /// which is one block.
+    blocks: Vec<(u32, u32)>,
+    own: bool,
 }
 
 // SAFETY: a chunk is plain memory owned by exactly one region.
 unsafe impl Send for Chunk {}
 
 impl Chunk {
-    fn new(size: usize, align: usize) -> Result<Chunk> {
-        let ptr = sys::alloc(size, align, true)?;
-        super::observer::made(ptr.as_ptr() as usize, size);
-        Ok(Chunk { ptr, size })
+    /// A chunk, listed in the index for `region`.
+    fn new(size: usize, align: usize, own: bool, region: &Weak<RegionCore>) -> Result<Chunk> {
+        let c = sys::alloc(size, align, true).map(|ptr| Chunk {
+            ptr,
+            size,
+            blocks: Vec::new(),
+            own,
+        })?;
+        index::insert_chunk(region.clone(), c.start(), c.end())?;
+        super::observer::made(c.start(), size);
+        Ok(c)
+    }
+
+    /// The (start, end) of the block holding `addr`, which is in the chunk.
+    fn block_at(&self, addr: usize) -> Option<(usize, usize)> {
+        if self.own {
+            return Some((self.start(), self.end()));
+        }
+        let off = (addr - self.start()) as u32;
+        let i = self.blocks.partition_point(|b| b.0 <= off).checked_sub(1)?;
+        let (s, e) = self.blocks[i];
+        (off < e).then(|| (self.start() + s as usize, self.start() + e as usize))
     }
     fn start(&self) -> usize {
         self.ptr.as_ptr() as usize
@@ -58,6 +83,8 @@ impl Chunk {
 
 impl Drop for Chunk {
     fn drop(&mut self) {
+        // Unlisted before the memory goes (parked chunks were at release).
+        index::remove_chunk(self.start());
         super::observer::gone(self.start());
         // SAFETY: the chunk came from sys::alloc and nothing refers to it any
         // more: its generation is dead and no export pins it.
@@ -109,6 +136,8 @@ pub struct Usage {
 
 pub struct RegionCore {
     pub id: u64,
+    /// Itself, for the index's entries of its chunks.
+    me: Weak<RegionCore>,
     /// generation × 2 | CLOSED.
     state: AtomicU64,
     /// `inner.dead.len()`, readable without the lock on the access path.
@@ -119,33 +148,51 @@ pub struct RegionCore {
 }
 
 impl Inner {
-    #[inline]
-    fn bump(&mut self, size: usize, align: usize) -> Result<usize> {
+    /// Inlined into the arena's entry point, as before blocks were listed:
+    /// out of line it cost ~60 instructions a block (callgrind).
+    #[inline(always)]
+    fn bump(&mut self, size: usize, align: usize, me: &Weak<RegionCore>) -> Result<usize> {
         // Every block advances by at least a byte, so addresses are unique.
         let size = size.max(1);
-        if let Some(at) = round_up(self.cur, align) {
+        if let (Some(at), Some(i)) = (round_up(self.cur, align), self.bump) {
             if at.checked_add(size).is_some_and(|e| e <= self.end) {
+                let c = &mut self.chunks[i];
+                if c.blocks.len() == c.blocks.capacity() {
+                    Self::room_for_one(&mut c.blocks, size)?;
+                }
+                let off = at - c.start();
+                // Shared chunks are at most MAX_CHUNK bytes: offsets fit.
+                c.blocks.push((off as u32, (off + size) as u32));
                 self.cur = at + size;
                 return Ok(at);
             }
         }
-        self.grow(size, align)
+        self.grow(size, align, me)
     }
 
     #[cold]
-    fn grow(&mut self, size: usize, align: usize) -> Result<usize> {
+    fn room_for_one(blocks: &mut Vec<(u32, u32)>, size: usize) -> Result<()> {
+        blocks.try_reserve(1).map_err(|_| Error::OutOfMemory(size))
+    }
+
+    #[cold]
+    fn grow(&mut self, size: usize, align: usize, me: &Weak<RegionCore>) -> Result<usize> {
         self.chunks
             .try_reserve(1)
             .map_err(|_| Error::OutOfMemory(size))?;
         if align > CHUNK_ALIGN_LIMIT || size > self.next_size / 2 {
             // A big block gets a chunk of its own: the bump chunk stays for
             // the small ones, and no chunk is mostly wasted padding.
-            let c = Chunk::new(size, align)?;
+            let c = Chunk::new(size, align, true, me)?;
             let at = c.start();
             self.chunks.push(c);
             return Ok(at);
         }
-        let c = Chunk::new(self.next_size, align.max(MALLOC_ALIGN))?;
+        let mut c = Chunk::new(self.next_size, align.max(MALLOC_ALIGN), false, me)?;
+        c.blocks
+            .try_reserve(16)
+            .map_err(|_| Error::OutOfMemory(size))?;
+        c.blocks.push((0, size as u32));
         let at = c.start();
         self.cur = at + size;
         self.end = c.end();
@@ -204,9 +251,10 @@ impl Inner {
         size: usize,
         align: usize,
         replaces: usize,
+        me: &Weak<RegionCore>,
     ) -> Result<(usize, bool)> {
         let charged = self.charge(size, replaces)?;
-        match self.bump(size, align) {
+        match self.bump(size, align, me) {
             Ok(at) => Ok((at, charged)),
             Err(e) => {
                 self.uncharge(charged, size);
@@ -255,7 +303,8 @@ impl RegionCore {
 
     /// A region whose live bytes (bytes asked for) never pass `limit`.
     pub fn with_limit(limit: u64) -> Arc<Self> {
-        Arc::new(RegionCore {
+        Arc::new_cyclic(|me| RegionCore {
+            me: me.clone(),
             id: new_id(),
             state: AtomicU64::new(0),
             dead_count: AtomicUsize::new(0),
@@ -286,7 +335,7 @@ impl RegionCore {
         if state & CLOSED != 0 {
             return Err(Error::ArenaClosed);
         }
-        let (at, charged) = g.bump_charged(req.size, req.align, 0)?;
+        let (at, charged) = g.bump_charged(req.size, req.align, 0, &self.me)?;
         // Counted under the lock so that a racing release never sees (and
         // un-counts) an allocation before it was counted.
         g.count_alloc(req.size, charged);
@@ -359,7 +408,7 @@ impl RegionCore {
         g.dead
             .try_reserve(1)
             .map_err(|_| Error::OutOfMemory(req.size))?;
-        let (at, charged) = g.bump_charged(req.size, req.align, old)?;
+        let (at, charged) = g.bump_charged(req.size, req.align, old, &self.me)?;
         // SAFETY: both blocks are live in this region and distinct (bump
         // memory is never handed out twice); each holds min(old, new) bytes.
         unsafe {
@@ -397,12 +446,17 @@ impl RegionCore {
         let used_to = std::mem::take(&mut g.cur);
         g.end = 0;
         if g.pins > 0 {
-            // Exports look into these chunks: none can be reused or freed yet.
+            // Exports look into these chunks: none can be reused or freed
+            // yet, and none holds a live block.
+            for c in &chunks {
+                index::remove_chunk(c.start());
+            }
             g.park(chunks);
             return true;
         }
         if let Some(i) = bump.filter(|_| reuse) {
-            let keep = chunks.swap_remove(i);
+            let mut keep = chunks.swap_remove(i);
+            keep.blocks.clear();
             if g.chunks.try_reserve(1).is_ok() {
                 // SAFETY: [start, used_to) lies in the kept chunk, which no
                 // live block or export refers to any more.
@@ -423,6 +477,23 @@ impl RegionCore {
     /// The cap on the region's live bytes, if any.
     pub fn limit(&self) -> Option<u64> {
         budget::as_option(self.lock().limit)
+    }
+
+    /// The live block of this region holding `addr` (an address read back
+    /// from memory, found in one of its chunks by the index): its start,
+    /// end, and the token of the generation it belongs to.
+    pub fn block_at(&self, addr: usize) -> Option<(usize, usize, u64)> {
+        let g = self.lock();
+        let state = self.state.load(Relaxed);
+        if state & CLOSED != 0 {
+            return None;
+        }
+        let c = g
+            .chunks
+            .iter()
+            .find(|c| c.start() <= addr && addr < c.end())?;
+        let (start, end) = c.block_at(addr)?;
+        Some((start, end, state))
     }
 
     /// The region's counters (exact: taken under the lock).
@@ -526,6 +597,14 @@ impl RegionRef {
         Ok(RegionRef(unsafe {
             NonNull::new_unchecked((p as usize | REGION_TAG) as *mut u8)
         }))
+    }
+
+    /// A reference for a view at `addr` of a block of `region` handed out
+    /// with `token`, found by address ([`RegionCore::block_at`]); `start`:
+    /// the view is at the block's start.
+    pub fn resolved(region: &Arc<RegionCore>, token: u64, start: bool) -> Result<Self> {
+        let r = Self::new_generation(region, token)?;
+        Ok(if start { r.starting() } else { r })
     }
 
     /// The word, for a Pointer's owner; undone by [`RegionRef::from_word`].
@@ -843,6 +922,38 @@ mod tests {
         unsafe { std::slice::from_raw_parts(at as *const u8, n) }
             .iter()
             .all(|b| *b == 0)
+    }
+
+    #[test]
+    fn addresses_find_their_block_through_the_index() {
+        use crate::core::index::{resolve, Found};
+        let r = RegionCore::new();
+        let (a, t) = r.allocate(req(10, 1)).unwrap();
+        let (b, _) = r.allocate(req(3, 8)).unwrap();
+        let (big, _) = r.allocate(req(3 * MAX_CHUNK, 8)).unwrap();
+        let (zero, _) = r.allocate(req(0, 1)).unwrap();
+        for (addr, want) in [
+            (a, (a, a + 10)),
+            (a + 9, (a, a + 10)),
+            (b + 2, (b, b + 3)),
+            (big + MAX_CHUNK, (big, big + 3 * MAX_CHUNK)),
+            (zero, (zero, zero + 1)),
+        ] {
+            let Some(Found::Chunk(region)) = resolve(addr) else {
+                panic!("{addr:#x} not found");
+            };
+            assert!(Arc::ptr_eq(&region, &r));
+            assert_eq!(r.block_at(addr), Some((want.0, want.1, t)));
+        }
+        // Padding between blocks belongs to no block.
+        if b > a + 10 {
+            assert_eq!(r.block_at(a + 10), None);
+        }
+        r.release(true);
+        assert!(resolve(big).is_none(), "released chunks leave the index");
+        assert!(r.block_at(a).is_none(), "the kept chunk holds no block");
+        r.release(false);
+        assert!(resolve(a).is_none());
     }
 
     #[test]

@@ -114,7 +114,7 @@ pub(crate) struct SerialGuard<'a, T> {
 }
 
 impl<T> SerialMutex<T> {
-    pub(crate) fn new(value: T) -> Self {
+    pub(crate) const fn new(value: T) -> Self {
         SerialMutex {
             lock: Mutex::new(()),
             value: UnsafeCell::new(value),

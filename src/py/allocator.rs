@@ -3,7 +3,7 @@
 //! `core::record`; this file parses arguments and builds Pointers.
 
 use super::custom::{self, PyCallbacks};
-use super::errors::IntoPy;
+use super::errors::{to_py, IntoPy};
 use super::pointer::{Owned, Owner, Pointer};
 use super::stats::Stats;
 use super::types::{self, TypeInfo};
@@ -13,6 +13,7 @@ use crate::core::error::{Error, Ownership};
 use crate::core::layout::{self, Request};
 use crate::core::record::Record;
 use crate::core::record_ref::RecordRef;
+use crate::core::types::Kind;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -206,16 +207,39 @@ pub(crate) fn realloc_request(
     Ok((ty, request(py, who, ty, count, None)?))
 }
 
-/// The address, element type and request of `a.adopt(address, T, count=1)`.
+/// The address, element type and request of `a.adopt(address, T=Uint8,
+/// count=None)`. Without a count, an Int8/Uint8 block is a C string: its
+/// length with the NUL (strlen + 1); any other type needs one (TypeError).
+/// `address` None is NULL (refused by the core: NullPointerError).
 pub(crate) fn adopt_request(
     py: Python<'_>,
     who: &str,
     address: &Bound<'_, PyAny>,
-    r#type: &Bound<'_, PyAny>,
-    count: i128,
+    r#type: Option<&Bound<'_, PyAny>>,
+    count: Option<SizeArg>,
 ) -> PyResult<(usize, &'static TypeInfo, Request)> {
     let addr = address_arg(address)?;
-    let ty = types::lookup(r#type)?;
+    let ty = match r#type {
+        Some(t) if !t.is_none() => types::lookup(t)?,
+        _ => types::uint8(py)?,
+    };
+    let count = match count {
+        Some(c) => c.0,
+        None if matches!(ty.kind, Kind::U8 | Kind::I8) => {
+            if addr == 0 {
+                return Err(to_py(py, Error::NullPointer, &Asked("adopt", ty, &"NULL")));
+            }
+            // SAFETY: the caller vouches that `address` is a C string of
+            // this allocator's (the documented contract of a count-less adopt).
+            (unsafe { libc::strlen(addr as *const libc::c_char) } + 1) as i128
+        }
+        None => {
+            return Err(PyTypeError::new_err(format!(
+                "adopt() of {} needs a count (only an Int8/Uint8 C string has a length of its own)",
+                ty.name
+            )))
+        }
+    };
     let sized = if ty.has_size() { ty } else { types::uint8(py)? };
     let req = request(py, who, sized, count, None)?;
     Ok((
@@ -402,17 +426,18 @@ impl Allocator {
     }
 
     /// Takes ownership of `count` T at `address`, which this allocator's C
-    /// counterpart allocated (e.g. a `strdup` result for malloc).
-    #[pyo3(signature = (address, r#type, count=SizeArg(1)))]
-    #[pyo3(text_signature = "($self, address, type, count=1)")]
+    /// counterpart allocated (e.g. a `strdup` result for malloc). Without a
+    /// count, an Int8/Uint8 block is a C string (strlen + 1 bytes). An
+    /// address inside a live rsalloc block -> OwnershipError.
+    #[pyo3(signature = (address, r#type=None, count=None))]
     fn adopt(
         &self,
         py: Python<'_>,
         address: &Bound<'_, PyAny>,
-        r#type: &Bound<'_, PyAny>,
-        count: SizeArg,
+        r#type: Option<&Bound<'_, PyAny>>,
+        count: Option<SizeArg>,
     ) -> PyResult<Pointer> {
-        let (addr, ty, req) = adopt_request(py, &self.core.name, address, r#type, count.0)?;
+        let (addr, ty, req) = adopt_request(py, &self.core.name, address, r#type, count)?;
         let rec = self
             .core
             .adopt_typed(addr, req, &ty.name)

@@ -443,17 +443,16 @@ impl Arena {
     /// Takes ownership of `count` T at `address`, which the backing
     /// allocator's C counterpart allocated; freed at release. A bump region
     /// cannot adopt (OwnershipError).
-    #[pyo3(signature = (address, r#type, count=SizeArg(1)))]
-    #[pyo3(text_signature = "($self, address, type, count=1)")]
+    #[pyo3(signature = (address, r#type=None, count=None))]
     fn adopt(
         slf: &Bound<'_, Self>,
         address: &Bound<'_, PyAny>,
-        r#type: &Bound<'_, PyAny>,
-        count: SizeArg,
+        r#type: Option<&Bound<'_, PyAny>>,
+        count: Option<SizeArg>,
     ) -> PyResult<Pointer> {
         let py = slf.py();
         let this = slf.get();
-        let (addr, ty, req) = adopt_request(py, &this.name, address, r#type, count.0)?;
+        let (addr, ty, req) = adopt_request(py, &this.name, address, r#type, count)?;
         let asked = Asked("adopt", ty, &format_args!("{addr:#x}"));
         match &this.backing {
             Backing::Region(_) => {

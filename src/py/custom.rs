@@ -14,7 +14,7 @@
 use super::allocator::{set_handle, Allocator};
 use crate::core::alloc::{new_id, AllocCore, Backend};
 use crate::core::error::{Error, Result};
-use crate::core::foreign::{check_block, BadBlock, CFunctions};
+use crate::core::foreign::{check_block, BadBlock, CFunctions, FREE_ONLY};
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -24,9 +24,9 @@ use std::cell::RefCell;
 use std::ptr::NonNull;
 use std::sync::{Arc, Mutex};
 
-/// The two Python functions behind a backend.
+/// The two Python functions behind a backend (no alloc: free-only).
 struct Fns {
-    alloc: Py<PyAny>,
+    alloc: Option<Py<PyAny>>,
     free: Py<PyAny>,
 }
 
@@ -37,14 +37,19 @@ pub struct PyCallbacks {
     fns: Mutex<Option<Fns>>,
     /// `_raw_alloc(nbytes, alignment)` (a subclass) or `alloc(nbytes)` (a callable).
     with_alignment: bool,
+    /// `free(address, nbytes)`: the size the block was allocated or adopted with.
+    sized: bool,
 }
 
 impl PyCallbacks {
-    fn get(&self, py: Python<'_>) -> PyResult<(Py<PyAny>, Py<PyAny>)> {
+    fn get(&self, py: Python<'_>) -> PyResult<(Option<Py<PyAny>>, Py<PyAny>)> {
         // Clone under the lock, call outside it: the callee may allocate.
         let fns = self.fns.lock().unwrap_or_else(|e| e.into_inner());
         match &*fns {
-            Some(f) => Ok((f.alloc.clone_ref(py), f.free.clone_ref(py))),
+            Some(f) => Ok((
+                f.alloc.as_ref().map(|a| a.clone_ref(py)),
+                f.free.clone_ref(py),
+            )),
             None => Err(PyTypeError::new_err(format!(
                 "{}: the allocator is not initialised (an __init__ that does not call super().__init__()?)",
                 self.name
@@ -60,7 +65,7 @@ impl PyCallbacks {
         let mut fns = self.fns.lock().unwrap_or_else(|e| e.into_inner());
         if fns.is_none() {
             *fns = Some(Fns {
-                alloc: obj.getattr("_raw_alloc")?.unbind(),
+                alloc: Some(obj.getattr("_raw_alloc")?.unbind()),
                 free: obj.getattr("_raw_free")?.unbind(),
             });
         }
@@ -72,7 +77,9 @@ impl PyCallbacks {
         // postpones the collection.
         if let Ok(fns) = self.fns.try_lock() {
             if let Some(f) = &*fns {
-                visit.call(&f.alloc)?;
+                if let Some(a) = &f.alloc {
+                    visit.call(a)?;
+                }
                 visit.call(&f.free)?;
             }
         }
@@ -93,8 +100,14 @@ fn external(e: PyErr) -> Error {
 struct PyBackend(Arc<PyCallbacks>);
 
 impl PyBackend {
-    fn give_back(&self, py: Python<'_>, free: &Py<PyAny>, p: NonNull<u8>) {
-        if let Err(e) = free.call1(py, (p.as_ptr() as usize,)) {
+    fn give_back(&self, py: Python<'_>, free: &Py<PyAny>, p: NonNull<u8>, size: usize) {
+        let addr = p.as_ptr() as usize;
+        let r = if self.0.sized {
+            free.call1(py, (addr, size))
+        } else {
+            free.call1(py, (addr,))
+        };
+        if let Err(e) = r {
             report_free_error(py, e);
         }
     }
@@ -126,6 +139,7 @@ impl Backend for PyBackend {
             // Never ask for 0 bytes: every block needs an address of its own.
             let n = size.max(1);
             let (alloc, free) = self.0.get(py).map_err(external)?;
+            let alloc = alloc.ok_or(Error::Unsupported(FREE_ONLY))?;
             let ret = if self.0.with_alignment {
                 alloc.call1(py, (n, align))
             } else {
@@ -133,7 +147,7 @@ impl Backend for PyBackend {
             }
             .map_err(external)?;
             let value = address_value(&self.0.name, ret.bind(py), n)?;
-            let p = check_block(value, n, align, |p| self.give_back(py, &free, p))?;
+            let p = check_block(value, n, align, |p| self.give_back(py, &free, p, n))?;
             if zeroed {
                 // SAFETY: the function promised n bytes at p.
                 unsafe { std::ptr::write_bytes(p.as_ptr(), 0, n) };
@@ -148,11 +162,12 @@ impl Backend for PyBackend {
     unsafe fn free(
         &self,
         ptr: NonNull<u8>,
-        _size: usize,
+        size: usize,
         _align: usize,
     ) -> crate::core::error::Result<()> {
+        // A block of no bytes was allocated as one (see `alloc`).
         Python::attach(|py| match self.0.get(py) {
-            Ok((_, free)) => self.give_back(py, &free, ptr),
+            Ok((_, free)) => self.give_back(py, &free, ptr, size.max(1)),
             Err(e) => report_free_error(py, e),
         });
         Ok(())
@@ -235,10 +250,28 @@ pub fn subclass_core(cls: &Bound<'_, PyType>) -> PyResult<Arc<AllocCore>> {
         name: name.clone(),
         fns: Mutex::new(None),
         with_alignment: true,
+        sized: raw_free_is_sized(cls)?,
     });
     let core = AllocCore::new(name, new_id(), zeroed, Box::new(PyBackend(cb.clone())));
     set_handle(&core.handle, None, Some(cb))?;
     Ok(core)
+}
+
+/// Whether `cls._raw_free` takes the block's size too (`_raw_free(self,
+/// address, nbytes)`), asked once, when an instance is made.
+fn raw_free_is_sized(cls: &Bound<'_, PyType>) -> PyResult<bool> {
+    let f = cls.getattr("_raw_free")?;
+    let sig = cls
+        .py()
+        .import("inspect")?
+        .getattr("signature")?
+        .call1((f,));
+    let Ok(sig) = sig else {
+        return Ok(false); // no signature to read (a builtin): the documented one
+    };
+    let n = sig.getattr("parameters")?.len()?;
+    // self, address[, nbytes]
+    Ok(n >= 3)
 }
 
 static C_FUNCTION: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
@@ -257,45 +290,58 @@ pub struct ForeignAllocator;
 
 #[pymethods]
 impl ForeignAllocator {
+    /// `alloc` None: a free-only owner (adopt works, allocating raises
+    /// TypeError); `sized`: `free(address, nbytes)` gets the block's size.
     #[new]
-    #[pyo3(signature = (alloc, free, zeroed=false, *, name=None))]
+    #[pyo3(signature = (alloc, free, zeroed=false, *, sized=false, name=None))]
     fn new(
         alloc: &Bound<'_, PyAny>,
         free: &Bound<'_, PyAny>,
         zeroed: bool,
+        sized: bool,
         name: Option<String>,
     ) -> PyResult<PyClassInitializer<Self>> {
         let py = alloc.py();
         let describe = C_FUNCTION.import(py, "rsalloc._ctypes_support", "c_function")?;
-        let c_alloc: Option<(usize, usize)> = describe.call1((alloc,))?.extract()?;
+        let free_only = alloc.is_none();
+        let c_alloc: Option<(usize, usize)> = if free_only {
+            None
+        } else {
+            describe.call1((alloc,))?.extract()?
+        };
         let c_free: Option<(usize, usize)> = describe.call1((free,))?.extract()?;
         let name = match name {
             Some(n) => n,
-            None => alloc
+            None => (if free_only { free } else { alloc })
                 .getattr("__name__")
                 .map(|n| n.to_string())
                 .unwrap_or_else(|_| "foreign".into()),
         };
         let (backend, cb): (Box<dyn Backend>, _) =
             match (c_alloc, c_free) {
-                (Some((a, max_size)), Some((f, _))) => {
+                (Some((_, max_size)), Some((f, _))) | (None, Some((f, max_size)))
+                    if c_alloc.is_some() || free_only =>
+                {
+                    let a = c_alloc.map_or(0, |(a, _)| a);
                     let keep = Box::new((alloc.clone().unbind(), free.clone().unbind()));
                     // SAFETY: the addresses are C functions (ctypes function
                     // objects, kept alive by `keep`, or addresses the caller
-                    // vouches for); their signatures are the documented contract.
-                    let b = unsafe { CFunctions::new(a, f, max_size, keep) }.ok_or_else(|| {
-                        PyTypeError::new_err("ForeignAllocator: a function pointer is NULL")
-                    })?;
+                    // vouches for); their signatures are the documented
+                    // contract (`sized`: a free that takes the size).
+                    let b = unsafe { CFunctions::new(a, f, sized, max_size, keep) }.ok_or_else(
+                        || PyTypeError::new_err("ForeignAllocator: a function pointer is NULL"),
+                    )?;
                     (Box::new(b), None)
                 }
-                (None, None) if alloc.is_callable() && free.is_callable() => {
+                (None, None) if (free_only || alloc.is_callable()) && free.is_callable() => {
                     let cb = Arc::new(PyCallbacks {
                         name: name.clone(),
                         fns: Mutex::new(Some(Fns {
-                            alloc: alloc.clone().unbind(),
+                            alloc: (!free_only).then(|| alloc.clone().unbind()),
                             free: free.clone().unbind(),
                         })),
                         with_alignment: false,
+                        sized,
                     });
                     (Box::new(PyBackend(cb.clone())), Some(cb))
                 }

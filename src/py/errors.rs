@@ -56,6 +56,7 @@ pub fn to_py(py: Python<'_>, e: Error, subject: &dyn std::fmt::Display) -> PyErr
         Error::ArenaClosed => Exc::ArenaClosed.err(py, msg),
         Error::HeapCorruption(_) => Exc::HeapCorruption.err(py, msg),
         Error::Exported => PyBufferError::new_err(msg),
+        Error::Unsupported(_) => pyo3::exceptions::PyTypeError::new_err(msg),
         Error::External(inner) => match inner.downcast::<PyErr>() {
             Ok(pyerr) => *pyerr,
             Err(other) if other.is::<BadBlock>() => PyValueError::new_err(msg),

@@ -11,8 +11,10 @@ use super::source::Source;
 use super::types::{self, TypeInfo};
 use super::values::{address_arg, exact_small_int, plain_number, to_value, usize_arg};
 use crate::core::error::{Error, Ownership};
+use crate::core::index::{self, Found};
 use crate::core::record::State;
 use crate::core::record_ref::RecordRef;
+use crate::core::region::RegionRef;
 use crate::core::types::{Kind, Value};
 use pyo3::exceptions::{PyBufferError, PyIndexError, PyOverflowError, PyTypeError, PyValueError};
 use pyo3::ffi;
@@ -458,7 +460,7 @@ impl Pointer {
                     Value::Bool(b) => PyBool::new(py, b).to_owned().into_any().unbind(),
                     Value::Addr(a) => {
                         let target = self.ty.target.expect("pointer slots have a target");
-                        Py::new(py, Pointer::new(a, target, None, Owner::UNOWNED))?.into_any()
+                        Py::new(py, from_stored_address(py, a, target)?)?.into_any()
                     }
                 })
             }
@@ -1016,7 +1018,11 @@ impl Pointer {
         self.addr != 0
     }
 
-    /// An unowned view of memory rsalloc did not allocate.
+    /// A view of the memory at `address` (None: NULL), resolved as an
+    /// address read back from memory is (DESIGN §3a): inside a live rsalloc
+    /// block, a view of that block to its end (with `count`, of count
+    /// elements, which must fit: IndexError otherwise); elsewhere an
+    /// unowned view (of `count` elements, or of unknown count).
     #[staticmethod]
     #[pyo3(signature = (address, r#type, count=None))]
     fn from_address(
@@ -1024,22 +1030,28 @@ impl Pointer {
         r#type: &Bound<'_, PyAny>,
         count: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Pointer> {
+        let py = address.py();
         let addr = address_arg(address)?;
         let ty = types::lookup(r#type)?;
-        let extent = match count {
-            None => None,
-            Some(c) => {
-                let c = usize_arg(c, "count")?;
-                Some(
-                    c.checked_mul(ty.size.max(1))
-                        .filter(|n| addr.checked_add(*n).is_some() && *n <= isize::MAX as usize)
-                        .ok_or_else(|| {
-                            PyOverflowError::new_err("count × size overflows the address space")
-                        })?,
-                )
-            }
+        let p = from_stored_address(py, addr, ty)?;
+        let Some(c) = count else {
+            return Ok(p);
         };
-        Ok(Pointer::new(addr, ty, extent, Owner::UNOWNED))
+        let c = usize_arg(c, "count")?;
+        let n = c
+            .checked_mul(ty.size.max(1))
+            .filter(|n| addr.checked_add(*n).is_some() && *n <= isize::MAX as usize)
+            .ok_or_else(|| PyOverflowError::new_err("count × size overflows the address space"))?;
+        if let (Some(room), false) = (p.extent(), matches!(p.owner.get(), Owned::Unowned)) {
+            if n > room {
+                return Err(PyIndexError::new_err(format!(
+                    "count {c} of {} ({n} bytes) does not fit in the {room} bytes from {addr:#x} \
+                     to the end of its block: {p}",
+                    ty.name
+                )));
+            }
+        }
+        Ok(Pointer { extent: n, ..p })
     }
 
     /// Hands ownership away (to C code that will free the block): returns the
@@ -1281,14 +1293,39 @@ unsafe fn nul_position(addr: usize, unit: usize, limit: Option<usize>) -> usize 
     }
 }
 
-/// The Pointer for an address read back from memory (a pointer field or
-/// slot) whose pointee is `ty`: an unowned view of unknown length.
+/// The Pointer for an address read back from memory (a `Pointer[T]` slot,
+/// a struct field, `Pointer.from_address`), of element type `ty`
+/// (DESIGN §3a): inside a live rsalloc block, a view of that block to its
+/// end, sharing its owner (so dead with it, and freeable when `addr` is its
+/// start); the start of a block rsalloc freed lately and has not handed out
+/// again, a dead view of that block (access raises UseAfterFreeError,
+/// naming both sites with tracking on); anything else an unowned view of
+/// unknown count, and 0 the null pointer.
 pub(crate) fn from_stored_address(
-    _py: Python<'_>,
+    py: Python<'_>,
     addr: usize,
     ty: &'static TypeInfo,
 ) -> PyResult<Pointer> {
-    Ok(Pointer::new(addr, ty, None, Owner::UNOWNED))
+    let unowned = || Pointer::new(addr, ty, None, Owner::UNOWNED);
+    let to_end = |end: usize| Some(end.saturating_sub(addr));
+    Ok(match index::resolve(addr) {
+        Some(Found::Block(rec)) => {
+            let end = rec.addr() + rec.size();
+            Pointer::new(addr, ty, to_end(end), Owner::block(rec))
+        }
+        Some(Found::Chunk(region)) => match region.block_at(addr) {
+            Some((start, end, token)) => {
+                let r = RegionRef::resolved(&region, token, addr == start)
+                    .py(py, &format_args!("Pointer[{}] at {addr:#x}", ty.name))?;
+                Pointer::new(addr, ty, to_end(end), Owner::region(r))
+            }
+            None => unowned(),
+        },
+        None => match index::lately_freed(addr) {
+            Some(rec) => Pointer::new(addr, ty, Some(rec.size()), Owner::block(rec)),
+            None => unowned(),
+        },
+    })
 }
 
 /// The null `Pointer[Void]`.

@@ -1,0 +1,755 @@
+//! Live blocks by address (DESIGN §3a): every address rsalloc hands out, at
+//! a block's start or inside it, resolves to the block, so that a Pointer
+//! made from an address read back from memory (a `Pointer[T]` slot, a
+//! struct field, `Pointer.from_address`) is a view of that block: bounded
+//! by it, dead with it, freeable at its start. It is also what keeps an
+//! address from being live twice (`adopt` of a live block's address, a block
+//! that C freed behind rsalloc's back and libc handed out again).
+//!
+//! Two structures under one lock ([`SerialMutex`]: no lock at all under the
+//! GIL):
+//! - a radix map of 32-byte granules for small blocks (up to [`SMALL_MAX`]
+//!   bytes): the granule of a block's start holds its record. glibc's
+//!   chunks are at least 32 bytes apart, so no two of its blocks share a
+//!   granule; a block whose granule is taken (a Python-defined allocator's
+//!   closely packed blocks) goes to the list below. Three levels: a static
+//!   table of 1 GiB spans (in `.bss`: untouched pages cost nothing), then
+//!   tables of 16 KiB leaves, each leaf one 4 KiB page of 512 slots. A leaf
+//!   page costs RSS only once touched: 8 bytes per 16-byte block on a dense
+//!   heap (glibc gives a 16-byte block a 32-byte chunk).
+//! - a sorted list of spans for everything else: larger blocks, the chunks
+//!   of bump-region arenas (whose blocks the region finds itself), and the
+//!   small blocks whose granule was taken.
+//!
+//! An interior address finds its small block by scanning back at most
+//! `SMALL_MAX / 32` granules to the nearest start (live blocks never
+//! overlap, so only the nearest start can hold it), and its large block or
+//! chunk by binary search.
+//!
+//! The index holds a count on each record it lists (so `free(arr[i])`
+//! works after the Pointer that made the block is gone), except for
+//! autofree blocks, whose last Python reference must free them: their entry
+//! is tagged [`UNCOUNTED`], and the record unlists itself when it drops. A
+//! record is listed exactly while its block is live (or in an arena), and
+//! leaves, under the lock, before its memory can go back to libc. A reader
+//! takes a count under the lock, only if the record still has one (see
+//! [`RecordRef::upgrade`]), so what it returns is a reference the record's
+//! state then checks on every access.
+//!
+//! Lately freed blocks: up to [`FREED_KEPT`] records that died by a free or
+//! a realloc keep the index's count in a table (direct-mapped by address: a
+//! later free whose address maps to the same entry takes it), so that
+//! the start address of such a block, read back from memory before rsalloc
+//! hands that address out again, gives a dead Pointer (`UseAfterFreeError`)
+//! and not a foreign view of whatever the memory holds now, as long as the
+//! memory is still rsalloc's (see [`lately_freed`]). A live block at the
+//! address always wins; older frees are forgotten (their addresses read
+//! back as foreign memory).
+
+use super::block_cache;
+use super::error::{Error, Ownership, Result};
+use super::record::Record;
+use super::record_ref::RecordRef;
+use super::region::RegionCore;
+use super::serial::{SerialGuard, SerialMutex};
+use std::ptr::null_mut;
+use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Weak};
+
+/// Blocks up to this many bytes go in the radix map.
+pub const SMALL_MAX: usize = 4096;
+/// Lately freed records kept for read-back (see the module comment).
+pub const FREED_KEPT: usize = 256;
+/// Tag of an entry that holds no count (an autofree block's).
+const UNCOUNTED: usize = 1;
+const GRANULE_SHIFT: u32 = 5;
+const LEAF_BITS: u32 = 9;
+const MID_BITS: u32 = 16;
+/// Addresses the radix map covers (x86-64 and AArch64 user space with
+/// 4-level page tables); others go to the list.
+const ADDR_BITS: u32 = 47;
+const TOP_BITS: u32 = ADDR_BITS - GRANULE_SHIFT - LEAF_BITS - MID_BITS;
+const LEAF_SHIFT: u32 = GRANULE_SHIFT + LEAF_BITS;
+const MID_SHIFT: u32 = LEAF_SHIFT + MID_BITS;
+
+type Leaf = [AtomicUsize; 1 << LEAF_BITS];
+type Mid = [AtomicPtr<Leaf>; 1 << MID_BITS];
+
+/// The top level: one pointer per 1 GiB span of address space. Written and
+/// read only under [`STATE`]'s lock (atomics only to be a `static`).
+static TOP: [AtomicPtr<Mid>; 1 << TOP_BITS] = [const { AtomicPtr::new(null_mut()) }; 1 << TOP_BITS];
+
+/// What a span of the list stands for.
+enum Target {
+    /// A record's block: its entry word (see [`State::record`]).
+    Record(usize),
+    /// A chunk of a bump region: the region finds the block.
+    Chunk(Weak<RegionCore>),
+}
+
+struct Span {
+    start: usize,
+    /// Exclusive; a block of no bytes covers its start.
+    end: usize,
+    target: Target,
+}
+
+struct State {
+    /// The last leaf found, by its key (`addr >> LEAF_SHIFT`): alloc/free
+    /// loops touch one leaf again and again.
+    cached_key: usize,
+    cached_leaf: *const Leaf,
+    /// Sorted by start; spans never overlap.
+    spans: Vec<Span>,
+    /// Lately freed blocks: (start, counted record word), 0 when empty,
+    /// at [`freed_slot`] of the start.
+    freed: [(usize, usize); FREED_KEPT],
+}
+
+// SAFETY: the raw pointers are records and leaves only ever used under the
+// lock; records are Sync, leaves are atomics that live for the process.
+unsafe impl Send for State {}
+
+static STATE: SerialMutex<State> = SerialMutex::new(State {
+    cached_key: usize::MAX,
+    cached_leaf: std::ptr::null(),
+    spans: Vec::new(),
+    freed: [(0, 0); FREED_KEPT],
+});
+
+/// The record an entry word names.
+///
+/// # Safety
+/// `w` is a listed entry word, read under the lock (the record stays valid
+/// while it is listed).
+unsafe fn record<'a>(w: usize) -> &'a Record {
+    // SAFETY: the caller's contract.
+    unsafe { &*RecordRef::record_of_word(w & !UNCOUNTED) }
+}
+
+/// The index's reference of a counted entry word, given back; None for an
+/// uncounted one.
+#[inline]
+fn take_count(w: usize) -> Option<RecordRef> {
+    // SAFETY: a counted word came from `RecordRef::into_word` when listed,
+    // and is unlisted (given back) once, here.
+    (w & UNCOUNTED == 0).then(|| unsafe { RecordRef::from_word(w) })
+}
+
+#[inline]
+fn lock() -> SerialGuard<'static, State> {
+    STATE.lock()
+}
+
+/// Zeroed memory for a radix table that lives as long as the process.
+fn table<T>() -> Option<*mut T> {
+    // SAFETY: calloc of a non-zero size; all-zero bytes are valid atomics
+    // holding null / 0.
+    let p = unsafe { libc::calloc(1, std::mem::size_of::<T>()) }.cast::<T>();
+    (!p.is_null()).then_some(p)
+}
+
+#[inline]
+fn end_of(start: usize, size: usize) -> usize {
+    start.saturating_add(size.max(1))
+}
+
+#[inline]
+fn in_radix(start: usize, size: usize) -> bool {
+    size <= SMALL_MAX && start >> ADDR_BITS == 0
+}
+
+impl State {
+    /// The leaf holding the granule of `addr`, made when `create`; None when
+    /// absent (or out of memory).
+    #[inline]
+    fn leaf(&mut self, addr: usize, create: bool) -> Option<&'static Leaf> {
+        if addr >> LEAF_SHIFT == self.cached_key {
+            // SAFETY: leaves live for the process once made.
+            return Some(unsafe { &*self.cached_leaf });
+        }
+        self.leaf_slow(addr, create)
+    }
+
+    #[inline(never)]
+    fn leaf_slow(&mut self, addr: usize, create: bool) -> Option<&'static Leaf> {
+        let key = addr >> LEAF_SHIFT;
+        let top = &TOP[addr >> MID_SHIFT];
+        let mut mid = top.load(Relaxed);
+        if mid.is_null() {
+            if !create {
+                return None;
+            }
+            mid = table::<Mid>()?;
+            top.store(mid, Relaxed);
+        }
+        // SAFETY: made above or earlier; tables live for the process.
+        let slot = unsafe { &(*mid)[(addr >> LEAF_SHIFT) & ((1 << MID_BITS) - 1)] };
+        let mut leaf = slot.load(Relaxed);
+        if leaf.is_null() {
+            if !create {
+                return None;
+            }
+            leaf = table::<Leaf>()?;
+            slot.store(leaf, Relaxed);
+        }
+        self.cached_key = key;
+        self.cached_leaf = leaf;
+        // SAFETY: as above.
+        Some(unsafe { &*leaf })
+    }
+
+    #[inline]
+    fn slot(&mut self, addr: usize, create: bool) -> Option<&'static AtomicUsize> {
+        let leaf = self.leaf(addr, create)?;
+        Some(&leaf[(addr >> GRANULE_SHIFT) & ((1 << LEAF_BITS) - 1)])
+    }
+
+    /// The index of the last span starting at or below `addr`.
+    fn span_at_or_below(&self, addr: usize) -> Option<usize> {
+        self.spans
+            .partition_point(|s| s.start <= addr)
+            .checked_sub(1)
+    }
+
+    /// The entry word of the small block containing `addr`, scanning back
+    /// to the nearest start.
+    fn small_containing(&mut self, addr: usize) -> Option<usize> {
+        if addr >> ADDR_BITS != 0 {
+            return None;
+        }
+        let lowest = addr.saturating_sub(SMALL_MAX - 1) >> GRANULE_SHIFT;
+        let mut g = addr >> GRANULE_SHIFT;
+        loop {
+            let at = g << GRANULE_SHIFT;
+            if let Some(slot) = self.slot(at, false) {
+                let w = slot.load(Relaxed);
+                if w != 0 {
+                    // SAFETY: listed, read under the lock.
+                    let rec = unsafe { record(w) };
+                    if rec.addr() <= addr {
+                        return (addr < end_of(rec.addr(), rec.size())).then_some(w);
+                    }
+                    // A start past `addr` in its own granule: look further back.
+                }
+            } else {
+                // No leaf: no block starts in its 16 KiB; skip to the one below.
+                let leaf_first = (at >> LEAF_SHIFT) << LEAF_BITS;
+                if leaf_first <= lowest {
+                    return None;
+                }
+                g = leaf_first;
+            }
+            if g <= lowest {
+                return None;
+            }
+            g -= 1;
+        }
+    }
+
+    fn find(&mut self, addr: usize) -> Option<Found> {
+        if let Some(w) = self.small_containing(addr) {
+            // SAFETY: listed, so valid; upgrade refuses a record whose
+            // last reference is being dropped (an uncounted entry).
+            return unsafe { RecordRef::upgrade(record(w)) }.map(Found::Block);
+        }
+        let s = &self.spans[self.span_at_or_below(addr)?];
+        if addr >= s.end {
+            return None;
+        }
+        match &s.target {
+            // SAFETY: as above.
+            Target::Record(w) => unsafe { RecordRef::upgrade(record(*w)) }.map(Found::Block),
+            Target::Chunk(w) => w.upgrade().map(Found::Chunk),
+        }
+    }
+
+    /// Whether a live block (or chunk) contains `addr`.
+    fn occupied(&mut self, addr: usize) -> bool {
+        if self.small_containing(addr).is_some() {
+            return true;
+        }
+        self.span_at_or_below(addr)
+            .is_some_and(|i| addr < self.spans[i].end)
+    }
+
+    fn insert_span(&mut self, span: Span) -> Result<()> {
+        let i = self.spans.partition_point(|s| s.start < span.start);
+        let overlaps = (i > 0 && self.spans[i - 1].end > span.start)
+            || self.spans.get(i).is_some_and(|s| s.start < span.end);
+        if overlaps {
+            return Err(Error::Ownership(Ownership::AlreadyOwned));
+        }
+        self.spans
+            .try_reserve(1)
+            .map_err(|_| Error::OutOfMemory(std::mem::size_of::<Span>()))?;
+        self.spans.insert(i, span);
+        Ok(())
+    }
+
+    /// Unlists `rec`; the index's reference to it, if its entry held one.
+    #[inline]
+    fn remove_record(&mut self, rec: &Record) -> Option<RecordRef> {
+        let me = RecordRef::word_of(rec);
+        let (start, size) = (rec.addr(), rec.size());
+        if in_radix(start, size) {
+            if let Some(slot) = self.slot(start, false) {
+                let w = slot.load(Relaxed);
+                if w & !UNCOUNTED == me {
+                    slot.store(0, Relaxed);
+                    return take_count(w);
+                }
+            }
+        }
+        self.remove_span(me, start)
+    }
+
+    #[cold]
+    fn remove_span(&mut self, me: usize, start: usize) -> Option<RecordRef> {
+        let i = self.span_at_or_below(start)?;
+        match self.spans[i].target {
+            Target::Record(w) if w & !UNCOUNTED == me => {
+                // Keeps its capacity: a later insert (an undone realloc) needs no memory.
+                self.spans.remove(i);
+                take_count(w)
+            }
+            _ => None,
+        }
+    }
+
+    /// Turns `rec`'s entry into an uncounted one; the count it held.
+    fn uncount(&mut self, rec: &Record) -> Option<RecordRef> {
+        let me = RecordRef::word_of(rec);
+        let (start, size) = (rec.addr(), rec.size());
+        if in_radix(start, size) {
+            if let Some(slot) = self.slot(start, false) {
+                let w = slot.load(Relaxed);
+                if w == me {
+                    slot.store(me | UNCOUNTED, Relaxed);
+                    return take_count(w);
+                }
+            }
+        }
+        let i = self.span_at_or_below(start)?;
+        match &mut self.spans[i].target {
+            Target::Record(w) if *w == me => {
+                *w = me | UNCOUNTED;
+                take_count(me)
+            }
+            _ => None,
+        }
+    }
+
+    /// Keeps a dead record's count for read-back; the one it displaces
+    /// (kept before under the same hash), to drop outside the lock.
+    /// Direct-mapped by address: in an allocate-free loop the record
+    /// displaced is the previous life of the same block, still in cache (a
+    /// ring's oldest entry was a cold line, measurable on every free).
+    #[inline]
+    fn keep_freed(&mut self, start: usize, r: RecordRef) -> Option<RecordRef> {
+        let i = freed_slot(start);
+        let (_, old) = std::mem::replace(&mut self.freed[i], (start, r.into_word()));
+        (old != 0).then(|| take_count(old)).flatten()
+    }
+}
+
+#[inline]
+fn freed_slot(start: usize) -> usize {
+    (start >> 4 ^ start >> 12) % FREED_KEPT
+}
+
+/// What an address resolved to.
+pub enum Found {
+    /// A live block with a record (any allocator, wrapping arenas too).
+    Block(RecordRef),
+    /// A chunk of a bump region: [`RegionCore::block_at`] finds the block.
+    Chunk(Arc<RegionCore>),
+}
+
+/// The live block (or bump-region chunk) that contains `addr`, if any.
+pub fn resolve(addr: usize) -> Option<Found> {
+    if addr == 0 {
+        return None;
+    }
+    lock().find(addr)
+}
+
+/// Lists the block of `rec`, just made, with a count on it.
+/// `exclusive` (adopt): an address inside a live block is refused
+/// (`OwnershipError`). Otherwise a live record starting at the same address
+/// is displaced: libc handed its memory out again, so C freed it behind
+/// rsalloc's back; it dies (freed) without returning memory that is no
+/// longer its own.
+///
+/// # Safety
+/// `rec` lives in a record's shared memory (`RecordSlot::fill`), and the
+/// caller holds a reference to it.
+#[inline(always)]
+pub(crate) unsafe fn insert(rec: &Record, exclusive: bool) -> Result<()> {
+    let start = rec.addr();
+    // The common case, inlined: a small counted block into a free granule.
+    if !exclusive && in_radix(start, rec.size()) && !rec.is_autofree() {
+        let mut g = lock();
+        if let Some(slot) = g.slot(start, true) {
+            if slot.load(Relaxed) == 0 {
+                // SAFETY: the caller's contract.
+                slot.store(unsafe { RecordRef::new_ref(rec) }.into_word(), Relaxed);
+                return Ok(());
+            }
+        }
+    }
+    // SAFETY: the caller's contract.
+    unsafe { insert_slow(rec, exclusive) }
+}
+
+/// Everything [`insert`]'s inlined case does not serve.
+///
+/// # Safety
+/// As for [`insert`].
+#[cold]
+unsafe fn insert_slow(rec: &Record, exclusive: bool) -> Result<()> {
+    let mut lost = None;
+    // SAFETY: the caller's contract.
+    let r = insert_locked(
+        &mut lock(),
+        unsafe { RecordRef::new_ref(rec) },
+        exclusive,
+        &mut lost,
+    );
+    // Outside the lock: ending its tracking entry may run Python code, and
+    // so may dropping its record.
+    if let Some((old, true)) = &lost {
+        old.after_lost();
+    }
+    drop(lost);
+    r
+}
+
+/// Lists `rec` (the index's own reference, given back on failure; the
+/// caller holds another, so that drop only counts down).
+fn insert_locked(
+    g: &mut State,
+    rec: RecordRef,
+    exclusive: bool,
+    lost: &mut Option<(RecordRef, bool)>,
+) -> Result<()> {
+    let (start, size) = (rec.addr(), rec.size());
+    if exclusive && (g.occupied(start) || g.occupied(end_of(start, size) - 1)) {
+        return Err(Error::Ownership(Ownership::AlreadyOwned));
+    }
+    // An autofree block's entry holds no count (an undone realloc lists
+    // one again); the caller's reference stays, so this only counts down.
+    let w = if rec.is_autofree() {
+        RecordRef::word_of(&rec) | UNCOUNTED
+    } else {
+        rec.into_word()
+    };
+    let small = in_radix(start, size);
+    if start >> ADDR_BITS == 0 {
+        if let Some(slot) = g.slot(start, small) {
+            let cur = slot.load(Relaxed);
+            // SAFETY: listed, read under the lock.
+            if cur != 0 && unsafe { record(cur) }.addr() == start {
+                slot.store(0, Relaxed);
+                *lost = lose(cur);
+            }
+            if small && slot.load(Relaxed) == 0 {
+                slot.store(w, Relaxed);
+                return Ok(());
+            }
+        } else if small {
+            drop(take_count(w));
+            return Err(Error::OutOfMemory(std::mem::size_of::<Leaf>()));
+        }
+    }
+    if let Some(i) = g.span_at_or_below(start) {
+        if g.spans[i].start == start {
+            if let Target::Record(w) = g.spans[i].target {
+                g.spans.remove(i);
+                *lost = lose(w);
+            }
+        }
+    }
+    // Large, or another block starts in this granule (closely packed blocks).
+    g.insert_span(Span {
+        start,
+        end: end_of(start, size),
+        target: Target::Record(w),
+    })
+    .inspect_err(|_| drop(take_count(w)))
+}
+
+/// Kills the record of entry `w`, displaced by a new block at its address,
+/// under the lock (a racing free must not return memory that is the new
+/// block's now); a reference to it for the rest of its ending.
+/// The flag says whether it was killed here (not found dead already).
+fn lose(w: usize) -> Option<(RecordRef, bool)> {
+    // SAFETY: listed until now, so valid under the lock.
+    let old = unsafe { record(w) };
+    let lost = old.lose();
+    // SAFETY: as above.
+    let r = take_count(w).or_else(|| unsafe { RecordRef::upgrade(old) });
+    r.map(|r| (r, lost))
+}
+
+/// Whether a dead record is kept for read-back: only those of the lifelong
+/// allocators (malloc, calloc, the adaptive and diagnostic ones), outside
+/// arenas. A record holds its allocator (and arena) alive, and a
+/// Python-defined allocator must be collectable once its blocks are gone.
+#[inline]
+fn keeps(rec: &Record) -> bool {
+    rec.allocator().is_lifelong() && rec.arena_tag_any().is_none()
+}
+
+/// Unlists the block of `rec`, which died (freed, reallocated, released):
+/// its start is remembered as lately freed (see the module comment).
+#[inline(always)]
+pub(crate) fn remove_dead(rec: &Record) {
+    let evicted = {
+        let mut g = lock();
+        match g.remove_record(rec) {
+            Some(r) if keeps(rec) => g.keep_freed(rec.addr(), r),
+            r => r,
+        }
+    };
+    // Outside the lock: dropping a record may run Python code.
+    drop(evicted);
+}
+
+/// Remembers `rec`, which died without being listed at the time (its
+/// block was unlisted when its realloc began), as lately freed.
+///
+/// # Safety
+/// As for [`insert`].
+pub(crate) unsafe fn keep_dead(rec: &Record) {
+    if !keeps(rec) {
+        return;
+    }
+    // SAFETY: the caller's contract.
+    let r = unsafe { RecordRef::new_ref(rec) };
+    let evicted = lock().keep_freed(rec.addr(), r);
+    drop(evicted);
+}
+
+/// Unlists the block of `rec`, which is still live but leaves rsalloc's
+/// hands (detached: C may free it), or is about to move (realloc).
+pub(crate) fn remove(rec: &Record) {
+    let r = lock().remove_record(rec);
+    drop(r);
+}
+
+/// The index stops counting `rec` (it became autofree: its last Python
+/// reference frees it), and unlists it when it drops.
+pub(crate) fn uncount(rec: &Record) {
+    let r = lock().uncount(rec);
+    drop(r);
+}
+
+/// The record of a block rsalloc freed lately whose start is `addr`, while
+/// its memory is still rsalloc's: kept in the block cache, or pinned by a
+/// buffer export. Memory given back to libc may be C's by now (an address
+/// C stores is then its own live block), and memory the cache hands out
+/// again is a live block the index finds first.
+pub fn lately_freed(addr: usize) -> Option<RecordRef> {
+    let g = lock();
+    let (start, w) = g.freed[freed_slot(addr)];
+    if w == 0 || start != addr {
+        return None;
+    }
+    // SAFETY: a kept word is counted: the record is valid.
+    let rec = unsafe { record(w) };
+    if rec.pins() == 0 && !block_cache::holds(addr, rec.size()) {
+        return None;
+    }
+    // SAFETY: as above.
+    unsafe { RecordRef::upgrade(rec) }
+}
+
+/// Lists a chunk of a bump region.
+pub(crate) fn insert_chunk(region: Weak<RegionCore>, start: usize, end: usize) -> Result<()> {
+    lock().insert_span(Span {
+        start,
+        end,
+        target: Target::Chunk(region),
+    })
+}
+
+/// Unlists the chunk starting at `start`.
+pub(crate) fn remove_chunk(start: usize) {
+    let mut g = lock();
+    if let Some(i) = g.span_at_or_below(start) {
+        if g.spans[i].start == start && matches!(g.spans[i].target, Target::Chunk(_)) {
+            let span = g.spans.remove(i);
+            drop(g);
+            drop(span);
+        }
+    }
+}
+
+/// Forgets every lately freed block (their records are dropped): their
+/// starts read back as foreign memory from now on. Returns how many.
+pub fn forget_lately_freed() -> usize {
+    let kept: Vec<RecordRef> = {
+        let mut g = lock();
+        let mut kept = Vec::new();
+        if kept.try_reserve(FREED_KEPT).is_err() {
+            return 0;
+        }
+        for e in g.freed.iter_mut() {
+            let (_, w) = std::mem::take(e);
+            if w != 0 {
+                kept.extend(take_count(w));
+            }
+        }
+        kept
+    };
+    // Outside the lock: dropping a record may run Python code.
+    kept.len()
+}
+
+/// Whether a live block contains `addr` (tests).
+pub fn is_indexed(addr: usize) -> bool {
+    lock().occupied(addr)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::alloc::{new_id, AllocCore, Libc, LIBC_GROUP};
+    use crate::core::layout::array;
+
+    fn malloc() -> Arc<AllocCore> {
+        AllocCore::new("malloc", LIBC_GROUP, false, Box::new(Libc))
+    }
+
+    fn block(found: Option<Found>) -> Option<RecordRef> {
+        match found {
+            Some(Found::Block(r)) => Some(r),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn every_byte_of_a_live_block_resolves_to_it_and_none_after_its_free() {
+        let m = malloc();
+        for size in [0usize, 1, 16, 31, 64, 4096, 4097, 100_000] {
+            let r = m
+                .allocate(array(size as i128, 1, 1, None).unwrap(), None)
+                .unwrap();
+            let last = r.addr() + size.max(1) - 1;
+            for addr in [r.addr(), r.addr() + size / 2, last] {
+                let found = block(resolve(addr)).expect("resolves");
+                assert!(RecordRef::ptr_eq(&found, &r), "size {size}");
+            }
+            m.free(&r, r.addr()).unwrap();
+            assert!(block(resolve(r.addr())).is_none());
+            assert!(!is_indexed(last));
+        }
+    }
+
+    #[test]
+    fn adopting_an_address_inside_a_live_block_is_refused() {
+        let m = malloc();
+        let r = m.allocate(array(64, 1, 1, None).unwrap(), None).unwrap();
+        for addr in [r.addr(), r.addr() + 8] {
+            let e = m.adopt(addr, array(8, 1, 1, None).unwrap()).unwrap_err();
+            assert!(matches!(e, Error::Ownership(Ownership::AlreadyOwned)));
+        }
+        // Ending inside it counts too.
+        let before = r.addr() - 8;
+        assert!(m.adopt(before, array(16, 1, 1, None).unwrap()).is_err());
+        assert_eq!(m.counters.snapshot().live_count, 1);
+        m.free(&r, r.addr()).unwrap();
+    }
+
+    #[test]
+    fn closely_packed_blocks_of_one_granule_resolve_apart() {
+        // A Python-style allocator carving 4-byte blocks out of one buffer.
+        let buf = [0u8; 64];
+        let base = (buf.as_ptr() as usize + 31) & !31;
+        let other = AllocCore::new("packed", new_id(), false, Box::new(Libc));
+        let recs: Vec<_> = (0..4)
+            .map(|i| {
+                other
+                    .adopt(base + 4 * i, array(4, 1, 1, None).unwrap())
+                    .unwrap()
+            })
+            .collect();
+        for (i, r) in recs.iter().enumerate() {
+            for off in 0..4 {
+                let f = block(resolve(base + 4 * i + off)).unwrap();
+                assert!(RecordRef::ptr_eq(&f, r));
+            }
+        }
+        for r in &recs {
+            r.detach(r.addr()).unwrap();
+        }
+        assert!(resolve(base).is_none() && resolve(base + 12).is_none());
+    }
+
+    #[test]
+    fn a_libc_block_handed_out_again_displaces_the_record_that_lost_it() {
+        let m = malloc();
+        let r = m.allocate(array(24, 1, 1, None).unwrap(), None).unwrap();
+        let addr = r.addr();
+        // C frees the block behind rsalloc's back; libc hands it out again.
+        unsafe { libc::free(addr as *mut libc::c_void) };
+        let mut again = Vec::new();
+        let hit = loop {
+            let n = m.allocate(array(24, 1, 1, None).unwrap(), None).unwrap();
+            if n.addr() == addr {
+                break n;
+            }
+            again.push(n);
+            assert!(again.len() < 64, "libc did not reuse the block");
+        };
+        assert!(matches!(
+            r.state(),
+            crate::core::record::State::Dead(crate::core::error::Death::Freed)
+        ));
+        // The old owner's free frees nothing: the memory is the new block's.
+        assert!(matches!(m.free(&r, addr), Err(Error::DoubleFree(_))));
+        let f = block(resolve(addr)).unwrap();
+        assert!(RecordRef::ptr_eq(&f, &hit));
+        for n in again.iter().chain([&hit]) {
+            m.free(n, n.addr()).unwrap();
+        }
+        assert_eq!(m.counters.snapshot().live_count, 0);
+    }
+
+    #[test]
+    fn resolutions_racing_frees_see_live_records_or_nothing() {
+        let m = malloc();
+        std::thread::scope(|s| {
+            for t in 0..4 {
+                let m = m.clone();
+                s.spawn(move || {
+                    let mut held = Vec::new();
+                    for i in 0..4000usize {
+                        let r = m
+                            .allocate(
+                                array(((i * 7 + t) % 200) as i128, 1, 1, None).unwrap(),
+                                None,
+                            )
+                            .unwrap();
+                        held.push(r);
+                        if i % 2 == 1 {
+                            let victim = held.swap_remove((i * 31) % held.len());
+                            m.free(&victim, victim.addr()).unwrap();
+                        }
+                        let probe = held[(i * 13) % held.len()].addr() + 1;
+                        if let Some(f) = block(resolve(probe)) {
+                            // Either a block of ours or another thread's: it
+                            // holds the address and its record is intact.
+                            assert!(f.addr() <= probe && probe <= f.addr() + f.size().max(1));
+                        }
+                    }
+                    for r in held {
+                        m.free(&r, r.addr()).unwrap();
+                    }
+                });
+            }
+        });
+        assert_eq!(m.counters.snapshot().live_count, 0);
+    }
+}
