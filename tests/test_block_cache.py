@@ -152,3 +152,27 @@ def test_pythonmalloc_malloc_turns_it_off(pythonmalloc: str, override: str | Non
         pytest.skip("no block cache on this platform")
     assert enabled == str(expect_on)
     assert int(blocks) == (1 if expect_on else 0)
+
+
+def test_arena_first_chunks_are_kept_zeroed() -> None:
+    # An arena's first chunk goes back to a small cache at release, zeroed as
+    # far as its blocks reached, and the next arena takes it: its memory must
+    # read as calloc's, whatever the last arena (or C through it) wrote.
+    if not rsalloc._rsalloc._block_cache()[0]:
+        pytest.skip("the block cache is off here")
+    libc = ctypes.CDLL(None)
+    addrs = set()
+    for round_ in range(20):
+        with rsalloc.Arena() as a:
+            blocks = [a.allocate(n) for n in (1, 32, 100, 700)]
+            for b in blocks:
+                assert b.read_bytes() == bytes(b.nbytes), round_
+                libc.memset(b, 0xAB, b.nbytes)  # C dirties every byte it was given
+            tail = a.allocate(2000)
+            assert tail.read_bytes() == bytes(2000)
+            tail.fill(0x5A)
+            addrs.add(blocks[0].address)
+    assert len(addrs) < 20, "a released first chunk is taken by the next arena"
+    rsalloc._rsalloc._block_cache(trim=True)
+    with rsalloc.Arena() as a:
+        assert a.allocate(64).read_bytes() == bytes(64)

@@ -52,12 +52,15 @@ unsafe impl Send for Chunk {}
 impl Chunk {
     /// A chunk, listed in the index for `region`.
     fn new(size: usize, align: usize, own: bool, region: &Weak<RegionCore>) -> Result<Chunk> {
-        let c = sys::alloc(size, align, true).map(|ptr| Chunk {
-            ptr,
-            size,
-            blocks: Vec::new(),
-            own,
-        })?;
+        let c = match kept::take(size, align, own) {
+            Some(c) => c,
+            None => sys::alloc(size, align, true).map(|ptr| Chunk {
+                ptr,
+                size,
+                blocks: Vec::new(),
+                own,
+            })?,
+        };
         index::insert_chunk(region.clone(), c.start(), c.end())?;
         super::observer::made(c.start(), size);
         Ok(c)
@@ -86,11 +89,99 @@ impl Drop for Chunk {
         // Unlisted before the memory goes (parked chunks were at release).
         index::remove_chunk(self.start());
         super::observer::gone(self.start());
+        if kept::give(self) {
+            return;
+        }
         // SAFETY: the chunk came from sys::alloc and nothing refers to it any
         // more: its generation is dead and no export pins it.
         unsafe { sys::free(self.ptr) }
     }
 }
+
+/// First chunks kept for the next region: an arena opened per call
+/// (`with Arena() as a:` around a few allocations) otherwise pays a zeroed
+/// 4 KiB `calloc` and its `free` every time, the larger part of its first
+/// allocation (BENCHMARKS.md, job h). A kept chunk is zeroed as far as its
+/// blocks reached when it goes back, so it comes out as `calloc` would give
+/// it. On only where the block cache is ([`block_cache::enabled`]: serialized
+/// mode, and not under `PYTHONMALLOC=malloc`, whose tools must see every
+/// `free`); at most [`KEPT`] chunks.
+mod kept {
+    use super::{Chunk, FIRST_CHUNK, MALLOC_ALIGN};
+    use crate::core::block_cache;
+    use std::cell::UnsafeCell;
+
+    pub const KEPT: usize = 4;
+
+    struct Kept(UnsafeCell<Vec<Chunk>>);
+    // SAFETY: touched only while `block_cache::enabled()`, which implies
+    // serialized mode: one outside lock covers every use.
+    unsafe impl Sync for Kept {}
+    static KEPT_CHUNKS: Kept = Kept(UnsafeCell::new(Vec::new()));
+
+    fn kept() -> Option<&'static mut Vec<Chunk>> {
+        // SAFETY: see `Kept`; no caller holds the reference across a call
+        // back into this module (a Chunk's drop, which calls `give`, runs
+        // only outside it: `give` forgets what it keeps).
+        block_cache::enabled().then(|| unsafe { &mut *KEPT_CHUNKS.0.get() })
+    }
+
+    /// A kept, zeroed first chunk for a shared chunk of `size` at `align`.
+    #[inline]
+    pub fn take(size: usize, align: usize, own: bool) -> Option<Chunk> {
+        if own || size != FIRST_CHUNK || align > MALLOC_ALIGN {
+            return None;
+        }
+        kept()?.pop()
+    }
+
+    /// Keeps `c` (being dropped) if it is a shared first chunk and there is
+    /// room: true when kept, and the caller must not free it.
+    pub fn give(c: &mut Chunk) -> bool {
+        if c.own || c.size != FIRST_CHUNK {
+            return false;
+        }
+        let Some(list) = kept() else {
+            return false;
+        };
+        if list.len() >= KEPT || (list.capacity() == 0 && list.try_reserve_exact(KEPT).is_err()) {
+            return false;
+        }
+        // Blocks are carved in address order: the last one's end is as far
+        // as anything was written (a reallocated block's copy included).
+        let used = c.blocks.last().map_or(c.size, |b| b.1 as usize).min(c.size);
+        // SAFETY: the chunk's first `used` bytes are its own, and nothing
+        // refers to them any more (its drop is under way).
+        unsafe { std::ptr::write_bytes(c.ptr.as_ptr(), 0, used) };
+        let mut blocks = std::mem::take(&mut c.blocks);
+        blocks.clear();
+        list.push(Chunk {
+            ptr: c.ptr,
+            size: c.size,
+            blocks,
+            own: false,
+        });
+        true
+    }
+
+    /// Frees every kept chunk (for tests and `_block_cache(trim=True)`).
+    pub fn trim() -> usize {
+        kept().map_or(0, |list| {
+            let n = list.len();
+            // Dropping them here would keep them again: free each directly.
+            for mut c in list.drain(..) {
+                let ptr = c.ptr;
+                drop(std::mem::take(&mut c.blocks));
+                std::mem::forget(c);
+                // SAFETY: a kept chunk came from sys::alloc; nothing refers to it.
+                unsafe { crate::core::sys::free(ptr) };
+            }
+            n
+        })
+    }
+}
+
+pub use kept::trim as trim_kept_chunks;
 
 #[derive(Default)]
 struct Inner {

@@ -144,14 +144,15 @@ pub fn block_cache_wanted() -> bool {
 }
 
 /// `(on, blocks, bytes)` of the cache of freed small libc blocks
-/// (`core::block_cache`), after freeing every kept block if `trim`:
-/// private, for tests and diagnostics.
+/// (`core::block_cache`), after freeing every kept block (and every kept
+/// arena chunk) if `trim`: private, for tests and diagnostics.
 #[pyfunction]
 #[pyo3(signature = (trim=false))]
 pub fn _block_cache(trim: bool) -> (bool, usize, usize) {
     use crate::core::block_cache;
     if trim {
         block_cache::trim();
+        crate::core::region::trim_kept_chunks();
     }
     let (blocks, bytes) = block_cache::held();
     (block_cache::enabled(), blocks, bytes)
