@@ -8,7 +8,7 @@ import ctypes.util
 
 import rsalloc
 from rsalloc._clib import libc as _libc
-from rsalloc import Int32, Pointer, Uint8, UseAfterFreeError, calloc, free, malloc, to_native_utf8
+from rsalloc import Int8, Int32, Pointer, Uint8, UseAfterFreeError, calloc, free, malloc, to_native_utf8
 
 
 def _zlib() -> ctypes.CDLL:
@@ -81,6 +81,29 @@ def run() -> int:
     ts = calloc(TimeSpec)
     libc.clock_gettime(1, ts)  # CLOCK_MONOTONIC, filled in by C
     _step("clock_gettime into calloc(TimeSpec)", f"tv_sec={ts.ref.tv_sec}, tv_nsec>=0: {ts.ref.tv_nsec >= 0}")
+
+    # The same kind of struct declared the Dart way: fields are annotations,
+    # pointer fields hold C strings, and the addresses read back from the
+    # struct are freeable, checked Pointers (DESIGN §2a, §3a).
+    class AuthInfo(rsalloc.Struct):
+        appKey: Pointer[Int8]
+        accid: Pointer[Int8]
+        token: Pointer[Int8]
+
+    info = calloc(AuthInfo)
+    info.ref.appKey = to_native_utf8("45c6af3c98409b18a84451215d0bdd6e")
+    info.ref.accid = to_native_utf8("user-1")
+    info.ref.token = to_native_utf8("e10adc3949ba59abbe56e057f20f883e")
+    _step("rsalloc.Struct AuthInfo of three C strings",
+          f"sizeof={rsalloc.sizeof(AuthInfo)}, accid={info.ref.accid.cast(Uint8).to_str()!r}, "
+          f"strlen(token)={libc.strlen(info.ref.token)}")
+    for field in ("appKey", "accid", "token"):
+        free(getattr(info.ref, field))  # freed through the addresses stored in the struct
+    free(info)
+    try:
+        info.ref.token
+    except UseAfterFreeError:
+        _step("info.ref.token after free(info)", "UseAfterFreeError")
 
     # numpy-style zero-copy view through the buffer protocol.
     view = memoryview(arr)
