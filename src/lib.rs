@@ -57,6 +57,7 @@ mod _rsalloc {
             }
         };
         crate::py::freelist::install(py)?;
+        crate::py::arena::install_finalizer(py);
         #[cfg(not(any(Py_3_12, PyPy, GraalPy, Py_LIMITED_API)))]
         crate::py::values::digits::check(py)?;
         m.add("malloc", crate::py::allocator::malloc(py)?)?;

@@ -5,12 +5,14 @@ after printing what it saw."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import gc
 import subprocess
 import sys
 import textwrap
 import warnings
+from collections.abc import Iterator
 
 import pytest
 
@@ -188,3 +190,203 @@ class TestIncompleteTypes:
             _fields_ = []
 
         assert rsalloc.sizeof(Empty) == 0
+
+
+# ------------------------------------------------------------------ arenas
+
+
+class Pool(rsalloc.Allocator):
+    """A Python allocator that knows which of its blocks are out."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.out: set[int] = set()
+
+    def _raw_alloc(self, nbytes: int, alignment: int) -> int:
+        addr = rsalloc.malloc.allocate(nbytes, alignment=alignment).detach()
+        self.out.add(addr)
+        return addr
+
+    def _raw_free(self, address: int) -> None:
+        self.out.remove(address)
+        ctypes.CDLL(None).free(ctypes.c_void_p(address))
+
+
+@contextlib.contextmanager
+def unraisable() -> Iterator[list[BaseException]]:
+    """Collects what sys.unraisablehook is given inside the block."""
+    seen: list[BaseException] = []
+    old = sys.unraisablehook
+    sys.unraisablehook = lambda u: seen.append(u.exc_value)
+    try:
+        yield seen
+    finally:
+        sys.unraisablehook = old
+
+
+def collected_unreleased(make, *, expect_warning: bool = True):  # type: ignore[no-untyped-def]
+    """Calls `make()` (which drops an arena it made, possibly in a cycle),
+    collects, and returns the ResourceWarnings raised."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        make()
+        gc.collect()
+    found = [w for w in caught if issubclass(w.category, ResourceWarning)]
+    assert bool(found) == expect_warning, [str(w.message) for w in caught]
+    return found
+
+
+class TestArenasLeftToTheCollector:
+    def test_a_dropped_arena_over_a_pool_returns_its_blocks(self) -> None:
+        pool = Pool()
+        kept = []
+
+        def make() -> None:
+            a = rsalloc.Arena(pool)
+            kept.extend([a.allocate(16), a(Int32, 4)])
+            assert len(pool.out) == 2
+
+        found = collected_unreleased(make)
+        assert pool.out == set()
+        assert not any(p.alive for p in kept)
+        assert pool.stats().live_count == 0
+        (w,) = found
+        # The warning is located where the arena was made, and says so.
+        assert w.filename == __file__
+        assert f"{__file__}:{w.lineno}" in str(w.message)
+        assert "a = rsalloc.Arena(pool)" in open(__file__).read().splitlines()[w.lineno - 1]
+
+    @pytest.mark.parametrize("backing", [None, "malloc", "calloc"])
+    def test_a_dropped_arena_stops_being_counted(self, backing: str | None) -> None:
+        allocator = getattr(rsalloc, backing) if backing else None
+        before = rsalloc.stats()
+        kept = []
+
+        def make() -> None:
+            a = rsalloc.Arena(allocator)
+            kept.append(a.allocate(100))
+            assert rsalloc.stats().live_count == before.live_count + 1
+
+        collected_unreleased(make)
+        after = rsalloc.stats()
+        assert (after.live_count, after.live_bytes) == (before.live_count, before.live_bytes)
+        assert not kept[0].alive
+
+    def test_an_arena_in_a_cycle_through_its_callback_is_collected_and_released(self) -> None:
+        import weakref
+
+        ran: list[object] = []
+
+        def make() -> None:
+            a = rsalloc.Arena()
+            p = a.allocate(8)
+            a.on_release_all(lambda: ran.append(("callback", a.closed, p.alive)))
+            a.using(p, lambda q: ran.append(("using", q.alive)))
+            refs.append(weakref.ref(a))
+
+        refs: list[weakref.ref[rsalloc.Arena]] = []
+        collected_unreleased(make)
+        assert refs[0]() is None
+        # Callbacks ran, newest first, while the memory was still there.
+        assert ran == [("using", True), ("callback", False, True)]
+
+    def test_a_callback_that_fails_at_collection_is_unraisable(self) -> None:
+        def make() -> None:
+            a = rsalloc.Arena()
+            a.on_release_all(lambda: 1 / 0)
+
+        with unraisable() as seen:
+            collected_unreleased(make)
+        assert [type(e) for e in seen] == [ZeroDivisionError]
+
+    def test_a_released_or_used_with_arena_gives_no_warning(self) -> None:
+        def make() -> None:
+            with rsalloc.Arena() as a:
+                a.allocate(1)
+            b = rsalloc.Arena(rsalloc.malloc)
+            b.allocate(1)
+            b.release_all()
+
+        collected_unreleased(make, expect_warning=False)
+
+    def test_warnings_as_errors_at_collection_still_release(self) -> None:
+        out = run_isolated(
+            """
+            import gc, sys, warnings, rsalloc
+            warnings.simplefilter("error")
+            seen = []
+            sys.unraisablehook = lambda u: seen.append(type(u.exc_value).__name__)
+            a = rsalloc.Arena(rsalloc.malloc)
+            p = a.allocate(10)
+            del a
+            gc.collect()
+            print(seen, p.alive, rsalloc.stats().live_count)
+            """
+        )
+        assert out.strip() == "['ResourceWarning'] False 0"
+
+
+class TestDiagnosticArenas:
+    def test_release_all_checks_guard_bytes_after_releasing_everything(self) -> None:
+        a = rsalloc.Arena(rsalloc.diagnostic_malloc)
+        bad = a.allocate(8)
+        good = a(Int32, 4)
+        ran = []
+        a.on_release_all(lambda: ran.append(1))
+        ctypes.memset(bad.address, 0x41, 8 + 3)  # 3 bytes past the end
+        before = rsalloc.diagnostic_malloc.stats().live_count
+        with pytest.raises(rsalloc.HeapCorruptionError, match="3 after the end of the 8-byte block") as e:
+            a.release_all()
+        assert f"{bad.address:#x}" in str(e.value) and a.name in str(e.value)
+        assert ran == [1] and a.closed
+        assert not bad.alive and not good.alive
+        assert rsalloc.diagnostic_malloc.stats().live_count == before - 2
+
+    def test_corruption_and_a_failing_callback_are_raised_together(self) -> None:
+        a = rsalloc.Arena(rsalloc.diagnostic_calloc)
+        bad = a.allocate(4)
+        a.on_release_all(lambda: 1 / 0)
+        ctypes.memset(bad.address - 1, 0, 1)
+        with pytest.raises(BaseExceptionGroup) as e:
+            a.release_all()
+        kinds = sorted(type(x).__name__ for x in e.value.exceptions)
+        assert kinds == ["HeapCorruptionError", "ZeroDivisionError"]
+
+    def test_corruption_found_at_collection_is_unraisable(self) -> None:
+        def make() -> None:
+            a = rsalloc.Arena(rsalloc.diagnostic_malloc)
+            p = a.allocate(8)
+            ctypes.memset(p.address, 0, 9)
+
+        with unraisable() as seen:
+            collected_unreleased(make)
+        assert [type(e) for e in seen] == [rsalloc.HeapCorruptionError]
+
+
+class TestArenaLeaks:
+    def test_leak_check_reports_an_unreleased_arena_as_one_leak(self) -> None:
+        with pytest.raises(rsalloc.LeakError) as e:
+            with rsalloc.leak_check():
+                a = rsalloc.Arena()
+                for _ in range(10):
+                    a.allocate(10)
+        (record,) = e.value.leaks
+        assert record.type == "Arena" and record.size == 100 and record.allocator == a.name
+        assert record.traceback[0][0] == __file__
+        assert "unreleased " + a.name in str(e.value)
+        a.release_all()
+        with rsalloc.leak_check():
+            with rsalloc.Arena(rsalloc.malloc) as b:
+                b.allocate(1)
+
+    def test_an_unreleased_arena_is_in_the_exit_report(self) -> None:
+        done = subprocess.run(
+            [sys.executable, "-c", "import rsalloc\nkeep = rsalloc.Arena()\nkeep.allocate(7)\n"],
+            capture_output=True,
+            text=True,
+            env={**__import__("os").environ, "RSALLOC_TRACK": "1"},
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        assert "unreleased arena" not in done.stderr  # the text report lists records one by one
+        assert "(Arena)" in done.stderr and "<string>:2" in done.stderr

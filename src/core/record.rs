@@ -589,7 +589,7 @@ mod tests {
         assert_eq!(r.arena(), Some(a.id()));
         assert_eq!(Arc::strong_count(&a.tag), 2, "the count moved, not copied");
         // The arena still frees it; its counters still see it.
-        assert!(a.release(false));
+        assert!(a.release(false, |_, _| {}));
         assert_eq!(a.tag.counters.snapshot().live_count, 0);
         drop(r);
         assert_eq!(Arc::strong_count(&a.tag), 1);
@@ -616,7 +616,7 @@ mod tests {
             assert_eq!(plain.arena(), None);
             m.free(&plain, plain.addr()).unwrap();
         }
-        a.release(false);
+        a.release(false, |_, _| {});
         assert_eq!(
             Arc::strong_count(&a.tag),
             1,
