@@ -390,3 +390,100 @@ class TestArenaLeaks:
         assert done.returncode == 0, done.stderr
         assert "unreleased arena" not in done.stderr  # the text report lists records one by one
         assert "(Arena)" in done.stderr and "<string>:2" in done.stderr
+
+
+# --------------------------------------------------------------- cross-heap
+
+LIBC = ctypes.CDLL(None)
+LIBC.free.argtypes = [ctypes.c_void_p]
+
+
+def plain_block(n: int) -> int:
+    """An address C's malloc made (through rsalloc, handed over)."""
+    return rsalloc.malloc.allocate(n).detach()
+
+
+class TestCrossHeap:
+    """Diagnostic allocators adopt C's blocks as plain memory (no guard
+    bytes), and never hand a guarded block to C."""
+
+    @pytest.mark.parametrize("diag", ["diagnostic_malloc", "diagnostic_calloc"])
+    @pytest.mark.parametrize("how", ["free", "own free", "malloc.free", "realloc", "autofree", "exported"])
+    def test_an_adopted_plain_block_is_freed_as_plain_memory(self, diag: str, how: str) -> None:
+        out = run_isolated(
+            f"""
+            import gc, rsalloc
+            from rsalloc import Uint8
+            d = rsalloc.{diag}
+            p = d.adopt(rsalloc.malloc.allocate(32).detach(), Uint8, 32)
+            p.write_bytes(b"x" * 32)
+            how = {how!r}
+            if how == "free":
+                rsalloc.free(p)
+            elif how == "own free":
+                d.free(p)
+            elif how == "malloc.free":
+                rsalloc.malloc.free(p)
+            elif how == "realloc":
+                q = d.realloc(p, 64)  # moves into a guarded block
+                assert q.read_bytes(32) == b"x" * 32
+                q.write_bytes(b"y" * 64)
+                d.free(q)
+            elif how == "autofree":
+                p.autofree()
+                del p
+                gc.collect()
+            else:
+                m = memoryview(p)
+                d.free(p)
+                del m
+            print(d.stats().live_count, rsalloc.leaks(rsalloc.tracking.by_allocator(d)))
+            """
+        )
+        assert out.strip() == "0 []"
+
+    def test_c_frees_an_adopted_block_after_detach(self) -> None:
+        out = run_isolated(
+            """
+            import ctypes, rsalloc
+            libc = ctypes.CDLL(None)
+            libc.free.argtypes = [ctypes.c_void_p]
+            p = rsalloc.diagnostic_malloc.adopt(rsalloc.malloc.allocate(32).detach(), rsalloc.Uint8, 32)
+            libc.free(p.detach())
+            a = rsalloc.Arena(rsalloc.diagnostic_malloc)
+            a.adopt(rsalloc.malloc.allocate(8).detach(), rsalloc.Uint8, 8)
+            a.release_all()
+            print("ok")
+            """
+        )
+        assert out.strip() == "ok"
+
+    @pytest.mark.parametrize("diag", [rsalloc.diagnostic_malloc, rsalloc.diagnostic_calloc])
+    def test_a_guarded_block_cannot_be_detached(self, diag: rsalloc.Allocator) -> None:
+        p = diag(Int32, 4)
+        before = diag.stats()
+        with pytest.raises(rsalloc.OwnershipError, match="guard bytes"):
+            p.detach()
+        assert p.alive and diag.stats() == before
+        # The documented way out: a plain copy C can free.
+        copy = rsalloc.malloc.clone(p)
+        LIBC.free(copy.detach())
+        diag.free(p)
+        assert diag.native_free is None  # no C function frees diagnostic blocks
+
+    def test_a_guarded_block_that_left_an_arena_cannot_be_detached_either(self) -> None:
+        a = rsalloc.Arena(rsalloc.diagnostic_malloc)
+        p = a.allocate(8)
+        a.detach(p)
+        with pytest.raises(rsalloc.OwnershipError, match="guard bytes"):
+            p.detach()
+        a.release_all()
+        assert p.alive
+        rsalloc.free(p)
+
+    def test_a_plain_block_reallocated_by_a_diagnostic_allocator_gets_guards(self) -> None:
+        p = rsalloc.malloc.allocate(16)
+        q = rsalloc.diagnostic_malloc.realloc(p, 32)
+        ctypes.memset(q.address, 0, 33)
+        with pytest.raises(rsalloc.HeapCorruptionError):
+            rsalloc.free(q)

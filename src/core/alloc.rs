@@ -62,6 +62,14 @@ pub trait Backend: Send + Sync {
         None
     }
 
+    /// True for a backend whose blocks carry bookkeeping C's `free` cannot
+    /// take (guard bytes) while the memory it adopts is plain libc memory:
+    /// adopted blocks go back through libc, and its own blocks cannot be
+    /// handed to C (`detach`).
+    fn adopts_plain(&self) -> bool {
+        false
+    }
+
     /// True when `alloc` and `free` run nothing but the system allocator: no
     /// user code, no other effect, and `free` cannot fail. The binding's
     /// fast paths serve only such backends.
@@ -296,9 +304,10 @@ impl AllocCore {
         // The record's memory first: once the block exists, nothing can fail.
         let slot = RecordSlot::new()?;
         let p = self.backend.alloc(req.size, req.align, self.zeroed)?;
-        Ok(self.record(slot, p, req, arena, ty))
+        Ok(self.record(slot, p, req, arena, ty, false))
     }
 
+    /// The record of a new block; `plain`: the memory is libc's, not the backend's.
     #[inline(always)]
     fn record(
         self: &Arc<Self>,
@@ -307,6 +316,7 @@ impl AllocCore {
         req: Request,
         arena: Option<&Arc<ArenaTag>>,
         ty: &'static str,
+        plain: bool,
     ) -> RecordRef {
         let rec = slot.fill(Record::new(
             p,
@@ -315,6 +325,9 @@ impl AllocCore {
             CoreRef::new(self),
             arena.cloned(),
         ));
+        if plain {
+            rec.mark_plain_memory();
+        }
         self.count_alloc(req.size);
         match arena {
             Some(tag) => tag.counters.on_alloc(req.size),
@@ -350,7 +363,8 @@ impl AllocCore {
     ) -> Result<RecordRef> {
         let p = NonNull::new(addr as *mut u8).ok_or(Error::NullPointer)?;
         let slot = RecordSlot::new()?;
-        Ok(self.record(slot, p, req, arena, ty))
+        let plain = self.backend.adopts_plain();
+        Ok(self.record(slot, p, req, arena, ty, plain))
     }
 
     /// Frees a block through this allocator (its owner group must own it).
@@ -367,13 +381,13 @@ impl AllocCore {
         let align = rec.align();
         // SAFETY: begin_realloc made us the only user of the old block.
         let moved = unsafe {
-            if std::ptr::eq(&**self, rec.allocator()) {
+            if std::ptr::eq(&**self, rec.allocator()) && !rec.is_plain_memory() {
                 self.backend
                     .realloc(rec_ptr(rec), old, new, align, self.zeroed)
             } else {
                 // Same owner group, another backend: move the bytes across
                 // (after the old block's guard bytes, if any, check out).
-                let from = &rec.allocator().backend;
+                let from = rec.backend();
                 from.verify(rec_ptr(rec), old, align).and_then(|()| {
                     self.backend
                         .alloc(new, align, self.zeroed)
@@ -392,7 +406,7 @@ impl AllocCore {
             Ok(p) => {
                 rec.finish_realloc();
                 let ty = track::type_of(rec);
-                let fresh = self.record(slot, p, Request { size: new, align }, None, ty);
+                let fresh = self.record(slot, p, Request { size: new, align }, None, ty, false);
                 if rec.is_autofree() {
                     fresh.set_autofree()?;
                 }

@@ -36,6 +36,8 @@ pub enum Ownership {
     RegionCannotDetach,
     /// A bump-region arena cannot take memory it did not carve out.
     RegionCannotAdopt,
+    /// A diagnostic block has guard bytes around it: C's `free` cannot take it.
+    Guarded,
 }
 
 /// What the guard bytes of a diagnostic block showed at its free.
@@ -105,6 +107,10 @@ impl fmt::Display for Error {
                 Ownership::Interior => "the pointer points inside a block, not at its start",
                 Ownership::RegionCannotDetach => {
                     "a bump-region arena cannot give its memory away; copy it out with clone()"
+                }
+                Ownership::Guarded => {
+                    "a diagnostic block has guard bytes around it, which C's free() cannot take: \
+                     detach a copy instead (malloc.clone(p).detach()), or allocate memory for C with malloc"
                 }
                 Ownership::RegionCannotAdopt => {
                     "a bump-region arena cannot adopt memory; adopt it with the allocator that made it"
