@@ -487,3 +487,103 @@ class TestCrossHeap:
         ctypes.memset(q.address, 0, 33)
         with pytest.raises(rsalloc.HeapCorruptionError):
             rsalloc.free(q)
+
+
+# -------------------------------------------------------- failed operations
+
+
+class Hostile(Pool):
+    """A pool whose allocation runs `hook()` first (user code mid-operation)."""
+
+    hook = staticmethod(lambda: None)
+
+    def _raw_alloc(self, nbytes: int, alignment: int) -> int:
+        type(self).hook()
+        return super()._raw_alloc(nbytes, alignment)
+
+
+def live_state() -> tuple[int, int]:
+    s = rsalloc.stats()
+    return (s.live_count, s.live_bytes)
+
+
+class TestFailedOperationsChangeNothing:
+    def test_arena_realloc_whose_allocator_releases_the_arena(self) -> None:
+        pool = Hostile()
+        a = rsalloc.Arena(pool)
+        p = a.allocate(16)
+        Hostile.hook = staticmethod(a.release_all)
+        try:
+            with pytest.raises(rsalloc.ArenaClosedError):
+                a.realloc(p, 64)
+        finally:
+            Hostile.hook = staticmethod(lambda: None)
+        # The block did not come back to life in the released arena.
+        assert not p.alive and a.closed
+        assert pool.out == set() and pool.stats().live_count == 0
+        assert len(a) == 0
+
+    def test_arena_realloc_whose_allocator_releases_for_reuse(self) -> None:
+        pool = Hostile()
+        a = rsalloc.Arena(pool)
+        p = a.allocate(16)
+        Hostile.hook = staticmethod(lambda: a.release_all(reuse=True))
+        try:
+            with pytest.raises(rsalloc.UseAfterFreeError):
+                a.realloc(p, 64)
+                raise rsalloc.UseAfterFreeError("the realloc went through")  # either way p is gone
+        finally:
+            Hostile.hook = staticmethod(lambda: None)
+        assert not p.alive
+        a.release_all()
+        assert pool.out == set() and pool.stats().live_count == 0
+
+    @pytest.mark.parametrize("target", ["pool", "arena over pool"])
+    def test_clone_whose_allocator_frees_the_source(self, target: str) -> None:
+        pool = Hostile()
+        src = rsalloc.malloc.allocate(32)
+        Hostile.hook = staticmethod(lambda: rsalloc.free(src))
+        dest = pool if target == "pool" else rsalloc.Arena(pool)
+        before = live_state()
+        try:
+            with pytest.raises(rsalloc.UseAfterFreeError):
+                dest.clone(src)
+        finally:
+            Hostile.hook = staticmethod(lambda: None)
+        if isinstance(dest, rsalloc.Arena):
+            dest.release_all()
+        assert pool.out == set() and pool.stats().live_count == 0
+        assert live_state()[0] == before[0] - 1  # only the source went
+
+    def test_to_native_utf16_with_an_error_handler_giving_odd_bytes(self) -> None:
+        import codecs
+
+        codecs.register_error("rsalloc_test_odd", lambda e: (b"x", e.end))
+        before = live_state()
+        # The codec refuses an odd replacement itself (rsalloc would too).
+        with pytest.raises(ValueError):
+            rsalloc.to_native_utf16("a\ud800b", errors="rsalloc_test_odd")
+        assert live_state() == before
+
+    def test_to_native_utf16_ignores_a_str_subclass_encode(self) -> None:
+        class Odd(str):
+            def encode(self, *a: object, **k: object) -> bytes:  # type: ignore[override]
+                return b"abc"
+
+        p = rsalloc.to_native_utf16(Odd("hi"), errors="replace")
+        assert p.to_str() == "hi"
+        rsalloc.free(p)
+
+
+    def test_diagnostic_arena_realloc_of_a_damaged_block_checks_first(self) -> None:
+        a = rsalloc.Arena(rsalloc.diagnostic_malloc)
+        p = a.allocate(8)
+        p.write_bytes(b"12345678")
+        ctypes.memset(p.address + 8, 0, 2)
+        before = (len(a), rsalloc.diagnostic_malloc.stats())
+        with pytest.raises(rsalloc.HeapCorruptionError):
+            a.realloc(p, 64)
+        assert p.alive and p.read_bytes() == b"12345678"
+        assert (len(a), rsalloc.diagnostic_malloc.stats()) == before
+        with pytest.raises(rsalloc.HeapCorruptionError):
+            a.release_all()

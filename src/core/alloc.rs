@@ -420,7 +420,7 @@ impl AllocCore {
     }
 }
 
-fn rec_ptr(rec: &Record) -> NonNull<u8> {
+pub(crate) fn rec_ptr(rec: &Record) -> NonNull<u8> {
     NonNull::new(rec.addr() as *mut u8).expect("records never hold null")
 }
 

@@ -6,12 +6,11 @@
 //! Python-defined backend may run Python code, and a thread holding the lock
 //! while waiting for the interpreter would deadlock with one waiting for it.
 
-use super::alloc::{new_id, AllocCore};
+use super::alloc::{new_id, rec_ptr, AllocCore};
 use super::error::{Error, Result};
 use super::layout::Request;
 use super::record::{ArenaTag, Record};
 use crate::core::record_ref::RecordRef;
-use std::ptr::NonNull;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 #[derive(Default)]
@@ -20,6 +19,9 @@ struct Inner {
     /// or left since: release skips those).
     records: Vec<RecordRef>,
     closed: bool,
+    /// Releases so far: an operation that ran user code can tell whether
+    /// one happened meanwhile.
+    releases: u64,
 }
 
 pub struct WrapArena {
@@ -104,6 +106,12 @@ impl WrapArena {
     /// nothing changes.
     pub fn realloc(&self, rec: &Record, addr: usize, new: usize) -> Result<RecordRef> {
         rec.begin_realloc(self.backing.group, self.tag.id, addr)?;
+        // Damaged guard bytes are reported before anything moves.
+        if let Err(e) = rec.backend().verify(rec_ptr(rec), rec.size(), rec.align()) {
+            rec.undo_realloc();
+            return Err(e);
+        }
+        let releases = self.lock().releases;
         let fresh = match self.allocate(Request {
             size: new,
             align: rec.align(),
@@ -111,10 +119,16 @@ impl WrapArena {
             Ok(f) => f,
             Err(e) => {
                 rec.undo_realloc();
+                if self.lock().releases != releases {
+                    // The backing allocator (user code) released the arena
+                    // meanwhile, which skipped the block while it was being
+                    // moved: it goes now, as the release would have done.
+                    let _ = rec.free(self.backing.group, self.tag.id, rec.addr());
+                }
                 return Err(e);
             }
         };
-        let old = NonNull::new(rec.addr() as *mut u8).expect("records never hold null");
+        let old = rec_ptr(rec);
         // SAFETY: begin_realloc made us the only user of the old block (live,
         // not exported); the new one is distinct; each holds min(old, new).
         unsafe {
@@ -155,6 +169,7 @@ impl WrapArena {
                 return false;
             }
             g.closed = !reuse;
+            g.releases += 1;
             std::mem::take(&mut g.records)
         };
         let mut failed = Vec::new();
