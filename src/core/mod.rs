@@ -10,6 +10,7 @@ pub mod layout;
 pub mod record;
 pub mod record_ref;
 pub mod region;
+pub mod reserve;
 pub mod serial;
 pub mod stats;
 pub mod sys;

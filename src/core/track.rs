@@ -14,6 +14,7 @@
 //! a [`CaptureFn`] that fills it, and resolves it when a report is made.
 
 use super::alloc::AllocCore;
+use super::error::{Error, Result};
 use super::record::Record;
 use std::any::Any;
 use std::collections::HashMap;
@@ -147,15 +148,20 @@ fn wall_time(nanos: u64) -> SystemTime {
     anchor().1 + Duration::from_nanos(nanos)
 }
 
-/// The values whose sequence number is at least `seq`, oldest first.
+/// The values whose sequence number is at least `seq`, oldest first; a
+/// list that cannot get its memory is an error, not an abort (the exit
+/// report lists every leak when memory may be short).
 fn oldest_first<'a, E: Clone + 'a>(
-    values: impl Iterator<Item = &'a E>,
+    values: impl ExactSizeIterator<Item = &'a E>,
     seq: u64,
     key: impl Fn(&E) -> u64,
-) -> Vec<E> {
-    let mut v: Vec<E> = values.filter(|e| key(e) >= seq).cloned().collect();
+) -> Result<Vec<E>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(values.len())
+        .map_err(|_| Error::OutOfMemory(values.len() * std::mem::size_of::<E>()))?;
+    v.extend(values.filter(|e| key(e) >= seq).cloned());
     v.sort_unstable_by_key(key);
-    v
+    Ok(v)
 }
 
 /// Sequence numbers are unique and dense: a multiplicative hash is enough,
@@ -278,12 +284,12 @@ pub(crate) fn type_of(rec: &Record) -> &'static str {
 }
 
 /// Every live tracked allocation, oldest first.
-pub fn live() -> Vec<Entry> {
+pub fn live() -> Result<Vec<Entry>> {
     live_since(0)
 }
 
 /// The live tracked allocations whose sequence number is at least `seq`, oldest first.
-pub fn live_since(seq: u64) -> Vec<Entry> {
+pub fn live_since(seq: u64) -> Result<Vec<Entry>> {
     oldest_first(registry().values(), seq, |e| e.seq)
 }
 
@@ -351,7 +357,7 @@ pub fn end_arena(seq: u64) {
 }
 
 /// The unreleased registered arenas with a sequence number >= `seq`, oldest first.
-pub fn live_arenas_since(seq: u64) -> Vec<ArenaEntry> {
+pub fn live_arenas_since(seq: u64) -> Result<Vec<ArenaEntry>> {
     oldest_first(arenas().values(), seq, |e| e.seq)
 }
 
@@ -374,6 +380,7 @@ mod tests {
 
     fn mine(a: &Arc<AllocCore>) -> Vec<Entry> {
         live()
+            .unwrap()
             .into_iter()
             .filter(|e| Arc::ptr_eq(&e.allocator, a))
             .collect()
@@ -455,6 +462,7 @@ mod tests {
         let mark = next_seq();
         let r2 = a.allocate(array(2, 1, 1, None).unwrap(), None).unwrap();
         let since: Vec<_> = live_since(mark)
+            .unwrap()
             .into_iter()
             .filter(|e| Arc::ptr_eq(&e.allocator, &a))
             .collect();

@@ -6,6 +6,7 @@
 //! and function are worked out when a report or an error message needs them.
 
 use super::allocator::{named_allocator, Allocator};
+use super::errors::IntoPy;
 use crate::core::alloc::{AllocCore, Libc, LIBC_GROUP};
 use crate::core::guard::Guarded;
 use crate::core::record::Record;
@@ -258,13 +259,17 @@ fn entry_tuple<'py>(py: Python<'py>, e: &Entry) -> PyResult<Bound<'py, PyTuple>>
 /// thread_id, thread_name, [(file, line, function), ...])`.
 #[pyfunction]
 pub fn _track_live(py: Python<'_>, since: u64) -> PyResult<Bound<'_, PyList>> {
-    let entries = track::live_since(since);
-    let mut items = entries
-        .iter()
-        .map(|e| Ok((e.seq, entry_tuple(py, e)?)))
-        .collect::<PyResult<Vec<_>>>()?;
+    let entries = track::live_since(since).py(py, &"the leak list")?;
+    let arenas = track::live_arenas_since(since).py(py, &"the leak list")?;
+    let mut items = Vec::new();
+    items
+        .try_reserve_exact(entries.len() + arenas.len())
+        .map_err(|_| pyo3::exceptions::PyMemoryError::new_err("the leak list"))?;
+    for e in &entries {
+        items.push((e.seq, entry_tuple(py, e)?));
+    }
     // Unreleased arenas: one record each, of type "Arena", at address 0.
-    for a in track::live_arenas_since(since) {
+    for a in arenas {
         let time = a
             .wall_time()
             .duration_since(UNIX_EPOCH)
