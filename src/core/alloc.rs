@@ -301,6 +301,11 @@ impl AllocCore {
         arena: Option<&Arc<ArenaTag>>,
         ty: &'static str,
     ) -> Result<RecordRef> {
+        // Every backend, also those that never reach sys::alloc (Python
+        // code, C functions), waits for the emergency reserve (core::reserve).
+        if !super::reserve::ready() {
+            return Err(Error::OutOfMemory(req.size));
+        }
         // The record's memory first: once the block exists, nothing can fail.
         let slot = RecordSlot::new()?;
         let p = self.backend.alloc(req.size, req.align, self.zeroed)?;
