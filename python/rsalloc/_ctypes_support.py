@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+from typing import Any
 
 __all__ = ["c_function", "ctypes", "describe"]
 
@@ -80,11 +81,12 @@ def _part(cls: type, fmt: dict[type, str]) -> str:
 
 
 def _innermost(cls: type) -> tuple[list[int], type]:
-    dims = []
-    while issubclass(cls, ctypes.Array):
-        dims.append(cls._length_)
-        cls = cls._type_
-    return dims, cls
+    dims: list[int] = []
+    inner: Any = cls
+    while issubclass(inner, ctypes.Array):
+        dims.append(inner._length_)
+        inner = inner._type_
+    return dims, inner
 
 
 def _parts(cls: type) -> list[type]:
