@@ -50,7 +50,7 @@ if [[ $which == pytest || $which == all ]]; then
     "$work/venv/bin/pip" install -q --force-reinstall --no-deps "$work"/wheel/rsalloc-*.whl
     rm -f "$work"/asan.*
     # From a copy of the tests, so that the repository's python/ is not imported.
-    rm -rf "$work/run" && mkdir -p "$work/run" && cp -r tests "$work/run/"
+    rm -rf "$work/run" && mkdir -p "$work/run" && cp -r tests examples "$work/run/"
     (cd "$work/run" && LD_PRELOAD="$PWD/../libasan_rt.so" \
         ASAN_OPTIONS="detect_leaks=0:allocator_may_return_null=1:halt_on_error=0:log_path=$PWD/../asan" \
         "$PWD/../venv/bin/python" -m pytest -q -p no:cacheprovider --ignore=tests/test_oom.py tests)
