@@ -11,6 +11,12 @@ pub mod py;
 #[cfg(feature = "python")]
 use pyo3::prelude::*;
 
+/// Rust's allocations (messages, exceptions, reports) fall back on an
+/// emergency reserve rather than abort the process (core::reserve).
+#[cfg(feature = "python")]
+#[global_allocator]
+static GLOBAL: crate::core::reserve::WithReserve = crate::core::reserve::WithReserve;
+
 #[cfg(feature = "python")]
 #[pymodule(gil_used = false)]
 mod _rsalloc {
@@ -25,7 +31,7 @@ mod _rsalloc {
     #[pymodule_export]
     use crate::py::pointer::Pointer;
     #[pymodule_export]
-    use crate::py::stats::{_block_cache, set_limit, stats, Stats};
+    use crate::py::stats::{_block_cache, _reserve_state, set_limit, stats, Stats};
     #[pymodule_export]
     use crate::py::strings::{to_native_utf16, to_native_utf8};
     #[pymodule_export]
@@ -66,6 +72,8 @@ mod _rsalloc {
             }
         };
         crate::py::freelist::install(py)?;
+        crate::py::arena::install_finalizer(py);
+        crate::core::reserve::arm();
         #[cfg(not(any(Py_3_12, PyPy, GraalPy, Py_LIMITED_API)))]
         crate::py::values::digits::check(py)?;
         m.add("malloc", crate::py::allocator::malloc(py)?)?;

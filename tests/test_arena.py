@@ -33,7 +33,7 @@ from rsalloc import (
     malloc,
 )
 
-LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+LIBC = ctypes.CDLL(None)  # the process namespace: the malloc rsalloc uses
 LIBC.strdup.argtypes = [ctypes.c_char_p]
 LIBC.strdup.restype = ctypes.c_void_p
 

@@ -4,14 +4,18 @@ call (pointer arguments as c_void_p, so an rsalloc Pointer passes as itself)."""
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 
 __all__ = ["libc"]
 
 
 def libc() -> ctypes.CDLL:
-    """A fresh handle on libc (callers may add prototypes of their own)."""
-    lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    """A fresh handle on libc (callers may add prototypes of their own).
+
+    The process's own namespace (`CDLL(None)`), not libc.so.6 opened by
+    name: its `malloc`/`free` are the ones rsalloc's libc calls resolve to,
+    also when an allocator is interposed (a sanitizer's runtime, jemalloc
+    preloaded), so a block crosses between them safely."""
+    lib = ctypes.CDLL(None)
     vp, size_t = ctypes.c_void_p, ctypes.c_size_t
     for name, restype, argtypes in (
         ("malloc", vp, [size_t]),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+from typing import Any
 
 __all__ = ["c_function", "ctypes", "describe"]
 
@@ -45,9 +46,9 @@ def _fields(cls: type) -> list[tuple[str, type, bool]]:
     return out
 
 
-def _struct_format(cls: type) -> str | None:
+def _struct_format(cls: type, fmt: dict[type, str]) -> str | None:
     # [format, names]; bitfields sharing a storage unit become one field
-    # named "a|b" holding the whole unit.
+    # named "a|b" holding the whole unit. `fmt` has every field type's format.
     parts: list[list[str]] = []
     end = 0
     unit_at: dict[int, list[str]] = {}
@@ -60,7 +61,7 @@ def _struct_format(cls: type) -> str | None:
             return None  # overlapping fields: describe the bytes only
         if offset > end:
             parts.append([f"{offset - end}x", ""])
-        part = [_element_format(ftype), name]
+        part = [_part(ftype, fmt), name]
         if is_bits:
             unit_at[offset] = part
         parts.append(part)
@@ -73,48 +74,102 @@ def _struct_format(cls: type) -> str | None:
     return "T{" + "".join(f"{fmt}:{name}:" if name else fmt for fmt, name in parts) + "}"
 
 
-def _element_format(cls: type) -> str:
-    """The PEP 3118 format of one element of a ctypes type, one numpy accepts:
-    standard sizes with explicit padding (so packed and big-endian layouts
-    stay exact), pointers as unsigned integers, unions as raw bytes."""
+def _part(cls: type, fmt: dict[type, str]) -> str:
+    # A part with no format yet is its own container (a struct that holds
+    # itself, as ctypes allows before a layout is final): bytes.
+    return fmt.get(cls) or f"({ctypes.sizeof(cls)})B"
+
+
+def _innermost(cls: type) -> tuple[list[int], type]:
+    dims: list[int] = []
+    inner: Any = cls
+    while issubclass(inner, ctypes.Array):
+        dims.append(inner._length_)
+        inner = inner._type_
+    return dims, inner
+
+
+def _parts(cls: type) -> list[type]:
+    """The types whose formats `cls`'s format is made of."""
+    if issubclass(cls, ctypes.Array):
+        return [_innermost(cls)[1]]
+    if issubclass(cls, ctypes.Structure):
+        return [f[1] for f in _fields(cls)]
+    return []
+
+
+def _format_of(cls: type, fmt: dict[type, str]) -> str:
     size = ctypes.sizeof(cls)
     if issubclass(cls, ctypes.Array):
-        dims = []
-        inner: type = cls
-        while issubclass(inner, ctypes.Array):
-            dims.append(inner._length_)
-            inner = inner._type_
-        fmt = _element_format(inner)
-        if fmt.startswith("("):  # bytes: fold into the dimensions
+        dims, inner = _innermost(cls)
+        inner_fmt = _part(inner, fmt)
+        if inner_fmt.startswith("("):  # bytes: fold into the dimensions
             dims.append(ctypes.sizeof(inner))
-            fmt = "B"
-        return "(" + ",".join(map(str, dims)) + ")" + fmt
+            inner_fmt = "B"
+        return "(" + ",".join(map(str, dims)) + ")" + inner_fmt
     if issubclass(cls, ctypes.Structure):
-        return _struct_format(cls) or f"({size})B"
+        return _struct_format(cls, fmt) or f"({size})B"
     if issubclass(cls, ctypes.Union):
         return f"({size})B"
     return _scalar_format(cls)
 
 
-def describe(cls: type) -> tuple[str, int, int, str, type | None] | None:
-    """(code, size, alignment, format, pointee) of a ctypes class, None otherwise.
+def _element_format(cls: type) -> str:
+    """The PEP 3118 format of one element of a ctypes type, one numpy accepts:
+    standard sizes with explicit padding (so packed and big-endian layouts
+    stay exact), pointers as unsigned integers, unions as raw bytes.
+
+    Nested types are worked out with an explicit stack, innermost first:
+    structs nested thousands deep (legal) must not hit the recursion limit.
+    """
+    fmt: dict[type, str] = {}
+    stack = [cls]
+    opened: set[type] = set()
+    while stack:
+        top = stack[-1]
+        if top in fmt:
+            stack.pop()
+        elif top not in opened:
+            opened.add(top)
+            stack.extend(p for p in _parts(top) if p not in fmt and p not in opened)
+        else:
+            fmt[top] = _format_of(top, fmt)
+            stack.pop()
+    return fmt[cls]
+
+
+def _has_fields(cls: type) -> bool:
+    return any("_fields_" in klass.__dict__ for klass in cls.__mro__)
+
+
+def describe(cls: type) -> tuple[str, int, int, str, object, bool] | None:
+    """(code, size, alignment, format, pointee, final) of a ctypes class, None otherwise.
 
     code is the ctypes `_type_` letter of a simple type, "P" for a
-    `POINTER(T)` type (pointee T), or "aggregate" for a Structure, Union or
-    array type and for simple types rsalloc does not read itself.
+    `POINTER(T)` type (pointee T, not resolved here: the Rust layer walks
+    pointer chains in a loop), "aggregate" for a Structure, Union or array
+    type and for simple types rsalloc does not read itself, or "incomplete"
+    for a Structure or Union whose `_fields_` are not set anywhere yet.
+    final is False for a Structure or Union that inherits its fields and
+    may still get `_fields_` of its own (its layout may change).
     """
     if not isinstance(cls, type):
         return None
-    if issubclass(cls, (ctypes.Structure, ctypes.Union, ctypes.Array)):
-        return ("aggregate", ctypes.sizeof(cls), ctypes.alignment(cls), _element_format(cls), None)
+    if issubclass(cls, (ctypes.Structure, ctypes.Union)):
+        if not _has_fields(cls):
+            return ("incomplete", 0, 1, "", None, False)
+        final = "_fields_" in cls.__dict__
+        return ("aggregate", ctypes.sizeof(cls), ctypes.alignment(cls), _element_format(cls), None, final)
+    if issubclass(cls, ctypes.Array):
+        return ("aggregate", ctypes.sizeof(cls), ctypes.alignment(cls), _element_format(cls), None, True)
     if isinstance(cls, _Pointer):
-        return ("P", _PTR, _PTR, "N", cls._type_)
+        return ("P", _PTR, _PTR, "N", getattr(cls, "_type_", None), True)
     if issubclass(cls, ctypes._SimpleCData):  # type: ignore[attr-defined]
         code = cls._type_
         if code == "O":
             return None  # py_object: a PyObject* in native memory cannot be refcounted
         kind = code if code in _SCALAR_CODES else "aggregate"
-        return (kind, ctypes.sizeof(cls), ctypes.alignment(cls), code, None)
+        return (kind, ctypes.sizeof(cls), ctypes.alignment(cls), code, None, True)
     return None
 
 

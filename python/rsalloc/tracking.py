@@ -53,7 +53,8 @@ Frame = tuple[str, int, str]
 
 @dataclass(frozen=True)
 class LeakRecord:
-    """A live tracked allocation.
+    """A live tracked allocation, or an arena made while tracking was on and
+    not released yet (type ``"Arena"``, address 0, size its live bytes).
 
     ``traceback`` lists ``(file, line, function)`` innermost first:
     ``traceback[0]`` is the line that allocated.
@@ -85,6 +86,8 @@ class LeakRecord:
     def describe(self) -> str:
         """One line: size, type, address, allocator and where it was allocated."""
         ty = self.type or "?"
+        if ty == "Arena" and not self.address:
+            return f"unreleased {self.allocator} holding {self.size} bytes, made at {self.location}"
         return f"{self.size} bytes ({ty}) at {self.address:#x} from {self.allocator}, allocated at {self.location}"
 
     def to_dict(self) -> dict[str, Any]:

@@ -65,6 +65,14 @@ pub trait Backend: Send + Sync {
         None
     }
 
+    /// True for a backend whose blocks carry bookkeeping C's `free` cannot
+    /// take (guard bytes) while the memory it adopts is plain libc memory:
+    /// adopted blocks go back through libc, and its own blocks cannot be
+    /// handed to C (`detach`).
+    fn adopts_plain(&self) -> bool {
+        false
+    }
+
     /// True when `alloc` and `free` run nothing but the system allocator: no
     /// user code, no other effect, and `free` cannot fail. The binding's
     /// fast paths serve only such backends.
@@ -457,6 +465,11 @@ impl AllocCore {
         ty: &'static str,
         replaces: usize,
     ) -> Result<RecordRef> {
+        // Every backend, also those that never reach sys::alloc (Python
+        // code, C functions), waits for the emergency reserve (core::reserve).
+        if !super::reserve::ready() {
+            return Err(Error::OutOfMemory(req.size));
+        }
         // The record's memory first: once the block exists, nothing can fail.
         let slot = RecordSlot::new()?;
         let tag = arena.map(|t| &**t);
@@ -468,14 +481,24 @@ impl AllocCore {
                 return Err(e);
             }
         };
-        self.record(slot, p, req, arena, ty, charged.then_some(replaces), false)
-            .inspect_err(|_| {
-                self.uncharge(charged, req.size, tag);
-                // SAFETY: the block just came from this backend; no record holds it.
-                let _ = unsafe { self.backend.free(p, req.size, req.align) };
-            })
+        self.record(
+            slot,
+            p,
+            req,
+            arena,
+            ty,
+            charged.then_some(replaces),
+            false,
+            false,
+        )
+        .inspect_err(|_| {
+            self.uncharge(charged, req.size, tag);
+            // SAFETY: the block just came from this backend; no record holds it.
+            let _ = unsafe { self.backend.free(p, req.size, req.align) };
+        })
     }
 
+    /// The record of a new block; `plain`: the memory is libc's, not the backend's.
     #[inline(always)]
     fn record(
         self: &Arc<Self>,
@@ -488,6 +511,7 @@ impl AllocCore {
         // block still counted.
         charged: Option<usize>,
         adopted: bool,
+        plain: bool,
     ) -> Result<RecordRef> {
         let rec = slot.fill(Record::new(
             p,
@@ -496,6 +520,9 @@ impl AllocCore {
             CoreRef::new(self),
             arena.cloned(),
         ));
+        if plain {
+            rec.mark_plain_memory();
+        }
         // Indexed before anyone can see it; an adopted address must be in
         // no live block (it would be freed twice). Nothing is counted yet:
         // on failure the caller gives back the charge and the block.
@@ -549,7 +576,8 @@ impl AllocCore {
         let slot = RecordSlot::new()?;
         let tag = arena.map(|t| &**t);
         let charged = self.charge(req.size, 0, tag, true)?;
-        self.record(slot, p, req, arena, ty, charged.then_some(0), true)
+        let plain = self.backend.adopts_plain();
+        self.record(slot, p, req, arena, ty, charged.then_some(0), true, plain)
             .inspect_err(|_| self.uncharge(charged, req.size, tag))
     }
 
@@ -572,13 +600,13 @@ impl AllocCore {
             .inspect_err(|_| rec.undo_realloc())?;
         // SAFETY: begin_realloc made us the only user of the old block.
         let moved = unsafe {
-            if same {
+            if same && !rec.is_plain_memory() {
                 self.backend
                     .realloc(rec_ptr(rec), old, new, align, self.zeroed)
             } else {
                 // Same owner group, another backend: move the bytes across
                 // (after the old block's guard bytes, if any, check out).
-                let from = &rec.allocator().backend;
+                let from = rec.backend();
                 from.verify(rec_ptr(rec), old, align).and_then(|()| {
                     self.backend
                         .alloc(new, align, self.zeroed)
@@ -601,7 +629,7 @@ impl AllocCore {
                 // The old block is counted free already: nothing to credit.
                 let req = Request { size: new, align };
                 let fresh = self
-                    .record(slot, p, req, None, ty, charged.then_some(0), false)
+                    .record(slot, p, req, None, ty, charged.then_some(0), false, false)
                     .inspect_err(|_| {
                         self.uncharge(charged, new, None);
                         // SAFETY: the moved block has no record: give it back.
@@ -621,7 +649,7 @@ impl AllocCore {
     }
 }
 
-fn rec_ptr(rec: &Record) -> NonNull<u8> {
+pub(crate) fn rec_ptr(rec: &Record) -> NonNull<u8> {
     NonNull::new(rec.addr() as *mut u8).expect("records never hold null")
 }
 

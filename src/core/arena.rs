@@ -6,12 +6,11 @@
 //! Python-defined backend may run Python code, and a thread holding the lock
 //! while waiting for the interpreter would deadlock with one waiting for it.
 
-use super::alloc::{new_id, AllocCore};
+use super::alloc::{new_id, rec_ptr, AllocCore};
 use super::error::{Error, Result};
 use super::layout::Request;
 use super::record::{ArenaTag, Record};
 use crate::core::record_ref::RecordRef;
-use std::ptr::NonNull;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 #[derive(Default)]
@@ -20,6 +19,9 @@ struct Inner {
     /// or left since: release skips those).
     records: Vec<RecordRef>,
     closed: bool,
+    /// Releases so far: an operation that ran user code can tell whether
+    /// one happened meanwhile.
+    releases: u64,
 }
 
 pub struct WrapArena {
@@ -109,6 +111,12 @@ impl WrapArena {
     /// nothing changes.
     pub fn realloc(&self, rec: &Record, addr: usize, new: usize) -> Result<RecordRef> {
         rec.begin_realloc(self.backing.group, self.tag.id, addr)?;
+        // Damaged guard bytes are reported before anything moves.
+        if let Err(e) = rec.backend().verify(rec_ptr(rec), rec.size(), rec.align()) {
+            rec.undo_realloc();
+            return Err(e);
+        }
+        let releases = self.lock().releases;
         let req = Request {
             size: new,
             align: rec.align(),
@@ -124,10 +132,16 @@ impl WrapArena {
             Ok(f) => f,
             Err(e) => {
                 rec.undo_realloc();
+                if self.lock().releases != releases {
+                    // The backing allocator (user code) released the arena
+                    // meanwhile, which skipped the block while it was being
+                    // moved: it goes now, as the release would have done.
+                    let _ = rec.free(self.backing.group, self.tag.id, rec.addr());
+                }
                 return Err(e);
             }
         };
-        let old = NonNull::new(rec.addr() as *mut u8).expect("records never hold null");
+        let old = rec_ptr(rec);
         // SAFETY: begin_realloc made us the only user of the old block (live,
         // not exported); the new one is distinct; each holds min(old, new).
         unsafe {
@@ -157,23 +171,50 @@ impl WrapArena {
     }
 
     /// Frees every block the arena still owns. Without `reuse` the arena is
-    /// closed for good. Returns false when it was already closed.
-    pub fn release(&self, reuse: bool) -> bool {
+    /// closed for good. Returns false when it was already closed. A block
+    /// whose free reports an error (a diagnostic block's guard bytes were
+    /// overwritten) is still freed, and the error goes to `on_error` once
+    /// every block is released.
+    pub fn release(&self, reuse: bool, mut on_error: impl FnMut(&RecordRef, Error)) -> bool {
         let records = {
             let mut g = self.lock();
             if g.closed {
                 return false;
             }
             g.closed = !reuse;
+            g.releases += 1;
             std::mem::take(&mut g.records)
         };
+        let mut failed = Vec::new();
         for rec in &records {
             if rec.arena() == Some(self.tag.id) {
-                // Dead blocks (reallocated) refuse: nothing left to free.
-                let _ = rec.free(self.backing.group, self.tag.id, rec.addr());
+                // Dead blocks (reallocated) refuse with DoubleFree: nothing left to free.
+                match rec.free(self.backing.group, self.tag.id, rec.addr()) {
+                    Err(e @ Error::HeapCorruption(_)) => {
+                        // Reported after the loop; with no room to remember
+                        // it, the first error is reported at once.
+                        if failed.try_reserve(1).is_ok() {
+                            failed.push((rec, e));
+                        } else {
+                            on_error(rec, e);
+                        }
+                    }
+                    _ => {}
+                }
             }
         }
+        for (rec, e) in failed {
+            on_error(rec, e);
+        }
         true
+    }
+}
+
+impl Drop for WrapArena {
+    /// An arena dropped unreleased frees its blocks (its binding layer
+    /// releases it first, with its callbacks, and reports what it finds).
+    fn drop(&mut self) {
+        self.release(false, |_, _| {});
     }
 }
 
@@ -210,7 +251,7 @@ mod tests {
             a.free(&r1, r1.addr() + 1),
             Err(Error::Ownership(Ownership::Interior))
         ));
-        assert!(a.release(false));
+        assert!(a.release(false, |_, _| {}));
         for r in [&r1, &r2] {
             assert_eq!(r.state(), State::Dead(Death::Released));
         }
@@ -222,7 +263,7 @@ mod tests {
         assert_eq!((s.live_count, s.live_bytes, s.total_frees), (0, 0, 2));
         assert_eq!(a.tag.counters.snapshot().live_count, 0);
         assert!(matches!(a.allocate(req(1)), Err(Error::ArenaClosed)));
-        assert!(!a.release(false));
+        assert!(!a.release(false, |_, _| {}));
     }
 
     #[test]
@@ -233,7 +274,7 @@ mod tests {
         a.detach(&r, r.addr(), "").unwrap();
         assert_eq!(r.arena(), None);
         assert_eq!(a.tag.counters.snapshot().live_count, 0);
-        a.release(true);
+        a.release(true, |_, _| {});
         assert_eq!(r.state(), State::Live);
         assert_eq!(m.counters.snapshot().live_count, 1);
         m.free(&r, r.addr()).unwrap();
@@ -258,7 +299,7 @@ mod tests {
             Err(Error::OutOfMemory(_))
         ));
         assert_eq!(n.state(), State::Live);
-        a.release(false);
+        a.release(false, |_, _| {});
         assert_eq!(m.counters.snapshot().live_count, 0);
         assert_eq!(n.state(), State::Dead(Death::Released));
     }
@@ -279,7 +320,38 @@ mod tests {
         let expected: usize = 4 * (0..2000).map(|i| i % 50).sum::<usize>();
         let s = m.counters.snapshot();
         assert_eq!((s.live_count, s.live_bytes), (8000, expected as u64));
-        a.release(false);
+        a.release(false, |_, _| {});
         assert_eq!(m.counters.snapshot().live_count, 0);
+    }
+
+    #[test]
+    fn a_dropped_arena_frees_its_blocks() {
+        let m = malloc();
+        let a = WrapArena::new(m.clone());
+        let r = a.allocate(req(10)).unwrap();
+        drop(a);
+        assert_eq!(r.state(), State::Dead(Death::Released));
+        assert_eq!(m.counters.snapshot().live_count, 0);
+    }
+
+    #[test]
+    fn release_reports_damaged_guard_bytes_after_freeing_everything() {
+        use crate::core::guard::Guarded;
+        let d = AllocCore::new("diag", LIBC_GROUP, false, Box::new(Guarded));
+        let a = WrapArena::new(d.clone());
+        let bad = a.allocate(req(8)).unwrap();
+        let good = a.allocate(req(8)).unwrap();
+        unsafe { (bad.addr() as *mut u8).add(8).write(0) };
+        let mut seen = Vec::new();
+        assert!(a.release(false, |rec, e| {
+            // Everything is released by the time errors are reported.
+            assert_eq!(d.counters.snapshot().live_count, 0);
+            seen.push((
+                rec.addr(),
+                matches!(e, Error::HeapCorruption(c) if c.after == 1),
+            ));
+        }));
+        assert_eq!(seen, [(bad.addr(), true)]);
+        assert_eq!(good.state(), State::Dead(Death::Released));
     }
 }

@@ -207,7 +207,7 @@ mod tests {
         let r = a.realloc(&r, r.addr(), 64).unwrap();
         assert_eq!(a.tag.counters.snapshot().live_bytes, 64);
         assert!(a.realloc(&r, r.addr(), 65).is_err());
-        a.release(false);
+        a.release(false, |_, _| {});
         assert_eq!(a.backing.counters.snapshot().live_bytes, 0);
 
         let region = Anchor::new(RegionCore::with_limit(64)).unwrap();

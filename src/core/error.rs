@@ -39,6 +39,8 @@ pub enum Ownership {
     RegionCannotAdopt,
     /// The address lies in a block rsalloc owns already (adopting it would free it twice).
     AlreadyOwned,
+    /// A diagnostic block has guard bytes around it: C's `free` cannot take it.
+    Guarded,
 }
 
 /// What the guard bytes of a diagnostic block showed at its free.
@@ -118,6 +120,10 @@ impl fmt::Display for Error {
                 }
                 Ownership::AlreadyOwned => {
                     "the address lies in a live block rsalloc owns already (it would be freed twice)"
+                }
+                Ownership::Guarded => {
+                    "a diagnostic block has guard bytes around it, which C's free() cannot take: \
+                     detach a copy instead (malloc.clone(p).detach()), or allocate memory for C with malloc"
                 }
                 Ownership::RegionCannotAdopt => {
                     "a bump-region arena cannot adopt memory; adopt it with the allocator that made it"

@@ -119,6 +119,11 @@ impl super::alloc::Backend for Guarded {
         // SAFETY: the trait's caller passes a live block of this backend.
         unsafe { Self::verify(ptr, size, align) }
     }
+
+    /// A diagnostic allocator adopts what C's malloc made: no guard bytes.
+    fn adopts_plain(&self) -> bool {
+        true
+    }
     // realloc: the default (verify, move, free) is what a guarded block needs.
 }
 

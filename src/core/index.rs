@@ -141,12 +141,26 @@ fn lock() -> SerialGuard<'static, State> {
     STATE.lock()
 }
 
-/// Zeroed memory for a radix table that lives as long as the process.
+/// Zeroed memory for a radix table that lives as long as the process: pages
+/// of its own, not heap memory. A leaf taken from the heap would sit between
+/// the blocks it indexes, and once they are freed split the free memory into
+/// runs too short for what comes next: under an address-space limit a
+/// program that freed everything could then not allocate again
+/// (tests/test_oom.py).
 fn table<T>() -> Option<*mut T> {
-    // SAFETY: calloc of a non-zero size; all-zero bytes are valid atomics
-    // holding null / 0.
-    let p = unsafe { libc::calloc(1, std::mem::size_of::<T>()) }.cast::<T>();
-    (!p.is_null()).then_some(p)
+    // SAFETY: an anonymous private mapping of a non-zero size: fresh zeroed
+    // pages, and all-zero bytes are valid atomics holding null / 0.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            std::mem::size_of::<T>(),
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    (p != libc::MAP_FAILED).then_some(p.cast::<T>())
 }
 
 #[inline]

@@ -13,6 +13,7 @@ pub mod observer;
 pub mod record;
 pub mod record_ref;
 pub mod region;
+pub mod reserve;
 pub mod serial;
 pub mod stats;
 pub mod sys;

@@ -9,7 +9,7 @@
 //! blocks have (an owning arena, tracking data) shares one word, `Extra`,
 //! which is null for the common block.
 
-use super::alloc::{AllocCore, CoreRef};
+use super::alloc::{AllocCore, Backend, CoreRef, Libc};
 use super::error::{Death, Error, Ownership, Result};
 use super::index;
 use super::stats::Counters;
@@ -47,6 +47,10 @@ const AUTOFREE: usize = 1 << 4;
 /// C freed the memory behind rsalloc's back and libc handed it out again
 /// (see [`Record::lose`]): dead, and its memory is not returned.
 const LOST: usize = 1 << 5;
+/// The memory is plain libc memory although the allocator's backend is not
+/// (a block a diagnostic allocator adopted: it has no guard bytes), so it
+/// goes back through libc. It never changes.
+const PLAIN_MEMORY: usize = 1 << 6;
 /// log2 of the block's alignment lives in the word too: a field of its own
 /// would take the record with its count from 56 to 64 bytes, and its glibc
 /// chunk from 64 to 80 (every live block has one). It never changes.
@@ -220,7 +224,35 @@ impl Record {
         }
         super::observer::gone(self.addr());
         // SAFETY: called exactly once, by whoever saw the block dead with no pins.
-        unsafe { self.alloc.backend.free(self.addr, self.size, self.align()) }
+        unsafe { self.backend().free(self.addr, self.size, self.align()) }
+    }
+
+    /// The backend that made the block's memory: its allocator's, or libc's
+    /// for a block adopted as plain memory (see [`Backend::adopts_plain`]).
+    #[inline]
+    pub fn backend(&self) -> &dyn Backend {
+        if self.is_plain_memory() {
+            &Libc
+        } else {
+            &*self.alloc.backend
+        }
+    }
+
+    /// The memory is libc's although the allocator's backend is another.
+    #[inline]
+    pub fn is_plain_memory(&self) -> bool {
+        self.word.load(Relaxed) & PLAIN_MEMORY != 0
+    }
+
+    /// Marks a new record's memory as plain libc memory (before it is shared).
+    pub(crate) fn mark_plain_memory(&self) {
+        self.word.fetch_or(PLAIN_MEMORY, Relaxed);
+    }
+
+    /// The block's memory is what its allocator's C counterpart frees: not
+    /// a guarded block (guard bytes around it, which C's `free` cannot take).
+    fn c_can_free(&self) -> bool {
+        !self.alloc.backend.adopts_plain() || self.is_plain_memory()
     }
 
     /// Checks that `owner_group` may free the block at `addr` (no state change).
@@ -257,9 +289,7 @@ impl Record {
             self.return_memory()
         } else {
             // Exported: the memory goes back later; check its guard bytes now.
-            self.alloc
-                .backend
-                .verify(self.addr, self.size, self.align())
+            self.backend().verify(self.addr, self.size, self.align())
         }
     }
 
@@ -299,6 +329,9 @@ impl Record {
             State::Dead(d) => Err(Error::UseAfterFree(d)),
             State::Detached => Err(Error::Ownership(Ownership::Detached)),
             State::Live if addr != self.addr() => Err(Error::Ownership(Ownership::Interior)),
+            // Guard bytes surround it: C's free() of this address would
+            // corrupt the heap, and C is who gets a detached block.
+            State::Live if !self.c_can_free() => Err(Error::Ownership(Ownership::Guarded)),
             State::Live if w >> PIN_SHIFT != 0 => Err(Error::Exported),
             State::Live => Ok((w & !(STATE_MASK | IN_ARENA)) | DETACHED),
         })?;
@@ -665,7 +698,7 @@ mod tests {
         assert_eq!(r.arena(), Some(a.id()));
         assert_eq!(Arc::strong_count(&a.tag), 2, "the count moved, not copied");
         // The arena still frees it; its counters still see it.
-        assert!(a.release(false));
+        assert!(a.release(false, |_, _| {}));
         assert_eq!(a.tag.counters.snapshot().live_count, 0);
         drop(r);
         assert_eq!(Arc::strong_count(&a.tag), 1);
@@ -692,7 +725,7 @@ mod tests {
             assert_eq!(plain.arena(), None);
             m.free(&plain, plain.addr()).unwrap();
         }
-        a.release(false);
+        a.release(false, |_, _| {});
         assert_eq!(
             Arc::strong_count(&a.tag),
             1,

@@ -836,6 +836,14 @@ pub struct Anchor {
     current: SerialMutex<RegionRef>,
 }
 
+impl Drop for Anchor {
+    /// The arena is gone: its blocks die and stop being counted (memory
+    /// pinned by exports goes back at the last unpin, as at any release).
+    fn drop(&mut self) {
+        self.region.release(false);
+    }
+}
+
 impl Anchor {
     pub fn new(region: Arc<RegionCore>) -> Result<Self> {
         let token = region.state.load(Acquire);
@@ -924,7 +932,13 @@ mod tests {
         assert!(a.drops_to_a_count(), "other references remain");
         drop((b, inner));
         assert!(!a.drops_to_a_count(), "the last reference frees the region");
-        assert!(a.check_access(at).is_ok());
+        assert!(
+            matches!(
+                a.check_access(at),
+                Err(Error::UseAfterFree(Death::Released))
+            ),
+            "dropping the arena released its blocks"
+        );
         assert!(weak.upgrade().is_some());
         drop(a);
         assert!(weak.upgrade().is_none(), "freed with the last reference");

@@ -15,6 +15,11 @@ const SMALL_CALLOC: usize = 64 * 1024;
 /// `size` bytes aligned to `align` from libc. A zero-byte request still gets
 /// a unique, freeable address, as `malloc(0)` is allowed to return NULL.
 pub fn alloc(size: usize, align: usize, zeroed: bool) -> Result<NonNull<u8>> {
+    if !super::reserve::ready() {
+        // Memory ran out and the emergency reserve is spent: no new block
+        // until it can be taken back (core::reserve).
+        return Err(Error::OutOfMemory(size));
+    }
     let n = size.max(1);
     let p = if align <= MALLOC_ALIGN {
         // SAFETY: plain libc calls; a null result is handled below.

@@ -14,6 +14,7 @@
 //! a [`CaptureFn`] that fills it, and resolves it when a report is made.
 
 use super::alloc::AllocCore;
+use super::error::{Error, Result};
 use super::record::Record;
 use std::any::Any;
 use std::collections::HashMap;
@@ -139,8 +140,28 @@ pub struct Entry {
 impl Entry {
     /// When the allocation was made, as wall-clock time.
     pub fn wall_time(&self) -> SystemTime {
-        anchor().1 + Duration::from_nanos(self.nanos)
+        wall_time(self.nanos)
     }
+}
+
+fn wall_time(nanos: u64) -> SystemTime {
+    anchor().1 + Duration::from_nanos(nanos)
+}
+
+/// The values whose sequence number is at least `seq`, oldest first; a
+/// list that cannot get its memory is an error, not an abort (the exit
+/// report lists every leak when memory may be short).
+fn oldest_first<'a, E: Clone + 'a>(
+    values: impl ExactSizeIterator<Item = &'a E>,
+    seq: u64,
+    key: impl Fn(&E) -> u64,
+) -> Result<Vec<E>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(values.len())
+        .map_err(|_| Error::OutOfMemory(values.len() * std::mem::size_of::<E>()))?;
+    v.extend(values.filter(|e| key(e) >= seq).cloned());
+    v.sort_unstable_by_key(key);
+    Ok(v)
 }
 
 /// Sequence numbers are unique and dense: a multiplicative hash is enough,
@@ -263,19 +284,81 @@ pub(crate) fn type_of(rec: &Record) -> &'static str {
 }
 
 /// Every live tracked allocation, oldest first.
-pub fn live() -> Vec<Entry> {
+pub fn live() -> Result<Vec<Entry>> {
     live_since(0)
 }
 
 /// The live tracked allocations whose sequence number is at least `seq`, oldest first.
-pub fn live_since(seq: u64) -> Vec<Entry> {
-    let mut v: Vec<Entry> = registry()
-        .values()
-        .filter(|e| e.seq >= seq)
-        .cloned()
-        .collect();
-    v.sort_unstable_by_key(|e| e.seq);
-    v
+pub fn live_since(seq: u64) -> Result<Vec<Entry>> {
+    oldest_first(registry().values(), seq, |e| e.seq)
+}
+
+/// An arena made while tracking was on and not released yet: `leak_check`
+/// and the exit report show it as one leak naming where it was made.
+#[derive(Clone)]
+pub struct ArenaEntry {
+    pub seq: u64,
+    pub name: Arc<str>,
+    /// The bytes its blocks hold now.
+    pub live_bytes: Arc<dyn Fn() -> u64 + Send + Sync>,
+    pub nanos: u64,
+    pub thread_id: u64,
+    pub thread_name: Option<Arc<str>>,
+    pub site: Option<Site>,
+}
+
+impl ArenaEntry {
+    pub fn wall_time(&self) -> SystemTime {
+        wall_time(self.nanos)
+    }
+}
+
+fn arenas() -> MutexGuard<'static, HashMap<u64, ArenaEntry, BuildHasherDefault<SeqHasher>>> {
+    static ARENAS: OnceLock<Mutex<HashMap<u64, ArenaEntry, BuildHasherDefault<SeqHasher>>>> =
+        OnceLock::new();
+    ARENAS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+}
+
+/// Registers a new arena (tracking is on) with its creation site; returns
+/// its key for [`end_arena`], or 0 when bookkeeping memory ran out.
+pub fn register_arena(
+    name: Arc<str>,
+    live_bytes: Arc<dyn Fn() -> u64 + Send + Sync>,
+) -> (u64, Option<Site>) {
+    let cap = capture(frames());
+    let seq = SEQ.fetch_add(1, Relaxed);
+    let entry = ArenaEntry {
+        seq,
+        name,
+        live_bytes,
+        nanos: anchor().0.elapsed().as_nanos() as u64,
+        thread_id: thread_id(),
+        thread_name: cap.thread_name,
+        site: cap.site.clone(),
+    };
+    let mut map = arenas();
+    if map.try_reserve(1).is_err() {
+        LOST.fetch_add(1, Relaxed);
+        return (0, cap.site);
+    }
+    map.insert(seq, entry);
+    (seq, cap.site)
+}
+
+/// The arena registered as `seq` was released.
+pub fn end_arena(seq: u64) {
+    if seq != 0 {
+        let entry = arenas().remove(&seq);
+        drop(entry); // outside the lock: the site may run code as it goes
+    }
+}
+
+/// The unreleased registered arenas with a sequence number >= `seq`, oldest first.
+pub fn live_arenas_since(seq: u64) -> Result<Vec<ArenaEntry>> {
+    oldest_first(arenas().values(), seq, |e| e.seq)
 }
 
 /// How many live tracked allocations there are.
@@ -297,6 +380,7 @@ mod tests {
 
     fn mine(a: &Arc<AllocCore>) -> Vec<Entry> {
         live()
+            .unwrap()
             .into_iter()
             .filter(|e| Arc::ptr_eq(&e.allocator, a))
             .collect()
@@ -378,6 +462,7 @@ mod tests {
         let mark = next_seq();
         let r2 = a.allocate(array(2, 1, 1, None).unwrap(), None).unwrap();
         let since: Vec<_> = live_since(mark)
+            .unwrap()
             .into_iter()
             .filter(|e| Arc::ptr_eq(&e.allocator, &a))
             .collect();

@@ -269,11 +269,31 @@ pub(crate) fn clone_with(
         .max(p.ty.align)
         .max(1);
     let fresh = make(p.ty, Request { size: n, align })?;
-    // Re-checked: `make` may have run Python code (a custom allocator).
-    p.check().py(py, p)?;
+    // Re-checked: `make` may have run Python code (a custom allocator)
+    // that freed p; then the new block goes back, not to waste.
+    if let Err(e) = p.check() {
+        discard(py, &fresh);
+        return Err(to_py(py, e, p));
+    }
     // SAFETY: p is live with n bytes; fresh holds n bytes.
     unsafe { std::ptr::copy_nonoverlapping(p.addr as *const u8, fresh.addr as *mut u8, n) };
     Ok(fresh)
+}
+
+/// Frees a block rsalloc just made for a call that then failed: nothing
+/// else refers to it yet. An arena's block is left to its arena (freeing
+/// it is a no-op there; it goes at release); a failing free is unraisable.
+pub(crate) fn discard(py: Python<'_>, fresh: &Pointer) {
+    if let Owned::Block(rec) = fresh.owner.get() {
+        if rec.arena().is_none() {
+            let r = custom::raising_free_errors(py, rec.allocator(), || {
+                rec.free(rec.allocator().group, 0, fresh.addr).py(py, fresh)
+            });
+            if let Err(e) = r {
+                e.write_unraisable(py, None);
+            }
+        }
+    }
 }
 
 impl Allocator {

@@ -7,6 +7,7 @@ use super::allocator::{
     adopt_request, bytes_request, call_request, clone_with, realloc_request, set_handle, Allocator,
     Asked, SizeArg,
 };
+use super::custom;
 use super::errors::{to_py, IntoPy};
 use super::pointer::{Owned, Owner, Pointer};
 use super::stats::Stats;
@@ -16,18 +17,30 @@ use crate::core::error::{Error, Ownership};
 use crate::core::layout::Request;
 use crate::core::region::{Anchor, RegionCore, RegionRef};
 use crate::core::stats::Snapshot;
-use pyo3::exceptions::{PyRuntimeError, PyStopIteration, PyTypeError};
+use crate::core::track::{self, Site};
+use pyo3::exceptions::{PyResourceWarning, PyRuntimeError, PyStopIteration, PyTypeError};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyList, PyTuple, PyType};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use pyo3::{PyTraverseError, PyVisit};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
 enum Backing {
     /// A bump region, allocated through its anchor (the arena's reference
     /// to the region's current generation).
     Region(Anchor),
     Wrap(WrapArena),
+}
+
+/// Where an arena was made.
+enum Made {
+    Unknown,
+    /// The caller's code object and instruction offset: tracking off, one
+    /// frame, no allocation (arenas are opened per call).
+    Frame((Py<PyAny>, std::ffi::c_int)),
+    /// The traceback tracking captured (it registered the arena too).
+    Tracked(Site),
 }
 
 /// A function to run at release: `cb()`, or `release(resource)` from `using`.
@@ -53,10 +66,15 @@ enum Callback {
 #[pyclass(frozen, weakref, module = "rsalloc", name = "Arena")]
 pub struct Arena {
     backing: Backing,
-    /// The backing allocator object (kept alive with the arena), None for a region.
-    allocator: Option<Py<PyAny>>,
+    /// The backing allocator object (kept alive with the arena), None for
+    /// a region (and once the garbage collector broke a cycle through it).
+    allocator: Mutex<Option<Py<PyAny>>>,
     callbacks: Mutex<Vec<Callback>>,
     pub(crate) name: String,
+    /// Where the arena was made: named when it is garbage-collected unreleased.
+    made: Made,
+    /// Its key among the unreleased arenas `leak_check` reports (0: none).
+    leak_seq: u64,
 }
 
 /// `free(p)` of a region block: a no-op for a live block viewed at its start.
@@ -126,6 +144,16 @@ pub fn current_arena(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
         ));
     }
     cur.cast_into::<PyTuple>()?.get_item(0)
+}
+
+/// Keeps a release failure to raise; with no room left for it, it is
+/// reported as unraisable at once rather than lost.
+fn push_error(errors: &mut Vec<PyErr>, e: PyErr) {
+    if errors.try_reserve(1).is_ok() {
+        errors.push(e);
+    } else {
+        Python::attach(|py| e.write_unraisable(py, None));
+    }
 }
 
 /// Failures of release callbacks: one as itself, several as an ExceptionGroup.
@@ -291,13 +319,36 @@ impl Arena {
                 Callback::Release(res, f) => f.call1(py, (res,)),
             };
             if let Err(e) = r {
-                errors.push(e);
+                push_error(&mut errors, e);
             }
         }
-        match &self.backing {
+        let released = match &self.backing {
             Backing::Region(a) => a.region().release(reuse),
-            Backing::Wrap(w) => w.release(reuse),
+            Backing::Wrap(w) => {
+                // A Python-defined backing allocator's failing free is
+                // raised with the rest, not lost.
+                let freed = custom::raising_free_errors(py, &w.backing, || {
+                    w.release(reuse, |rec, e| {
+                        let block = format_args!(
+                            "block of {} bytes at {:#x} from {} in {}",
+                            rec.size(),
+                            rec.addr(),
+                            w.backing.name,
+                            self.name
+                        );
+                        push_error(&mut errors, to_py(py, e, &block));
+                    });
+                    Ok(())
+                });
+                if let Err(e) = freed {
+                    push_error(&mut errors, e);
+                }
+                true
+            }
         };
+        if released && !reuse {
+            track::end_arena(self.leak_seq);
+        }
         raise_all(py, errors)
     }
 
@@ -311,6 +362,104 @@ impl Arena {
     }
 }
 
+impl Arena {
+    /// Called when the arena is garbage-collected: an unreleased one is
+    /// released now, callbacks included, with a ResourceWarning located
+    /// where it was made; failures are unraisable (no caller to raise to).
+    fn collected(&self, slf: &Bound<'_, PyAny>) {
+        let py = slf.py();
+        if self.is_closed() {
+            return;
+        }
+        let at = match &self.made {
+            Made::Unknown => None,
+            Made::Frame(f) => Some(super::tracking::frame_location(py, f)),
+            Made::Tracked(s) => super::tracking::site_location(py, s),
+        };
+        let msg = match &at {
+            Some((file, line)) => format!(
+                "{} (made at {file}:{line}) was garbage-collected unreleased: released now; \
+                 use `with Arena() as a:` or call release_all()",
+                self.name
+            ),
+            None => format!(
+                "{} was garbage-collected unreleased: released now; \
+                 use `with Arena() as a:` or call release_all()",
+                self.name
+            ),
+        };
+        let category = py.get_type::<PyResourceWarning>();
+        let warned = match &at {
+            Some((file, line)) => {
+                let file = std::ffi::CString::new(file.as_str()).unwrap_or_default();
+                let msg = std::ffi::CString::new(msg).unwrap_or_default();
+                PyErr::warn_explicit(py, &category, &msg, &file, *line as i32, None, None)
+            }
+            None => {
+                let msg = std::ffi::CString::new(msg).unwrap_or_default();
+                PyErr::warn(py, &category, &msg, 1)
+            }
+        };
+        if let Err(e) = warned {
+            e.write_unraisable(py, Some(slf));
+        }
+        if let Err(e) = self.release(py, false) {
+            e.write_unraisable(py, Some(slf));
+        }
+    }
+}
+
+static DEALLOC: OnceLock<ffi::destructor> = OnceLock::new();
+
+/// The arena type's `tp_finalize` (PEP 442, what `__del__` is in Python;
+/// PyO3 has no slot for it): runs once, before the collector clears a
+/// cycle, or from `dealloc` when the last reference goes.
+unsafe extern "C" fn finalize(obj: *mut ffi::PyObject) {
+    // SAFETY: CPython calls tp_finalize attached, with obj alive.
+    let py = unsafe { Python::assume_attached() };
+    // A finalizer must leave the current exception as it found it.
+    let saved = PyErr::take(py);
+    // SAFETY: obj is a live object of the Arena type (this slot's type).
+    let any = unsafe { Bound::from_borrowed_ptr(py, obj) };
+    if let Ok(arena) = any.cast::<Arena>() {
+        arena.get().collected(&any);
+    }
+    if let Some(e) = saved {
+        e.restore(py);
+    }
+}
+
+/// PyO3's dealloc, preceded by the finalizer (as CPython's own
+/// `subtype_dealloc` does); a finalizer that resurrected the arena stops it.
+unsafe extern "C" fn dealloc(obj: *mut ffi::PyObject) {
+    // SAFETY: called with a dead object of the Arena type, attached; the
+    // call revives it for the finalizer and reports a resurrection.
+    if unsafe { ffi::PyObject_CallFinalizerFromDealloc(obj) } < 0 {
+        return;
+    }
+    if let Some(inner) = DEALLOC.get() {
+        // SAFETY: the slot PyO3 installed, called as it would have been.
+        unsafe { inner(obj) }
+    }
+}
+
+/// Installs `finalize` on the Arena type (module init, once).
+pub fn install_finalizer(py: Python<'_>) {
+    let ty = py.get_type::<Arena>();
+    let t = ty.as_ptr().cast::<ffi::PyTypeObject>();
+    // SAFETY: the type is a heap type PyO3 made, not yet used, with no
+    // subclasses (Arena is final); PyType_Modified publishes the change.
+    unsafe {
+        if let Some(d) = (*t).tp_dealloc {
+            if DEALLOC.set(d).is_ok() {
+                (*t).tp_finalize = Some(finalize);
+                (*t).tp_dealloc = Some(dealloc);
+                ffi::PyType_Modified(t);
+            }
+        }
+    }
+}
+
 #[pymethods]
 impl Arena {
     /// `Arena()`: a bump region; `Arena(allocator)`: blocks from that allocator.
@@ -318,6 +467,7 @@ impl Arena {
     #[new]
     #[pyo3(signature = (allocator=None, limit=None))]
     fn new(
+        py: Python<'_>,
         allocator: Option<&Bound<'_, PyAny>>,
         limit: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
@@ -349,11 +499,30 @@ impl Arena {
         };
         let mut arena = Arena {
             backing,
-            allocator: obj,
+            allocator: Mutex::new(obj),
             callbacks: Mutex::new(Vec::new()),
             name: String::new(),
+            made: Made::Unknown,
+            leak_seq: 0,
         };
         arena.name = format!("arena #{}", arena.id());
+        if track::enabled() {
+            let live: Arc<dyn Fn() -> u64 + Send + Sync> = match &arena.backing {
+                Backing::Region(a) => {
+                    let r = a.region().clone();
+                    Arc::new(move || r.snapshot().live_bytes)
+                }
+                Backing::Wrap(w) => {
+                    let tag = w.tag.clone();
+                    Arc::new(move || tag.counters.snapshot().live_bytes)
+                }
+            };
+            let (seq, site) = track::register_arena(arena.name.as_str().into(), live);
+            arena.leak_seq = seq;
+            arena.made = site.map_or(Made::Unknown, Made::Tracked);
+        } else if let Some(f) = super::tracking::caller_frame(py) {
+            arena.made = Made::Frame(f);
+        }
         Ok(arena)
     }
 
@@ -538,7 +707,11 @@ impl Arena {
     /// The backing allocator, None for a bump region.
     #[getter]
     fn allocator(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.allocator.as_ref().map(|a| a.clone_ref(py))
+        let a = self
+            .allocator
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        a.as_ref().map(|a| a.clone_ref(py))
     }
 
     /// True after a final release.
@@ -629,5 +802,42 @@ impl Arena {
     /// Refuses: an arena owns memory of this process only (TypeError).
     fn __reduce_ex__(&self, _protocol: &Bound<'_, PyAny>) -> PyResult<()> {
         Err(PyTypeError::new_err("arenas cannot be pickled"))
+    }
+
+    // An arena takes part in cycle collection: its callbacks (and the
+    // resources `using` keeps) and its backing allocator may refer back
+    // to it. The collector finalizes it (releases it, callbacks included:
+    // see `finalize`) before it clears anything.
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        // try_lock: a collection must never wait; an unvisited edge only
+        // postpones the collection.
+        if let Ok(cbs) = self.callbacks.try_lock() {
+            for cb in cbs.iter() {
+                match cb {
+                    Callback::Call(f) => visit.call(f)?,
+                    Callback::Release(res, f) => {
+                        visit.call(res)?;
+                        visit.call(f)?;
+                    }
+                }
+            }
+        }
+        if let Ok(a) = self.allocator.try_lock() {
+            if let Some(a) = &*a {
+                visit.call(a)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self) {
+        // Taken under the locks, dropped outside them: dropping may run code.
+        let cbs = std::mem::take(&mut *self.lock());
+        let alloc = self
+            .allocator
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        drop((cbs, alloc));
     }
 }

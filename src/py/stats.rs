@@ -157,3 +157,9 @@ pub fn _block_cache(trim: bool) -> (bool, usize, usize) {
     let (blocks, bytes) = block_cache::held();
     (block_cache::enabled(), blocks, bytes)
 }
+
+/// `_reserve_state()`: (emergency reserve held, times it was given back).
+#[pyfunction]
+pub fn _reserve_state() -> (bool, usize) {
+    crate::core::reserve::state()
+}

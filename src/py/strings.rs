@@ -1,6 +1,6 @@
 //! `to_native_utf8` / `to_native_utf16`: Python strings as NUL-terminated C strings.
 
-use super::allocator::{malloc, Allocator};
+use super::allocator::{discard, malloc, Allocator};
 use super::arena::Arena;
 use super::errors::IntoPy;
 use super::pointer::Pointer;
@@ -11,13 +11,14 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyString};
 
 /// Allocates `nbytes` for a `ty` string from any allocator object: an
-/// rsalloc Allocator or Arena directly, anything else through its `allocate` method.
+/// rsalloc Allocator or Arena directly, anything else through its `allocate`
+/// method. True with a block rsalloc made just now (nobody else's yet).
 fn allocate_from<'py>(
     py: Python<'py>,
     allocator: Option<&Bound<'py, PyAny>>,
     ty: &'static TypeInfo,
     nbytes: usize,
-) -> PyResult<Bound<'py, Pointer>> {
+) -> PyResult<(Bound<'py, Pointer>, bool)> {
     let default;
     let allocator = match allocator {
         Some(a) => a,
@@ -31,10 +32,13 @@ fn allocate_from<'py>(
         align: ty.align,
     };
     if let Ok(a) = allocator.cast::<Allocator>() {
-        return Bound::new(py, a.get().new_pointer(py, ty, req)?);
+        return Ok((Bound::new(py, a.get().new_pointer(py, ty, req)?)?, true));
     }
     if let Ok(a) = allocator.cast::<Arena>() {
-        return Bound::new(py, a.get().new_pointer(a.as_any(), ty, req)?);
+        return Ok((
+            Bound::new(py, a.get().new_pointer(a.as_any(), ty, req)?)?,
+            true,
+        ));
     }
     let allocate = allocator.getattr("allocate").map_err(|_| {
         PyTypeError::new_err(format!(
@@ -51,9 +55,8 @@ fn allocate_from<'py>(
         .cast_into::<Pointer>()
         .map_err(|_| PyTypeError::new_err("allocate() did not return a Pointer"))?;
     let cls = ty.class.bind(py);
-    raw.call_method1("cast", (cls,))?
-        .cast_into::<Pointer>()
-        .map_err(Into::into)
+    let p = raw.call_method1("cast", (cls,))?.cast_into::<Pointer>()?;
+    Ok((p, false))
 }
 
 /// Copies the string and its NUL into `p`, checked: an allocator written in
@@ -69,13 +72,36 @@ fn write_with_nul(py: Python<'_>, p: &Pointer, bytes: &[u8], nul: usize) -> PyRe
     Ok(())
 }
 
+/// `str.encode(s, encoding, errors)`: the codec itself, never a str
+/// subclass's `encode` (which could return anything).
 fn encode<'py>(
     s: &Bound<'py, PyString>,
     encoding: &str,
     errors: &str,
 ) -> PyResult<Bound<'py, PyBytes>> {
-    Ok(s.call_method1("encode", (encoding, errors))?
+    let py = s.py();
+    Ok(py
+        .get_type::<PyString>()
+        .call_method1("encode", (s, encoding, errors))?
         .cast_into::<PyBytes>()?)
+}
+
+/// Copies the string into `p`; on failure a block rsalloc made for it
+/// (`fresh`: nobody else's yet) goes back, and the error is raised. What a
+/// duck-typed allocator handed back is left to it.
+fn fill<'py>(
+    py: Python<'py>,
+    (p, fresh): (Bound<'py, Pointer>, bool),
+    bytes: &[u8],
+    nul: usize,
+) -> PyResult<Bound<'py, Pointer>> {
+    if let Err(e) = write_with_nul(py, p.get(), bytes, nul) {
+        if fresh {
+            discard(py, p.get());
+        }
+        return Err(e);
+    }
+    Ok(p)
 }
 
 fn no_nul(has_nul: bool) -> PyResult<()> {
@@ -105,8 +131,7 @@ pub fn to_native_utf8<'py>(
     };
     no_nul(bytes.contains(&0))?; // memchr: runs at memory speed
     let p = allocate_from(py, allocator, types::uint8(py)?, bytes.len() + 1)?;
-    write_with_nul(py, p.get(), bytes, 1)?;
-    Ok(p)
+    fill(py, p, bytes, 1)
 }
 
 /// A NUL-terminated UTF-16 copy of `s` in native byte order (count = code units + 1).
@@ -125,8 +150,13 @@ pub fn to_native_utf16<'py>(
     };
     let encoded = encode(s, encoding, errors)?;
     let bytes = encoded.as_bytes();
+    if bytes.len() % 2 != 0 {
+        return Err(PyValueError::new_err(format!(
+            "the {encoding} codec returned {} bytes: not whole UTF-16 code units",
+            bytes.len()
+        )));
+    }
     no_nul(bytes.chunks(2).any(|u| u == [0, 0]))?;
     let p = allocate_from(py, allocator, types::uint16(py)?, bytes.len() + 2)?;
-    write_with_nul(py, p.get(), bytes, 2)?;
-    Ok(p)
+    fill(py, p, bytes, 2)
 }

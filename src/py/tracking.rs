@@ -6,6 +6,7 @@
 //! and function are worked out when a report or an error message needs them.
 
 use super::allocator::{named_allocator, Allocator};
+use super::errors::IntoPy;
 use crate::core::alloc::{AllocCore, Libc, LIBC_GROUP};
 use crate::core::guard::Guarded;
 use crate::core::record::Record;
@@ -44,6 +45,29 @@ fn thread_name(py: Python<'_>) -> Option<Arc<str>> {
         *cell.borrow_mut() = Some(name.clone());
         Some(name)
     })
+}
+
+/// The running Python frame's code object and instruction offset: the
+/// cheapest record of where the caller is (no allocation beyond the
+/// frame object CPython may make on demand).
+pub fn caller_frame(py: Python<'_>) -> Option<(Py<PyAny>, c_int)> {
+    // SAFETY: attached; PyEval_GetFrame lends its frame, PyFrame_GetCode
+    // returns a new reference, which we keep.
+    unsafe {
+        let frame = ffi::PyEval_GetFrame();
+        if frame.is_null() {
+            return None;
+        }
+        let code = ffi::PyFrame_GetCode(frame);
+        let lasti = ffi::PyFrame_GetLasti(frame);
+        Some((Bound::from_owned_ptr(py, code.cast()).unbind(), lasti))
+    }
+}
+
+/// The file and line of a [`caller_frame`].
+pub fn frame_location(py: Python<'_>, (code, lasti): &(Py<PyAny>, c_int)) -> (String, i64) {
+    let (file, line, _) = resolve_frame(py, code, *lasti);
+    (file, line)
 }
 
 /// The core's capture hook: up to `n` frames of the running Python stack.
@@ -88,22 +112,30 @@ fn resolve(py: Python<'_>, site: &Site) -> Vec<Line> {
     frames
         .0
         .iter()
-        .map(|(code, lasti)| {
-            let code = code.bind(py);
-            // SAFETY: `code` is a code object (PyFrame_GetCode's result).
-            let line = unsafe { ffi::PyCode_Addr2Line(code.as_ptr().cast(), *lasti) };
-            let text = |attr| {
-                code.getattr(attr)
-                    .and_then(|v| v.extract::<String>())
-                    .unwrap_or_else(|_| "?".into())
-            };
-            (
-                text(intern!(py, "co_filename")),
-                i64::from(line),
-                text(intern!(py, "co_qualname")),
-            )
-        })
+        .map(|(code, lasti)| resolve_frame(py, code, *lasti))
         .collect()
+}
+
+fn resolve_frame(py: Python<'_>, code: &Py<PyAny>, lasti: c_int) -> Line {
+    let code = code.bind(py);
+    // SAFETY: `code` is a code object (PyFrame_GetCode's result).
+    let line = unsafe { ffi::PyCode_Addr2Line(code.as_ptr().cast(), lasti) };
+    let text = |attr| {
+        code.getattr(attr)
+            .and_then(|v| v.extract::<String>())
+            .unwrap_or_else(|_| "?".into())
+    };
+    (
+        text(intern!(py, "co_filename")),
+        i64::from(line),
+        text(intern!(py, "co_qualname")),
+    )
+}
+
+/// The file and line of a site's innermost frame.
+pub fn site_location(py: Python<'_>, site: &Site) -> Option<(String, i64)> {
+    let (file, line, _) = resolve(py, site).into_iter().next()?;
+    Some((file, line))
 }
 
 fn first_line(py: Python<'_>, site: &Site) -> Option<String> {
@@ -227,10 +259,38 @@ fn entry_tuple<'py>(py: Python<'py>, e: &Entry) -> PyResult<Bound<'py, PyTuple>>
 /// thread_id, thread_name, [(file, line, function), ...])`.
 #[pyfunction]
 pub fn _track_live(py: Python<'_>, since: u64) -> PyResult<Bound<'_, PyList>> {
-    let entries = track::live_since(since);
-    let items = entries
-        .iter()
-        .map(|e| entry_tuple(py, e))
-        .collect::<PyResult<Vec<_>>>()?;
-    PyList::new(py, items)
+    let entries = track::live_since(since).py(py, &"the leak list")?;
+    let arenas = track::live_arenas_since(since).py(py, &"the leak list")?;
+    let mut items = Vec::new();
+    items
+        .try_reserve_exact(entries.len() + arenas.len())
+        .map_err(|_| pyo3::exceptions::PyMemoryError::new_err("the leak list"))?;
+    for e in &entries {
+        items.push((e.seq, entry_tuple(py, e)?));
+    }
+    // Unreleased arenas: one record each, of type "Arena", at address 0.
+    for a in arenas {
+        let time = a
+            .wall_time()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        let frames = a.site.as_ref().map(|s| resolve(py, s)).unwrap_or_default();
+        let t = PyTuple::new(
+            py,
+            [
+                a.seq.into_py_any(py)?,
+                0usize.into_py_any(py)?,
+                (a.live_bytes)().into_py_any(py)?,
+                "Arena".into_py_any(py)?,
+                (*a.name).into_py_any(py)?,
+                time.into_py_any(py)?,
+                a.thread_id.into_py_any(py)?,
+                a.thread_name.as_deref().into_py_any(py)?,
+                PyList::new(py, frames)?.into_any().unbind(),
+            ],
+        )?;
+        items.push((a.seq, t));
+    }
+    items.sort_unstable_by_key(|(seq, _)| *seq);
+    PyList::new(py, items.into_iter().map(|(_, t)| t))
 }

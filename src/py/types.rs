@@ -55,6 +55,9 @@ struct Registry {
     /// rsalloc's own scalar classes, matched by identity on the hot path.
     scalars: Vec<(usize, &'static TypeInfo)>,
     cache: Mutex<HashMap<usize, &'static TypeInfo, BuildHasherDefault<AddressHasher>>>,
+    /// Types whose layout a class (the second part) may still change by
+    /// getting `_fields_` of its own; looked up after the cache.
+    provisional: Mutex<HashMap<usize, (&'static TypeInfo, Py<PyAny>)>>,
     uint8: &'static TypeInfo,
     uint16: &'static TypeInfo,
     void: &'static TypeInfo,
@@ -140,6 +143,7 @@ fn registry(py: Python<'_>) -> PyResult<&Registry> {
         Ok(Registry {
             scalars,
             cache: Mutex::new(HashMap::default()),
+            provisional: Mutex::new(HashMap::new()),
             uint8,
             uint16,
             void,
@@ -179,24 +183,189 @@ pub fn lookup(t: &Bound<'_, PyAny>) -> PyResult<&'static TypeInfo> {
     if let Some(info) = reg.cache.lock().unwrap().get(&key) {
         return Ok(info);
     }
-    let info = classify(t)?;
-    remember(t, info)
+    resolve(reg, t)
 }
 
-/// Enters the TypeInfo of class `t` in the cache (a struct does so before
-/// looking up its pointer fields, which may name it). Two threads may
-/// classify the same class; the first entry wins.
+/// Pointer chains longer than this are refused (a legal C declaration
+/// never nests pointers this deep; the walk is iterative, so the limit is
+/// about bookkeeping, not the stack).
+const MAX_CHAIN: usize = 100_000;
+
+/// One pointer type of a chain being resolved, outermost first.
+struct Link<'py> {
+    class: Bound<'py, PyType>,
+    ctypes: bool,
+    /// Its pointee, when it is a type still to resolve.
+    target: Option<Bound<'py, PyAny>>,
+}
+
+/// What one type is, without resolving its pointee.
+enum Step<'py> {
+    /// A type that points at nothing: scalar, aggregate, or a pointer with a fixed pointee.
+    Leaf(&'static TypeInfo),
+    Pointer(Link<'py>),
+    /// A ctypes Structure or Union whose `_fields_` are not set yet.
+    Incomplete,
+    /// A Structure or Union whose layout may still change: it inherits its
+    /// fields and may yet get `_fields_` of its own.
+    Provisional(&'static TypeInfo),
+}
+
+/// Classifies `t` and every pointee of a pointer chain starting at it,
+/// innermost first, by walking the chain in a loop: a chain thousands of
+/// pointers deep (legal) and a cycle (`P._type_ = P`) must not recurse
+/// into a stack overflow. A cycle is a TypeError.
+///
+/// A type whose layout is not final (an incomplete Structure, or a
+/// pointer to one) is kept apart from the cache until it is: caching it
+/// would keep the size 0 it has before its `_fields_` are set.
+#[cold]
+fn resolve(reg: &Registry, t: &Bound<'_, PyAny>) -> PyResult<&'static TypeInfo> {
+    let py = t.py();
+    let mut chain: Vec<Link<'_>> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut cur = t.clone();
+    // (innermost info, the class whose completion would change it)
+    let (mut info, pending) = loop {
+        let key = cur.as_ptr() as usize;
+        if let Some(found) = known(reg, &cur)? {
+            break found;
+        }
+        // The pointee of a ctypes pointer rsalloc cannot describe
+        // (py_object, ...) is seen as Void; a Pointer[T]'s must be a type.
+        let lenient = chain.last().is_some_and(|l| l.ctypes);
+        if !seen.insert(key) {
+            return Err(PyTypeError::new_err(format!(
+                "{} is a cyclic pointer type: following its pointees ({} pointer types) leads back to one of them",
+                type_name(t),
+                chain.len()
+            )));
+        }
+        if chain.len() >= MAX_CHAIN {
+            return Err(PyTypeError::new_err(format!(
+                "{} nests more than {MAX_CHAIN} pointer types",
+                type_name(t)
+            )));
+        }
+        match step(&cur) {
+            Ok(Step::Leaf(i)) => break (i, None),
+            Ok(Step::Provisional(i)) => break (i, Some(cur.clone().unbind())),
+            Ok(Step::Incomplete) if !chain.is_empty() => {
+                break (void(py)?, Some(cur.clone().unbind()))
+            }
+            Ok(Step::Incomplete) => return Err(incomplete(&cur)),
+            Ok(Step::Pointer(link)) => {
+                let next = link.target.clone();
+                chain.push(link);
+                match next {
+                    Some(n) => cur = n,
+                    None => break (chain_end(py, chain.last())?, None),
+                }
+            }
+            Err(_) if lenient => break (void(py)?, None),
+            Err(e) => return Err(e),
+        }
+    };
+    if chain.is_empty() {
+        return Ok(remember_in(reg, &cur, info, pending.as_ref()));
+    }
+    for link in chain.into_iter().rev() {
+        let declared = link.target.as_ref().filter(|_| pending.is_some());
+        info = pointer_info(&link.class, info, link.ctypes, declared)?;
+        info = remember_in(reg, link.class.as_any(), info, pending.as_ref());
+    }
+    Ok(info)
+}
+
+/// The pointee of a pointer type with no `_type_` to follow.
+fn chain_end(py: Python<'_>, link: Option<&Link<'_>>) -> PyResult<&'static TypeInfo> {
+    let code: Option<String> = link
+        .and_then(|l| l.class.getattr("_type_").ok())
+        .and_then(|c| c.extract().ok());
+    match code.as_deref() {
+        Some("z") => Ok(registry(py)?.scalars[0].1), // char* -> Int8
+        _ => void(py),
+    }
+}
+
+fn type_name(t: &Bound<'_, PyAny>) -> String {
+    t.getattr("__name__")
+        .and_then(|n| n.extract::<String>())
+        .or_else(|_| t.repr().map(|r| r.to_string()))
+        .unwrap_or_default()
+}
+
+fn incomplete(t: &Bound<'_, PyAny>) -> PyErr {
+    PyTypeError::new_err(format!(
+        "{} is an incomplete ctypes type: its _fields_ are not set yet (set them before \
+         allocating it; `_fields_ = []` declares an empty struct); a pointer to it is fine",
+        type_name(t)
+    ))
+}
+
+/// A type classified before: from the cache, or a provisional entry that
+/// is still right (its pending class has no `_fields_` of its own yet).
+fn known(
+    reg: &Registry,
+    t: &Bound<'_, PyAny>,
+) -> PyResult<Option<(&'static TypeInfo, Option<Py<PyAny>>)>> {
+    let key = t.as_ptr() as usize;
+    if let Some((_, info)) = reg.scalars.iter().find(|(k, _)| *k == key) {
+        return Ok(Some((info, None)));
+    }
+    if let Some(info) = reg.cache.lock().unwrap().get(&key) {
+        return Ok(Some((info, None)));
+    }
+    let entry = reg
+        .provisional
+        .lock()
+        .unwrap()
+        .get(&key)
+        .map(|(info, dep)| (*info, dep.clone_ref(t.py())));
+    let Some((info, dep)) = entry else {
+        return Ok(None);
+    };
+    if has_own_fields(dep.bind(t.py()))? {
+        // Completed since: classified again, for good this time.
+        reg.provisional.lock().unwrap().remove(&key);
+        return Ok(None);
+    }
+    Ok(Some((info, Some(dep))))
+}
+
+fn has_own_fields(class: &Bound<'_, PyAny>) -> PyResult<bool> {
+    class
+        .getattr(pyo3::intern!(class.py(), "__dict__"))?
+        .contains("_fields_")
+}
+
+/// Caches `info` for `t`, or keeps it apart while `pending` may still
+/// change it. Two threads may classify the same class; the first entry
+/// wins, and is returned.
+fn remember_in(
+    reg: &Registry,
+    t: &Bound<'_, PyAny>,
+    info: &'static TypeInfo,
+    pending: Option<&Py<PyAny>>,
+) -> &'static TypeInfo {
+    let key = t.as_ptr() as usize;
+    match pending {
+        None => *reg.cache.lock().unwrap().entry(key).or_insert(info),
+        Some(dep) => {
+            let mut map = reg.provisional.lock().unwrap();
+            map.entry(key).or_insert((info, dep.clone_ref(t.py()))).0
+        }
+    }
+}
+
+/// Enters the TypeInfo of class `t` in the cache for good (a struct does so
+/// before looking up its pointer fields, which may name it). Two threads
+/// may classify the same class; the first entry wins, and is returned.
 pub(crate) fn remember(
     t: &Bound<'_, PyAny>,
     info: &'static TypeInfo,
 ) -> PyResult<&'static TypeInfo> {
-    let reg = registry(t.py())?;
-    Ok(*reg
-        .cache
-        .lock()
-        .unwrap()
-        .entry(t.as_ptr() as usize)
-        .or_insert(info))
+    Ok(remember_in(registry(t.py())?, t, info, None))
 }
 
 static CTYPES: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
@@ -246,7 +415,8 @@ fn ctypes_code(code: &str) -> Option<Kind> {
     })
 }
 
-fn classify(t: &Bound<'_, PyAny>) -> PyResult<&'static TypeInfo> {
+/// What `t` is, its pointee (if any) left unresolved.
+fn step<'py>(t: &Bound<'py, PyAny>) -> PyResult<Step<'py>> {
     let py = t.py();
     let Ok(class) = t.cast::<PyType>() else {
         return Err(not_a_type(t));
@@ -254,27 +424,34 @@ fn classify(t: &Bound<'_, PyAny>) -> PyResult<&'static TypeInfo> {
     let support = py.import("rsalloc._ctypes_support")?;
     let types = py.import("rsalloc._types")?;
     if class.is_subclass(&types.getattr("PointerSlot")?)? {
-        let target = lookup(&class.getattr("_target_")?)?;
-        return pointer_info(class, target, false);
+        return Ok(Step::Pointer(Link {
+            class: class.clone(),
+            ctypes: false,
+            target: Some(class.getattr("_target_")?),
+        }));
     }
     if let Some(info) = super::structs::classify_composite(class)? {
-        return Ok(info);
+        return Ok(Step::Leaf(info));
     }
-    // A ctypes type: describe() returns (kind, size, align, format, target).
+    // A ctypes type: describe() returns (kind, size, align, format, target, final).
     let desc = support.call_method1("describe", (class,))?;
     if desc.is_none() {
         return Err(not_a_type(t));
     }
-    let (code, size, align, format, target): (
+    let (code, size, align, format, target, complete): (
         String,
         usize,
         usize,
         String,
         Option<Bound<'_, PyAny>>,
+        bool,
     ) = desc.extract()?;
     let name: String = class.getattr("__name__")?.extract()?;
+    if code == "incomplete" {
+        return Ok(Step::Incomplete);
+    }
     if code == "aggregate" {
-        return Ok(leak(TypeInfo {
+        let info = leak(TypeInfo {
             kind: Kind::Opaque,
             size,
             align: align.max(1),
@@ -285,28 +462,37 @@ fn classify(t: &Bound<'_, PyAny>) -> PyResult<&'static TypeInfo> {
             ctypes: true,
             composite: Composite::No,
             param: PyOnceLock::new(),
-        }));
+        });
+        return Ok(if complete {
+            Step::Leaf(info)
+        } else {
+            Step::Provisional(info)
+        });
     }
     let kind = ctypes_code(&code).ok_or_else(|| not_a_type(t))?;
     if kind == Kind::Ptr {
-        // A pointee rsalloc cannot describe (py_object, ...) is seen as Void.
-        let target = match target {
-            Some(tt) => lookup(&tt).or_else(|_| void(py))?,
-            None if code == "z" => registry(py)?.scalars[0].1, // char* -> Int8
-            None => void(py)?,
-        };
-        return pointer_info(class, target, true);
+        return Ok(Step::Pointer(Link {
+            class: class.clone(),
+            ctypes: true,
+            target,
+        }));
     }
-    let info = scalar(class.as_any(), kind, true)?;
-    Ok(info)
+    Ok(Step::Leaf(scalar(class.as_any(), kind, true)?))
 }
 
 fn pointer_info(
     class: &Bound<'_, PyType>,
     target: &'static TypeInfo,
     ctypes: bool,
+    declared: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<&'static TypeInfo> {
     let size = Kind::Ptr.size();
+    // Named after the declared pointee, also while it is seen as Void
+    // (an incomplete struct).
+    let pointee = match declared {
+        Some(d) if std::ptr::eq(target, void(class.py())?) => type_name(d),
+        _ => target.name.clone(),
+    };
     Ok(leak(TypeInfo {
         kind: Kind::Ptr,
         size,
@@ -314,7 +500,7 @@ fn pointer_info(
         format: Kind::Ptr.format(),
         class: class.clone().into_any().unbind(),
         target: Some(target),
-        name: format!("Pointer[{}]", target.name),
+        name: format!("Pointer[{pointee}]"),
         ctypes,
         composite: Composite::No,
         param: PyOnceLock::new(),
@@ -326,7 +512,12 @@ pub fn pointer_class<'py>(target: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyA
     // A struct's layout is not needed to point at it, and may be what is
     // being worked out (`next: Pointer[Node]` inside Node).
     if !super::structs::is_struct_class(target)? {
-        lookup(target)?;
+        if let Err(e) = lookup(target) {
+            // A pointer to an incomplete ctypes struct is how it names itself.
+            if !matches!(step(target), Ok(Step::Incomplete)) {
+                return Err(e);
+            }
+        }
     }
     target
         .py()
