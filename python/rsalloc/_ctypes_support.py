@@ -27,7 +27,7 @@ def _scalar_format(cls: type) -> str:
     size = ctypes.sizeof(cls)
     if isinstance(cls, _Pointer):
         return "<" + _INT[_PTR].upper()
-    code = cls._type_
+    code: str = getattr(cls, "_type_")
     if code in "fd?c":
         return _order(cls) + code
     if code in _SIGNED and size in _INT:
@@ -164,8 +164,8 @@ def describe(cls: type) -> tuple[str, int, int, str, object, bool] | None:
         return ("aggregate", ctypes.sizeof(cls), ctypes.alignment(cls), _element_format(cls), None, True)
     if isinstance(cls, _Pointer):
         return ("P", _PTR, _PTR, "N", getattr(cls, "_type_", None), True)
-    if issubclass(cls, ctypes._SimpleCData):  # type: ignore[attr-defined]
-        code = cls._type_
+    if issubclass(cls, ctypes._SimpleCData):
+        code = getattr(cls, "_type_")
         if code == "O":
             return None  # py_object: a PyObject* in native memory cannot be refcounted
         kind = code if code in _SCALAR_CODES else "aggregate"
