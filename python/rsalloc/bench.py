@@ -34,7 +34,7 @@ try:
 except ImportError:  # pragma: no cover - depends on the machine
     np = None
 try:
-    import cffi as _cffi  # type: ignore[import-untyped,unused-ignore]
+    import cffi as _cffi  # type: ignore[import-untyped,import-not-found,unused-ignore]
 
     cffi = _cffi
 
@@ -48,7 +48,7 @@ try:
 except ImportError:  # pragma: no cover
     cffi = None
 try:
-    import pyarrow as _pyarrow  # type: ignore[import-untyped,unused-ignore]
+    import pyarrow as _pyarrow  # type: ignore[import-untyped,import-not-found,unused-ignore]
 
     pa = _pyarrow
 except ImportError:  # pragma: no cover
