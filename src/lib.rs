@@ -25,7 +25,7 @@ mod _rsalloc {
     #[pymodule_export]
     use crate::py::arena::{current_arena, Arena};
     #[pymodule_export]
-    use crate::py::custom::ForeignAllocator;
+    use crate::py::foreign_allocator::ForeignAllocator;
     #[pymodule_export]
     use crate::py::params::_pointer_from_param;
     #[pymodule_export]
@@ -35,7 +35,9 @@ mod _rsalloc {
     #[pymodule_export]
     use crate::py::strings::{to_native_utf16, to_native_utf8};
     #[pymodule_export]
-    use crate::py::structs::{Field, StructView};
+    use crate::py::struct_view::StructView;
+    #[pymodule_export]
+    use crate::py::structs::Field;
     #[pymodule_export]
     use crate::py::tracemalloc::{_set_tracemalloc, _tracemalloc_domain, _tracemalloc_on};
     #[pymodule_export]
@@ -71,7 +73,7 @@ mod _rsalloc {
                 crate::core::block_cache::enable();
             }
         };
-        crate::py::freelist::install(py)?;
+        crate::py::cpython::freelist::install(py)?;
         crate::py::arena::install_finalizer(py);
         crate::core::reserve::arm();
         #[cfg(not(any(Py_3_12, PyPy, GraalPy, Py_LIMITED_API)))]
@@ -79,7 +81,7 @@ mod _rsalloc {
         m.add("malloc", crate::py::allocator::malloc(py)?)?;
         m.add("calloc", crate::py::allocator::calloc(py)?)?;
         m.add("nullptr", crate::py::pointer::nullptr_object(py)?)?;
-        crate::py::tracking::install();
+        crate::py::sites::install();
         crate::py::tracemalloc::install();
         for zeroed in [false, true] {
             let a = crate::py::tracking::adaptive(py, zeroed)?;
@@ -87,9 +89,10 @@ mod _rsalloc {
             let d = crate::py::tracking::diagnostic(py, zeroed)?;
             m.add(d.get().core.name.as_str(), &d)?;
         }
-        crate::py::structs::install(py)?;
-        crate::py::fast::install(m)?;
-        crate::py::fast_structs::install(m)?;
+        crate::py::cpython::view_objects::install(py)?;
+        crate::py::structs::install();
+        crate::py::cpython::fast::install(m)?;
+        crate::py::cpython::fast_structs::install(m)?;
         // Keeps the tracemalloc flag current from now on, whichever way the
         // extension was first imported.
         py.import("rsalloc._tracemalloc")?

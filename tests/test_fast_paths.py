@@ -1,5 +1,5 @@
-"""The hand-written entry points (src/py/fast.rs) and the Pointer free list
-(src/py/freelist.rs) behave exactly like the PyO3 code they stand in front of.
+"""The hand-written entry points (src/py/cpython/fast.rs) and the Pointer free list
+(src/py/cpython/freelist.rs) behave exactly like the PyO3 code they stand in front of.
 
 Each fast call has a twin that takes PyO3's route: a keyword argument makes
 `allocate` and `free` delegate, and `type(p).__getitem__` / `__setitem__`

@@ -242,7 +242,7 @@ mod cache {
     use std::mem::MaybeUninit;
     use std::ptr::NonNull;
     #[cfg(debug_assertions)]
-    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+    use std::sync::atomic::Ordering::Relaxed;
 
     const CAP: usize = 64;
 
@@ -319,7 +319,7 @@ mod cache {
                 let p = unsafe { alloc(layout) }.cast::<MaybeUninit<Inner>>();
                 #[cfg(debug_assertions)]
                 if !p.is_null() {
-                    FROM_GLOBAL.fetch_add(1, Relaxed);
+                    crate::core::serial::SLOTS_FROM_THE_GLOBAL_ALLOCATOR.fetch_add(1, Relaxed);
                 }
                 p
             }
@@ -335,21 +335,11 @@ mod cache {
             Some(m) => unsafe { (m.free)(slot.as_ptr().cast()) },
             None => {
                 #[cfg(debug_assertions)]
-                FROM_GLOBAL.fetch_sub(1, Relaxed);
+                crate::core::serial::SLOTS_FROM_THE_GLOBAL_ALLOCATOR.fetch_sub(1, Relaxed);
                 // SAFETY: `allocate` took it from `alloc` with Inner's layout.
                 unsafe { dealloc(slot.as_ptr().cast(), Layout::new::<Inner>()) }
             }
         }
-    }
-
-    /// Slots taken from the global allocator and not given back (in use or
-    /// kept here): the switch to other record memory needs none.
-    #[cfg(debug_assertions)]
-    static FROM_GLOBAL: AtomicUsize = AtomicUsize::new(0);
-
-    #[cfg(debug_assertions)]
-    pub(crate) fn from_global() -> usize {
-        FROM_GLOBAL.load(Relaxed)
     }
 
     /// A slot from the cache, if it has one.
@@ -387,13 +377,6 @@ mod cache {
     pub(super) fn len() -> usize {
         LOCAL.with(|c| unsafe { (*c.get()).len })
     }
-}
-
-/// Record memory taken from Rust's global allocator and not given back,
-/// for `serial::assume_serialized_with`'s check.
-#[cfg(debug_assertions)]
-pub(crate) fn slots_from_the_global_allocator() -> usize {
-    cache::from_global()
 }
 
 /// Failure injection for the record allocation (tests and fuzzing): the

@@ -12,8 +12,8 @@
 
 use super::alloc::new_id;
 use super::budget::{self, OverLimit, Scope, UNLIMITED};
-use super::error::{Death, Error, Result};
-use super::index;
+use super::error::{Death, Error, Ownership, Result};
+use super::index::{self, ChunkOwner};
 use super::layout::{round_up, Request, MALLOC_ALIGN};
 use super::serial::{serialized, SerialGuard, SerialMutex};
 use super::stats::{Snapshot, GLOBAL};
@@ -61,7 +61,7 @@ impl Chunk {
                 own,
             })?,
         };
-        index::insert_chunk(region.clone(), c.start(), c.end())?;
+        index::insert_chunk(region.clone() as Weak<dyn ChunkOwner>, c.start(), c.end())?;
         super::observer::made(c.start(), size);
         Ok(c)
     }
@@ -780,6 +780,20 @@ impl RegionRef {
     pub fn unpin(&self) {
         self.region().unpin()
     }
+
+    /// `free(p)` of a region block, viewed at `addr`: a no-op for a live
+    /// block viewed at its start (its memory goes with its generation); a
+    /// dead one is a double free, an interior view an ownership error.
+    pub fn free(&self, addr: usize) -> Result<()> {
+        self.check_access(addr).map_err(|e| match e {
+            Error::UseAfterFree(d) => Error::DoubleFree(d),
+            e => e,
+        })?;
+        if !self.is_start() {
+            return Err(Error::Ownership(Ownership::Interior));
+        }
+        Ok(())
+    }
 }
 
 impl Clone for RegionRef {
@@ -898,6 +912,26 @@ impl Anchor {
         debug_assert!(r.is_start() && r.is_in(&self.region));
         let (at, token) = self.region.realloc(r.token(), base, old, req)?;
         Ok((at, self.reference(token)?))
+    }
+}
+
+impl ChunkOwner for RegionCore {
+    fn block_at(&self, addr: usize) -> Option<(usize, usize, u64)> {
+        RegionCore::block_at(self, addr)
+    }
+    fn into_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync> {
+        self
+    }
+}
+
+impl RegionCore {
+    /// The region behind a chunk the index found (regions are the only
+    /// chunk owners).
+    pub fn of_chunk_owner(owner: Arc<dyn ChunkOwner>) -> Arc<RegionCore> {
+        owner
+            .into_any()
+            .downcast()
+            .unwrap_or_else(|_| unreachable!("a chunk owner that is not a region"))
     }
 }
 
@@ -1044,10 +1078,10 @@ mod tests {
             (big + MAX_CHUNK, (big, big + 3 * MAX_CHUNK)),
             (zero, (zero, zero + 1)),
         ] {
-            let Some(Found::Chunk(region)) = resolve(addr) else {
+            let Some(Found::Chunk(owner)) = resolve(addr) else {
                 panic!("{addr:#x} not found");
             };
-            assert!(Arc::ptr_eq(&region, &r));
+            assert!(Arc::ptr_eq(&RegionCore::of_chunk_owner(owner), &r));
             assert_eq!(r.block_at(addr), Some((want.0, want.1, t)));
         }
         // Padding between blocks belongs to no block.

@@ -1,21 +1,19 @@
 //! `rsalloc.Arena` and `rsalloc.current_arena()` (DESIGN §5): scoped
 //! release, either of a bump region (`core::region`) or of blocks from a
-//! backing allocator (`core::arena`). Request parsing, cloning and Pointer
-//! construction are shared with `Allocator` (`py::allocator`).
+//! backing allocator (`core::arena`). Request parsing is `py::args`; cloning is
+//! shared with `Allocator` (`py::allocator`).
 
-use super::allocator::{
-    adopt_request, bytes_request, call_request, clone_with, realloc_request, set_handle, Allocator,
-    Asked, SizeArg,
-};
-use super::custom;
+use super::allocator::{clone_with, Allocator};
+use super::args::{adopt_request, bytes_request, call_request, realloc_request, Asked, SizeArg};
 use super::errors::{to_py, IntoPy};
+use super::handles::{raising_free_errors, set_handle};
 use super::pointer::{Owned, Owner, Pointer};
 use super::stats::Stats;
 use super::types::TypeInfo;
 use crate::core::arena::WrapArena;
 use crate::core::error::{Error, Ownership};
 use crate::core::layout::Request;
-use crate::core::region::{Anchor, RegionCore, RegionRef};
+use crate::core::region::{Anchor, RegionCore};
 use crate::core::stats::Snapshot;
 use crate::core::track::{self, Site};
 use pyo3::exceptions::{PyResourceWarning, PyRuntimeError, PyStopIteration, PyTypeError};
@@ -75,18 +73,6 @@ pub struct Arena {
     made: Made,
     /// Its key among the unreleased arenas `leak_check` reports (0: none).
     leak_seq: u64,
-}
-
-/// `free(p)` of a region block: a no-op for a live block viewed at its start.
-pub fn region_free(r: &RegionRef, addr: usize) -> Result<(), Error> {
-    r.check_access(addr).map_err(|e| match e {
-        Error::UseAfterFree(d) => Error::DoubleFree(d),
-        e => e,
-    })?;
-    if !r.is_start() {
-        return Err(Error::Ownership(Ownership::Interior));
-    }
-    Ok(())
 }
 
 static CURRENT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
@@ -279,9 +265,7 @@ impl Arena {
     /// Checks that `p` is a block of this arena that a free would accept.
     fn check_free(&self, p: &Pointer) -> Result<(), Error> {
         match (&self.backing, p.owner.get()) {
-            (Backing::Region(mine), Owned::Region(r)) if r.is_in(mine.region()) => {
-                region_free(r, p.addr)
-            }
+            (Backing::Region(mine), Owned::Region(r)) if r.is_in(mine.region()) => r.free(p.addr),
             (Backing::Wrap(w), Owned::Block(rec)) => w.free(rec, p.addr),
             (_, Owned::Unowned) => Err(Error::Ownership(Ownership::Foreign)),
             _ => Err(Error::Ownership(Ownership::OtherOwner)),
@@ -327,7 +311,7 @@ impl Arena {
             Backing::Wrap(w) => {
                 // A Python-defined backing allocator's failing free is
                 // raised with the rest, not lost.
-                let freed = custom::raising_free_errors(py, &w.backing, || {
+                let freed = raising_free_errors(py, &w.backing, || {
                     w.release(reuse, |rec, e| {
                         let block = format_args!(
                             "block of {} bytes at {:#x} from {} in {}",
@@ -373,8 +357,8 @@ impl Arena {
         }
         let at = match &self.made {
             Made::Unknown => None,
-            Made::Frame(f) => Some(super::tracking::frame_location(py, f)),
-            Made::Tracked(s) => super::tracking::site_location(py, s),
+            Made::Frame(f) => Some(super::sites::frame_location(py, f)),
+            Made::Tracked(s) => super::sites::site_location(py, s),
         };
         let msg = match &at {
             Some((file, line)) => format!(
@@ -472,7 +456,7 @@ impl Arena {
         limit: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let limit = match limit.filter(|l| !l.is_none()) {
-            Some(l) => super::stats::limit_arg(l, "limit")?,
+            Some(l) => super::args::limit_arg(l, "limit")?,
             None => crate::core::budget::UNLIMITED,
         };
         let (backing, obj) = match allocator.filter(|a| !a.is_none()) {
@@ -520,7 +504,7 @@ impl Arena {
             let (seq, site) = track::register_arena(arena.name.as_str().into(), live);
             arena.leak_seq = seq;
             arena.made = site.map_or(Made::Unknown, Made::Tracked);
-        } else if let Some(f) = super::tracking::caller_frame(py) {
+        } else if let Some(f) = super::sites::caller_frame(py) {
             arena.made = Made::Frame(f);
         }
         Ok(arena)
@@ -573,14 +557,14 @@ impl Arena {
         let py = slf.py();
         let this = slf.get();
         let p = p.get();
-        let (ty, req) = realloc_request(py, &this.name, p, count.0)?;
+        let (ty, req) = realloc_request(py, &this.name, p.ty, count.0)?;
         if p.addr == 0 {
             return this.new_pointer(slf.as_any(), ty, req);
         }
         this.check_open(py)?;
         match (&this.backing, p.owner.get()) {
             (Backing::Region(mine), Owned::Region(r)) if r.is_in(mine.region()) => {
-                region_free(r, p.addr).py(py, p)?;
+                r.free(p.addr).py(py, p)?;
                 let old = p.extent().unwrap_or(0);
                 let (addr, fresh) = mine.realloc(r, p.addr, old, req).py(py, p)?;
                 Ok(Pointer::new(

@@ -6,7 +6,7 @@ use super::errors::IntoPy;
 use super::pointer::Pointer;
 use super::types::TypeInfo;
 use crate::core::types::{Kind, Value};
-use pyo3::exceptions::{PyOverflowError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyOverflowError, PyTypeError};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -183,26 +183,6 @@ fn wrong_kind(ty: &TypeInfo, v: &Bound<'_, PyAny>, wanted: &str) -> PyErr {
             .map(|n| n.to_string())
             .unwrap_or_default()
     ))
-}
-
-/// A non-negative int argument as usize (negative: ValueError; too big: OverflowError).
-pub fn usize_arg(v: &Bound<'_, PyAny>, what: &str) -> PyResult<usize> {
-    let i: i128 = v.extract()?;
-    if i < 0 {
-        return Err(PyValueError::new_err(format!(
-            "{what} must not be negative, got {i}"
-        )));
-    }
-    usize::try_from(i).map_err(|_| PyOverflowError::new_err(format!("{what} {i} is too large")))
-}
-
-/// An address argument: a non-negative int, or None for NULL (as ctypes
-/// gives a `c_void_p` result of NULL).
-pub fn address_arg(v: &Bound<'_, PyAny>) -> PyResult<usize> {
-    if v.is_none() {
-        return Ok(0);
-    }
-    usize_arg(v, "address")
 }
 
 /// Reading a CPython int of one or two digits straight from the object:

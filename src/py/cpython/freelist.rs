@@ -24,7 +24,7 @@
 //! calls with the GIL held. A free-threaded build has no GIL to guard it, so
 //! there the slots are left alone (`install` does nothing).
 
-use super::pointer::Pointer;
+use crate::py::pointer::Pointer;
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::type_object::PyTypeInfo;
@@ -173,7 +173,7 @@ mod list {
 /// `new_object`. Called once at module init. Subclasses cannot exist
 /// (Pointer is final), so every object the list sees has the same size.
 pub fn install(py: Python<'_>) -> PyResult<()> {
-    let probe = super::pointer::nullptr_object(py)?;
+    let probe = crate::py::pointer::nullptr_object(py)?;
     let tp = Pointer::type_object(py).as_type_ptr();
     let off = probe.get() as *const Pointer as usize - probe.as_ptr() as usize;
     // SAFETY: reading the size of a ready type.

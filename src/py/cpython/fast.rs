@@ -18,12 +18,13 @@
 //! or a panic is rare, so raising it pays for `Python::attach`, which makes
 //! PyO3 aware of the thread before the error's objects are released.
 
-use super::allocator::{plain_bytes_request, Allocator};
-use super::arena::Arena;
-use super::errors::IntoPy;
 use super::freelist::{as_pointer, new_object};
-use super::pointer::{Owned, Pointer};
-use super::values::exact_small_int;
+use crate::py::allocator::Allocator;
+use crate::py::arena::Arena;
+use crate::py::args::plain_bytes_request;
+use crate::py::errors::IntoPy;
+use crate::py::pointer::{Owned, Pointer};
+use crate::py::values::exact_small_int;
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
