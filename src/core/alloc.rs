@@ -349,11 +349,11 @@ impl AllocCore {
 mod tests {
     use super::*;
     use crate::core::error::Error;
-    use crate::core::layout::Request;
-    use crate::core::record_ref::RecordRef;
     use crate::core::error::{Death, Ownership};
     use crate::core::layout::array;
+    use crate::core::layout::Request;
     use crate::core::record::State;
+    use crate::core::record_ref::RecordRef;
 
     fn libc(zeroed: bool) -> Arc<AllocCore> {
         AllocCore::new("malloc", LIBC_GROUP, zeroed, Box::new(Libc))

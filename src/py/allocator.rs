@@ -12,7 +12,6 @@ use super::python_allocator::{self, PyCallbacks};
 use super::stats::Stats;
 use super::types::TypeInfo;
 use crate::core::alloc::{AllocCore, Libc, LIBC_GROUP};
-use crate::core::error::{Error, Ownership};
 use crate::core::layout::Request;
 use crate::core::record_ref::RecordRef;
 use pyo3::exceptions::PyTypeError;
@@ -360,15 +359,7 @@ pub fn free(py: Python<'_>, p: &Bound<'_, Pointer>) -> PyResult<()> {
     if p.addr == 0 {
         return Ok(());
     }
-    let free = || match p.owner.get() {
-        Owned::Block(rec) => match rec.arena() {
-            // Arena memory is released with its arena: free is a no-op for a live block.
-            Some(id) => rec.check_freeable(rec.allocator().group, id, p.addr),
-            None => rec.free(rec.allocator().group, 0, p.addr),
-        },
-        Owned::Region(r) => r.free(p.addr),
-        Owned::Unowned => Err(Error::Ownership(Ownership::Foreign)),
-    };
+    let free = || p.owner.free(p.addr);
     match p.owner.get() {
         Owned::Block(rec) => raising_free_errors(py, rec.allocator(), || free().py(py, p)),
         _ => free().py(py, p),

@@ -11,6 +11,7 @@ use super::pointer::{Owned, Owner, Pointer};
 use super::stats::Stats;
 use super::types::TypeInfo;
 use crate::core::arena::WrapArena;
+use crate::core::arena_kind::ArenaKind;
 use crate::core::error::{Error, Ownership};
 use crate::core::layout::Request;
 use crate::core::region::{Anchor, RegionCore};
@@ -23,13 +24,6 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyList, PyTuple, PyType};
 use pyo3::{PyTraverseError, PyVisit};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
-
-enum Backing {
-    /// A bump region, allocated through its anchor (the arena's reference
-    /// to the region's current generation).
-    Region(Anchor),
-    Wrap(WrapArena),
-}
 
 /// Where an arena was made.
 enum Made {
@@ -63,7 +57,7 @@ enum Callback {
 /// `reuse=True`); `arena.detach(p)` lets a block outlive it.
 #[pyclass(frozen, weakref, module = "rsalloc", name = "Arena")]
 pub struct Arena {
-    backing: Backing,
+    backing: ArenaKind,
     /// The backing allocator object (kept alive with the arena), None for
     /// a region (and once the garbage collector broke a cycle through it).
     allocator: Mutex<Option<Py<PyAny>>>,
@@ -181,24 +175,15 @@ impl Arena {
     }
 
     fn id(&self) -> u64 {
-        match &self.backing {
-            Backing::Region(a) => a.region().id,
-            Backing::Wrap(w) => w.id(),
-        }
+        self.backing.id()
     }
 
     fn is_closed(&self) -> bool {
-        match &self.backing {
-            Backing::Region(a) => a.region().is_closed(),
-            Backing::Wrap(w) => w.is_closed(),
-        }
+        self.backing.is_closed()
     }
 
     fn snapshot(&self) -> Snapshot {
-        match &self.backing {
-            Backing::Region(a) => a.region().snapshot(),
-            Backing::Wrap(w) => w.tag.counters.snapshot(),
-        }
+        self.backing.snapshot()
     }
 
     fn check_open(&self, py: Python<'_>) -> PyResult<()> {
@@ -213,7 +198,7 @@ impl Arena {
     #[inline]
     pub(crate) fn ready_region(&self) -> Option<&Anchor> {
         match &self.backing {
-            Backing::Region(a) if a.region().handle.get().is_some() => Some(a),
+            ArenaKind::Region(a) if a.region().handle.get().is_some() => Some(a),
             _ => None,
         }
     }
@@ -241,13 +226,13 @@ impl Arena {
     ) -> PyResult<Pointer> {
         let py = slf.py();
         match &self.backing {
-            Backing::Region(a) => {
+            ArenaKind::Region(a) => {
                 if a.region().handle.get().is_none() {
                     set_handle(&a.region().handle, Some(slf), None)?;
                 }
                 self.region_pointer(py, a, ty, req)
             }
-            Backing::Wrap(w) => {
+            ArenaKind::Wrap(w) => {
                 if w.tag.handle.get().is_none() {
                     set_handle(&w.tag.handle, Some(slf), None)?;
                 }
@@ -264,12 +249,7 @@ impl Arena {
 
     /// Checks that `p` is a block of this arena that a free would accept.
     fn check_free(&self, p: &Pointer) -> Result<(), Error> {
-        match (&self.backing, p.owner.get()) {
-            (Backing::Region(mine), Owned::Region(r)) if r.is_in(mine.region()) => r.free(p.addr),
-            (Backing::Wrap(w), Owned::Block(rec)) => w.free(rec, p.addr),
-            (_, Owned::Unowned) => Err(Error::Ownership(Ownership::Foreign)),
-            _ => Err(Error::Ownership(Ownership::OtherOwner)),
-        }
+        self.backing.check_free(&p.owner, p.addr)
     }
 
     fn enter(slf: &Bound<'_, Self>) -> PyResult<()> {
@@ -307,8 +287,8 @@ impl Arena {
             }
         }
         let released = match &self.backing {
-            Backing::Region(a) => a.region().release(reuse),
-            Backing::Wrap(w) => {
+            ArenaKind::Region(a) => a.region().release(reuse),
+            ArenaKind::Wrap(w) => {
                 // A Python-defined backing allocator's failing free is
                 // raised with the rest, not lost.
                 let freed = raising_free_errors(py, &w.backing, || {
@@ -463,7 +443,7 @@ impl Arena {
             None => {
                 let anchor = Anchor::new(RegionCore::with_limit(limit))
                     .map_err(|e| pyo3::exceptions::PyMemoryError::new_err(e.to_string()))?;
-                (Backing::Region(anchor), None)
+                (ArenaKind::Region(anchor), None)
             }
             Some(a) => {
                 let alloc = a.cast::<Allocator>().map_err(|_| {
@@ -476,7 +456,7 @@ impl Arena {
                     ))
                 })?;
                 (
-                    Backing::Wrap(WrapArena::with_limit(alloc.get().core.clone(), limit)),
+                    ArenaKind::Wrap(WrapArena::with_limit(alloc.get().core.clone(), limit)),
                     Some(a.clone().unbind()),
                 )
             }
@@ -492,11 +472,11 @@ impl Arena {
         arena.name = format!("arena #{}", arena.id());
         if track::enabled() {
             let live: Arc<dyn Fn() -> u64 + Send + Sync> = match &arena.backing {
-                Backing::Region(a) => {
+                ArenaKind::Region(a) => {
                     let r = a.region().clone();
                     Arc::new(move || r.snapshot().live_bytes)
                 }
-                Backing::Wrap(w) => {
+                ArenaKind::Wrap(w) => {
                     let tag = w.tag.clone();
                     Arc::new(move || tag.counters.snapshot().live_bytes)
                 }
@@ -563,7 +543,7 @@ impl Arena {
         }
         this.check_open(py)?;
         match (&this.backing, p.owner.get()) {
-            (Backing::Region(mine), Owned::Region(r)) if r.is_in(mine.region()) => {
+            (ArenaKind::Region(mine), Owned::Region(r)) if r.is_in(mine.region()) => {
                 r.free(p.addr).py(py, p)?;
                 let old = p.extent().unwrap_or(0);
                 let (addr, fresh) = mine.realloc(r, p.addr, old, req).py(py, p)?;
@@ -574,7 +554,7 @@ impl Arena {
                     Owner::region(fresh),
                 ))
             }
-            (Backing::Wrap(w), Owned::Block(rec)) => {
+            (ArenaKind::Wrap(w), Owned::Block(rec)) => {
                 let fresh = w.realloc(rec, p.addr, req.size).py(py, p)?;
                 Ok(Pointer::new(
                     fresh.addr(),
@@ -608,10 +588,10 @@ impl Arena {
         let (addr, ty, req) = adopt_request(py, &this.name, address, r#type, count)?;
         let asked = Asked("adopt", ty, &format_args!("{addr:#x}"));
         match &this.backing {
-            Backing::Region(_) => {
+            ArenaKind::Region(_) => {
                 Err(Error::Ownership(Ownership::RegionCannotAdopt)).py(py, &asked)
             }
-            Backing::Wrap(w) => {
+            ArenaKind::Wrap(w) => {
                 if w.tag.handle.get().is_none() {
                     set_handle(&w.tag.handle, Some(slf.as_any()), None)?;
                 }
@@ -639,7 +619,7 @@ impl Arena {
         let ptr = p.get();
         self.check_free(ptr).py(py, ptr)?;
         match (&self.backing, ptr.owner.get()) {
-            (Backing::Wrap(w), Owned::Block(rec)) => {
+            (ArenaKind::Wrap(w), Owned::Block(rec)) => {
                 w.detach(rec, ptr.addr, &ptr.ty.name).py(py, ptr)?
             }
             _ => {
@@ -707,8 +687,8 @@ impl Arena {
     /// The arena's own counters (its allocations live until release).
     fn stats(&self) -> Stats {
         let limit = match &self.backing {
-            Backing::Region(a) => a.region().limit(),
-            Backing::Wrap(w) => crate::core::budget::as_option(w.tag.limit),
+            ArenaKind::Region(a) => a.region().limit(),
+            ArenaKind::Wrap(w) => crate::core::budget::as_option(w.tag.limit),
         };
         Stats::from(self.snapshot()).with_limit(limit)
     }
@@ -728,8 +708,8 @@ impl Arena {
 
     fn __repr__(&self) -> String {
         let kind = match &self.backing {
-            Backing::Region(_) => "bump region".to_string(),
-            Backing::Wrap(w) => format!("over {}", w.backing.name),
+            ArenaKind::Region(_) => "bump region".to_string(),
+            ArenaKind::Wrap(w) => format!("over {}", w.backing.name),
         };
         if self.is_closed() {
             return format!("<rsalloc.Arena #{} {kind} released>", self.id());
@@ -737,11 +717,11 @@ impl Arena {
         let s = self.snapshot();
         let callbacks = self.lock().len();
         let chunks = match &self.backing {
-            Backing::Region(a) => {
+            ArenaKind::Region(a) => {
                 let u = a.region().usage();
                 format!(", {} chunks of {} bytes", u.chunks, u.reserved)
             }
-            Backing::Wrap(_) => String::new(),
+            ArenaKind::Wrap(_) => String::new(),
         };
         format!(
             "<rsalloc.Arena #{} {kind} open: {} allocations, {} bytes{chunks}, {callbacks} callbacks>",

@@ -7,7 +7,6 @@ pub mod cpython;
 pub mod errors;
 pub mod foreign_allocator;
 pub mod handles;
-pub mod owner;
 pub mod params;
 pub mod pointer;
 pub mod python_allocator;

@@ -6,10 +6,10 @@
 //! checks the record's state first, so any view of a freed block raises.
 
 use super::errors::{to_py, IntoPy};
-pub use super::owner::{Owned, Owner};
 use super::types::{self, TypeInfo};
 use crate::core::error::Error;
 use crate::core::index::{self, Found};
+pub use crate::core::owner::{Owned, Owner};
 use crate::core::record_ref::RecordRef;
 use crate::core::region::{RegionCore, RegionRef};
 use crate::core::types::Kind;
@@ -105,7 +105,7 @@ pub struct Pointer {
     pub owner: Owner,
 }
 
-const UNKNOWN: usize = usize::MAX;
+use crate::core::view::{Span, UNKNOWN};
 
 impl Pointer {
     #[inline]
@@ -136,19 +136,21 @@ impl Pointer {
         }
     }
 
+    /// The view's bounds arithmetic (`core::view`).
+    #[inline(always)]
+    pub(crate) fn span(&self) -> Span {
+        Span {
+            addr: self.addr,
+            size: self.ty.size,
+            counted: self.ty.kind != Kind::Void,
+            extent: self.extent,
+        }
+    }
+
     /// Elements in the view: None for unknown extent or sizeless types.
     #[inline]
     pub fn count(&self) -> Option<usize> {
-        let size = self.ty.size;
-        if self.extent == UNKNOWN || self.ty.kind == Kind::Void || size == 0 {
-            return None;
-        }
-        // Element sizes are mostly powers of two: a shift, not a division.
-        Some(if size.is_power_of_two() {
-            self.extent >> size.trailing_zeros()
-        } else {
-            self.extent / size
-        })
+        self.span().count()
     }
 
     fn elem_size(&self) -> Option<usize> {
@@ -157,10 +159,7 @@ impl Pointer {
 
     /// Bytes covered by the view's elements (all of the extent for Void).
     pub fn nbytes_usize(&self) -> Option<usize> {
-        match self.count() {
-            Some(n) => Some(n * self.ty.size),
-            None => self.extent(),
-        }
+        self.span().nbytes()
     }
 
     /// Ok when the bytes behind the view may be touched.
@@ -205,94 +204,28 @@ impl Pointer {
         to_py(py, e, self)
     }
 
-    /// The address of element `i` (negative counts from the end when the count is known).
+    /// The address of element `i` of a live view (negative counts from the
+    /// end when the count is known).
     #[inline]
     pub(crate) fn elem_addr(&self, i: isize) -> Result<usize, Error> {
         self.check()?;
-        let size = self.ty.size;
-        // The hot case, without computing the count: element i ends within
-        // the extent. An unknown extent (usize::MAX) admits every index
-        // (documented), as long as the address does not wrap; sizeless
-        // types (Void) pass here and fail at the read.
-        if i >= 0 {
-            let end = (i as usize)
-                .checked_mul(size)
-                .and_then(|o| o.checked_add(size));
-            if let Some(end) = end.filter(|&e| e <= self.extent) {
-                if self.extent != UNKNOWN || self.addr.checked_add(end).is_some() {
-                    return Ok(self.addr + end - size);
-                }
-            }
-        }
-        self.elem_addr_slow(i)
+        self.span().elem_addr(i)
     }
 
-    #[cold]
-    fn elem_addr_slow(&self, i: isize) -> Result<usize, Error> {
-        let size = self.ty.size;
-        match self.count() {
-            Some(n) => {
-                let j = if i < 0 { i + n as isize } else { i };
-                if j < 0 || j as usize >= n {
-                    return Err(Error::OutOfBounds {
-                        index: i as i128,
-                        len: n,
-                    });
-                }
-                Ok(self.addr + j as usize * size)
-            }
-            // Unknown length: nothing to check against (documented), but a
-            // negative index would read before the pointer.
-            None if i < 0 => Err(Error::OutOfBounds {
-                index: i as i128,
-                len: 0,
-            }),
-            None => (i as usize)
-                .checked_mul(size)
-                .and_then(|o| self.addr.checked_add(o))
-                .ok_or(Error::OutOfBounds {
-                    index: i as i128,
-                    len: 0,
-                }),
-        }
-    }
-
-    /// A checked byte range [offset, offset+len) inside the view.
+    /// A checked byte range [offset, offset+len) inside a live view.
     pub(crate) fn byte_range(&self, offset: usize, len: usize) -> Result<usize, Error> {
         self.check()?;
-        let extent = self.nbytes_usize().ok_or(Error::RangeOutOfBounds {
-            offset,
-            len,
-            extent: 0,
-        })?;
-        match offset.checked_add(len) {
-            Some(end) if end <= extent => Ok(self.addr + offset),
-            _ => Err(Error::RangeOutOfBounds {
-                offset,
-                len,
-                extent,
-            }),
-        }
+        self.span().byte_range(offset, len)
     }
 
-    /// A byte range the caller states (`read_bytes(n)`, `to_str(length)`,
-    /// the length of a copy's source): checked against the view where its
-    /// extent is known; on a view of unknown extent taken as stated, as
-    /// `ctypes.string_at(addr, n)` does, as long as it stays in the address space.
+    /// A byte range the caller states, in a live view (see
+    /// [`Span::stated_range`]).
     pub(crate) fn stated_range(&self, offset: usize, len: usize) -> Result<usize, Error> {
         if self.extent != UNKNOWN {
             return self.byte_range(offset, len);
         }
         self.check()?;
-        offset
-            .checked_add(len)
-            .filter(|&end| end <= isize::MAX as usize && self.addr.checked_add(end).is_some())
-            .map(|_| self.addr + offset)
-            .ok_or(Error::RangeOutOfBounds {
-                offset,
-                len,
-                extent: 0,
-            })
+        self.span().stated_range(offset, len)
     }
 }
 

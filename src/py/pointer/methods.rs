@@ -7,11 +7,12 @@
 use super::items::*;
 use super::{from_stored_address, Pointer};
 use crate::core::error::{Error, Ownership};
+use crate::core::owner::Owned;
 use crate::core::record::State;
 use crate::core::types::Kind;
+use crate::core::view::OffsetError;
 use crate::py::args::{address_arg, usize_arg};
 use crate::py::errors::IntoPy;
-use crate::py::owner::Owned;
 use crate::py::source::Source;
 use crate::py::types::{self};
 use crate::py::values::{exact_small_int, to_value};
@@ -655,22 +656,15 @@ impl Pointer {
         // Arithmetic on NULL is refused (DESIGN §3): `(q + 1)[0]` of a NULL
         // `q` would otherwise read address 4.
         self.check().py(py, self)?;
-        let size = self.ty.size.max(1);
-        let limit = self.count().or(self.extent());
-        let ok = n >= 0 && limit.is_none_or(|c| n as usize <= c);
-        if !ok {
-            return Err(PyIndexError::new_err(format!(
+        match self.span().offset_by(n) {
+            Ok((addr, extent)) => Ok(self.view(addr, self.ty, extent)),
+            Err(OffsetError::Outside { limit }) => Err(PyIndexError::new_err(format!(
                 "offset {n} outside 0..={} for {}",
                 limit.map(|c| c.to_string()).unwrap_or_else(|| "∞".into()),
                 self
-            )));
+            ))),
+            Err(OffsetError::Overflow) => Err(PyOverflowError::new_err("address overflow")),
         }
-        let bytes = n as usize * size;
-        let addr = self
-            .addr
-            .checked_add(bytes)
-            .ok_or_else(|| PyOverflowError::new_err("address overflow"))?;
-        Ok(self.view(addr, self.ty, self.extent().map(|e| e - bytes)))
     }
 }
 
