@@ -25,6 +25,8 @@ mod _rsalloc {
     #[pymodule_export]
     use crate::py::arena::{current_arena, Arena};
     #[pymodule_export]
+    use crate::py::cpython::_fast_paths;
+    #[pymodule_export]
     use crate::py::foreign_allocator::ForeignAllocator;
     #[pymodule_export]
     use crate::py::params::_pointer_from_param;
@@ -56,28 +58,17 @@ mod _rsalloc {
         // Cargo.toml's version is the one version (pyproject.toml takes it
         // from there too); `rsalloc.__version__` is this.
         m.add("__version__", env!("CARGO_PKG_VERSION"))?;
-        // SAFETY: with a GIL, every call into rsalloc and every drop of its
-        // objects holds it; rsalloc releases it nowhere, and user code that
-        // does (a Python-defined allocator's methods) runs only in the core's
-        // callbacks. PyO3 refuses sub-interpreters. So record memory may come
-        // from CPython's small-object allocator, which needs the GIL and has
-        // no header per block (48 bytes a record, not glibc's 64); no record
-        // exists before this line.
+        // Record memory and the object tricks first: no record or Pointer
+        // object exists yet.
+        crate::py::cpython::install_early(py);
         #[cfg(not(Py_GIL_DISABLED))]
-        unsafe {
-            crate::core::serial::assume_serialized_with(crate::core::serial::RecordMemory {
-                alloc: pyo3::ffi::PyObject_Malloc,
-                free: pyo3::ffi::PyObject_Free,
-            });
-            if crate::py::stats::block_cache_wanted() {
-                crate::core::block_cache::enable();
-            }
-        };
-        crate::py::cpython::freelist::install(py)?;
+        if crate::py::stats::block_cache_wanted() {
+            // SAFETY: the block cache is for serialized mode, which the line
+            // above entered (under the GIL; `enable` checks it again).
+            unsafe { crate::core::block_cache::enable() };
+        }
         crate::py::arena::install_finalizer(py);
         crate::core::reserve::arm();
-        #[cfg(not(any(Py_3_12, PyPy, GraalPy, Py_LIMITED_API)))]
-        crate::py::values::digits::check(py)?;
         m.add("malloc", crate::py::allocator::malloc(py)?)?;
         m.add("calloc", crate::py::allocator::calloc(py)?)?;
         m.add("nullptr", crate::py::pointer::nullptr_object(py)?)?;
@@ -89,10 +80,8 @@ mod _rsalloc {
             let d = crate::py::tracking::diagnostic(py, zeroed)?;
             m.add(d.get().core.name.as_str(), &d)?;
         }
-        crate::py::cpython::view_objects::install(py)?;
         crate::py::structs::install();
-        crate::py::cpython::fast::install(m)?;
-        crate::py::cpython::fast_structs::install(m)?;
+        crate::py::cpython::install_late(m);
         // Keeps the tracemalloc flag current from now on, whichever way the
         // extension was first imported.
         py.import("rsalloc._tracemalloc")?

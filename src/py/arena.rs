@@ -196,6 +196,10 @@ impl Arena {
     /// The bump region, once its Python handle is set: the case the fast
     /// path of `allocate` serves (fast.rs).
     #[inline]
+    #[cfg_attr(
+        not(all(pyo3_disable_reference_pool, pyo3_leak_on_drop_without_reference_pool)),
+        allow(dead_code)
+    )]
     pub(crate) fn ready_region(&self) -> Option<&Anchor> {
         match &self.backing {
             ArenaKind::Region(a) if a.region().handle.get().is_some() => Some(a),

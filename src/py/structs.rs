@@ -50,6 +50,10 @@ pub struct Field {
     declared: Py<PyAny>,
     /// The type object of the class declaring the field: its views are
     /// views without a subclass check.
+    #[cfg_attr(
+        not(all(pyo3_disable_reference_pool, pyo3_leak_on_drop_without_reference_pool)),
+        allow(dead_code)
+    )]
     pub(crate) owner_type: usize,
 }
 
@@ -65,6 +69,10 @@ impl Field {
     /// (null with the exception set if CPython is out of memory); None for
     /// anything else, which `read` then serves or raises. For the fast
     /// entry point (cpython/fast_structs.rs): no Python code runs here.
+    #[cfg_attr(
+        not(all(pyo3_disable_reference_pool, pyo3_leak_on_drop_without_reference_pool)),
+        allow(dead_code)
+    )]
     #[inline(always)]
     pub(crate) fn plain_read(&self, view: &StructView) -> Option<*mut ffi::PyObject> {
         let kind = self.ty.kind;
@@ -87,6 +95,10 @@ impl Field {
         })
     }
 
+    #[cfg_attr(
+        not(all(pyo3_disable_reference_pool, pyo3_leak_on_drop_without_reference_pool)),
+        allow(dead_code)
+    )]
     /// Stores an exact int or float into a number field, or a live Pointer
     /// or None into a pointer field, of a live view; false for anything
     /// else, which `write` then serves or raises. No Python code runs here.

@@ -192,6 +192,10 @@ pub fn void(py: Python<'_>) -> PyResult<&'static TypeInfo> {
 
 /// The TypeInfo of a class already classified (no Python code runs), or None.
 #[inline]
+#[cfg_attr(
+    not(all(pyo3_disable_reference_pool, pyo3_leak_on_drop_without_reference_pool)),
+    allow(dead_code)
+)]
 pub(crate) fn lookup_cached(t: &Bound<'_, PyAny>) -> Option<&'static TypeInfo> {
     let reg = REGISTRY.get(t.py())?;
     let key = t.as_ptr() as usize;

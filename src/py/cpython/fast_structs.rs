@@ -11,7 +11,7 @@
 //! plain malloc — and hands every other call,
 //! unchanged, to the PyO3 slot it replaced, which raises the errors.
 
-use super::fast::{delegate, enter, replace_function, single, Args, Outcome};
+use super::entry::{enter, replace_function, unary_function, Args, Outcome};
 use super::freelist::{as_pointer, new_object};
 use super::view_objects::make_view;
 use crate::core::layout::Request;
@@ -197,50 +197,40 @@ unsafe extern "C" fn to_native_utf8(
     // SAFETY: per `enter`; the UTF-8 bytes CPython caches in the str stay
     // valid while the str (borrowed from the arguments) lives.
     unsafe {
-        enter(
-            |py| {
-                let Some(s) = single(py, args, nargs, kwnames) else {
-                    return Outcome::Delegate;
-                };
-                if ffi::PyUnicode_CheckExact(s.as_ptr()) == 0 {
-                    return Outcome::Delegate;
-                }
-                let mut len: ffi::Py_ssize_t = 0;
-                let data = ffi::PyUnicode_AsUTF8AndSize(s.as_ptr(), &mut len);
-                if data.is_null() {
-                    ffi::PyErr_Clear(); // not encodable: the PyO3 function says why
-                    return Outcome::Delegate;
-                }
-                let bytes = std::slice::from_raw_parts(data.cast::<u8>(), len as usize);
-                if bytes.contains(&0) {
-                    return Outcome::Delegate;
-                }
-                let Ok(malloc) = allocator::malloc(py) else {
-                    return Outcome::Delegate;
-                };
-                let malloc = malloc.get();
-                if !malloc.core.plain() {
-                    return Outcome::Delegate;
-                }
-                let req = Request {
-                    size: bytes.len() + 1,
-                    align: 1,
-                };
-                let made = types::uint8(py)
-                    .and_then(|ty| malloc.new_pointer(py, ty, req))
-                    .inspect(|p| {
-                        // A fresh, live block of len + 1 bytes.
-                        std::ptr::copy_nonoverlapping(
-                            bytes.as_ptr(),
-                            p.addr as *mut u8,
-                            bytes.len(),
-                        );
-                        *((p.addr + bytes.len()) as *mut u8) = 0;
-                    });
-                made.and_then(|p| Ok(new_object(py, p)?.into_ptr())).into()
-            },
-            || delegate(&TO_NATIVE_UTF8, None, args, nargs, kwnames),
-        )
+        unary_function(&TO_NATIVE_UTF8, args, nargs, kwnames, |py, s| {
+            if ffi::PyUnicode_CheckExact(s.as_ptr()) == 0 {
+                return Outcome::Delegate;
+            }
+            let mut len: ffi::Py_ssize_t = 0;
+            let data = ffi::PyUnicode_AsUTF8AndSize(s.as_ptr(), &mut len);
+            if data.is_null() {
+                ffi::PyErr_Clear(); // not encodable: the PyO3 function says why
+                return Outcome::Delegate;
+            }
+            let bytes = std::slice::from_raw_parts(data.cast::<u8>(), len as usize);
+            if bytes.contains(&0) {
+                return Outcome::Delegate;
+            }
+            let Ok(malloc) = allocator::malloc(py) else {
+                return Outcome::Delegate;
+            };
+            let malloc = malloc.get();
+            if !malloc.core.plain() {
+                return Outcome::Delegate;
+            }
+            let req = Request {
+                size: bytes.len() + 1,
+                align: 1,
+            };
+            let made = types::uint8(py)
+                .and_then(|ty| malloc.new_pointer(py, ty, req))
+                .inspect(|p| {
+                    // A fresh, live block of len + 1 bytes.
+                    std::ptr::copy_nonoverlapping(bytes.as_ptr(), p.addr as *mut u8, bytes.len());
+                    *((p.addr + bytes.len()) as *mut u8) = 0;
+                });
+            made.and_then(|p| Ok(new_object(py, p)?.into_ptr())).into()
+        })
     }
 }
 

@@ -23,45 +23,82 @@ pub(crate) static VIEW_OFFSET: AtomicUsize = AtomicUsize::new(0);
 /// Measures where PyO3 keeps a StructView in its objects, so that views of
 /// Python subclasses can be made directly (PyO3 makes only base objects),
 /// and points StructView's dealloc at `view_dealloc`. Called once at
-/// module init, before any view exists.
-pub fn install(py: Python<'_>) -> PyResult<()> {
+/// module init, before any view exists; why not, when the layout is not
+/// exactly a header followed by the value (`make_view` then refuses to
+/// make views, saying why, and everything else works).
+pub fn install(py: Python<'_>) -> Result<(), String> {
+    let void = crate::py::types::void(py).map_err(|e| e.to_string())?;
     let probe = Bound::new(
         py,
         StructView {
-            ptr: Pointer::new(0, crate::py::types::void(py)?, None, Owner::UNOWNED),
+            ptr: Pointer::new(0, void, None, Owner::UNOWNED),
         },
-    )?;
+    )
+    .map_err(|e| e.to_string())?;
     let off = probe.get() as *const StructView as usize - probe.as_ptr() as usize;
     let tp = StructView::type_object(py).as_type_ptr();
     // SAFETY: reading the size of a ready type.
     let basicsize = unsafe { (*tp).tp_basicsize } as usize;
-    if off < std::mem::size_of::<ffi::PyObject>()
-        || basicsize != off + std::mem::size_of::<StructView>()
-    {
-        return Err(PyRuntimeError::new_err(
-            "rsalloc: unexpected PyO3 object layout for struct views",
-        ));
+    if let Err(why) = super::freelist::exact_layout(
+        "StructView",
+        off,
+        basicsize,
+        std::mem::size_of::<StructView>(),
+    ) {
+        let _ = UNAVAILABLE.set(why.clone());
+        return Err(why);
     }
     VIEW_OFFSET.store(off, Ordering::Relaxed);
     VIEW_SIZE.store(basicsize, Ordering::Relaxed);
     // SAFETY: a heap type rsalloc owns, ready and not yet used; the slot is
     // the plain field PyO3 filled with its dealloc.
+    #[cfg(all(
+        not(Py_GIL_DISABLED),
+        pyo3_disable_reference_pool,
+        pyo3_leak_on_drop_without_reference_pool
+    ))]
     unsafe {
-        let Some(dealloc) = (*tp).tp_dealloc else {
-            return Err(PyRuntimeError::new_err("StructView lacks its dealloc"));
-        };
-        let _ = OLD_VIEW_DEALLOC.set(dealloc);
-        #[cfg(not(Py_GIL_DISABLED))]
-        {
+        if let Some(dealloc) = (*tp).tp_dealloc {
+            let _ = OLD_VIEW_DEALLOC.set(dealloc);
             (*tp).tp_dealloc = Some(view_dealloc);
         }
     }
     Ok(())
 }
 
+/// Whether views are plain objects with a dealloc of rsalloc's own (see
+/// `plain_view_objects`); why not.
+pub fn plain_views() -> Result<(), String> {
+    if VIEW_OFFSET.load(Ordering::Relaxed) == 0 {
+        return Err("struct view objects are unavailable".into());
+    }
+    #[cfg(Py_GIL_DISABLED)]
+    return Err("free-threaded build: no GIL guards a free list".into());
+    #[cfg(not(all(pyo3_disable_reference_pool, pyo3_leak_on_drop_without_reference_pool)))]
+    return Err(super::BYPASS_OFF.into());
+    #[cfg(all(
+        not(Py_GIL_DISABLED),
+        pyo3_disable_reference_pool,
+        pyo3_leak_on_drop_without_reference_pool
+    ))]
+    match OLD_VIEW_DEALLOC.get() {
+        Some(_) => Ok(()),
+        None => Err("StructView has no tp_dealloc".into()),
+    }
+}
+
+/// Why views cannot be made, when the layout probe failed.
+static UNAVAILABLE: OnceLock<String> = OnceLock::new();
+
 /// A view of class `class` (a StructView subclass) over `ptr`.
 pub(crate) fn make_view(py: Python<'_>, class: &Py<PyAny>, ptr: Pointer) -> PyResult<Py<PyAny>> {
     let off = VIEW_OFFSET.load(Ordering::Relaxed);
+    if off == 0 {
+        let why = UNAVAILABLE.get().map_or("not installed", String::as_str);
+        return Err(PyRuntimeError::new_err(format!(
+            "rsalloc cannot make struct views with this PyO3 build: {why}"
+        )));
+    }
     let tp = class.as_ptr().cast::<ffi::PyTypeObject>();
     // SAFETY: `class` is a StructView subclass (classify_composite checked),
     // whose objects start with StructView's layout: a header, then the
@@ -81,6 +118,11 @@ pub(crate) fn make_view(py: Python<'_>, class: &Py<PyAny>, ptr: Pointer) -> PyRe
     }
 }
 
+#[cfg(all(
+    not(Py_GIL_DISABLED),
+    pyo3_disable_reference_pool,
+    pyo3_leak_on_drop_without_reference_pool
+))]
 static OLD_VIEW_DEALLOC: OnceLock<ffi::destructor> = OnceLock::new();
 
 /// StructView's object size, set by install.
@@ -93,26 +135,10 @@ static VIEW_SIZE: AtomicUsize = AtomicUsize::new(0);
 /// StructView's size; only where a GIL guards it.
 #[cfg(not(Py_GIL_DISABLED))]
 mod list {
-
     use pyo3::ffi;
 
-    const CAP: usize = 64;
-
-    struct List {
-        items: [*mut ffi::PyObject; CAP],
-        len: usize,
-    }
-
-    /// Guarded by the GIL: only touched from make_view and tp_dealloc.
-    struct GilCell(std::cell::UnsafeCell<List>);
-
-    // SAFETY: only accessed with the GIL held (see above).
-    unsafe impl Sync for GilCell {}
-
-    static LIST: GilCell = GilCell(std::cell::UnsafeCell::new(List {
-        items: [std::ptr::null_mut(); CAP],
-        len: 0,
-    }));
+    static LIST: crate::py::cpython::gil_list::GilList<64> =
+        crate::py::cpython::gil_list::GilList::new();
 
     /// Memory for one view object, not initialised.
     ///
@@ -122,12 +148,10 @@ mod list {
     pub(super) unsafe fn take(size: usize) -> *mut ffi::PyObject {
         // SAFETY: per the function's contract; every item has `size` bytes.
         unsafe {
-            let list = &mut *LIST.0.get();
-            if list.len == 0 {
-                return ffi::PyObject_Malloc(size).cast();
+            match LIST.take() {
+                Some(obj) => obj,
+                None => ffi::PyObject_Malloc(size).cast(),
             }
-            list.len -= 1;
-            list.items[list.len]
         }
     }
 
@@ -136,14 +160,14 @@ mod list {
     /// # Safety
     /// The GIL is held; `obj` came from PyObject_Malloc with the plain size.
     #[inline]
+    #[cfg_attr(
+        not(all(pyo3_disable_reference_pool, pyo3_leak_on_drop_without_reference_pool)),
+        allow(dead_code)
+    )]
     pub(super) unsafe fn keep(obj: *mut ffi::PyObject) {
         // SAFETY: per the function's contract.
         unsafe {
-            let list = &mut *LIST.0.get();
-            if list.len < CAP {
-                list.items[list.len] = obj;
-                list.len += 1;
-            } else {
+            if !LIST.keep(obj) {
                 ffi::PyObject_Free(obj.cast());
             }
         }
@@ -189,8 +213,14 @@ pub(crate) unsafe fn alloc_view(tp: *mut ffi::PyTypeObject) -> *mut ffi::PyObjec
 }
 
 /// A view's last reference is gone (called by the subclass's dealloc, or
-/// as the dealloc of a plain view class).
-#[cfg_attr(Py_GIL_DISABLED, allow(dead_code))]
+/// as the dealloc of a plain view class). It skips PyO3's trampoline, which
+/// only matters where PyO3 keeps a reference pool: compiled only where it
+/// has none.
+#[cfg(all(
+    not(Py_GIL_DISABLED),
+    pyo3_disable_reference_pool,
+    pyo3_leak_on_drop_without_reference_pool
+))]
 unsafe extern "C" fn view_dealloc(obj: *mut ffi::PyObject) {
     // SAFETY: CPython calls tp_dealloc with the GIL held, once, on a dead
     // view, whose value sits at VIEW_OFFSET (install measured it). As
@@ -235,10 +265,16 @@ unsafe extern "C" fn view_dealloc(obj: *mut ffi::PyObject) {
 /// pre-header and a link and unlink per view (BENCHMARKS.md,
 /// struct_field). Done before the class's first object exists, and only for
 /// a class that adds nothing to StructView's layout (no `__dict__`, weak
-/// references or slots). On a free-threaded build, left alone.
+/// references or slots). On a free-threaded build, or one
+/// with PyO3's reference pool (`plain_views` says why), left alone.
 pub(crate) fn plain_view_objects(class: &Bound<'_, pyo3::types::PyType>) {
-    #[cfg(not(Py_GIL_DISABLED))]
-    {
+    let _ = class;
+    #[cfg(all(
+        not(Py_GIL_DISABLED),
+        pyo3_disable_reference_pool,
+        pyo3_leak_on_drop_without_reference_pool
+    ))]
+    if plain_views().is_ok() {
         // Py_TPFLAGS_MANAGED_DICT (3.11+) and Py_TPFLAGS_MANAGED_WEAKREF (3.12+).
         const MANAGED: std::ffi::c_ulong = (1 << 4) | (1 << 3);
         let base = StructView::type_object(class.py()).as_type_ptr();

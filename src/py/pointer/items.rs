@@ -23,6 +23,10 @@ impl Pointer {
     /// point's case in one frame: `item` and `read` stay out of line, and
     /// their calls and `PyResult`s cost ~15 % of `p[i]` (callgrind).
     #[inline(always)]
+    #[cfg_attr(
+        not(all(pyo3_disable_reference_pool, pyo3_leak_on_drop_without_reference_pool)),
+        allow(dead_code)
+    )]
     pub(crate) fn plain_item(&self, i: isize) -> Option<*mut ffi::PyObject> {
         let _held = self.access().ok()?;
         let addr = self.elem_addr(i).ok()?;
@@ -208,6 +212,10 @@ impl Pointer {
     /// for anything else, which `write` then serves or raises. As
     /// `plain_item`, for the fast entry point: no Python code runs here.
     #[inline(always)]
+    #[cfg_attr(
+        not(all(pyo3_disable_reference_pool, pyo3_leak_on_drop_without_reference_pool)),
+        allow(dead_code)
+    )]
     pub(crate) fn plain_write(&self, i: isize, v: &Bound<'_, PyAny>) -> bool {
         let kind = self.ty.kind;
         let Some(value) = plain_number(kind, v) else {
@@ -323,6 +331,10 @@ impl Pointer {
 /// an exception set when CPython is out of memory); None for an address.
 /// Makes an int, a float or a bool: no Python code runs.
 #[inline(always)]
+#[cfg_attr(
+    not(all(pyo3_disable_reference_pool, pyo3_leak_on_drop_without_reference_pool)),
+    allow(dead_code)
+)]
 pub(super) fn number_object(v: Value) -> Option<*mut ffi::PyObject> {
     // SAFETY: each call takes a plain number and returns a new reference or NULL.
     Some(unsafe {
