@@ -67,7 +67,6 @@ mod _rsalloc {
             // above entered (under the GIL; `enable` checks it again).
             unsafe { crate::core::block_cache::enable() };
         }
-        crate::py::arena::install_finalizer(py);
         crate::core::reserve::arm();
         m.add("malloc", crate::py::allocator::malloc(py)?)?;
         m.add("calloc", crate::py::allocator::calloc(py)?)?;

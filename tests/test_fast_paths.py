@@ -386,6 +386,7 @@ def test_fast_paths_reports_every_trick_and_why_one_is_off():
 
     paths = rsalloc._rsalloc._fast_paths()
     assert set(paths) == {
+        "arena_finalizer",
         "pymalloc_records",
         "pointer_free_list",
         "pointer_dealloc",

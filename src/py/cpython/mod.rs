@@ -13,6 +13,7 @@
 //! glue. docs/architecture.md has the map; docs/decisions.md what each
 //! trick buys.
 
+pub mod arena_finalizer;
 #[cfg(all(pyo3_disable_reference_pool, pyo3_leak_on_drop_without_reference_pool))]
 pub mod entry;
 #[cfg(all(pyo3_disable_reference_pool, pyo3_leak_on_drop_without_reference_pool))]
@@ -50,7 +51,7 @@ fn note(name: &'static str, outcome: Result<(), String>) {
 
 /// The tricks that must come before any record or Pointer object exists:
 /// record memory from CPython's allocator, the Pointer free list and its
-/// dealloc, int digit reads.
+/// dealloc, int digit reads; and the Arena type's finalizer.
 pub fn install_early(py: Python<'_>) {
     note("pymalloc_records", pymalloc_records());
     note("pointer_free_list", freelist::install(py));
@@ -62,6 +63,7 @@ pub fn install_early(py: Python<'_>) {
         "int_digits",
         Err("read through the C API: the digit layout is CPython 3.11's and older".into()),
     );
+    note("arena_finalizer", arena_finalizer::install(py));
 }
 
 /// The tricks installed once the module has its functions and classes:
