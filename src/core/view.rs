@@ -72,28 +72,17 @@ impl Span {
 
     /// The address of element `i` (negative counts from the end when the
     /// count is known).
-    #[inline]
+    #[inline(always)]
     pub fn elem_addr(&self, i: isize) -> Result<usize, Error> {
-        let size = self.size;
-        // The hot case, without computing the count: element i ends within
-        // the extent. An unknown extent (usize::MAX) admits every index, as
-        // long as the address does not wrap; sizeless types (Void) pass here
-        // and fail at the read.
-        if i >= 0 {
-            let end = (i as usize)
-                .checked_mul(size)
-                .and_then(|o| o.checked_add(size));
-            if let Some(end) = end.filter(|&e| e <= self.extent) {
-                if self.extent != UNKNOWN || self.addr.checked_add(end).is_some() {
-                    return Ok(self.addr + end - size);
-                }
-            }
+        match elem_addr_within(self.addr, self.size, self.extent, i) {
+            Some(a) => Ok(a),
+            None => self.elem_addr_slow(i),
         }
-        self.elem_addr_slow(i)
     }
 
+    /// [`Span::elem_addr`] past its hot case ([`elem_addr_within`]).
     #[cold]
-    fn elem_addr_slow(&self, i: isize) -> Result<usize, Error> {
+    pub fn elem_addr_slow(&self, i: isize) -> Result<usize, Error> {
         let size = self.size;
         match self.count() {
             Some(n) => {
@@ -173,6 +162,24 @@ impl Span {
         let addr = self.addr.checked_add(bytes).ok_or(OffsetError::Overflow)?;
         Ok((addr, self.extent().map(|e| e - bytes)))
     }
+}
+
+/// The hot case of [`Span::elem_addr`], on the view's fields as they are
+/// (the access routes call it without building a `Span`): element `i >= 0`
+/// ends within `extent`. An unknown extent (usize::MAX) admits every index
+/// as long as the address does not wrap; sizeless types (Void) pass here
+/// and fail at the read. None for every other case, which
+/// [`Span::elem_addr_slow`] decides.
+#[inline(always)]
+pub fn elem_addr_within(addr: usize, size: usize, extent: usize, i: isize) -> Option<usize> {
+    if i < 0 {
+        return None;
+    }
+    let end = (i as usize).checked_mul(size)?.checked_add(size)?;
+    if end <= extent && (extent != UNKNOWN || addr.checked_add(end).is_some()) {
+        return Some(addr + end - size);
+    }
+    None
 }
 
 #[cfg(test)]

@@ -105,7 +105,7 @@ pub struct Pointer {
     pub owner: Owner,
 }
 
-use crate::core::view::{Span, UNKNOWN};
+use crate::core::view::{elem_addr_within, Span, UNKNOWN};
 
 impl Pointer {
     #[inline]
@@ -205,11 +205,21 @@ impl Pointer {
     }
 
     /// The address of element `i` of a live view (negative counts from the
-    /// end when the count is known).
-    #[inline]
+    /// end when the count is known). Inlined into every access route, as
+    /// it was before the arithmetic moved to `core::view`.
+    #[inline(always)]
     pub(crate) fn elem_addr(&self, i: isize) -> Result<usize, Error> {
         self.check()?;
-        self.span().elem_addr(i)
+        match elem_addr_within(self.addr, self.ty.size, self.extent, i) {
+            Some(a) => Ok(a),
+            None => self.elem_addr_slow(i),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn elem_addr_slow(&self, i: isize) -> Result<usize, Error> {
+        self.span().elem_addr_slow(i)
     }
 
     /// A checked byte range [offset, offset+len) inside a live view.
