@@ -372,7 +372,10 @@ mod block_cache {
             if n <= MAX_SIZE {
                 assert_eq!(again.addr(), addrs[bound + 3], "the newest is reused");
             } else {
-                assert!(!addrs[4..].contains(&again.addr()), "held blocks are not reused");
+                assert!(
+                    !addrs[4..].contains(&again.addr()),
+                    "held blocks are not reused"
+                );
             }
             m.free(&again, again.addr()).unwrap();
         }

@@ -315,9 +315,7 @@ pub fn holds(p: usize, size: usize) -> bool {
     // A block files by its usable size, which may put it a class above
     // its request's (see `a_glibc_block_files_where_its_own_size_looks`).
     let first = class_of_request(size);
-    (first..(first + 2).min(CLASSES)).any(|class| {
-        c.stacks[class].contains(p as *mut u8)
-    })
+    (first..(first + 2).min(CLASSES)).any(|class| c.stacks[class].contains(p as *mut u8))
 }
 
 /// Frees every kept block; returns how many there were.

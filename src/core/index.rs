@@ -705,11 +705,15 @@ mod tests {
         }
         assert!(starts[..4].iter().all(|&a| st.freed_word(a).is_some()));
         // The same start again: its own entry, the set keeps the other three.
-        let old = st.keep_freed(starts[2], recs[4].clone()).expect("its previous life");
+        let old = st
+            .keep_freed(starts[2], recs[4].clone())
+            .expect("its previous life");
         assert!(RecordRef::ptr_eq(&old, &recs[2]));
         assert!(starts[..4].iter().all(|&a| st.freed_word(a).is_some()));
         // A fifth start: the oldest (the first) goes.
-        let old = st.keep_freed(starts[4], recs[5].clone()).expect("the oldest");
+        let old = st
+            .keep_freed(starts[4], recs[5].clone())
+            .expect("the oldest");
         assert!(RecordRef::ptr_eq(&old, &recs[0]));
         assert!(st.freed_word(starts[0]).is_none());
         assert!(starts[1..5].iter().all(|&a| st.freed_word(a).is_some()));
