@@ -13,7 +13,7 @@ pub(crate) use ops::rec_ptr;
 
 use super::block_cache;
 use super::budget::{self, UNLIMITED};
-use super::error::Result;
+use super::error::{Error, Result};
 use super::layout::MALLOC_ALIGN;
 use super::stats::{Counters, GLOBAL};
 use super::sys;
@@ -364,7 +364,6 @@ impl AllocCore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::error::Error;
     use crate::core::error::{Death, Ownership};
     use crate::core::layout::array;
     use crate::core::layout::Request;
