@@ -9,7 +9,9 @@ call the slot functions PyO3 installed before rsalloc replaced them.
 from __future__ import annotations
 
 import gc
+import os
 import sys
+import sysconfig
 import threading
 
 import pytest
@@ -381,30 +383,117 @@ def test_ints_read_straight_from_their_digits_keep_their_value(i):
         free(q)
 
 
+TRICKS = {
+    "arena_finalizer",
+    "pymalloc_records",
+    "untracked_pointers",
+    "untracked_stats",
+    "pointer_free_list",
+    "pointer_dealloc",
+    "int_digits",
+    "struct_views",
+    "plain_struct_views",
+    "entry_points",
+    "struct_entry_points",
+}
+
+# The reason a trick that skips PyO3's trampoline gives in a build without
+# the reference-pool cfgs (BYPASS_OFF in src/py/cpython/mod.rs).
+_WITHOUT_CFGS = "built without --cfg pyo3_disable_reference_pool"
+
+
+def _switched_off() -> bool:
+    return os.environ.get("RSALLOC_FAST_PATHS") == "0"
+
+
 def test_fast_paths_reports_every_trick_and_why_one_is_off():
     import rsalloc._rsalloc
 
     paths = rsalloc._rsalloc._fast_paths()
-    assert set(paths) == {
-        "arena_finalizer",
-        "pymalloc_records",
-        "pointer_free_list",
-        "pointer_dealloc",
-        "int_digits",
-        "struct_views",
-        "plain_struct_views",
-        "entry_points",
-        "struct_entry_points",
-    }
+    assert set(paths) == TRICKS
     for name, p in paths.items():
         assert set(p) == {"active", "reason"}, name
         assert isinstance(p["active"], bool)
         # An active trick has no reason; one that is off says why.
         assert (p["reason"] == "") == p["active"], (name, p)
+    if _switched_off():
+        assert not any(p["active"] for p in paths.values()), paths
+        assert all("RSALLOC_FAST_PATHS=0" in p["reason"] for p in paths.values()), paths
+        return
     # This interpreter's ints: the digit reads are on exactly where the
     # layout they read is CPython's up to 3.11, with 30-bit digits.
     digits_apply = sys.version_info < (3, 12) and sys.int_info.bits_per_digit == 30
     assert paths["int_digits"]["active"] == digits_apply, paths["int_digits"]
     # Struct views are made at the measured offset: the struct tests need them.
     assert paths["struct_views"]["active"], paths["struct_views"]
+
+
+@pytest.mark.skipif(_switched_off(), reason="RSALLOC_FAST_PATHS=0 turns every trick off")
+@pytest.mark.skipif(
+    sysconfig.get_config_var("Py_GIL_DISABLED") == 1, reason="free-threaded: the GIL tricks are off"
+)
+def test_every_trick_is_on_in_the_normal_build():
+    """A PyO3 or CPython upgrade that silently turns a trick off fails here
+    (each off trick's reason says which assumption broke)."""
+    import rsalloc._rsalloc
+
+    paths = rsalloc._rsalloc._fast_paths()
+    if _WITHOUT_CFGS in paths["entry_points"]["reason"]:
+        pytest.skip("built without the reference-pool cfgs: the bypass tricks are off by design")
+    expected_off = set()
+    if not (sys.version_info < (3, 12) and sys.int_info.bits_per_digit == 30):
+        expected_off.add("int_digits")
+    off = {name: p["reason"] for name, p in paths.items() if not p["active"]}
+    assert set(off) == expected_off, off
+
+
+@pytest.mark.skipif(_switched_off(), reason="RSALLOC_FAST_PATHS=0 turns every trick off")
+def test_pointer_and_stats_objects_are_not_gc_tracked():
+    """PyO3 0.30 makes every class a GC type; the fence makes these two plain
+    again (src/py/cpython/untracked.rs): no GC header, no tracking."""
+    import rsalloc._rsalloc
+
+    have_gc = 1 << 14  # Py_TPFLAGS_HAVE_GC
+    paths = rsalloc._rsalloc._fast_paths()
+    for cls, trick in ((rsalloc.Pointer, "untracked_pointers"), (rsalloc.Stats, "untracked_stats")):
+        if not paths[trick]["active"]:
+            pytest.skip(paths[trick]["reason"])
+        assert cls.__flags__ & have_gc == 0, cls
+    p = malloc.allocate(16)
+    s = rsalloc.stats()
+    assert not gc.is_tracked(p)
+    assert not gc.is_tracked(s)
+    # The objects still die as before: the block is freed, a view of an
+    # arena block is released with its arena.
+    del s
+    with Arena(malloc) as a:
+        q = a.allocate(16)
+        assert q.count == 16
+    del q
+    free(p)
+    gc.collect()
+
+
+def test_errors_dropped_inside_a_fast_route_do_not_hang():
+    """A value conversion that tries one extraction, drops its error and
+    raises another (an int too large for a Bool element, an int address out
+    of range) drops a PyErr inside the entry point: PyO3 0.30 loops forever
+    on such a drop unless the thread is registered with it (entry.rs)."""
+    b = calloc(rsalloc.Bool, 2)
+    q = calloc(rsalloc.Pointer[Int32], 1)
+    try:
+        for p, v in ((b, 2**70), (b, -(2**70)), (b, 2), (q, 2**70), (q, -1)):
+
+            def store(p=p, v=v):
+                p[0] = v  # the entry point (the slot), not the method wrapper
+
+            fast = outcome(store)
+            slow = outcome(type(p).__setitem__, p, 0, v)
+            assert fast == slow
+            assert fast[0] in (TypeError, OverflowError), fast
+        assert b[0] is False
+        assert q[0].address == 0
+    finally:
+        free(b)
+        free(q)
 

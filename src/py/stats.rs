@@ -6,14 +6,7 @@ use crate::core::stats::{Snapshot, GLOBAL};
 use pyo3::prelude::*;
 
 /// A snapshot of allocation counters.
-#[pyclass(
-    frozen,
-    eq,
-    get_all,
-    skip_from_py_object,
-    module = "rsalloc",
-    name = "Stats"
-)]
+#[pyclass(frozen, eq, get_all, module = "rsalloc", name = "Stats")]
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Stats {
     /// Allocations handed out and not yet freed or released.

@@ -6,6 +6,8 @@
 use super::pointer::Pointer;
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
+use pyo3::type_object::PyTypeInfo;
+use std::cell::RefCell;
 
 /// The base of every `Struct` and `Union` class: a view of one struct in
 /// native memory.
@@ -15,8 +17,39 @@ pub struct StructView {
     pub(crate) ptr: Pointer,
 }
 
+thread_local! {
+    /// The Pointer the view `new_view` is making will hold.
+    static PENDING: RefCell<Option<Pointer>> = const { RefCell::new(None) };
+}
+
+/// A view of class `class` (a StructView subclass) over `ptr`, made by
+/// PyO3's constructor (`_StructView.__new__(class)`), which allocates and
+/// initialises an object of any subclass: the route when the fence's
+/// `struct_views` trick is off.
+pub(crate) fn new_view(py: Python<'_>, class: &Py<PyAny>, ptr: Pointer) -> PyResult<Py<PyAny>> {
+    PENDING.with(|p| *p.borrow_mut() = Some(ptr));
+    let made = StructView::type_object(py)
+        .getattr("__new__")
+        .and_then(|new| new.call1((class.bind(py),)));
+    // Taken by `__new__` when it ran; dropped here when it did not.
+    PENDING.with(|p| p.borrow_mut().take());
+    Ok(made?.unbind())
+}
+
 #[pymethods]
 impl StructView {
+    /// Only `new_view` makes views this way: called from Python, nothing
+    /// is pending and it raises.
+    #[new]
+    fn __new__() -> PyResult<Self> {
+        match PENDING.with(|p| p.borrow_mut().take()) {
+            Some(ptr) => Ok(StructView { ptr }),
+            None => Err(PyTypeError::new_err(
+                "struct views are made by p.ref and p[i] of a struct Pointer, not constructed",
+            )),
+        }
+    }
+
     fn __repr__(&self) -> String {
         format!(
             "<{} view at {:#x} {} {}>",

@@ -15,17 +15,23 @@ static DEALLOC: OnceLock<ffi::destructor> = OnceLock::new();
 /// PyO3 has no slot for it): runs once, before the collector clears a
 /// cycle, or from `dealloc` when the last reference goes.
 unsafe extern "C" fn finalize(obj: *mut ffi::PyObject) {
-    // SAFETY: CPython calls tp_finalize attached, with obj alive.
-    let py = unsafe { Python::assume_attached() };
-    // A finalizer must leave the current exception as it found it.
-    let saved = PyErr::take(py);
-    // SAFETY: obj is a live object of the Arena type (this slot's type).
-    let any = unsafe { Bound::from_borrowed_ptr(py, obj) };
-    if let Ok(arena) = any.cast::<Arena>() {
-        arena.get().collected(&any);
-    }
-    if let Some(e) = saved {
-        e.restore(py);
+    // SAFETY: CPython calls tp_finalize attached, with obj alive. The body
+    // runs registered with PyO3 (see `entry::enter`): releasing the blocks
+    // drops `Py` values (callbacks, errors), which PyO3 0.30 decrefs only
+    // on a thread its own count says is attached.
+    unsafe {
+        Python::attach_unchecked(|py| {
+            // A finalizer must leave the current exception as it found it.
+            let saved = PyErr::take(py);
+            // SAFETY: obj is a live object of the Arena type (this slot's type).
+            let any = Bound::from_borrowed_ptr(py, obj);
+            if let Ok(arena) = any.cast::<Arena>() {
+                arena.get().collected(&any);
+            }
+            if let Some(e) = saved {
+                e.restore(py);
+            }
+        })
     }
 }
 

@@ -56,6 +56,16 @@ impl Ret for c_int {
 /// Runs a fast route and turns its outcome into what CPython expects;
 /// `slow` runs the replaced PyO3 code with the call as received.
 ///
+/// The route runs with the thread registered as attached in PyO3's own
+/// bookkeeping, as PyO3's trampoline would register it: PyO3 0.30 drops a
+/// `Py<T>` (a `PyErr` holds some) only when that count says the thread is
+/// attached, and otherwise hands it to its reference pool, which this build
+/// has not; there the hand-off loops forever (a busy hang in
+/// `drop_in_place::<PyErr>` when a route drops an error it made, say a
+/// value conversion tried and abandoned). `Python::attach_unchecked` is
+/// the public way to register: PyO3's count, and CPython's thread-state
+/// counter (`PyGILState_Ensure` on a thread that holds the GIL).
+///
 /// # Safety
 /// Called by CPython with the GIL (or an attached thread state).
 #[inline]
@@ -63,24 +73,26 @@ pub(crate) unsafe fn enter<R: Ret>(
     route: impl FnOnce(Python<'_>) -> Outcome<R>,
     slow: impl FnOnce() -> R,
 ) -> R {
-    // SAFETY: per the function's contract.
-    let py = unsafe { Python::assume_attached() };
-    let raise = |e: PyErr| {
-        Python::attach(|py| e.restore(py));
-        R::ERR
-    };
-    match catch_unwind(AssertUnwindSafe(|| route(py))) {
-        Ok(Outcome::Done(r)) => r,
-        Ok(Outcome::Raise(e)) => raise(e),
-        Ok(Outcome::Delegate) => slow(),
-        Err(payload) => {
-            let msg = payload
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "panic in rsalloc".into());
-            raise(pyo3::panic::PanicException::new_err(msg))
-        }
+    // SAFETY: per the function's contract, the thread is attached, so
+    // `Python::attach` would succeed.
+    unsafe {
+        Python::attach_unchecked(|py| match catch_unwind(AssertUnwindSafe(|| route(py))) {
+            Ok(Outcome::Done(r)) => r,
+            Ok(Outcome::Raise(e)) => {
+                e.restore(py);
+                R::ERR
+            }
+            Ok(Outcome::Delegate) => slow(),
+            Err(payload) => {
+                let msg = payload
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "panic in rsalloc".into());
+                pyo3::panic::PanicException::new_err(msg).restore(py);
+                R::ERR
+            }
+        })
     }
 }
 
@@ -178,6 +190,23 @@ fn method_def(
     std::ptr::from_ref(&def.0).cast_mut()
 }
 
+/// The calling convention every replaced definition must have, because it
+/// is the one of the entry points that replace them: fast call with
+/// keywords, `self` the object (a method) or the module (a function).
+/// PyO3 0.28 and 0.29 registered `#[pyfunction]`s `METH_STATIC` (no
+/// module as `self`); 0.30 does not. A definition of any other kind is
+/// left alone, and the trick reports it.
+fn check_convention(name: &str, old: &ffi::PyMethodDef) -> PyResult<()> {
+    let expected = ffi::METH_FASTCALL | ffi::METH_KEYWORDS;
+    if old.ml_flags != expected {
+        return Err(pyo3::exceptions::PyRuntimeError::new_err(format!(
+            "{name} has method flags {:#x}, not METH_FASTCALL | METH_KEYWORDS ({expected:#x})",
+            old.ml_flags
+        )));
+    }
+    Ok(())
+}
+
 /// Replaces method `name` of `ty` by one that calls `entry` (its definition
 /// in `DEFS[slot]`, copied from the old one's), keeping the old one in `slow`.
 pub(crate) fn replace_method(
@@ -203,11 +232,9 @@ pub(crate) fn replace_method(
                 "not a method descriptor",
             ));
         }
-        let def = method_def(
-            slot,
-            *(*old.as_ptr().cast::<ffi::PyMethodDescrObject>()).d_method,
-            entry,
-        );
+        let old_def = *(*old.as_ptr().cast::<ffi::PyMethodDescrObject>()).d_method;
+        check_convention(name.to_str().expect("ascii"), &old_def)?;
+        let def = method_def(slot, old_def, entry);
         let new = Bound::from_owned_ptr_or_err(py, ffi::PyDescr_NewMethod(ty.as_type_ptr(), def))?;
         let tp_dict = Bound::from_borrowed_ptr(py, (*ty.as_type_ptr()).tp_dict);
         tp_dict.set_item(name.to_str().expect("ascii"), new)?;
@@ -232,11 +259,9 @@ pub(crate) fn replace_function(
     // SAFETY: a PyO3 function's PyMethodDef lives for the process; the new
     // function object takes the module as self, as PyO3's does.
     unsafe {
-        let def = method_def(
-            slot,
-            *(*old.as_ptr().cast::<ffi::PyCFunctionObject>()).m_ml,
-            entry,
-        );
+        let old_def = *(*old.as_ptr().cast::<ffi::PyCFunctionObject>()).m_ml;
+        check_convention(name, &old_def)?;
+        let def = method_def(slot, old_def, entry);
         let new = Bound::from_owned_ptr_or_err(
             py,
             ffi::PyCMethod_New(

@@ -18,7 +18,7 @@
 //! from malloc/calloc, or of a live arena's region). PyO3's version runs in
 //! a trampoline that registers the thread with PyO3 (a thread-local round
 //! trip), which only matters when a `Py<T>` is dropped; every other case
-//! still goes to PyO3's.
+//! still goes to the dealloc it replaced (`untracked`'s).
 //!
 //! The list is only touched from `tp_alloc` and `tp_free`, which CPython
 //! calls with the GIL held. A free-threaded build has no GIL to guard it, so
@@ -109,13 +109,14 @@ mod list {
         }
     }
 
-    /// PyO3's `tp_dealloc`, for the objects `dealloc` does not take.
+    /// The type's `tp_dealloc` before this one (`untracked`'s, PyO3's work
+    /// for a plain object), for the objects `dealloc` does not take.
     #[cfg(all(pyo3_disable_reference_pool, pyo3_leak_on_drop_without_reference_pool))]
-    static PYO3_DEALLOC: std::sync::OnceLock<ffi::destructor> = std::sync::OnceLock::new();
+    static OLD_DEALLOC: std::sync::OnceLock<ffi::destructor> = std::sync::OnceLock::new();
 
     #[cfg(all(pyo3_disable_reference_pool, pyo3_leak_on_drop_without_reference_pool))]
-    pub(super) fn set_pyo3_dealloc(d: ffi::destructor) {
-        let _ = PYO3_DEALLOC.set(d);
+    pub(super) fn set_old_dealloc(d: ffi::destructor) {
+        let _ = OLD_DEALLOC.set(d);
     }
 
     /// A Pointer object's last reference is gone. It skips PyO3's
@@ -132,7 +133,7 @@ mod list {
             let off = super::OFFSET.load(std::sync::atomic::Ordering::Relaxed);
             let value = obj.cast::<u8>().add(off).cast::<super::Pointer>();
             if !(*value).owner.drops_plainly() {
-                return PYO3_DEALLOC.get().expect("set at install")(obj);
+                return OLD_DEALLOC.get().expect("set at install")(obj);
             }
             let tp = ffi::Py_TYPE(obj);
             // No Python object is dropped here; nothing in the drop panics,
@@ -157,15 +158,22 @@ mod list {
 }
 
 /// Points `Pointer`'s allocation slots at the list and enables
-/// `new_object`, after checking that a Pointer object is exactly a header
+/// `new_object`, after checking that Pointer objects are plain (not
+/// GC-tracked: `untracked` ran) and that a Pointer object is exactly a header
 /// followed by the value (anything PyO3 placed between or after them, a
 /// borrow flag, a dict or weakref slot, would be left unwritten). Called
 /// once at module init; why not, when the layout differs (PyO3's own path
 /// then makes every object). Subclasses cannot exist (Pointer is final), so
 /// every object the list sees has the same size.
 pub fn install(py: Python<'_>) -> Result<(), String> {
-    let probe = crate::py::pointer::nullptr_object(py).map_err(|e| e.to_string())?;
     let tp = Pointer::type_object(py).as_type_ptr();
+    // SAFETY: reading the flags of a ready type.
+    if unsafe { (*tp).tp_flags } & ffi::Py_TPFLAGS_HAVE_GC != 0 {
+        // A GC object has a header before it and is tracked; the list's
+        // objects would have neither (`untracked` makes Pointers plain).
+        return Err("Pointer objects are GC-tracked (untracked_pointers is off)".into());
+    }
+    let probe = crate::py::pointer::nullptr_object(py).map_err(|e| e.to_string())?;
     let off = probe.get() as *const Pointer as usize - probe.as_ptr() as usize;
     // SAFETY: reading the size of a ready type.
     let basicsize = unsafe { (*tp).tp_basicsize } as usize;
@@ -182,7 +190,6 @@ pub fn install(py: Python<'_>) -> Result<(), String> {
     {
         // SAFETY: a heap type we own, not yet used; the slots are plain fields.
         unsafe {
-            debug_assert!((*tp).tp_flags & ffi::Py_TPFLAGS_HAVE_GC == 0);
             (*tp).tp_alloc = Some(list::alloc);
             (*tp).tp_free = Some(list::free);
         }
@@ -216,7 +223,7 @@ pub fn install_dealloc(py: Python<'_>) -> Result<(), String> {
             let Some(d) = (*tp).tp_dealloc else {
                 return Err("Pointer has no tp_dealloc".into());
             };
-            list::set_pyo3_dealloc(d);
+            list::set_old_dealloc(d);
             (*tp).tp_dealloc = Some(list::dealloc);
         }
         Ok(())

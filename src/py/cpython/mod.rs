@@ -24,6 +24,7 @@ pub mod freelist;
 pub mod gil_list;
 #[cfg(not(any(Py_3_12, PyPy, GraalPy, Py_LIMITED_API)))]
 pub mod int_digits;
+pub mod untracked;
 pub mod view_objects;
 
 use pyo3::prelude::*;
@@ -49,42 +50,82 @@ fn note(name: &'static str, outcome: Result<(), String>) {
         .push((name, outcome.err()));
 }
 
+/// The environment variable that turns every trick off when it is `0` at
+/// import: the whole package then runs on PyO3's and the C API's routes
+/// (`.ci/run` runs the suite so, to prove those routes complete).
+pub const SWITCH: &str = "RSALLOC_FAST_PATHS";
+
+/// Whether `RSALLOC_FAST_PATHS=0` was set at import (read once).
+pub(crate) fn switched_off() -> bool {
+    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OFF.get_or_init(|| std::env::var_os(SWITCH).is_some_and(|v| v == "0"))
+}
+
+/// Tries trick `name` unless the switch turned every trick off.
+fn attempt(name: &'static str, install: impl FnOnce() -> Result<(), String>) {
+    if switched_off() {
+        note(name, Err(format!("{SWITCH}=0 at import")));
+    } else {
+        note(name, install());
+    }
+}
+
 /// The tricks that must come before any record or Pointer object exists:
-/// record memory from CPython's allocator, the Pointer free list and its
-/// dealloc, int digit reads; and the Arena type's finalizer.
+/// record memory from CPython's allocator, plain (untracked) Pointer and
+/// Stats objects, the Pointer free list and its dealloc, int digit reads;
+/// and the Arena type's finalizer.
 pub fn install_early(py: Python<'_>) {
-    note("pymalloc_records", pymalloc_records());
-    note("pointer_free_list", freelist::install(py));
-    note("pointer_dealloc", freelist::install_dealloc(py));
+    if switched_off() {
+        // Not a trick: every call holds the GIL, whatever the fence does.
+        #[cfg(not(Py_GIL_DISABLED))]
+        // SAFETY: as in `pymalloc_records`, with records from Rust's allocator.
+        unsafe {
+            crate::core::serial::assume_serialized()
+        };
+    }
+    attempt("pymalloc_records", pymalloc_records);
+    attempt("untracked_pointers", || {
+        let probe = crate::py::pointer::Pointer::new(
+            0,
+            crate::py::types::void(py).map_err(|e| e.to_string())?,
+            None,
+            crate::py::pointer::Owner::UNOWNED,
+        );
+        untracked::install(py, probe)
+    });
+    attempt("untracked_stats", || {
+        let zero = crate::core::stats::Snapshot::default();
+        untracked::install(py, crate::py::stats::Stats::from(zero))
+    });
+    attempt("pointer_free_list", || freelist::install(py));
+    attempt("pointer_dealloc", || freelist::install_dealloc(py));
     #[cfg(not(any(Py_3_12, PyPy, GraalPy, Py_LIMITED_API)))]
-    note("int_digits", int_digits::check(py));
+    attempt("int_digits", || int_digits::check(py));
     #[cfg(any(Py_3_12, PyPy, GraalPy, Py_LIMITED_API))]
-    note(
-        "int_digits",
-        Err("read through the C API: the digit layout is CPython 3.11's and older".into()),
-    );
-    note("arena_finalizer", arena_finalizer::install(py));
+    attempt("int_digits", || {
+        Err("read through the C API: the digit layout is CPython 3.11's and older".into())
+    });
+    attempt("arena_finalizer", || arena_finalizer::install(py));
 }
 
 /// The tricks installed once the module has its functions and classes:
 /// struct view objects, then the hand-written entry points.
 pub fn install_late(m: &Bound<'_, PyModule>) {
     let py = m.py();
-    note("struct_views", view_objects::install(py));
-    note("plain_struct_views", view_objects::plain_views());
+    attempt("struct_views", || view_objects::install(py));
+    attempt("plain_struct_views", view_objects::plain_views);
     #[cfg(all(pyo3_disable_reference_pool, pyo3_leak_on_drop_without_reference_pool))]
     {
-        note("entry_points", fast::install(m).map_err(|e| e.to_string()));
-        note(
-            "struct_entry_points",
-            fast_structs::install(m).map_err(|e| e.to_string()),
-        );
+        attempt("entry_points", || fast::install(m).map_err(|e| e.to_string()));
+        attempt("struct_entry_points", || {
+            fast_structs::install(m).map_err(|e| e.to_string())
+        });
     }
     #[cfg(not(all(pyo3_disable_reference_pool, pyo3_leak_on_drop_without_reference_pool)))]
     {
         let _ = m;
-        note("entry_points", Err(BYPASS_OFF.into()));
-        note("struct_entry_points", Err(BYPASS_OFF.into()));
+        attempt("entry_points", || Err(BYPASS_OFF.into()));
+        attempt("struct_entry_points", || Err(BYPASS_OFF.into()));
     }
 }
 

@@ -9,7 +9,6 @@
 
 use crate::py::pointer::{Owner, Pointer};
 use crate::py::struct_view::StructView;
-use pyo3::exceptions::PyRuntimeError;
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::type_object::PyTypeInfo;
@@ -25,7 +24,7 @@ pub(crate) static VIEW_OFFSET: AtomicUsize = AtomicUsize::new(0);
 /// and points StructView's dealloc at `view_dealloc`. Called once at
 /// module init, before any view exists; why not, when the layout is not
 /// exactly a header followed by the value (`make_view` then refuses to
-/// make views, saying why, and everything else works).
+/// make views through PyO3's constructor instead).
 pub fn install(py: Python<'_>) -> Result<(), String> {
     let void = crate::py::types::void(py).map_err(|e| e.to_string())?;
     let probe = Bound::new(
@@ -39,15 +38,12 @@ pub fn install(py: Python<'_>) -> Result<(), String> {
     let tp = StructView::type_object(py).as_type_ptr();
     // SAFETY: reading the size of a ready type.
     let basicsize = unsafe { (*tp).tp_basicsize } as usize;
-    if let Err(why) = super::freelist::exact_layout(
+    super::freelist::exact_layout(
         "StructView",
         off,
         basicsize,
         std::mem::size_of::<StructView>(),
-    ) {
-        let _ = UNAVAILABLE.set(why.clone());
-        return Err(why);
-    }
+    )?;
     VIEW_OFFSET.store(off, Ordering::Relaxed);
     VIEW_SIZE.store(basicsize, Ordering::Relaxed);
     // SAFETY: a heap type rsalloc owns, ready and not yet used; the slot is
@@ -87,17 +83,12 @@ pub fn plain_views() -> Result<(), String> {
     }
 }
 
-/// Why views cannot be made, when the layout probe failed.
-static UNAVAILABLE: OnceLock<String> = OnceLock::new();
-
 /// A view of class `class` (a StructView subclass) over `ptr`.
 pub(crate) fn make_view(py: Python<'_>, class: &Py<PyAny>, ptr: Pointer) -> PyResult<Py<PyAny>> {
     let off = VIEW_OFFSET.load(Ordering::Relaxed);
     if off == 0 {
-        let why = UNAVAILABLE.get().map_or("not installed", String::as_str);
-        return Err(PyRuntimeError::new_err(format!(
-            "rsalloc cannot make struct views with this PyO3 build: {why}"
-        )));
+        // The trick is off (`_fast_paths()` says why): PyO3 makes the view.
+        return crate::py::struct_view::new_view(py, class, ptr);
     }
     let tp = class.as_ptr().cast::<ffi::PyTypeObject>();
     // SAFETY: `class` is a StructView subclass (classify_composite checked),
@@ -213,9 +204,9 @@ pub(crate) unsafe fn alloc_view(tp: *mut ffi::PyTypeObject) -> *mut ffi::PyObjec
 }
 
 /// A view's last reference is gone (called by the subclass's dealloc, or
-/// as the dealloc of a plain view class). It skips PyO3's trampoline, which
-/// only matters where PyO3 keeps a reference pool: compiled only where it
-/// has none.
+/// as the dealloc of a plain view class). For a value that drops plainly
+/// it skips PyO3's trampoline, which only matters where PyO3 keeps a
+/// reference pool: compiled only where it has none.
 #[cfg(all(
     not(Py_GIL_DISABLED),
     pyo3_disable_reference_pool,
@@ -230,10 +221,14 @@ unsafe extern "C" fn view_dealloc(obj: *mut ffi::PyObject) {
     unsafe {
         let off = VIEW_OFFSET.load(Ordering::Relaxed);
         let value = obj.cast::<u8>().add(off).cast::<StructView>();
-        if off == 0 || !(*value).ptr.owner.drops_plainly() {
+        let tp = ffi::Py_TYPE(obj);
+        let drops_plainly = off != 0 && (*value).ptr.owner.drops_plainly();
+        // PyO3's dealloc untracks the object (PyO3 0.30 makes StructView a
+        // GC type): right for a GC view, wrong for a plain view, which has
+        // no GC header and whose value this function drops itself.
+        if off == 0 || (!drops_plainly && ffi::PyType_IS_GC(tp) != 0) {
             return OLD_VIEW_DEALLOC.get().expect("installed")(obj);
         }
-        let tp = ffi::Py_TYPE(obj);
         if (*tp).tp_finalize.is_some() {
             // A class given a __del__ after it became plain: run it, as
             // subtype_dealloc would (it may resurrect the view).
@@ -241,11 +236,27 @@ unsafe extern "C" fn view_dealloc(obj: *mut ffi::PyObject) {
                 return;
             }
         }
-        // No Python object is dropped here; unwinding out of a C callback
-        // would abort: leak instead.
-        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            std::ptr::drop_in_place(value)
-        }));
+        // PyO3 0.30 makes StructView a GC type, so a view of a class that
+        // is not plain is tracked (subtype_dealloc tracks it again before
+        // calling its base's dealloc, this one): untracked before its memory
+        // goes, as PyO3's dealloc does. A plain view has no GC header.
+        if ffi::PyType_IS_GC(tp) != 0 {
+            ffi::PyObject_GC_UnTrack(obj.cast());
+        }
+        // Unwinding out of a C callback would abort: leak instead.
+        let drop_value = || {
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                std::ptr::drop_in_place(value)
+            }));
+        };
+        if drops_plainly {
+            // No Python object is dropped: PyO3 need not know the thread.
+            drop_value();
+        } else {
+            // The owner may drop `Py` values: registered with PyO3, as its
+            // own dealloc is (see `entry::enter`).
+            Python::attach_unchecked(|_| drop_value());
+        }
         #[cfg(not(Py_GIL_DISABLED))]
         if is_plain(tp) {
             list::keep(obj);
@@ -275,8 +286,7 @@ pub(crate) fn plain_view_objects(class: &Bound<'_, pyo3::types::PyType>) {
         pyo3_leak_on_drop_without_reference_pool
     ))]
     if plain_views().is_ok() {
-        // Py_TPFLAGS_MANAGED_DICT (3.11+) and Py_TPFLAGS_MANAGED_WEAKREF (3.12+).
-        const MANAGED: std::ffi::c_ulong = (1 << 4) | (1 << 3);
+        use super::untracked::MANAGED;
         let base = StructView::type_object(class.py()).as_type_ptr();
         let tp = class.as_type_ptr();
         // SAFETY: a ready heap type deriving from StructView, whose first
