@@ -44,3 +44,14 @@ def nothing_changes(*allocators: rsalloc.Allocator, pointers: tuple[rsalloc.Poin
 
 def _bytes(p: rsalloc.Pointer) -> bytes | None:
     return p.read_bytes() if p.alive and p.nbytes is not None else None
+
+
+def needs_fast_path(name: str):  # type: ignore[no-untyped-def]
+    """Skips a test of what the fence's trick `name` provides when the trick
+    is off (RSALLOC_FAST_PATHS=0, or an assumption it checks failed)."""
+    import pytest
+
+    import rsalloc._rsalloc
+
+    p = rsalloc._rsalloc._fast_paths()[name]
+    return pytest.mark.skipif(not p["active"], reason=f"{name} is off: {p['reason']}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import os
+import subprocess
 import sys
 import sysconfig
 import threading
@@ -497,3 +498,45 @@ def test_errors_dropped_inside_a_fast_route_do_not_hang():
         free(b)
         free(q)
 
+
+
+_SWITCHED_OFF_RUN = """
+import rsalloc, rsalloc._rsalloc
+from rsalloc import Arena, Int32, Struct, calloc, free, malloc
+paths = rsalloc._rsalloc._fast_paths()
+assert not any(p["active"] for p in paths.values()), paths
+class S(Struct):
+    x: Int32
+    y: Int32
+p = calloc(S, 2)
+p.ref.x, p[1].y = 5, 7
+assert (p.ref.x, p[1].y) == (5, 7)
+free(p)
+q = malloc.allocate(16)
+q[0] = 3
+assert q[0] == 3
+free(q)
+with Arena() as a:
+    assert a.allocate(32).count == 32
+print("ok")
+"""
+
+
+def test_the_switch_turns_every_trick_off_and_the_package_still_works():
+    """RSALLOC_FAST_PATHS=0 at import: every trick reports off, and the PyO3
+    routes serve, struct views included (made by PyO3's constructor). CI runs
+    the whole suite so (.ci/run)."""
+    env = {**os.environ, "RSALLOC_FAST_PATHS": "0"}
+    out = subprocess.run([sys.executable, "-c", _SWITCHED_OFF_RUN], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
+
+
+def test_struct_views_cannot_be_constructed_from_python():
+    class P(rsalloc.Struct):
+        x: Int32
+
+    with pytest.raises(TypeError, match="not constructed"):
+        rsalloc._rsalloc._StructView.__new__(P)
+    with pytest.raises(TypeError, match="not constructed"):
+        rsalloc._rsalloc._StructView()

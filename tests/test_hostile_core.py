@@ -16,6 +16,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from _native import needs_fast_path
+
 import rsalloc
 from rsalloc import Int32, Uint8
 
@@ -236,6 +238,7 @@ def collected_unreleased(make, *, expect_warning: bool = True):  # type: ignore[
     return found
 
 
+@needs_fast_path("arena_finalizer")
 class TestArenasLeftToTheCollector:
     def test_a_dropped_arena_over_a_pool_returns_its_blocks(self) -> None:
         pool = Pool()
@@ -352,6 +355,7 @@ class TestDiagnosticArenas:
         kinds = sorted(type(x).__name__ for x in e.value.exceptions)
         assert kinds == ["HeapCorruptionError", "ZeroDivisionError"]
 
+    @needs_fast_path("arena_finalizer")
     def test_corruption_found_at_collection_is_unraisable(self) -> None:
         def make() -> None:
             a = rsalloc.Arena(rsalloc.diagnostic_malloc)

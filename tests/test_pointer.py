@@ -10,6 +10,8 @@ import sys
 import numpy as np
 import pytest
 
+from _native import needs_fast_path
+
 import rsalloc
 from rsalloc import (
     Bool,
@@ -395,6 +397,7 @@ def test_a_conversion_that_frees_the_block_cannot_write_into_freed_memory(t):
         assert not p.alive and rsalloc.stats().live_count == before - 1
 
 
+@needs_fast_path("untracked_pointers")
 def test_a_pointer_object_is_48_bytes_whoever_owns_it():
     # Issue 6 bounds the bytes each live allocation costs: the object is a
     # header, the address, the type, the extent and a one-word owner.

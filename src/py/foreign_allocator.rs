@@ -60,7 +60,7 @@ impl ForeignAllocator {
                     if c_alloc.is_some() || free_only =>
                 {
                     let a = c_alloc.map_or(0, |(a, _)| a);
-                    let keep = Box::new((alloc.clone().unbind(), free.clone().unbind()));
+                    let keep = Box::new(Kept(Some((alloc.clone().unbind(), free.clone().unbind()))));
                     // SAFETY: the addresses are C functions (ctypes function
                     // objects, kept alive by `keep`, or addresses the caller
                     // vouches for); their signatures are the documented
@@ -97,5 +97,15 @@ impl ForeignAllocator {
             "C functions"
         };
         format!("<rsalloc.ForeignAllocator {} ({how})>", core.name)
+    }
+}
+
+/// The two function objects a C-function backend keeps alive, dropped
+/// wherever the core drops its backend.
+struct Kept(Option<(Py<PyAny>, Py<PyAny>)>);
+
+impl Drop for Kept {
+    fn drop(&mut self) {
+        crate::py::cpython::attach::drop_registered(self.0.take());
     }
 }

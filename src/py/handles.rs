@@ -20,6 +20,16 @@ pub(crate) struct Handle {
     pub(crate) callbacks: Option<Arc<PyCallbacks>>,
 }
 
+impl Drop for Handle {
+    fn drop(&mut self) {
+        // The core drops a handle wherever its allocator or arena goes.
+        crate::py::cpython::attach::drop_registered((
+            std::mem::take(&mut self.weak),
+            self.callbacks.take(),
+        ));
+    }
+}
+
 pub(crate) type HandleCell = OnceLock<Box<dyn Any + Send + Sync>>;
 
 pub(crate) fn handle(cell: &HandleCell) -> Option<&Handle> {

@@ -39,6 +39,14 @@ pub struct PyCallbacks {
     sized: bool,
 }
 
+impl Drop for PyCallbacks {
+    fn drop(&mut self) {
+        // Held by a core backend, dropped wherever its allocator goes.
+        let fns = self.fns.get_mut().unwrap_or_else(|e| e.into_inner()).take();
+        crate::py::cpython::attach::drop_registered(fns);
+    }
+}
+
 impl PyCallbacks {
     fn get(&self, py: Python<'_>) -> PyResult<(Option<Py<PyAny>>, Py<PyAny>)> {
         // Clone under the lock, call outside it: the callee may allocate.

@@ -19,6 +19,13 @@ use std::sync::Arc;
 /// A captured stack, innermost frame first.
 pub(crate) struct Frames(Box<[(Py<PyAny>, c_int)]>);
 
+impl Drop for Frames {
+    fn drop(&mut self) {
+        // The core drops a record's frames wherever its last reference goes.
+        crate::py::cpython::attach::drop_registered(std::mem::take(&mut self.0));
+    }
+}
+
 thread_local! {
     /// `threading.current_thread().name`, looked up once per thread.
     static THREAD_NAME: RefCell<Option<Arc<str>>> = const { RefCell::new(None) };

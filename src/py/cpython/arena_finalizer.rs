@@ -16,11 +16,10 @@ static DEALLOC: OnceLock<ffi::destructor> = OnceLock::new();
 /// cycle, or from `dealloc` when the last reference goes.
 unsafe extern "C" fn finalize(obj: *mut ffi::PyObject) {
     // SAFETY: CPython calls tp_finalize attached, with obj alive. The body
-    // runs registered with PyO3 (see `entry::enter`): releasing the blocks
-    // drops `Py` values (callbacks, errors), which PyO3 0.30 decrefs only
-    // on a thread its own count says is attached.
-    unsafe {
-        Python::attach_unchecked(|py| {
+    // runs registered with PyO3 (attach.rs): releasing the blocks drops
+    // `Py` values (callbacks, errors).
+    let done = unsafe {
+        super::attach::registered(|py| {
             // A finalizer must leave the current exception as it found it.
             let saved = PyErr::take(py);
             // SAFETY: obj is a live object of the Arena type (this slot's type).
@@ -32,6 +31,11 @@ unsafe extern "C" fn finalize(obj: *mut ffi::PyObject) {
                 e.restore(py);
             }
         })
+    };
+    if done.is_none() {
+        // A panic, raised as PanicException: a finalizer cannot raise.
+        // SAFETY: attached, with that exception set.
+        unsafe { ffi::PyErr_WriteUnraisable(obj) };
     }
 }
 

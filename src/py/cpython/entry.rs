@@ -56,15 +56,12 @@ impl Ret for c_int {
 /// Runs a fast route and turns its outcome into what CPython expects;
 /// `slow` runs the replaced PyO3 code with the call as received.
 ///
-/// The route runs with the thread registered as attached in PyO3's own
-/// bookkeeping, as PyO3's trampoline would register it: PyO3 0.30 drops a
-/// `Py<T>` (a `PyErr` holds some) only when that count says the thread is
-/// attached, and otherwise hands it to its reference pool, which this build
-/// has not; there the hand-off loops forever (a busy hang in
-/// `drop_in_place::<PyErr>` when a route drops an error it made, say a
-/// value conversion tried and abandoned). `Python::attach_unchecked` is
-/// the public way to register: PyO3's count, and CPython's thread-state
-/// counter (`PyGILState_Ensure` on a thread that holds the GIL).
+/// The route runs without registering the thread with PyO3: that is the
+/// trampoline cost the entry points exist to save, and the plain case
+/// drops no `Py` (see fast.rs). PyO3 0.30 must know the thread for a `Py`
+/// to be dropped (attach.rs: unregistered, the drop loops forever), so
+/// whatever may drop one runs registered: raising an error or a panic
+/// here, and any general code a route calls (`general`).
 ///
 /// # Safety
 /// Called by CPython with the GIL (or an attached thread state).
@@ -73,27 +70,48 @@ pub(crate) unsafe fn enter<R: Ret>(
     route: impl FnOnce(Python<'_>) -> Outcome<R>,
     slow: impl FnOnce() -> R,
 ) -> R {
-    // SAFETY: per the function's contract, the thread is attached, so
-    // `Python::attach` would succeed.
-    unsafe {
-        Python::attach_unchecked(|py| match catch_unwind(AssertUnwindSafe(|| route(py))) {
-            Ok(Outcome::Done(r)) => r,
-            Ok(Outcome::Raise(e)) => {
+    // SAFETY: per the function's contract.
+    let py = unsafe { Python::assume_attached() };
+    let raise = |e: PyErr| {
+        // SAFETY: attached, per the function's contract.
+        let _ = unsafe { super::attach::registered(|py| e.restore(py)) };
+        R::ERR
+    };
+    match catch_unwind(AssertUnwindSafe(|| route(py))) {
+        Ok(Outcome::Done(r)) => r,
+        Ok(Outcome::Raise(e)) => raise(e),
+        Ok(Outcome::Delegate) => slow(),
+        Err(payload) => {
+            let msg = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "panic in rsalloc".into());
+            raise(pyo3::panic::PanicException::new_err(msg))
+        }
+    }
+}
+
+/// Runs general glue from inside a route, registered with PyO3: code
+/// beyond the plain case may make and drop errors (a conversion tried and
+/// abandoned) and other `Py` values. An error is left raised, with `R::ERR`.
+///
+/// # Safety
+/// As for `enter`, from inside its route.
+#[inline]
+pub(crate) unsafe fn general<R: Ret>(f: impl FnOnce(Python<'_>) -> PyResult<R>) -> Outcome<R> {
+    // SAFETY: per the function's contract.
+    let out = unsafe {
+        super::attach::registered(|py| match f(py) {
+            Ok(r) => r,
+            Err(e) => {
                 e.restore(py);
                 R::ERR
             }
-            Ok(Outcome::Delegate) => slow(),
-            Err(payload) => {
-                let msg = payload
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| payload.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "panic in rsalloc".into());
-                pyo3::panic::PanicException::new_err(msg).restore(py);
-                R::ERR
-            }
         })
-    }
+    };
+    // None: a panic, raised as PanicException.
+    Outcome::Done(out.unwrap_or(R::ERR))
 }
 
 /// The one positional argument of a keyword-free call, if that is the shape.

@@ -13,13 +13,15 @@
 //! messages, signatures and docstrings stay PyO3's.
 //!
 //! Why the plain case needs no PyO3 trampoline: it creates Python objects
-//! but drops none that PyO3 would defer (a `Py<T>` dropped while PyO3
-//! believes the thread detached is leaked), and runs no user code. An error
-//! or a panic is rare, so raising it pays for `Python::attach`, which makes
-//! PyO3 aware of the thread before the error's objects are released.
+//! but drops no `Py<T>` (which PyO3 0.30 cannot drop on a thread it does
+//! not know: attach.rs), and runs no user code. An error or a panic is
+//! rare, so raising it pays for registering the thread with PyO3, and so
+//! does any general code a route falls back to (`entry::general`: `p[i]`
+//! of a value that needs converting, say).
 
 use super::entry::{
-    delegate, enter, replace_function, replace_method, single, unary_function, Args, Outcome,
+    delegate, enter, general, replace_function, replace_method, single, unary_function, Args,
+    Outcome,
 };
 use super::freelist::{as_pointer, new_object};
 use crate::py::allocator::Allocator;
@@ -163,7 +165,7 @@ unsafe extern "C" fn subscript(
                 match int_index(&key) {
                     Some(i) if p.ty.kind.is_number() => match p.plain_item(i) {
                         Some(r) => Outcome::Done(r),
-                        None => p.item(py, i).map(Py::into_ptr).into(),
+                        None => general(|py| p.item(py, i).map(Py::into_ptr)),
                     },
                     _ => Outcome::Delegate,
                 }
@@ -198,7 +200,7 @@ unsafe extern "C" fn ass_subscript(
                         if p.plain_write(i, &value) {
                             Outcome::Done(0)
                         } else {
-                            p.write(py, i, &value).map(|()| 0).into()
+                            general(|py| p.write(py, i, &value).map(|()| 0))
                         }
                     }
                     _ => Outcome::Delegate,

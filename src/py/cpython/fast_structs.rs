@@ -211,8 +211,9 @@ unsafe extern "C" fn to_native_utf8(
             if bytes.contains(&0) {
                 return Outcome::Delegate;
             }
-            let Ok(malloc) = allocator::malloc(py) else {
-                return Outcome::Delegate;
+            let malloc = match allocator::malloc(py) {
+                Ok(m) => m,
+                Err(e) => return Outcome::Raise(e), // dropping it here would need PyO3 to know the thread
             };
             let malloc = malloc.get();
             if !malloc.core.plain() {
@@ -248,6 +249,13 @@ static REF_DEF: OnceLock<Def> = OnceLock::new();
 /// init, before any of them is used.
 pub fn install(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
+    if !super::view_objects::available() {
+        // `p.ref` would make views through PyO3's constructor, general
+        // code that the plain case must not run unregistered.
+        return Err(pyo3::exceptions::PyRuntimeError::new_err(
+            "struct views are off",
+        ));
+    }
     replace_function(m, "to_native_utf8", &TO_NATIVE_UTF8, 3, to_native_utf8)?;
     let alloc_tp = Allocator::type_object(py).as_type_ptr();
     // SAFETY: a heap type rsalloc owns, ready, before any subclass exists

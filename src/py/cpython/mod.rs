@@ -14,6 +14,7 @@
 //! trick buys.
 
 pub mod arena_finalizer;
+pub(crate) mod attach;
 #[cfg(all(pyo3_disable_reference_pool, pyo3_leak_on_drop_without_reference_pool))]
 pub mod entry;
 #[cfg(all(pyo3_disable_reference_pool, pyo3_leak_on_drop_without_reference_pool))]

@@ -137,9 +137,9 @@ unsafe extern "C" fn dealloc<T: PyClass>(obj: *mut ffi::PyObject) {
             .cast::<T>();
         if std::mem::needs_drop::<T>() {
             // Registered with PyO3, as its own dealloc runs: the value may
-            // drop `Py` values (see `entry::enter`). A panic cannot unwind
+            // drop `Py` values (attach.rs). A panic cannot unwind
             // out of a C callback: the value is leaked instead.
-            Python::attach_unchecked(|_| {
+            super::attach::registered(|_| {
                 let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     std::ptr::drop_in_place(value)
                 }));

@@ -83,6 +83,15 @@ pub fn plain_views() -> Result<(), String> {
     }
 }
 
+/// Whether views are made at the measured offset (`install` succeeded).
+#[cfg_attr(
+    not(all(pyo3_disable_reference_pool, pyo3_leak_on_drop_without_reference_pool)),
+    allow(dead_code)
+)]
+pub(crate) fn available() -> bool {
+    VIEW_OFFSET.load(Ordering::Relaxed) != 0
+}
+
 /// A view of class `class` (a StructView subclass) over `ptr`.
 pub(crate) fn make_view(py: Python<'_>, class: &Py<PyAny>, ptr: Pointer) -> PyResult<Py<PyAny>> {
     let off = VIEW_OFFSET.load(Ordering::Relaxed);
@@ -254,8 +263,8 @@ unsafe extern "C" fn view_dealloc(obj: *mut ffi::PyObject) {
             drop_value();
         } else {
             // The owner may drop `Py` values: registered with PyO3, as its
-            // own dealloc is (see `entry::enter`).
-            Python::attach_unchecked(|_| drop_value());
+            // own dealloc is (attach.rs).
+            super::attach::registered(|_| drop_value());
         }
         #[cfg(not(Py_GIL_DISABLED))]
         if is_plain(tp) {
