@@ -1,7 +1,8 @@
 //! `_StructView`, the base class of every `Struct` and `Union` class: a
 //! view of one struct in native memory, holding a Pointer to its bytes.
-//! The view objects themselves are made by `cpython::view_objects`; the
-//! fields and classes by `structs`.
+//! The view objects themselves are made by `cpython::view_objects` (or,
+//! with that trick off, by PyO3's constructor: `new_view`); the fields and
+//! classes by `structs`.
 
 use super::pointer::Pointer;
 use pyo3::exceptions::PyTypeError;

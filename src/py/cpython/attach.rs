@@ -8,15 +8,17 @@
 //! out (`pyo3_disable_reference_pool`), and there the hand-off drops the
 //! reference again, unregistered, forever: a busy hang in
 //! `drop_in_place::<PyErr>`, seen when a fast route dropped an error it
-//! had made (a value conversion tried and abandoned). So every such
-//! callback runs its Rust code through `registered`.
+//! had made (a value conversion tried and abandoned). So such callbacks
+//! run whatever may drop a `Py` through `registered`; the entry points'
+//! plain case, which drops none, stays unregistered (entry.rs), and the
+//! Python values the core keeps drop through `drop_registered`.
 //!
 //! `Python::attach` is the public way to register, but on a thread PyO3
 //! has not registered (any call from Python code) it goes through
-//! `PyGILState_Ensure` and `PyGILState_Release`: about 100 instructions a
-//! call (callgrind), a tenth of an allocation. PyO3's trampoline, which
-//! its generated wrappers use, only increments and decrements the count
-//! (a thread-local): `registered` runs the code inside that trampoline
+//! `PyGILState_Ensure` and `PyGILState_Release`: about 140 instructions a
+//! call (callgrind). PyO3's trampoline, which its generated wrappers use,
+//! only increments and decrements the count (a thread-local), about 40:
+//! `registered` runs the code inside that trampoline
 //! (`pyo3::impl_::trampoline`, public but outside PyO3's documented API:
 //! a PyO3 release that changes it fails this file's compilation, not a
 //! run).
