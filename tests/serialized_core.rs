@@ -48,6 +48,7 @@ unsafe extern "C" fn record_alloc(size: usize) -> *mut c_void {
     if FAIL_NEXT.swap(false, Relaxed) {
         return std::ptr::null_mut();
     }
+    // SAFETY: forwards to malloc, the contract of the record allocation function.
     let p = unsafe { libc::malloc(size) };
     SLOTS.lock().unwrap().insert(p as usize);
     ALLOCS.fetch_add(1, Relaxed);
@@ -63,6 +64,7 @@ unsafe extern "C" fn record_free(p: *mut c_void) {
         return;
     }
     FREES.fetch_add(1, Relaxed);
+    // SAFETY: `p` was handed out by `record_alloc` (checked against SLOTS just above).
     unsafe { libc::free(p) };
 }
 
@@ -106,8 +108,10 @@ fn threads_behind_one_lock_keep_exact_counts_and_sound_records() {
                     let n = (i % 13 + t) as i128 + 1;
                     let r = a.allocate(array(n, 8, 8, None).unwrap(), None).unwrap();
                     // Zeroed, though its record may be one just given back.
+                    // SAFETY: `r` is a live 8-byte block.
                     let bytes = unsafe { std::slice::from_raw_parts(r.addr() as *const u8, 8) };
                     assert!(bytes.iter().all(|b| *b == 0));
+                    // SAFETY: `r` is a live 8-byte block.
                     unsafe { std::ptr::write_bytes(r.addr() as *mut u8, 0xAB, 8) };
                     if i % 3 == 0 {
                         r.free_plain(r.addr()).unwrap();
@@ -293,6 +297,7 @@ mod block_cache {
         assert_eq!(before, (0, 0));
         let r = m.allocate(bytes(64), None).unwrap();
         let addr = r.addr();
+        // SAFETY: `r` is a live 64-byte block.
         unsafe { std::ptr::write_bytes(addr as *mut u8, 0xAB, 64) };
         m.free(&r, addr).unwrap();
         assert_eq!(held().0, before.0 + 1, "kept, not freed");
@@ -300,12 +305,15 @@ mod block_cache {
         let z = c.allocate(bytes(64), None).unwrap();
         assert_eq!(z.addr(), addr);
         assert_eq!(held(), before);
+        // SAFETY: `z` is the live 64-byte block the cache gave back.
         let all = unsafe { std::slice::from_raw_parts(addr as *const u8, 64) };
         assert!(all.iter().all(|b| *b == 0));
         // Still a libc block: handed to C, C's realloc and free take it.
         assert_eq!(z.detach(addr).unwrap(), addr);
+        // SAFETY: detached: a live libc block that is C's (this test's) now.
         let big = unsafe { libc::realloc(addr as *mut c_void, 100_000) };
         assert!(!big.is_null());
+        // SAFETY: `big` came from the realloc above and is freed once.
         unsafe { libc::free(big) };
         drop(z);
         assert_eq!(WRONG.load(Relaxed), 0);

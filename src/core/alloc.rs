@@ -220,6 +220,7 @@ pub struct CoreRef(NonNull<AllocCore>);
 
 // SAFETY: as Arc<AllocCore>: AllocCore is Send + Sync.
 unsafe impl Send for CoreRef {}
+// SAFETY: as for `Send`: shared access only reads the AllocCore, which is Sync.
 unsafe impl Sync for CoreRef {}
 
 impl CoreRef {
@@ -447,12 +448,14 @@ mod tests {
     fn realloc_moves_and_kills_the_old_record() {
         let c = libc(true);
         let r = c.allocate(array(4, 1, 1, None).unwrap(), None).unwrap();
+        // SAFETY: `r` is a live 4-byte block of this allocator, unpinned but not freed.
         unsafe { std::ptr::write_bytes(r.addr() as *mut u8, 9, 4) };
         r.pin().unwrap();
         assert!(matches!(c.realloc(&r, r.addr(), 64), Err(Error::Exported)));
         r.unpin();
         let n = c.realloc(&r, r.addr(), 64).unwrap();
         assert_eq!(r.state(), State::Dead(Death::Reallocated));
+        // SAFETY: `n` is the live 64-byte block realloc returned.
         let bytes = unsafe { std::slice::from_raw_parts(n.addr() as *const u8, 64) };
         assert_eq!(&bytes[..4], &[9; 4]);
         assert!(bytes[4..].iter().all(|b| *b == 0));
@@ -477,6 +480,7 @@ mod tests {
             a.free(&r, addr),
             Err(Error::Ownership(Ownership::Detached))
         ));
+        // SAFETY: detached: the block is C's now, a live libc block nobody else frees.
         unsafe { libc::free(addr as *mut libc::c_void) }; // C frees it
 
         let r = a.allocate(array(8, 1, 1, None).unwrap(), None).unwrap();
@@ -554,6 +558,8 @@ mod tests {
                     r.unpin();
                 }
                 if r.state() == State::Detached {
+                    // SAFETY: a detached record's block belongs to this test, as C's would, and is
+                    // freed once.
                     unsafe { libc::free(r.addr() as *mut libc::c_void) };
                 } else if r.state() == State::Live && !r.is_autofree() {
                     a.free(&r, r.addr()).unwrap();

@@ -189,17 +189,16 @@ impl WrapArena {
         for rec in &records {
             if rec.arena() == Some(self.tag.id) {
                 // Dead blocks (reallocated) refuse with DoubleFree: nothing left to free.
-                match rec.free(self.backing.group, self.tag.id, rec.addr()) {
-                    Err(e @ Error::HeapCorruption(_)) => {
-                        // Reported after the loop; with no room to remember
-                        // it, the first error is reported at once.
-                        if failed.try_reserve(1).is_ok() {
-                            failed.push((rec, e));
-                        } else {
-                            on_error(rec, e);
-                        }
+                if let Err(e @ Error::HeapCorruption(_)) =
+                    rec.free(self.backing.group, self.tag.id, rec.addr())
+                {
+                    // Reported after the loop; with no room to remember
+                    // it, the first error is reported at once.
+                    if failed.try_reserve(1).is_ok() {
+                        failed.push((rec, e));
+                    } else {
+                        on_error(rec, e);
                     }
-                    _ => {}
                 }
             }
         }
@@ -286,10 +285,12 @@ mod tests {
         let m = malloc();
         let a = WrapArena::new(m.clone());
         let r = a.allocate(req(4)).unwrap();
+        // SAFETY: `r` is a live 4-byte block of the arena.
         unsafe { std::ptr::write_bytes(r.addr() as *mut u8, 5, 4) };
         let n = a.realloc(&r, r.addr(), 32).unwrap();
         assert_eq!(r.state(), State::Dead(Death::Reallocated));
         assert_eq!(n.arena(), Some(a.id()));
+        // SAFETY: `n` is the live 32-byte block realloc returned, its first 4 bytes copied.
         assert_eq!(unsafe { *(n.addr() as *const [u8; 4]) }, [5; 4]);
         let s = m.counters.snapshot();
         assert_eq!((s.live_count, s.live_bytes), (1, 32));
@@ -341,6 +342,8 @@ mod tests {
         let a = WrapArena::new(d.clone());
         let bad = a.allocate(req(8)).unwrap();
         let good = a.allocate(req(8)).unwrap();
+        // SAFETY: the diagnostic backend places guard bytes right after the 8-byte block:
+        // overwriting one is the corruption under test, inside the guarded allocation.
         unsafe { (bad.addr() as *mut u8).add(8).write(0) };
         let mut seen = Vec::new();
         assert!(a.release(false, |rec, e| {

@@ -395,11 +395,13 @@ mod tests {
         let sizes: Vec<usize> = (0..=MAX_SIZE).collect();
         let mut exact = 0;
         for &n in &sizes {
+            // SAFETY: a plain libc call.
             let p = unsafe { libc::malloc(n.max(1)) } as *mut u8;
             assert!(!p.is_null());
             let filed = (usable(p) + 8) >> 4;
             assert!(filed >= class_of_request(n), "n = {n}");
             exact += usize::from(filed == class_of_request(n));
+            // SAFETY: `p` came from the malloc above and is freed once.
             unsafe { libc::free(p.cast()) };
         }
         assert!(
@@ -414,8 +416,11 @@ mod tests {
         // Unit tests never enter serialized mode.
         assert!(!enabled());
         assert_eq!(take(64), None);
+        // SAFETY: a plain libc call.
         let p = NonNull::new(unsafe { libc::malloc(64) } as *mut u8).unwrap();
+        // SAFETY: `p` is a live malloc block that nothing else uses.
         assert!(!unsafe { give(p) });
+        // SAFETY: the cache is off, so `give` kept nothing: `p` is still live and ours.
         unsafe { libc::free(p.as_ptr().cast()) };
         assert_eq!(held(), (0, 0));
     }

@@ -209,17 +209,22 @@ mod tests {
 
     unsafe extern "C" fn counting_alloc(n: usize) -> *mut c_void {
         LIVE.fetch_add(1, Relaxed);
+        // SAFETY: forwards to malloc, the contract of an allocation function.
         unsafe { libc::malloc(n) }
     }
     unsafe extern "C" fn counting_free(p: *mut c_void) {
         LIVE.fetch_sub(1, Relaxed);
+        // SAFETY: `p` came from `counting_alloc` (malloc), as the free contract says.
         unsafe { libc::free(p) }
     }
     // Returns blocks one byte past malloc's, so never aligned to 2 or more.
     unsafe extern "C" fn odd_alloc(n: usize) -> *mut c_void {
+        // SAFETY: malloc's block is n + 1 bytes, so one past its start is in bounds (or null + 1,
+        // which the caller never dereferences: the test fails before).
         unsafe { (libc::malloc(n + 1) as *mut u8).add(1) as *mut c_void }
     }
     unsafe extern "C" fn odd_free(p: *mut c_void) {
+        // SAFETY: `p` came from `odd_alloc`: one byte past the start of a malloc block.
         unsafe { libc::free((p as *mut u8).sub(1) as *mut c_void) }
     }
     unsafe extern "C" fn null_alloc(_n: usize) -> *mut c_void {
@@ -227,6 +232,8 @@ mod tests {
     }
 
     fn core(alloc: AllocFn, free: FreeFn, max: usize, zeroed: bool) -> Arc<AllocCore> {
+        // SAFETY: the two addresses are C functions of the signatures `CFunctions::new` expects,
+        // valid for the process.
         let b = unsafe {
             CFunctions::new(
                 alloc as *const () as usize,
@@ -243,6 +250,7 @@ mod tests {
     fn c_functions_get_every_check() {
         let a = core(counting_alloc, counting_free, usize::MAX, true);
         let r = a.allocate(array(16, 4, 4, None).unwrap(), None).unwrap();
+        // SAFETY: `r` is a live 64-byte block (16 Int32s).
         let bytes = unsafe { std::slice::from_raw_parts(r.addr() as *const u8, 64) };
         assert!(bytes.iter().all(|b| *b == 0));
         assert_eq!(LIVE.load(Relaxed), 1);
@@ -261,8 +269,10 @@ mod tests {
             Err(Error::Ownership(Ownership::OtherOwner))
         ));
         // realloc moves through alloc + copy + free of the same functions.
+        // SAFETY: `r` is live and 64 bytes long.
         unsafe { std::ptr::write_bytes(r.addr() as *mut u8, 5, 64) };
         let n = a.realloc(&r, r.addr(), 128).unwrap();
+        // SAFETY: `n` is the live 128-byte block realloc returned.
         let bytes = unsafe { std::slice::from_raw_parts(n.addr() as *const u8, 128) };
         assert!(bytes[..64].iter().all(|b| *b == 5) && bytes[64..].iter().all(|b| *b == 0));
         assert_eq!(LIVE.load(Relaxed), 1);
@@ -279,11 +289,14 @@ mod tests {
 
     unsafe extern "C" fn sized_free(p: *mut c_void, n: usize) {
         SIZES.lock().unwrap().push(n);
+        // SAFETY: `p` came from `libc::malloc` (the paired allocation function).
         unsafe { libc::free(p) }
     }
 
     #[test]
     fn a_sized_free_gets_the_size_allocated_or_adopted_with() {
+        // SAFETY: `libc::malloc` and `sized_free` have the signatures declared (a sized free),
+        // valid for the process.
         let b = unsafe {
             CFunctions::new(
                 libc::malloc as *const () as usize,
@@ -296,6 +309,7 @@ mod tests {
         let a = AllocCore::new("sized", new_id(), false, Box::new(b.unwrap()));
         let r = a.allocate(array(5, 8, 8, None).unwrap(), None).unwrap();
         a.free(&r, r.addr()).unwrap();
+        // SAFETY: a plain libc call; the block is adopted below.
         let raw = unsafe { libc::malloc(7) } as usize;
         let q = a.adopt(raw, array(7, 1, 1, None).unwrap()).unwrap();
         a.free(&q, raw).unwrap();
@@ -310,6 +324,7 @@ mod tests {
 
     #[test]
     fn a_free_only_backend_adopts_but_never_allocates() {
+        // SAFETY: no allocation function (0), and `counting_free` has the free signature.
         let b = unsafe {
             CFunctions::new(
                 0,
@@ -325,6 +340,7 @@ mod tests {
             Err(Error::Unsupported(FREE_ONLY))
         ));
         assert_eq!(a.counters.snapshot().total_allocs, 0);
+        // SAFETY: calls the malloc wrapper; the block is adopted below.
         let raw = unsafe { counting_alloc(16) } as usize;
         let r = a.adopt(raw, array(16, 1, 1, None).unwrap()).unwrap();
         assert!(matches!(a.realloc(&r, raw, 32), Err(Error::Unsupported(_))));
@@ -367,6 +383,7 @@ mod tests {
             check_block(isize::MAX as i128 - 4, 8, 1, |_| unreachable!()),
             Err(Error::External(_))
         ));
+        // SAFETY: address 1 is refused before it is ever called (the test checks `None`).
         assert!(unsafe { CFunctions::new(1, 0, false, 1, Box::new(())) }.is_none());
     }
 }

@@ -787,6 +787,8 @@ mod tests {
         let r = m.allocate(array(24, 1, 1, None).unwrap(), None).unwrap();
         let addr = r.addr();
         // C frees the block behind rsalloc's back; libc hands it out again.
+        // SAFETY: the test plays C freeing a live libc block behind rsalloc's
+        // back, once; what is checked is that rsalloc never frees it again.
         unsafe { libc::free(addr as *mut libc::c_void) };
         let mut again = Vec::new();
         let hit = loop {

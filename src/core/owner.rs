@@ -38,6 +38,7 @@ pub enum Owned<'a> {
 
 // SAFETY: the word is a RecordRef or a RegionRef, both Send + Sync.
 unsafe impl Send for Owner {}
+// SAFETY: as for `Send`: shared access reads the word as a RecordRef or RegionRef, both Sync.
 unsafe impl Sync for Owner {}
 
 impl Owner {
@@ -56,10 +57,10 @@ impl Owner {
         let p: *const Option<NonNull<u8>> = &self.0;
         match self.0 {
             None => Owned::Unowned,
-            // SAFETY: an untagged pointer is a RecordRef's (block), and
-            // RecordRef is a transparent non-null pointer: the same layout
-            // as the `Some` word, read in place (its provenance with it).
             Some(w) if w.as_ptr().addr() & REGION_TAG == 0 => {
+                // SAFETY: an untagged pointer is a RecordRef's (block), and
+                // RecordRef is a transparent non-null pointer: the same layout
+                // as the `Some` word, read in place (its provenance with it).
                 Owned::Block(unsafe { &*p.cast::<RecordRef>() })
             }
             // SAFETY: a tagged pointer is a RegionRef's (region), a

@@ -85,6 +85,7 @@ pub struct Record {
 
 // SAFETY: the raw address is only an address here; all shared state is atomic.
 unsafe impl Send for Record {}
+// SAFETY: as for `Send`: shared access goes through atomics only.
 unsafe impl Sync for Record {}
 
 impl Record {

@@ -78,6 +78,7 @@ pub struct RecordRef(NonNull<Inner>);
 
 // SAFETY: as Arc<Record>: Record is Send + Sync, and the count is atomic.
 unsafe impl Send for RecordRef {}
+// SAFETY: as for `Send`: a shared RecordRef reads the record (Sync) and counts atomically.
 unsafe impl Sync for RecordRef {}
 
 impl RecordRef {
@@ -405,6 +406,8 @@ mod cache {
     /// Slots in this thread's cache (tests never switch to serialized mode).
     #[cfg(test)]
     pub(super) fn len() -> usize {
+        // SAFETY: the cell is this thread's; no reference to its contents is alive during the
+        // read.
         LOCAL.with(|c| unsafe { (*c.get()).len })
     }
 }

@@ -655,6 +655,8 @@ pub struct RegionRef(NonNull<u8>);
 // SAFETY: as Arc<Generation>: the generation is immutable but for its count,
 // which is atomic unless every caller is serialized.
 unsafe impl Send for RegionRef {}
+// SAFETY: as for `Send`: shared access reads the immutable generation or counts atomically
+// (serialized mode: under the outside lock).
 unsafe impl Sync for RegionRef {}
 
 impl RegionRef {
@@ -1065,6 +1067,7 @@ mod tests {
     }
 
     fn zeroed(at: usize, n: usize) -> bool {
+        // SAFETY: callers pass a block the region just allocated, `n` bytes long and live.
         unsafe { std::slice::from_raw_parts(at as *const u8, n) }
             .iter()
             .all(|b| *b == 0)
@@ -1110,6 +1113,7 @@ mod tests {
                 let (at, _) = r.allocate(req(size, align)).unwrap();
                 assert_eq!(at % align, 0, "align {align} size {size}");
                 assert!(zeroed(at, size));
+                // SAFETY: `at` is the live `size`-byte block just allocated.
                 unsafe { std::ptr::write_bytes(at as *mut u8, 0xAB, size) };
             }
         }
@@ -1180,6 +1184,7 @@ mod tests {
         let r = RegionCore::new();
         for _ in 0..1000 {
             let (at, _) = r.allocate(req(24, 8)).unwrap();
+            // SAFETY: `at` is the live 24-byte block just allocated.
             unsafe { std::ptr::write_bytes(at as *mut u8, 0xFF, 24) };
         }
         r.allocate(req(3 * MAX_CHUNK, 8)).unwrap();
@@ -1209,6 +1214,7 @@ mod tests {
         // The kept chunk may not be reused while an export looks into it.
         assert_eq!(r.usage().parked, 1);
         assert_eq!(r.usage().chunks, 0);
+        // SAFETY: the pinned export keeps its chunk parked, still mapped and 64 bytes long at `a`.
         unsafe { std::ptr::write_bytes(a as *mut u8, 1, 64) }; // still mapped
         let (b, t2) = r.allocate(req(64, 8)).unwrap();
         assert_ne!(a, b);
@@ -1224,6 +1230,7 @@ mod tests {
     fn realloc_copies_and_kills_the_old_block() {
         let r = RegionCore::new();
         let (a, t) = r.allocate(req(4, 4)).unwrap();
+        // SAFETY: `a` is the live 4-byte block just allocated.
         unsafe { std::ptr::write_bytes(a as *mut u8, 9, 4) };
         let (b, t2) = r.realloc(t, a, 4, req(64, 4)).unwrap();
         assert!(matches!(
@@ -1231,6 +1238,7 @@ mod tests {
             Err(Error::UseAfterFree(Death::Reallocated))
         ));
         assert!(r.check(t2, b).is_ok());
+        // SAFETY: `b` is the live 64-byte block realloc returned.
         let bytes = unsafe { std::slice::from_raw_parts(b as *const u8, 64) };
         assert_eq!(&bytes[..4], &[9; 4]);
         assert!(bytes[4..].iter().all(|x| *x == 0));
@@ -1279,6 +1287,8 @@ mod tests {
                         for i in 0..5000usize {
                             let size = (i + t) % 100;
                             let (at, _) = r.allocate(req(size, 8)).unwrap();
+                            // SAFETY: `at` is the live `size`-byte block this thread just
+                            // allocated.
                             unsafe { std::ptr::write_bytes(at as *mut u8, t as u8 + 1, size) };
                             mine.push((at, at + size.max(1), t as u8 + 1, size));
                         }
@@ -1294,6 +1304,7 @@ mod tests {
         spans.sort();
         assert!(spans.windows(2).all(|w| w[0].1 <= w[1].0));
         for (at, _, tag, size) in &all {
+            // SAFETY: every block is still live (nothing was released) and `size` bytes long.
             let s = unsafe { std::slice::from_raw_parts(*at as *const u8, *size) };
             assert!(s.iter().all(|b| b == tag));
         }

@@ -114,6 +114,7 @@ pub(crate) struct SerialMutex<T> {
 // SAFETY: as Mutex<T>: one guard at a time reaches the value, either
 // through the mutex or through the outside lock `assume_serialized` promises.
 unsafe impl<T: Send> Send for SerialMutex<T> {}
+// SAFETY: as for `Send`: one guard at a time reaches the value (the mutex, or the outside lock).
 unsafe impl<T: Send> Sync for SerialMutex<T> {}
 
 pub(crate) struct SerialGuard<'a, T> {

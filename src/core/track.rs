@@ -401,6 +401,7 @@ mod tests {
         assert_eq!(e.len(), 1);
         assert_eq!(e[0].addr, addr);
         // clean up the real leak
+        // SAFETY: the leak under test: a live libc block nothing else frees.
         unsafe { libc::free(addr as *mut libc::c_void) };
         let seq = e[0].seq;
         registry().remove(&seq);
@@ -420,6 +421,7 @@ mod tests {
 
         let addr = n.detach(n.addr()).unwrap();
         assert!(mine(&a).is_empty());
+        // SAFETY: detached: the block is the test's, a live libc block freed once.
         unsafe { libc::free(addr as *mut libc::c_void) };
 
         let r = a.allocate(array(4, 1, 1, None).unwrap(), None).unwrap();
@@ -486,6 +488,8 @@ mod tests {
         let a = AllocCore::new_tracked("diag-guard", LIBC_GROUP, true, Box::new(Guarded), true);
         let r = a.allocate(array(8, 1, 1, None).unwrap(), None).unwrap();
         assert_eq!(mine(&a).len(), 1);
+        // SAFETY: the byte after the 8-byte block is a guard byte of the same guarded allocation:
+        // the corruption under test.
         unsafe { (r.addr() as *mut u8).add(8).write(0x41) };
         assert!(matches!(
             a.free(&r, r.addr()),

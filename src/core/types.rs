@@ -179,6 +179,7 @@ mod tests {
             (Kind::Ptr, Value::Addr(0xdead_beef)),
         ];
         for (k, v) in cases {
+            // SAFETY: `a` points at 8 writable bytes aligned for every kind (the buffer above).
             unsafe {
                 k.write(a, v);
                 assert_eq!(k.read(a), v, "{k:?}");

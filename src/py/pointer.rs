@@ -25,10 +25,18 @@ mod methods;
 /// module calling up. Each returns None for a type that is not composite.
 pub(crate) struct Composites {
     /// The element of composite type `ty` at `addr` inside `parent`'s block.
-    pub at: fn(Python<'_>, &Pointer, usize, &'static TypeInfo) -> Option<PyResult<Py<PyAny>>>,
+    pub at: CompositeAt,
     /// `dst[i] = v` for a composite element type.
-    pub write: fn(Python<'_>, &Pointer, isize, &Bound<'_, PyAny>) -> Option<PyResult<()>>,
+    pub write: CompositeWrite,
 }
+
+/// `Composites::at`: (parent, addr, ty) to the element, None when `ty` is
+/// not composite.
+pub(crate) type CompositeAt =
+    fn(Python<'_>, &Pointer, usize, &'static TypeInfo) -> Option<PyResult<Py<PyAny>>>;
+/// `Composites::write`: (dst, i, v), None when dst's type is not composite.
+pub(crate) type CompositeWrite =
+    fn(Python<'_>, &Pointer, isize, &Bound<'_, PyAny>) -> Option<PyResult<()>>;
 
 static COMPOSITES: std::sync::OnceLock<Composites> = std::sync::OnceLock::new();
 

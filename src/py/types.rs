@@ -338,10 +338,10 @@ fn incomplete(t: &Bound<'_, PyAny>) -> PyErr {
 
 /// A type classified before: from the cache, or a provisional entry that
 /// is still right (its pending class has no `_fields_` of its own yet).
-fn known(
-    reg: &Registry,
-    t: &Bound<'_, PyAny>,
-) -> PyResult<Option<(&'static TypeInfo, Option<Py<PyAny>>)>> {
+/// A classified type, and the class its provisional entry waits on.
+type Known = Option<(&'static TypeInfo, Option<Py<PyAny>>)>;
+
+fn known(reg: &Registry, t: &Bound<'_, PyAny>) -> PyResult<Known> {
     let key = t.as_ptr() as usize;
     if let Some((_, info)) = reg.scalars.iter().find(|(k, _)| *k == key) {
         return Ok(Some((info, None)));
@@ -383,7 +383,7 @@ fn remember_in(
 ) -> &'static TypeInfo {
     let key = t.as_ptr() as usize;
     match pending {
-        None => *reg.cache.lock().unwrap().entry(key).or_insert(info),
+        None => reg.cache.lock().unwrap().entry(key).or_insert(info),
         Some(dep) => {
             let mut map = reg.provisional.lock().unwrap();
             map.entry(key).or_insert((info, dep.clone_ref(t.py()))).0

@@ -175,6 +175,10 @@ impl AllocCore {
 
     /// The record of a new block; `plain`: the memory is libc's, not the backend's.
     #[inline(always)]
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "each is one fact of the new block; a struct would only be unpacked again"
+    )]
     fn record(
         self: &Arc<Self>,
         slot: RecordSlot,

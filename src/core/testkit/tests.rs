@@ -222,6 +222,8 @@ fn threads_racing_one_record_end_it_exactly_once() {
                                 0 | 1 => {
                                     if r.pin().is_ok() {
                                         // Pinned: the bytes must still be there.
+                                        // SAFETY: pinned: the block stays live while the pin
+                                        // holds, and it is at least a byte long.
                                         let b = unsafe { (r.addr() as *const u8).read_volatile() };
                                         assert_eq!(b, 0x5A);
                                         std::thread::yield_now();
@@ -316,6 +318,8 @@ fn exports_racing_a_free_return_the_memory_once_after_the_last_unpin() {
                     for _ in 0..50 {
                         match r.pin() {
                             Ok(()) => {
+                                // SAFETY: pinned: the 64-byte block stays live while the pin
+                                // holds.
                                 let b = unsafe { (r.addr() as *const u8).add(63).read_volatile() };
                                 assert_eq!(b, 7);
                                 r.unpin();

@@ -239,6 +239,7 @@ struct Def(ffi::PyGetSetDef);
 
 // SAFETY: written once at module init (under the GIL), then only read by CPython.
 unsafe impl Send for Def {}
+// SAFETY: as for `Send`: CPython only reads the definition after init.
 unsafe impl Sync for Def {}
 
 static REF_DEF: OnceLock<Def> = OnceLock::new();

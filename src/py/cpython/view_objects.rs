@@ -50,13 +50,13 @@ pub fn install(py: Python<'_>) -> Result<(), String> {
     }
     VIEW_OFFSET.store(off, Ordering::Relaxed);
     VIEW_SIZE.store(basicsize, Ordering::Relaxed);
-    // SAFETY: a heap type rsalloc owns, ready and not yet used; the slot is
-    // the plain field PyO3 filled with its dealloc.
     #[cfg(all(
         not(Py_GIL_DISABLED),
         pyo3_disable_reference_pool,
         pyo3_leak_on_drop_without_reference_pool
     ))]
+    // SAFETY: a heap type rsalloc owns, ready and not yet used; the slot is
+    // the plain field PyO3 filled with its dealloc.
     unsafe {
         if let Some(dealloc) = (*tp).tp_dealloc {
             let _ = OLD_VIEW_DEALLOC.set(dealloc);

@@ -61,7 +61,7 @@ impl Pointer {
         use std::ffi::{c_long, c_ulong};
         // One loop per element type, so the read and the conversion are not
         // chosen again for every element.
-        // SAFETY (every arm): slice_bounds checked that the `len` elements
+        // SAFETY: (every arm) slice_bounds checked that the `len` elements
         // from `first` by `stride` lie in the view, `pinned` that the block is
         // live, and no Python code has run since; the list has `len` slots.
         let filled = unsafe {

@@ -690,8 +690,8 @@ fn offset_operand(n: &Bound<'_, PyAny>) -> PyResult<Option<isize>> {
 /// `addr` is readable for `limit` units, or up to a NUL when `limit` is None.
 unsafe fn nul_position(addr: usize, unit: usize, limit: Option<usize>) -> usize {
     match (unit, limit) {
-        // SAFETY (all arms): the caller's contract.
         (1, Some(n)) => unsafe {
+            // SAFETY: the caller's contract: readable for `n` bytes.
             let hit = libc::memchr(addr as *const libc::c_void, 0, n);
             if hit.is_null() {
                 n
@@ -699,10 +699,13 @@ unsafe fn nul_position(addr: usize, unit: usize, limit: Option<usize>) -> usize 
                 hit as usize - addr
             }
         },
+        // SAFETY: the caller's contract: readable up to a NUL.
         (1, None) => unsafe { libc::strlen(addr as *const libc::c_char) },
         _ => {
             let mut i = 0;
             while limit.is_none_or(|l| i < l)
+                // SAFETY: the caller's contract: unit `i` is readable (before the limit or the
+                // NUL).
                 && unsafe { ((addr + 2 * i) as *const u16).read_unaligned() } != 0
             {
                 i += 1;
