@@ -4,6 +4,16 @@
 //! the thin PyO3 layer, one file per exposed concept. This file only wires
 //! the module together.
 
+// Only the core's exported surface (what the crate's integration tests,
+// fuzz targets and benches use) is `pub`; the rest is `pub(crate)`, for the
+// binding (docs/architecture.md, "The public surface"). Everything exported
+// is documented: it is the one part a reader meets without the source.
+// Without the binding, the items only it uses are unused.
+#[warn(missing_docs)]
+#[cfg_attr(
+    not(feature = "python"),
+    allow(dead_code, reason = "the binding is what uses these items")
+)]
 pub mod core;
 #[cfg(feature = "python")]
 pub mod py;

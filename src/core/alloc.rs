@@ -154,13 +154,18 @@ pub fn new_id() -> u64 {
     NEXT_ID.fetch_add(1, Relaxed)
 }
 
+/// An allocator: its name, owner group, counters and [`Backend`], and the rules every allocation
+/// through it follows (`alloc/ops.rs`).
 pub struct AllocCore {
+    /// Shown in reprs, reports and error messages (`"malloc"`, `"calloc"`, a subclass's name).
     pub name: String,
     /// Owner group: who may free this allocator's blocks.
     pub group: u64,
     /// calloc semantics: new memory (and a realloc's new tail) is zeroed.
     pub zeroed: bool,
+    /// This allocator's live and total blocks and bytes (the process's are [`GLOBAL`]).
     pub counters: Counters,
+    /// Where the memory comes from and goes back to.
     pub backend: Box<dyn Backend>,
     /// The binding layer's object for this allocator (set once).
     pub handle: OnceLock<Box<dyn Any + Send + Sync>>,
@@ -224,6 +229,7 @@ unsafe impl Send for CoreRef {}
 unsafe impl Sync for CoreRef {}
 
 impl CoreRef {
+    /// A reference to `core`, counted unless `core` is lifelong.
     pub fn new(core: &Arc<AllocCore>) -> Self {
         if !core.lifelong {
             std::mem::forget(core.clone());
@@ -261,6 +267,7 @@ impl Drop for CoreRef {
 }
 
 impl AllocCore {
+    /// An allocator of owner group `group` over `backend`; `zeroed`: calloc semantics.
     pub fn new(
         name: impl Into<String>,
         group: u64,

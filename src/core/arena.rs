@@ -31,6 +31,8 @@ pub struct WrapArena {
 }
 
 impl WrapArena {
+    /// An arena without a limit (the binding always passes one).
+    #[cfg(test)]
     pub fn new(backing: Arc<AllocCore>) -> Self {
         Self::with_limit(backing, super::budget::UNLIMITED)
     }

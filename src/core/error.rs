@@ -6,12 +6,16 @@ use std::fmt;
 /// Why a block is dead: the three ways an allocation stops being usable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Death {
+    /// Freed by `free` (or through its owner).
     Freed,
+    /// Released with its arena.
     Released,
+    /// Moved by a realloc: the new block lives on.
     Reallocated,
 }
 
 impl Death {
+    /// How a message says it ("freed", "released with its arena", "reallocated").
     pub fn as_str(self) -> &'static str {
         match self {
             Death::Freed => "freed",
@@ -54,6 +58,7 @@ pub struct Corruption {
 }
 
 #[derive(Debug)]
+/// Why the core refused an operation; the operation changed nothing.
 pub enum Error {
     /// A size or count below zero (ValueError).
     NegativeSize,
@@ -74,11 +79,19 @@ pub enum Error {
     /// Access through address 0 (NullPointerError).
     NullPointer,
     /// Index outside the view (IndexError).
-    OutOfBounds { index: i128, len: usize },
+    OutOfBounds {
+        /// The index asked for.
+        index: i128,
+        /// Elements in the view.
+        len: usize,
+    },
     /// Byte range outside the view (IndexError).
     RangeOutOfBounds {
+        /// Where the range starts, in bytes from the view's start.
         offset: usize,
+        /// Its length in bytes.
         len: usize,
+        /// The view's length in bytes.
         extent: usize,
     },
     /// Allocation or registration on a released arena (ArenaClosedError).
@@ -95,6 +108,7 @@ pub enum Error {
     Unsupported(&'static str),
 }
 
+/// The core's result type.
 pub type Result<T> = std::result::Result<T, Error>;
 
 impl fmt::Display for Error {
@@ -170,15 +184,20 @@ impl std::error::Error for Error {}
 /// refusal is here so that the error type depends on nothing).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
+    /// The process-wide limit (`set_limit`).
     Process,
+    /// An allocator's limit (`a.limited(n)`).
     Allocator,
+    /// An arena's limit (`Arena(limit=n)`).
     Arena,
 }
 
 /// A request refused by a limit: what the message names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OverLimit {
+    /// Whose limit it was.
     pub scope: Scope,
+    /// The limit, in bytes.
     pub limit: u64,
     /// The live bytes when the request was refused.
     pub live: u64,

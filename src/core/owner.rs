@@ -42,17 +42,21 @@ unsafe impl Send for Owner {}
 unsafe impl Sync for Owner {}
 
 impl Owner {
+    /// Nobody: a view of memory rsalloc does not own (an address from C).
     pub const UNOWNED: Owner = Owner(None);
 
+    /// A block's record owns the memory.
     pub fn block(r: RecordRef) -> Self {
         Owner(Some(r.into_raw()))
     }
 
+    /// A bump region's block (through its generation) owns the memory.
     pub fn region(r: RegionRef) -> Self {
         Owner(Some(r.into_raw()))
     }
 
     #[inline(always)]
+    /// The owner the word holds, read in place.
     pub fn get(&self) -> Owned<'_> {
         let p: *const Option<NonNull<u8>> = &self.0;
         match self.0 {
@@ -115,6 +119,7 @@ impl Owner {
         }
     }
 
+    /// Ends a pin taken through this owner.
     pub fn unpin(&self) {
         match self.get() {
             Owned::Block(r) => r.unpin(),

@@ -82,6 +82,7 @@ unsafe impl Send for RecordRef {}
 unsafe impl Sync for RecordRef {}
 
 impl RecordRef {
+    /// Whether `a` and `b` refer to the same record.
     pub fn ptr_eq(a: &RecordRef, b: &RecordRef) -> bool {
         a.0 == b.0
     }

@@ -25,6 +25,7 @@ use std::sync::{Arc, OnceLock, Weak};
 
 /// Size of the first chunk; each new chunk doubles it up to [`MAX_CHUNK`].
 pub const FIRST_CHUNK: usize = 4096;
+/// The largest shared chunk; a request above it gets a chunk of its own.
 pub const MAX_CHUNK: usize = 1 << 20;
 /// Alignments up to this are carved out of the shared chunks; a larger one
 /// gets a chunk of its own (aligned by `posix_memalign`).
@@ -217,15 +218,24 @@ struct Inner {
 /// What `repr(arena)` shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Usage {
+    /// Live blocks.
     pub count: u64,
+    /// Their bytes (asked for).
     pub bytes: usize,
+    /// Chunks in use.
     pub chunks: usize,
+    /// Bytes of those chunks.
     pub reserved: usize,
+    /// Chunks kept mapped for pinned exports of released blocks.
     pub parked: usize,
+    /// Whether the arena was released for good.
     pub closed: bool,
 }
 
+/// The bump region behind `Arena()`: chunks carved by a bump pointer, released all at once; each
+/// release starts a new generation.
 pub struct RegionCore {
+    /// The region's identity (`new_id`), as its blocks' owner.
     pub id: u64,
     /// Itself, for the index's entries of its chunks.
     me: Weak<RegionCore>,
@@ -388,6 +398,7 @@ impl Inner {
 }
 
 impl RegionCore {
+    /// A region without a limit.
     pub fn new() -> Arc<Self> {
         Self::with_limit(UNLIMITED)
     }
@@ -412,6 +423,7 @@ impl RegionCore {
         self.inner.lock()
     }
 
+    /// Whether the region was released for good (closed).
     pub fn is_closed(&self) -> bool {
         self.state.load(Acquire) & CLOSED != 0
     }
@@ -599,6 +611,7 @@ impl RegionCore {
         }
     }
 
+    /// The counts `repr(arena)` shows.
     pub fn usage(&self) -> Usage {
         let g = self.lock();
         Usage {
@@ -716,10 +729,12 @@ impl RegionRef {
     }
 
     #[inline]
+    /// The region the referenced generation belongs to.
     pub fn region(&self) -> &RegionCore {
         &self.generation().region
     }
 
+    /// The generation's token: the state the region had when its blocks were handed out.
     pub fn token(&self) -> u64 {
         self.generation().token
     }
@@ -778,14 +793,18 @@ impl RegionRef {
     }
 
     #[inline]
+    /// Ok when the block at `addr` of this generation is live.
     pub fn check_access(&self, addr: usize) -> Result<()> {
         let g = self.generation();
         g.region.check(g.token, addr)
     }
+    /// Pins the block at `addr` (a buffer export): its chunk stays mapped until
+    /// [`RegionRef::unpin`].
     pub fn pin(&self, addr: usize) -> Result<()> {
         let g = self.generation();
         g.region.pin(g.token, addr)
     }
+    /// Ends a pin of [`RegionRef::pin`].
     pub fn unpin(&self) {
         self.region().unpin()
     }
@@ -868,6 +887,7 @@ impl Drop for Anchor {
 }
 
 impl Anchor {
+    /// The anchor of `region`: a reference to its current generation.
     pub fn new(region: Arc<RegionCore>) -> Result<Self> {
         let token = region.state.load(Acquire);
         let current = RegionRef::new_generation(&region, token)?;
@@ -877,6 +897,7 @@ impl Anchor {
         })
     }
 
+    /// The region anchored.
     pub fn region(&self) -> &Arc<RegionCore> {
         &self.region
     }

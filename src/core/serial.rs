@@ -32,7 +32,9 @@ static SERIALIZED: AtomicBool = AtomicBool::new(false);
 /// what `alloc` gave. Both are called only under the outside lock.
 #[derive(Clone, Copy, Debug)]
 pub struct RecordMemory {
+    /// `alloc(size)`: at least 8-aligned memory for an object of `size` bytes, or null.
     pub alloc: unsafe extern "C" fn(usize) -> *mut c_void,
+    /// `free(p)`: takes back what `alloc` gave.
     pub free: unsafe extern "C" fn(*mut c_void),
 }
 

@@ -36,6 +36,7 @@ struct Inner {
 pub struct Counting(Arc<Inner>);
 
 impl Counting {
+    /// A fresh ledger; nothing fails until told to.
     pub fn new() -> Self {
         Self::default()
     }

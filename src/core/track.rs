@@ -271,6 +271,7 @@ pub(crate) fn type_of(rec: &Record) -> &'static str {
 }
 
 /// Every live tracked allocation, oldest first.
+#[cfg(test)]
 pub fn live() -> Result<Vec<Entry>> {
     live_since(0)
 }
@@ -346,11 +347,6 @@ pub fn end_arena(seq: u64) {
 /// The unreleased registered arenas with a sequence number >= `seq`, oldest first.
 pub fn live_arenas_since(seq: u64) -> Result<Vec<ArenaEntry>> {
     oldest_first(arenas().values(), seq, |e| e.seq)
-}
-
-/// How many live tracked allocations there are.
-pub fn live_count() -> usize {
-    registry().len()
 }
 
 #[cfg(test)]
