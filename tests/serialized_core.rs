@@ -50,7 +50,7 @@ unsafe extern "C" fn record_alloc(size: usize) -> *mut c_void {
     }
     // SAFETY: forwards to malloc, the contract of the record allocation function.
     let p = unsafe { libc::malloc(size) };
-    SLOTS.lock().unwrap().insert(p as usize);
+    SLOTS.lock().unwrap().insert(p.addr());
     ALLOCS.fetch_add(1, Relaxed);
     p
 }
@@ -59,7 +59,7 @@ unsafe extern "C" fn record_free(p: *mut c_void) {
     if !lock_is_held() {
         WRONG.fetch_add(1, Relaxed);
     }
-    if !SLOTS.lock().unwrap().remove(&(p as usize)) {
+    if !SLOTS.lock().unwrap().remove(&p.addr()) {
         WRONG.fetch_add(1, Relaxed);
         return;
     }
@@ -109,10 +109,21 @@ fn threads_behind_one_lock_keep_exact_counts_and_sound_records() {
                     let r = a.allocate(array(n, 8, 8, None).unwrap(), None).unwrap();
                     // Zeroed, though its record may be one just given back.
                     // SAFETY: `r` is a live 8-byte block.
-                    let bytes = unsafe { std::slice::from_raw_parts(r.addr() as *const u8, 8) };
+                    let bytes = unsafe {
+                        std::slice::from_raw_parts(
+                            std::ptr::with_exposed_provenance::<u8>(r.addr()),
+                            8,
+                        )
+                    };
                     assert!(bytes.iter().all(|b| *b == 0));
                     // SAFETY: `r` is a live 8-byte block.
-                    unsafe { std::ptr::write_bytes(r.addr() as *mut u8, 0xAB, 8) };
+                    unsafe {
+                        std::ptr::write_bytes(
+                            std::ptr::with_exposed_provenance_mut::<u8>(r.addr()),
+                            0xAB,
+                            8,
+                        )
+                    };
                     if i % 3 == 0 {
                         r.free_plain(r.addr()).unwrap();
                         drop(r);
@@ -209,7 +220,7 @@ fn record_memory_comes_from_the_given_functions_and_goes_back_to_them() {
     let allocs = ALLOCS.load(Relaxed);
     let many: Vec<_> = (0..1_000).map(|_| a.allocate(req, None).unwrap()).collect();
     for r in &many {
-        assert!(in_a_slot(&**r as *const _ as usize));
+        assert!(in_a_slot(std::ptr::from_ref(&**r).addr()));
     }
     // At most the 64 kept for reuse did not come from `record_alloc` now.
     assert!(ALLOCS.load(Relaxed) - allocs >= 1_000 - 64);
@@ -228,7 +239,7 @@ fn record_memory_comes_from_the_given_functions_and_goes_back_to_them() {
     assert_eq!(ALLOCS.load(Relaxed), allocs, "all 64 were kept slots");
     let fresh = a.allocate(req, None).unwrap();
     assert_eq!(ALLOCS.load(Relaxed), allocs + 1);
-    assert!(in_a_slot(&*fresh as *const _ as usize));
+    assert!(in_a_slot(std::ptr::from_ref(&*fresh).addr()));
     for r in reused.iter().chain([&fresh]) {
         a.free(r, r.addr()).unwrap();
     }
@@ -298,7 +309,9 @@ mod block_cache {
         let r = m.allocate(bytes(64), None).unwrap();
         let addr = r.addr();
         // SAFETY: `r` is a live 64-byte block.
-        unsafe { std::ptr::write_bytes(addr as *mut u8, 0xAB, 64) };
+        unsafe {
+            std::ptr::write_bytes(std::ptr::with_exposed_provenance_mut::<u8>(addr), 0xAB, 64)
+        };
         m.free(&r, addr).unwrap();
         assert_eq!(held().0, before.0 + 1, "kept, not freed");
         // calloc's request of the same size gets it back, cleared.
@@ -306,12 +319,19 @@ mod block_cache {
         assert_eq!(z.addr(), addr);
         assert_eq!(held(), before);
         // SAFETY: `z` is the live 64-byte block the cache gave back.
-        let all = unsafe { std::slice::from_raw_parts(addr as *const u8, 64) };
+        let all = unsafe {
+            std::slice::from_raw_parts(std::ptr::with_exposed_provenance::<u8>(addr), 64)
+        };
         assert!(all.iter().all(|b| *b == 0));
         // Still a libc block: handed to C, C's realloc and free take it.
         assert_eq!(z.detach(addr).unwrap(), addr);
         // SAFETY: detached: a live libc block that is C's (this test's) now.
-        let big = unsafe { libc::realloc(addr as *mut c_void, 100_000) };
+        let big = unsafe {
+            libc::realloc(
+                std::ptr::with_exposed_provenance_mut::<c_void>(addr),
+                100_000,
+            )
+        };
         assert!(!big.is_null());
         // SAFETY: `big` came from the realloc above and is freed once.
         unsafe { libc::free(big) };

@@ -448,7 +448,11 @@ mod tests {
         assert_eq!(r.detach(r.addr()).unwrap(), r.addr());
         assert_eq!(r.state(), State::Detached);
         // SAFETY: detached from libc's malloc: C's free is its owner now.
-        unsafe { libc::free(r.addr() as *mut libc::c_void) };
+        unsafe {
+            libc::free(std::ptr::with_exposed_provenance_mut::<libc::c_void>(
+                r.addr(),
+            ))
+        };
     }
 
     #[test]
@@ -456,14 +460,18 @@ mod tests {
         let c = libc(true);
         let r = c.allocate(array(4, 1, 1, None).unwrap(), None).unwrap();
         // SAFETY: `r` is a live 4-byte block of this allocator, unpinned but not freed.
-        unsafe { std::ptr::write_bytes(r.addr() as *mut u8, 9, 4) };
+        unsafe {
+            std::ptr::write_bytes(std::ptr::with_exposed_provenance_mut::<u8>(r.addr()), 9, 4)
+        };
         r.pin().unwrap();
         assert!(matches!(c.realloc(&r, r.addr(), 64), Err(Error::Exported)));
         r.unpin();
         let n = c.realloc(&r, r.addr(), 64).unwrap();
         assert_eq!(r.state(), State::Dead(Death::Reallocated));
         // SAFETY: `n` is the live 64-byte block realloc returned.
-        let bytes = unsafe { std::slice::from_raw_parts(n.addr() as *const u8, 64) };
+        let bytes = unsafe {
+            std::slice::from_raw_parts(std::ptr::with_exposed_provenance::<u8>(n.addr()), 64)
+        };
         assert_eq!(&bytes[..4], &[9; 4]);
         assert!(bytes[4..].iter().all(|b| *b == 0));
         let s = c.counters.snapshot();
@@ -488,7 +496,7 @@ mod tests {
             Err(Error::Ownership(Ownership::Detached))
         ));
         // SAFETY: detached: the block is C's now, a live libc block nobody else frees.
-        unsafe { libc::free(addr as *mut libc::c_void) }; // C frees it
+        unsafe { libc::free(std::ptr::with_exposed_provenance_mut::<libc::c_void>(addr)) }; // C frees it
 
         let r = a.allocate(array(8, 1, 1, None).unwrap(), None).unwrap();
         r.set_autofree().unwrap();
@@ -567,7 +575,11 @@ mod tests {
                 if r.state() == State::Detached {
                     // SAFETY: a detached record's block belongs to this test, as C's would, and is
                     // freed once.
-                    unsafe { libc::free(r.addr() as *mut libc::c_void) };
+                    unsafe {
+                        libc::free(std::ptr::with_exposed_provenance_mut::<libc::c_void>(
+                            r.addr(),
+                        ))
+                    };
                 } else if r.state() == State::Live && !r.is_autofree() {
                     a.free(&r, r.addr()).unwrap();
                 }

@@ -149,7 +149,7 @@ impl WrapArena {
         unsafe {
             std::ptr::copy_nonoverlapping(
                 old.as_ptr(),
-                fresh.addr() as *mut u8,
+                std::ptr::with_exposed_provenance_mut::<u8>(fresh.addr()),
                 rec.size().min(new),
             );
         }
@@ -288,12 +288,15 @@ mod tests {
         let a = WrapArena::new(m.clone());
         let r = a.allocate(req(4)).unwrap();
         // SAFETY: `r` is a live 4-byte block of the arena.
-        unsafe { std::ptr::write_bytes(r.addr() as *mut u8, 5, 4) };
+        unsafe {
+            std::ptr::write_bytes(std::ptr::with_exposed_provenance_mut::<u8>(r.addr()), 5, 4)
+        };
         let n = a.realloc(&r, r.addr(), 32).unwrap();
         assert_eq!(r.state(), State::Dead(Death::Reallocated));
         assert_eq!(n.arena(), Some(a.id()));
         // SAFETY: `n` is the live 32-byte block realloc returned, its first 4 bytes copied.
-        assert_eq!(unsafe { *(n.addr() as *const [u8; 4]) }, [5; 4]);
+        let head = unsafe { *std::ptr::with_exposed_provenance::<[u8; 4]>(n.addr()) };
+        assert_eq!(head, [5; 4]);
         let s = m.counters.snapshot();
         assert_eq!((s.live_count, s.live_bytes), (1, 32));
         assert_eq!(a.tag.counters.snapshot().live_bytes, 32);
@@ -346,7 +349,11 @@ mod tests {
         let good = a.allocate(req(8)).unwrap();
         // SAFETY: the diagnostic backend places guard bytes right after the 8-byte block:
         // overwriting one is the corruption under test, inside the guarded allocation.
-        unsafe { (bad.addr() as *mut u8).add(8).write(0) };
+        unsafe {
+            std::ptr::with_exposed_provenance_mut::<u8>(bad.addr())
+                .add(8)
+                .write(0)
+        };
         let mut seen = Vec::new();
         assert!(a.release(false, |rec, e| {
             // Everything is released by the time errors are reported.

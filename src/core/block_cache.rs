@@ -110,8 +110,8 @@ impl Stack {
         self.blocks[self.slot(self.len)] = p;
         self.len += 1;
     }
-    fn contains(&self, p: *mut u8) -> bool {
-        (0..self.len).any(|i| self.blocks[self.slot(i)] == p)
+    fn contains(&self, addr: usize) -> bool {
+        (0..self.len).any(|i| self.blocks[self.slot(i)].addr() == addr)
     }
 }
 
@@ -310,12 +310,12 @@ pub fn holds(p: usize, size: usize) -> bool {
     };
     if size > MAX_SIZE {
         let h = &c.held;
-        return (0..h.len).any(|i| h.blocks[(h.first + i) % HELD].0 == p as *mut u8);
+        return (0..h.len).any(|i| h.blocks[(h.first + i) % HELD].0.addr() == p);
     }
     // A block files by its usable size, which may put it a class above
     // its request's (see `a_glibc_block_files_where_its_own_size_looks`).
     let first = class_of_request(size);
-    (first..(first + 2).min(CLASSES)).any(|class| c.stacks[class].contains(p as *mut u8))
+    (first..(first + 2).min(CLASSES)).any(|class| c.stacks[class].contains(p))
 }
 
 /// Frees every kept block; returns how many there were.

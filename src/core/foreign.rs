@@ -63,7 +63,8 @@ pub fn check_block(
                 size,
             }))
         })?;
-    let p = NonNull::new(addr as *mut u8).expect("checked non-zero");
+    let p =
+        NonNull::new(std::ptr::with_exposed_provenance_mut::<u8>(addr)).expect("checked non-zero");
     if addr % align != 0 {
         give_back(p);
         return Err(Error::External(Box::new(BadBlock::Misaligned {
@@ -106,8 +107,8 @@ impl Free {
 
     fn address(self) -> usize {
         match self {
-            Free::Plain(f) => f as *const () as usize,
-            Free::Sized(f) => f as *const () as usize,
+            Free::Plain(f) => (f as *const ()).expose_provenance(),
+            Free::Sized(f) => (f as *const ()).expose_provenance(),
         }
     }
 }
@@ -172,7 +173,7 @@ impl Backend for CFunctions {
             return Err(Error::OutOfMemory(size));
         }
         // SAFETY: the function has this signature (constructor's contract).
-        let raw = unsafe { alloc(n) } as usize;
+        let raw = unsafe { alloc(n) }.expose_provenance();
         let p = check_block(raw as i128, n, align, |p| unsafe {
             // SAFETY: `p` came from `alloc` (n bytes) and is not used again.
             self.free.call(p.as_ptr() as *mut c_void, n)
@@ -236,8 +237,8 @@ mod tests {
         // valid for the process.
         let b = unsafe {
             CFunctions::new(
-                alloc as *const () as usize,
-                free as *const () as usize,
+                (alloc as *const ()).expose_provenance(),
+                (free as *const ()).expose_provenance(),
                 false,
                 max,
                 Box::new(()),
@@ -251,12 +252,14 @@ mod tests {
         let a = core(counting_alloc, counting_free, usize::MAX, true);
         let r = a.allocate(array(16, 4, 4, None).unwrap(), None).unwrap();
         // SAFETY: `r` is a live 64-byte block (16 Int32s).
-        let bytes = unsafe { std::slice::from_raw_parts(r.addr() as *const u8, 64) };
+        let bytes = unsafe {
+            std::slice::from_raw_parts(std::ptr::with_exposed_provenance::<u8>(r.addr()), 64)
+        };
         assert!(bytes.iter().all(|b| *b == 0));
         assert_eq!(LIVE.load(Relaxed), 1);
         assert_eq!(
             a.backend.native_free(),
-            Some(counting_free as *const () as usize)
+            Some((counting_free as *const ()).expose_provenance())
         );
         let libc_heap = AllocCore::new(
             "malloc",
@@ -270,10 +273,14 @@ mod tests {
         ));
         // realloc moves through alloc + copy + free of the same functions.
         // SAFETY: `r` is live and 64 bytes long.
-        unsafe { std::ptr::write_bytes(r.addr() as *mut u8, 5, 64) };
+        unsafe {
+            std::ptr::write_bytes(std::ptr::with_exposed_provenance_mut::<u8>(r.addr()), 5, 64)
+        };
         let n = a.realloc(&r, r.addr(), 128).unwrap();
         // SAFETY: `n` is the live 128-byte block realloc returned.
-        let bytes = unsafe { std::slice::from_raw_parts(n.addr() as *const u8, 128) };
+        let bytes = unsafe {
+            std::slice::from_raw_parts(std::ptr::with_exposed_provenance::<u8>(n.addr()), 128)
+        };
         assert!(bytes[..64].iter().all(|b| *b == 5) && bytes[64..].iter().all(|b| *b == 0));
         assert_eq!(LIVE.load(Relaxed), 1);
         a.free(&n, n.addr()).unwrap();
@@ -299,8 +306,8 @@ mod tests {
         // valid for the process.
         let b = unsafe {
             CFunctions::new(
-                libc::malloc as *const () as usize,
-                sized_free as *const () as usize,
+                (libc::malloc as *const ()).expose_provenance(),
+                (sized_free as *const ()).expose_provenance(),
                 true,
                 usize::MAX,
                 Box::new(()),
@@ -310,7 +317,7 @@ mod tests {
         let r = a.allocate(array(5, 8, 8, None).unwrap(), None).unwrap();
         a.free(&r, r.addr()).unwrap();
         // SAFETY: a plain libc call; the block is adopted below.
-        let raw = unsafe { libc::malloc(7) } as usize;
+        let raw = unsafe { libc::malloc(7) }.expose_provenance();
         let q = a.adopt(raw, array(7, 1, 1, None).unwrap()).unwrap();
         a.free(&q, raw).unwrap();
         let z = a.allocate(array(0, 1, 1, None).unwrap(), None).unwrap();
@@ -328,7 +335,7 @@ mod tests {
         let b = unsafe {
             CFunctions::new(
                 0,
-                counting_free as *const () as usize,
+                (counting_free as *const ()).expose_provenance(),
                 false,
                 0,
                 Box::new(()),
@@ -341,7 +348,7 @@ mod tests {
         ));
         assert_eq!(a.counters.snapshot().total_allocs, 0);
         // SAFETY: calls the malloc wrapper; the block is adopted below.
-        let raw = unsafe { counting_alloc(16) } as usize;
+        let raw = unsafe { counting_alloc(16) }.expose_provenance();
         let r = a.adopt(raw, array(16, 1, 1, None).unwrap()).unwrap();
         assert!(matches!(a.realloc(&r, raw, 32), Err(Error::Unsupported(_))));
         assert_eq!(

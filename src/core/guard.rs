@@ -137,7 +137,7 @@ mod tests {
         for align in [1, 8, 16, 64, 4096] {
             for zeroed in [false, true] {
                 let p = Guarded.alloc(40, align, zeroed).unwrap();
-                assert_eq!(p.as_ptr() as usize % align, 0);
+                assert_eq!(p.as_ptr().addr() % align, 0);
                 // SAFETY: `p` is a live 40-byte guarded block.
                 let s = unsafe { std::slice::from_raw_parts(p.as_ptr(), 40) };
                 assert!(s.iter().all(|b| *b == if zeroed { 0 } else { CLEAN }));

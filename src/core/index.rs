@@ -760,7 +760,7 @@ mod tests {
     fn closely_packed_blocks_of_one_granule_resolve_apart() {
         // A Python-style allocator carving 4-byte blocks out of one buffer.
         let buf = [0u8; 64];
-        let base = (buf.as_ptr() as usize + 31) & !31;
+        let base = (buf.as_ptr().expose_provenance() + 31) & !31;
         let other = AllocCore::new("packed", new_id(), false, Box::new(Libc));
         let recs: Vec<_> = (0..4)
             .map(|i| {
@@ -789,7 +789,7 @@ mod tests {
         // C frees the block behind rsalloc's back; libc hands it out again.
         // SAFETY: the test plays C freeing a live libc block behind rsalloc's
         // back, once; what is checked is that rsalloc never frees it again.
-        unsafe { libc::free(addr as *mut libc::c_void) };
+        unsafe { libc::free(std::ptr::with_exposed_provenance_mut::<libc::c_void>(addr)) };
         let mut again = Vec::new();
         let hit = loop {
             let n = m.allocate(array(24, 1, 1, None).unwrap(), None).unwrap();

@@ -114,7 +114,7 @@ impl Record {
 
     /// The block's address.
     pub fn addr(&self) -> usize {
-        self.addr.as_ptr() as usize
+        self.addr.as_ptr().expose_provenance()
     }
     /// The bytes asked for.
     pub fn size(&self) -> usize {

@@ -78,7 +78,7 @@ impl Chunk {
         (off < e).then(|| (self.start() + s as usize, self.start() + e as usize))
     }
     fn start(&self) -> usize {
-        self.ptr.as_ptr() as usize
+        self.ptr.as_ptr().expose_provenance()
     }
     fn end(&self) -> usize {
         self.start() + self.size
@@ -515,7 +515,11 @@ impl RegionCore {
         // SAFETY: both blocks are live in this region and distinct (bump
         // memory is never handed out twice); each holds min(old, new) bytes.
         unsafe {
-            std::ptr::copy_nonoverlapping(base as *const u8, at as *mut u8, old.min(req.size))
+            std::ptr::copy_nonoverlapping(
+                std::ptr::with_exposed_provenance::<u8>(base),
+                std::ptr::with_exposed_provenance_mut::<u8>(at),
+                old.min(req.size),
+            )
         };
         // Bump blocks take at least a byte (see `bump`).
         let i = g.dead.partition_point(|&(start, _)| start < base);
@@ -1089,7 +1093,7 @@ mod tests {
 
     fn zeroed(at: usize, n: usize) -> bool {
         // SAFETY: callers pass a block the region just allocated, `n` bytes long and live.
-        unsafe { std::slice::from_raw_parts(at as *const u8, n) }
+        unsafe { std::slice::from_raw_parts(std::ptr::with_exposed_provenance::<u8>(at), n) }
             .iter()
             .all(|b| *b == 0)
     }
@@ -1135,7 +1139,13 @@ mod tests {
                 assert_eq!(at % align, 0, "align {align} size {size}");
                 assert!(zeroed(at, size));
                 // SAFETY: `at` is the live `size`-byte block just allocated.
-                unsafe { std::ptr::write_bytes(at as *mut u8, 0xAB, size) };
+                unsafe {
+                    std::ptr::write_bytes(
+                        std::ptr::with_exposed_provenance_mut::<u8>(at),
+                        0xAB,
+                        size,
+                    )
+                };
             }
         }
         r.release(false);
@@ -1206,7 +1216,9 @@ mod tests {
         for _ in 0..1000 {
             let (at, _) = r.allocate(req(24, 8)).unwrap();
             // SAFETY: `at` is the live 24-byte block just allocated.
-            unsafe { std::ptr::write_bytes(at as *mut u8, 0xFF, 24) };
+            unsafe {
+                std::ptr::write_bytes(std::ptr::with_exposed_provenance_mut::<u8>(at), 0xFF, 24)
+            };
         }
         r.allocate(req(3 * MAX_CHUNK, 8)).unwrap();
         let before = r.usage();
@@ -1236,7 +1248,7 @@ mod tests {
         assert_eq!(r.usage().parked, 1);
         assert_eq!(r.usage().chunks, 0);
         // SAFETY: the pinned export keeps its chunk parked, still mapped and 64 bytes long at `a`.
-        unsafe { std::ptr::write_bytes(a as *mut u8, 1, 64) }; // still mapped
+        unsafe { std::ptr::write_bytes(std::ptr::with_exposed_provenance_mut::<u8>(a), 1, 64) }; // still mapped
         let (b, t2) = r.allocate(req(64, 8)).unwrap();
         assert_ne!(a, b);
         r.unpin();
@@ -1252,7 +1264,7 @@ mod tests {
         let r = RegionCore::new();
         let (a, t) = r.allocate(req(4, 4)).unwrap();
         // SAFETY: `a` is the live 4-byte block just allocated.
-        unsafe { std::ptr::write_bytes(a as *mut u8, 9, 4) };
+        unsafe { std::ptr::write_bytes(std::ptr::with_exposed_provenance_mut::<u8>(a), 9, 4) };
         let (b, t2) = r.realloc(t, a, 4, req(64, 4)).unwrap();
         assert!(matches!(
             r.check(t, a),
@@ -1260,7 +1272,8 @@ mod tests {
         ));
         assert!(r.check(t2, b).is_ok());
         // SAFETY: `b` is the live 64-byte block realloc returned.
-        let bytes = unsafe { std::slice::from_raw_parts(b as *const u8, 64) };
+        let bytes =
+            unsafe { std::slice::from_raw_parts(std::ptr::with_exposed_provenance::<u8>(b), 64) };
         assert_eq!(&bytes[..4], &[9; 4]);
         assert!(bytes[4..].iter().all(|x| *x == 0));
         let s = r.snapshot();
@@ -1310,7 +1323,13 @@ mod tests {
                             let (at, _) = r.allocate(req(size, 8)).unwrap();
                             // SAFETY: `at` is the live `size`-byte block this thread just
                             // allocated.
-                            unsafe { std::ptr::write_bytes(at as *mut u8, t as u8 + 1, size) };
+                            unsafe {
+                                std::ptr::write_bytes(
+                                    std::ptr::with_exposed_provenance_mut::<u8>(at),
+                                    t as u8 + 1,
+                                    size,
+                                )
+                            };
                             mine.push((at, at + size.max(1), t as u8 + 1, size));
                         }
                         mine
@@ -1326,7 +1345,9 @@ mod tests {
         assert!(spans.windows(2).all(|w| w[0].1 <= w[1].0));
         for (at, _, tag, size) in &all {
             // SAFETY: every block is still live (nothing was released) and `size` bytes long.
-            let s = unsafe { std::slice::from_raw_parts(*at as *const u8, *size) };
+            let s = unsafe {
+                std::slice::from_raw_parts(std::ptr::with_exposed_provenance::<u8>(*at), *size)
+            };
             assert!(s.iter().all(|b| b == tag));
         }
         let expected: usize = (0..4)

@@ -95,7 +95,7 @@ pub unsafe fn free(ptr: NonNull<u8>) {
 
 /// The address of libc's `free`, for C APIs that take a destructor.
 pub fn free_fn_address() -> usize {
-    libc::free as *const () as usize
+    (libc::free as *const ()).expose_provenance()
 }
 
 #[cfg(test)]
@@ -107,7 +107,7 @@ mod tests {
         for align in [1, 8, 16, 32, 64, 4096, 1 << 16] {
             for zeroed in [false, true] {
                 let p = alloc(100, align, zeroed).unwrap();
-                assert_eq!(p.as_ptr() as usize % align, 0);
+                assert_eq!(p.as_ptr().addr() % align, 0);
                 if zeroed {
                     // SAFETY: `p` is a live 100-byte block.
                     let s = unsafe { std::slice::from_raw_parts(p.as_ptr(), 100) };
@@ -187,7 +187,7 @@ mod tests {
             unsafe { std::ptr::write_bytes(p.as_ptr(), 7, 8) };
             // SAFETY: `p` came from `alloc(8, align)`; on success it is not used again.
             let q = unsafe { realloc(p, 8, 64, align, true) }.unwrap();
-            assert_eq!(q.as_ptr() as usize % align, 0);
+            assert_eq!(q.as_ptr().addr() % align, 0);
             // SAFETY: `q` is the live 64-byte block realloc returned.
             let s = unsafe { std::slice::from_raw_parts(q.as_ptr(), 64) };
             assert!(s[..8].iter().all(|b| *b == 7) && s[8..].iter().all(|b| *b == 0));

@@ -398,7 +398,7 @@ mod tests {
         assert_eq!(e[0].addr, addr);
         // clean up the real leak
         // SAFETY: the leak under test: a live libc block nothing else frees.
-        unsafe { libc::free(addr as *mut libc::c_void) };
+        unsafe { libc::free(std::ptr::with_exposed_provenance_mut::<libc::c_void>(addr)) };
         let seq = e[0].seq;
         registry().remove(&seq);
     }
@@ -418,7 +418,7 @@ mod tests {
         let addr = n.detach(n.addr()).unwrap();
         assert!(mine(&a).is_empty());
         // SAFETY: detached: the block is the test's, a live libc block freed once.
-        unsafe { libc::free(addr as *mut libc::c_void) };
+        unsafe { libc::free(std::ptr::with_exposed_provenance_mut::<libc::c_void>(addr)) };
 
         let r = a.allocate(array(4, 1, 1, None).unwrap(), None).unwrap();
         assert_eq!(mine(&a).len(), 1);
@@ -486,7 +486,11 @@ mod tests {
         assert_eq!(mine(&a).len(), 1);
         // SAFETY: the byte after the 8-byte block is a guard byte of the same guarded allocation:
         // the corruption under test.
-        unsafe { (r.addr() as *mut u8).add(8).write(0x41) };
+        unsafe {
+            std::ptr::with_exposed_provenance_mut::<u8>(r.addr())
+                .add(8)
+                .write(0x41)
+        };
         assert!(matches!(
             a.free(&r, r.addr()),
             Err(Error::HeapCorruption(c)) if c.after == 1

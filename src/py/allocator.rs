@@ -64,7 +64,13 @@ pub(crate) fn clone_with(
         return Err(to_py(py, e, p));
     }
     // SAFETY: p is live with n bytes; fresh holds n bytes.
-    unsafe { std::ptr::copy_nonoverlapping(p.addr as *const u8, fresh.addr as *mut u8, n) };
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            std::ptr::with_exposed_provenance::<u8>(p.addr),
+            std::ptr::with_exposed_provenance_mut::<u8>(fresh.addr),
+            n,
+        )
+    };
     Ok(fresh)
 }
 

@@ -99,7 +99,7 @@ struct PyBackend(Arc<PyCallbacks>);
 
 impl PyBackend {
     fn give_back(&self, py: Python<'_>, free: &Py<PyAny>, p: NonNull<u8>, size: usize) {
-        let addr = p.as_ptr() as usize;
+        let addr = p.as_ptr().expose_provenance();
         let r = if self.0.sized {
             free.call1(py, (addr, size))
         } else {

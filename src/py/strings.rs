@@ -66,8 +66,16 @@ fn write_with_nul(py: Python<'_>, p: &Pointer, bytes: &[u8], nul: usize) -> PyRe
     let at = p.byte_range(0, bytes.len() + nul).py(py, p)?;
     // SAFETY: [at, at + len + nul) was checked just now.
     unsafe {
-        std::ptr::copy_nonoverlapping(bytes.as_ptr(), at as *mut u8, bytes.len());
-        std::ptr::write_bytes((at + bytes.len()) as *mut u8, 0, nul);
+        std::ptr::copy_nonoverlapping(
+            bytes.as_ptr(),
+            std::ptr::with_exposed_provenance_mut::<u8>(at),
+            bytes.len(),
+        );
+        std::ptr::write_bytes(
+            std::ptr::with_exposed_provenance_mut::<u8>(at + bytes.len()),
+            0,
+            nul,
+        );
     }
     Ok(())
 }

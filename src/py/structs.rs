@@ -145,7 +145,8 @@ impl Field {
         }
         if kind == Kind::Ptr {
             // SAFETY: as above; the slot is pointer-sized.
-            let stored = unsafe { (addr as *const usize).read_unaligned() };
+            let stored =
+                unsafe { std::ptr::with_exposed_provenance::<usize>(addr).read_unaligned() };
             let target = self.ty.target.expect("pointer slots have a target");
             let q = from_stored_address(py, stored, target)?;
             return Ok(new_object(py, q)?.into_any().unbind());
@@ -315,7 +316,7 @@ pub(crate) fn classify_composite(class: &Bound<'_, PyType>) -> PyResult<Option<&
                 ty,
                 name: fname.clone(),
                 declared: t.unbind(),
-                owner_type: class.as_type_ptr() as usize,
+                owner_type: class.as_type_ptr().addr(),
             };
             class.setattr(fname.as_str(), Py::new(py, field)?)?;
         }
@@ -406,6 +407,12 @@ fn copy_struct(py: Python<'_>, dst: &Pointer, i: isize, v: &Bound<'_, PyAny>) ->
     let addr = dst.elem_addr(i).py(py, dst)?;
     // SAFETY: both blocks are live and hold ty.size bytes at these
     // addresses; `copy` allows them to overlap.
-    unsafe { std::ptr::copy(src.ptr.addr as *const u8, addr as *mut u8, ty.size) };
+    unsafe {
+        std::ptr::copy(
+            std::ptr::with_exposed_provenance::<u8>(src.ptr.addr),
+            std::ptr::with_exposed_provenance_mut::<u8>(addr),
+            ty.size,
+        )
+    };
     Ok(())
 }

@@ -166,7 +166,7 @@ mod list {
 pub fn install(py: Python<'_>) -> Result<(), String> {
     let probe = crate::py::pointer::nullptr_object(py).map_err(|e| e.to_string())?;
     let tp = Pointer::type_object(py).as_type_ptr();
-    let off = probe.get() as *const Pointer as usize - probe.as_ptr() as usize;
+    let off = (probe.get() as *const Pointer).addr() - probe.as_ptr().addr();
     // SAFETY: reading the size of a ready type.
     let basicsize = unsafe { (*tp).tp_basicsize } as usize;
     exact_layout("Pointer", off, basicsize, std::mem::size_of::<Pointer>())?;

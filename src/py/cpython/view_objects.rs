@@ -35,7 +35,7 @@ pub fn install(py: Python<'_>) -> Result<(), String> {
         },
     )
     .map_err(|e| e.to_string())?;
-    let off = probe.get() as *const StructView as usize - probe.as_ptr() as usize;
+    let off = (probe.get() as *const StructView).addr() - probe.as_ptr().addr();
     let tp = StructView::type_object(py).as_type_ptr();
     // SAFETY: reading the size of a ready type.
     let basicsize = unsafe { (*tp).tp_basicsize } as usize;

@@ -288,7 +288,13 @@ impl Pointer {
         let addr = self.elem_addr(i).py(py, self)?;
         // SAFETY: both regions hold ty.size bytes (a ctypes instance of the
         // type, which `v` keeps alive; a slot checked just now).
-        unsafe { std::ptr::copy(src as *const u8, addr as *mut u8, self.ty.size) };
+        unsafe {
+            std::ptr::copy(
+                std::ptr::with_exposed_provenance::<u8>(src),
+                std::ptr::with_exposed_provenance_mut::<u8>(addr),
+                self.ty.size,
+            )
+        };
         Ok(())
     }
 
@@ -373,7 +379,8 @@ pub(super) unsafe fn fill_list<T: Copy>(
     let mut at = first as isize;
     for k in 0..len {
         // SAFETY: the caller's contract.
-        let o = make(unsafe { (at as *const T).read_unaligned() });
+        let o =
+            make(unsafe { std::ptr::with_exposed_provenance::<T>(at as usize).read_unaligned() });
         if o.is_null() {
             return false;
         }

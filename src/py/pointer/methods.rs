@@ -303,7 +303,11 @@ impl Pointer {
         // SAFETY: [addr, addr + units*unit) was checked above.
         let s = unsafe {
             if unit == 1 {
-                ffi::PyUnicode_DecodeUTF8(self.addr as *const _, units as isize, errors)
+                ffi::PyUnicode_DecodeUTF8(
+                    std::ptr::with_exposed_provenance(self.addr),
+                    units as isize,
+                    errors,
+                )
             } else {
                 let mut order: c_int = if cfg!(target_endian = "little") {
                     -1
@@ -311,7 +315,7 @@ impl Pointer {
                     1
                 };
                 ffi::PyUnicode_DecodeUTF16(
-                    self.addr as *const _,
+                    std::ptr::with_exposed_provenance(self.addr),
                     (units * 2) as isize,
                     errors,
                     &mut order,
@@ -342,7 +346,7 @@ impl Pointer {
         let addr = self.stated_range(0, n).py(py, self)?;
         // SAFETY: checked range (or stated on a view of unknown length).
         Ok(pyo3::types::PyBytes::new(py, unsafe {
-            std::slice::from_raw_parts(addr as *const u8, n)
+            std::slice::from_raw_parts(std::ptr::with_exposed_provenance::<u8>(addr), n)
         })
         .into_any())
     }
@@ -362,7 +366,7 @@ impl Pointer {
         let dst = self.stated_range(offset, src.len()).py(py, self)?;
         // SAFETY: checked destination (or stated by the source's length on a
         // view of unknown length); the source is held for the copy.
-        unsafe { src.copy_to(py, dst as *mut u8) }
+        unsafe { src.copy_to(py, std::ptr::with_exposed_provenance_mut::<u8>(dst)) }
     }
 
     /// Sets every byte of the view to `byte`.
@@ -381,7 +385,13 @@ impl Pointer {
         let _held = self.access().py(py, self)?;
         let addr = self.byte_range(0, n).py(py, self)?;
         // SAFETY: checked range.
-        unsafe { std::ptr::write_bytes(addr as *mut u8, byte as u8, n) };
+        unsafe {
+            std::ptr::write_bytes(
+                std::ptr::with_exposed_provenance_mut::<u8>(addr),
+                byte as u8,
+                n,
+            )
+        };
         Ok(())
     }
 
@@ -399,12 +409,18 @@ impl Pointer {
             let _held = self.access().py(py, self)?;
             let dst = self.stated_range(0, buf.len()).py(py, self)?;
             // SAFETY: checked destination (as in write_bytes); buffer held for the copy.
-            return unsafe { buf.copy_to(py, dst as *mut u8) };
+            return unsafe { buf.copy_to(py, std::ptr::with_exposed_provenance_mut::<u8>(dst)) };
         };
         let _held = self.access().py(py, self)?;
         let dst = self.stated_range(0, len).py(py, self)?;
         // SAFETY: both ranges checked; `copy` allows overlap.
-        unsafe { std::ptr::copy(from as *const u8, dst as *mut u8, len) };
+        unsafe {
+            std::ptr::copy(
+                std::ptr::with_exposed_provenance::<u8>(from),
+                std::ptr::with_exposed_provenance_mut::<u8>(dst),
+                len,
+            )
+        };
         Ok(())
     }
 
@@ -613,7 +629,7 @@ impl Pointer {
         // format pointers live in `this.ty` (static) or are static, the shape
         // is the export's own, and all stay valid while the export holds `obj`.
         unsafe {
-            (*view).buf = this.addr as *mut _;
+            (*view).buf = std::ptr::with_exposed_provenance_mut(this.addr);
             (*view).len = nbytes as isize;
             (*view).readonly = 0;
             (*view).itemsize = itemsize;
@@ -692,21 +708,27 @@ unsafe fn nul_position(addr: usize, unit: usize, limit: Option<usize>) -> usize 
     match (unit, limit) {
         (1, Some(n)) => unsafe {
             // SAFETY: the caller's contract: readable for `n` bytes.
-            let hit = libc::memchr(addr as *const libc::c_void, 0, n);
+            let hit = libc::memchr(
+                std::ptr::with_exposed_provenance::<libc::c_void>(addr),
+                0,
+                n,
+            );
             if hit.is_null() {
                 n
             } else {
-                hit as usize - addr
+                hit.addr() - addr
             }
         },
         // SAFETY: the caller's contract: readable up to a NUL.
-        (1, None) => unsafe { libc::strlen(addr as *const libc::c_char) },
+        (1, None) => unsafe {
+            libc::strlen(std::ptr::with_exposed_provenance::<libc::c_char>(addr))
+        },
         _ => {
             let mut i = 0;
             while limit.is_none_or(|l| i < l)
                 // SAFETY: the caller's contract: unit `i` is readable (before the limit or the
                 // NUL).
-                && unsafe { ((addr + 2 * i) as *const u16).read_unaligned() } != 0
+                && unsafe { std::ptr::with_exposed_provenance::<u16>(addr + 2 * i).read_unaligned() } != 0
             {
                 i += 1;
             }
