@@ -71,11 +71,12 @@ mod _rsalloc {
         // Record memory and the object tricks first: no record or Pointer
         // object exists yet.
         crate::py::cpython::install_early(py);
-        #[cfg(not(Py_GIL_DISABLED))]
-        if crate::py::stats::block_cache_wanted() {
-            // SAFETY: the block cache is for serialized mode, which the line
-            // above entered (under the GIL; `enable` checks it again).
-            unsafe { crate::core::block_cache::enable() };
+        // After the switch to serialized mode above: the core's own calls
+        // bring a token from then on.
+        if let Some(s) = crate::py::serialized::token(py) {
+            if crate::py::stats::block_cache_wanted() {
+                crate::core::block_cache::enable(s);
+            }
         }
         crate::core::reserve::arm();
         m.add("malloc", crate::py::allocator::malloc(py)?)?;

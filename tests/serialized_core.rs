@@ -9,7 +9,7 @@ use rsalloc::core::alloc::{AllocCore, Libc, LIBC_GROUP};
 use rsalloc::core::layout::{array, Request};
 use rsalloc::core::region::{Anchor, RegionCore};
 use rsalloc::core::stats::GLOBAL;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Every use of the core in this binary holds it (the GIL's role).
 static LOCK: Mutex<()> = Mutex::new(());
@@ -18,7 +18,7 @@ static LOCK: Mutex<()> = Mutex::new(());
 static ONE_TEST: Mutex<()> = Mutex::new(());
 
 use rsalloc::core::error::Error;
-use rsalloc::core::serial::{assume_serialized_with, RecordMemory};
+use rsalloc::core::serial::{assume_serialized_with, RecordMemory, Serialized};
 use std::collections::BTreeSet;
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
@@ -78,9 +78,18 @@ fn serialize() {
             alloc: record_alloc,
             free: record_free,
         });
-        // As the binding does: the block cache needs serialized mode.
-        rsalloc::core::block_cache::enable();
     };
+    let g = LOCK.lock().unwrap();
+    // As the binding does, once in serialized mode.
+    rsalloc::core::block_cache::enable(token(&g));
+}
+
+/// The serialization proof, for as long as `LOCK` is held.
+fn token<'a>(_held: &'a MutexGuard<'_, ()>) -> Serialized<'a> {
+    // SAFETY: every use of a token here, and every use of the core that
+    // takes one from serialized mode, holds LOCK, which this guard holds
+    // for the token's lifetime.
+    unsafe { Serialized::new() }
 }
 
 /// Whether `addr` lies in a record slot `record_alloc` gave out.
@@ -300,11 +309,11 @@ mod block_cache {
     fn a_freed_small_block_serves_the_next_request_of_its_size() {
         let _one = ONE_TEST.lock().unwrap_or_else(|e| e.into_inner());
         serialize();
-        let _g = LOCK.lock().unwrap();
+        let g = LOCK.lock().unwrap();
         let m = AllocCore::new("malloc", LIBC_GROUP, false, Box::new(Libc));
         let c = AllocCore::new("calloc", LIBC_GROUP, true, Box::new(Libc));
-        trim();
-        let before = held();
+        trim(token(&g));
+        let before = held(token(&g));
         assert_eq!(before, (0, 0));
         let r = m.allocate(bytes(64), None).unwrap();
         let addr = r.addr();
@@ -313,11 +322,11 @@ mod block_cache {
             std::ptr::write_bytes(std::ptr::with_exposed_provenance_mut::<u8>(addr), 0xAB, 64)
         };
         m.free(&r, addr).unwrap();
-        assert_eq!(held().0, before.0 + 1, "kept, not freed");
+        assert_eq!(held(token(&g)).0, before.0 + 1, "kept, not freed");
         // calloc's request of the same size gets it back, cleared.
         let z = c.allocate(bytes(64), None).unwrap();
         assert_eq!(z.addr(), addr);
-        assert_eq!(held(), before);
+        assert_eq!(held(token(&g)), before);
         // SAFETY: `z` is the live 64-byte block the cache gave back.
         let all = unsafe {
             std::slice::from_raw_parts(std::ptr::with_exposed_provenance::<u8>(addr), 64)
@@ -343,7 +352,7 @@ mod block_cache {
     fn it_keeps_no_more_than_its_bounds() {
         let _one = ONE_TEST.lock().unwrap_or_else(|e| e.into_inner());
         serialize();
-        let _g = LOCK.lock().unwrap();
+        let g = LOCK.lock().unwrap();
         let m = AllocCore::new("malloc", LIBC_GROUP, false, Box::new(Libc));
         let churn = |n: usize, count: usize| {
             let rs: Vec<_> = (0..count)
@@ -356,23 +365,31 @@ mod block_cache {
         // Empty the classes used below, then fill them past their bounds.
         churn(200, 3 * PER_CLASS);
         churn(MAX_SIZE, 3 * PER_CLASS);
-        let before = held();
+        let before = held(token(&g));
         churn(200, 3 * PER_CLASS);
-        assert_eq!(held().0, before.0, "the class was already full");
+        assert_eq!(held(token(&g)).0, before.0, "the class was already full");
         churn(MAX_SIZE + 100, 4);
-        assert_eq!(held().0, before.0, "beyond MAX_SIZE: never kept for reuse");
-        assert!(held_back().0 >= 4, "but held back from free");
+        assert_eq!(
+            held(token(&g)).0,
+            before.0,
+            "beyond MAX_SIZE: never kept for reuse"
+        );
+        assert!(held_back(token(&g)).0 >= 4, "but held back from free");
         for n in (1..=MAX_SIZE).step_by(97) {
             churn(n, 2 * PER_CLASS);
-            assert!(held().1 <= MAX_BYTES, "{:?} after size {n}", held());
+            assert!(
+                held(token(&g)).1 <= MAX_BYTES,
+                "{:?} after size {n}",
+                held(token(&g))
+            );
         }
         let s = m.counters.snapshot();
         assert_eq!((s.live_count, s.live_bytes), (0, 0), "counts as freed");
-        let kept = held().0;
+        let kept = held(token(&g)).0;
         assert!(kept > 0);
-        let back = held_back().0;
-        assert_eq!(trim(), kept + back);
-        assert_eq!((held(), held_back()), ((0, 0), (0, 0)));
+        let back = held_back(token(&g)).0;
+        assert_eq!(trim(token(&g)), kept + back);
+        assert_eq!((held(token(&g)), held_back(token(&g))), ((0, 0), (0, 0)));
     }
 
     /// A full class gives its oldest block to `free`: the latest frees stay
@@ -382,9 +399,9 @@ mod block_cache {
     fn the_latest_frees_are_the_ones_kept() {
         let _one = ONE_TEST.lock().unwrap_or_else(|e| e.into_inner());
         serialize();
-        let _g = LOCK.lock().unwrap();
+        let g = LOCK.lock().unwrap();
         let m = AllocCore::new("malloc", LIBC_GROUP, false, Box::new(Libc));
-        trim();
+        trim(token(&g));
         for (n, bound) in [(200, PER_CLASS), (MAX_SIZE + 1000, HELD)] {
             let rs: Vec<_> = (0..bound + 4)
                 .map(|_| m.allocate(bytes(n), None).unwrap())
@@ -394,7 +411,7 @@ mod block_cache {
                 m.free(r, r.addr()).unwrap();
             }
             for (i, &a) in addrs.iter().enumerate() {
-                assert_eq!(holds(a, n), i >= 4, "size {n}, block {i}");
+                assert_eq!(holds(token(&g), a, n), i >= 4, "size {n}, block {i}");
             }
             let again = m.allocate(bytes(n), None).unwrap();
             if n <= MAX_SIZE {
@@ -407,7 +424,7 @@ mod block_cache {
             }
             m.free(&again, again.addr()).unwrap();
         }
-        trim();
-        assert_eq!((held(), held_back()), ((0, 0), (0, 0)));
+        trim(token(&g));
+        assert_eq!((held(token(&g)), held_back(token(&g))), ((0, 0), (0, 0)));
     }
 }

@@ -15,6 +15,7 @@ use super::block_cache;
 use super::budget::{self, UNLIMITED};
 use super::error::{Error, Result};
 use super::layout::MALLOC_ALIGN;
+use super::serial::with_switch;
 use super::stats::{Counters, GLOBAL};
 use super::sys;
 use std::any::Any;
@@ -90,7 +91,7 @@ impl Backend for Libc {
     #[inline]
     fn alloc(&self, size: usize, align: usize, zeroed: bool) -> Result<NonNull<u8>> {
         if align <= MALLOC_ALIGN {
-            if let Some(p) = block_cache::take(size) {
+            if let Some(p) = with_switch(|s| s.and_then(|s| block_cache::take(s, size))) {
                 if zeroed {
                     // SAFETY: the kept block has at least `size` usable bytes.
                     unsafe { std::ptr::write_bytes(p.as_ptr(), 0, size) };
@@ -104,7 +105,7 @@ impl Backend for Libc {
     #[inline]
     unsafe fn free(&self, ptr: NonNull<u8>, _size: usize, _align: usize) -> Result<()> {
         // SAFETY: forwarded contract: a live libc block, unused from now on.
-        if !unsafe { block_cache::give(ptr) } {
+        if !with_switch(|s| s.is_some_and(|s| unsafe { block_cache::give(s, ptr) })) {
             // SAFETY: as above; the cache did not keep it.
             unsafe { sys::free(ptr) };
         }
@@ -137,7 +138,7 @@ impl Backend for Libc {
 /// never be the cause of a `MemoryError`).
 #[cold]
 fn retry_after_trim(e: Error, again: impl FnOnce() -> Result<NonNull<u8>>) -> Result<NonNull<u8>> {
-    if matches!(e, Error::OutOfMemory(_)) && block_cache::trim() > 0 {
+    if matches!(e, Error::OutOfMemory(_)) && with_switch(|s| s.map_or(0, block_cache::trim)) > 0 {
         again()
     } else {
         Err(e)

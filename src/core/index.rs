@@ -51,7 +51,7 @@ use super::block_cache;
 use super::error::{Error, Ownership, Result};
 use super::record::Record;
 use super::record_ref::RecordRef;
-use super::serial::{SerialGuard, SerialMutex};
+use super::serial::{with_switch, SerialGuard, SerialMutex};
 use std::ptr::null_mut;
 use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Weak};
@@ -602,7 +602,8 @@ pub fn lately_freed(addr: usize) -> Option<RecordRef> {
     let w = g.freed_word(addr)?;
     // SAFETY: a kept word is counted: the record is valid.
     let rec = unsafe { record(w) };
-    if rec.pins() == 0 && !block_cache::holds(addr, rec.size()) {
+    let kept = || with_switch(|s| s.is_some_and(|s| block_cache::holds(s, addr, rec.size())));
+    if rec.pins() == 0 && !kept() {
         return None;
     }
     // SAFETY: as above.

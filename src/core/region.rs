@@ -15,7 +15,7 @@ use super::budget::{self, OverLimit, Scope, UNLIMITED};
 use super::error::{Death, Error, Ownership, Result};
 use super::index::{self, ChunkOwner};
 use super::layout::{round_up, Request, MALLOC_ALIGN};
-use super::serial::{serialized, SerialGuard, SerialMutex};
+use super::serial::{serialized, with_switch, SerialGuard, SerialMutex};
 use super::stats::{Snapshot, GLOBAL};
 use super::sys;
 use std::any::Any;
@@ -53,7 +53,8 @@ unsafe impl Send for Chunk {}
 impl Chunk {
     /// A chunk, listed in the index for `region`.
     fn new(size: usize, align: usize, own: bool, region: &Weak<RegionCore>) -> Result<Chunk> {
-        let c = match kept::take(size, align, own) {
+        let kept = with_switch(|s| s.and_then(|s| kept::take(s, size, align, own)));
+        let c = match kept {
             Some(c) => c,
             None => sys::alloc(size, align, true).map(|ptr| Chunk {
                 ptr,
@@ -90,7 +91,7 @@ impl Drop for Chunk {
         // Unlisted before the memory goes (parked chunks were at release).
         index::remove_chunk(self.start());
         super::observer::gone(self.start());
-        if kept::give(self) {
+        if with_switch(|s| s.is_some_and(|s| kept::give(s, self))) {
             return;
         }
         // SAFETY: the chunk came from sys::alloc and nothing refers to it any
@@ -104,23 +105,24 @@ impl Drop for Chunk {
 /// 4 KiB `calloc` and its `free` every time, the larger part of its first
 /// allocation (BENCHMARKS.md, job h). A kept chunk is zeroed as far as its
 /// blocks reached when it goes back, so it comes out as `calloc` would give
-/// it. On only where the block cache is ([`block_cache::enabled`]: serialized
-/// mode, and not under `PYTHONMALLOC=malloc`, whose tools must see every
-/// `free`); at most [`KEPT`] chunks.
+/// it. On only where the block cache is ([`block_cache::enabled`]: not under
+/// `PYTHONMALLOC=malloc`, whose tools must see every `free`) and with a
+/// [`Serialized`](crate::core::serial::Serialized) token; at most [`KEPT`] chunks.
 mod kept {
     use super::{Chunk, FIRST_CHUNK, MALLOC_ALIGN};
     use crate::core::block_cache;
+    use crate::core::serial::Serialized;
     use std::cell::UnsafeCell;
 
     pub const KEPT: usize = 4;
 
     struct Kept(UnsafeCell<Vec<Chunk>>);
-    // SAFETY: touched only while `block_cache::enabled()`, which implies
-    // serialized mode: one outside lock covers every use.
+    // SAFETY: touched only through `kept`, which takes a `Serialized` token:
+    // one outside lock covers every use.
     unsafe impl Sync for Kept {}
     static KEPT_CHUNKS: Kept = Kept(UnsafeCell::new(Vec::new()));
 
-    fn kept() -> Option<&'static mut Vec<Chunk>> {
+    fn kept(_serialized: Serialized<'_>) -> Option<&mut Vec<Chunk>> {
         // SAFETY: see `Kept`; no caller holds the reference across a call
         // back into this module (a Chunk's drop, which calls `give`, runs
         // only outside it: `give` forgets what it keeps).
@@ -129,20 +131,20 @@ mod kept {
 
     /// A kept, zeroed first chunk for a shared chunk of `size` at `align`.
     #[inline]
-    pub fn take(size: usize, align: usize, own: bool) -> Option<Chunk> {
+    pub fn take(s: Serialized<'_>, size: usize, align: usize, own: bool) -> Option<Chunk> {
         if own || size != FIRST_CHUNK || align > MALLOC_ALIGN {
             return None;
         }
-        kept()?.pop()
+        kept(s)?.pop()
     }
 
     /// Keeps `c` (being dropped) if it is a shared first chunk and there is
     /// room: true when kept, and the caller must not free it.
-    pub fn give(c: &mut Chunk) -> bool {
+    pub fn give(s: Serialized<'_>, c: &mut Chunk) -> bool {
         if c.own || c.size != FIRST_CHUNK {
             return false;
         }
-        let Some(list) = kept() else {
+        let Some(list) = kept(s) else {
             return false;
         };
         if list.len() >= KEPT || (list.capacity() == 0 && list.try_reserve_exact(KEPT).is_err()) {
@@ -166,8 +168,8 @@ mod kept {
     }
 
     /// Frees every kept chunk (for tests and `_block_cache(trim=True)`).
-    pub fn trim() -> usize {
-        kept().map_or(0, |list| {
+    pub fn trim(s: Serialized<'_>) -> usize {
+        kept(s).map_or(0, |list| {
             let n = list.len();
             // Dropping them here would keep them again: free each directly.
             for mut c in list.drain(..) {
