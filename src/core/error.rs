@@ -101,8 +101,11 @@ pub enum Error {
     Exported,
     /// Guard bytes around a diagnostic block were overwritten (HeapCorruptionError).
     HeapCorruption(Corruption),
-    /// A failure raised by code outside the core (a Python-defined allocator).
-    External(Box<dyn std::error::Error + Send + Sync>),
+    /// What an allocation function returned is no block (ValueError).
+    BadBlock(BadBlock),
+    /// A failure raised by the caller's own code (a Python-defined
+    /// allocator's function), kept as the caller made it.
+    Raised(Box<dyn Raised>),
     /// The allocator cannot do this at all: a free-only allocator asked to
     /// allocate (TypeError).
     Unsupported(&'static str),
@@ -110,6 +113,53 @@ pub enum Error {
 
 /// The core's result type.
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// A failure of the caller's code that the core carries back to it
+/// unchanged ([`Error::Raised`]): the core shows its message and asks
+/// nothing else of it; the binding implements it for its exceptions.
+pub trait Raised: fmt::Display + fmt::Debug + Send + Sync {
+    /// Hands the failure back to the code that raised it: the binding makes
+    /// it its pending exception again, to be taken at once.
+    fn reraise(self: Box<Self>);
+}
+
+/// What an allocation function returned that rsalloc cannot use (the
+/// Python layer raises `ValueError`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BadBlock {
+    /// Not an address: negative, or the block would wrap past `isize::MAX`.
+    NotAnAddress {
+        /// What it returned, as Python shows it.
+        value: String,
+        /// The bytes asked for.
+        size: usize,
+    },
+    /// Not aligned as requested; the block was handed back to its free function.
+    Misaligned {
+        /// The address it returned.
+        addr: usize,
+        /// The alignment asked for.
+        align: usize,
+    },
+}
+
+impl fmt::Display for BadBlock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BadBlock::NotAnAddress { value, size } => write!(
+                f,
+                "the allocation function returned {value}, which is not the address of {size} bytes"
+            ),
+            BadBlock::Misaligned { addr, align } => write!(
+                f,
+                "the allocation function returned {addr:#x}, which is not aligned to {align} bytes \
+                 (this allocator cannot honour that alignment; the block was freed again)"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for BadBlock {}
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -173,7 +223,8 @@ impl fmt::Display for Error {
                 }
                 write!(f, "); the memory was returned")
             }
-            Error::External(e) => write!(f, "{e}"),
+            Error::BadBlock(b) => write!(f, "{b}"),
+            Error::Raised(e) => write!(f, "{e}"),
             Error::Unsupported(what) => f.write_str(what),
         }
     }

@@ -5,39 +5,9 @@
 //! a crash.
 
 use super::alloc::Backend;
-use super::error::{Error, Result};
-use std::any::Any;
+use super::error::{BadBlock, Error, Result};
 use std::ffi::c_void;
-use std::fmt;
 use std::ptr::NonNull;
-
-/// What an allocation function returned that rsalloc cannot use (the
-/// Python layer raises `ValueError`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BadBlock {
-    /// Not an address: negative, or the block would wrap past `isize::MAX`.
-    NotAnAddress { value: String, size: usize },
-    /// Not aligned as requested; the block was handed back to its free function.
-    Misaligned { addr: usize, align: usize },
-}
-
-impl fmt::Display for BadBlock {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            BadBlock::NotAnAddress { value, size } => write!(
-                f,
-                "the allocation function returned {value}, which is not the address of {size} bytes"
-            ),
-            BadBlock::Misaligned { addr, align } => write!(
-                f,
-                "the allocation function returned {addr:#x}, which is not aligned to {align} bytes \
-                 (this allocator cannot honour that alignment; the block was freed again)"
-            ),
-        }
-    }
-}
-
-impl std::error::Error for BadBlock {}
 
 /// Validates a raw result of an allocation function asked for `size` bytes
 /// at `align`. 0 means out of memory. A misaligned block is handed to
@@ -58,19 +28,16 @@ pub fn check_block(
                 .is_some_and(|end| end <= isize::MAX as usize)
         })
         .ok_or_else(|| {
-            Error::External(Box::new(BadBlock::NotAnAddress {
+            Error::BadBlock(BadBlock::NotAnAddress {
                 value: value.to_string(),
                 size,
-            }))
+            })
         })?;
     let p =
         NonNull::new(std::ptr::with_exposed_provenance_mut::<u8>(addr)).expect("checked non-zero");
     if addr % align != 0 {
         give_back(p);
-        return Err(Error::External(Box::new(BadBlock::Misaligned {
-            addr,
-            align,
-        })));
+        return Err(Error::BadBlock(BadBlock::Misaligned { addr, align }));
     }
     Ok(p)
 }
@@ -124,8 +91,14 @@ pub struct CFunctions {
     max_size: usize,
     /// Whatever keeps the functions valid (the binding layer's function
     /// objects: a ctypes callback's thunk dies with its object).
-    _keep: Box<dyn Any + Send + Sync>,
+    _keep: Box<dyn KeepAlive>,
 }
+
+/// What a [`CFunctions`] holds only to keep its functions valid: anything
+/// the binding hands over; the core never looks at it, only drops it.
+pub trait KeepAlive: Send + Sync {}
+
+impl<T: Send + Sync> KeepAlive for T {}
 
 impl CFunctions {
     /// # Safety
@@ -139,7 +112,7 @@ impl CFunctions {
         free: usize,
         sized: bool,
         max_size: usize,
-        keep: Box<dyn Any + Send + Sync>,
+        keep: Box<dyn KeepAlive>,
     ) -> Option<Self> {
         if free == 0 {
             return None;
@@ -365,8 +338,10 @@ mod tests {
     fn bad_results_are_errors() {
         let a = core(odd_alloc, odd_free, usize::MAX, false);
         let e = a.allocate(array(8, 8, 8, None).unwrap(), None).unwrap_err();
-        assert!(matches!(&e, Error::External(b)
-            if matches!(b.downcast_ref::<BadBlock>(), Some(BadBlock::Misaligned { align: 8, .. }))));
+        assert!(matches!(
+            &e,
+            Error::BadBlock(BadBlock::Misaligned { align: 8, .. })
+        ));
         assert_eq!(a.counters.snapshot().total_allocs, 0);
         // Byte alignment is satisfied by any address.
         let r = a.allocate(array(8, 1, 1, None).unwrap(), None).unwrap();
@@ -384,11 +359,11 @@ mod tests {
         ));
         assert!(matches!(
             check_block(-8, 8, 8, |_| unreachable!()),
-            Err(Error::External(_))
+            Err(Error::BadBlock(_))
         ));
         assert!(matches!(
             check_block(isize::MAX as i128 - 4, 8, 1, |_| unreachable!()),
-            Err(Error::External(_))
+            Err(Error::BadBlock(_))
         ));
         // SAFETY: address 1 is refused before it is ever called (the test checks `None`).
         assert!(unsafe { CFunctions::new(1, 0, false, 1, Box::new(())) }.is_none());

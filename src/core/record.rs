@@ -354,8 +354,21 @@ impl std::fmt::Debug for Record {
     }
 }
 
-/// An allocation or free site, as the binding layer captured it.
-pub type Site = Arc<dyn Any + Send + Sync>;
+/// An allocation or free site, as the binding layer captured it (Python
+/// frames): the core keeps it and hands it back, and asks it nothing but
+/// its frames, for reports.
+pub trait CapturedSite: Send + Sync {
+    /// The frames, innermost first, as (file, line, function).
+    ///
+    /// # Safety
+    /// Called where the code that captured the site may run its runtime
+    /// (the binding: while attached to the interpreter); the core never
+    /// calls it.
+    unsafe fn frames(&self) -> Vec<(String, i64, String)>;
+}
+
+/// A captured site, shared by the registry's entry and the record.
+pub type Site = Arc<dyn CapturedSite>;
 
 /// What a record carries about its tracking, for error messages.
 pub struct Tracked {
