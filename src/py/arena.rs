@@ -4,8 +4,8 @@
 //! construction are shared with `Allocator` (`py::allocator`).
 
 use super::allocator::{
-    adopt_request, bytes_request, call_request, clone_with, realloc_request, set_handle, Allocator,
-    Asked, SizeArg,
+    adopt_request, adopted_object, block_object, bytes_request, call_request, clone_with,
+    realloc_request, set_handle, Allocator, Asked, SizeArg,
 };
 use super::custom;
 use super::errors::{to_py, IntoPy};
@@ -528,12 +528,12 @@ impl Arena {
 
     /// `arena(T=Uint8, count=1, *, alignment=None)`: a Pointer[T] of count elements.
     #[pyo3(signature = (r#type=None, count=SizeArg(1), *, alignment=None))]
-    fn __call__(
-        slf: &Bound<'_, Self>,
+    fn __call__<'py>(
+        slf: &Bound<'py, Self>,
         r#type: Option<&Bound<'_, PyAny>>,
         count: SizeArg,
         alignment: Option<SizeArg>,
-    ) -> PyResult<Pointer> {
+    ) -> PyResult<Bound<'py, Pointer>> {
         let this = slf.get();
         let (ty, req) = call_request(
             slf.py(),
@@ -542,19 +542,19 @@ impl Arena {
             count.0,
             alignment.map(|a| a.0),
         )?;
-        this.new_pointer(slf.as_any(), ty, req)
+        block_object(slf.py(), this.new_pointer(slf.as_any(), ty, req)?)
     }
 
     /// `allocate(nbytes, *, alignment=None)`: a Pointer[Uint8] of nbytes.
     #[pyo3(signature = (nbytes, *, alignment=None))]
-    fn allocate(
-        slf: &Bound<'_, Self>,
+    fn allocate<'py>(
+        slf: &Bound<'py, Self>,
         nbytes: SizeArg,
         alignment: Option<SizeArg>,
-    ) -> PyResult<Pointer> {
+    ) -> PyResult<Bound<'py, Pointer>> {
         let this = slf.get();
         let (ty, req) = bytes_request(slf.py(), &this.name, nbytes.0, alignment.map(|a| a.0))?;
-        this.new_pointer(slf.as_any(), ty, req)
+        block_object(slf.py(), this.new_pointer(slf.as_any(), ty, req)?)
     }
 
     /// A no-op for a live block of this arena (released with the arena);
@@ -569,13 +569,17 @@ impl Arena {
 
     /// A new block of `count` elements from this arena holding p's bytes;
     /// p and its views are dead.
-    fn realloc(slf: &Bound<'_, Self>, p: &Bound<'_, Pointer>, count: SizeArg) -> PyResult<Pointer> {
+    fn realloc<'py>(
+        slf: &Bound<'py, Self>,
+        p: &Bound<'_, Pointer>,
+        count: SizeArg,
+    ) -> PyResult<Bound<'py, Pointer>> {
         let py = slf.py();
         let this = slf.get();
         let p = p.get();
         let (ty, req) = realloc_request(py, &this.name, p, count.0)?;
         if p.addr == 0 {
-            return this.new_pointer(slf.as_any(), ty, req);
+            return block_object(py, this.new_pointer(slf.as_any(), ty, req)?);
         }
         this.check_open(py)?;
         match (&this.backing, p.owner.get()) {
@@ -583,21 +587,17 @@ impl Arena {
                 region_free(r, p.addr).py(py, p)?;
                 let old = p.extent().unwrap_or(0);
                 let (addr, fresh) = mine.realloc(r, p.addr, old, req).py(py, p)?;
-                Ok(Pointer::new(
-                    addr,
-                    p.ty,
-                    Some(req.size),
-                    Owner::region(fresh),
-                ))
+                block_object(
+                    py,
+                    Pointer::new(addr, p.ty, Some(req.size), Owner::region(fresh)),
+                )
             }
             (Backing::Wrap(w), Owned::Block(rec)) => {
                 let fresh = w.realloc(rec, p.addr, req.size).py(py, p)?;
-                Ok(Pointer::new(
-                    fresh.addr(),
-                    p.ty,
-                    Some(req.size),
-                    Owner::block(fresh),
-                ))
+                block_object(
+                    py,
+                    Pointer::new(fresh.addr(), p.ty, Some(req.size), Owner::block(fresh)),
+                )
             }
             _ => {
                 let e = this
@@ -613,12 +613,12 @@ impl Arena {
     /// allocator's C counterpart allocated; freed at release. A bump region
     /// cannot adopt (OwnershipError).
     #[pyo3(signature = (address, r#type=None, count=None))]
-    fn adopt(
-        slf: &Bound<'_, Self>,
+    fn adopt<'py>(
+        slf: &Bound<'py, Self>,
         address: &Bound<'_, PyAny>,
         r#type: Option<&Bound<'_, PyAny>>,
         count: Option<SizeArg>,
-    ) -> PyResult<Pointer> {
+    ) -> PyResult<Bound<'py, Pointer>> {
         let py = slf.py();
         let this = slf.get();
         let (addr, ty, req) = adopt_request(py, &this.name, address, r#type, count)?;
@@ -632,16 +632,20 @@ impl Arena {
                     set_handle(&w.tag.handle, Some(slf.as_any()), None)?;
                 }
                 let rec = w.adopt(addr, req).py(py, &asked)?;
-                Ok(Pointer::new(addr, ty, Some(req.size), Owner::block(rec)))
+                adopted_object(
+                    py,
+                    Pointer::new(addr, ty, Some(req.size), Owner::block(rec)),
+                )
             }
         }
     }
 
     /// A new block of this arena holding a copy of p's bytes.
-    fn clone(slf: &Bound<'_, Self>, p: &Bound<'_, Pointer>) -> PyResult<Pointer> {
-        clone_with(slf.py(), p.get(), |ty, req| {
+    fn clone<'py>(slf: &Bound<'py, Self>, p: &Bound<'_, Pointer>) -> PyResult<Bound<'py, Pointer>> {
+        let fresh = clone_with(slf.py(), p.get(), |ty, req| {
             slf.get().new_pointer(slf.as_any(), ty, req)
-        })
+        })?;
+        block_object(slf.py(), fresh)
     }
 
     /// `p` leaves the arena and survives its release: from an arena over an

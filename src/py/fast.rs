@@ -18,10 +18,10 @@
 //! or a panic is rare, so raising it pays for `Python::attach`, which makes
 //! PyO3 aware of the thread before the error's objects are released.
 
-use super::allocator::{plain_bytes_request, Allocator};
+use super::allocator::{block_object, plain_bytes_request, Allocator};
 use super::arena::Arena;
 use super::errors::IntoPy;
-use super::freelist::{as_pointer, new_object};
+use super::freelist::as_pointer;
 use super::pointer::{Owned, Pointer};
 use super::values::exact_small_int;
 use pyo3::ffi;
@@ -178,7 +178,7 @@ unsafe fn allocate_entry(
                     .and_then(|a| exact_small_int(&a))
                     .and_then(|n| make(py, n));
                 match made {
-                    Some(p) => p.and_then(|p| Ok(new_object(py, p)?.into_ptr())).into(),
+                    Some(p) => p.and_then(|p| Ok(block_object(py, p)?.into_ptr())).into(),
                     None => Outcome::Delegate,
                 }
             },

@@ -11,9 +11,9 @@
 //! plain malloc — and hands every other call,
 //! unchanged, to the PyO3 slot it replaced, which raises the errors.
 
-use super::allocator::{self, request, Allocator};
+use super::allocator::{self, block_object, request, Allocator};
 use super::fast::{delegate, enter, replace_function, single, Args, Outcome};
-use super::freelist::{as_pointer, new_object};
+use super::freelist::as_pointer;
 use super::structs::{make_view, Field, StructView, VIEW_OFFSET};
 use super::types;
 use super::types::Composite;
@@ -363,7 +363,7 @@ unsafe extern "C" fn allocator_call(
                 };
                 request(py, &this.core.name, ty, count.into(), None)
                     .and_then(|req| this.new_pointer(py, ty, req))
-                    .and_then(|p| Ok(new_object(py, p)?.into_ptr()))
+                    .and_then(|p| Ok(block_object(py, p)?.into_ptr()))
                     .into()
             },
             || OLD_ALLOCATOR_CALL.get().expect("installed")(slf, args, kwargs),
@@ -421,7 +421,8 @@ unsafe extern "C" fn to_native_utf8(
                         );
                         *((p.addr + bytes.len()) as *mut u8) = 0;
                     });
-                made.and_then(|p| Ok(new_object(py, p)?.into_ptr())).into()
+                made.and_then(|p| Ok(block_object(py, p)?.into_ptr()))
+                    .into()
             },
             || delegate(&TO_NATIVE_UTF8, None, args, nargs, kwnames),
         )
