@@ -17,7 +17,10 @@ use super::sys;
 use super::track;
 use std::any::Any;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicU64, AtomicUsize,
+    Ordering::{AcqRel, Acquire, Relaxed},
+};
 use std::sync::{Arc, OnceLock};
 
 /// Where an allocator's memory comes from and goes back to.
@@ -157,6 +160,9 @@ pub struct AllocCore {
     /// The allocator a limited one allocates through: its blocks count
     /// there too, and its limit applies.
     over: Option<Arc<AllocCore>>,
+    /// References to this core held by arenas over it: one per arena, one
+    /// per record in an arena's list (see [`AllocCore::held_by_arenas`]).
+    arena_refs: AtomicUsize,
 }
 
 /// The backend of `a.limited(n)`: `a`'s own.
@@ -271,6 +277,7 @@ impl AllocCore {
             lifelong: false,
             limit: UNLIMITED,
             over: None,
+            arena_refs: AtomicUsize::new(0),
         })
     }
 
@@ -290,7 +297,25 @@ impl AllocCore {
             lifelong: false,
             limit: max_bytes,
             over: Some(self.clone()),
+            arena_refs: AtomicUsize::new(0),
         })
+    }
+
+    /// How many of the references to this core arenas hold (the arena
+    /// itself, and each record in its list): the binding layer tells from
+    /// it whether every other holder is reachable by the garbage collector
+    /// (an arena object), so that a Python-defined allocator in a cycle with
+    /// its own arena can be collected.
+    pub fn held_by_arenas(&self) -> usize {
+        self.arena_refs.load(Acquire)
+    }
+
+    pub(crate) fn arena_refs_add(&self, n: usize) {
+        self.arena_refs.fetch_add(n, AcqRel);
+    }
+
+    pub(crate) fn arena_refs_sub(&self, n: usize) {
+        self.arena_refs.fetch_sub(n, AcqRel);
     }
 
     /// The cap on this allocator's live bytes, if any.

@@ -352,6 +352,13 @@ impl Allocator {
         handle_callbacks(&self.core).filter(|_| self.core.over().is_none())
     }
 
+    /// Nothing holds the core but this object and arenas over it (and the
+    /// records in their lists): no block outside an arena can free through
+    /// the backend.
+    fn held_by_arenas_alone(&self) -> bool {
+        Arc::strong_count(&self.core) == 1 + self.core.held_by_arenas()
+    }
+
     /// The record behind `p`, for an operation that needs an owned block.
     fn owned<'a>(&self, py: Python<'_>, p: &'a Pointer) -> PyResult<&'a RecordRef> {
         p.owner.record_for_allocator().py(py, p)
@@ -395,10 +402,12 @@ impl Allocator {
     }
 
     // The backend of a Python-defined allocator refers back to the object;
-    // that edge counts only while no block holds the core (see py::custom).
+    // that edge counts only while nothing but arenas holds the core (see
+    // py::custom): an arena is an object the collector sees, which frees
+    // its blocks (finalizer) before anything is cleared.
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         if let Some(cb) = self.own_callbacks() {
-            if Arc::strong_count(&self.core) == 1 {
+            if self.held_by_arenas_alone() {
                 cb.traverse(&visit)?;
             }
         }
@@ -407,7 +416,7 @@ impl Allocator {
 
     fn __clear__(&self) {
         if let Some(cb) = self.own_callbacks() {
-            if Arc::strong_count(&self.core) == 1 {
+            if self.held_by_arenas_alone() {
                 cb.clear();
             }
         }
