@@ -45,6 +45,14 @@ def limit(extra=16 << 20):
         pages = int(f.read().split()[0])
     now = pages * os.sysconf("SC_PAGE_SIZE")
     resource.setrlimit(resource.RLIMIT_AS, (now + extra, resource.RLIM_INFINITY))
+
+def exhaust(nbytes=256):
+    kept = []
+    try:
+        while True:
+            kept.append(rsalloc.malloc.allocate(nbytes))
+    except MemoryError:
+        return kept
 """
 
 ALLOCATORS = [
@@ -176,17 +184,40 @@ def test_the_exit_report_when_memory_is_exhausted() -> None:
     assert "memory allocation of" not in done.stderr  # Rust's abort message
 
 
+def test_the_leak_list_when_memory_is_exhausted() -> None:
+    # The leak list (leak_check, the exit report) is built when memory may be
+    # gone, the reserve spent already: every Python object of it is made
+    # fallibly. A tighter limit than the other cases: with 12 MiB, PyO3's
+    # own conversions panicked on CPython's NULL, and the panic aborted.
+    done = run(
+        """
+        limit(12 << 20)
+        kept = exhaust()
+        outcomes = set()
+        for _ in range(3):
+            try:
+                outcomes.add(len(rsalloc._rsalloc._track_live(0)) == len(kept))
+            except MemoryError:
+                outcomes.add("MemoryError")
+        for p in kept:
+            rsalloc.free(p)
+        print(sorted(map(str, outcomes)), len(rsalloc._rsalloc._track_live(0)))
+        """,
+        track=True,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "panicked" not in done.stderr, done.stderr[-3000:]
+    got, left = done.stdout.rsplit(" ", 1)
+    assert set(eval(got)) <= {"True", "MemoryError"}, done.stdout
+    assert left.strip() == "0"
+
+
 def test_the_emergency_reserve_is_spent_then_taken_back() -> None:
     done = run(
         """
         assert rsalloc._rsalloc._reserve_state() == (True, 0)
         limit()
-        kept = []
-        try:
-            while True:
-                kept.append(rsalloc.malloc.allocate(256))
-        except MemoryError:
-            pass
+        kept = exhaust()
         # Whether the loop ended on the block's own malloc or on Rust-side
         # bookkeeping depends on the layout; a Rust-side allocation now (the
         # leak list of every block: megabytes) fails, and spends the
