@@ -200,7 +200,7 @@ impl Pointer {
                     Value::Bool(b) => PyBool::new(py, b).to_owned().into_any().unbind(),
                     Value::Addr(a) => {
                         let target = self.ty.target.expect("pointer slots have a target");
-                        Py::new(py, from_stored_address(py, a, target)?)?.into_any()
+                        Py::new(py, from_stored_address(py, a, target, &self.owner)?)?.into_any()
                     }
                 })
             }
