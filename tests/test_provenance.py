@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import socket
 import subprocess
 import sys
 import textwrap
 import threading
+import weakref
 from typing import Any
 
 import pytest
@@ -130,6 +132,24 @@ def test_every_freed_block_of_a_pointer_array_reads_back_dead(n: int, size: int 
         with pytest.raises(UseAfterFreeError):
             stale[0]
     free(arr)
+
+
+@pytest.mark.skipif(not block_cache_on(), reason="freed memory goes back to libc at once with the block cache off")
+def test_blocks_of_a_released_arena_over_malloc_read_back_dead() -> None:
+    slots = calloc(Pointer[Uint8], 2)
+    a = Arena(malloc)
+    with a:
+        slots[0] = a(Uint8, 16)
+        slots[1] = to_native_utf8("scratch", allocator=a)
+    for i in range(2):
+        with pytest.raises(UseAfterFreeError, match="released with its arena"):
+            slots[i][0]
+    # The records kept for read-back hold no reference to the arena object.
+    gone = weakref.ref(a)
+    del a
+    gc.collect()
+    assert gone() is None
+    free(slots)
 
 
 def test_read_back_dead_pointer_names_both_sites_with_tracking() -> None:
