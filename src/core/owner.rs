@@ -1,0 +1,273 @@
+//! Who answers for the memory behind a Pointer, in one word.
+//!
+//! Every live Pointer carries its owner, so its size is paid a million times
+//! over when a program holds a million blocks (DESIGN bounds the bytes per
+//! live block). An enum of a record reference and a region reference took 32
+//! bytes; one word takes 8: null for foreign memory, a [`RecordRef`]'s
+//! pointer (aligned, low bits clear) or a [`RegionRef`]'s (tagged with
+//! [`REGION_TAG`]). The word is a pointer, never an integer, so the
+//! references read back from it keep their provenance. [`Owner::get`]
+//! turns it back into an enum of borrowed references for matching.
+//!
+//! A third kind, [`Owned::Dependent`], is a record the memory hangs off
+//! without being its block: an address read from a block a library frees
+//! with its own free (`ForeignAllocator(None, freeaddrinfo)`), in no block
+//! rsalloc knows, is the library's too (`ai_next`, `ai_addr`, `ai_canonname`
+//! of an addrinfo list, which `freeaddrinfo` frees with the head). Such a
+//! view dies with that block and pins it, but no one can free it through
+//! rsalloc. Its word is the record's pointer tagged with [`DEPENDENT_TAG`].
+//!
+//! Freeing through the owner, whichever kind it is, is [`Owner::free`].
+
+use crate::core::error::{Error, Ownership};
+use crate::core::record::State;
+use crate::core::record_ref::RecordRef;
+use crate::core::region::{RegionRef, REGION_TAG};
+use std::mem::ManuallyDrop;
+use std::ptr::NonNull;
+
+/// The tag of a [`Owned::Dependent`] record pointer (region pointers carry
+/// [`REGION_TAG`], so this bit is read only when that one is clear; records
+/// are word-aligned).
+pub const DEPENDENT_TAG: usize = 0b10;
+const _: () = assert!(std::mem::align_of::<crate::core::record::Record>() > DEPENDENT_TAG);
+
+/// The owner word of a Pointer.
+pub struct Owner(Option<NonNull<u8>>);
+
+// The word, a RecordRef and a RegionRef are one pointer each (both are
+// `repr(transparent)` over a NonNull), which `Owner::get` relies on.
+const _: () = assert!(std::mem::size_of::<Owner>() == std::mem::size_of::<usize>());
+const _: () = assert!(std::mem::size_of::<RecordRef>() == std::mem::size_of::<usize>());
+const _: () = assert!(std::mem::size_of::<RegionRef>() == std::mem::size_of::<usize>());
+
+/// An owner, borrowed for matching.
+pub enum Owned<'a> {
+    /// Foreign memory: `from_address`, a slot's pointee, `nullptr`.
+    Unowned,
+    /// A block rsalloc allocated (or adopted); its record is shared by all its views.
+    Block(&'a RecordRef),
+    /// A block of a bump-region arena: alive while its generation is.
+    Region(&'a RegionRef),
+    /// Memory that hangs off this block (see the module comment): alive
+    /// while it is, freed with it, never freed through rsalloc. A borrowed
+    /// reference (the word keeps the count).
+    Dependent(ManuallyDrop<RecordRef>),
+}
+
+// SAFETY: the word is a RecordRef or a RegionRef, both Send + Sync.
+unsafe impl Send for Owner {}
+unsafe impl Sync for Owner {}
+
+impl Owner {
+    pub const UNOWNED: Owner = Owner(None);
+
+    pub fn block(r: RecordRef) -> Self {
+        Owner(Some(r.into_raw()))
+    }
+
+    pub fn region(r: RegionRef) -> Self {
+        Owner(Some(r.into_raw()))
+    }
+
+    /// The owner of memory that hangs off `r`'s block (module comment).
+    pub fn dependent(r: RecordRef) -> Self {
+        let p = r.into_raw();
+        // SAFETY: a tagged non-null pointer is non-null.
+        Owner(Some(unsafe {
+            NonNull::new_unchecked(p.as_ptr().map_addr(|a| a | DEPENDENT_TAG))
+        }))
+    }
+
+    /// The record whose block the memory at addresses read from this view
+    /// hangs off, when those addresses are no block of rsalloc's: a block a
+    /// free-only owner (a library's free) frees, or the block a dependent
+    /// view already hangs off.
+    pub fn graph_owner(&self) -> Option<RecordRef> {
+        match self.get() {
+            Owned::Block(r) if r.allocator().backend.free_only() => Some(r.clone()),
+            Owned::Dependent(r) => Some((*r).clone()),
+            _ => None,
+        }
+    }
+
+    #[inline(always)]
+    pub fn get(&self) -> Owned<'_> {
+        let p: *const Option<NonNull<u8>> = &self.0;
+        match self.0 {
+            None => Owned::Unowned,
+            // SAFETY: an untagged pointer is a RecordRef's (block), and
+            // RecordRef is a transparent non-null pointer: the same layout
+            // as the `Some` word, read in place (its provenance with it).
+            Some(w) if w.as_ptr().addr() & (REGION_TAG | DEPENDENT_TAG) == 0 => {
+                Owned::Block(unsafe { &*p.cast::<RecordRef>() })
+            }
+            // SAFETY: a pointer tagged DEPENDENT is a RecordRef's, whose
+            // count the word holds; the borrowed copy is never dropped.
+            Some(w) if w.as_ptr().addr() & REGION_TAG == 0 => {
+                Owned::Dependent(ManuallyDrop::new(unsafe { RecordRef::from_raw(untag(w)) }))
+            }
+            // SAFETY: a tagged pointer is a RegionRef's (region), a
+            // transparent non-null pointer.
+            Some(_) => Owned::Region(unsafe { &*p.cast::<RegionRef>() }),
+        }
+    }
+
+    /// `free(p)` of the view at `addr`, through whoever owns it: the block's
+    /// allocator group, a no-op check for a block an arena owns (its memory
+    /// goes at the arena's release) or a region block, and an ownership
+    /// error for foreign memory.
+    pub fn free(&self, addr: usize) -> Result<(), Error> {
+        match self.get() {
+            Owned::Block(rec) => match rec.arena() {
+                Some(id) => rec.check_freeable(rec.allocator().group, id, addr),
+                None => rec.free(rec.allocator().group, 0, addr),
+            },
+            Owned::Region(r) => r.free(addr),
+            Owned::Dependent(_) => Err(Error::Ownership(Ownership::Dependent)),
+            Owned::Unowned => Err(Error::Ownership(Ownership::Foreign)),
+        }
+    }
+
+    /// The owner of another view of the same block; `same_start`: the view
+    /// begins where this one does (only a view at a region block's start
+    /// may free it).
+    #[inline]
+    pub fn view(&self, same_start: bool) -> Owner {
+        match self.get() {
+            Owned::Unowned => Owner::UNOWNED,
+            Owned::Block(r) => Owner::block(r.clone()),
+            Owned::Region(r) => Owner::region(r.view(same_start)),
+            Owned::Dependent(r) => Owner::dependent((*r).clone()),
+        }
+    }
+
+    /// Ok when the memory a view at `addr` looks into may be accessed.
+    #[inline]
+    pub fn check_access(&self, addr: usize) -> Result<(), Error> {
+        match self.get() {
+            Owned::Block(r) => r.check_access(),
+            Owned::Dependent(r) => r.check_access(),
+            Owned::Region(r) => r.check_access(addr),
+            Owned::Unowned => Ok(()),
+        }
+    }
+
+    /// A buffer export of the view at `addr` begins: the memory stays until `unpin`.
+    pub fn pin(&self, addr: usize) -> Result<(), Error> {
+        match self.get() {
+            Owned::Block(r) => r.pin(),
+            Owned::Dependent(r) => r.pin(),
+            Owned::Region(r) => r.pin(addr),
+            Owned::Unowned => Ok(()),
+        }
+    }
+
+    pub fn unpin(&self) {
+        match self.get() {
+            Owned::Block(r) => r.unpin(),
+            Owned::Dependent(r) => r.unpin(),
+            Owned::Region(r) => r.unpin(),
+            Owned::Unowned => {}
+        }
+    }
+
+    /// Dropping this owner touches no Python object (none is freed, no
+    /// Python allocator runs): true when it drops only a reference count,
+    /// or a record that [`drops_plainly`](crate::core::record::Record::drops_plainly).
+    /// Exact under the GIL, where no other thread drops references meanwhile.
+    #[inline]
+    pub fn drops_plainly(&self) -> bool {
+        match self.get() {
+            Owned::Unowned => true,
+            Owned::Block(r) => r.is_shared() || r.drops_plainly(),
+            Owned::Dependent(r) => r.is_shared() || r.drops_plainly(),
+            Owned::Region(r) => r.drops_to_a_count(),
+        }
+    }
+
+    /// Who owns the memory, for messages.
+    pub fn name(&self) -> String {
+        match self.get() {
+            Owned::Block(r) => match r.state() {
+                State::Detached => "detached".into(),
+                _ => match r.arena() {
+                    Some(id) => format!("arena #{id}"),
+                    None => r.allocator().name.clone(),
+                },
+            },
+            Owned::Region(r) => format!("arena #{}", r.region().id),
+            Owned::Dependent(r) => format!("part of a {} block", r.allocator().name),
+            Owned::Unowned => "unowned".into(),
+        }
+    }
+
+    /// The state of the view at `addr`, for repr.
+    pub fn state_name(&self, addr: usize) -> &'static str {
+        let dead = match self.get() {
+            Owned::Block(r) => match r.state() {
+                State::Live => return "live",
+                State::Detached => return "detached",
+                State::Dead(d) => d,
+            },
+            Owned::Dependent(r) => match r.state() {
+                State::Live | State::Detached => return "live",
+                State::Dead(d) => d,
+            },
+            Owned::Region(r) => match r.check_access(addr) {
+                Ok(()) => return "live",
+                Err(Error::UseAfterFree(d)) => d,
+                Err(_) => return "dead",
+            },
+            Owned::Unowned => return "foreign",
+        };
+        dead.as_str()
+    }
+
+    /// The record of an allocator-owned block, for operations that need one
+    /// (free, realloc through an allocator): region memory belongs to its
+    /// arena, unowned memory to nobody.
+    pub fn record_for_allocator(&self) -> Result<&RecordRef, Error> {
+        match self.get() {
+            Owned::Block(r) => Ok(r),
+            Owned::Region(_) => Err(Error::Ownership(Ownership::OtherOwner)),
+            Owned::Dependent(_) => Err(Error::Ownership(Ownership::Dependent)),
+            Owned::Unowned => Err(Error::Ownership(Ownership::Foreign)),
+        }
+    }
+}
+
+impl Clone for Owner {
+    fn clone(&self) -> Self {
+        self.view(true)
+    }
+}
+
+impl Drop for Owner {
+    #[inline]
+    fn drop(&mut self) {
+        let Some(w) = self.0 else {
+            return;
+        };
+        // SAFETY: the pointer came from into_raw of the reference its tag
+        // names, and this owner gives it back once.
+        unsafe {
+            let a = w.as_ptr().addr();
+            if a & REGION_TAG != 0 {
+                drop(RegionRef::from_raw(w))
+            } else if a & DEPENDENT_TAG != 0 {
+                drop(RecordRef::from_raw(untag(w)))
+            } else {
+                drop(RecordRef::from_raw(w))
+            }
+        }
+    }
+}
+
+/// A dependent word's record pointer, its tag cleared (provenance kept).
+#[inline(always)]
+fn untag(w: NonNull<u8>) -> NonNull<u8> {
+    // SAFETY: a record pointer with its low tag bit cleared is non-null
+    // (records are word-aligned, at a non-zero address).
+    unsafe { NonNull::new_unchecked(w.as_ptr().map_addr(|a| a & !DEPENDENT_TAG)) }
+}

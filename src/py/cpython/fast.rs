@@ -1,0 +1,257 @@
+//! Hand-written entry points for the hottest calls: the ones made once per
+//! block (`allocator.allocate(n)`, `arena.allocate(n)`, `rsalloc.free(p)`)
+//! and element access (`p[i]`, `p[i] = v`).
+//!
+//! PyO3's generated wrapper costs about as much as the allocation itself
+//! for these calls (BENCHMARKS.md): its generic argument parsing, and a
+//! trampoline that registers the thread with PyO3 in a thread-local. Each
+//! entry point here serves one common case directly, the *plain* one: one
+//! positional argument of the exact expected type, no keywords, an
+//! allocator whose blocks come from libc with tracking off (or a bump
+//! region). Every other call goes, unchanged, to the PyO3 method it
+//! replaced, so keyword arguments, Python-defined allocators, tracking,
+//! messages, signatures and docstrings stay PyO3's.
+//!
+//! Why the plain case needs no PyO3 trampoline: it creates Python objects
+//! but drops none that PyO3 would defer (a `Py<T>` dropped while PyO3
+//! believes the thread detached is leaked), and runs no user code. An error
+//! or a panic is rare, so raising it pays for `Python::attach`, which makes
+//! PyO3 aware of the thread before the error's objects are released.
+
+use super::entry::{
+    delegate, enter, replace_function, replace_method, single, unary_function, Args, Outcome,
+};
+use super::freelist::as_pointer;
+use crate::py::allocator::{block_object, Allocator};
+use crate::py::arena::Arena;
+use crate::py::args::plain_bytes_request;
+use crate::py::errors::IntoPy;
+use crate::py::pointer::{Owned, Pointer};
+use crate::py::values::exact_small_int;
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::type_object::PyTypeInfo;
+use std::ffi::c_int;
+use std::sync::OnceLock;
+
+/// The PyO3 methods the fast ones replace, for every other call.
+static ALLOCATOR_ALLOCATE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static ARENA_ALLOCATE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static FREE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+/// `x.allocate(nbytes)` called with one exact int: `make(py, n)` builds the
+/// Pointer, or returns None when `x` is not a plain case.
+///
+/// # Safety
+/// As for `enter`; `slf` is the object the method descriptor checked.
+#[inline]
+unsafe fn allocate_entry(
+    slow: &PyOnceLock<Py<PyAny>>,
+    slf: *mut ffi::PyObject,
+    args: Args,
+    nargs: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+    make: impl FnOnce(Python<'_>, i64) -> Option<PyResult<Pointer>>,
+) -> *mut ffi::PyObject {
+    // SAFETY: per the function's contract.
+    unsafe {
+        enter(
+            |py| {
+                let made = single(py, args, nargs, kwnames)
+                    .and_then(|a| exact_small_int(&a))
+                    .and_then(|n| make(py, n));
+                match made {
+                    Some(p) => p.and_then(|p| Ok(block_object(py, p)?.into_ptr())).into(),
+                    None => Outcome::Delegate,
+                }
+            },
+            || delegate(slow, Some(slf), args, nargs, kwnames),
+        )
+    }
+}
+
+/// `allocator.allocate(nbytes)` of a plain allocator.
+unsafe extern "C" fn allocator_allocate(
+    slf: *mut ffi::PyObject,
+    args: Args,
+    nargs: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: CPython's method descriptor checked that slf is an Allocator.
+    unsafe {
+        allocate_entry(&ALLOCATOR_ALLOCATE, slf, args, nargs, kwnames, |py, n| {
+            let this = pyo3::Borrowed::from_ptr(py, slf).cast_unchecked::<Allocator>();
+            let this = this.get();
+            this.core.plain().then(|| {
+                let (ty, req) = plain_bytes_request(py, &this.core.name, n)?;
+                this.new_pointer(py, ty, req)
+            })
+        })
+    }
+}
+
+/// `arena.allocate(nbytes)` of a bump-region arena.
+unsafe extern "C" fn arena_allocate(
+    slf: *mut ffi::PyObject,
+    args: Args,
+    nargs: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: CPython's method descriptor checked that slf is an Arena.
+    unsafe {
+        allocate_entry(&ARENA_ALLOCATE, slf, args, nargs, kwnames, |py, n| {
+            let this = pyo3::Borrowed::from_ptr(py, slf).cast_unchecked::<Arena>();
+            let this = this.get();
+            this.ready_region().map(|r| {
+                let (ty, req) = plain_bytes_request(py, &this.name, n)?;
+                this.region_pointer(py, r, ty, req)
+            })
+        })
+    }
+}
+
+/// `rsalloc.free(p)` of a block from a plain allocator.
+unsafe extern "C" fn free(
+    _module: *mut ffi::PyObject,
+    args: Args,
+    nargs: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: per `unary_function`.
+    unsafe {
+        unary_function(&FREE, args, nargs, kwnames, |py, p| {
+            let Some(p) = as_pointer(&p) else {
+                return Outcome::Delegate;
+            };
+            let p = p.get();
+            match p.owner.get() {
+                Owned::Block(rec) if p.addr != 0 && rec.frees_plainly() => {
+                    match rec.free_plain(p.addr).py(py, p) {
+                        Ok(()) => Outcome::Done(ffi::Py_NewRef(ffi::Py_None())),
+                        Err(e) => Outcome::Raise(e),
+                    }
+                }
+                _ => Outcome::Delegate,
+            }
+        })
+    }
+}
+
+/// The PyO3 slots `p[i]` and `p[i] = v` replace.
+static OLD_SUBSCRIPT: OnceLock<ffi::binaryfunc> = OnceLock::new();
+static OLD_ASS_SUBSCRIPT: OnceLock<ffi::objobjargproc> = OnceLock::new();
+
+/// An exact int key that fits an index.
+#[inline]
+fn int_index(key: &Bound<'_, PyAny>) -> Option<isize> {
+    exact_small_int(key).and_then(|i| isize::try_from(i).ok())
+}
+
+/// `p[i]` with an int index into numeric elements.
+unsafe extern "C" fn subscript(
+    slf: *mut ffi::PyObject,
+    key: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: the slot of Pointer, which has no subclasses: slf is a Pointer.
+    unsafe {
+        enter(
+            |py| {
+                let p = pyo3::Borrowed::from_ptr(py, slf).cast_unchecked::<Pointer>();
+                let p = p.get();
+                let key = pyo3::Borrowed::from_ptr(py, key);
+                match int_index(&key) {
+                    Some(i) if p.ty.kind.is_number() => match p.plain_item(i) {
+                        Some(r) => Outcome::Done(r),
+                        None => p.item(py, i).map(Py::into_ptr).into(),
+                    },
+                    _ => Outcome::Delegate,
+                }
+            },
+            || OLD_SUBSCRIPT.get().expect("installed")(slf, key),
+        )
+    }
+}
+
+/// `p[i] = v` with an int index into numeric elements and an exact int or
+/// float value (whose conversion runs no Python code).
+unsafe extern "C" fn ass_subscript(
+    slf: *mut ffi::PyObject,
+    key: *mut ffi::PyObject,
+    value: *mut ffi::PyObject,
+) -> c_int {
+    // SAFETY: as for subscript; value is NULL for `del p[i]`.
+    unsafe {
+        enter(
+            |py| {
+                if value.is_null() {
+                    return Outcome::Delegate;
+                }
+                let p = pyo3::Borrowed::from_ptr(py, slf).cast_unchecked::<Pointer>();
+                let p = p.get();
+                let key = pyo3::Borrowed::from_ptr(py, key);
+                let value = pyo3::Borrowed::from_ptr(py, value);
+                let plain = value.is_exact_instance_of::<pyo3::types::PyInt>()
+                    || value.is_exact_instance_of::<pyo3::types::PyFloat>();
+                match int_index(&key) {
+                    Some(i) if plain && p.ty.kind.is_number() => {
+                        if p.plain_write(i, &value) {
+                            Outcome::Done(0)
+                        } else {
+                            p.write(py, i, &value).map(|()| 0).into()
+                        }
+                    }
+                    _ => Outcome::Delegate,
+                }
+            },
+            || OLD_ASS_SUBSCRIPT.get().expect("installed")(slf, key, value),
+        )
+    }
+}
+
+/// Points Pointer's mapping slots at `subscript` and `ass_subscript`.
+fn replace_item_slots(py: Python<'_>) -> PyResult<()> {
+    let tp = Pointer::type_object(py).as_type_ptr();
+    // SAFETY: a heap type's mapping methods are its own (PyHeapTypeObject's
+    // as_mapping), set by PyO3 for __getitem__/__setitem__; replaced once,
+    // at module init, before any Pointer is indexed.
+    unsafe {
+        let m = (*tp).tp_as_mapping;
+        let (Some(get), Some(set)) = (
+            m.as_ref().and_then(|m| m.mp_subscript),
+            m.as_ref().and_then(|m| m.mp_ass_subscript),
+        ) else {
+            return Err(pyo3::exceptions::PyRuntimeError::new_err(
+                "Pointer has no item slots",
+            ));
+        };
+        let _ = OLD_SUBSCRIPT.set(get);
+        let _ = OLD_ASS_SUBSCRIPT.set(set);
+        (*m).mp_subscript = Some(subscript);
+        (*m).mp_ass_subscript = Some(ass_subscript);
+    }
+    Ok(())
+}
+
+/// Installs the fast entry points; `m` is the module, after PyO3 has added
+/// its functions and classes.
+pub fn install(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    replace_method(
+        &Allocator::type_object(py),
+        c"allocate",
+        &ALLOCATOR_ALLOCATE,
+        0,
+        allocator_allocate,
+    )?;
+    replace_method(
+        &Arena::type_object(py),
+        c"allocate",
+        &ARENA_ALLOCATE,
+        1,
+        arena_allocate,
+    )?;
+
+    replace_function(m, "free", &FREE, 2, free)?;
+    replace_item_slots(py)
+}
