@@ -219,7 +219,7 @@ unsafe extern "C" fn arena_allocate(
         allocate_entry(&ARENA_ALLOCATE, slf, args, nargs, kwnames, |py, n| {
             let this = pyo3::Borrowed::from_ptr(py, slf).cast_unchecked::<Arena>();
             let this = this.get();
-            this.ready_region().map(|r| {
+            this.ready_region(slf).map(|r| {
                 let (ty, req) = plain_bytes_request(py, &this.name, n)?;
                 this.region_pointer(py, r, ty, req)
             })

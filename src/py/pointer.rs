@@ -997,7 +997,7 @@ impl Pointer {
             Owned::Block(r) if r.state() != State::Detached => {
                 super::allocator::owner_object(py, r)
             }
-            Owned::Region(r) => super::allocator::handle_object(py, &r.region().handle),
+            Owned::Region(r) => super::arena::region_object(py, r.region()),
             _ => py.None(),
         })
     }
