@@ -24,6 +24,7 @@ use super::errors::IntoPy;
 use super::freelist::{as_pointer, new_object};
 use super::pointer::{Owned, Pointer};
 use super::values::exact_small_int;
+use crate::core::types::Kind;
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -287,6 +288,9 @@ unsafe extern "C" fn subscript(
                         Some(r) => Outcome::Done(r),
                         None => p.item(py, i).map(Py::into_ptr).into(),
                     },
+                    // A pointer slot: the address read back resolves to its
+                    // block (`from_stored_address`), which runs no Python code.
+                    Some(i) if p.ty.kind == Kind::Ptr => p.item(py, i).map(Py::into_ptr).into(),
                     _ => Outcome::Delegate,
                 }
             },
@@ -315,7 +319,13 @@ unsafe extern "C" fn ass_subscript(
                 let value = pyo3::Borrowed::from_ptr(py, value);
                 let plain = value.is_exact_instance_of::<pyo3::types::PyInt>()
                     || value.is_exact_instance_of::<pyo3::types::PyFloat>();
+                // A Pointer or None into a pointer slot: converting either
+                // runs no Python code.
+                let address = value.is_none() || as_pointer(&value).is_some();
                 match int_index(&key) {
+                    Some(i) if address && p.ty.kind == Kind::Ptr => {
+                        p.write(py, i, &value).map(|()| 0).into()
+                    }
                     Some(i) if plain && p.ty.kind.is_number() => {
                         if p.plain_write(i, &value) {
                             Outcome::Done(0)

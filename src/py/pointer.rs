@@ -460,7 +460,8 @@ impl Pointer {
                     Value::Bool(b) => PyBool::new(py, b).to_owned().into_any().unbind(),
                     Value::Addr(a) => {
                         let target = self.ty.target.expect("pointer slots have a target");
-                        Py::new(py, from_stored_address(py, a, target)?)?.into_any()
+                        let p = from_stored_address(py, a, target)?;
+                        super::freelist::new_object(py, p)?.into_any().unbind()
                     }
                 })
             }
