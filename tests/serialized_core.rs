@@ -273,7 +273,9 @@ fn record_memory_running_out_is_an_error_that_changes_nothing() {
 
 mod block_cache {
     use super::*;
-    use rsalloc::core::block_cache::{held, trim, MAX_BYTES, MAX_SIZE, PER_CLASS};
+    use rsalloc::core::block_cache::{
+        held, held_back, holds, trim, HELD, MAX_BYTES, MAX_SIZE, PER_CLASS,
+    };
 
     fn bytes(n: usize) -> Request {
         array(n as i128, 1, 1, None).unwrap()
@@ -329,8 +331,9 @@ mod block_cache {
         let before = held();
         churn(200, 3 * PER_CLASS);
         assert_eq!(held().0, before.0, "the class was already full");
-        churn(MAX_SIZE + 1, 4);
-        assert_eq!(held().0, before.0, "beyond MAX_SIZE: never kept");
+        churn(MAX_SIZE + 100, 4);
+        assert_eq!(held().0, before.0, "beyond MAX_SIZE: never kept for reuse");
+        assert!(held_back().0 >= 4, "but held back from free");
         for n in (1..=MAX_SIZE).step_by(97) {
             churn(n, 2 * PER_CLASS);
             assert!(held().1 <= MAX_BYTES, "{:?} after size {n}", held());
@@ -339,7 +342,44 @@ mod block_cache {
         assert_eq!((s.live_count, s.live_bytes), (0, 0), "counts as freed");
         let kept = held().0;
         assert!(kept > 0);
-        assert_eq!(trim(), kept);
-        assert_eq!(held(), (0, 0));
+        let back = held_back().0;
+        assert_eq!(trim(), kept + back);
+        assert_eq!((held(), held_back()), ((0, 0), (0, 0)));
+    }
+
+    /// A full class gives its oldest block to `free`: the latest frees stay
+    /// rsalloc's (their starts read back dead), and allocation takes the
+    /// newest. Large blocks are held back the same way, never reused.
+    #[test]
+    fn the_latest_frees_are_the_ones_kept() {
+        let _one = ONE_TEST.lock().unwrap_or_else(|e| e.into_inner());
+        serialize();
+        let _g = LOCK.lock().unwrap();
+        let m = AllocCore::new("malloc", LIBC_GROUP, false, Box::new(Libc));
+        trim();
+        for (n, bound) in [(200, PER_CLASS), (MAX_SIZE + 1000, HELD)] {
+            let rs: Vec<_> = (0..bound + 4)
+                .map(|_| m.allocate(bytes(n), None).unwrap())
+                .collect();
+            let addrs: Vec<usize> = rs.iter().map(|r| r.addr()).collect();
+            for r in &rs {
+                m.free(r, r.addr()).unwrap();
+            }
+            for (i, &a) in addrs.iter().enumerate() {
+                assert_eq!(holds(a, n), i >= 4, "size {n}, block {i}");
+            }
+            let again = m.allocate(bytes(n), None).unwrap();
+            if n <= MAX_SIZE {
+                assert_eq!(again.addr(), addrs[bound + 3], "the newest is reused");
+            } else {
+                assert!(
+                    !addrs[4..].contains(&again.addr()),
+                    "held blocks are not reused"
+                );
+            }
+            m.free(&again, again.addr()).unwrap();
+        }
+        trim();
+        assert_eq!((held(), held_back()), ((0, 0), (0, 0)));
     }
 }

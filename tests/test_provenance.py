@@ -113,6 +113,24 @@ def test_read_back_after_free_is_a_use_after_free_not_stale_bytes() -> None:
     free(arr)
 
 
+@pytest.mark.skipif(not block_cache_on(), reason="freed memory goes back to libc at once with the block cache off")
+@pytest.mark.parametrize("n, size", [(32, None), (16, 200), (8, 100_000)])
+def test_every_freed_block_of_a_pointer_array_reads_back_dead(n: int, size: int | None) -> None:
+    # The seed's char** freed string by string (or blocks of one size, or
+    # large ones), then every slot read back: none returns stale bytes.
+    arr = calloc(Pointer[Uint8], n)
+    for i in range(n):
+        arr[i] = to_native_utf8(f"string {i}") if size is None else malloc(Uint8, size)
+    for i in range(n):
+        free(arr[i])
+    for i in range(n):
+        stale = arr[i]
+        assert not stale.alive, i
+        with pytest.raises(UseAfterFreeError):
+            stale[0]
+    free(arr)
+
+
 def test_read_back_dead_pointer_names_both_sites_with_tracking() -> None:
     code = textwrap.dedent(
         """

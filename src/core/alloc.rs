@@ -97,6 +97,7 @@ impl Backend for Libc {
             }
         }
         sys::alloc(size, align, zeroed)
+            .or_else(|e| retry_after_trim(e, || sys::alloc(size, align, zeroed)))
     }
     #[inline]
     unsafe fn free(&self, ptr: NonNull<u8>, _size: usize, _align: usize) -> Result<()> {
@@ -118,11 +119,26 @@ impl Backend for Libc {
         align: usize,
         zeroed: bool,
     ) -> Result<NonNull<u8>> {
-        // SAFETY: forwarded contract.
-        unsafe { sys::realloc(ptr, old, new, align, zeroed) }
+        // SAFETY: forwarded contract (a failed realloc leaves the block as it was).
+        unsafe { sys::realloc(ptr, old, new, align, zeroed) }.or_else(|e| {
+            // SAFETY: as above: the block is untouched after the failure.
+            retry_after_trim(e, || unsafe { sys::realloc(ptr, old, new, align, zeroed) })
+        })
     }
     fn native_free(&self) -> Option<usize> {
         Some(sys::free_fn_address())
+    }
+}
+
+/// Out of memory: gives back what the block cache keeps or holds back, and
+/// tries once more if that was anything (memory rsalloc merely keeps must
+/// never be the cause of a `MemoryError`).
+#[cold]
+fn retry_after_trim(e: Error, again: impl FnOnce() -> Result<NonNull<u8>>) -> Result<NonNull<u8>> {
+    if matches!(e, Error::OutOfMemory(_)) && block_cache::trim() > 0 {
+        again()
+    } else {
+        Err(e)
     }
 }
 

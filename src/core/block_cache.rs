@@ -16,7 +16,18 @@
 //! never passes through here.
 //!
 //! Bounds: blocks of up to [`MAX_SIZE`] bytes, at most [`PER_CLASS`] per size
-//! class and [`MAX_BYTES`] in all; anything beyond goes to `free` at once.
+//! class and [`MAX_BYTES`] in all. A class that is full gives its oldest
+//! block to `free` and keeps the new one: the most recently freed addresses
+//! stay rsalloc's, so a stale address read back from C memory finds its
+//! dead record (`index::lately_freed`) instead of memory libc gave someone
+//! else. Allocation takes the newest (its memory is the warmest).
+//!
+//! Held blocks: a freed block above [`MAX_SIZE`] (up to [`HELD_MAX_SIZE`])
+//! is never served again from here, but is held back from `free` for a
+//! while, in a queue of [`HELD`] blocks and [`HELD_MAX_BYTES`], for the same
+//! reason: its start, read back, reads dead. The oldest goes to `free` when
+//! a new one comes. This costs no libc call (each block is still freed
+//! once), only the memory of the last few large frees (docs/decisions.md).
 //!
 //! When: only in serialized mode (`serial`), where one outside lock covers
 //! every push and pop, and only once the binding [`enable`]s it. The binding
@@ -41,10 +52,16 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 /// The largest request served from the cache, in bytes.
 pub const MAX_SIZE: usize = 4096;
 /// Blocks kept per size class.
-pub const PER_CLASS: usize = 8;
+pub const PER_CLASS: usize = 32;
 /// Bytes kept in all, counting each block as its class's nominal size
 /// (16 per class number: within 8 bytes of the block's usable size).
-pub const MAX_BYTES: usize = 128 * 1024;
+pub const MAX_BYTES: usize = 1024 * 1024;
+/// Large freed blocks held back from `free` (see the module comment).
+pub const HELD: usize = 16;
+/// The largest block held back, in usable bytes.
+pub const HELD_MAX_SIZE: usize = 1024 * 1024;
+/// Bytes held back in all (usable sizes).
+pub const HELD_MAX_BYTES: usize = 4 * 1024 * 1024;
 
 const CLASSES: usize = class_of_request(MAX_SIZE) + 1;
 
@@ -63,14 +80,53 @@ const fn class_bytes(class: usize) -> usize {
     class << 4
 }
 
+/// A ring: `len` blocks from `first` on (wrapping), oldest first.
 struct Stack {
+    first: usize,
     len: usize,
     blocks: [*mut u8; PER_CLASS],
+}
+
+impl Stack {
+    #[inline(always)]
+    fn slot(&self, i: usize) -> usize {
+        (self.first + i) % PER_CLASS
+    }
+    #[inline(always)]
+    fn pop_newest(&mut self) -> Option<*mut u8> {
+        self.len = self.len.checked_sub(1)?;
+        Some(self.blocks[self.slot(self.len)])
+    }
+    #[inline(always)]
+    fn pop_oldest(&mut self) -> Option<*mut u8> {
+        self.len = self.len.checked_sub(1)?;
+        let p = self.blocks[self.first];
+        self.first = (self.first + 1) % PER_CLASS;
+        Some(p)
+    }
+    #[inline(always)]
+    fn push(&mut self, p: *mut u8) {
+        debug_assert!(self.len < PER_CLASS);
+        self.blocks[self.slot(self.len)] = p;
+        self.len += 1;
+    }
+    fn contains(&self, p: *mut u8) -> bool {
+        (0..self.len).any(|i| self.blocks[self.slot(i)] == p)
+    }
+}
+
+/// Large blocks held back: (block, usable bytes), oldest first.
+struct Held {
+    first: usize,
+    len: usize,
+    bytes: usize,
+    blocks: [(*mut u8, usize); HELD],
 }
 
 struct Cache {
     bytes: usize,
     stacks: [Stack; CLASSES],
+    held: Held,
 }
 
 /// Guarded by serialized mode's outside lock: see the module comment.
@@ -84,10 +140,17 @@ static CACHE: Shared = Shared(UnsafeCell::new(Cache {
     bytes: 0,
     stacks: [const {
         Stack {
+            first: 0,
             len: 0,
             blocks: [std::ptr::null_mut(); PER_CLASS],
         }
     }; CLASSES],
+    held: Held {
+        first: 0,
+        len: 0,
+        bytes: 0,
+        blocks: [(std::ptr::null_mut(), 0); HELD],
+    },
 }));
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
@@ -153,11 +216,9 @@ pub fn take(n: usize) -> Option<NonNull<u8>> {
     }
     let c = cache()?;
     let class = class_of_request(n);
-    let s = &mut c.stacks[class];
-    let i = s.len.checked_sub(1)?;
-    s.len = i;
+    let p = c.stacks[class].pop_newest()?;
     c.bytes -= class_bytes(class);
-    NonNull::new(s.blocks[i])
+    NonNull::new(p)
 }
 
 /// Keeps a block rsalloc is freeing, if there is room; false when the
@@ -190,16 +251,52 @@ pub unsafe fn give(p: NonNull<u8>) -> bool {
         return true;
     }
     let class = usable.saturating_add(8) >> 4;
-    if class >= CLASSES || c.bytes + class_bytes(class) > MAX_BYTES {
-        return false;
+    if class >= CLASSES {
+        return hold(&mut c.held, p.as_ptr(), usable);
     }
+    let cb = class_bytes(class);
+    if c.stacks[class].len == PER_CLASS || c.bytes + cb > MAX_BYTES {
+        make_room(c, class);
+        if c.bytes + cb > MAX_BYTES {
+            return false;
+        }
+    }
+    c.stacks[class].push(p.as_ptr());
+    c.bytes += cb;
+    true
+}
+
+/// Gives the oldest blocks of `class` to `free` until it has room for one
+/// more within the bounds (or is empty).
+#[cold]
+fn make_room(c: &mut Cache, class: usize) {
+    let cb = class_bytes(class);
     let s = &mut c.stacks[class];
-    if s.len == PER_CLASS {
+    while s.len == PER_CLASS || (c.bytes + cb > MAX_BYTES && s.len > 0) {
+        let Some(old) = s.pop_oldest() else { break };
+        c.bytes -= cb;
+        // SAFETY: kept blocks are live libc blocks nothing else uses.
+        unsafe { sys::free(NonNull::new_unchecked(old)) };
+    }
+}
+
+/// Holds back a large freed block (see the module comment), giving the
+/// oldest ones to `free` to make room; false when it is too large to hold.
+fn hold(h: &mut Held, p: *mut u8, usable: usize) -> bool {
+    if usable > HELD_MAX_SIZE {
         return false;
     }
-    s.blocks[s.len] = p.as_ptr();
-    s.len += 1;
-    c.bytes += class_bytes(class);
+    while h.len == HELD || (h.len > 0 && h.bytes + usable > HELD_MAX_BYTES) {
+        let (old, n) = h.blocks[h.first];
+        h.first = (h.first + 1) % HELD;
+        h.len -= 1;
+        h.bytes -= n;
+        // SAFETY: held blocks are live libc blocks nothing else uses.
+        unsafe { sys::free(NonNull::new_unchecked(old)) };
+    }
+    h.blocks[(h.first + h.len) % HELD] = (p, usable);
+    h.len += 1;
+    h.bytes += usable;
     true
 }
 
@@ -208,19 +305,17 @@ pub unsafe fn give(p: NonNull<u8>) -> bool {
 /// handed to anyone again. Scans the one class a block of that size files
 /// in (at most [`PER_CLASS`] entries).
 pub fn holds(p: usize, size: usize) -> bool {
-    if size > MAX_SIZE {
-        return false;
-    }
     let Some(c) = cache() else {
         return false;
     };
+    if size > MAX_SIZE {
+        let h = &c.held;
+        return (0..h.len).any(|i| h.blocks[(h.first + i) % HELD].0 == p as *mut u8);
+    }
     // A block files by its usable size, which may put it a class above
     // its request's (see `a_glibc_block_files_where_its_own_size_looks`).
     let first = class_of_request(size);
-    (first..(first + 2).min(CLASSES)).any(|class| {
-        let s = &c.stacks[class];
-        s.blocks[..s.len].contains(&(p as *mut u8))
-    })
+    (first..(first + 2).min(CLASSES)).any(|class| c.stacks[class].contains(p as *mut u8))
 }
 
 /// Frees every kept block; returns how many there were.
@@ -230,20 +325,33 @@ pub fn trim() -> usize {
     };
     let mut freed = 0;
     for s in &mut c.stacks {
-        for &p in &s.blocks[..s.len] {
+        while let Some(p) = s.pop_oldest() {
             // SAFETY: kept blocks are live, non-null libc blocks nothing else uses.
             unsafe { sys::free(NonNull::new_unchecked(p)) };
+            freed += 1;
         }
-        freed += s.len;
-        s.len = 0;
+        s.first = 0;
     }
     c.bytes = 0;
+    let h = &mut c.held;
+    for i in 0..h.len {
+        // SAFETY: held blocks are live, non-null libc blocks nothing else uses.
+        unsafe { sys::free(NonNull::new_unchecked(h.blocks[(h.first + i) % HELD].0)) };
+    }
+    freed += h.len;
+    (h.first, h.len, h.bytes) = (0, 0, 0);
     freed
 }
 
-/// Blocks and bytes (as counted against [`MAX_BYTES`]) kept now.
+/// Blocks and bytes (as counted against [`MAX_BYTES`]) kept for reuse now.
 pub fn held() -> (usize, usize) {
     cache().map_or((0, 0), |c| (c.stacks.iter().map(|s| s.len).sum(), c.bytes))
+}
+
+/// Large blocks and their usable bytes held back from `free` now (never
+/// reused; see the module comment).
+pub fn held_back() -> (usize, usize) {
+    cache().map_or((0, 0), |c| (c.held.len, c.held.bytes))
 }
 
 /// Usable bytes of a live libc block.

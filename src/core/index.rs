@@ -37,8 +37,9 @@
 //! state then checks on every access.
 //!
 //! Lately freed blocks: up to [`FREED_KEPT`] records that died by a free or
-//! a realloc keep the index's count in a table (direct-mapped by address: a
-//! later free whose address maps to the same entry takes it), so that
+//! a realloc keep the index's count in a table (four-way set-associative by
+//! address: a later free whose address maps to a full set takes its oldest
+//! entry; a block freed again replaces its own), so that
 //! the start address of such a block, read back from memory before rsalloc
 //! hands that address out again, gives a dead Pointer (`UseAfterFreeError`)
 //! and not a foreign view of whatever the memory holds now, as long as the
@@ -59,7 +60,10 @@ use std::sync::{Arc, Weak};
 /// Blocks up to this many bytes go in the radix map.
 pub const SMALL_MAX: usize = 4096;
 /// Lately freed records kept for read-back (see the module comment).
-pub const FREED_KEPT: usize = 256;
+pub const FREED_KEPT: usize = FREED_SETS * FREED_WAYS;
+const FREED_SETS: usize = 256;
+/// One set is one 64-byte cache line.
+const FREED_WAYS: usize = 4;
 /// Tag of an entry that holds no count (an autofree block's).
 const UNCOUNTED: usize = 1;
 const GRANULE_SHIFT: u32 = 5;
@@ -102,8 +106,8 @@ struct State {
     /// Sorted by start; spans never overlap.
     spans: Vec<Span>,
     /// Lately freed blocks: (start, counted record word), 0 when empty,
-    /// at [`freed_slot`] of the start.
-    freed: [(usize, usize); FREED_KEPT],
+    /// in the set [`freed_set`] of the start, newest first.
+    freed: [[(usize, usize); FREED_WAYS]; FREED_SETS],
 }
 
 // SAFETY: the raw pointers are records and leaves only ever used under the
@@ -114,7 +118,7 @@ static STATE: SerialMutex<State> = SerialMutex::new(State {
     cached_key: usize::MAX,
     cached_leaf: std::ptr::null(),
     spans: Vec::new(),
-    freed: [(0, 0); FREED_KEPT],
+    freed: [[(0, 0); FREED_WAYS]; FREED_SETS],
 });
 
 /// The record an entry word names.
@@ -354,22 +358,41 @@ impl State {
         }
     }
 
-    /// Keeps a dead record's count for read-back; the one it displaces
-    /// (kept before under the same hash), to drop outside the lock.
-    /// Direct-mapped by address: in an allocate-free loop the record
-    /// displaced is the previous life of the same block, still in cache (a
-    /// ring's oldest entry was a cold line, measurable on every free).
+    /// Keeps a dead record's count for read-back; the one it displaces, to
+    /// drop outside the lock: the previous life of the same block, or the
+    /// set's oldest entry. Set-associative by address, a set to a cache
+    /// line: in an allocate-free loop the record displaced is the previous
+    /// life of the same block, in the set's first entry (a global ring's
+    /// oldest entry was a cold line, measurable on every free), and a
+    /// program that frees many blocks at once keeps them all while no more
+    /// than four share a set (direct-mapped, two in 32 freed strings did).
     #[inline]
     fn keep_freed(&mut self, start: usize, r: RecordRef) -> Option<RecordRef> {
-        let i = freed_slot(start);
-        let (_, old) = std::mem::replace(&mut self.freed[i], (start, r.into_word()));
+        let set = &mut self.freed[freed_set(start)];
+        let word = r.into_word();
+        let same = set.iter().position(|e| e.0 == start && e.1 != 0);
+        let old = match same {
+            Some(i) => std::mem::replace(&mut set[i], (start, word)).1,
+            None => {
+                let (_, oldest) = set[FREED_WAYS - 1];
+                set.copy_within(0..FREED_WAYS - 1, 1);
+                set[0] = (start, word);
+                oldest
+            }
+        };
         (old != 0).then(|| take_count(old)).flatten()
+    }
+
+    /// The kept word of the block that started at `addr`, if any.
+    fn freed_word(&self, addr: usize) -> Option<usize> {
+        let set = &self.freed[freed_set(addr)];
+        set.iter().find(|e| e.0 == addr && e.1 != 0).map(|e| e.1)
     }
 }
 
 #[inline]
-fn freed_slot(start: usize) -> usize {
-    (start >> 4 ^ start >> 12) % FREED_KEPT
+fn freed_set(start: usize) -> usize {
+    (start >> 4 ^ start >> 12) % FREED_SETS
 }
 
 /// What an address resolved to.
@@ -566,10 +589,7 @@ pub(crate) fn uncount(rec: &Record) {
 /// again is a live block the index finds first.
 pub fn lately_freed(addr: usize) -> Option<RecordRef> {
     let g = lock();
-    let (start, w) = g.freed[freed_slot(addr)];
-    if w == 0 || start != addr {
-        return None;
-    }
+    let w = g.freed_word(addr)?;
     // SAFETY: a kept word is counted: the record is valid.
     let rec = unsafe { record(w) };
     if rec.pins() == 0 && !block_cache::holds(addr, rec.size()) {
@@ -609,7 +629,7 @@ pub fn forget_lately_freed() -> usize {
         if kept.try_reserve(FREED_KEPT).is_err() {
             return 0;
         }
-        for e in g.freed.iter_mut() {
+        for e in g.freed.iter_mut().flatten() {
             let (_, w) = std::mem::take(e);
             if w != 0 {
                 kept.extend(take_count(w));
@@ -658,6 +678,56 @@ mod tests {
             m.free(&r, r.addr()).unwrap();
             assert!(block(resolve(r.addr())).is_none());
             assert!(!is_indexed(last));
+        }
+    }
+
+    /// The table of lately freed blocks keeps four starts per set, newest
+    /// first; a fifth takes the oldest, and a block freed again replaces its
+    /// own entry (its record of the previous life).
+    #[test]
+    fn lately_freed_sets_keep_four_and_drop_the_oldest() {
+        let m = malloc();
+        let mut st = State {
+            cached_key: usize::MAX,
+            cached_leaf: std::ptr::null(),
+            spans: Vec::new(),
+            freed: [[(0, 0); FREED_WAYS]; FREED_SETS],
+        };
+        let recs: Vec<_> = (0..7)
+            .map(|_| m.allocate(array(16, 1, 1, None).unwrap(), None).unwrap())
+            .collect();
+        // Starts 1 MiB apart share a set.
+        let base = 0x7000_0000_0000usize;
+        let starts: Vec<usize> = (0..6).map(|k| base + (k << 20)).collect();
+        assert!(starts.iter().all(|&a| freed_set(a) == freed_set(base)));
+        for (i, &a) in starts[..4].iter().enumerate() {
+            assert!(st.keep_freed(a, recs[i].clone()).is_none());
+        }
+        assert!(starts[..4].iter().all(|&a| st.freed_word(a).is_some()));
+        // The same start again: its own entry, the set keeps the other three.
+        let old = st
+            .keep_freed(starts[2], recs[4].clone())
+            .expect("its previous life");
+        assert!(RecordRef::ptr_eq(&old, &recs[2]));
+        assert!(starts[..4].iter().all(|&a| st.freed_word(a).is_some()));
+        // A fifth start: the oldest (the first) goes.
+        let old = st
+            .keep_freed(starts[4], recs[5].clone())
+            .expect("the oldest");
+        assert!(RecordRef::ptr_eq(&old, &recs[0]));
+        assert!(st.freed_word(starts[0]).is_none());
+        assert!(starts[1..5].iter().all(|&a| st.freed_word(a).is_some()));
+        assert!(st.freed_word(starts[5]).is_none());
+        // Another set is untouched.
+        assert!(st.keep_freed(base + 16, recs[6].clone()).is_none());
+        for e in st.freed.iter_mut().flatten() {
+            let (_, w) = std::mem::take(e);
+            if w != 0 {
+                drop(take_count(w));
+            }
+        }
+        for r in &recs {
+            m.free(r, r.addr()).unwrap();
         }
     }
 
