@@ -34,7 +34,10 @@ class AuthInfo(rsalloc.Struct):
     appKey: rsalloc.Pointer[rsalloc.Int8]
     accid: rsalloc.Pointer[rsalloc.Int8]
     token: rsalloc.Pointer[rsalloc.Int8]
+class CAuthInfo(ctypes.Structure):
+    _fields_ = [("appKey", ctypes.c_char_p), ("accid", ctypes.c_char_p), ("token", ctypes.c_char_p)]
 KEY, ACCID, TOKEN = "45c6af3c98409b18a84451215d0bdd6e", "user-42", "t\\u00f6k\\u00e9n"
+T32 = ctypes.c_char * 32; CP = ctypes.c_char_p
 p = rsalloc.calloc(Pair); r = p.ref
 P1024 = rsalloc.calloc(Int32, 1024); L = list(range(1024))
 """
@@ -71,6 +74,12 @@ PATTERNS: dict[str, tuple[str, int]] = {
         "arr = calloc(PU8, 16)\nfor i in I: arr[i] = utf8(words[i])\nfor i in I: rfree(arr[i])\nrfree(arr)",
         2000,
     ),
+    "ctypes_seed_struct": (
+        "s = CAuthInfo(); s.appKey = KEY.encode(); s.accid = ACCID.encode(); s.token = TOKEN.encode(); del s",
+        5000,
+    ),
+    "ctypes_char_pp": ("arr = (CP * 16)(*[w.encode() for w in words])\ndel arr", 2000),
+    "ctypes_arrays3": ("x = T32(); y = T32(); z = T32(); del x, y, z", 20000),
     "p_ref": ("p.ref", 20000),
     "struct_read": ("p.ref.x", 20000),
     "struct_write": ("p.ref.x = 5", 20000),

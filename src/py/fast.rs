@@ -324,7 +324,7 @@ unsafe extern "C" fn ass_subscript(
                 let address = value.is_none() || as_pointer(&value).is_some();
                 match int_index(&key) {
                     Some(i) if address && p.ty.kind == Kind::Ptr => {
-                        p.write(py, i, &value).map(|()| 0).into()
+                        p.write_address(py, i, &value).map(|()| 0).into()
                     }
                     Some(i) if plain && p.ty.kind.is_number() => {
                         if p.plain_write(i, &value) {

@@ -507,6 +507,25 @@ impl Pointer {
         Ok(())
     }
 
+    /// `self[i] = v` of a Pointer or None into a pointer slot: converting
+    /// either runs no Python code, so one check of the slot serves (`write`
+    /// checks before and after a conversion that might). The same errors,
+    /// in the same order, as `write`.
+    pub(crate) fn write_address(
+        &self,
+        py: Python<'_>,
+        i: isize,
+        v: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        debug_assert!(self.ty.kind == Kind::Ptr && (v.is_none() || v.cast::<Pointer>().is_ok()));
+        let _held = self.access().py(py, self)?;
+        let addr = self.elem_addr(i).py(py, self)?;
+        let value = to_value(Kind::Ptr, self.ty, v)?;
+        // SAFETY: checked live and in bounds; the conversion ran no Python code.
+        unsafe { Kind::Ptr.write(addr, value) };
+        Ok(())
+    }
+
     /// An instance of the ctypes aggregate type living at `addr` (it pins
     /// the block), or the view of an rsalloc Struct or Array there.
     fn instance_at(&self, py: Python<'_>, addr: usize) -> PyResult<Py<PyAny>> {
