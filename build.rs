@@ -8,7 +8,13 @@
 // interpreter). Without the `python` feature (the pure core) there is
 // nothing to link.
 fn main() {
-    println!("cargo:rustc-check-cfg=cfg(rsalloc_pin_access)");
+    println!("cargo::rustc-check-cfg=cfg(rsalloc_pin_access)");
+    // PyO3's reference-pool switches (.cargo/config.toml): the CPython
+    // fence (src/py/cpython/) compiles the tricks that skip PyO3's
+    // trampoline only when both are set, so a build whose RUSTFLAGS drop
+    // them falls back to PyO3's routes instead of changing behaviour.
+    println!("cargo::rustc-check-cfg=cfg(pyo3_disable_reference_pool)");
+    println!("cargo::rustc-check-cfg=cfg(pyo3_leak_on_drop_without_reference_pool)");
     if std::env::var_os("CARGO_FEATURE_PYTHON").is_some() {
         pyo3_build_config::use_pyo3_cfgs();
         pyo3_build_config::add_libpython_rpath_link_args();

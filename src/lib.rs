@@ -25,7 +25,9 @@ mod _rsalloc {
     #[pymodule_export]
     use crate::py::arena::{current_arena, Arena};
     #[pymodule_export]
-    use crate::py::custom::ForeignAllocator;
+    use crate::py::cpython::_fast_paths;
+    #[pymodule_export]
+    use crate::py::foreign_allocator::ForeignAllocator;
     #[pymodule_export]
     use crate::py::params::_pointer_from_param;
     #[pymodule_export]
@@ -35,7 +37,9 @@ mod _rsalloc {
     #[pymodule_export]
     use crate::py::strings::{to_native_utf16, to_native_utf8};
     #[pymodule_export]
-    use crate::py::structs::{Field, StructView};
+    use crate::py::struct_view::StructView;
+    #[pymodule_export]
+    use crate::py::structs::Field;
     #[pymodule_export]
     use crate::py::tracemalloc::{_set_tracemalloc, _tracemalloc_domain, _tracemalloc_on};
     #[pymodule_export]
@@ -54,32 +58,20 @@ mod _rsalloc {
         // Cargo.toml's version is the one version (pyproject.toml takes it
         // from there too); `rsalloc.__version__` is this.
         m.add("__version__", env!("CARGO_PKG_VERSION"))?;
-        // SAFETY: with a GIL, every call into rsalloc and every drop of its
-        // objects holds it; rsalloc releases it nowhere, and user code that
-        // does (a Python-defined allocator's methods) runs only in the core's
-        // callbacks. PyO3 refuses sub-interpreters. So record memory may come
-        // from CPython's small-object allocator, which needs the GIL and has
-        // no header per block (48 bytes a record, not glibc's 64); no record
-        // exists before this line.
+        // Record memory and the object tricks first: no record or Pointer
+        // object exists yet.
+        crate::py::cpython::install_early(py);
         #[cfg(not(Py_GIL_DISABLED))]
-        unsafe {
-            crate::core::serial::assume_serialized_with(crate::core::serial::RecordMemory {
-                alloc: pyo3::ffi::PyObject_Malloc,
-                free: pyo3::ffi::PyObject_Free,
-            });
-            if crate::py::stats::block_cache_wanted() {
-                crate::core::block_cache::enable();
-            }
-        };
-        crate::py::freelist::install(py)?;
-        crate::py::arena::install_finalizer(py);
+        if crate::py::stats::block_cache_wanted() {
+            // SAFETY: the block cache is for serialized mode, which the line
+            // above entered (under the GIL; `enable` checks it again).
+            unsafe { crate::core::block_cache::enable() };
+        }
         crate::core::reserve::arm();
-        #[cfg(not(any(Py_3_12, PyPy, GraalPy, Py_LIMITED_API)))]
-        crate::py::values::digits::check(py)?;
         m.add("malloc", crate::py::allocator::malloc(py)?)?;
         m.add("calloc", crate::py::allocator::calloc(py)?)?;
         m.add("nullptr", crate::py::pointer::nullptr_object(py)?)?;
-        crate::py::tracking::install();
+        crate::py::sites::install();
         crate::py::tracemalloc::install();
         for zeroed in [false, true] {
             let a = crate::py::tracking::adaptive(py, zeroed)?;
@@ -87,9 +79,8 @@ mod _rsalloc {
             let d = crate::py::tracking::diagnostic(py, zeroed)?;
             m.add(d.get().core.name.as_str(), &d)?;
         }
-        crate::py::structs::install(py)?;
-        crate::py::fast::install(m)?;
-        crate::py::fast_structs::install(m)?;
+        crate::py::structs::install();
+        crate::py::cpython::install_late(m);
         // Keeps the tracemalloc flag current from now on, whichever way the
         // extension was first imported.
         py.import("rsalloc._tracemalloc")?

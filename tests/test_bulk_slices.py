@@ -1,5 +1,5 @@
 """Slices of numeric Pointers go through one-pass routes (`number_slice`,
-`write_number_slice` in src/py/pointer.rs). Twin tests: every route must
+`write_number_slice` in src/py/pointer/items.rs). Twin tests: every route must
 give what element-by-element access gives, for every numeric type, step and
 value, and refuse what it refuses, changing nothing."""
 

@@ -1,5 +1,5 @@
-"""The hand-written entry points (src/py/fast.rs) and the Pointer free list
-(src/py/freelist.rs) behave exactly like the PyO3 code they stand in front of.
+"""The hand-written entry points (src/py/cpython/fast.rs) and the Pointer free list
+(src/py/cpython/freelist.rs) behave exactly like the PyO3 code they stand in front of.
 
 Each fast call has a twin that takes PyO3's route: a keyword argument makes
 `allocate` and `free` delegate, and `type(p).__getitem__` / `__setitem__`
@@ -430,3 +430,32 @@ def test_ints_read_straight_from_their_digits_keep_their_value(i):
         q = malloc.allocate(i)
         assert q.count == i
         free(q)
+
+
+def test_fast_paths_reports_every_trick_and_why_one_is_off():
+    import rsalloc._rsalloc
+
+    paths = rsalloc._rsalloc._fast_paths()
+    assert set(paths) == {
+        "arena_finalizer",
+        "pymalloc_records",
+        "pointer_free_list",
+        "pointer_dealloc",
+        "int_digits",
+        "struct_views",
+        "plain_struct_views",
+        "entry_points",
+        "struct_entry_points",
+    }
+    for name, p in paths.items():
+        assert set(p) == {"active", "reason"}, name
+        assert isinstance(p["active"], bool)
+        # An active trick has no reason; one that is off says why.
+        assert (p["reason"] == "") == p["active"], (name, p)
+    # This interpreter's ints: the digit reads are on exactly where the
+    # layout they read is CPython's up to 3.11, with 30-bit digits.
+    digits_apply = sys.version_info < (3, 12) and sys.int_info.bits_per_digit == 30
+    assert paths["int_digits"]["active"] == digits_apply, paths["int_digits"]
+    # Struct views are made at the measured offset: the struct tests need them.
+    assert paths["struct_views"]["active"], paths["struct_views"]
+

@@ -11,8 +11,8 @@
 //! Without any limit the allocation path is the unlimited one; the only
 //! cost is [`process_limited`], one relaxed load and a branch.
 
+pub use super::error::{OverLimit, Scope};
 use super::stats::Counters;
-use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// The limit of a counter that has none.
@@ -47,40 +47,6 @@ pub fn process_max() -> u64 {
 /// A counter's limit as the Python API shows it.
 pub fn as_option(limit: u64) -> Option<u64> {
     (limit != UNLIMITED).then_some(limit)
-}
-
-/// Whose limit refused a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scope {
-    Process,
-    Allocator,
-    Arena,
-}
-
-/// A request refused by a limit: what the message names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct OverLimit {
-    pub scope: Scope,
-    pub limit: u64,
-    /// The live bytes when the request was refused.
-    pub live: u64,
-    /// The bytes asked for.
-    pub request: u64,
-}
-
-impl fmt::Display for OverLimit {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let whose = match self.scope {
-            Scope::Process => "the process limit (rsalloc.set_limit)",
-            Scope::Allocator => "the allocator's limit",
-            Scope::Arena => "the arena's limit",
-        };
-        write!(
-            f,
-            "a request of {} bytes would pass {whose} of {} bytes ({} bytes live)",
-            self.request, self.limit, self.live
-        )
-    }
 }
 
 /// One counter an allocation is charged to, with its limit and whether it

@@ -1,7 +1,6 @@
 //! The one error type of the core. The Python layer maps each variant to an
 //! exception in one place (`py::errors`), adding the pointer's description.
 
-use super::budget::OverLimit;
 use std::fmt;
 
 /// Why a block is dead: the three ways an allocation stops being usable.
@@ -167,3 +166,37 @@ impl fmt::Display for Error {
 }
 
 impl std::error::Error for Error {}
+/// Whose limit refused a request (the budgets are in `budget.rs`; the
+/// refusal is here so that the error type depends on nothing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    Process,
+    Allocator,
+    Arena,
+}
+
+/// A request refused by a limit: what the message names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OverLimit {
+    pub scope: Scope,
+    pub limit: u64,
+    /// The live bytes when the request was refused.
+    pub live: u64,
+    /// The bytes asked for.
+    pub request: u64,
+}
+
+impl fmt::Display for OverLimit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let whose = match self.scope {
+            Scope::Process => "the process limit (rsalloc.set_limit)",
+            Scope::Allocator => "the allocator's limit",
+            Scope::Arena => "the arena's limit",
+        };
+        write!(
+            f,
+            "a request of {} bytes would pass {whose} of {} bytes ({} bytes live)",
+            self.request, self.limit, self.live
+        )
+    }
+}

@@ -51,7 +51,6 @@ use super::block_cache;
 use super::error::{Error, Ownership, Result};
 use super::record::Record;
 use super::record_ref::RecordRef;
-use super::region::RegionCore;
 use super::serial::{SerialGuard, SerialMutex};
 use std::ptr::null_mut;
 use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering::Relaxed};
@@ -88,7 +87,7 @@ enum Target {
     /// A record's block: its entry word (see [`State::record`]).
     Record(usize),
     /// A chunk of a bump region: the region finds the block.
-    Chunk(Weak<RegionCore>),
+    Chunk(Weak<dyn ChunkOwner>),
 }
 
 struct Span {
@@ -399,8 +398,19 @@ fn freed_set(start: usize) -> usize {
 pub enum Found {
     /// A live block with a record (any allocator, wrapping arenas too).
     Block(RecordRef),
-    /// A chunk of a bump region: [`RegionCore::block_at`] finds the block.
-    Chunk(Arc<RegionCore>),
+    /// A chunk of a bump region: [`ChunkOwner::block_at`] finds the block.
+    Chunk(Arc<dyn ChunkOwner>),
+}
+
+/// What lists chunks of address space here besides records: a bump region
+/// (`region::RegionCore`, the one implementation). The index sits below the
+/// regions and knows them only through this.
+pub trait ChunkOwner: Send + Sync {
+    /// The live block holding `addr` (in one of the owner's chunks): its
+    /// start, end, and the token of the generation it belongs to.
+    fn block_at(&self, addr: usize) -> Option<(usize, usize, u64)>;
+    /// The owner as its own type (`region::RegionCore::of_chunk_owner`).
+    fn into_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync>;
 }
 
 /// The live block (or bump-region chunk) that contains `addr`, if any.
@@ -600,7 +610,7 @@ pub fn lately_freed(addr: usize) -> Option<RecordRef> {
 }
 
 /// Lists a chunk of a bump region.
-pub(crate) fn insert_chunk(region: Weak<RegionCore>, start: usize, end: usize) -> Result<()> {
+pub(crate) fn insert_chunk(region: Weak<dyn ChunkOwner>, start: usize, end: usize) -> Result<()> {
     lock().insert_span(Span {
         start,
         end,

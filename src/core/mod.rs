@@ -2,6 +2,7 @@
 
 pub mod alloc;
 pub mod arena;
+pub mod arena_kind;
 pub mod block_cache;
 pub mod budget;
 pub mod error;
@@ -10,6 +11,7 @@ pub mod guard;
 pub mod index;
 pub mod layout;
 pub mod observer;
+pub mod owner;
 pub mod record;
 pub mod record_ref;
 pub mod region;
@@ -21,3 +23,4 @@ pub mod sys;
 pub mod testkit;
 pub mod track;
 pub mod types;
+pub mod view;

@@ -92,29 +92,59 @@ impl RecordRef {
         self.inner().strong.load(Acquire) > 1
     }
 
-    /// The word, for a Pointer's owner: aligned to 8, so its low bits are
-    /// clear. Undone by [`RecordRef::from_word`].
-    pub fn into_word(self) -> usize {
-        let w = self.0.as_ptr() as usize;
+    /// The pointer, for a Pointer's owner: aligned to 8, so its low bits are
+    /// clear for an owner's tags. Undone by [`RecordRef::from_raw`].
+    pub fn into_raw(self) -> NonNull<u8> {
+        let p = self.0.cast::<u8>();
         std::mem::forget(self);
-        w
+        p
+    }
+
+    /// # Safety
+    /// `p` came from [`RecordRef::into_raw`] and is given back once.
+    pub unsafe fn from_raw(p: NonNull<u8>) -> Self {
+        RecordRef(p.cast())
+    }
+
+    /// The word, for the index's tables (which keep flag bits beside it):
+    /// the address, its provenance exposed so that [`RecordRef::from_word`]
+    /// and [`RecordRef::record_of_word`] may take it back.
+    pub(crate) fn into_word(self) -> usize {
+        self.into_raw().as_ptr().expose_provenance()
     }
 
     /// # Safety
     /// `w` came from [`RecordRef::into_word`] and is given back once.
-    pub unsafe fn from_word(w: usize) -> Self {
-        RecordRef(NonNull::new_unchecked(w as *mut Inner))
+    pub(crate) unsafe fn from_word(w: usize) -> Self {
+        // SAFETY: the caller's contract: a non-null address whose
+        // provenance `into_word` exposed.
+        unsafe {
+            RecordRef::from_raw(NonNull::new_unchecked(
+                std::ptr::with_exposed_provenance_mut(w),
+            ))
+        }
+    }
+
+    /// The shared memory holding `rec`.
+    fn inner_of(rec: &Record) -> *mut Inner {
+        std::ptr::from_ref(rec)
+            .cast::<u8>()
+            .wrapping_sub(std::mem::offset_of!(Inner, rec))
+            .cast_mut()
+            .cast()
     }
 
     /// The entry word of `rec` for the index: the address of its shared
-    /// memory, as [`RecordRef::into_word`] gives.
+    /// memory, as [`RecordRef::into_word`] gives (provenance exposed).
     pub(crate) fn word_of(rec: &Record) -> usize {
-        (rec as *const Record as usize).wrapping_sub(std::mem::offset_of!(Inner, rec))
+        Self::inner_of(rec).expose_provenance()
     }
 
     /// The record of a word from [`RecordRef::into_word`] or [`RecordRef::word_of`].
     pub(crate) fn record_of_word(w: usize) -> *const Record {
-        (w + std::mem::offset_of!(Inner, rec)) as *const Record
+        std::ptr::with_exposed_provenance::<u8>(w)
+            .wrapping_add(std::mem::offset_of!(Inner, rec))
+            .cast()
     }
 
     /// Another reference to `rec`.
@@ -123,7 +153,7 @@ impl RecordRef {
     /// `rec` lives in a record's shared memory (`RecordSlot::fill`), and
     /// the caller holds a reference to it.
     pub(crate) unsafe fn new_ref(rec: &Record) -> Self {
-        let inner = Self::word_of(rec) as *mut Inner;
+        let inner = Self::inner_of(rec);
         // SAFETY: the caller's contract; non-null.
         let r = RecordRef(unsafe { NonNull::new_unchecked(inner) });
         let strong = &r.inner().strong;
@@ -146,7 +176,7 @@ impl RecordRef {
     /// memory goes).
     pub(crate) unsafe fn upgrade(rec: *const Record) -> Option<Self> {
         // SAFETY: the caller's contract: `rec` is a live record.
-        let inner = Self::word_of(unsafe { &*rec }) as *mut Inner;
+        let inner = Self::inner_of(unsafe { &*rec });
         // SAFETY: the caller's contract.
         let strong = unsafe { &(*inner).strong };
         strong
@@ -242,7 +272,7 @@ mod cache {
     use std::mem::MaybeUninit;
     use std::ptr::NonNull;
     #[cfg(debug_assertions)]
-    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+    use std::sync::atomic::Ordering::Relaxed;
 
     const CAP: usize = 64;
 
@@ -319,7 +349,7 @@ mod cache {
                 let p = unsafe { alloc(layout) }.cast::<MaybeUninit<Inner>>();
                 #[cfg(debug_assertions)]
                 if !p.is_null() {
-                    FROM_GLOBAL.fetch_add(1, Relaxed);
+                    crate::core::serial::SLOTS_FROM_THE_GLOBAL_ALLOCATOR.fetch_add(1, Relaxed);
                 }
                 p
             }
@@ -335,21 +365,11 @@ mod cache {
             Some(m) => unsafe { (m.free)(slot.as_ptr().cast()) },
             None => {
                 #[cfg(debug_assertions)]
-                FROM_GLOBAL.fetch_sub(1, Relaxed);
+                crate::core::serial::SLOTS_FROM_THE_GLOBAL_ALLOCATOR.fetch_sub(1, Relaxed);
                 // SAFETY: `allocate` took it from `alloc` with Inner's layout.
                 unsafe { dealloc(slot.as_ptr().cast(), Layout::new::<Inner>()) }
             }
         }
-    }
-
-    /// Slots taken from the global allocator and not given back (in use or
-    /// kept here): the switch to other record memory needs none.
-    #[cfg(debug_assertions)]
-    static FROM_GLOBAL: AtomicUsize = AtomicUsize::new(0);
-
-    #[cfg(debug_assertions)]
-    pub(crate) fn from_global() -> usize {
-        FROM_GLOBAL.load(Relaxed)
     }
 
     /// A slot from the cache, if it has one.
@@ -387,13 +407,6 @@ mod cache {
     pub(super) fn len() -> usize {
         LOCAL.with(|c| unsafe { (*c.get()).len })
     }
-}
-
-/// Record memory taken from Rust's global allocator and not given back,
-/// for `serial::assume_serialized_with`'s check.
-#[cfg(debug_assertions)]
-pub(crate) fn slots_from_the_global_allocator() -> usize {
-    cache::from_global()
 }
 
 /// Failure injection for the record allocation (tests and fuzzing): the

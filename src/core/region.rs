@@ -12,8 +12,8 @@
 
 use super::alloc::new_id;
 use super::budget::{self, OverLimit, Scope, UNLIMITED};
-use super::error::{Death, Error, Result};
-use super::index;
+use super::error::{Death, Error, Ownership, Result};
+use super::index::{self, ChunkOwner};
 use super::layout::{round_up, Request, MALLOC_ALIGN};
 use super::serial::{serialized, SerialGuard, SerialMutex};
 use super::stats::{Snapshot, GLOBAL};
@@ -61,7 +61,7 @@ impl Chunk {
                 own,
             })?,
         };
-        index::insert_chunk(region.clone(), c.start(), c.end())?;
+        index::insert_chunk(region.clone() as Weak<dyn ChunkOwner>, c.start(), c.end())?;
         super::observer::made(c.start(), size);
         Ok(c)
     }
@@ -665,7 +665,7 @@ unsafe impl Sync for RegionRef {}
 impl RegionRef {
     /// The generation's address: the word without its tag bits.
     fn generation_ptr(&self) -> *mut Generation {
-        (self.0.as_ptr() as usize & !TAGS) as *mut Generation
+        self.0.as_ptr().map_addr(|a| a & !TAGS).cast()
     }
 
     fn generation(&self) -> &Generation {
@@ -691,7 +691,7 @@ impl RegionRef {
         };
         // SAFETY: p is non-null; a Generation is aligned to 8, so the tag bits are free.
         Ok(RegionRef(unsafe {
-            NonNull::new_unchecked((p as usize | REGION_TAG) as *mut u8)
+            NonNull::new_unchecked(p.cast::<u8>().map_addr(|a| a | REGION_TAG))
         }))
     }
 
@@ -703,18 +703,19 @@ impl RegionRef {
         Ok(if start { r.starting() } else { r })
     }
 
-    /// The word, for a Pointer's owner; undone by [`RegionRef::from_word`].
-    pub fn into_word(self) -> usize {
-        let w = self.0.as_ptr() as usize;
+    /// The tagged pointer, for a Pointer's owner; undone by
+    /// [`RegionRef::from_raw`].
+    pub fn into_raw(self) -> NonNull<u8> {
+        let p = self.0;
         std::mem::forget(self);
-        w
+        p
     }
 
     /// # Safety
-    /// `w` came from [`RegionRef::into_word`] and is given back once.
-    pub unsafe fn from_word(w: usize) -> Self {
-        debug_assert!(w & REGION_TAG != 0);
-        RegionRef(NonNull::new_unchecked(w as *mut u8))
+    /// `p` came from [`RegionRef::into_raw`] and is given back once.
+    pub unsafe fn from_raw(p: NonNull<u8>) -> Self {
+        debug_assert!(p.as_ptr().addr() & REGION_TAG != 0);
+        RegionRef(p)
     }
 
     #[inline]
@@ -728,24 +729,30 @@ impl RegionRef {
 
     /// Whether the view this reference belongs to starts its block.
     pub fn is_start(&self) -> bool {
-        self.0.as_ptr() as usize & START != 0
+        self.0.as_ptr().addr() & START != 0
     }
 
     /// Another reference, for a view at `same_start` (false: inside the block).
     #[inline]
     pub fn view(&self, same_start: bool) -> Self {
-        let w = self.0.as_ptr() as usize;
-        let w = if same_start { w } else { w & !START };
+        let p = self.0.as_ptr();
+        let p = if same_start {
+            p
+        } else {
+            p.map_addr(|a| a & !START)
+        };
         self.add_ref();
-        // SAFETY: w is this reference's word, perhaps without START: non-null.
-        RegionRef(unsafe { NonNull::new_unchecked(w as *mut u8) })
+        // SAFETY: this reference's pointer, perhaps without START: non-null
+        // (the generation's address has no tag bits).
+        RegionRef(unsafe { NonNull::new_unchecked(p) })
     }
 
     /// This reference, for a view at its block's start.
     fn starting(self) -> Self {
-        let w = self.into_word() | START;
-        // SAFETY: the word of a reference just given up, with a free tag bit set.
-        unsafe { RegionRef::from_word(w) }
+        let p = self.into_raw().as_ptr().map_addr(|a| a | START);
+        // SAFETY: the pointer of a reference just given up, with a free tag
+        // bit set: non-null.
+        unsafe { RegionRef::from_raw(NonNull::new_unchecked(p)) }
     }
 
     /// Whether this is a reference to `r`.
@@ -784,6 +791,20 @@ impl RegionRef {
     }
     pub fn unpin(&self) {
         self.region().unpin()
+    }
+
+    /// `free(p)` of a region block, viewed at `addr`: a no-op for a live
+    /// block viewed at its start (its memory goes with its generation); a
+    /// dead one is a double free, an interior view an ownership error.
+    pub fn free(&self, addr: usize) -> Result<()> {
+        self.check_access(addr).map_err(|e| match e {
+            Error::UseAfterFree(d) => Error::DoubleFree(d),
+            e => e,
+        })?;
+        if !self.is_start() {
+            return Err(Error::Ownership(Ownership::Interior));
+        }
+        Ok(())
     }
 }
 
@@ -903,6 +924,26 @@ impl Anchor {
         debug_assert!(r.is_start() && r.is_in(&self.region));
         let (at, token) = self.region.realloc(r.token(), base, old, req)?;
         Ok((at, self.reference(token)?))
+    }
+}
+
+impl ChunkOwner for RegionCore {
+    fn block_at(&self, addr: usize) -> Option<(usize, usize, u64)> {
+        RegionCore::block_at(self, addr)
+    }
+    fn into_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync> {
+        self
+    }
+}
+
+impl RegionCore {
+    /// The region behind a chunk the index found (regions are the only
+    /// chunk owners).
+    pub fn of_chunk_owner(owner: Arc<dyn ChunkOwner>) -> Arc<RegionCore> {
+        owner
+            .into_any()
+            .downcast()
+            .unwrap_or_else(|_| unreachable!("a chunk owner that is not a region"))
     }
 }
 
@@ -1049,10 +1090,10 @@ mod tests {
             (big + MAX_CHUNK, (big, big + 3 * MAX_CHUNK)),
             (zero, (zero, zero + 1)),
         ] {
-            let Some(Found::Chunk(region)) = resolve(addr) else {
+            let Some(Found::Chunk(owner)) = resolve(addr) else {
                 panic!("{addr:#x} not found");
             };
-            assert!(Arc::ptr_eq(&region, &r));
+            assert!(Arc::ptr_eq(&RegionCore::of_chunk_owner(owner), &r));
             assert_eq!(r.block_at(addr), Some((want.0, want.1, t)));
         }
         // Padding between blocks belongs to no block.

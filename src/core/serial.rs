@@ -69,7 +69,7 @@ pub unsafe fn assume_serialized() {
 pub unsafe fn assume_serialized_with(records: RecordMemory) {
     #[cfg(debug_assertions)]
     {
-        let kept = crate::core::record_ref::slots_from_the_global_allocator();
+        let kept = SLOTS_FROM_THE_GLOBAL_ALLOCATOR.load(Relaxed);
         debug_assert_eq!(kept, 0, "record memory taken before the switch");
     }
     let kept = RECORD_MEMORY.get_or_init(|| records);
@@ -81,6 +81,14 @@ pub unsafe fn assume_serialized_with(records: RecordMemory) {
     );
     SERIALIZED.store(true, Relaxed);
 }
+
+/// Record slots taken from Rust's global allocator and not given back (in
+/// use or kept for reuse), counted by `record_ref`'s slot cache: the switch
+/// to other record memory ([`assume_serialized_with`]) needs none. Kept here,
+/// below the records, so that this module depends on nothing above it.
+#[cfg(debug_assertions)]
+pub(crate) static SLOTS_FROM_THE_GLOBAL_ALLOCATOR: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(0);
 
 /// The functions record memory comes from, once [`assume_serialized_with`]
 /// gave them.

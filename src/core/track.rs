@@ -16,15 +16,12 @@
 use super::alloc::AllocCore;
 use super::error::{Error, Result};
 use super::record::Record;
-use std::any::Any;
+pub use super::record::{Site, Tracked};
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
-
-/// An allocation or free site, as the binding layer captured it.
-pub type Site = Arc<dyn Any + Send + Sync>;
 
 /// Frames captured per allocation unless `enable` says otherwise.
 pub const DEFAULT_FRAMES: usize = 8;
@@ -110,16 +107,6 @@ fn anchor() -> &'static (Instant, SystemTime) {
 fn thread_id() -> u64 {
     // SAFETY: pthread_self has no preconditions.
     unsafe { libc::pthread_self() as u64 }
-}
-
-/// What a record carries about its tracking, for error messages.
-pub struct Tracked {
-    /// Registry key; 0 when the block was never registered (only a free site is known).
-    pub seq: u64,
-    pub ty: &'static str,
-    pub site: Option<Site>,
-    /// Where the block was freed (or reallocated), when tracking saw it.
-    pub freed: OnceLock<Site>,
 }
 
 /// A live tracked allocation.

@@ -2,25 +2,24 @@
 //! top-level `free` (DESIGN §4). The rules live in `core::alloc` and
 //! `core::record`; this file parses arguments and builds Pointers.
 
-use super::custom::{self, PyCallbacks};
+use super::args::{
+    adopt_request, bytes_request, call_request, limit_arg, realloc_request, Asked, SizeArg,
+};
 use super::errors::{to_py, IntoPy};
+use super::handles::{handle, handle_callbacks, raising_free_errors, set_handle};
 use super::pointer::{Owned, Owner, Pointer};
+use super::python_allocator::{self, PyCallbacks};
 use super::stats::Stats;
-use super::types::{self, TypeInfo};
-use super::values::address_arg;
+use super::types::TypeInfo;
 use crate::core::alloc::{AllocCore, Libc, LIBC_GROUP};
-use crate::core::error::{Error, Ownership};
-use crate::core::layout::{self, Request};
-use crate::core::record::Record;
+use crate::core::layout::Request;
 use crate::core::record_ref::RecordRef;
-use crate::core::types::Kind;
-use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyTuple, PyType, PyWeakrefReference};
 use pyo3::{PyTraverseError, PyVisit};
-use std::any::Any;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 /// An owner of native memory (DESIGN §4): `malloc`, `calloc`, the
 /// adaptive and diagnostic allocators, `ForeignAllocator`s and Python
@@ -39,217 +38,6 @@ use std::sync::{Arc, OnceLock};
 #[pyclass(frozen, subclass, weakref, module = "rsalloc", name = "Allocator")]
 pub struct Allocator {
     pub core: Arc<AllocCore>,
-}
-
-/// The Python object of each allocator core or arena, for
-/// `Pointer.allocator` (a weak reference: records must not keep their
-/// owner's wrapper alive), and the Python functions of a Python-defined
-/// backend.
-pub(crate) struct Handle {
-    weak: OnceLock<Py<PyWeakrefReference>>,
-    callbacks: Option<Arc<PyCallbacks>>,
-}
-
-type HandleCell = OnceLock<Box<dyn Any + Send + Sync>>;
-
-fn handle(cell: &HandleCell) -> Option<&Handle> {
-    cell.get().and_then(|h| h.downcast_ref::<Handle>())
-}
-
-/// Sets the handle of a new core or arena (once): its Python object, when
-/// known yet, and the callbacks of a Python-defined backend.
-pub(crate) fn set_handle(
-    cell: &HandleCell,
-    obj: Option<&Bound<'_, PyAny>>,
-    callbacks: Option<Arc<PyCallbacks>>,
-) -> PyResult<()> {
-    let weak = OnceLock::new();
-    if let Some(obj) = obj {
-        let _ = weak.set(PyWeakrefReference::new(obj)?.unbind());
-    }
-    let _ = cell.set(Box::new(Handle { weak, callbacks }));
-    Ok(())
-}
-
-pub fn handle_callbacks(core: &AllocCore) -> Option<&Arc<PyCallbacks>> {
-    handle(&core.handle)?.callbacks.as_ref()
-}
-
-/// The Python object remembered in `cell`, None when gone.
-pub(crate) fn handle_object(py: Python<'_>, cell: &HandleCell) -> Py<PyAny> {
-    handle(cell)
-        .and_then(|h| h.weak.get())
-        .and_then(|w| w.bind(py).upgrade())
-        .map(Bound::unbind)
-        .unwrap_or_else(|| py.None())
-}
-
-/// The owner of a record: its arena while one owns it, else its allocator.
-pub fn owner_object(py: Python<'_>, rec: &Record) -> Py<PyAny> {
-    match rec.arena_tag() {
-        Some(tag) => handle_object(py, &tag.handle),
-        None => handle_object(py, &rec.allocator().handle),
-    }
-}
-
-/// Describes a request in error messages.
-pub(crate) struct Asked<'a>(pub &'a str, pub &'a TypeInfo, pub &'a dyn std::fmt::Display);
-impl std::fmt::Display for Asked<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}({}, {})", self.0, self.1.name, self.2)
-    }
-}
-
-/// A size, count or alignment argument: any Python int, classified exactly
-/// (negative, too big for isize, fine) up to 128 bits; anything else is
-/// TypeError. Small ints take a fast path that skips the 128-bit conversion.
-pub struct SizeArg(pub i128);
-
-impl<'a, 'py> FromPyObject<'a, 'py> for SizeArg {
-    type Error = PyErr;
-
-    #[inline]
-    fn extract(obj: pyo3::Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
-        if obj.is_exact_instance_of::<pyo3::types::PyInt>() {
-            let mut overflow = 0;
-            // SAFETY: obj is an exact int; this call cannot fail otherwise.
-            let v = unsafe { pyo3::ffi::PyLong_AsLongLongAndOverflow(obj.as_ptr(), &mut overflow) };
-            if overflow == 0 {
-                return Ok(SizeArg(v as i128));
-            }
-        }
-        obj.extract::<i128>().map(SizeArg)
-    }
-}
-
-fn align_arg(v: Option<i128>) -> PyResult<Option<u128>> {
-    match v {
-        None => Ok(None),
-        Some(a) if a <= 0 => Err(PyValueError::new_err(format!(
-            "alignment {a} is not a power of two"
-        ))),
-        Some(a) => Ok(Some(a as u128)),
-    }
-}
-
-/// A validated request for `count` elements of `ty` from the allocator `who`.
-pub(crate) fn request(
-    py: Python<'_>,
-    who: &str,
-    ty: &'static TypeInfo,
-    count: i128,
-    alignment: Option<i128>,
-) -> PyResult<Request> {
-    if !ty.has_size() {
-        return Err(PyTypeError::new_err(format!(
-            "{} has no size: allocate bytes or a sized type",
-            ty.name
-        )));
-    }
-    let align = align_arg(alignment)?;
-    layout::array(count, ty.size, ty.align, align).py(py, &Asked(who, ty, &count))
-}
-
-/// The arguments of `a(T=Uint8, count=1, *, alignment=None)`.
-pub(crate) fn call_request(
-    py: Python<'_>,
-    who: &str,
-    r#type: Option<&Bound<'_, PyAny>>,
-    count: i128,
-    alignment: Option<i128>,
-) -> PyResult<(&'static TypeInfo, Request)> {
-    let ty = match r#type {
-        Some(t) => types::lookup(t)?,
-        None => types::uint8(py)?,
-    };
-    Ok((ty, request(py, who, ty, count, alignment)?))
-}
-
-/// The arguments of `a.allocate(nbytes, *, alignment=None)`.
-pub(crate) fn bytes_request(
-    py: Python<'_>,
-    who: &str,
-    nbytes: i128,
-    alignment: Option<i128>,
-) -> PyResult<(&'static TypeInfo, Request)> {
-    if let (None, Ok(n)) = (alignment, i64::try_from(nbytes)) {
-        return plain_bytes_request(py, who, n);
-    }
-    let ty = types::uint8(py)?;
-    Ok((ty, request(py, who, ty, nbytes, alignment)?))
-}
-
-/// [`bytes_request`] of `nbytes` that fit an i64, without an alignment: the
-/// fast entry points' case, inlined into them.
-#[inline]
-pub(crate) fn plain_bytes_request(
-    py: Python<'_>,
-    who: &str,
-    nbytes: i64,
-) -> PyResult<(&'static TypeInfo, Request)> {
-    let ty = types::uint8(py)?;
-    Ok((ty, layout::bytes(nbytes).py(py, &Asked(who, ty, &nbytes))?))
-}
-
-/// The element type and request of `a.realloc(p, count)`: p's type (bytes
-/// for a Void pointer) at p's block alignment.
-pub(crate) fn realloc_request(
-    py: Python<'_>,
-    who: &str,
-    p: &Pointer,
-    count: i128,
-) -> PyResult<(&'static TypeInfo, Request)> {
-    let ty = if p.ty.has_size() {
-        p.ty
-    } else {
-        types::uint8(py)?
-    };
-    Ok((ty, request(py, who, ty, count, None)?))
-}
-
-/// The address, element type and request of `a.adopt(address, T=Uint8,
-/// count=None)`. Without a count, an Int8/Uint8 block is a C string: its
-/// length with the NUL (strlen + 1); any other type needs one (TypeError).
-/// `address` None is NULL (refused by the core: NullPointerError).
-pub(crate) fn adopt_request(
-    py: Python<'_>,
-    who: &str,
-    address: &Bound<'_, PyAny>,
-    r#type: Option<&Bound<'_, PyAny>>,
-    count: Option<SizeArg>,
-) -> PyResult<(usize, &'static TypeInfo, Request)> {
-    let addr = address_arg(address)?;
-    let ty = match r#type {
-        Some(t) if !t.is_none() => types::lookup(t)?,
-        _ => types::uint8(py)?,
-    };
-    let count = match count {
-        Some(c) => c.0,
-        None if matches!(ty.kind, Kind::U8 | Kind::I8) => {
-            if addr == 0 {
-                return Err(to_py(py, Error::NullPointer, &Asked("adopt", ty, &"NULL")));
-            }
-            // SAFETY: the caller vouches that `address` is a C string of
-            // this allocator's (the documented contract of a count-less adopt).
-            (unsafe { libc::strlen(addr as *const libc::c_char) } + 1) as i128
-        }
-        None => {
-            return Err(PyTypeError::new_err(format!(
-                "adopt() of {} needs a count (only an Int8/Uint8 C string has a length of its own)",
-                ty.name
-            )))
-        }
-    };
-    let sized = if ty.has_size() { ty } else { types::uint8(py)? };
-    let req = request(py, who, sized, count, None)?;
-    Ok((
-        addr,
-        ty,
-        Request {
-            align: ty.align.max(1),
-            ..req
-        },
-    ))
 }
 
 /// `a.clone(p)`: `make` allocates a block of p's size and alignment, which
@@ -286,7 +74,7 @@ pub(crate) fn clone_with(
 pub(crate) fn discard(py: Python<'_>, fresh: &Pointer) {
     if let Owned::Block(rec) = fresh.owner.get() {
         if rec.arena().is_none() {
-            let r = custom::raising_free_errors(py, rec.allocator(), || {
+            let r = raising_free_errors(py, rec.allocator(), || {
                 rec.free(rec.allocator().group, 0, fresh.addr).py(py, fresh)
             });
             if let Err(e) = r {
@@ -347,9 +135,15 @@ impl Allocator {
         _args: &Bound<'_, PyTuple>,
         _kwargs: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Self> {
-        Ok(Allocator {
-            core: custom::subclass_core(cls)?,
-        })
+        if cls.is(cls.py().get_type::<Allocator>()) {
+            return Err(PyTypeError::new_err(
+                "Allocator cannot be instantiated: subclass it and implement _raw_alloc(nbytes, alignment) \
+                 and _raw_free(address), or use ForeignAllocator(alloc, free)",
+            ));
+        }
+        let (core, callbacks) = python_allocator::subclass_core(cls)?;
+        set_handle(&core.handle, None, Some(callbacks))?;
+        Ok(Allocator { core })
     }
 
     /// Binds the Python object to its core (a subclass's `__init__` must
@@ -372,7 +166,7 @@ impl Allocator {
     }
 
     // The backend of a Python-defined allocator refers back to the object;
-    // that edge counts only while no block holds the core (see py::custom).
+    // that edge counts only while no block holds the core (see py::python_allocator).
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         if let Some(cb) = self.own_callbacks() {
             if Arc::strong_count(&self.core) == 1 {
@@ -422,7 +216,7 @@ impl Allocator {
             return Ok(());
         }
         let rec = self.owned(py, p)?;
-        custom::raising_free_errors(py, rec.allocator(), || {
+        raising_free_errors(py, rec.allocator(), || {
             self.core.free(rec, p.addr).py(py, p)
         })
     }
@@ -431,7 +225,7 @@ impl Allocator {
     /// Pointer; p and all its views are dead. calloc zeroes the new tail.
     fn realloc(&self, py: Python<'_>, p: &Bound<'_, Pointer>, count: SizeArg) -> PyResult<Pointer> {
         let p = p.get();
-        let (ty, req) = realloc_request(py, &self.core.name, p, count.0)?;
+        let (ty, req) = realloc_request(py, &self.core.name, p.ty, count.0)?;
         if p.addr == 0 {
             return self.new_pointer(py, ty, req); // C: realloc(NULL, n) is malloc(n)
         }
@@ -501,7 +295,7 @@ impl Allocator {
         max_bytes: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, Allocator>> {
         let py = slf.py();
-        let max = super::stats::limit_arg(max_bytes, "max_bytes")?;
+        let max = limit_arg(max_bytes, "max_bytes")?;
         let inner = &slf.get().core;
         let core = inner.limited(max);
         let obj = Bound::new(py, Allocator { core })?;
@@ -565,17 +359,9 @@ pub fn free(py: Python<'_>, p: &Bound<'_, Pointer>) -> PyResult<()> {
     if p.addr == 0 {
         return Ok(());
     }
-    let free = || match p.owner.get() {
-        Owned::Block(rec) => match rec.arena() {
-            // Arena memory is released with its arena: free is a no-op for a live block.
-            Some(id) => rec.check_freeable(rec.allocator().group, id, p.addr),
-            None => rec.free(rec.allocator().group, 0, p.addr),
-        },
-        Owned::Region(r) => super::arena::region_free(r, p.addr),
-        Owned::Unowned => Err(Error::Ownership(Ownership::Foreign)),
-    };
+    let free = || p.owner.free(p.addr);
     match p.owner.get() {
-        Owned::Block(rec) => custom::raising_free_errors(py, rec.allocator(), || free().py(py, p)),
+        Owned::Block(rec) => raising_free_errors(py, rec.allocator(), || free().py(py, p)),
         _ => free().py(py, p),
     }
 }

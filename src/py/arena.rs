@@ -1,21 +1,20 @@
 //! `rsalloc.Arena` and `rsalloc.current_arena()` (DESIGN §5): scoped
 //! release, either of a bump region (`core::region`) or of blocks from a
-//! backing allocator (`core::arena`). Request parsing, cloning and Pointer
-//! construction are shared with `Allocator` (`py::allocator`).
+//! backing allocator (`core::arena`). Request parsing is `py::args`; cloning is
+//! shared with `Allocator` (`py::allocator`).
 
-use super::allocator::{
-    adopt_request, bytes_request, call_request, clone_with, realloc_request, set_handle, Allocator,
-    Asked, SizeArg,
-};
-use super::custom;
+use super::allocator::{clone_with, Allocator};
+use super::args::{adopt_request, bytes_request, call_request, realloc_request, Asked, SizeArg};
 use super::errors::{to_py, IntoPy};
+use super::handles::{raising_free_errors, set_handle};
 use super::pointer::{Owned, Owner, Pointer};
 use super::stats::Stats;
 use super::types::TypeInfo;
 use crate::core::arena::WrapArena;
+use crate::core::arena_kind::ArenaKind;
 use crate::core::error::{Error, Ownership};
 use crate::core::layout::Request;
-use crate::core::region::{Anchor, RegionCore, RegionRef};
+use crate::core::region::{Anchor, RegionCore};
 use crate::core::stats::Snapshot;
 use crate::core::track::{self, Site};
 use pyo3::exceptions::{PyResourceWarning, PyRuntimeError, PyStopIteration, PyTypeError};
@@ -24,15 +23,8 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyList, PyType};
 use pyo3::{PyTraverseError, PyVisit};
-use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
-
-enum Backing {
-    /// A bump region, allocated through its anchor (the arena's reference
-    /// to the region's current generation).
-    Region(Anchor),
-    Wrap(WrapArena),
-}
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 /// Where an arena was made.
 enum Made {
@@ -66,7 +58,7 @@ enum Callback {
 /// `reuse=True`); `arena.detach(p)` lets a block outlive it.
 #[pyclass(frozen, weakref, module = "rsalloc", name = "Arena")]
 pub struct Arena {
-    backing: Backing,
+    backing: ArenaKind,
     /// The backing allocator object (kept alive with the arena), None for
     /// a region (and once the garbage collector broke a cycle through it).
     allocator: Mutex<Option<Py<PyAny>>>,
@@ -125,26 +117,15 @@ impl std::fmt::Display for ArenaName {
     }
 }
 
-/// `free(p)` of a region block: a no-op for a live block viewed at its start.
-pub fn region_free(r: &RegionRef, addr: usize) -> Result<(), Error> {
-    r.check_access(addr).map_err(|e| match e {
-        Error::UseAfterFree(d) => Error::DoubleFree(d),
-        e => e,
-    })?;
-    if !r.is_start() {
-        return Err(Error::Ownership(Ownership::Interior));
-    }
-    Ok(())
-}
-
 /// Remembers `slf` as the region's arena, without allocating: the
-/// object's address, cleared by the arena's dealloc (`forget_object`).
+/// object's address, cleared by the arena's dealloc ([`forget_object`],
+/// called from the dealloc that `cpython::arena_finalizer` installs).
 /// With a GIL every read (`region_object`) and that dealloc hold it, so an
 /// address read is a live object. Where there is none, a weak reference
 /// serves instead ([`remember`]).
 #[inline]
 fn remember_quickly(region: &RegionCore, slf: *mut ffi::PyObject) -> bool {
-    if cfg!(Py_GIL_DISABLED) || DEALLOC.get().is_none() {
+    if cfg!(Py_GIL_DISABLED) || !DEALLOC_FORGETS.load(Relaxed) {
         return region.handle.get().is_some();
     }
     if region.object.load(Relaxed) == 0 {
@@ -164,13 +145,29 @@ fn remember(region: &RegionCore, slf: &Bound<'_, PyAny>) -> PyResult<()> {
 /// The arena object of a region, None once it is gone.
 pub(crate) fn region_object(py: Python<'_>, region: &RegionCore) -> Py<PyAny> {
     if region.handle.get().is_some() {
-        return super::allocator::handle_object(py, &region.handle);
+        return super::handles::handle_object(py, &region.handle);
     }
     match region.object.load(Relaxed) {
         0 => py.None(),
         // SAFETY: see `remember_quickly`: a remembered address is a live
         // arena while the GIL is held.
         a => unsafe { Bound::from_borrowed_ptr(py, a as *mut ffi::PyObject) }.unbind(),
+    }
+}
+
+/// Set once the arena type's dealloc calls [`forget_object`] (by
+/// `cpython::arena_finalizer`, at module init, before any arena exists).
+static DEALLOC_FORGETS: AtomicBool = AtomicBool::new(false);
+
+pub(crate) fn dealloc_forgets_objects() {
+    DEALLOC_FORGETS.store(true, Relaxed);
+}
+
+/// The arena object at `obj` is being deallocated (its finalizer has run
+/// and not revived it): its region's `Pointer.allocator` is None from now on.
+pub(crate) fn forget_object(arena: &Arena, obj: *mut ffi::PyObject) {
+    if let ArenaKind::Region(a) = &arena.backing {
+        let _ = a.region().object.compare_exchange(obj as usize, 0, Relaxed, Relaxed);
     }
 }
 
@@ -356,24 +353,15 @@ impl Arena {
     }
 
     fn id(&self) -> u64 {
-        match &self.backing {
-            Backing::Region(a) => a.region().id,
-            Backing::Wrap(w) => w.id(),
-        }
+        self.backing.id()
     }
 
     fn is_closed(&self) -> bool {
-        match &self.backing {
-            Backing::Region(a) => a.region().is_closed(),
-            Backing::Wrap(w) => w.is_closed(),
-        }
+        self.backing.is_closed()
     }
 
     fn snapshot(&self) -> Snapshot {
-        match &self.backing {
-            Backing::Region(a) => a.region().snapshot(),
-            Backing::Wrap(w) => w.tag.counters.snapshot(),
-        }
+        self.backing.snapshot()
     }
 
     fn check_open(&self, py: Python<'_>) -> PyResult<()> {
@@ -387,9 +375,13 @@ impl Arena {
     /// `Pointer.allocator`: the case the fast path of `allocate` serves
     /// (fast.rs).
     #[inline]
+    #[cfg_attr(
+        not(all(pyo3_disable_reference_pool, pyo3_leak_on_drop_without_reference_pool)),
+        allow(dead_code)
+    )]
     pub(crate) fn ready_region(&self, slf: *mut ffi::PyObject) -> Option<&Anchor> {
         match &self.backing {
-            Backing::Region(a) => remember_quickly(a.region(), slf).then_some(a),
+            ArenaKind::Region(a) => remember_quickly(a.region(), slf).then_some(a),
             _ => None,
         }
     }
@@ -417,11 +409,11 @@ impl Arena {
     ) -> PyResult<Pointer> {
         let py = slf.py();
         match &self.backing {
-            Backing::Region(a) => {
+            ArenaKind::Region(a) => {
                 remember(a.region(), slf)?;
                 self.region_pointer(py, a, ty, req)
             }
-            Backing::Wrap(w) => {
+            ArenaKind::Wrap(w) => {
                 if w.tag.handle.get().is_none() {
                     set_handle(&w.tag.handle, Some(slf), None)?;
                 }
@@ -438,14 +430,7 @@ impl Arena {
 
     /// Checks that `p` is a block of this arena that a free would accept.
     fn check_free(&self, p: &Pointer) -> Result<(), Error> {
-        match (&self.backing, p.owner.get()) {
-            (Backing::Region(mine), Owned::Region(r)) if r.is_in(mine.region()) => {
-                region_free(r, p.addr)
-            }
-            (Backing::Wrap(w), Owned::Block(rec)) => w.free(rec, p.addr),
-            (_, Owned::Unowned) => Err(Error::Ownership(Ownership::Foreign)),
-            _ => Err(Error::Ownership(Ownership::OtherOwner)),
-        }
+        self.backing.check_free(&p.owner, p.addr)
     }
 
     fn enter(slf: &Bound<'_, Self>) -> PyResult<()> {
@@ -484,11 +469,11 @@ impl Arena {
             }
         }
         let released = match &self.backing {
-            Backing::Region(a) => a.region().release(reuse),
-            Backing::Wrap(w) => {
+            ArenaKind::Region(a) => a.region().release(reuse),
+            ArenaKind::Wrap(w) => {
                 // A Python-defined backing allocator's failing free is
                 // raised with the rest, not lost.
-                let freed = custom::raising_free_errors(py, &w.backing, || {
+                let freed = raising_free_errors(py, &w.backing, || {
                     w.release(reuse, |rec, e| {
                         let block = format_args!(
                             "block of {} bytes at {:#x} from {} in {}",
@@ -527,15 +512,15 @@ impl Arena {
     /// Called when the arena is garbage-collected: an unreleased one is
     /// released now, callbacks included, with a ResourceWarning located
     /// where it was made; failures are unraisable (no caller to raise to).
-    fn collected(&self, slf: &Bound<'_, PyAny>) {
+    pub(crate) fn collected(&self, slf: &Bound<'_, PyAny>) {
         let py = slf.py();
         if self.is_closed() {
             return;
         }
         let at = match &self.made {
             Made::Unknown => None,
-            Made::Frame(f) => Some(super::tracking::frame_location(py, f)),
-            Made::Tracked(s) => super::tracking::site_location(py, s),
+            Made::Frame(f) => Some(super::sites::frame_location(py, f)),
+            Made::Tracked(s) => super::sites::site_location(py, s),
         };
         let msg = match &at {
             Some((file, line)) => format!(
@@ -570,63 +555,6 @@ impl Arena {
     }
 }
 
-static DEALLOC: OnceLock<ffi::destructor> = OnceLock::new();
-
-/// The arena type's `tp_finalize` (PEP 442, what `__del__` is in Python;
-/// PyO3 has no slot for it): runs once, before the collector clears a
-/// cycle, or from `dealloc` when the last reference goes.
-unsafe extern "C" fn finalize(obj: *mut ffi::PyObject) {
-    // SAFETY: CPython calls tp_finalize attached, with obj alive.
-    let py = unsafe { Python::assume_attached() };
-    // A finalizer must leave the current exception as it found it.
-    let saved = PyErr::take(py);
-    // SAFETY: obj is a live object of the Arena type (this slot's type).
-    let any = unsafe { Bound::from_borrowed_ptr(py, obj) };
-    if let Ok(arena) = any.cast::<Arena>() {
-        arena.get().collected(&any);
-    }
-    if let Some(e) = saved {
-        e.restore(py);
-    }
-}
-
-/// PyO3's dealloc, preceded by the finalizer (as CPython's own
-/// `subtype_dealloc` does); a finalizer that resurrected the arena stops it.
-unsafe extern "C" fn dealloc(obj: *mut ffi::PyObject) {
-    // SAFETY: called with a dead object of the Arena type, attached; the
-    // call revives it for the finalizer and reports a resurrection.
-    if unsafe { ffi::PyObject_CallFinalizerFromDealloc(obj) } < 0 {
-        return;
-    }
-    // SAFETY: obj is an Arena (this is its dealloc), alive until `inner`.
-    let arena = unsafe { pyo3::Borrowed::from_ptr(Python::assume_attached(), obj) };
-    if let Backing::Region(a) = &unsafe { arena.cast_unchecked::<Arena>() }.get().backing {
-        // No longer this region's object: `Pointer.allocator` is None now.
-        let _ = a.region().object.compare_exchange(obj as usize, 0, Relaxed, Relaxed);
-    }
-    if let Some(inner) = DEALLOC.get() {
-        // SAFETY: the slot PyO3 installed, called as it would have been.
-        unsafe { inner(obj) }
-    }
-}
-
-/// Installs `finalize` on the Arena type (module init, once).
-pub fn install_finalizer(py: Python<'_>) {
-    let ty = py.get_type::<Arena>();
-    let t = ty.as_ptr().cast::<ffi::PyTypeObject>();
-    // SAFETY: the type is a heap type PyO3 made, not yet used, with no
-    // subclasses (Arena is final); PyType_Modified publishes the change.
-    unsafe {
-        if let Some(d) = (*t).tp_dealloc {
-            if DEALLOC.set(d).is_ok() {
-                (*t).tp_finalize = Some(finalize);
-                (*t).tp_dealloc = Some(dealloc);
-                ffi::PyType_Modified(t);
-            }
-        }
-    }
-}
-
 #[pymethods]
 impl Arena {
     /// `Arena()`: a bump region; `Arena(allocator)`: blocks from that allocator.
@@ -639,14 +567,14 @@ impl Arena {
         limit: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let limit = match limit.filter(|l| !l.is_none()) {
-            Some(l) => super::stats::limit_arg(l, "limit")?,
+            Some(l) => super::args::limit_arg(l, "limit")?,
             None => crate::core::budget::UNLIMITED,
         };
         let (backing, obj) = match allocator.filter(|a| !a.is_none()) {
             None => {
                 let anchor = Anchor::new(RegionCore::with_limit(limit))
                     .map_err(|e| pyo3::exceptions::PyMemoryError::new_err(e.to_string()))?;
-                (Backing::Region(anchor), None)
+                (ArenaKind::Region(anchor), None)
             }
             Some(a) => {
                 let alloc = a.cast::<Allocator>().map_err(|_| {
@@ -659,7 +587,7 @@ impl Arena {
                     ))
                 })?;
                 (
-                    Backing::Wrap(WrapArena::with_limit(alloc.get().core.clone(), limit)),
+                    ArenaKind::Wrap(WrapArena::with_limit(alloc.get().core.clone(), limit)),
                     Some(a.clone().unbind()),
                 )
             }
@@ -675,11 +603,11 @@ impl Arena {
         arena.name = ArenaName::new(arena.id());
         if track::enabled() {
             let live: Arc<dyn Fn() -> u64 + Send + Sync> = match &arena.backing {
-                Backing::Region(a) => {
+                ArenaKind::Region(a) => {
                     let r = a.region().clone();
                     Arc::new(move || r.snapshot().live_bytes)
                 }
-                Backing::Wrap(w) => {
+                ArenaKind::Wrap(w) => {
                     let tag = w.tag.clone();
                     Arc::new(move || tag.counters.snapshot().live_bytes)
                 }
@@ -687,7 +615,7 @@ impl Arena {
             let (seq, site) = track::register_arena((*arena.name).into(), live);
             arena.leak_seq = seq;
             arena.made = site.map_or(Made::Unknown, Made::Tracked);
-        } else if let Some(f) = super::tracking::caller_frame(py) {
+        } else if let Some(f) = super::sites::caller_frame(py) {
             arena.made = Made::Frame(f);
         }
         Ok(arena)
@@ -740,14 +668,14 @@ impl Arena {
         let py = slf.py();
         let this = slf.get();
         let p = p.get();
-        let (ty, req) = realloc_request(py, &this.name, p, count.0)?;
+        let (ty, req) = realloc_request(py, &this.name, p.ty, count.0)?;
         if p.addr == 0 {
             return this.new_pointer(slf.as_any(), ty, req);
         }
         this.check_open(py)?;
         match (&this.backing, p.owner.get()) {
-            (Backing::Region(mine), Owned::Region(r)) if r.is_in(mine.region()) => {
-                region_free(r, p.addr).py(py, p)?;
+            (ArenaKind::Region(mine), Owned::Region(r)) if r.is_in(mine.region()) => {
+                r.free(p.addr).py(py, p)?;
                 let old = p.extent().unwrap_or(0);
                 let (addr, fresh) = mine.realloc(r, p.addr, old, req).py(py, p)?;
                 Ok(Pointer::new(
@@ -757,7 +685,7 @@ impl Arena {
                     Owner::region(fresh),
                 ))
             }
-            (Backing::Wrap(w), Owned::Block(rec)) => {
+            (ArenaKind::Wrap(w), Owned::Block(rec)) => {
                 let fresh = w.realloc(rec, p.addr, req.size).py(py, p)?;
                 Ok(Pointer::new(
                     fresh.addr(),
@@ -791,10 +719,10 @@ impl Arena {
         let (addr, ty, req) = adopt_request(py, &this.name, address, r#type, count)?;
         let asked = Asked("adopt", ty, &format_args!("{addr:#x}"));
         match &this.backing {
-            Backing::Region(_) => {
+            ArenaKind::Region(_) => {
                 Err(Error::Ownership(Ownership::RegionCannotAdopt)).py(py, &asked)
             }
-            Backing::Wrap(w) => {
+            ArenaKind::Wrap(w) => {
                 if w.tag.handle.get().is_none() {
                     set_handle(&w.tag.handle, Some(slf.as_any()), None)?;
                 }
@@ -822,7 +750,7 @@ impl Arena {
         let ptr = p.get();
         self.check_free(ptr).py(py, ptr)?;
         match (&self.backing, ptr.owner.get()) {
-            (Backing::Wrap(w), Owned::Block(rec)) => {
+            (ArenaKind::Wrap(w), Owned::Block(rec)) => {
                 w.detach(rec, ptr.addr, &ptr.ty.name).py(py, ptr)?
             }
             _ => {
@@ -890,8 +818,8 @@ impl Arena {
     /// The arena's own counters (its allocations live until release).
     fn stats(&self) -> Stats {
         let limit = match &self.backing {
-            Backing::Region(a) => a.region().limit(),
-            Backing::Wrap(w) => crate::core::budget::as_option(w.tag.limit),
+            ArenaKind::Region(a) => a.region().limit(),
+            ArenaKind::Wrap(w) => crate::core::budget::as_option(w.tag.limit),
         };
         Stats::from(self.snapshot()).with_limit(limit)
     }
@@ -911,8 +839,8 @@ impl Arena {
 
     fn __repr__(&self) -> String {
         let kind = match &self.backing {
-            Backing::Region(_) => "bump region".to_string(),
-            Backing::Wrap(w) => format!("over {}", w.backing.name),
+            ArenaKind::Region(_) => "bump region".to_string(),
+            ArenaKind::Wrap(w) => format!("over {}", w.backing.name),
         };
         if self.is_closed() {
             return format!("<rsalloc.Arena #{} {kind} released>", self.id());
@@ -920,11 +848,11 @@ impl Arena {
         let s = self.snapshot();
         let callbacks = self.lock().len();
         let chunks = match &self.backing {
-            Backing::Region(a) => {
+            ArenaKind::Region(a) => {
                 let u = a.region().usage();
                 format!(", {} chunks of {} bytes", u.chunks, u.reserved)
             }
-            Backing::Wrap(_) => String::new(),
+            ArenaKind::Wrap(_) => String::new(),
         };
         format!(
             "<rsalloc.Arena #{} {kind} open: {} allocations, {} bytes{chunks}, {callbacks} callbacks>",

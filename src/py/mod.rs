@@ -2,17 +2,19 @@
 
 pub mod allocator;
 pub mod arena;
-pub mod custom;
+pub mod args;
+pub mod cpython;
 pub mod errors;
-pub mod fast;
-pub mod fast_structs;
-pub mod freelist;
-pub mod owner;
+pub mod foreign_allocator;
+pub mod handles;
 pub mod params;
 pub mod pointer;
+pub mod python_allocator;
+pub mod sites;
 pub mod source;
 pub mod stats;
 pub mod strings;
+pub mod struct_view;
 pub mod structs;
 pub mod tracemalloc;
 pub mod tracking;

@@ -1,10 +1,9 @@
 //! `rsalloc.Stats` and `rsalloc.stats()` (DESIGN §7).
 
+use super::args::limit_arg;
 use crate::core::budget;
 use crate::core::stats::{Snapshot, GLOBAL};
-use pyo3::exceptions::{PyOverflowError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyInt};
 
 /// A snapshot of allocation counters.
 #[pyclass(
@@ -82,38 +81,6 @@ impl Stats {
 #[pyfunction]
 pub fn stats() -> Stats {
     Stats::from(GLOBAL.snapshot()).with_limit(budget::process_limit())
-}
-
-/// A byte limit argument: an int (or an object with `__index__`, not a
-/// bool) from 0 to 2**64 - 2; `what` names it in errors.
-pub fn limit_arg(value: &Bound<'_, PyAny>, what: &str) -> PyResult<u64> {
-    let n: i128 = match value.extract() {
-        Ok(n) if !value.is_instance_of::<PyBool>() => n,
-        Err(_) if value.is_instance_of::<PyInt>() => {
-            return Err(PyOverflowError::new_err(format!("{what} is too large")))
-        }
-        _ => {
-            return Err(PyTypeError::new_err(format!(
-                "{what} must be an int number of bytes or None, not {}",
-                value
-                    .get_type()
-                    .name()
-                    .map(|n| n.to_string())
-                    .unwrap_or_default()
-            )))
-        }
-    };
-    if n < 0 {
-        return Err(PyValueError::new_err(format!(
-            "{what} must not be negative, got {n}"
-        )));
-    }
-    match u64::try_from(n) {
-        Ok(n) if n != budget::UNLIMITED => Ok(n),
-        _ => Err(PyOverflowError::new_err(format!(
-            "{what} {n} does not fit in 64 bits (use None for no limit)"
-        ))),
-    }
 }
 
 /// `rsalloc.set_limit(max_bytes)`: caps the live bytes of every rsalloc

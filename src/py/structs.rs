@@ -10,97 +10,34 @@
 //! bytes: every field access checks that Pointer's block first, and the view
 //! does not pin it.
 
+use super::cpython::freelist::{as_pointer, new_object};
+use super::cpython::view_objects::{make_view, plain_view_objects};
 use super::errors::IntoPy;
-use super::freelist::as_pointer;
-use super::freelist::new_object;
-use super::pointer::{from_stored_address, Owner, Pointer};
+use super::pointer::{from_stored_address, Pointer};
+use super::struct_view::StructView;
 use super::types::{self, leak, Composite, TypeInfo};
 use super::values::{plain_number, to_value};
 use crate::core::types::{Kind, Value};
-use pyo3::exceptions::{PyAttributeError, PyOverflowError, PyRuntimeError, PyTypeError};
+use pyo3::exceptions::{PyAttributeError, PyOverflowError, PyTypeError};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::type_object::PyTypeInfo;
 use pyo3::types::{PyBool, PySlice, PyType};
 use std::ffi::CString;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// The base of every `Struct` and `Union` class: a view of one struct in
-/// native memory.
-#[pyclass(subclass, frozen, module = "rsalloc", name = "_StructView")]
-pub struct StructView {
-    /// The struct's bytes: `extent` is its size, `ty` its TypeInfo.
-    pub(crate) ptr: Pointer,
-}
-
-#[pymethods]
-impl StructView {
-    fn __repr__(&self) -> String {
-        format!(
-            "<{} view at {:#x} {} {}>",
-            self.ptr.ty.name,
-            self.ptr.addr,
-            self.ptr.owner.name(),
-            self.ptr.owner.state_name(self.ptr.addr)
-        )
-    }
-
-    fn __reduce_ex__(&self, _protocol: &Bound<'_, PyAny>) -> PyResult<()> {
-        Err(PyTypeError::new_err(
-            "struct views cannot be pickled: they are views of native memory",
-        ))
-    }
-}
-
-/// Offset of the StructView value in a view object, measured at install
-/// (0 until then).
-pub(crate) static VIEW_OFFSET: AtomicUsize = AtomicUsize::new(0);
-
-/// Measures where PyO3 keeps a StructView in its objects, so that views of
-/// Python subclasses can be made directly (PyO3 makes only base objects).
-pub fn install(py: Python<'_>) -> PyResult<()> {
-    let probe = Bound::new(
-        py,
-        StructView {
-            ptr: Pointer::new(0, types::void(py)?, None, Owner::UNOWNED),
-        },
-    )?;
-    let off = probe.get() as *const StructView as usize - probe.as_ptr() as usize;
-    let tp = StructView::type_object(py).as_type_ptr();
-    // SAFETY: reading the size of a ready type.
-    let basicsize = unsafe { (*tp).tp_basicsize } as usize;
-    if off < std::mem::size_of::<ffi::PyObject>()
-        || basicsize != off + std::mem::size_of::<StructView>()
-    {
-        return Err(PyRuntimeError::new_err(
-            "rsalloc: unexpected PyO3 object layout for struct views",
-        ));
-    }
-    VIEW_OFFSET.store(off, Ordering::Relaxed);
-    Ok(())
-}
-
-/// A view of class `class` (a StructView subclass) over `ptr`.
-pub(crate) fn make_view(py: Python<'_>, class: &Py<PyAny>, ptr: Pointer) -> PyResult<Py<PyAny>> {
-    let off = VIEW_OFFSET.load(Ordering::Relaxed);
-    let tp = class.as_ptr().cast::<ffi::PyTypeObject>();
-    // SAFETY: `class` is a StructView subclass (classify_composite checked),
-    // whose objects start with StructView's layout: a header, then the
-    // value at `off` (install measured it), then only what the subclass
-    // adds, which its allocation zeroes. Writing the value is all PyO3 does
-    // to initialise a frozen class's object.
-    unsafe {
-        let obj = super::fast_structs::alloc_view(tp);
-        if obj.is_null() {
-            return Err(PyErr::fetch(py));
-        }
-        obj.cast::<u8>()
-            .add(off)
-            .cast::<StructView>()
-            .write(StructView { ptr });
-        Ok(Bound::from_owned_ptr(py, obj).unbind())
-    }
+/// Plugs struct, union and array classes into type lookup (`types`) and
+/// element access (`pointer`), which sit below this module. Called once at
+/// module init, before any struct class is used.
+pub fn install() {
+    types::install_composites(types::CompositeClasses {
+        classify: classify_composite,
+        is_struct_class,
+    });
+    super::pointer::install_composites(super::pointer::Composites {
+        at: composite_at,
+        write: write_composite,
+    });
 }
 
 /// One field of a struct class: its offset and type.
@@ -113,6 +50,10 @@ pub struct Field {
     declared: Py<PyAny>,
     /// The type object of the class declaring the field: its views are
     /// views without a subclass check.
+    #[cfg_attr(
+        not(all(pyo3_disable_reference_pool, pyo3_leak_on_drop_without_reference_pool)),
+        allow(dead_code)
+    )]
     pub(crate) owner_type: usize,
 }
 
@@ -127,7 +68,11 @@ impl Field {
     /// The value of a number field of a live view, as a new reference
     /// (null with the exception set if CPython is out of memory); None for
     /// anything else, which `read` then serves or raises. For the fast
-    /// entry point (fast_structs.rs): no Python code runs here.
+    /// entry point (cpython/fast_structs.rs): no Python code runs here.
+    #[cfg_attr(
+        not(all(pyo3_disable_reference_pool, pyo3_leak_on_drop_without_reference_pool)),
+        allow(dead_code)
+    )]
     #[inline(always)]
     pub(crate) fn plain_read(&self, view: &StructView) -> Option<*mut ffi::PyObject> {
         let kind = self.ty.kind;
@@ -150,6 +95,10 @@ impl Field {
         })
     }
 
+    #[cfg_attr(
+        not(all(pyo3_disable_reference_pool, pyo3_leak_on_drop_without_reference_pool)),
+        allow(dead_code)
+    )]
     /// Stores an exact int or float into a number field, or a live Pointer
     /// or None into a pointer field, of a live view; false for anything
     /// else, which `write` then serves or raises. No Python code runs here.
@@ -354,7 +303,7 @@ pub(crate) fn classify_composite(class: &Bound<'_, PyType>) -> PyResult<Option<&
             composite: Composite::Struct,
             param: PyOnceLock::new(),
         });
-        super::fast_structs::plain_view_objects(class);
+        plain_view_objects(class);
         let info = types::remember(class.as_any(), info)?;
         for ((fname, t, offset, _), known) in fields.into_iter().zip(infos) {
             let ty = match known {

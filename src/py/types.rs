@@ -14,6 +14,35 @@ use std::ffi::{CStr, CString};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Mutex;
 
+/// How type lookup asks about Struct, Union and Array classes. `structs`
+/// builds those TypeInfos on top of this module, so it plugs in here at
+/// module init (`install_composites`) instead of this module calling up.
+pub(crate) struct CompositeClasses {
+    /// The TypeInfo of a Struct/Union (fields installed) or `Array[T, n]`
+    /// class; None for any other class.
+    pub classify: fn(&Bound<'_, PyType>) -> PyResult<Option<&'static TypeInfo>>,
+    /// Whether `t` is a Struct or Union class.
+    pub is_struct_class: fn(&Bound<'_, PyAny>) -> PyResult<bool>,
+}
+
+static COMPOSITES: std::sync::OnceLock<CompositeClasses> = std::sync::OnceLock::new();
+
+/// Before `install_composites` no class is a composite (none can exist yet:
+/// the Struct base class is made by the same module init).
+const NO_COMPOSITES: CompositeClasses = CompositeClasses {
+    classify: |_| Ok(None),
+    is_struct_class: |_| Ok(false),
+};
+
+fn composites() -> &'static CompositeClasses {
+    COMPOSITES.get().unwrap_or(&NO_COMPOSITES)
+}
+
+/// Called once by `structs::install`.
+pub(crate) fn install_composites(c: CompositeClasses) {
+    let _ = COMPOSITES.set(c);
+}
+
 pub struct TypeInfo {
     pub kind: Kind,
     pub size: usize,
@@ -163,6 +192,10 @@ pub fn void(py: Python<'_>) -> PyResult<&'static TypeInfo> {
 
 /// The TypeInfo of a class already classified (no Python code runs), or None.
 #[inline]
+#[cfg_attr(
+    not(all(pyo3_disable_reference_pool, pyo3_leak_on_drop_without_reference_pool)),
+    allow(dead_code)
+)]
 pub(crate) fn lookup_cached(t: &Bound<'_, PyAny>) -> Option<&'static TypeInfo> {
     let reg = REGISTRY.get(t.py())?;
     let key = t.as_ptr() as usize;
@@ -430,7 +463,7 @@ fn step<'py>(t: &Bound<'py, PyAny>) -> PyResult<Step<'py>> {
             target: Some(class.getattr("_target_")?),
         }));
     }
-    if let Some(info) = super::structs::classify_composite(class)? {
+    if let Some(info) = (composites().classify)(class)? {
         return Ok(Step::Leaf(info));
     }
     // A ctypes type: describe() returns (kind, size, align, format, target, final).
@@ -511,7 +544,7 @@ fn pointer_info(
 pub fn pointer_class<'py>(target: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
     // A struct's layout is not needed to point at it, and may be what is
     // being worked out (`next: Pointer[Node]` inside Node).
-    if !super::structs::is_struct_class(target)? {
+    if !(composites().is_struct_class)(target)? {
         if let Err(e) = lookup(target) {
             // A pointer to an incomplete ctypes struct is how it names itself.
             if !matches!(step(target), Ok(Step::Incomplete)) {

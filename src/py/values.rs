@@ -6,7 +6,7 @@ use super::errors::IntoPy;
 use super::pointer::Pointer;
 use super::types::TypeInfo;
 use crate::core::types::{Kind, Value};
-use pyo3::exceptions::{PyOverflowError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyOverflowError, PyTypeError};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -128,7 +128,7 @@ pub(crate) fn exact_small_int(v: &Bound<'_, PyAny>) -> Option<i64> {
         return None;
     }
     #[cfg(not(any(Py_3_12, PyPy, GraalPy, Py_LIMITED_API)))]
-    if let Some(i) = digits::value(v) {
+    if let Some(i) = crate::py::cpython::int_digits::value(v) {
         return Some(i);
     }
     let mut overflow = 0;
@@ -183,74 +183,4 @@ fn wrong_kind(ty: &TypeInfo, v: &Bound<'_, PyAny>, wanted: &str) -> PyErr {
             .map(|n| n.to_string())
             .unwrap_or_default()
     ))
-}
-
-/// A non-negative int argument as usize (negative: ValueError; too big: OverflowError).
-pub fn usize_arg(v: &Bound<'_, PyAny>, what: &str) -> PyResult<usize> {
-    let i: i128 = v.extract()?;
-    if i < 0 {
-        return Err(PyValueError::new_err(format!(
-            "{what} must not be negative, got {i}"
-        )));
-    }
-    usize::try_from(i).map_err(|_| PyOverflowError::new_err(format!("{what} {i} is too large")))
-}
-
-/// An address argument: a non-negative int, or None for NULL (as ctypes
-/// gives a `c_void_p` result of NULL).
-pub fn address_arg(v: &Bound<'_, PyAny>) -> PyResult<usize> {
-    if v.is_none() {
-        return Ok(0);
-    }
-    usize_arg(v, "address")
-}
-
-/// Reading a CPython int of one or two digits straight from the object:
-/// `PyLong_AsLongLongAndOverflow` costs ~25 instructions per call, a fifth
-/// of an element read. Up to 3.11 an int is a variable-size object whose
-/// `ob_size` is its signed digit count, followed by its digits, least
-/// significant first. The digit width is a build option of CPython (15 or
-/// 30 bits), checked once at import (`check`); until then, or when it is not
-/// 30 bits in 4 bytes, every int takes the C API.
-#[cfg(not(any(Py_3_12, PyPy, GraalPy, Py_LIMITED_API)))]
-pub(crate) mod digits {
-    use pyo3::ffi;
-    use pyo3::prelude::*;
-    use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-
-    static READY: AtomicBool = AtomicBool::new(false);
-
-    /// Enables `value` if this interpreter's ints have 30-bit digits in u32s.
-    pub fn check(py: Python<'_>) -> PyResult<()> {
-        let info = py.import("sys")?.getattr("int_info")?;
-        let bits: u32 = info.getattr("bits_per_digit")?.extract()?;
-        let size: usize = info.getattr("sizeof_digit")?.extract()?;
-        READY.store(bits == 30 && size == 4, Relaxed);
-        Ok(())
-    }
-
-    /// The value of an exact int of at most two digits (|v| < 2**60).
-    #[inline]
-    pub fn value(v: &Bound<'_, PyAny>) -> Option<i64> {
-        if !READY.load(Relaxed) {
-            return None;
-        }
-        // SAFETY: v is an exact int (the caller checked), laid out as a
-        // PyVarObject followed by `|ob_size|` u32 digits (checked at import).
-        unsafe {
-            let o = v.as_ptr();
-            let size = (*o.cast::<ffi::PyVarObject>()).ob_size;
-            let d = o
-                .cast::<u8>()
-                .add(std::mem::size_of::<ffi::PyVarObject>())
-                .cast::<u32>();
-            let magnitude = match size.unsigned_abs() {
-                0 => return Some(0),
-                1 => i64::from(*d),
-                2 => i64::from(*d) | i64::from(*d.add(1)) << 30,
-                _ => return None,
-            };
-            Some(if size < 0 { -magnitude } else { magnitude })
-        }
-    }
 }

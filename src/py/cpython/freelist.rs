@@ -24,7 +24,7 @@
 //! calls with the GIL held. A free-threaded build has no GIL to guard it, so
 //! there the slots are left alone (`install` does nothing).
 
-use super::pointer::Pointer;
+use crate::py::pointer::Pointer;
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::type_object::PyTypeInfo;
@@ -83,24 +83,9 @@ mod list {
     use pyo3::ffi;
 
     /// Enough to absorb a burst of temporaries, small enough not to matter
-    /// (CAP * 48 B).
-    const CAP: usize = 256;
-
-    struct List {
-        items: [*mut ffi::PyObject; CAP],
-        len: usize,
-    }
-
-    /// Guarded by the GIL: see the file comment.
-    struct GilCell(std::cell::UnsafeCell<List>);
-
-    // SAFETY: only accessed from tp_alloc/tp_free, which run with the GIL held.
-    unsafe impl Sync for GilCell {}
-
-    static LIST: GilCell = GilCell(std::cell::UnsafeCell::new(List {
-        items: [std::ptr::null_mut(); CAP],
-        len: 0,
-    }));
+    /// (CAP * 48 B). Guarded by the GIL: see the file comment.
+    static LIST: crate::py::cpython::gil_list::GilList<256> =
+        crate::py::cpython::gil_list::GilList::new();
 
     #[inline]
     pub(super) unsafe extern "C" fn alloc(
@@ -110,27 +95,33 @@ mod list {
         // SAFETY: the GIL is held (module comment); every item came from
         // PyType_GenericAlloc for this same type, so it has tp_basicsize bytes.
         unsafe {
-            let list = &mut *LIST.0.get();
-            if list.len == 0 || nitems != 0 {
+            if nitems != 0 {
                 return ffi::PyType_GenericAlloc(tp, nitems);
             }
-            list.len -= 1;
-            // Not zeroed, unlike PyType_GenericAlloc's memory: both creators of
-            // Pointer objects (PyO3 and new_object) write the whole value, which
-            // install checked is all there is after the header.
-            // Sets the type (a new reference for a heap type) and the refcount.
-            ffi::PyObject_Init(list.items[list.len], tp)
+            match LIST.take() {
+                // Not zeroed, unlike PyType_GenericAlloc's memory: both creators of
+                // Pointer objects (PyO3 and new_object) write the whole value, which
+                // install checked is all there is after the header.
+                // Sets the type (a new reference for a heap type) and the refcount.
+                Some(obj) => ffi::PyObject_Init(obj, tp),
+                None => ffi::PyType_GenericAlloc(tp, 0),
+            }
         }
     }
 
     /// PyO3's `tp_dealloc`, for the objects `dealloc` does not take.
+    #[cfg(all(pyo3_disable_reference_pool, pyo3_leak_on_drop_without_reference_pool))]
     static PYO3_DEALLOC: std::sync::OnceLock<ffi::destructor> = std::sync::OnceLock::new();
 
+    #[cfg(all(pyo3_disable_reference_pool, pyo3_leak_on_drop_without_reference_pool))]
     pub(super) fn set_pyo3_dealloc(d: ffi::destructor) {
         let _ = PYO3_DEALLOC.set(d);
     }
 
-    /// A Pointer object's last reference is gone.
+    /// A Pointer object's last reference is gone. It skips PyO3's
+    /// trampoline, which only matters where PyO3 keeps a reference pool:
+    /// compiled only where it has none.
+    #[cfg(all(pyo3_disable_reference_pool, pyo3_leak_on_drop_without_reference_pool))]
     pub(super) unsafe extern "C" fn dealloc(obj: *mut ffi::PyObject) {
         // SAFETY: CPython calls tp_dealloc with the GIL held, once, on a dead
         // Pointer (the type is final), whose value sits at OFFSET (install
@@ -158,11 +149,7 @@ mod list {
         // SAFETY: the GIL is held; obj is a dead Pointer whose contents PyO3 has
         // already dropped and whose type reference it releases itself.
         unsafe {
-            let list = &mut *LIST.0.get();
-            if list.len < CAP {
-                list.items[list.len] = obj.cast();
-                list.len += 1;
-            } else {
+            if !LIST.keep(obj.cast()) {
                 ffi::PyObject_Free(obj);
             }
         }
@@ -170,21 +157,27 @@ mod list {
 }
 
 /// Points `Pointer`'s allocation slots at the list and enables
-/// `new_object`. Called once at module init. Subclasses cannot exist
-/// (Pointer is final), so every object the list sees has the same size.
-pub fn install(py: Python<'_>) -> PyResult<()> {
-    let probe = super::pointer::nullptr_object(py)?;
+/// `new_object`, after checking that a Pointer object is exactly a header
+/// followed by the value (anything PyO3 placed between or after them, a
+/// borrow flag, a dict or weakref slot, would be left unwritten). Called
+/// once at module init; why not, when the layout differs (PyO3's own path
+/// then makes every object). Subclasses cannot exist (Pointer is final), so
+/// every object the list sees has the same size.
+pub fn install(py: Python<'_>) -> Result<(), String> {
+    let probe = crate::py::pointer::nullptr_object(py).map_err(|e| e.to_string())?;
     let tp = Pointer::type_object(py).as_type_ptr();
     let off = probe.get() as *const Pointer as usize - probe.as_ptr() as usize;
     // SAFETY: reading the size of a ready type.
     let basicsize = unsafe { (*tp).tp_basicsize } as usize;
-    if off < std::mem::size_of::<ffi::PyObject>()
-        || basicsize != off + std::mem::size_of::<Pointer>()
-    {
-        return Ok(()); // another PyO3 layout: leave object creation to PyO3
-    }
+    exact_layout("Pointer", off, basicsize, std::mem::size_of::<Pointer>())?;
     TYPE.store(tp, Ordering::Relaxed);
     OFFSET.store(off, Ordering::Relaxed);
+    #[cfg(Py_GIL_DISABLED)]
+    return Err(
+        "free-threaded build: no GIL guards a free list (objects are still built at the \
+         measured offset)"
+            .into(),
+    );
     #[cfg(not(Py_GIL_DISABLED))]
     {
         // SAFETY: a heap type we own, not yet used; the slots are plain fields.
@@ -192,11 +185,75 @@ pub fn install(py: Python<'_>) -> PyResult<()> {
             debug_assert!((*tp).tp_flags & ffi::Py_TPFLAGS_HAVE_GC == 0);
             (*tp).tp_alloc = Some(list::alloc);
             (*tp).tp_free = Some(list::free);
-            if let Some(d) = (*tp).tp_dealloc {
-                list::set_pyo3_dealloc(d);
-                (*tp).tp_dealloc = Some(list::dealloc);
-            }
         }
+        Ok(())
+    }
+}
+
+/// Points `Pointer`'s `tp_dealloc` at the list's, which skips PyO3's
+/// trampoline for a value that drops plainly. After `install`.
+pub fn install_dealloc(py: Python<'_>) -> Result<(), String> {
+    if OFFSET.load(Ordering::Relaxed) == 0 {
+        return Err("the free list is off".into());
+    }
+    #[cfg(any(
+        Py_GIL_DISABLED,
+        not(all(pyo3_disable_reference_pool, pyo3_leak_on_drop_without_reference_pool))
+    ))]
+    {
+        let _ = py;
+        return Err(super::BYPASS_OFF.into());
+    }
+    #[cfg(all(
+        not(Py_GIL_DISABLED),
+        pyo3_disable_reference_pool,
+        pyo3_leak_on_drop_without_reference_pool
+    ))]
+    {
+        let tp = Pointer::type_object(py).as_type_ptr();
+        // SAFETY: as in `install`.
+        unsafe {
+            let Some(d) = (*tp).tp_dealloc else {
+                return Err("Pointer has no tp_dealloc".into());
+            };
+            list::set_pyo3_dealloc(d);
+            (*tp).tp_dealloc = Some(list::dealloc);
+        }
+        Ok(())
+    }
+}
+
+/// Ok when an object of `basicsize` bytes holds a `size`-byte value at
+/// `off` right after the object header and nothing else.
+pub(crate) fn exact_layout(
+    what: &str,
+    off: usize,
+    basicsize: usize,
+    size: usize,
+) -> Result<(), String> {
+    let header = std::mem::size_of::<ffi::PyObject>();
+    if off != header || basicsize != header + size {
+        return Err(format!(
+            "a {what} object is not a header of {header} bytes followed by its {size}-byte value \
+             (value at {off}, object of {basicsize} bytes)"
+        ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::exact_layout;
+
+    #[test]
+    fn the_layout_probe_takes_only_a_header_then_the_value() {
+        let header = std::mem::size_of::<pyo3::ffi::PyObject>();
+        assert!(exact_layout("T", header, header + 40, 40).is_ok());
+        // A PyO3 field (a borrow flag, say) between the header and the value.
+        assert!(exact_layout("T", header + 8, header + 48, 40).is_err());
+        // One after the value (a dict or weakref slot).
+        assert!(exact_layout("T", header, header + 48, 40).is_err());
+        // A value inside the header cannot be.
+        assert!(exact_layout("T", header - 8, header + 32, 40).is_err());
+    }
 }

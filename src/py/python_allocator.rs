@@ -1,7 +1,7 @@
-//! Python-defined allocators (DESIGN §4): `Allocator` subclasses that
+//! Backends that call Python (DESIGN §4): `Allocator` subclasses that
 //! implement `_raw_alloc(nbytes, alignment)` / `_raw_free(address)`, and
-//! `ForeignAllocator(alloc, free, zeroed=False)` over two C functions (called
-//! natively) or two Python callables. Each is a core backend of an owner
+//! `ForeignAllocator(alloc, free)` over two Python callables (the class
+//! itself is `foreign_allocator.rs`). Each is a core backend of an owner
 //! group of its own, so every check of `core::alloc` applies.
 //!
 //! The allocator object, its core and the backend form a cycle (object ->
@@ -11,13 +11,11 @@
 //! `__traverse__` reports that edge only when no record holds the core, so
 //! the cycle is collected exactly when nothing can free through it any more.
 
-use super::allocator::{set_handle, Allocator};
 use crate::core::alloc::{new_id, AllocCore, Backend};
 use crate::core::error::{Error, Result};
-use crate::core::foreign::{check_block, BadBlock, CFunctions, FREE_ONLY};
+use crate::core::foreign::{check_block, BadBlock, FREE_ONLY};
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
-use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBool, PyInt, PyType};
 use pyo3::{PyTraverseError, PyVisit};
 use std::cell::RefCell;
@@ -195,21 +193,13 @@ fn report_free_error(py: Python<'_>, e: PyErr) {
     }
 }
 
-/// The Python callbacks behind an allocator core, if it has any.
-pub fn callbacks(core: &AllocCore) -> Option<&Arc<PyCallbacks>> {
-    super::allocator::handle_callbacks(core)
-}
-
-/// Runs `f`, a free through `core`; an exception raised by a Python free
-/// function during it becomes the result.
-pub fn raising_free_errors(
+/// Runs `f`, a free through an allocator with Python callbacks: an
+/// exception raised by its Python free function during it becomes the
+/// result (`handles::raising_free_errors` asks whether there are any).
+pub(crate) fn catching_free_errors(
     py: Python<'_>,
-    core: &AllocCore,
     f: impl FnOnce() -> PyResult<()>,
 ) -> PyResult<()> {
-    if callbacks(core).is_none() {
-        return f();
-    }
     let outer = CAUGHT.with(|c| c.replace(Some(None)));
     let r = f();
     let caught = CAUGHT.with(|c| c.replace(outer)).flatten();
@@ -223,15 +213,10 @@ pub fn raising_free_errors(
     }
 }
 
-/// The core of a new instance of `cls`, a Python subclass of Allocator.
-pub fn subclass_core(cls: &Bound<'_, PyType>) -> PyResult<Arc<AllocCore>> {
-    let py = cls.py();
-    if cls.is(py.get_type::<Allocator>()) {
-        return Err(PyTypeError::new_err(
-            "Allocator cannot be instantiated: subclass it and implement _raw_alloc(nbytes, alignment) \
-             and _raw_free(address), or use ForeignAllocator(alloc, free)",
-        ));
-    }
+/// The core of a new instance of `cls`, a Python subclass of Allocator
+/// (not Allocator itself: the caller refuses that), and the callbacks its
+/// handle keeps.
+pub fn subclass_core(cls: &Bound<'_, PyType>) -> PyResult<(Arc<AllocCore>, Arc<PyCallbacks>)> {
     let name = cls.name()?.to_string();
     for method in ["_raw_alloc", "_raw_free"] {
         if !cls.hasattr(method)? {
@@ -253,8 +238,24 @@ pub fn subclass_core(cls: &Bound<'_, PyType>) -> PyResult<Arc<AllocCore>> {
         sized: raw_free_is_sized(cls)?,
     });
     let core = AllocCore::new(name, new_id(), zeroed, Box::new(PyBackend(cb.clone())));
-    set_handle(&core.handle, None, Some(cb))?;
-    Ok(core)
+    Ok((core, cb))
+}
+
+/// The backend of `ForeignAllocator(alloc, free)` over two Python callables
+/// (`alloc` None: free-only), and its callbacks.
+pub(crate) fn callables_backend(
+    name: &str,
+    alloc: Option<Py<PyAny>>,
+    free: Py<PyAny>,
+    sized: bool,
+) -> (Box<dyn Backend>, Arc<PyCallbacks>) {
+    let cb = Arc::new(PyCallbacks {
+        name: name.to_owned(),
+        fns: Mutex::new(Some(Fns { alloc, free })),
+        with_alignment: false,
+        sized,
+    });
+    (Box::new(PyBackend(cb.clone())), cb)
 }
 
 /// Whether `cls._raw_free` takes the block's size too (`_raw_free(self,
@@ -272,96 +273,4 @@ fn raw_free_is_sized(cls: &Bound<'_, PyType>) -> PyResult<bool> {
     let n = sig.getattr("parameters")?.len()?;
     // self, address[, nbytes]
     Ok(n >= 3)
-}
-
-static C_FUNCTION: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-
-/// `ForeignAllocator(alloc, free, zeroed=False, *, name=None)`.
-///
-/// An allocator over two C functions (`void *alloc(size_t)`,
-/// `void free(void *)`: ctypes function objects or addresses, called
-/// natively) or two Python callables (`alloc(nbytes) -> int`,
-/// `free(address)`), for memory a C library frees with its own `free`
-/// (sqlite3_malloc/sqlite3_free, g_malloc/g_free). `alloc=None` makes a
-/// free-only owner: `adopt` works, allocating raises TypeError. Every
-/// Allocator check applies.
-#[pyclass(frozen, extends = Allocator, module = "rsalloc", name = "ForeignAllocator")]
-pub struct ForeignAllocator;
-
-#[pymethods]
-impl ForeignAllocator {
-    /// `alloc` None: a free-only owner (adopt works, allocating raises
-    /// TypeError); `sized`: `free(address, nbytes)` gets the block's size.
-    #[new]
-    #[pyo3(signature = (alloc, free, zeroed=false, *, sized=false, name=None))]
-    fn new(
-        alloc: &Bound<'_, PyAny>,
-        free: &Bound<'_, PyAny>,
-        zeroed: bool,
-        sized: bool,
-        name: Option<String>,
-    ) -> PyResult<PyClassInitializer<Self>> {
-        let py = alloc.py();
-        let describe = C_FUNCTION.import(py, "rsalloc._ctypes_support", "c_function")?;
-        let free_only = alloc.is_none();
-        let c_alloc: Option<(usize, usize)> = if free_only {
-            None
-        } else {
-            describe.call1((alloc,))?.extract()?
-        };
-        let c_free: Option<(usize, usize)> = describe.call1((free,))?.extract()?;
-        let name = match name {
-            Some(n) => n,
-            None => (if free_only { free } else { alloc })
-                .getattr("__name__")
-                .map(|n| n.to_string())
-                .unwrap_or_else(|_| "foreign".into()),
-        };
-        let (backend, cb): (Box<dyn Backend>, _) =
-            match (c_alloc, c_free) {
-                (Some((_, max_size)), Some((f, _))) | (None, Some((f, max_size)))
-                    if c_alloc.is_some() || free_only =>
-                {
-                    let a = c_alloc.map_or(0, |(a, _)| a);
-                    let keep = Box::new((alloc.clone().unbind(), free.clone().unbind()));
-                    // SAFETY: the addresses are C functions (ctypes function
-                    // objects, kept alive by `keep`, or addresses the caller
-                    // vouches for); their signatures are the documented
-                    // contract (`sized`: a free that takes the size).
-                    let b = unsafe { CFunctions::new(a, f, sized, max_size, keep) }.ok_or_else(
-                        || PyTypeError::new_err("ForeignAllocator: a function pointer is NULL"),
-                    )?;
-                    (Box::new(b), None)
-                }
-                (None, None) if (free_only || alloc.is_callable()) && free.is_callable() => {
-                    let cb = Arc::new(PyCallbacks {
-                        name: name.clone(),
-                        fns: Mutex::new(Some(Fns {
-                            alloc: (!free_only).then(|| alloc.clone().unbind()),
-                            free: free.clone().unbind(),
-                        })),
-                        with_alignment: false,
-                        sized,
-                    });
-                    (Box::new(PyBackend(cb.clone())), Some(cb))
-                }
-                _ => return Err(PyTypeError::new_err(
-                    "ForeignAllocator(alloc, free): give two C functions (ctypes function objects \
-                     or addresses) or two Python callables, not one of each",
-                )),
-            };
-        let core = AllocCore::new(name, new_id(), zeroed, backend);
-        set_handle(&core.handle, None, cb)?;
-        Ok(PyClassInitializer::from(Allocator { core }).add_subclass(ForeignAllocator))
-    }
-
-    fn __repr__(slf: &Bound<'_, Self>) -> String {
-        let core = &slf.as_super().get().core;
-        let how = if callbacks(core).is_some() {
-            "Python callables"
-        } else {
-            "C functions"
-        };
-        format!("<rsalloc.ForeignAllocator {} ({how})>", core.name)
-    }
 }

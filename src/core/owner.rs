@@ -1,20 +1,30 @@
 //! Who answers for the memory behind a Pointer, in one word.
 //!
 //! Every live Pointer carries its owner, so its size is paid a million times
-//! over when a program holds a million blocks (issue 6 bounds the bytes per
+//! over when a program holds a million blocks (DESIGN bounds the bytes per
 //! live block). An enum of a record reference and a region reference took 32
-//! bytes; one word takes 8: 0 for foreign memory, a [`RecordRef`] (aligned,
-//! low bits clear) or a [`RegionRef`] (tagged with [`REGION_TAG`]).
-//! [`Owner::get`] turns the word back into an enum of borrowed references
-//! for matching.
+//! bytes; one word takes 8: null for foreign memory, a [`RecordRef`]'s
+//! pointer (aligned, low bits clear) or a [`RegionRef`]'s (tagged with
+//! [`REGION_TAG`]). The word is a pointer, never an integer, so the
+//! references read back from it keep their provenance. [`Owner::get`]
+//! turns it back into an enum of borrowed references for matching.
+//!
+//! Freeing through the owner, whichever kind it is, is [`Owner::free`].
 
 use crate::core::error::{Error, Ownership};
 use crate::core::record::State;
 use crate::core::record_ref::RecordRef;
 use crate::core::region::{RegionRef, REGION_TAG};
+use std::ptr::NonNull;
 
 /// The owner word of a Pointer.
-pub struct Owner(usize);
+pub struct Owner(Option<NonNull<u8>>);
+
+// The word, a RecordRef and a RegionRef are one pointer each (both are
+// `repr(transparent)` over a NonNull), which `Owner::get` relies on.
+const _: () = assert!(std::mem::size_of::<Owner>() == std::mem::size_of::<usize>());
+const _: () = assert!(std::mem::size_of::<RecordRef>() == std::mem::size_of::<usize>());
+const _: () = assert!(std::mem::size_of::<RegionRef>() == std::mem::size_of::<usize>());
 
 /// An owner, borrowed for matching.
 pub enum Owned<'a> {
@@ -31,29 +41,45 @@ unsafe impl Send for Owner {}
 unsafe impl Sync for Owner {}
 
 impl Owner {
-    pub const UNOWNED: Owner = Owner(0);
+    pub const UNOWNED: Owner = Owner(None);
 
     pub fn block(r: RecordRef) -> Self {
-        Owner(r.into_word())
+        Owner(Some(r.into_raw()))
     }
 
     pub fn region(r: RegionRef) -> Self {
-        Owner(r.into_word())
+        Owner(Some(r.into_raw()))
     }
 
     #[inline(always)]
     pub fn get(&self) -> Owned<'_> {
-        let p: *const usize = &self.0;
-        if self.0 == 0 {
-            Owned::Unowned
-        } else if self.0 & REGION_TAG == 0 {
-            // SAFETY: a non-zero untagged word is a RecordRef's (block), and
-            // RecordRef is a transparent non-null pointer: same layout.
-            Owned::Block(unsafe { &*p.cast::<RecordRef>() })
-        } else {
-            // SAFETY: a tagged word is a RegionRef's (region), a transparent
-            // non-null pointer.
-            Owned::Region(unsafe { &*p.cast::<RegionRef>() })
+        let p: *const Option<NonNull<u8>> = &self.0;
+        match self.0 {
+            None => Owned::Unowned,
+            // SAFETY: an untagged pointer is a RecordRef's (block), and
+            // RecordRef is a transparent non-null pointer: the same layout
+            // as the `Some` word, read in place (its provenance with it).
+            Some(w) if w.as_ptr().addr() & REGION_TAG == 0 => {
+                Owned::Block(unsafe { &*p.cast::<RecordRef>() })
+            }
+            // SAFETY: a tagged pointer is a RegionRef's (region), a
+            // transparent non-null pointer.
+            Some(_) => Owned::Region(unsafe { &*p.cast::<RegionRef>() }),
+        }
+    }
+
+    /// `free(p)` of the view at `addr`, through whoever owns it: the block's
+    /// allocator group, a no-op check for a block an arena owns (its memory
+    /// goes at the arena's release) or a region block, and an ownership
+    /// error for foreign memory.
+    pub fn free(&self, addr: usize) -> Result<(), Error> {
+        match self.get() {
+            Owned::Block(rec) => match rec.arena() {
+                Some(id) => rec.check_freeable(rec.allocator().group, id, addr),
+                None => rec.free(rec.allocator().group, 0, addr),
+            },
+            Owned::Region(r) => r.free(addr),
+            Owned::Unowned => Err(Error::Ownership(Ownership::Foreign)),
         }
     }
 
@@ -163,17 +189,16 @@ impl Clone for Owner {
 impl Drop for Owner {
     #[inline]
     fn drop(&mut self) {
-        let w = self.0;
-        if w == 0 {
+        let Some(w) = self.0 else {
             return;
-        }
-        // SAFETY: the word came from into_word of the reference its tag
+        };
+        // SAFETY: the pointer came from into_raw of the reference its tag
         // names, and this owner gives it back once.
         unsafe {
-            if w & REGION_TAG == 0 {
-                drop(RecordRef::from_word(w))
+            if w.as_ptr().addr() & REGION_TAG == 0 {
+                drop(RecordRef::from_raw(w))
             } else {
-                drop(RegionRef::from_word(w))
+                drop(RegionRef::from_raw(w))
             }
         }
     }

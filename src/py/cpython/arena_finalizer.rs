@@ -1,0 +1,69 @@
+//! A `tp_finalize` for the Arena type (PEP 442, what `__del__` is in
+//! Python; PyO3 has no slot for it): an arena the garbage collector takes
+//! releases its blocks first (and warns, `Arena.collected`). Without it
+//! (a type without a dealloc to chain to), an unreleased arena's memory
+//! goes only with its blocks' owners.
+
+use crate::py::arena::Arena;
+use pyo3::ffi;
+use pyo3::prelude::*;
+use std::sync::OnceLock;
+
+static DEALLOC: OnceLock<ffi::destructor> = OnceLock::new();
+
+/// The arena type's `tp_finalize` (PEP 442, what `__del__` is in Python;
+/// PyO3 has no slot for it): runs once, before the collector clears a
+/// cycle, or from `dealloc` when the last reference goes.
+unsafe extern "C" fn finalize(obj: *mut ffi::PyObject) {
+    // SAFETY: CPython calls tp_finalize attached, with obj alive.
+    let py = unsafe { Python::assume_attached() };
+    // A finalizer must leave the current exception as it found it.
+    let saved = PyErr::take(py);
+    // SAFETY: obj is a live object of the Arena type (this slot's type).
+    let any = unsafe { Bound::from_borrowed_ptr(py, obj) };
+    if let Ok(arena) = any.cast::<Arena>() {
+        arena.get().collected(&any);
+    }
+    if let Some(e) = saved {
+        e.restore(py);
+    }
+}
+
+/// PyO3's dealloc, preceded by the finalizer (as CPython's own
+/// `subtype_dealloc` does); a finalizer that resurrected the arena stops it.
+unsafe extern "C" fn dealloc(obj: *mut ffi::PyObject) {
+    // SAFETY: called with a dead object of the Arena type, attached; the
+    // call revives it for the finalizer and reports a resurrection.
+    if unsafe { ffi::PyObject_CallFinalizerFromDealloc(obj) } < 0 {
+        return;
+    }
+    // SAFETY: obj is an Arena (this is its dealloc), alive until `inner`;
+    // no Python code runs between here and `inner`.
+    let arena = unsafe { pyo3::Borrowed::from_ptr(Python::assume_attached(), obj) };
+    crate::py::arena::forget_object(unsafe { arena.cast_unchecked::<Arena>() }.get(), obj);
+    if let Some(inner) = DEALLOC.get() {
+        // SAFETY: the slot PyO3 installed, called as it would have been.
+        unsafe { inner(obj) }
+    }
+}
+
+/// Installs `finalize` on the Arena type (module init, once); why not.
+pub fn install(py: Python<'_>) -> Result<(), String> {
+    let ty = py.get_type::<Arena>();
+    let t = ty.as_ptr().cast::<ffi::PyTypeObject>();
+    // SAFETY: the type is a heap type PyO3 made, not yet used, with no
+    // subclasses (Arena is final); PyType_Modified publishes the change.
+    unsafe {
+        let Some(d) = (*t).tp_dealloc else {
+            return Err("Arena has no tp_dealloc to run the finalizer from".into());
+        };
+        if DEALLOC.set(d).is_ok() {
+            (*t).tp_finalize = Some(finalize);
+            (*t).tp_dealloc = Some(dealloc);
+            ffi::PyType_Modified(t);
+            // Every arena's dealloc now clears its region's address of it.
+            crate::py::arena::dealloc_forgets_objects();
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,280 @@
+//! What every hand-written entry point shares (`fast.rs` for element
+//! access, allocation and `free`; `fast_structs.rs` for struct fields and
+//! the rest): running a fast route with a fallback to the PyO3 code it
+//! replaced, and installing an entry point in place of a PyO3 method or
+//! module function, keeping the old one for every other call.
+//!
+//! A fast route skips PyO3's trampoline (which registers the thread with
+//! PyO3 and updates its reference pool). That is sound only when PyO3 has
+//! no reference pool to update, so this module, and the entry points
+//! built on it, are compiled only with `--cfg pyo3_disable_reference_pool
+//! --cfg pyo3_leak_on_drop_without_reference_pool` (.cargo/config.toml;
+//! `cpython/mod.rs` reports them off otherwise).
+
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyCFunction, PyType};
+use std::ffi::{c_int, CStr};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::OnceLock;
+
+pub(crate) type Args = *const *mut ffi::PyObject;
+
+/// What a fast route did with a call.
+pub(crate) enum Outcome<R> {
+    /// The call's result (a new reference, or a slot's status).
+    Done(R),
+    /// The call failed with this error.
+    Raise(PyErr),
+    /// Not the plain case, and nothing was done: the PyO3 code takes it.
+    Delegate,
+}
+
+impl<T> From<PyResult<T>> for Outcome<T> {
+    fn from(r: PyResult<T>) -> Self {
+        match r {
+            Ok(v) => Outcome::Done(v),
+            Err(e) => Outcome::Raise(e),
+        }
+    }
+}
+
+/// A C return type and its error value.
+pub(crate) trait Ret {
+    const ERR: Self;
+}
+
+impl Ret for *mut ffi::PyObject {
+    const ERR: Self = std::ptr::null_mut();
+}
+
+impl Ret for c_int {
+    const ERR: Self = -1;
+}
+
+/// Runs a fast route and turns its outcome into what CPython expects;
+/// `slow` runs the replaced PyO3 code with the call as received.
+///
+/// # Safety
+/// Called by CPython with the GIL (or an attached thread state).
+#[inline]
+pub(crate) unsafe fn enter<R: Ret>(
+    route: impl FnOnce(Python<'_>) -> Outcome<R>,
+    slow: impl FnOnce() -> R,
+) -> R {
+    // SAFETY: per the function's contract.
+    let py = unsafe { Python::assume_attached() };
+    let raise = |e: PyErr| {
+        Python::attach(|py| e.restore(py));
+        R::ERR
+    };
+    match catch_unwind(AssertUnwindSafe(|| route(py))) {
+        Ok(Outcome::Done(r)) => r,
+        Ok(Outcome::Raise(e)) => raise(e),
+        Ok(Outcome::Delegate) => slow(),
+        Err(payload) => {
+            let msg = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "panic in rsalloc".into());
+            raise(pyo3::panic::PanicException::new_err(msg))
+        }
+    }
+}
+
+/// The one positional argument of a keyword-free call, if that is the shape.
+///
+/// # Safety
+/// `args` holds `nargs` borrowed objects.
+#[inline]
+pub(crate) unsafe fn single<'a, 'py>(
+    py: Python<'py>,
+    args: Args,
+    nargs: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> Option<pyo3::Borrowed<'a, 'py, PyAny>> {
+    // SAFETY: per the function's contract.
+    (nargs == 1 && kwnames.is_null()).then(|| unsafe { pyo3::Borrowed::from_ptr(py, *args) })
+}
+
+/// Calls the replaced PyO3 method (or function, when `slf` is None) with
+/// the arguments exactly as received; its error, if any, is left raised.
+///
+/// # Safety
+/// As for `enter`.
+pub(crate) unsafe fn delegate(
+    slow: &PyOnceLock<Py<PyAny>>,
+    slf: Option<*mut ffi::PyObject>,
+    args: Args,
+    nargs: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: per the function's contract; kwnames is a tuple when set; the
+    // slow callable is set at install, before any call can arrive.
+    unsafe {
+        let py = Python::assume_attached();
+        let Some(slow) = slow.get(py) else {
+            ffi::PyErr_SetString(
+                ffi::PyExc_RuntimeError,
+                c"rsalloc: fast path not installed".as_ptr(),
+            );
+            return std::ptr::null_mut();
+        };
+        let nkw = if kwnames.is_null() {
+            0
+        } else {
+            ffi::PyTuple_GET_SIZE(kwnames)
+        };
+        let total = (nargs + nkw) as usize;
+        let mut all: Vec<*mut ffi::PyObject> = Vec::new();
+        if all.try_reserve_exact(total + 1).is_err() {
+            return ffi::PyErr_NoMemory();
+        }
+        all.extend(slf);
+        all.extend_from_slice(std::slice::from_raw_parts(args, total));
+        let npos = nargs as usize + usize::from(slf.is_some());
+        ffi::PyObject_Vectorcall(slow.as_ptr(), all.as_ptr(), npos, kwnames)
+    }
+}
+
+/// A `PyMethodDef` kept for the life of the process: in static storage
+/// rather than leaked, so that a leak checker does not count it lost once
+/// CPython drops, at exit, the objects that point at it.
+struct Def(ffi::PyMethodDef);
+
+// SAFETY: written once at module init (under the GIL), then only read, by
+// CPython, through the objects made from it.
+unsafe impl Send for Def {}
+
+unsafe impl Sync for Def {}
+
+/// One per replaced entry point: allocator.allocate, arena.allocate, free,
+/// to_native_utf8 (fast_structs.rs).
+static DEFS: [OnceLock<Def>; 4] = [
+    OnceLock::new(),
+    OnceLock::new(),
+    OnceLock::new(),
+    OnceLock::new(),
+];
+
+/// A `PyMethodDef` like `old`'s (name, docstring and text signature) that
+/// calls `entry`, in slot `slot` of `DEFS`.
+fn method_def(
+    slot: usize,
+    old: ffi::PyMethodDef,
+    entry: ffi::PyCFunctionFastWithKeywords,
+) -> *mut ffi::PyMethodDef {
+    let def = DEFS[slot].get_or_init(|| {
+        let mut def = old;
+        def.ml_meth = ffi::PyMethodDefPointer {
+            PyCFunctionFastWithKeywords: entry,
+        };
+        def.ml_flags = ffi::METH_FASTCALL | ffi::METH_KEYWORDS;
+        Def(def)
+    });
+    // CPython takes a mutable pointer but never writes through it.
+    std::ptr::from_ref(&def.0).cast_mut()
+}
+
+/// Replaces method `name` of `ty` by one that calls `entry` (its definition
+/// in `DEFS[slot]`, copied from the old one's), keeping the old one in `slow`.
+pub(crate) fn replace_method(
+    ty: &Bound<'_, PyType>,
+    name: &CStr,
+    slow: &PyOnceLock<Py<PyAny>>,
+    slot: usize,
+    entry: ffi::PyCFunctionFastWithKeywords,
+) -> PyResult<()> {
+    let py = ty.py();
+    let dict = ty.getattr("__dict__")?;
+    let old = dict.get_item(name.to_str().expect("ascii"))?;
+    // SAFETY: the entry of a PyO3 method is a method descriptor whose
+    // PyMethodDef PyO3 keeps for the life of the process; the new
+    // descriptor is stored in the type's dict, as PyType_Ready would.
+    unsafe {
+        if ffi::Py_IS_TYPE(
+            old.as_ptr(),
+            std::ptr::addr_of_mut!(ffi::PyMethodDescr_Type),
+        ) == 0
+        {
+            return Err(pyo3::exceptions::PyRuntimeError::new_err(
+                "not a method descriptor",
+            ));
+        }
+        let def = method_def(
+            slot,
+            *(*old.as_ptr().cast::<ffi::PyMethodDescrObject>()).d_method,
+            entry,
+        );
+        let new = Bound::from_owned_ptr_or_err(py, ffi::PyDescr_NewMethod(ty.as_type_ptr(), def))?;
+        let tp_dict = Bound::from_borrowed_ptr(py, (*ty.as_type_ptr()).tp_dict);
+        tp_dict.set_item(name.to_str().expect("ascii"), new)?;
+        ffi::PyType_Modified(ty.as_type_ptr());
+    }
+    let _ = slow.set(py, old.unbind());
+    Ok(())
+}
+
+/// Replaces module function `name` of `m` by one that calls `entry` (its
+/// definition in `DEFS[slot]`, copied from the old one's), keeping the old
+/// one in `slow`.
+pub(crate) fn replace_function(
+    m: &Bound<'_, PyModule>,
+    name: &str,
+    slow: &PyOnceLock<Py<PyAny>>,
+    slot: usize,
+    entry: ffi::PyCFunctionFastWithKeywords,
+) -> PyResult<()> {
+    let py = m.py();
+    let old = m.getattr(name)?.cast_into::<PyCFunction>()?;
+    // SAFETY: a PyO3 function's PyMethodDef lives for the process; the new
+    // function object takes the module as self, as PyO3's does.
+    unsafe {
+        let def = method_def(
+            slot,
+            *(*old.as_ptr().cast::<ffi::PyCFunctionObject>()).m_ml,
+            entry,
+        );
+        let new = Bound::from_owned_ptr_or_err(
+            py,
+            ffi::PyCMethod_New(
+                def,
+                m.as_ptr(),
+                m.getattr("__name__")?.as_ptr(),
+                std::ptr::null_mut(),
+            ),
+        )?;
+        m.setattr(name, new)?;
+    }
+    let _ = slow.set(py, old.into_any().unbind());
+    Ok(())
+}
+
+/// A module function's entry point for a call with one positional argument
+/// and no keywords: `route` takes that argument; any other call, and any
+/// call `route` delegates, goes to `slow` (the replaced PyO3 function).
+///
+/// # Safety
+/// As for `enter`; `args` holds `nargs` borrowed objects and `kwnames` is
+/// null or a tuple, as CPython passes them to a vectorcall function.
+#[inline(always)]
+pub(crate) unsafe fn unary_function(
+    slow: &PyOnceLock<Py<PyAny>>,
+    args: Args,
+    nargs: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+    route: impl FnOnce(Python<'_>, pyo3::Borrowed<'_, '_, PyAny>) -> Outcome<*mut ffi::PyObject>,
+) -> *mut ffi::PyObject {
+    // SAFETY: per the function's contract.
+    unsafe {
+        enter(
+            |py| match single(py, args, nargs, kwnames) {
+                Some(arg) => route(py, arg),
+                None => Outcome::Delegate,
+            },
+            || delegate(slow, None, args, nargs, kwnames),
+        )
+    }
+}

@@ -1,0 +1,126 @@
+//! The fence: everything that reads or writes CPython's or PyO3's internals
+//! (object layouts, type slots, int digits, the interpreter's allocator) to
+//! go faster than the plain PyO3 route, and nothing else.
+//!
+//! Each trick is switched on here, at module init, only when its
+//! assumption holds: a layout measured exactly, a build flag present at
+//! compile time. When it does not, the trick stays off, the plain PyO3 (or
+//! C API) route serves instead, and `import rsalloc` still succeeds;
+//! `rsalloc._rsalloc._fast_paths()` tells which tricks are on and why the
+//! others are not. Glue files use the primitives here (`freelist`,
+//! `view_objects`, `int_digits`); the entry points (`fast`,
+//! `fast_structs`, on `entry`) replace PyO3's generated slots and call the
+//! glue. docs/architecture.md has the map; docs/decisions.md what each
+//! trick buys.
+
+pub mod arena_finalizer;
+#[cfg(all(pyo3_disable_reference_pool, pyo3_leak_on_drop_without_reference_pool))]
+pub mod entry;
+#[cfg(all(pyo3_disable_reference_pool, pyo3_leak_on_drop_without_reference_pool))]
+pub mod fast;
+#[cfg(all(pyo3_disable_reference_pool, pyo3_leak_on_drop_without_reference_pool))]
+pub mod fast_structs;
+pub mod freelist;
+pub mod gil_list;
+#[cfg(not(any(Py_3_12, PyPy, GraalPy, Py_LIMITED_API)))]
+pub mod int_digits;
+pub mod view_objects;
+
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+use std::sync::Mutex;
+
+/// Why the tricks that skip PyO3's trampoline are off in this build.
+#[cfg_attr(
+    all(pyo3_disable_reference_pool, pyo3_leak_on_drop_without_reference_pool),
+    allow(dead_code)
+)]
+pub(crate) const BYPASS_OFF: &str = "built without --cfg pyo3_disable_reference_pool \
+     --cfg pyo3_leak_on_drop_without_reference_pool (.cargo/config.toml): PyO3's reference \
+     pool needs its trampoline";
+
+/// Each trick's name and, when it is off, why; in the order they were tried.
+static REPORT: Mutex<Vec<(&'static str, Option<String>)>> = Mutex::new(Vec::new());
+
+fn note(name: &'static str, outcome: Result<(), String>) {
+    REPORT
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push((name, outcome.err()));
+}
+
+/// The tricks that must come before any record or Pointer object exists:
+/// record memory from CPython's allocator, the Pointer free list and its
+/// dealloc, int digit reads; and the Arena type's finalizer.
+pub fn install_early(py: Python<'_>) {
+    note("pymalloc_records", pymalloc_records());
+    note("pointer_free_list", freelist::install(py));
+    note("pointer_dealloc", freelist::install_dealloc(py));
+    #[cfg(not(any(Py_3_12, PyPy, GraalPy, Py_LIMITED_API)))]
+    note("int_digits", int_digits::check(py));
+    #[cfg(any(Py_3_12, PyPy, GraalPy, Py_LIMITED_API))]
+    note(
+        "int_digits",
+        Err("read through the C API: the digit layout is CPython 3.11's and older".into()),
+    );
+    note("arena_finalizer", arena_finalizer::install(py));
+}
+
+/// The tricks installed once the module has its functions and classes:
+/// struct view objects, then the hand-written entry points.
+pub fn install_late(m: &Bound<'_, PyModule>) {
+    let py = m.py();
+    note("struct_views", view_objects::install(py));
+    note("plain_struct_views", view_objects::plain_views());
+    #[cfg(all(pyo3_disable_reference_pool, pyo3_leak_on_drop_without_reference_pool))]
+    {
+        note("entry_points", fast::install(m).map_err(|e| e.to_string()));
+        note(
+            "struct_entry_points",
+            fast_structs::install(m).map_err(|e| e.to_string()),
+        );
+    }
+    #[cfg(not(all(pyo3_disable_reference_pool, pyo3_leak_on_drop_without_reference_pool)))]
+    {
+        let _ = m;
+        note("entry_points", Err(BYPASS_OFF.into()));
+        note("struct_entry_points", Err(BYPASS_OFF.into()));
+    }
+}
+
+/// Record memory from CPython's small-object allocator, under the GIL.
+fn pymalloc_records() -> Result<(), String> {
+    #[cfg(Py_GIL_DISABLED)]
+    return Err("free-threaded build: records come from Rust's allocator".into());
+    // SAFETY: with a GIL, every call into rsalloc and every drop of its
+    // objects holds it; rsalloc releases it nowhere, and user code that
+    // does (a Python-defined allocator's methods) runs only in the core's
+    // callbacks. PyO3 refuses sub-interpreters. So record memory may come
+    // from CPython's small-object allocator, which needs the GIL and has
+    // no header per block (48 bytes a record, not glibc's 64); no record
+    // exists before this line (module init calls this first).
+    #[cfg(not(Py_GIL_DISABLED))]
+    unsafe {
+        crate::core::serial::assume_serialized_with(crate::core::serial::RecordMemory {
+            alloc: pyo3::ffi::PyObject_Malloc,
+            free: pyo3::ffi::PyObject_Free,
+        });
+        Ok(())
+    }
+}
+
+/// `rsalloc._rsalloc._fast_paths()`: every speed trick of the fence, as
+/// `{name: {"active": bool, "reason": str}}` (the reason is empty for an
+/// active one).
+#[pyfunction]
+pub fn _fast_paths(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    let out = PyDict::new(py);
+    let report = REPORT.lock().unwrap_or_else(|e| e.into_inner());
+    for (name, why) in report.iter() {
+        let entry = PyDict::new(py);
+        entry.set_item("active", why.is_none())?;
+        entry.set_item("reason", why.as_deref().unwrap_or(""))?;
+        out.set_item(*name, entry)?;
+    }
+    Ok(out)
+}

@@ -1,0 +1,306 @@
+//! Struct view objects made and dropped without PyO3's generic paths.
+//!
+//! A struct view (`p.ref`, `p[i]` of a struct type) is an object of a
+//! Python subclass of `StructView`; PyO3 makes only base-class objects, so
+//! rsalloc builds them itself: `probe` measures where PyO3 keeps the value
+//! in a `StructView` object, and `make_view` writes one at that offset in
+//! memory from the class's own `tp_alloc`, or, for a plain view class
+//! (`plain_view_objects`), from a free list.
+
+use crate::py::pointer::{Owner, Pointer};
+use crate::py::struct_view::StructView;
+use pyo3::exceptions::PyRuntimeError;
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::type_object::PyTypeInfo;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+
+/// Offset of the StructView value in a view object, measured at install
+/// (0 until then).
+pub(crate) static VIEW_OFFSET: AtomicUsize = AtomicUsize::new(0);
+
+/// Measures where PyO3 keeps a StructView in its objects, so that views of
+/// Python subclasses can be made directly (PyO3 makes only base objects),
+/// and points StructView's dealloc at `view_dealloc`. Called once at
+/// module init, before any view exists; why not, when the layout is not
+/// exactly a header followed by the value (`make_view` then refuses to
+/// make views, saying why, and everything else works).
+pub fn install(py: Python<'_>) -> Result<(), String> {
+    let void = crate::py::types::void(py).map_err(|e| e.to_string())?;
+    let probe = Bound::new(
+        py,
+        StructView {
+            ptr: Pointer::new(0, void, None, Owner::UNOWNED),
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    let off = probe.get() as *const StructView as usize - probe.as_ptr() as usize;
+    let tp = StructView::type_object(py).as_type_ptr();
+    // SAFETY: reading the size of a ready type.
+    let basicsize = unsafe { (*tp).tp_basicsize } as usize;
+    if let Err(why) = super::freelist::exact_layout(
+        "StructView",
+        off,
+        basicsize,
+        std::mem::size_of::<StructView>(),
+    ) {
+        let _ = UNAVAILABLE.set(why.clone());
+        return Err(why);
+    }
+    VIEW_OFFSET.store(off, Ordering::Relaxed);
+    VIEW_SIZE.store(basicsize, Ordering::Relaxed);
+    // SAFETY: a heap type rsalloc owns, ready and not yet used; the slot is
+    // the plain field PyO3 filled with its dealloc.
+    #[cfg(all(
+        not(Py_GIL_DISABLED),
+        pyo3_disable_reference_pool,
+        pyo3_leak_on_drop_without_reference_pool
+    ))]
+    unsafe {
+        if let Some(dealloc) = (*tp).tp_dealloc {
+            let _ = OLD_VIEW_DEALLOC.set(dealloc);
+            (*tp).tp_dealloc = Some(view_dealloc);
+        }
+    }
+    Ok(())
+}
+
+/// Whether views are plain objects with a dealloc of rsalloc's own (see
+/// `plain_view_objects`); why not.
+pub fn plain_views() -> Result<(), String> {
+    if VIEW_OFFSET.load(Ordering::Relaxed) == 0 {
+        return Err("struct view objects are unavailable".into());
+    }
+    #[cfg(Py_GIL_DISABLED)]
+    return Err("free-threaded build: no GIL guards a free list".into());
+    #[cfg(not(all(pyo3_disable_reference_pool, pyo3_leak_on_drop_without_reference_pool)))]
+    return Err(super::BYPASS_OFF.into());
+    #[cfg(all(
+        not(Py_GIL_DISABLED),
+        pyo3_disable_reference_pool,
+        pyo3_leak_on_drop_without_reference_pool
+    ))]
+    match OLD_VIEW_DEALLOC.get() {
+        Some(_) => Ok(()),
+        None => Err("StructView has no tp_dealloc".into()),
+    }
+}
+
+/// Why views cannot be made, when the layout probe failed.
+static UNAVAILABLE: OnceLock<String> = OnceLock::new();
+
+/// A view of class `class` (a StructView subclass) over `ptr`.
+pub(crate) fn make_view(py: Python<'_>, class: &Py<PyAny>, ptr: Pointer) -> PyResult<Py<PyAny>> {
+    let off = VIEW_OFFSET.load(Ordering::Relaxed);
+    if off == 0 {
+        let why = UNAVAILABLE.get().map_or("not installed", String::as_str);
+        return Err(PyRuntimeError::new_err(format!(
+            "rsalloc cannot make struct views with this PyO3 build: {why}"
+        )));
+    }
+    let tp = class.as_ptr().cast::<ffi::PyTypeObject>();
+    // SAFETY: `class` is a StructView subclass (classify_composite checked),
+    // whose objects start with StructView's layout: a header, then the
+    // value at `off` (install measured it), then only what the subclass
+    // adds, which its allocation zeroes. Writing the value is all PyO3 does
+    // to initialise a frozen class's object.
+    unsafe {
+        let obj = alloc_view(tp);
+        if obj.is_null() {
+            return Err(PyErr::fetch(py));
+        }
+        obj.cast::<u8>()
+            .add(off)
+            .cast::<StructView>()
+            .write(StructView { ptr });
+        Ok(Bound::from_owned_ptr(py, obj).unbind())
+    }
+}
+
+#[cfg(all(
+    not(Py_GIL_DISABLED),
+    pyo3_disable_reference_pool,
+    pyo3_leak_on_drop_without_reference_pool
+))]
+static OLD_VIEW_DEALLOC: OnceLock<ffi::destructor> = OnceLock::new();
+
+/// StructView's object size, set by install.
+static VIEW_SIZE: AtomicUsize = AtomicUsize::new(0);
+
+/// A free list of view objects, like freelist.rs's for Pointers: views
+/// are made and dropped once per `p.ref`, and PyObject_Malloc/Free were a
+/// third of that (BENCHMARKS.md, struct_field). It holds only objects of
+/// plain view classes (see `plain_view_objects`), which all have
+/// StructView's size; only where a GIL guards it.
+#[cfg(not(Py_GIL_DISABLED))]
+mod list {
+    use pyo3::ffi;
+
+    static LIST: crate::py::cpython::gil_list::GilList<64> =
+        crate::py::cpython::gil_list::GilList::new();
+
+    /// Memory for one view object, not initialised.
+    ///
+    /// # Safety
+    /// The GIL is held.
+    #[inline]
+    pub(super) unsafe fn take(size: usize) -> *mut ffi::PyObject {
+        // SAFETY: per the function's contract; every item has `size` bytes.
+        unsafe {
+            match LIST.take() {
+                Some(obj) => obj,
+                None => ffi::PyObject_Malloc(size).cast(),
+            }
+        }
+    }
+
+    /// Keeps a dead view object's memory (or frees it when the list is full).
+    ///
+    /// # Safety
+    /// The GIL is held; `obj` came from PyObject_Malloc with the plain size.
+    #[inline]
+    #[cfg_attr(
+        not(all(pyo3_disable_reference_pool, pyo3_leak_on_drop_without_reference_pool)),
+        allow(dead_code)
+    )]
+    pub(super) unsafe fn keep(obj: *mut ffi::PyObject) {
+        // SAFETY: per the function's contract.
+        unsafe {
+            if !LIST.keep(obj) {
+                ffi::PyObject_Free(obj.cast());
+            }
+        }
+    }
+}
+
+/// Objects of `tp` are plain views: the list's size, not GC-tracked.
+///
+/// # Safety
+/// `tp` is a ready type object.
+#[cfg(not(Py_GIL_DISABLED))]
+#[inline]
+unsafe fn is_plain(tp: *mut ffi::PyTypeObject) -> bool {
+    // SAFETY: per the function's contract.
+    unsafe {
+        (*tp).tp_flags & ffi::Py_TPFLAGS_HAVE_GC == 0
+            && (*tp).tp_basicsize as usize == VIEW_SIZE.load(Ordering::Relaxed)
+    }
+}
+
+/// A new object of view class `tp` with its header set and the rest
+/// zeroed up to the value (which the caller writes), or null with an
+/// exception set.
+///
+/// # Safety
+/// The GIL is held; `tp` is a StructView subclass.
+#[inline]
+pub(crate) unsafe fn alloc_view(tp: *mut ffi::PyTypeObject) -> *mut ffi::PyObject {
+    // SAFETY: per the function's contract. A plain view's object is the
+    // header (PyObject_Init sets it, and takes a reference to the heap
+    // type) followed by the value the caller writes: nothing to zero.
+    unsafe {
+        #[cfg(not(Py_GIL_DISABLED))]
+        if is_plain(tp) {
+            let obj = list::take((*tp).tp_basicsize as usize);
+            if obj.is_null() {
+                return ffi::PyErr_NoMemory();
+            }
+            return ffi::PyObject_Init(obj, tp);
+        }
+        (*tp).tp_alloc.unwrap_or(ffi::PyType_GenericAlloc)(tp, 0)
+    }
+}
+
+/// A view's last reference is gone (called by the subclass's dealloc, or
+/// as the dealloc of a plain view class). It skips PyO3's trampoline, which
+/// only matters where PyO3 keeps a reference pool: compiled only where it
+/// has none.
+#[cfg(all(
+    not(Py_GIL_DISABLED),
+    pyo3_disable_reference_pool,
+    pyo3_leak_on_drop_without_reference_pool
+))]
+unsafe extern "C" fn view_dealloc(obj: *mut ffi::PyObject) {
+    // SAFETY: CPython calls tp_dealloc with the GIL held, once, on a dead
+    // view, whose value sits at VIEW_OFFSET (install measured it). As
+    // PyO3's own: the value is dropped once, the memory goes to the
+    // object's type's tp_free, and the instance's reference to its heap
+    // type is released.
+    unsafe {
+        let off = VIEW_OFFSET.load(Ordering::Relaxed);
+        let value = obj.cast::<u8>().add(off).cast::<StructView>();
+        if off == 0 || !(*value).ptr.owner.drops_plainly() {
+            return OLD_VIEW_DEALLOC.get().expect("installed")(obj);
+        }
+        let tp = ffi::Py_TYPE(obj);
+        if (*tp).tp_finalize.is_some() {
+            // A class given a __del__ after it became plain: run it, as
+            // subtype_dealloc would (it may resurrect the view).
+            if ffi::PyObject_CallFinalizerFromDealloc(obj) < 0 {
+                return;
+            }
+        }
+        // No Python object is dropped here; unwinding out of a C callback
+        // would abort: leak instead.
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            std::ptr::drop_in_place(value)
+        }));
+        #[cfg(not(Py_GIL_DISABLED))]
+        if is_plain(tp) {
+            list::keep(obj);
+            ffi::Py_DECREF(tp.cast());
+            return;
+        }
+        (*tp).tp_free.unwrap_or(ffi::PyObject_Free)(obj.cast());
+        ffi::Py_DECREF(tp.cast());
+    }
+}
+
+/// Makes the objects of struct class `class` plain objects instead of
+/// GC-tracked ones. CPython makes every instance of a Python class
+/// GC-tracked, in case it takes part in a reference cycle; a view refers to
+/// no Python object but its class (which rsalloc keeps alive for the
+/// process anyway, in its TypeInfo), so tracking buys nothing and costs a
+/// pre-header and a link and unlink per view (BENCHMARKS.md,
+/// struct_field). Done before the class's first object exists, and only for
+/// a class that adds nothing to StructView's layout (no `__dict__`, weak
+/// references or slots). On a free-threaded build, or one
+/// with PyO3's reference pool (`plain_views` says why), left alone.
+pub(crate) fn plain_view_objects(class: &Bound<'_, pyo3::types::PyType>) {
+    let _ = class;
+    #[cfg(all(
+        not(Py_GIL_DISABLED),
+        pyo3_disable_reference_pool,
+        pyo3_leak_on_drop_without_reference_pool
+    ))]
+    if plain_views().is_ok() {
+        // Py_TPFLAGS_MANAGED_DICT (3.11+) and Py_TPFLAGS_MANAGED_WEAKREF (3.12+).
+        const MANAGED: std::ffi::c_ulong = (1 << 4) | (1 << 3);
+        let base = StructView::type_object(class.py()).as_type_ptr();
+        let tp = class.as_type_ptr();
+        // SAFETY: a ready heap type deriving from StructView, whose first
+        // object has not been made yet (this runs when the class is first
+        // classified, before any view of it); the fields read and written
+        // are plain type slots.
+        unsafe {
+            let plain = (*tp).tp_basicsize == (*base).tp_basicsize
+                && (*tp).tp_itemsize == 0
+                && (*tp).tp_dictoffset == 0
+                && (*tp).tp_weaklistoffset == 0
+                && (*tp).tp_flags & MANAGED == 0
+                && (*tp).tp_flags & ffi::Py_TPFLAGS_HAVE_GC != 0;
+            if plain {
+                (*tp).tp_flags &= !ffi::Py_TPFLAGS_HAVE_GC;
+                (*tp).tp_free = Some(ffi::PyObject_Free);
+                (*tp).tp_traverse = None;
+                (*tp).tp_clear = None;
+                // subtype_dealloc's work for a class without slots, dict,
+                // weak references or GC is the base's dealloc, which
+                // view_dealloc is (with the finalizer check it keeps).
+                (*tp).tp_dealloc = Some(view_dealloc);
+                ffi::PyType_Modified(tp);
+            }
+        }
+    }
+}

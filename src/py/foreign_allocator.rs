@@ -1,0 +1,101 @@
+//! `ForeignAllocator(alloc, free, zeroed=False)` (DESIGN §4): an allocator
+//! over two C functions (called natively, `core::foreign`) or two Python
+//! callables (`python_allocator`).
+
+use super::allocator::Allocator;
+use super::handles::{handle_callbacks, set_handle};
+use super::python_allocator::callables_backend;
+use crate::core::alloc::{new_id, AllocCore, Backend};
+use crate::core::foreign::CFunctions;
+use pyo3::exceptions::PyTypeError;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+
+static C_FUNCTION: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+/// `ForeignAllocator(alloc, free, zeroed=False, *, name=None)`.
+///
+/// An allocator over two C functions (`void *alloc(size_t)`,
+/// `void free(void *)`: ctypes function objects or addresses, called
+/// natively) or two Python callables (`alloc(nbytes) -> int`,
+/// `free(address)`), for memory a C library frees with its own `free`
+/// (sqlite3_malloc/sqlite3_free, g_malloc/g_free). `alloc=None` makes a
+/// free-only owner: `adopt` works, allocating raises TypeError. Every
+/// Allocator check applies.
+#[pyclass(frozen, extends = Allocator, module = "rsalloc", name = "ForeignAllocator")]
+pub struct ForeignAllocator;
+
+#[pymethods]
+impl ForeignAllocator {
+    /// `alloc` None: a free-only owner (adopt works, allocating raises
+    /// TypeError); `sized`: `free(address, nbytes)` gets the block's size.
+    #[new]
+    #[pyo3(signature = (alloc, free, zeroed=false, *, sized=false, name=None))]
+    fn new(
+        alloc: &Bound<'_, PyAny>,
+        free: &Bound<'_, PyAny>,
+        zeroed: bool,
+        sized: bool,
+        name: Option<String>,
+    ) -> PyResult<PyClassInitializer<Self>> {
+        let py = alloc.py();
+        let describe = C_FUNCTION.import(py, "rsalloc._ctypes_support", "c_function")?;
+        let free_only = alloc.is_none();
+        let c_alloc: Option<(usize, usize)> = if free_only {
+            None
+        } else {
+            describe.call1((alloc,))?.extract()?
+        };
+        let c_free: Option<(usize, usize)> = describe.call1((free,))?.extract()?;
+        let name = match name {
+            Some(n) => n,
+            None => (if free_only { free } else { alloc })
+                .getattr("__name__")
+                .map(|n| n.to_string())
+                .unwrap_or_else(|_| "foreign".into()),
+        };
+        let (backend, cb): (Box<dyn Backend>, _) =
+            match (c_alloc, c_free) {
+                (Some((_, max_size)), Some((f, _))) | (None, Some((f, max_size)))
+                    if c_alloc.is_some() || free_only =>
+                {
+                    let a = c_alloc.map_or(0, |(a, _)| a);
+                    let keep = Box::new((alloc.clone().unbind(), free.clone().unbind()));
+                    // SAFETY: the addresses are C functions (ctypes function
+                    // objects, kept alive by `keep`, or addresses the caller
+                    // vouches for); their signatures are the documented
+                    // contract (`sized`: a free that takes the size).
+                    let b = unsafe { CFunctions::new(a, f, sized, max_size, keep) }.ok_or_else(
+                        || PyTypeError::new_err("ForeignAllocator: a function pointer is NULL"),
+                    )?;
+                    (Box::new(b), None)
+                }
+                (None, None) if (free_only || alloc.is_callable()) && free.is_callable() => {
+                    let (b, cb) = callables_backend(
+                        &name,
+                        (!free_only).then(|| alloc.clone().unbind()),
+                        free.clone().unbind(),
+                        sized,
+                    );
+                    (b, Some(cb))
+                }
+                _ => return Err(PyTypeError::new_err(
+                    "ForeignAllocator(alloc, free): give two C functions (ctypes function objects \
+                     or addresses) or two Python callables, not one of each",
+                )),
+            };
+        let core = AllocCore::new(name, new_id(), zeroed, backend);
+        set_handle(&core.handle, None, cb)?;
+        Ok(PyClassInitializer::from(Allocator { core }).add_subclass(ForeignAllocator))
+    }
+
+    fn __repr__(slf: &Bound<'_, Self>) -> String {
+        let core = &slf.as_super().get().core;
+        let how = if handle_callbacks(core).is_some() {
+            "Python callables"
+        } else {
+            "C functions"
+        };
+        format!("<rsalloc.ForeignAllocator {} ({how})>", core.name)
+    }
+}

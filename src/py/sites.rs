@@ -1,0 +1,160 @@
+//! Where a block was allocated and freed: the Python frames captured for the
+//! leak registry (the core calls `capture` through `track::set_capture`),
+//! and how they print in reports and error messages. Depends on the core
+//! only, so that `Pointer`'s messages and the allocators can use it.
+//!
+//! A capture keeps (code object, instruction offset) pairs only; file, line
+//! and function are worked out when a report or an error message needs them.
+
+use crate::core::record::Record;
+use crate::core::track::{self, Capture, Site};
+use pyo3::ffi;
+use pyo3::intern;
+use pyo3::prelude::*;
+use std::cell::RefCell;
+use std::ffi::c_int;
+use std::fmt;
+use std::sync::Arc;
+
+/// A captured stack, innermost frame first.
+pub(crate) struct Frames(Box<[(Py<PyAny>, c_int)]>);
+
+thread_local! {
+    /// `threading.current_thread().name`, looked up once per thread.
+    static THREAD_NAME: RefCell<Option<Arc<str>>> = const { RefCell::new(None) };
+}
+
+pub(crate) fn thread_name(py: Python<'_>) -> Option<Arc<str>> {
+    THREAD_NAME.with(|cell| {
+        if let Some(n) = &*cell.borrow() {
+            return Some(n.clone());
+        }
+        let name: Arc<str> = py
+            .import(intern!(py, "threading"))
+            .and_then(|m| m.call_method0(intern!(py, "current_thread")))
+            .and_then(|t| t.getattr(intern!(py, "name")))
+            .and_then(|n| n.extract::<String>())
+            .ok()?
+            .into();
+        *cell.borrow_mut() = Some(name.clone());
+        Some(name)
+    })
+}
+
+/// The running Python frame's code object and instruction offset: the
+/// cheapest record of where the caller is (no allocation beyond the
+/// frame object CPython may make on demand).
+pub fn caller_frame(py: Python<'_>) -> Option<(Py<PyAny>, c_int)> {
+    // SAFETY: attached; PyEval_GetFrame lends its frame, PyFrame_GetCode
+    // returns a new reference, which we keep.
+    unsafe {
+        let frame = ffi::PyEval_GetFrame();
+        if frame.is_null() {
+            return None;
+        }
+        let code = ffi::PyFrame_GetCode(frame);
+        let lasti = ffi::PyFrame_GetLasti(frame);
+        Some((Bound::from_owned_ptr(py, code.cast()).unbind(), lasti))
+    }
+}
+
+/// The file and line of a [`caller_frame`].
+pub fn frame_location(py: Python<'_>, (code, lasti): &(Py<PyAny>, c_int)) -> (String, i64) {
+    let (file, line, _) = resolve_frame(py, code, *lasti);
+    (file, line)
+}
+
+/// The core's capture hook: up to `n` frames of the running Python stack.
+pub(crate) fn capture(n: usize) -> Capture {
+    Python::attach(|py| {
+        let mut frames = Vec::with_capacity(n.min(track::MAX_FRAMES));
+        // SAFETY: attached to the interpreter. PyEval_GetFrame lends its
+        // frame; PyFrame_GetBack and PyFrame_GetCode return new references,
+        // which we release (frames) or keep (code objects).
+        unsafe {
+            let mut frame = ffi::PyEval_GetFrame();
+            let mut owned: *mut ffi::PyFrameObject = std::ptr::null_mut();
+            while !frame.is_null() && frames.len() < n {
+                let code = ffi::PyFrame_GetCode(frame);
+                let lasti = ffi::PyFrame_GetLasti(frame);
+                frames.push((Bound::from_owned_ptr(py, code.cast()).unbind(), lasti));
+                let back = ffi::PyFrame_GetBack(frame);
+                if !owned.is_null() {
+                    ffi::Py_DECREF(owned.cast());
+                }
+                owned = back;
+                frame = back;
+            }
+            if !owned.is_null() {
+                ffi::Py_DECREF(owned.cast());
+            }
+        }
+        Capture {
+            site: (!frames.is_empty()).then(|| Arc::new(Frames(frames.into_boxed_slice())) as Site),
+            thread_name: thread_name(py),
+        }
+    })
+}
+
+/// One resolved frame: (file, line, function).
+pub(crate) type Line = (String, i64, String);
+
+pub(crate) fn resolve(py: Python<'_>, site: &Site) -> Vec<Line> {
+    let Some(frames) = site.downcast_ref::<Frames>() else {
+        return Vec::new();
+    };
+    frames
+        .0
+        .iter()
+        .map(|(code, lasti)| resolve_frame(py, code, *lasti))
+        .collect()
+}
+
+pub(crate) fn resolve_frame(py: Python<'_>, code: &Py<PyAny>, lasti: c_int) -> Line {
+    let code = code.bind(py);
+    // SAFETY: `code` is a code object (PyFrame_GetCode's result).
+    let line = unsafe { ffi::PyCode_Addr2Line(code.as_ptr().cast(), lasti) };
+    let text = |attr| {
+        code.getattr(attr)
+            .and_then(|v| v.extract::<String>())
+            .unwrap_or_else(|_| "?".into())
+    };
+    (
+        text(intern!(py, "co_filename")),
+        i64::from(line),
+        text(intern!(py, "co_qualname")),
+    )
+}
+
+/// The file and line of a site's innermost frame.
+pub fn site_location(py: Python<'_>, site: &Site) -> Option<(String, i64)> {
+    let (file, line, _) = resolve(py, site).into_iter().next()?;
+    Some((file, line))
+}
+
+pub(crate) fn first_line(py: Python<'_>, site: &Site) -> Option<String> {
+    let (file, line, func) = resolve(py, site).into_iter().next()?;
+    Some(format!("{file}:{line} in {func}"))
+}
+
+/// Appends where the block was allocated and freed, when tracking saw it
+/// (error messages: `Pointer`'s Display).
+pub fn write_sites(f: &mut fmt::Formatter<'_>, rec: &Record) -> fmt::Result {
+    let Some(t) = rec.tracked() else {
+        return Ok(());
+    };
+    Python::attach(|py| {
+        if let Some(at) = t.site.as_ref().and_then(|s| first_line(py, s)) {
+            write!(f, "; allocated at {at}")?;
+        }
+        if let Some(at) = t.freed.get().and_then(|s| first_line(py, s)) {
+            write!(f, "; freed at {at}")?;
+        }
+        Ok(())
+    })
+}
+
+/// Installs the capture hook (module import).
+pub fn install() {
+    track::set_capture(capture);
+}
