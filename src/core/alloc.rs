@@ -62,6 +62,12 @@ pub trait Backend: Send + Sync {
         Ok(fresh)
     }
 
+    /// A free-only owner: a library's own free (`freeaddrinfo`), which
+    /// releases what hangs off its blocks with them (core::owner). False by
+    /// default.
+    fn free_only(&self) -> bool {
+        false
+    }
     /// Address of the C function that frees this backend's blocks, if C may call it.
     fn native_free(&self) -> Option<usize> {
         None
@@ -206,6 +212,9 @@ impl Backend for Over {
     }
     fn native_free(&self) -> Option<usize> {
         self.0.backend.native_free()
+    }
+    fn free_only(&self) -> bool {
+        self.0.backend.free_only()
     }
     fn plain(&self) -> bool {
         self.0.plain_backend

@@ -540,12 +540,13 @@ fn lose(w: usize) -> Option<(RecordRef, bool)> {
 }
 
 /// Whether a dead record is kept for read-back: only those of the lifelong
-/// allocators (malloc, calloc, the adaptive and diagnostic ones), outside
-/// arenas. A record holds its allocator (and arena) alive, and a
-/// Python-defined allocator must be collectable once its blocks are gone.
+/// allocators (malloc, calloc, the adaptive and diagnostic ones), in an
+/// arena over one of them too. A record holds its allocator alive, and a
+/// Python-defined allocator must be collectable once its blocks are gone;
+/// an arena's tag holds only counters and a weak reference to the arena.
 #[inline]
 fn keeps(rec: &Record) -> bool {
-    rec.allocator().is_lifelong() && rec.arena_tag_any().is_none()
+    rec.allocator().is_lifelong()
 }
 
 /// Unlists the block of `rec`, which died (freed, reallocated, released):

@@ -170,10 +170,6 @@ impl Record {
         let tag = self.extra.arena()?;
         (self.word.load(Acquire) & IN_ARENA != 0).then_some(tag)
     }
-    /// The arena the block was made in, whether or not it still owns it.
-    pub(crate) fn arena_tag_any(&self) -> Option<&ArenaTag> {
-        self.extra.arena()
-    }
     pub fn is_autofree(&self) -> bool {
         self.word.load(Relaxed) & AUTOFREE != 0
     }

@@ -170,6 +170,11 @@ impl Backend for PyBackend {
         });
         Ok(())
     }
+
+    fn free_only(&self) -> bool {
+        let fns = self.0.fns.lock().unwrap_or_else(|e| e.into_inner());
+        fns.as_ref().is_some_and(|f| f.alloc.is_none())
+    }
 }
 
 thread_local! {

@@ -147,7 +147,7 @@ impl Field {
             // SAFETY: as above; the slot is pointer-sized.
             let stored = unsafe { (addr as *const usize).read_unaligned() };
             let target = self.ty.target.expect("pointer slots have a target");
-            let q = from_stored_address(py, stored, target)?;
+            let q = from_stored_address(py, stored, target, &p.owner)?;
             return Ok(new_object(py, q)?.into_any().unbind());
         }
         let field = p.view(addr, self.ty, Some(self.ty.size));

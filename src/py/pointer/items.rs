@@ -201,7 +201,7 @@ impl Pointer {
                     Value::Bool(b) => PyBool::new(py, b).to_owned().into_any().unbind(),
                     Value::Addr(a) => {
                         let target = self.ty.target.expect("pointer slots have a target");
-                        let p = from_stored_address(py, a, target)?;
+                        let p = from_stored_address(py, a, target, &self.owner)?;
                         new_object(py, p)?.into_any().unbind()
                     }
                 })
