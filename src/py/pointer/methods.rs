@@ -423,7 +423,7 @@ impl Pointer {
             Owned::Block(r) if r.state() != State::Detached => {
                 crate::py::handles::owner_object(py, r)
             }
-            Owned::Region(r) => crate::py::handles::handle_object(py, &r.region().handle),
+            Owned::Region(r) => crate::py::arena::region_object(py, r.region()),
             _ => py.None(),
         })
     }
