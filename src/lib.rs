@@ -43,7 +43,9 @@ mod _rsalloc {
     #[pymodule_export]
     use crate::py::pointer::Pointer;
     #[pymodule_export]
-    use crate::py::stats::{_block_cache, _reserve_state, set_limit, stats, Stats};
+    use crate::py::stats::{
+        _block_cache, _fail_object_creation, _reserve_state, set_limit, stats, Stats,
+    };
     #[pymodule_export]
     use crate::py::strings::{to_native_utf16, to_native_utf8};
     #[pymodule_export]

@@ -407,15 +407,37 @@ mod block_cache {
                 .map(|_| m.allocate(bytes(n), None).unwrap())
                 .collect();
             let addrs: Vec<usize> = rs.iter().map(|r| r.addr()).collect();
+            // glibc now and then hands out a larger chunk than asked (when
+            // the rest would be too small to keep), which files a class up:
+            // the order holds within each class a block files in.
+            let classes: Vec<usize> = addrs
+                .iter()
+                .map(|&a| {
+                    let p = std::ptr::with_exposed_provenance_mut::<c_void>(a);
+                    // SAFETY: `a` is a live malloc block (freed only below).
+                    (unsafe { libc::malloc_usable_size(p) } + 8) >> 4
+                })
+                .collect();
             for r in &rs {
                 m.free(r, r.addr()).unwrap();
             }
             for (i, &a) in addrs.iter().enumerate() {
-                assert_eq!(holds(token(&g), a, n), i >= 4, "size {n}, block {i}");
+                let newer = (i + 1..addrs.len())
+                    .filter(|&j| n > MAX_SIZE || classes[j] == classes[i])
+                    .count();
+                let filed_where_looked = n > MAX_SIZE || classes[i] <= (n + 23) / 16 + 1;
+                if filed_where_looked {
+                    assert_eq!(holds(token(&g), a, n), newer < bound, "size {n}, block {i}");
+                }
             }
             let again = m.allocate(bytes(n), None).unwrap();
             if n <= MAX_SIZE {
-                assert_eq!(again.addr(), addrs[bound + 3], "the newest is reused");
+                let looked = (n + 23) / 16;
+                let newest = (0..addrs.len())
+                    .rev()
+                    .find(|&j| classes[j] == looked)
+                    .unwrap();
+                assert_eq!(again.addr(), addrs[newest], "the newest is reused");
             } else {
                 assert!(
                     !addrs[4..].contains(&again.addr()),

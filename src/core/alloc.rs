@@ -20,7 +20,10 @@ use super::stats::{Counters, GLOBAL};
 use super::sys;
 use std::any::Any;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicU64, AtomicUsize,
+    Ordering::{AcqRel, Acquire, Relaxed},
+};
 use std::sync::{Arc, OnceLock};
 
 /// Where an allocator's memory comes from and goes back to.
@@ -63,6 +66,12 @@ pub trait Backend: Send + Sync {
         Ok(fresh)
     }
 
+    /// A free-only owner: a library's own free (`freeaddrinfo`), which
+    /// releases what hangs off its blocks with them (core::owner). False by
+    /// default.
+    fn free_only(&self) -> bool {
+        false
+    }
     /// Address of the C function that frees this backend's blocks, if C may call it.
     fn native_free(&self) -> Option<usize> {
         None
@@ -181,6 +190,9 @@ pub struct AllocCore {
     /// The allocator a limited one allocates through: its blocks count
     /// there too, and its limit applies.
     over: Option<Arc<AllocCore>>,
+    /// References to this core held by arenas over it: one per arena, one
+    /// per record in an arena's list (see [`AllocCore::held_by_arenas`]).
+    arena_refs: AtomicUsize,
 }
 
 /// The backend of `a.limited(n)`: `a`'s own.
@@ -212,6 +224,9 @@ impl Backend for Over {
     }
     fn native_free(&self) -> Option<usize> {
         self.0.backend.native_free()
+    }
+    fn free_only(&self) -> bool {
+        self.0.backend.free_only()
     }
     fn plain(&self) -> bool {
         self.0.plain_backend
@@ -298,6 +313,7 @@ impl AllocCore {
             lifelong: false,
             limit: UNLIMITED,
             over: None,
+            arena_refs: AtomicUsize::new(0),
         })
     }
 
@@ -317,7 +333,25 @@ impl AllocCore {
             lifelong: false,
             limit: max_bytes,
             over: Some(self.clone()),
+            arena_refs: AtomicUsize::new(0),
         })
+    }
+
+    /// How many of the references to this core arenas hold (the arena
+    /// itself, and each record in its list): the binding layer tells from
+    /// it whether every other holder is reachable by the garbage collector
+    /// (an arena object), so that a Python-defined allocator in a cycle with
+    /// its own arena can be collected.
+    pub fn held_by_arenas(&self) -> usize {
+        self.arena_refs.load(Acquire)
+    }
+
+    pub(crate) fn arena_refs_add(&self, n: usize) {
+        self.arena_refs.fetch_add(n, AcqRel);
+    }
+
+    pub(crate) fn arena_refs_sub(&self, n: usize) {
+        self.arena_refs.fetch_sub(n, AcqRel);
     }
 
     /// The cap on this allocator's live bytes, if any.

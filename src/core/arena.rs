@@ -39,6 +39,7 @@ impl WrapArena {
 
     /// An arena whose live bytes never pass `limit` (bytes asked for).
     pub fn with_limit(backing: Arc<AllocCore>, limit: u64) -> Self {
+        backing.arena_refs_add(1);
         WrapArena {
             tag: Arc::new(ArenaTag::with_limit(new_id(), limit)),
             backing,
@@ -71,6 +72,7 @@ impl WrapArena {
         };
         match refused {
             None => {
+                self.backing.arena_refs_add(1);
                 g.records.push(rec.clone());
                 Ok(rec)
             }
@@ -167,7 +169,8 @@ impl WrapArena {
         rec.allocator().track_adopted(rec, ty);
         let mut g = self.lock();
         if let Some(i) = g.records.iter().rposition(|r| RecordRef::ptr_eq(r, rec)) {
-            g.records.swap_remove(i);
+            drop(g.records.swap_remove(i));
+            self.backing.arena_refs_sub(1);
         }
         Ok(())
     }
@@ -207,6 +210,9 @@ impl WrapArena {
         for (rec, e) in failed {
             on_error(rec, e);
         }
+        let n = records.len();
+        drop(records);
+        self.backing.arena_refs_sub(n);
         true
     }
 }
@@ -216,6 +222,9 @@ impl Drop for WrapArena {
     /// releases it first, with its callbacks, and reports what it finds).
     fn drop(&mut self) {
         self.release(false, |_, _| {});
+        // The release dropped the records (a closed arena keeps none): the
+        // arena's own reference is what is left.
+        self.backing.arena_refs_sub(1);
     }
 }
 
@@ -265,6 +274,28 @@ mod tests {
         assert_eq!(a.tag.counters.snapshot().live_count, 0);
         assert!(matches!(a.allocate(req(1)), Err(Error::ArenaClosed)));
         assert!(!a.release(false, |_, _| {}));
+    }
+
+    #[test]
+    fn arena_refs_count_what_arenas_hold_of_the_core() {
+        let m = malloc();
+        let strong = || Arc::strong_count(&m) - 1; // less the test's own
+        let a = WrapArena::new(m.clone());
+        let r = a.allocate(req(16)).unwrap();
+        let s = a.allocate(req(16)).unwrap();
+        drop(s);
+        assert_eq!(m.held_by_arenas(), 3);
+        assert_eq!(strong(), 3);
+        a.detach(&r, r.addr(), "").unwrap(); // the allocator's block now
+        assert_eq!(m.held_by_arenas(), 2);
+        assert_eq!(strong(), 3); // r's record holds the core outside the arena
+        a.release(true, |_, _| {});
+        assert_eq!(m.held_by_arenas(), 1);
+        m.free(&r, r.addr()).unwrap();
+        drop(r);
+        assert_eq!(strong(), 1);
+        drop(a);
+        assert_eq!((m.held_by_arenas(), strong()), (0, 0));
     }
 
     #[test]

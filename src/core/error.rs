@@ -32,6 +32,9 @@ pub enum Ownership {
     OtherOwner,
     /// Unowned view: `from_address`, a slot read, foreign memory.
     Foreign,
+    /// Memory that hangs off a block a library frees (read from it, in no
+    /// rsalloc block): the library's free of that block releases it.
+    Dependent,
     /// Ownership was handed away with `detach()`.
     Detached,
     /// The pointer points inside a block, not at its start.
@@ -174,6 +177,9 @@ impl fmt::Display for Error {
             Error::Ownership(o) => f.write_str(match o {
                 Ownership::OtherOwner => "this allocator does not own the pointer",
                 Ownership::Foreign => "the pointer is an unowned view (foreign memory)",
+                Ownership::Dependent => {
+                    "the pointer views memory that hangs off a block a library frees: freeing that block frees it"
+                }
                 Ownership::Detached => {
                     "the pointer was detached: its memory belongs to someone else"
                 }

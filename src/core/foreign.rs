@@ -168,6 +168,10 @@ impl Backend for CFunctions {
     fn native_free(&self) -> Option<usize> {
         Some(self.free.address())
     }
+
+    fn free_only(&self) -> bool {
+        self.alloc.is_none()
+    }
 }
 
 #[cfg(test)]

@@ -180,10 +180,6 @@ impl Record {
         let tag = self.extra.arena()?;
         (self.word.load(Acquire) & IN_ARENA != 0).then_some(tag)
     }
-    /// The arena the block was made in, whether or not it still owns it.
-    pub(crate) fn arena_tag_any(&self) -> Option<&ArenaTag> {
-        self.extra.arena()
-    }
     /// Whether the block is freed when its last reference goes (`autofree=True`).
     pub fn is_autofree(&self) -> bool {
         self.word.load(Relaxed) & AUTOFREE != 0
@@ -354,21 +350,10 @@ impl std::fmt::Debug for Record {
     }
 }
 
-/// An allocation or free site, as the binding layer captured it (Python
-/// frames): the core keeps it and hands it back, and asks it nothing but
-/// its frames, for reports.
-pub trait CapturedSite: Send + Sync {
-    /// The frames, innermost first, as (file, line, function).
-    ///
-    /// # Safety
-    /// Called where the code that captured the site may run its runtime
-    /// (the binding: while attached to the interpreter); the core never
-    /// calls it.
-    unsafe fn frames(&self) -> Vec<(String, i64, String)>;
-}
-
-/// A captured site, shared by the registry's entry and the record.
-pub type Site = Arc<dyn CapturedSite>;
+/// An allocation or free site, as the binding layer captured it; the
+/// binding reads it back as its own type (docs/architecture.md, "What the
+/// core keeps of the binding").
+pub type Site = Arc<dyn Any + Send + Sync>;
 
 /// What a record carries about its tracking, for error messages.
 pub struct Tracked {

@@ -248,6 +248,10 @@ pub struct RegionCore {
     inner: SerialMutex<Inner>,
     /// The binding layer's object for this region (set once).
     pub handle: OnceLock<Box<dyn Any + Send + Sync>>,
+    /// The address of the binding layer's object for this region while
+    /// that object lives, else 0: set and cleared by the binding layer,
+    /// which says when it may be read.
+    pub object: AtomicUsize,
 }
 
 impl Inner {
@@ -418,6 +422,7 @@ impl RegionCore {
                 ..Inner::default()
             }),
             handle: OnceLock::new(),
+            object: AtomicUsize::new(0),
         })
     }
 

@@ -8,8 +8,10 @@
 //! core -> backend -> bound methods -> object): the backend must outlive the
 //! object while blocks are live, so that a late free (autofree, an export
 //! released after `free`) still reaches `_raw_free`. The object's
-//! `__traverse__` reports that edge only when no record holds the core, so
-//! the cycle is collected exactly when nothing can free through it any more.
+//! `__traverse__` reports that edge only when nothing but arenas holds the
+//! core (arenas are objects the collector sees, and release their blocks in
+//! their finalizer before anything is cleared), so the cycle is collected
+//! exactly when nothing else can free through it any more.
 
 use super::errors::raised;
 use crate::core::alloc::{new_id, AllocCore, Backend};
@@ -166,6 +168,11 @@ impl Backend for PyBackend {
             Err(e) => report_free_error(py, e),
         });
         Ok(())
+    }
+
+    fn free_only(&self) -> bool {
+        let fns = self.0.fns.lock().unwrap_or_else(|e| e.into_inner());
+        fns.as_ref().is_some_and(|f| f.alloc.is_none())
     }
 }
 

@@ -6,7 +6,6 @@
 //! A capture keeps (code object, instruction offset) pairs only; file, line
 //! and function are worked out when a report or an error message needs them.
 
-use crate::core::record::CapturedSite;
 use crate::core::record::Record;
 use crate::core::track::{self, Capture, Site};
 use pyo3::ffi;
@@ -100,23 +99,20 @@ pub(crate) fn capture(n: usize) -> Capture {
 /// One resolved frame: (file, line, function).
 pub(crate) type Line = (String, i64, String);
 
-impl CapturedSite for Frames {
-    unsafe fn frames(&self) -> Vec<Line> {
-        // SAFETY: the caller's contract: attached (`resolve` holds a
-        // `Python`). Attaching anew would not do: a report at exit runs
-        // while the interpreter finalizes, when PyO3 refuses to attach.
-        let py = unsafe { Python::assume_attached() };
-        self.0
-            .iter()
-            .map(|(code, lasti)| resolve_frame(py, code, *lasti))
-            .collect()
-    }
+/// A site's frames: (code object, instruction offset), innermost first.
+pub(crate) fn frames_of(site: &Site) -> &[(Py<PyAny>, c_int)] {
+    site.downcast_ref::<Frames>().map_or(&[], |f| &f.0)
 }
 
-/// A site's frames, innermost first.
-pub(crate) fn resolve(_py: Python<'_>, site: &Site) -> Vec<Line> {
-    // SAFETY: `Python<'_>` proves this thread attached.
-    unsafe { site.frames() }
+pub(crate) fn resolve(py: Python<'_>, site: &Site) -> Vec<Line> {
+    let Some(frames) = site.downcast_ref::<Frames>() else {
+        return Vec::new();
+    };
+    frames
+        .0
+        .iter()
+        .map(|(code, lasti)| resolve_frame(py, code, *lasti))
+        .collect()
 }
 
 pub(crate) fn resolve_frame(py: Python<'_>, code: &Py<PyAny>, lasti: c_int) -> Line {

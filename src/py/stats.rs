@@ -133,3 +133,11 @@ pub fn _block_cache(py: Python<'_>, trim: bool) -> (bool, usize, usize) {
 pub fn _reserve_state() -> (bool, usize) {
     crate::core::reserve::state()
 }
+
+/// `_fail_object_creation(n)`: the `n`-th next Pointer or struct view
+/// object that rsalloc makes raises MemoryError instead (0: none), as when
+/// CPython is out of memory; for tests of what each caller then gives back.
+#[pyfunction]
+pub fn _fail_object_creation(n: usize) {
+    super::cpython::freelist::fail_object_creation(n);
+}

@@ -1,6 +1,6 @@
 //! `to_native_utf8` / `to_native_utf16`: Python strings as NUL-terminated C strings.
 
-use super::allocator::{discard, malloc, Allocator};
+use super::allocator::{block_object, discard, malloc, Allocator};
 use super::arena::Arena;
 use super::errors::IntoPy;
 use super::pointer::Pointer;
@@ -32,11 +32,11 @@ fn allocate_from<'py>(
         align: ty.align,
     };
     if let Ok(a) = allocator.cast::<Allocator>() {
-        return Ok((Bound::new(py, a.get().new_pointer(py, ty, req)?)?, true));
+        return Ok((block_object(py, a.get().new_pointer(py, ty, req)?)?, true));
     }
     if let Ok(a) = allocator.cast::<Arena>() {
         return Ok((
-            Bound::new(py, a.get().new_pointer(a.as_any(), ty, req)?)?,
+            block_object(py, a.get().new_pointer(a.as_any(), ty, req)?)?,
             true,
         ));
     }

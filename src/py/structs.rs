@@ -148,7 +148,7 @@ impl Field {
             let stored =
                 unsafe { std::ptr::with_exposed_provenance::<usize>(addr).read_unaligned() };
             let target = self.ty.target.expect("pointer slots have a target");
-            let q = from_stored_address(py, stored, target)?;
+            let q = from_stored_address(py, stored, target, &p.owner)?;
             return Ok(new_object(py, q)?.into_any().unbind());
         }
         let field = p.view(addr, self.ty, Some(self.ty.size));

@@ -12,10 +12,10 @@
 //! unchanged, to the PyO3 slot it replaced, which raises the errors.
 
 use super::entry::{enter, replace_function, unary_function, Args, Outcome};
-use super::freelist::{as_pointer, new_object};
+use super::freelist::as_pointer;
 use super::view_objects::make_view;
 use crate::core::layout::Request;
-use crate::py::allocator::{self, Allocator};
+use crate::py::allocator::{self, block_object, Allocator};
 use crate::py::args::request;
 use crate::py::struct_view::StructView;
 use crate::py::structs::Field;
@@ -182,7 +182,7 @@ unsafe extern "C" fn allocator_call(
                 };
                 request(py, &this.core.name, ty, count.into(), None)
                     .and_then(|req| this.new_pointer(py, ty, req))
-                    .and_then(|p| Ok(new_object(py, p)?.into_ptr()))
+                    .and_then(|p| Ok(block_object(py, p)?.into_ptr()))
                     .into()
             },
             || OLD_ALLOCATOR_CALL.get().expect("installed")(slf, args, kwargs),
@@ -236,7 +236,8 @@ unsafe extern "C" fn to_native_utf8(
                     );
                     *std::ptr::with_exposed_provenance_mut::<u8>(p.addr + bytes.len()) = 0;
                 });
-            made.and_then(|p| Ok(new_object(py, p)?.into_ptr())).into()
+            made.and_then(|p| Ok(block_object(py, p)?.into_ptr()))
+                .into()
         })
     }
 }

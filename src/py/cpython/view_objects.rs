@@ -106,6 +106,9 @@ pub(crate) fn make_view(py: Python<'_>, class: &Py<PyAny>, ptr: Pointer) -> PyRe
     // adds, which its allocation zeroes. Writing the value is all PyO3 does
     // to initialise a frozen class's object.
     unsafe {
+        if super::freelist::injected_failure() {
+            return Err(pyo3::exceptions::PyMemoryError::new_err(()));
+        }
         let obj = alloc_view(tp);
         if obj.is_null() {
             return Err(PyErr::fetch(py));

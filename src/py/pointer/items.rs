@@ -4,6 +4,7 @@
 
 use super::{from_stored_address, Pointer};
 use crate::core::types::{Kind, Value};
+use crate::py::cpython::freelist::new_object;
 use crate::py::errors::IntoPy;
 use crate::py::types::{self};
 use crate::py::values::{exact_small_int, plain_number, to_value};
@@ -200,7 +201,8 @@ impl Pointer {
                     Value::Bool(b) => PyBool::new(py, b).to_owned().into_any().unbind(),
                     Value::Addr(a) => {
                         let target = self.ty.target.expect("pointer slots have a target");
-                        Py::new(py, from_stored_address(py, a, target)?)?.into_any()
+                        let p = from_stored_address(py, a, target, &self.owner)?;
+                        new_object(py, p)?.into_any().unbind()
                     }
                 })
             }
@@ -247,6 +249,29 @@ impl Pointer {
         let addr = self.elem_addr(i).py(py, self)?;
         // SAFETY: checked live and in bounds with no Python code run since.
         unsafe { kind.write(addr, value) };
+        Ok(())
+    }
+
+    /// `self[i] = v` of a Pointer or None into a pointer slot: converting
+    /// either runs no Python code, so one check of the slot serves (`write`
+    /// checks before and after a conversion that might). The same errors,
+    /// in the same order, as `write`.
+    #[cfg_attr(
+        not(all(pyo3_disable_reference_pool, pyo3_leak_on_drop_without_reference_pool)),
+        allow(dead_code)
+    )]
+    pub(crate) fn write_address(
+        &self,
+        py: Python<'_>,
+        i: isize,
+        v: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        debug_assert!(self.ty.kind == Kind::Ptr && (v.is_none() || v.cast::<Pointer>().is_ok()));
+        let _held = self.access().py(py, self)?;
+        let addr = self.elem_addr(i).py(py, self)?;
+        let value = to_value(Kind::Ptr, self.ty, v)?;
+        // SAFETY: checked live and in bounds; the conversion ran no Python code.
+        unsafe { Kind::Ptr.write(addr, value) };
         Ok(())
     }
 

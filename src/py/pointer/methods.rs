@@ -7,7 +7,7 @@
 use super::items::*;
 use super::{from_stored_address, Pointer};
 use crate::core::error::{Error, Ownership};
-use crate::core::owner::Owned;
+use crate::core::owner::{Owned, Owner};
 use crate::core::record::State;
 use crate::core::types::Kind;
 use crate::core::view::OffsetError;
@@ -439,7 +439,7 @@ impl Pointer {
             Owned::Block(r) if r.state() != State::Detached => {
                 crate::py::handles::owner_object(py, r)
             }
-            Owned::Region(r) => crate::py::handles::handle_object(py, &r.region().handle),
+            Owned::Region(r) => crate::py::arena::region_object(py, r.region()),
             _ => py.None(),
         })
     }
@@ -475,7 +475,7 @@ impl Pointer {
         let py = address.py();
         let addr = address_arg(address)?;
         let ty = types::lookup(r#type)?;
-        let p = from_stored_address(py, addr, ty)?;
+        let p = from_stored_address(py, addr, ty, &Owner::UNOWNED)?;
         let Some(c) = count else {
             return Ok(p);
         };
@@ -503,6 +503,7 @@ impl Pointer {
         match self.owner.get() {
             Owned::Block(r) => r.detach(self.addr).py(py, self),
             Owned::Region(_) => Err(self.err(py, Error::Ownership(Ownership::RegionCannotDetach))),
+            Owned::Dependent(_) => Err(self.err(py, Error::Ownership(Ownership::Dependent))),
             Owned::Unowned => Err(self.err(py, Error::Ownership(Ownership::Foreign))),
         }
     }
@@ -515,6 +516,9 @@ impl Pointer {
             Owned::Block(r) => r.set_autofree().py(slf.py(), this)?,
             // Region memory goes with its arena, never earlier: nothing to arm.
             Owned::Region(r) => r.check_access(this.addr).py(slf.py(), this)?,
+            Owned::Dependent(_) => {
+                return Err(this.err(slf.py(), Error::Ownership(Ownership::Dependent)))
+            }
             Owned::Unowned => return Err(this.err(slf.py(), Error::Ownership(Ownership::Foreign))),
         }
         Ok(slf)
