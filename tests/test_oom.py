@@ -221,6 +221,45 @@ def test_the_leak_list_when_memory_is_exhausted() -> None:
     assert left.strip() == "0"
 
 
+def test_element_and_field_reads_when_memory_is_exhausted() -> None:
+    # Reading a value makes a Python object: out of memory, that is a
+    # MemoryError on every route (fast slot, PyO3 method, struct field),
+    # never a panic (PyO3's own conversions panic on CPython's NULL).
+    done = run(
+        """
+        class S(rsalloc.Struct):
+            big: rsalloc.Int64
+            f: rsalloc.Float64
+        p = rsalloc.calloc(rsalloc.Int64, 4)
+        s = rsalloc.calloc(S)
+        p[0] = 1 << 40
+        s.ref.big = 1 << 41
+        s.ref.f = 2.5
+        index = rsalloc.Size  # a non-int index takes the general route
+        limit(12 << 20)
+        cushion = bytearray(256 << 10)
+        kept = exhaust()
+        del cushion
+        seen = set()
+        hog = []
+        for _ in range(200000):
+            try:
+                hog.append((p[0], p.value, s.ref.big, s.ref.f, p[0:2]))
+            except MemoryError:
+                seen.add("MemoryError")
+                break
+        del hog
+        for q in kept:
+            rsalloc.free(q)
+        print(sorted(seen), p[0] == 1 << 40)
+        """,
+        track=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "panicked" not in done.stderr, done.stderr[-3000:]
+    assert done.stdout.split() == ["['MemoryError']", "True"], (done.stdout, done.stderr[-2000:])
+
+
 def test_the_emergency_reserve_is_spent_then_taken_back() -> None:
     done = run(
         """
