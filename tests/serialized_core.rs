@@ -274,7 +274,7 @@ fn record_memory_running_out_is_an_error_that_changes_nothing() {
 mod block_cache {
     use super::*;
     use rsalloc::core::block_cache::{
-        held, held_back, holds, trim, HELD, MAX_BYTES, MAX_SIZE, PER_CLASS,
+        held, held_back, holds, kept_for, trim, HELD, MAX_BYTES, MAX_SIZE, PER_CLASS,
     };
 
     fn bytes(n: usize) -> Request {
@@ -328,9 +328,11 @@ mod block_cache {
         // Empty the classes used below, then fill them past their bounds.
         churn(200, 3 * PER_CLASS);
         churn(MAX_SIZE, 3 * PER_CLASS);
-        let before = held();
+        assert_eq!(kept_for(200), PER_CLASS);
+        assert_eq!(kept_for(MAX_SIZE), PER_CLASS);
         churn(200, 3 * PER_CLASS);
-        assert_eq!(held().0, before.0, "the class was already full");
+        assert_eq!(kept_for(200), PER_CLASS, "a full class stays at its bound");
+        let before = held();
         churn(MAX_SIZE + 100, 4);
         assert_eq!(held().0, before.0, "beyond MAX_SIZE: never kept for reuse");
         assert!(held_back().0 >= 4, "but held back from free");
@@ -384,7 +386,10 @@ mod block_cache {
             let again = m.allocate(bytes(n), None).unwrap();
             if n <= MAX_SIZE {
                 let looked = (n + 23) / 16;
-                let newest = (0..addrs.len()).rev().find(|&j| classes[j] == looked).unwrap();
+                let newest = (0..addrs.len())
+                    .rev()
+                    .find(|&j| classes[j] == looked)
+                    .unwrap();
                 assert_eq!(again.addr(), addrs[newest], "the newest is reused");
             } else {
                 assert!(

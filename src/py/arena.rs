@@ -167,7 +167,10 @@ pub(crate) fn dealloc_forgets_objects() {
 /// and not revived it): its region's `Pointer.allocator` is None from now on.
 pub(crate) fn forget_object(arena: &Arena, obj: *mut ffi::PyObject) {
     if let ArenaKind::Region(a) = &arena.backing {
-        let _ = a.region().object.compare_exchange(obj as usize, 0, Relaxed, Relaxed);
+        let _ = a
+            .region()
+            .object
+            .compare_exchange(obj as usize, 0, Relaxed, Relaxed);
     }
 }
 

@@ -227,7 +227,6 @@ impl Field {
     }
 }
 
-
 static STRUCT_MODULE: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
 
 fn struct_module(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {

@@ -22,12 +22,12 @@ use super::entry::{
     delegate, enter, replace_function, replace_method, single, unary_function, Args, Outcome,
 };
 use super::freelist::as_pointer;
+use crate::core::types::Kind;
 use crate::py::allocator::{block_object, Allocator};
 use crate::py::arena::Arena;
 use crate::py::args::plain_bytes_request;
 use crate::py::errors::IntoPy;
 use crate::py::pointer::{Owned, Pointer};
-use crate::core::types::Kind;
 use crate::py::values::exact_small_int;
 use pyo3::ffi;
 use pyo3::prelude::*;

@@ -3,8 +3,8 @@
 //! pointers, struct views), and index parsing.
 
 use super::{from_stored_address, Pointer};
-use crate::py::cpython::freelist::new_object;
 use crate::core::types::{Kind, Value};
+use crate::py::cpython::freelist::new_object;
 use crate::py::errors::IntoPy;
 use crate::py::types::{self};
 use crate::py::values::{exact_small_int, plain_number, to_value};
