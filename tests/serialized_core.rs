@@ -298,7 +298,7 @@ fn record_memory_running_out_is_an_error_that_changes_nothing() {
 mod block_cache {
     use super::*;
     use rsalloc::core::block_cache::{
-        held, held_back, holds, trim, HELD, MAX_BYTES, MAX_SIZE, PER_CLASS,
+        held, held_back, holds, kept_for, trim, HELD, MAX_BYTES, MAX_SIZE, PER_CLASS,
     };
 
     fn bytes(n: usize) -> Request {
@@ -365,9 +365,15 @@ mod block_cache {
         // Empty the classes used below, then fill them past their bounds.
         churn(200, 3 * PER_CLASS);
         churn(MAX_SIZE, 3 * PER_CLASS);
-        let before = held(token(&g));
+        assert_eq!(kept_for(token(&g), 200), PER_CLASS);
+        assert_eq!(kept_for(token(&g), MAX_SIZE), PER_CLASS);
         churn(200, 3 * PER_CLASS);
-        assert_eq!(held(token(&g)).0, before.0, "the class was already full");
+        assert_eq!(
+            kept_for(token(&g), 200),
+            PER_CLASS,
+            "a full class stays at its bound"
+        );
+        let before = held(token(&g));
         churn(MAX_SIZE + 100, 4);
         assert_eq!(
             held(token(&g)).0,

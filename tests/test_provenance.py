@@ -117,7 +117,7 @@ def test_read_back_after_free_is_a_use_after_free_not_stale_bytes() -> None:
 
 
 @pytest.mark.skipif(not block_cache_on(), reason="freed memory goes back to libc at once with the block cache off")
-@pytest.mark.parametrize("n, size", [(32, None), (16, 200), (8, 100_000)])
+@pytest.mark.parametrize("n, size", [(32, None), (64, 200), (8, 100_000)])
 def test_every_freed_block_of_a_pointer_array_reads_back_dead(n: int, size: int | None) -> None:
     # The seed's char** freed string by string (or blocks of one size, or
     # large ones), then every slot read back: none returns stale bytes.

@@ -53,7 +53,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 /// The largest request served from the cache, in bytes.
 pub const MAX_SIZE: usize = 4096;
 /// Blocks kept per size class.
-pub const PER_CLASS: usize = 32;
+pub const PER_CLASS: usize = 64;
 /// Bytes kept in all, counting each block as its class's nominal size
 /// (16 per class number: within 8 bytes of the block's usable size).
 pub const MAX_BYTES: usize = 1024 * 1024;
@@ -345,6 +345,15 @@ pub fn trim(s: Serialized<'_>) -> usize {
 /// Blocks and bytes (as counted against [`MAX_BYTES`]) kept for reuse now.
 pub fn held(s: Serialized<'_>) -> (usize, usize) {
     cache(s).map_or((0, 0), |c| (c.stacks.iter().map(|s| s.len).sum(), c.bytes))
+}
+
+/// Blocks kept now in the class a request of `n` bytes looks in (at most
+/// [`PER_CLASS`]).
+pub fn kept_for(s: Serialized<'_>, n: usize) -> usize {
+    match cache(s) {
+        Some(c) if n <= MAX_SIZE => c.stacks[class_of_request(n)].len,
+        _ => 0,
+    }
 }
 
 /// Large blocks and their usable bytes held back from `free` now (never

@@ -13,7 +13,7 @@
 use super::cpython::freelist::{as_pointer, new_object};
 use super::cpython::view_objects::{make_view, plain_view_objects};
 use super::errors::IntoPy;
-use super::pointer::{from_stored_address, Pointer};
+use super::pointer::{from_stored_address, value_object, Pointer};
 use super::struct_view::StructView;
 use super::types::{self, leak, Composite, TypeInfo};
 use super::values::{plain_number, to_value};
@@ -23,7 +23,7 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::type_object::PyTypeInfo;
-use pyo3::types::{PyBool, PySlice, PyType};
+use pyo3::types::{PySlice, PyType};
 use std::ffi::CString;
 
 /// Plugs struct, union and array classes into type lookup (`types`) and
@@ -226,16 +226,6 @@ impl Field {
             self.name, self.ty.name, self.offset, self.ty.size
         )
     }
-}
-
-fn value_object(py: Python<'_>, v: Value) -> PyResult<Py<PyAny>> {
-    Ok(match v {
-        Value::Int(i) => i.into_pyobject(py)?.into_any().unbind(),
-        Value::UInt(u) => u.into_pyobject(py)?.into_any().unbind(),
-        Value::Float(f) => f.into_pyobject(py)?.into_any().unbind(),
-        Value::Bool(b) => PyBool::new(py, b).to_owned().into_any().unbind(),
-        Value::Addr(a) => a.into_pyobject(py)?.into_any().unbind(),
-    })
 }
 
 static STRUCT_MODULE: PyOnceLock<Py<PyModule>> = PyOnceLock::new();

@@ -11,7 +11,7 @@ use crate::py::values::{exact_small_int, plain_number, to_value};
 use pyo3::exceptions::{PyIndexError, PyOverflowError, PyTypeError, PyValueError};
 use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyList, PySlice, PyTuple};
+use pyo3::types::{PyList, PySlice, PyTuple};
 
 impl Pointer {
     pub(super) fn element_type_error(&self) -> PyErr {
@@ -193,18 +193,14 @@ impl Pointer {
             _ => {
                 // SAFETY: elem_addr checked liveness and bounds (or the view is
                 // foreign, whose reads are the caller's responsibility).
-                let v = unsafe { kind.read(addr) };
-                Ok(match v {
-                    Value::Int(i) => i.into_pyobject(py)?.into_any().unbind(),
-                    Value::UInt(u) => u.into_pyobject(py)?.into_any().unbind(),
-                    Value::Float(f) => f.into_pyobject(py)?.into_any().unbind(),
-                    Value::Bool(b) => PyBool::new(py, b).to_owned().into_any().unbind(),
+                match unsafe { kind.read(addr) } {
                     Value::Addr(a) => {
                         let target = self.ty.target.expect("pointer slots have a target");
                         let p = from_stored_address(py, a, target, &self.owner)?;
-                        new_object(py, p)?.into_any().unbind()
+                        Ok(new_object(py, p)?.into_any().unbind())
                     }
-                })
+                    v => value_object(py, v),
+                }
             }
         }
     }
@@ -366,6 +362,20 @@ impl Pointer {
     not(all(pyo3_disable_reference_pool, pyo3_leak_on_drop_without_reference_pool)),
     allow(dead_code)
 )]
+/// The Python object for an element's value (an address as an int),
+/// made with CPython's checked constructors: out of memory is a
+/// MemoryError, never a panic (PyO3's conversions panic on NULL, and a
+/// panic with the emergency reserve spent would abort).
+pub(crate) fn value_object(py: Python<'_>, v: Value) -> PyResult<Py<PyAny>> {
+    let obj = match v {
+        // SAFETY: a plain constructor; NULL is handled below.
+        Value::Addr(a) => unsafe { ffi::PyLong_FromSize_t(a) },
+        v => number_object(v).expect("a number"),
+    };
+    // SAFETY: a new reference or NULL with the exception set.
+    unsafe { Bound::from_owned_ptr_or_err(py, obj) }.map(Bound::unbind)
+}
+
 pub(super) fn number_object(v: Value) -> Option<*mut ffi::PyObject> {
     // SAFETY: each call takes a plain number and returns a new reference or NULL.
     Some(unsafe {
