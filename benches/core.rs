@@ -19,6 +19,7 @@ fn main() {
 /// malloc + free of 64 bytes straight from libc: the floor.
 #[divan::bench]
 fn libc_malloc_free_64() {
+    // SAFETY: plain libc calls; the block is freed once.
     unsafe {
         let p = libc::malloc(black_box(64));
         libc::free(black_box(p));

@@ -4,6 +4,16 @@
 //! the thin PyO3 layer, one file per exposed concept. This file only wires
 //! the module together.
 
+// Only the core's exported surface (what the crate's integration tests,
+// fuzz targets and benches use) is `pub`; the rest is `pub(crate)`, for the
+// binding (docs/architecture.md, "The public surface"). Everything exported
+// is documented: it is the one part a reader meets without the source.
+// Without the binding, the items only it uses are unused.
+#[warn(missing_docs)]
+#[cfg_attr(
+    not(feature = "python"),
+    allow(dead_code, reason = "the binding is what uses these items")
+)]
 pub mod core;
 #[cfg(feature = "python")]
 pub mod py;
@@ -33,7 +43,9 @@ mod _rsalloc {
     #[pymodule_export]
     use crate::py::pointer::Pointer;
     #[pymodule_export]
-    use crate::py::stats::{_block_cache, _reserve_state, set_limit, stats, Stats};
+    use crate::py::stats::{
+        _block_cache, _fail_object_creation, _reserve_state, set_limit, stats, Stats,
+    };
     #[pymodule_export]
     use crate::py::strings::{to_native_utf16, to_native_utf8};
     #[pymodule_export]
@@ -60,12 +72,14 @@ mod _rsalloc {
         m.add("__version__", env!("CARGO_PKG_VERSION"))?;
         // Record memory and the object tricks first: no record or Pointer
         // object exists yet.
-        crate::py::cpython::install_early(py);
-        #[cfg(not(Py_GIL_DISABLED))]
-        if crate::py::stats::block_cache_wanted() {
-            // SAFETY: the block cache is for serialized mode, which the line
-            // above entered (under the GIL; `enable` checks it again).
-            unsafe { crate::core::block_cache::enable() };
+        let stats_probe = crate::py::stats::Stats::from(crate::core::stats::Snapshot::default());
+        crate::py::cpython::install_early(py, stats_probe);
+        // After the switch to serialized mode above: the core's own calls
+        // bring a token from then on.
+        if let Some(s) = crate::py::serialized::token(py) {
+            if crate::py::stats::block_cache_wanted() {
+                crate::core::block_cache::enable(s);
+            }
         }
         crate::core::reserve::arm();
         m.add("malloc", crate::py::allocator::malloc(py)?)?;

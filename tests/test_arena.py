@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import ctypes
 import ctypes.util
+import gc
 import pickle
 import threading
 import zlib
@@ -506,6 +507,95 @@ def test_current_arena_is_per_asyncio_task() -> None:
         return results
 
     assert asyncio.run(main()) == [[i, i, i, i] for i in range(8)]
+
+
+def test_nested_arenas_in_concurrent_tasks() -> None:
+    # Tasks interleave at every await, each two arenas deep; every level
+    # sees its own innermost arena, and leaving the inner one gives back the
+    # outer one of the same task.
+    async def task(i: int, started: asyncio.Barrier) -> int:
+        assert rsalloc.current_arena() is shared
+        async with Arena(None if i % 2 else malloc) as outer:
+            await started.wait()
+            with Arena() as inner:
+                for _ in range(3):
+                    assert rsalloc.current_arena() is inner
+                    await asyncio.sleep(0)
+                # A task made here shares this context: it sees `inner`.
+                child = asyncio.ensure_future(seen_by_child())
+                assert await child is inner
+            for _ in range(3):
+                assert rsalloc.current_arena() is outer
+                await asyncio.sleep(0)
+            p = rsalloc.current_arena()(Int32, 1)
+            p[0] = i
+            assert p.allocator is outer
+            return int(p[0])
+        raise AssertionError("unreachable")
+
+    async def seen_by_child() -> Arena:
+        return rsalloc.current_arena()
+
+    async def main() -> list[int]:
+        started = asyncio.Barrier(6)
+        results = await asyncio.gather(*(task(i, started) for i in range(6)))
+        assert rsalloc.current_arena() is shared
+        return results
+
+    with Arena() as shared:
+        assert asyncio.run(main()) == list(range(6))
+    with pytest.raises(RuntimeError):
+        rsalloc.current_arena()
+
+
+def test_task_outliving_the_with_sees_the_arena_outside_it() -> None:
+    # A task made inside `with` shares its context entry; once that `with`
+    # has ended (and released its arena) the task sees the arena outside
+    # it, never the released one (docs/decisions.md).
+    async def late(go: asyncio.Event) -> object:
+        await go.wait()
+        return rsalloc.current_arena()
+
+    async def main() -> None:
+        go = asyncio.Event()
+        async with Arena() as outer:
+            async with Arena() as inner:
+                t = asyncio.ensure_future(late(go))
+                await asyncio.sleep(0)
+            assert inner.closed
+            go.set()
+            assert await t is outer
+        t2 = None
+        async with Arena():
+            t2 = asyncio.ensure_future(late(go))
+        with pytest.raises(RuntimeError):
+            await t2
+
+    asyncio.run(main())
+
+
+def test_entering_the_same_arena_twice_nests() -> None:
+    a, b = Arena(), Arena()
+    with a:
+        with b:
+            with a:
+                assert rsalloc.current_arena() is a
+            # the inner exit released a; the entry of b is still innermost
+            assert rsalloc.current_arena() is b and a.closed
+        assert rsalloc.current_arena() is a
+    with pytest.raises(RuntimeError):
+        rsalloc.current_arena()
+
+
+def test_region_pointer_allocator_is_the_arena_while_it_lives() -> None:
+    with Arena() as a:
+        p = a.allocate(8)
+        q = a(Int32, 2)
+        assert p.allocator is a and q.allocator is a
+    assert p.allocator is a  # released, but the object lives
+    del a
+    gc.collect()
+    assert p.allocator is None and not p.alive
 
 
 def test_using_runs_fn_inside_a_fresh_arena(backing: rsalloc.Allocator | None) -> None:

@@ -89,7 +89,7 @@ def test_the_cache_is_bounded_and_never_counts_as_live() -> None:
     for n in range(1, 4097, 61):
         churn(n, 20)
         blocks, nbytes = _block_cache()[1:]
-        assert nbytes <= 1024 * 1024 and blocks <= 32 * 258
+        assert nbytes <= 1024 * 1024 and blocks <= 64 * 258
     kept = held()
     churn(4200, 5)
     churn(1 << 16, 5)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import os
+import re
 import subprocess
 import sys
 import sysconfig
@@ -143,12 +144,62 @@ def test_float_and_pointer_elements():
     f[0] = 2.5
     f[1] = 3
     assert (f[0], f[1]) == (2.5, 3.0)
-    slots = calloc(rsalloc.Pointer[Int32], 1)  # not numeric: PyO3's route
+    slots = calloc(rsalloc.Pointer[Int32], 1)
     target = calloc(Int32, 1)
     slots[0] = target
     assert slots[0].address == target.address
     for p in (f, slots, target):
         free(p)
+
+
+def pointer_slot_outcome(fn):
+    """`outcome`, with a Pointer result summarised by what it resolves to."""
+    try:
+        r = fn()
+    except Exception as e:  # noqa: BLE001 - any exception is the outcome
+        return type(e), str(e)
+    if isinstance(r, rsalloc.Pointer):
+        return "ok", (r.address, r.count, r.alive, r.type.__name__)
+    return "ok", r
+
+
+@pytest.mark.parametrize("i", [0, 2, -1, -3, 3, -4, 2**70, 1.0])
+def test_pointer_slot_read_matches_the_pyo3_slot(i):
+    slots = calloc(rsalloc.Pointer[Int32], 3)
+    targets = [calloc(Int32, 2), Arena(), None]
+    slots[0] = targets[0]
+    region_block = targets[1](Int32, 4)
+    slots[1] = region_block + 1  # an interior view of a region block
+    assert pointer_slot_outcome(lambda: slots[i]) == pointer_slot_outcome(lambda: type(slots).__getitem__(slots, i))
+    free(targets[0])  # a freed block read back: a dead view, both routes
+    targets[1].release_all()
+    assert pointer_slot_outcome(lambda: slots[i]) == pointer_slot_outcome(lambda: type(slots).__getitem__(slots, i))
+    free(slots)
+    assert pointer_slot_outcome(lambda: slots[0])[0] is rsalloc.UseAfterFreeError
+    assert pointer_slot_outcome(lambda: slots[0]) == pointer_slot_outcome(lambda: type(slots).__getitem__(slots, 0))
+
+
+def test_pointer_slot_write_matches_the_pyo3_slot():
+    live, dead = calloc(Int32, 1), calloc(Int32, 1)
+    free(dead)
+    for v in [live, dead, None, rsalloc.nullptr, live + 1, 12345, "x"]:
+        for i in [0, 1, -2, 2, -3]:
+            fast_p, slow_p = calloc(rsalloc.Pointer[Int32], 2), calloc(rsalloc.Pointer[Int32], 2)
+            fast_p[0] = fast_p[1] = slow_p[0] = slow_p[1] = live
+
+            def fast():
+                fast_p[i] = v
+
+            def slow():
+                type(slow_p).__setitem__(slow_p, i, v)
+
+            # the two blocks' addresses differ; everything else is the same
+            unaddressed = [re.sub(r"0x[0-9a-f]+", "ADDR", str(o)) for o in (outcome(fast), outcome(slow))]
+            assert unaddressed[0] == unaddressed[1], (v, i)
+            assert fast_p.read_bytes() == slow_p.read_bytes(), (v, i)
+            for p in (fast_p, slow_p):
+                free(p)
+    free(live)
 
 
 def test_errors_raised_on_the_fast_routes_leak_no_references():

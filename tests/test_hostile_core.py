@@ -293,6 +293,58 @@ class TestArenasLeftToTheCollector:
         # Callbacks ran, newest first, while the memory was still there.
         assert ran == [("using", True), ("callback", False, True)]
 
+    def test_an_arena_in_a_cycle_through_its_own_python_allocator_is_collected(self) -> None:
+        import weakref
+
+        class SelfPool(Pool):
+            """A Python allocator that keeps an arena over itself."""
+
+            def __init__(self) -> None:
+                super().__init__()
+                self.arena = rsalloc.Arena(self)
+
+        refs: list[weakref.ref[SelfPool]] = []
+        outs: list[set[int]] = []
+        kept = []
+
+        def make() -> None:
+            pool = SelfPool()
+            kept.extend([pool.arena.allocate(16), pool.arena(Int32, 4)])
+            assert len(pool.out) == 2
+            refs.append(weakref.ref(pool))
+            outs.append(pool.out)
+
+        (w,) = collected_unreleased(make)
+        assert "rsalloc.Arena(self)" in open(__file__).read().splitlines()[w.lineno - 1]
+        assert refs[0]() is None
+        # Released through the allocator's own _raw_free before the cycle was cleared.
+        assert outs[0] == set()
+        assert not any(p.alive for p in kept)
+
+    def test_a_block_outside_the_arena_keeps_that_cycle_alive(self) -> None:
+        import weakref
+
+        class SelfPool(Pool):
+            def __init__(self) -> None:
+                super().__init__()
+                self.arena = rsalloc.Arena(self)
+
+        pool = SelfPool()
+        own = pool.allocate(32)  # the allocator's own block: a later free needs _raw_free
+        pool.arena.allocate(8)
+        ref = weakref.ref(pool)
+        del pool
+        gc.collect()
+        assert ref() is not None and own.alive
+        rsalloc.free(own)  # still reaches _raw_free, on an intact object
+        survivor = ref()
+        assert survivor is not None
+        assert len(survivor.out) == 1 and survivor.arena.stats().live_count == 1
+        del own, survivor
+        # Nothing outside the arena holds the allocator now: collected.
+        collected_unreleased(lambda: None)
+        assert ref() is None
+
     def test_a_callback_that_fails_at_collection_is_unraisable(self) -> None:
         def make() -> None:
             a = rsalloc.Arena()

@@ -173,6 +173,11 @@ def test_codec_error_handler_sees_a_live_block_unchanged() -> None:
     )
 
 
+@pytest.mark.skipif(
+    sys.version_info >= (3, 12),
+    reason="3.12+ runs the cycle collector only at the interpreter's safe points, never inside the "
+    "slice's C loop: no gc callback can run mid-slice (the loop then ran 2000 full slices, 300 s on 3.13)",
+)
 def test_slice_of_structs_whose_from_buffer_frees() -> None:
     # Reading aggregates runs Python code per element (ctypes from_buffer):
     # a gc callback that frees the block mid-slice is caught, never a crash.

@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import socket
 import subprocess
 import sys
 import textwrap
 import threading
+import weakref
+from typing import Any
 
 import pytest
 
@@ -114,7 +117,7 @@ def test_read_back_after_free_is_a_use_after_free_not_stale_bytes() -> None:
 
 
 @pytest.mark.skipif(not block_cache_on(), reason="freed memory goes back to libc at once with the block cache off")
-@pytest.mark.parametrize("n, size", [(32, None), (16, 200), (8, 100_000)])
+@pytest.mark.parametrize("n, size", [(32, None), (64, 200), (8, 100_000)])
 def test_every_freed_block_of_a_pointer_array_reads_back_dead(n: int, size: int | None) -> None:
     # The seed's char** freed string by string (or blocks of one size, or
     # large ones), then every slot read back: none returns stale bytes.
@@ -129,6 +132,24 @@ def test_every_freed_block_of_a_pointer_array_reads_back_dead(n: int, size: int 
         with pytest.raises(UseAfterFreeError):
             stale[0]
     free(arr)
+
+
+@pytest.mark.skipif(not block_cache_on(), reason="freed memory goes back to libc at once with the block cache off")
+def test_blocks_of_a_released_arena_over_malloc_read_back_dead() -> None:
+    slots = calloc(Pointer[Uint8], 2)
+    a = Arena(malloc)
+    with a:
+        slots[0] = a(Uint8, 16)
+        slots[1] = to_native_utf8("scratch", allocator=a)
+    for i in range(2):
+        with pytest.raises(UseAfterFreeError, match="released with its arena"):
+            slots[i][0]
+    # The records kept for read-back hold no reference to the arena object.
+    gone = weakref.ref(a)
+    del a
+    gc.collect()
+    assert gone() is None
+    free(slots)
 
 
 def test_read_back_dead_pointer_names_both_sites_with_tracking() -> None:
@@ -211,17 +232,25 @@ AddrInfo._fields_ = [
 AI_NUMERICHOST = 4
 
 
-def test_getaddrinfo_list_walked_and_freed_by_a_free_only_owner() -> None:
+def _getaddrinfo(host: bytes, flags: int, T: Any) -> tuple[ctypes.CDLL, Any]:
+    """libc, and a slot getaddrinfo filled with the head of an AF_INET list
+    of T (a ctypes or an rsalloc struct of addrinfo's layout)."""
     lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
     lib.getaddrinfo.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_void_p, ctypes.c_void_p]
     lib.getaddrinfo.restype = ctypes.c_int
     lib.freeaddrinfo.argtypes = [ctypes.c_void_p]
     lib.freeaddrinfo.restype = None
-    hints = calloc(AddrInfo)
-    hints.ref.ai_flags = AI_NUMERICHOST
+    hints = calloc(T)
+    hints.ref.ai_flags = flags
     hints.ref.ai_family = socket.AF_INET
-    res = calloc(Pointer[AddrInfo], 1)
-    assert lib.getaddrinfo(b"127.0.0.1", None, hints, res) == 0
+    res = calloc(Pointer[T], 1)
+    assert lib.getaddrinfo(host, None, hints, res) == 0
+    free(hints)
+    return lib, res
+
+
+def test_getaddrinfo_list_walked_and_freed_by_a_free_only_owner() -> None:
+    lib, res = _getaddrinfo(b"127.0.0.1", AI_NUMERICHOST, AddrInfo)
     owner = ForeignAllocator(None, lib.freeaddrinfo, name="freeaddrinfo")
     head = owner.adopt(res[0].address, AddrInfo, 1)  # freeaddrinfo frees the whole chain
     assert res[0].allocator is owner and res[0].count == 1  # the slot now resolves to it
@@ -245,7 +274,77 @@ def test_getaddrinfo_list_walked_and_freed_by_a_free_only_owner() -> None:
         owner.free(head)
     assert owner.stats().live_count == 0
     free(res)
-    free(hints)
+
+
+class AddrInfoS(rsalloc.Struct):
+    ai_flags: Int32
+    ai_family: Int32
+    ai_socktype: Int32
+    ai_protocol: Int32
+    ai_addrlen: rsalloc.Uint32
+    ai_addr: Pointer[Uint8]
+    ai_canonname: Pointer[Uint8]
+    ai_next: "Pointer[AddrInfoS]"
+
+
+def test_what_a_library_block_points_to_dies_with_it() -> None:
+    # addrinfo's ai_next, ai_addr and ai_canonname are the library's: a
+    # free-only owner's block hands them out as views that die with it.
+    lib, res = _getaddrinfo(b"localhost", socket.AI_CANONNAME, AddrInfoS)
+    owner = ForeignAllocator(None, lib.freeaddrinfo, name="freeaddrinfo")
+    head = owner.adopt(res[0].address, AddrInfoS, 1)
+    nodes = [head]
+    while nodes[-1].ref.ai_next:
+        nodes.append(nodes[-1].ref.ai_next)  # a sibling, through the previous one
+    addrs = [n.ref.ai_addr for n in nodes]
+    name = head.ref.ai_canonname
+    assert name.to_str(), "AI_CANONNAME gives the head a name"
+    assert all(a.view(0, 8).read_bytes()[4:5] == b"\x7f" for a in addrs)  # 127.x.x.x
+    assert all(p.alive and p.allocator is None for p in nodes[1:] + addrs + [name])
+    assert "part of a freeaddrinfo block" in repr(name)
+    # None of them is rsalloc's to free: the library's free of the head is.
+    for p in nodes[1:] + addrs + [name]:
+        with pytest.raises(OwnershipError, match="hangs off a block a library frees"):
+            free(p)
+        with pytest.raises(OwnershipError):
+            p.detach()
+    free(res[0])  # freeaddrinfo(res): the whole list goes
+    for p in nodes + addrs + [name]:
+        assert not p.alive
+        with pytest.raises(UseAfterFreeError):
+            p.view(0, 1)[0]
+    with pytest.raises(UseAfterFreeError):
+        name.to_str()
+    assert owner.stats().live_count == 0
+    free(res)
+
+
+def test_an_export_of_a_library_pointee_defers_the_library_free() -> None:
+    lib, res = _getaddrinfo(b"127.0.0.1", AI_NUMERICHOST, AddrInfoS)
+    owner = ForeignAllocator(None, lib.freeaddrinfo, name="freeaddrinfo")
+    head = owner.adopt(res[0].address, AddrInfoS, 1)
+    sin = head.ref.ai_addr.view(0, 8)
+    m = memoryview(sin)  # pins the head: freeaddrinfo waits for the export
+    free(res[0])
+    assert not sin.alive
+    assert bytes(m[4:8]) == bytes([127, 0, 0, 1])  # still the library's memory, intact
+    m.release()  # now freeaddrinfo runs
+    assert owner.stats().live_count == 0
+    free(res)
+
+
+def test_what_an_owning_allocator_s_block_points_to_stays_foreign() -> None:
+    # malloc's blocks are not a library's structure: an address they hold
+    # that is no rsalloc block (here a Python bytes object's) outlives them,
+    # as in C.
+    text = b"not rsalloc's\0"
+    addr = ctypes.cast(ctypes.c_char_p(text), ctypes.c_void_p).value
+    s = malloc(AddrInfoS)
+    s.ref.ai_canonname = addr
+    name = s.ref.ai_canonname
+    assert name.allocator is None and "unowned" in repr(name)
+    free(s)
+    assert name.alive and name.to_str() == "not rsalloc's"
 
 
 # --- sized frees -------------------------------------------------------------------

@@ -374,6 +374,22 @@ def test_numpy_structured_dtype_reads_and_writes_fields() -> None:
     free(p)
 
 
+def test_a_quoted_self_reference_under_future_annotations() -> None:
+    # DESIGN's spelling, `next: "Pointer[Node]"`, in a module with
+    # `from __future__ import annotations` (this one) is quoted twice.
+    class QNode(Struct):
+        value: Int32
+        next: "Pointer[QNode]"
+
+    assert rsalloc.offsetof(QNode, "next") == 8
+    a, b = calloc(QNode), calloc(QNode)
+    a.ref.next = b
+    b.ref.value = 5
+    assert a.ref.next.ref.value == 5 and a.ref.next.type is QNode
+    free(a.ref.next)
+    free(a)
+
+
 def test_self_reference_forward_reference_and_by_value_cycles() -> None:
     class Node(Struct):
         value: Int32

@@ -177,7 +177,12 @@ def _resolve(cls: type, name: str, annotation: object) -> object:
         localns.setdefault(c.__name__, c)
     localns[cls.__name__] = cls
     try:
-        return eval(annotation, globalns, localns)  # noqa: S307 - the class's own annotation
+        t: object = eval(annotation, globalns, localns)  # noqa: S307 - the class's own annotation
+        # Under `from __future__ import annotations` a quoted annotation
+        # ("Pointer[Node]") arrives quoted twice: one eval gives the string.
+        if isinstance(t, str):
+            t = eval(t, globalns, localns)  # noqa: S307 - as above
+        return t
     except NameError as e:
         raise _Unresolved(f"{cls.__name__}.{name}: cannot resolve {annotation!r} ({e})") from e
 

@@ -15,11 +15,15 @@ use super::block_cache;
 use super::budget::{self, UNLIMITED};
 use super::error::{Error, Result};
 use super::layout::MALLOC_ALIGN;
+use super::serial::with_switch;
 use super::stats::{Counters, GLOBAL};
 use super::sys;
 use std::any::Any;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicU64, AtomicUsize,
+    Ordering::{AcqRel, Acquire, Relaxed},
+};
 use std::sync::{Arc, OnceLock};
 
 /// Where an allocator's memory comes from and goes back to.
@@ -62,6 +66,12 @@ pub trait Backend: Send + Sync {
         Ok(fresh)
     }
 
+    /// A free-only owner: a library's own free (`freeaddrinfo`), which
+    /// releases what hangs off its blocks with them (core::owner). False by
+    /// default.
+    fn free_only(&self) -> bool {
+        false
+    }
     /// Address of the C function that frees this backend's blocks, if C may call it.
     fn native_free(&self) -> Option<usize> {
         None
@@ -90,7 +100,7 @@ impl Backend for Libc {
     #[inline]
     fn alloc(&self, size: usize, align: usize, zeroed: bool) -> Result<NonNull<u8>> {
         if align <= MALLOC_ALIGN {
-            if let Some(p) = block_cache::take(size) {
+            if let Some(p) = with_switch(|s| s.and_then(|s| block_cache::take(s, size))) {
                 if zeroed {
                     // SAFETY: the kept block has at least `size` usable bytes.
                     unsafe { std::ptr::write_bytes(p.as_ptr(), 0, size) };
@@ -104,7 +114,7 @@ impl Backend for Libc {
     #[inline]
     unsafe fn free(&self, ptr: NonNull<u8>, _size: usize, _align: usize) -> Result<()> {
         // SAFETY: forwarded contract: a live libc block, unused from now on.
-        if !unsafe { block_cache::give(ptr) } {
+        if !with_switch(|s| s.is_some_and(|s| unsafe { block_cache::give(s, ptr) })) {
             // SAFETY: as above; the cache did not keep it.
             unsafe { sys::free(ptr) };
         }
@@ -137,7 +147,7 @@ impl Backend for Libc {
 /// never be the cause of a `MemoryError`).
 #[cold]
 fn retry_after_trim(e: Error, again: impl FnOnce() -> Result<NonNull<u8>>) -> Result<NonNull<u8>> {
-    if matches!(e, Error::OutOfMemory(_)) && block_cache::trim() > 0 {
+    if matches!(e, Error::OutOfMemory(_)) && with_switch(|s| s.map_or(0, block_cache::trim)) > 0 {
         again()
     } else {
         Err(e)
@@ -154,13 +164,18 @@ pub fn new_id() -> u64 {
     NEXT_ID.fetch_add(1, Relaxed)
 }
 
+/// An allocator: its name, owner group, counters and [`Backend`], and the rules every allocation
+/// through it follows (`alloc/ops.rs`).
 pub struct AllocCore {
+    /// Shown in reprs, reports and error messages (`"malloc"`, `"calloc"`, a subclass's name).
     pub name: String,
     /// Owner group: who may free this allocator's blocks.
     pub group: u64,
     /// calloc semantics: new memory (and a realloc's new tail) is zeroed.
     pub zeroed: bool,
+    /// This allocator's live and total blocks and bytes (the process's are [`GLOBAL`]).
     pub counters: Counters,
+    /// Where the memory comes from and goes back to.
     pub backend: Box<dyn Backend>,
     /// The binding layer's object for this allocator (set once).
     pub handle: OnceLock<Box<dyn Any + Send + Sync>>,
@@ -175,6 +190,9 @@ pub struct AllocCore {
     /// The allocator a limited one allocates through: its blocks count
     /// there too, and its limit applies.
     over: Option<Arc<AllocCore>>,
+    /// References to this core held by arenas over it: one per arena, one
+    /// per record in an arena's list (see [`AllocCore::held_by_arenas`]).
+    arena_refs: AtomicUsize,
 }
 
 /// The backend of `a.limited(n)`: `a`'s own.
@@ -207,6 +225,9 @@ impl Backend for Over {
     fn native_free(&self) -> Option<usize> {
         self.0.backend.native_free()
     }
+    fn free_only(&self) -> bool {
+        self.0.backend.free_only()
+    }
     fn plain(&self) -> bool {
         self.0.plain_backend
     }
@@ -220,9 +241,11 @@ pub struct CoreRef(NonNull<AllocCore>);
 
 // SAFETY: as Arc<AllocCore>: AllocCore is Send + Sync.
 unsafe impl Send for CoreRef {}
+// SAFETY: as for `Send`: shared access only reads the AllocCore, which is Sync.
 unsafe impl Sync for CoreRef {}
 
 impl CoreRef {
+    /// A reference to `core`, counted unless `core` is lifelong.
     pub fn new(core: &Arc<AllocCore>) -> Self {
         if !core.lifelong {
             std::mem::forget(core.clone());
@@ -260,6 +283,7 @@ impl Drop for CoreRef {
 }
 
 impl AllocCore {
+    /// An allocator of owner group `group` over `backend`; `zeroed`: calloc semantics.
     pub fn new(
         name: impl Into<String>,
         group: u64,
@@ -289,6 +313,7 @@ impl AllocCore {
             lifelong: false,
             limit: UNLIMITED,
             over: None,
+            arena_refs: AtomicUsize::new(0),
         })
     }
 
@@ -308,7 +333,25 @@ impl AllocCore {
             lifelong: false,
             limit: max_bytes,
             over: Some(self.clone()),
+            arena_refs: AtomicUsize::new(0),
         })
+    }
+
+    /// How many of the references to this core arenas hold (the arena
+    /// itself, and each record in its list): the binding layer tells from
+    /// it whether every other holder is reachable by the garbage collector
+    /// (an arena object), so that a Python-defined allocator in a cycle with
+    /// its own arena can be collected.
+    pub fn held_by_arenas(&self) -> usize {
+        self.arena_refs.load(Acquire)
+    }
+
+    pub(crate) fn arena_refs_add(&self, n: usize) {
+        self.arena_refs.fetch_add(n, AcqRel);
+    }
+
+    pub(crate) fn arena_refs_sub(&self, n: usize) {
+        self.arena_refs.fetch_sub(n, AcqRel);
     }
 
     /// The cap on this allocator's live bytes, if any.
@@ -440,20 +483,30 @@ mod tests {
         assert_eq!(r.detach(r.addr()).unwrap(), r.addr());
         assert_eq!(r.state(), State::Detached);
         // SAFETY: detached from libc's malloc: C's free is its owner now.
-        unsafe { libc::free(r.addr() as *mut libc::c_void) };
+        unsafe {
+            libc::free(std::ptr::with_exposed_provenance_mut::<libc::c_void>(
+                r.addr(),
+            ))
+        };
     }
 
     #[test]
     fn realloc_moves_and_kills_the_old_record() {
         let c = libc(true);
         let r = c.allocate(array(4, 1, 1, None).unwrap(), None).unwrap();
-        unsafe { std::ptr::write_bytes(r.addr() as *mut u8, 9, 4) };
+        // SAFETY: `r` is a live 4-byte block of this allocator, unpinned but not freed.
+        unsafe {
+            std::ptr::write_bytes(std::ptr::with_exposed_provenance_mut::<u8>(r.addr()), 9, 4)
+        };
         r.pin().unwrap();
         assert!(matches!(c.realloc(&r, r.addr(), 64), Err(Error::Exported)));
         r.unpin();
         let n = c.realloc(&r, r.addr(), 64).unwrap();
         assert_eq!(r.state(), State::Dead(Death::Reallocated));
-        let bytes = unsafe { std::slice::from_raw_parts(n.addr() as *const u8, 64) };
+        // SAFETY: `n` is the live 64-byte block realloc returned.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(std::ptr::with_exposed_provenance::<u8>(n.addr()), 64)
+        };
         assert_eq!(&bytes[..4], &[9; 4]);
         assert!(bytes[4..].iter().all(|b| *b == 0));
         let s = c.counters.snapshot();
@@ -477,7 +530,8 @@ mod tests {
             a.free(&r, addr),
             Err(Error::Ownership(Ownership::Detached))
         ));
-        unsafe { libc::free(addr as *mut libc::c_void) }; // C frees it
+        // SAFETY: detached: the block is C's now, a live libc block nobody else frees.
+        unsafe { libc::free(std::ptr::with_exposed_provenance_mut::<libc::c_void>(addr)) }; // C frees it
 
         let r = a.allocate(array(8, 1, 1, None).unwrap(), None).unwrap();
         r.set_autofree().unwrap();
@@ -554,7 +608,13 @@ mod tests {
                     r.unpin();
                 }
                 if r.state() == State::Detached {
-                    unsafe { libc::free(r.addr() as *mut libc::c_void) };
+                    // SAFETY: a detached record's block belongs to this test, as C's would, and is
+                    // freed once.
+                    unsafe {
+                        libc::free(std::ptr::with_exposed_provenance_mut::<libc::c_void>(
+                            r.addr(),
+                        ))
+                    };
                 } else if r.state() == State::Live && !r.is_autofree() {
                     a.free(&r, r.addr()).unwrap();
                 }

@@ -31,12 +31,15 @@ pub struct WrapArena {
 }
 
 impl WrapArena {
+    /// An arena without a limit (the binding always passes one).
+    #[cfg(test)]
     pub fn new(backing: Arc<AllocCore>) -> Self {
         Self::with_limit(backing, super::budget::UNLIMITED)
     }
 
     /// An arena whose live bytes never pass `limit` (bytes asked for).
     pub fn with_limit(backing: Arc<AllocCore>, limit: u64) -> Self {
+        backing.arena_refs_add(1);
         WrapArena {
             tag: Arc::new(ArenaTag::with_limit(new_id(), limit)),
             backing,
@@ -69,6 +72,7 @@ impl WrapArena {
         };
         match refused {
             None => {
+                self.backing.arena_refs_add(1);
                 g.records.push(rec.clone());
                 Ok(rec)
             }
@@ -147,7 +151,7 @@ impl WrapArena {
         unsafe {
             std::ptr::copy_nonoverlapping(
                 old.as_ptr(),
-                fresh.addr() as *mut u8,
+                std::ptr::with_exposed_provenance_mut::<u8>(fresh.addr()),
                 rec.size().min(new),
             );
         }
@@ -165,7 +169,8 @@ impl WrapArena {
         rec.allocator().track_adopted(rec, ty);
         let mut g = self.lock();
         if let Some(i) = g.records.iter().rposition(|r| RecordRef::ptr_eq(r, rec)) {
-            g.records.swap_remove(i);
+            drop(g.records.swap_remove(i));
+            self.backing.arena_refs_sub(1);
         }
         Ok(())
     }
@@ -189,23 +194,25 @@ impl WrapArena {
         for rec in &records {
             if rec.arena() == Some(self.tag.id) {
                 // Dead blocks (reallocated) refuse with DoubleFree: nothing left to free.
-                match rec.free(self.backing.group, self.tag.id, rec.addr()) {
-                    Err(e @ Error::HeapCorruption(_)) => {
-                        // Reported after the loop; with no room to remember
-                        // it, the first error is reported at once.
-                        if failed.try_reserve(1).is_ok() {
-                            failed.push((rec, e));
-                        } else {
-                            on_error(rec, e);
-                        }
+                if let Err(e @ Error::HeapCorruption(_)) =
+                    rec.free(self.backing.group, self.tag.id, rec.addr())
+                {
+                    // Reported after the loop; with no room to remember
+                    // it, the first error is reported at once.
+                    if failed.try_reserve(1).is_ok() {
+                        failed.push((rec, e));
+                    } else {
+                        on_error(rec, e);
                     }
-                    _ => {}
                 }
             }
         }
         for (rec, e) in failed {
             on_error(rec, e);
         }
+        let n = records.len();
+        drop(records);
+        self.backing.arena_refs_sub(n);
         true
     }
 }
@@ -215,6 +222,9 @@ impl Drop for WrapArena {
     /// releases it first, with its callbacks, and reports what it finds).
     fn drop(&mut self) {
         self.release(false, |_, _| {});
+        // The release dropped the records (a closed arena keeps none): the
+        // arena's own reference is what is left.
+        self.backing.arena_refs_sub(1);
     }
 }
 
@@ -267,6 +277,28 @@ mod tests {
     }
 
     #[test]
+    fn arena_refs_count_what_arenas_hold_of_the_core() {
+        let m = malloc();
+        let strong = || Arc::strong_count(&m) - 1; // less the test's own
+        let a = WrapArena::new(m.clone());
+        let r = a.allocate(req(16)).unwrap();
+        let s = a.allocate(req(16)).unwrap();
+        drop(s);
+        assert_eq!(m.held_by_arenas(), 3);
+        assert_eq!(strong(), 3);
+        a.detach(&r, r.addr(), "").unwrap(); // the allocator's block now
+        assert_eq!(m.held_by_arenas(), 2);
+        assert_eq!(strong(), 3); // r's record holds the core outside the arena
+        a.release(true, |_, _| {});
+        assert_eq!(m.held_by_arenas(), 1);
+        m.free(&r, r.addr()).unwrap();
+        drop(r);
+        assert_eq!(strong(), 1);
+        drop(a);
+        assert_eq!((m.held_by_arenas(), strong()), (0, 0));
+    }
+
+    #[test]
     fn detach_hands_the_block_to_the_backing_allocator() {
         let m = malloc();
         let a = WrapArena::new(m.clone());
@@ -286,11 +318,16 @@ mod tests {
         let m = malloc();
         let a = WrapArena::new(m.clone());
         let r = a.allocate(req(4)).unwrap();
-        unsafe { std::ptr::write_bytes(r.addr() as *mut u8, 5, 4) };
+        // SAFETY: `r` is a live 4-byte block of the arena.
+        unsafe {
+            std::ptr::write_bytes(std::ptr::with_exposed_provenance_mut::<u8>(r.addr()), 5, 4)
+        };
         let n = a.realloc(&r, r.addr(), 32).unwrap();
         assert_eq!(r.state(), State::Dead(Death::Reallocated));
         assert_eq!(n.arena(), Some(a.id()));
-        assert_eq!(unsafe { *(n.addr() as *const [u8; 4]) }, [5; 4]);
+        // SAFETY: `n` is the live 32-byte block realloc returned, its first 4 bytes copied.
+        let head = unsafe { *std::ptr::with_exposed_provenance::<[u8; 4]>(n.addr()) };
+        assert_eq!(head, [5; 4]);
         let s = m.counters.snapshot();
         assert_eq!((s.live_count, s.live_bytes), (1, 32));
         assert_eq!(a.tag.counters.snapshot().live_bytes, 32);
@@ -341,7 +378,13 @@ mod tests {
         let a = WrapArena::new(d.clone());
         let bad = a.allocate(req(8)).unwrap();
         let good = a.allocate(req(8)).unwrap();
-        unsafe { (bad.addr() as *mut u8).add(8).write(0) };
+        // SAFETY: the diagnostic backend places guard bytes right after the 8-byte block:
+        // overwriting one is the corruption under test, inside the guarded allocation.
+        unsafe {
+            std::ptr::with_exposed_provenance_mut::<u8>(bad.addr())
+                .add(8)
+                .write(0)
+        };
         let mut seen = Vec::new();
         assert!(a.release(false, |rec, e| {
             // Everything is released by the time errors are reported.

@@ -29,8 +29,9 @@
 //! a new one comes. This costs no libc call (each block is still freed
 //! once), only the memory of the last few large frees (docs/decisions.md).
 //!
-//! When: only in serialized mode (`serial`), where one outside lock covers
-//! every push and pop, and only once the binding [`enable`]s it. The binding
+//! When: only with a [`Serialized`] token, the proof that one outside lock
+//! covers every push and pop (every function here takes one), and only once
+//! the binding [`enable`]s it. The binding
 //! leaves it off under `PYTHONMALLOC=malloc` or `malloc_debug`, the settings
 //! used with valgrind and sanitizers, which must see every `free` to report
 //! C's use of a freed block (as pymalloc is then off for Python's objects),
@@ -43,7 +44,7 @@
 //! glibc's chunk sizes (`n + 8` rounded up to 16, at least 32) a block
 //! `malloc(n)` gave files exactly where the next request for `n` looks.
 
-use super::serial::serialized;
+use super::serial::Serialized;
 use super::sys;
 use std::cell::UnsafeCell;
 use std::ptr::NonNull;
@@ -52,7 +53,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 /// The largest request served from the cache, in bytes.
 pub const MAX_SIZE: usize = 4096;
 /// Blocks kept per size class.
-pub const PER_CLASS: usize = 32;
+pub const PER_CLASS: usize = 64;
 /// Bytes kept in all, counting each block as its class's nominal size
 /// (16 per class number: within 8 bytes of the block's usable size).
 pub const MAX_BYTES: usize = 1024 * 1024;
@@ -110,8 +111,8 @@ impl Stack {
         self.blocks[self.slot(self.len)] = p;
         self.len += 1;
     }
-    fn contains(&self, p: *mut u8) -> bool {
-        (0..self.len).any(|i| self.blocks[self.slot(i)] == p)
+    fn contains(&self, addr: usize) -> bool {
+        (0..self.len).any(|i| self.blocks[self.slot(i)].addr() == addr)
     }
 }
 
@@ -129,11 +130,11 @@ struct Cache {
     held: Held,
 }
 
-/// Guarded by serialized mode's outside lock: see the module comment.
+/// Guarded by the outside lock a [`Serialized`] token proves held.
 struct Shared(UnsafeCell<Cache>);
 
-// SAFETY: only touched when ENABLED, which requires serialized mode, whose
-// contract is that one outside lock covers every call (none calls out).
+// SAFETY: only touched through `cache`, which takes a `Serialized` token:
+// every thread that touches it holds the one outside lock (none calls out).
 unsafe impl Sync for Shared {}
 
 static CACHE: Shared = Shared(UnsafeCell::new(Cache {
@@ -179,14 +180,12 @@ fn learn_tcache_key() {
     TCACHE_KEY.store(key, Relaxed);
 }
 
-/// Turns the cache on, for good.
-///
-/// # Safety
-/// Serialized mode is on (`serial::assume_serialized_with`), with its
-/// contract: every later call into the core holds the one outside lock.
-pub unsafe fn enable() {
-    debug_assert!(serialized(), "the block cache needs serialized mode");
-    if serialized() && cfg!(all(target_os = "linux", target_env = "gnu")) {
+/// Turns the cache on, for good: from now on, every call that brings a
+/// token uses it. The core's own calls bring one in serialized mode only
+/// (`serial::with_switch`), so the binding enables the cache once it has
+/// switched to it.
+pub fn enable(_serialized: Serialized<'_>) {
+    if cfg!(all(target_os = "linux", target_env = "gnu")) {
         learn_tcache_key();
         ENABLED.store(true, Relaxed);
     }
@@ -200,21 +199,21 @@ pub fn enabled() -> bool {
 /// The cache, when on. The caller must not hold the reference across
 /// another call to this module.
 #[inline(always)]
-fn cache() -> Option<&'static mut Cache> {
-    // SAFETY: ENABLED implies serialized mode: the caller holds the outside
-    // lock, and no other reference to the cache is alive (module functions
-    // take it once each and do not call each other).
+fn cache(_serialized: Serialized<'_>) -> Option<&mut Cache> {
+    // SAFETY: the token proves the caller holds the outside lock every
+    // other user of the cache holds, and no other reference to the cache is
+    // alive (module functions take it once each and do not call each other).
     enabled().then(|| unsafe { &mut *CACHE.0.get() })
 }
 
 /// A kept block with at least `n` usable bytes, aligned as `malloc`'s; its
 /// contents are whatever was there.
 #[inline]
-pub fn take(n: usize) -> Option<NonNull<u8>> {
+pub fn take(s: Serialized<'_>, n: usize) -> Option<NonNull<u8>> {
     if n > MAX_SIZE {
         return None;
     }
-    let c = cache()?;
+    let c = cache(s)?;
     let class = class_of_request(n);
     let p = c.stacks[class].pop_newest()?;
     c.bytes -= class_bytes(class);
@@ -236,8 +235,8 @@ pub fn take(n: usize) -> Option<NonNull<u8>> {
 /// usable size. A block C freed that glibc already handed out again cannot
 /// be told from a live one (docs/safety.md).
 #[inline]
-pub unsafe fn give(p: NonNull<u8>) -> bool {
-    let Some(c) = cache() else {
+pub unsafe fn give(s: Serialized<'_>, p: NonNull<u8>) -> bool {
+    let Some(c) = cache(s) else {
         return false;
     };
     let key = TCACHE_KEY.load(Relaxed);
@@ -304,23 +303,23 @@ fn hold(h: &mut Held, p: *mut u8, usable: usize) -> bool {
 /// bytes asked when it was allocated): its memory is still rsalloc's, not
 /// handed to anyone again. Scans the one class a block of that size files
 /// in (at most [`PER_CLASS`] entries).
-pub fn holds(p: usize, size: usize) -> bool {
-    let Some(c) = cache() else {
+pub fn holds(s: Serialized<'_>, p: usize, size: usize) -> bool {
+    let Some(c) = cache(s) else {
         return false;
     };
     if size > MAX_SIZE {
         let h = &c.held;
-        return (0..h.len).any(|i| h.blocks[(h.first + i) % HELD].0 == p as *mut u8);
+        return (0..h.len).any(|i| h.blocks[(h.first + i) % HELD].0.addr() == p);
     }
     // A block files by its usable size, which may put it a class above
     // its request's (see `a_glibc_block_files_where_its_own_size_looks`).
     let first = class_of_request(size);
-    (first..(first + 2).min(CLASSES)).any(|class| c.stacks[class].contains(p as *mut u8))
+    (first..(first + 2).min(CLASSES)).any(|class| c.stacks[class].contains(p))
 }
 
 /// Frees every kept block; returns how many there were.
-pub fn trim() -> usize {
-    let Some(c) = cache() else {
+pub fn trim(s: Serialized<'_>) -> usize {
+    let Some(c) = cache(s) else {
         return 0;
     };
     let mut freed = 0;
@@ -344,14 +343,23 @@ pub fn trim() -> usize {
 }
 
 /// Blocks and bytes (as counted against [`MAX_BYTES`]) kept for reuse now.
-pub fn held() -> (usize, usize) {
-    cache().map_or((0, 0), |c| (c.stacks.iter().map(|s| s.len).sum(), c.bytes))
+pub fn held(s: Serialized<'_>) -> (usize, usize) {
+    cache(s).map_or((0, 0), |c| (c.stacks.iter().map(|s| s.len).sum(), c.bytes))
+}
+
+/// Blocks kept now in the class a request of `n` bytes looks in (at most
+/// [`PER_CLASS`]).
+pub fn kept_for(s: Serialized<'_>, n: usize) -> usize {
+    match cache(s) {
+        Some(c) if n <= MAX_SIZE => c.stacks[class_of_request(n)].len,
+        _ => 0,
+    }
 }
 
 /// Large blocks and their usable bytes held back from `free` now (never
 /// reused; see the module comment).
-pub fn held_back() -> (usize, usize) {
-    cache().map_or((0, 0), |c| (c.held.len, c.held.bytes))
+pub fn held_back(s: Serialized<'_>) -> (usize, usize) {
+    cache(s).map_or((0, 0), |c| (c.held.len, c.held.bytes))
 }
 
 /// Usable bytes of a live libc block.
@@ -395,11 +403,13 @@ mod tests {
         let sizes: Vec<usize> = (0..=MAX_SIZE).collect();
         let mut exact = 0;
         for &n in &sizes {
+            // SAFETY: a plain libc call.
             let p = unsafe { libc::malloc(n.max(1)) } as *mut u8;
             assert!(!p.is_null());
             let filed = (usable(p) + 8) >> 4;
             assert!(filed >= class_of_request(n), "n = {n}");
             exact += usize::from(filed == class_of_request(n));
+            // SAFETY: `p` came from the malloc above and is freed once.
             unsafe { libc::free(p.cast()) };
         }
         assert!(
@@ -410,13 +420,19 @@ mod tests {
     }
 
     #[test]
-    fn it_is_off_until_enabled_in_serialized_mode() {
-        // Unit tests never enter serialized mode.
+    fn it_is_off_until_enabled() {
+        // Unit tests never enable it (tests/serialized_core.rs does).
         assert!(!enabled());
-        assert_eq!(take(64), None);
+        // SAFETY: no thread of the unit tests uses the cache (it is off),
+        // so no other thread holds a token.
+        let s = unsafe { Serialized::new() };
+        assert_eq!(take(s, 64), None);
+        // SAFETY: a plain libc call.
         let p = NonNull::new(unsafe { libc::malloc(64) } as *mut u8).unwrap();
-        assert!(!unsafe { give(p) });
+        // SAFETY: `p` is a live malloc block that nothing else uses.
+        assert!(!unsafe { give(s, p) });
+        // SAFETY: the cache is off, so `give` kept nothing: `p` is still live and ours.
         unsafe { libc::free(p.as_ptr().cast()) };
-        assert_eq!(held(), (0, 0));
+        assert_eq!(held(s), (0, 0));
     }
 }

@@ -157,12 +157,13 @@ mod tests {
     fn nested_limits_all_apply() {
         let outer = malloc().limited(50);
         let inner = outer.limited(1000);
-        let _a = inner.allocate(req(50), None).unwrap();
+        let a = inner.allocate(req(50), None).unwrap();
         let e = over(inner.allocate(req(1), None).unwrap_err());
         assert_eq!((e.limit, e.live), (50, 50));
         // The inner allocator's charge was given back, its peak untouched.
         let s = inner.counters.snapshot();
         assert_eq!((s.total_allocs, s.live_bytes, s.peak_bytes), (1, 50, 50));
+        inner.free(&a, a.addr()).unwrap();
     }
 
     #[test]

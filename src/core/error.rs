@@ -6,12 +6,16 @@ use std::fmt;
 /// Why a block is dead: the three ways an allocation stops being usable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Death {
+    /// Freed by `free` (or through its owner).
     Freed,
+    /// Released with its arena.
     Released,
+    /// Moved by a realloc: the new block lives on.
     Reallocated,
 }
 
 impl Death {
+    /// How a message says it ("freed", "released with its arena", "reallocated").
     pub fn as_str(self) -> &'static str {
         match self {
             Death::Freed => "freed",
@@ -28,6 +32,9 @@ pub enum Ownership {
     OtherOwner,
     /// Unowned view: `from_address`, a slot read, foreign memory.
     Foreign,
+    /// Memory that hangs off a block a library frees (read from it, in no
+    /// rsalloc block): the library's free of that block releases it.
+    Dependent,
     /// Ownership was handed away with `detach()`.
     Detached,
     /// The pointer points inside a block, not at its start.
@@ -54,6 +61,7 @@ pub struct Corruption {
 }
 
 #[derive(Debug)]
+/// Why the core refused an operation; the operation changed nothing.
 pub enum Error {
     /// A size or count below zero (ValueError).
     NegativeSize,
@@ -74,11 +82,19 @@ pub enum Error {
     /// Access through address 0 (NullPointerError).
     NullPointer,
     /// Index outside the view (IndexError).
-    OutOfBounds { index: i128, len: usize },
+    OutOfBounds {
+        /// The index asked for.
+        index: i128,
+        /// Elements in the view.
+        len: usize,
+    },
     /// Byte range outside the view (IndexError).
     RangeOutOfBounds {
+        /// Where the range starts, in bytes from the view's start.
         offset: usize,
+        /// Its length in bytes.
         len: usize,
+        /// The view's length in bytes.
         extent: usize,
     },
     /// Allocation or registration on a released arena (ArenaClosedError).
@@ -88,14 +104,65 @@ pub enum Error {
     Exported,
     /// Guard bytes around a diagnostic block were overwritten (HeapCorruptionError).
     HeapCorruption(Corruption),
-    /// A failure raised by code outside the core (a Python-defined allocator).
-    External(Box<dyn std::error::Error + Send + Sync>),
+    /// What an allocation function returned is no block (ValueError).
+    BadBlock(BadBlock),
+    /// A failure raised by the caller's own code (a Python-defined
+    /// allocator's function), kept as the caller made it.
+    Raised(Box<dyn Raised>),
     /// The allocator cannot do this at all: a free-only allocator asked to
     /// allocate (TypeError).
     Unsupported(&'static str),
 }
 
+/// The core's result type.
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// A failure of the caller's code that the core carries back to it
+/// unchanged ([`Error::Raised`]): the core shows its message and asks
+/// nothing else of it; the binding implements it for its exceptions.
+pub trait Raised: fmt::Display + fmt::Debug + Send + Sync {
+    /// Hands the failure back to the code that raised it: the binding makes
+    /// it its pending exception again, to be taken at once.
+    fn reraise(self: Box<Self>);
+}
+
+/// What an allocation function returned that rsalloc cannot use (the
+/// Python layer raises `ValueError`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BadBlock {
+    /// Not an address: negative, or the block would wrap past `isize::MAX`.
+    NotAnAddress {
+        /// What it returned, as Python shows it.
+        value: String,
+        /// The bytes asked for.
+        size: usize,
+    },
+    /// Not aligned as requested; the block was handed back to its free function.
+    Misaligned {
+        /// The address it returned.
+        addr: usize,
+        /// The alignment asked for.
+        align: usize,
+    },
+}
+
+impl fmt::Display for BadBlock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BadBlock::NotAnAddress { value, size } => write!(
+                f,
+                "the allocation function returned {value}, which is not the address of {size} bytes"
+            ),
+            BadBlock::Misaligned { addr, align } => write!(
+                f,
+                "the allocation function returned {addr:#x}, which is not aligned to {align} bytes \
+                 (this allocator cannot honour that alignment; the block was freed again)"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for BadBlock {}
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -110,6 +177,9 @@ impl fmt::Display for Error {
             Error::Ownership(o) => f.write_str(match o {
                 Ownership::OtherOwner => "this allocator does not own the pointer",
                 Ownership::Foreign => "the pointer is an unowned view (foreign memory)",
+                Ownership::Dependent => {
+                    "the pointer views memory that hangs off a block a library frees: freeing that block frees it"
+                }
                 Ownership::Detached => {
                     "the pointer was detached: its memory belongs to someone else"
                 }
@@ -159,7 +229,8 @@ impl fmt::Display for Error {
                 }
                 write!(f, "); the memory was returned")
             }
-            Error::External(e) => write!(f, "{e}"),
+            Error::BadBlock(b) => write!(f, "{b}"),
+            Error::Raised(e) => write!(f, "{e}"),
             Error::Unsupported(what) => f.write_str(what),
         }
     }
@@ -170,15 +241,20 @@ impl std::error::Error for Error {}
 /// refusal is here so that the error type depends on nothing).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
+    /// The process-wide limit (`set_limit`).
     Process,
+    /// An allocator's limit (`a.limited(n)`).
     Allocator,
+    /// An arena's limit (`Arena(limit=n)`).
     Arena,
 }
 
 /// A request refused by a limit: what the message names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OverLimit {
+    /// Whose limit it was.
     pub scope: Scope,
+    /// The limit, in bytes.
     pub limit: u64,
     /// The live bytes when the request was refused.
     pub live: u64,

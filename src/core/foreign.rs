@@ -5,39 +5,9 @@
 //! a crash.
 
 use super::alloc::Backend;
-use super::error::{Error, Result};
-use std::any::Any;
+use super::error::{BadBlock, Error, Result};
 use std::ffi::c_void;
-use std::fmt;
 use std::ptr::NonNull;
-
-/// What an allocation function returned that rsalloc cannot use (the
-/// Python layer raises `ValueError`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BadBlock {
-    /// Not an address: negative, or the block would wrap past `isize::MAX`.
-    NotAnAddress { value: String, size: usize },
-    /// Not aligned as requested; the block was handed back to its free function.
-    Misaligned { addr: usize, align: usize },
-}
-
-impl fmt::Display for BadBlock {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            BadBlock::NotAnAddress { value, size } => write!(
-                f,
-                "the allocation function returned {value}, which is not the address of {size} bytes"
-            ),
-            BadBlock::Misaligned { addr, align } => write!(
-                f,
-                "the allocation function returned {addr:#x}, which is not aligned to {align} bytes \
-                 (this allocator cannot honour that alignment; the block was freed again)"
-            ),
-        }
-    }
-}
-
-impl std::error::Error for BadBlock {}
 
 /// Validates a raw result of an allocation function asked for `size` bytes
 /// at `align`. 0 means out of memory. A misaligned block is handed to
@@ -58,18 +28,16 @@ pub fn check_block(
                 .is_some_and(|end| end <= isize::MAX as usize)
         })
         .ok_or_else(|| {
-            Error::External(Box::new(BadBlock::NotAnAddress {
+            Error::BadBlock(BadBlock::NotAnAddress {
                 value: value.to_string(),
                 size,
-            }))
+            })
         })?;
-    let p = NonNull::new(addr as *mut u8).expect("checked non-zero");
+    let p =
+        NonNull::new(std::ptr::with_exposed_provenance_mut::<u8>(addr)).expect("checked non-zero");
     if addr % align != 0 {
         give_back(p);
-        return Err(Error::External(Box::new(BadBlock::Misaligned {
-            addr,
-            align,
-        })));
+        return Err(Error::BadBlock(BadBlock::Misaligned { addr, align }));
     }
     Ok(p)
 }
@@ -106,8 +74,8 @@ impl Free {
 
     fn address(self) -> usize {
         match self {
-            Free::Plain(f) => f as *const () as usize,
-            Free::Sized(f) => f as *const () as usize,
+            Free::Plain(f) => (f as *const ()).expose_provenance(),
+            Free::Sized(f) => (f as *const ()).expose_provenance(),
         }
     }
 }
@@ -123,8 +91,14 @@ pub struct CFunctions {
     max_size: usize,
     /// Whatever keeps the functions valid (the binding layer's function
     /// objects: a ctypes callback's thunk dies with its object).
-    _keep: Box<dyn Any + Send + Sync>,
+    _keep: Box<dyn KeepAlive>,
 }
+
+/// What a [`CFunctions`] holds only to keep its functions valid: anything
+/// the binding hands over; the core never looks at it, only drops it.
+pub trait KeepAlive: Send + Sync {}
+
+impl<T: Send + Sync> KeepAlive for T {}
 
 impl CFunctions {
     /// # Safety
@@ -138,7 +112,7 @@ impl CFunctions {
         free: usize,
         sized: bool,
         max_size: usize,
-        keep: Box<dyn Any + Send + Sync>,
+        keep: Box<dyn KeepAlive>,
     ) -> Option<Self> {
         if free == 0 {
             return None;
@@ -172,7 +146,7 @@ impl Backend for CFunctions {
             return Err(Error::OutOfMemory(size));
         }
         // SAFETY: the function has this signature (constructor's contract).
-        let raw = unsafe { alloc(n) } as usize;
+        let raw = unsafe { alloc(n) }.expose_provenance();
         let p = check_block(raw as i128, n, align, |p| unsafe {
             // SAFETY: `p` came from `alloc` (n bytes) and is not used again.
             self.free.call(p.as_ptr() as *mut c_void, n)
@@ -194,6 +168,10 @@ impl Backend for CFunctions {
     fn native_free(&self) -> Option<usize> {
         Some(self.free.address())
     }
+
+    fn free_only(&self) -> bool {
+        self.alloc.is_none()
+    }
 }
 
 #[cfg(test)]
@@ -209,17 +187,22 @@ mod tests {
 
     unsafe extern "C" fn counting_alloc(n: usize) -> *mut c_void {
         LIVE.fetch_add(1, Relaxed);
+        // SAFETY: forwards to malloc, the contract of an allocation function.
         unsafe { libc::malloc(n) }
     }
     unsafe extern "C" fn counting_free(p: *mut c_void) {
         LIVE.fetch_sub(1, Relaxed);
+        // SAFETY: `p` came from `counting_alloc` (malloc), as the free contract says.
         unsafe { libc::free(p) }
     }
     // Returns blocks one byte past malloc's, so never aligned to 2 or more.
     unsafe extern "C" fn odd_alloc(n: usize) -> *mut c_void {
+        // SAFETY: malloc's block is n + 1 bytes, so one past its start is in bounds (or null + 1,
+        // which the caller never dereferences: the test fails before).
         unsafe { (libc::malloc(n + 1) as *mut u8).add(1) as *mut c_void }
     }
     unsafe extern "C" fn odd_free(p: *mut c_void) {
+        // SAFETY: `p` came from `odd_alloc`: one byte past the start of a malloc block.
         unsafe { libc::free((p as *mut u8).sub(1) as *mut c_void) }
     }
     unsafe extern "C" fn null_alloc(_n: usize) -> *mut c_void {
@@ -227,10 +210,12 @@ mod tests {
     }
 
     fn core(alloc: AllocFn, free: FreeFn, max: usize, zeroed: bool) -> Arc<AllocCore> {
+        // SAFETY: the two addresses are C functions of the signatures `CFunctions::new` expects,
+        // valid for the process.
         let b = unsafe {
             CFunctions::new(
-                alloc as *const () as usize,
-                free as *const () as usize,
+                (alloc as *const ()).expose_provenance(),
+                (free as *const ()).expose_provenance(),
                 false,
                 max,
                 Box::new(()),
@@ -243,12 +228,15 @@ mod tests {
     fn c_functions_get_every_check() {
         let a = core(counting_alloc, counting_free, usize::MAX, true);
         let r = a.allocate(array(16, 4, 4, None).unwrap(), None).unwrap();
-        let bytes = unsafe { std::slice::from_raw_parts(r.addr() as *const u8, 64) };
+        // SAFETY: `r` is a live 64-byte block (16 Int32s).
+        let bytes = unsafe {
+            std::slice::from_raw_parts(std::ptr::with_exposed_provenance::<u8>(r.addr()), 64)
+        };
         assert!(bytes.iter().all(|b| *b == 0));
         assert_eq!(LIVE.load(Relaxed), 1);
         assert_eq!(
             a.backend.native_free(),
-            Some(counting_free as *const () as usize)
+            Some((counting_free as *const ()).expose_provenance())
         );
         let libc_heap = AllocCore::new(
             "malloc",
@@ -261,9 +249,15 @@ mod tests {
             Err(Error::Ownership(Ownership::OtherOwner))
         ));
         // realloc moves through alloc + copy + free of the same functions.
-        unsafe { std::ptr::write_bytes(r.addr() as *mut u8, 5, 64) };
+        // SAFETY: `r` is live and 64 bytes long.
+        unsafe {
+            std::ptr::write_bytes(std::ptr::with_exposed_provenance_mut::<u8>(r.addr()), 5, 64)
+        };
         let n = a.realloc(&r, r.addr(), 128).unwrap();
-        let bytes = unsafe { std::slice::from_raw_parts(n.addr() as *const u8, 128) };
+        // SAFETY: `n` is the live 128-byte block realloc returned.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(std::ptr::with_exposed_provenance::<u8>(n.addr()), 128)
+        };
         assert!(bytes[..64].iter().all(|b| *b == 5) && bytes[64..].iter().all(|b| *b == 0));
         assert_eq!(LIVE.load(Relaxed), 1);
         a.free(&n, n.addr()).unwrap();
@@ -279,15 +273,18 @@ mod tests {
 
     unsafe extern "C" fn sized_free(p: *mut c_void, n: usize) {
         SIZES.lock().unwrap().push(n);
+        // SAFETY: `p` came from `libc::malloc` (the paired allocation function).
         unsafe { libc::free(p) }
     }
 
     #[test]
     fn a_sized_free_gets_the_size_allocated_or_adopted_with() {
+        // SAFETY: `libc::malloc` and `sized_free` have the signatures declared (a sized free),
+        // valid for the process.
         let b = unsafe {
             CFunctions::new(
-                libc::malloc as *const () as usize,
-                sized_free as *const () as usize,
+                (libc::malloc as *const ()).expose_provenance(),
+                (sized_free as *const ()).expose_provenance(),
                 true,
                 usize::MAX,
                 Box::new(()),
@@ -296,7 +293,8 @@ mod tests {
         let a = AllocCore::new("sized", new_id(), false, Box::new(b.unwrap()));
         let r = a.allocate(array(5, 8, 8, None).unwrap(), None).unwrap();
         a.free(&r, r.addr()).unwrap();
-        let raw = unsafe { libc::malloc(7) } as usize;
+        // SAFETY: a plain libc call; the block is adopted below.
+        let raw = unsafe { libc::malloc(7) }.expose_provenance();
         let q = a.adopt(raw, array(7, 1, 1, None).unwrap()).unwrap();
         a.free(&q, raw).unwrap();
         let z = a.allocate(array(0, 1, 1, None).unwrap(), None).unwrap();
@@ -310,10 +308,11 @@ mod tests {
 
     #[test]
     fn a_free_only_backend_adopts_but_never_allocates() {
+        // SAFETY: no allocation function (0), and `counting_free` has the free signature.
         let b = unsafe {
             CFunctions::new(
                 0,
-                counting_free as *const () as usize,
+                (counting_free as *const ()).expose_provenance(),
                 false,
                 0,
                 Box::new(()),
@@ -325,7 +324,8 @@ mod tests {
             Err(Error::Unsupported(FREE_ONLY))
         ));
         assert_eq!(a.counters.snapshot().total_allocs, 0);
-        let raw = unsafe { counting_alloc(16) } as usize;
+        // SAFETY: calls the malloc wrapper; the block is adopted below.
+        let raw = unsafe { counting_alloc(16) }.expose_provenance();
         let r = a.adopt(raw, array(16, 1, 1, None).unwrap()).unwrap();
         assert!(matches!(a.realloc(&r, raw, 32), Err(Error::Unsupported(_))));
         assert_eq!(
@@ -342,8 +342,10 @@ mod tests {
     fn bad_results_are_errors() {
         let a = core(odd_alloc, odd_free, usize::MAX, false);
         let e = a.allocate(array(8, 8, 8, None).unwrap(), None).unwrap_err();
-        assert!(matches!(&e, Error::External(b)
-            if matches!(b.downcast_ref::<BadBlock>(), Some(BadBlock::Misaligned { align: 8, .. }))));
+        assert!(matches!(
+            &e,
+            Error::BadBlock(BadBlock::Misaligned { align: 8, .. })
+        ));
         assert_eq!(a.counters.snapshot().total_allocs, 0);
         // Byte alignment is satisfied by any address.
         let r = a.allocate(array(8, 1, 1, None).unwrap(), None).unwrap();
@@ -361,12 +363,13 @@ mod tests {
         ));
         assert!(matches!(
             check_block(-8, 8, 8, |_| unreachable!()),
-            Err(Error::External(_))
+            Err(Error::BadBlock(_))
         ));
         assert!(matches!(
             check_block(isize::MAX as i128 - 4, 8, 1, |_| unreachable!()),
-            Err(Error::External(_))
+            Err(Error::BadBlock(_))
         ));
+        // SAFETY: address 1 is refused before it is ever called (the test checks `None`).
         assert!(unsafe { CFunctions::new(1, 0, false, 1, Box::new(())) }.is_none());
     }
 }

@@ -137,9 +137,12 @@ mod tests {
         for align in [1, 8, 16, 64, 4096] {
             for zeroed in [false, true] {
                 let p = Guarded.alloc(40, align, zeroed).unwrap();
-                assert_eq!(p.as_ptr() as usize % align, 0);
+                assert_eq!(p.as_ptr().addr() % align, 0);
+                // SAFETY: `p` is a live 40-byte guarded block.
                 let s = unsafe { std::slice::from_raw_parts(p.as_ptr(), 40) };
                 assert!(s.iter().all(|b| *b == if zeroed { 0 } else { CLEAN }));
+                // SAFETY: `p` came from `Guarded.alloc` with this size and alignment and is not
+                // used again.
                 unsafe { Guarded.free(p, 40, align) }.unwrap();
             }
         }
@@ -148,13 +151,18 @@ mod tests {
     #[test]
     fn overrun_and_underrun_are_reported_and_memory_returned() {
         let p = Guarded.alloc(10, 8, false).unwrap();
+        // SAFETY: the guard bytes after the 10-byte block belong to the same allocation: writing 3
+        // of them is the overrun under test, inside it.
         unsafe { std::ptr::write_bytes(p.as_ptr(), 0, 13) }; // 3 bytes past the end
+                                                             // SAFETY: `p` came from `Guarded.alloc(10, 8)` and is not used again.
         match unsafe { Guarded.free(p, 10, 8) } {
             Err(Error::HeapCorruption(c)) => assert_eq!((c.before, c.after, c.size), (0, 3, 10)),
             other => panic!("{other:?}"),
         }
         let p = Guarded.alloc(10, 32, false).unwrap();
+        // SAFETY: the byte before the block is the last guard byte, inside the same allocation.
         unsafe { p.as_ptr().sub(1).write(0) };
+        // SAFETY: `p` came from `Guarded.alloc(10, 32)` and is not used again.
         match unsafe { Guarded.free(p, 10, 32) } {
             Err(Error::HeapCorruption(c)) => assert_eq!((c.before, c.after), (1, 0)),
             other => panic!("{other:?}"),
@@ -165,7 +173,9 @@ mod tests {
     fn memset_of_any_value_is_caught() {
         for v in 0..=255u8 {
             let p = Guarded.alloc(4, 8, false).unwrap();
+            // SAFETY: the 4-byte block is followed by GUARD guard bytes of the same allocation.
             unsafe { std::ptr::write_bytes(p.as_ptr(), v, 4 + GUARD) };
+            // SAFETY: `p` came from `Guarded.alloc(4, 8)` and is not used again.
             assert!(unsafe { Guarded.free(p, 4, 8) }.is_err(), "value {v}");
         }
     }
@@ -173,22 +183,31 @@ mod tests {
     #[test]
     fn realloc_checks_first_and_keeps_bytes() {
         let p = Guarded.alloc(8, 16, false).unwrap();
+        // SAFETY: `p` is a live 8-byte guarded block.
         unsafe { std::ptr::write_bytes(p.as_ptr(), 7, 8) };
+        // SAFETY: `p` came from `Guarded.alloc(8, 16)`; on success it is not used again.
         let q = unsafe { Guarded.realloc(p, 8, 32, 16, true) }.unwrap();
+        // SAFETY: `q` is the live 32-byte block realloc returned.
         let s = unsafe { std::slice::from_raw_parts(q.as_ptr(), 32) };
         assert!(s[..8].iter().all(|b| *b == 7) && s[8..].iter().all(|b| *b == 0));
+        // SAFETY: the byte after the 32-byte block is its first guard byte, inside the allocation.
         unsafe { q.as_ptr().add(32).write(1) };
         assert!(matches!(
+            // SAFETY: `q` came from `Guarded.realloc(.., 32, 16, ..)`; the refused move leaves it
+            // ours.
             unsafe { Guarded.realloc(q, 32, 64, 16, false) },
             Err(Error::HeapCorruption(_))
         ));
         // still ours after the refused move
+        // SAFETY: `q` is still the live 32-byte block (the realloc was refused) and is not used
+        // again.
         assert!(unsafe { Guarded.free(q, 32, 16) }.is_err());
     }
 
     #[test]
     fn zero_bytes_and_huge_requests() {
         let p = Guarded.alloc(0, 8, false).unwrap();
+        // SAFETY: `p` came from `Guarded.alloc(0, 8)` and is not used again.
         unsafe { Guarded.free(p, 0, 8) }.unwrap();
         assert!(matches!(
             Guarded.alloc(usize::MAX - 8, 8, false),

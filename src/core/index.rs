@@ -16,7 +16,8 @@
 //!   table of 1 GiB spans (in `.bss`: untouched pages cost nothing), then
 //!   tables of 16 KiB leaves, each leaf one 4 KiB page of 512 slots. A leaf
 //!   page costs RSS only once touched: 8 bytes per 16-byte block on a dense
-//!   heap (glibc gives a 16-byte block a 32-byte chunk).
+//!   heap (glibc gives a 16-byte block a 32-byte chunk). A leaf whose
+//!   blocks are all gone is unmapped, [`EMPTY_KEPT`] at a time.
 //! - a sorted list of spans for everything else: larger blocks, the chunks
 //!   of bump-region arenas (whose blocks the region finds itself), and the
 //!   small blocks whose granule was taken.
@@ -51,9 +52,9 @@ use super::block_cache;
 use super::error::{Error, Ownership, Result};
 use super::record::Record;
 use super::record_ref::RecordRef;
-use super::serial::{SerialGuard, SerialMutex};
+use super::serial::{with_switch, SerialGuard, SerialMutex};
 use std::ptr::null_mut;
-use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicPtr, AtomicU16, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Weak};
 
 /// Blocks up to this many bytes go in the radix map.
@@ -76,7 +77,41 @@ const LEAF_SHIFT: u32 = GRANULE_SHIFT + LEAF_BITS;
 const MID_SHIFT: u32 = LEAF_SHIFT + MID_BITS;
 
 type Leaf = [AtomicUsize; 1 << LEAF_BITS];
-type Mid = [AtomicPtr<Leaf>; 1 << MID_BITS];
+
+/// The leaves of 1 GiB of address space, and how many entries each holds,
+/// so that a leaf whose blocks are all gone can go back (see
+/// [`State::give_back_empty_leaves`]).
+struct Mid {
+    leaves: [AtomicPtr<Leaf>; 1 << MID_BITS],
+    /// Entries in each leaf, with [`QUEUED`] set while the leaf waits in
+    /// [`State::empty`].
+    live: [AtomicU16; 1 << MID_BITS],
+}
+
+/// Set in a leaf's count while it is listed as empty.
+const QUEUED: u16 = 1 << 15;
+/// Set in a leaf's count when the leaf is heap memory (see [`new_leaf`]).
+const HEAP: u16 = 1 << 14;
+/// Empty leaves kept before they are given back: an allocate/free loop
+/// empties and refills one leaf again and again, and must not map and
+/// unmap a page each time.
+const EMPTY_KEPT: usize = 64;
+
+/// A granule's entry, with its leaf's count.
+#[derive(Clone, Copy)]
+struct Slot {
+    word: &'static AtomicUsize,
+    live: &'static AtomicU16,
+    /// The leaf's key (`addr >> LEAF_SHIFT`).
+    key: usize,
+}
+
+impl Slot {
+    #[inline]
+    fn load(&self) -> usize {
+        self.word.load(Relaxed)
+    }
+}
 
 /// The top level: one pointer per 1 GiB span of address space. Written and
 /// read only under [`STATE`]'s lock (atomics only to be a `static`).
@@ -102,6 +137,10 @@ struct State {
     /// loops touch one leaf again and again.
     cached_key: usize,
     cached_leaf: *const Leaf,
+    cached_live: *const AtomicU16,
+    /// Keys of leaves that became empty, given back [`EMPTY_KEPT`] at a time.
+    empty: [usize; EMPTY_KEPT],
+    empty_len: usize,
     /// Sorted by start; spans never overlap.
     spans: Vec<Span>,
     /// Lately freed blocks: (start, counted record word), 0 when empty,
@@ -113,12 +152,22 @@ struct State {
 // lock; records are Sync, leaves are atomics that live for the process.
 unsafe impl Send for State {}
 
-static STATE: SerialMutex<State> = SerialMutex::new(State {
-    cached_key: usize::MAX,
-    cached_leaf: std::ptr::null(),
-    spans: Vec::new(),
-    freed: [[(0, 0); FREED_WAYS]; FREED_SETS],
-});
+impl State {
+    /// Nothing listed.
+    const fn new() -> Self {
+        State {
+            cached_key: usize::MAX,
+            cached_leaf: std::ptr::null(),
+            cached_live: std::ptr::null(),
+            empty: [0; EMPTY_KEPT],
+            empty_len: 0,
+            spans: Vec::new(),
+            freed: [[(0, 0); FREED_WAYS]; FREED_SETS],
+        }
+    }
+}
+
+static STATE: SerialMutex<State> = SerialMutex::new(State::new());
 
 /// The record an entry word names.
 ///
@@ -144,8 +193,8 @@ fn lock() -> SerialGuard<'static, State> {
     STATE.lock()
 }
 
-/// Zeroed memory for a radix table that lives as long as the process: pages
-/// of its own, not heap memory. A leaf taken from the heap would sit between
+/// Zeroed memory for a radix table: pages of its own, not heap memory
+/// (Mid tables live as long as the process; empty leaves go back). A leaf taken from the heap would sit between
 /// the blocks it indexes, and once they are freed split the free memory into
 /// runs too short for what comes next: under an address-space limit a
 /// program that freed everything could then not allocate again
@@ -166,6 +215,28 @@ fn table<T>() -> Option<*mut T> {
     (p != libc::MAP_FAILED).then_some(p.cast::<T>())
 }
 
+/// A zeroed leaf, and whether it is heap memory: pages of its own, or,
+/// when no mapping can be made (an address-space limit reached while the
+/// heap holds memory freed by the program, which only `malloc` can use
+/// again), a page-aligned heap block.
+fn new_leaf() -> Option<(*mut Leaf, bool)> {
+    if let Some(p) = table::<Leaf>() {
+        return Some((p, false));
+    }
+    let size = std::mem::size_of::<Leaf>();
+    let mut p: *mut libc::c_void = null_mut();
+    // SAFETY: a power-of-two alignment, a multiple of the pointer size; on
+    // success `p` holds `size` writable bytes, zeroed here (all-zero bytes
+    // are valid atomics holding 0).
+    unsafe {
+        if libc::posix_memalign(&mut p, size, size) != 0 {
+            return None;
+        }
+        std::ptr::write_bytes(p.cast::<u8>(), 0, size);
+    }
+    Some((p.cast(), true))
+}
+
 #[inline]
 fn end_of(start: usize, size: usize) -> usize {
     start.saturating_add(size.max(1))
@@ -177,19 +248,24 @@ fn in_radix(start: usize, size: usize) -> bool {
 }
 
 impl State {
-    /// The leaf holding the granule of `addr`, made when `create`; None when
-    /// absent (or out of memory).
+    /// The leaf holding the granule of `addr` and its count, made when
+    /// `create`; None when absent (or out of memory).
     #[inline]
-    fn leaf(&mut self, addr: usize, create: bool) -> Option<&'static Leaf> {
+    fn leaf(&mut self, addr: usize, create: bool) -> Option<(&'static Leaf, &'static AtomicU16)> {
         if addr >> LEAF_SHIFT == self.cached_key {
-            // SAFETY: leaves live for the process once made.
-            return Some(unsafe { &*self.cached_leaf });
+            // SAFETY: a leaf lives until it is given back under the lock,
+            // which resets the cache; its Mid lives for the process.
+            return Some(unsafe { (&*self.cached_leaf, &*self.cached_live) });
         }
         self.leaf_slow(addr, create)
     }
 
     #[inline(never)]
-    fn leaf_slow(&mut self, addr: usize, create: bool) -> Option<&'static Leaf> {
+    fn leaf_slow(
+        &mut self,
+        addr: usize,
+        create: bool,
+    ) -> Option<(&'static Leaf, &'static AtomicU16)> {
         let key = addr >> LEAF_SHIFT;
         let top = &TOP[addr >> MID_SHIFT];
         let mut mid = top.load(Relaxed);
@@ -200,26 +276,98 @@ impl State {
             mid = table::<Mid>()?;
             top.store(mid, Relaxed);
         }
-        // SAFETY: made above or earlier; tables live for the process.
-        let slot = unsafe { &(*mid)[(addr >> LEAF_SHIFT) & ((1 << MID_BITS) - 1)] };
+        let i = key & ((1 << MID_BITS) - 1);
+        // SAFETY: made above or earlier; Mid tables live for the process.
+        let (slot, live) = unsafe { (&(*mid).leaves[i], &(*mid).live[i]) };
         let mut leaf = slot.load(Relaxed);
         if leaf.is_null() {
             if !create {
                 return None;
             }
-            leaf = table::<Leaf>()?;
+            let heap;
+            (leaf, heap) = new_leaf()?;
             slot.store(leaf, Relaxed);
+            live.store(if heap { HEAP } else { 0 }, Relaxed);
         }
         self.cached_key = key;
         self.cached_leaf = leaf;
-        // SAFETY: as above.
-        Some(unsafe { &*leaf })
+        self.cached_live = live;
+        // SAFETY: as above; the leaf is mapped until given back under the lock.
+        Some(unsafe { (&*leaf, live) })
     }
 
     #[inline]
-    fn slot(&mut self, addr: usize, create: bool) -> Option<&'static AtomicUsize> {
-        let leaf = self.leaf(addr, create)?;
-        Some(&leaf[(addr >> GRANULE_SHIFT) & ((1 << LEAF_BITS) - 1)])
+    fn slot(&mut self, addr: usize, create: bool) -> Option<Slot> {
+        let (leaf, live) = self.leaf(addr, create)?;
+        Some(Slot {
+            word: &leaf[(addr >> GRANULE_SHIFT) & ((1 << LEAF_BITS) - 1)],
+            live,
+            key: addr >> LEAF_SHIFT,
+        })
+    }
+
+    /// Sets an empty entry.
+    #[inline]
+    fn fill(&mut self, s: Slot, w: usize) {
+        s.word.store(w, Relaxed);
+        s.live.store(s.live.load(Relaxed) + 1, Relaxed);
+    }
+
+    /// Empties a set entry; its leaf is listed as empty when it was the last.
+    #[inline]
+    fn clear(&mut self, s: Slot) {
+        s.word.store(0, Relaxed);
+        let n = s.live.load(Relaxed) - 1;
+        s.live.store(n, Relaxed);
+        if n & !HEAP == 0 {
+            self.list_empty(s);
+        }
+    }
+
+    #[cold]
+    fn list_empty(&mut self, s: Slot) {
+        s.live.store(s.live.load(Relaxed) | QUEUED, Relaxed);
+        if self.empty_len == EMPTY_KEPT {
+            self.give_back_empty_leaves();
+        }
+        self.empty[self.empty_len] = s.key;
+        self.empty_len += 1;
+    }
+
+    /// Unmaps the listed leaves that are still empty. A program that held
+    /// many small blocks and freed them gets the leaves' pages back: under
+    /// an address-space limit they are what it needs to allocate again
+    /// (tests/test_oom.py). Only under the lock, and no leaf reference
+    /// outlives the lock.
+    fn give_back_empty_leaves(&mut self) {
+        for &key in &self.empty[..self.empty_len] {
+            let mid = TOP[key >> MID_BITS].load(Relaxed);
+            let i = key & ((1 << MID_BITS) - 1);
+            // SAFETY: a listed key's Mid exists and lives for the process.
+            let (slot, live) = unsafe { (&(*mid).leaves[i], &(*mid).live[i]) };
+            let n = live.load(Relaxed);
+            if n & !(HEAP | QUEUED) != 0 {
+                // Filled again meanwhile: kept, and listed again when it empties.
+                live.store(n & !QUEUED, Relaxed);
+                continue;
+            }
+            live.store(0, Relaxed);
+            let leaf = slot.swap(null_mut(), Relaxed);
+            if self.cached_key == key {
+                self.cached_key = usize::MAX;
+            }
+            // SAFETY: the leaf came from `new_leaf` (heap memory when its
+            // count says so, else a mapping of its size), holds no entry,
+            // and nothing refers to it any more.
+            unsafe {
+                if n & HEAP != 0 {
+                    libc::free(leaf.cast());
+                } else {
+                    libc::munmap(leaf.cast(), std::mem::size_of::<Leaf>());
+                }
+            }
+        }
+        self.empty_len = 0;
     }
 
     /// The index of the last span starting at or below `addr`.
@@ -240,7 +388,7 @@ impl State {
         loop {
             let at = g << GRANULE_SHIFT;
             if let Some(slot) = self.slot(at, false) {
-                let w = slot.load(Relaxed);
+                let w = slot.load();
                 if w != 0 {
                     // SAFETY: listed, read under the lock.
                     let rec = unsafe { record(w) };
@@ -311,9 +459,9 @@ impl State {
         let (start, size) = (rec.addr(), rec.size());
         if in_radix(start, size) {
             if let Some(slot) = self.slot(start, false) {
-                let w = slot.load(Relaxed);
+                let w = slot.load();
                 if w & !UNCOUNTED == me {
-                    slot.store(0, Relaxed);
+                    self.clear(slot);
                     return take_count(w);
                 }
             }
@@ -340,9 +488,9 @@ impl State {
         let (start, size) = (rec.addr(), rec.size());
         if in_radix(start, size) {
             if let Some(slot) = self.slot(start, false) {
-                let w = slot.load(Relaxed);
+                let w = slot.load();
                 if w == me {
-                    slot.store(me | UNCOUNTED, Relaxed);
+                    slot.word.store(me | UNCOUNTED, Relaxed);
                     return take_count(w);
                 }
             }
@@ -438,9 +586,9 @@ pub(crate) unsafe fn insert(rec: &Record, exclusive: bool) -> Result<()> {
     if !exclusive && in_radix(start, rec.size()) && !rec.is_autofree() {
         let mut g = lock();
         if let Some(slot) = g.slot(start, true) {
-            if slot.load(Relaxed) == 0 {
+            if slot.load() == 0 {
                 // SAFETY: the caller's contract.
-                slot.store(unsafe { RecordRef::new_ref(rec) }.into_word(), Relaxed);
+                g.fill(slot, unsafe { RecordRef::new_ref(rec) }.into_word());
                 return Ok(());
             }
         }
@@ -494,14 +642,14 @@ fn insert_locked(
     let small = in_radix(start, size);
     if start >> ADDR_BITS == 0 {
         if let Some(slot) = g.slot(start, small) {
-            let cur = slot.load(Relaxed);
+            let cur = slot.load();
             // SAFETY: listed, read under the lock.
             if cur != 0 && unsafe { record(cur) }.addr() == start {
-                slot.store(0, Relaxed);
+                g.clear(slot);
                 *lost = lose(cur);
             }
-            if small && slot.load(Relaxed) == 0 {
-                slot.store(w, Relaxed);
+            if small && slot.load() == 0 {
+                g.fill(slot, w);
                 return Ok(());
             }
         } else if small {
@@ -540,12 +688,13 @@ fn lose(w: usize) -> Option<(RecordRef, bool)> {
 }
 
 /// Whether a dead record is kept for read-back: only those of the lifelong
-/// allocators (malloc, calloc, the adaptive and diagnostic ones), outside
-/// arenas. A record holds its allocator (and arena) alive, and a
-/// Python-defined allocator must be collectable once its blocks are gone.
+/// allocators (malloc, calloc, the adaptive and diagnostic ones), in an
+/// arena over one of them too. A record holds its allocator alive, and a
+/// Python-defined allocator must be collectable once its blocks are gone;
+/// an arena's tag holds only counters and a weak reference to the arena.
 #[inline]
 fn keeps(rec: &Record) -> bool {
-    rec.allocator().is_lifelong() && rec.arena_tag_any().is_none()
+    rec.allocator().is_lifelong()
 }
 
 /// Unlists the block of `rec`, which died (freed, reallocated, released):
@@ -602,7 +751,8 @@ pub fn lately_freed(addr: usize) -> Option<RecordRef> {
     let w = g.freed_word(addr)?;
     // SAFETY: a kept word is counted: the record is valid.
     let rec = unsafe { record(w) };
-    if rec.pins() == 0 && !block_cache::holds(addr, rec.size()) {
+    let kept = || with_switch(|s| s.is_some_and(|s| block_cache::holds(s, addr, rec.size())));
+    if rec.pins() == 0 && !kept() {
         return None;
     }
     // SAFETY: as above.
@@ -673,6 +823,75 @@ mod tests {
         }
     }
 
+    /// Whether the leaf of key `key` is mapped.
+    fn mapped(key: usize) -> bool {
+        let mid = TOP[key >> MID_BITS].load(Relaxed);
+        !mid.is_null()
+            // SAFETY: a non-null Mid table lives for the process, and its
+            // leaves are atomics.
+            && !unsafe { &(*mid).leaves[key & ((1 << MID_BITS) - 1)] }
+                .load(Relaxed)
+                .is_null()
+    }
+
+    #[test]
+    fn empty_leaves_are_given_back_a_batch_at_a_time() {
+        // A State of its own over addresses no allocation uses (the radix
+        // top is shared, its 1 GiB span here is not), with fake entry
+        // words: fill and clear never read the record behind one.
+        let mut g = State::new();
+        let base = 0x2a5a_4000_0000usize;
+        let leaf_bytes = 1usize << LEAF_SHIFT;
+        let n = EMPTY_KEPT + 10;
+        let key = |i: usize| (base + i * leaf_bytes) >> LEAF_SHIFT;
+        for i in 0..n {
+            for j in 0..3 {
+                let s = g.slot(base + i * leaf_bytes + j * 32, true).unwrap();
+                g.fill(s, 8);
+            }
+        }
+        assert!((0..n).all(|i| mapped(key(i))));
+        // Two of three entries gone: no leaf is empty.
+        for i in 0..n {
+            for j in 0..2 {
+                let s = g.slot(base + i * leaf_bytes + j * 32, false).unwrap();
+                g.clear(s);
+            }
+        }
+        assert_eq!(g.empty_len, 0);
+        // Leaf 0 empties and is filled again before the batch runs: kept.
+        for i in 0..n {
+            let s = g.slot(base + i * leaf_bytes + 64, false).unwrap();
+            g.clear(s);
+            if i == 0 {
+                let s = g.slot(base + 64, false).unwrap();
+                g.fill(s, 8);
+            }
+        }
+        // The first batch (leaves 0..EMPTY_KEPT) ran when the next one
+        // emptied: all of it unmapped but the refilled leaf 0; the rest wait.
+        assert!(mapped(key(0)));
+        assert!((1..EMPTY_KEPT).all(|i| !mapped(key(i))));
+        assert!((EMPTY_KEPT..n).all(|i| mapped(key(i))));
+        assert_eq!(g.empty_len, n - EMPTY_KEPT);
+        // A given-back leaf is made again on the next insert, and reads empty.
+        let s = g.slot(base + leaf_bytes, true).unwrap();
+        assert_eq!(s.load(), 0);
+        g.fill(s, 8);
+        assert!(mapped(key(1)));
+        // Leaf 0 empties again: listed again (its flag was cleared).
+        let s = g.slot(base + 64, false).unwrap();
+        g.clear(s);
+        assert_eq!(g.empty_len, n - EMPTY_KEPT + 1);
+        g.give_back_empty_leaves();
+        assert!(!mapped(key(0)) && mapped(key(1)));
+        assert!((EMPTY_KEPT..n).all(|i| !mapped(key(i))));
+        let s = g.slot(base + leaf_bytes, false).unwrap();
+        g.clear(s);
+        g.give_back_empty_leaves();
+        assert!(!mapped(key(1)));
+    }
+
     #[test]
     fn every_byte_of_a_live_block_resolves_to_it_and_none_after_its_free() {
         let m = malloc();
@@ -697,12 +916,7 @@ mod tests {
     #[test]
     fn lately_freed_sets_keep_four_and_drop_the_oldest() {
         let m = malloc();
-        let mut st = State {
-            cached_key: usize::MAX,
-            cached_leaf: std::ptr::null(),
-            spans: Vec::new(),
-            freed: [[(0, 0); FREED_WAYS]; FREED_SETS],
-        };
+        let mut st = State::new();
         let recs: Vec<_> = (0..7)
             .map(|_| m.allocate(array(16, 1, 1, None).unwrap(), None).unwrap())
             .collect();
@@ -760,7 +974,7 @@ mod tests {
     fn closely_packed_blocks_of_one_granule_resolve_apart() {
         // A Python-style allocator carving 4-byte blocks out of one buffer.
         let buf = [0u8; 64];
-        let base = (buf.as_ptr() as usize + 31) & !31;
+        let base = (buf.as_ptr().expose_provenance() + 31) & !31;
         let other = AllocCore::new("packed", new_id(), false, Box::new(Libc));
         let recs: Vec<_> = (0..4)
             .map(|i| {
@@ -787,7 +1001,9 @@ mod tests {
         let r = m.allocate(array(24, 1, 1, None).unwrap(), None).unwrap();
         let addr = r.addr();
         // C frees the block behind rsalloc's back; libc hands it out again.
-        unsafe { libc::free(addr as *mut libc::c_void) };
+        // SAFETY: the test plays C freeing a live libc block behind rsalloc's
+        // back, once; what is checked is that rsalloc never frees it again.
+        unsafe { libc::free(std::ptr::with_exposed_provenance_mut::<libc::c_void>(addr)) };
         let mut again = Vec::new();
         let hit = loop {
             let n = m.allocate(array(24, 1, 1, None).unwrap(), None).unwrap();

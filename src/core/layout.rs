@@ -10,7 +10,9 @@ pub const MALLOC_ALIGN: usize = 2 * std::mem::size_of::<usize>();
 /// A validated request: `size` bytes at a power-of-two `align`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Request {
+    /// Bytes asked for (may be 0).
     pub size: usize,
+    /// Alignment in bytes: a power of two.
     pub align: usize,
 }
 

@@ -9,13 +9,28 @@
 //! references read back from it keep their provenance. [`Owner::get`]
 //! turns it back into an enum of borrowed references for matching.
 //!
+//! A third kind, [`Owned::Dependent`], is a record the memory hangs off
+//! without being its block: an address read from a block a library frees
+//! with its own free (`ForeignAllocator(None, freeaddrinfo)`), in no block
+//! rsalloc knows, is the library's too (`ai_next`, `ai_addr`, `ai_canonname`
+//! of an addrinfo list, which `freeaddrinfo` frees with the head). Such a
+//! view dies with that block and pins it, but no one can free it through
+//! rsalloc. Its word is the record's pointer tagged with [`DEPENDENT_TAG`].
+//!
 //! Freeing through the owner, whichever kind it is, is [`Owner::free`].
 
 use crate::core::error::{Error, Ownership};
 use crate::core::record::State;
 use crate::core::record_ref::RecordRef;
 use crate::core::region::{RegionRef, REGION_TAG};
+use std::mem::ManuallyDrop;
 use std::ptr::NonNull;
+
+/// The tag of a [`Owned::Dependent`] record pointer (region pointers carry
+/// [`REGION_TAG`], so this bit is read only when that one is clear; records
+/// are word-aligned).
+pub const DEPENDENT_TAG: usize = 0b10;
+const _: () = assert!(std::mem::align_of::<crate::core::record::Record>() > DEPENDENT_TAG);
 
 /// The owner word of a Pointer.
 pub struct Owner(Option<NonNull<u8>>);
@@ -34,33 +49,68 @@ pub enum Owned<'a> {
     Block(&'a RecordRef),
     /// A block of a bump-region arena: alive while its generation is.
     Region(&'a RegionRef),
+    /// Memory that hangs off this block (see the module comment): alive
+    /// while it is, freed with it, never freed through rsalloc. A borrowed
+    /// reference (the word keeps the count).
+    Dependent(ManuallyDrop<RecordRef>),
 }
 
 // SAFETY: the word is a RecordRef or a RegionRef, both Send + Sync.
 unsafe impl Send for Owner {}
+// SAFETY: as for `Send`: shared access reads the word as a RecordRef or RegionRef, both Sync.
 unsafe impl Sync for Owner {}
 
 impl Owner {
+    /// Nobody: a view of memory rsalloc does not own (an address from C).
     pub const UNOWNED: Owner = Owner(None);
 
+    /// A block's record owns the memory.
     pub fn block(r: RecordRef) -> Self {
         Owner(Some(r.into_raw()))
     }
 
+    /// A bump region's block (through its generation) owns the memory.
     pub fn region(r: RegionRef) -> Self {
         Owner(Some(r.into_raw()))
     }
 
+    /// The owner of memory that hangs off `r`'s block (module comment).
+    pub fn dependent(r: RecordRef) -> Self {
+        let p = r.into_raw();
+        // SAFETY: a tagged non-null pointer is non-null.
+        Owner(Some(unsafe {
+            NonNull::new_unchecked(p.as_ptr().map_addr(|a| a | DEPENDENT_TAG))
+        }))
+    }
+
+    /// The record whose block the memory at addresses read from this view
+    /// hangs off, when those addresses are no block of rsalloc's: a block a
+    /// free-only owner (a library's free) frees, or the block a dependent
+    /// view already hangs off.
+    pub fn graph_owner(&self) -> Option<RecordRef> {
+        match self.get() {
+            Owned::Block(r) if r.allocator().backend.free_only() => Some(r.clone()),
+            Owned::Dependent(r) => Some((*r).clone()),
+            _ => None,
+        }
+    }
+
     #[inline(always)]
+    /// The owner the word holds, read in place.
     pub fn get(&self) -> Owned<'_> {
         let p: *const Option<NonNull<u8>> = &self.0;
         match self.0 {
             None => Owned::Unowned,
-            // SAFETY: an untagged pointer is a RecordRef's (block), and
-            // RecordRef is a transparent non-null pointer: the same layout
-            // as the `Some` word, read in place (its provenance with it).
-            Some(w) if w.as_ptr().addr() & REGION_TAG == 0 => {
+            Some(w) if w.as_ptr().addr() & (REGION_TAG | DEPENDENT_TAG) == 0 => {
+                // SAFETY: an untagged pointer is a RecordRef's (block), and
+                // RecordRef is a transparent non-null pointer: the same layout
+                // as the `Some` word, read in place (its provenance with it).
                 Owned::Block(unsafe { &*p.cast::<RecordRef>() })
+            }
+            Some(w) if w.as_ptr().addr() & REGION_TAG == 0 => {
+                // SAFETY: a pointer tagged DEPENDENT is a RecordRef's, whose
+                // count the word holds; the borrowed copy is never dropped.
+                Owned::Dependent(ManuallyDrop::new(unsafe { RecordRef::from_raw(untag(w)) }))
             }
             // SAFETY: a tagged pointer is a RegionRef's (region), a
             // transparent non-null pointer.
@@ -79,6 +129,7 @@ impl Owner {
                 None => rec.free(rec.allocator().group, 0, addr),
             },
             Owned::Region(r) => r.free(addr),
+            Owned::Dependent(_) => Err(Error::Ownership(Ownership::Dependent)),
             Owned::Unowned => Err(Error::Ownership(Ownership::Foreign)),
         }
     }
@@ -92,6 +143,7 @@ impl Owner {
             Owned::Unowned => Owner::UNOWNED,
             Owned::Block(r) => Owner::block(r.clone()),
             Owned::Region(r) => Owner::region(r.view(same_start)),
+            Owned::Dependent(r) => Owner::dependent((*r).clone()),
         }
     }
 
@@ -100,6 +152,7 @@ impl Owner {
     pub fn check_access(&self, addr: usize) -> Result<(), Error> {
         match self.get() {
             Owned::Block(r) => r.check_access(),
+            Owned::Dependent(r) => r.check_access(),
             Owned::Region(r) => r.check_access(addr),
             Owned::Unowned => Ok(()),
         }
@@ -109,14 +162,17 @@ impl Owner {
     pub fn pin(&self, addr: usize) -> Result<(), Error> {
         match self.get() {
             Owned::Block(r) => r.pin(),
+            Owned::Dependent(r) => r.pin(),
             Owned::Region(r) => r.pin(addr),
             Owned::Unowned => Ok(()),
         }
     }
 
+    /// Ends a pin taken through this owner.
     pub fn unpin(&self) {
         match self.get() {
             Owned::Block(r) => r.unpin(),
+            Owned::Dependent(r) => r.unpin(),
             Owned::Region(r) => r.unpin(),
             Owned::Unowned => {}
         }
@@ -131,6 +187,7 @@ impl Owner {
         match self.get() {
             Owned::Unowned => true,
             Owned::Block(r) => r.is_shared() || r.drops_plainly(),
+            Owned::Dependent(r) => r.is_shared() || r.drops_plainly(),
             Owned::Region(r) => r.drops_to_a_count(),
         }
     }
@@ -146,6 +203,7 @@ impl Owner {
                 },
             },
             Owned::Region(r) => format!("arena #{}", r.region().id),
+            Owned::Dependent(r) => format!("part of a {} block", r.allocator().name),
             Owned::Unowned => "unowned".into(),
         }
     }
@@ -156,6 +214,10 @@ impl Owner {
             Owned::Block(r) => match r.state() {
                 State::Live => return "live",
                 State::Detached => return "detached",
+                State::Dead(d) => d,
+            },
+            Owned::Dependent(r) => match r.state() {
+                State::Live | State::Detached => return "live",
                 State::Dead(d) => d,
             },
             Owned::Region(r) => match r.check_access(addr) {
@@ -175,6 +237,7 @@ impl Owner {
         match self.get() {
             Owned::Block(r) => Ok(r),
             Owned::Region(_) => Err(Error::Ownership(Ownership::OtherOwner)),
+            Owned::Dependent(_) => Err(Error::Ownership(Ownership::Dependent)),
             Owned::Unowned => Err(Error::Ownership(Ownership::Foreign)),
         }
     }
@@ -195,11 +258,22 @@ impl Drop for Owner {
         // SAFETY: the pointer came from into_raw of the reference its tag
         // names, and this owner gives it back once.
         unsafe {
-            if w.as_ptr().addr() & REGION_TAG == 0 {
-                drop(RecordRef::from_raw(w))
-            } else {
+            let a = w.as_ptr().addr();
+            if a & REGION_TAG != 0 {
                 drop(RegionRef::from_raw(w))
+            } else if a & DEPENDENT_TAG != 0 {
+                drop(RecordRef::from_raw(untag(w)))
+            } else {
+                drop(RecordRef::from_raw(w))
             }
         }
     }
+}
+
+/// A dependent word's record pointer, its tag cleared (provenance kept).
+#[inline(always)]
+fn untag(w: NonNull<u8>) -> NonNull<u8> {
+    // SAFETY: a record pointer with its low tag bit cleared is non-null
+    // (records are word-aligned, at a non-zero address).
+    unsafe { NonNull::new_unchecked(w.as_ptr().map_addr(|a| a & !DEPENDENT_TAG)) }
 }

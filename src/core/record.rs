@@ -31,6 +31,7 @@ pub enum State {
     Live,
     /// Usable, but ownership was handed to someone else (C): not freeable here.
     Detached,
+    /// Freed, released or reallocated: no access, no second free.
     Dead(Death),
 }
 
@@ -73,6 +74,8 @@ fn is_dead(word: usize) -> bool {
     word & STATE_MASK >= FREED
 }
 
+/// One allocated block's bookkeeping: address, size, alignment, allocator, and its state in one
+/// atomic word.
 pub struct Record {
     addr: NonNull<u8>,
     size: usize,
@@ -85,6 +88,7 @@ pub struct Record {
 
 // SAFETY: the raw address is only an address here; all shared state is atomic.
 unsafe impl Send for Record {}
+// SAFETY: as for `Send`: shared access goes through atomics only.
 unsafe impl Sync for Record {}
 
 impl Record {
@@ -108,15 +112,19 @@ impl Record {
         }
     }
 
+    /// The block's address.
     pub fn addr(&self) -> usize {
-        self.addr.as_ptr() as usize
+        self.addr.as_ptr().expose_provenance()
     }
+    /// The bytes asked for.
     pub fn size(&self) -> usize {
         self.size
     }
+    /// The block's alignment.
     pub fn align(&self) -> usize {
         1 << ((self.word.load(Relaxed) & ALIGN_MASK) >> ALIGN_SHIFT)
     }
+    /// The allocator that made the block.
     pub fn allocator(&self) -> &AllocCore {
         &self.alloc
     }
@@ -124,9 +132,11 @@ impl Record {
     pub fn allocator_arc(&self) -> Arc<AllocCore> {
         self.alloc.arc()
     }
+    /// The block's state now (live, detached or dead).
     pub fn state(&self) -> State {
         decode(self.word.load(Acquire))
     }
+    /// How many buffer exports pin the block now.
     pub fn pins(&self) -> usize {
         self.word.load(Acquire) >> PIN_SHIFT
     }
@@ -170,10 +180,7 @@ impl Record {
         let tag = self.extra.arena()?;
         (self.word.load(Acquire) & IN_ARENA != 0).then_some(tag)
     }
-    /// The arena the block was made in, whether or not it still owns it.
-    pub(crate) fn arena_tag_any(&self) -> Option<&ArenaTag> {
-        self.extra.arena()
-    }
+    /// Whether the block is freed when its last reference goes (`autofree=True`).
     pub fn is_autofree(&self) -> bool {
         self.word.load(Relaxed) & AUTOFREE != 0
     }
@@ -343,14 +350,18 @@ impl std::fmt::Debug for Record {
     }
 }
 
-/// An allocation or free site, as the binding layer captured it.
+/// An allocation or free site, as the binding layer captured it; the
+/// binding reads it back as its own type (docs/architecture.md, "What the
+/// core keeps of the binding").
 pub type Site = Arc<dyn Any + Send + Sync>;
 
 /// What a record carries about its tracking, for error messages.
 pub struct Tracked {
     /// Registry key; 0 when the block was never registered (only a free site is known).
     pub seq: u64,
+    /// The element type name the block was allocated for, for reports.
     pub ty: &'static str,
+    /// Where the block was allocated, when tracking captured it.
     pub site: Option<Site>,
     /// Where the block was freed (or reallocated), when tracking saw it.
     pub freed: OnceLock<Site>,
@@ -359,7 +370,9 @@ pub struct Tracked {
 /// The identity and counters of an arena that owns records.
 #[derive(Debug)]
 pub struct ArenaTag {
+    /// The arena's identity (`new_id`), the owner word of its records.
     pub id: u64,
+    /// The arena's live and total blocks and bytes.
     pub counters: Counters,
     /// The cap on the arena's live bytes (`Arena(allocator, limit=N)`),
     /// or `budget::UNLIMITED`.
@@ -369,6 +382,7 @@ pub struct ArenaTag {
 }
 
 impl ArenaTag {
+    /// The tag of arena `id`, without a limit.
     pub fn new(id: u64) -> Self {
         Self::with_limit(id, super::budget::UNLIMITED)
     }

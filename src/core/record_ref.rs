@@ -78,9 +78,11 @@ pub struct RecordRef(NonNull<Inner>);
 
 // SAFETY: as Arc<Record>: Record is Send + Sync, and the count is atomic.
 unsafe impl Send for RecordRef {}
+// SAFETY: as for `Send`: a shared RecordRef reads the record (Sync) and counts atomically.
 unsafe impl Sync for RecordRef {}
 
 impl RecordRef {
+    /// Whether `a` and `b` refer to the same record.
     pub fn ptr_eq(a: &RecordRef, b: &RecordRef) -> bool {
         a.0 == b.0
     }
@@ -405,6 +407,8 @@ mod cache {
     /// Slots in this thread's cache (tests never switch to serialized mode).
     #[cfg(test)]
     pub(super) fn len() -> usize {
+        // SAFETY: the cell is this thread's; no reference to its contents is alive during the
+        // read.
         LOCAL.with(|c| unsafe { (*c.get()).len })
     }
 }

@@ -15,7 +15,7 @@ use super::budget::{self, OverLimit, Scope, UNLIMITED};
 use super::error::{Death, Error, Ownership, Result};
 use super::index::{self, ChunkOwner};
 use super::layout::{round_up, Request, MALLOC_ALIGN};
-use super::serial::{serialized, SerialGuard, SerialMutex};
+use super::serial::{serialized, with_switch, SerialGuard, SerialMutex};
 use super::stats::{Snapshot, GLOBAL};
 use super::sys;
 use std::any::Any;
@@ -25,6 +25,7 @@ use std::sync::{Arc, OnceLock, Weak};
 
 /// Size of the first chunk; each new chunk doubles it up to [`MAX_CHUNK`].
 pub const FIRST_CHUNK: usize = 4096;
+/// The largest shared chunk; a request above it gets a chunk of its own.
 pub const MAX_CHUNK: usize = 1 << 20;
 /// Alignments up to this are carved out of the shared chunks; a larger one
 /// gets a chunk of its own (aligned by `posix_memalign`).
@@ -52,7 +53,8 @@ unsafe impl Send for Chunk {}
 impl Chunk {
     /// A chunk, listed in the index for `region`.
     fn new(size: usize, align: usize, own: bool, region: &Weak<RegionCore>) -> Result<Chunk> {
-        let c = match kept::take(size, align, own) {
+        let kept = with_switch(|s| s.and_then(|s| kept::take(s, size, align, own)));
+        let c = match kept {
             Some(c) => c,
             None => sys::alloc(size, align, true).map(|ptr| Chunk {
                 ptr,
@@ -77,7 +79,7 @@ impl Chunk {
         (off < e).then(|| (self.start() + s as usize, self.start() + e as usize))
     }
     fn start(&self) -> usize {
-        self.ptr.as_ptr() as usize
+        self.ptr.as_ptr().expose_provenance()
     }
     fn end(&self) -> usize {
         self.start() + self.size
@@ -89,7 +91,7 @@ impl Drop for Chunk {
         // Unlisted before the memory goes (parked chunks were at release).
         index::remove_chunk(self.start());
         super::observer::gone(self.start());
-        if kept::give(self) {
+        if with_switch(|s| s.is_some_and(|s| kept::give(s, self))) {
             return;
         }
         // SAFETY: the chunk came from sys::alloc and nothing refers to it any
@@ -103,23 +105,24 @@ impl Drop for Chunk {
 /// 4 KiB `calloc` and its `free` every time, the larger part of its first
 /// allocation (BENCHMARKS.md, job h). A kept chunk is zeroed as far as its
 /// blocks reached when it goes back, so it comes out as `calloc` would give
-/// it. On only where the block cache is ([`block_cache::enabled`]: serialized
-/// mode, and not under `PYTHONMALLOC=malloc`, whose tools must see every
-/// `free`); at most [`KEPT`] chunks.
+/// it. On only where the block cache is ([`block_cache::enabled`]: not under
+/// `PYTHONMALLOC=malloc`, whose tools must see every `free`) and with a
+/// [`Serialized`](crate::core::serial::Serialized) token; at most [`KEPT`] chunks.
 mod kept {
     use super::{Chunk, FIRST_CHUNK, MALLOC_ALIGN};
     use crate::core::block_cache;
+    use crate::core::serial::Serialized;
     use std::cell::UnsafeCell;
 
     pub const KEPT: usize = 4;
 
     struct Kept(UnsafeCell<Vec<Chunk>>);
-    // SAFETY: touched only while `block_cache::enabled()`, which implies
-    // serialized mode: one outside lock covers every use.
+    // SAFETY: touched only through `kept`, which takes a `Serialized` token:
+    // one outside lock covers every use.
     unsafe impl Sync for Kept {}
     static KEPT_CHUNKS: Kept = Kept(UnsafeCell::new(Vec::new()));
 
-    fn kept() -> Option<&'static mut Vec<Chunk>> {
+    fn kept(_serialized: Serialized<'_>) -> Option<&mut Vec<Chunk>> {
         // SAFETY: see `Kept`; no caller holds the reference across a call
         // back into this module (a Chunk's drop, which calls `give`, runs
         // only outside it: `give` forgets what it keeps).
@@ -128,20 +131,20 @@ mod kept {
 
     /// A kept, zeroed first chunk for a shared chunk of `size` at `align`.
     #[inline]
-    pub fn take(size: usize, align: usize, own: bool) -> Option<Chunk> {
+    pub fn take(s: Serialized<'_>, size: usize, align: usize, own: bool) -> Option<Chunk> {
         if own || size != FIRST_CHUNK || align > MALLOC_ALIGN {
             return None;
         }
-        kept()?.pop()
+        kept(s)?.pop()
     }
 
     /// Keeps `c` (being dropped) if it is a shared first chunk and there is
     /// room: true when kept, and the caller must not free it.
-    pub fn give(c: &mut Chunk) -> bool {
+    pub fn give(s: Serialized<'_>, c: &mut Chunk) -> bool {
         if c.own || c.size != FIRST_CHUNK {
             return false;
         }
-        let Some(list) = kept() else {
+        let Some(list) = kept(s) else {
             return false;
         };
         if list.len() >= KEPT || (list.capacity() == 0 && list.try_reserve_exact(KEPT).is_err()) {
@@ -165,8 +168,8 @@ mod kept {
     }
 
     /// Frees every kept chunk (for tests and `_block_cache(trim=True)`).
-    pub fn trim() -> usize {
-        kept().map_or(0, |list| {
+    pub fn trim(s: Serialized<'_>) -> usize {
+        kept(s).map_or(0, |list| {
             let n = list.len();
             // Dropping them here would keep them again: free each directly.
             for mut c in list.drain(..) {
@@ -217,15 +220,24 @@ struct Inner {
 /// What `repr(arena)` shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Usage {
+    /// Live blocks.
     pub count: u64,
+    /// Their bytes (asked for).
     pub bytes: usize,
+    /// Chunks in use.
     pub chunks: usize,
+    /// Bytes of those chunks.
     pub reserved: usize,
+    /// Chunks kept mapped for pinned exports of released blocks.
     pub parked: usize,
+    /// Whether the arena was released for good.
     pub closed: bool,
 }
 
+/// The bump region behind `Arena()`: chunks carved by a bump pointer, released all at once; each
+/// release starts a new generation.
 pub struct RegionCore {
+    /// The region's identity (`new_id`), as its blocks' owner.
     pub id: u64,
     /// Itself, for the index's entries of its chunks.
     me: Weak<RegionCore>,
@@ -236,6 +248,10 @@ pub struct RegionCore {
     inner: SerialMutex<Inner>,
     /// The binding layer's object for this region (set once).
     pub handle: OnceLock<Box<dyn Any + Send + Sync>>,
+    /// The address of the binding layer's object for this region while
+    /// that object lives, else 0: set and cleared by the binding layer,
+    /// which says when it may be read.
+    pub object: AtomicUsize,
 }
 
 impl Inner {
@@ -388,6 +404,7 @@ impl Inner {
 }
 
 impl RegionCore {
+    /// A region without a limit.
     pub fn new() -> Arc<Self> {
         Self::with_limit(UNLIMITED)
     }
@@ -405,6 +422,7 @@ impl RegionCore {
                 ..Inner::default()
             }),
             handle: OnceLock::new(),
+            object: AtomicUsize::new(0),
         })
     }
 
@@ -412,6 +430,7 @@ impl RegionCore {
         self.inner.lock()
     }
 
+    /// Whether the region was released for good (closed).
     pub fn is_closed(&self) -> bool {
         self.state.load(Acquire) & CLOSED != 0
     }
@@ -503,7 +522,11 @@ impl RegionCore {
         // SAFETY: both blocks are live in this region and distinct (bump
         // memory is never handed out twice); each holds min(old, new) bytes.
         unsafe {
-            std::ptr::copy_nonoverlapping(base as *const u8, at as *mut u8, old.min(req.size))
+            std::ptr::copy_nonoverlapping(
+                std::ptr::with_exposed_provenance::<u8>(base),
+                std::ptr::with_exposed_provenance_mut::<u8>(at),
+                old.min(req.size),
+            )
         };
         // Bump blocks take at least a byte (see `bump`).
         let i = g.dead.partition_point(|&(start, _)| start < base);
@@ -599,6 +622,7 @@ impl RegionCore {
         }
     }
 
+    /// The counts `repr(arena)` shows.
     pub fn usage(&self) -> Usage {
         let g = self.lock();
         Usage {
@@ -655,6 +679,8 @@ pub struct RegionRef(NonNull<u8>);
 // SAFETY: as Arc<Generation>: the generation is immutable but for its count,
 // which is atomic unless every caller is serialized.
 unsafe impl Send for RegionRef {}
+// SAFETY: as for `Send`: shared access reads the immutable generation or counts atomically
+// (serialized mode: under the outside lock).
 unsafe impl Sync for RegionRef {}
 
 impl RegionRef {
@@ -714,10 +740,12 @@ impl RegionRef {
     }
 
     #[inline]
+    /// The region the referenced generation belongs to.
     pub fn region(&self) -> &RegionCore {
         &self.generation().region
     }
 
+    /// The generation's token: the state the region had when its blocks were handed out.
     pub fn token(&self) -> u64 {
         self.generation().token
     }
@@ -776,14 +804,18 @@ impl RegionRef {
     }
 
     #[inline]
+    /// Ok when the block at `addr` of this generation is live.
     pub fn check_access(&self, addr: usize) -> Result<()> {
         let g = self.generation();
         g.region.check(g.token, addr)
     }
+    /// Pins the block at `addr` (a buffer export): its chunk stays mapped until
+    /// [`RegionRef::unpin`].
     pub fn pin(&self, addr: usize) -> Result<()> {
         let g = self.generation();
         g.region.pin(g.token, addr)
     }
+    /// Ends a pin of [`RegionRef::pin`].
     pub fn unpin(&self) {
         self.region().unpin()
     }
@@ -866,6 +898,7 @@ impl Drop for Anchor {
 }
 
 impl Anchor {
+    /// The anchor of `region`: a reference to its current generation.
     pub fn new(region: Arc<RegionCore>) -> Result<Self> {
         let token = region.state.load(Acquire);
         let current = RegionRef::new_generation(&region, token)?;
@@ -875,6 +908,7 @@ impl Anchor {
         })
     }
 
+    /// The region anchored.
     pub fn region(&self) -> &Arc<RegionCore> {
         &self.region
     }
@@ -1065,7 +1099,8 @@ mod tests {
     }
 
     fn zeroed(at: usize, n: usize) -> bool {
-        unsafe { std::slice::from_raw_parts(at as *const u8, n) }
+        // SAFETY: callers pass a block the region just allocated, `n` bytes long and live.
+        unsafe { std::slice::from_raw_parts(std::ptr::with_exposed_provenance::<u8>(at), n) }
             .iter()
             .all(|b| *b == 0)
     }
@@ -1110,7 +1145,14 @@ mod tests {
                 let (at, _) = r.allocate(req(size, align)).unwrap();
                 assert_eq!(at % align, 0, "align {align} size {size}");
                 assert!(zeroed(at, size));
-                unsafe { std::ptr::write_bytes(at as *mut u8, 0xAB, size) };
+                // SAFETY: `at` is the live `size`-byte block just allocated.
+                unsafe {
+                    std::ptr::write_bytes(
+                        std::ptr::with_exposed_provenance_mut::<u8>(at),
+                        0xAB,
+                        size,
+                    )
+                };
             }
         }
         r.release(false);
@@ -1180,7 +1222,10 @@ mod tests {
         let r = RegionCore::new();
         for _ in 0..1000 {
             let (at, _) = r.allocate(req(24, 8)).unwrap();
-            unsafe { std::ptr::write_bytes(at as *mut u8, 0xFF, 24) };
+            // SAFETY: `at` is the live 24-byte block just allocated.
+            unsafe {
+                std::ptr::write_bytes(std::ptr::with_exposed_provenance_mut::<u8>(at), 0xFF, 24)
+            };
         }
         r.allocate(req(3 * MAX_CHUNK, 8)).unwrap();
         let before = r.usage();
@@ -1209,7 +1254,8 @@ mod tests {
         // The kept chunk may not be reused while an export looks into it.
         assert_eq!(r.usage().parked, 1);
         assert_eq!(r.usage().chunks, 0);
-        unsafe { std::ptr::write_bytes(a as *mut u8, 1, 64) }; // still mapped
+        // SAFETY: the pinned export keeps its chunk parked, still mapped and 64 bytes long at `a`.
+        unsafe { std::ptr::write_bytes(std::ptr::with_exposed_provenance_mut::<u8>(a), 1, 64) }; // still mapped
         let (b, t2) = r.allocate(req(64, 8)).unwrap();
         assert_ne!(a, b);
         r.unpin();
@@ -1224,14 +1270,17 @@ mod tests {
     fn realloc_copies_and_kills_the_old_block() {
         let r = RegionCore::new();
         let (a, t) = r.allocate(req(4, 4)).unwrap();
-        unsafe { std::ptr::write_bytes(a as *mut u8, 9, 4) };
+        // SAFETY: `a` is the live 4-byte block just allocated.
+        unsafe { std::ptr::write_bytes(std::ptr::with_exposed_provenance_mut::<u8>(a), 9, 4) };
         let (b, t2) = r.realloc(t, a, 4, req(64, 4)).unwrap();
         assert!(matches!(
             r.check(t, a),
             Err(Error::UseAfterFree(Death::Reallocated))
         ));
         assert!(r.check(t2, b).is_ok());
-        let bytes = unsafe { std::slice::from_raw_parts(b as *const u8, 64) };
+        // SAFETY: `b` is the live 64-byte block realloc returned.
+        let bytes =
+            unsafe { std::slice::from_raw_parts(std::ptr::with_exposed_provenance::<u8>(b), 64) };
         assert_eq!(&bytes[..4], &[9; 4]);
         assert!(bytes[4..].iter().all(|x| *x == 0));
         let s = r.snapshot();
@@ -1279,7 +1328,15 @@ mod tests {
                         for i in 0..5000usize {
                             let size = (i + t) % 100;
                             let (at, _) = r.allocate(req(size, 8)).unwrap();
-                            unsafe { std::ptr::write_bytes(at as *mut u8, t as u8 + 1, size) };
+                            // SAFETY: `at` is the live `size`-byte block this thread just
+                            // allocated.
+                            unsafe {
+                                std::ptr::write_bytes(
+                                    std::ptr::with_exposed_provenance_mut::<u8>(at),
+                                    t as u8 + 1,
+                                    size,
+                                )
+                            };
                             mine.push((at, at + size.max(1), t as u8 + 1, size));
                         }
                         mine
@@ -1294,7 +1351,10 @@ mod tests {
         spans.sort();
         assert!(spans.windows(2).all(|w| w[0].1 <= w[1].0));
         for (at, _, tag, size) in &all {
-            let s = unsafe { std::slice::from_raw_parts(*at as *const u8, *size) };
+            // SAFETY: every block is still live (nothing was released) and `size` bytes long.
+            let s = unsafe {
+                std::slice::from_raw_parts(std::ptr::with_exposed_provenance::<u8>(*at), *size)
+            };
             assert!(s.iter().all(|b| b == tag));
         }
         let expected: usize = (0..4)

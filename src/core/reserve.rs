@@ -17,6 +17,8 @@
 use super::stats::GLOBAL;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering::*};
+use std::sync::OnceLock;
+use std::time::Instant;
 
 /// Enough for the messages, exceptions and report lines of an error path,
 /// taken in pieces below glibc's mmap threshold: they come from (and go
@@ -103,8 +105,7 @@ fn release() -> bool {
     }
     free_list(p);
     RELEASES.fetch_add(1, Relaxed);
-    LIVE_AT_REFUSAL.store(GLOBAL.snapshot().live_bytes, Relaxed);
-    REFUSALS.store(0, Relaxed);
+    note_refusal();
     true
 }
 
@@ -116,24 +117,39 @@ pub fn ready() -> bool {
 }
 
 /// rsalloc's live bytes when taking the reserve back last failed (or when
-/// it was given back): taking it back is tried again once the program
-/// freed some of its blocks, or every `RETRY_EVERY` refusals (memory freed
-/// outside rsalloc's sight, as C freeing detached blocks).
+/// it was given back), and when that was: taking it back is tried again
+/// once the program freed some of its blocks, or at most once a
+/// millisecond otherwise (memory freed outside rsalloc's sight: C freeing
+/// detached blocks, the interpreter freeing its own objects). Not on every
+/// refusal: right after the reserve went to an error path, an allocation
+/// loop would take it back and spend it again on every block, and never
+/// see its MemoryError.
 static LIVE_AT_REFUSAL: AtomicU64 = AtomicU64::new(0);
-static REFUSALS: AtomicUsize = AtomicUsize::new(0);
-const RETRY_EVERY: usize = 4096;
+static TRIED_AT: AtomicU64 = AtomicU64::new(0);
+const RETRY_AFTER_NANOS: u64 = 1_000_000;
+
+/// Nanoseconds since the first call (a monotonic clock; no allocation).
+fn now_nanos() -> u64 {
+    static ANCHOR: OnceLock<Instant> = OnceLock::new();
+    ANCHOR.get_or_init(Instant::now).elapsed().as_nanos() as u64
+}
+
+/// Remembers a failed (or spent) reserve: what a later retry waits for.
+fn note_refusal() {
+    LIVE_AT_REFUSAL.store(GLOBAL.snapshot().live_bytes, Relaxed);
+    TRIED_AT.store(now_nanos(), Relaxed);
+}
 
 #[cold]
 fn rearm() -> bool {
-    let live = GLOBAL.snapshot().live_bytes;
-    let freed_since = live < LIVE_AT_REFUSAL.load(Relaxed);
-    if !freed_since && REFUSALS.fetch_add(1, Relaxed) % RETRY_EVERY != RETRY_EVERY - 1 {
+    let freed_since = GLOBAL.snapshot().live_bytes < LIVE_AT_REFUSAL.load(Relaxed);
+    if !freed_since && now_nanos().saturating_sub(TRIED_AT.load(Relaxed)) < RETRY_AFTER_NANOS {
         return false;
     }
     if arm() {
         return true;
     }
-    LIVE_AT_REFUSAL.store(live, Relaxed);
+    note_refusal();
     false
 }
 

@@ -13,18 +13,69 @@
 //! ([`assume_serialized_with`]): the binding passes CPython's small-object
 //! allocator, which needs the GIL (this very contract) and keeps no header
 //! per block, so a 48-byte record costs 48 bytes instead of glibc's 64-byte
-//! chunk (issue 6: every live block has a record).
+//! chunk (every live block has a record).
 //!
 //! Allocation *state* (free, export, detach) is decided by compare-and-swap
 //! whatever this switch says: it is what decides who returns memory.
+//!
+//! The proof itself is a type, [`Serialized`]: the paths that take it (the
+//! block cache, the kept arena chunks) are safe to call only with it. The
+//! core's calls that get no token from their caller yet turn the switch
+//! into one ([`with_switch`]); docs/architecture.md ("The serialization
+//! proof") lists them and what replacing the switch by the token takes.
 
 use std::cell::UnsafeCell;
 use std::ffi::c_void;
+use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
 
 static SERIALIZED: AtomicBool = AtomicBool::new(false);
+
+/// The proof that the calling thread holds the one outside lock that every
+/// thread holds while it runs the unsynchronised paths taking this token
+/// (the block cache, the kept arena chunks): for `'a`, no other thread is
+/// in one of them. Code that takes a `Serialized` needs no lock of its own.
+///
+/// The binding makes it from PyO3's `Python<'py>` (`py::serialized`), on
+/// interpreters with a GIL only: a free-threaded build has no token, and
+/// the paths that need one stay off. Anything else makes it with
+/// [`Serialized::new`], whose caller states the proof.
+#[derive(Clone, Copy)]
+pub struct Serialized<'a> {
+    /// Borrowed for as long as the lock is held; not `Send`: the proof is
+    /// the holding thread's.
+    _held: PhantomData<(&'a (), *const ())>,
+}
+
+impl Serialized<'_> {
+    /// A token for as long as the caller's lock is held.
+    ///
+    /// # Safety
+    /// For the token's lifetime the calling thread holds one and the same
+    /// lock as every other thread that holds a `Serialized` (the binding:
+    /// the GIL), and does not let it go inside the paths that take it (they
+    /// call no code of their caller's).
+    #[inline(always)]
+    pub const unsafe fn new() -> Self {
+        Serialized { _held: PhantomData }
+    }
+}
+
+/// Runs `f` with a token when serialized mode is on ([`assume_serialized`]),
+/// for the core's paths that the binding enters without handing one down
+/// (a backend's `alloc` and `free`, a record's last drop, a region's chunk):
+/// the one place where the process-wide switch still stands for the proof.
+/// docs/architecture.md ("The serialization proof") lists its callers and
+/// what threading a token to them would take.
+#[inline(always)]
+pub(crate) fn with_switch<R>(f: impl FnOnce(Option<Serialized<'_>>) -> R) -> R {
+    // SAFETY: `assume_serialized`'s contract: every caller into the core
+    // holds the outside lock while it runs here, and the token does not
+    // outlive this call.
+    f(serialized().then(|| unsafe { Serialized::new() }))
+}
 
 /// Where the memory of allocation records comes from in serialized mode, as
 /// C functions: `alloc(size)` returns memory aligned for any object of that
@@ -32,7 +83,9 @@ static SERIALIZED: AtomicBool = AtomicBool::new(false);
 /// what `alloc` gave. Both are called only under the outside lock.
 #[derive(Clone, Copy, Debug)]
 pub struct RecordMemory {
+    /// `alloc(size)`: at least 8-aligned memory for an object of `size` bytes, or null.
     pub alloc: unsafe extern "C" fn(usize) -> *mut c_void,
+    /// `free(p)`: takes back what `alloc` gave.
     pub free: unsafe extern "C" fn(*mut c_void),
 }
 
@@ -114,6 +167,7 @@ pub(crate) struct SerialMutex<T> {
 // SAFETY: as Mutex<T>: one guard at a time reaches the value, either
 // through the mutex or through the outside lock `assume_serialized` promises.
 unsafe impl<T: Send> Send for SerialMutex<T> {}
+// SAFETY: as for `Send`: one guard at a time reaches the value (the mutex, or the outside lock).
 unsafe impl<T: Send> Sync for SerialMutex<T> {}
 
 pub(crate) struct SerialGuard<'a, T> {

@@ -31,6 +31,8 @@ fn sub(cell: &AtomicU64, n: u64, serialized: bool) {
 }
 
 #[derive(Debug, Default)]
+/// Live and total blocks and bytes, and the peak, counted atomically (or, in serialized mode,
+/// without read-modify-writes).
 pub struct Counters {
     allocs: AtomicU64,
     frees: AtomicU64,
@@ -42,10 +44,15 @@ pub struct Counters {
 /// is allocating at the moment it is taken.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Snapshot {
+    /// Blocks allocated and not yet freed.
     pub live_count: u64,
+    /// Their bytes.
     pub live_bytes: u64,
+    /// The most bytes live at once so far.
     pub peak_bytes: u64,
+    /// Blocks ever allocated.
     pub total_allocs: u64,
+    /// Blocks ever freed.
     pub total_frees: u64,
 }
 
@@ -53,6 +60,7 @@ pub struct Snapshot {
 pub static GLOBAL: Counters = Counters::new();
 
 impl Counters {
+    /// All zero.
     pub const fn new() -> Self {
         Counters {
             allocs: AtomicU64::new(0),
@@ -63,11 +71,13 @@ impl Counters {
     }
 
     #[inline]
+    /// Counts one block of `bytes` allocated.
     pub fn on_alloc(&self, bytes: usize) {
         self.on_alloc_as(bytes, serialized());
     }
 
     #[inline]
+    /// Counts one block of `bytes` freed.
     pub fn on_free(&self, bytes: usize) {
         self.on_free_many(1, bytes);
     }
@@ -160,6 +170,7 @@ impl Counters {
         add(&self.allocs, 1, serialized());
     }
 
+    /// A copy of the counts now (see [`Snapshot`]).
     pub fn snapshot(&self) -> Snapshot {
         // frees before allocs: a racing allocation can only make live_count
         // momentarily high, never negative.

@@ -95,7 +95,7 @@ pub unsafe fn free(ptr: NonNull<u8>) {
 
 /// The address of libc's `free`, for C APIs that take a destructor.
 pub fn free_fn_address() -> usize {
-    libc::free as *const () as usize
+    (libc::free as *const ()).expose_provenance()
 }
 
 #[cfg(test)]
@@ -107,11 +107,13 @@ mod tests {
         for align in [1, 8, 16, 32, 64, 4096, 1 << 16] {
             for zeroed in [false, true] {
                 let p = alloc(100, align, zeroed).unwrap();
-                assert_eq!(p.as_ptr() as usize % align, 0);
+                assert_eq!(p.as_ptr().addr() % align, 0);
                 if zeroed {
+                    // SAFETY: `p` is a live 100-byte block.
                     let s = unsafe { std::slice::from_raw_parts(p.as_ptr(), 100) };
                     assert!(s.iter().all(|b| *b == 0));
                 }
+                // SAFETY: `p` came from `alloc` and is not used again.
                 unsafe { free(p) };
             }
         }
@@ -132,13 +134,16 @@ mod tests {
         ] {
             for _ in 0..3 {
                 let dirty = alloc(n, 8, false).unwrap();
+                // SAFETY: `dirty` is a live `n`-byte block, freed once after the write.
                 unsafe {
                     std::ptr::write_bytes(dirty.as_ptr(), 0xAA, n);
                     free(dirty);
                 }
                 let p = alloc(n, 8, true).unwrap();
+                // SAFETY: `p` is a live `n`-byte block.
                 let bytes = unsafe { std::slice::from_raw_parts(p.as_ptr(), n) };
                 assert!(bytes.iter().all(|b| *b == 0), "{n} bytes");
+                // SAFETY: `p` came from `alloc` and is not used again.
                 unsafe { free(p) };
             }
         }
@@ -149,6 +154,7 @@ mod tests {
         let a = alloc(0, 8, false).unwrap();
         let b = alloc(0, 8, false).unwrap();
         assert_ne!(a, b);
+        // SAFETY: `a` and `b` came from `alloc`, each freed once.
         unsafe {
             free(a);
             free(b);
@@ -166,8 +172,10 @@ mod tests {
             }
         }
         let p = alloc(16, 8, false).unwrap();
+        // SAFETY: `p` came from `alloc(16, 8)`; a failed realloc leaves it as it was.
         let e = unsafe { realloc(p, 16, 1 << 62, 8, false) };
         assert!(matches!(e, Err(Error::OutOfMemory(_))));
+        // SAFETY: the failed realloc left `p` ours; it is not used again.
         unsafe { free(p) }; // still ours after the failed realloc
     }
 
@@ -175,11 +183,15 @@ mod tests {
     fn realloc_keeps_bytes_and_zeroes_tail() {
         for align in [8, 256] {
             let p = alloc(8, align, true).unwrap();
+            // SAFETY: `p` is a live 8-byte block.
             unsafe { std::ptr::write_bytes(p.as_ptr(), 7, 8) };
+            // SAFETY: `p` came from `alloc(8, align)`; on success it is not used again.
             let q = unsafe { realloc(p, 8, 64, align, true) }.unwrap();
-            assert_eq!(q.as_ptr() as usize % align, 0);
+            assert_eq!(q.as_ptr().addr() % align, 0);
+            // SAFETY: `q` is the live 64-byte block realloc returned.
             let s = unsafe { std::slice::from_raw_parts(q.as_ptr(), 64) };
             assert!(s[..8].iter().all(|b| *b == 7) && s[8..].iter().all(|b| *b == 0));
+            // SAFETY: `q` came from `realloc` and is not used again.
             unsafe { free(q) };
         }
     }

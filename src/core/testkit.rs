@@ -36,6 +36,7 @@ struct Inner {
 pub struct Counting(Arc<Inner>);
 
 impl Counting {
+    /// A fresh ledger; nothing fails until told to.
     pub fn new() -> Self {
         Self::default()
     }
@@ -72,7 +73,9 @@ impl Counting {
         let known = self.0.ledger.lock().unwrap().outstanding.remove(&addr);
         assert!(known.is_some(), "{addr:#x} was never handed out");
         // SAFETY: a block of ours that rsalloc no longer owns.
-        unsafe { sys::free(NonNull::new(addr as *mut u8).unwrap()) };
+        unsafe {
+            sys::free(NonNull::new(std::ptr::with_exposed_provenance_mut::<u8>(addr)).unwrap())
+        };
     }
 }
 
@@ -86,13 +89,13 @@ impl Backend for Counting {
         let mut ledger = self.0.ledger.lock().unwrap();
         let clash = ledger
             .outstanding
-            .insert(p.as_ptr() as usize, (size, align));
+            .insert(p.as_ptr().expose_provenance(), (size, align));
         assert!(clash.is_none(), "libc handed out a live address twice");
         Ok(p)
     }
 
     unsafe fn free(&self, ptr: NonNull<u8>, size: usize, align: usize) -> Result<()> {
-        let addr = ptr.as_ptr() as usize;
+        let addr = ptr.as_ptr().expose_provenance();
         self.0.returns.fetch_add(1, SeqCst);
         let mut ledger = self.0.ledger.lock().unwrap();
         match ledger.outstanding.remove(&addr) {

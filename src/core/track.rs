@@ -237,8 +237,12 @@ fn end_slow(rec: &Record, t: Option<&Tracked>, free_site: bool) {
         if t.seq != 0 {
             // Dropped after the lock is released: the site's last reference
             // may run code (a weakref callback on a code object) that allocates.
-            let entry = registry().remove(&t.seq);
-            drop(entry);
+            let (entry, room) = {
+                let mut map = registry();
+                let entry = map.remove(&t.seq);
+                (entry, give_back_room(&mut map))
+            };
+            drop((entry, room));
         }
     }
     if !free_site {
@@ -265,12 +269,38 @@ fn end_slow(rec: &Record, t: Option<&Tracked>, free_site: bool) {
     }
 }
 
+/// The registry's table when it has become mostly empty, replaced by a
+/// smaller one (or none), for the caller to drop after the lock. A hash
+/// map never shrinks by itself: after a program held many tracked blocks
+/// and freed them, the table it grew to would stay, and under an
+/// address-space limit that memory is what the program needs to allocate
+/// again (tests/test_oom.py). Shrinking waits until the table is 8 times
+/// too large, so its cost stays amortized over the frees; the smaller
+/// table is reserved fallibly (no room: the old one stays).
+fn give_back_room(map: &mut Registry) -> Option<Registry> {
+    const MIN_CAPACITY: usize = 1024;
+    if map.capacity() < MIN_CAPACITY {
+        return None;
+    }
+    if map.is_empty() {
+        return Some(std::mem::take(map));
+    }
+    if map.len() > map.capacity() / 8 {
+        return None;
+    }
+    let mut smaller = Registry::default();
+    smaller.try_reserve(map.len() * 2).ok()?;
+    smaller.extend(map.drain());
+    Some(std::mem::replace(map, smaller))
+}
+
 /// The element type name a tracked record was allocated as ("" when unknown).
 pub(crate) fn type_of(rec: &Record) -> &'static str {
     rec.tracked().map_or("", |t| t.ty)
 }
 
 /// Every live tracked allocation, oldest first.
+#[cfg(test)]
 pub fn live() -> Result<Vec<Entry>> {
     live_since(0)
 }
@@ -348,11 +378,6 @@ pub fn live_arenas_since(seq: u64) -> Result<Vec<ArenaEntry>> {
     oldest_first(arenas().values(), seq, |e| e.seq)
 }
 
-/// How many live tracked allocations there are.
-pub fn live_count() -> usize {
-    registry().len()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -371,6 +396,37 @@ mod tests {
             .into_iter()
             .filter(|e| Arc::ptr_eq(&e.allocator, a))
             .collect()
+    }
+
+    #[test]
+    fn a_mostly_empty_registry_gives_its_table_back() {
+        let a = tracked();
+        let entry = |seq| Entry {
+            seq,
+            addr: 0,
+            size: 0,
+            ty: "",
+            allocator: a.clone(),
+            nanos: 0,
+            thread_id: 0,
+            thread_name: None,
+            site: None,
+        };
+        let mut map = Registry::default();
+        map.extend((0..10_000).map(|s| (s, entry(s))));
+        let grown = map.capacity();
+        assert!(give_back_room(&mut map).is_none()); // full: nothing to give
+        for s in 0..9_000 {
+            map.remove(&s);
+        }
+        let old = give_back_room(&mut map).expect("8 times too large");
+        assert_eq!(old.capacity(), grown);
+        assert_eq!(map.len(), 1_000);
+        assert!(map.capacity() <= grown / 4);
+        assert!((9_000..10_000).all(|s| map[&s].seq == s)); // every entry kept
+        map.clear();
+        assert!(give_back_room(&mut map).is_some());
+        assert_eq!(map.capacity(), 0);
     }
 
     #[test]
@@ -401,7 +457,8 @@ mod tests {
         assert_eq!(e.len(), 1);
         assert_eq!(e[0].addr, addr);
         // clean up the real leak
-        unsafe { libc::free(addr as *mut libc::c_void) };
+        // SAFETY: the leak under test: a live libc block nothing else frees.
+        unsafe { libc::free(std::ptr::with_exposed_provenance_mut::<libc::c_void>(addr)) };
         let seq = e[0].seq;
         registry().remove(&seq);
     }
@@ -420,7 +477,8 @@ mod tests {
 
         let addr = n.detach(n.addr()).unwrap();
         assert!(mine(&a).is_empty());
-        unsafe { libc::free(addr as *mut libc::c_void) };
+        // SAFETY: detached: the block is the test's, a live libc block freed once.
+        unsafe { libc::free(std::ptr::with_exposed_provenance_mut::<libc::c_void>(addr)) };
 
         let r = a.allocate(array(4, 1, 1, None).unwrap(), None).unwrap();
         assert_eq!(mine(&a).len(), 1);
@@ -486,7 +544,13 @@ mod tests {
         let a = AllocCore::new_tracked("diag-guard", LIBC_GROUP, true, Box::new(Guarded), true);
         let r = a.allocate(array(8, 1, 1, None).unwrap(), None).unwrap();
         assert_eq!(mine(&a).len(), 1);
-        unsafe { (r.addr() as *mut u8).add(8).write(0x41) };
+        // SAFETY: the byte after the 8-byte block is a guard byte of the same guarded allocation:
+        // the corruption under test.
+        unsafe {
+            std::ptr::with_exposed_provenance_mut::<u8>(r.addr())
+                .add(8)
+                .write(0x41)
+        };
         assert!(matches!(
             a.free(&r, r.addr()),
             Err(Error::HeapCorruption(c)) if c.after == 1

@@ -100,21 +100,21 @@ impl Kind {
     #[inline]
     pub unsafe fn read(self, addr: usize) -> Value {
         use Kind::*;
-        // SAFETY: caller's contract; read_unaligned accepts any address.
+        // SAFETY: caller's contract: `addr` is readable for the kind's size.
         unsafe {
             match self {
-                I8 => Value::Int((addr as *const i8).read_unaligned() as i64),
-                I16 => Value::Int((addr as *const i16).read_unaligned() as i64),
-                I32 => Value::Int((addr as *const i32).read_unaligned() as i64),
-                I64 | IntPtr => Value::Int((addr as *const i64).read_unaligned()),
-                U8 => Value::UInt((addr as *const u8).read_unaligned() as u64),
-                U16 => Value::UInt((addr as *const u16).read_unaligned() as u64),
-                U32 => Value::UInt((addr as *const u32).read_unaligned() as u64),
-                U64 | Size => Value::UInt((addr as *const u64).read_unaligned()),
-                F32 => Value::Float((addr as *const f32).read_unaligned() as f64),
-                F64 => Value::Float((addr as *const f64).read_unaligned()),
-                Bool => Value::Bool((addr as *const u8).read_unaligned() != 0),
-                Ptr => Value::Addr((addr as *const usize).read_unaligned()),
+                I8 => Value::Int(read_at::<i8>(addr) as i64),
+                I16 => Value::Int(read_at::<i16>(addr) as i64),
+                I32 => Value::Int(read_at::<i32>(addr) as i64),
+                I64 | IntPtr => Value::Int(read_at::<i64>(addr)),
+                U8 => Value::UInt(read_at::<u8>(addr) as u64),
+                U16 => Value::UInt(read_at::<u16>(addr) as u64),
+                U32 => Value::UInt(read_at::<u32>(addr) as u64),
+                U64 | Size => Value::UInt(read_at::<u64>(addr)),
+                F32 => Value::Float(read_at::<f32>(addr) as f64),
+                F64 => Value::Float(read_at::<f64>(addr)),
+                Bool => Value::Bool(read_at::<u8>(addr) != 0),
+                Ptr => Value::Addr(read_at::<usize>(addr)),
                 Void | Opaque => unreachable!("no element access for {self:?}"),
             }
         }
@@ -137,8 +137,8 @@ impl Kind {
                 // SAFETY: caller's contract.
                 unsafe {
                     match self {
-                        F32 => (addr as *mut f32).write_unaligned(f as f32),
-                        _ => (addr as *mut f64).write_unaligned(f),
+                        F32 => write_at(addr, f as f32),
+                        _ => write_at(addr, f),
                     }
                 }
                 return;
@@ -147,13 +147,34 @@ impl Kind {
         // SAFETY: caller's contract.
         unsafe {
             match self.size() {
-                1 => (addr as *mut u8).write_unaligned(bits as u8),
-                2 => (addr as *mut u16).write_unaligned(bits as u16),
-                4 => (addr as *mut u32).write_unaligned(bits as u32),
-                _ => (addr as *mut u64).write_unaligned(bits),
+                1 => write_at(addr, bits as u8),
+                2 => write_at(addr, bits as u16),
+                4 => write_at(addr, bits as u32),
+                _ => write_at(addr, bits),
             }
         }
     }
+}
+
+/// The `T` at `addr`: an address by contract, whose provenance was exposed
+/// when it was handed out (docs/architecture.md, "Provenance").
+///
+/// # Safety
+/// `addr` is readable for `size_of::<T>()` bytes; no alignment is required.
+#[inline(always)]
+unsafe fn read_at<T>(addr: usize) -> T {
+    // SAFETY: the caller's contract; read_unaligned accepts any address.
+    unsafe { std::ptr::with_exposed_provenance::<T>(addr).read_unaligned() }
+}
+
+/// Writes `v` at `addr` (see [`read_at`]).
+///
+/// # Safety
+/// `addr` is writable for `size_of::<T>()` bytes; no alignment is required.
+#[inline(always)]
+unsafe fn write_at<T>(addr: usize, v: T) {
+    // SAFETY: the caller's contract; write_unaligned accepts any address.
+    unsafe { std::ptr::with_exposed_provenance_mut::<T>(addr).write_unaligned(v) }
 }
 
 #[cfg(test)]
@@ -163,7 +184,7 @@ mod tests {
     #[test]
     fn round_trips() {
         let mut buf = [0u8; 16];
-        let a = buf.as_mut_ptr() as usize + 1; // unaligned on purpose
+        let a = buf.as_mut_ptr().expose_provenance() + 1; // unaligned on purpose
         let cases = [
             (Kind::I8, Value::Int(-5)),
             (Kind::I16, Value::Int(-30000)),
@@ -179,6 +200,7 @@ mod tests {
             (Kind::Ptr, Value::Addr(0xdead_beef)),
         ];
         for (k, v) in cases {
+            // SAFETY: `a` points at 8 writable bytes aligned for every kind (the buffer above).
             unsafe {
                 k.write(a, v);
                 assert_eq!(k.read(a), v, "{k:?}");

@@ -64,24 +64,53 @@ pub(crate) fn clone_with(
         return Err(to_py(py, e, p));
     }
     // SAFETY: p is live with n bytes; fresh holds n bytes.
-    unsafe { std::ptr::copy_nonoverlapping(p.addr as *const u8, fresh.addr as *mut u8, n) };
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            std::ptr::with_exposed_provenance::<u8>(p.addr),
+            std::ptr::with_exposed_provenance_mut::<u8>(fresh.addr),
+            n,
+        )
+    };
     Ok(fresh)
 }
 
 /// Frees a block rsalloc just made for a call that then failed: nothing
-/// else refers to it yet. An arena's block is left to its arena (freeing
-/// it is a no-op there; it goes at release); a failing free is unraisable.
+/// else refers to it yet. An arena over an allocator frees it as its
+/// release would (the arena's list forgets the dead record then); a bump
+/// region's block stays counted until its arena's release, which is the
+/// only way region memory goes back. A failing free is unraisable.
 pub(crate) fn discard(py: Python<'_>, fresh: &Pointer) {
     if let Owned::Block(rec) = fresh.owner.get() {
-        if rec.arena().is_none() {
-            let r = raising_free_errors(py, rec.allocator(), || {
-                rec.free(rec.allocator().group, 0, fresh.addr).py(py, fresh)
-            });
-            if let Err(e) = r {
+        let arena = rec.arena().unwrap_or(0);
+        let r = raising_free_errors(py, rec.allocator(), || {
+            rec.free(rec.allocator().group, arena, fresh.addr)
+                .py(py, fresh)
+        });
+        if let Err(e) = r {
+            e.write_unraisable(py, None);
+        }
+    }
+}
+
+/// The Python object of a Pointer to a block made just now for the caller
+/// alone: when CPython cannot make the object, the block is freed first
+/// ([`discard`]), so the MemoryError leaves nothing counted or live.
+#[inline(always)]
+pub(crate) fn block_object(py: Python<'_>, fresh: Pointer) -> PyResult<Bound<'_, Pointer>> {
+    super::cpython::freelist::new_object_or(py, fresh, discard)
+}
+
+/// The Python object of a Pointer to a block just adopted: when it cannot
+/// be made, ownership goes back to the caller (the block is detached, as
+/// if adopt had never run), who may then free the address as before.
+pub(crate) fn adopted_object(py: Python<'_>, fresh: Pointer) -> PyResult<Bound<'_, Pointer>> {
+    super::cpython::freelist::new_object_or(py, fresh, |py, p| {
+        if let Owned::Block(rec) = p.owner.get() {
+            if let Err(e) = rec.detach(p.addr).py(py, p) {
                 e.write_unraisable(py, None);
             }
         }
-    }
+    })
 }
 
 impl Allocator {
@@ -115,6 +144,13 @@ impl Allocator {
     /// whose object owns them).
     fn own_callbacks(&self) -> Option<&Arc<PyCallbacks>> {
         handle_callbacks(&self.core).filter(|_| self.core.over().is_none())
+    }
+
+    /// Nothing holds the core but this object and arenas over it (and the
+    /// records in their lists): no block outside an arena can free through
+    /// the backend.
+    fn held_by_arenas_alone(&self) -> bool {
+        Arc::strong_count(&self.core) == 1 + self.core.held_by_arenas()
     }
 
     /// The record behind `p`, for an operation that needs an owned block.
@@ -166,10 +202,12 @@ impl Allocator {
     }
 
     // The backend of a Python-defined allocator refers back to the object;
-    // that edge counts only while no block holds the core (see py::python_allocator).
+    // that edge counts only while nothing but arenas holds the core (see
+    // py::python_allocator): an arena is an object the collector sees, which
+    // frees its blocks (finalizer) before anything is cleared.
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         if let Some(cb) = self.own_callbacks() {
-            if Arc::strong_count(&self.core) == 1 {
+            if self.held_by_arenas_alone() {
                 cb.traverse(&visit)?;
             }
         }
@@ -178,7 +216,7 @@ impl Allocator {
 
     fn __clear__(&self) {
         if let Some(cb) = self.own_callbacks() {
-            if Arc::strong_count(&self.core) == 1 {
+            if self.held_by_arenas_alone() {
                 cb.clear();
             }
         }
@@ -186,27 +224,27 @@ impl Allocator {
 
     /// `a(T=Uint8, count=1, *, alignment=None)`: a Pointer[T] of count elements.
     #[pyo3(signature = (r#type=None, count=SizeArg(1), *, alignment=None))]
-    fn __call__(
+    fn __call__<'py>(
         &self,
-        py: Python<'_>,
+        py: Python<'py>,
         r#type: Option<&Bound<'_, PyAny>>,
         count: SizeArg,
         alignment: Option<SizeArg>,
-    ) -> PyResult<Pointer> {
+    ) -> PyResult<Bound<'py, Pointer>> {
         let (ty, req) = call_request(py, &self.core.name, r#type, count.0, alignment.map(|a| a.0))?;
-        self.new_pointer(py, ty, req)
+        block_object(py, self.new_pointer(py, ty, req)?)
     }
 
     /// `allocate(nbytes, *, alignment=None)`: a Pointer[Uint8] of nbytes.
     #[pyo3(signature = (nbytes, *, alignment=None))]
-    fn allocate(
+    fn allocate<'py>(
         &self,
-        py: Python<'_>,
+        py: Python<'py>,
         nbytes: SizeArg,
         alignment: Option<SizeArg>,
-    ) -> PyResult<Pointer> {
+    ) -> PyResult<Bound<'py, Pointer>> {
         let (ty, req) = bytes_request(py, &self.core.name, nbytes.0, alignment.map(|a| a.0))?;
-        self.new_pointer(py, ty, req)
+        block_object(py, self.new_pointer(py, ty, req)?)
     }
 
     /// Returns a block to this allocator. `free(nullptr)` does nothing.
@@ -223,20 +261,24 @@ impl Allocator {
 
     /// Grows or shrinks to `count` elements of p's type. Returns the new
     /// Pointer; p and all its views are dead. calloc zeroes the new tail.
-    fn realloc(&self, py: Python<'_>, p: &Bound<'_, Pointer>, count: SizeArg) -> PyResult<Pointer> {
+    fn realloc<'py>(
+        &self,
+        py: Python<'py>,
+        p: &Bound<'_, Pointer>,
+        count: SizeArg,
+    ) -> PyResult<Bound<'py, Pointer>> {
         let p = p.get();
         let (ty, req) = realloc_request(py, &self.core.name, p.ty, count.0)?;
         if p.addr == 0 {
-            return self.new_pointer(py, ty, req); // C: realloc(NULL, n) is malloc(n)
+            // C: realloc(NULL, n) is malloc(n)
+            return block_object(py, self.new_pointer(py, ty, req)?);
         }
         let rec = self.owned(py, p)?;
         let fresh = self.core.realloc(rec, p.addr, req.size).py(py, p)?;
-        Ok(Pointer::new(
-            fresh.addr(),
-            p.ty,
-            Some(req.size),
-            Owner::block(fresh),
-        ))
+        block_object(
+            py,
+            Pointer::new(fresh.addr(), p.ty, Some(req.size), Owner::block(fresh)),
+        )
     }
 
     /// Takes ownership of `count` T at `address`, which this allocator's C
@@ -244,24 +286,30 @@ impl Allocator {
     /// count, an Int8/Uint8 block is a C string (strlen + 1 bytes). An
     /// address inside a live rsalloc block -> OwnershipError.
     #[pyo3(signature = (address, r#type=None, count=None))]
-    fn adopt(
+    fn adopt<'py>(
         &self,
-        py: Python<'_>,
+        py: Python<'py>,
         address: &Bound<'_, PyAny>,
         r#type: Option<&Bound<'_, PyAny>>,
         count: Option<SizeArg>,
-    ) -> PyResult<Pointer> {
+    ) -> PyResult<Bound<'py, Pointer>> {
         let (addr, ty, req) = adopt_request(py, &self.core.name, address, r#type, count)?;
         let rec = self
             .core
             .adopt_typed(addr, req, &ty.name)
             .py(py, &Asked("adopt", ty, &format_args!("{addr:#x}")))?;
-        Ok(Pointer::new(addr, ty, Some(req.size), Owner::block(rec)))
+        adopted_object(
+            py,
+            Pointer::new(addr, ty, Some(req.size), Owner::block(rec)),
+        )
     }
 
     /// A new block from this allocator holding a copy of p's bytes.
-    fn clone(&self, py: Python<'_>, p: &Bound<'_, Pointer>) -> PyResult<Pointer> {
-        clone_with(py, p.get(), |ty, req| self.new_pointer(py, ty, req))
+    fn clone<'py>(&self, py: Python<'py>, p: &Bound<'_, Pointer>) -> PyResult<Bound<'py, Pointer>> {
+        block_object(
+            py,
+            clone_with(py, p.get(), |ty, req| self.new_pointer(py, ty, req))?,
+        )
     }
 
     /// Address of the C function that frees this allocator's memory, or None.

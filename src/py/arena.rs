@@ -3,7 +3,7 @@
 //! backing allocator (`core::arena`). Request parsing is `py::args`; cloning is
 //! shared with `Allocator` (`py::allocator`).
 
-use super::allocator::{clone_with, Allocator};
+use super::allocator::{adopted_object, block_object, clone_with, Allocator};
 use super::args::{adopt_request, bytes_request, call_request, realloc_request, Asked, SizeArg};
 use super::errors::{to_py, IntoPy};
 use super::handles::{raising_free_errors, set_handle};
@@ -21,8 +21,9 @@ use pyo3::exceptions::{PyResourceWarning, PyRuntimeError, PyStopIteration, PyTyp
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyList, PyTuple, PyType};
+use pyo3::types::{PyList, PyType};
 use pyo3::{PyTraverseError, PyVisit};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 /// Where an arena was made.
@@ -62,17 +63,124 @@ pub struct Arena {
     /// a region (and once the garbage collector broke a cycle through it).
     allocator: Mutex<Option<Py<PyAny>>>,
     callbacks: Mutex<Vec<Callback>>,
-    pub(crate) name: String,
+    pub(crate) name: ArenaName,
     /// Where the arena was made: named when it is garbage-collected unreleased.
     made: Made,
     /// Its key among the unreleased arenas `leak_check` reports (0: none).
     leak_seq: u64,
 }
 
+/// "arena #N", formatted in place: an arena is made per call, and a
+/// `String` through `format!` was about a fifth of `Arena()` (callgrind).
+pub(crate) struct ArenaName {
+    buf: [u8; 27],
+    len: u8,
+}
+
+impl ArenaName {
+    fn new(id: u64) -> Self {
+        const PREFIX: &[u8] = b"arena #";
+        let mut digits = [0u8; 20];
+        let (mut n, mut i) = (id, digits.len());
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        let mut buf = [0u8; 27];
+        buf[..PREFIX.len()].copy_from_slice(PREFIX);
+        let tail = &digits[i..];
+        buf[PREFIX.len()..PREFIX.len() + tail.len()].copy_from_slice(tail);
+        ArenaName {
+            buf,
+            len: (PREFIX.len() + tail.len()) as u8,
+        }
+    }
+}
+
+impl std::ops::Deref for ArenaName {
+    type Target = str;
+    fn deref(&self) -> &str {
+        // SAFETY: `new` wrote ASCII there (checking it again on every
+        // error-free allocation that names its arena cost more than the
+        // allocation's own work).
+        unsafe { std::str::from_utf8_unchecked(&self.buf[..self.len as usize]) }
+    }
+}
+
+impl std::fmt::Display for ArenaName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self)
+    }
+}
+
+/// Remembers `slf` as the region's arena, without allocating: the
+/// object's address, cleared by the arena's dealloc ([`forget_object`],
+/// called from the dealloc that `cpython::arena_finalizer` installs).
+/// With a GIL every read (`region_object`) and that dealloc hold it, so an
+/// address read is a live object. Where there is none, a weak reference
+/// serves instead ([`remember`]).
+#[inline]
+fn remember_quickly(region: &RegionCore, slf: *mut ffi::PyObject) -> bool {
+    if cfg!(Py_GIL_DISABLED) || !DEALLOC_FORGETS.load(Relaxed) {
+        return region.handle.get().is_some();
+    }
+    if region.object.load(Relaxed) == 0 {
+        region.object.store(slf.expose_provenance(), Relaxed);
+    }
+    true
+}
+
+/// Remembers `slf` as the region's arena, for `Pointer.allocator`.
+fn remember(region: &RegionCore, slf: &Bound<'_, PyAny>) -> PyResult<()> {
+    if !remember_quickly(region, slf.as_ptr()) {
+        set_handle(&region.handle, Some(slf), None)?;
+    }
+    Ok(())
+}
+
+/// The arena object of a region, None once it is gone.
+pub(crate) fn region_object(py: Python<'_>, region: &RegionCore) -> Py<PyAny> {
+    if region.handle.get().is_some() {
+        return super::handles::handle_object(py, &region.handle);
+    }
+    match region.object.load(Relaxed) {
+        0 => py.None(),
+        a => {
+            let obj = std::ptr::with_exposed_provenance_mut::<ffi::PyObject>(a);
+            // SAFETY: see `remember_quickly`: a remembered address is a live
+            // arena while the GIL is held.
+            unsafe { Bound::from_borrowed_ptr(py, obj) }.unbind()
+        }
+    }
+}
+
+/// Set once the arena type's dealloc calls [`forget_object`] (by
+/// `cpython::arena_finalizer`, at module init, before any arena exists).
+static DEALLOC_FORGETS: AtomicBool = AtomicBool::new(false);
+
+pub(crate) fn dealloc_forgets_objects() {
+    DEALLOC_FORGETS.store(true, Relaxed);
+}
+
+/// The arena object at `obj` is being deallocated (its finalizer has run
+/// and not revived it): its region's `Pointer.allocator` is None from now on.
+pub(crate) fn forget_object(arena: &Arena, obj: *mut ffi::PyObject) {
+    if let ArenaKind::Region(a) = &arena.backing {
+        let _ = a
+            .region()
+            .object
+            .compare_exchange(obj.addr(), 0, Relaxed, Relaxed);
+    }
+}
+
 static CURRENT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static EXCEPTION_GROUP: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 
-/// The context variable holding `(innermost arena, outer value)`.
+/// The context variable holding the innermost [`Entered`] of this context.
 fn current_var(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
     CURRENT
         .get_or_try_init(py, || {
@@ -113,17 +221,93 @@ fn set_current(py: Python<'_>, value: &Bound<'_, PyAny>) -> PyResult<()> {
     unsafe { Bound::from_owned_ptr_or_err(py, token) }.map(drop)
 }
 
+/// One `with` entry of an arena, the value of the context variable: the
+/// arena until its `with` ends, and the entry that was innermost before.
+///
+/// Leaving the `with` clears the arena here instead of setting the context
+/// variable back: one context-variable update per `with`, not two (each is
+/// a HAMT copy and a token, about a third of an empty `with Arena()`). An
+/// ended entry is skipped by `current_arena()` and dropped from the chain
+/// by the next entry. A context copied inside the `with` (an asyncio task
+/// made there) shares the entry, so once the `with` has ended it sees the
+/// arena outside it, not the released one (docs/decisions.md).
+#[pyclass(frozen, module = "rsalloc", name = "_Entered")]
+pub struct Entered {
+    arena: Mutex<Option<Py<Arena>>>,
+    outer: Option<Py<Entered>>,
+}
+
+impl Entered {
+    fn arena(&self, py: Python<'_>) -> Option<Py<Arena>> {
+        let a = self.arena.lock().unwrap_or_else(PoisonError::into_inner);
+        a.as_ref().map(|a| a.clone_ref(py))
+    }
+
+    fn live(&self) -> bool {
+        let a = self.arena.lock().unwrap_or_else(PoisonError::into_inner);
+        a.is_some()
+    }
+
+    /// Ends the entry if it is `arena`'s: true when it was.
+    fn end(&self, arena: &Bound<'_, Arena>) -> bool {
+        let mut a = self.arena.lock().unwrap_or_else(PoisonError::into_inner);
+        let ended = a.as_ref().is_some_and(|a| a.is(arena));
+        let taken = if ended { a.take() } else { None };
+        drop(a);
+        // Dropped outside the lock: it may be the arena's last reference
+        // but for the caller's, so nothing runs here in practice.
+        drop(taken);
+        ended
+    }
+}
+
+#[pymethods]
+impl Entered {
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        if let Ok(a) = self.arena.try_lock() {
+            if let Some(a) = &*a {
+                visit.call(a)?;
+            }
+        }
+        if let Some(o) = &self.outer {
+            visit.call(o)?;
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self) {
+        let a = self
+            .arena
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        drop(a);
+    }
+}
+
+/// The innermost entry of this context whose `with` has not ended.
+fn innermost<'py>(py: Python<'py>) -> PyResult<Option<Bound<'py, Entered>>> {
+    let mut cur = current_value(py)?.cast_into::<Entered>().ok();
+    while let Some(e) = cur {
+        if e.get().live() {
+            return Ok(Some(e));
+        }
+        cur = e.get().outer.as_ref().map(|o| o.bind(py).clone());
+    }
+    Ok(None)
+}
+
 /// The innermost arena entered with `with` / `async with` in this context
 /// (per thread and per asyncio task).
 #[pyfunction]
 pub fn current_arena(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
-    let cur = current_value(py)?;
-    if cur.is_none() {
-        return Err(PyRuntimeError::new_err(
+    let arena = innermost(py)?.and_then(|e| e.get().arena(py));
+    match arena {
+        Some(a) => Ok(a.into_bound(py).into_any()),
+        None => Err(PyRuntimeError::new_err(
             "no current arena: current_arena() is only valid inside `with Arena()`",
-        ));
+        )),
     }
-    cur.cast_into::<PyTuple>()?.get_item(0)
 }
 
 /// Keeps a release failure to raise; with no room left for it, it is
@@ -193,16 +377,17 @@ impl Arena {
         Ok(())
     }
 
-    /// The bump region, once its Python handle is set: the case the fast
-    /// path of `allocate` serves (fast.rs).
+    /// The bump region, once `slf` (this arena's object) is remembered for
+    /// `Pointer.allocator`: the case the fast path of `allocate` serves
+    /// (fast.rs).
     #[inline]
     #[cfg_attr(
         not(all(pyo3_disable_reference_pool, pyo3_leak_on_drop_without_reference_pool)),
         allow(dead_code)
     )]
-    pub(crate) fn ready_region(&self) -> Option<&Anchor> {
+    pub(crate) fn ready_region(&self, slf: *mut ffi::PyObject) -> Option<&Anchor> {
         match &self.backing {
-            ArenaKind::Region(a) if a.region().handle.get().is_some() => Some(a),
+            ArenaKind::Region(a) => remember_quickly(a.region(), slf).then_some(a),
             _ => None,
         }
     }
@@ -231,9 +416,7 @@ impl Arena {
         let py = slf.py();
         match &self.backing {
             ArenaKind::Region(a) => {
-                if a.region().handle.get().is_none() {
-                    set_handle(&a.region().handle, Some(slf), None)?;
-                }
+                remember(a.region(), slf)?;
                 self.region_pointer(py, a, ty, req)
             }
             ArenaKind::Wrap(w) => {
@@ -258,19 +441,20 @@ impl Arena {
 
     fn enter(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
-        let prev = current_value(py)?;
-        set_current(py, PyTuple::new(py, [slf.as_any(), &prev])?.as_any())
+        let outer = innermost(py)?.map(Bound::unbind);
+        let entry = Entered {
+            arena: Mutex::new(Some(slf.clone().unbind())),
+            outer,
+        };
+        set_current(py, Bound::new(py, entry)?.as_any())
     }
 
-    /// Pops this arena off the context's stack (if it is on top: an exit
-    /// out of order leaves the context alone) and releases it.
+    /// Ends this arena's entry (if it is the innermost: an exit out of
+    /// order leaves the context alone) and releases it.
     fn exit(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
-        let cur = current_value(py)?;
-        if let Ok(t) = cur.cast::<PyTuple>() {
-            if t.len() == 2 && t.get_item(0)?.is(slf) {
-                set_current(py, &t.get_item(1)?)?;
-            }
+        if let Some(e) = innermost(py)? {
+            e.get().end(slf);
         }
         slf.get().release(py, false)
     }
@@ -418,11 +602,11 @@ impl Arena {
             backing,
             allocator: Mutex::new(obj),
             callbacks: Mutex::new(Vec::new()),
-            name: String::new(),
+            name: ArenaName::new(0),
             made: Made::Unknown,
             leak_seq: 0,
         };
-        arena.name = format!("arena #{}", arena.id());
+        arena.name = ArenaName::new(arena.id());
         if track::enabled() {
             let live: Arc<dyn Fn() -> u64 + Send + Sync> = match &arena.backing {
                 ArenaKind::Region(a) => {
@@ -434,7 +618,7 @@ impl Arena {
                     Arc::new(move || tag.counters.snapshot().live_bytes)
                 }
             };
-            let (seq, site) = track::register_arena(arena.name.as_str().into(), live);
+            let (seq, site) = track::register_arena((*arena.name).into(), live);
             arena.leak_seq = seq;
             arena.made = site.map_or(Made::Unknown, Made::Tracked);
         } else if let Some(f) = super::sites::caller_frame(py) {
@@ -445,12 +629,12 @@ impl Arena {
 
     /// `arena(T=Uint8, count=1, *, alignment=None)`: a Pointer[T] of count elements.
     #[pyo3(signature = (r#type=None, count=SizeArg(1), *, alignment=None))]
-    fn __call__(
-        slf: &Bound<'_, Self>,
+    fn __call__<'py>(
+        slf: &Bound<'py, Self>,
         r#type: Option<&Bound<'_, PyAny>>,
         count: SizeArg,
         alignment: Option<SizeArg>,
-    ) -> PyResult<Pointer> {
+    ) -> PyResult<Bound<'py, Pointer>> {
         let this = slf.get();
         let (ty, req) = call_request(
             slf.py(),
@@ -459,19 +643,19 @@ impl Arena {
             count.0,
             alignment.map(|a| a.0),
         )?;
-        this.new_pointer(slf.as_any(), ty, req)
+        block_object(slf.py(), this.new_pointer(slf.as_any(), ty, req)?)
     }
 
     /// `allocate(nbytes, *, alignment=None)`: a Pointer[Uint8] of nbytes.
     #[pyo3(signature = (nbytes, *, alignment=None))]
-    fn allocate(
-        slf: &Bound<'_, Self>,
+    fn allocate<'py>(
+        slf: &Bound<'py, Self>,
         nbytes: SizeArg,
         alignment: Option<SizeArg>,
-    ) -> PyResult<Pointer> {
+    ) -> PyResult<Bound<'py, Pointer>> {
         let this = slf.get();
         let (ty, req) = bytes_request(slf.py(), &this.name, nbytes.0, alignment.map(|a| a.0))?;
-        this.new_pointer(slf.as_any(), ty, req)
+        block_object(slf.py(), this.new_pointer(slf.as_any(), ty, req)?)
     }
 
     /// A no-op for a live block of this arena (released with the arena);
@@ -486,13 +670,17 @@ impl Arena {
 
     /// A new block of `count` elements from this arena holding p's bytes;
     /// p and its views are dead.
-    fn realloc(slf: &Bound<'_, Self>, p: &Bound<'_, Pointer>, count: SizeArg) -> PyResult<Pointer> {
+    fn realloc<'py>(
+        slf: &Bound<'py, Self>,
+        p: &Bound<'_, Pointer>,
+        count: SizeArg,
+    ) -> PyResult<Bound<'py, Pointer>> {
         let py = slf.py();
         let this = slf.get();
         let p = p.get();
         let (ty, req) = realloc_request(py, &this.name, p.ty, count.0)?;
         if p.addr == 0 {
-            return this.new_pointer(slf.as_any(), ty, req);
+            return block_object(py, this.new_pointer(slf.as_any(), ty, req)?);
         }
         this.check_open(py)?;
         match (&this.backing, p.owner.get()) {
@@ -500,21 +688,17 @@ impl Arena {
                 r.free(p.addr).py(py, p)?;
                 let old = p.extent().unwrap_or(0);
                 let (addr, fresh) = mine.realloc(r, p.addr, old, req).py(py, p)?;
-                Ok(Pointer::new(
-                    addr,
-                    p.ty,
-                    Some(req.size),
-                    Owner::region(fresh),
-                ))
+                block_object(
+                    py,
+                    Pointer::new(addr, p.ty, Some(req.size), Owner::region(fresh)),
+                )
             }
             (ArenaKind::Wrap(w), Owned::Block(rec)) => {
                 let fresh = w.realloc(rec, p.addr, req.size).py(py, p)?;
-                Ok(Pointer::new(
-                    fresh.addr(),
-                    p.ty,
-                    Some(req.size),
-                    Owner::block(fresh),
-                ))
+                block_object(
+                    py,
+                    Pointer::new(fresh.addr(), p.ty, Some(req.size), Owner::block(fresh)),
+                )
             }
             _ => {
                 let e = this
@@ -530,12 +714,12 @@ impl Arena {
     /// allocator's C counterpart allocated; freed at release. A bump region
     /// cannot adopt (OwnershipError).
     #[pyo3(signature = (address, r#type=None, count=None))]
-    fn adopt(
-        slf: &Bound<'_, Self>,
+    fn adopt<'py>(
+        slf: &Bound<'py, Self>,
         address: &Bound<'_, PyAny>,
         r#type: Option<&Bound<'_, PyAny>>,
         count: Option<SizeArg>,
-    ) -> PyResult<Pointer> {
+    ) -> PyResult<Bound<'py, Pointer>> {
         let py = slf.py();
         let this = slf.get();
         let (addr, ty, req) = adopt_request(py, &this.name, address, r#type, count)?;
@@ -549,16 +733,20 @@ impl Arena {
                     set_handle(&w.tag.handle, Some(slf.as_any()), None)?;
                 }
                 let rec = w.adopt(addr, req).py(py, &asked)?;
-                Ok(Pointer::new(addr, ty, Some(req.size), Owner::block(rec)))
+                adopted_object(
+                    py,
+                    Pointer::new(addr, ty, Some(req.size), Owner::block(rec)),
+                )
             }
         }
     }
 
     /// A new block of this arena holding a copy of p's bytes.
-    fn clone(slf: &Bound<'_, Self>, p: &Bound<'_, Pointer>) -> PyResult<Pointer> {
-        clone_with(slf.py(), p.get(), |ty, req| {
+    fn clone<'py>(slf: &Bound<'py, Self>, p: &Bound<'_, Pointer>) -> PyResult<Bound<'py, Pointer>> {
+        let fresh = clone_with(slf.py(), p.get(), |ty, req| {
             slf.get().new_pointer(slf.as_any(), ty, req)
-        })
+        })?;
+        block_object(slf.py(), fresh)
     }
 
     /// `p` leaves the arena and survives its release: from an arena over an
@@ -692,8 +880,13 @@ impl Arena {
 
     /// `release_all()`, then restores the previous current arena; an
     /// exception from the block is not suppressed.
-    #[pyo3(signature = (*_exc))]
-    fn __exit__(slf: &Bound<'_, Self>, _exc: &Bound<'_, PyTuple>) -> PyResult<bool> {
+    #[pyo3(signature = (_exc_type=None, _exc=None, _tb=None))]
+    fn __exit__(
+        slf: &Bound<'_, Self>,
+        _exc_type: Option<&Bound<'_, PyAny>>,
+        _exc: Option<&Bound<'_, PyAny>>,
+        _tb: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<bool> {
         Arena::exit(slf)?;
         Ok(false)
     }
@@ -705,8 +898,13 @@ impl Arena {
     }
 
     /// `async with` form of `__exit__`: releases, then an awaitable of False.
-    #[pyo3(signature = (*_exc))]
-    fn __aexit__(slf: &Bound<'_, Self>, _exc: &Bound<'_, PyTuple>) -> PyResult<Ready> {
+    #[pyo3(signature = (_exc_type=None, _exc=None, _tb=None))]
+    fn __aexit__(
+        slf: &Bound<'_, Self>,
+        _exc_type: Option<&Bound<'_, PyAny>>,
+        _exc: Option<&Bound<'_, PyAny>>,
+        _tb: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Ready> {
         Arena::exit(slf)?;
         Ok(Ready(
             pyo3::types::PyBool::new(slf.py(), false)

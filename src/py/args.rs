@@ -153,7 +153,8 @@ pub(crate) fn adopt_request(
             }
             // SAFETY: the caller vouches that `address` is a C string of
             // this allocator's (the documented contract of a count-less adopt).
-            (unsafe { libc::strlen(addr as *const libc::c_char) } + 1) as i128
+            (unsafe { libc::strlen(std::ptr::with_exposed_provenance::<libc::c_char>(addr)) } + 1)
+                as i128
         }
         None => {
             return Err(PyTypeError::new_err(format!(

@@ -1,11 +1,11 @@
 //! The one place core errors become Python exceptions.
 
-use crate::core::error::Error;
-use crate::core::foreign::BadBlock;
+use crate::core::error::{Error, Raised};
 use pyo3::exceptions::{PyBufferError, PyIndexError, PyMemoryError, PyOverflowError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyType;
+use std::fmt;
 
 macro_rules! py_errors {
     ($($name:ident => $class:literal),* $(,)?) => {
@@ -57,12 +57,36 @@ pub fn to_py(py: Python<'_>, e: Error, subject: &dyn std::fmt::Display) -> PyErr
         Error::HeapCorruption(_) => Exc::HeapCorruption.err(py, msg),
         Error::Exported => PyBufferError::new_err(msg),
         Error::Unsupported(_) => pyo3::exceptions::PyTypeError::new_err(msg),
-        Error::External(inner) => match inner.downcast::<PyErr>() {
-            Ok(pyerr) => *pyerr,
-            Err(other) if other.is::<BadBlock>() => PyValueError::new_err(msg),
-            Err(other) => PyMemoryError::new_err(other.to_string()),
-        },
+        Error::BadBlock(_) => PyValueError::new_err(msg),
+        Error::Raised(raised) => {
+            // Set again and taken at once: nothing runs in between.
+            raised.reraise();
+            PyErr::fetch(py)
+        }
     }
+}
+
+/// A Python exception carried through the core ([`Error::Raised`]): raised
+/// by a Python-defined allocator's function, re-raised as it was.
+#[derive(Debug)]
+struct PyRaised(PyErr);
+
+impl fmt::Display for PyRaised {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl Raised for PyRaised {
+    fn reraise(self: Box<Self>) {
+        Python::attach(|py| self.0.restore(py));
+    }
+}
+
+/// `e`, raised by the caller's Python code, as a core error that gives it
+/// back unchanged (`to_py`).
+pub fn raised(e: PyErr) -> Error {
+    Error::Raised(Box::new(PyRaised(e)))
 }
 
 /// Core results in a Python context: `.py(py, &subject)?`.

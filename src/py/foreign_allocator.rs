@@ -60,7 +60,8 @@ impl ForeignAllocator {
                     if c_alloc.is_some() || free_only =>
                 {
                     let a = c_alloc.map_or(0, |(a, _)| a);
-                    let keep = Box::new(Kept(Some((alloc.clone().unbind(), free.clone().unbind()))));
+                    let keep =
+                        Box::new(Kept(Some((alloc.clone().unbind(), free.clone().unbind()))));
                     // SAFETY: the addresses are C functions (ctypes function
                     // objects, kept alive by `keep`, or addresses the caller
                     // vouches for); their signatures are the documented

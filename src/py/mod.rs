@@ -10,6 +10,7 @@ pub mod handles;
 pub mod params;
 pub mod pointer;
 pub mod python_allocator;
+pub mod serialized;
 pub mod sites;
 pub mod source;
 pub mod stats;

@@ -17,6 +17,7 @@ use pyo3::prelude::*;
 use std::fmt;
 
 mod items;
+pub(crate) use items::value_object;
 mod methods;
 
 /// How element access reaches struct and array elements. `structs` sits
@@ -25,10 +26,18 @@ mod methods;
 /// module calling up. Each returns None for a type that is not composite.
 pub(crate) struct Composites {
     /// The element of composite type `ty` at `addr` inside `parent`'s block.
-    pub at: fn(Python<'_>, &Pointer, usize, &'static TypeInfo) -> Option<PyResult<Py<PyAny>>>,
+    pub at: CompositeAt,
     /// `dst[i] = v` for a composite element type.
-    pub write: fn(Python<'_>, &Pointer, isize, &Bound<'_, PyAny>) -> Option<PyResult<()>>,
+    pub write: CompositeWrite,
 }
+
+/// `Composites::at`: (parent, addr, ty) to the element, None when `ty` is
+/// not composite.
+pub(crate) type CompositeAt =
+    fn(Python<'_>, &Pointer, usize, &'static TypeInfo) -> Option<PyResult<Py<PyAny>>>;
+/// `Composites::write`: (dst, i, v), None when dst's type is not composite.
+pub(crate) type CompositeWrite =
+    fn(Python<'_>, &Pointer, isize, &Bound<'_, PyAny>) -> Option<PyResult<()>>;
 
 static COMPOSITES: std::sync::OnceLock<Composites> = std::sync::OnceLock::new();
 
@@ -132,7 +141,7 @@ impl Pointer {
     pub fn record(&self) -> Option<&RecordRef> {
         match self.owner.get() {
             Owned::Block(r) => Some(r),
-            Owned::Region(_) | Owned::Unowned => None,
+            Owned::Region(_) | Owned::Dependent(_) | Owned::Unowned => None,
         }
     }
 
@@ -264,13 +273,23 @@ impl fmt::Display for Pointer {
 /// start); the start of a block rsalloc freed lately and has not handed out
 /// again, a dead view of that block (access raises UseAfterFreeError,
 /// naming both sites with tracking on); anything else an unowned view of
-/// unknown count, and 0 the null pointer.
+/// unknown count, and 0 the null pointer. `read_from` is the owner of the
+/// memory the address was read from: what a library's block holds, in no
+/// block of rsalloc's, hangs off that block (`Owner::graph_owner`) and dies
+/// with it.
 pub(crate) fn from_stored_address(
     py: Python<'_>,
     addr: usize,
     ty: &'static TypeInfo,
+    read_from: &Owner,
 ) -> PyResult<Pointer> {
-    let unowned = || Pointer::new(addr, ty, None, Owner::UNOWNED);
+    let unowned = || {
+        let owner = match read_from.graph_owner() {
+            Some(rec) if addr != 0 => Owner::dependent(rec),
+            _ => Owner::UNOWNED,
+        };
+        Pointer::new(addr, ty, None, owner)
+    };
     let to_end = |end: usize| Some(end.saturating_sub(addr));
     Ok(match index::resolve(addr) {
         Some(Found::Block(rec)) => {

@@ -8,12 +8,15 @@
 //! core -> backend -> bound methods -> object): the backend must outlive the
 //! object while blocks are live, so that a late free (autofree, an export
 //! released after `free`) still reaches `_raw_free`. The object's
-//! `__traverse__` reports that edge only when no record holds the core, so
-//! the cycle is collected exactly when nothing can free through it any more.
+//! `__traverse__` reports that edge only when nothing but arenas holds the
+//! core (arenas are objects the collector sees, and release their blocks in
+//! their finalizer before anything is cleared), so the cycle is collected
+//! exactly when nothing else can free through it any more.
 
+use super::errors::raised;
 use crate::core::alloc::{new_id, AllocCore, Backend};
-use crate::core::error::{Error, Result};
-use crate::core::foreign::{check_block, BadBlock, FREE_ONLY};
+use crate::core::error::{BadBlock, Error, Result};
+use crate::core::foreign::{check_block, FREE_ONLY};
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyInt, PyType};
@@ -98,16 +101,12 @@ impl PyCallbacks {
     }
 }
 
-fn external(e: PyErr) -> Error {
-    Error::External(Box::new(e))
-}
-
 /// A backend that calls Python for every block.
 struct PyBackend(Arc<PyCallbacks>);
 
 impl PyBackend {
     fn give_back(&self, py: Python<'_>, free: &Py<PyAny>, p: NonNull<u8>, size: usize) {
-        let addr = p.as_ptr() as usize;
+        let addr = p.as_ptr().expose_provenance();
         let r = if self.0.sized {
             free.call1(py, (addr, size))
         } else {
@@ -126,16 +125,16 @@ fn address_value(name: &str, v: &Bound<'_, PyAny>, size: usize) -> Result<i128> 
         return Ok(0);
     }
     if !v.is_instance_of::<PyInt>() || v.is_instance_of::<PyBool>() {
-        return Err(external(PyTypeError::new_err(format!(
+        return Err(raised(PyTypeError::new_err(format!(
             "{name}: the allocation function must return an int address (0 or None for out of memory), not {}",
             v.get_type().name().map(|n| n.to_string()).unwrap_or_default()
         ))));
     }
     v.extract::<i128>().map_err(|_| {
-        Error::External(Box::new(BadBlock::NotAnAddress {
+        Error::BadBlock(BadBlock::NotAnAddress {
             value: v.to_string(),
             size,
-        }))
+        })
     })
 }
 
@@ -144,14 +143,14 @@ impl Backend for PyBackend {
         Python::attach(|py| {
             // Never ask for 0 bytes: every block needs an address of its own.
             let n = size.max(1);
-            let (alloc, free) = self.0.get(py).map_err(external)?;
+            let (alloc, free) = self.0.get(py).map_err(raised)?;
             let alloc = alloc.ok_or(Error::Unsupported(FREE_ONLY))?;
             let ret = if self.0.with_alignment {
                 alloc.call1(py, (n, align))
             } else {
                 alloc.call1(py, (n,))
             }
-            .map_err(external)?;
+            .map_err(raised)?;
             let value = address_value(&self.0.name, ret.bind(py), n)?;
             let p = check_block(value, n, align, |p| self.give_back(py, &free, p, n))?;
             if zeroed {
@@ -177,6 +176,11 @@ impl Backend for PyBackend {
             Err(e) => report_free_error(py, e),
         });
         Ok(())
+    }
+
+    fn free_only(&self) -> bool {
+        let fns = self.0.fns.lock().unwrap_or_else(|e| e.into_inner());
+        fns.as_ref().is_some_and(|f| f.alloc.is_none())
     }
 }
 

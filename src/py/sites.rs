@@ -106,6 +106,11 @@ pub(crate) fn capture(n: usize) -> Capture {
 /// One resolved frame: (file, line, function).
 pub(crate) type Line = (String, i64, String);
 
+/// A site's frames: (code object, instruction offset), innermost first.
+pub(crate) fn frames_of(site: &Site) -> &[(Py<PyAny>, c_int)] {
+    site.downcast_ref::<Frames>().map_or(&[], |f| &f.0)
+}
+
 pub(crate) fn resolve(py: Python<'_>, site: &Site) -> Vec<Line> {
     let Some(frames) = site.downcast_ref::<Frames>() else {
         return Vec::new();

@@ -50,6 +50,11 @@ impl Source {
         self.view.len as usize
     }
 
+    /// Whether the source has no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Copies the source's bytes, in C order, to `dst`. No Python code runs.
     ///
     /// # Safety

@@ -108,13 +108,16 @@ pub fn block_cache_wanted() -> bool {
 /// arena chunk) if `trim`: private, for tests and diagnostics.
 #[pyfunction]
 #[pyo3(signature = (trim=false))]
-pub fn _block_cache(trim: bool) -> (bool, usize, usize) {
+pub fn _block_cache(py: Python<'_>, trim: bool) -> (bool, usize, usize) {
     use crate::core::block_cache;
+    let Some(s) = crate::py::serialized::token(py) else {
+        return (false, 0, 0); // free-threaded: never on
+    };
     if trim {
-        block_cache::trim();
-        crate::core::region::trim_kept_chunks();
+        block_cache::trim(s);
+        crate::core::region::trim_kept_chunks(s);
     }
-    let (blocks, bytes) = block_cache::held();
+    let (blocks, bytes) = block_cache::held(s);
     (block_cache::enabled(), blocks, bytes)
 }
 
@@ -122,4 +125,12 @@ pub fn _block_cache(trim: bool) -> (bool, usize, usize) {
 #[pyfunction]
 pub fn _reserve_state() -> (bool, usize) {
     crate::core::reserve::state()
+}
+
+/// `_fail_object_creation(n)`: the `n`-th next Pointer or struct view
+/// object that rsalloc makes raises MemoryError instead (0: none), as when
+/// CPython is out of memory; for tests of what each caller then gives back.
+#[pyfunction]
+pub fn _fail_object_creation(n: usize) {
+    super::cpython::freelist::fail_object_creation(n);
 }

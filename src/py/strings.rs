@@ -1,6 +1,6 @@
 //! `to_native_utf8` / `to_native_utf16`: Python strings as NUL-terminated C strings.
 
-use super::allocator::{discard, malloc, Allocator};
+use super::allocator::{block_object, discard, malloc, Allocator};
 use super::arena::Arena;
 use super::errors::IntoPy;
 use super::pointer::Pointer;
@@ -32,11 +32,11 @@ fn allocate_from<'py>(
         align: ty.align,
     };
     if let Ok(a) = allocator.cast::<Allocator>() {
-        return Ok((Bound::new(py, a.get().new_pointer(py, ty, req)?)?, true));
+        return Ok((block_object(py, a.get().new_pointer(py, ty, req)?)?, true));
     }
     if let Ok(a) = allocator.cast::<Arena>() {
         return Ok((
-            Bound::new(py, a.get().new_pointer(a.as_any(), ty, req)?)?,
+            block_object(py, a.get().new_pointer(a.as_any(), ty, req)?)?,
             true,
         ));
     }
@@ -66,8 +66,16 @@ fn write_with_nul(py: Python<'_>, p: &Pointer, bytes: &[u8], nul: usize) -> PyRe
     let at = p.byte_range(0, bytes.len() + nul).py(py, p)?;
     // SAFETY: [at, at + len + nul) was checked just now.
     unsafe {
-        std::ptr::copy_nonoverlapping(bytes.as_ptr(), at as *mut u8, bytes.len());
-        std::ptr::write_bytes((at + bytes.len()) as *mut u8, 0, nul);
+        std::ptr::copy_nonoverlapping(
+            bytes.as_ptr(),
+            std::ptr::with_exposed_provenance_mut::<u8>(at),
+            bytes.len(),
+        );
+        std::ptr::write_bytes(
+            std::ptr::with_exposed_provenance_mut::<u8>(at + bytes.len()),
+            0,
+            nul,
+        );
     }
     Ok(())
 }

@@ -13,7 +13,7 @@
 use super::cpython::freelist::{as_pointer, new_object};
 use super::cpython::view_objects::{make_view, plain_view_objects};
 use super::errors::IntoPy;
-use super::pointer::{from_stored_address, Pointer};
+use super::pointer::{from_stored_address, value_object, Pointer};
 use super::struct_view::StructView;
 use super::types::{self, leak, Composite, TypeInfo};
 use super::values::{plain_number, to_value};
@@ -23,7 +23,7 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::type_object::PyTypeInfo;
-use pyo3::types::{PyBool, PySlice, PyType};
+use pyo3::types::{PySlice, PyType};
 use std::ffi::CString;
 
 /// Plugs struct, union and array classes into type lookup (`types`) and
@@ -145,9 +145,10 @@ impl Field {
         }
         if kind == Kind::Ptr {
             // SAFETY: as above; the slot is pointer-sized.
-            let stored = unsafe { (addr as *const usize).read_unaligned() };
+            let stored =
+                unsafe { std::ptr::with_exposed_provenance::<usize>(addr).read_unaligned() };
             let target = self.ty.target.expect("pointer slots have a target");
-            let q = from_stored_address(py, stored, target)?;
+            let q = from_stored_address(py, stored, target, &p.owner)?;
             return Ok(new_object(py, q)?.into_any().unbind());
         }
         let field = p.view(addr, self.ty, Some(self.ty.size));
@@ -225,16 +226,6 @@ impl Field {
             self.name, self.ty.name, self.offset, self.ty.size
         )
     }
-}
-
-fn value_object(py: Python<'_>, v: Value) -> PyResult<Py<PyAny>> {
-    Ok(match v {
-        Value::Int(i) => i.into_pyobject(py)?.into_any().unbind(),
-        Value::UInt(u) => u.into_pyobject(py)?.into_any().unbind(),
-        Value::Float(f) => f.into_pyobject(py)?.into_any().unbind(),
-        Value::Bool(b) => PyBool::new(py, b).to_owned().into_any().unbind(),
-        Value::Addr(a) => a.into_pyobject(py)?.into_any().unbind(),
-    })
 }
 
 static STRUCT_MODULE: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
@@ -315,7 +306,7 @@ pub(crate) fn classify_composite(class: &Bound<'_, PyType>) -> PyResult<Option<&
                 ty,
                 name: fname.clone(),
                 declared: t.unbind(),
-                owner_type: class.as_type_ptr() as usize,
+                owner_type: class.as_type_ptr().addr(),
             };
             class.setattr(fname.as_str(), Py::new(py, field)?)?;
         }
@@ -406,6 +397,12 @@ fn copy_struct(py: Python<'_>, dst: &Pointer, i: isize, v: &Bound<'_, PyAny>) ->
     let addr = dst.elem_addr(i).py(py, dst)?;
     // SAFETY: both blocks are live and hold ty.size bytes at these
     // addresses; `copy` allows them to overlap.
-    unsafe { std::ptr::copy(src.ptr.addr as *const u8, addr as *mut u8, ty.size) };
+    unsafe {
+        std::ptr::copy(
+            std::ptr::with_exposed_provenance::<u8>(src.ptr.addr),
+            std::ptr::with_exposed_provenance_mut::<u8>(addr),
+            ty.size,
+        )
+    };
     Ok(())
 }

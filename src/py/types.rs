@@ -165,7 +165,7 @@ fn registry(py: Python<'_>) -> PyResult<&Registry> {
             let class = class?;
             let kind: String = class.getattr("_kind_")?.extract()?;
             let kind = kind_named(&kind).expect("_types.py names known kinds");
-            scalars.push((class.as_ptr() as usize, scalar(&class, kind, false)?));
+            scalars.push((class.as_ptr().addr(), scalar(&class, kind, false)?));
         }
         let find = |k: Kind| scalars.iter().find(|(_, t)| t.kind == k).unwrap().1;
         let (uint8, uint16, void) = (find(Kind::U8), find(Kind::U16), find(Kind::Void));
@@ -198,7 +198,7 @@ pub fn void(py: Python<'_>) -> PyResult<&'static TypeInfo> {
 )]
 pub(crate) fn lookup_cached(t: &Bound<'_, PyAny>) -> Option<&'static TypeInfo> {
     let reg = REGISTRY.get(t.py())?;
-    let key = t.as_ptr() as usize;
+    let key = t.as_ptr().addr();
     if let Some((_, info)) = reg.scalars.iter().find(|(k, _)| *k == key) {
         return Some(info);
     }
@@ -209,7 +209,7 @@ pub(crate) fn lookup_cached(t: &Bound<'_, PyAny>) -> Option<&'static TypeInfo> {
 #[inline]
 pub fn lookup(t: &Bound<'_, PyAny>) -> PyResult<&'static TypeInfo> {
     let reg = registry(t.py())?;
-    let key = t.as_ptr() as usize;
+    let key = t.as_ptr().addr();
     if let Some((_, info)) = reg.scalars.iter().find(|(k, _)| *k == key) {
         return Ok(info);
     }
@@ -260,7 +260,7 @@ fn resolve(reg: &Registry, t: &Bound<'_, PyAny>) -> PyResult<&'static TypeInfo> 
     let mut cur = t.clone();
     // (innermost info, the class whose completion would change it)
     let (mut info, pending) = loop {
-        let key = cur.as_ptr() as usize;
+        let key = cur.as_ptr().addr();
         if let Some(found) = known(reg, &cur)? {
             break found;
         }
@@ -338,11 +338,11 @@ fn incomplete(t: &Bound<'_, PyAny>) -> PyErr {
 
 /// A type classified before: from the cache, or a provisional entry that
 /// is still right (its pending class has no `_fields_` of its own yet).
-fn known(
-    reg: &Registry,
-    t: &Bound<'_, PyAny>,
-) -> PyResult<Option<(&'static TypeInfo, Option<Py<PyAny>>)>> {
-    let key = t.as_ptr() as usize;
+/// A classified type, and the class its provisional entry waits on.
+type Known = Option<(&'static TypeInfo, Option<Py<PyAny>>)>;
+
+fn known(reg: &Registry, t: &Bound<'_, PyAny>) -> PyResult<Known> {
+    let key = t.as_ptr().addr();
     if let Some((_, info)) = reg.scalars.iter().find(|(k, _)| *k == key) {
         return Ok(Some((info, None)));
     }
@@ -381,9 +381,9 @@ fn remember_in(
     info: &'static TypeInfo,
     pending: Option<&Py<PyAny>>,
 ) -> &'static TypeInfo {
-    let key = t.as_ptr() as usize;
+    let key = t.as_ptr().addr();
     match pending {
-        None => *reg.cache.lock().unwrap().entry(key).or_insert(info),
+        None => reg.cache.lock().unwrap().entry(key).or_insert(info),
         Some(dep) => {
             let mut map = reg.provisional.lock().unwrap();
             map.entry(key).or_insert((info, dep.clone_ref(t.py()))).0

@@ -175,6 +175,10 @@ impl AllocCore {
 
     /// The record of a new block; `plain`: the memory is libc's, not the backend's.
     #[inline(always)]
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "each is one fact of the new block; a struct would only be unpacked again"
+    )]
     fn record(
         self: &Arc<Self>,
         slot: RecordSlot,
@@ -216,7 +220,7 @@ impl AllocCore {
                 tag.counters.on_alloc(req.size);
             }
         }
-        observer::made(p.as_ptr() as usize, req.size);
+        observer::made(p.as_ptr().expose_provenance(), req.size);
         // Arena memory is freed by its scope: never recorded.
         if arena.is_none() && self.tracks() {
             track::register(&rec, ty);
@@ -247,7 +251,8 @@ impl AllocCore {
         arena: Option<&Arc<ArenaTag>>,
         ty: &'static str,
     ) -> Result<RecordRef> {
-        let p = NonNull::new(addr as *mut u8).ok_or(Error::NullPointer)?;
+        let p = NonNull::new(std::ptr::with_exposed_provenance_mut::<u8>(addr))
+            .ok_or(Error::NullPointer)?;
         let slot = RecordSlot::new()?;
         let tag = arena.map(|t| &**t);
         let charged = self.charge(req.size, 0, tag, true)?;
@@ -325,5 +330,6 @@ impl AllocCore {
 }
 
 pub(crate) fn rec_ptr(rec: &Record) -> NonNull<u8> {
-    NonNull::new(rec.addr() as *mut u8).expect("records never hold null")
+    NonNull::new(std::ptr::with_exposed_provenance_mut::<u8>(rec.addr()))
+        .expect("records never hold null")
 }

@@ -19,12 +19,23 @@ fn counting(group: u64, zeroed: bool) -> (Counting, Arc<AllocCore>) {
 
 fn bytes(rec: &Record) -> &[u8] {
     // SAFETY: the test only looks at live blocks it owns.
-    unsafe { std::slice::from_raw_parts(rec.addr() as *const u8, rec.size()) }
+    unsafe {
+        std::slice::from_raw_parts(
+            std::ptr::with_exposed_provenance::<u8>(rec.addr()),
+            rec.size(),
+        )
+    }
 }
 
 fn stamp(rec: &Record, byte: u8) {
     // SAFETY: as above.
-    unsafe { std::ptr::write_bytes(rec.addr() as *mut u8, byte, rec.size()) }
+    unsafe {
+        std::ptr::write_bytes(
+            std::ptr::with_exposed_provenance_mut::<u8>(rec.addr()),
+            byte,
+            rec.size(),
+        )
+    }
 }
 
 fn settled(s: Snapshot) -> bool {
@@ -222,7 +233,12 @@ fn threads_racing_one_record_end_it_exactly_once() {
                                 0 | 1 => {
                                     if r.pin().is_ok() {
                                         // Pinned: the bytes must still be there.
-                                        let b = unsafe { (r.addr() as *const u8).read_volatile() };
+                                        // SAFETY: pinned: the block stays live while the pin
+                                        // holds, and it is at least a byte long.
+                                        let b = unsafe {
+                                            std::ptr::with_exposed_provenance::<u8>(r.addr())
+                                                .read_volatile()
+                                        };
                                         assert_eq!(b, 0x5A);
                                         std::thread::yield_now();
                                         r.unpin();
@@ -316,7 +332,13 @@ fn exports_racing_a_free_return_the_memory_once_after_the_last_unpin() {
                     for _ in 0..50 {
                         match r.pin() {
                             Ok(()) => {
-                                let b = unsafe { (r.addr() as *const u8).add(63).read_volatile() };
+                                // SAFETY: pinned: the 64-byte block stays live while the pin
+                                // holds.
+                                let b = unsafe {
+                                    std::ptr::with_exposed_provenance::<u8>(r.addr())
+                                        .add(63)
+                                        .read_volatile()
+                                };
                                 assert_eq!(b, 7);
                                 r.unpin();
                             }

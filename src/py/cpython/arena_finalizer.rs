@@ -47,6 +47,11 @@ unsafe extern "C" fn dealloc(obj: *mut ffi::PyObject) {
     if unsafe { ffi::PyObject_CallFinalizerFromDealloc(obj) } < 0 {
         return;
     }
+    // SAFETY: obj is an Arena (this is its dealloc), alive until `inner`;
+    // no Python code runs between here and `inner`.
+    let arena = unsafe { pyo3::Borrowed::from_ptr(Python::assume_attached(), obj) };
+    // SAFETY: as above: obj is an Arena.
+    crate::py::arena::forget_object(unsafe { arena.cast_unchecked::<Arena>() }.get(), obj);
     if let Some(inner) = DEALLOC.get() {
         // SAFETY: the slot PyO3 installed, called as it would have been.
         unsafe { inner(obj) }
@@ -67,6 +72,8 @@ pub fn install(py: Python<'_>) -> Result<(), String> {
             (*t).tp_finalize = Some(finalize);
             (*t).tp_dealloc = Some(dealloc);
             ffi::PyType_Modified(t);
+            // Every arena's dealloc now clears its region's address of it.
+            crate::py::arena::dealloc_forgets_objects();
         }
     }
     Ok(())

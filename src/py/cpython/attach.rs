@@ -84,10 +84,7 @@ pub(crate) unsafe fn registered<R>(f: impl FnOnce(Python<'_>) -> R) -> Option<R>
         // contract) and passes its two pointers to `run` without reading
         // them; `job` outlives the call.
         unsafe {
-            binaryfunc::<Def<F, R>>(
-                std::ptr::addr_of_mut!(job).cast(),
-                std::ptr::null_mut(),
-            );
+            binaryfunc::<Def<F, R>>(std::ptr::addr_of_mut!(job).cast(), std::ptr::null_mut());
         }
         job.out
     }

@@ -178,6 +178,7 @@ struct Def(ffi::PyMethodDef);
 // CPython, through the objects made from it.
 unsafe impl Send for Def {}
 
+// SAFETY: as for `Send`: CPython only reads the definition after init.
 unsafe impl Sync for Def {}
 
 /// One per replaced entry point: allocator.allocate, arena.allocate, free,

@@ -23,8 +23,9 @@ use super::entry::{
     delegate, enter, general, replace_function, replace_method, single, unary_function, Args,
     Outcome,
 };
-use super::freelist::{as_pointer, new_object};
-use crate::py::allocator::Allocator;
+use super::freelist::as_pointer;
+use crate::core::types::Kind;
+use crate::py::allocator::{block_object, Allocator};
 use crate::py::arena::Arena;
 use crate::py::args::plain_bytes_request;
 use crate::py::errors::IntoPy;
@@ -64,7 +65,7 @@ unsafe fn allocate_entry(
                     .and_then(|a| exact_small_int(&a))
                     .and_then(|n| make(py, n));
                 match made {
-                    Some(p) => p.and_then(|p| Ok(new_object(py, p)?.into_ptr())).into(),
+                    Some(p) => p.and_then(|p| Ok(block_object(py, p)?.into_ptr())).into(),
                     None => Outcome::Delegate,
                 }
             },
@@ -105,7 +106,7 @@ unsafe extern "C" fn arena_allocate(
         allocate_entry(&ARENA_ALLOCATE, slf, args, nargs, kwnames, |py, n| {
             let this = pyo3::Borrowed::from_ptr(py, slf).cast_unchecked::<Arena>();
             let this = this.get();
-            this.ready_region().map(|r| {
+            this.ready_region(slf).map(|r| {
                 let (ty, req) = plain_bytes_request(py, &this.name, n)?;
                 this.region_pointer(py, r, ty, req)
             })
@@ -167,6 +168,11 @@ unsafe extern "C" fn subscript(
                         Some(r) => Outcome::Done(r),
                         None => general(|py| p.item(py, i).map(Py::into_ptr)),
                     },
+                    // A pointer slot: the address read back resolves to its
+                    // block (`from_stored_address`), which runs no Python code.
+                    Some(i) if p.ty.kind == Kind::Ptr => {
+                        general(|py| p.item(py, i).map(Py::into_ptr))
+                    }
                     _ => Outcome::Delegate,
                 }
             },
@@ -195,7 +201,13 @@ unsafe extern "C" fn ass_subscript(
                 let value = pyo3::Borrowed::from_ptr(py, value);
                 let plain = value.is_exact_instance_of::<pyo3::types::PyInt>()
                     || value.is_exact_instance_of::<pyo3::types::PyFloat>();
+                // A Pointer or None into a pointer slot: converting either
+                // runs no Python code.
+                let address = value.is_none() || as_pointer(&value).is_some();
                 match int_index(&key) {
+                    Some(i) if address && p.ty.kind == Kind::Ptr => {
+                        general(|py| p.write_address(py, i, &value).map(|()| 0))
+                    }
                     Some(i) if plain && p.ty.kind.is_number() => {
                         if p.plain_write(i, &value) {
                             Outcome::Done(0)

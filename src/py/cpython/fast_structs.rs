@@ -12,10 +12,10 @@
 //! unchanged, to the PyO3 slot it replaced, which raises the errors.
 
 use super::entry::{enter, replace_function, unary_function, Args, Outcome};
-use super::freelist::{as_pointer, new_object};
+use super::freelist::as_pointer;
 use super::view_objects::make_view;
 use crate::core::layout::Request;
-use crate::py::allocator::{self, Allocator};
+use crate::py::allocator::{self, block_object, Allocator};
 use crate::py::args::request;
 use crate::py::struct_view::StructView;
 use crate::py::structs::Field;
@@ -44,13 +44,16 @@ unsafe fn is_view(obj: *mut ffi::PyObject, field: &Field) -> bool {
     // SAFETY: per the function's contract.
     unsafe {
         let tp = ffi::Py_TYPE(obj);
-        if tp as usize == field.owner_type {
+        if tp.addr() == field.owner_type {
             return true;
         }
         let Some(&base) = VIEW_TYPE.get() else {
             return false;
         };
-        ffi::PyType_IsSubtype(tp, base as *mut ffi::PyTypeObject) != 0
+        ffi::PyType_IsSubtype(
+            tp,
+            std::ptr::with_exposed_provenance_mut::<ffi::PyTypeObject>(base),
+        ) != 0
     }
 }
 
@@ -179,7 +182,7 @@ unsafe extern "C" fn allocator_call(
                 };
                 request(py, &this.core.name, ty, count.into(), None)
                     .and_then(|req| this.new_pointer(py, ty, req))
-                    .and_then(|p| Ok(new_object(py, p)?.into_ptr()))
+                    .and_then(|p| Ok(block_object(py, p)?.into_ptr()))
                     .into()
             },
             || OLD_ALLOCATOR_CALL.get().expect("installed")(slf, args, kwargs),
@@ -227,10 +230,15 @@ unsafe extern "C" fn to_native_utf8(
                 .and_then(|ty| malloc.new_pointer(py, ty, req))
                 .inspect(|p| {
                     // A fresh, live block of len + 1 bytes.
-                    std::ptr::copy_nonoverlapping(bytes.as_ptr(), p.addr as *mut u8, bytes.len());
-                    *((p.addr + bytes.len()) as *mut u8) = 0;
+                    std::ptr::copy_nonoverlapping(
+                        bytes.as_ptr(),
+                        std::ptr::with_exposed_provenance_mut::<u8>(p.addr),
+                        bytes.len(),
+                    );
+                    *std::ptr::with_exposed_provenance_mut::<u8>(p.addr + bytes.len()) = 0;
                 });
-            made.and_then(|p| Ok(new_object(py, p)?.into_ptr())).into()
+            made.and_then(|p| Ok(block_object(py, p)?.into_ptr()))
+                .into()
         })
     }
 }
@@ -240,6 +248,7 @@ struct Def(ffi::PyGetSetDef);
 
 // SAFETY: written once at module init (under the GIL), then only read by CPython.
 unsafe impl Send for Def {}
+// SAFETY: as for `Send`: CPython only reads the definition after init.
 unsafe impl Sync for Def {}
 
 static REF_DEF: OnceLock<Def> = OnceLock::new();
@@ -271,7 +280,7 @@ pub fn install(m: &Bound<'_, PyModule>) -> PyResult<()> {
     }
     let field = Field::type_object(py).as_type_ptr();
     let view = StructView::type_object(py).as_type_ptr();
-    let _ = VIEW_TYPE.set(view as usize);
+    let _ = VIEW_TYPE.set(view.expose_provenance());
     // SAFETY: heap types rsalloc owns, ready and not yet used; the slots
     // are plain fields PyO3 filled for __get__/__set__/__delete__ and the
     // dealloc. The new `ref` descriptor is stored in the type's dict, as

@@ -50,12 +50,53 @@ pub fn as_pointer<'a, 'py>(
     (unsafe { ffi::Py_TYPE(obj.as_ptr()) } == tp).then(|| unsafe { obj.cast_unchecked() })
 }
 
-/// A new Python object holding `value`.
+/// Object creations to go before the one that fails (0: none fails): the
+/// test hook `_fail_object_creation`, so that what every caller does when
+/// CPython cannot make the object can be tested without exhausting memory.
+static FAIL_IN: AtomicUsize = AtomicUsize::new(0);
+
+/// Makes the `n`-th next Pointer or view object creation raise MemoryError
+/// (0: none).
+pub fn fail_object_creation(n: usize) {
+    FAIL_IN.store(n, Ordering::Relaxed);
+}
+
+/// Whether this object creation is the one `fail_object_creation` chose.
+#[inline(always)]
+pub fn injected_failure() -> bool {
+    #[cold]
+    fn count_down() -> bool {
+        FAIL_IN.fetch_sub(1, Ordering::Relaxed) == 1
+    }
+    FAIL_IN.load(Ordering::Relaxed) != 0 && count_down()
+}
+
+/// A new Python object holding `value`, a view of memory someone else
+/// answers for: when the object cannot be made, the view is just dropped.
 #[inline(always)]
 pub fn new_object(py: Python<'_>, value: Pointer) -> PyResult<Bound<'_, Pointer>> {
+    new_object_or(py, value, |_, _| {})
+}
+
+/// A new Python object holding `value`; when it cannot be made, `undo`
+/// sees the value first (with no exception pending), so that a block made
+/// for this object alone can be given back before the error propagates.
+#[inline(always)]
+pub fn new_object_or<'py>(
+    py: Python<'py>,
+    value: Pointer,
+    undo: impl FnOnce(Python<'py>, &Pointer),
+) -> PyResult<Bound<'py, Pointer>> {
+    if injected_failure() {
+        undo(py, &value);
+        return Err(pyo3::exceptions::PyMemoryError::new_err(()));
+    }
     let off = OFFSET.load(Ordering::Relaxed);
     if off == 0 {
-        return Bound::new(py, value);
+        // PyO3 drops the value when it fails: a second view of the same
+        // block is what is left for `undo`.
+        let back = value.view(value.addr, value.ty, value.extent());
+        return Bound::new(py, value).inspect_err(|_| undo(py, &back));
     }
     let tp = TYPE.load(Ordering::Relaxed);
     // SAFETY: install checked that a Pointer object is a PyObject header
@@ -70,7 +111,9 @@ pub fn new_object(py: Python<'_>, value: Pointer) -> PyResult<Bound<'_, Pointer>
         #[cfg(Py_GIL_DISABLED)]
         let obj = (*tp).tp_alloc.unwrap_or(ffi::PyType_GenericAlloc)(tp, 0);
         if obj.is_null() {
-            return Err(PyErr::fetch(py));
+            let e = PyErr::fetch(py);
+            undo(py, &value);
+            return Err(e);
         }
         obj.cast::<u8>().add(off).cast::<Pointer>().write(value);
         Ok(Bound::from_owned_ptr(py, obj).cast_into_unchecked())
@@ -174,7 +217,7 @@ pub fn install(py: Python<'_>) -> Result<(), String> {
         return Err("Pointer objects are GC-tracked (untracked_pointers is off)".into());
     }
     let probe = crate::py::pointer::nullptr_object(py).map_err(|e| e.to_string())?;
-    let off = probe.get() as *const Pointer as usize - probe.as_ptr() as usize;
+    let off = (probe.get() as *const Pointer).addr() - probe.as_ptr().addr();
     // SAFETY: reading the size of a ready type.
     let basicsize = unsafe { (*tp).tp_basicsize } as usize;
     exact_layout("Pointer", off, basicsize, std::mem::size_of::<Pointer>())?;

@@ -75,7 +75,16 @@ fn attempt(name: &'static str, install: impl FnOnce() -> Result<(), String>) {
 /// record memory from CPython's allocator, plain (untracked) Pointer and
 /// Stats objects, the Pointer free list and its dealloc, int digit reads;
 /// and the Arena type's finalizer.
-pub fn install_early(py: Python<'_>) {
+///
+/// `stats` is a `Stats` value for the layout probe of that class (given by
+/// the module: the glue's `stats` sits above the fence).
+pub fn install_early<S>(py: Python<'_>, stats: S)
+where
+    S: pyo3::PyClass<Frozen = pyo3::pyclass::boolean_struct::True>
+        + pyo3::type_object::PyTypeInfo
+        + Sync,
+    PyClassInitializer<S>: From<S>,
+{
     if switched_off() {
         // Not a trick: every call holds the GIL, whatever the fence does.
         #[cfg(not(Py_GIL_DISABLED))]
@@ -92,12 +101,9 @@ pub fn install_early(py: Python<'_>) {
             None,
             crate::py::pointer::Owner::UNOWNED,
         );
-        untracked::install(py, probe)
+        untracked::install::<crate::py::pointer::Pointer>(py, probe)
     });
-    attempt("untracked_stats", || {
-        let zero = crate::core::stats::Snapshot::default();
-        untracked::install(py, crate::py::stats::Stats::from(zero))
-    });
+    attempt("untracked_stats", || untracked::install(py, stats));
     attempt("pointer_free_list", || freelist::install(py));
     attempt("pointer_dealloc", || freelist::install_dealloc(py));
     #[cfg(not(any(Py_3_12, PyPy, GraalPy, Py_LIMITED_API)))]
@@ -117,7 +123,9 @@ pub fn install_late(m: &Bound<'_, PyModule>) {
     attempt("plain_struct_views", view_objects::plain_views);
     #[cfg(all(pyo3_disable_reference_pool, pyo3_leak_on_drop_without_reference_pool))]
     {
-        attempt("entry_points", || fast::install(m).map_err(|e| e.to_string()));
+        attempt("entry_points", || {
+            fast::install(m).map_err(|e| e.to_string())
+        });
         attempt("struct_entry_points", || {
             fast_structs::install(m).map_err(|e| e.to_string())
         });

@@ -53,14 +53,9 @@ where
         }
         {
             let obj = Bound::new(py, probe).map_err(|e| e.to_string())?;
-            let off = obj.as_ptr().cast::<u8>();
-            let value = std::ptr::from_ref(obj.get()).cast::<u8>();
-            exact_layout(
-                name,
-                value as usize - off as usize,
-                basicsize,
-                std::mem::size_of::<T>(),
-            )?;
+            let off = obj.as_ptr().addr();
+            let value = std::ptr::from_ref(obj.get()).addr();
+            exact_layout(name, value - off, basicsize, std::mem::size_of::<T>())?;
             // The probe, a GC object, goes now, by PyO3's own dealloc.
         }
         // SAFETY: reading the slots of a ready type.
@@ -108,8 +103,8 @@ unsafe fn refusal(tp: *mut ffi::PyTypeObject) -> Option<&'static str> {
             Some("objects have variable size, a __dict__ or weak references")
         } else if t.tp_finalize.is_some() || t.tp_del.is_some() {
             Some("has a finalizer")
-        } else if t.tp_free.map(|f| f as *const () as usize)
-            != Some(ffi::PyObject_GC_Del as *const () as usize)
+        } else if t.tp_free.map(|f| (f as *const ()).addr())
+            != Some((ffi::PyObject_GC_Del as *const ()).addr())
         {
             Some("tp_free is not PyObject_GC_Del (objects not made by PyType_GenericAlloc)")
         } else if t.tp_dealloc.is_none() {

@@ -34,7 +34,7 @@ pub fn install(py: Python<'_>) -> Result<(), String> {
         },
     )
     .map_err(|e| e.to_string())?;
-    let off = probe.get() as *const StructView as usize - probe.as_ptr() as usize;
+    let off = (probe.get() as *const StructView).addr() - probe.as_ptr().addr();
     let tp = StructView::type_object(py).as_type_ptr();
     // SAFETY: reading the size of a ready type.
     let basicsize = unsafe { (*tp).tp_basicsize } as usize;
@@ -46,13 +46,13 @@ pub fn install(py: Python<'_>) -> Result<(), String> {
     )?;
     VIEW_OFFSET.store(off, Ordering::Relaxed);
     VIEW_SIZE.store(basicsize, Ordering::Relaxed);
-    // SAFETY: a heap type rsalloc owns, ready and not yet used; the slot is
-    // the plain field PyO3 filled with its dealloc.
     #[cfg(all(
         not(Py_GIL_DISABLED),
         pyo3_disable_reference_pool,
         pyo3_leak_on_drop_without_reference_pool
     ))]
+    // SAFETY: a heap type rsalloc owns, ready and not yet used; the slot is
+    // the plain field PyO3 filled with its dealloc.
     unsafe {
         if let Some(dealloc) = (*tp).tp_dealloc {
             let _ = OLD_VIEW_DEALLOC.set(dealloc);
@@ -106,6 +106,9 @@ pub(crate) fn make_view(py: Python<'_>, class: &Py<PyAny>, ptr: Pointer) -> PyRe
     // adds, which its allocation zeroes. Writing the value is all PyO3 does
     // to initialise a frozen class's object.
     unsafe {
+        if super::freelist::injected_failure() {
+            return Err(pyo3::exceptions::PyMemoryError::new_err(()));
+        }
         let obj = alloc_view(tp);
         if obj.is_null() {
             return Err(PyErr::fetch(py));

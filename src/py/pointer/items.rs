@@ -4,13 +4,14 @@
 
 use super::{from_stored_address, Pointer};
 use crate::core::types::{Kind, Value};
+use crate::py::cpython::freelist::new_object;
 use crate::py::errors::IntoPy;
 use crate::py::types::{self};
 use crate::py::values::{exact_small_int, plain_number, to_value};
 use pyo3::exceptions::{PyIndexError, PyOverflowError, PyTypeError, PyValueError};
 use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyList, PySlice, PyTuple};
+use pyo3::types::{PyList, PySlice, PyTuple};
 
 impl Pointer {
     pub(super) fn element_type_error(&self) -> PyErr {
@@ -61,7 +62,7 @@ impl Pointer {
         use std::ffi::{c_long, c_ulong};
         // One loop per element type, so the read and the conversion are not
         // chosen again for every element.
-        // SAFETY (every arm): slice_bounds checked that the `len` elements
+        // SAFETY: (every arm) slice_bounds checked that the `len` elements
         // from `first` by `stride` lie in the view, `pinned` that the block is
         // live, and no Python code has run since; the list has `len` slots.
         let filled = unsafe {
@@ -192,17 +193,14 @@ impl Pointer {
             _ => {
                 // SAFETY: elem_addr checked liveness and bounds (or the view is
                 // foreign, whose reads are the caller's responsibility).
-                let v = unsafe { kind.read(addr) };
-                Ok(match v {
-                    Value::Int(i) => i.into_pyobject(py)?.into_any().unbind(),
-                    Value::UInt(u) => u.into_pyobject(py)?.into_any().unbind(),
-                    Value::Float(f) => f.into_pyobject(py)?.into_any().unbind(),
-                    Value::Bool(b) => PyBool::new(py, b).to_owned().into_any().unbind(),
+                match unsafe { kind.read(addr) } {
                     Value::Addr(a) => {
                         let target = self.ty.target.expect("pointer slots have a target");
-                        Py::new(py, from_stored_address(py, a, target)?)?.into_any()
+                        let p = from_stored_address(py, a, target, &self.owner)?;
+                        Ok(new_object(py, p)?.into_any().unbind())
                     }
-                })
+                    v => value_object(py, v),
+                }
             }
         }
     }
@@ -250,6 +248,29 @@ impl Pointer {
         Ok(())
     }
 
+    /// `self[i] = v` of a Pointer or None into a pointer slot: converting
+    /// either runs no Python code, so one check of the slot serves (`write`
+    /// checks before and after a conversion that might). The same errors,
+    /// in the same order, as `write`.
+    #[cfg_attr(
+        not(all(pyo3_disable_reference_pool, pyo3_leak_on_drop_without_reference_pool)),
+        allow(dead_code)
+    )]
+    pub(crate) fn write_address(
+        &self,
+        py: Python<'_>,
+        i: isize,
+        v: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        debug_assert!(self.ty.kind == Kind::Ptr && (v.is_none() || v.cast::<Pointer>().is_ok()));
+        let _held = self.access().py(py, self)?;
+        let addr = self.elem_addr(i).py(py, self)?;
+        let value = to_value(Kind::Ptr, self.ty, v)?;
+        // SAFETY: checked live and in bounds; the conversion ran no Python code.
+        unsafe { Kind::Ptr.write(addr, value) };
+        Ok(())
+    }
+
     /// An instance of the ctypes aggregate type living at `addr` (it pins
     /// the block), or the view of an rsalloc Struct or Array there.
     pub(super) fn instance_at(&self, py: Python<'_>, addr: usize) -> PyResult<Py<PyAny>> {
@@ -288,7 +309,13 @@ impl Pointer {
         let addr = self.elem_addr(i).py(py, self)?;
         // SAFETY: both regions hold ty.size bytes (a ctypes instance of the
         // type, which `v` keeps alive; a slot checked just now).
-        unsafe { std::ptr::copy(src as *const u8, addr as *mut u8, self.ty.size) };
+        unsafe {
+            std::ptr::copy(
+                std::ptr::with_exposed_provenance::<u8>(src),
+                std::ptr::with_exposed_provenance_mut::<u8>(addr),
+                self.ty.size,
+            )
+        };
         Ok(())
     }
 
@@ -335,6 +362,20 @@ impl Pointer {
     not(all(pyo3_disable_reference_pool, pyo3_leak_on_drop_without_reference_pool)),
     allow(dead_code)
 )]
+/// The Python object for an element's value (an address as an int),
+/// made with CPython's checked constructors: out of memory is a
+/// MemoryError, never a panic (PyO3's conversions panic on NULL, and a
+/// panic with the emergency reserve spent would abort).
+pub(crate) fn value_object(py: Python<'_>, v: Value) -> PyResult<Py<PyAny>> {
+    let obj = match v {
+        // SAFETY: a plain constructor; NULL is handled below.
+        Value::Addr(a) => unsafe { ffi::PyLong_FromSize_t(a) },
+        v => number_object(v).expect("a number"),
+    };
+    // SAFETY: a new reference or NULL with the exception set.
+    unsafe { Bound::from_owned_ptr_or_err(py, obj) }.map(Bound::unbind)
+}
+
 pub(super) fn number_object(v: Value) -> Option<*mut ffi::PyObject> {
     // SAFETY: each call takes a plain number and returns a new reference or NULL.
     Some(unsafe {
@@ -373,7 +414,8 @@ pub(super) unsafe fn fill_list<T: Copy>(
     let mut at = first as isize;
     for k in 0..len {
         // SAFETY: the caller's contract.
-        let o = make(unsafe { (at as *const T).read_unaligned() });
+        let o =
+            make(unsafe { std::ptr::with_exposed_provenance::<T>(at as usize).read_unaligned() });
         if o.is_null() {
             return false;
         }

@@ -7,7 +7,7 @@
 use super::items::*;
 use super::{from_stored_address, Pointer};
 use crate::core::error::{Error, Ownership};
-use crate::core::owner::Owned;
+use crate::core::owner::{Owned, Owner};
 use crate::core::record::State;
 use crate::core::types::Kind;
 use crate::core::view::OffsetError;
@@ -303,7 +303,11 @@ impl Pointer {
         // SAFETY: [addr, addr + units*unit) was checked above.
         let s = unsafe {
             if unit == 1 {
-                ffi::PyUnicode_DecodeUTF8(self.addr as *const _, units as isize, errors)
+                ffi::PyUnicode_DecodeUTF8(
+                    std::ptr::with_exposed_provenance(self.addr),
+                    units as isize,
+                    errors,
+                )
             } else {
                 let mut order: c_int = if cfg!(target_endian = "little") {
                     -1
@@ -311,7 +315,7 @@ impl Pointer {
                     1
                 };
                 ffi::PyUnicode_DecodeUTF16(
-                    self.addr as *const _,
+                    std::ptr::with_exposed_provenance(self.addr),
                     (units * 2) as isize,
                     errors,
                     &mut order,
@@ -342,7 +346,7 @@ impl Pointer {
         let addr = self.stated_range(0, n).py(py, self)?;
         // SAFETY: checked range (or stated on a view of unknown length).
         Ok(pyo3::types::PyBytes::new(py, unsafe {
-            std::slice::from_raw_parts(addr as *const u8, n)
+            std::slice::from_raw_parts(std::ptr::with_exposed_provenance::<u8>(addr), n)
         })
         .into_any())
     }
@@ -362,7 +366,7 @@ impl Pointer {
         let dst = self.stated_range(offset, src.len()).py(py, self)?;
         // SAFETY: checked destination (or stated by the source's length on a
         // view of unknown length); the source is held for the copy.
-        unsafe { src.copy_to(py, dst as *mut u8) }
+        unsafe { src.copy_to(py, std::ptr::with_exposed_provenance_mut::<u8>(dst)) }
     }
 
     /// Sets every byte of the view to `byte`.
@@ -381,7 +385,13 @@ impl Pointer {
         let _held = self.access().py(py, self)?;
         let addr = self.byte_range(0, n).py(py, self)?;
         // SAFETY: checked range.
-        unsafe { std::ptr::write_bytes(addr as *mut u8, byte as u8, n) };
+        unsafe {
+            std::ptr::write_bytes(
+                std::ptr::with_exposed_provenance_mut::<u8>(addr),
+                byte as u8,
+                n,
+            )
+        };
         Ok(())
     }
 
@@ -399,12 +409,18 @@ impl Pointer {
             let _held = self.access().py(py, self)?;
             let dst = self.stated_range(0, buf.len()).py(py, self)?;
             // SAFETY: checked destination (as in write_bytes); buffer held for the copy.
-            return unsafe { buf.copy_to(py, dst as *mut u8) };
+            return unsafe { buf.copy_to(py, std::ptr::with_exposed_provenance_mut::<u8>(dst)) };
         };
         let _held = self.access().py(py, self)?;
         let dst = self.stated_range(0, len).py(py, self)?;
         // SAFETY: both ranges checked; `copy` allows overlap.
-        unsafe { std::ptr::copy(from as *const u8, dst as *mut u8, len) };
+        unsafe {
+            std::ptr::copy(
+                std::ptr::with_exposed_provenance::<u8>(from),
+                std::ptr::with_exposed_provenance_mut::<u8>(dst),
+                len,
+            )
+        };
         Ok(())
     }
 
@@ -423,7 +439,7 @@ impl Pointer {
             Owned::Block(r) if r.state() != State::Detached => {
                 crate::py::handles::owner_object(py, r)
             }
-            Owned::Region(r) => crate::py::handles::handle_object(py, &r.region().handle),
+            Owned::Region(r) => crate::py::arena::region_object(py, r.region()),
             _ => py.None(),
         })
     }
@@ -459,7 +475,7 @@ impl Pointer {
         let py = address.py();
         let addr = address_arg(address)?;
         let ty = types::lookup(r#type)?;
-        let p = from_stored_address(py, addr, ty)?;
+        let p = from_stored_address(py, addr, ty, &Owner::UNOWNED)?;
         let Some(c) = count else {
             return Ok(p);
         };
@@ -487,6 +503,7 @@ impl Pointer {
         match self.owner.get() {
             Owned::Block(r) => r.detach(self.addr).py(py, self),
             Owned::Region(_) => Err(self.err(py, Error::Ownership(Ownership::RegionCannotDetach))),
+            Owned::Dependent(_) => Err(self.err(py, Error::Ownership(Ownership::Dependent))),
             Owned::Unowned => Err(self.err(py, Error::Ownership(Ownership::Foreign))),
         }
     }
@@ -499,6 +516,9 @@ impl Pointer {
             Owned::Block(r) => r.set_autofree().py(slf.py(), this)?,
             // Region memory goes with its arena, never earlier: nothing to arm.
             Owned::Region(r) => r.check_access(this.addr).py(slf.py(), this)?,
+            Owned::Dependent(_) => {
+                return Err(this.err(slf.py(), Error::Ownership(Ownership::Dependent)))
+            }
             Owned::Unowned => return Err(this.err(slf.py(), Error::Ownership(Ownership::Foreign))),
         }
         Ok(slf)
@@ -613,7 +633,7 @@ impl Pointer {
         // format pointers live in `this.ty` (static) or are static, the shape
         // is the export's own, and all stay valid while the export holds `obj`.
         unsafe {
-            (*view).buf = this.addr as *mut _;
+            (*view).buf = std::ptr::with_exposed_provenance_mut(this.addr);
             (*view).len = nbytes as isize;
             (*view).readonly = 0;
             (*view).itemsize = itemsize;
@@ -690,20 +710,29 @@ fn offset_operand(n: &Bound<'_, PyAny>) -> PyResult<Option<isize>> {
 /// `addr` is readable for `limit` units, or up to a NUL when `limit` is None.
 unsafe fn nul_position(addr: usize, unit: usize, limit: Option<usize>) -> usize {
     match (unit, limit) {
-        // SAFETY (all arms): the caller's contract.
         (1, Some(n)) => unsafe {
-            let hit = libc::memchr(addr as *const libc::c_void, 0, n);
+            // SAFETY: the caller's contract: readable for `n` bytes.
+            let hit = libc::memchr(
+                std::ptr::with_exposed_provenance::<libc::c_void>(addr),
+                0,
+                n,
+            );
             if hit.is_null() {
                 n
             } else {
-                hit as usize - addr
+                hit.addr() - addr
             }
         },
-        (1, None) => unsafe { libc::strlen(addr as *const libc::c_char) },
+        // SAFETY: the caller's contract: readable up to a NUL.
+        (1, None) => unsafe {
+            libc::strlen(std::ptr::with_exposed_provenance::<libc::c_char>(addr))
+        },
         _ => {
             let mut i = 0;
             while limit.is_none_or(|l| i < l)
-                && unsafe { ((addr + 2 * i) as *const u16).read_unaligned() } != 0
+                // SAFETY: the caller's contract: unit `i` is readable (before the limit or the
+                // NUL).
+                && unsafe { std::ptr::with_exposed_provenance::<u16>(addr + 2 * i).read_unaligned() } != 0
             {
                 i += 1;
             }
