@@ -97,6 +97,9 @@ pub(crate) fn make_view(py: Python<'_>, class: &Py<PyAny>, ptr: Pointer) -> PyRe
     let off = VIEW_OFFSET.load(Ordering::Relaxed);
     if off == 0 {
         // The trick is off (`_fast_paths()` says why): PyO3 makes the view.
+        if super::freelist::injected_failure() {
+            return Err(pyo3::exceptions::PyMemoryError::new_err(()));
+        }
         return crate::py::struct_view::new_view(py, class, ptr);
     }
     let tp = class.as_ptr().cast::<ffi::PyTypeObject>();
