@@ -32,8 +32,8 @@ fn core_allocate_free_64(bencher: divan::Bencher) {
     let a = AllocCore::new("malloc", LIBC_GROUP, false, Box::new(Libc));
     bencher.bench_local(|| {
         let req = layout::array(black_box(64), 1, 1, None).unwrap();
-        let rec = a.allocate(req, None).unwrap();
-        a.free(&rec, rec.addr()).unwrap();
+        let rec = a.allocate(req, None, None).unwrap();
+        a.free(&rec, rec.addr(), None).unwrap();
     });
 }
 
@@ -43,8 +43,8 @@ fn core_allocate_free_64_zeroed(bencher: divan::Bencher) {
     let a = AllocCore::new("calloc", LIBC_GROUP, true, Box::new(Libc));
     bencher.bench_local(|| {
         let req = layout::array(black_box(64), 1, 1, None).unwrap();
-        let rec = a.allocate(req, None).unwrap();
-        a.free(&rec, rec.addr()).unwrap();
+        let rec = a.allocate(req, None, None).unwrap();
+        a.free(&rec, rec.addr(), None).unwrap();
     });
 }
 
@@ -53,8 +53,8 @@ fn core_allocate_free_64_zeroed(bencher: divan::Bencher) {
 fn counters_alloc_free(bencher: divan::Bencher) {
     static C: Counters = Counters::new();
     bencher.bench(|| {
-        C.on_alloc(black_box(64));
-        C.on_free(black_box(64));
+        C.on_alloc(black_box(64), None);
+        C.on_free(black_box(64), None);
     });
 }
 
@@ -63,8 +63,8 @@ fn counters_alloc_free(bencher: divan::Bencher) {
 fn record_check_access(bencher: divan::Bencher) {
     let a = AllocCore::new("malloc", LIBC_GROUP, false, Box::new(Libc));
     let rec = a
-        .allocate(layout::array(8, 1, 1, None).unwrap(), None)
+        .allocate(layout::array(8, 1, 1, None).unwrap(), None, None)
         .unwrap();
     bencher.bench_local(|| black_box(&rec).check_access().is_ok());
-    a.free(&rec, rec.addr()).unwrap();
+    a.free(&rec, rec.addr(), None).unwrap();
 }

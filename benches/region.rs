@@ -9,30 +9,35 @@
 use bumpalo::Bump;
 use rsalloc::core::layout::Request;
 use rsalloc::core::region::RegionCore;
+use rsalloc::core::serial::Serialized;
 use std::alloc::Layout;
 
 const N: usize = 1000;
 
 fn main() {
-    // `RSALLOC_SERIALIZED=1`: the mode the Python binding runs the core in
-    // under the GIL (src/core/serial.rs). Every bench here runs on one
-    // thread, which is all that mode asks.
-    if std::env::var_os("RSALLOC_SERIALIZED").is_some_and(|v| v == "1") {
-        // SAFETY: divan runs these benches on a single thread.
-        unsafe { rsalloc::core::serial::assume_serialized() };
-    }
     divan::main();
+}
+
+/// `RSALLOC_SERIALIZED=1`: the serialized paths, which the Python binding
+/// takes under the GIL (src/core/serial.rs); otherwise the synchronised ones.
+fn serialized() -> Option<Serialized<'static>> {
+    std::env::var_os("RSALLOC_SERIALIZED")
+        .is_some_and(|v| v == "1")
+        // SAFETY: divan runs these benches on a single thread, and nothing
+        // else uses the core meanwhile.
+        .then(|| unsafe { Serialized::new() })
 }
 
 #[divan::bench]
 fn rsalloc_region_1000x32(b: divan::Bencher) {
     let req = Request { size: 32, align: 8 };
-    b.bench(|| {
+    let s = serialized();
+    b.bench_local(|| {
         let r = RegionCore::new();
         for _ in 0..N {
-            divan::black_box(r.allocate(req).unwrap());
+            divan::black_box(r.allocate(req, s).unwrap());
         }
-        r.release(false);
+        r.release(false, s);
     });
 }
 
@@ -40,11 +45,12 @@ fn rsalloc_region_1000x32(b: divan::Bencher) {
 fn rsalloc_region_reused_1000x32(b: divan::Bencher) {
     let req = Request { size: 32, align: 8 };
     let r = RegionCore::new();
-    b.bench(|| {
+    let s = serialized();
+    b.bench_local(|| {
         for _ in 0..N {
-            divan::black_box(r.allocate(req).unwrap());
+            divan::black_box(r.allocate(req, s).unwrap());
         }
-        r.release(true);
+        r.release(true, s);
     });
 }
 

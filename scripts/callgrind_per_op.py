@@ -40,6 +40,7 @@ KEY, ACCID, TOKEN = "45c6af3c98409b18a84451215d0bdd6e", "user-42", "t\\u00f6k\\u
 T32 = ctypes.c_char * 32; CP = ctypes.c_char_p
 p = rsalloc.calloc(Pair); r = p.ref
 P1024 = rsalloc.calloc(Int32, 1024); L = list(range(1024))
+Q = rsalloc.calloc(Int32, 4); A = rsalloc.Arena(); QA = A(Int32, 4)
 """
 
 try:
@@ -85,6 +86,11 @@ PATTERNS: dict[str, tuple[str, int]] = {
     "struct_write": ("p.ref.x = 5", 20000),
     "view_read": ("r.x", 20000),
     "view_write": ("r.x = 5", 20000),
+    "item_read": ("Q[1]", 20000),
+    "item_write": ("Q[1] = 5", 20000),
+    "arena_item_read": ("QA[1]", 20000),
+    "arena_item_write": ("QA[1] = 5", 20000),
+    "arena_allocate": ("A.allocate(32)", 20000),
     "bulk_read": ("P1024[:]", 1000),
     "bulk_write": ("P1024[:] = L", 1000),
 }

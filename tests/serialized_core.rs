@@ -1,9 +1,11 @@
-//! The core in serialized mode (`core::serial::assume_serialized_with`), as
-//! the Python binding runs it under the GIL, with record memory from
-//! functions it is given (the binding's: CPython's small-object allocator).
-//! A test binary of its own: the switch is process-wide and can never be
-//! turned off, so the unit tests (which run threads without an outside lock)
-//! must not see it.
+//! The core's serialized paths, as the Python binding runs them under the
+//! GIL: every call brings a `Serialized` token, made here from a guard of
+//! one lock that every thread holds around its core calls (the GIL's
+//! role), and record memory comes from functions the core is given (the
+//! binding's: CPython's small-object allocator). A test binary of its own:
+//! the record memory functions are process-wide and can never be taken
+//! back, so the unit tests (which run threads without an outside lock, on
+//! the synchronised paths) must not see them.
 
 use rsalloc::core::alloc::{AllocCore, Libc, LIBC_GROUP};
 use rsalloc::core::layout::{array, Request};
@@ -18,7 +20,7 @@ static LOCK: Mutex<()> = Mutex::new(());
 static ONE_TEST: Mutex<()> = Mutex::new(());
 
 use rsalloc::core::error::Error;
-use rsalloc::core::serial::{assume_serialized_with, RecordMemory, Serialized};
+use rsalloc::core::serial::{use_record_memory, RecordMemory, Serialized};
 use std::collections::BTreeSet;
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
@@ -74,21 +76,21 @@ fn serialize() {
     // more. Each test calls this first, so no record exists before the
     // first call, and later ones pass the same functions.
     unsafe {
-        assume_serialized_with(RecordMemory {
+        use_record_memory(RecordMemory {
             alloc: record_alloc,
             free: record_free,
         });
     };
     let g = LOCK.lock().unwrap();
-    // As the binding does, once in serialized mode.
+    // As the binding does at import.
     rsalloc::core::block_cache::enable(token(&g));
 }
 
 /// The serialization proof, for as long as `LOCK` is held.
 fn token<'a>(_held: &'a MutexGuard<'_, ()>) -> Serialized<'a> {
-    // SAFETY: every use of a token here, and every use of the core that
-    // takes one from serialized mode, holds LOCK, which this guard holds
-    // for the token's lifetime.
+    // SAFETY: every use of a token here, and every use of the core
+    // without one, holds LOCK, which this guard holds for the token's
+    // lifetime.
     unsafe { Serialized::new() }
 }
 
@@ -113,9 +115,10 @@ fn threads_behind_one_lock_keep_exact_counts_and_sound_records() {
             s.spawn(move || {
                 let mut held = Vec::new();
                 for i in 0..5_000usize {
-                    let _g = LOCK.lock().unwrap();
+                    let g = LOCK.lock().unwrap();
+                    let s = Some(token(&g));
                     let n = (i % 13 + t) as i128 + 1;
-                    let r = a.allocate(array(n, 8, 8, None).unwrap(), None).unwrap();
+                    let r = a.allocate(array(n, 8, 8, None).unwrap(), None, s).unwrap();
                     // Zeroed, though its record may be one just given back.
                     // SAFETY: `r` is a live 8-byte block.
                     let bytes = unsafe {
@@ -134,20 +137,27 @@ fn threads_behind_one_lock_keep_exact_counts_and_sound_records() {
                         )
                     };
                     if i % 3 == 0 {
-                        r.free_plain(r.addr()).unwrap();
-                        drop(r);
+                        r.free_plain(r.addr(), s).unwrap();
+                        r.release(s);
                     } else {
                         held.push(r);
                     }
                     if held.len() > 100 {
                         for r in held.drain(..) {
-                            a.free(&r, r.addr()).unwrap();
+                            a.free(&r, r.addr(), s).unwrap();
+                            // Every other one through the synchronised
+                            // path, which mixes with the token's.
+                            if r.addr() % 32 == 0 {
+                                r.release(s);
+                            }
                         }
                     }
                 }
-                let _g = LOCK.lock().unwrap();
+                let g = LOCK.lock().unwrap();
+                let s = Some(token(&g));
                 for r in held.drain(..) {
-                    a.free(&r, r.addr()).unwrap();
+                    a.free(&r, r.addr(), s).unwrap();
+                    r.release(s);
                 }
             });
         }
@@ -184,16 +194,19 @@ fn a_region_shared_by_threads_behind_one_lock_hands_out_disjoint_blocks() {
             s.spawn(move || {
                 let mut mine = Vec::new();
                 for i in 0..2_000usize {
-                    let _g = LOCK.lock().unwrap();
+                    let g = LOCK.lock().unwrap();
+                    let s = Some(token(&g));
                     let req = Request {
                         size: 8 + i % 24,
                         align: 8,
                     };
-                    let (at, r) = anchor.allocate(req).unwrap();
-                    r.check_access(at).unwrap();
-                    if i % 2 == 0 {
-                        mine.push((at, req.size, r));
+                    let (at, r) = anchor.allocate(req, s).unwrap();
+                    r.check_access(at, s).unwrap();
+                    if i % 2 == 1 {
+                        r.release(s);
+                        continue;
                     }
+                    mine.push((at, req.size, r));
                 }
                 let _g = LOCK.lock().unwrap();
                 blocks.lock().unwrap().extend(mine);
@@ -223,36 +236,41 @@ fn a_region_shared_by_threads_behind_one_lock_hands_out_disjoint_blocks() {
 fn record_memory_comes_from_the_given_functions_and_goes_back_to_them() {
     let _one = ONE_TEST.lock().unwrap_or_else(|e| e.into_inner());
     serialize();
-    let _g = LOCK.lock().unwrap();
+    let g = LOCK.lock().unwrap();
+    let s = Some(token(&g));
     let a = AllocCore::new("m", LIBC_GROUP, false, Box::new(Libc));
     let req = array(16, 1, 1, None).unwrap();
     let allocs = ALLOCS.load(Relaxed);
-    let many: Vec<_> = (0..1_000).map(|_| a.allocate(req, None).unwrap()).collect();
+    let many: Vec<_> = (0..1_000).map(|_| a.allocate(req, None, s).unwrap()).collect();
     for r in &many {
         assert!(in_a_slot(std::ptr::from_ref(&**r).addr()));
     }
     // At most the 64 kept for reuse did not come from `record_alloc` now.
     assert!(ALLOCS.load(Relaxed) - allocs >= 1_000 - 64);
     for r in &many {
-        a.free(r, r.addr()).unwrap();
+        a.free(r, r.addr(), s).unwrap();
     }
-    drop(many);
+    for r in many {
+        r.release(s);
+    }
     // Records of frees by the lifelong allocator of another test, kept for
     // read-back, go too.
-    rsalloc::core::index::forget_lately_freed();
+    rsalloc::core::index::forget_lately_freed(s);
     // No record lives: the slots still out are the 64 kept for reuse, and
     // every other one went back through `record_free`.
     assert_eq!(SLOTS.lock().unwrap().len(), 64);
     let (allocs, frees) = (ALLOCS.load(Relaxed), FREES.load(Relaxed));
-    let reused: Vec<_> = (0..64).map(|_| a.allocate(req, None).unwrap()).collect();
+    let reused: Vec<_> = (0..64).map(|_| a.allocate(req, None, s).unwrap()).collect();
     assert_eq!(ALLOCS.load(Relaxed), allocs, "all 64 were kept slots");
-    let fresh = a.allocate(req, None).unwrap();
+    let fresh = a.allocate(req, None, s).unwrap();
     assert_eq!(ALLOCS.load(Relaxed), allocs + 1);
     assert!(in_a_slot(std::ptr::from_ref(&*fresh).addr()));
     for r in reused.iter().chain([&fresh]) {
-        a.free(r, r.addr()).unwrap();
+        a.free(r, r.addr(), s).unwrap();
     }
-    drop((reused, fresh));
+    for r in reused.into_iter().chain([fresh]) {
+        r.release(s);
+    }
     assert_eq!(
         FREES.load(Relaxed),
         frees + 1,
@@ -266,15 +284,16 @@ fn record_memory_comes_from_the_given_functions_and_goes_back_to_them() {
 fn record_memory_running_out_is_an_error_that_changes_nothing() {
     let _one = ONE_TEST.lock().unwrap_or_else(|e| e.into_inner());
     serialize();
-    let _g = LOCK.lock().unwrap();
+    let g = LOCK.lock().unwrap();
+    let s = Some(token(&g));
     let a = AllocCore::new("m", LIBC_GROUP, false, Box::new(Libc));
     let req = array(16, 1, 1, None).unwrap();
     // Empty the slots kept for reuse, so that the next record asks for memory.
-    let held: Vec<_> = (0..65).map(|_| a.allocate(req, None).unwrap()).collect();
+    let held: Vec<_> = (0..65).map(|_| a.allocate(req, None, s).unwrap()).collect();
     let before = a.counters.snapshot();
     FAIL_NEXT.store(true, Relaxed);
     assert!(matches!(
-        a.allocate(req, None),
+        a.allocate(req, None, s),
         Err(Error::OutOfMemory(RECORD))
     ));
     assert!(
@@ -286,9 +305,9 @@ fn record_memory_running_out_is_an_error_that_changes_nothing() {
         (after.live_count, after.total_allocs),
         (before.live_count, before.total_allocs)
     );
-    let r = a.allocate(req, None).unwrap();
+    let r = a.allocate(req, None, s).unwrap();
     for r in held.iter().chain([&r]) {
-        a.free(r, r.addr()).unwrap();
+        a.free(r, r.addr(), s).unwrap();
     }
     drop((held, r));
     assert_eq!(a.counters.snapshot().live_count, 0);
@@ -310,21 +329,22 @@ mod block_cache {
         let _one = ONE_TEST.lock().unwrap_or_else(|e| e.into_inner());
         serialize();
         let g = LOCK.lock().unwrap();
+        let s = Some(token(&g));
         let m = AllocCore::new("malloc", LIBC_GROUP, false, Box::new(Libc));
         let c = AllocCore::new("calloc", LIBC_GROUP, true, Box::new(Libc));
         trim(token(&g));
         let before = held(token(&g));
         assert_eq!(before, (0, 0));
-        let r = m.allocate(bytes(64), None).unwrap();
+        let r = m.allocate(bytes(64), None, s).unwrap();
         let addr = r.addr();
         // SAFETY: `r` is a live 64-byte block.
         unsafe {
             std::ptr::write_bytes(std::ptr::with_exposed_provenance_mut::<u8>(addr), 0xAB, 64)
         };
-        m.free(&r, addr).unwrap();
+        m.free(&r, addr, s).unwrap();
         assert_eq!(held(token(&g)).0, before.0 + 1, "kept, not freed");
         // calloc's request of the same size gets it back, cleared.
-        let z = c.allocate(bytes(64), None).unwrap();
+        let z = c.allocate(bytes(64), None, s).unwrap();
         assert_eq!(z.addr(), addr);
         assert_eq!(held(token(&g)), before);
         // SAFETY: `z` is the live 64-byte block the cache gave back.
@@ -333,7 +353,7 @@ mod block_cache {
         };
         assert!(all.iter().all(|b| *b == 0));
         // Still a libc block: handed to C, C's realloc and free take it.
-        assert_eq!(z.detach(addr).unwrap(), addr);
+        assert_eq!(z.detach(addr, s).unwrap(), addr);
         // SAFETY: detached: a live libc block that is C's (this test's) now.
         let big = unsafe {
             libc::realloc(
@@ -353,13 +373,14 @@ mod block_cache {
         let _one = ONE_TEST.lock().unwrap_or_else(|e| e.into_inner());
         serialize();
         let g = LOCK.lock().unwrap();
+        let s = Some(token(&g));
         let m = AllocCore::new("malloc", LIBC_GROUP, false, Box::new(Libc));
         let churn = |n: usize, count: usize| {
             let rs: Vec<_> = (0..count)
-                .map(|_| m.allocate(bytes(n), None).unwrap())
+                .map(|_| m.allocate(bytes(n), None, s).unwrap())
                 .collect();
             for r in &rs {
-                m.free(r, r.addr()).unwrap();
+                m.free(r, r.addr(), s).unwrap();
             }
         };
         // Empty the classes used below, then fill them past their bounds.
@@ -406,11 +427,12 @@ mod block_cache {
         let _one = ONE_TEST.lock().unwrap_or_else(|e| e.into_inner());
         serialize();
         let g = LOCK.lock().unwrap();
+        let s = Some(token(&g));
         let m = AllocCore::new("malloc", LIBC_GROUP, false, Box::new(Libc));
         trim(token(&g));
         for (n, bound) in [(200, PER_CLASS), (MAX_SIZE + 1000, HELD)] {
             let rs: Vec<_> = (0..bound + 4)
-                .map(|_| m.allocate(bytes(n), None).unwrap())
+                .map(|_| m.allocate(bytes(n), None, s).unwrap())
                 .collect();
             let addrs: Vec<usize> = rs.iter().map(|r| r.addr()).collect();
             // glibc now and then hands out a larger chunk than asked (when
@@ -425,7 +447,7 @@ mod block_cache {
                 })
                 .collect();
             for r in &rs {
-                m.free(r, r.addr()).unwrap();
+                m.free(r, r.addr(), s).unwrap();
             }
             for (i, &a) in addrs.iter().enumerate() {
                 let newer = (i + 1..addrs.len())
@@ -436,7 +458,7 @@ mod block_cache {
                     assert_eq!(holds(token(&g), a, n), newer < bound, "size {n}, block {i}");
                 }
             }
-            let again = m.allocate(bytes(n), None).unwrap();
+            let again = m.allocate(bytes(n), None, s).unwrap();
             if n <= MAX_SIZE {
                 let looked = (n + 23) / 16;
                 let newest = (0..addrs.len())
@@ -450,7 +472,7 @@ mod block_cache {
                     "held blocks are not reused"
                 );
             }
-            m.free(&again, again.addr()).unwrap();
+            m.free(&again, again.addr(), s).unwrap();
         }
         trim(token(&g));
         assert_eq!((held(token(&g)), held_back(token(&g))), ((0, 0), (0, 0)));

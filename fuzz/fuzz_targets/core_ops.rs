@@ -12,6 +12,7 @@ use rsalloc::core::layout::{self, Request};
 use rsalloc::core::record::State;
 use rsalloc::core::record_ref::RecordRef;
 use rsalloc::core::region::RegionCore;
+use rsalloc::core::serial::Serialized;
 use rsalloc::core::sys;
 use std::collections::HashSet;
 use std::ptr::NonNull;
@@ -22,7 +23,13 @@ use std::sync::{Arc, Mutex};
 struct Counting(Mutex<HashSet<usize>>);
 
 impl Backend for Counting {
-    fn alloc(&self, size: usize, align: usize, zeroed: bool) -> Result<NonNull<u8>> {
+    fn alloc(
+        &self,
+        size: usize,
+        align: usize,
+        zeroed: bool,
+        _s: Option<Serialized<'_>>,
+    ) -> Result<NonNull<u8>> {
         let p = sys::alloc(size, align, zeroed)?;
         assert!(
             self.0.lock().unwrap().insert(p.as_ptr() as usize),
@@ -30,7 +37,13 @@ impl Backend for Counting {
         );
         Ok(p)
     }
-    unsafe fn free(&self, ptr: NonNull<u8>, _size: usize, _align: usize) -> Result<()> {
+    unsafe fn free(
+        &self,
+        ptr: NonNull<u8>,
+        _size: usize,
+        _align: usize,
+        _s: Option<Serialized<'_>>,
+    ) -> Result<()> {
         assert!(
             self.0.lock().unwrap().remove(&(ptr.as_ptr() as usize)),
             "returned twice or unknown"
@@ -60,10 +73,22 @@ fuzz_target!(|data: &[u8]| {
     let backend = Arc::new(Counting::default());
     struct Shared(Arc<Counting>);
     impl Backend for Shared {
-        fn alloc(&self, s: usize, a: usize, z: bool) -> Result<NonNull<u8>> {
+        fn alloc(
+        &self,
+        s: usize,
+        a: usize,
+        z: bool,
+        _s: Option<Serialized<'_>>,
+    ) -> Result<NonNull<u8>> {
             self.0.alloc(s, a, z)
         }
-        unsafe fn free(&self, p: NonNull<u8>, s: usize, a: usize) -> Result<()> {
+        unsafe fn free(
+        &self,
+        p: NonNull<u8>,
+        s: usize,
+        a: usize,
+        _s: Option<Serialized<'_>>,
+    ) -> Result<()> {
             unsafe { self.0.free(p, s, a) }
         }
     }

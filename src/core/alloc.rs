@@ -15,7 +15,7 @@ use super::block_cache;
 use super::budget::{self, UNLIMITED};
 use super::error::{Error, Result};
 use super::layout::MALLOC_ALIGN;
-use super::serial::with_switch;
+use super::serial::Serialized;
 use super::stats::{Counters, GLOBAL};
 use super::sys;
 use std::any::Any;
@@ -27,15 +27,31 @@ use std::sync::atomic::{
 use std::sync::{Arc, OnceLock};
 
 /// Where an allocator's memory comes from and goes back to.
+///
+/// `alloc`, `free` and `realloc` take the caller's serialization proof, None
+/// on the synchronised path: a backend may use it for what only serialized
+/// callers may touch (libc's block cache).
 pub trait Backend: Send + Sync {
     /// `size` bytes (possibly 0) at `align`; zero-filled when `zeroed`.
-    fn alloc(&self, size: usize, align: usize, zeroed: bool) -> Result<NonNull<u8>>;
+    fn alloc(
+        &self,
+        size: usize,
+        align: usize,
+        zeroed: bool,
+        s: Option<Serialized<'_>>,
+    ) -> Result<NonNull<u8>>;
 
     /// # Safety
     /// `ptr` came from this backend's `alloc`/`realloc` with `size` and
     /// `align`, and is not used again. The memory is returned even when the
     /// result is an error (a guarded block whose canaries were overwritten).
-    unsafe fn free(&self, ptr: NonNull<u8>, size: usize, align: usize) -> Result<()>;
+    unsafe fn free(
+        &self,
+        ptr: NonNull<u8>,
+        size: usize,
+        align: usize,
+        s: Option<Serialized<'_>>,
+    ) -> Result<()>;
 
     /// Checks a live block without freeing it (guard bytes); Ok by default.
     fn verify(&self, _ptr: NonNull<u8>, _size: usize, _align: usize) -> Result<()> {
@@ -54,14 +70,15 @@ pub trait Backend: Send + Sync {
         new: usize,
         align: usize,
         zeroed: bool,
+        s: Option<Serialized<'_>>,
     ) -> Result<NonNull<u8>> {
         self.verify(ptr, old, align)?;
-        let fresh = self.alloc(new, align, zeroed)?;
+        let fresh = self.alloc(new, align, zeroed, s)?;
         // SAFETY: distinct blocks, each at least min(old, new) bytes.
         unsafe {
             std::ptr::copy_nonoverlapping(ptr.as_ptr(), fresh.as_ptr(), old.min(new));
             // The old block was verified; the move has happened either way.
-            let _ = self.free(ptr, old, align);
+            let _ = self.free(ptr, old, align, s);
         }
         Ok(fresh)
     }
@@ -98,9 +115,15 @@ pub struct Libc;
 
 impl Backend for Libc {
     #[inline]
-    fn alloc(&self, size: usize, align: usize, zeroed: bool) -> Result<NonNull<u8>> {
+    fn alloc(
+        &self,
+        size: usize,
+        align: usize,
+        zeroed: bool,
+        s: Option<Serialized<'_>>,
+    ) -> Result<NonNull<u8>> {
         if align <= MALLOC_ALIGN {
-            if let Some(p) = with_switch(|s| s.and_then(|s| block_cache::take(s, size))) {
+            if let Some(p) = s.and_then(|s| block_cache::take(s, size)) {
                 if zeroed {
                     // SAFETY: the kept block has at least `size` usable bytes.
                     unsafe { std::ptr::write_bytes(p.as_ptr(), 0, size) };
@@ -109,12 +132,18 @@ impl Backend for Libc {
             }
         }
         sys::alloc(size, align, zeroed)
-            .or_else(|e| retry_after_trim(e, || sys::alloc(size, align, zeroed)))
+            .or_else(|e| retry_after_trim(e, s, || sys::alloc(size, align, zeroed)))
     }
     #[inline]
-    unsafe fn free(&self, ptr: NonNull<u8>, _size: usize, _align: usize) -> Result<()> {
+    unsafe fn free(
+        &self,
+        ptr: NonNull<u8>,
+        _size: usize,
+        _align: usize,
+        s: Option<Serialized<'_>>,
+    ) -> Result<()> {
         // SAFETY: forwarded contract: a live libc block, unused from now on.
-        if !with_switch(|s| s.is_some_and(|s| unsafe { block_cache::give(s, ptr) })) {
+        if !s.is_some_and(|s| unsafe { block_cache::give(s, ptr) }) {
             // SAFETY: as above; the cache did not keep it.
             unsafe { sys::free(ptr) };
         }
@@ -130,11 +159,12 @@ impl Backend for Libc {
         new: usize,
         align: usize,
         zeroed: bool,
+        s: Option<Serialized<'_>>,
     ) -> Result<NonNull<u8>> {
         // SAFETY: forwarded contract (a failed realloc leaves the block as it was).
         unsafe { sys::realloc(ptr, old, new, align, zeroed) }.or_else(|e| {
             // SAFETY: as above: the block is untouched after the failure.
-            retry_after_trim(e, || unsafe { sys::realloc(ptr, old, new, align, zeroed) })
+            retry_after_trim(e, s, || unsafe { sys::realloc(ptr, old, new, align, zeroed) })
         })
     }
     fn native_free(&self) -> Option<usize> {
@@ -144,10 +174,15 @@ impl Backend for Libc {
 
 /// Out of memory: gives back what the block cache keeps or holds back, and
 /// tries once more if that was anything (memory rsalloc merely keeps must
-/// never be the cause of a `MemoryError`).
+/// never be the cause of a `MemoryError`). Without the proof the cache is
+/// not touched (nor filled: the synchronised path never keeps a block).
 #[cold]
-fn retry_after_trim(e: Error, again: impl FnOnce() -> Result<NonNull<u8>>) -> Result<NonNull<u8>> {
-    if matches!(e, Error::OutOfMemory(_)) && with_switch(|s| s.map_or(0, block_cache::trim)) > 0 {
+fn retry_after_trim(
+    e: Error,
+    s: Option<Serialized<'_>>,
+    again: impl FnOnce() -> Result<NonNull<u8>>,
+) -> Result<NonNull<u8>> {
+    if matches!(e, Error::OutOfMemory(_)) && s.map_or(0, block_cache::trim) > 0 {
         again()
     } else {
         Err(e)
@@ -200,13 +235,25 @@ struct Over(Arc<AllocCore>);
 
 impl Backend for Over {
     #[inline]
-    fn alloc(&self, size: usize, align: usize, zeroed: bool) -> Result<NonNull<u8>> {
-        self.0.backend.alloc(size, align, zeroed)
+    fn alloc(
+        &self,
+        size: usize,
+        align: usize,
+        zeroed: bool,
+        s: Option<Serialized<'_>>,
+    ) -> Result<NonNull<u8>> {
+        self.0.backend.alloc(size, align, zeroed, s)
     }
     #[inline]
-    unsafe fn free(&self, ptr: NonNull<u8>, size: usize, align: usize) -> Result<()> {
+    unsafe fn free(
+        &self,
+        ptr: NonNull<u8>,
+        size: usize,
+        align: usize,
+        s: Option<Serialized<'_>>,
+    ) -> Result<()> {
         // SAFETY: forwarded contract: the block came from this same backend.
-        unsafe { self.0.backend.free(ptr, size, align) }
+        unsafe { self.0.backend.free(ptr, size, align, s) }
     }
     fn verify(&self, ptr: NonNull<u8>, size: usize, align: usize) -> Result<()> {
         self.0.backend.verify(ptr, size, align)
@@ -218,9 +265,10 @@ impl Backend for Over {
         new: usize,
         align: usize,
         zeroed: bool,
+        s: Option<Serialized<'_>>,
     ) -> Result<NonNull<u8>> {
         // SAFETY: forwarded contract.
-        unsafe { self.0.backend.realloc(ptr, old, new, align, zeroed) }
+        unsafe { self.0.backend.realloc(ptr, old, new, align, zeroed, s) }
     }
     fn native_free(&self) -> Option<usize> {
         self.0.backend.native_free()
@@ -388,19 +436,19 @@ impl AllocCore {
         self.plain_backend
     }
 
-    pub(crate) fn count_alloc(&self, size: usize) {
-        self.counters.on_alloc(size);
-        GLOBAL.on_alloc(size);
+    pub(crate) fn count_alloc(&self, size: usize, s: Option<Serialized<'_>>) {
+        self.counters.on_alloc(size, s);
+        GLOBAL.on_alloc(size, s);
     }
 
-    pub(crate) fn count_free(&self, size: usize) {
-        self.counters.on_free(size);
+    pub(crate) fn count_free(&self, size: usize, s: Option<Serialized<'_>>) {
+        self.counters.on_free(size, s);
         let mut over = &self.over;
         while let Some(a) = over {
-            a.counters.on_free(size);
+            a.counters.on_free(size, s);
             over = &a.over;
         }
-        GLOBAL.on_free(size);
+        GLOBAL.on_free(size, s);
     }
 }
 
@@ -420,16 +468,16 @@ mod tests {
     #[test]
     fn alloc_free_counts() {
         let a = libc(false);
-        let r = a.allocate(array(10, 4, 4, None).unwrap(), None).unwrap();
+        let r = a.allocate(array(10, 4, 4, None).unwrap(), None, None).unwrap();
         assert_eq!(a.counters.snapshot().live_bytes, 40);
-        a.free(&r, r.addr()).unwrap();
+        a.free(&r, r.addr(), None).unwrap();
         let s = a.counters.snapshot();
         assert_eq!(
             (s.live_count, s.live_bytes, s.total_allocs, s.total_frees),
             (0, 0, 1, 1)
         );
         assert!(matches!(
-            a.free(&r, r.addr()),
+            a.free(&r, r.addr(), None),
             Err(Error::DoubleFree(Death::Freed))
         ));
         assert!(matches!(
@@ -444,43 +492,43 @@ mod tests {
         let m = libc(false);
         let c = libc(true);
         let other = AllocCore::new("other", new_id(), false, Box::new(Libc));
-        let r = m.allocate(array(8, 1, 1, None).unwrap(), None).unwrap();
+        let r = m.allocate(array(8, 1, 1, None).unwrap(), None, None).unwrap();
         assert!(matches!(
-            other.free(&r, r.addr()),
+            other.free(&r, r.addr(), None),
             Err(Error::Ownership(Ownership::OtherOwner))
         ));
         assert!(matches!(
-            m.free(&r, r.addr() + 1),
+            m.free(&r, r.addr() + 1, None),
             Err(Error::Ownership(Ownership::Interior))
         ));
         assert_eq!(r.state(), State::Live);
-        c.free(&r, r.addr()).unwrap(); // same group: calloc frees malloc's block
+        c.free(&r, r.addr(), None).unwrap(); // same group: calloc frees malloc's block
         assert_eq!(m.counters.snapshot().live_count, 0);
     }
 
     #[test]
     fn pins_defer_the_return_of_memory() {
         let a = libc(false);
-        let r = a.allocate(array(8, 1, 1, None).unwrap(), None).unwrap();
+        let r = a.allocate(array(8, 1, 1, None).unwrap(), None, None).unwrap();
         r.pin().unwrap();
-        a.free(&r, r.addr()).unwrap();
+        a.free(&r, r.addr(), None).unwrap();
         assert_eq!(a.counters.snapshot().live_count, 0);
         assert_eq!(r.pins(), 1);
         assert!(r.pin().is_err());
-        r.unpin(); // returns the memory now (checked by valgrind/ASan runs)
+        r.unpin(None); // returns the memory now (checked by valgrind/ASan runs)
         assert_eq!(r.pins(), 0);
     }
 
     #[test]
     fn detach_is_refused_while_exported_and_changes_nothing() {
         let a = libc(false);
-        let r = a.allocate(array(8, 1, 1, None).unwrap(), None).unwrap();
+        let r = a.allocate(array(8, 1, 1, None).unwrap(), None, None).unwrap();
         r.pin().unwrap();
-        assert!(matches!(r.detach(r.addr()), Err(Error::Exported)));
+        assert!(matches!(r.detach(r.addr(), None), Err(Error::Exported)));
         assert_eq!(r.state(), State::Live);
         assert_eq!(a.counters.snapshot().live_count, 1);
-        r.unpin();
-        assert_eq!(r.detach(r.addr()).unwrap(), r.addr());
+        r.unpin(None);
+        assert_eq!(r.detach(r.addr(), None).unwrap(), r.addr());
         assert_eq!(r.state(), State::Detached);
         // SAFETY: detached from libc's malloc: C's free is its owner now.
         unsafe {
@@ -493,15 +541,15 @@ mod tests {
     #[test]
     fn realloc_moves_and_kills_the_old_record() {
         let c = libc(true);
-        let r = c.allocate(array(4, 1, 1, None).unwrap(), None).unwrap();
+        let r = c.allocate(array(4, 1, 1, None).unwrap(), None, None).unwrap();
         // SAFETY: `r` is a live 4-byte block of this allocator, unpinned but not freed.
         unsafe {
             std::ptr::write_bytes(std::ptr::with_exposed_provenance_mut::<u8>(r.addr()), 9, 4)
         };
         r.pin().unwrap();
-        assert!(matches!(c.realloc(&r, r.addr(), 64), Err(Error::Exported)));
-        r.unpin();
-        let n = c.realloc(&r, r.addr(), 64).unwrap();
+        assert!(matches!(c.realloc(&r, r.addr(), 64, None), Err(Error::Exported)));
+        r.unpin(None);
+        let n = c.realloc(&r, r.addr(), 64, None).unwrap();
         assert_eq!(r.state(), State::Dead(Death::Reallocated));
         // SAFETY: `n` is the live 64-byte block realloc returned.
         let bytes = unsafe {
@@ -512,29 +560,29 @@ mod tests {
         let s = c.counters.snapshot();
         assert_eq!((s.live_count, s.live_bytes), (1, 64));
         assert!(matches!(
-            c.realloc(&n, n.addr(), 1 << 62),
+            c.realloc(&n, n.addr(), 1 << 62, None),
             Err(Error::OutOfMemory(_))
         ));
         assert_eq!(n.state(), State::Live);
-        c.free(&n, n.addr()).unwrap();
+        c.free(&n, n.addr(), None).unwrap();
     }
 
     #[test]
     fn detach_and_autofree() {
         let a = libc(false);
-        let r = a.allocate(array(8, 1, 1, None).unwrap(), None).unwrap();
-        let addr = r.detach(r.addr()).unwrap();
+        let r = a.allocate(array(8, 1, 1, None).unwrap(), None, None).unwrap();
+        let addr = r.detach(r.addr(), None).unwrap();
         assert_eq!(a.counters.snapshot().live_count, 0);
         assert!(r.check_access().is_ok());
         assert!(matches!(
-            a.free(&r, addr),
+            a.free(&r, addr, None),
             Err(Error::Ownership(Ownership::Detached))
         ));
         // SAFETY: detached: the block is C's now, a live libc block nobody else frees.
         unsafe { libc::free(std::ptr::with_exposed_provenance_mut::<libc::c_void>(addr)) }; // C frees it
 
-        let r = a.allocate(array(8, 1, 1, None).unwrap(), None).unwrap();
-        r.set_autofree().unwrap();
+        let r = a.allocate(array(8, 1, 1, None).unwrap(), None, None).unwrap();
+        r.set_autofree(None).unwrap();
         assert_eq!(a.counters.snapshot().live_count, 1);
         drop(r);
         assert_eq!(a.counters.snapshot().live_count, 0);
@@ -550,16 +598,16 @@ mod tests {
                     let mut held = Vec::new();
                     for i in 0..5_000usize {
                         let r = a
-                            .allocate(array((i % 13 + t) as i128, 8, 8, None).unwrap(), None)
+                            .allocate(array((i % 13 + t) as i128, 8, 8, None).unwrap(), None, None)
                             .unwrap();
                         if i % 3 == 0 {
-                            a.free(&r, r.addr()).unwrap();
+                            a.free(&r, r.addr(), None).unwrap();
                         } else {
                             held.push(r);
                         }
                     }
                     for r in held {
-                        a.free(&r, r.addr()).unwrap();
+                        a.free(&r, r.addr(), None).unwrap();
                     }
                 });
             }
@@ -580,7 +628,7 @@ mod tests {
             ("live, at its start", |r| r.addr()),
             ("interior view", |r| r.addr() + 1),
             ("freed already", |r| {
-                r.free(r.allocator().group, 0, r.addr()).unwrap();
+                r.free(r.allocator().group, 0, r.addr(), None).unwrap();
                 r.addr()
             }),
             ("exported", |r| {
@@ -588,24 +636,24 @@ mod tests {
                 r.addr()
             }),
             ("autofree", |r| {
-                r.set_autofree().unwrap();
+                r.set_autofree(None).unwrap();
                 r.addr()
             }),
-            ("detached", |r| r.detach(r.addr()).unwrap()),
+            ("detached", |r| r.detach(r.addr(), None).unwrap()),
         ];
         for (name, prep) in scenarios {
             let outcome = |plain: bool| {
                 let a = libc(false);
-                let r = a.allocate(array(8, 1, 1, None).unwrap(), None).unwrap();
+                let r = a.allocate(array(8, 1, 1, None).unwrap(), None, None).unwrap();
                 let addr = prep(&r);
                 let res = if plain {
-                    r.free_plain(addr)
+                    r.free_plain(addr, None)
                 } else {
-                    r.free(a.group, 0, addr)
+                    r.free(a.group, 0, addr, None)
                 };
                 let out = (format!("{res:?}"), r.state(), a.counters.snapshot());
                 if r.pins() > 0 {
-                    r.unpin();
+                    r.unpin(None);
                 }
                 if r.state() == State::Detached {
                     // SAFETY: a detached record's block belongs to this test, as C's would, and is
@@ -616,7 +664,7 @@ mod tests {
                         ))
                     };
                 } else if r.state() == State::Live && !r.is_autofree() {
-                    a.free(&r, r.addr()).unwrap();
+                    a.free(&r, r.addr(), None).unwrap();
                 }
                 out
             };
@@ -628,15 +676,15 @@ mod tests {
     fn a_shared_record_frees_exactly_once_under_races() {
         for _ in 0..200 {
             let a = libc(false);
-            let r = a.allocate(array(16, 1, 1, None).unwrap(), None).unwrap();
+            let r = a.allocate(array(16, 1, 1, None).unwrap(), None, None).unwrap();
             let oks = std::sync::atomic::AtomicUsize::new(0);
             std::thread::scope(|s| {
                 for _ in 0..4 {
                     s.spawn(|| {
                         if r.pin().is_ok() {
-                            r.unpin();
+                            r.unpin(None);
                         }
-                        if a.free(&r, r.addr()).is_ok() {
+                        if a.free(&r, r.addr(), None).is_ok() {
                             oks.fetch_add(1, Relaxed);
                         }
                     });
@@ -650,24 +698,24 @@ mod tests {
     #[test]
     fn records_count_their_allocator_unless_it_is_lifelong() {
         let a = libc(false);
-        let r = a.allocate(array(8, 1, 1, None).unwrap(), None).unwrap();
+        let r = a.allocate(array(8, 1, 1, None).unwrap(), None, None).unwrap();
         assert_eq!(Arc::strong_count(&a), 2);
         let kept = r.allocator_arc();
         assert_eq!(Arc::strong_count(&a), 3);
         // A live block is indexed (its record kept, so its allocator too)
         // until it ends.
-        a.free(&r, r.addr()).unwrap();
+        a.free(&r, r.addr(), None).unwrap();
         drop((r, kept));
         assert_eq!(Arc::strong_count(&a), 1);
 
         let l = AllocCore::into_lifelong(libc(false));
         let before = Arc::strong_count(&l);
         assert_eq!(before, 2, "one count leaked for the process");
-        let r = l.allocate(array(8, 1, 1, None).unwrap(), None).unwrap();
+        let r = l.allocate(array(8, 1, 1, None).unwrap(), None, None).unwrap();
         assert_eq!(Arc::strong_count(&l), before);
         assert!(std::ptr::eq(r.allocator(), &*l));
         assert_eq!(Arc::strong_count(&r.allocator_arc()), before + 1);
-        l.free(&r, r.addr()).unwrap();
+        l.free(&r, r.addr(), None).unwrap();
         drop(r);
         assert_eq!(Arc::strong_count(&l), before);
 
@@ -687,7 +735,7 @@ mod tests {
             size: 1 << 62,
             align: 8,
         };
-        assert!(matches!(a.allocate(req, None), Err(Error::OutOfMemory(_))));
+        assert!(matches!(a.allocate(req, None, None), Err(Error::OutOfMemory(_))));
         assert_eq!(a.counters.snapshot(), Default::default());
     }
 }

@@ -11,6 +11,7 @@ use super::error::{Error, Result};
 use super::layout::Request;
 use super::record::{ArenaTag, Record};
 use crate::core::record_ref::RecordRef;
+use crate::core::serial::Serialized;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 #[derive(Default)]
@@ -61,7 +62,7 @@ impl WrapArena {
 
     /// Records a block the backing allocator just made for the arena; if the
     /// arena closed meanwhile or cannot remember it, the block is freed again.
-    fn keep(&self, rec: RecordRef) -> Result<RecordRef> {
+    fn keep(&self, rec: RecordRef, s: Option<Serialized<'_>>) -> Result<RecordRef> {
         let mut g = self.lock();
         let refused = if g.closed {
             Some(Error::ArenaClosed)
@@ -78,7 +79,7 @@ impl WrapArena {
             }
             Some(e) => {
                 drop(g);
-                let _ = rec.free(self.backing.group, self.tag.id, rec.addr());
+                let _ = rec.free(self.backing.group, self.tag.id, rec.addr(), s);
                 Err(e)
             }
         }
@@ -91,17 +92,19 @@ impl WrapArena {
         Ok(())
     }
 
-    pub fn allocate(&self, req: Request) -> Result<RecordRef> {
+    /// A new block of the arena; `s`: the caller's serialization proof
+    /// (None: the synchronised path), as every operation here takes it.
+    pub fn allocate(&self, req: Request, s: Option<Serialized<'_>>) -> Result<RecordRef> {
         self.check_open()?;
-        let rec = self.backing.allocate(req, Some(&self.tag))?;
-        self.keep(rec)
+        let rec = self.backing.allocate(req, Some(&self.tag), s)?;
+        self.keep(rec, s)
     }
 
     /// Takes ownership of a block the backing allocator's C counterpart made.
-    pub fn adopt(&self, addr: usize, req: Request) -> Result<RecordRef> {
+    pub fn adopt(&self, addr: usize, req: Request, s: Option<Serialized<'_>>) -> Result<RecordRef> {
         self.check_open()?;
-        let rec = self.backing.adopt_in(addr, req, Some(&self.tag), "")?;
-        self.keep(rec)
+        let rec = self.backing.adopt_in(addr, req, Some(&self.tag), "", s)?;
+        self.keep(rec, s)
     }
 
     /// `arena.free(p)`: a no-op for a live block of this arena (viewed at
@@ -113,11 +116,17 @@ impl WrapArena {
     /// A new block of `new` bytes holding the old bytes; the old block dies
     /// (`Reallocated`) and returns to the backing allocator. On failure
     /// nothing changes.
-    pub fn realloc(&self, rec: &Record, addr: usize, new: usize) -> Result<RecordRef> {
-        rec.begin_realloc(self.backing.group, self.tag.id, addr)?;
+    pub fn realloc(
+        &self,
+        rec: &Record,
+        addr: usize,
+        new: usize,
+        s: Option<Serialized<'_>>,
+    ) -> Result<RecordRef> {
+        rec.begin_realloc(self.backing.group, self.tag.id, addr, s)?;
         // Damaged guard bytes are reported before anything moves.
         if let Err(e) = rec.backend().verify(rec_ptr(rec), rec.size(), rec.align()) {
-            rec.undo_realloc();
+            rec.undo_realloc(s);
             return Err(e);
         }
         let releases = self.lock().releases;
@@ -129,18 +138,18 @@ impl WrapArena {
         let made = self.check_open().and_then(|()| {
             let fresh = self
                 .backing
-                .allocate_replacing(req, Some(&self.tag), "", rec.size())?;
-            self.keep(fresh)
+                .allocate_replacing(req, Some(&self.tag), "", rec.size(), s)?;
+            self.keep(fresh, s)
         });
         let fresh = match made {
             Ok(f) => f,
             Err(e) => {
-                rec.undo_realloc();
+                rec.undo_realloc(s);
                 if self.lock().releases != releases {
                     // The backing allocator (user code) released the arena
                     // meanwhile, which skipped the block while it was being
                     // moved: it goes now, as the release would have done.
-                    let _ = rec.free(self.backing.group, self.tag.id, rec.addr());
+                    let _ = rec.free(self.backing.group, self.tag.id, rec.addr(), s);
                 }
                 return Err(e);
             }
@@ -155,17 +164,23 @@ impl WrapArena {
                 rec.size().min(new),
             );
         }
-        rec.finish_realloc();
-        rec.return_memory()?;
+        rec.finish_realloc(s);
+        rec.return_memory(s)?;
         Ok(fresh)
     }
 
     /// The block leaves the arena and belongs to the backing allocator
     /// (still counted there, and recorded as one of its blocks while
     /// tracking is on: it must now be freed), surviving the release.
-    pub fn detach(&self, rec: &RecordRef, addr: usize, ty: &'static str) -> Result<()> {
+    pub fn detach(
+        &self,
+        rec: &RecordRef,
+        addr: usize,
+        ty: &'static str,
+        s: Option<Serialized<'_>>,
+    ) -> Result<()> {
         self.free(rec, addr)?;
-        rec.leave_arena(self.tag.id)?;
+        rec.leave_arena(self.tag.id, s)?;
         rec.allocator().track_adopted(rec, ty);
         let mut g = self.lock();
         if let Some(i) = g.records.iter().rposition(|r| RecordRef::ptr_eq(r, rec)) {
@@ -180,7 +195,12 @@ impl WrapArena {
     /// whose free reports an error (a diagnostic block's guard bytes were
     /// overwritten) is still freed, and the error goes to `on_error` once
     /// every block is released.
-    pub fn release(&self, reuse: bool, mut on_error: impl FnMut(&RecordRef, Error)) -> bool {
+    pub fn release(
+        &self,
+        reuse: bool,
+        s: Option<Serialized<'_>>,
+        mut on_error: impl FnMut(&RecordRef, Error),
+    ) -> bool {
         let records = {
             let mut g = self.lock();
             if g.closed {
@@ -195,7 +215,7 @@ impl WrapArena {
             if rec.arena() == Some(self.tag.id) {
                 // Dead blocks (reallocated) refuse with DoubleFree: nothing left to free.
                 if let Err(e @ Error::HeapCorruption(_)) =
-                    rec.free(self.backing.group, self.tag.id, rec.addr())
+                    rec.free(self.backing.group, self.tag.id, rec.addr(), s)
                 {
                     // Reported after the loop; with no room to remember
                     // it, the first error is reported at once.
@@ -219,9 +239,10 @@ impl WrapArena {
 
 impl Drop for WrapArena {
     /// An arena dropped unreleased frees its blocks (its binding layer
-    /// releases it first, with its callbacks, and reports what it finds).
+    /// releases it first, with its callbacks and its proof, and reports
+    /// what it finds; this one, without a proof, takes the synchronised path).
     fn drop(&mut self) {
-        self.release(false, |_, _| {});
+        self.release(false, None, |_, _| {});
         // The release dropped the records (a closed arena keeps none): the
         // arena's own reference is what is left.
         self.backing.arena_refs_sub(1);
@@ -247,13 +268,13 @@ mod tests {
     fn blocks_are_counted_in_backing_and_arena_until_release() {
         let m = malloc();
         let a = WrapArena::new(m.clone());
-        let r1 = a.allocate(req(10)).unwrap();
-        let r2 = a.allocate(req(20)).unwrap();
+        let r1 = a.allocate(req(10), None).unwrap();
+        let r2 = a.allocate(req(20), None).unwrap();
         assert_eq!(m.counters.snapshot().live_bytes, 30);
         assert_eq!(a.tag.counters.snapshot().live_count, 2);
         // The backing allocator may not free an arena block.
         assert!(matches!(
-            m.free(&r1, r1.addr()),
+            m.free(&r1, r1.addr(), None),
             Err(Error::Ownership(Ownership::OtherOwner))
         ));
         a.free(&r1, r1.addr()).unwrap(); // no-op
@@ -261,7 +282,7 @@ mod tests {
             a.free(&r1, r1.addr() + 1),
             Err(Error::Ownership(Ownership::Interior))
         ));
-        assert!(a.release(false, |_, _| {}));
+        assert!(a.release(false, None, |_, _| {}));
         for r in [&r1, &r2] {
             assert_eq!(r.state(), State::Dead(Death::Released));
         }
@@ -272,8 +293,8 @@ mod tests {
         let s = m.counters.snapshot();
         assert_eq!((s.live_count, s.live_bytes, s.total_frees), (0, 0, 2));
         assert_eq!(a.tag.counters.snapshot().live_count, 0);
-        assert!(matches!(a.allocate(req(1)), Err(Error::ArenaClosed)));
-        assert!(!a.release(false, |_, _| {}));
+        assert!(matches!(a.allocate(req(1), None), Err(Error::ArenaClosed)));
+        assert!(!a.release(false, None, |_, _| {}));
     }
 
     #[test]
@@ -281,17 +302,17 @@ mod tests {
         let m = malloc();
         let strong = || Arc::strong_count(&m) - 1; // less the test's own
         let a = WrapArena::new(m.clone());
-        let r = a.allocate(req(16)).unwrap();
-        let s = a.allocate(req(16)).unwrap();
+        let r = a.allocate(req(16), None).unwrap();
+        let s = a.allocate(req(16), None).unwrap();
         drop(s);
         assert_eq!(m.held_by_arenas(), 3);
         assert_eq!(strong(), 3);
-        a.detach(&r, r.addr(), "").unwrap(); // the allocator's block now
+        a.detach(&r, r.addr(), "", None).unwrap(); // the allocator's block now
         assert_eq!(m.held_by_arenas(), 2);
         assert_eq!(strong(), 3); // r's record holds the core outside the arena
-        a.release(true, |_, _| {});
+        a.release(true, None, |_, _| {});
         assert_eq!(m.held_by_arenas(), 1);
-        m.free(&r, r.addr()).unwrap();
+        m.free(&r, r.addr(), None).unwrap();
         drop(r);
         assert_eq!(strong(), 1);
         drop(a);
@@ -302,14 +323,14 @@ mod tests {
     fn detach_hands_the_block_to_the_backing_allocator() {
         let m = malloc();
         let a = WrapArena::new(m.clone());
-        let r = a.allocate(req(16)).unwrap();
-        a.detach(&r, r.addr(), "").unwrap();
+        let r = a.allocate(req(16), None).unwrap();
+        a.detach(&r, r.addr(), "", None).unwrap();
         assert_eq!(r.arena(), None);
         assert_eq!(a.tag.counters.snapshot().live_count, 0);
-        a.release(true, |_, _| {});
+        a.release(true, None, |_, _| {});
         assert_eq!(r.state(), State::Live);
         assert_eq!(m.counters.snapshot().live_count, 1);
-        m.free(&r, r.addr()).unwrap();
+        m.free(&r, r.addr(), None).unwrap();
         assert_eq!(m.counters.snapshot().live_count, 0);
     }
 
@@ -317,12 +338,12 @@ mod tests {
     fn realloc_moves_within_the_arena() {
         let m = malloc();
         let a = WrapArena::new(m.clone());
-        let r = a.allocate(req(4)).unwrap();
+        let r = a.allocate(req(4), None).unwrap();
         // SAFETY: `r` is a live 4-byte block of the arena.
         unsafe {
             std::ptr::write_bytes(std::ptr::with_exposed_provenance_mut::<u8>(r.addr()), 5, 4)
         };
-        let n = a.realloc(&r, r.addr(), 32).unwrap();
+        let n = a.realloc(&r, r.addr(), 32, None).unwrap();
         assert_eq!(r.state(), State::Dead(Death::Reallocated));
         assert_eq!(n.arena(), Some(a.id()));
         // SAFETY: `n` is the live 32-byte block realloc returned, its first 4 bytes copied.
@@ -332,11 +353,11 @@ mod tests {
         assert_eq!((s.live_count, s.live_bytes), (1, 32));
         assert_eq!(a.tag.counters.snapshot().live_bytes, 32);
         assert!(matches!(
-            a.realloc(&n, n.addr(), 1 << 62),
+            a.realloc(&n, n.addr(), 1 << 62, None),
             Err(Error::OutOfMemory(_))
         ));
         assert_eq!(n.state(), State::Live);
-        a.release(false, |_, _| {});
+        a.release(false, None, |_, _| {});
         assert_eq!(m.counters.snapshot().live_count, 0);
         assert_eq!(n.state(), State::Dead(Death::Released));
     }
@@ -349,7 +370,7 @@ mod tests {
             for _ in 0..4 {
                 s.spawn(|| {
                     for i in 0..2000 {
-                        a.allocate(req(i % 50)).unwrap();
+                        a.allocate(req(i % 50), None).unwrap();
                     }
                 });
             }
@@ -357,7 +378,7 @@ mod tests {
         let expected: usize = 4 * (0..2000).map(|i| i % 50).sum::<usize>();
         let s = m.counters.snapshot();
         assert_eq!((s.live_count, s.live_bytes), (8000, expected as u64));
-        a.release(false, |_, _| {});
+        a.release(false, None, |_, _| {});
         assert_eq!(m.counters.snapshot().live_count, 0);
     }
 
@@ -365,7 +386,7 @@ mod tests {
     fn a_dropped_arena_frees_its_blocks() {
         let m = malloc();
         let a = WrapArena::new(m.clone());
-        let r = a.allocate(req(10)).unwrap();
+        let r = a.allocate(req(10), None).unwrap();
         drop(a);
         assert_eq!(r.state(), State::Dead(Death::Released));
         assert_eq!(m.counters.snapshot().live_count, 0);
@@ -376,8 +397,8 @@ mod tests {
         use crate::core::guard::Guarded;
         let d = AllocCore::new("diag", LIBC_GROUP, false, Box::new(Guarded));
         let a = WrapArena::new(d.clone());
-        let bad = a.allocate(req(8)).unwrap();
-        let good = a.allocate(req(8)).unwrap();
+        let bad = a.allocate(req(8), None).unwrap();
+        let good = a.allocate(req(8), None).unwrap();
         // SAFETY: the diagnostic backend places guard bytes right after the 8-byte block:
         // overwriting one is the corruption under test, inside the guarded allocation.
         unsafe {
@@ -386,7 +407,7 @@ mod tests {
                 .write(0)
         };
         let mut seen = Vec::new();
-        assert!(a.release(false, |rec, e| {
+        assert!(a.release(false, None, |rec, e| {
             // Everything is released by the time errors are reported.
             assert_eq!(d.counters.snapshot().live_count, 0);
             seen.push((

@@ -7,6 +7,7 @@ use super::arena::WrapArena;
 use super::error::{Error, Ownership, Result};
 use super::owner::{Owned, Owner};
 use super::region::Anchor;
+use super::serial::Serialized;
 use super::stats::Snapshot;
 
 /// What an arena allocates from.
@@ -45,10 +46,12 @@ impl ArenaKind {
 
     /// Checks that the view at `addr` owned by `owner` is a block of this
     /// arena that a free would accept (a free through an arena changes
-    /// nothing: its memory goes at release).
-    pub fn check_free(&self, owner: &Owner, addr: usize) -> Result<()> {
+    /// nothing: its memory goes at release). `s`: the caller's proof.
+    pub fn check_free(&self, owner: &Owner, addr: usize, s: Option<Serialized<'_>>) -> Result<()> {
         match (self, owner.get()) {
-            (ArenaKind::Region(mine), Owned::Region(r)) if r.is_in(mine.region()) => r.free(addr),
+            (ArenaKind::Region(mine), Owned::Region(r)) if r.is_in(mine.region()) => {
+                r.free(addr, s)
+            }
             (ArenaKind::Wrap(w), Owned::Block(rec)) => w.free(rec, addr),
             (_, Owned::Unowned) => Err(Error::Ownership(Ownership::Foreign)),
             _ => Err(Error::Ownership(Ownership::OtherOwner)),
@@ -71,20 +74,20 @@ mod tests {
         let ArenaKind::Region(a) = &bump else {
             unreachable!()
         };
-        let (addr, r) = a.allocate(req).unwrap();
+        let (addr, r) = a.allocate(req, None).unwrap();
         let view = Owner::region(r);
-        assert!(bump.check_free(&view, addr).is_ok());
-        let inner = view.view(false);
+        assert!(bump.check_free(&view, addr, None).is_ok());
+        let inner = view.view(false, None);
         assert!(matches!(
-            bump.check_free(&inner, addr + 4),
+            bump.check_free(&inner, addr + 4, None),
             Err(Error::Ownership(Ownership::Interior))
         ));
         assert!(matches!(
-            other.check_free(&view, addr),
+            other.check_free(&view, addr, None),
             Err(Error::Ownership(Ownership::OtherOwner))
         ));
         assert!(matches!(
-            bump.check_free(&Owner::UNOWNED, addr),
+            bump.check_free(&Owner::UNOWNED, addr, None),
             Err(Error::Ownership(Ownership::Foreign))
         ));
 
@@ -93,19 +96,19 @@ mod tests {
         let ArenaKind::Wrap(w) = &wrap else {
             unreachable!()
         };
-        let rec = w.allocate(req).unwrap();
+        let rec = w.allocate(req, None).unwrap();
         let at = rec.addr();
         let block = Owner::block(rec);
-        assert!(wrap.check_free(&block, at).is_ok());
+        assert!(wrap.check_free(&block, at, None).is_ok());
         assert!(matches!(
-            bump.check_free(&block, at),
+            bump.check_free(&block, at, None),
             Err(Error::Ownership(Ownership::OtherOwner))
         ));
         // A block of the allocator itself is not the arena's.
-        let plain = Owner::block(libc.allocate(req, None).unwrap());
-        assert!(wrap.check_free(&plain, 0).is_err());
+        let plain = Owner::block(libc.allocate(req, None, None).unwrap());
+        assert!(wrap.check_free(&plain, 0, None).is_err());
         if let Owned::Block(r) = plain.get() {
-            r.free(LIBC_GROUP, 0, r.addr()).unwrap();
+            r.free(LIBC_GROUP, 0, r.addr(), None).unwrap();
         }
         assert!(!wrap.is_closed() && !bump.is_closed());
         assert_eq!(wrap.snapshot().live_count, 1);

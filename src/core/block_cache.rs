@@ -181,9 +181,8 @@ fn learn_tcache_key() {
 }
 
 /// Turns the cache on, for good: from now on, every call that brings a
-/// token uses it. The core's own calls bring one in serialized mode only
-/// (`serial::with_switch`), so the binding enables the cache once it has
-/// switched to it.
+/// token uses it (the core's own calls bring the one their caller gave;
+/// the synchronised path, without one, never touches the cache).
 pub fn enable(_serialized: Serialized<'_>) {
     if cfg!(all(target_os = "linux", target_env = "gnu")) {
         learn_tcache_key();

@@ -6,7 +6,9 @@
 //! charges its bytes with one compare-and-swap before the memory is asked
 //! for ([`super::stats::Counters::reserve`]), and gives them back if the
 //! memory then cannot be had. Racing threads therefore never pass a limit
-//! together, and a refused request changes no counter.
+//! together, and a refused request changes no counter. Charges take the
+//! synchronised path (a compare-and-swap), serialized caller or not: only
+//! limited allocations come here.
 //!
 //! Without any limit the allocation path is the unlimited one; the only
 //! cost is [`process_limited`], one relaxed load and a branch.
@@ -69,9 +71,9 @@ pub fn reserve_all<'a, I: Iterator<Item = Target<'a>>>(
 ) -> Result<(), OverLimit> {
     for (done, t) in targets().enumerate() {
         let credit = if t.replaces { credit } else { 0 };
-        if let Err(live) = t.counters.reserve(n, credit, t.limit) {
+        if let Err(live) = t.counters.reserve(n, credit, t.limit, None) {
             for t in targets().take(done) {
-                t.counters.unreserve(n);
+                t.counters.unreserve(n, None);
             }
             return Err(OverLimit {
                 scope: t.scope,
@@ -87,7 +89,7 @@ pub fn reserve_all<'a, I: Iterator<Item = Target<'a>>>(
 /// Gives back what [`reserve_all`] charged, for an allocation that failed.
 pub fn unreserve_all<'a>(targets: impl Iterator<Item = Target<'a>>, n: u64) {
     for t in targets {
-        t.counters.unreserve(n);
+        t.counters.unreserve(n, None);
     }
 }
 
@@ -95,7 +97,7 @@ pub fn unreserve_all<'a>(targets: impl Iterator<Item = Target<'a>>, n: u64) {
 /// peak rises, less `credit` bytes of a replaced block still counted.
 pub fn commit_all<'a>(targets: impl Iterator<Item = Target<'a>>, credit: u64) {
     for t in targets {
-        t.counters.on_alloc_reserved();
+        t.counters.on_alloc_reserved(None);
         t.counters
             .raise_peak(if t.replaces { credit } else { 0 }, t.limit);
     }
@@ -130,9 +132,9 @@ mod tests {
     fn a_limited_allocator_refuses_and_counts_nothing() {
         let m = malloc();
         let l = m.limited(100);
-        let a = l.allocate(req(60), None).unwrap();
+        let a = l.allocate(req(60), None, None).unwrap();
         let before = (l.counters.snapshot(), m.counters.snapshot());
-        let e = over(l.allocate(req(41), None).unwrap_err());
+        let e = over(l.allocate(req(41), None, None).unwrap_err());
         assert_eq!(
             (e.scope, e.limit, e.live, e.request),
             (Scope::Allocator, 100, 60, 41)
@@ -141,14 +143,14 @@ mod tests {
         // Counted in the allocator it goes through, too.
         assert_eq!(m.counters.snapshot().live_bytes, 60);
         // A realloc counts the difference: 60 -> 100 fits.
-        let b = l.realloc(&a, a.addr(), 100).unwrap();
-        assert!(l.realloc(&b, b.addr(), 101).is_err());
+        let b = l.realloc(&a, a.addr(), 100, None).unwrap();
+        assert!(l.realloc(&b, b.addr(), 101, None).is_err());
         let s = l.counters.snapshot();
         assert_eq!(
             (s.live_bytes, s.peak_bytes, s.total_allocs, s.total_frees),
             (100, 100, 2, 1)
         );
-        l.free(&b, b.addr()).unwrap();
+        l.free(&b, b.addr(), None).unwrap();
         assert_eq!(m.counters.snapshot().live_bytes, 0);
         assert_eq!(l.counters.snapshot().live_bytes, 0);
     }
@@ -157,34 +159,34 @@ mod tests {
     fn nested_limits_all_apply() {
         let outer = malloc().limited(50);
         let inner = outer.limited(1000);
-        let a = inner.allocate(req(50), None).unwrap();
-        let e = over(inner.allocate(req(1), None).unwrap_err());
+        let a = inner.allocate(req(50), None, None).unwrap();
+        let e = over(inner.allocate(req(1), None, None).unwrap_err());
         assert_eq!((e.limit, e.live), (50, 50));
         // The inner allocator's charge was given back, its peak untouched.
         let s = inner.counters.snapshot();
         assert_eq!((s.total_allocs, s.live_bytes, s.peak_bytes), (1, 50, 50));
-        inner.free(&a, a.addr()).unwrap();
+        inner.free(&a, a.addr(), None).unwrap();
     }
 
     #[test]
     fn arenas_count_against_their_limit() {
         let a = WrapArena::with_limit(malloc(), 64);
-        let r = a.allocate(req(40)).unwrap();
-        assert_eq!(over(a.allocate(req(25)).unwrap_err()).scope, Scope::Arena);
-        let r = a.realloc(&r, r.addr(), 64).unwrap();
+        let r = a.allocate(req(40), None).unwrap();
+        assert_eq!(over(a.allocate(req(25), None).unwrap_err()).scope, Scope::Arena);
+        let r = a.realloc(&r, r.addr(), 64, None).unwrap();
         assert_eq!(a.tag.counters.snapshot().live_bytes, 64);
-        assert!(a.realloc(&r, r.addr(), 65).is_err());
-        a.release(false, |_, _| {});
+        assert!(a.realloc(&r, r.addr(), 65, None).is_err());
+        a.release(false, None, |_, _| {});
         assert_eq!(a.backing.counters.snapshot().live_bytes, 0);
 
         let region = Anchor::new(RegionCore::with_limit(64)).unwrap();
-        let (at, r) = region.allocate(req(40)).unwrap();
-        assert_eq!(over(region.allocate(req(25)).unwrap_err()).live, 40);
-        let (_, _r) = region.realloc(&r, at, 40, req(64)).unwrap();
+        let (at, r) = region.allocate(req(40), None).unwrap();
+        assert_eq!(over(region.allocate(req(25), None).unwrap_err()).live, 40);
+        let (_, _r) = region.realloc(&r, at, 40, req(64), None).unwrap();
         let s = region.region().snapshot();
         assert_eq!((s.live_bytes, s.peak_bytes), (64, 64));
         assert_eq!(region.region().limit(), Some(64));
-        region.region().release(false);
+        region.region().release(false, None);
     }
 
     #[test]
@@ -197,18 +199,18 @@ mod tests {
                 s.spawn(move || {
                     let mut held = Vec::new();
                     for i in 0..4000usize {
-                        match l.allocate(req(1 + (t * 31 + i) % 300), None) {
+                        match l.allocate(req(1 + (t * 31 + i) % 300), None, None) {
                             Ok(r) => held.push(r),
                             Err(_) => {
                                 refused.fetch_add(1, Relaxed);
                                 if let Some(r) = held.pop() {
-                                    l.free(&r, r.addr()).unwrap();
+                                    l.free(&r, r.addr(), None).unwrap();
                                 }
                             }
                         }
                     }
                     for r in held {
-                        l.free(&r, r.addr()).unwrap();
+                        l.free(&r, r.addr(), None).unwrap();
                     }
                 });
             }
@@ -273,10 +275,10 @@ mod tests {
                 s.spawn(move || {
                     for i in 0..20_000u64 {
                         let n = 1 + (t + i) % 97;
-                        if c.reserve(n, 0, 1000).is_ok() {
-                            c.on_alloc_reserved();
+                        if c.reserve(n, 0, 1000, None).is_ok() {
+                            c.on_alloc_reserved(None);
                             ok.fetch_add(1, Relaxed);
-                            c.on_free(n as usize);
+                            c.on_free(n as usize, None);
                         }
                     }
                 });

@@ -5,6 +5,7 @@
 //! a crash.
 
 use super::alloc::Backend;
+use super::serial::Serialized;
 use super::error::{BadBlock, Error, Result};
 use std::ffi::c_void;
 use std::ptr::NonNull;
@@ -138,7 +139,13 @@ impl CFunctions {
 }
 
 impl Backend for CFunctions {
-    fn alloc(&self, size: usize, align: usize, zeroed: bool) -> Result<NonNull<u8>> {
+    fn alloc(
+        &self,
+        size: usize,
+        align: usize,
+        zeroed: bool,
+        _s: Option<Serialized<'_>>,
+    ) -> Result<NonNull<u8>> {
         // A zero-byte request asks for one: C allocators may return NULL for 0.
         let n = size.max(1);
         let alloc = self.alloc.ok_or(Error::Unsupported(FREE_ONLY))?;
@@ -158,7 +165,13 @@ impl Backend for CFunctions {
         Ok(p)
     }
 
-    unsafe fn free(&self, ptr: NonNull<u8>, size: usize, _align: usize) -> Result<()> {
+    unsafe fn free(
+        &self,
+        ptr: NonNull<u8>,
+        size: usize,
+        _align: usize,
+        _s: Option<Serialized<'_>>,
+    ) -> Result<()> {
         // SAFETY: `ptr` came from `alloc` (or was adopted from the same C
         // allocator); a block of no bytes was allocated as one.
         unsafe { self.free.call(ptr.as_ptr() as *mut c_void, size.max(1)) };
@@ -227,7 +240,7 @@ mod tests {
     #[test]
     fn c_functions_get_every_check() {
         let a = core(counting_alloc, counting_free, usize::MAX, true);
-        let r = a.allocate(array(16, 4, 4, None).unwrap(), None).unwrap();
+        let r = a.allocate(array(16, 4, 4, None).unwrap(), None, None).unwrap();
         // SAFETY: `r` is a live 64-byte block (16 Int32s).
         let bytes = unsafe {
             std::slice::from_raw_parts(std::ptr::with_exposed_provenance::<u8>(r.addr()), 64)
@@ -245,7 +258,7 @@ mod tests {
             Box::new(crate::core::alloc::Libc),
         );
         assert!(matches!(
-            libc_heap.free(&r, r.addr()),
+            libc_heap.free(&r, r.addr(), None),
             Err(Error::Ownership(Ownership::OtherOwner))
         ));
         // realloc moves through alloc + copy + free of the same functions.
@@ -253,20 +266,20 @@ mod tests {
         unsafe {
             std::ptr::write_bytes(std::ptr::with_exposed_provenance_mut::<u8>(r.addr()), 5, 64)
         };
-        let n = a.realloc(&r, r.addr(), 128).unwrap();
+        let n = a.realloc(&r, r.addr(), 128, None).unwrap();
         // SAFETY: `n` is the live 128-byte block realloc returned.
         let bytes = unsafe {
             std::slice::from_raw_parts(std::ptr::with_exposed_provenance::<u8>(n.addr()), 128)
         };
         assert!(bytes[..64].iter().all(|b| *b == 5) && bytes[64..].iter().all(|b| *b == 0));
         assert_eq!(LIVE.load(Relaxed), 1);
-        a.free(&n, n.addr()).unwrap();
-        assert!(matches!(a.free(&n, n.addr()), Err(Error::DoubleFree(_))));
+        a.free(&n, n.addr(), None).unwrap();
+        assert!(matches!(a.free(&n, n.addr(), None), Err(Error::DoubleFree(_))));
         assert_eq!(LIVE.load(Relaxed), 0);
         assert_eq!(a.counters.snapshot().live_count, 0);
         // Zero bytes still gets a block of its own.
-        let z = a.allocate(array(0, 1, 1, None).unwrap(), None).unwrap();
-        a.free(&z, z.addr()).unwrap();
+        let z = a.allocate(array(0, 1, 1, None).unwrap(), None, None).unwrap();
+        a.free(&z, z.addr(), None).unwrap();
     }
 
     static SIZES: std::sync::Mutex<Vec<usize>> = std::sync::Mutex::new(Vec::new());
@@ -291,14 +304,14 @@ mod tests {
             )
         };
         let a = AllocCore::new("sized", new_id(), false, Box::new(b.unwrap()));
-        let r = a.allocate(array(5, 8, 8, None).unwrap(), None).unwrap();
-        a.free(&r, r.addr()).unwrap();
+        let r = a.allocate(array(5, 8, 8, None).unwrap(), None, None).unwrap();
+        a.free(&r, r.addr(), None).unwrap();
         // SAFETY: a plain libc call; the block is adopted below.
         let raw = unsafe { libc::malloc(7) }.expose_provenance();
-        let q = a.adopt(raw, array(7, 1, 1, None).unwrap()).unwrap();
-        a.free(&q, raw).unwrap();
-        let z = a.allocate(array(0, 1, 1, None).unwrap(), None).unwrap();
-        a.free(&z, z.addr()).unwrap();
+        let q = a.adopt(raw, array(7, 1, 1, None).unwrap(), None).unwrap();
+        a.free(&q, raw, None).unwrap();
+        let z = a.allocate(array(0, 1, 1, None).unwrap(), None, None).unwrap();
+        a.free(&z, z.addr(), None).unwrap();
         assert_eq!(
             *SIZES.lock().unwrap(),
             [40, 7, 1],
@@ -320,45 +333,45 @@ mod tests {
         };
         let a = AllocCore::new("free-only", new_id(), false, Box::new(b.unwrap()));
         assert!(matches!(
-            a.allocate(array(8, 1, 1, None).unwrap(), None),
+            a.allocate(array(8, 1, 1, None).unwrap(), None, None),
             Err(Error::Unsupported(FREE_ONLY))
         ));
         assert_eq!(a.counters.snapshot().total_allocs, 0);
         // SAFETY: calls the malloc wrapper; the block is adopted below.
         let raw = unsafe { counting_alloc(16) }.expose_provenance();
-        let r = a.adopt(raw, array(16, 1, 1, None).unwrap()).unwrap();
-        assert!(matches!(a.realloc(&r, raw, 32), Err(Error::Unsupported(_))));
+        let r = a.adopt(raw, array(16, 1, 1, None).unwrap(), None).unwrap();
+        assert!(matches!(a.realloc(&r, raw, 32, None), Err(Error::Unsupported(_))));
         assert_eq!(
             r.state(),
             crate::core::record::State::Live,
             "a refused realloc changes nothing"
         );
         let before = LIVE.load(Relaxed);
-        a.free(&r, raw).unwrap();
+        a.free(&r, raw, None).unwrap();
         assert_eq!(LIVE.load(Relaxed), before - 1);
     }
 
     #[test]
     fn bad_results_are_errors() {
         let a = core(odd_alloc, odd_free, usize::MAX, false);
-        let e = a.allocate(array(8, 8, 8, None).unwrap(), None).unwrap_err();
+        let e = a.allocate(array(8, 8, 8, None).unwrap(), None, None).unwrap_err();
         assert!(matches!(
             &e,
             Error::BadBlock(BadBlock::Misaligned { align: 8, .. })
         ));
         assert_eq!(a.counters.snapshot().total_allocs, 0);
         // Byte alignment is satisfied by any address.
-        let r = a.allocate(array(8, 1, 1, None).unwrap(), None).unwrap();
-        a.free(&r, r.addr()).unwrap();
+        let r = a.allocate(array(8, 1, 1, None).unwrap(), None, None).unwrap();
+        a.free(&r, r.addr(), None).unwrap();
 
         let a = core(null_alloc, libc::free as FreeFn, usize::MAX, false);
         assert!(matches!(
-            a.allocate(array(8, 1, 1, None).unwrap(), None),
+            a.allocate(array(8, 1, 1, None).unwrap(), None, None),
             Err(Error::OutOfMemory(8))
         ));
         let a = core(counting_alloc, counting_free, i32::MAX as usize, false);
         assert!(matches!(
-            a.allocate(array(1 << 31, 1, 1, None).unwrap(), None),
+            a.allocate(array(1 << 31, 1, 1, None).unwrap(), None, None),
             Err(Error::OutOfMemory(_))
         ));
         assert!(matches!(

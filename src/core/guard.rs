@@ -11,6 +11,7 @@
 //! `free` gets the size and alignment from the record.
 
 use super::error::{Corruption, Error, Result};
+use super::serial::Serialized;
 use super::sys;
 use std::ptr::NonNull;
 
@@ -83,7 +84,13 @@ impl Guarded {
 }
 
 impl super::alloc::Backend for Guarded {
-    fn alloc(&self, size: usize, align: usize, zeroed: bool) -> Result<NonNull<u8>> {
+    fn alloc(
+        &self,
+        size: usize,
+        align: usize,
+        zeroed: bool,
+        _s: Option<Serialized<'_>>,
+    ) -> Result<NonNull<u8>> {
         let total = span(size, align).ok_or(Error::OutOfMemory(size))?;
         if total > isize::MAX as usize {
             return Err(Error::OutOfMemory(size));
@@ -102,7 +109,13 @@ impl super::alloc::Backend for Guarded {
 
     /// Checks the canaries, then returns the memory whatever they say: a
     /// corrupted block is reported, never leaked.
-    unsafe fn free(&self, ptr: NonNull<u8>, size: usize, align: usize) -> Result<()> {
+    unsafe fn free(
+        &self,
+        ptr: NonNull<u8>,
+        size: usize,
+        align: usize,
+        _s: Option<Serialized<'_>>,
+    ) -> Result<()> {
         // SAFETY: forwarded contract.
         let verdict = unsafe { Self::verify(ptr, size, align) };
         let pre = prefix(align);
@@ -136,34 +149,34 @@ mod tests {
     fn alignment_and_fill() {
         for align in [1, 8, 16, 64, 4096] {
             for zeroed in [false, true] {
-                let p = Guarded.alloc(40, align, zeroed).unwrap();
+                let p = Guarded.alloc(40, align, zeroed, None).unwrap();
                 assert_eq!(p.as_ptr().addr() % align, 0);
                 // SAFETY: `p` is a live 40-byte guarded block.
                 let s = unsafe { std::slice::from_raw_parts(p.as_ptr(), 40) };
                 assert!(s.iter().all(|b| *b == if zeroed { 0 } else { CLEAN }));
                 // SAFETY: `p` came from `Guarded.alloc` with this size and alignment and is not
                 // used again.
-                unsafe { Guarded.free(p, 40, align) }.unwrap();
+                unsafe { Guarded.free(p, 40, align, None) }.unwrap();
             }
         }
     }
 
     #[test]
     fn overrun_and_underrun_are_reported_and_memory_returned() {
-        let p = Guarded.alloc(10, 8, false).unwrap();
+        let p = Guarded.alloc(10, 8, false, None).unwrap();
         // SAFETY: the guard bytes after the 10-byte block belong to the same allocation: writing 3
         // of them is the overrun under test, inside it.
         unsafe { std::ptr::write_bytes(p.as_ptr(), 0, 13) }; // 3 bytes past the end
                                                              // SAFETY: `p` came from `Guarded.alloc(10, 8)` and is not used again.
-        match unsafe { Guarded.free(p, 10, 8) } {
+        match unsafe { Guarded.free(p, 10, 8, None) } {
             Err(Error::HeapCorruption(c)) => assert_eq!((c.before, c.after, c.size), (0, 3, 10)),
             other => panic!("{other:?}"),
         }
-        let p = Guarded.alloc(10, 32, false).unwrap();
+        let p = Guarded.alloc(10, 32, false, None).unwrap();
         // SAFETY: the byte before the block is the last guard byte, inside the same allocation.
         unsafe { p.as_ptr().sub(1).write(0) };
         // SAFETY: `p` came from `Guarded.alloc(10, 32)` and is not used again.
-        match unsafe { Guarded.free(p, 10, 32) } {
+        match unsafe { Guarded.free(p, 10, 32, None) } {
             Err(Error::HeapCorruption(c)) => assert_eq!((c.before, c.after), (1, 0)),
             other => panic!("{other:?}"),
         }
@@ -172,21 +185,21 @@ mod tests {
     #[test]
     fn memset_of_any_value_is_caught() {
         for v in 0..=255u8 {
-            let p = Guarded.alloc(4, 8, false).unwrap();
+            let p = Guarded.alloc(4, 8, false, None).unwrap();
             // SAFETY: the 4-byte block is followed by GUARD guard bytes of the same allocation.
             unsafe { std::ptr::write_bytes(p.as_ptr(), v, 4 + GUARD) };
             // SAFETY: `p` came from `Guarded.alloc(4, 8)` and is not used again.
-            assert!(unsafe { Guarded.free(p, 4, 8) }.is_err(), "value {v}");
+            assert!(unsafe { Guarded.free(p, 4, 8, None) }.is_err(), "value {v}");
         }
     }
 
     #[test]
     fn realloc_checks_first_and_keeps_bytes() {
-        let p = Guarded.alloc(8, 16, false).unwrap();
+        let p = Guarded.alloc(8, 16, false, None).unwrap();
         // SAFETY: `p` is a live 8-byte guarded block.
         unsafe { std::ptr::write_bytes(p.as_ptr(), 7, 8) };
         // SAFETY: `p` came from `Guarded.alloc(8, 16)`; on success it is not used again.
-        let q = unsafe { Guarded.realloc(p, 8, 32, 16, true) }.unwrap();
+        let q = unsafe { Guarded.realloc(p, 8, 32, 16, true, None) }.unwrap();
         // SAFETY: `q` is the live 32-byte block realloc returned.
         let s = unsafe { std::slice::from_raw_parts(q.as_ptr(), 32) };
         assert!(s[..8].iter().all(|b| *b == 7) && s[8..].iter().all(|b| *b == 0));
@@ -195,26 +208,26 @@ mod tests {
         assert!(matches!(
             // SAFETY: `q` came from `Guarded.realloc(.., 32, 16, ..)`; the refused move leaves it
             // ours.
-            unsafe { Guarded.realloc(q, 32, 64, 16, false) },
+            unsafe { Guarded.realloc(q, 32, 64, 16, false, None) },
             Err(Error::HeapCorruption(_))
         ));
         // still ours after the refused move
         // SAFETY: `q` is still the live 32-byte block (the realloc was refused) and is not used
         // again.
-        assert!(unsafe { Guarded.free(q, 32, 16) }.is_err());
+        assert!(unsafe { Guarded.free(q, 32, 16, None) }.is_err());
     }
 
     #[test]
     fn zero_bytes_and_huge_requests() {
-        let p = Guarded.alloc(0, 8, false).unwrap();
+        let p = Guarded.alloc(0, 8, false, None).unwrap();
         // SAFETY: `p` came from `Guarded.alloc(0, 8)` and is not used again.
-        unsafe { Guarded.free(p, 0, 8) }.unwrap();
+        unsafe { Guarded.free(p, 0, 8, None) }.unwrap();
         assert!(matches!(
-            Guarded.alloc(usize::MAX - 8, 8, false),
+            Guarded.alloc(usize::MAX - 8, 8, false, None),
             Err(Error::OutOfMemory(_))
         ));
         assert!(matches!(
-            Guarded.alloc(1 << 62, 8, false),
+            Guarded.alloc(1 << 62, 8, false, None),
             Err(Error::OutOfMemory(_))
         ));
     }

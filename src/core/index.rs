@@ -6,8 +6,8 @@
 //! address from being live twice (`adopt` of a live block's address, a block
 //! that C freed behind rsalloc's back and libc handed out again).
 //!
-//! Two structures under one lock ([`SerialMutex`]: no lock at all under the
-//! GIL):
+//! Two structures under one lock ([`SerialMutex`]: no lock at all for a
+//! caller with the serialization proof, the GIL):
 //! - a radix map of 32-byte granules for small blocks (up to [`SMALL_MAX`]
 //!   bytes): the granule of a block's start holds its record. glibc's
 //!   chunks are at least 32 bytes apart, so no two of its blocks share a
@@ -52,7 +52,7 @@ use super::block_cache;
 use super::error::{Error, Ownership, Result};
 use super::record::Record;
 use super::record_ref::RecordRef;
-use super::serial::{with_switch, SerialGuard, SerialMutex};
+use super::serial::{SerialGuard, SerialMutex, Serialized};
 use std::ptr::null_mut;
 use std::sync::atomic::{AtomicPtr, AtomicU16, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Weak};
@@ -189,8 +189,8 @@ fn take_count(w: usize) -> Option<RecordRef> {
 }
 
 #[inline]
-fn lock() -> SerialGuard<'static, State> {
-    STATE.lock()
+fn lock(s: Option<Serialized<'_>>) -> SerialGuard<'static, State> {
+    STATE.lock(s)
 }
 
 /// Zeroed memory for a radix table: pages of its own, not heap memory
@@ -555,18 +555,21 @@ pub enum Found {
 /// regions and knows them only through this.
 pub trait ChunkOwner: Send + Sync {
     /// The live block holding `addr` (in one of the owner's chunks): its
-    /// start, end, and the token of the generation it belongs to.
-    fn block_at(&self, addr: usize) -> Option<(usize, usize, u64)>;
+    /// start, end, and the token of the generation it belongs to (`s`:
+    /// the caller's serialization proof).
+    fn block_at(&self, addr: usize, s: Option<Serialized<'_>>) -> Option<(usize, usize, u64)>;
     /// The owner as its own type (`region::RegionCore::of_chunk_owner`).
     fn into_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync>;
 }
 
 /// The live block (or bump-region chunk) that contains `addr`, if any.
-pub fn resolve(addr: usize) -> Option<Found> {
+/// `s`: the caller's serialization proof (None: the index locks), as every
+/// function here takes it.
+pub fn resolve(addr: usize, s: Option<Serialized<'_>>) -> Option<Found> {
     if addr == 0 {
         return None;
     }
-    lock().find(addr)
+    lock(s).find(addr)
 }
 
 /// Lists the block of `rec`, just made, with a count on it.
@@ -580,21 +583,25 @@ pub fn resolve(addr: usize) -> Option<Found> {
 /// `rec` lives in a record's shared memory (`RecordSlot::fill`), and the
 /// caller holds a reference to it.
 #[inline(always)]
-pub(crate) unsafe fn insert(rec: &Record, exclusive: bool) -> Result<()> {
+pub(crate) unsafe fn insert(
+    rec: &Record,
+    exclusive: bool,
+    s: Option<Serialized<'_>>,
+) -> Result<()> {
     let start = rec.addr();
     // The common case, inlined: a small counted block into a free granule.
     if !exclusive && in_radix(start, rec.size()) && !rec.is_autofree() {
-        let mut g = lock();
+        let mut g = lock(s);
         if let Some(slot) = g.slot(start, true) {
             if slot.load() == 0 {
                 // SAFETY: the caller's contract.
-                g.fill(slot, unsafe { RecordRef::new_ref(rec) }.into_word());
+                g.fill(slot, unsafe { RecordRef::new_ref(rec, s) }.into_word());
                 return Ok(());
             }
         }
     }
     // SAFETY: the caller's contract.
-    unsafe { insert_slow(rec, exclusive) }
+    unsafe { insert_slow(rec, exclusive, s) }
 }
 
 /// Everything [`insert`]'s inlined case does not serve.
@@ -602,21 +609,22 @@ pub(crate) unsafe fn insert(rec: &Record, exclusive: bool) -> Result<()> {
 /// # Safety
 /// As for [`insert`].
 #[cold]
-unsafe fn insert_slow(rec: &Record, exclusive: bool) -> Result<()> {
+unsafe fn insert_slow(rec: &Record, exclusive: bool, s: Option<Serialized<'_>>) -> Result<()> {
     let mut lost = None;
     // SAFETY: the caller's contract.
     let r = insert_locked(
-        &mut lock(),
-        unsafe { RecordRef::new_ref(rec) },
+        &mut lock(s),
+        unsafe { RecordRef::new_ref(rec, s) },
         exclusive,
         &mut lost,
+        s,
     );
     // Outside the lock: ending its tracking entry may run Python code, and
     // so may dropping its record.
     if let Some((old, true)) = &lost {
         old.after_lost();
     }
-    drop(lost);
+    release(lost.map(|(old, _)| old), s);
     r
 }
 
@@ -627,6 +635,7 @@ fn insert_locked(
     rec: RecordRef,
     exclusive: bool,
     lost: &mut Option<(RecordRef, bool)>,
+    s: Option<Serialized<'_>>,
 ) -> Result<()> {
     let (start, size) = (rec.addr(), rec.size());
     if exclusive && (g.occupied(start) || g.occupied(end_of(start, size) - 1)) {
@@ -646,7 +655,7 @@ fn insert_locked(
             // SAFETY: listed, read under the lock.
             if cur != 0 && unsafe { record(cur) }.addr() == start {
                 g.clear(slot);
-                *lost = lose(cur);
+                *lost = lose(cur, s);
             }
             if small && slot.load() == 0 {
                 g.fill(slot, w);
@@ -661,7 +670,7 @@ fn insert_locked(
         if g.spans[i].start == start {
             if let Target::Record(w) = g.spans[i].target {
                 g.spans.remove(i);
-                *lost = lose(w);
+                *lost = lose(w, s);
             }
         }
     }
@@ -678,13 +687,21 @@ fn insert_locked(
 /// under the lock (a racing free must not return memory that is the new
 /// block's now); a reference to it for the rest of its ending.
 /// The flag says whether it was killed here (not found dead already).
-fn lose(w: usize) -> Option<(RecordRef, bool)> {
+fn lose(w: usize, s: Option<Serialized<'_>>) -> Option<(RecordRef, bool)> {
     // SAFETY: listed until now, so valid under the lock.
     let old = unsafe { record(w) };
-    let lost = old.lose();
+    let lost = old.lose(s);
     // SAFETY: as above.
     let r = take_count(w).or_else(|| unsafe { RecordRef::upgrade(old) });
     r.map(|r| (r, lost))
+}
+
+/// Drops the index's reference `r`, given back (outside the lock).
+#[inline(always)]
+fn release(r: Option<RecordRef>, s: Option<Serialized<'_>>) {
+    if let Some(r) = r {
+        r.release(s);
+    }
 }
 
 /// Whether a dead record is kept for read-back: only those of the lifelong
@@ -700,16 +717,16 @@ fn keeps(rec: &Record) -> bool {
 /// Unlists the block of `rec`, which died (freed, reallocated, released):
 /// its start is remembered as lately freed (see the module comment).
 #[inline(always)]
-pub(crate) fn remove_dead(rec: &Record) {
+pub(crate) fn remove_dead(rec: &Record, s: Option<Serialized<'_>>) {
     let evicted = {
-        let mut g = lock();
+        let mut g = lock(s);
         match g.remove_record(rec) {
             Some(r) if keeps(rec) => g.keep_freed(rec.addr(), r),
             r => r,
         }
     };
     // Outside the lock: dropping a record may run Python code.
-    drop(evicted);
+    release(evicted, s);
 }
 
 /// Remembers `rec`, which died without being listed at the time (its
@@ -717,41 +734,42 @@ pub(crate) fn remove_dead(rec: &Record) {
 ///
 /// # Safety
 /// As for [`insert`].
-pub(crate) unsafe fn keep_dead(rec: &Record) {
+pub(crate) unsafe fn keep_dead(rec: &Record, s: Option<Serialized<'_>>) {
     if !keeps(rec) {
         return;
     }
     // SAFETY: the caller's contract.
-    let r = unsafe { RecordRef::new_ref(rec) };
-    let evicted = lock().keep_freed(rec.addr(), r);
-    drop(evicted);
+    let r = unsafe { RecordRef::new_ref(rec, s) };
+    let evicted = lock(s).keep_freed(rec.addr(), r);
+    release(evicted, s);
 }
 
 /// Unlists the block of `rec`, which is still live but leaves rsalloc's
 /// hands (detached: C may free it), or is about to move (realloc).
-pub(crate) fn remove(rec: &Record) {
-    let r = lock().remove_record(rec);
-    drop(r);
+pub(crate) fn remove(rec: &Record, s: Option<Serialized<'_>>) {
+    let r = lock(s).remove_record(rec);
+    release(r, s);
 }
 
 /// The index stops counting `rec` (it became autofree: its last Python
 /// reference frees it), and unlists it when it drops.
-pub(crate) fn uncount(rec: &Record) {
-    let r = lock().uncount(rec);
-    drop(r);
+pub(crate) fn uncount(rec: &Record, s: Option<Serialized<'_>>) {
+    let r = lock(s).uncount(rec);
+    release(r, s);
 }
 
 /// The record of a block rsalloc freed lately whose start is `addr`, while
 /// its memory is still rsalloc's: kept in the block cache, or pinned by a
 /// buffer export. Memory given back to libc may be C's by now (an address
 /// C stores is then its own live block), and memory the cache hands out
-/// again is a live block the index finds first.
-pub fn lately_freed(addr: usize) -> Option<RecordRef> {
-    let g = lock();
+/// again is a live block the index finds first. Without the proof the
+/// cache is not asked (the synchronised path keeps no block in it).
+pub fn lately_freed(addr: usize, s: Option<Serialized<'_>>) -> Option<RecordRef> {
+    let g = lock(s);
     let w = g.freed_word(addr)?;
     // SAFETY: a kept word is counted: the record is valid.
     let rec = unsafe { record(w) };
-    let kept = || with_switch(|s| s.is_some_and(|s| block_cache::holds(s, addr, rec.size())));
+    let kept = || s.is_some_and(|s| block_cache::holds(s, addr, rec.size()));
     if rec.pins() == 0 && !kept() {
         return None;
     }
@@ -760,8 +778,13 @@ pub fn lately_freed(addr: usize) -> Option<RecordRef> {
 }
 
 /// Lists a chunk of a bump region.
-pub(crate) fn insert_chunk(region: Weak<dyn ChunkOwner>, start: usize, end: usize) -> Result<()> {
-    lock().insert_span(Span {
+pub(crate) fn insert_chunk(
+    region: Weak<dyn ChunkOwner>,
+    start: usize,
+    end: usize,
+    s: Option<Serialized<'_>>,
+) -> Result<()> {
+    lock(s).insert_span(Span {
         start,
         end,
         target: Target::Chunk(region),
@@ -769,8 +792,8 @@ pub(crate) fn insert_chunk(region: Weak<dyn ChunkOwner>, start: usize, end: usiz
 }
 
 /// Unlists the chunk starting at `start`.
-pub(crate) fn remove_chunk(start: usize) {
-    let mut g = lock();
+pub(crate) fn remove_chunk(start: usize, s: Option<Serialized<'_>>) {
+    let mut g = lock(s);
     if let Some(i) = g.span_at_or_below(start) {
         if g.spans[i].start == start && matches!(g.spans[i].target, Target::Chunk(_)) {
             let span = g.spans.remove(i);
@@ -782,9 +805,9 @@ pub(crate) fn remove_chunk(start: usize) {
 
 /// Forgets every lately freed block (their records are dropped): their
 /// starts read back as foreign memory from now on. Returns how many.
-pub fn forget_lately_freed() -> usize {
+pub fn forget_lately_freed(s: Option<Serialized<'_>>) -> usize {
     let kept: Vec<RecordRef> = {
-        let mut g = lock();
+        let mut g = lock(s);
         let mut kept = Vec::new();
         if kept.try_reserve(FREED_KEPT).is_err() {
             return 0;
@@ -803,7 +826,7 @@ pub fn forget_lately_freed() -> usize {
 
 /// Whether a live block contains `addr` (tests).
 pub fn is_indexed(addr: usize) -> bool {
-    lock().occupied(addr)
+    lock(None).occupied(addr)
 }
 
 #[cfg(test)]
@@ -897,15 +920,15 @@ mod tests {
         let m = malloc();
         for size in [0usize, 1, 16, 31, 64, 4096, 4097, 100_000] {
             let r = m
-                .allocate(array(size as i128, 1, 1, None).unwrap(), None)
+                .allocate(array(size as i128, 1, 1, None).unwrap(), None, None)
                 .unwrap();
             let last = r.addr() + size.max(1) - 1;
             for addr in [r.addr(), r.addr() + size / 2, last] {
-                let found = block(resolve(addr)).expect("resolves");
+                let found = block(resolve(addr, None)).expect("resolves");
                 assert!(RecordRef::ptr_eq(&found, &r), "size {size}");
             }
-            m.free(&r, r.addr()).unwrap();
-            assert!(block(resolve(r.addr())).is_none());
+            m.free(&r, r.addr(), None).unwrap();
+            assert!(block(resolve(r.addr(), None)).is_none());
             assert!(!is_indexed(last));
         }
     }
@@ -918,7 +941,7 @@ mod tests {
         let m = malloc();
         let mut st = State::new();
         let recs: Vec<_> = (0..7)
-            .map(|_| m.allocate(array(16, 1, 1, None).unwrap(), None).unwrap())
+            .map(|_| m.allocate(array(16, 1, 1, None).unwrap(), None, None).unwrap())
             .collect();
         // Starts 1 MiB apart share a set.
         let base = 0x7000_0000_0000usize;
@@ -951,23 +974,23 @@ mod tests {
             }
         }
         for r in &recs {
-            m.free(r, r.addr()).unwrap();
+            m.free(r, r.addr(), None).unwrap();
         }
     }
 
     #[test]
     fn adopting_an_address_inside_a_live_block_is_refused() {
         let m = malloc();
-        let r = m.allocate(array(64, 1, 1, None).unwrap(), None).unwrap();
+        let r = m.allocate(array(64, 1, 1, None).unwrap(), None, None).unwrap();
         for addr in [r.addr(), r.addr() + 8] {
-            let e = m.adopt(addr, array(8, 1, 1, None).unwrap()).unwrap_err();
+            let e = m.adopt(addr, array(8, 1, 1, None).unwrap(), None).unwrap_err();
             assert!(matches!(e, Error::Ownership(Ownership::AlreadyOwned)));
         }
         // Ending inside it counts too.
         let before = r.addr() - 8;
-        assert!(m.adopt(before, array(16, 1, 1, None).unwrap()).is_err());
+        assert!(m.adopt(before, array(16, 1, 1, None).unwrap(), None).is_err());
         assert_eq!(m.counters.snapshot().live_count, 1);
-        m.free(&r, r.addr()).unwrap();
+        m.free(&r, r.addr(), None).unwrap();
     }
 
     #[test]
@@ -979,26 +1002,26 @@ mod tests {
         let recs: Vec<_> = (0..4)
             .map(|i| {
                 other
-                    .adopt(base + 4 * i, array(4, 1, 1, None).unwrap())
+                    .adopt(base + 4 * i, array(4, 1, 1, None).unwrap(), None)
                     .unwrap()
             })
             .collect();
         for (i, r) in recs.iter().enumerate() {
             for off in 0..4 {
-                let f = block(resolve(base + 4 * i + off)).unwrap();
+                let f = block(resolve(base + 4 * i + off, None)).unwrap();
                 assert!(RecordRef::ptr_eq(&f, r));
             }
         }
         for r in &recs {
-            r.detach(r.addr()).unwrap();
+            r.detach(r.addr(), None).unwrap();
         }
-        assert!(resolve(base).is_none() && resolve(base + 12).is_none());
+        assert!(resolve(base, None).is_none() && resolve(base + 12, None).is_none());
     }
 
     #[test]
     fn a_libc_block_handed_out_again_displaces_the_record_that_lost_it() {
         let m = malloc();
-        let r = m.allocate(array(24, 1, 1, None).unwrap(), None).unwrap();
+        let r = m.allocate(array(24, 1, 1, None).unwrap(), None, None).unwrap();
         let addr = r.addr();
         // C frees the block behind rsalloc's back; libc hands it out again.
         // SAFETY: the test plays C freeing a live libc block behind rsalloc's
@@ -1006,7 +1029,7 @@ mod tests {
         unsafe { libc::free(std::ptr::with_exposed_provenance_mut::<libc::c_void>(addr)) };
         let mut again = Vec::new();
         let hit = loop {
-            let n = m.allocate(array(24, 1, 1, None).unwrap(), None).unwrap();
+            let n = m.allocate(array(24, 1, 1, None).unwrap(), None, None).unwrap();
             if n.addr() == addr {
                 break n;
             }
@@ -1018,11 +1041,11 @@ mod tests {
             crate::core::record::State::Dead(crate::core::error::Death::Freed)
         ));
         // The old owner's free frees nothing: the memory is the new block's.
-        assert!(matches!(m.free(&r, addr), Err(Error::DoubleFree(_))));
-        let f = block(resolve(addr)).unwrap();
+        assert!(matches!(m.free(&r, addr, None), Err(Error::DoubleFree(_))));
+        let f = block(resolve(addr, None)).unwrap();
         assert!(RecordRef::ptr_eq(&f, &hit));
         for n in again.iter().chain([&hit]) {
-            m.free(n, n.addr()).unwrap();
+            m.free(n, n.addr(), None).unwrap();
         }
         assert_eq!(m.counters.snapshot().live_count, 0);
     }
@@ -1040,22 +1063,23 @@ mod tests {
                             .allocate(
                                 array(((i * 7 + t) % 200) as i128, 1, 1, None).unwrap(),
                                 None,
+                                None,
                             )
                             .unwrap();
                         held.push(r);
                         if i % 2 == 1 {
                             let victim = held.swap_remove((i * 31) % held.len());
-                            m.free(&victim, victim.addr()).unwrap();
+                            m.free(&victim, victim.addr(), None).unwrap();
                         }
                         let probe = held[(i * 13) % held.len()].addr() + 1;
-                        if let Some(f) = block(resolve(probe)) {
+                        if let Some(f) = block(resolve(probe, None)) {
                             // Either a block of ours or another thread's: it
                             // holds the address and its record is intact.
                             assert!(f.addr() <= probe && probe <= f.addr() + f.size().max(1));
                         }
                     }
                     for r in held {
-                        m.free(&r, r.addr()).unwrap();
+                        m.free(&r, r.addr(), None).unwrap();
                     }
                 });
             }

@@ -23,6 +23,7 @@ use crate::core::error::{Error, Ownership};
 use crate::core::record::State;
 use crate::core::record_ref::RecordRef;
 use crate::core::region::{RegionRef, REGION_TAG};
+use crate::core::serial::Serialized;
 use std::mem::ManuallyDrop;
 use std::ptr::NonNull;
 
@@ -121,14 +122,15 @@ impl Owner {
     /// `free(p)` of the view at `addr`, through whoever owns it: the block's
     /// allocator group, a no-op check for a block an arena owns (its memory
     /// goes at the arena's release) or a region block, and an ownership
-    /// error for foreign memory.
-    pub fn free(&self, addr: usize) -> Result<(), Error> {
+    /// error for foreign memory. `s`: the caller's serialization proof
+    /// (None: the synchronised path), as the checks below take it.
+    pub fn free(&self, addr: usize, s: Option<Serialized<'_>>) -> Result<(), Error> {
         match self.get() {
             Owned::Block(rec) => match rec.arena() {
                 Some(id) => rec.check_freeable(rec.allocator().group, id, addr),
-                None => rec.free(rec.allocator().group, 0, addr),
+                None => rec.free(rec.allocator().group, 0, addr, s),
             },
-            Owned::Region(r) => r.free(addr),
+            Owned::Region(r) => r.free(addr, s),
             Owned::Dependent(_) => Err(Error::Ownership(Ownership::Dependent)),
             Owned::Unowned => Err(Error::Ownership(Ownership::Foreign)),
         }
@@ -137,43 +139,44 @@ impl Owner {
     /// The owner of another view of the same block; `same_start`: the view
     /// begins where this one does (only a view at a region block's start
     /// may free it).
+    /// `s`: the caller's serialization proof.
     #[inline]
-    pub fn view(&self, same_start: bool) -> Owner {
+    pub fn view(&self, same_start: bool, s: Option<Serialized<'_>>) -> Owner {
         match self.get() {
             Owned::Unowned => Owner::UNOWNED,
             Owned::Block(r) => Owner::block(r.clone()),
-            Owned::Region(r) => Owner::region(r.view(same_start)),
+            Owned::Region(r) => Owner::region(r.view(same_start, s)),
             Owned::Dependent(r) => Owner::dependent((*r).clone()),
         }
     }
 
     /// Ok when the memory a view at `addr` looks into may be accessed.
     #[inline]
-    pub fn check_access(&self, addr: usize) -> Result<(), Error> {
+    pub fn check_access(&self, addr: usize, s: Option<Serialized<'_>>) -> Result<(), Error> {
         match self.get() {
             Owned::Block(r) => r.check_access(),
             Owned::Dependent(r) => r.check_access(),
-            Owned::Region(r) => r.check_access(addr),
+            Owned::Region(r) => r.check_access(addr, s),
             Owned::Unowned => Ok(()),
         }
     }
 
     /// A buffer export of the view at `addr` begins: the memory stays until `unpin`.
-    pub fn pin(&self, addr: usize) -> Result<(), Error> {
+    pub fn pin(&self, addr: usize, s: Option<Serialized<'_>>) -> Result<(), Error> {
         match self.get() {
             Owned::Block(r) => r.pin(),
             Owned::Dependent(r) => r.pin(),
-            Owned::Region(r) => r.pin(addr),
+            Owned::Region(r) => r.pin(addr, s),
             Owned::Unowned => Ok(()),
         }
     }
 
     /// Ends a pin taken through this owner.
-    pub fn unpin(&self) {
+    pub fn unpin(&self, s: Option<Serialized<'_>>) {
         match self.get() {
-            Owned::Block(r) => r.unpin(),
-            Owned::Dependent(r) => r.unpin(),
-            Owned::Region(r) => r.unpin(),
+            Owned::Block(r) => r.unpin(s),
+            Owned::Dependent(r) => r.unpin(s),
+            Owned::Region(r) => r.unpin(s),
             Owned::Unowned => {}
         }
     }
@@ -220,7 +223,7 @@ impl Owner {
                 State::Live | State::Detached => return "live",
                 State::Dead(d) => d,
             },
-            Owned::Region(r) => match r.check_access(addr) {
+            Owned::Region(r) => match r.check_access(addr, None) {
                 Ok(()) => return "live",
                 Err(Error::UseAfterFree(d)) => d,
                 Err(_) => return "dead",
@@ -245,28 +248,45 @@ impl Owner {
 
 impl Clone for Owner {
     fn clone(&self) -> Self {
-        self.view(true)
+        self.view(true, None)
     }
 }
 
-impl Drop for Owner {
+impl Owner {
+    /// Drops this owner, as `drop` does; with the serialization proof `s`
+    /// its reference counts down without a read-modify-write (what a
+    /// Pointer's dealloc, which holds the GIL, does: `py::cpython`).
     #[inline]
-    fn drop(&mut self) {
-        let Some(w) = self.0 else {
+    pub fn release(mut self, s: Option<Serialized<'_>>) {
+        self.give_back(s);
+    }
+
+    #[inline]
+    fn give_back(&mut self, s: Option<Serialized<'_>>) {
+        let Some(w) = self.0.take() else {
             return;
         };
         // SAFETY: the pointer came from into_raw of the reference its tag
-        // names, and this owner gives it back once.
+        // names, and this owner gives it back once (the word is cleared).
         unsafe {
             let a = w.as_ptr().addr();
             if a & REGION_TAG != 0 {
-                drop(RegionRef::from_raw(w))
+                RegionRef::from_raw(w).release(s)
             } else if a & DEPENDENT_TAG != 0 {
-                drop(RecordRef::from_raw(untag(w)))
+                RecordRef::from_raw(untag(w)).release(s)
             } else {
-                drop(RecordRef::from_raw(w))
+                RecordRef::from_raw(w).release(s)
             }
         }
+    }
+}
+
+/// Without the proof: the synchronised path ([`Owner::release`] is the
+/// other one).
+impl Drop for Owner {
+    #[inline]
+    fn drop(&mut self) {
+        self.give_back(None);
     }
 }
 

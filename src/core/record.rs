@@ -11,6 +11,7 @@
 
 use super::alloc::{AllocCore, Backend, CoreRef, Libc};
 use super::error::{Death, Error, Ownership, Result};
+use super::serial::Serialized;
 use super::stats::Counters;
 use std::any::Any;
 use std::ptr::NonNull;
@@ -216,22 +217,22 @@ impl Record {
     }
 
     /// A buffer export ends; the last one out of a dead block returns its memory.
-    pub fn unpin(&self) {
+    pub fn unpin(&self, s: Option<Serialized<'_>>) {
         let prev = self.word.fetch_sub(PIN, AcqRel);
         debug_assert!(prev >= PIN, "unpin without pin");
         if prev >> PIN_SHIFT == 1 && is_dead(prev) {
             // Guard bytes were checked at the free, when an error could be raised.
-            let _ = self.return_memory();
+            let _ = self.return_memory(s);
         }
     }
 
-    pub(crate) fn return_memory(&self) -> Result<()> {
+    pub(crate) fn return_memory(&self, s: Option<Serialized<'_>>) -> Result<()> {
         if self.word.load(Acquire) & LOST != 0 {
             return Ok(()); // libc gave it to another block: not ours to return
         }
         super::observer::gone(self.addr());
         // SAFETY: called exactly once, by whoever saw the block dead with no pins.
-        unsafe { self.backend().free(self.addr, self.size, self.align()) }
+        unsafe { self.backend().free(self.addr, self.size, self.align(), s) }
     }
 
     /// The backend that made the block's memory: its allocator's, or libc's
@@ -286,7 +287,7 @@ impl Record {
     }
 
     /// An arena hands the block to its backing allocator (it stays live and counted there).
-    pub fn leave_arena(&self, arena: u64) -> Result<()> {
+    pub fn leave_arena(&self, arena: u64, s: Option<Serialized<'_>>) -> Result<()> {
         self.update(|w| {
             self.check_free(w, self.alloc.group, arena, self.addr())?;
             if w & IN_ARENA == 0 {
@@ -295,18 +296,18 @@ impl Record {
             Ok(w & !IN_ARENA)
         })?;
         if let Some(tag) = self.extra.arena() {
-            tag.counters.on_free(self.size);
+            tag.counters.on_free(self.size, s);
         }
         Ok(())
     }
 
     /// Stops counting the block: in its allocator, the process, and the arena
     /// that owned it when `word` was read.
-    fn count_free(&self, word: usize) {
-        self.alloc.count_free(self.size);
+    fn count_free(&self, word: usize, s: Option<Serialized<'_>>) {
+        self.alloc.count_free(self.size, s);
         if word & IN_ARENA != 0 {
             if let Some(tag) = self.extra.arena() {
-                tag.counters.on_free(self.size);
+                tag.counters.on_free(self.size, s);
             }
         }
     }
@@ -316,13 +317,13 @@ impl Record {
     /// freed, and no later free returns memory that is no longer its own.
     /// Only the state changes here (under the index's lock, racing a free);
     /// [`Record::after_lost`] does the rest. False when it was not live.
-    pub(crate) fn lose(&self) -> bool {
+    pub(crate) fn lose(&self, s: Option<Serialized<'_>>) -> bool {
         let mut cur = self.word.load(Acquire);
         while decode(cur) == State::Live {
             let lost = (cur & !STATE_MASK) | FREED | LOST;
             match self.word.compare_exchange_weak(cur, lost, AcqRel, Acquire) {
                 Ok(_) => {
-                    self.count_free(cur);
+                    self.count_free(cur, s);
                     return true;
                 }
                 Err(now) => cur = now,
@@ -563,17 +564,17 @@ mod tests {
     #[test]
     fn a_plain_block_has_an_empty_extra_word() {
         let m = AllocCore::new("m", LIBC_GROUP, false, Box::new(Libc));
-        let r = m.allocate(req(), None).unwrap();
+        let r = m.allocate(req(), None, None).unwrap();
         assert!(r.extra.is_empty());
         assert!(r.tracked().is_none() && r.arena_tag().is_none());
-        m.free(&r, r.addr()).unwrap();
+        m.free(&r, r.addr(), None).unwrap();
     }
 
     #[test]
     fn an_arena_block_keeps_its_arena_when_tracking_data_arrives() {
         let m = AllocCore::new("m", LIBC_GROUP, false, Box::new(Libc));
         let a = WrapArena::new(m.clone());
-        let r = a.allocate(req()).unwrap();
+        let r = a.allocate(req(), None).unwrap();
         assert_eq!(Arc::strong_count(&a.tag), 2, "the record holds one count");
         assert!(!r.extra.is_empty() && r.tracked().is_none());
         assert_eq!(r.arena(), Some(a.id()));
@@ -583,7 +584,7 @@ mod tests {
         assert_eq!(r.arena(), Some(a.id()));
         assert_eq!(Arc::strong_count(&a.tag), 2, "the count moved, not copied");
         // The arena still frees it; its counters still see it.
-        assert!(a.release(false, |_, _| {}));
+        assert!(a.release(false, None, |_, _| {}));
         assert_eq!(a.tag.counters.snapshot().live_count, 0);
         drop(r);
         assert_eq!(Arc::strong_count(&a.tag), 1);
@@ -594,8 +595,8 @@ mod tests {
         let m = AllocCore::new("m", LIBC_GROUP, false, Box::new(Libc));
         let a = WrapArena::new(m.clone());
         for round in 0..200 {
-            let plain = m.allocate(req(), None).unwrap();
-            let in_arena = a.allocate(req()).unwrap();
+            let plain = m.allocate(req(), None, None).unwrap();
+            let in_arena = a.allocate(req(), None).unwrap();
             for r in [&plain, &in_arena] {
                 let won: usize = std::thread::scope(|s| {
                     let hs: Vec<_> = (0..4)
@@ -608,9 +609,9 @@ mod tests {
             }
             assert_eq!(in_arena.arena(), Some(a.id()));
             assert_eq!(plain.arena(), None);
-            m.free(&plain, plain.addr()).unwrap();
+            m.free(&plain, plain.addr(), None).unwrap();
         }
-        a.release(false, |_, _| {});
+        a.release(false, None, |_, _| {});
         assert_eq!(
             Arc::strong_count(&a.tag),
             1,

@@ -7,14 +7,20 @@
 //!
 //! A record with its count is 48 bytes, and every live block has one. Under
 //! the GIL the binding has that memory come from CPython's small-object
-//! allocator (`serial::assume_serialized_with`), which has a 48-byte size
+//! allocator (`serial::use_record_memory`), which has a 48-byte size
 //! class and no header: glibc's `malloc` would take a 64-byte chunk.
 //! Elsewhere (free-threaded builds, the core alone) it is Rust's global
 //! allocator. Either way recent slots are reused first (`mod cache`).
+//!
+//! A caller with the serialization proof ([`Serialized`]) counts references
+//! with a plain load and store and reuses slots from one process-wide list;
+//! without it (a `Drop`, which has no caller to hand one down) counting is a
+//! read-modify-write. Who holds the proof drops a reference with
+//! [`RecordRef::release`].
 
 use super::error::{Error, Result};
 use super::record::Record;
-use super::serial::serialized;
+use super::serial::Serialized;
 use std::alloc::Layout;
 use std::mem::MaybeUninit;
 use std::ops::Deref;
@@ -34,13 +40,14 @@ const _: () = assert!(std::mem::size_of::<Inner>() == 48);
 pub struct RecordSlot(NonNull<MaybeUninit<Inner>>);
 
 impl RecordSlot {
-    /// Reserves a record's memory; OutOfMemory instead of an abort.
-    pub fn new() -> Result<Self> {
+    /// Reserves a record's memory; OutOfMemory instead of an abort. `s`:
+    /// the caller's serialization proof (None: the synchronised path).
+    pub fn new(s: Option<Serialized<'_>>) -> Result<Self> {
         #[cfg(any(test, feature = "testkit"))]
         if fault::should_fail() {
             return Err(Error::OutOfMemory(Layout::new::<Inner>().size()));
         }
-        if let Some(p) = cache::take() {
+        if let Some(p) = cache::take(s) {
             return Ok(RecordSlot(p));
         }
         cache::allocate()
@@ -65,8 +72,9 @@ impl RecordSlot {
 
 impl Drop for RecordSlot {
     fn drop(&mut self) {
-        // Never filled: back to the cache or the heap.
-        cache::give(self.0);
+        // Never filled (a failed allocation): back to the heap, or to this
+        // thread's cache.
+        cache::give(self.0, None);
     }
 }
 
@@ -154,13 +162,13 @@ impl RecordRef {
     /// # Safety
     /// `rec` lives in a record's shared memory (`RecordSlot::fill`), and
     /// the caller holds a reference to it.
-    pub(crate) unsafe fn new_ref(rec: &Record) -> Self {
+    pub(crate) unsafe fn new_ref(rec: &Record, s: Option<Serialized<'_>>) -> Self {
         let inner = Self::inner_of(rec);
         // SAFETY: the caller's contract; non-null.
         let r = RecordRef(unsafe { NonNull::new_unchecked(inner) });
         let strong = &r.inner().strong;
-        if serialized() {
-            // No other thread can count meanwhile (see `Drop`).
+        if s.is_some() {
+            // No other thread can count meanwhile (see `release`).
             strong.store(strong.load(Relaxed) + 1, Relaxed);
         } else {
             strong.fetch_add(1, Relaxed);
@@ -211,38 +219,49 @@ impl Clone for RecordRef {
     }
 }
 
+/// Without the proof: the synchronised path ([`RecordRef::release`] is the
+/// other one).
 impl Drop for RecordRef {
     #[inline]
     fn drop(&mut self) {
-        let strong = &self.inner().strong;
-        if serialized() {
-            // No other thread counts meanwhile, not even the index
-            // (`upgrade`): a load and a store, no read-modify-write. Acquire,
-            // as the fence in `last`: every use through dropped references
-            // happened before.
-            let n = strong.load(Acquire);
-            if n != 1 {
-                strong.store(n - 1, Relaxed);
-                return;
-            }
-        } else {
-            if strong.fetch_sub(1, Release) != 1 {
-                return;
-            }
-            // As Arc: every use through other references happens before the drop.
-            fence(Acquire);
+        if self.inner().strong.fetch_sub(1, Release) != 1 {
+            return;
         }
-        self.last();
+        // As Arc: every use through other references happens before the drop.
+        fence(Acquire);
+        self.last(None);
     }
 }
 
 impl RecordRef {
+    /// Drops this reference, as `drop` does; with the serialization proof
+    /// `s`, counting down is a load and a store, and the last reference's
+    /// slot goes to the process-wide list.
+    #[inline]
+    pub fn release(self, s: Option<Serialized<'_>>) {
+        if s.is_none() {
+            return drop(self);
+        }
+        let mut this = std::mem::ManuallyDrop::new(self);
+        let strong = &this.inner().strong;
+        // No other thread counts meanwhile, not even the index (`upgrade`):
+        // the proof's contract covers the callers without one too. Acquire,
+        // as the fence in `Drop`: every use through dropped references
+        // happened before.
+        let n = strong.load(Acquire);
+        if n != 1 {
+            strong.store(n - 1, Relaxed);
+            return;
+        }
+        this.last(s);
+    }
+
     /// The last reference went: the record drops and its memory is reused.
     #[inline(never)]
-    fn last(&mut self) {
+    fn last(&mut self, s: Option<Serialized<'_>>) {
         // SAFETY: the last reference; the memory came from RecordSlot::new.
         unsafe { std::ptr::drop_in_place(self.0.as_ptr()) };
-        cache::give(self.0.cast());
+        cache::give(self.0.cast(), s);
     }
 }
 
@@ -256,19 +275,20 @@ impl std::fmt::Debug for RecordRef {
 /// A record is allocated and freed with every block, and glibc's `malloc`
 /// and `free` of it cost about 130 instructions (callgrind). Per thread, so
 /// that no lock or atomic operation is needed, and emptied into the heap when
-/// the thread ends; one process-wide list instead once every caller is
-/// serialized ([`crate::core::serial`]), which saves the thread-local lookup
-/// (~35 instructions). Bounded: at most `CAP` slots per list.
+/// the thread ends; one process-wide list instead for a caller with the
+/// serialization proof, which saves the thread-local lookup (~35
+/// instructions). Bounded: at most `CAP` slots per list.
 ///
-/// "The heap" is Rust's global allocator, or in serialized mode the
-/// functions the binding gave (`serial::assume_serialized_with`: CPython's
-/// small-object allocator, where a 48-byte record costs 48 bytes, not a
-/// 64-byte glibc chunk). A slot always goes back where it came from: the
-/// functions are given before any slot exists, and serialized mode uses only
-/// the process-wide list, never a thread's.
+/// "The heap" is Rust's global allocator, or the functions the binding gave
+/// (`serial::use_record_memory`: CPython's small-object allocator, where a
+/// 48-byte record costs 48 bytes, not a 64-byte glibc chunk). A slot always
+/// goes back where it came from: the functions are given before any slot
+/// exists; their slots are kept only in the process-wide list, never in a
+/// thread's (which a thread's end empties, perhaps where the functions may
+/// not be called): without the proof they go straight back.
 mod cache {
     use super::Inner;
-    use crate::core::serial::{record_memory, serialized};
+    use crate::core::serial::{record_memory, Serialized};
     use std::alloc::{alloc, dealloc, Layout};
     use std::cell::UnsafeCell;
     use std::mem::MaybeUninit;
@@ -307,20 +327,21 @@ mod cache {
         static LOCAL: UnsafeCell<Cache> = const { UnsafeCell::new(Cache::new()) };
     }
 
-    /// The process-wide list of serialized mode.
+    /// The process-wide list, for callers with the proof.
     struct Shared(UnsafeCell<Cache>);
 
-    // SAFETY: only touched when `serialized()`, whose contract is that one
-    // outside lock covers every push and pop (neither calls out).
+    // SAFETY: only touched with a `Serialized` token, whose contract is that
+    // one outside lock covers every push and pop (neither calls out).
     unsafe impl Sync for Shared {}
 
     static SHARED: Shared = Shared(UnsafeCell::new(Cache::new()));
 
-    /// Runs `f` on the cache in use; None when this thread's is gone (the
-    /// thread is ending).
+    /// Runs `f` on the cache in use; None when there is none: this thread's
+    /// is gone (the thread is ending), or without `s` the slots come from
+    /// the binding's functions (see the module comment).
     #[inline]
-    fn with<R>(f: impl FnOnce(&mut Cache) -> R) -> Option<R> {
-        if serialized() {
+    fn with<R>(s: Option<Serialized<'_>>, f: impl FnOnce(&mut Cache) -> R) -> Option<R> {
+        if s.is_some() {
             // SAFETY: see `Shared`; `f` does not re-enter the cache.
             return Some(f(unsafe { &mut *SHARED.0.get() }));
         }
@@ -330,18 +351,22 @@ mod cache {
     /// Kept out of line: the serialized path stays small enough to inline.
     #[inline(never)]
     fn with_local<R>(f: impl FnOnce(&mut Cache) -> R) -> Option<R> {
+        if record_memory().is_some() {
+            return None;
+        }
         // SAFETY: this thread's cache; no reference to it outlives `f`,
         // which does not re-enter it.
         LOCAL.try_with(|c| f(unsafe { &mut *c.get() })).ok()
     }
 
     /// Memory for a slot from the heap, None when there is none: the
-    /// functions serialized mode was given, else Rust's global allocator.
+    /// functions the binding gave, else Rust's global allocator.
     pub(super) fn allocate() -> Option<Slot> {
         let layout = Layout::new::<Inner>();
         let p: *mut MaybeUninit<Inner> = match record_memory() {
             Some(m) => {
-                // SAFETY: serialized mode: under the outside lock `m` needs.
+                // SAFETY: `use_record_memory`'s contract: `m` may be called
+                // wherever a record is made.
                 let p = unsafe { (m.alloc)(layout.size()) }.cast::<MaybeUninit<Inner>>();
                 debug_assert!(p.is_aligned(), "record memory misaligned");
                 p
@@ -360,10 +385,11 @@ mod cache {
     }
 
     /// Gives a slot back to the heap it came from: the functions are given
-    /// before any slot exists and never change (`assume_serialized_with`).
+    /// before any slot exists and never change (`use_record_memory`).
     fn release(slot: Slot) {
         match record_memory() {
-            // SAFETY: `m.alloc` gave it; serialized mode: under the outside lock.
+            // SAFETY: `m.alloc` gave it; `use_record_memory`'s contract: `m`
+            // may be called wherever a record is dropped.
             Some(m) => unsafe { (m.free)(slot.as_ptr().cast()) },
             None => {
                 #[cfg(debug_assertions)]
@@ -376,8 +402,8 @@ mod cache {
 
     /// A slot from the cache, if it has one.
     #[inline]
-    pub(super) fn take() -> Option<Slot> {
-        with(|c| {
+    pub(super) fn take(s: Option<Serialized<'_>>) -> Option<Slot> {
+        with(s, |c| {
             c.len.checked_sub(1).map(|i| {
                 c.len = i;
                 // SAFETY: entries below the old `len` are initialised.
@@ -390,8 +416,8 @@ mod cache {
     /// Gives an unused slot back (to the heap when the cache is full or the
     /// thread is ending).
     #[inline]
-    pub(super) fn give(slot: Slot) {
-        let kept = with(|c| {
+    pub(super) fn give(slot: Slot, s: Option<Serialized<'_>>) {
+        let kept = with(s, |c| {
             if c.len == CAP {
                 return false;
             }
@@ -404,7 +430,7 @@ mod cache {
         }
     }
 
-    /// Slots in this thread's cache (tests never switch to serialized mode).
+    /// Slots in this thread's cache.
     #[cfg(test)]
     pub(super) fn len() -> usize {
         // SAFETY: the cell is this thread's; no reference to its contents is alive during the
@@ -463,7 +489,7 @@ mod tests {
         for shift in 0..=16 {
             let align = 1usize << shift;
             let r = a
-                .allocate(array(3, 8, 8, Some(align as u128)).unwrap(), None)
+                .allocate(array(3, 8, 8, Some(align as u128)).unwrap(), None, None)
                 .unwrap();
             assert_eq!(r.align(), align);
             assert_eq!(r.addr() % align, 0);
@@ -472,11 +498,11 @@ mod tests {
             }
             assert_eq!((r.align(), r.pins()), (align, 300));
             for _ in 0..300 {
-                r.unpin();
+                r.unpin(None);
             }
-            r.set_autofree().unwrap();
+            r.set_autofree(None).unwrap();
             assert_eq!(r.align(), align);
-            a.free(&r, r.addr()).unwrap();
+            a.free(&r, r.addr(), None).unwrap();
             assert_eq!(r.align(), align);
             assert_eq!(
                 r.state(),
@@ -490,23 +516,23 @@ mod tests {
         let a = AllocCore::new("malloc", LIBC_GROUP, false, Box::new(Libc));
         let req = array(8, 1, 1, None).unwrap();
         // Fill the cache past its capacity; the surplus goes to the heap.
-        let many: Vec<_> = (0..200).map(|_| a.allocate(req, None).unwrap()).collect();
+        let many: Vec<_> = (0..200).map(|_| a.allocate(req, None, None).unwrap()).collect();
         for r in &many {
-            a.free(r, r.addr()).unwrap();
+            a.free(r, r.addr(), None).unwrap();
         }
         drop(many);
         assert_eq!(cache::len(), 64);
-        let r = a.allocate(req, None).unwrap();
+        let r = a.allocate(req, None, None).unwrap();
         assert_eq!(cache::len(), 63);
         let inner = r.0;
-        a.free(&r, r.addr()).unwrap();
+        a.free(&r, r.addr(), None).unwrap();
         drop(r);
         assert_eq!(cache::len(), 64);
         // The slot just given back is the next one taken.
-        let r = a.allocate(req, None).unwrap();
+        let r = a.allocate(req, None, None).unwrap();
         assert_eq!(r.0, inner);
         assert_eq!(r.state(), crate::core::record::State::Live);
-        a.free(&r, r.addr()).unwrap();
+        a.free(&r, r.addr(), None).unwrap();
     }
 
     #[test]
@@ -516,10 +542,10 @@ mod tests {
         // would report a leak otherwise; here: no crash, no double free).
         let a = AllocCore::new("malloc", LIBC_GROUP, false, Box::new(Libc));
         let req = array(8, 1, 1, None).unwrap();
-        let recs: Vec<_> = (0..100).map(|_| a.allocate(req, None).unwrap()).collect();
+        let recs: Vec<_> = (0..100).map(|_| a.allocate(req, None, None).unwrap()).collect();
         std::thread::spawn(move || {
             for r in &recs {
-                a.free(r, r.addr()).unwrap();
+                a.free(r, r.addr(), None).unwrap();
             }
             drop(recs);
             assert_eq!(cache::len(), 64);

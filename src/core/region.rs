@@ -15,7 +15,7 @@ use super::budget::{self, OverLimit, Scope, UNLIMITED};
 use super::error::{Death, Error, Ownership, Result};
 use super::index::{self, ChunkOwner};
 use super::layout::{round_up, Request, MALLOC_ALIGN};
-use super::serial::{serialized, with_switch, SerialGuard, SerialMutex};
+use super::serial::{SerialGuard, SerialMutex, Serialized};
 use super::stats::{Snapshot, GLOBAL};
 use super::sys;
 use std::any::Any;
@@ -51,9 +51,15 @@ struct Chunk {
 unsafe impl Send for Chunk {}
 
 impl Chunk {
-    /// A chunk, listed in the index for `region`.
-    fn new(size: usize, align: usize, own: bool, region: &Weak<RegionCore>) -> Result<Chunk> {
-        let kept = with_switch(|s| s.and_then(|s| kept::take(s, size, align, own)));
+    /// A chunk, listed in the index for `region`; a kept one with the proof.
+    fn new(
+        size: usize,
+        align: usize,
+        own: bool,
+        region: &Weak<RegionCore>,
+        s: Option<Serialized<'_>>,
+    ) -> Result<Chunk> {
+        let kept = s.and_then(|s| kept::take(s, size, align, own));
         let c = match kept {
             Some(c) => c,
             None => sys::alloc(size, align, true).map(|ptr| Chunk {
@@ -63,7 +69,7 @@ impl Chunk {
                 own,
             })?,
         };
-        index::insert_chunk(region.clone() as Weak<dyn ChunkOwner>, c.start(), c.end())?;
+        index::insert_chunk(region.clone() as Weak<dyn ChunkOwner>, c.start(), c.end(), s)?;
         super::observer::made(c.start(), size);
         Ok(c)
     }
@@ -86,17 +92,42 @@ impl Chunk {
     }
 }
 
-impl Drop for Chunk {
-    fn drop(&mut self) {
+impl Chunk {
+    /// The chunk goes: kept for the next region when `s` proves the
+    /// outside lock held (and there is room), freed otherwise.
+    fn retire(mut self, s: Option<Serialized<'_>>) {
+        self.give_back(s);
+        let blocks = std::mem::take(&mut self.blocks);
+        std::mem::forget(self);
+        drop(blocks);
+    }
+
+    fn give_back(&mut self, s: Option<Serialized<'_>>) {
         // Unlisted before the memory goes (parked chunks were at release).
-        index::remove_chunk(self.start());
+        index::remove_chunk(self.start(), s);
         super::observer::gone(self.start());
-        if with_switch(|s| s.is_some_and(|s| kept::give(s, self))) {
+        if s.is_some_and(|s| kept::give(s, self)) {
             return;
         }
         // SAFETY: the chunk came from sys::alloc and nothing refers to it any
         // more: its generation is dead and no export pins it.
         unsafe { sys::free(self.ptr) }
+    }
+}
+
+/// Chunks given up without the proof (a region's last reference went):
+/// freed, never kept. A region's release hands its chunks to
+/// [`Chunk::retire`] with the caller's proof instead.
+impl Drop for Chunk {
+    fn drop(&mut self) {
+        self.give_back(None);
+    }
+}
+
+/// Ends every chunk of `chunks` (see [`Chunk::retire`]).
+fn end_all(chunks: Vec<Chunk>, s: Option<Serialized<'_>>) {
+    for c in chunks {
+        c.retire(s);
     }
 }
 
@@ -124,8 +155,8 @@ mod kept {
 
     fn kept(_serialized: Serialized<'_>) -> Option<&mut Vec<Chunk>> {
         // SAFETY: see `Kept`; no caller holds the reference across a call
-        // back into this module (a Chunk's drop, which calls `give`, runs
-        // only outside it: `give` forgets what it keeps).
+        // back into this module (a Chunk's retirement, which calls `give`, runs
+        // only outside it; a chunk dropped here is freed, not given).
         block_cache::enabled().then(|| unsafe { &mut *KEPT_CHUNKS.0.get() })
     }
 
@@ -138,7 +169,7 @@ mod kept {
         kept(s)?.pop()
     }
 
-    /// Keeps `c` (being dropped) if it is a shared first chunk and there is
+    /// Keeps `c` (ending) if it is a shared first chunk and there is
     /// room: true when kept, and the caller must not free it.
     pub fn give(s: Serialized<'_>, c: &mut Chunk) -> bool {
         if c.own || c.size != FIRST_CHUNK {
@@ -154,7 +185,7 @@ mod kept {
         // as anything was written (a reallocated block's copy included).
         let used = c.blocks.last().map_or(c.size, |b| b.1 as usize).min(c.size);
         // SAFETY: the chunk's first `used` bytes are its own, and nothing
-        // refers to them any more (its drop is under way).
+        // refers to them any more (it is ending).
         unsafe { std::ptr::write_bytes(c.ptr.as_ptr(), 0, used) };
         let mut blocks = std::mem::take(&mut c.blocks);
         blocks.clear();
@@ -171,7 +202,7 @@ mod kept {
     pub fn trim(s: Serialized<'_>) -> usize {
         kept(s).map_or(0, |list| {
             let n = list.len();
-            // Dropping them here would keep them again: free each directly.
+            // Not listed in the index (a drop would unlist them): free each directly.
             for mut c in list.drain(..) {
                 let ptr = c.ptr;
                 drop(std::mem::take(&mut c.blocks));
@@ -258,7 +289,13 @@ impl Inner {
     /// Inlined into the arena's entry point, as before blocks were listed:
     /// out of line it cost ~60 instructions a block (callgrind).
     #[inline(always)]
-    fn bump(&mut self, size: usize, align: usize, me: &Weak<RegionCore>) -> Result<usize> {
+    fn bump(
+        &mut self,
+        size: usize,
+        align: usize,
+        me: &Weak<RegionCore>,
+        s: Option<Serialized<'_>>,
+    ) -> Result<usize> {
         // Every block advances by at least a byte, so addresses are unique.
         let size = size.max(1);
         if let (Some(at), Some(i)) = (round_up(self.cur, align), self.bump) {
@@ -274,7 +311,7 @@ impl Inner {
                 return Ok(at);
             }
         }
-        self.grow(size, align, me)
+        self.grow(size, align, me, s)
     }
 
     #[cold]
@@ -283,19 +320,25 @@ impl Inner {
     }
 
     #[cold]
-    fn grow(&mut self, size: usize, align: usize, me: &Weak<RegionCore>) -> Result<usize> {
+    fn grow(
+        &mut self,
+        size: usize,
+        align: usize,
+        me: &Weak<RegionCore>,
+        s: Option<Serialized<'_>>,
+    ) -> Result<usize> {
         self.chunks
             .try_reserve(1)
             .map_err(|_| Error::OutOfMemory(size))?;
         if align > CHUNK_ALIGN_LIMIT || size > self.next_size / 2 {
             // A big block gets a chunk of its own: the bump chunk stays for
             // the small ones, and no chunk is mostly wasted padding.
-            let c = Chunk::new(size, align, true, me)?;
+            let c = Chunk::new(size, align, true, me, s)?;
             let at = c.start();
             self.chunks.push(c);
             return Ok(at);
         }
-        let mut c = Chunk::new(self.next_size, align.max(MALLOC_ALIGN), false, me)?;
+        let mut c = Chunk::new(self.next_size, align.max(MALLOC_ALIGN), false, me, s)?;
         c.blocks
             .try_reserve(16)
             .map_err(|_| Error::OutOfMemory(size))?;
@@ -328,7 +371,7 @@ impl Inner {
         if budget::process_limited() {
             let limit = budget::process_max();
             GLOBAL
-                .reserve(n as u64, replaces as u64, limit)
+                .reserve(n as u64, replaces as u64, limit, None)
                 .map_err(|live| {
                     Error::OverLimit(OverLimit {
                         scope: Scope::Process,
@@ -346,7 +389,7 @@ impl Inner {
     #[cold]
     fn uncharge(&self, charged: bool, n: usize) {
         if charged {
-            GLOBAL.unreserve(n as u64);
+            GLOBAL.unreserve(n as u64, None);
         }
     }
 
@@ -359,9 +402,10 @@ impl Inner {
         align: usize,
         replaces: usize,
         me: &Weak<RegionCore>,
+        s: Option<Serialized<'_>>,
     ) -> Result<(usize, bool)> {
         let charged = self.charge(size, replaces)?;
-        match self.bump(size, align, me) {
+        match self.bump(size, align, me, s) {
             Ok(at) => Ok((at, charged)),
             Err(e) => {
                 self.uncharge(charged, size);
@@ -370,25 +414,25 @@ impl Inner {
         }
     }
 
-    fn count_alloc(&mut self, size: usize, charged: bool) {
+    fn count_alloc(&mut self, size: usize, charged: bool, s: Option<Serialized<'_>>) {
         self.count += 1;
         self.total_allocs += 1;
         self.bytes += size;
         self.peak_bytes = self.peak_bytes.max(self.bytes);
         if charged {
             // A realloc counts its old block free first: nothing to credit.
-            GLOBAL.on_alloc_reserved();
+            GLOBAL.on_alloc_reserved(None);
             GLOBAL.raise_peak(0, budget::process_max());
         } else {
-            GLOBAL.on_alloc(size);
+            GLOBAL.on_alloc(size, s);
         }
     }
 
-    fn count_free(&mut self, count: u64, bytes: usize) {
+    fn count_free(&mut self, count: u64, bytes: usize, s: Option<Serialized<'_>>) {
         self.count -= count;
         self.total_frees += count;
         self.bytes -= bytes;
-        GLOBAL.on_free_many(count, bytes);
+        GLOBAL.on_free_many(count, bytes, s);
     }
 
     /// Parks chunks that exports still look into; they go back at the last unpin.
@@ -426,8 +470,10 @@ impl RegionCore {
         })
     }
 
-    fn lock(&self) -> SerialGuard<'_, Inner> {
-        self.inner.lock()
+    /// The region's state, locked unless `s` proves the outside lock held;
+    /// every operation here takes the caller's proof (None: it locks).
+    fn lock(&self, s: Option<Serialized<'_>>) -> SerialGuard<'_, Inner> {
+        self.inner.lock(s)
     }
 
     /// Whether the region was released for good (closed).
@@ -439,28 +485,28 @@ impl RegionCore {
     /// Inlined into the arena's entry point (through [`Anchor::allocate`]):
     /// its stack frame and calls cost more than its work.
     #[inline(always)]
-    pub fn allocate(&self, req: Request) -> Result<(usize, u64)> {
-        let mut g = self.lock();
+    pub fn allocate(&self, req: Request, s: Option<Serialized<'_>>) -> Result<(usize, u64)> {
+        let mut g = self.lock(s);
         let state = self.state.load(Relaxed);
         if state & CLOSED != 0 {
             return Err(Error::ArenaClosed);
         }
-        let (at, charged) = g.bump_charged(req.size, req.align, 0, &self.me)?;
+        let (at, charged) = g.bump_charged(req.size, req.align, 0, &self.me, s)?;
         // Counted under the lock so that a racing release never sees (and
         // un-counts) an allocation before it was counted.
-        g.count_alloc(req.size, charged);
+        g.count_alloc(req.size, charged, s);
         Ok((at, state))
     }
 
     /// Ok when a view at `addr` of a block handed out with `token` may be
     /// accessed.
     #[inline]
-    pub fn check(&self, token: u64, addr: usize) -> Result<()> {
+    pub fn check(&self, token: u64, addr: usize, s: Option<Serialized<'_>>) -> Result<()> {
         if self.state.load(Acquire) != token {
             return Err(Error::UseAfterFree(Death::Released));
         }
         if self.dead_count.load(Acquire) != 0 {
-            return self.check_locked(&self.lock(), token, addr);
+            return self.check_locked(&self.lock(s), token, addr);
         }
         Ok(())
     }
@@ -481,17 +527,17 @@ impl RegionCore {
 
     /// A buffer export of a live block begins: the region's chunks stay
     /// until [`RegionCore::unpin`].
-    pub fn pin(&self, token: u64, addr: usize) -> Result<()> {
-        let mut g = self.lock();
+    pub fn pin(&self, token: u64, addr: usize, s: Option<Serialized<'_>>) -> Result<()> {
+        let mut g = self.lock(s);
         self.check_locked(&g, token, addr)?;
         g.pins += 1;
         Ok(())
     }
 
     /// A buffer export ends; the last one returns the parked chunks.
-    pub fn unpin(&self) {
+    pub fn unpin(&self, s: Option<Serialized<'_>>) {
         let parked = {
-            let mut g = self.lock();
+            let mut g = self.lock(s);
             debug_assert!(g.pins > 0, "unpin without pin");
             g.pins = g.pins.saturating_sub(1);
             if g.pins == 0 {
@@ -500,7 +546,7 @@ impl RegionCore {
                 Vec::new()
             }
         };
-        drop(parked);
+        end_all(parked, s);
     }
 
     /// A copy of the block at `base` (`old` bytes, token `token`) in a new
@@ -512,13 +558,14 @@ impl RegionCore {
         base: usize,
         old: usize,
         req: Request,
+        s: Option<Serialized<'_>>,
     ) -> Result<(usize, u64)> {
-        let mut g = self.lock();
+        let mut g = self.lock(s);
         self.check_locked(&g, token, base)?;
         g.dead
             .try_reserve(1)
             .map_err(|_| Error::OutOfMemory(req.size))?;
-        let (at, charged) = g.bump_charged(req.size, req.align, old, &self.me)?;
+        let (at, charged) = g.bump_charged(req.size, req.align, old, &self.me, s)?;
         // SAFETY: both blocks are live in this region and distinct (bump
         // memory is never handed out twice); each holds min(old, new) bytes.
         unsafe {
@@ -533,8 +580,8 @@ impl RegionCore {
         g.dead.insert(i, (base, base + old.max(1)));
         self.dead_count.store(g.dead.len(), Release);
         // The old block first: the live bytes never count both.
-        g.count_free(1, old);
-        g.count_alloc(req.size, charged);
+        g.count_free(1, old, s);
+        g.count_alloc(req.size, charged, s);
         Ok((at, token))
     }
 
@@ -543,8 +590,8 @@ impl RegionCore {
     /// the bump chunk is kept, re-zeroed, for the next generation, and the
     /// region stays open; otherwise it is closed for good. Returns false when
     /// the region was already closed (nothing to do).
-    pub fn release(&self, reuse: bool) -> bool {
-        let mut g = self.lock();
+    pub fn release(&self, reuse: bool, s: Option<Serialized<'_>>) -> bool {
+        let mut g = self.lock(s);
         let state = self.state.load(Relaxed);
         if state & CLOSED != 0 {
             return false;
@@ -552,7 +599,7 @@ impl RegionCore {
         let next = (state & !CLOSED).wrapping_add(GENERATION) | if reuse { 0 } else { CLOSED };
         self.state.store(next, Release);
         let (count, bytes) = (g.count, g.bytes);
-        g.count_free(count, bytes);
+        g.count_free(count, bytes, s);
         g.dead.clear();
         self.dead_count.store(0, Release);
         let mut chunks = std::mem::take(&mut g.chunks);
@@ -563,7 +610,7 @@ impl RegionCore {
             // Exports look into these chunks: none can be reused or freed
             // yet, and none holds a live block.
             for c in &chunks {
-                index::remove_chunk(c.start());
+                index::remove_chunk(c.start(), s);
             }
             g.park(chunks);
             return true;
@@ -584,20 +631,20 @@ impl RegionCore {
             }
         }
         drop(g);
-        drop(chunks);
+        end_all(chunks, s);
         true
     }
 
     /// The cap on the region's live bytes, if any.
     pub fn limit(&self) -> Option<u64> {
-        budget::as_option(self.lock().limit)
+        budget::as_option(self.lock(None).limit)
     }
 
     /// The live block of this region holding `addr` (an address read back
     /// from memory, found in one of its chunks by the index): its start,
     /// end, and the token of the generation it belongs to.
-    pub fn block_at(&self, addr: usize) -> Option<(usize, usize, u64)> {
-        let g = self.lock();
+    pub fn block_at(&self, addr: usize, s: Option<Serialized<'_>>) -> Option<(usize, usize, u64)> {
+        let g = self.lock(s);
         let state = self.state.load(Relaxed);
         if state & CLOSED != 0 {
             return None;
@@ -612,7 +659,7 @@ impl RegionCore {
 
     /// The region's counters (exact: taken under the lock).
     pub fn snapshot(&self) -> Snapshot {
-        let g = self.lock();
+        let g = self.lock(None);
         Snapshot {
             live_count: g.count,
             live_bytes: g.bytes as u64,
@@ -624,7 +671,7 @@ impl RegionCore {
 
     /// The counts `repr(arena)` shows.
     pub fn usage(&self) -> Usage {
-        let g = self.lock();
+        let g = self.lock(None);
         Usage {
             count: g.count,
             bytes: g.bytes,
@@ -650,8 +697,8 @@ impl std::fmt::Debug for RegionCore {
 /// region holds a [`RegionRef`] to one; a release starts a new generation,
 /// so an arena makes a few of these in its life, not one per block.
 struct Generation {
-    /// References to this generation; in serialized mode ([`crate::core::serial`])
-    /// counted with a plain load and store.
+    /// References to this generation; by a caller with the serialization
+    /// proof ([`Serialized`]) counted with a plain load and store.
     refs: AtomicUsize,
     token: u64,
     region: Arc<RegionCore>,
@@ -677,10 +724,10 @@ const TAGS: usize = REGION_TAG | START;
 pub struct RegionRef(NonNull<u8>);
 
 // SAFETY: as Arc<Generation>: the generation is immutable but for its count,
-// which is atomic unless every caller is serialized.
+// which is atomic but for callers with the serialization proof.
 unsafe impl Send for RegionRef {}
 // SAFETY: as for `Send`: shared access reads the immutable generation or counts atomically
-// (serialized mode: under the outside lock).
+// (with the serialization proof: under the outside lock).
 unsafe impl Sync for RegionRef {}
 
 impl RegionRef {
@@ -755,16 +802,17 @@ impl RegionRef {
         self.0.as_ptr().addr() & START != 0
     }
 
-    /// Another reference, for a view at `same_start` (false: inside the block).
+    /// Another reference, for a view at `same_start` (false: inside the
+    /// block); `s`: the caller's serialization proof.
     #[inline]
-    pub fn view(&self, same_start: bool) -> Self {
+    pub fn view(&self, same_start: bool, s: Option<Serialized<'_>>) -> Self {
         let p = self.0.as_ptr();
         let p = if same_start {
             p
         } else {
             p.map_addr(|a| a & !START)
         };
-        self.add_ref();
+        self.add_ref(s);
         // SAFETY: this reference's pointer, perhaps without START: non-null
         // (the generation's address has no tag bits).
         RegionRef(unsafe { NonNull::new_unchecked(p) })
@@ -786,16 +834,16 @@ impl RegionRef {
     /// Dropping this reference only counts down: other references to its
     /// generation remain (the arena holds the current one), or someone else
     /// holds the region, so nothing else is dropped. Exact when no other
-    /// thread drops references meanwhile (serialized mode).
+    /// thread drops references meanwhile (under the GIL).
     pub fn drops_to_a_count(&self) -> bool {
         let g = self.generation();
         g.refs.load(Acquire) > 1 || Arc::strong_count(&g.region) > 1
     }
 
     #[inline]
-    fn add_ref(&self) {
+    fn add_ref(&self, s: Option<Serialized<'_>>) {
         let refs = &self.generation().refs;
-        if serialized() {
+        if s.is_some() {
             refs.store(refs.load(Relaxed) + 1, Relaxed);
         } else {
             // Relaxed, as Arc: a new reference is made from an existing one.
@@ -805,26 +853,26 @@ impl RegionRef {
 
     #[inline]
     /// Ok when the block at `addr` of this generation is live.
-    pub fn check_access(&self, addr: usize) -> Result<()> {
+    pub fn check_access(&self, addr: usize, s: Option<Serialized<'_>>) -> Result<()> {
         let g = self.generation();
-        g.region.check(g.token, addr)
+        g.region.check(g.token, addr, s)
     }
     /// Pins the block at `addr` (a buffer export): its chunk stays mapped until
     /// [`RegionRef::unpin`].
-    pub fn pin(&self, addr: usize) -> Result<()> {
+    pub fn pin(&self, addr: usize, s: Option<Serialized<'_>>) -> Result<()> {
         let g = self.generation();
-        g.region.pin(g.token, addr)
+        g.region.pin(g.token, addr, s)
     }
     /// Ends a pin of [`RegionRef::pin`].
-    pub fn unpin(&self) {
-        self.region().unpin()
+    pub fn unpin(&self, s: Option<Serialized<'_>>) {
+        self.region().unpin(s)
     }
 
     /// `free(p)` of a region block, viewed at `addr`: a no-op for a live
     /// block viewed at its start (its memory goes with its generation); a
     /// dead one is a double free, an interior view an ownership error.
-    pub fn free(&self, addr: usize) -> Result<()> {
-        self.check_access(addr).map_err(|e| match e {
+    pub fn free(&self, addr: usize, s: Option<Serialized<'_>>) -> Result<()> {
+        self.check_access(addr, s).map_err(|e| match e {
             Error::UseAfterFree(d) => Error::DoubleFree(d),
             e => e,
         })?;
@@ -837,15 +885,25 @@ impl RegionRef {
 
 impl Clone for RegionRef {
     fn clone(&self) -> Self {
-        self.view(true)
+        self.view(true, None)
     }
 }
 
-impl Drop for RegionRef {
+impl RegionRef {
+    /// Drops this reference, as `drop` does; with the serialization proof
+    /// `s`, counting down is a load and a store.
     #[inline]
-    fn drop(&mut self) {
+    pub fn release(self, s: Option<Serialized<'_>>) {
+        let mut this = std::mem::ManuallyDrop::new(self);
+        this.count_down(s);
+    }
+
+    #[inline]
+    fn count_down(&mut self, s: Option<Serialized<'_>>) {
         let g = self.generation();
-        let last = if serialized() {
+        let last = if s.is_some() {
+            // The proof's contract covers the callers without one too: no
+            // other thread counts meanwhile.
             let n = g.refs.load(Relaxed) - 1;
             g.refs.store(n, Relaxed);
             n == 0
@@ -865,6 +923,15 @@ impl Drop for RegionRef {
                 std::alloc::dealloc(p.cast(), std::alloc::Layout::new::<Generation>());
             }
         }
+    }
+}
+
+/// Without the proof: the synchronised path ([`RegionRef::release`] is the
+/// other one).
+impl Drop for RegionRef {
+    #[inline]
+    fn drop(&mut self) {
+        self.count_down(None);
     }
 }
 
@@ -892,8 +959,10 @@ pub struct Anchor {
 impl Drop for Anchor {
     /// The arena is gone: its blocks die and stop being counted (memory
     /// pinned by exports goes back at the last unpin, as at any release).
+    /// Without the proof: the owner that has it releases first
+    /// (`RegionCore::release`), and this one finds nothing left to do.
     fn drop(&mut self) {
-        self.region.release(false);
+        self.region.release(false, None);
     }
 }
 
@@ -915,10 +984,10 @@ impl Anchor {
 
     /// A reference for a block handed out with `token`, starting the block.
     #[inline(always)]
-    fn reference(&self, token: u64) -> Result<RegionRef> {
-        let mut cur = self.current.lock();
+    fn reference(&self, token: u64, s: Option<Serialized<'_>>) -> Result<RegionRef> {
+        let mut cur = self.current.lock(s);
         let r = if cur.token() == token {
-            cur.view(true)
+            cur.view(true, s)
         } else {
             let fresh = RegionRef::new_generation(&self.region, token)?;
             // Tokens only grow: a block handed out before a racing release
@@ -936,9 +1005,9 @@ impl Anchor {
     /// allocation was before the anchor existed (callgrind, with
     /// `RegionCore::allocate` inlined too: 441 -> 388 instructions per block).
     #[inline(always)]
-    pub fn allocate(&self, req: Request) -> Result<(usize, RegionRef)> {
-        let (at, token) = self.region.allocate(req)?;
-        Ok((at, self.reference(token)?))
+    pub fn allocate(&self, req: Request, s: Option<Serialized<'_>>) -> Result<(usize, RegionRef)> {
+        let (at, token) = self.region.allocate(req, s)?;
+        Ok((at, self.reference(token, s)?))
     }
 
     /// [`RegionCore::realloc`] of the block that `r` (a view at its start,
@@ -949,16 +1018,17 @@ impl Anchor {
         base: usize,
         old: usize,
         req: Request,
+        s: Option<Serialized<'_>>,
     ) -> Result<(usize, RegionRef)> {
         debug_assert!(r.is_start() && r.is_in(&self.region));
-        let (at, token) = self.region.realloc(r.token(), base, old, req)?;
-        Ok((at, self.reference(token)?))
+        let (at, token) = self.region.realloc(r.token(), base, old, req, s)?;
+        Ok((at, self.reference(token, s)?))
     }
 }
 
 impl ChunkOwner for RegionCore {
-    fn block_at(&self, addr: usize) -> Option<(usize, usize, u64)> {
-        RegionCore::block_at(self, addr)
+    fn block_at(&self, addr: usize, s: Option<Serialized<'_>>) -> Option<(usize, usize, u64)> {
+        RegionCore::block_at(self, addr, s)
     }
     fn into_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync> {
         self
@@ -987,8 +1057,8 @@ mod tests {
         let weak = Arc::downgrade(&arc);
         let anchor = Anchor::new(arc.clone()).unwrap();
         drop(arc);
-        let (at, a) = anchor.allocate(req(8, 8)).unwrap();
-        let (_, b) = anchor.allocate(req(8, 8)).unwrap();
+        let (at, a) = anchor.allocate(req(8, 8), None).unwrap();
+        let (_, b) = anchor.allocate(req(8, 8), None).unwrap();
         let region = anchor.region().clone();
         assert_eq!(
             Arc::strong_count(&region),
@@ -1000,8 +1070,8 @@ mod tests {
             "one generation object"
         );
         assert!(a.is_start() && a.is_in(&region) && a.drops_to_a_count());
-        let inner = a.view(false);
-        assert!(!inner.is_start() && a.view(true).is_start());
+        let inner = a.view(false, None);
+        assert!(!inner.is_start() && a.view(true, None).is_start());
         drop(region);
         drop(anchor);
         assert!(a.drops_to_a_count(), "other references remain");
@@ -1009,7 +1079,7 @@ mod tests {
         assert!(!a.drops_to_a_count(), "the last reference frees the region");
         assert!(
             matches!(
-                a.check_access(at),
+                a.check_access(at, None),
                 Err(Error::UseAfterFree(Death::Released))
             ),
             "dropping the arena released its blocks"
@@ -1022,21 +1092,21 @@ mod tests {
     #[test]
     fn a_release_starts_a_new_generation_object() {
         let anchor = Anchor::new(RegionCore::new()).unwrap();
-        let (at, old) = anchor.allocate(req(8, 8)).unwrap();
-        assert!(anchor.region().release(true));
+        let (at, old) = anchor.allocate(req(8, 8), None).unwrap();
+        assert!(anchor.region().release(true, None));
         assert!(matches!(
-            old.check_access(at),
+            old.check_access(at, None),
             Err(Error::UseAfterFree(Death::Released))
         ));
-        let (at2, new) = anchor.allocate(req(8, 8)).unwrap();
+        let (at2, new) = anchor.allocate(req(8, 8), None).unwrap();
         assert!(!std::ptr::eq(old.generation(), new.generation()));
         assert_ne!(old.token(), new.token());
-        assert!(new.check_access(at2).is_ok());
-        let (_, newer) = anchor.allocate(req(8, 8)).unwrap();
+        assert!(new.check_access(at2, None).is_ok());
+        let (_, newer) = anchor.allocate(req(8, 8), None).unwrap();
         assert!(std::ptr::eq(new.generation(), newer.generation()));
         // The old generation lives on in its last reference only.
         assert!(!std::ptr::eq(
-            anchor.current.lock().generation(),
+            anchor.current.lock(None).generation(),
             old.generation()
         ));
         assert_eq!(old.generation().refs.load(Relaxed), 1);
@@ -1046,18 +1116,18 @@ mod tests {
     fn references_counted_from_many_threads_balance() {
         let anchor = Anchor::new(RegionCore::new()).unwrap();
         let weak = Arc::downgrade(anchor.region());
-        let (at, first) = anchor.allocate(req(8, 8)).unwrap();
+        let (at, first) = anchor.allocate(req(8, 8), None).unwrap();
         std::thread::scope(|s| {
             for _ in 0..4 {
                 let (anchor, first) = (&anchor, &first);
                 s.spawn(move || {
                     for i in 0..10_000 {
                         let (a, r) = if i % 2 == 0 {
-                            (at, first.view(i % 4 == 0))
+                            (at, first.view(i % 4 == 0, None))
                         } else {
-                            anchor.allocate(req(8, 8)).unwrap()
+                            anchor.allocate(req(8, 8), None).unwrap()
                         };
-                        assert!(r.check_access(a).is_ok());
+                        assert!(r.check_access(a, None).is_ok());
                     }
                 });
             }
@@ -1075,23 +1145,23 @@ mod tests {
     #[test]
     fn a_reallocated_block_is_dead_across_its_range_only() {
         let r = RegionCore::new();
-        let (a, t) = r.allocate(req(16, 8)).unwrap();
-        let (after, _) = r.allocate(req(8, 8)).unwrap();
-        let (zero, _) = r.allocate(req(0, 1)).unwrap();
-        let (b, t2) = r.realloc(t, a, 16, req(32, 8)).unwrap();
+        let (a, t) = r.allocate(req(16, 8), None).unwrap();
+        let (after, _) = r.allocate(req(8, 8), None).unwrap();
+        let (zero, _) = r.allocate(req(0, 1), None).unwrap();
+        let (b, t2) = r.realloc(t, a, 16, req(32, 8), None).unwrap();
         for addr in [a, a + 1, a + 15] {
             assert!(matches!(
-                r.check(t, addr),
+                r.check(t, addr, None),
                 Err(Error::UseAfterFree(Death::Reallocated))
             ));
-            assert!(r.pin(t, addr).is_err());
+            assert!(r.pin(t, addr, None).is_err());
         }
-        assert!(r.check(t, after).is_ok() && r.check(t2, b).is_ok());
+        assert!(r.check(t, after, None).is_ok() && r.check(t2, b, None).is_ok());
         // A block of no bytes takes one: its start is dead after a realloc.
-        r.realloc(t, zero, 0, req(4, 1)).unwrap();
-        assert!(r.check(t, zero).is_err());
-        assert!(r.check(t, after).is_ok());
-        r.release(false);
+        r.realloc(t, zero, 0, req(4, 1), None).unwrap();
+        assert!(r.check(t, zero, None).is_err());
+        assert!(r.check(t, after, None).is_ok());
+        r.release(false, None);
     }
 
     fn req(size: usize, align: usize) -> Request {
@@ -1109,10 +1179,10 @@ mod tests {
     fn addresses_find_their_block_through_the_index() {
         use crate::core::index::{resolve, Found};
         let r = RegionCore::new();
-        let (a, t) = r.allocate(req(10, 1)).unwrap();
-        let (b, _) = r.allocate(req(3, 8)).unwrap();
-        let (big, _) = r.allocate(req(3 * MAX_CHUNK, 8)).unwrap();
-        let (zero, _) = r.allocate(req(0, 1)).unwrap();
+        let (a, t) = r.allocate(req(10, 1), None).unwrap();
+        let (b, _) = r.allocate(req(3, 8), None).unwrap();
+        let (big, _) = r.allocate(req(3 * MAX_CHUNK, 8), None).unwrap();
+        let (zero, _) = r.allocate(req(0, 1), None).unwrap();
         for (addr, want) in [
             (a, (a, a + 10)),
             (a + 9, (a, a + 10)),
@@ -1120,21 +1190,21 @@ mod tests {
             (big + MAX_CHUNK, (big, big + 3 * MAX_CHUNK)),
             (zero, (zero, zero + 1)),
         ] {
-            let Some(Found::Chunk(owner)) = resolve(addr) else {
+            let Some(Found::Chunk(owner)) = resolve(addr, None) else {
                 panic!("{addr:#x} not found");
             };
             assert!(Arc::ptr_eq(&RegionCore::of_chunk_owner(owner), &r));
-            assert_eq!(r.block_at(addr), Some((want.0, want.1, t)));
+            assert_eq!(r.block_at(addr, None), Some((want.0, want.1, t)));
         }
         // Padding between blocks belongs to no block.
         if b > a + 10 {
-            assert_eq!(r.block_at(a + 10), None);
+            assert_eq!(r.block_at(a + 10, None), None);
         }
-        r.release(true);
-        assert!(resolve(big).is_none(), "released chunks leave the index");
-        assert!(r.block_at(a).is_none(), "the kept chunk holds no block");
-        r.release(false);
-        assert!(resolve(a).is_none());
+        r.release(true, None);
+        assert!(resolve(big, None).is_none(), "released chunks leave the index");
+        assert!(r.block_at(a, None).is_none(), "the kept chunk holds no block");
+        r.release(false, None);
+        assert!(resolve(a, None).is_none());
     }
 
     #[test]
@@ -1142,7 +1212,7 @@ mod tests {
         let r = RegionCore::new();
         for align in [1, 2, 8, 16, 64, 256, 4096, 8192, 1 << 16] {
             for size in [0, 1, 3, 100, 5000] {
-                let (at, _) = r.allocate(req(size, align)).unwrap();
+                let (at, _) = r.allocate(req(size, align), None).unwrap();
                 assert_eq!(at % align, 0, "align {align} size {size}");
                 assert!(zeroed(at, size));
                 // SAFETY: `at` is the live `size`-byte block just allocated.
@@ -1155,30 +1225,30 @@ mod tests {
                 };
             }
         }
-        r.release(false);
+        r.release(false, None);
     }
 
     #[test]
     fn chunks_grow_geometrically_and_big_requests_get_their_own() {
         let r = RegionCore::new();
-        r.allocate(req(16, 8)).unwrap();
+        r.allocate(req(16, 8), None).unwrap();
         assert_eq!((r.usage().chunks, r.usage().reserved), (1, FIRST_CHUNK));
         // Fill the first chunk: the next one is twice as big.
         for _ in 0..FIRST_CHUNK / 16 {
-            r.allocate(req(16, 8)).unwrap();
+            r.allocate(req(16, 8), None).unwrap();
         }
         assert_eq!(r.usage().chunks, 2);
         assert_eq!(r.usage().reserved, FIRST_CHUNK * 3);
         let big = 10 * MAX_CHUNK;
-        let (at, _) = r.allocate(req(big, 8)).unwrap();
+        let (at, _) = r.allocate(req(big, 8), None).unwrap();
         assert!(zeroed(at, big));
         assert_eq!(r.usage().reserved, FIRST_CHUNK * 3 + big);
         // The bump chunk is still the second one.
-        let (a, _) = r.allocate(req(16, 8)).unwrap();
-        let (b, _) = r.allocate(req(16, 8)).unwrap();
+        let (a, _) = r.allocate(req(16, 8), None).unwrap();
+        let (b, _) = r.allocate(req(16, 8), None).unwrap();
         assert_eq!(b, a + 16);
         assert_eq!(r.usage().count, FIRST_CHUNK as u64 / 16 + 4);
-        r.release(false);
+        r.release(false, None);
     }
 
     #[test]
@@ -1188,31 +1258,31 @@ mod tests {
         for i in 0..3000usize {
             let size = (i * 7919) % 700;
             let align = 1 << (i % 8);
-            let (at, _) = r.allocate(req(size, align)).unwrap();
+            let (at, _) = r.allocate(req(size, align), None).unwrap();
             blocks.push((at, at + size.max(1)));
         }
         blocks.sort();
         assert!(blocks.windows(2).all(|w| w[0].1 <= w[1].0));
-        r.release(false);
+        r.release(false, None);
     }
 
     #[test]
     fn release_kills_every_block_and_closes() {
         let r = RegionCore::new();
-        let (a, t) = r.allocate(req(40, 8)).unwrap();
-        r.allocate(req(2, 1)).unwrap();
-        assert!(r.check(t, a).is_ok());
+        let (a, t) = r.allocate(req(40, 8), None).unwrap();
+        r.allocate(req(2, 1), None).unwrap();
+        assert!(r.check(t, a, None).is_ok());
         assert_eq!(r.snapshot().live_bytes, 42);
-        assert!(r.release(false));
+        assert!(r.release(false, None));
         assert!(matches!(
-            r.check(t, a),
+            r.check(t, a, None),
             Err(Error::UseAfterFree(Death::Released))
         ));
         let s = r.snapshot();
         assert_eq!((s.live_count, s.live_bytes, s.total_frees), (0, 0, 2));
-        assert!(matches!(r.allocate(req(1, 1)), Err(Error::ArenaClosed)));
-        assert!(!r.release(false));
-        assert!(r.pin(t, a).is_err());
+        assert!(matches!(r.allocate(req(1, 1), None), Err(Error::ArenaClosed)));
+        assert!(!r.release(false, None));
+        assert!(r.pin(t, a, None).is_err());
         let u = r.usage();
         assert_eq!((u.chunks, u.reserved, u.closed), (0, 0, true));
     }
@@ -1221,63 +1291,63 @@ mod tests {
     fn reuse_keeps_one_zeroed_chunk() {
         let r = RegionCore::new();
         for _ in 0..1000 {
-            let (at, _) = r.allocate(req(24, 8)).unwrap();
+            let (at, _) = r.allocate(req(24, 8), None).unwrap();
             // SAFETY: `at` is the live 24-byte block just allocated.
             unsafe {
                 std::ptr::write_bytes(std::ptr::with_exposed_provenance_mut::<u8>(at), 0xFF, 24)
             };
         }
-        r.allocate(req(3 * MAX_CHUNK, 8)).unwrap();
+        r.allocate(req(3 * MAX_CHUNK, 8), None).unwrap();
         let before = r.usage();
         assert!(before.chunks >= 4);
-        let (a, t) = r.allocate(req(8, 8)).unwrap();
-        assert!(r.release(true));
-        assert!(r.check(t, a).is_err());
+        let (a, t) = r.allocate(req(8, 8), None).unwrap();
+        assert!(r.release(true, None));
+        assert!(r.check(t, a, None).is_err());
         let u = r.usage();
         assert_eq!((u.chunks, u.count, u.closed), (1, 0, false));
         assert!(u.reserved >= FIRST_CHUNK && u.reserved <= MAX_CHUNK);
-        let (b, t2) = r.allocate(req(u.reserved / 2, 8)).unwrap();
+        let (b, t2) = r.allocate(req(u.reserved / 2, 8), None).unwrap();
         assert!(zeroed(b, u.reserved / 2));
         assert_eq!(r.usage().chunks, 1, "served from the kept chunk");
         assert_ne!(t, t2);
-        assert!(r.check(t2, b).is_ok());
-        r.release(false);
+        assert!(r.check(t2, b, None).is_ok());
+        r.release(false, None);
     }
 
     #[test]
     fn pins_defer_the_return_of_chunks() {
         let r = RegionCore::new();
-        let (a, t) = r.allocate(req(64, 8)).unwrap();
-        r.pin(t, a).unwrap();
-        r.pin(t, a).unwrap();
-        r.release(true);
+        let (a, t) = r.allocate(req(64, 8), None).unwrap();
+        r.pin(t, a, None).unwrap();
+        r.pin(t, a, None).unwrap();
+        r.release(true, None);
         // The kept chunk may not be reused while an export looks into it.
         assert_eq!(r.usage().parked, 1);
         assert_eq!(r.usage().chunks, 0);
         // SAFETY: the pinned export keeps its chunk parked, still mapped and 64 bytes long at `a`.
         unsafe { std::ptr::write_bytes(std::ptr::with_exposed_provenance_mut::<u8>(a), 1, 64) }; // still mapped
-        let (b, t2) = r.allocate(req(64, 8)).unwrap();
+        let (b, t2) = r.allocate(req(64, 8), None).unwrap();
         assert_ne!(a, b);
-        r.unpin();
+        r.unpin(None);
         assert_eq!(r.usage().parked, 1);
-        r.unpin();
+        r.unpin(None);
         assert_eq!(r.usage().parked, 0);
-        assert!(r.check(t2, b).is_ok());
-        r.release(false);
+        assert!(r.check(t2, b, None).is_ok());
+        r.release(false, None);
     }
 
     #[test]
     fn realloc_copies_and_kills_the_old_block() {
         let r = RegionCore::new();
-        let (a, t) = r.allocate(req(4, 4)).unwrap();
+        let (a, t) = r.allocate(req(4, 4), None).unwrap();
         // SAFETY: `a` is the live 4-byte block just allocated.
         unsafe { std::ptr::write_bytes(std::ptr::with_exposed_provenance_mut::<u8>(a), 9, 4) };
-        let (b, t2) = r.realloc(t, a, 4, req(64, 4)).unwrap();
+        let (b, t2) = r.realloc(t, a, 4, req(64, 4), None).unwrap();
         assert!(matches!(
-            r.check(t, a),
+            r.check(t, a, None),
             Err(Error::UseAfterFree(Death::Reallocated))
         ));
-        assert!(r.check(t2, b).is_ok());
+        assert!(r.check(t2, b, None).is_ok());
         // SAFETY: `b` is the live 64-byte block realloc returned.
         let bytes =
             unsafe { std::slice::from_raw_parts(std::ptr::with_exposed_provenance::<u8>(b), 64) };
@@ -1285,27 +1355,27 @@ mod tests {
         assert!(bytes[4..].iter().all(|x| *x == 0));
         let s = r.snapshot();
         assert_eq!((s.live_count, s.live_bytes), (1, 64));
-        assert!(r.realloc(t, a, 4, req(8, 4)).is_err());
+        assert!(r.realloc(t, a, 4, req(8, 4), None).is_err());
         assert!(matches!(
-            r.realloc(t2, b, 64, req(1 << 62, 4)),
+            r.realloc(t2, b, 64, req(1 << 62, 4), None),
             Err(Error::OutOfMemory(_))
         ));
         assert_eq!(r.snapshot().live_bytes, 64);
-        r.release(false);
+        r.release(false, None);
         assert_eq!(r.snapshot().live_count, 0);
     }
 
     #[test]
     fn unsatisfiable_requests_are_errors_that_change_nothing() {
         let r = RegionCore::new();
-        r.allocate(req(8, 8)).unwrap();
+        r.allocate(req(8, 8), None).unwrap();
         let before = (r.usage(), r.snapshot());
         assert!(matches!(
-            r.allocate(req(1 << 62, 8)),
+            r.allocate(req(1 << 62, 8), None),
             Err(Error::OutOfMemory(_))
         ));
         assert!(matches!(
-            r.allocate(req(1 << 62, 1 << 20)),
+            r.allocate(req(1 << 62, 1 << 20), None),
             Err(Error::OutOfMemory(_))
         ));
         assert!(matches!(
@@ -1313,7 +1383,7 @@ mod tests {
             Err(Error::SizeOverflow)
         ));
         assert_eq!((r.usage(), r.snapshot()), before);
-        r.release(false);
+        r.release(false, None);
     }
 
     #[test]
@@ -1327,7 +1397,7 @@ mod tests {
                         let mut mine = Vec::new();
                         for i in 0..5000usize {
                             let size = (i + t) % 100;
-                            let (at, _) = r.allocate(req(size, 8)).unwrap();
+                            let (at, _) = r.allocate(req(size, 8), None).unwrap();
                             // SAFETY: `at` is the live `size`-byte block this thread just
                             // allocated.
                             unsafe {
@@ -1362,7 +1432,7 @@ mod tests {
             .sum();
         let s = r.snapshot();
         assert_eq!((s.live_count, s.live_bytes), (20_000, expected as u64));
-        r.release(false);
+        r.release(false, None);
         assert_eq!(r.snapshot().live_count, 0);
     }
 }

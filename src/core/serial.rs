@@ -1,42 +1,46 @@
-//! The one switch that tells the core every caller is serialized by an
-//! outside lock: the GIL, on interpreters that have one.
+//! The serialization proof: a token telling the core that every caller is
+//! serialized by an outside lock (the GIL, on interpreters that have one).
 //!
 //! Several per-block costs exist only to make concurrent callers safe: a
 //! counter update is a locked read-modify-write (~2.3 ns on the development
-//! machine, eight per block), and record memory is cached per thread, whose
+//! machine, eight per block), a reference count too, the address index
+//! takes a mutex, and record memory is cached per thread, whose
 //! thread-local lookup costs ~35 instructions per block (callgrind; ~3.5 ns).
-//! When no two threads can be inside the core at once, neither is needed:
-//! counters become an atomic load and store, and the record cache one
-//! process-wide list.
+//! A caller that holds the outside lock needs none of that: counters become
+//! an atomic load and store, the index and a region take no lock
+//! ([`SerialMutex`]), the record cache is one process-wide list, and libc's
+//! small blocks and a region's first chunks are kept for reuse (the block
+//! cache, the kept chunks).
 //!
-//! The switch can also hand the core the functions that give record memory
-//! ([`assume_serialized_with`]): the binding passes CPython's small-object
-//! allocator, which needs the GIL (this very contract) and keeps no header
-//! per block, so a 48-byte record costs 48 bytes instead of glibc's 64-byte
-//! chunk (every live block has a record).
+//! The proof is a type, [`Serialized`]: every such path takes an
+//! `Option<Serialized<'_>>`, None being the synchronised path, which is
+//! always sound. A `Drop` has no caller to hand it a token: it takes the
+//! synchronised path, and the owners that hold the proof release
+//! explicitly instead (`RecordRef::release`, `Owner::release`, a region's
+//! release).
 //!
 //! Allocation *state* (free, export, detach) is decided by compare-and-swap
-//! whatever this switch says: it is what decides who returns memory.
+//! with or without the proof: it is what decides who returns memory.
 //!
-//! The proof itself is a type, [`Serialized`]: the paths that take it (the
-//! block cache, the kept arena chunks) are safe to call only with it. The
-//! core's calls that get no token from their caller yet turn the switch
-//! into one ([`with_switch`]); docs/architecture.md ("The serialization
-//! proof") lists them and what replacing the switch by the token takes.
+//! Record memory may come from functions the binding gives
+//! ([`use_record_memory`]): CPython's small-object allocator, which needs
+//! the GIL and keeps no header per block, so a 48-byte record costs 48
+//! bytes instead of glibc's 64-byte chunk (every live block has a record).
 
 use std::cell::UnsafeCell;
 use std::ffi::c_void;
 use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut};
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+#[cfg(debug_assertions)]
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
 
-static SERIALIZED: AtomicBool = AtomicBool::new(false);
-
 /// The proof that the calling thread holds the one outside lock that every
-/// thread holds while it runs the unsynchronised paths taking this token
-/// (the block cache, the kept arena chunks): for `'a`, no other thread is
-/// in one of them. Code that takes a `Serialized` needs no lock of its own.
+/// thread holds while it runs the unsynchronised paths taking this token:
+/// for `'a`, no other thread is in one of them, nor in the synchronised
+/// path of the same data (a counter, a [`SerialMutex`]'s value, a reference
+/// count), which mixes with them. Code that takes a `Serialized` needs no
+/// lock of its own.
 ///
 /// The binding makes it from PyO3's `Python<'py>` (`py::serialized`), on
 /// interpreters with a GIL only: a free-threaded build has no token, and
@@ -54,33 +58,24 @@ impl Serialized<'_> {
     ///
     /// # Safety
     /// For the token's lifetime the calling thread holds one and the same
-    /// lock as every other thread that holds a `Serialized` (the binding:
-    /// the GIL), and does not let it go inside the paths that take it (they
-    /// call no code of their caller's).
+    /// lock as every other thread that holds a `Serialized`, and as every
+    /// thread that meanwhile touches, without a token, what the token's
+    /// paths touch (the binding: the GIL, which every call into it and
+    /// every drop of its objects holds). The lock may be let go only inside
+    /// callbacks the core makes to its caller's code (a Python-defined
+    /// allocator's methods may release the GIL): no unsynchronised step (a
+    /// counter update, a push or pop on a cache, a region's bump, a
+    /// reference count, a [`SerialMutex`] held) spans such a callback.
     #[inline(always)]
     pub const unsafe fn new() -> Self {
         Serialized { _held: PhantomData }
     }
 }
 
-/// Runs `f` with a token when serialized mode is on ([`assume_serialized`]),
-/// for the core's paths that the binding enters without handing one down
-/// (a backend's `alloc` and `free`, a record's last drop, a region's chunk):
-/// the one place where the process-wide switch still stands for the proof.
-/// docs/architecture.md ("The serialization proof") lists its callers and
-/// what threading a token to them would take.
-#[inline(always)]
-pub(crate) fn with_switch<R>(f: impl FnOnce(Option<Serialized<'_>>) -> R) -> R {
-    // SAFETY: `assume_serialized`'s contract: every caller into the core
-    // holds the outside lock while it runs here, and the token does not
-    // outlive this call.
-    f(serialized().then(|| unsafe { Serialized::new() }))
-}
-
-/// Where the memory of allocation records comes from in serialized mode, as
-/// C functions: `alloc(size)` returns memory aligned for any object of that
-/// size (at least 8) or null when there is none, and `free(p)` takes back
-/// what `alloc` gave. Both are called only under the outside lock.
+/// Where the memory of allocation records comes from, as C functions,
+/// once given ([`use_record_memory`]): `alloc(size)` returns memory aligned
+/// for any object of that size (at least 8) or null when there is none, and
+/// `free(p)` takes back what `alloc` gave.
 #[derive(Clone, Copy, Debug)]
 pub struct RecordMemory {
     /// `alloc(size)`: at least 8-aligned memory for an object of `size` bytes, or null.
@@ -91,39 +86,23 @@ pub struct RecordMemory {
 
 static RECORD_MEMORY: OnceLock<RecordMemory> = OnceLock::new();
 
-/// Declares that from now on every caller holds one and the same outside
-/// lock whenever it runs core code.
+/// From now on record memory comes from `records` instead of Rust's global
+/// allocator.
 ///
 /// # Safety
-/// Every later call into the core, and every drop of a value it handed out
-/// (records, regions, allocators), must run while holding that lock (the
-/// binding: the GIL; PyO3 refuses sub-interpreters). The lock may be let go
-/// only inside callbacks the core makes to its caller's code (a
-/// Python-defined allocator's `_raw_alloc` may release the GIL): the
-/// unsynchronised steps this switch allows (a counter update, a push or a
-/// pop on the record cache, a call to the record memory functions of
-/// [`assume_serialized_with`], a region's bump, a region reference's count)
-/// never span such a callback. Two threads in one of them at once would
-/// corrupt it.
-pub unsafe fn assume_serialized() {
-    SERIALIZED.store(true, Relaxed);
-}
-
-/// [`assume_serialized`], and from now on record memory comes from
-/// `records` instead of Rust's global allocator.
-///
-/// # Safety
-/// As [`assume_serialized`]; moreover `records` must be usable under the
-/// outside lock (the binding: `PyObject_Malloc` and `PyObject_Free`, which
-/// need the GIL), and no record may exist yet, nor any record memory kept
-/// for reuse: each slot goes back to the functions that gave it, and the
-/// ones taken before would not (checked in debug builds). The first call's
-/// functions stay; a later call must pass the same ones.
-pub unsafe fn assume_serialized_with(records: RecordMemory) {
+/// `records` may be called wherever a record is made or dropped, with or
+/// without a [`Serialized`] token, by one thread at a time (the binding:
+/// `PyObject_Malloc` and `PyObject_Free`, which need the GIL, which every
+/// call into rsalloc and every drop of its objects holds). No record may
+/// exist yet, nor any record memory kept for reuse: each slot goes back to
+/// the functions that gave it, and the ones taken before would not
+/// (checked in debug builds). The first call's functions stay; a later
+/// call must pass the same ones.
+pub unsafe fn use_record_memory(records: RecordMemory) {
     #[cfg(debug_assertions)]
     {
         let kept = SLOTS_FROM_THE_GLOBAL_ALLOCATOR.load(Relaxed);
-        debug_assert_eq!(kept, 0, "record memory taken before the switch");
+        debug_assert_eq!(kept, 0, "record memory taken before the functions were given");
     }
     let kept = RECORD_MEMORY.get_or_init(|| records);
     // Addresses, not fn pointers, compared: the comparison is what is meant.
@@ -132,40 +111,35 @@ pub unsafe fn assume_serialized_with(records: RecordMemory) {
             && kept.free as usize == records.free as usize,
         "record memory functions replaced"
     );
-    SERIALIZED.store(true, Relaxed);
 }
 
 /// Record slots taken from Rust's global allocator and not given back (in
 /// use or kept for reuse), counted by `record_ref`'s slot cache: the switch
-/// to other record memory ([`assume_serialized_with`]) needs none. Kept here,
+/// to other record memory ([`use_record_memory`]) needs none. Kept here,
 /// below the records, so that this module depends on nothing above it.
 #[cfg(debug_assertions)]
 pub(crate) static SLOTS_FROM_THE_GLOBAL_ALLOCATOR: std::sync::atomic::AtomicUsize =
     std::sync::atomic::AtomicUsize::new(0);
 
-/// The functions record memory comes from, once [`assume_serialized_with`]
+/// The functions record memory comes from, once [`use_record_memory`]
 /// gave them.
 #[inline]
 pub(crate) fn record_memory() -> Option<&'static RecordMemory> {
     RECORD_MEMORY.get()
 }
 
-#[inline]
-pub(crate) fn serialized() -> bool {
-    SERIALIZED.load(Relaxed)
-}
-
-/// A mutex that is not taken at all once every caller is serialized: the
-/// outside lock already excludes everyone else. Its users never lock it
-/// twice at once (that would deadlock a `Mutex` as well), and never run a
-/// callback to their caller's code while holding it.
+/// A mutex that is not taken at all by a caller holding the serialization
+/// proof: the outside lock already excludes everyone else. Its users never
+/// lock it twice at once (that would deadlock a `Mutex` as well), and never
+/// run a callback to their caller's code while holding it.
 pub(crate) struct SerialMutex<T> {
     lock: Mutex<()>,
     value: UnsafeCell<T>,
 }
 
 // SAFETY: as Mutex<T>: one guard at a time reaches the value, either
-// through the mutex or through the outside lock `assume_serialized` promises.
+// through the mutex or through the outside lock a `Serialized` proves held
+// (whose contract covers the callers without a token too).
 unsafe impl<T: Send> Send for SerialMutex<T> {}
 // SAFETY: as for `Send`: one guard at a time reaches the value (the mutex, or the outside lock).
 unsafe impl<T: Send> Sync for SerialMutex<T> {}
@@ -183,9 +157,10 @@ impl<T> SerialMutex<T> {
         }
     }
 
+    /// The value, locked unless `s` proves the outside lock held.
     #[inline]
-    pub(crate) fn lock(&self) -> SerialGuard<'_, T> {
-        let held = if serialized() {
+    pub(crate) fn lock(&self, s: Option<Serialized<'_>>) -> SerialGuard<'_, T> {
+        let held = if s.is_some() {
             None
         } else {
             // Nothing panics while holding the lock; a poisoned lock still
@@ -222,13 +197,13 @@ mod tests {
 
     #[test]
     fn serial_mutex_excludes_threads_when_not_serialized() {
-        // The unit tests never switch to serialized mode: this is the Mutex.
+        // No token: this is the Mutex.
         let m = SerialMutex::new((0u64, 0u64));
         std::thread::scope(|s| {
             for _ in 0..4 {
                 s.spawn(|| {
                     for _ in 0..20_000 {
-                        let mut g = m.lock();
+                        let mut g = m.lock(None);
                         let a = g.0;
                         std::hint::black_box(&mut *g);
                         g.0 = a + 1;
@@ -238,6 +213,6 @@ mod tests {
                 });
             }
         });
-        assert_eq!(*m.lock(), (80_000, 80_000));
+        assert_eq!(*m.lock(None), (80_000, 80_000));
     }
 }

@@ -5,9 +5,11 @@
 //! peak is reached.
 //!
 //! Updates are locked read-modify-writes, or plain atomic loads and stores
-//! once the binding has declared every caller serialized ([`super::serial`]).
+//! for a caller that holds the serialization proof ([`Serialized`]): every
+//! update takes the caller's `Option<Serialized<'_>>`, None being the
+//! synchronised path.
 
-use super::serial::serialized;
+use super::serial::Serialized;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 #[inline]
@@ -72,24 +74,8 @@ impl Counters {
 
     #[inline]
     /// Counts one block of `bytes` allocated.
-    pub fn on_alloc(&self, bytes: usize) {
-        self.on_alloc_as(bytes, serialized());
-    }
-
-    #[inline]
-    /// Counts one block of `bytes` freed.
-    pub fn on_free(&self, bytes: usize) {
-        self.on_free_many(1, bytes);
-    }
-
-    /// `count` allocations of `bytes` in total end at once (an arena release).
-    #[inline]
-    pub fn on_free_many(&self, count: u64, bytes: usize) {
-        self.on_free_many_as(count, bytes, serialized());
-    }
-
-    #[inline]
-    fn on_alloc_as(&self, bytes: usize, serialized: bool) {
+    pub fn on_alloc(&self, bytes: usize, s: Option<Serialized<'_>>) {
+        let serialized = s.is_some();
         add(&self.allocs, 1, serialized);
         let now = add(&self.live_bytes, bytes as u64, serialized);
         if now > self.peak_bytes.load(Relaxed) {
@@ -102,7 +88,15 @@ impl Counters {
     }
 
     #[inline]
-    fn on_free_many_as(&self, count: u64, bytes: usize, serialized: bool) {
+    /// Counts one block of `bytes` freed.
+    pub fn on_free(&self, bytes: usize, s: Option<Serialized<'_>>) {
+        self.on_free_many(1, bytes, s);
+    }
+
+    /// `count` allocations of `bytes` in total end at once (an arena release).
+    #[inline]
+    pub fn on_free_many(&self, count: u64, bytes: usize, s: Option<Serialized<'_>>) {
+        let serialized = s.is_some();
         add(&self.frees, count, serialized);
         sub(&self.live_bytes, bytes as u64, serialized);
     }
@@ -114,12 +108,18 @@ impl Counters {
     /// so racing threads never pass `max` together. The peak is left to
     /// [`Counters::raise_peak`], once the allocation exists.
     #[inline]
-    pub fn reserve(&self, n: u64, credit: u64, max: u64) -> Result<(), u64> {
+    pub fn reserve(
+        &self,
+        n: u64,
+        credit: u64,
+        max: u64,
+        s: Option<Serialized<'_>>,
+    ) -> Result<(), u64> {
         let fits = |cur: u64| {
             let after = (cur as u128 + n as u128).saturating_sub(credit as u128);
             after <= max as u128
         };
-        if serialized() {
+        if s.is_some() {
             let cur = self.live_bytes.load(Relaxed);
             if !fits(cur) {
                 return Err(cur);
@@ -160,14 +160,14 @@ impl Counters {
     /// Gives back what [`Counters::reserve`] charged for an allocation that
     /// then failed.
     #[inline]
-    pub fn unreserve(&self, n: u64) {
-        sub(&self.live_bytes, n, serialized());
+    pub fn unreserve(&self, n: u64, s: Option<Serialized<'_>>) {
+        sub(&self.live_bytes, n, s.is_some());
     }
 
     /// The allocation whose bytes [`Counters::reserve`] charged exists.
     #[inline]
-    pub fn on_alloc_reserved(&self) {
-        add(&self.allocs, 1, serialized());
+    pub fn on_alloc_reserved(&self, s: Option<Serialized<'_>>) {
+        add(&self.allocs, 1, s.is_some());
     }
 
     /// A copy of the counts now (see [`Snapshot`]).
@@ -193,10 +193,10 @@ mod tests {
     #[test]
     fn counts_and_peak() {
         let c = Counters::new();
-        c.on_alloc(10);
-        c.on_alloc(20);
-        c.on_free(10);
-        c.on_alloc(5);
+        c.on_alloc(10, None);
+        c.on_alloc(20, None);
+        c.on_free(10, None);
+        c.on_alloc(5, None);
         let s = c.snapshot();
         assert_eq!(
             s,
@@ -208,32 +208,34 @@ mod tests {
                 total_frees: 1
             }
         );
-        c.on_free_many(2, 25);
+        c.on_free_many(2, 25, None);
         assert_eq!(c.snapshot().live_count, 0);
         assert_eq!(c.snapshot().live_bytes, 0);
     }
 
     #[test]
     fn serialized_updates_count_the_same() {
-        // The process-wide switch is left alone: other tests run threads.
-        for serialized in [false, true] {
+        // SAFETY: the counters are this test's own; no other thread sees them.
+        let token = unsafe { Serialized::new() };
+        for s in [None, Some(token)] {
             let c = Counters::new();
-            c.on_alloc_as(10, serialized);
-            c.on_alloc_as(20, serialized);
-            c.on_free_many_as(1, 10, serialized);
-            c.on_alloc_as(5, serialized);
-            c.on_free_many_as(2, 25, serialized);
-            let s = c.snapshot();
+            c.on_alloc(10, s);
+            c.on_alloc(20, s);
+            c.on_free_many(1, 10, s);
+            c.on_alloc(5, s);
+            c.on_free_many(2, 25, s);
+            let n = c.snapshot();
             assert_eq!(
                 (
-                    s.live_count,
-                    s.live_bytes,
-                    s.peak_bytes,
-                    s.total_allocs,
-                    s.total_frees
+                    n.live_count,
+                    n.live_bytes,
+                    n.peak_bytes,
+                    n.total_allocs,
+                    n.total_frees
                 ),
                 (0, 0, 30, 3, 3),
-                "serialized: {serialized}"
+                "serialized: {}",
+                s.is_some()
             );
         }
     }
@@ -249,8 +251,10 @@ mod tests {
                 s.spawn(move || {
                     for i in 0..10_000 {
                         let _g = lock.lock().unwrap();
-                        c.on_alloc_as(t + i % 7, true);
-                        c.on_free_many_as(1, t + i % 7, true);
+                        // SAFETY: every thread touching `c` holds `lock` meanwhile.
+                        let s = Some(unsafe { Serialized::new() });
+                        c.on_alloc(t + i % 7, s);
+                        c.on_free_many(1, t + i % 7, s);
                     }
                 });
             }
@@ -270,8 +274,8 @@ mod tests {
                 let c = &c;
                 s.spawn(move || {
                     for i in 0..10_000 {
-                        c.on_alloc(t + i % 7);
-                        c.on_free(t + i % 7);
+                        c.on_alloc(t + i % 7, None);
+                        c.on_free(t + i % 7, None);
                     }
                 });
             }

@@ -5,6 +5,7 @@
 //! can walk every out-of-memory path.
 
 use super::alloc::Backend;
+use super::serial::Serialized;
 use super::error::{Error, Result};
 use super::sys;
 use std::collections::HashMap;
@@ -80,7 +81,13 @@ impl Counting {
 }
 
 impl Backend for Counting {
-    fn alloc(&self, size: usize, align: usize, zeroed: bool) -> Result<NonNull<u8>> {
+    fn alloc(
+        &self,
+        size: usize,
+        align: usize,
+        zeroed: bool,
+        _s: Option<Serialized<'_>>,
+    ) -> Result<NonNull<u8>> {
         let n = self.0.attempts.fetch_add(1, SeqCst) + 1;
         if n == self.0.fail_at.load(SeqCst) {
             return Err(Error::OutOfMemory(size));
@@ -94,7 +101,13 @@ impl Backend for Counting {
         Ok(p)
     }
 
-    unsafe fn free(&self, ptr: NonNull<u8>, size: usize, align: usize) -> Result<()> {
+    unsafe fn free(
+        &self,
+        ptr: NonNull<u8>,
+        size: usize,
+        align: usize,
+        _s: Option<Serialized<'_>>,
+    ) -> Result<()> {
         let addr = ptr.as_ptr().expose_provenance();
         self.0.returns.fetch_add(1, SeqCst);
         let mut ledger = self.0.ledger.lock().unwrap();

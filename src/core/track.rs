@@ -433,24 +433,24 @@ mod tests {
     fn entries_follow_the_block_lifetime() {
         let a = tracked();
         let r = a
-            .allocate_typed(array(4, 4, 4, None).unwrap(), None, "Int32")
+            .allocate_typed(array(4, 4, 4, None).unwrap(), None, "Int32", None)
             .unwrap();
         let e = mine(&a);
         assert_eq!(e.len(), 1);
         assert_eq!((e[0].addr, e[0].size, e[0].ty), (r.addr(), 16, "Int32"));
         assert_eq!(e[0].thread_id, thread_id());
         assert!(e[0].wall_time() <= SystemTime::now());
-        a.free(&r, r.addr()).unwrap();
+        a.free(&r, r.addr(), None).unwrap();
         assert!(mine(&a).is_empty());
         // a refused free changes nothing
-        assert!(a.free(&r, r.addr()).is_err());
+        assert!(a.free(&r, r.addr(), None).is_err());
         assert!(mine(&a).is_empty());
     }
 
     #[test]
     fn a_dropped_record_without_free_is_a_leak() {
         let a = tracked();
-        let r = a.allocate(array(8, 1, 1, None).unwrap(), None).unwrap();
+        let r = a.allocate(array(8, 1, 1, None).unwrap(), None, None).unwrap();
         let addr = r.addr();
         drop(r);
         let e = mine(&a);
@@ -467,22 +467,22 @@ mod tests {
     fn realloc_detach_and_autofree_leave_the_registry() {
         let a = tracked();
         let r = a
-            .allocate_typed(array(4, 1, 1, None).unwrap(), None, "Uint8")
+            .allocate_typed(array(4, 1, 1, None).unwrap(), None, "Uint8", None)
             .unwrap();
-        let n = a.realloc(&r, r.addr(), 64).unwrap();
+        let n = a.realloc(&r, r.addr(), 64, None).unwrap();
         let e = mine(&a);
         assert_eq!(e.len(), 1);
         assert_eq!((e[0].addr, e[0].size, e[0].ty), (n.addr(), 64, "Uint8"));
         assert!(e[0].seq > r.tracked().unwrap().seq);
 
-        let addr = n.detach(n.addr()).unwrap();
+        let addr = n.detach(n.addr(), None).unwrap();
         assert!(mine(&a).is_empty());
         // SAFETY: detached: the block is the test's, a live libc block freed once.
         unsafe { libc::free(std::ptr::with_exposed_provenance_mut::<libc::c_void>(addr)) };
 
-        let r = a.allocate(array(4, 1, 1, None).unwrap(), None).unwrap();
+        let r = a.allocate(array(4, 1, 1, None).unwrap(), None, None).unwrap();
         assert_eq!(mine(&a).len(), 1);
-        r.set_autofree().unwrap();
+        r.set_autofree(None).unwrap();
         assert!(mine(&a).is_empty());
         drop(r);
         assert_eq!(a.counters.snapshot().live_count, 0);
@@ -494,18 +494,18 @@ mod tests {
         // allocator stays out of the registry while it is off.
         let a = AllocCore::new("plain", LIBC_GROUP, false, Box::new(Libc));
         if !enabled() {
-            let r = a.allocate(array(4, 1, 1, None).unwrap(), None).unwrap();
+            let r = a.allocate(array(4, 1, 1, None).unwrap(), None, None).unwrap();
             assert!(r.tracked().is_none());
-            a.free(&r, r.addr()).unwrap();
+            a.free(&r, r.addr(), None).unwrap();
         }
     }
 
     #[test]
     fn sequence_numbers_order_and_filter() {
         let a = tracked();
-        let r1 = a.allocate(array(1, 1, 1, None).unwrap(), None).unwrap();
+        let r1 = a.allocate(array(1, 1, 1, None).unwrap(), None, None).unwrap();
         let mark = next_seq();
-        let r2 = a.allocate(array(2, 1, 1, None).unwrap(), None).unwrap();
+        let r2 = a.allocate(array(2, 1, 1, None).unwrap(), None, None).unwrap();
         let since: Vec<_> = live_since(mark)
             .unwrap()
             .into_iter()
@@ -513,8 +513,8 @@ mod tests {
             .collect();
         assert_eq!(since.len(), 1);
         assert_eq!(since[0].addr, r2.addr());
-        a.free(&r1, r1.addr()).unwrap();
-        a.free(&r2, r2.addr()).unwrap();
+        a.free(&r1, r1.addr(), None).unwrap();
+        a.free(&r2, r2.addr(), None).unwrap();
     }
 
     #[test]
@@ -526,9 +526,9 @@ mod tests {
                 s.spawn(move || {
                     for i in 0..2_000usize {
                         let r = a
-                            .allocate(array((i % 7) as i128, 1, 1, None).unwrap(), None)
+                            .allocate(array((i % 7) as i128, 1, 1, None).unwrap(), None, None)
                             .unwrap();
-                        a.free(&r, r.addr()).unwrap();
+                        a.free(&r, r.addr(), None).unwrap();
                     }
                 });
             }
@@ -542,7 +542,7 @@ mod tests {
         use crate::core::guard::Guarded;
         use crate::core::record::State;
         let a = AllocCore::new_tracked("diag-guard", LIBC_GROUP, true, Box::new(Guarded), true);
-        let r = a.allocate(array(8, 1, 1, None).unwrap(), None).unwrap();
+        let r = a.allocate(array(8, 1, 1, None).unwrap(), None, None).unwrap();
         assert_eq!(mine(&a).len(), 1);
         // SAFETY: the byte after the 8-byte block is a guard byte of the same guarded allocation:
         // the corruption under test.
@@ -552,21 +552,21 @@ mod tests {
                 .write(0x41)
         };
         assert!(matches!(
-            a.free(&r, r.addr()),
+            a.free(&r, r.addr(), None),
             Err(Error::HeapCorruption(c)) if c.after == 1
         ));
         assert_eq!(r.state(), State::Dead(Death::Freed));
         assert_eq!(a.counters.snapshot().live_count, 0);
         assert!(mine(&a).is_empty());
         assert!(matches!(
-            a.free(&r, r.addr()),
+            a.free(&r, r.addr(), None),
             Err(Error::DoubleFree(Death::Freed))
         ));
         // an intact block frees cleanly, also when it was exported at the time
-        let r = a.allocate(array(8, 1, 1, None).unwrap(), None).unwrap();
+        let r = a.allocate(array(8, 1, 1, None).unwrap(), None, None).unwrap();
         r.pin().unwrap();
-        a.free(&r, r.addr()).unwrap();
-        r.unpin();
+        a.free(&r, r.addr(), None).unwrap();
+        r.unpin(None);
     }
 
     #[test]

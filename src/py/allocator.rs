@@ -20,6 +20,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyTuple, PyType, PyWeakrefReference};
 use pyo3::{PyTraverseError, PyVisit};
 use std::sync::Arc;
+use crate::py::serialized::token;
 
 /// An owner of native memory (DESIGN §4): `malloc`, `calloc`, the
 /// adaptive and diagnostic allocators, `ForeignAllocator`s and Python
@@ -50,7 +51,7 @@ pub(crate) fn clone_with(
     let n = p
         .nbytes_usize()
         .ok_or_else(|| PyTypeError::new_err(format!("clone() of {p}: unknown length")))?;
-    p.check().py(py, p)?;
+    p.check(token(py)).py(py, p)?;
     let align = p
         .record()
         .map_or(p.ty.align, |r| r.align())
@@ -59,7 +60,7 @@ pub(crate) fn clone_with(
     let fresh = make(p.ty, Request { size: n, align })?;
     // Re-checked: `make` may have run Python code (a custom allocator)
     // that freed p; then the new block goes back, not to waste.
-    if let Err(e) = p.check() {
+    if let Err(e) = p.check(token(py)) {
         discard(py, &fresh);
         return Err(to_py(py, e, p));
     }
@@ -83,7 +84,7 @@ pub(crate) fn discard(py: Python<'_>, fresh: &Pointer) {
     if let Owned::Block(rec) = fresh.owner.get() {
         let arena = rec.arena().unwrap_or(0);
         let r = raising_free_errors(py, rec.allocator(), || {
-            rec.free(rec.allocator().group, arena, fresh.addr)
+            rec.free(rec.allocator().group, arena, fresh.addr, token(py))
                 .py(py, fresh)
         });
         if let Err(e) = r {
@@ -106,7 +107,7 @@ pub(crate) fn block_object(py: Python<'_>, fresh: Pointer) -> PyResult<Bound<'_,
 pub(crate) fn adopted_object(py: Python<'_>, fresh: Pointer) -> PyResult<Bound<'_, Pointer>> {
     super::cpython::freelist::new_object_or(py, fresh, |py, p| {
         if let Owned::Block(rec) = p.owner.get() {
-            if let Err(e) = rec.detach(p.addr).py(py, p) {
+            if let Err(e) = rec.detach(p.addr, token(py)).py(py, p) {
                 e.write_unraisable(py, None);
             }
         }
@@ -129,7 +130,7 @@ impl Allocator {
     ) -> PyResult<Pointer> {
         let rec = self
             .core
-            .allocate_typed(req, None, &ty.name)
+            .allocate_typed(req, None, &ty.name, token(py))
             .py(py, &Asked(&self.core.name, ty, &req.size))?;
         Ok(Pointer::new(
             rec.addr(),
@@ -255,7 +256,7 @@ impl Allocator {
         }
         let rec = self.owned(py, p)?;
         raising_free_errors(py, rec.allocator(), || {
-            self.core.free(rec, p.addr).py(py, p)
+            self.core.free(rec, p.addr, token(py)).py(py, p)
         })
     }
 
@@ -274,7 +275,7 @@ impl Allocator {
             return block_object(py, self.new_pointer(py, ty, req)?);
         }
         let rec = self.owned(py, p)?;
-        let fresh = self.core.realloc(rec, p.addr, req.size).py(py, p)?;
+        let fresh = self.core.realloc(rec, p.addr, req.size, token(py)).py(py, p)?;
         block_object(
             py,
             Pointer::new(fresh.addr(), p.ty, Some(req.size), Owner::block(fresh)),
@@ -296,7 +297,7 @@ impl Allocator {
         let (addr, ty, req) = adopt_request(py, &self.core.name, address, r#type, count)?;
         let rec = self
             .core
-            .adopt_typed(addr, req, &ty.name)
+            .adopt_typed(addr, req, &ty.name, token(py))
             .py(py, &Asked("adopt", ty, &format_args!("{addr:#x}")))?;
         adopted_object(
             py,
@@ -407,7 +408,7 @@ pub fn free(py: Python<'_>, p: &Bound<'_, Pointer>) -> PyResult<()> {
     if p.addr == 0 {
         return Ok(());
     }
-    let free = || p.owner.free(p.addr);
+    let free = || p.owner.free(p.addr, token(py));
     match p.owner.get() {
         Owned::Block(rec) => raising_free_errors(py, rec.allocator(), || free().py(py, p)),
         _ => free().py(py, p),

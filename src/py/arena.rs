@@ -25,6 +25,7 @@ use pyo3::types::{PyList, PyType};
 use pyo3::{PyTraverseError, PyVisit};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use crate::py::serialized::token;
 
 /// Where an arena was made.
 enum Made {
@@ -401,7 +402,7 @@ impl Arena {
         ty: &'static TypeInfo,
         req: Request,
     ) -> PyResult<Pointer> {
-        let (addr, r) = a.allocate(req).py(py, &Asked(&self.name, ty, &req.size))?;
+        let (addr, r) = a.allocate(req, token(py)).py(py, &Asked(&self.name, ty, &req.size))?;
         Ok(Pointer::new(addr, ty, Some(req.size), Owner::region(r)))
     }
 
@@ -423,7 +424,7 @@ impl Arena {
                 if w.tag.handle.get().is_none() {
                     set_handle(&w.tag.handle, Some(slf), None)?;
                 }
-                let rec = w.allocate(req).py(py, &Asked(&self.name, ty, &req.size))?;
+                let rec = w.allocate(req, token(py)).py(py, &Asked(&self.name, ty, &req.size))?;
                 Ok(Pointer::new(
                     rec.addr(),
                     ty,
@@ -435,8 +436,8 @@ impl Arena {
     }
 
     /// Checks that `p` is a block of this arena that a free would accept.
-    fn check_free(&self, p: &Pointer) -> Result<(), Error> {
-        self.backing.check_free(&p.owner, p.addr)
+    fn check_free(&self, py: Python<'_>, p: &Pointer) -> Result<(), Error> {
+        self.backing.check_free(&p.owner, p.addr, token(py))
     }
 
     fn enter(slf: &Bound<'_, Self>) -> PyResult<()> {
@@ -475,12 +476,12 @@ impl Arena {
             }
         }
         let released = match &self.backing {
-            ArenaKind::Region(a) => a.region().release(reuse),
+            ArenaKind::Region(a) => a.region().release(reuse, token(py)),
             ArenaKind::Wrap(w) => {
                 // A Python-defined backing allocator's failing free is
                 // raised with the rest, not lost.
                 let freed = raising_free_errors(py, &w.backing, || {
-                    w.release(reuse, |rec, e| {
+                    w.release(reuse, token(py), |rec, e| {
                         let block = format_args!(
                             "block of {} bytes at {:#x} from {} in {}",
                             rec.size(),
@@ -665,7 +666,7 @@ impl Arena {
         if p.addr == 0 {
             return Ok(());
         }
-        self.check_free(p).py(py, p)
+        self.check_free(py, p).py(py, p)
     }
 
     /// A new block of `count` elements from this arena holding p's bytes;
@@ -685,16 +686,16 @@ impl Arena {
         this.check_open(py)?;
         match (&this.backing, p.owner.get()) {
             (ArenaKind::Region(mine), Owned::Region(r)) if r.is_in(mine.region()) => {
-                r.free(p.addr).py(py, p)?;
+                r.free(p.addr, token(py)).py(py, p)?;
                 let old = p.extent().unwrap_or(0);
-                let (addr, fresh) = mine.realloc(r, p.addr, old, req).py(py, p)?;
+                let (addr, fresh) = mine.realloc(r, p.addr, old, req, token(py)).py(py, p)?;
                 block_object(
                     py,
                     Pointer::new(addr, p.ty, Some(req.size), Owner::region(fresh)),
                 )
             }
             (ArenaKind::Wrap(w), Owned::Block(rec)) => {
-                let fresh = w.realloc(rec, p.addr, req.size).py(py, p)?;
+                let fresh = w.realloc(rec, p.addr, req.size, token(py)).py(py, p)?;
                 block_object(
                     py,
                     Pointer::new(fresh.addr(), p.ty, Some(req.size), Owner::block(fresh)),
@@ -702,7 +703,7 @@ impl Arena {
             }
             _ => {
                 let e = this
-                    .check_free(p)
+                    .check_free(py, p)
                     .err()
                     .unwrap_or(Error::Ownership(Ownership::OtherOwner));
                 Err(to_py(py, e, p))
@@ -732,7 +733,7 @@ impl Arena {
                 if w.tag.handle.get().is_none() {
                     set_handle(&w.tag.handle, Some(slf.as_any()), None)?;
                 }
-                let rec = w.adopt(addr, req).py(py, &asked)?;
+                let rec = w.adopt(addr, req, token(py)).py(py, &asked)?;
                 adopted_object(
                     py,
                     Pointer::new(addr, ty, Some(req.size), Owner::block(rec)),
@@ -758,10 +759,10 @@ impl Arena {
         p: Bound<'py, Pointer>,
     ) -> PyResult<Bound<'py, Pointer>> {
         let ptr = p.get();
-        self.check_free(ptr).py(py, ptr)?;
+        self.check_free(py, ptr).py(py, ptr)?;
         match (&self.backing, ptr.owner.get()) {
             (ArenaKind::Wrap(w), Owned::Block(rec)) => {
-                w.detach(rec, ptr.addr, &ptr.ty.name).py(py, ptr)?
+                w.detach(rec, ptr.addr, &ptr.ty.name, token(py)).py(py, ptr)?
             }
             _ => {
                 return Err(Error::Ownership(Ownership::RegionCannotDetach)).py(py, ptr);

@@ -18,6 +18,7 @@ use crate::core::types::Kind;
 use pyo3::exceptions::{PyBufferError, PyTypeError};
 use pyo3::ffi;
 use pyo3::prelude::*;
+use crate::py::serialized::token;
 
 /// The ctypes class a Pointer to `ty` passes as.
 fn param_class<'py>(py: Python<'py>, ty: &'static TypeInfo) -> PyResult<&'py Bound<'py, PyAny>> {
@@ -100,6 +101,6 @@ pub fn _pointer_from_param<'py>(
             slot.name, target.name, p.ty.name, target.name
         )));
     }
-    p.check_alive().py(py, p)?;
+    p.check_alive(token(py)).py(py, p)?;
     as_parameter(py, p)
 }

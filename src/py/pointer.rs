@@ -12,6 +12,8 @@ use crate::core::index::{self, Found};
 pub use crate::core::owner::{Owned, Owner};
 use crate::core::record_ref::RecordRef;
 use crate::core::region::{RegionCore, RegionRef};
+use crate::core::serial::Serialized;
+use crate::py::serialized::token;
 use crate::core::types::Kind;
 use pyo3::prelude::*;
 use std::fmt;
@@ -63,13 +65,15 @@ fn composites() -> Option<&'static Composites> {
 pub struct Access<'a> {
     #[cfg(any(Py_GIL_DISABLED, rsalloc_pin_access))]
     owner: &'a Owner,
+    #[cfg(any(Py_GIL_DISABLED, rsalloc_pin_access))]
+    serialized: Option<Serialized<'a>>,
     _on: std::marker::PhantomData<&'a Owner>,
 }
 
 impl Drop for Access<'_> {
     fn drop(&mut self) {
         #[cfg(any(Py_GIL_DISABLED, rsalloc_pin_access))]
-        self.owner.unpin();
+        self.owner.unpin(self.serialized);
     }
 }
 
@@ -79,11 +83,11 @@ impl Drop for Access<'_> {
 /// export's. A free meanwhile makes the block dead at once, and its memory
 /// stays until the operation ends; the operation re-checks liveness after
 /// each piece of Python code.
-pub struct Pinned<'a>(&'a Owner);
+pub struct Pinned<'a>(&'a Owner, Option<Serialized<'a>>);
 
 impl Drop for Pinned<'_> {
     fn drop(&mut self) {
-        self.0.unpin();
+        self.0.unpin(self.1);
     }
 }
 
@@ -133,9 +137,16 @@ impl Pointer {
         (self.extent != UNKNOWN).then_some(self.extent)
     }
 
-    /// Another view of the same owner.
-    pub(crate) fn view(&self, addr: usize, ty: &'static TypeInfo, extent: Option<usize>) -> Self {
-        Pointer::new(addr, ty, extent, self.owner.view(addr == self.addr))
+    /// Another view of the same owner (`s`: the caller's serialization
+    /// proof, as every check here takes it).
+    pub(crate) fn view(
+        &self,
+        addr: usize,
+        ty: &'static TypeInfo,
+        extent: Option<usize>,
+        s: Option<Serialized<'_>>,
+    ) -> Self {
+        Pointer::new(addr, ty, extent, self.owner.view(addr == self.addr, s))
     }
 
     pub fn record(&self) -> Option<&RecordRef> {
@@ -173,40 +184,44 @@ impl Pointer {
 
     /// Ok when the bytes behind the view may be touched.
     #[inline]
-    pub fn check(&self) -> Result<(), Error> {
+    pub fn check(&self, s: Option<Serialized<'_>>) -> Result<(), Error> {
         if self.addr == 0 {
             return Err(Error::NullPointer);
         }
-        self.owner.check_access(self.addr)
+        self.owner.check_access(self.addr, s)
     }
 
     /// Holds the memory for one access (see [`Access`]); fails when dead.
     #[inline]
-    pub fn access(&self) -> Result<Access<'_>, Error> {
+    pub fn access<'a>(&'a self, s: Option<Serialized<'a>>) -> Result<Access<'a>, Error> {
         #[cfg(any(Py_GIL_DISABLED, rsalloc_pin_access))]
         {
-            self.owner.pin(self.addr)?;
+            self.owner.pin(self.addr, s)?;
             Ok(Access {
                 owner: &self.owner,
+                serialized: s,
                 _on: std::marker::PhantomData,
             })
         }
         #[cfg(not(any(Py_GIL_DISABLED, rsalloc_pin_access)))]
-        Ok(Access {
-            _on: std::marker::PhantomData,
-        })
+        {
+            let _ = s;
+            Ok(Access {
+                _on: std::marker::PhantomData,
+            })
+        }
     }
 
     /// Checks the view and pins its memory until the guard drops (see [`Pinned`]).
-    pub fn pinned(&self) -> Result<Pinned<'_>, Error> {
-        self.check()?;
-        self.owner.pin(self.addr)?;
-        Ok(Pinned(&self.owner))
+    pub fn pinned<'a>(&'a self, s: Option<Serialized<'a>>) -> Result<Pinned<'a>, Error> {
+        self.check(s)?;
+        self.owner.pin(self.addr, s)?;
+        Ok(Pinned(&self.owner, s))
     }
 
     /// Ok when the view is alive (null views count as alive: nothing was freed).
-    pub(crate) fn check_alive(&self) -> Result<(), Error> {
-        self.owner.check_access(self.addr)
+    pub(crate) fn check_alive(&self, s: Option<Serialized<'_>>) -> Result<(), Error> {
+        self.owner.check_access(self.addr, s)
     }
 
     pub fn err(&self, py: Python<'_>, e: Error) -> PyErr {
@@ -218,7 +233,7 @@ impl Pointer {
     /// it was before the arithmetic moved to `core::view`.
     #[inline(always)]
     pub(crate) fn elem_addr(&self, i: isize) -> Result<usize, Error> {
-        self.check()?;
+        self.check(None)?;
         match elem_addr_within(self.addr, self.ty.size, self.extent, i) {
             Some(a) => Ok(a),
             None => self.elem_addr_slow(i),
@@ -233,7 +248,7 @@ impl Pointer {
 
     /// A checked byte range [offset, offset+len) inside a live view.
     pub(crate) fn byte_range(&self, offset: usize, len: usize) -> Result<usize, Error> {
-        self.check()?;
+        self.check(None)?;
         self.span().byte_range(offset, len)
     }
 
@@ -243,7 +258,7 @@ impl Pointer {
         if self.extent != UNKNOWN {
             return self.byte_range(offset, len);
         }
-        self.check()?;
+        self.check(None)?;
         self.span().stated_range(offset, len)
     }
 }
@@ -291,12 +306,13 @@ pub(crate) fn from_stored_address(
         Pointer::new(addr, ty, None, owner)
     };
     let to_end = |end: usize| Some(end.saturating_sub(addr));
-    Ok(match index::resolve(addr) {
+    let s = token(py);
+    Ok(match index::resolve(addr, s) {
         Some(Found::Block(rec)) => {
             let end = rec.addr() + rec.size();
             Pointer::new(addr, ty, to_end(end), Owner::block(rec))
         }
-        Some(Found::Chunk(owner)) => match owner.block_at(addr) {
+        Some(Found::Chunk(owner)) => match owner.block_at(addr, s) {
             Some((start, end, token)) => {
                 let region = RegionCore::of_chunk_owner(owner);
                 let r = RegionRef::resolved(&region, token, addr == start)
@@ -305,7 +321,7 @@ pub(crate) fn from_stored_address(
             }
             None => unowned(),
         },
-        None => match index::lately_freed(addr) {
+        None => match index::lately_freed(addr, s) {
             Some(rec) => Pointer::new(addr, ty, Some(rec.size()), Owner::block(rec)),
             None => unowned(),
         },

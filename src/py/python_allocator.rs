@@ -17,6 +17,7 @@ use super::errors::raised;
 use crate::core::alloc::{new_id, AllocCore, Backend};
 use crate::core::error::{BadBlock, Error, Result};
 use crate::core::foreign::{check_block, FREE_ONLY};
+use crate::core::serial::Serialized;
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyInt, PyType};
@@ -139,7 +140,13 @@ fn address_value(name: &str, v: &Bound<'_, PyAny>, size: usize) -> Result<i128> 
 }
 
 impl Backend for PyBackend {
-    fn alloc(&self, size: usize, align: usize, zeroed: bool) -> Result<NonNull<u8>> {
+    fn alloc(
+        &self,
+        size: usize,
+        align: usize,
+        zeroed: bool,
+        _s: Option<Serialized<'_>>,
+    ) -> Result<NonNull<u8>> {
         Python::attach(|py| {
             // Never ask for 0 bytes: every block needs an address of its own.
             let n = size.max(1);
@@ -169,6 +176,7 @@ impl Backend for PyBackend {
         ptr: NonNull<u8>,
         size: usize,
         _align: usize,
+        _s: Option<Serialized<'_>>,
     ) -> crate::core::error::Result<()> {
         // A block of no bytes was allocated as one (see `alloc`).
         Python::attach(|py| match self.0.get(py) {

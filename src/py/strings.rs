@@ -9,6 +9,7 @@ use crate::core::layout::Request;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyString};
+use crate::py::serialized::token;
 
 /// Allocates `nbytes` for a `ty` string from any allocator object: an
 /// rsalloc Allocator or Arena directly, anything else through its `allocate`
@@ -62,7 +63,7 @@ fn allocate_from<'py>(
 /// Copies the string and its NUL into `p`, checked: an allocator written in
 /// Python may have handed back a smaller, foreign or dead Pointer.
 fn write_with_nul(py: Python<'_>, p: &Pointer, bytes: &[u8], nul: usize) -> PyResult<()> {
-    let _held = p.access().py(py, p)?;
+    let _held = p.access(token(py)).py(py, p)?;
     let at = p.byte_range(0, bytes.len() + nul).py(py, p)?;
     // SAFETY: [at, at + len + nul) was checked just now.
     unsafe {

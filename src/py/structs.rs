@@ -25,6 +25,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::type_object::PyTypeInfo;
 use pyo3::types::{PySlice, PyType};
 use std::ffi::CString;
+use crate::py::serialized::token;
 
 /// Plugs struct, union and array classes into type lookup (`types`) and
 /// element access (`pointer`), which sit below this module. Called once at
@@ -80,8 +81,8 @@ impl Field {
             return None;
         }
         let p = &view.ptr;
-        let _held = p.access().ok()?;
-        p.check().ok()?;
+        let _held = p.access(None).ok()?;
+        p.check(None).ok()?;
         // SAFETY: live, and the field lies inside the struct; the
         // conversions take plain numbers.
         Some(unsafe {
@@ -110,7 +111,7 @@ impl Field {
                 Value::Addr(0)
             } else {
                 match as_pointer(&v.as_borrowed()) {
-                    Some(q) if q.get().check_alive().is_ok() => Value::Addr(q.get().addr),
+                    Some(q) if q.get().check_alive(token(v.py())).is_ok() => Value::Addr(q.get().addr),
                     _ => return false,
                 }
             }
@@ -121,10 +122,10 @@ impl Field {
             }
         };
         let p = &view.ptr;
-        let Ok(_held) = p.access() else {
+        let Ok(_held) = p.access(token(v.py())) else {
             return false;
         };
-        if p.check().is_err() {
+        if p.check(token(v.py())).is_err() {
             return false;
         }
         // SAFETY: live, and the field lies inside the struct.
@@ -134,8 +135,8 @@ impl Field {
 
     fn read(&self, py: Python<'_>, view: &StructView) -> PyResult<Py<PyAny>> {
         let p = &view.ptr;
-        let _held = p.access().py(py, p)?;
-        p.check().py(py, p)?;
+        let _held = p.access(token(py)).py(py, p)?;
+        p.check(token(py)).py(py, p)?;
         let addr = p.addr + self.offset;
         let kind = self.ty.kind;
         if kind.is_number() {
@@ -151,25 +152,25 @@ impl Field {
             let q = from_stored_address(py, stored, target, &p.owner)?;
             return Ok(new_object(py, q)?.into_any().unbind());
         }
-        let field = p.view(addr, self.ty, Some(self.ty.size));
+        let field = p.view(addr, self.ty, Some(self.ty.size), token(py));
         field.item(py, 0)
     }
 
     fn write(&self, py: Python<'_>, view: &StructView, v: &Bound<'_, PyAny>) -> PyResult<()> {
         let p = &view.ptr;
-        p.check().py(py, p)?; // a dead view says so before any conversion
+        p.check(token(py)).py(py, p)?; // a dead view says so before any conversion
         let kind = self.ty.kind;
         let addr = p.addr + self.offset;
         if kind.is_number() || kind == Kind::Ptr {
             let value = to_value(kind, self.ty, v)?;
             // The conversion may have run Python code that freed the block.
-            let _held = p.access().py(py, p)?;
-            p.check().py(py, p)?;
+            let _held = p.access(token(py)).py(py, p)?;
+            p.check(token(py)).py(py, p)?;
             // SAFETY: live, and the field lies inside the struct.
             unsafe { kind.write(addr, value) };
             return Ok(());
         }
-        p.view(addr, self.ty, Some(self.ty.size)).write(py, 0, v)
+        p.view(addr, self.ty, Some(self.ty.size), token(py)).write(py, 0, v)
     }
 }
 
@@ -349,10 +350,10 @@ pub(crate) fn composite_at(
         Composite::Struct => Some(make_view(
             py,
             &ty.class,
-            parent.view(addr, ty, Some(ty.size)),
+            parent.view(addr, ty, Some(ty.size), token(py)),
         )),
         Composite::Array { elem, .. } => Some(
-            new_object(py, parent.view(addr, elem, Some(ty.size))).map(|b| b.into_any().unbind()),
+            new_object(py, parent.view(addr, elem, Some(ty.size), token(py))).map(|b| b.into_any().unbind()),
         ),
     }
 }
@@ -371,9 +372,9 @@ pub(crate) fn write_composite(
         Composite::No => None,
         Composite::Struct => Some(copy_struct(py, dst, i, v)),
         Composite::Array { elem, .. } => Some((|| {
-            let _held = dst.access().py(py, dst)?;
+            let _held = dst.access(token(py)).py(py, dst)?;
             let addr = dst.elem_addr(i).py(py, dst)?;
-            let slots = Py::new(py, dst.view(addr, elem, Some(ty.size)))?;
+            let slots = Py::new(py, dst.view(addr, elem, Some(ty.size), token(py)))?;
             slots.bind(py).set_item(PySlice::full(py), v)
         })()),
     }
@@ -391,9 +392,9 @@ fn copy_struct(py: Python<'_>, dst: &Pointer, i: isize, v: &Bound<'_, PyAny>) ->
             )))
         }
     };
-    let _src_held = src.ptr.access().py(py, &src.ptr)?;
-    src.ptr.check().py(py, &src.ptr)?;
-    let _held = dst.access().py(py, dst)?;
+    let _src_held = src.ptr.access(token(py)).py(py, &src.ptr)?;
+    src.ptr.check(token(py)).py(py, &src.ptr)?;
+    let _held = dst.access(token(py)).py(py, dst)?;
     let addr = dst.elem_addr(i).py(py, dst)?;
     // SAFETY: both blocks are live and hold ty.size bytes at these
     // addresses; `copy` allows them to overlap.

@@ -12,6 +12,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBool, PyFloat, PyInt, PyType};
 use std::fmt;
+use crate::py::serialized::token;
 
 /// Converts a Python value for a slot of `kind`, checking kind and range.
 pub(crate) fn to_value(kind: Kind, ty: &TypeInfo, v: &Bound<'_, PyAny>) -> PyResult<Value> {
@@ -52,7 +53,7 @@ pub(crate) fn to_value(kind: Kind, ty: &TypeInfo, v: &Bound<'_, PyAny>) -> PyRes
             }
             if let Ok(p) = v.cast::<Pointer>() {
                 let p = p.get();
-                p.check_alive().py(v.py(), p)?;
+                p.check_alive(token(v.py())).py(v.py(), p)?;
                 return Ok(Value::Addr(p.addr));
             }
             if v.is_instance_of::<PyInt>() {

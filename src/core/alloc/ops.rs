@@ -11,6 +11,7 @@ use crate::core::layout::Request;
 use crate::core::observer;
 use crate::core::record::{ArenaTag, Record};
 use crate::core::record_ref::{RecordRef, RecordSlot};
+use crate::core::serial::Serialized;
 use crate::core::stats::GLOBAL;
 use crate::core::track;
 use std::ptr::NonNull;
@@ -110,12 +111,15 @@ impl AllocCore {
     }
 
     /// A new block, owned by this allocator or, with `arena`, by that arena.
+    /// `s`: the caller's serialization proof (None: the synchronised path),
+    /// as every operation here takes it.
     pub fn allocate(
         self: &Arc<Self>,
         req: Request,
         arena: Option<&Arc<ArenaTag>>,
+        s: Option<Serialized<'_>>,
     ) -> Result<RecordRef> {
-        self.allocate_typed(req, arena, "")
+        self.allocate_typed(req, arena, "", s)
     }
 
     /// [`AllocCore::allocate`], naming the element type for leak records.
@@ -125,8 +129,9 @@ impl AllocCore {
         req: Request,
         arena: Option<&Arc<ArenaTag>>,
         ty: &'static str,
+        s: Option<Serialized<'_>>,
     ) -> Result<RecordRef> {
-        self.allocate_replacing(req, arena, ty, 0)
+        self.allocate_replacing(req, arena, ty, 0, s)
     }
 
     /// [`AllocCore::allocate_typed`] of a block that replaces a block of
@@ -139,6 +144,7 @@ impl AllocCore {
         arena: Option<&Arc<ArenaTag>>,
         ty: &'static str,
         replaces: usize,
+        s: Option<Serialized<'_>>,
     ) -> Result<RecordRef> {
         // Every backend, also those that never reach sys::alloc (Python
         // code, C functions), waits for the emergency reserve (core::reserve).
@@ -146,10 +152,10 @@ impl AllocCore {
             return Err(Error::OutOfMemory(req.size));
         }
         // The record's memory first: once the block exists, nothing can fail.
-        let slot = RecordSlot::new()?;
+        let slot = RecordSlot::new(s)?;
         let tag = arena.map(|t| &**t);
         let charged = self.charge(req.size, replaces, tag, true)?;
-        let p = match self.backend.alloc(req.size, req.align, self.zeroed) {
+        let p = match self.backend.alloc(req.size, req.align, self.zeroed, s) {
             Ok(p) => p,
             Err(e) => {
                 self.uncharge(charged, req.size, tag);
@@ -165,11 +171,12 @@ impl AllocCore {
             charged.then_some(replaces),
             false,
             false,
+            s,
         )
         .inspect_err(|_| {
             self.uncharge(charged, req.size, tag);
             // SAFETY: the block just came from this backend; no record holds it.
-            let _ = unsafe { self.backend.free(p, req.size, req.align) };
+            let _ = unsafe { self.backend.free(p, req.size, req.align, s) };
         })
     }
 
@@ -191,6 +198,7 @@ impl AllocCore {
         charged: Option<usize>,
         adopted: bool,
         plain: bool,
+        s: Option<Serialized<'_>>,
     ) -> Result<RecordRef> {
         let rec = slot.fill(Record::new(
             p,
@@ -206,7 +214,7 @@ impl AllocCore {
         // no live block (it would be freed twice). Nothing is counted yet:
         // on failure the caller gives back the charge and the block.
         // SAFETY: `rec` was just filled in its shared memory, and is held.
-        if let Err(e) = unsafe { index::insert(&rec, adopted) } {
+        if let Err(e) = unsafe { index::insert(&rec, adopted, s) } {
             rec.abandon();
             return Err(e);
         }
@@ -215,9 +223,9 @@ impl AllocCore {
         } else {
             // A limited allocator (the only kind with `over`) always charges.
             debug_assert!(self.over.is_none());
-            self.count_alloc(req.size);
+            self.count_alloc(req.size, s);
             if let Some(tag) = arena {
-                tag.counters.on_alloc(req.size);
+                tag.counters.on_alloc(req.size, s);
             }
         }
         observer::made(p.as_ptr().expose_provenance(), req.size);
@@ -229,8 +237,13 @@ impl AllocCore {
     }
 
     /// Takes ownership of a block this allocator's C counterpart allocated.
-    pub fn adopt(self: &Arc<Self>, addr: usize, req: Request) -> Result<RecordRef> {
-        self.adopt_in(addr, req, None, "")
+    pub fn adopt(
+        self: &Arc<Self>,
+        addr: usize,
+        req: Request,
+        s: Option<Serialized<'_>>,
+    ) -> Result<RecordRef> {
+        self.adopt_in(addr, req, None, "", s)
     }
 
     /// [`AllocCore::adopt`], naming the element type for leak records.
@@ -239,8 +252,9 @@ impl AllocCore {
         addr: usize,
         req: Request,
         ty: &'static str,
+        s: Option<Serialized<'_>>,
     ) -> Result<RecordRef> {
-        self.adopt_in(addr, req, None, ty)
+        self.adopt_in(addr, req, None, ty, s)
     }
 
     /// As [`AllocCore::adopt`], owned by `arena` when given.
@@ -250,53 +264,60 @@ impl AllocCore {
         req: Request,
         arena: Option<&Arc<ArenaTag>>,
         ty: &'static str,
+        s: Option<Serialized<'_>>,
     ) -> Result<RecordRef> {
         let p = NonNull::new(std::ptr::with_exposed_provenance_mut::<u8>(addr))
             .ok_or(Error::NullPointer)?;
-        let slot = RecordSlot::new()?;
+        let slot = RecordSlot::new(s)?;
         let tag = arena.map(|t| &**t);
         let charged = self.charge(req.size, 0, tag, true)?;
         let plain = self.backend.adopts_plain();
-        self.record(slot, p, req, arena, ty, charged.then_some(0), true, plain)
+        self.record(slot, p, req, arena, ty, charged.then_some(0), true, plain, s)
             .inspect_err(|_| self.uncharge(charged, req.size, tag))
     }
 
     /// Frees a block through this allocator (its owner group must own it).
-    pub fn free(&self, rec: &Record, addr: usize) -> Result<()> {
-        rec.free(self.group, 0, addr)
+    pub fn free(&self, rec: &Record, addr: usize, s: Option<Serialized<'_>>) -> Result<()> {
+        rec.free(self.group, 0, addr, s)
     }
 
     /// Resizes `rec` (viewed at `addr`) to `new` bytes. The old record dies
     /// (`Reallocated`) and a new one is returned; on failure nothing changes.
-    pub fn realloc(self: &Arc<Self>, rec: &Record, addr: usize, new: usize) -> Result<RecordRef> {
-        let slot = RecordSlot::new()?;
-        rec.begin_realloc(self.group, 0, addr)?;
+    pub fn realloc(
+        self: &Arc<Self>,
+        rec: &Record,
+        addr: usize,
+        new: usize,
+        s: Option<Serialized<'_>>,
+    ) -> Result<RecordRef> {
+        let slot = RecordSlot::new(s)?;
+        rec.begin_realloc(self.group, 0, addr, s)?;
         let old = rec.size();
         let align = rec.align();
         let same = std::ptr::eq(&**self, rec.allocator());
         // Limits count the difference: the old block is counted free below.
         let charged = self
             .charge(new, old, None, same)
-            .inspect_err(|_| rec.undo_realloc())?;
+            .inspect_err(|_| rec.undo_realloc(s))?;
         // SAFETY: begin_realloc made us the only user of the old block.
         let moved = unsafe {
             if same && !rec.is_plain_memory() {
                 self.backend
-                    .realloc(rec_ptr(rec), old, new, align, self.zeroed)
+                    .realloc(rec_ptr(rec), old, new, align, self.zeroed, s)
             } else {
                 // Same owner group, another backend: move the bytes across
                 // (after the old block's guard bytes, if any, check out).
                 let from = rec.backend();
                 from.verify(rec_ptr(rec), old, align).and_then(|()| {
                     self.backend
-                        .alloc(new, align, self.zeroed)
+                        .alloc(new, align, self.zeroed, s)
                         .inspect(|fresh| {
                             std::ptr::copy_nonoverlapping(
                                 rec_ptr(rec).as_ptr(),
                                 fresh.as_ptr(),
                                 old.min(new),
                             );
-                            let _ = from.free(rec_ptr(rec), old, align);
+                            let _ = from.free(rec_ptr(rec), old, align, s);
                         })
                 })
             }
@@ -304,25 +325,25 @@ impl AllocCore {
         match moved {
             Ok(p) => {
                 observer::gone(rec.addr());
-                rec.finish_realloc();
+                rec.finish_realloc(s);
                 let ty = track::type_of(rec);
                 // The old block is counted free already: nothing to credit.
                 let req = Request { size: new, align };
                 let fresh = self
-                    .record(slot, p, req, None, ty, charged.then_some(0), false, false)
+                    .record(slot, p, req, None, ty, charged.then_some(0), false, false, s)
                     .inspect_err(|_| {
                         self.uncharge(charged, new, None);
                         // SAFETY: the moved block has no record: give it back.
-                        let _ = unsafe { self.backend.free(p, new, align) };
+                        let _ = unsafe { self.backend.free(p, new, align, s) };
                     })?;
                 if rec.is_autofree() {
-                    fresh.set_autofree()?;
+                    fresh.set_autofree(s)?;
                 }
                 Ok(fresh)
             }
             Err(e) => {
                 self.uncharge(charged, new, None);
-                rec.undo_realloc();
+                rec.undo_realloc(s);
                 Err(e)
             }
         }

@@ -12,17 +12,25 @@ impl Record {
     /// Frees the block on behalf of an allocator of `owner_group` (arena 0) or
     /// of the arena `arena`, as asked through a view at `addr`. The counters
     /// stop counting it at once; the memory goes back when no export pins it.
-    pub fn free(&self, owner_group: u64, arena: u64, addr: usize) -> Result<()> {
+    /// `s`: the caller's serialization proof (None: the synchronised path),
+    /// as every state change here takes it.
+    pub fn free(
+        &self,
+        owner_group: u64,
+        arena: u64,
+        addr: usize,
+        s: Option<Serialized<'_>>,
+    ) -> Result<()> {
         let death = if arena != 0 { RELEASED } else { FREED };
         let prev = self.update(|w| {
             self.check_free(w, owner_group, arena, addr)?;
             Ok((w & !STATE_MASK) | death)
         })?;
-        index::remove_dead(self);
-        self.count_free(prev);
+        index::remove_dead(self, s);
+        self.count_free(prev, s);
         track::on_end(self, arena == 0);
         if prev >> PIN_SHIFT == 0 {
-            self.return_memory()
+            self.return_memory(s)
         } else {
             // Exported: the memory goes back later; check its guard bytes now.
             self.backend().verify(self.addr, self.size, self.align())
@@ -34,7 +42,7 @@ impl Record {
     /// flags, no exports) viewed at its start takes one compare-and-swap and
     /// nothing else; any other case is `free` itself.
     #[inline]
-    pub fn free_plain(&self, addr: usize) -> Result<()> {
+    pub fn free_plain(&self, addr: usize, s: Option<Serialized<'_>>) -> Result<()> {
         let w = self.word.load(Relaxed);
         if addr == self.addr()
             && w & !ALIGN_MASK == LIVE
@@ -43,11 +51,11 @@ impl Record {
                 .compare_exchange(w, w | FREED, AcqRel, Acquire)
                 .is_ok()
         {
-            index::remove_dead(self);
-            self.alloc.count_free(self.size);
-            return self.return_memory();
+            index::remove_dead(self, s);
+            self.alloc.count_free(self.size, s);
+            return self.return_memory(s);
         }
-        self.free(self.alloc.group, 0, addr)
+        self.free(self.alloc.group, 0, addr, s)
     }
 
     /// Ownership leaves rsalloc, whoever owned the block (allocator or
@@ -55,7 +63,7 @@ impl Record {
     /// freeable here. `addr` is the view asking; it must be the block's start.
     /// Refused while exported: the new owner may free the memory at once,
     /// under a memoryview or array that still looks into it.
-    pub fn detach(&self, addr: usize) -> Result<usize> {
+    pub fn detach(&self, addr: usize, s: Option<Serialized<'_>>) -> Result<usize> {
         let prev = self.update(|w| match decode(w) {
             State::Dead(d) => Err(Error::UseAfterFree(d)),
             State::Detached => Err(Error::Ownership(Ownership::Detached)),
@@ -67,8 +75,8 @@ impl Record {
             State::Live => Ok((w & !(STATE_MASK | IN_ARENA)) | DETACHED),
         })?;
         // C may free it from now on, and libc hand the address out again.
-        index::remove(self);
-        self.count_free(prev);
+        index::remove(self, s);
+        self.count_free(prev, s);
         track::on_end(self, false);
         crate::core::observer::gone(self.addr());
         Ok(self.addr())
@@ -77,13 +85,13 @@ impl Record {
     /// Marks the block to be freed when the record's last reference goes.
     /// The garbage collector owns the block from now on, so it cannot leak:
     /// it leaves the leak registry.
-    pub fn set_autofree(&self) -> Result<()> {
+    pub fn set_autofree(&self, s: Option<Serialized<'_>>) -> Result<()> {
         self.update(|w| match decode(w) {
             State::Dead(d) => Err(Error::UseAfterFree(d)),
             _ => Ok(w | AUTOFREE),
         })?;
         // The garbage collector frees it: the index holds no count on it.
-        index::uncount(self);
+        index::uncount(self, s);
         track::on_end(self, false);
         Ok(())
     }
@@ -91,7 +99,13 @@ impl Record {
     /// Begins a realloc: the block must be live, owned by `owner_group`, at
     /// `addr`, and not exported. On success it is marked reallocated; the
     /// caller then either [`Record::finish_realloc`]s or [`Record::undo_realloc`]s.
-    pub(crate) fn begin_realloc(&self, owner_group: u64, arena: u64, addr: usize) -> Result<()> {
+    pub(crate) fn begin_realloc(
+        &self,
+        owner_group: u64,
+        arena: u64,
+        addr: usize,
+        s: Option<Serialized<'_>>,
+    ) -> Result<()> {
         self.update(|w| {
             self.check_free(w, owner_group, arena, addr)?;
             if w >> PIN_SHIFT != 0 {
@@ -100,16 +114,16 @@ impl Record {
             Ok((w & !STATE_MASK) | REALLOCATED)
         })?;
         // The memory may move: out of the index before the backend runs.
-        index::remove(self);
+        index::remove(self, s);
         Ok(())
     }
 
-    pub(crate) fn undo_realloc(&self) {
+    pub(crate) fn undo_realloc(&self, s: Option<Serialized<'_>>) {
         self.word.fetch_and(!STATE_MASK, AcqRel);
         // Back where it was: its slot or span is still there (the index
         // never gives room back), so this needs no memory.
         // SAFETY: records live in their shared memory; the caller holds one.
-        let _ = unsafe { index::insert(self, false) };
+        let _ = unsafe { index::insert(self, false, s) };
     }
 
     /// The end of [`Record::lose`]: its tracking entry goes.
@@ -119,14 +133,17 @@ impl Record {
 
     /// The old block's memory now belongs to the new record: count it freed
     /// (in its arena too when an arena owned it).
-    pub(crate) fn finish_realloc(&self) {
+    pub(crate) fn finish_realloc(&self, s: Option<Serialized<'_>>) {
         // SAFETY: as in `undo_realloc`.
-        unsafe { index::keep_dead(self) };
-        self.count_free(self.word.load(Acquire));
+        unsafe { index::keep_dead(self, s) };
+        self.count_free(self.word.load(Acquire), s);
         track::on_end(self, true);
     }
 }
 
+// A drop has no caller to hand it the serialization proof: the autofree
+// block's ending takes the synchronised path (the index locks, the counters
+// count with read-modify-writes, libc's block goes to `free`, not the cache).
 impl Drop for Record {
     fn drop(&mut self) {
         let w = *self.word.get_mut();
@@ -134,11 +151,11 @@ impl Drop for Record {
             // The last reference to a live block: an autofree one (the
             // index holds a count on every other live block). It leaves
             // the index before the record's memory goes.
-            index::remove(self);
+            index::remove(self, None);
         }
         if w & AUTOFREE != 0 && decode(w) == State::Live && w & IN_ARENA == 0 {
-            self.alloc.count_free(self.size);
-            if let Err(e) = self.return_memory() {
+            self.alloc.count_free(self.size, None);
+            if let Err(e) = self.return_memory(None) {
                 // No caller to raise to: the garbage collector freed it.
                 use std::io::Write;
                 let _ = writeln!(

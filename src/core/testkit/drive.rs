@@ -122,7 +122,7 @@ pub fn records(data: &[u8]) {
                         size: b.u8() as usize * (1 + (op as usize >> 5 & 3)),
                         align: 1 << (b.u8() % 13),
                     };
-                    match a.allocate(req, None) {
+                    match a.allocate(req, None, None) {
                         Ok(rec) => {
                             slots[k] = Some(Slot {
                                 rec,
@@ -150,7 +150,7 @@ pub fn records(data: &[u8]) {
                             Shadow::Live => Ok(true),
                         }
                     };
-                    match (by.free(&s.rec, addr), want) {
+                    match (by.free(&s.rec, addr, None), want) {
                         (Ok(()), Ok(true)) => s.shadow = Shadow::Dead,
                         (Err(Error::DoubleFree(Death::Freed | Death::Reallocated)), Ok(false)) => {}
                         (Err(Error::Ownership(o)), Err(w)) => assert_eq!(o, w),
@@ -170,7 +170,7 @@ pub fn records(data: &[u8]) {
             4 => {
                 if let Some(s) = &mut slots[k] {
                     if s.pins > 0 {
-                        s.rec.unpin();
+                        s.rec.unpin(None);
                         s.pins -= 1;
                     }
                 }
@@ -178,7 +178,7 @@ pub fn records(data: &[u8]) {
             5 => {
                 if let Some(s) = &mut slots[k] {
                     let addr = s.rec.addr() + interior as usize;
-                    match (s.rec.detach(addr), s.shadow) {
+                    match (s.rec.detach(addr, None), s.shadow) {
                         (Ok(x), Shadow::Live) if !interior && s.pins == 0 => {
                             assert_eq!(x, s.rec.addr());
                             s.shadow = Shadow::Detached;
@@ -194,7 +194,7 @@ pub fn records(data: &[u8]) {
             }
             6 => {
                 if let Some(s) = &mut slots[k] {
-                    match (s.rec.set_autofree(), s.shadow) {
+                    match (s.rec.set_autofree(None), s.shadow) {
                         (Ok(()), Shadow::Live | Shadow::Detached) => s.autofree = true,
                         (Err(Error::UseAfterFree(_)), Shadow::Dead) => {}
                         (got, shadow) => panic!("autofree: {got:?} in {shadow:?}"),
@@ -205,7 +205,7 @@ pub fn records(data: &[u8]) {
                 if let Some(s) = &mut slots[k] {
                     let addr = s.rec.addr() + interior as usize;
                     let new = b.u8() as usize * 3;
-                    match a.realloc(&s.rec, addr, new) {
+                    match a.realloc(&s.rec, addr, new, None) {
                         Ok(fresh) => {
                             assert!(s.shadow == Shadow::Live && !interior && s.pins == 0);
                             assert_eq!(s.rec.state(), State::Dead(Death::Reallocated));
@@ -232,7 +232,7 @@ pub fn records(data: &[u8]) {
                 if !keep {
                     if let Some(s) = slots[k].take() {
                         for _ in 0..s.pins {
-                            s.rec.unpin();
+                            s.rec.unpin(None);
                         }
                         if s.shadow == Shadow::Detached {
                             c_owned.push(s.rec.addr());
@@ -252,11 +252,11 @@ pub fn records(data: &[u8]) {
     c.fail_at(0);
     for s in slots.iter_mut().flatten() {
         for _ in 0..s.pins {
-            s.rec.unpin();
+            s.rec.unpin(None);
         }
         s.pins = 0;
         match s.shadow {
-            Shadow::Live if !s.autofree => allocs[0].free(&s.rec, s.rec.addr()).unwrap(),
+            Shadow::Live if !s.autofree => allocs[0].free(&s.rec, s.rec.addr(), None).unwrap(),
             Shadow::Detached => c_owned.push(s.rec.addr()),
             _ => {}
         }

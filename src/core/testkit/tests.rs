@@ -101,11 +101,11 @@ fn run_path_failing(arm: impl Fn(&Counting, usize)) {
             let contents: Vec<Vec<u8>> = slots.iter().map(|r| bytes(r).to_vec()).collect();
             let result = match *step {
                 Step::Alloc(a, size, align) => allocs[a]
-                    .allocate(Request { size, align }, None)
+                    .allocate(Request { size, align }, None, None)
                     .map(|r| slots.push(r)),
                 Step::Realloc(a, slot, new) => {
                     let old = slots[slot].clone();
-                    allocs[a].realloc(&old, old.addr(), new).map(|r| {
+                    allocs[a].realloc(&old, old.addr(), new, None).map(|r| {
                         let kept = old.size().min(new);
                         assert!(bytes(&r)[..kept].iter().all(|b| *b == slot as u8 + 1));
                         if allocs[a].zeroed {
@@ -135,7 +135,7 @@ fn run_path_failing(arm: impl Fn(&Counting, usize)) {
             }
         }
         for r in &slots {
-            allocs[0].free(r, r.addr()).unwrap(); // one owner group: either may free
+            allocs[0].free(r, r.addr(), None).unwrap(); // one owner group: either may free
         }
         drop(slots);
         assert_eq!(c.live(), 0, "k={k}");
@@ -158,28 +158,28 @@ fn run_path_failing(arm: impl Fn(&Counting, usize)) {
 fn adopt_and_refused_requests_never_reach_the_backend() {
     let (c, a) = counting(new_id(), false);
     assert!(matches!(
-        a.adopt(0, Request { size: 8, align: 8 }),
+        a.adopt(0, Request { size: 8, align: 8 }, None),
         Err(Error::NullPointer)
     ));
     let oversized = array(1 << 62, 4, 4, None);
     assert!(matches!(oversized, Err(Error::SizeOverflow)));
-    let r = a.allocate(Request { size: 8, align: 8 }, None).unwrap();
+    let r = a.allocate(Request { size: 8, align: 8 }, None, None).unwrap();
     r.pin().unwrap();
-    assert!(matches!(a.realloc(&r, r.addr(), 64), Err(Error::Exported)));
+    assert!(matches!(a.realloc(&r, r.addr(), 64, None), Err(Error::Exported)));
     assert!(matches!(
-        a.realloc(&r, r.addr() + 1, 64),
+        a.realloc(&r, r.addr() + 1, 64, None),
         Err(Error::Ownership(Ownership::Interior))
     ));
-    r.unpin();
+    r.unpin(None);
     let (_, other) = counting(new_id(), false);
     assert!(matches!(
-        other.realloc(&r, r.addr(), 64),
+        other.realloc(&r, r.addr(), 64, None),
         Err(Error::Ownership(Ownership::OtherOwner))
     ));
     assert_eq!((c.attempts(), c.live(), r.state()), (1, 1, State::Live));
-    a.free(&r, r.addr()).unwrap();
+    a.free(&r, r.addr(), None).unwrap();
     assert!(matches!(
-        a.realloc(&r, r.addr(), 64),
+        a.realloc(&r, r.addr(), 64, None),
         Err(Error::DoubleFree(Death::Freed))
     ));
     assert_eq!((c.attempts(), c.live(), c.returns()), (1, 0, 1));
@@ -210,7 +210,7 @@ fn threads_racing_one_record_end_it_exactly_once() {
     let mut endings = [0usize; 4]; // free, detach, realloc, autofree/explicit at the end
     for round in 0..300u64 {
         let (c, a) = counting(new_id(), round % 2 == 0);
-        let r = a.allocate(array(32, 1, 1, None).unwrap(), None).unwrap();
+        let r = a.allocate(array(32, 1, 1, None).unwrap(), None, None).unwrap();
         stamp(&r, 0x5A);
         let wins = Wins::default();
         let barrier = Barrier::new(THREADS);
@@ -241,15 +241,15 @@ fn threads_racing_one_record_end_it_exactly_once() {
                                         };
                                         assert_eq!(b, 0x5A);
                                         std::thread::yield_now();
-                                        r.unpin();
+                                        r.unpin(None);
                                     }
                                 }
-                                2 => match a.free(r, r.addr()) {
+                                2 => match a.free(r, r.addr(), None) {
                                     Ok(()) => drop(wins.free.fetch_add(1, SeqCst)),
                                     Err(Error::DoubleFree(_) | Error::Ownership(_)) => {}
                                     Err(e) => panic!("free: {e}"),
                                 },
-                                3 => match r.detach(r.addr()) {
+                                3 => match r.detach(r.addr(), None) {
                                     Ok(_) => drop(wins.detach.fetch_add(1, SeqCst)),
                                     Err(
                                         Error::UseAfterFree(_)
@@ -258,11 +258,11 @@ fn threads_racing_one_record_end_it_exactly_once() {
                                     ) => {}
                                     Err(e) => panic!("detach: {e}"),
                                 },
-                                4 => match r.set_autofree() {
+                                4 => match r.set_autofree(None) {
                                     Ok(()) | Err(Error::UseAfterFree(_)) => {}
                                     Err(e) => panic!("autofree: {e}"),
                                 },
-                                5 => match a.realloc(r, r.addr(), 64) {
+                                5 => match a.realloc(r, r.addr(), 64, None) {
                                     Ok(n) => {
                                         wins.realloc.fetch_add(1, SeqCst);
                                         mine.push(n);
@@ -274,7 +274,7 @@ fn threads_racing_one_record_end_it_exactly_once() {
                                     ) => {}
                                     Err(e) => panic!("realloc: {e}"),
                                 },
-                                _ => assert!(a.free(r, r.addr() + 1).is_err()),
+                                _ => assert!(a.free(r, r.addr() + 1, None).is_err()),
                             }
                         }
                         mine
@@ -295,13 +295,13 @@ fn threads_racing_one_record_end_it_exactly_once() {
         assert_eq!(r.pins(), 0);
         let detached = r.state() == State::Detached;
         match r.state() {
-            State::Live if !r.is_autofree() => a.free(&r, r.addr()).unwrap(),
+            State::Live if !r.is_autofree() => a.free(&r, r.addr(), None).unwrap(),
             State::Detached => c.free_detached(r.addr()),
             _ => {}
         }
         drop(r); // an autofree block goes back here
         for n in &fresh {
-            a.free(n, n.addr()).unwrap();
+            a.free(n, n.addr(), None).unwrap();
         }
         assert_eq!(c.bad_returns(), Vec::<String>::new(), "round {round}");
         assert_eq!(c.live(), 0, "round {round}");
@@ -317,7 +317,7 @@ fn threads_racing_one_record_end_it_exactly_once() {
 fn exports_racing_a_free_return_the_memory_once_after_the_last_unpin() {
     for round in 0..200 {
         let (c, a) = counting(new_id(), false);
-        let r = a.allocate(array(64, 1, 1, None).unwrap(), None).unwrap();
+        let r = a.allocate(array(64, 1, 1, None).unwrap(), None, None).unwrap();
         stamp(&r, 7);
         let barrier = Barrier::new(8);
         std::thread::scope(|s| {
@@ -326,7 +326,7 @@ fn exports_racing_a_free_return_the_memory_once_after_the_last_unpin() {
                 s.spawn(move || {
                     barrier.wait();
                     if t == 0 {
-                        a.free(r, r.addr()).unwrap();
+                        a.free(r, r.addr(), None).unwrap();
                         return;
                     }
                     for _ in 0..50 {
@@ -340,7 +340,7 @@ fn exports_racing_a_free_return_the_memory_once_after_the_last_unpin() {
                                         .read_volatile()
                                 };
                                 assert_eq!(b, 7);
-                                r.unpin();
+                                r.unpin(None);
                             }
                             Err(e) => {
                                 assert!(matches!(e, Error::UseAfterFree(Death::Freed)));

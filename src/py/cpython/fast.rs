@@ -37,6 +37,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::type_object::PyTypeInfo;
 use std::ffi::c_int;
 use std::sync::OnceLock;
+use crate::py::serialized::token;
 
 /// The PyO3 methods the fast ones replace, for every other call.
 static ALLOCATOR_ALLOCATE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
@@ -130,7 +131,7 @@ unsafe extern "C" fn free(
             let p = p.get();
             match p.owner.get() {
                 Owned::Block(rec) if p.addr != 0 && rec.frees_plainly() => {
-                    match rec.free_plain(p.addr).py(py, p) {
+                    match rec.free_plain(p.addr, token(py)).py(py, p) {
                         Ok(()) => Outcome::Done(ffi::Py_NewRef(ffi::Py_None())),
                         Err(e) => Outcome::Raise(e),
                     }

@@ -28,6 +28,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::type_object::PyTypeInfo;
 use std::ffi::{c_int, c_void};
 use std::sync::OnceLock;
+use crate::py::serialized::token;
 
 static OLD_FIELD_GET: OnceLock<ffi::descrgetfunc> = OnceLock::new();
 static OLD_FIELD_SET: OnceLock<ffi::descrsetfunc> = OnceLock::new();
@@ -126,13 +127,13 @@ unsafe extern "C" fn ref_get(slf: *mut ffi::PyObject, closure: *mut c_void) -> *
                 if !matches!(p.ty.composite, Composite::Struct) {
                     return Outcome::Delegate;
                 }
-                let Ok(_held) = p.access() else {
+                let Ok(_held) = p.access(token(py)) else {
                     return Outcome::Delegate;
                 };
                 let Ok(addr) = p.elem_addr(0) else {
                     return Outcome::Delegate;
                 };
-                make_view(py, &p.ty.class, p.view(addr, p.ty, Some(p.ty.size)))
+                make_view(py, &p.ty.class, p.view(addr, p.ty, Some(p.ty.size), token(py)))
                     .map(Py::into_ptr)
                     .into()
             },

@@ -29,6 +29,7 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::type_object::PyTypeInfo;
 use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+use crate::py::serialized::token;
 
 /// Pointer's type object and the offset of the Rust value in its objects,
 /// set by `install` once it has checked the layout (0: not checked, use
@@ -95,7 +96,7 @@ pub fn new_object_or<'py>(
     if off == 0 {
         // PyO3 drops the value when it fails: a second view of the same
         // block is what is left for `undo`.
-        let back = value.view(value.addr, value.ty, value.extent());
+        let back = value.view(value.addr, value.ty, value.extent(), token(py));
         return Bound::new(py, value).inspect_err(|_| undo(py, &back));
     }
     let tp = TYPE.load(Ordering::Relaxed);
@@ -181,7 +182,11 @@ mod list {
             let tp = ffi::Py_TYPE(obj);
             // No Python object is dropped here; nothing in the drop panics,
             // but unwinding out of a C callback would abort: leak instead.
+            // The owner goes first, with the proof the GIL gives (a drop
+            // has none: it would count down with a read-modify-write).
             let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let owner = std::mem::replace(&mut (*value).owner, crate::py::pointer::Owner::UNOWNED);
+                owner.release(crate::py::serialized::token(pyo3::Python::assume_attached()));
                 std::ptr::drop_in_place(value)
             }));
             free(obj.cast());

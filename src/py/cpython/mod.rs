@@ -85,14 +85,6 @@ where
         + Sync,
     PyClassInitializer<S>: From<S>,
 {
-    if switched_off() {
-        // Not a trick: every call holds the GIL, whatever the fence does.
-        #[cfg(not(Py_GIL_DISABLED))]
-        // SAFETY: as in `pymalloc_records`, with records from Rust's allocator.
-        unsafe {
-            crate::core::serial::assume_serialized()
-        };
-    }
     attempt("pymalloc_records", pymalloc_records);
     attempt("untracked_pointers", || {
         let probe = crate::py::pointer::Pointer::new(
@@ -143,15 +135,14 @@ fn pymalloc_records() -> Result<(), String> {
     #[cfg(Py_GIL_DISABLED)]
     return Err("free-threaded build: records come from Rust's allocator".into());
     // SAFETY: with a GIL, every call into rsalloc and every drop of its
-    // objects holds it; rsalloc releases it nowhere, and user code that
-    // does (a Python-defined allocator's methods) runs only in the core's
-    // callbacks. PyO3 refuses sub-interpreters. So record memory may come
-    // from CPython's small-object allocator, which needs the GIL and has
-    // no header per block (48 bytes a record, not glibc's 64); no record
-    // exists before this line (module init calls this first).
+    // objects holds it, so records are made and dropped under it (one
+    // thread at a time); PyO3 refuses sub-interpreters. So record memory
+    // may come from CPython's small-object allocator, which needs the GIL
+    // and has no header per block (48 bytes a record, not glibc's 64); no
+    // record exists before this line (module init calls this first).
     #[cfg(not(Py_GIL_DISABLED))]
     unsafe {
-        crate::core::serial::assume_serialized_with(crate::core::serial::RecordMemory {
+        crate::core::serial::use_record_memory(crate::core::serial::RecordMemory {
             alloc: pyo3::ffi::PyObject_Malloc,
             free: pyo3::ffi::PyObject_Free,
         });

@@ -261,6 +261,10 @@ unsafe extern "C" fn view_dealloc(obj: *mut ffi::PyObject) {
         // Unwinding out of a C callback would abort: leak instead.
         let drop_value = || {
             let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                // The owner first, with the proof the GIL gives (see
+                // `freelist::dealloc`).
+                let owner = std::mem::replace(&mut (*value).ptr.owner, Owner::UNOWNED);
+                owner.release(crate::py::serialized::token(Python::assume_attached()));
                 std::ptr::drop_in_place(value)
             }));
         };

@@ -12,6 +12,7 @@ use pyo3::exceptions::{PyIndexError, PyOverflowError, PyTypeError, PyValueError}
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyList, PySlice, PyTuple};
+use crate::py::serialized::token;
 
 impl Pointer {
     pub(super) fn element_type_error(&self) -> PyErr {
@@ -29,7 +30,7 @@ impl Pointer {
         allow(dead_code)
     )]
     pub(crate) fn plain_item(&self, i: isize) -> Option<*mut ffi::PyObject> {
-        let _held = self.access().ok()?;
+        let _held = self.access(None).ok()?;
         let addr = self.elem_addr(i).ok()?;
         if self.ty.kind.is_number() {
             // SAFETY: elem_addr checked liveness and bounds (or the view is
@@ -55,7 +56,7 @@ impl Pointer {
         // SAFETY: a new list of `len` empty (NULL) slots, or NULL with an
         // exception set; a list with NULL slots is valid to drop.
         let list = unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyList_New(len as isize))? };
-        let _held = self.pinned().py(py, self)?;
+        let _held = self.pinned(token(py)).py(py, self)?;
         let first = self.addr + start as usize * self.ty.size;
         let stride = step * self.ty.size as isize;
         let out = list.as_ptr();
@@ -167,7 +168,7 @@ impl Pointer {
             values.push(plain_number(kind, &item)?);
         }
         Some((|| {
-            let _held = self.pinned().py(py, self)?;
+            let _held = self.pinned(token(py)).py(py, self)?;
             for (k, value) in values.into_iter().enumerate() {
                 let addr = self.addr + (start + k as isize * step) as usize * self.ty.size;
                 // SAFETY: slice_bounds checked the range, `pinned` the block;
@@ -180,7 +181,7 @@ impl Pointer {
 
     /// `self[i]` for an index already in range of isize.
     pub(crate) fn item(&self, py: Python<'_>, i: isize) -> PyResult<Py<PyAny>> {
-        let _held = self.access().py(py, self)?;
+        let _held = self.access(token(py)).py(py, self)?;
         let addr = self.elem_addr(i).py(py, self)?;
         self.read(py, addr)
     }
@@ -219,7 +220,7 @@ impl Pointer {
         let Some(value) = plain_number(kind, v) else {
             return false;
         };
-        let Some(_held) = self.access().ok() else {
+        let Some(_held) = self.access(None).ok() else {
             return false;
         };
         let Some(addr) = self.elem_addr(i).ok() else {
@@ -241,7 +242,7 @@ impl Pointer {
             Kind::Opaque => return self.write_instance(py, i, v),
             _ => to_value(kind, self.ty, v)?,
         };
-        let _held = self.access().py(py, self)?;
+        let _held = self.access(token(py)).py(py, self)?;
         let addr = self.elem_addr(i).py(py, self)?;
         // SAFETY: checked live and in bounds with no Python code run since.
         unsafe { kind.write(addr, value) };
@@ -263,7 +264,7 @@ impl Pointer {
         v: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
         debug_assert!(self.ty.kind == Kind::Ptr && (v.is_none() || v.cast::<Pointer>().is_ok()));
-        let _held = self.access().py(py, self)?;
+        let _held = self.access(token(py)).py(py, self)?;
         let addr = self.elem_addr(i).py(py, self)?;
         let value = to_value(Kind::Ptr, self.ty, v)?;
         // SAFETY: checked live and in bounds; the conversion ran no Python code.
@@ -277,7 +278,7 @@ impl Pointer {
         if let Some(view) = super::composites().and_then(|c| (c.at)(py, self, addr, self.ty)) {
             return view;
         }
-        let one = Py::new(py, self.view(addr, self.ty, Some(self.ty.size)))?;
+        let one = Py::new(py, self.view(addr, self.ty, Some(self.ty.size), token(py)))?;
         Ok(self
             .ty
             .class
@@ -305,7 +306,7 @@ impl Pointer {
         let src = types::ctypes(py)?
             .call_method1("addressof", (v,))?
             .extract::<usize>()?;
-        let _held = self.access().py(py, self)?;
+        let _held = self.access(token(py)).py(py, self)?;
         let addr = self.elem_addr(i).py(py, self)?;
         // SAFETY: both regions hold ty.size bytes (a ctypes instance of the
         // type, which `v` keeps alive; a slot checked just now).
@@ -348,7 +349,7 @@ impl Pointer {
         let n = self.count().ok_or_else(|| {
             PyTypeError::new_err(format!("cannot slice {}: its count is unknown", self))
         })?;
-        self.check().py(py, self)?;
+        self.check(token(py)).py(py, self)?;
         let ind = s.indices(n as isize)?;
         Ok((ind.start, ind.step, ind.slicelength))
     }

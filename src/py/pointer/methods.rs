@@ -21,6 +21,7 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyInt, PyList, PySlice, PyTuple};
 use std::ffi::{c_int, CStr};
+use crate::py::serialized::token;
 
 #[pymethods]
 impl Pointer {
@@ -66,10 +67,10 @@ impl Pointer {
             if self.ty.kind.is_number() {
                 return self.number_slice(py, start, step, len);
             }
-            let _held = self.pinned().py(py, self)?;
+            let _held = self.pinned(token(py)).py(py, self)?;
             let items = PyList::empty(py);
             for k in 0..len as isize {
-                self.check().py(py, self)?;
+                self.check(token(py)).py(py, self)?;
                 let i = start + k * step;
                 items.append(self.read(py, self.addr + i as usize * self.ty.size)?)?;
             }
@@ -105,8 +106,8 @@ impl Pointer {
                 .map(|x| to_value(self.ty.kind, self.ty, x))
                 .collect::<PyResult<Vec<_>>>()?;
             // The conversions ran Python code: the block may be dead now.
-            let _held = self.access().py(py, self)?;
-            self.check().py(py, self)?;
+            let _held = self.access(token(py)).py(py, self)?;
+            self.check(token(py)).py(py, self)?;
             for (k, value) in converted.into_iter().enumerate() {
                 let addr = self.addr + (start + k as isize * step) as usize * self.ty.size;
                 // SAFETY: slice_bounds checked the range; liveness checked just now.
@@ -126,7 +127,7 @@ impl Pointer {
     /// `p[0]`.
     #[getter]
     fn get_value(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        let _held = self.access().py(py, self)?;
+        let _held = self.access(token(py)).py(py, self)?;
         let addr = self.elem_addr(0).py(py, self)?;
         self.read(py, addr)
     }
@@ -226,8 +227,8 @@ impl Pointer {
             .checked_mul(size)
             .filter(|&n| n <= isize::MAX as usize && at.addr.checked_add(n).is_some());
         match (bytes, at.extent()) {
-            (Some(n), None) => Ok(self.view(at.addr, self.ty, Some(n))),
-            (Some(n), Some(e)) if n <= e => Ok(self.view(at.addr, self.ty, Some(n))),
+            (Some(n), None) => Ok(self.view(at.addr, self.ty, Some(n), token(py))),
+            (Some(n), Some(e)) if n <= e => Ok(self.view(at.addr, self.ty, Some(n), token(py))),
             (_, Some(_)) => Err(PyIndexError::new_err(format!(
                 "view of {count} elements from {start} outside {self}"
             ))),
@@ -245,8 +246,8 @@ impl Pointer {
     /// The same bytes seen as elements of T (count = nbytes // sizeof(T)).
     fn cast(&self, py: Python<'_>, t: &Bound<'_, PyAny>) -> PyResult<Pointer> {
         let ty = types::lookup(t)?;
-        self.check_alive().py(py, self)?;
-        Ok(self.view(self.addr, ty, self.extent()))
+        self.check_alive(token(py)).py(py, self)?;
+        Ok(self.view(self.addr, ty, self.extent(), token(py)))
     }
 
     /// Decodes a C string: UTF-8 for Uint8/Int8, UTF-16 for Uint16, up to the
@@ -280,11 +281,11 @@ impl Pointer {
         // Any other handler may be a Python function, run by the decoder
         // while it reads: the memory is pinned for it.
         let _pinned = match errors {
-            Some(_) => Some(self.pinned().py(py, self)?),
+            Some(_) => Some(self.pinned(token(py)).py(py, self)?),
             None => None,
         };
-        self.check().py(py, self)?;
-        let _held = self.access().py(py, self)?;
+        self.check(token(py)).py(py, self)?;
+        let _held = self.access(token(py)).py(py, self)?;
         let units = match length {
             Some(l) => {
                 self.stated_range(
@@ -325,7 +326,7 @@ impl Pointer {
         // SAFETY: a new reference or NULL with an exception set.
         let s = unsafe { Bound::from_owned_ptr_or_err(py, s) }?;
         // A handler that freed the block made the rest of the text stale.
-        self.check().py(py, self)?;
+        self.check(token(py)).py(py, self)?;
         Ok(s.unbind())
     }
 
@@ -342,7 +343,7 @@ impl Pointer {
                 .nbytes_usize()
                 .ok_or_else(|| PyTypeError::new_err(format!("read_bytes() of {}: pass n", self)))?,
         };
-        let _held = self.access().py(py, self)?;
+        let _held = self.access(token(py)).py(py, self)?;
         let addr = self.stated_range(0, n).py(py, self)?;
         // SAFETY: checked range (or stated on a view of unknown length).
         Ok(pyo3::types::PyBytes::new(py, unsafe {
@@ -362,7 +363,7 @@ impl Pointer {
         // Arguments first (`__index__`, `__buffer__` may free the block).
         let offset = offset.map_or(Ok(0), |o| usize_arg(o, "offset"))?;
         let src = Source::get(data, "write_bytes() takes a bytes-like object")?;
-        let _held = self.access().py(py, self)?;
+        let _held = self.access(token(py)).py(py, self)?;
         let dst = self.stated_range(offset, src.len()).py(py, self)?;
         // SAFETY: checked destination (or stated by the source's length on a
         // view of unknown length); the source is held for the copy.
@@ -382,7 +383,7 @@ impl Pointer {
         let n = self
             .nbytes_usize()
             .ok_or_else(|| PyTypeError::new_err(format!("fill() of {}", self)))?;
-        let _held = self.access().py(py, self)?;
+        let _held = self.access(token(py)).py(py, self)?;
         let addr = self.byte_range(0, n).py(py, self)?;
         // SAFETY: checked range.
         unsafe {
@@ -402,16 +403,16 @@ impl Pointer {
             let n = p.nbytes_usize().ok_or_else(|| {
                 PyTypeError::new_err(format!("copy_from() of {}: unknown length", p))
             })?;
-            let held = p.access().py(py, p)?;
+            let held = p.access(token(py)).py(py, p)?;
             (p.byte_range(0, n).py(py, p)?, n, held)
         } else {
             let buf = Source::get(src, "copy_from() takes a Pointer or a bytes-like object")?;
-            let _held = self.access().py(py, self)?;
+            let _held = self.access(token(py)).py(py, self)?;
             let dst = self.stated_range(0, buf.len()).py(py, self)?;
             // SAFETY: checked destination (as in write_bytes); buffer held for the copy.
             return unsafe { buf.copy_to(py, std::ptr::with_exposed_provenance_mut::<u8>(dst)) };
         };
-        let _held = self.access().py(py, self)?;
+        let _held = self.access(token(py)).py(py, self)?;
         let dst = self.stated_range(0, len).py(py, self)?;
         // SAFETY: both ranges checked; `copy` allows overlap.
         unsafe {
@@ -428,7 +429,7 @@ impl Pointer {
     /// to its element type's ctypes type (`c_void_p` for Void).
     #[getter]
     fn _as_parameter_<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        self.check_alive().py(py, self)?;
+        self.check_alive(token(py)).py(py, self)?;
         crate::py::params::as_parameter(py, self)
     }
 
@@ -446,8 +447,8 @@ impl Pointer {
 
     /// Not freed, released or reallocated.
     #[getter]
-    fn alive(&self) -> bool {
-        self.check_alive().is_ok()
+    fn alive(&self, py: Python<'_>) -> bool {
+        self.check_alive(token(py)).is_ok()
     }
 
     /// True when the address is 0 (`nullptr`, a NULL read back from memory).
@@ -501,7 +502,7 @@ impl Pointer {
     /// unowned view.
     fn detach(&self, py: Python<'_>) -> PyResult<usize> {
         match self.owner.get() {
-            Owned::Block(r) => r.detach(self.addr).py(py, self),
+            Owned::Block(r) => r.detach(self.addr, token(py)).py(py, self),
             Owned::Region(_) => Err(self.err(py, Error::Ownership(Ownership::RegionCannotDetach))),
             Owned::Dependent(_) => Err(self.err(py, Error::Ownership(Ownership::Dependent))),
             Owned::Unowned => Err(self.err(py, Error::Ownership(Ownership::Foreign))),
@@ -513,9 +514,9 @@ impl Pointer {
     fn autofree(slf: Bound<'_, Self>) -> PyResult<Bound<'_, Self>> {
         let this = slf.get();
         match this.owner.get() {
-            Owned::Block(r) => r.set_autofree().py(slf.py(), this)?,
+            Owned::Block(r) => r.set_autofree(token(slf.py())).py(slf.py(), this)?,
             // Region memory goes with its arena, never earlier: nothing to arm.
-            Owned::Region(r) => r.check_access(this.addr).py(slf.py(), this)?,
+            Owned::Region(r) => r.check_access(this.addr, token(slf.py())).py(slf.py(), this)?,
             Owned::Dependent(_) => {
                 return Err(this.err(slf.py(), Error::Ownership(Ownership::Dependent)))
             }
@@ -587,7 +588,7 @@ impl Pointer {
                 this
             )));
         };
-        this.check().py(py, this)?;
+        this.check(token(py)).py(py, this)?;
         // Elements keep their format only when the consumer asks for formats
         // and shapes; otherwise the view is plain bytes.
         let typed = this.elem_size().is_some()
@@ -625,7 +626,7 @@ impl Pointer {
         } else {
             std::ptr::null_mut()
         };
-        if let Err(e) = this.owner.pin(this.addr) {
+        if let Err(e) = this.owner.pin(this.addr, token(py)) {
             free_shape(shape);
             return Err(this.err(py, e));
         }
@@ -659,7 +660,7 @@ impl Pointer {
     unsafe fn __releasebuffer__(&self, view: *mut ffi::Py_buffer) {
         // SAFETY: CPython passes the view this object filled.
         free_shape(unsafe { (*view).internal }.cast());
-        self.owner.unpin();
+        self.owner.unpin(None);
     }
 }
 
@@ -675,9 +676,9 @@ impl Pointer {
     fn offset_by(&self, py: Python<'_>, n: isize) -> PyResult<Pointer> {
         // Arithmetic on NULL is refused (DESIGN §3): `(q + 1)[0]` of a NULL
         // `q` would otherwise read address 4.
-        self.check().py(py, self)?;
+        self.check(token(py)).py(py, self)?;
         match self.span().offset_by(n) {
-            Ok((addr, extent)) => Ok(self.view(addr, self.ty, extent)),
+            Ok((addr, extent)) => Ok(self.view(addr, self.ty, extent, token(py))),
             Err(OffsetError::Outside { limit }) => Err(PyIndexError::new_err(format!(
                 "offset {n} outside 0..={} for {}",
                 limit.map(|c| c.to_string()).unwrap_or_else(|| "∞".into()),
