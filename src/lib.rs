@@ -74,8 +74,8 @@ mod _rsalloc {
         // object exists yet.
         let stats_probe = crate::py::stats::Stats::from(crate::core::stats::Snapshot::default());
         crate::py::cpython::install_early(py, stats_probe);
-        // After the switch to serialized mode above: the core's own calls
-        // bring a token from then on.
+        // Every call of the binding brings the token (`py::serialized`);
+        // the cache serves the calls that bring one.
         if let Some(s) = crate::py::serialized::token(py) {
             if crate::py::stats::block_cache_wanted() {
                 crate::core::block_cache::enable(s);

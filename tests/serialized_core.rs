@@ -241,7 +241,9 @@ fn record_memory_comes_from_the_given_functions_and_goes_back_to_them() {
     let a = AllocCore::new("m", LIBC_GROUP, false, Box::new(Libc));
     let req = array(16, 1, 1, None).unwrap();
     let allocs = ALLOCS.load(Relaxed);
-    let many: Vec<_> = (0..1_000).map(|_| a.allocate(req, None, s).unwrap()).collect();
+    let many: Vec<_> = (0..1_000)
+        .map(|_| a.allocate(req, None, s).unwrap())
+        .collect();
     for r in &many {
         assert!(in_a_slot(std::ptr::from_ref(&**r).addr()));
     }
@@ -278,6 +280,65 @@ fn record_memory_comes_from_the_given_functions_and_goes_back_to_them() {
     );
     assert_eq!(SLOTS.lock().unwrap().len(), 64);
     assert_eq!(WRONG.load(Relaxed), 0);
+}
+
+#[test]
+fn a_region_released_with_the_proof_keeps_its_first_chunk_and_one_without_frees_it() {
+    let _one = ONE_TEST.lock().unwrap_or_else(|e| e.into_inner());
+    serialize();
+    let g = LOCK.lock().unwrap();
+    let s = Some(token(&g));
+    use rsalloc::core::region::trim_kept_chunks;
+    trim_kept_chunks(token(&g));
+    let req = Request { size: 64, align: 8 };
+    let first = RegionCore::new();
+    let (at, _) = first.allocate(req, s).unwrap();
+    // SAFETY: a live 64-byte block of `first`.
+    unsafe { std::ptr::write_bytes(std::ptr::with_exposed_provenance_mut::<u8>(at), 0xAB, 64) };
+    assert!(first.release(false, s));
+    assert_eq!(trim_kept_chunks(token(&g)), 1, "kept for the next region");
+
+    let second = RegionCore::new();
+    let (at, _) = second.allocate(req, s).unwrap();
+    // SAFETY: a live 64-byte block of `second`.
+    unsafe { std::ptr::write_bytes(std::ptr::with_exposed_provenance_mut::<u8>(at), 0xAB, 64) };
+    assert!(second.release(false, s));
+    let third = RegionCore::new();
+    let (again, _) = third.allocate(req, s).unwrap();
+    assert_eq!(again, at, "the kept chunk serves the next region");
+    // SAFETY: a live 64-byte block of `third`.
+    let bytes =
+        unsafe { std::slice::from_raw_parts(std::ptr::with_exposed_provenance::<u8>(again), 64) };
+    assert!(
+        bytes.iter().all(|b| *b == 0),
+        "a kept chunk comes back zeroed"
+    );
+    // The synchronised path (a drop, or a caller without the proof) frees.
+    assert!(third.release(false, None));
+    assert_eq!(trim_kept_chunks(token(&g)), 0);
+    drop((first, second, third));
+}
+
+#[test]
+fn a_block_the_cache_keeps_reads_back_dead_only_with_the_proof() {
+    let _one = ONE_TEST.lock().unwrap_or_else(|e| e.into_inner());
+    serialize();
+    let g = LOCK.lock().unwrap();
+    let s = Some(token(&g));
+    let m = AllocCore::into_lifelong(AllocCore::new("malloc", LIBC_GROUP, false, Box::new(Libc)));
+    rsalloc::core::block_cache::trim(token(&g));
+    let r = m.allocate(array(64, 1, 1, None).unwrap(), None, s).unwrap();
+    let addr = r.addr();
+    m.free(&r, addr, s).unwrap();
+    r.release(s);
+    assert!(rsalloc::core::block_cache::holds(token(&g), addr, 64));
+    let dead = rsalloc::core::index::lately_freed(addr, s).expect("still rsalloc's memory");
+    assert!(dead.check_access().is_err());
+    // Without the proof the cache is not asked: the address is foreign.
+    assert!(rsalloc::core::index::lately_freed(addr, None).is_none());
+    dead.release(s);
+    rsalloc::core::block_cache::trim(token(&g));
+    assert!(rsalloc::core::index::lately_freed(addr, s).is_none());
 }
 
 #[test]

@@ -74,22 +74,22 @@ fuzz_target!(|data: &[u8]| {
     struct Shared(Arc<Counting>);
     impl Backend for Shared {
         fn alloc(
-        &self,
-        s: usize,
-        a: usize,
-        z: bool,
-        _s: Option<Serialized<'_>>,
-    ) -> Result<NonNull<u8>> {
-            self.0.alloc(s, a, z)
+            &self,
+            s: usize,
+            a: usize,
+            z: bool,
+            t: Option<Serialized<'_>>,
+        ) -> Result<NonNull<u8>> {
+            self.0.alloc(s, a, z, t)
         }
         unsafe fn free(
-        &self,
-        p: NonNull<u8>,
-        s: usize,
-        a: usize,
-        _s: Option<Serialized<'_>>,
-    ) -> Result<()> {
-            unsafe { self.0.free(p, s, a) }
+            &self,
+            p: NonNull<u8>,
+            s: usize,
+            a: usize,
+            t: Option<Serialized<'_>>,
+        ) -> Result<()> {
+            unsafe { self.0.free(p, s, a, t) }
         }
     }
     let a = AllocCore::new(
@@ -117,7 +117,7 @@ fuzz_target!(|data: &[u8]| {
             1 => {
                 let size = arg as usize * 3;
                 let align = 1usize << (arg % 8);
-                let rec = a.allocate(Request { size, align }, None).unwrap();
+                let rec = a.allocate(Request { size, align }, None, None).unwrap();
                 assert_eq!(rec.addr() % align, 0);
                 let fill = arg | 1;
                 unsafe { std::ptr::write_bytes(rec.addr() as *mut u8, fill, size) };
@@ -132,7 +132,7 @@ fuzz_target!(|data: &[u8]| {
             2 if !held.is_empty() => {
                 let h = held.swap_remove(arg as usize % held.len());
                 let alive = h.rec.check_access().is_ok();
-                let r = a.free(&h.rec, h.rec.addr());
+                let r = a.free(&h.rec, h.rec.addr(), None);
                 match r {
                     Ok(()) => {
                         assert!(alive);
@@ -145,7 +145,7 @@ fuzz_target!(|data: &[u8]| {
                 }
                 // Unpinning a freed block returns its memory exactly once.
                 for _ in 0..h.pinned {
-                    h.rec.unpin();
+                    h.rec.unpin(None);
                 }
             }
             3 if !held.is_empty() => {
@@ -157,7 +157,7 @@ fuzz_target!(|data: &[u8]| {
             4 if !held.is_empty() => {
                 let i = arg as usize % held.len();
                 if held[i].pinned > 0 {
-                    held[i].rec.unpin();
+                    held[i].rec.unpin(None);
                     held[i].pinned -= 1;
                 }
             }
@@ -166,7 +166,7 @@ fuzz_target!(|data: &[u8]| {
                 let h = &held[i];
                 let old = h.rec.size();
                 let new = (arg as usize) * 5;
-                match a.realloc(&h.rec, h.rec.addr(), new) {
+                match a.realloc(&h.rec, h.rec.addr(), new, None) {
                     Ok(fresh) => {
                         let keep = old.min(new);
                         let s =
@@ -189,7 +189,7 @@ fuzz_target!(|data: &[u8]| {
             6 => {
                 let size = arg as usize;
                 let align = 1usize << (arg % 13);
-                if let Ok((at, token)) = region.allocate(Request { size, align }) {
+                if let Ok((at, token)) = region.allocate(Request { size, align }, None) {
                     assert_eq!(at % align, 0);
                     let s = unsafe { std::slice::from_raw_parts(at as *const u8, size) };
                     assert!(s.iter().all(|b| *b == 0), "region memory is zeroed");
@@ -198,9 +198,9 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
             7 => {
-                region.release(arg % 2 == 0);
+                region.release(arg % 2 == 0, None);
                 for (at, token, _, _) in region_blocks.drain(..) {
-                    assert!(region.check(token, at).is_err());
+                    assert!(region.check(token, at, None).is_err());
                 }
             }
             8 if !held.is_empty() => {
@@ -212,11 +212,11 @@ fuzz_target!(|data: &[u8]| {
                     let addr = held[i].rec.addr();
                     unsafe {
                         backend
-                            .free(NonNull::new(addr as *mut u8).unwrap(), 0, 1)
+                            .free(NonNull::new(addr as *mut u8).unwrap(), 0, 1, None)
                             .unwrap()
                     };
                     for _ in 0..held[i].pinned {
-                        held[i].rec.unpin();
+                        held[i].rec.unpin(None);
                     }
                     held.swap_remove(i);
                 }
@@ -237,7 +237,7 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         for (at, token, size, fill) in &region_blocks {
-            if region.check(*token, *at).is_ok() {
+            if region.check(*token, *at, None).is_ok() {
                 let s = unsafe { std::slice::from_raw_parts(*at as *const u8, *size) };
                 assert!(s.iter().all(|b| b == fill), "region blocks overlap");
             }
@@ -245,12 +245,12 @@ fuzz_target!(|data: &[u8]| {
     }
     // Teardown: free what is left; every block goes back exactly once.
     for h in held.drain(..) {
-        let _ = a.free(&h.rec, h.rec.addr());
+        let _ = a.free(&h.rec, h.rec.addr(), None);
         for _ in 0..h.pinned {
-            h.rec.unpin();
+            h.rec.unpin(None);
         }
     }
-    region.release(false);
+    region.release(false, None);
     assert_eq!(a.counters.snapshot().live_count, 0);
     assert!(backend.0.lock().unwrap().is_empty(), "leaked blocks");
 });

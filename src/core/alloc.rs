@@ -164,7 +164,9 @@ impl Backend for Libc {
         // SAFETY: forwarded contract (a failed realloc leaves the block as it was).
         unsafe { sys::realloc(ptr, old, new, align, zeroed) }.or_else(|e| {
             // SAFETY: as above: the block is untouched after the failure.
-            retry_after_trim(e, s, || unsafe { sys::realloc(ptr, old, new, align, zeroed) })
+            retry_after_trim(e, s, || unsafe {
+                sys::realloc(ptr, old, new, align, zeroed)
+            })
         })
     }
     fn native_free(&self) -> Option<usize> {
@@ -468,7 +470,9 @@ mod tests {
     #[test]
     fn alloc_free_counts() {
         let a = libc(false);
-        let r = a.allocate(array(10, 4, 4, None).unwrap(), None, None).unwrap();
+        let r = a
+            .allocate(array(10, 4, 4, None).unwrap(), None, None)
+            .unwrap();
         assert_eq!(a.counters.snapshot().live_bytes, 40);
         a.free(&r, r.addr(), None).unwrap();
         let s = a.counters.snapshot();
@@ -492,7 +496,9 @@ mod tests {
         let m = libc(false);
         let c = libc(true);
         let other = AllocCore::new("other", new_id(), false, Box::new(Libc));
-        let r = m.allocate(array(8, 1, 1, None).unwrap(), None, None).unwrap();
+        let r = m
+            .allocate(array(8, 1, 1, None).unwrap(), None, None)
+            .unwrap();
         assert!(matches!(
             other.free(&r, r.addr(), None),
             Err(Error::Ownership(Ownership::OtherOwner))
@@ -509,7 +515,9 @@ mod tests {
     #[test]
     fn pins_defer_the_return_of_memory() {
         let a = libc(false);
-        let r = a.allocate(array(8, 1, 1, None).unwrap(), None, None).unwrap();
+        let r = a
+            .allocate(array(8, 1, 1, None).unwrap(), None, None)
+            .unwrap();
         r.pin().unwrap();
         a.free(&r, r.addr(), None).unwrap();
         assert_eq!(a.counters.snapshot().live_count, 0);
@@ -522,7 +530,9 @@ mod tests {
     #[test]
     fn detach_is_refused_while_exported_and_changes_nothing() {
         let a = libc(false);
-        let r = a.allocate(array(8, 1, 1, None).unwrap(), None, None).unwrap();
+        let r = a
+            .allocate(array(8, 1, 1, None).unwrap(), None, None)
+            .unwrap();
         r.pin().unwrap();
         assert!(matches!(r.detach(r.addr(), None), Err(Error::Exported)));
         assert_eq!(r.state(), State::Live);
@@ -541,13 +551,18 @@ mod tests {
     #[test]
     fn realloc_moves_and_kills_the_old_record() {
         let c = libc(true);
-        let r = c.allocate(array(4, 1, 1, None).unwrap(), None, None).unwrap();
+        let r = c
+            .allocate(array(4, 1, 1, None).unwrap(), None, None)
+            .unwrap();
         // SAFETY: `r` is a live 4-byte block of this allocator, unpinned but not freed.
         unsafe {
             std::ptr::write_bytes(std::ptr::with_exposed_provenance_mut::<u8>(r.addr()), 9, 4)
         };
         r.pin().unwrap();
-        assert!(matches!(c.realloc(&r, r.addr(), 64, None), Err(Error::Exported)));
+        assert!(matches!(
+            c.realloc(&r, r.addr(), 64, None),
+            Err(Error::Exported)
+        ));
         r.unpin(None);
         let n = c.realloc(&r, r.addr(), 64, None).unwrap();
         assert_eq!(r.state(), State::Dead(Death::Reallocated));
@@ -570,7 +585,9 @@ mod tests {
     #[test]
     fn detach_and_autofree() {
         let a = libc(false);
-        let r = a.allocate(array(8, 1, 1, None).unwrap(), None, None).unwrap();
+        let r = a
+            .allocate(array(8, 1, 1, None).unwrap(), None, None)
+            .unwrap();
         let addr = r.detach(r.addr(), None).unwrap();
         assert_eq!(a.counters.snapshot().live_count, 0);
         assert!(r.check_access().is_ok());
@@ -581,7 +598,9 @@ mod tests {
         // SAFETY: detached: the block is C's now, a live libc block nobody else frees.
         unsafe { libc::free(std::ptr::with_exposed_provenance_mut::<libc::c_void>(addr)) }; // C frees it
 
-        let r = a.allocate(array(8, 1, 1, None).unwrap(), None, None).unwrap();
+        let r = a
+            .allocate(array(8, 1, 1, None).unwrap(), None, None)
+            .unwrap();
         r.set_autofree(None).unwrap();
         assert_eq!(a.counters.snapshot().live_count, 1);
         drop(r);
@@ -644,7 +663,9 @@ mod tests {
         for (name, prep) in scenarios {
             let outcome = |plain: bool| {
                 let a = libc(false);
-                let r = a.allocate(array(8, 1, 1, None).unwrap(), None, None).unwrap();
+                let r = a
+                    .allocate(array(8, 1, 1, None).unwrap(), None, None)
+                    .unwrap();
                 let addr = prep(&r);
                 let res = if plain {
                     r.free_plain(addr, None)
@@ -676,7 +697,9 @@ mod tests {
     fn a_shared_record_frees_exactly_once_under_races() {
         for _ in 0..200 {
             let a = libc(false);
-            let r = a.allocate(array(16, 1, 1, None).unwrap(), None, None).unwrap();
+            let r = a
+                .allocate(array(16, 1, 1, None).unwrap(), None, None)
+                .unwrap();
             let oks = std::sync::atomic::AtomicUsize::new(0);
             std::thread::scope(|s| {
                 for _ in 0..4 {
@@ -698,7 +721,9 @@ mod tests {
     #[test]
     fn records_count_their_allocator_unless_it_is_lifelong() {
         let a = libc(false);
-        let r = a.allocate(array(8, 1, 1, None).unwrap(), None, None).unwrap();
+        let r = a
+            .allocate(array(8, 1, 1, None).unwrap(), None, None)
+            .unwrap();
         assert_eq!(Arc::strong_count(&a), 2);
         let kept = r.allocator_arc();
         assert_eq!(Arc::strong_count(&a), 3);
@@ -711,7 +736,9 @@ mod tests {
         let l = AllocCore::into_lifelong(libc(false));
         let before = Arc::strong_count(&l);
         assert_eq!(before, 2, "one count leaked for the process");
-        let r = l.allocate(array(8, 1, 1, None).unwrap(), None, None).unwrap();
+        let r = l
+            .allocate(array(8, 1, 1, None).unwrap(), None, None)
+            .unwrap();
         assert_eq!(Arc::strong_count(&l), before);
         assert!(std::ptr::eq(r.allocator(), &*l));
         assert_eq!(Arc::strong_count(&r.allocator_arc()), before + 1);
@@ -735,7 +762,10 @@ mod tests {
             size: 1 << 62,
             align: 8,
         };
-        assert!(matches!(a.allocate(req, None, None), Err(Error::OutOfMemory(_))));
+        assert!(matches!(
+            a.allocate(req, None, None),
+            Err(Error::OutOfMemory(_))
+        ));
         assert_eq!(a.counters.snapshot(), Default::default());
     }
 }

@@ -231,7 +231,9 @@ impl WrapArena {
             on_error(rec, e);
         }
         let n = records.len();
-        drop(records);
+        for rec in records {
+            rec.release(s);
+        }
         self.backing.arena_refs_sub(n);
         true
     }

@@ -172,7 +172,10 @@ mod tests {
     fn arenas_count_against_their_limit() {
         let a = WrapArena::with_limit(malloc(), 64);
         let r = a.allocate(req(40), None).unwrap();
-        assert_eq!(over(a.allocate(req(25), None).unwrap_err()).scope, Scope::Arena);
+        assert_eq!(
+            over(a.allocate(req(25), None).unwrap_err()).scope,
+            Scope::Arena
+        );
         let r = a.realloc(&r, r.addr(), 64, None).unwrap();
         assert_eq!(a.tag.counters.snapshot().live_bytes, 64);
         assert!(a.realloc(&r, r.addr(), 65, None).is_err());

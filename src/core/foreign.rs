@@ -5,8 +5,8 @@
 //! a crash.
 
 use super::alloc::Backend;
-use super::serial::Serialized;
 use super::error::{BadBlock, Error, Result};
+use super::serial::Serialized;
 use std::ffi::c_void;
 use std::ptr::NonNull;
 
@@ -240,7 +240,9 @@ mod tests {
     #[test]
     fn c_functions_get_every_check() {
         let a = core(counting_alloc, counting_free, usize::MAX, true);
-        let r = a.allocate(array(16, 4, 4, None).unwrap(), None, None).unwrap();
+        let r = a
+            .allocate(array(16, 4, 4, None).unwrap(), None, None)
+            .unwrap();
         // SAFETY: `r` is a live 64-byte block (16 Int32s).
         let bytes = unsafe {
             std::slice::from_raw_parts(std::ptr::with_exposed_provenance::<u8>(r.addr()), 64)
@@ -274,11 +276,16 @@ mod tests {
         assert!(bytes[..64].iter().all(|b| *b == 5) && bytes[64..].iter().all(|b| *b == 0));
         assert_eq!(LIVE.load(Relaxed), 1);
         a.free(&n, n.addr(), None).unwrap();
-        assert!(matches!(a.free(&n, n.addr(), None), Err(Error::DoubleFree(_))));
+        assert!(matches!(
+            a.free(&n, n.addr(), None),
+            Err(Error::DoubleFree(_))
+        ));
         assert_eq!(LIVE.load(Relaxed), 0);
         assert_eq!(a.counters.snapshot().live_count, 0);
         // Zero bytes still gets a block of its own.
-        let z = a.allocate(array(0, 1, 1, None).unwrap(), None, None).unwrap();
+        let z = a
+            .allocate(array(0, 1, 1, None).unwrap(), None, None)
+            .unwrap();
         a.free(&z, z.addr(), None).unwrap();
     }
 
@@ -304,13 +311,17 @@ mod tests {
             )
         };
         let a = AllocCore::new("sized", new_id(), false, Box::new(b.unwrap()));
-        let r = a.allocate(array(5, 8, 8, None).unwrap(), None, None).unwrap();
+        let r = a
+            .allocate(array(5, 8, 8, None).unwrap(), None, None)
+            .unwrap();
         a.free(&r, r.addr(), None).unwrap();
         // SAFETY: a plain libc call; the block is adopted below.
         let raw = unsafe { libc::malloc(7) }.expose_provenance();
         let q = a.adopt(raw, array(7, 1, 1, None).unwrap(), None).unwrap();
         a.free(&q, raw, None).unwrap();
-        let z = a.allocate(array(0, 1, 1, None).unwrap(), None, None).unwrap();
+        let z = a
+            .allocate(array(0, 1, 1, None).unwrap(), None, None)
+            .unwrap();
         a.free(&z, z.addr(), None).unwrap();
         assert_eq!(
             *SIZES.lock().unwrap(),
@@ -340,7 +351,10 @@ mod tests {
         // SAFETY: calls the malloc wrapper; the block is adopted below.
         let raw = unsafe { counting_alloc(16) }.expose_provenance();
         let r = a.adopt(raw, array(16, 1, 1, None).unwrap(), None).unwrap();
-        assert!(matches!(a.realloc(&r, raw, 32, None), Err(Error::Unsupported(_))));
+        assert!(matches!(
+            a.realloc(&r, raw, 32, None),
+            Err(Error::Unsupported(_))
+        ));
         assert_eq!(
             r.state(),
             crate::core::record::State::Live,
@@ -354,14 +368,18 @@ mod tests {
     #[test]
     fn bad_results_are_errors() {
         let a = core(odd_alloc, odd_free, usize::MAX, false);
-        let e = a.allocate(array(8, 8, 8, None).unwrap(), None, None).unwrap_err();
+        let e = a
+            .allocate(array(8, 8, 8, None).unwrap(), None, None)
+            .unwrap_err();
         assert!(matches!(
             &e,
             Error::BadBlock(BadBlock::Misaligned { align: 8, .. })
         ));
         assert_eq!(a.counters.snapshot().total_allocs, 0);
         // Byte alignment is satisfied by any address.
-        let r = a.allocate(array(8, 1, 1, None).unwrap(), None, None).unwrap();
+        let r = a
+            .allocate(array(8, 1, 1, None).unwrap(), None, None)
+            .unwrap();
         a.free(&r, r.addr(), None).unwrap();
 
         let a = core(null_alloc, libc::free as FreeFn, usize::MAX, false);

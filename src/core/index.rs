@@ -941,7 +941,10 @@ mod tests {
         let m = malloc();
         let mut st = State::new();
         let recs: Vec<_> = (0..7)
-            .map(|_| m.allocate(array(16, 1, 1, None).unwrap(), None, None).unwrap())
+            .map(|_| {
+                m.allocate(array(16, 1, 1, None).unwrap(), None, None)
+                    .unwrap()
+            })
             .collect();
         // Starts 1 MiB apart share a set.
         let base = 0x7000_0000_0000usize;
@@ -981,14 +984,20 @@ mod tests {
     #[test]
     fn adopting_an_address_inside_a_live_block_is_refused() {
         let m = malloc();
-        let r = m.allocate(array(64, 1, 1, None).unwrap(), None, None).unwrap();
+        let r = m
+            .allocate(array(64, 1, 1, None).unwrap(), None, None)
+            .unwrap();
         for addr in [r.addr(), r.addr() + 8] {
-            let e = m.adopt(addr, array(8, 1, 1, None).unwrap(), None).unwrap_err();
+            let e = m
+                .adopt(addr, array(8, 1, 1, None).unwrap(), None)
+                .unwrap_err();
             assert!(matches!(e, Error::Ownership(Ownership::AlreadyOwned)));
         }
         // Ending inside it counts too.
         let before = r.addr() - 8;
-        assert!(m.adopt(before, array(16, 1, 1, None).unwrap(), None).is_err());
+        assert!(m
+            .adopt(before, array(16, 1, 1, None).unwrap(), None)
+            .is_err());
         assert_eq!(m.counters.snapshot().live_count, 1);
         m.free(&r, r.addr(), None).unwrap();
     }
@@ -1021,7 +1030,9 @@ mod tests {
     #[test]
     fn a_libc_block_handed_out_again_displaces_the_record_that_lost_it() {
         let m = malloc();
-        let r = m.allocate(array(24, 1, 1, None).unwrap(), None, None).unwrap();
+        let r = m
+            .allocate(array(24, 1, 1, None).unwrap(), None, None)
+            .unwrap();
         let addr = r.addr();
         // C frees the block behind rsalloc's back; libc hands it out again.
         // SAFETY: the test plays C freeing a live libc block behind rsalloc's
@@ -1029,7 +1040,9 @@ mod tests {
         unsafe { libc::free(std::ptr::with_exposed_provenance_mut::<libc::c_void>(addr)) };
         let mut again = Vec::new();
         let hit = loop {
-            let n = m.allocate(array(24, 1, 1, None).unwrap(), None, None).unwrap();
+            let n = m
+                .allocate(array(24, 1, 1, None).unwrap(), None, None)
+                .unwrap();
             if n.addr() == addr {
                 break n;
             }

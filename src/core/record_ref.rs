@@ -516,7 +516,9 @@ mod tests {
         let a = AllocCore::new("malloc", LIBC_GROUP, false, Box::new(Libc));
         let req = array(8, 1, 1, None).unwrap();
         // Fill the cache past its capacity; the surplus goes to the heap.
-        let many: Vec<_> = (0..200).map(|_| a.allocate(req, None, None).unwrap()).collect();
+        let many: Vec<_> = (0..200)
+            .map(|_| a.allocate(req, None, None).unwrap())
+            .collect();
         for r in &many {
             a.free(r, r.addr(), None).unwrap();
         }
@@ -542,7 +544,9 @@ mod tests {
         // would report a leak otherwise; here: no crash, no double free).
         let a = AllocCore::new("malloc", LIBC_GROUP, false, Box::new(Libc));
         let req = array(8, 1, 1, None).unwrap();
-        let recs: Vec<_> = (0..100).map(|_| a.allocate(req, None, None).unwrap()).collect();
+        let recs: Vec<_> = (0..100)
+            .map(|_| a.allocate(req, None, None).unwrap())
+            .collect();
         std::thread::spawn(move || {
             for r in &recs {
                 a.free(r, r.addr(), None).unwrap();

@@ -69,7 +69,12 @@ impl Chunk {
                 own,
             })?,
         };
-        index::insert_chunk(region.clone() as Weak<dyn ChunkOwner>, c.start(), c.end(), s)?;
+        index::insert_chunk(
+            region.clone() as Weak<dyn ChunkOwner>,
+            c.start(),
+            c.end(),
+            s,
+        )?;
         super::observer::made(c.start(), size);
         Ok(c)
     }
@@ -591,6 +596,11 @@ impl RegionCore {
     /// region stays open; otherwise it is closed for good. Returns false when
     /// the region was already closed (nothing to do).
     pub fn release(&self, reuse: bool, s: Option<Serialized<'_>>) -> bool {
+        // Closed is for good: seen closed, there is nothing to lock for (an
+        // arena's drop, after its owner released it with the proof).
+        if self.is_closed() {
+            return false;
+        }
         let mut g = self.lock(s);
         let state = self.state.load(Relaxed);
         if state & CLOSED != 0 {
@@ -1201,8 +1211,14 @@ mod tests {
             assert_eq!(r.block_at(a + 10, None), None);
         }
         r.release(true, None);
-        assert!(resolve(big, None).is_none(), "released chunks leave the index");
-        assert!(r.block_at(a, None).is_none(), "the kept chunk holds no block");
+        assert!(
+            resolve(big, None).is_none(),
+            "released chunks leave the index"
+        );
+        assert!(
+            r.block_at(a, None).is_none(),
+            "the kept chunk holds no block"
+        );
         r.release(false, None);
         assert!(resolve(a, None).is_none());
     }
@@ -1280,7 +1296,10 @@ mod tests {
         ));
         let s = r.snapshot();
         assert_eq!((s.live_count, s.live_bytes, s.total_frees), (0, 0, 2));
-        assert!(matches!(r.allocate(req(1, 1), None), Err(Error::ArenaClosed)));
+        assert!(matches!(
+            r.allocate(req(1, 1), None),
+            Err(Error::ArenaClosed)
+        ));
         assert!(!r.release(false, None));
         assert!(r.pin(t, a, None).is_err());
         let u = r.usage();

@@ -102,7 +102,10 @@ pub unsafe fn use_record_memory(records: RecordMemory) {
     #[cfg(debug_assertions)]
     {
         let kept = SLOTS_FROM_THE_GLOBAL_ALLOCATOR.load(Relaxed);
-        debug_assert_eq!(kept, 0, "record memory taken before the functions were given");
+        debug_assert_eq!(
+            kept, 0,
+            "record memory taken before the functions were given"
+        );
     }
     let kept = RECORD_MEMORY.get_or_init(|| records);
     // Addresses, not fn pointers, compared: the comparison is what is meant.

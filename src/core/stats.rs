@@ -33,8 +33,8 @@ fn sub(cell: &AtomicU64, n: u64, serialized: bool) {
 }
 
 #[derive(Debug, Default)]
-/// Live and total blocks and bytes, and the peak, counted atomically (or, in serialized mode,
-/// without read-modify-writes).
+/// Live and total blocks and bytes, and the peak, counted atomically (or, with the
+/// serialization proof, without read-modify-writes).
 pub struct Counters {
     allocs: AtomicU64,
     frees: AtomicU64,

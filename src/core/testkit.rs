@@ -5,8 +5,8 @@
 //! can walk every out-of-memory path.
 
 use super::alloc::Backend;
-use super::serial::Serialized;
 use super::error::{Error, Result};
+use super::serial::Serialized;
 use super::sys;
 use std::collections::HashMap;
 use std::ptr::NonNull;

@@ -450,7 +450,9 @@ mod tests {
     #[test]
     fn a_dropped_record_without_free_is_a_leak() {
         let a = tracked();
-        let r = a.allocate(array(8, 1, 1, None).unwrap(), None, None).unwrap();
+        let r = a
+            .allocate(array(8, 1, 1, None).unwrap(), None, None)
+            .unwrap();
         let addr = r.addr();
         drop(r);
         let e = mine(&a);
@@ -480,7 +482,9 @@ mod tests {
         // SAFETY: detached: the block is the test's, a live libc block freed once.
         unsafe { libc::free(std::ptr::with_exposed_provenance_mut::<libc::c_void>(addr)) };
 
-        let r = a.allocate(array(4, 1, 1, None).unwrap(), None, None).unwrap();
+        let r = a
+            .allocate(array(4, 1, 1, None).unwrap(), None, None)
+            .unwrap();
         assert_eq!(mine(&a).len(), 1);
         r.set_autofree(None).unwrap();
         assert!(mine(&a).is_empty());
@@ -494,7 +498,9 @@ mod tests {
         // allocator stays out of the registry while it is off.
         let a = AllocCore::new("plain", LIBC_GROUP, false, Box::new(Libc));
         if !enabled() {
-            let r = a.allocate(array(4, 1, 1, None).unwrap(), None, None).unwrap();
+            let r = a
+                .allocate(array(4, 1, 1, None).unwrap(), None, None)
+                .unwrap();
             assert!(r.tracked().is_none());
             a.free(&r, r.addr(), None).unwrap();
         }
@@ -503,9 +509,13 @@ mod tests {
     #[test]
     fn sequence_numbers_order_and_filter() {
         let a = tracked();
-        let r1 = a.allocate(array(1, 1, 1, None).unwrap(), None, None).unwrap();
+        let r1 = a
+            .allocate(array(1, 1, 1, None).unwrap(), None, None)
+            .unwrap();
         let mark = next_seq();
-        let r2 = a.allocate(array(2, 1, 1, None).unwrap(), None, None).unwrap();
+        let r2 = a
+            .allocate(array(2, 1, 1, None).unwrap(), None, None)
+            .unwrap();
         let since: Vec<_> = live_since(mark)
             .unwrap()
             .into_iter()
@@ -542,7 +552,9 @@ mod tests {
         use crate::core::guard::Guarded;
         use crate::core::record::State;
         let a = AllocCore::new_tracked("diag-guard", LIBC_GROUP, true, Box::new(Guarded), true);
-        let r = a.allocate(array(8, 1, 1, None).unwrap(), None, None).unwrap();
+        let r = a
+            .allocate(array(8, 1, 1, None).unwrap(), None, None)
+            .unwrap();
         assert_eq!(mine(&a).len(), 1);
         // SAFETY: the byte after the 8-byte block is a guard byte of the same guarded allocation:
         // the corruption under test.
@@ -563,7 +575,9 @@ mod tests {
             Err(Error::DoubleFree(Death::Freed))
         ));
         // an intact block frees cleanly, also when it was exported at the time
-        let r = a.allocate(array(8, 1, 1, None).unwrap(), None, None).unwrap();
+        let r = a
+            .allocate(array(8, 1, 1, None).unwrap(), None, None)
+            .unwrap();
         r.pin().unwrap();
         a.free(&r, r.addr(), None).unwrap();
         r.unpin(None);

@@ -14,13 +14,13 @@ use super::types::TypeInfo;
 use crate::core::alloc::{AllocCore, Libc, LIBC_GROUP};
 use crate::core::layout::Request;
 use crate::core::record_ref::RecordRef;
+use crate::py::serialized::token;
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyTuple, PyType, PyWeakrefReference};
 use pyo3::{PyTraverseError, PyVisit};
 use std::sync::Arc;
-use crate::py::serialized::token;
 
 /// An owner of native memory (DESIGN §4): `malloc`, `calloc`, the
 /// adaptive and diagnostic allocators, `ForeignAllocator`s and Python
@@ -275,7 +275,10 @@ impl Allocator {
             return block_object(py, self.new_pointer(py, ty, req)?);
         }
         let rec = self.owned(py, p)?;
-        let fresh = self.core.realloc(rec, p.addr, req.size, token(py)).py(py, p)?;
+        let fresh = self
+            .core
+            .realloc(rec, p.addr, req.size, token(py))
+            .py(py, p)?;
         block_object(
             py,
             Pointer::new(fresh.addr(), p.ty, Some(req.size), Owner::block(fresh)),

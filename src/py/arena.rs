@@ -17,6 +17,7 @@ use crate::core::layout::Request;
 use crate::core::region::{Anchor, RegionCore};
 use crate::core::stats::Snapshot;
 use crate::core::track::{self, Site};
+use crate::py::serialized::token;
 use pyo3::exceptions::{PyResourceWarning, PyRuntimeError, PyStopIteration, PyTypeError};
 use pyo3::ffi;
 use pyo3::prelude::*;
@@ -25,7 +26,6 @@ use pyo3::types::{PyList, PyType};
 use pyo3::{PyTraverseError, PyVisit};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use crate::py::serialized::token;
 
 /// Where an arena was made.
 enum Made {
@@ -402,7 +402,9 @@ impl Arena {
         ty: &'static TypeInfo,
         req: Request,
     ) -> PyResult<Pointer> {
-        let (addr, r) = a.allocate(req, token(py)).py(py, &Asked(&self.name, ty, &req.size))?;
+        let (addr, r) = a
+            .allocate(req, token(py))
+            .py(py, &Asked(&self.name, ty, &req.size))?;
         Ok(Pointer::new(addr, ty, Some(req.size), Owner::region(r)))
     }
 
@@ -424,7 +426,9 @@ impl Arena {
                 if w.tag.handle.get().is_none() {
                     set_handle(&w.tag.handle, Some(slf), None)?;
                 }
-                let rec = w.allocate(req, token(py)).py(py, &Asked(&self.name, ty, &req.size))?;
+                let rec = w
+                    .allocate(req, token(py))
+                    .py(py, &Asked(&self.name, ty, &req.size))?;
                 Ok(Pointer::new(
                     rec.addr(),
                     ty,
@@ -761,9 +765,9 @@ impl Arena {
         let ptr = p.get();
         self.check_free(py, ptr).py(py, ptr)?;
         match (&self.backing, ptr.owner.get()) {
-            (ArenaKind::Wrap(w), Owned::Block(rec)) => {
-                w.detach(rec, ptr.addr, &ptr.ty.name, token(py)).py(py, ptr)?
-            }
+            (ArenaKind::Wrap(w), Owned::Block(rec)) => w
+                .detach(rec, ptr.addr, &ptr.ty.name, token(py))
+                .py(py, ptr)?,
             _ => {
                 return Err(Error::Ownership(Ownership::RegionCannotDetach)).py(py, ptr);
             }

@@ -15,10 +15,10 @@ use super::errors::IntoPy;
 use super::pointer::Pointer;
 use super::types::{self, TypeInfo};
 use crate::core::types::Kind;
+use crate::py::serialized::token;
 use pyo3::exceptions::{PyBufferError, PyTypeError};
 use pyo3::ffi;
 use pyo3::prelude::*;
-use crate::py::serialized::token;
 
 /// The ctypes class a Pointer to `ty` passes as.
 fn param_class<'py>(py: Python<'py>, ty: &'static TypeInfo) -> PyResult<&'py Bound<'py, PyAny>> {

@@ -13,8 +13,8 @@ pub use crate::core::owner::{Owned, Owner};
 use crate::core::record_ref::RecordRef;
 use crate::core::region::{RegionCore, RegionRef};
 use crate::core::serial::Serialized;
-use crate::py::serialized::token;
 use crate::core::types::Kind;
+use crate::py::serialized::token;
 use pyo3::prelude::*;
 use std::fmt;
 

@@ -6,10 +6,10 @@ use super::errors::IntoPy;
 use super::pointer::Pointer;
 use super::types::{self, TypeInfo};
 use crate::core::layout::Request;
+use crate::py::serialized::token;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyString};
-use crate::py::serialized::token;
 
 /// Allocates `nbytes` for a `ty` string from any allocator object: an
 /// rsalloc Allocator or Arena directly, anything else through its `allocate`

@@ -18,6 +18,7 @@ use super::struct_view::StructView;
 use super::types::{self, leak, Composite, TypeInfo};
 use super::values::{plain_number, to_value};
 use crate::core::types::{Kind, Value};
+use crate::py::serialized::token;
 use pyo3::exceptions::{PyAttributeError, PyOverflowError, PyTypeError};
 use pyo3::ffi;
 use pyo3::prelude::*;
@@ -25,7 +26,6 @@ use pyo3::sync::PyOnceLock;
 use pyo3::type_object::PyTypeInfo;
 use pyo3::types::{PySlice, PyType};
 use std::ffi::CString;
-use crate::py::serialized::token;
 
 /// Plugs struct, union and array classes into type lookup (`types`) and
 /// element access (`pointer`), which sit below this module. Called once at
@@ -111,7 +111,9 @@ impl Field {
                 Value::Addr(0)
             } else {
                 match as_pointer(&v.as_borrowed()) {
-                    Some(q) if q.get().check_alive(token(v.py())).is_ok() => Value::Addr(q.get().addr),
+                    Some(q) if q.get().check_alive(token(v.py())).is_ok() => {
+                        Value::Addr(q.get().addr)
+                    }
                     _ => return false,
                 }
             }
@@ -170,7 +172,8 @@ impl Field {
             unsafe { kind.write(addr, value) };
             return Ok(());
         }
-        p.view(addr, self.ty, Some(self.ty.size), token(py)).write(py, 0, v)
+        p.view(addr, self.ty, Some(self.ty.size), token(py))
+            .write(py, 0, v)
     }
 }
 
@@ -353,7 +356,8 @@ pub(crate) fn composite_at(
             parent.view(addr, ty, Some(ty.size), token(py)),
         )),
         Composite::Array { elem, .. } => Some(
-            new_object(py, parent.view(addr, elem, Some(ty.size), token(py))).map(|b| b.into_any().unbind()),
+            new_object(py, parent.view(addr, elem, Some(ty.size), token(py)))
+                .map(|b| b.into_any().unbind()),
         ),
     }
 }

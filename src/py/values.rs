@@ -6,13 +6,13 @@ use super::errors::IntoPy;
 use super::pointer::Pointer;
 use super::types::TypeInfo;
 use crate::core::types::{Kind, Value};
+use crate::py::serialized::token;
 use pyo3::exceptions::{PyOverflowError, PyTypeError};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBool, PyFloat, PyInt, PyType};
 use std::fmt;
-use crate::py::serialized::token;
 
 /// Converts a Python value for a slot of `kind`, checking kind and range.
 pub(crate) fn to_value(kind: Kind, ty: &TypeInfo, v: &Bound<'_, PyAny>) -> PyResult<Value> {

@@ -272,8 +272,18 @@ impl AllocCore {
         let tag = arena.map(|t| &**t);
         let charged = self.charge(req.size, 0, tag, true)?;
         let plain = self.backend.adopts_plain();
-        self.record(slot, p, req, arena, ty, charged.then_some(0), true, plain, s)
-            .inspect_err(|_| self.uncharge(charged, req.size, tag))
+        self.record(
+            slot,
+            p,
+            req,
+            arena,
+            ty,
+            charged.then_some(0),
+            true,
+            plain,
+            s,
+        )
+        .inspect_err(|_| self.uncharge(charged, req.size, tag))
     }
 
     /// Frees a block through this allocator (its owner group must own it).
@@ -330,7 +340,17 @@ impl AllocCore {
                 // The old block is counted free already: nothing to credit.
                 let req = Request { size: new, align };
                 let fresh = self
-                    .record(slot, p, req, None, ty, charged.then_some(0), false, false, s)
+                    .record(
+                        slot,
+                        p,
+                        req,
+                        None,
+                        ty,
+                        charged.then_some(0),
+                        false,
+                        false,
+                        s,
+                    )
                     .inspect_err(|_| {
                         self.uncharge(charged, new, None);
                         // SAFETY: the moved block has no record: give it back.

@@ -163,9 +163,14 @@ fn adopt_and_refused_requests_never_reach_the_backend() {
     ));
     let oversized = array(1 << 62, 4, 4, None);
     assert!(matches!(oversized, Err(Error::SizeOverflow)));
-    let r = a.allocate(Request { size: 8, align: 8 }, None, None).unwrap();
+    let r = a
+        .allocate(Request { size: 8, align: 8 }, None, None)
+        .unwrap();
     r.pin().unwrap();
-    assert!(matches!(a.realloc(&r, r.addr(), 64, None), Err(Error::Exported)));
+    assert!(matches!(
+        a.realloc(&r, r.addr(), 64, None),
+        Err(Error::Exported)
+    ));
     assert!(matches!(
         a.realloc(&r, r.addr() + 1, 64, None),
         Err(Error::Ownership(Ownership::Interior))
@@ -210,7 +215,9 @@ fn threads_racing_one_record_end_it_exactly_once() {
     let mut endings = [0usize; 4]; // free, detach, realloc, autofree/explicit at the end
     for round in 0..300u64 {
         let (c, a) = counting(new_id(), round % 2 == 0);
-        let r = a.allocate(array(32, 1, 1, None).unwrap(), None, None).unwrap();
+        let r = a
+            .allocate(array(32, 1, 1, None).unwrap(), None, None)
+            .unwrap();
         stamp(&r, 0x5A);
         let wins = Wins::default();
         let barrier = Barrier::new(THREADS);
@@ -317,7 +324,9 @@ fn threads_racing_one_record_end_it_exactly_once() {
 fn exports_racing_a_free_return_the_memory_once_after_the_last_unpin() {
     for round in 0..200 {
         let (c, a) = counting(new_id(), false);
-        let r = a.allocate(array(64, 1, 1, None).unwrap(), None, None).unwrap();
+        let r = a
+            .allocate(array(64, 1, 1, None).unwrap(), None, None)
+            .unwrap();
         stamp(&r, 7);
         let barrier = Barrier::new(8);
         std::thread::scope(|s| {

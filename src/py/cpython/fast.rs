@@ -30,6 +30,7 @@ use crate::py::arena::Arena;
 use crate::py::args::plain_bytes_request;
 use crate::py::errors::IntoPy;
 use crate::py::pointer::{Owned, Pointer};
+use crate::py::serialized::token;
 use crate::py::values::exact_small_int;
 use pyo3::ffi;
 use pyo3::prelude::*;
@@ -37,7 +38,6 @@ use pyo3::sync::PyOnceLock;
 use pyo3::type_object::PyTypeInfo;
 use std::ffi::c_int;
 use std::sync::OnceLock;
-use crate::py::serialized::token;
 
 /// The PyO3 methods the fast ones replace, for every other call.
 static ALLOCATOR_ALLOCATE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();

@@ -17,6 +17,7 @@ use super::view_objects::make_view;
 use crate::core::layout::Request;
 use crate::py::allocator::{self, block_object, Allocator};
 use crate::py::args::request;
+use crate::py::serialized::token;
 use crate::py::struct_view::StructView;
 use crate::py::structs::Field;
 use crate::py::types;
@@ -28,7 +29,6 @@ use pyo3::sync::PyOnceLock;
 use pyo3::type_object::PyTypeInfo;
 use std::ffi::{c_int, c_void};
 use std::sync::OnceLock;
-use crate::py::serialized::token;
 
 static OLD_FIELD_GET: OnceLock<ffi::descrgetfunc> = OnceLock::new();
 static OLD_FIELD_SET: OnceLock<ffi::descrsetfunc> = OnceLock::new();
@@ -133,9 +133,13 @@ unsafe extern "C" fn ref_get(slf: *mut ffi::PyObject, closure: *mut c_void) -> *
                 let Ok(addr) = p.elem_addr(0) else {
                     return Outcome::Delegate;
                 };
-                make_view(py, &p.ty.class, p.view(addr, p.ty, Some(p.ty.size), token(py)))
-                    .map(Py::into_ptr)
-                    .into()
+                make_view(
+                    py,
+                    &p.ty.class,
+                    p.view(addr, p.ty, Some(p.ty.size), token(py)),
+                )
+                .map(Py::into_ptr)
+                .into()
             },
             || OLD_REF_GET.get().expect("installed")(slf, closure),
         )

@@ -25,11 +25,11 @@
 //! there the slots are left alone (`install` does nothing).
 
 use crate::py::pointer::Pointer;
+use crate::py::serialized::token;
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::type_object::PyTypeInfo;
 use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
-use crate::py::serialized::token;
 
 /// Pointer's type object and the offset of the Rust value in its objects,
 /// set by `install` once it has checked the layout (0: not checked, use
@@ -185,7 +185,8 @@ mod list {
             // The owner goes first, with the proof the GIL gives (a drop
             // has none: it would count down with a read-modify-write).
             let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                let owner = std::mem::replace(&mut (*value).owner, crate::py::pointer::Owner::UNOWNED);
+                let owner =
+                    std::mem::replace(&mut (*value).owner, crate::py::pointer::Owner::UNOWNED);
                 owner.release(crate::py::serialized::token(pyo3::Python::assume_attached()));
                 std::ptr::drop_in_place(value)
             }));

@@ -6,13 +6,13 @@ use super::{from_stored_address, Pointer};
 use crate::core::types::{Kind, Value};
 use crate::py::cpython::freelist::new_object;
 use crate::py::errors::IntoPy;
+use crate::py::serialized::token;
 use crate::py::types::{self};
 use crate::py::values::{exact_small_int, plain_number, to_value};
 use pyo3::exceptions::{PyIndexError, PyOverflowError, PyTypeError, PyValueError};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyList, PySlice, PyTuple};
-use crate::py::serialized::token;
 
 impl Pointer {
     pub(super) fn element_type_error(&self) -> PyErr {

@@ -13,6 +13,7 @@ use crate::core::types::Kind;
 use crate::core::view::OffsetError;
 use crate::py::args::{address_arg, usize_arg};
 use crate::py::errors::IntoPy;
+use crate::py::serialized::token;
 use crate::py::source::Source;
 use crate::py::types::{self};
 use crate::py::values::{exact_small_int, to_value};
@@ -21,7 +22,6 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyInt, PyList, PySlice, PyTuple};
 use std::ffi::{c_int, CStr};
-use crate::py::serialized::token;
 
 #[pymethods]
 impl Pointer {
@@ -516,7 +516,9 @@ impl Pointer {
         match this.owner.get() {
             Owned::Block(r) => r.set_autofree(token(slf.py())).py(slf.py(), this)?,
             // Region memory goes with its arena, never earlier: nothing to arm.
-            Owned::Region(r) => r.check_access(this.addr, token(slf.py())).py(slf.py(), this)?,
+            Owned::Region(r) => r
+                .check_access(this.addr, token(slf.py()))
+                .py(slf.py(), this)?,
             Owned::Dependent(_) => {
                 return Err(this.err(slf.py(), Error::Ownership(Ownership::Dependent)))
             }
@@ -660,7 +662,10 @@ impl Pointer {
     unsafe fn __releasebuffer__(&self, view: *mut ffi::Py_buffer) {
         // SAFETY: CPython passes the view this object filled.
         free_shape(unsafe { (*view).internal }.cast());
-        self.owner.unpin(None);
+        // SAFETY: CPython releases a buffer with the GIL held (PyO3's
+        // trampoline is attached around this call).
+        let py = unsafe { Python::assume_attached() };
+        self.owner.unpin(token(py));
     }
 }
 
