@@ -174,3 +174,68 @@ def test_a_kept_view_holds_no_block_alive() -> None:
     after = rsalloc.malloc.stats()
     assert after.live_count == before.live_count
     assert after.live_bytes == before.live_bytes
+
+
+# Allocator objects are called through a vectorcall entry (the same fence
+# trick): the plain `allocator(T[, n])` without an argument tuple, every
+# other call through the type's tp_call with the arguments it would have had.
+
+
+def test_allocator_calls_of_every_shape() -> None:
+    p = rsalloc.malloc(Int32, 4)
+    assert p.count == 4 and p.type is Int32
+    q = rsalloc.calloc(type=Int64, count=3)
+    assert q.count == 3 and q.type is Int64 and q[2] == 0
+    r = rsalloc.calloc(Int32, 2, alignment=64)
+    assert r.address % 64 == 0 and r.count == 2
+    s = rsalloc.calloc()
+    assert s.type is rsalloc.Uint8 and s.count == 1
+    with pytest.raises(TypeError):
+        rsalloc.malloc(Int32, 1, 2)
+    with pytest.raises(TypeError):
+        rsalloc.malloc(Int32, nope=1)
+    with pytest.raises(ValueError):
+        rsalloc.malloc(Int32, -1)
+    with pytest.raises(TypeError):
+        rsalloc.malloc(Int32, 2.5)
+    for x in (p, q, r, s):
+        rsalloc.free(x)
+
+
+def test_allocators_defined_in_python_and_limited_ones_are_called_as_before() -> None:
+    import ctypes
+
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype = ctypes.c_void_p
+    libc.malloc.argtypes = [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    calls: list[int] = []
+
+    class Pool(rsalloc.Allocator):
+        def _raw_alloc(self, nbytes: int, alignment: int) -> int:
+            calls.append(nbytes)
+            return libc.malloc(nbytes) or 0
+
+        def _raw_free(self, address: int) -> None:
+            libc.free(address)
+
+    class Counting(Pool):
+        def __call__(self, *args: object, **kwargs: object) -> rsalloc.Pointer:  # type: ignore[override]
+            calls.append(-1)
+            return super().__call__(*args, **kwargs)
+
+    pool = Pool()
+    p = pool(Int32, 4)
+    assert calls == [16] and p.allocator is pool
+    c = Counting()
+    q = c(Int32, count=2)
+    assert calls == [16, -1, 8]
+    limited = rsalloc.malloc.limited(64)
+    r = limited(Int32, 4)
+    with pytest.raises(MemoryError):
+        limited(Int32, 100)
+    f = rsalloc.ForeignAllocator(libc.malloc, libc.free)
+    t = f(Int64, 2)
+    assert t.count == 2
+    for x in (p, q, r, t):
+        rsalloc.free(x)

@@ -382,7 +382,44 @@ static OLD_ALLOCATOR_CALL: OnceLock<ffi::ternaryfunc> = OnceLock::new();
 static TO_NATIVE_UTF8: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
 /// `allocator(T)` and `allocator(T, n)` of a plain allocator, T a type
-/// already classified and n an exact int: the seed struct's `calloc(S)`.
+/// already classified and n an exact int (the seed struct's `calloc(S)`);
+/// None for any other call, which the replaced slot serves.
+///
+/// # Safety
+/// The GIL is held; `slf` is an Allocator (or a subclass's object).
+#[inline]
+unsafe fn plain_allocator_call(
+    py: Python<'_>,
+    slf: *mut ffi::PyObject,
+    t: *mut ffi::PyObject,
+    n: Option<*mut ffi::PyObject>,
+) -> Outcome<*mut ffi::PyObject> {
+    // SAFETY: per the function's contract; the arguments are borrowed
+    // from the caller's tuple or array for the call.
+    unsafe {
+        let this = pyo3::Borrowed::from_ptr(py, slf).cast_unchecked::<Allocator>();
+        let this = this.get();
+        if !this.core.plain() {
+            return Outcome::Delegate;
+        }
+        let count = match n {
+            Some(n) => match exact_small_int(&pyo3::Borrowed::from_ptr(py, n)) {
+                Some(c) => c,
+                None => return Outcome::Delegate,
+            },
+            None => 1,
+        };
+        let Some(ty) = types::lookup_cached(&pyo3::Borrowed::from_ptr(py, t)) else {
+            return Outcome::Delegate; // first use: classifying runs Python code
+        };
+        request(py, &this.core.name, ty, count.into(), None)
+            .and_then(|req| this.new_pointer(py, ty, req))
+            .and_then(|p| Ok(block_object(py, p)?.into_ptr()))
+            .into()
+    }
+}
+
+/// Allocator's `tp_call`.
 unsafe extern "C" fn allocator_call(
     slf: *mut ffi::PyObject,
     args: *mut ffi::PyObject,
@@ -397,33 +434,97 @@ unsafe extern "C" fn allocator_call(
                 if !(kwargs.is_null() || ffi::PyDict_Size(kwargs) == 0) || !(1..=2).contains(&n) {
                     return Outcome::Delegate;
                 }
-                let this = pyo3::Borrowed::from_ptr(py, slf).cast_unchecked::<Allocator>();
-                let this = this.get();
-                if !this.core.plain() {
-                    return Outcome::Delegate;
-                }
-                let t = pyo3::Borrowed::from_ptr(py, ffi::PyTuple_GET_ITEM(args, 0));
-                let count = if n == 2 {
-                    match exact_small_int(&pyo3::Borrowed::from_ptr(
-                        py,
-                        ffi::PyTuple_GET_ITEM(args, 1),
-                    )) {
-                        Some(c) => c,
-                        None => return Outcome::Delegate,
-                    }
-                } else {
-                    1
-                };
-                let Some(ty) = types::lookup_cached(&t) else {
-                    return Outcome::Delegate; // first use: classifying runs Python code
-                };
-                request(py, &this.core.name, ty, count.into(), None)
-                    .and_then(|req| this.new_pointer(py, ty, req))
-                    .and_then(|p| Ok(block_object(py, p)?.into_ptr()))
-                    .into()
+                let count = (n == 2).then(|| ffi::PyTuple_GET_ITEM(args, 1));
+                plain_allocator_call(py, slf, ffi::PyTuple_GET_ITEM(args, 0), count)
             },
             || OLD_ALLOCATOR_CALL.get().expect("installed")(slf, args, kwargs),
         )
+    }
+}
+
+/// An Allocator object's vectorcall entry: the plain call as
+/// `allocator_call` serves it, without the argument tuple CPython makes for
+/// `tp_call`; any other call goes to the object's type's `tp_call` with
+/// the tuple and dict it would have had.
+pub(crate) unsafe extern "C" fn allocator_vectorcall(
+    callable: *mut ffi::PyObject,
+    args: Args,
+    nargsf: usize,
+    kwnames: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: CPython calls a vectorcall entry with the GIL, the callable
+    // (an Allocator, or a subclass's object that inherited the entry),
+    // `nargs` positional arguments then one per name in `kwnames`.
+    unsafe {
+        let nargs = ffi::PyVectorcall_NARGS(nargsf);
+        enter(
+            |py| {
+                if !(kwnames.is_null() || ffi::PyTuple_GET_SIZE(kwnames) == 0)
+                    || !(1..=2).contains(&nargs)
+                {
+                    return Outcome::Delegate;
+                }
+                let count = (nargs == 2).then(|| *args.add(1));
+                plain_allocator_call(py, callable, *args, count)
+            },
+            || call_through_tp_call(callable, args, nargs, kwnames),
+        )
+    }
+}
+
+/// What CPython does for a callable without vectorcall: the positional
+/// arguments as a tuple, the keyword ones as a dict, then `tp_call`.
+///
+/// # Safety
+/// As for `allocator_vectorcall`.
+unsafe fn call_through_tp_call(
+    callable: *mut ffi::PyObject,
+    args: Args,
+    nargs: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: per the function's contract; every reference made here is
+    // released on every path.
+    unsafe {
+        let Some(call) = (*ffi::Py_TYPE(callable)).tp_call else {
+            return ffi::PyErr_Format(ffi::PyExc_TypeError, c"object is not callable".as_ptr());
+        };
+        let tuple = ffi::PyTuple_New(nargs);
+        if tuple.is_null() {
+            return std::ptr::null_mut();
+        }
+        for i in 0..nargs {
+            let a = *args.offset(i);
+            ffi::Py_INCREF(a);
+            ffi::PyTuple_SET_ITEM(tuple, i, a);
+        }
+        let mut kwargs = std::ptr::null_mut();
+        let nkw = if kwnames.is_null() { 0 } else { ffi::PyTuple_GET_SIZE(kwnames) };
+        if nkw > 0 {
+            kwargs = ffi::PyDict_New();
+            if kwargs.is_null() {
+                ffi::Py_DECREF(tuple);
+                return std::ptr::null_mut();
+            }
+            for i in 0..nkw {
+                let set = ffi::PyDict_SetItem(
+                    kwargs,
+                    ffi::PyTuple_GET_ITEM(kwnames, i),
+                    *args.offset(nargs + i),
+                );
+                if set < 0 {
+                    ffi::Py_DECREF(kwargs);
+                    ffi::Py_DECREF(tuple);
+                    return std::ptr::null_mut();
+                }
+            }
+        }
+        let r = call(callable, tuple, kwargs);
+        ffi::Py_DECREF(tuple);
+        if !kwargs.is_null() {
+            ffi::Py_DECREF(kwargs);
+        }
+        r
     }
 }
 
@@ -514,6 +615,22 @@ pub fn install(m: &Bound<'_, PyModule>) -> PyResult<()> {
         };
         let _ = OLD_ALLOCATOR_CALL.set(call);
         (*alloc_tp).tp_call = Some(allocator_call);
+    }
+    // Every Allocator object carries the vectorcall entry (Allocator::of);
+    // CPython reads it once the type says where. Checked on malloc's
+    // object: the entry at the measured offset is this module's.
+    let malloc = allocator::malloc(py)?;
+    if let Some(off) = Allocator::vectorcall_offset(&malloc) {
+        // SAFETY: the offset lies inside every Allocator object (a field of
+        // the value, which sits at one offset in all of them); the type's
+        // slots are plain fields of a ready heap type rsalloc owns.
+        unsafe {
+            let at = malloc.as_ptr().cast::<u8>().add(off).cast::<Option<ffi::vectorcallfunc>>();
+            if (*at).is_some_and(|f| std::ptr::fn_addr_eq(f, allocator_vectorcall as ffi::vectorcallfunc)) {
+                (*alloc_tp).tp_vectorcall_offset = off as ffi::Py_ssize_t;
+                (*alloc_tp).tp_flags |= ffi::Py_TPFLAGS_HAVE_VECTORCALL;
+            }
+        }
     }
     let field = Field::type_object(py).as_type_ptr();
     let view = StructView::type_object(py).as_type_ptr();

@@ -187,3 +187,12 @@ pub(crate) fn attribute_routes(class: &Bound<'_, pyo3::types::PyType>) {
     #[cfg(not(all(pyo3_disable_reference_pool, pyo3_leak_on_drop_without_reference_pool)))]
     let _ = class;
 }
+
+/// The vectorcall entry every Allocator object carries (CPython reads it
+/// only once `struct_entry_points` turned the type's vectorcall on).
+pub(crate) fn allocator_vectorcall() -> Option<pyo3::ffi::vectorcallfunc> {
+    #[cfg(all(pyo3_disable_reference_pool, pyo3_leak_on_drop_without_reference_pool))]
+    return Some(fast_structs::allocator_vectorcall);
+    #[cfg(not(all(pyo3_disable_reference_pool, pyo3_leak_on_drop_without_reference_pool)))]
+    None
+}
