@@ -239,3 +239,22 @@ def test_allocators_defined_in_python_and_limited_ones_are_called_as_before() ->
     assert t.count == 2
     for x in (p, q, r, t):
         rsalloc.free(x)
+
+
+def test_names_made_at_run_time_resolve_by_their_text() -> None:
+    # A str built at run time dies after its lookup, and the next one of its
+    # size is made at its address: a field read through it must follow the
+    # text, not the address.
+    class W(Struct):
+        alpha: Int32
+        gamma: Int32
+
+    p = rsalloc.calloc(W)
+    p.ref.alpha, p.ref.gamma = 1, 2
+    v = p.ref
+    for _ in range(1000):
+        assert getattr(v, "".join(["al", "pha"])) == 1
+        assert getattr(v, "".join(["gam", "ma"])) == 2
+        setattr(v, "".join(["gam", "ma"]), 2)
+        assert v.alpha == 1
+    rsalloc.free(p)

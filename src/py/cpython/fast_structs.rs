@@ -214,22 +214,33 @@ unsafe fn field_of(obj: *mut ffi::PyObject, name: *mut ffi::PyObject) -> Option<
         if found.is_null() || Some(&ffi::Py_TYPE(found).addr()) != FIELD_TYPE.get() {
             return None;
         }
-        // The lookup gave the type a version tag if it had none.
+        // The lookup gave the type a version tag if it had none. The entry
+        // holds a reference to the name, so that no other str can appear at
+        // its address while the entry stands (a name built at run time
+        // dies and its memory is reused); the Field lives as long as the
+        // type version does (the dict that holds it changes the version).
         let tag = (*tp).tp_version_tag;
         if tag != 0 {
-            *e = FieldEntry {
-                tp: tp.addr(),
-                tag,
-                name: name.addr(),
-                field: found.expose_provenance(),
-            };
+            ffi::Py_INCREF(name);
+            let old = std::mem::replace(
+                e,
+                FieldEntry {
+                    tp: tp.addr(),
+                    tag,
+                    name: name.expose_provenance(),
+                    field: found.expose_provenance(),
+                },
+            );
+            if old.name != 0 {
+                ffi::Py_DECREF(std::ptr::with_exposed_provenance_mut(old.name));
+            }
         }
         Some(found)
     }
 }
 
 /// Which Field a (view class, attribute name) pair resolved to, in which
-/// version of the class: CPython gives a type a new version tag, never
+/// version of the class (the name held by the entry): CPython gives a type a new version tag, never
 /// seen before, whenever it or a base changes, so an entry whose tag is
 /// the class's current one still holds. The type's own method cache is
 /// the same idea; this one skips its hashing for the few names a
