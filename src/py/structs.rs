@@ -10,6 +10,7 @@
 //! bytes: every field access checks that Pointer's block first, and the view
 //! does not pin it.
 
+use super::cpython::attribute_routes;
 use super::cpython::freelist::{as_pointer, new_object};
 use super::cpython::view_objects::{make_view, plain_view_objects};
 use super::errors::IntoPy;
@@ -299,6 +300,7 @@ pub(crate) fn classify_composite(class: &Bound<'_, PyType>) -> PyResult<Option<&
             param: PyOnceLock::new(),
         });
         plain_view_objects(class);
+        attribute_routes(class);
         let info = types::remember(class.as_any(), info)?;
         for ((fname, t, offset, _), known) in fields.into_iter().zip(infos) {
             let ty = match known {
