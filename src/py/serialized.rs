@@ -15,8 +15,10 @@ pub(crate) fn token(_py: Python<'_>) -> Option<Serialized<'_>> {
     #[cfg(not(Py_GIL_DISABLED))]
     // SAFETY: `Python<'py>` exists only while this thread holds the GIL,
     // the one lock every thread holds while it runs the core under the
-    // binding; the paths taking the token call no Python code, so the GIL
-    // is not let go inside them.
+    // binding, token or not (every call into it, every drop of its
+    // objects). The GIL may be let go only inside the core's callbacks to
+    // Python code (a Python-defined allocator's methods), which no
+    // unsynchronised step spans (`Serialized::new`).
     return Some(unsafe { Serialized::new() });
     #[cfg(Py_GIL_DISABLED)]
     None
