@@ -23,8 +23,8 @@ use std::collections::BTreeSet;
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 
-/// A record with its count, as the core asks for it.
-const RECORD: usize = 48;
+/// A record, its count included, as the core asks for it.
+const RECORD: usize = 32;
 
 /// Record memory given out by `record_alloc` and not yet taken back.
 static SLOTS: Mutex<BTreeSet<usize>> = Mutex::new(BTreeSet::new());
