@@ -327,12 +327,24 @@ impl Record {
     }
 
     pub(crate) fn return_memory(&self) -> Result<()> {
-        if self.word.load(Acquire) & LOST != 0 {
+        self.return_memory_of(self.allocator())
+    }
+
+    /// [`Record::return_memory`], the allocator at hand.
+    #[inline]
+    pub(crate) fn return_memory_of(&self, alloc: &AllocCore) -> Result<()> {
+        let w = self.word.load(Acquire);
+        if w & LOST != 0 {
             return Ok(()); // libc gave it to another block: not ours to return
         }
         super::observer::gone(self.addr());
+        let backend: &dyn Backend = if w & PLAIN_MEMORY != 0 {
+            &Libc
+        } else {
+            &*alloc.backend
+        };
         // SAFETY: called exactly once, by whoever saw the block dead with no pins.
-        unsafe { self.backend().free(self.addr, self.size, self.align()) }
+        unsafe { backend.free(self.addr, self.size, self.align()) }
     }
 
     /// The backend that made the block's memory: its allocator's, or libc's
@@ -672,7 +684,9 @@ impl Extra {
     }
 
     #[cold]
-    fn drop_slow(p: *mut ()) {
+    fn drop_slow(&self, p: *mut ()) {
+        // SAFETY: as in `drop`.
+        drop(unsafe { CoreRef::from_raw(NonNull::from(self.alloc())) });
         match Word::of(p) {
             Word::Alloc(_) => {}
             // SAFETY: gives back the count the word holds.
@@ -687,13 +701,14 @@ impl Drop for Extra {
     #[inline]
     fn drop(&mut self) {
         let p = *self.0.get_mut();
+        if p.addr() & TAGS != 0 {
+            return self.drop_slow(p);
+        }
         // The record's count of its allocator (see `Extra`).
         // SAFETY: the pointer `CoreRef::into_raw` gave in `Extra::new`
-        // (read back through the arena's tag or the box), given back once.
-        drop(unsafe { CoreRef::from_raw(NonNull::from(self.alloc())) });
-        if p.addr() & TAGS != 0 {
-            Self::drop_slow(p);
-        }
+        // (read back through the arena's tag or the box in `drop_slow`),
+        // given back once; non-null.
+        drop(unsafe { CoreRef::from_raw(NonNull::new_unchecked(p.cast())) });
     }
 }
 

@@ -44,8 +44,9 @@ impl Record {
                 .is_ok()
         {
             index::remove_dead(self);
-            self.allocator().count_free(self.size);
-            return self.return_memory();
+            let alloc = self.allocator();
+            alloc.count_free(self.size);
+            return self.return_memory_of(alloc);
         }
         self.free(self.allocator().group, 0, addr)
     }
