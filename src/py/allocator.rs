@@ -38,6 +38,10 @@ use std::sync::Arc;
 #[pyclass(frozen, subclass, weakref, module = "rsalloc", name = "Allocator")]
 pub struct Allocator {
     pub core: Arc<AllocCore>,
+    /// The object's vectorcall entry (`allocator(T, n)` without an
+    /// argument tuple), read by CPython only once the fence turned the
+    /// type's vectorcall on (`cpython::fast_structs`); None without it.
+    vectorcall: Option<pyo3::ffi::vectorcallfunc>,
 }
 
 /// `a.clone(p)`: `make` allocates a block of p's size and alignment, which
@@ -114,8 +118,23 @@ pub(crate) fn adopted_object(py: Python<'_>, fresh: Pointer) -> PyResult<Bound<'
 }
 
 impl Allocator {
+    /// The object's value for `core`.
+    pub(crate) fn of(core: Arc<AllocCore>) -> Self {
+        Allocator {
+            core,
+            vectorcall: super::cpython::allocator_vectorcall(),
+        }
+    }
+
+    /// Where the object keeps its vectorcall entry, from the object's start.
+    pub(crate) fn vectorcall_offset(obj: &Bound<'_, Allocator>) -> Option<usize> {
+        let field = std::ptr::from_ref(&obj.get().vectorcall);
+        obj.get().vectorcall?;
+        Some(field.addr() - obj.as_ptr().addr())
+    }
+
     pub fn wrap(py: Python<'_>, core: Arc<AllocCore>) -> PyResult<Bound<'_, Allocator>> {
-        let obj = Bound::new(py, Allocator { core })?;
+        let obj = Bound::new(py, Allocator::of(core))?;
         set_handle(&obj.get().core.handle, Some(obj.as_any()), None)?;
         Ok(obj)
     }
@@ -179,7 +198,7 @@ impl Allocator {
         }
         let (core, callbacks) = python_allocator::subclass_core(cls)?;
         set_handle(&core.handle, None, Some(callbacks))?;
-        Ok(Allocator { core })
+        Ok(Allocator::of(core))
     }
 
     /// Binds the Python object to its core (a subclass's `__init__` must
@@ -346,7 +365,7 @@ impl Allocator {
         let max = limit_arg(max_bytes, "max_bytes")?;
         let inner = &slf.get().core;
         let core = inner.limited(max);
-        let obj = Bound::new(py, Allocator { core })?;
+        let obj = Bound::new(py, Allocator::of(core))?;
         // A Python-defined backend's free errors are raised by the free that
         // caused them, as for the allocator itself.
         let callbacks = handle_callbacks(inner).cloned();

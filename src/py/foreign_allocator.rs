@@ -87,7 +87,7 @@ impl ForeignAllocator {
             };
         let core = AllocCore::new(name, new_id(), zeroed, backend);
         set_handle(&core.handle, None, cb)?;
-        Ok(PyClassInitializer::from(Allocator { core }).add_subclass(ForeignAllocator))
+        Ok(PyClassInitializer::from(Allocator::of(core)).add_subclass(ForeignAllocator))
     }
 
     fn __repr__(slf: &Bound<'_, Self>) -> String {
