@@ -91,6 +91,8 @@ PATTERNS: dict[str, tuple[str, int]] = {
     "arena_item_read": ("QA[1]", 20000),
     "arena_item_write": ("QA[1] = 5", 20000),
     "arena_allocate": ("A.allocate(32)", 20000),
+    "elem_read": ("P1024[5]", 20000),
+    "elem_write": ("P1024[5] = 7", 20000),
     "bulk_read": ("P1024[:]", 1000),
     "bulk_write": ("P1024[:] = L", 1000),
 }

@@ -5,10 +5,11 @@
 //! only then is the block itself allocated, so no failure leaves a block
 //! without a record.
 //!
-//! A record with its count is 48 bytes, and every live block has one. Under
-//! the GIL the binding has that memory come from CPython's small-object
-//! allocator (`serial::use_record_memory`), which has a 48-byte size
-//! class and no header: glibc's `malloc` would take a 64-byte chunk.
+//! A record is 32 bytes, its count included (the top half of its state
+//! word), and every live block has one. Under the GIL the binding has that
+//! memory come from CPython's small-object allocator
+//! (`serial::use_record_memory`), which has a 32-byte size class and no
+//! header: glibc's `malloc` would take a 48-byte chunk.
 //! Elsewhere (free-threaded builds, the core alone) it is Rust's global
 //! allocator. Either way recent slots are reused first (`mod cache`).
 //!
@@ -25,16 +26,16 @@ use std::alloc::Layout;
 use std::mem::MaybeUninit;
 use std::ops::Deref;
 use std::ptr::NonNull;
-use std::sync::atomic::{fence, AtomicUsize, Ordering::*};
 
+/// A record's shared memory: the record itself, which holds its own count
+/// (see `Record::ref_add`).
 struct Inner {
-    strong: AtomicUsize,
     rec: Record,
 }
 
-// What every live block costs in bookkeeping: see `a_record_with_its_count_is_48_bytes`.
+// What every live block costs in bookkeeping: see `a_record_with_its_count_is_32_bytes`.
 #[cfg(target_pointer_width = "64")]
-const _: () = assert!(std::mem::size_of::<Inner>() == 48);
+const _: () = assert!(std::mem::size_of::<Inner>() == 32);
 
 /// Memory for one record, not yet filled.
 pub struct RecordSlot(NonNull<MaybeUninit<Inner>>);
@@ -60,12 +61,7 @@ impl RecordSlot {
         let p = self.0.cast::<Inner>();
         std::mem::forget(self);
         // SAFETY: the slot is ours, uninitialised, and sized for Inner.
-        unsafe {
-            p.as_ptr().write(Inner {
-                strong: AtomicUsize::new(1),
-                rec,
-            })
-        };
+        unsafe { p.as_ptr().write(Inner { rec }) };
         RecordRef(p)
     }
 }
@@ -99,7 +95,7 @@ impl RecordRef {
     /// counts down. Exact when the caller's thread holds the only other
     /// means to clone or drop them (the GIL).
     pub fn is_shared(&self) -> bool {
-        self.inner().strong.load(Acquire) > 1
+        self.refs() > 1
     }
 
     /// The pointer, for a Pointer's owner: aligned to 8, so its low bits are
@@ -166,13 +162,8 @@ impl RecordRef {
         let inner = Self::inner_of(rec);
         // SAFETY: the caller's contract; non-null.
         let r = RecordRef(unsafe { NonNull::new_unchecked(inner) });
-        let strong = &r.inner().strong;
-        if s.is_some() {
-            // No other thread can count meanwhile (see `release`).
-            strong.store(strong.load(Relaxed) + 1, Relaxed);
-        } else {
-            strong.fetch_add(1, Relaxed);
-        }
+        // With the proof no other thread can count meanwhile (see `release`).
+        r.ref_add(s.is_some());
         r
     }
 
@@ -186,12 +177,11 @@ impl RecordRef {
     /// memory goes).
     pub(crate) unsafe fn upgrade(rec: *const Record) -> Option<Self> {
         // SAFETY: the caller's contract: `rec` is a live record.
-        let inner = Self::inner_of(unsafe { &*rec });
-        // SAFETY: the caller's contract.
-        let strong = unsafe { &(*inner).strong };
-        strong
-            .fetch_update(Acquire, Relaxed, |n| (n != 0).then(|| n + 1))
-            .ok()?;
+        let rec = unsafe { &*rec };
+        let inner = Self::inner_of(rec);
+        if !rec.ref_add_unless_zero() {
+            return None;
+        }
         // SAFETY: non-null (derived from a reference's pointee), now counted.
         Some(RecordRef(unsafe { NonNull::new_unchecked(inner) }))
     }
@@ -213,8 +203,7 @@ impl Deref for RecordRef {
 impl Clone for RecordRef {
     #[inline]
     fn clone(&self) -> Self {
-        // Relaxed, as Arc: a new reference is made from an existing one.
-        self.inner().strong.fetch_add(1, Relaxed);
+        self.ref_add(false);
         RecordRef(self.0)
     }
 }
@@ -224,12 +213,9 @@ impl Clone for RecordRef {
 impl Drop for RecordRef {
     #[inline]
     fn drop(&mut self) {
-        if self.inner().strong.fetch_sub(1, Release) != 1 {
-            return;
+        if self.ref_sub(false) {
+            self.last(None);
         }
-        // As Arc: every use through other references happens before the drop.
-        fence(Acquire);
-        self.last(None);
     }
 }
 
@@ -243,17 +229,12 @@ impl RecordRef {
             return drop(self);
         }
         let mut this = std::mem::ManuallyDrop::new(self);
-        let strong = &this.inner().strong;
-        // No other thread counts meanwhile, not even the index (`upgrade`):
-        // the proof's contract covers the callers without one too. Acquire,
-        // as the fence in `Drop`: every use through dropped references
-        // happened before.
-        let n = strong.load(Acquire);
-        if n != 1 {
-            strong.store(n - 1, Relaxed);
-            return;
+        // No other thread touches the word meanwhile, not even the index
+        // (`upgrade`) or a state change: the proof's contract covers the
+        // callers without one too.
+        if this.ref_sub(true) {
+            this.last(s);
         }
-        this.last(s);
     }
 
     /// The last reference went: the record drops and its memory is reused.
@@ -476,11 +457,11 @@ mod tests {
     use crate::core::layout::array;
 
     #[test]
-    fn a_record_with_its_count_is_48_bytes() {
-        // Every live block carries one: 48 is a size class of CPython's
+    fn a_record_with_its_count_is_32_bytes() {
+        // Every live block carries one: 32 is a size class of CPython's
         // small-object allocator (no header), which serves records under
-        // the GIL; through glibc it is a 64-byte chunk.
-        assert_eq!(std::mem::size_of::<Inner>(), 48);
+        // the GIL; through glibc it is a 48-byte chunk.
+        assert_eq!(std::mem::size_of::<Inner>(), 32);
     }
 
     #[test]

@@ -29,7 +29,7 @@ impl Record {
         index::remove_dead(self, s);
         self.count_free(prev, s);
         track::on_end(self, arena == 0);
-        if prev >> PIN_SHIFT == 0 {
+        if pins_of(prev) == 0 {
             self.return_memory(s)
         } else {
             // Exported: the memory goes back later; check its guard bytes now.
@@ -45,17 +45,18 @@ impl Record {
     pub fn free_plain(&self, addr: usize, s: Option<Serialized<'_>>) -> Result<()> {
         let w = self.word.load(Relaxed);
         if addr == self.addr()
-            && w & !ALIGN_MASK == LIVE
+            && w & !(ALIGN_MASK | REF_MASK) == LIVE
             && self
                 .word
                 .compare_exchange(w, w | FREED, AcqRel, Acquire)
                 .is_ok()
         {
             index::remove_dead(self, s);
-            self.alloc.count_free(self.size, s);
-            return self.return_memory(s);
+            let alloc = self.allocator();
+            alloc.count_free(self.size, s);
+            return self.return_memory_of(alloc, s);
         }
-        self.free(self.alloc.group, 0, addr, s)
+        self.free(self.allocator().group, 0, addr, s)
     }
 
     /// Ownership leaves rsalloc, whoever owned the block (allocator or
@@ -71,7 +72,7 @@ impl Record {
             // Guard bytes surround it: C's free() of this address would
             // corrupt the heap, and C is who gets a detached block.
             State::Live if !self.c_can_free() => Err(Error::Ownership(Ownership::Guarded)),
-            State::Live if w >> PIN_SHIFT != 0 => Err(Error::Exported),
+            State::Live if pins_of(w) != 0 => Err(Error::Exported),
             State::Live => Ok((w & !(STATE_MASK | IN_ARENA)) | DETACHED),
         })?;
         // C may free it from now on, and libc hand the address out again.
@@ -108,7 +109,7 @@ impl Record {
     ) -> Result<()> {
         self.update(|w| {
             self.check_free(w, owner_group, arena, addr)?;
-            if w >> PIN_SHIFT != 0 {
+            if pins_of(w) != 0 {
                 return Err(Error::Exported);
             }
             Ok((w & !STATE_MASK) | REALLOCATED)
@@ -154,7 +155,7 @@ impl Drop for Record {
             index::remove(self, None);
         }
         if w & AUTOFREE != 0 && decode(w) == State::Live && w & IN_ARENA == 0 {
-            self.alloc.count_free(self.size, None);
+            self.allocator().count_free(self.size, None);
             if let Err(e) = self.return_memory(None) {
                 // No caller to raise to: the garbage collector freed it.
                 use std::io::Write;
@@ -162,7 +163,7 @@ impl Drop for Record {
                     std::io::stderr(),
                     "rsalloc: {e}: autofree block at {:#x} from {}",
                     self.addr(),
-                    self.alloc.name
+                    self.allocator().name
                 );
             }
         }
