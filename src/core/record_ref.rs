@@ -306,6 +306,13 @@ mod cache {
 
     thread_local! {
         static LOCAL: UnsafeCell<Cache> = const { UnsafeCell::new(Cache::new()) };
+        /// Whether this thread took a slot without the proof, so that its
+        /// cache is in use: a thread whose every allocation brings the proof
+        /// (the binding's, under the GIL) gives the slots its drops free
+        /// straight back, and never touches `LOCAL`, whose first use
+        /// registers its destructor, which glibc aborts the process for
+        /// when memory has run out. No destructor of its own.
+        static LOCAL_IN_USE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     }
 
     /// The process-wide list, for callers with the proof.
@@ -321,18 +328,28 @@ mod cache {
     /// is gone (the thread is ending), or without `s` the slots come from
     /// the binding's functions (see the module comment).
     #[inline]
-    fn with<R>(s: Option<Serialized<'_>>, f: impl FnOnce(&mut Cache) -> R) -> Option<R> {
+    fn with<R>(
+        s: Option<Serialized<'_>>,
+        taking: bool,
+        f: impl FnOnce(&mut Cache) -> R,
+    ) -> Option<R> {
         if s.is_some() {
             // SAFETY: see `Shared`; `f` does not re-enter the cache.
             return Some(f(unsafe { &mut *SHARED.0.get() }));
         }
-        with_local(f)
+        with_local(taking, f)
     }
 
     /// Kept out of line: the serialized path stays small enough to inline.
+    /// `taking`: a slot is asked for (which puts this thread's cache in use).
     #[inline(never)]
-    fn with_local<R>(f: impl FnOnce(&mut Cache) -> R) -> Option<R> {
+    fn with_local<R>(taking: bool, f: impl FnOnce(&mut Cache) -> R) -> Option<R> {
         if record_memory().is_some() {
+            return None;
+        }
+        if taking {
+            LOCAL_IN_USE.set(true);
+        } else if !LOCAL_IN_USE.get() {
             return None;
         }
         // SAFETY: this thread's cache; no reference to it outlives `f`,
@@ -384,7 +401,7 @@ mod cache {
     /// A slot from the cache, if it has one.
     #[inline]
     pub(super) fn take(s: Option<Serialized<'_>>) -> Option<Slot> {
-        with(s, |c| {
+        with(s, true, |c| {
             c.len.checked_sub(1).map(|i| {
                 c.len = i;
                 // SAFETY: entries below the old `len` are initialised.
@@ -398,7 +415,7 @@ mod cache {
     /// thread is ending).
     #[inline]
     pub(super) fn give(slot: Slot, s: Option<Serialized<'_>>) {
-        let kept = with(s, |c| {
+        let kept = with(s, false, |c| {
             if c.len == CAP {
                 return false;
             }
@@ -525,12 +542,27 @@ mod tests {
         // would report a leak otherwise; here: no crash, no double free).
         let a = AllocCore::new("malloc", LIBC_GROUP, false, Box::new(Libc));
         let req = array(8, 1, 1, None).unwrap();
-        let recs: Vec<_> = (0..100)
-            .map(|_| a.allocate(req, None, None).unwrap())
-            .collect();
+        let make = |n| -> Vec<_> {
+            (0..n)
+                .map(|_| a.allocate(req, None, None).unwrap())
+                .collect()
+        };
+        let (recs, others) = (make(100), make(10));
+        let b = a.clone();
         std::thread::spawn(move || {
+            // A thread that never took a slot keeps none: its cache stays
+            // unused (see `LOCAL_IN_USE`).
+            for r in &others {
+                b.free(r, r.addr(), None).unwrap();
+            }
+            drop(others);
+            assert_eq!(cache::len(), 0);
+            // Once it takes one, what it drops is kept, up to the bound.
+            let own = b.allocate(req, None, None).unwrap();
+            b.free(&own, own.addr(), None).unwrap();
+            drop(own);
             for r in &recs {
-                a.free(r, r.addr(), None).unwrap();
+                b.free(r, r.addr(), None).unwrap();
             }
             drop(recs);
             assert_eq!(cache::len(), 64);
