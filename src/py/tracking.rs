@@ -90,6 +90,7 @@ mod checked {
     use pyo3::ffi;
     use pyo3::prelude::*;
     use pyo3::types::{PyList, PyTuple};
+    use std::ops::ControlFlow;
 
     fn own(py: Python<'_>, p: *mut ffi::PyObject) -> PyResult<Bound<'_, PyAny>> {
         // SAFETY: `p` is a new reference or NULL with an exception set.
@@ -157,22 +158,33 @@ mod checked {
     }
 
     /// `[(file, line, function), ...]` of a site, from its code objects'
-    /// own strings: nothing on the Rust heap but one fallible reservation.
+    /// own strings: nothing on the Rust heap but fallible reservations.
     pub fn frames<'py>(
         py: Python<'py>,
         site: Option<&crate::core::track::Site>,
     ) -> PyResult<Bound<'py, PyList>> {
-        let frames = site.map_or(&[][..], crate::py::sites::frames_of);
         let mut made = Vec::new();
-        made.try_reserve_exact(frames.len())
-            .map_err(|_| pyo3::exceptions::PyMemoryError::new_err("the leak list"))?;
-        for (code, lasti) in frames {
-            let code = code.bind(py);
-            // SAFETY: `code` is a code object (PyFrame_GetCode's result).
-            let line = unsafe { ffi::PyCode_Addr2Line(code.as_ptr().cast(), *lasti) };
-            let file = code.getattr(pyo3::intern!(py, "co_filename"))?;
-            let func = code.getattr(pyo3::intern!(py, "co_qualname"))?;
-            made.push(tuple(py, [file, int(py, i64::from(line))?, func])?.into_any());
+        let mut failed = None;
+        if let Some(site) = site {
+            site.each_frame(&mut |file, line, func| {
+                let frame = made
+                    .try_reserve(1)
+                    .map_err(|_| pyo3::exceptions::PyMemoryError::new_err("the leak list"))
+                    .and_then(|()| tuple(py, [str(py, file)?, int(py, line)?, str(py, func)?]));
+                match frame {
+                    Ok(t) => {
+                        made.push(t.into_any());
+                        ControlFlow::Continue(())
+                    }
+                    Err(e) => {
+                        failed = Some(e);
+                        ControlFlow::Break(())
+                    }
+                }
+            });
+        }
+        if let Some(e) = failed {
+            return Err(e);
         }
         list(py, made.into_iter())
     }
