@@ -125,13 +125,23 @@ pub(crate) fn adopted_object(py: Python<'_>, fresh: Pointer) -> PyResult<Bound<'
 
 impl Allocator {
     pub fn wrap(py: Python<'_>, core: Arc<AllocCore>) -> PyResult<Bound<'_, Allocator>> {
-        Self::made(Bound::new(py, Allocator { core, callbacks: None })?)
+        Self::made(Bound::new(
+            py,
+            Allocator {
+                core,
+                callbacks: None,
+            },
+        )?)
     }
 
     /// `obj`, now remembered as its core's object (`Pointer.allocator`).
     fn made(obj: Bound<'_, Allocator>) -> PyResult<Bound<'_, Allocator>> {
         let a = obj.get();
-        handles::remember(Key::from(&*a.core), obj.as_any(), std::ptr::from_ref(a).addr())?;
+        handles::remember(
+            Key::from(&*a.core),
+            obj.as_any(),
+            std::ptr::from_ref(a).addr(),
+        )?;
         Ok(obj)
     }
 
@@ -158,7 +168,9 @@ impl Allocator {
     /// limited allocator shares those of the one it allocates through,
     /// whose object owns them).
     fn own_callbacks(&self) -> Option<&Arc<PyCallbacks>> {
-        self.callbacks.as_ref().filter(|_| self.core.over().is_none())
+        self.callbacks
+            .as_ref()
+            .filter(|_| self.core.over().is_none())
     }
 
     /// Nothing holds the core but this object and arenas over it (and the
@@ -208,7 +220,11 @@ impl Allocator {
         _kwargs: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<()> {
         let this = slf.get();
-        handles::remember(Key::from(&*this.core), slf.as_any(), std::ptr::from_ref(this).addr())?;
+        handles::remember(
+            Key::from(&*this.core),
+            slf.as_any(),
+            std::ptr::from_ref(this).addr(),
+        )?;
         if let Some(cb) = &this.callbacks {
             cb.bind_methods(slf.as_any())?;
         }
