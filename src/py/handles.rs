@@ -13,7 +13,9 @@ use crate::core::record::{ArenaTag, Record};
 use crate::core::region::RegionCore;
 use pyo3::prelude::*;
 use pyo3::types::PyWeakrefReference;
+use std::collections::hash_map::Entry::{Occupied, Vacant};
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Mutex;
 
 /// A core object that has a Python object: an allocator core, an arena's
@@ -48,25 +50,64 @@ struct Entry {
     maker: Maker,
 }
 
-/// A weak reference (records must not keep their owner's object alive).
-static OBJECTS: Mutex<Option<HashMap<Key, Entry>>> = Mutex::new(None);
+/// Hashes a key, an address of a live core object: distinct by
+/// construction and not chosen by anyone, so a multiplication spreads them
+/// well enough (SipHash, the default, was most of an `Arena(allocator)`'s
+/// extra cost).
+#[derive(Default)]
+struct AddrHasher(u64);
 
-fn objects() -> std::sync::MutexGuard<'static, Option<HashMap<Key, Entry>>> {
+impl Hasher for AddrHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.0 = (n as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+    fn finish(&self) -> u64 {
+        self.0.rotate_left(26)
+    }
+}
+
+type Table = HashMap<Key, Entry, BuildHasherDefault<AddrHasher>>;
+
+/// A weak reference (records must not keep their owner's object alive).
+static OBJECTS: Mutex<Option<Table>> = Mutex::new(None);
+
+fn objects() -> std::sync::MutexGuard<'static, Option<Table>> {
     OBJECTS.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Remembers `obj` as the Python object of `key`, unless a live one is
 /// remembered already. `maker` is the Rust value inside `obj`.
 pub(crate) fn remember(key: Key, obj: &Bound<'_, PyAny>, maker: Maker) -> PyResult<()> {
-    let py = obj.py();
-    if !object(py, key).is_none(py) {
-        return Ok(());
-    }
     let weak = PyWeakrefReference::new(obj)?.unbind();
-    let old = objects()
-        .get_or_insert_with(HashMap::new)
-        .insert(key, Entry { weak, maker });
-    drop(old); // outside the lock
+    let mut live = None;
+    let old = {
+        let mut objects = objects();
+        let table = objects.get_or_insert_with(Table::default);
+        match table.entry(key) {
+            Occupied(mut e) => {
+                // Upgrading runs no Python code (a new reference or nothing).
+                live = e.get().weak.bind(obj.py()).upgrade();
+                match live {
+                    Some(_) => Some(weak),
+                    None => Some(std::mem::replace(e.get_mut(), Entry { weak, maker }).weak),
+                }
+            }
+            Vacant(e) => {
+                e.insert(Entry { weak, maker });
+                None
+            }
+        }
+    };
+    // Outside the lock: a weak reference's last count, and the reference
+    // the upgrade made.
+    if old.is_some() || live.is_some() {
+        crate::py::cpython::attach::drop_registered((old, live.map(Bound::unbind)));
+    }
     Ok(())
 }
 
