@@ -447,6 +447,7 @@ TRICKS = {
     "plain_struct_views",
     "entry_points",
     "struct_entry_points",
+    "struct_attribute_routes",
 }
 
 # The reason a trick that skips PyO3's trampoline gives in a build without

@@ -134,6 +134,14 @@ impl Owner {
         }
     }
 
+    /// Both words hold the same block's record: two owners of views of one
+    /// rsalloc block (never true of region blocks, foreign or dependent
+    /// memory, whose words may differ for one block).
+    #[inline]
+    pub fn same_block(&self, other: &Owner) -> bool {
+        self.0 == other.0 && matches!(self.get(), Owned::Block(_))
+    }
+
     /// The owner of another view of the same block; `same_start`: the view
     /// begins where this one does (only a view at a region block's start
     /// may free it).

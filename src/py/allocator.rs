@@ -42,6 +42,10 @@ pub struct Allocator {
     /// backend): bound to this object by `__init__`, visited by the
     /// garbage collector.
     pub(crate) callbacks: Option<Arc<PyCallbacks>>,
+    /// The object's vectorcall entry (`allocator(T, n)` without an
+    /// argument tuple), read by CPython only once the fence turned the
+    /// type's vectorcall on (`cpython::fast_structs`); None without it.
+    vectorcall: Option<pyo3::ffi::vectorcallfunc>,
 }
 
 impl Drop for Allocator {
@@ -124,14 +128,25 @@ pub(crate) fn adopted_object(py: Python<'_>, fresh: Pointer) -> PyResult<Bound<'
 }
 
 impl Allocator {
+    /// The object's value for `core`, with the callbacks of its
+    /// Python-defined backend.
+    pub(crate) fn of(core: Arc<AllocCore>, callbacks: Option<Arc<PyCallbacks>>) -> Self {
+        Allocator {
+            core,
+            callbacks,
+            vectorcall: super::cpython::allocator_vectorcall(),
+        }
+    }
+
+    /// Where the object keeps its vectorcall entry, from the object's start.
+    pub(crate) fn vectorcall_offset(obj: &Bound<'_, Allocator>) -> Option<usize> {
+        let field = std::ptr::from_ref(&obj.get().vectorcall);
+        obj.get().vectorcall?;
+        Some(field.addr() - obj.as_ptr().addr())
+    }
+
     pub fn wrap(py: Python<'_>, core: Arc<AllocCore>) -> PyResult<Bound<'_, Allocator>> {
-        Self::made(Bound::new(
-            py,
-            Allocator {
-                core,
-                callbacks: None,
-            },
-        )?)
+        Self::made(Bound::new(py, Allocator::of(core, None))?)
     }
 
     /// `obj`, now remembered as its core's object (`Pointer.allocator`).
@@ -205,10 +220,7 @@ impl Allocator {
             ));
         }
         let (core, callbacks) = python_allocator::subclass_core(cls)?;
-        Ok(Allocator {
-            core,
-            callbacks: Some(callbacks),
-        })
+        Ok(Allocator::of(core, Some(callbacks)))
     }
 
     /// Binds the Python object to its core (a subclass's `__init__` must
@@ -379,7 +391,7 @@ impl Allocator {
         // The callbacks stay those of the allocator it allocates through
         // (`own_callbacks` leaves them to that one's object).
         let callbacks = slf.get().callbacks.clone();
-        Allocator::made(Bound::new(py, Allocator { core, callbacks })?)
+        Allocator::made(Bound::new(py, Allocator::of(core, callbacks))?)
     }
 
     fn __repr__(&self) -> String {

@@ -85,11 +85,7 @@ impl ForeignAllocator {
                 )),
             };
         let core = AllocCore::new(name, new_id(), zeroed, backend);
-        Ok(PyClassInitializer::from(Allocator {
-            core,
-            callbacks: cb,
-        })
-        .add_subclass(ForeignAllocator))
+        Ok(PyClassInitializer::from(Allocator::of(core, cb)).add_subclass(ForeignAllocator))
     }
 
     fn __repr__(slf: &Bound<'_, Self>) -> String {

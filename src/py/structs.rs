@@ -11,6 +11,7 @@
 //! does not pin it.
 
 use super::checked;
+use super::cpython::attribute_routes;
 use super::cpython::freelist::{as_pointer, new_object};
 use super::cpython::view_objects::{make_view, plain_view_objects};
 use super::errors::IntoPy;
@@ -296,6 +297,7 @@ pub(crate) fn classify_composite(class: &Bound<'_, PyType>) -> PyResult<Option<&
             param: PyOnceLock::new(),
         });
         plain_view_objects(class);
+        attribute_routes(class);
         let info = types::remember(class.as_any(), info)?;
         for ((fname, t, offset, _), known) in fields.into_iter().zip(infos) {
             let ty = match known {

@@ -19,7 +19,7 @@ use std::ffi::c_int;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::OnceLock;
 
-type Args = *const *mut ffi::PyObject;
+pub(crate) type Args = *const *mut ffi::PyObject;
 
 /// What a fast route did with a call.
 pub(crate) enum Outcome<R> {
@@ -173,7 +173,7 @@ unsafe fn delegate(
 /// the life of the process: in static storage rather than leaked, so that a
 /// leak checker does not count it lost once CPython drops, at exit, the
 /// objects that point at it.
-pub(crate) struct Def<T>(T);
+pub(crate) struct Def<T>(pub(crate) T);
 
 // SAFETY: written once at module init (under the GIL), then only read, by
 // CPython, through the objects made from it.

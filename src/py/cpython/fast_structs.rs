@@ -12,9 +12,11 @@
 //! unchanged, to the PyO3 slot it replaced, which raises the errors.
 
 use super::entry::{
-    enter, own_descriptor, replace_function, set_descriptor, Arg, Def, Obj, Outcome, Unary,
+    enter, own_descriptor, replace_function, set_descriptor, Arg, Args, Def, Obj, Outcome, Unary,
 };
-use super::freelist::as_pointer;
+use super::freelist::{as_pointer, injected_failure};
+#[cfg(not(Py_GIL_DISABLED))]
+use super::view_objects::last_ref;
 use super::view_objects::make_view;
 use crate::core::layout::Request;
 use crate::py::allocator::{self, block_object, Allocator};
@@ -134,8 +136,21 @@ unsafe extern "C" fn ref_get(slf: *mut ffi::PyObject, closure: *mut c_void) -> *
                 let Ok(addr) = p.elem_addr(0) else {
                     return Outcome::Delegate;
                 };
+                #[cfg(not(Py_GIL_DISABLED))]
+                if let Some(kept) = last_ref::reuse(p, addr) {
+                    if injected_failure() {
+                        return Outcome::Raise(pyo3::exceptions::PyMemoryError::new_err(()));
+                    }
+                    ffi::Py_INCREF(kept);
+                    return Outcome::Done(kept);
+                }
                 make_view(py, &p.ty.class, p.view(addr, p.ty, Some(p.ty.size)))
-                    .map(Py::into_ptr)
+                    .map(|v| {
+                        let v = v.into_ptr();
+                        #[cfg(not(Py_GIL_DISABLED))]
+                        last_ref::keep(v);
+                        v
+                    })
                     .into()
             },
             || OLD_REF_GET.get().expect("installed")(slf, closure),
@@ -143,11 +158,285 @@ unsafe extern "C" fn ref_get(slf: *mut ffi::PyObject, closure: *mut c_void) -> *
     }
 }
 
+/// `_PyType_Lookup`, found at install (a private but exported CPython
+/// function: looked up by name, so that a Python without it turns the
+/// attribute routes off instead of failing the import).
+type TypeLookup =
+    unsafe extern "C" fn(*mut ffi::PyTypeObject, *mut ffi::PyObject) -> *mut ffi::PyObject;
+static TYPE_LOOKUP: OnceLock<TypeLookup> = OnceLock::new();
+static FIELD_TYPE: OnceLock<usize> = OnceLock::new();
+/// The interned `"ref"` (kept for the process) and the `closure` of
+/// Pointer's `ref` getter, which PyO3's getter reads.
+static REF_NAME: OnceLock<usize> = OnceLock::new();
+static REF_CLOSURE: OnceLock<usize> = OnceLock::new();
+
+/// `Pointer.__getattribute__`: `p.ref` goes straight to its getter; every
+/// other name takes the generic lookup. The generic one would find the
+/// same getter (Pointer is final and its type immutable), after a type
+/// lookup, a descriptor check and an instance-dict probe: as much as the
+/// view it returns costs (BENCHMARKS.md, struct_field).
+unsafe extern "C" fn pointer_getattro(
+    obj: *mut ffi::PyObject,
+    name: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: CPython calls tp_getattro with the GIL, a Pointer and a str;
+    // the name is compared by identity only (the interned "ref", which code
+    // objects' attribute names are; any other str takes the generic route).
+    unsafe {
+        if Some(&name.addr()) == REF_NAME.get() {
+            let closure = REF_CLOSURE.get().copied().unwrap_or(0);
+            return ref_get(obj, std::ptr::with_exposed_provenance_mut(closure));
+        }
+        ffi::PyObject_GenericGetAttr(obj, name)
+    }
+}
+
+/// The Field that attribute `name` of view `obj` resolves to, if it
+/// resolves to a Field: what the generic lookup would find first (a Field
+/// is a data descriptor, so it wins over an instance dict), without the
+/// rest of the generic lookup.
+///
+/// # Safety
+/// The GIL is held; `obj` is a live object and `name` a str.
+#[inline]
+unsafe fn field_of(
+    obj: *mut ffi::PyObject,
+    name: *mut ffi::PyObject,
+) -> Option<*mut ffi::PyObject> {
+    // SAFETY: per the function's contract; the lookup returns a borrowed
+    // reference (or null, setting no error) from the type's MRO; a cached
+    // answer is used only for the same live type (the object's) in the
+    // same version, in which its dict still holds the Field.
+    unsafe {
+        let tp = ffi::Py_TYPE(obj);
+        let tag = (*tp).tp_version_tag;
+        let slot = &mut *FIELD_CACHE.0.get();
+        let e = &mut slot[(name.addr() >> 4 ^ tp.addr() >> 4) & (FIELD_CACHE_SIZE - 1)];
+        if e.tp == tp.addr() && e.name == name.addr() && e.tag == tag && tag != 0 {
+            return Some(std::ptr::with_exposed_provenance_mut(e.field));
+        }
+        let lookup = TYPE_LOOKUP.get()?;
+        let found = lookup(tp, name);
+        if found.is_null() || Some(&ffi::Py_TYPE(found).addr()) != FIELD_TYPE.get() {
+            return None;
+        }
+        // The lookup gave the type a version tag if it had none. The entry
+        // holds a reference to the name, so that no other str can appear at
+        // its address while the entry stands (a name built at run time
+        // dies and its memory is reused); the Field lives as long as the
+        // type version does (the dict that holds it changes the version).
+        let tag = (*tp).tp_version_tag;
+        if tag != 0 {
+            ffi::Py_INCREF(name);
+            let old = std::mem::replace(
+                e,
+                FieldEntry {
+                    tp: tp.addr(),
+                    tag,
+                    name: name.expose_provenance(),
+                    field: found.expose_provenance(),
+                },
+            );
+            if old.name != 0 {
+                ffi::Py_DECREF(std::ptr::with_exposed_provenance_mut(old.name));
+            }
+        }
+        Some(found)
+    }
+}
+
+/// Which Field a (view class, attribute name) pair resolved to, in which
+/// version of the class (the name held by the entry): CPython gives a type a new version tag, never
+/// seen before, whenever it or a base changes, so an entry whose tag is
+/// the class's current one still holds. The type's own method cache is
+/// the same idea; this one skips its hashing for the few names a
+/// program's struct accesses use.
+#[derive(Clone, Copy)]
+struct FieldEntry {
+    tp: usize,
+    tag: std::ffi::c_uint,
+    name: usize,
+    field: usize,
+}
+
+const FIELD_CACHE_SIZE: usize = 16;
+
+struct FieldCache(std::cell::UnsafeCell<[FieldEntry; FIELD_CACHE_SIZE]>);
+// SAFETY: only accessed with the GIL held (the attribute routes are
+// compiled for GIL builds only, like every entry point of this module).
+unsafe impl Sync for FieldCache {}
+static FIELD_CACHE: FieldCache = FieldCache(std::cell::UnsafeCell::new(
+    [FieldEntry {
+        tp: 0,
+        tag: 0,
+        name: 0,
+        field: 0,
+    }; FIELD_CACHE_SIZE],
+));
+
+/// A struct view class's `__getattribute__`: a field goes straight to its
+/// descriptor's entry point, anything else to the generic lookup.
+unsafe extern "C" fn view_getattro(
+    obj: *mut ffi::PyObject,
+    name: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: CPython calls tp_getattro with the GIL, an object of the
+    // class and a str (tp_getattro is reached through PyObject_GetAttr,
+    // which checked the name's type).
+    unsafe {
+        match field_of(obj, name) {
+            // The descriptor is borrowed from the type's dict, which the
+            // read cannot change (no Python code runs on the plain route;
+            // the fallback is the descriptor's own __get__, as generic).
+            Some(field) => {
+                ffi::Py_INCREF(field);
+                let r = field_get(field, obj, ffi::Py_TYPE(obj).cast());
+                ffi::Py_DECREF(field);
+                r
+            }
+            None => ffi::PyObject_GenericGetAttr(obj, name),
+        }
+    }
+}
+
+/// A struct view class's `__setattr__`/`__delattr__`, as `view_getattro`.
+unsafe extern "C" fn view_setattro(
+    obj: *mut ffi::PyObject,
+    name: *mut ffi::PyObject,
+    value: *mut ffi::PyObject,
+) -> c_int {
+    // SAFETY: as for view_getattro; `value` is null (delete) or live.
+    unsafe {
+        match field_of(obj, name) {
+            Some(field) => {
+                ffi::Py_INCREF(field);
+                let r = field_set(field, obj, value);
+                ffi::Py_DECREF(field);
+                r
+            }
+            None => ffi::PyObject_GenericSetAttr(obj, name, value),
+        }
+    }
+}
+
+/// `f` is CPython's generic attribute lookup (a function of libpython's,
+/// whose address is the one its types' slots hold).
+fn is_generic_getattr(f: ffi::getattrofunc) -> bool {
+    std::ptr::fn_addr_eq(f, ffi::PyObject_GenericGetAttr as ffi::getattrofunc)
+}
+
+/// Gives struct view class `class` the attribute routes, if they are on
+/// and the class keeps the generic ones (no `__getattr__`,
+/// `__getattribute__`, `__setattr__` or `__delattr__` of its own). Called
+/// when the class is first classified, before any view of it exists; a
+/// later change to the class that sets one of those slots replaces ours,
+/// as CPython's slot updates do.
+pub(crate) fn attribute_routes(class: &Bound<'_, pyo3::types::PyType>) {
+    if TYPE_LOOKUP.get().is_none() {
+        return;
+    }
+    let tp = class.as_type_ptr();
+    // SAFETY: a ready heap type deriving from StructView; the slots are
+    // plain fields, compared and replaced under the GIL.
+    unsafe {
+        let generic_get = (*tp).tp_getattro.is_some_and(is_generic_getattr);
+        let generic_set = (*tp).tp_setattro.is_some_and(|f| {
+            std::ptr::fn_addr_eq(f, ffi::PyObject_GenericSetAttr as ffi::setattrofunc)
+        });
+        if generic_get && generic_set {
+            (*tp).tp_getattro = Some(view_getattro);
+            (*tp).tp_setattro = Some(view_setattro);
+        }
+    }
+}
+
+/// Turns the attribute routes on: `p.ref` through `pointer_getattro` and
+/// the fields of struct views through `view_getattro`/`view_setattro`
+/// (each class as it is classified). After `install`, whose entry points
+/// they call.
+pub fn install_attribute_routes(m: &Bound<'_, PyModule>) -> Result<(), String> {
+    let py = m.py();
+    if cfg!(Py_GIL_DISABLED) {
+        return Err("free-threaded build: no GIL guards the field cache".into());
+    }
+    if OLD_FIELD_GET.get().is_none() || OLD_REF_GET.get().is_none() {
+        return Err("the struct entry points are off".into());
+    }
+    // SAFETY: dlsym with a NUL-terminated name; RTLD_DEFAULT searches the
+    // process, where libpython's symbols are (the extension links them).
+    let sym = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"_PyType_Lookup".as_ptr()) };
+    if sym.is_null() {
+        return Err("this Python exports no _PyType_Lookup".into());
+    }
+    let pointer = crate::py::pointer::Pointer::type_object(py).as_type_ptr();
+    // SAFETY: `sym` is CPython's `PyObject *_PyType_Lookup(PyTypeObject *,
+    // PyObject *)` (3.11 to 3.14 keep that signature); the name is interned
+    // and kept for the process (never released); Pointer's slot is a plain
+    // field of a ready heap type rsalloc owns, replaced before any `p.ref`
+    // of the module's users runs.
+    unsafe {
+        let lookup = std::mem::transmute::<*mut c_void, TypeLookup>(sym);
+        let name = ffi::PyUnicode_InternFromString(c"ref".as_ptr());
+        if name.is_null() {
+            return Err(PyErr::fetch(py).to_string());
+        }
+        if !(*pointer).tp_getattro.is_some_and(is_generic_getattr) {
+            ffi::Py_DECREF(name);
+            return Err("Pointer has an attribute lookup of its own".into());
+        }
+        let _ = REF_NAME.set(name.expose_provenance());
+        let closure = REF_DEF.get().map_or(0, |d| d.0.closure.expose_provenance());
+        let _ = REF_CLOSURE.set(closure);
+        let _ = FIELD_TYPE.set(Field::type_object(py).as_type_ptr().expose_provenance());
+        let _ = TYPE_LOOKUP.set(lookup);
+        (*pointer).tp_getattro = Some(pointer_getattro);
+        ffi::PyType_Modified(pointer);
+    }
+    Ok(())
+}
+
 static OLD_ALLOCATOR_CALL: OnceLock<ffi::ternaryfunc> = OnceLock::new();
 static TO_NATIVE_UTF8: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
 /// `allocator(T)` and `allocator(T, n)` of a plain allocator, T a type
-/// already classified and n an exact int: the seed struct's `calloc(S)`.
+/// already classified and n an exact int (the seed struct's `calloc(S)`);
+/// None for any other call, which the replaced slot serves.
+///
+/// # Safety
+/// The GIL is held; `slf` is an Allocator (or a subclass's object).
+#[inline]
+unsafe fn plain_allocator_call(
+    py: Python<'_>,
+    slf: *mut ffi::PyObject,
+    t: *mut ffi::PyObject,
+    n: Option<*mut ffi::PyObject>,
+) -> Outcome<*mut ffi::PyObject> {
+    // SAFETY: per the function's contract; the arguments are borrowed
+    // from the caller's tuple or array for the call.
+    unsafe {
+        let this = pyo3::Borrowed::from_ptr(py, slf).cast_unchecked::<Allocator>();
+        let this = this.get();
+        if !this.core.plain() {
+            return Outcome::Delegate;
+        }
+        let count = match n {
+            Some(n) => match exact_small_int(&pyo3::Borrowed::from_ptr(py, n)) {
+                Some(c) => c,
+                None => return Outcome::Delegate,
+            },
+            None => 1,
+        };
+        let Some(ty) = types::lookup_cached(&pyo3::Borrowed::from_ptr(py, t)) else {
+            return Outcome::Delegate; // first use: classifying runs Python code
+        };
+        request(py, &this.core.name, ty, count.into(), None)
+            .and_then(|req| this.new_pointer(py, ty, req))
+            .and_then(|p| Ok(block_object(py, p)?.into_ptr()))
+            .into()
+    }
+}
+
+/// Allocator's `tp_call`.
 unsafe extern "C" fn allocator_call(
     slf: *mut ffi::PyObject,
     args: *mut ffi::PyObject,
@@ -162,33 +451,101 @@ unsafe extern "C" fn allocator_call(
                 if !(kwargs.is_null() || ffi::PyDict_Size(kwargs) == 0) || !(1..=2).contains(&n) {
                     return Outcome::Delegate;
                 }
-                let this = pyo3::Borrowed::from_ptr(py, slf).cast_unchecked::<Allocator>();
-                let this = this.get();
-                if !this.core.plain() {
-                    return Outcome::Delegate;
-                }
-                let t = pyo3::Borrowed::from_ptr(py, ffi::PyTuple_GET_ITEM(args, 0));
-                let count = if n == 2 {
-                    match exact_small_int(&pyo3::Borrowed::from_ptr(
-                        py,
-                        ffi::PyTuple_GET_ITEM(args, 1),
-                    )) {
-                        Some(c) => c,
-                        None => return Outcome::Delegate,
-                    }
-                } else {
-                    1
-                };
-                let Some(ty) = types::lookup_cached(&t) else {
-                    return Outcome::Delegate; // first use: classifying runs Python code
-                };
-                request(py, &this.core.name, ty, count.into(), None)
-                    .and_then(|req| this.new_pointer(py, ty, req))
-                    .and_then(|p| Ok(block_object(py, p)?.into_ptr()))
-                    .into()
+                let count = (n == 2).then(|| ffi::PyTuple_GET_ITEM(args, 1));
+                plain_allocator_call(py, slf, ffi::PyTuple_GET_ITEM(args, 0), count)
             },
             || OLD_ALLOCATOR_CALL.get().expect("installed")(slf, args, kwargs),
         )
+    }
+}
+
+/// An Allocator object's vectorcall entry: the plain call as
+/// `allocator_call` serves it, without the argument tuple CPython makes for
+/// `tp_call`; any other call goes to the object's type's `tp_call` with
+/// the tuple and dict it would have had.
+pub(crate) unsafe extern "C" fn allocator_vectorcall(
+    callable: *mut ffi::PyObject,
+    args: Args,
+    nargsf: usize,
+    kwnames: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: CPython calls a vectorcall entry with the GIL, the callable
+    // (an Allocator, or a subclass's object that inherited the entry),
+    // `nargs` positional arguments then one per name in `kwnames`.
+    unsafe {
+        let nargs = ffi::PyVectorcall_NARGS(nargsf);
+        enter(
+            |py| {
+                if !(kwnames.is_null() || ffi::PyTuple_GET_SIZE(kwnames) == 0)
+                    || !(1..=2).contains(&nargs)
+                {
+                    return Outcome::Delegate;
+                }
+                let count = (nargs == 2).then(|| *args.add(1));
+                plain_allocator_call(py, callable, *args, count)
+            },
+            || call_through_tp_call(callable, args, nargs, kwnames),
+        )
+    }
+}
+
+/// What CPython does for a callable without vectorcall: the positional
+/// arguments as a tuple, the keyword ones as a dict, then `tp_call`.
+///
+/// # Safety
+/// As for `allocator_vectorcall`.
+unsafe fn call_through_tp_call(
+    callable: *mut ffi::PyObject,
+    args: Args,
+    nargs: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: per the function's contract; every reference made here is
+    // released on every path.
+    unsafe {
+        let Some(call) = (*ffi::Py_TYPE(callable)).tp_call else {
+            return ffi::PyErr_Format(ffi::PyExc_TypeError, c"object is not callable".as_ptr());
+        };
+        let tuple = ffi::PyTuple_New(nargs);
+        if tuple.is_null() {
+            return std::ptr::null_mut();
+        }
+        for i in 0..nargs {
+            let a = *args.offset(i);
+            ffi::Py_INCREF(a);
+            ffi::PyTuple_SET_ITEM(tuple, i, a);
+        }
+        let mut kwargs = std::ptr::null_mut();
+        let nkw = if kwnames.is_null() {
+            0
+        } else {
+            ffi::PyTuple_GET_SIZE(kwnames)
+        };
+        if nkw > 0 {
+            kwargs = ffi::PyDict_New();
+            if kwargs.is_null() {
+                ffi::Py_DECREF(tuple);
+                return std::ptr::null_mut();
+            }
+            for i in 0..nkw {
+                let set = ffi::PyDict_SetItem(
+                    kwargs,
+                    ffi::PyTuple_GET_ITEM(kwnames, i),
+                    *args.offset(nargs + i),
+                );
+                if set < 0 {
+                    ffi::Py_DECREF(kwargs);
+                    ffi::Py_DECREF(tuple);
+                    return std::ptr::null_mut();
+                }
+            }
+        }
+        let r = call(callable, tuple, kwargs);
+        ffi::Py_DECREF(tuple);
+        if !kwargs.is_null() {
+            ffi::Py_DECREF(kwargs);
+        }
+        r
     }
 }
 
@@ -270,6 +627,28 @@ pub fn install(m: &Bound<'_, PyModule>) -> PyResult<()> {
         };
         let _ = OLD_ALLOCATOR_CALL.set(call);
         (*alloc_tp).tp_call = Some(allocator_call);
+    }
+    // Every Allocator object carries the vectorcall entry (Allocator::of);
+    // CPython reads it once the type says where. Checked on malloc's
+    // object: the entry at the measured offset is this module's.
+    let malloc = allocator::malloc(py)?;
+    if let Some(off) = Allocator::vectorcall_offset(&malloc) {
+        // SAFETY: the offset lies inside every Allocator object (a field of
+        // the value, which sits at one offset in all of them); the type's
+        // slots are plain fields of a ready heap type rsalloc owns.
+        unsafe {
+            let at = malloc
+                .as_ptr()
+                .cast::<u8>()
+                .add(off)
+                .cast::<Option<ffi::vectorcallfunc>>();
+            if (*at).is_some_and(|f| {
+                std::ptr::fn_addr_eq(f, allocator_vectorcall as ffi::vectorcallfunc)
+            }) {
+                (*alloc_tp).tp_vectorcall_offset = off as ffi::Py_ssize_t;
+                (*alloc_tp).tp_flags |= ffi::Py_TPFLAGS_HAVE_VECTORCALL;
+            }
+        }
     }
     let field = Field::type_object(py).as_type_ptr();
     let view = StructView::type_object(py).as_type_ptr();

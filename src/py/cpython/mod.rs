@@ -129,12 +129,16 @@ pub fn install_late(m: &Bound<'_, PyModule>) {
         attempt("struct_entry_points", || {
             fast_structs::install(m).map_err(|e| e.to_string())
         });
+        attempt("struct_attribute_routes", || {
+            fast_structs::install_attribute_routes(m)
+        });
     }
     #[cfg(not(all(pyo3_disable_reference_pool, pyo3_leak_on_drop_without_reference_pool)))]
     {
         let _ = m;
         attempt("entry_points", || Err(BYPASS_OFF.into()));
         attempt("struct_entry_points", || Err(BYPASS_OFF.into()));
+        attempt("struct_attribute_routes", || Err(BYPASS_OFF.into()));
     }
 }
 
@@ -173,4 +177,22 @@ pub fn _fast_paths(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
         out.set_item(*name, entry)?;
     }
     Ok(out)
+}
+
+/// Gives a struct view class the attribute routes of `fast_structs`, when
+/// they are on (a no-op otherwise). Called as the class is classified.
+pub(crate) fn attribute_routes(class: &Bound<'_, pyo3::types::PyType>) {
+    #[cfg(all(pyo3_disable_reference_pool, pyo3_leak_on_drop_without_reference_pool))]
+    fast_structs::attribute_routes(class);
+    #[cfg(not(all(pyo3_disable_reference_pool, pyo3_leak_on_drop_without_reference_pool)))]
+    let _ = class;
+}
+
+/// The vectorcall entry every Allocator object carries (CPython reads it
+/// only once `struct_entry_points` turned the type's vectorcall on).
+pub(crate) fn allocator_vectorcall() -> Option<pyo3::ffi::vectorcallfunc> {
+    #[cfg(all(pyo3_disable_reference_pool, pyo3_leak_on_drop_without_reference_pool))]
+    return Some(fast_structs::allocator_vectorcall);
+    #[cfg(not(all(pyo3_disable_reference_pool, pyo3_leak_on_drop_without_reference_pool)))]
+    None
 }

@@ -329,3 +329,83 @@ pub(crate) fn plain_view_objects(class: &Bound<'_, pyo3::types::PyType>) {
         }
     }
 }
+
+/// The view `p.ref` made last, kept with one reference of its own, so that
+/// the next `p.ref` of the same block, once nobody else holds that view,
+/// returns it instead of making an equal one. Programs read and write a
+/// struct's fields one statement at a time (`p.ref.x = 1; p.ref.y = 2`):
+/// each made a view and dropped it, which was half of what a field access
+/// cost (BENCHMARKS.md, struct_field). A view nobody else holds cannot be
+/// told from a new one: only views of plain classes (no `__dict__`, no weak
+/// references) of an rsalloc block are kept, their value is immutable, and
+/// `p.ref is p.ref` stays False (the first is still held). The kept view
+/// keeps its block's record (not the block) until another view replaces it.
+#[cfg(all(
+    not(Py_GIL_DISABLED),
+    pyo3_disable_reference_pool,
+    pyo3_leak_on_drop_without_reference_pool
+))]
+pub(crate) mod last_ref {
+    use super::{is_plain, StructView, VIEW_OFFSET};
+    use crate::py::pointer::{Owned, Pointer};
+    use pyo3::ffi;
+    use std::cell::UnsafeCell;
+    use std::sync::atomic::Ordering;
+
+    struct Kept(UnsafeCell<*mut ffi::PyObject>);
+    // SAFETY: only accessed with the GIL held (every function's contract).
+    unsafe impl Sync for Kept {}
+    static KEPT: Kept = Kept(UnsafeCell::new(std::ptr::null_mut()));
+
+    /// The kept view, when it is `p.ref` (class, block, address and type of
+    /// `p`'s element 0 at `addr`) and nobody else holds it: borrowed.
+    ///
+    /// # Safety
+    /// The GIL is held; `p` is a live struct Pointer whose element 0 is at `addr`.
+    #[inline]
+    pub(crate) unsafe fn reuse(p: &Pointer, addr: usize) -> Option<*mut ffi::PyObject> {
+        // SAFETY: per the function's contract; a kept view is a live plain
+        // view object (it holds a reference), its value at VIEW_OFFSET.
+        unsafe {
+            let obj = *KEPT.0.get();
+            if obj.is_null()
+                || ffi::Py_REFCNT(obj) != 1
+                || ffi::Py_TYPE(obj).cast::<ffi::PyObject>() != p.ty.class.as_ptr()
+            {
+                return None;
+            }
+            let off = VIEW_OFFSET.load(Ordering::Relaxed);
+            let v = &*obj.cast::<u8>().add(off).cast::<StructView>();
+            let same = v.ptr.addr == addr
+                && std::ptr::eq(v.ptr.ty, p.ty)
+                && v.ptr.extent() == Some(p.ty.size)
+                && v.ptr.owner.same_block(&p.owner);
+            same.then_some(obj)
+        }
+    }
+
+    /// Keeps `obj`, a view `p.ref` just made (a reference the caller
+    /// keeps too), when it may be reused; releases the view kept before.
+    ///
+    /// # Safety
+    /// The GIL is held; `obj` is a live view object.
+    #[inline]
+    pub(crate) unsafe fn keep(obj: *mut ffi::PyObject) {
+        // SAFETY: per the function's contract; the old view's last
+        // reference may go here, through its type's dealloc, which handles
+        // its owner (view_dealloc).
+        unsafe {
+            let tp = ffi::Py_TYPE(obj);
+            let off = VIEW_OFFSET.load(Ordering::Relaxed);
+            let v = &*obj.cast::<u8>().add(off).cast::<StructView>();
+            if off == 0 || !is_plain(tp) || !matches!(v.ptr.owner.get(), Owned::Block(_)) {
+                return;
+            }
+            ffi::Py_INCREF(obj);
+            let old = std::mem::replace(&mut *KEPT.0.get(), obj);
+            if !old.is_null() {
+                ffi::Py_DECREF(old);
+            }
+        }
+    }
+}
