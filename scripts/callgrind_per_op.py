@@ -86,6 +86,8 @@ PATTERNS: dict[str, tuple[str, int]] = {
     "struct_write": ("p.ref.x = 5", 20000),
     "view_read": ("r.x", 20000),
     "view_write": ("r.x = 5", 20000),
+    "elem_read": ("P1024[5]", 20000),
+    "elem_write": ("P1024[5] = 7", 20000),
     "bulk_read": ("P1024[:]", 1000),
     "bulk_write": ("P1024[:] = L", 1000),
 }

@@ -23,8 +23,8 @@ use std::collections::BTreeSet;
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 
-/// A record with its count, as the core asks for it.
-const RECORD: usize = 48;
+/// A record, its count included, as the core asks for it.
+const RECORD: usize = 32;
 
 /// Record memory given out by `record_alloc` and not yet taken back.
 static SLOTS: Mutex<BTreeSet<usize>> = Mutex::new(BTreeSet::new());
@@ -455,4 +455,51 @@ mod block_cache {
         trim(token(&g));
         assert_eq!((held(token(&g)), held_back(token(&g))), ((0, 0), (0, 0)));
     }
+}
+
+/// The first chunk of a closed arena, kept for the next region, keeps its
+/// released blocks: read back, they are dead until a region that takes the
+/// chunk hands their addresses out again; trimmed, the chunk is forgotten.
+#[test]
+fn released_blocks_of_a_kept_chunk_read_back_dead() {
+    use rsalloc::core::error::Death;
+    use rsalloc::core::region::{released_view_at, trim_kept_chunks, view_at};
+    let _one = ONE_TEST.lock().unwrap_or_else(|e| e.into_inner());
+    serialize();
+    let g = LOCK.lock().unwrap();
+    let dead = |r: &rsalloc::core::region::RegionRef, addr: usize| {
+        matches!(r.check_access(addr), Err(Error::UseAfterFree(Death::Released)))
+    };
+    let old = RegionCore::new();
+    let block = |r: &Arc<RegionCore>, n: usize| r.allocate(Request { size: n, align: 8 }).unwrap().0;
+    let (a, b) = (block(&old, 24), block(&old, 24));
+    let old_id = old.id;
+    old.release(false);
+    drop(old);
+    for (addr, start, block_end) in [(a, true, a + 24), (b, true, b + 24), (b + 1, false, b + 24)] {
+        let (r, end) = released_view_at(addr).unwrap().expect("a dead view");
+        assert!(dead(&r, addr) && r.is_start() == start);
+        assert_eq!((end, r.region().id), (block_end, old_id));
+    }
+    // A new region takes the kept chunk: what it hands out again is live.
+    let new = RegionCore::new();
+    assert_eq!(block(&new, 24), a);
+    let (r, _) = view_at(&new, a).unwrap().unwrap();
+    assert!(r.check_access(a).is_ok() && Arc::ptr_eq(&new, &{
+        let Some(rsalloc::core::index::Found::Chunk(o)) = rsalloc::core::index::resolve(a) else {
+            panic!("the chunk is listed for the new region")
+        };
+        RegionCore::of_chunk_owner(o)
+    }));
+    // What it has not handed out again reads back dead, not as its own.
+    let (r, end) = view_at(&new, b).unwrap().expect("a dead view");
+    assert!(dead(&r, b) && end == b + 24 && r.region().id == old_id);
+    assert!(released_view_at(b).unwrap().is_none(), "listed, not kept");
+    new.release(false);
+    drop(new);
+    assert!(released_view_at(a).unwrap().is_some());
+    assert!(trim_kept_chunks(token(&g)) >= 1);
+    assert!(released_view_at(a).unwrap().is_none(), "given back to libc: forgotten");
+    assert!(released_view_at(b).unwrap().is_none());
+    assert_eq!(WRONG.load(Relaxed), 0);
 }

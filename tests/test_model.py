@@ -153,6 +153,9 @@ class Block:
     root: Pointer  # a Uint8 view of all of it, to compare bytes
     state: str = "live"  # live, freed, reallocated, detached, c_freed (C freed it after detach)
     exports: list[tuple[memoryview, View]] = field(default_factory=list)
+    # A bump arena's block released while an export of its arena was open:
+    # its chunk is parked (still rsalloc's) until the arena's last export ends.
+    parked: bool = False
 
     @property
     def nbytes(self) -> int:
@@ -468,6 +471,11 @@ class RsallocModel(RuleBasedStateMachine):
         home = next((b for b in self.blocks if b.state == "live" and b.address <= addr < b.address + max(b.nbytes, 1)), None)
         if home is None:
             assert q.allocator is None or not q.alive
+            # A released bump-arena block whose memory rsalloc still holds
+            # (parked for an export) reads back dead, not as foreign memory.
+            if any(b.parked and b.address <= addr < b.address + max(b.nbytes, 1) for b in self.blocks):
+                event("read back a parked released block's address")
+                assert not q.alive
             if not q.alive:
                 event("read back a dead block's address")
                 self.misuse(UseAfterFreeError, lambda: q[0])
@@ -481,6 +489,36 @@ class RsallocModel(RuleBasedStateMachine):
         if q.count:
             with pytest.raises(IndexError):
                 q[q.count]
+
+    @rule(i=st.integers(0, 10**6), inside=st.integers(0, 10**6))
+    def read_back_a_dead_block(self, i: int, inside: int) -> None:
+        """An address in a dead block, read back (`Pointer.from_address`): a
+        view of the live block now there, else dead or foreign, never a live
+        view of rsalloc's; dead for sure while a released bump-arena block
+        is parked for an export."""
+        dead = [b for b in self.blocks if b.state in DEAD]
+        if not dead:
+            return
+        parked = [b for b in dead if b.parked]
+        if parked and i % 2:
+            dead = parked
+        b = dead[i % len(dead)]
+        addr = b.address + inside % max(b.nbytes, 1)
+        q = Pointer.from_address(addr, Uint8)
+        home = next((x for x in self.blocks if x.state == "live" and x.address <= addr < x.address + max(x.nbytes, 1)), None)
+        if home is not None:
+            event("read back a dead block's address, handed out again")
+            assert q.alive and q.count == home.address + home.nbytes - addr
+            return
+        if b.parked:
+            event("read back a parked released block's address")
+            assert not q.alive
+        if q.alive:
+            assert q.allocator is None, "a dead block read back as a live one"
+            return
+        event(f"read back a dead {b.alloc.kind} block's address")
+        assert q.count == b.address + max(b.nbytes, 1) - addr or q.count == b.nbytes
+        self.misuse(UseAfterFreeError, lambda: q[0])
 
     # --- frees -------------------------------------------------------------------
 
@@ -601,6 +639,13 @@ class RsallocModel(RuleBasedStateMachine):
         before = self.snapshot()
         m.release()
         assert self.snapshot() == before  # the memory goes back; the counters moved at free
+        if not self.open_exports(b.alloc):
+            for other in self.blocks:
+                if other.alloc is b.alloc:
+                    other.parked = False  # the parked chunks went back
+
+    def open_exports(self, a: AllocSpec) -> int:
+        return sum(len(b.exports) for b in self.blocks if b.alloc is a)
 
     # --- arenas ---------------------------------------------------------------------------
 
@@ -611,12 +656,24 @@ class RsallocModel(RuleBasedStateMachine):
         a.obj.release_all(reuse=reuse)
         if a.closed:
             return  # releasing a closed arena does nothing
+        parks = a.kind == "region" and self.open_exports(a) > 0
+        if parks:
+            event("released a bump arena with an export open")
         for b in self.blocks:
             if b.alloc is a and b.state == "live":
                 b.state = "released"
+                b.parked = parks
                 self.count_free(b)
         a.closed = not reuse
         event(f"released an arena (reuse={reuse})")
+        for b in self.blocks:
+            if b.alloc is a and b.parked:
+                # The chunks stay rsalloc's (parked) while the export is open:
+                # every address of the released blocks reads back dead.
+                for addr in {b.address, b.address + max(b.nbytes, 1) - 1}:
+                    q = Pointer.from_address(addr, Uint8)
+                    assert not q.alive and q.count == b.address + max(b.nbytes, 1) - addr
+                    self.misuse(UseAfterFreeError, lambda: q[0])
         assert len(a.obj) == 0
 
     # --- invariants -------------------------------------------------------------------

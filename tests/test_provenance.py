@@ -152,6 +152,82 @@ def test_blocks_of_a_released_arena_over_malloc_read_back_dead() -> None:
     free(slots)
 
 
+@pytest.mark.skipif(not block_cache_on(), reason="a closed arena's first chunk goes back to libc at once with the block cache off")
+def test_blocks_of_a_released_bump_arena_read_back_dead() -> None:
+    slots = calloc(Pointer[Uint8], 3)
+    with Arena() as a:
+        slots[0] = to_native_utf8("scratch", a)
+        slots[1] = a(Uint8, 16)
+        slots[2] = slots[1] + 5  # an interior address
+    # The arena's first chunk is kept for the next arena, its bytes zeroed:
+    # read back, its blocks are dead, not views of zeros.
+    for i in range(3):
+        stale = slots[i]
+        assert not stale.alive and stale.allocator is a, i
+        with pytest.raises(UseAfterFreeError, match="released with its arena"):
+            stale[0]
+        with pytest.raises(DoubleFreeError):
+            free(stale)
+    assert slots[2].count == 11, "bounded by the released block"
+    free(slots)
+
+
+def test_an_open_arena_s_released_blocks_read_back_dead_until_handed_out_again() -> None:
+    slots = calloc(Pointer[Uint8], 2)
+    with Arena() as a:
+        slots[0] = a(Uint8, 16)
+        slots[1] = a(Uint8, 16)
+        first, second = slots[0].address, slots[1].address
+        a.release_all(reuse=True)  # the bump chunk stays, for the next blocks
+        assert not slots[0].alive and not slots[1].alive
+        fresh = a(Uint8, 16)
+        assert fresh.address == first
+        again = slots[0]
+        assert again.alive and again.allocator is a and again.count == 16
+        again[3] = 7
+        assert fresh[3] == 7, "a view of the block handed out again"
+        assert slots[1].address == second and not slots[1].alive, "not handed out again yet"
+        with pytest.raises(UseAfterFreeError):
+            slots[1].to_str()
+    free(slots)
+
+
+@pytest.mark.skipif(not block_cache_on(), reason="a closed arena's first chunk goes back to libc at once with the block cache off")
+def test_a_kept_chunk_taken_by_a_new_arena_reads_back_its_own_blocks_live_and_the_rest_dead() -> None:
+    slots = calloc(Pointer[Uint8], 2)
+    with Arena() as old:
+        slots[0] = old(Uint8, 24)
+        slots[1] = old(Uint8, 24)
+    with Arena() as new:
+        b = new(Uint8, 24)
+        assert b.address == slots[0].address, "the kept first chunk"
+        live = slots[0]
+        assert live.alive and live.allocator is new
+        stale = slots[1]
+        assert not stale.alive, "not a view of the new arena's free bytes"
+        with pytest.raises(UseAfterFreeError):
+            stale[0]
+        b2 = new(Uint8, 24)
+        assert b2.address == stale.address and slots[1].alive and slots[1].allocator is new
+    assert not slots[0].alive and not slots[1].alive
+    free(slots)
+
+
+def test_a_released_block_pinned_by_an_export_reads_back_dead() -> None:
+    slots = calloc(Pointer[Uint8], 1)
+    with Arena() as a:
+        big = a(Uint8, 100_000)  # a chunk of its own, never kept
+        slots[0] = big + 10
+        m = memoryview(big)
+    stale = slots[0]
+    assert not stale.alive and stale.count == 100_000 - 10
+    with pytest.raises(UseAfterFreeError):
+        stale[0]
+    m.release()  # the parked chunk goes back to libc: forgotten
+    assert slots[0].allocator is None
+    free(slots)
+
+
 def test_read_back_dead_pointer_names_both_sites_with_tracking() -> None:
     code = textwrap.dedent(
         """
@@ -505,6 +581,68 @@ def test_from_address_of_foreign_memory_stays_unowned() -> None:
 
 
 # --- threads -------------------------------------------------------------------------
+
+
+def test_arena_releases_racing_resolutions_from_threads() -> None:
+    """Readers resolve addresses stored by a writer that fills an arena and
+    releases it again and again: every resolution is a live view of the
+    current generation's string or a dead view that raises; never the
+    zeros of a released block or a crash."""
+    n = 32
+    arr = calloc(Int64, n)
+    errors: list[BaseException] = []
+    stop = threading.Event()
+    # Without the block cache a closed arena's chunk goes back to libc at
+    # once: its addresses read back as foreign memory (not read here).
+    kept = block_cache_on()
+
+    def reader() -> None:
+        try:
+            k = 0
+            while not stop.is_set():
+                k += 1
+                addr = arr[k % n]
+                if not addr:
+                    continue
+                v = Pointer.from_address(addr, Uint8)
+                if v.alive and v.allocator is None:
+                    assert not kept, "an arena block read back as foreign memory"
+                    continue
+                try:
+                    text = v.to_str()
+                except UseAfterFreeError:
+                    continue
+                assert text.startswith("g") and len(text) == 8, text
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    def writer() -> None:
+        try:
+            for g in range(300):
+                with Arena() as a:
+                    for i in range(n):
+                        arr[i] = to_native_utf8(f"g{g:03d}-{i:03d}"[:8], a).address
+                    if g % 3 == 0:
+                        a.release_all(reuse=True)
+                        for i in range(0, n, 2):
+                            arr[i] = to_native_utf8(f"g{g:03d}+{i:03d}"[:8], a).address
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=reader) for _ in range(3)]
+    w = threading.Thread(target=writer)
+    for t in threads + [w]:
+        t.start()
+    w.join()
+    stop.set()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+    if kept:
+        for i in range(n):
+            assert not Pointer.from_address(arr[i], Uint8).alive
+    free(arr)
+
 
 
 def test_frees_racing_resolutions_from_threads() -> None:

@@ -260,14 +260,34 @@ impl CoreRef {
         CoreRef(NonNull::from(&**core))
     }
 
-    /// A counted reference, for those who keep the allocator on their own.
-    pub fn arc(&self) -> Arc<AllocCore> {
-        // SAFETY: the pointer came from an Arc that is alive: this
-        // reference's own count, or the count a lifelong allocator leaked.
+    /// A counted reference to `core`, for those who keep the allocator on
+    /// their own.
+    ///
+    /// # Safety
+    /// `core` is held by a `CoreRef` (or one kept raw, see
+    /// [`CoreRef::into_raw`]) that lives meanwhile.
+    pub unsafe fn arc_of(core: &AllocCore) -> Arc<AllocCore> {
+        let p = std::ptr::from_ref(core);
+        // SAFETY: the pointer came from an Arc that is alive: the count of
+        // the caller's reference, or the count a lifelong allocator leaked.
         unsafe {
-            Arc::increment_strong_count(self.0.as_ptr());
-            Arc::from_raw(self.0.as_ptr())
+            Arc::increment_strong_count(p);
+            Arc::from_raw(p)
         }
+    }
+
+    /// The pointer, its count (if any) kept: a record keeps it in a word
+    /// that may hold something else instead. Undone by [`CoreRef::from_raw`].
+    pub fn into_raw(self) -> NonNull<AllocCore> {
+        let p = self.0;
+        std::mem::forget(self);
+        p
+    }
+
+    /// # Safety
+    /// `p` came from [`CoreRef::into_raw`] and is given back once.
+    pub unsafe fn from_raw(p: NonNull<AllocCore>) -> Self {
+        CoreRef(p)
     }
 }
 

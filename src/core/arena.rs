@@ -41,7 +41,7 @@ impl WrapArena {
     pub fn with_limit(backing: Arc<AllocCore>, limit: u64) -> Self {
         backing.arena_refs_add(1);
         WrapArena {
-            tag: Arc::new(ArenaTag::with_limit(new_id(), limit)),
+            tag: Arc::new(ArenaTag::with_limit(new_id(), limit, &backing)),
             backing,
             inner: Mutex::new(Inner::default()),
         }

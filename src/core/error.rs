@@ -102,6 +102,9 @@ pub enum Error {
     /// The block is exported through the buffer protocol and cannot move or
     /// change owner (BufferError).
     Exported,
+    /// A block already pinned by as many buffer exports as its record
+    /// counts (2^18 - 1, at the same time): one more is refused (BufferError).
+    TooManyExports,
     /// Guard bytes around a diagnostic block were overwritten (HeapCorruptionError).
     HeapCorruption(Corruption),
     /// What an allocation function returned is no block (ValueError).
@@ -215,6 +218,11 @@ impl fmt::Display for Error {
             Error::Exported => write!(
                 f,
                 "the block is exported through the buffer protocol and cannot move or change owner"
+            ),
+            Error::TooManyExports => write!(
+                f,
+                "the block is exported through the buffer protocol {} times at once, the most a block can be",
+                (1usize << 18) - 1
             ),
             Error::HeapCorruption(c) => {
                 write!(f, "heap corruption: guard bytes were overwritten (")?;

@@ -5,9 +5,11 @@
 //! compare-and-swap.
 //!
 //! Every live block carries one, so its size is the memory rsalloc costs per
-//! block (issue 6): 40 bytes, 48 with its reference count. What only some
-//! blocks have (an owning arena, tracking data) shares one word, `Extra`,
-//! which is null for the common block.
+//! block: 32 bytes, its reference count included (a 32-byte size class of
+//! CPython's small-object allocator). Four words: the address, the size, the
+//! state word (which also holds the alignment, the exports and the
+//! reference count), and `Extra`, the allocator or, for the few blocks that
+//! have more (an owning arena, tracking data), what holds it too.
 
 use super::alloc::{AllocCore, Backend, CoreRef, Libc};
 use super::error::{Death, Error, Ownership, Result};
@@ -19,10 +21,10 @@ use std::sync::{Arc, OnceLock};
 
 mod lifecycle;
 
-// Every live block has a record: keep it at 40 bytes (48 with its count,
-// exactly a 16-byte size class of CPython's small-object allocator).
+// Every live block has a record: keep it at 32 bytes, count included, a
+// size class of CPython's small-object allocator (at 40 it would take 48).
 #[cfg(target_pointer_width = "64")]
-const _: () = assert!(std::mem::size_of::<Record>() == 40);
+const _: () = assert!(std::mem::size_of::<Record>() == 32);
 
 /// The state bits of [`Record::word`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,13 +54,30 @@ const LOST: usize = 1 << 5;
 /// (a block a diagnostic allocator adopted: it has no guard bytes), so it
 /// goes back through libc. It never changes.
 const PLAIN_MEMORY: usize = 1 << 6;
-/// log2 of the block's alignment lives in the word too: a field of its own
-/// would take the record with its count from 56 to 64 bytes, and its glibc
-/// chunk from 64 to 80 (every live block has one). It never changes.
+/// log2 of the block's alignment lives in the word too (a field of its own
+/// would cost a word per live block). It never changes.
 const ALIGN_SHIFT: u32 = 8;
-const ALIGN_MASK: usize = 0xFF << ALIGN_SHIFT;
-const PIN_SHIFT: u32 = 16;
+const ALIGN_MASK: usize = 0x3F << ALIGN_SHIFT;
+/// Buffer exports (and, on free-threaded builds, accesses under way) pinning
+/// the block: 18 bits; one more is refused ([`Error::TooManyExports`]).
+const PIN_SHIFT: u32 = 14;
 const PIN: usize = 1 << PIN_SHIFT;
+const PIN_MASK: usize = ((1 << 18) - 1) << PIN_SHIFT;
+/// The reference count (what `RecordRef` counts) is the word's top 32 bits:
+/// a word of its own would take the record from 32 to 40 bytes, a 48-byte
+/// slot. A state change's compare-and-swap keeps the bits it finds there.
+const REF_SHIFT: u32 = 32;
+const REF: usize = 1 << REF_SHIFT;
+const REF_MASK: usize = usize::MAX << REF_SHIFT;
+/// A count that reaches 2^31 saturates: from then on it neither rises nor
+/// falls, and the record is never freed (a leak, never a use after free).
+/// Reaching it takes 2^31 live references, tens of GiB of Pointer objects.
+const REF_SATURATED: usize = 1 << 63;
+
+#[inline]
+fn pins_of(word: usize) -> usize {
+    (word & PIN_MASK) >> PIN_SHIFT
+}
 
 fn decode(word: usize) -> State {
     match word & STATE_MASK {
@@ -80,9 +99,8 @@ pub struct Record {
     addr: NonNull<u8>,
     size: usize,
     word: AtomicUsize,
-    alloc: CoreRef,
-    /// The arena the block was made in (it owns the block while IN_ARENA is
-    /// set) and tracking data, both rare.
+    /// The allocator; for a block made in an arena (which owns it while
+    /// IN_ARENA is set) or tracked, what holds the allocator too.
     extra: Extra,
 }
 
@@ -92,7 +110,9 @@ unsafe impl Send for Record {}
 unsafe impl Sync for Record {}
 
 impl Record {
-    /// A record for a block `alloc` just handed out (and has counted).
+    /// A record for a block `alloc` just handed out (and has counted),
+    /// with one reference (the one `RecordSlot::fill` returns). An arena's
+    /// tag must be one of `alloc`'s arenas ([`ArenaTag::belongs_to`]).
     pub(crate) fn new(
         addr: NonNull<u8>,
         size: usize,
@@ -101,14 +121,14 @@ impl Record {
         arena: Option<Arc<ArenaTag>>,
     ) -> Self {
         debug_assert!(align.is_power_of_two());
+        debug_assert!(arena.as_ref().is_none_or(|t| t.belongs_to(&alloc)));
         let state = if arena.is_some() { IN_ARENA } else { LIVE };
-        let word = state | (align.trailing_zeros() as usize) << ALIGN_SHIFT;
+        let word = REF | state | (align.trailing_zeros() as usize) << ALIGN_SHIFT;
         Record {
             addr,
             size,
             word: AtomicUsize::new(word),
-            alloc,
-            extra: Extra::new(arena),
+            extra: Extra::new(alloc, arena),
         }
     }
 
@@ -125,12 +145,15 @@ impl Record {
         1 << ((self.word.load(Relaxed) & ALIGN_MASK) >> ALIGN_SHIFT)
     }
     /// The allocator that made the block.
+    #[inline]
     pub fn allocator(&self) -> &AllocCore {
-        &self.alloc
+        self.extra.alloc()
     }
     /// The allocator, counted, for those who keep it beyond the record.
     pub fn allocator_arc(&self) -> Arc<AllocCore> {
-        self.alloc.arc()
+        // SAFETY: the allocator came from an Arc that lives at least as
+        // long as the record (see `Extra`).
+        unsafe { CoreRef::arc_of(self.allocator()) }
     }
     /// The block's state now (live, detached or dead).
     pub fn state(&self) -> State {
@@ -138,7 +161,82 @@ impl Record {
     }
     /// How many buffer exports pin the block now.
     pub fn pins(&self) -> usize {
-        self.word.load(Acquire) >> PIN_SHIFT
+        pins_of(self.word.load(Acquire))
+    }
+
+    // The reference count in the word, for `RecordRef` (record_ref.rs),
+    // which decides when each runs.
+
+    /// References counted now.
+    pub(crate) fn refs(&self) -> usize {
+        self.word.load(Acquire) >> REF_SHIFT
+    }
+
+    /// One more reference, from a thread that holds one. `serialized`: no
+    /// other thread touches the word meanwhile (a load and a store).
+    #[inline]
+    pub(crate) fn ref_add(&self, serialized: bool) {
+        let prev = if serialized {
+            let w = self.word.load(Relaxed);
+            self.word.store(w.wrapping_add(REF), Relaxed);
+            w
+        } else {
+            // Relaxed, as Arc: a new reference is made from an existing one.
+            self.word.fetch_add(REF, Relaxed)
+        };
+        if prev & REF_SATURATED != 0 {
+            self.ref_saturated_add();
+        }
+    }
+
+    #[cold]
+    fn ref_saturated_add(&self) {
+        // Saturated: the count stays where it is (far from the carry out).
+        self.word.fetch_sub(REF, Relaxed);
+    }
+
+    /// One more reference unless the count is 0 (the last reference is
+    /// being dropped): how the index hands out the records it lists.
+    #[inline]
+    pub(crate) fn ref_add_unless_zero(&self) -> bool {
+        self.word
+            .fetch_update(Acquire, Relaxed, |w| match w >> REF_SHIFT {
+                0 => None,
+                _ if w & REF_SATURATED != 0 => Some(w),
+                _ => Some(w + REF),
+            })
+            .is_ok()
+    }
+
+    /// One reference fewer; true when it was the last (the record drops
+    /// now). Acquire when it is, as Arc: every use through other references
+    /// happened before. `serialized` as for [`Record::ref_add`].
+    #[inline]
+    pub(crate) fn ref_sub(&self, serialized: bool) -> bool {
+        if serialized {
+            let w = self.word.load(Acquire);
+            if w >> REF_SHIFT == 1 {
+                return true;
+            }
+            if w & REF_SATURATED == 0 {
+                self.word.store(w - REF, Relaxed);
+            }
+            return false;
+        }
+        let prev = self.word.fetch_sub(REF, Release);
+        if prev >> REF_SHIFT == 1 {
+            std::sync::atomic::fence(Acquire);
+            return true;
+        }
+        if prev & REF_SATURATED != 0 {
+            self.ref_saturated_sub();
+        }
+        false
+    }
+
+    #[cold]
+    fn ref_saturated_sub(&self) {
+        self.word.fetch_add(REF, Relaxed);
     }
 
     /// Tracking data (allocation and free sites) for error messages, once
@@ -159,7 +257,7 @@ impl Record {
     /// arena's, not tracked, and its allocator is plain.
     #[inline]
     pub fn frees_plainly(&self) -> bool {
-        self.extra.is_empty() && self.alloc.plain()
+        self.extra.plain_alloc().is_some_and(AllocCore::plain)
     }
 
     /// Dropping the record runs only Rust and libc: its allocator is
@@ -168,7 +266,9 @@ impl Record {
     /// can hold Python objects.
     #[inline]
     pub fn drops_plainly(&self) -> bool {
-        self.extra.is_empty() && self.alloc.is_lifelong() && self.alloc.plain_backend()
+        self.extra
+            .plain_alloc()
+            .is_some_and(|a| a.is_lifelong() && a.plain_backend())
     }
 
     /// The id of the arena that owns the block now, if any.
@@ -210,6 +310,7 @@ impl Record {
     pub fn pin(&self) -> Result<()> {
         self.update(|w| match decode(w) {
             State::Dead(d) => Err(Error::UseAfterFree(d)),
+            _ if w & PIN_MASK == PIN_MASK => Err(Error::TooManyExports),
             _ => Ok(w + PIN),
         })
         .map(drop)
@@ -218,20 +319,32 @@ impl Record {
     /// A buffer export ends; the last one out of a dead block returns its memory.
     pub fn unpin(&self) {
         let prev = self.word.fetch_sub(PIN, AcqRel);
-        debug_assert!(prev >= PIN, "unpin without pin");
-        if prev >> PIN_SHIFT == 1 && is_dead(prev) {
+        debug_assert!(pins_of(prev) >= 1, "unpin without pin");
+        if pins_of(prev) == 1 && is_dead(prev) {
             // Guard bytes were checked at the free, when an error could be raised.
             let _ = self.return_memory();
         }
     }
 
     pub(crate) fn return_memory(&self) -> Result<()> {
-        if self.word.load(Acquire) & LOST != 0 {
+        self.return_memory_of(self.allocator())
+    }
+
+    /// [`Record::return_memory`], the allocator at hand.
+    #[inline]
+    pub(crate) fn return_memory_of(&self, alloc: &AllocCore) -> Result<()> {
+        let w = self.word.load(Acquire);
+        if w & LOST != 0 {
             return Ok(()); // libc gave it to another block: not ours to return
         }
         super::observer::gone(self.addr());
+        let backend: &dyn Backend = if w & PLAIN_MEMORY != 0 {
+            &Libc
+        } else {
+            &*alloc.backend
+        };
         // SAFETY: called exactly once, by whoever saw the block dead with no pins.
-        unsafe { self.backend().free(self.addr, self.size, self.align()) }
+        unsafe { backend.free(self.addr, self.size, self.align()) }
     }
 
     /// The backend that made the block's memory: its allocator's, or libc's
@@ -241,7 +354,7 @@ impl Record {
         if self.is_plain_memory() {
             &Libc
         } else {
-            &*self.alloc.backend
+            &*self.allocator().backend
         }
     }
 
@@ -259,7 +372,7 @@ impl Record {
     /// The block's memory is what its allocator's C counterpart frees: not
     /// a guarded block (guard bytes around it, which C's `free` cannot take).
     fn c_can_free(&self) -> bool {
-        !self.alloc.backend.adopts_plain() || self.is_plain_memory()
+        !self.allocator().backend.adopts_plain() || self.is_plain_memory()
     }
 
     /// Checks that `owner_group` may free the block at `addr` (no state change).
@@ -267,7 +380,7 @@ impl Record {
         let owned_here = if word & IN_ARENA != 0 {
             self.extra.arena().is_some_and(|t| t.id == arena)
         } else {
-            arena == 0 && owner_group == self.alloc.group
+            arena == 0 && owner_group == self.allocator().group
         };
         if !owned_here {
             return Err(Error::Ownership(Ownership::OtherOwner));
@@ -288,7 +401,7 @@ impl Record {
     /// An arena hands the block to its backing allocator (it stays live and counted there).
     pub fn leave_arena(&self, arena: u64) -> Result<()> {
         self.update(|w| {
-            self.check_free(w, self.alloc.group, arena, self.addr())?;
+            self.check_free(w, self.allocator().group, arena, self.addr())?;
             if w & IN_ARENA == 0 {
                 return Err(Error::Ownership(Ownership::OtherOwner));
             }
@@ -303,7 +416,7 @@ impl Record {
     /// Stops counting the block: in its allocator, the process, and the arena
     /// that owned it when `word` was read.
     fn count_free(&self, word: usize) {
-        self.alloc.count_free(self.size);
+        self.allocator().count_free(self.size);
         if word & IN_ARENA != 0 {
             if let Some(tag) = self.extra.arena() {
                 tag.counters.on_free(self.size);
@@ -345,7 +458,7 @@ impl std::fmt::Debug for Record {
             .field("size", &self.size)
             .field("state", &self.state())
             .field("pins", &self.pins())
-            .field("allocator", &self.alloc.name)
+            .field("allocator", &self.allocator().name)
             .finish()
     }
 }
@@ -384,53 +497,80 @@ pub struct ArenaTag {
     /// The cap on the arena's live bytes (`Arena(allocator, limit=N)`),
     /// or `budget::UNLIMITED`.
     pub limit: u64,
+    /// The allocator every block of the arena comes from, uncounted: a
+    /// record reaches its allocator through its arena's tag (see [`Extra`])
+    /// and holds its own count of it, which keeps this valid wherever it is
+    /// read. Otherwise only compared.
+    alloc: NonNull<AllocCore>,
 }
 
+// SAFETY: `alloc` is only read as a shared reference to an `AllocCore`
+// (Send + Sync) while a record holds a count of it; everything else is Sync.
+unsafe impl Send for ArenaTag {}
+// SAFETY: as for `Send`.
+unsafe impl Sync for ArenaTag {}
+
 impl ArenaTag {
-    /// The tag of arena `id`, without a limit.
-    pub fn new(id: u64) -> Self {
-        Self::with_limit(id, super::budget::UNLIMITED)
+    /// The tag of arena `id` over `alloc`, without a limit.
+    pub fn new(id: u64, alloc: &AllocCore) -> Self {
+        Self::with_limit(id, super::budget::UNLIMITED, alloc)
     }
 
-    /// An arena whose live bytes never pass `limit`.
-    pub fn with_limit(id: u64, limit: u64) -> Self {
+    /// An arena over `alloc` whose live bytes never pass `limit`.
+    pub fn with_limit(id: u64, limit: u64, alloc: &AllocCore) -> Self {
         ArenaTag {
             id,
             counters: Counters::new(),
             limit,
+            alloc: NonNull::from(alloc),
         }
+    }
+
+    /// Whether the arena's blocks come from `alloc`: a record made with a
+    /// tag finds its allocator through it.
+    pub fn belongs_to(&self, alloc: &AllocCore) -> bool {
+        std::ptr::eq(self.alloc.as_ptr(), alloc)
     }
 }
 
-/// What only some blocks carry, in one word. A field each (the arena's
-/// `Option<Arc>`, a boxed `Tracked`) made the record 48 bytes, 56 with its
-/// count; one word makes them 40 and 48, exactly a size class of CPython's
-/// small-object allocator (issue 6: the memory per live block).
+/// The allocator, and what only some blocks carry, in one word: one word
+/// each (the allocator, then the arena's `Option<Arc>` or a boxed `Tracked`)
+/// made the record 40 bytes, 48 with its count, where 32 is a size class of
+/// CPython's small-object allocator.
 ///
 /// The word is
-/// - null for the common block: no arena, not tracked (one load tells the
-///   plain paths so);
-/// - an arena's tag (`Arc::into_raw`, holding one count) for a block made
-///   in an arena: the `Option<Arc>` itself, so making such a record costs
-///   nothing more than before and allocates nothing;
-/// - a `Box<ExtraData>` with both parts and bit 0 set, once tracking data
-///   is set: at most once, by compare-and-swap, so the word changes at most
-///   once in the record's life and what a reader found stays valid until
-///   the record drops (an arena's tag moves into the box with its count).
+/// - the allocator (a `CoreRef`'s pointer) for the common block: no arena,
+///   not tracked (one load and a test of its tag bits tell the plain paths
+///   so);
+/// - an arena's tag (`Arc::into_raw`, holding one count) with [`ARENA`] set
+///   for a block made in an arena, whose tag names its allocator: making
+///   such a record costs nothing more than before and allocates nothing;
+/// - a `Box<ExtraData>` with [`DATA`] set, once tracking data is set: at
+///   most once, by compare-and-swap, so the word changes at most once in the
+///   record's life and what a reader found stays valid until the record
+///   drops (an arena's tag moves into the box with its count).
+///
+/// Whichever it is, the record holds a count of its allocator unless the
+/// allocator is lifelong (as `CoreRef`, given back when the record drops).
 struct Extra(AtomicPtr<()>);
 
 struct ExtraData {
+    alloc: NonNull<AllocCore>,
     arena: Option<Arc<ArenaTag>>,
     tracked: Tracked,
 }
 
-/// Bit 0 of [`Extra`]'s word: the rest is a `Box<ExtraData>` (aligned to 8).
+/// Tag bit of [`Extra`]'s word: the rest is a `Box<ExtraData>`.
 const DATA: usize = 1;
+/// Tag bit of [`Extra`]'s word: the rest is an `Arc<ArenaTag>`'s pointer.
+/// (Both are aligned to 8, and so is an `AllocCore`.)
+const ARENA: usize = 2;
+const TAGS: usize = DATA | ARENA;
 
 /// The word, decoded; raw pointers, so that the counts and the box can be
 /// given back through them.
 enum Word {
-    Empty,
+    Alloc(*const AllocCore),
     Arena(*const ArenaTag),
     Data(*mut ExtraData),
 }
@@ -438,27 +578,26 @@ enum Word {
 impl Word {
     #[inline]
     fn of(p: *mut ()) -> Word {
-        if p.is_null() {
-            Word::Empty
-        } else if p.addr() & DATA == 0 {
-            Word::Arena(p.cast_const().cast())
-        } else {
-            Word::Data(p.map_addr(|a| a & !DATA).cast())
+        match p.addr() & TAGS {
+            0 => Word::Alloc(p.cast_const().cast()),
+            ARENA => Word::Arena(p.map_addr(|a| a & !ARENA).cast_const().cast()),
+            _ => Word::Data(p.map_addr(|a| a & !DATA).cast()),
         }
     }
 }
 
 impl Extra {
     #[inline]
-    fn new(arena: Option<Arc<ArenaTag>>) -> Self {
-        let p = arena.map_or(std::ptr::null(), Arc::into_raw);
-        Extra(AtomicPtr::new(p.cast_mut().cast()))
-    }
-
-    /// Only compared with null: nothing is read through it.
-    #[inline]
-    fn is_empty(&self) -> bool {
-        self.0.load(Relaxed).is_null()
+    fn new(alloc: CoreRef, arena: Option<Arc<ArenaTag>>) -> Self {
+        let alloc = alloc.into_raw();
+        let p: *mut () = match arena {
+            None => alloc.as_ptr().cast(),
+            Some(tag) => Arc::into_raw(tag)
+                .cast_mut()
+                .cast::<()>()
+                .map_addr(|a| a | ARENA),
+        };
+        Extra(AtomicPtr::new(p))
     }
 
     #[inline]
@@ -466,13 +605,34 @@ impl Extra {
         Word::of(self.0.load(Acquire))
     }
 
-    // The references below live no longer than `self`: an arena's tag lives
-    // on a count the word holds (or the box that replaced it), and the box
-    // is freed only by `Drop`, which has `&mut self`.
+    // The references below live no longer than `self`: the allocator on the
+    // count the record holds (or forever, a lifelong one), an arena's tag on
+    // a count the word holds (or the box that replaced it), and the box is
+    // freed only by `Drop`, which has `&mut self`.
+
+    /// The allocator, when the word is nothing else (no arena, not tracked).
+    #[inline]
+    fn plain_alloc(&self) -> Option<&AllocCore> {
+        let p = self.0.load(Acquire);
+        // SAFETY: see above.
+        (p.addr() & TAGS == 0).then(|| unsafe { &*p.cast_const().cast::<AllocCore>() })
+    }
+
+    #[inline]
+    fn alloc(&self) -> &AllocCore {
+        match self.word() {
+            // SAFETY: see above.
+            Word::Alloc(a) => unsafe { &*a },
+            // SAFETY: see above; the tag names its records' allocator.
+            Word::Arena(tag) => unsafe { (*tag).alloc.as_ref() },
+            // SAFETY: see above.
+            Word::Data(d) => unsafe { (*d).alloc.as_ref() },
+        }
+    }
 
     fn arena(&self) -> Option<&ArenaTag> {
         match self.word() {
-            Word::Empty => None,
+            Word::Alloc(_) => None,
             // SAFETY: see above.
             Word::Arena(tag) => Some(unsafe { &*tag }),
             // SAFETY: see above.
@@ -491,14 +651,19 @@ impl Extra {
 
     fn set_tracked(&self, tracked: Tracked) -> bool {
         let cur = self.0.load(Acquire);
-        let arena = match Word::of(cur) {
+        let (alloc, arena) = match Word::of(cur) {
             Word::Data(_) => return false,
-            Word::Empty => None,
+            // SAFETY: a valid allocator (see above); non-null.
+            Word::Alloc(a) => (unsafe { NonNull::new_unchecked(a.cast_mut()) }, None),
             // SAFETY: the word holds a count of this Arc; the box takes it
             // over if the swap below succeeds (and forgets it otherwise).
-            Word::Arena(tag) => Some(unsafe { Arc::from_raw(tag) }),
+            Word::Arena(tag) => unsafe { ((*tag).alloc, Some(Arc::from_raw(tag))) },
         };
-        let data = ExtraData { arena, tracked };
+        let data = ExtraData {
+            alloc,
+            arena,
+            tracked,
+        };
         // Not Box::new: running out of memory here must not abort.
         let layout = std::alloc::Layout::new::<ExtraData>();
         // SAFETY: ExtraData has a non-zero size.
@@ -523,9 +688,11 @@ impl Extra {
     }
 
     #[cold]
-    fn drop_slow(p: *mut ()) {
+    fn drop_slow(&self, p: *mut ()) {
+        // SAFETY: as in `drop`.
+        drop(unsafe { CoreRef::from_raw(NonNull::from(self.alloc())) });
         match Word::of(p) {
-            Word::Empty => {}
+            Word::Alloc(_) => {}
             // SAFETY: gives back the count the word holds.
             Word::Arena(tag) => drop(unsafe { Arc::from_raw(tag) }),
             // SAFETY: installed once by `set_tracked`, dropped once, here.
@@ -538,9 +705,14 @@ impl Drop for Extra {
     #[inline]
     fn drop(&mut self) {
         let p = *self.0.get_mut();
-        if !p.is_null() {
-            Self::drop_slow(p);
+        if p.addr() & TAGS != 0 {
+            return self.drop_slow(p);
         }
+        // The record's count of its allocator (see `Extra`).
+        // SAFETY: the pointer `CoreRef::into_raw` gave in `Extra::new`
+        // (read back through the arena's tag or the box in `drop_slow`),
+        // given back once; non-null.
+        drop(unsafe { CoreRef::from_raw(NonNull::new_unchecked(p.cast())) });
     }
 }
 
@@ -549,6 +721,7 @@ mod tests {
     use super::*;
     use crate::core::alloc::{AllocCore, Libc, LIBC_GROUP};
     use crate::core::arena::WrapArena;
+    use crate::core::error::Ownership;
     use crate::core::layout::Request;
 
     fn req() -> Request {
@@ -565,10 +738,10 @@ mod tests {
     }
 
     #[test]
-    fn a_plain_block_has_an_empty_extra_word() {
+    fn a_plain_block_s_extra_word_is_its_allocator() {
         let m = AllocCore::new("m", LIBC_GROUP, false, Box::new(Libc));
         let r = m.allocate(req(), None).unwrap();
-        assert!(r.extra.is_empty());
+        assert!(r.extra.plain_alloc().is_some());
         assert!(r.tracked().is_none() && r.arena_tag().is_none());
         m.free(&r, r.addr()).unwrap();
     }
@@ -579,7 +752,8 @@ mod tests {
         let a = WrapArena::new(m.clone());
         let r = a.allocate(req()).unwrap();
         assert_eq!(Arc::strong_count(&a.tag), 2, "the record holds one count");
-        assert!(!r.extra.is_empty() && r.tracked().is_none());
+        assert!(r.extra.plain_alloc().is_none() && r.tracked().is_none());
+        assert!(std::ptr::eq(r.allocator(), &*m));
         assert_eq!(r.arena(), Some(a.id()));
         assert!(r.set_tracked(tracked(7)));
         assert!(!r.set_tracked(tracked(8)), "the first stays");
@@ -591,6 +765,90 @@ mod tests {
         assert_eq!(a.tag.counters.snapshot().live_count, 0);
         drop(r);
         assert_eq!(Arc::strong_count(&a.tag), 1);
+    }
+
+    #[test]
+    fn exports_past_the_pin_bits_are_refused_and_change_nothing() {
+        let m = AllocCore::new("m", LIBC_GROUP, false, Box::new(Libc));
+        let r = m.allocate(req(), None).unwrap();
+        let most = PIN_MASK >> PIN_SHIFT;
+        // As if `most - 1` exports were under way (the word is the record's own).
+        r.word.fetch_add((most - 1) * PIN, AcqRel);
+        r.pin().unwrap();
+        let before = r.word.load(Acquire);
+        assert!(matches!(r.pin(), Err(Error::TooManyExports)));
+        assert_eq!(r.word.load(Acquire), before, "nothing changed");
+        assert_eq!((r.pins(), r.refs(), r.state()), (most, 2, State::Live));
+        m.free(&r, r.addr()).unwrap();
+        assert_eq!(r.pins(), most, "freed, the memory stays while exported");
+        r.word.fetch_sub((most - 1) * PIN, AcqRel);
+        r.unpin(); // the last export out returns the memory
+        assert_eq!(r.pins(), 0);
+    }
+
+    #[test]
+    fn a_saturated_reference_count_neither_rises_nor_falls() {
+        let m = AllocCore::new("m", LIBC_GROUP, false, Box::new(Libc));
+        let r = m.allocate(req(), None).unwrap();
+        // As if 2^31 references were held besides the test's and the index's.
+        r.word.fetch_add(REF_SATURATED, AcqRel);
+        let before = r.refs();
+        let clones: Vec<_> = (0..100).map(|_| r.clone()).collect();
+        assert_eq!(r.refs(), before, "clones do not count on");
+        drop(clones);
+        assert_eq!(r.refs(), before, "drops do not count down");
+        for serialized in [false, true] {
+            r.ref_add(serialized);
+            assert!(!r.ref_sub(serialized));
+            assert_eq!(r.refs(), before);
+        }
+        assert!(r.ref_add_unless_zero());
+        assert_eq!(r.refs(), before);
+        // The fields below the count are untouched; the block still frees.
+        assert_eq!((r.state(), r.pins(), r.align()), (State::Live, 0, 8));
+        r.word.fetch_sub(REF_SATURATED, AcqRel); // the test gives them back
+        assert_eq!(r.refs(), 2, "the test's and the index's");
+        m.free(&r, r.addr()).unwrap();
+    }
+
+    #[test]
+    fn references_count_in_the_top_of_the_word_and_keep_the_state_bits() {
+        let m = AllocCore::new("m", LIBC_GROUP, false, Box::new(Libc));
+        let r = m.allocate(req(), None).unwrap();
+        assert_eq!(r.refs(), 2, "the test's and the index's");
+        let more: Vec<_> = (0..1000).map(|_| r.clone()).collect();
+        assert_eq!(r.refs(), 1002);
+        r.pin().unwrap();
+        assert_eq!((r.pins(), r.state(), r.align()), (1, State::Live, 8));
+        drop(more);
+        assert_eq!((r.refs(), r.pins()), (2, 1));
+        r.unpin();
+        r.set_autofree().unwrap();
+        assert_eq!(r.refs(), 1, "the index holds no count on an autofree block");
+        assert!(r.is_autofree());
+        let live = m.counters.snapshot().live_count;
+        drop(r); // the last reference frees it
+        assert_eq!(m.counters.snapshot().live_count, live - 1);
+    }
+
+    #[test]
+    fn an_arena_tag_of_another_allocator_is_refused() {
+        let m = AllocCore::new("m", LIBC_GROUP, false, Box::new(Libc));
+        let other = AllocCore::new("other", LIBC_GROUP, false, Box::new(Libc));
+        let a = WrapArena::new(m.clone());
+        let e = other.allocate(req(), Some(&a.tag)).unwrap_err();
+        assert!(matches!(e, Error::Ownership(Ownership::OtherOwner)));
+        let buf = [0u64; 4];
+        let addr = buf.as_ptr().expose_provenance();
+        let e = other.adopt_in(addr, req(), Some(&a.tag), "").unwrap_err();
+        assert!(matches!(e, Error::Ownership(Ownership::OtherOwner)));
+        assert_eq!(other.counters.snapshot().live_count, 0);
+        assert_eq!(a.tag.counters.snapshot().live_count, 0);
+        // Its own allocator's block finds the allocator through the tag.
+        let r = a.allocate(req()).unwrap();
+        assert!(std::ptr::eq(r.allocator(), &*m));
+        assert!(std::ptr::eq(&*r.allocator_arc(), &*m));
+        a.release(false, |_, _| {});
     }
 
     #[test]

@@ -5,10 +5,11 @@
 //! only then is the block itself allocated, so no failure leaves a block
 //! without a record.
 //!
-//! A record with its count is 48 bytes, and every live block has one. Under
-//! the GIL the binding has that memory come from CPython's small-object
-//! allocator (`serial::assume_serialized_with`), which has a 48-byte size
-//! class and no header: glibc's `malloc` would take a 64-byte chunk.
+//! A record is 32 bytes, its count included (the top half of its state
+//! word), and every live block has one. Under the GIL the binding has that
+//! memory come from CPython's small-object allocator
+//! (`serial::assume_serialized_with`), which has a 32-byte size class and no
+//! header: glibc's `malloc` would take a 48-byte chunk.
 //! Elsewhere (free-threaded builds, the core alone) it is Rust's global
 //! allocator. Either way recent slots are reused first (`mod cache`).
 
@@ -19,16 +20,16 @@ use std::alloc::Layout;
 use std::mem::MaybeUninit;
 use std::ops::Deref;
 use std::ptr::NonNull;
-use std::sync::atomic::{fence, AtomicUsize, Ordering::*};
 
+/// A record's shared memory: the record itself, which holds its own count
+/// (see `Record::ref_add`).
 struct Inner {
-    strong: AtomicUsize,
     rec: Record,
 }
 
-// What every live block costs in bookkeeping: see `a_record_with_its_count_is_48_bytes`.
+// What every live block costs in bookkeeping: see `a_record_with_its_count_is_32_bytes`.
 #[cfg(target_pointer_width = "64")]
-const _: () = assert!(std::mem::size_of::<Inner>() == 48);
+const _: () = assert!(std::mem::size_of::<Inner>() == 32);
 
 /// Memory for one record, not yet filled.
 pub struct RecordSlot(NonNull<MaybeUninit<Inner>>);
@@ -53,12 +54,7 @@ impl RecordSlot {
         let p = self.0.cast::<Inner>();
         std::mem::forget(self);
         // SAFETY: the slot is ours, uninitialised, and sized for Inner.
-        unsafe {
-            p.as_ptr().write(Inner {
-                strong: AtomicUsize::new(1),
-                rec,
-            })
-        };
+        unsafe { p.as_ptr().write(Inner { rec }) };
         RecordRef(p)
     }
 }
@@ -91,7 +87,7 @@ impl RecordRef {
     /// counts down. Exact when the caller's thread holds the only other
     /// means to clone or drop them (the GIL).
     pub fn is_shared(&self) -> bool {
-        self.inner().strong.load(Acquire) > 1
+        self.refs() > 1
     }
 
     /// The pointer, for a Pointer's owner: aligned to 8, so its low bits are
@@ -158,13 +154,8 @@ impl RecordRef {
         let inner = Self::inner_of(rec);
         // SAFETY: the caller's contract; non-null.
         let r = RecordRef(unsafe { NonNull::new_unchecked(inner) });
-        let strong = &r.inner().strong;
-        if serialized() {
-            // No other thread can count meanwhile (see `Drop`).
-            strong.store(strong.load(Relaxed) + 1, Relaxed);
-        } else {
-            strong.fetch_add(1, Relaxed);
-        }
+        // Serialized: no other thread can count meanwhile (see `Drop`).
+        r.ref_add(serialized());
         r
     }
 
@@ -178,12 +169,11 @@ impl RecordRef {
     /// memory goes).
     pub(crate) unsafe fn upgrade(rec: *const Record) -> Option<Self> {
         // SAFETY: the caller's contract: `rec` is a live record.
-        let inner = Self::inner_of(unsafe { &*rec });
-        // SAFETY: the caller's contract.
-        let strong = unsafe { &(*inner).strong };
-        strong
-            .fetch_update(Acquire, Relaxed, |n| (n != 0).then(|| n + 1))
-            .ok()?;
+        let rec = unsafe { &*rec };
+        let inner = Self::inner_of(rec);
+        if !rec.ref_add_unless_zero() {
+            return None;
+        }
         // SAFETY: non-null (derived from a reference's pointee), now counted.
         Some(RecordRef(unsafe { NonNull::new_unchecked(inner) }))
     }
@@ -205,8 +195,7 @@ impl Deref for RecordRef {
 impl Clone for RecordRef {
     #[inline]
     fn clone(&self) -> Self {
-        // Relaxed, as Arc: a new reference is made from an existing one.
-        self.inner().strong.fetch_add(1, Relaxed);
+        self.ref_add(false);
         RecordRef(self.0)
     }
 }
@@ -214,25 +203,12 @@ impl Clone for RecordRef {
 impl Drop for RecordRef {
     #[inline]
     fn drop(&mut self) {
-        let strong = &self.inner().strong;
-        if serialized() {
-            // No other thread counts meanwhile, not even the index
-            // (`upgrade`): a load and a store, no read-modify-write. Acquire,
-            // as the fence in `last`: every use through dropped references
-            // happened before.
-            let n = strong.load(Acquire);
-            if n != 1 {
-                strong.store(n - 1, Relaxed);
-                return;
-            }
-        } else {
-            if strong.fetch_sub(1, Release) != 1 {
-                return;
-            }
-            // As Arc: every use through other references happens before the drop.
-            fence(Acquire);
+        // Serialized: no other thread touches the word meanwhile, not even
+        // the index (`upgrade`) or a state change: a load and a store, no
+        // read-modify-write.
+        if self.ref_sub(serialized()) {
+            self.last();
         }
-        self.last();
     }
 }
 
@@ -450,11 +426,11 @@ mod tests {
     use crate::core::layout::array;
 
     #[test]
-    fn a_record_with_its_count_is_48_bytes() {
-        // Every live block carries one: 48 is a size class of CPython's
+    fn a_record_with_its_count_is_32_bytes() {
+        // Every live block carries one: 32 is a size class of CPython's
         // small-object allocator (no header), which serves records under
-        // the GIL; through glibc it is a 64-byte chunk.
-        assert_eq!(std::mem::size_of::<Inner>(), 48);
+        // the GIL; through glibc it is a 48-byte chunk.
+        assert_eq!(std::mem::size_of::<Inner>(), 32);
     }
 
     #[test]

@@ -9,6 +9,16 @@
 //!
 //! Buffer exports pin the whole region: a release while pins are out moves
 //! the chunks aside, and the last unpin returns them to libc.
+//!
+//! Released blocks stay known while rsalloc holds their memory: a chunk
+//! keeps the blocks of the generations released since its memory last came
+//! from libc ([`Released`]), wherever it goes (the region's next
+//! generation, the parked chunks, the kept first chunks, another region that
+//! takes a kept chunk), so that an address read back from memory in one of
+//! them gives a dead view ([`view_at`], [`released_view_at`]) and not a
+//! foreign view of memory that now holds zeros or someone else's bytes. A
+//! live block at the address always wins; a chunk given back to libc is
+//! forgotten (its addresses read back as foreign memory).
 
 use super::alloc::new_id;
 use super::budget::{self, OverLimit, Scope, UNLIMITED};
@@ -44,7 +54,28 @@ struct Chunk {
     /// which is one block.
     blocks: Vec<(u32, u32)>,
     own: bool,
+    /// The blocks of released generations, while the memory is rsalloc's.
+    released: Option<Released>,
 }
+
+/// The blocks a chunk held in the generations released since its memory
+/// came from libc: those of the last generation, then those of earlier ones
+/// that no later block reached (an address handed out again, inside a later
+/// block, is that block's). All are named by the last region that released
+/// the chunk.
+struct Released {
+    /// The region that released them, for the dead views' owner while it
+    /// lives; a region of the same `id`, closed, stands in for it after.
+    region: Weak<RegionCore>,
+    id: u64,
+    /// The generation released: the region's state never has it again.
+    token: u64,
+    /// As [`Chunk::blocks`], sorted; empty for a chunk of its own.
+    blocks: Vec<(u32, u32)>,
+}
+
+/// A block read back in a released chunk: (start, end, what released it).
+type Ghost = (usize, usize, Weak<RegionCore>, u64, u64);
 
 // SAFETY: a chunk is plain memory owned by exactly one region.
 unsafe impl Send for Chunk {}
@@ -60,6 +91,7 @@ impl Chunk {
                 size,
                 blocks: Vec::new(),
                 own,
+                released: None,
             })?,
         };
         index::insert_chunk(region.clone() as Weak<dyn ChunkOwner>, c.start(), c.end())?;
@@ -77,6 +109,53 @@ impl Chunk {
         let (s, e) = self.blocks[i];
         (off < e).then(|| (self.start() + s as usize, self.start() + e as usize))
     }
+    /// The released block holding `addr` (in the chunk), if any.
+    fn released_at(&self, addr: usize) -> Option<Ghost> {
+        let r = self.released.as_ref()?;
+        let (start, end) = if self.own {
+            (self.start(), self.end())
+        } else {
+            let off = (addr - self.start()) as u32;
+            let i = r.blocks.partition_point(|b| b.0 <= off).checked_sub(1)?;
+            let (s, e) = r.blocks[i];
+            if off >= e {
+                return None;
+            }
+            (self.start() + s as usize, self.start() + e as usize)
+        };
+        Some((start, end, r.region.clone(), r.id, r.token))
+    }
+
+    fn contains(&self, addr: usize) -> bool {
+        self.start() <= addr && addr < self.end()
+    }
+
+    /// The generation `token` of `region` ends: its blocks become the
+    /// chunk's released blocks, with those of earlier generations past
+    /// their end, and the chunk has no live block. No allocation in the
+    /// steady state: the two lists trade their room.
+    fn retire(&mut self, region: &Weak<RegionCore>, id: u64, token: u64) {
+        let mut blocks = std::mem::take(&mut self.blocks);
+        let mut spare = Vec::new();
+        if let Some(old) = self.released.take() {
+            let reached = blocks.last().map_or(0, |b| b.1);
+            let tail = &old.blocks[old.blocks.partition_point(|b| b.0 < reached)..];
+            // Without room for them, the earlier ones are forgotten.
+            if !tail.is_empty() && blocks.try_reserve(tail.len()).is_ok() {
+                blocks.extend_from_slice(tail);
+            }
+            spare = old.blocks;
+            spare.clear();
+        }
+        self.blocks = spare;
+        self.released = Some(Released {
+            region: region.clone(),
+            id,
+            token,
+            blocks,
+        });
+    }
+
     fn start(&self) -> usize {
         self.ptr.as_ptr().expose_provenance()
     }
@@ -151,7 +230,10 @@ mod kept {
         }
         // Blocks are carved in address order: the last one's end is as far
         // as anything was written (a reallocated block's copy included).
-        let used = c.blocks.last().map_or(c.size, |b| b.1 as usize).min(c.size);
+        // A released chunk's blocks are its released ones (and past the
+        // last generation's, zeros already).
+        let last = c.released.as_ref().map_or(&c.blocks, |r| &r.blocks).last();
+        let used = last.map_or(c.size, |b| b.1 as usize).min(c.size);
         // SAFETY: the chunk's first `used` bytes are its own, and nothing
         // refers to them any more (its drop is under way).
         unsafe { std::ptr::write_bytes(c.ptr.as_ptr(), 0, used) };
@@ -162,8 +244,17 @@ mod kept {
             size: c.size,
             blocks,
             own: false,
+            released: c.released.take(),
         });
         true
+    }
+
+    /// The released block holding `addr` in a kept chunk, if any.
+    pub fn released_at(s: Serialized<'_>, addr: usize) -> Option<super::Ghost> {
+        let list = kept(s)?;
+        list.iter()
+            .find(|c| c.contains(addr))
+            .and_then(|c| c.released_at(addr))
     }
 
     /// Frees every kept chunk (for tests and `_block_cache(trim=True)`).
@@ -174,6 +265,7 @@ mod kept {
             for mut c in list.drain(..) {
                 let ptr = c.ptr;
                 drop(std::mem::take(&mut c.blocks));
+                drop(c.released.take());
                 std::mem::forget(c);
                 // SAFETY: a kept chunk came from sys::alloc; nothing refers to it.
                 unsafe { crate::core::sys::free(ptr) };
@@ -395,6 +487,9 @@ impl Inner {
         } else {
             // No room to remember them: leaking is the only safe choice
             // while a view still points into them.
+            for c in &chunks {
+                index::remove_chunk(c.start());
+            }
             std::mem::forget(chunks);
         }
     }
@@ -408,10 +503,14 @@ impl RegionCore {
 
     /// A region whose live bytes (bytes asked for) never pass `limit`.
     pub fn with_limit(limit: u64) -> Arc<Self> {
+        Self::make(new_id(), limit, 0)
+    }
+
+    fn make(id: u64, limit: u64, state: u64) -> Arc<Self> {
         Arc::new_cyclic(|me| RegionCore {
             me: me.clone(),
-            id: new_id(),
-            state: AtomicU64::new(0),
+            id,
+            state: AtomicU64::new(state),
             dead_count: AtomicUsize::new(0),
             inner: SerialMutex::new(Inner {
                 next_size: FIRST_CHUNK,
@@ -552,21 +651,21 @@ impl RegionCore {
         g.dead.clear();
         self.dead_count.store(0, Release);
         let mut chunks = std::mem::take(&mut g.chunks);
+        for c in &mut chunks {
+            c.retire(&self.me, self.id, state);
+        }
         let bump = g.bump.take();
         let used_to = std::mem::take(&mut g.cur);
         g.end = 0;
         if g.pins > 0 {
             // Exports look into these chunks: none can be reused or freed
-            // yet, and none holds a live block.
-            for c in &chunks {
-                index::remove_chunk(c.start());
-            }
+            // yet, and none holds a live block. They stay listed: their
+            // released blocks read back dead.
             g.park(chunks);
             return true;
         }
         if let Some(i) = bump.filter(|_| reuse) {
-            let mut keep = chunks.swap_remove(i);
-            keep.blocks.clear();
+            let keep = chunks.swap_remove(i);
             if g.chunks.try_reserve(1).is_ok() {
                 // SAFETY: [start, used_to) lies in the kept chunk, which no
                 // live block or export refers to any more.
@@ -593,17 +692,33 @@ impl RegionCore {
     /// from memory, found in one of its chunks by the index): its start,
     /// end, and the token of the generation it belongs to.
     pub fn block_at(&self, addr: usize) -> Option<(usize, usize, u64)> {
+        match self.find(addr)? {
+            Found::Live(start, end, token) => Some((start, end, token)),
+            Found::Released(_) => None,
+        }
+    }
+
+    /// The live block, else the released one, holding `addr` in one of the
+    /// region's chunks (current or parked).
+    fn find(&self, addr: usize) -> Option<Found> {
         let g = self.lock();
         let state = self.state.load(Relaxed);
-        if state & CLOSED != 0 {
-            return None;
+        if let Some(c) = g.chunks.iter().find(|c| c.contains(addr)) {
+            if state & CLOSED == 0 {
+                if let Some((start, end)) = c.block_at(addr) {
+                    return Some(Found::Live(start, end, state));
+                }
+            }
+            return c.released_at(addr).map(Found::Released);
         }
-        let c = g
-            .chunks
-            .iter()
-            .find(|c| c.start() <= addr && addr < c.end())?;
-        let (start, end) = c.block_at(addr)?;
-        Some((start, end, state))
+        let c = g.parked.iter().find(|c| c.contains(addr))?;
+        c.released_at(addr).map(Found::Released)
+    }
+
+    /// A closed region standing in for the released region `id`, gone
+    /// since: what a dead view of one of its blocks refers to.
+    fn gone(id: u64) -> Arc<Self> {
+        Self::make(id, UNLIMITED, CLOSED)
     }
 
     /// The region's counters (exact: taken under the lock).
@@ -952,6 +1067,49 @@ impl Anchor {
     }
 }
 
+/// What an address in a region's chunk is.
+enum Found {
+    /// A live block: start, end, token.
+    Live(usize, usize, u64),
+    /// A released block.
+    Released(Ghost),
+}
+
+/// A dead view's reference for a released block: to the region that
+/// released it (never again at that generation), or to a closed stand-in.
+fn dead_ref((start, _, region, id, token): Ghost, addr: usize) -> Result<RegionRef> {
+    let region = region.upgrade().unwrap_or_else(|| RegionCore::gone(id));
+    RegionRef::resolved(&region, token, addr == start)
+}
+
+/// The view an address read back from memory gives in a chunk of `region`
+/// (the index found the chunk): a reference and the end of its block, for
+/// a live block or a released one (dead, `UseAfterFreeError`); None for
+/// bytes no block reached.
+pub fn view_at(region: &Arc<RegionCore>, addr: usize) -> Result<Option<(RegionRef, usize)>> {
+    Ok(match region.find(addr) {
+        Some(Found::Live(start, end, token)) => {
+            Some((RegionRef::resolved(region, token, addr == start)?, end))
+        }
+        Some(Found::Released(ghost)) => {
+            let end = ghost.1;
+            Some((dead_ref(ghost, addr)?, end))
+        }
+        None => None,
+    })
+}
+
+/// The dead view of a released block whose chunk no region holds now but
+/// rsalloc keeps (the first chunks kept for the next region), if `addr` is
+/// in one: a reference and the end of its block.
+pub fn released_view_at(addr: usize) -> Result<Option<(RegionRef, usize)>> {
+    let Some(ghost) = with_switch(|s| s.and_then(|s| kept::released_at(s, addr))) else {
+        return Ok(None);
+    };
+    let end = ghost.1;
+    Ok(Some((dead_ref(ghost, addr)?, end)))
+}
+
 impl ChunkOwner for RegionCore {
     fn block_at(&self, addr: usize) -> Option<(usize, usize, u64)> {
         RegionCore::block_at(self, addr)
@@ -1131,6 +1289,122 @@ mod tests {
         assert!(r.block_at(a).is_none(), "the kept chunk holds no block");
         r.release(false);
         assert!(resolve(a).is_none());
+    }
+
+    /// A dead view's reference: dead, and whether it starts its block.
+    fn dead_at(r: &Arc<RegionCore>, addr: usize) -> (bool, usize) {
+        let (rf, end) = view_at(r, addr).unwrap().expect("a dead view");
+        assert!(matches!(
+            rf.check_access(addr),
+            Err(Error::UseAfterFree(Death::Released))
+        ));
+        (rf.is_start(), end)
+    }
+
+    #[test]
+    fn released_blocks_read_back_dead_until_their_address_is_handed_out_again() {
+        use crate::core::index::resolve;
+        let r = RegionCore::new();
+        let (a, _) = r.allocate(req(16, 8)).unwrap();
+        let (b, _) = r.allocate(req(16, 8)).unwrap();
+        let (c, _) = r.allocate(req(16, 8)).unwrap();
+        assert_eq!((b, c), (a + 16, a + 32));
+        r.release(true);
+        assert_eq!(dead_at(&r, a), (true, a + 16));
+        assert_eq!(dead_at(&r, b + 3), (false, b + 16), "inside: dead too");
+        assert!(view_at(&r, c + 16).unwrap().is_none(), "never handed out");
+        // The next generation bumps the same chunk from its start.
+        let (a2, t1) = r.allocate(req(20, 8)).unwrap();
+        assert_eq!(a2, a);
+        for (addr, start) in [(a, true), (b, false)] {
+            let (rf, end) = view_at(&r, addr).unwrap().unwrap();
+            assert!(rf.check_access(addr).is_ok(), "the new block wins");
+            assert_eq!((rf.token(), rf.is_start(), end), (t1, start, a + 20));
+        }
+        assert_eq!(dead_at(&r, c), (true, c + 16), "not handed out again yet");
+        r.release(true);
+        // The second release keeps the first one's blocks past its own.
+        assert_eq!(dead_at(&r, a), (true, a + 20));
+        assert_eq!(dead_at(&r, b), (false, a + 20));
+        assert_eq!(dead_at(&r, c), (true, c + 16));
+        r.release(false);
+        // Closed, without a kept-chunk cache (not serialized): the memory
+        // went back to libc, and its addresses are forgotten.
+        assert!(resolve(a).is_none() && view_at(&r, c).unwrap().is_none());
+    }
+
+    #[test]
+    fn parked_chunks_stay_listed_and_their_blocks_read_back_dead() {
+        use crate::core::index::{resolve, Found};
+        let r = RegionCore::new();
+        let (a, t) = r.allocate(req(64, 8)).unwrap();
+        let (big, _) = r.allocate(req(2 * MAX_CHUNK, 8)).unwrap();
+        r.pin(t, a).unwrap();
+        r.release(false);
+        assert_eq!(r.usage().parked, 2);
+        for (addr, want) in [(a, (true, a + 64)), (big + 5, (false, big + 2 * MAX_CHUNK))] {
+            let Some(Found::Chunk(owner)) = resolve(addr) else {
+                panic!("{addr:#x} not listed");
+            };
+            let found = RegionCore::of_chunk_owner(owner);
+            assert!(Arc::ptr_eq(&found, &r));
+            assert_eq!(dead_at(&found, addr), want);
+        }
+        r.unpin();
+        assert!(resolve(a).is_none() && resolve(big).is_none(), "back to libc");
+    }
+
+    #[test]
+    fn a_released_block_of_a_region_gone_names_a_closed_stand_in() {
+        let gone = Arc::downgrade(&RegionCore::new());
+        let rf = dead_ref((0x1000, 0x1010, gone, 42, 0), 0x1008).unwrap();
+        assert_eq!(rf.region().id, 42);
+        assert!(rf.region().is_closed() && !rf.is_start());
+        assert!(matches!(
+            rf.check_access(0x1008),
+            Err(Error::UseAfterFree(Death::Released))
+        ));
+        assert!(matches!(rf.free(0x1008), Err(Error::DoubleFree(_))));
+    }
+
+    #[test]
+    fn resolutions_racing_releases_see_live_blocks_or_dead_ones() {
+        use crate::core::index::{resolve, Found};
+        let r = RegionCore::new();
+        let (first, _) = r.allocate(req(16, 8)).unwrap();
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            for _ in 0..3 {
+                s.spawn(|| {
+                    let mut k = 0usize;
+                    while !stop.load(Relaxed) {
+                        k += 1;
+                        let addr = first + (k * 8) % 2048;
+                        let Some(Found::Chunk(o)) = resolve(addr) else {
+                            continue;
+                        };
+                        let found = RegionCore::of_chunk_owner(o);
+                        if let Some((rf, end)) = view_at(&found, addr).unwrap() {
+                            assert!(addr < end && end <= first + FIRST_CHUNK);
+                            // Live or dead, a pin agrees with the check made
+                            // under the same lock, and holds the chunks.
+                            if rf.pin(addr).is_ok() {
+                                assert!(found.usage().parked + found.usage().chunks > 0);
+                                rf.unpin();
+                            }
+                        }
+                    }
+                });
+            }
+            for round in 0..300 {
+                for _ in 0..(round % 50 + 1) {
+                    r.allocate(req(8 * (round % 3 + 1), 8)).unwrap();
+                }
+                r.release(true);
+            }
+            stop.store(true, Relaxed);
+        });
+        r.release(false);
     }
 
     #[test]

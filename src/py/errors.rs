@@ -55,7 +55,7 @@ pub fn to_py(py: Python<'_>, e: Error, subject: &dyn std::fmt::Display) -> PyErr
         Error::OutOfBounds { .. } | Error::RangeOutOfBounds { .. } => PyIndexError::new_err(msg),
         Error::ArenaClosed => Exc::ArenaClosed.err(py, msg),
         Error::HeapCorruption(_) => Exc::HeapCorruption.err(py, msg),
-        Error::Exported => PyBufferError::new_err(msg),
+        Error::Exported | Error::TooManyExports => PyBufferError::new_err(msg),
         Error::Unsupported(_) => pyo3::exceptions::PyTypeError::new_err(msg),
         Error::BadBlock(_) => PyValueError::new_err(msg),
         Error::Raised(raised) => {

@@ -11,7 +11,7 @@ use crate::core::error::Error;
 use crate::core::index::{self, Found};
 pub use crate::core::owner::{Owned, Owner};
 use crate::core::record_ref::RecordRef;
-use crate::core::region::{RegionCore, RegionRef};
+use crate::core::region::{self, RegionCore, RegionRef};
 use crate::core::types::Kind;
 use pyo3::prelude::*;
 use std::fmt;
@@ -271,7 +271,9 @@ impl fmt::Display for Pointer {
 /// end, sharing its owner (so dead with it, and freeable when `addr` is its
 /// start); the start of a block rsalloc freed lately and has not handed out
 /// again, a dead view of that block (access raises UseAfterFreeError,
-/// naming both sites with tracking on); anything else an unowned view of
+/// naming both sites with tracking on), and so is any address in a released
+/// block of a bump arena whose memory rsalloc still holds (a region's next
+/// generation, a parked or kept chunk); anything else an unowned view of
 /// unknown count, and 0 the null pointer. `read_from` is the owner of the
 /// memory the address was read from: what a library's block holds, in no
 /// block of rsalloc's, hangs off that block (`Owner::graph_owner`) and dies
@@ -290,25 +292,25 @@ pub(crate) fn from_stored_address(
         Pointer::new(addr, ty, None, owner)
     };
     let to_end = |end: usize| Some(end.saturating_sub(addr));
-    Ok(match index::resolve(addr) {
+    let in_region = |found: Result<Option<(RegionRef, usize)>, Error>| {
+        Ok(match found.py(py, &format_args!("Pointer[{}] at {addr:#x}", ty.name))? {
+            Some((r, end)) => Pointer::new(addr, ty, to_end(end), Owner::region(r)),
+            None => unowned(),
+        })
+    };
+    match index::resolve(addr) {
         Some(Found::Block(rec)) => {
             let end = rec.addr() + rec.size();
-            Pointer::new(addr, ty, to_end(end), Owner::block(rec))
+            Ok(Pointer::new(addr, ty, to_end(end), Owner::block(rec)))
         }
-        Some(Found::Chunk(owner)) => match owner.block_at(addr) {
-            Some((start, end, token)) => {
-                let region = RegionCore::of_chunk_owner(owner);
-                let r = RegionRef::resolved(&region, token, addr == start)
-                    .py(py, &format_args!("Pointer[{}] at {addr:#x}", ty.name))?;
-                Pointer::new(addr, ty, to_end(end), Owner::region(r))
-            }
-            None => unowned(),
-        },
+        Some(Found::Chunk(owner)) => {
+            in_region(region::view_at(&RegionCore::of_chunk_owner(owner), addr))
+        }
         None => match index::lately_freed(addr) {
-            Some(rec) => Pointer::new(addr, ty, Some(rec.size()), Owner::block(rec)),
-            None => unowned(),
+            Some(rec) => Ok(Pointer::new(addr, ty, Some(rec.size()), Owner::block(rec))),
+            None => in_region(region::released_view_at(addr)),
         },
-    })
+    }
 }
 
 /// The null `Pointer[Void]`.

@@ -5,7 +5,7 @@
 
 use super::{AllocCore, CoreRef};
 use crate::core::budget::{self, Scope, Target, UNLIMITED};
-use crate::core::error::{Error, Result};
+use crate::core::error::{Error, Ownership, Result};
 use crate::core::index;
 use crate::core::layout::Request;
 use crate::core::observer;
@@ -145,6 +145,7 @@ impl AllocCore {
         if !crate::core::reserve::ready() {
             return Err(Error::OutOfMemory(req.size));
         }
+        self.check_tag(arena)?;
         // The record's memory first: once the block exists, nothing can fail.
         let slot = RecordSlot::new()?;
         let tag = arena.map(|t| &**t);
@@ -171,6 +172,16 @@ impl AllocCore {
             // SAFETY: the block just came from this backend; no record holds it.
             let _ = unsafe { self.backend.free(p, req.size, req.align) };
         })
+    }
+
+    /// An arena's blocks all come from the allocator its tag names (a
+    /// record finds its allocator through the tag).
+    #[inline]
+    fn check_tag(&self, arena: Option<&Arc<ArenaTag>>) -> Result<()> {
+        match arena {
+            Some(t) if !t.belongs_to(self) => Err(Error::Ownership(Ownership::OtherOwner)),
+            _ => Ok(()),
+        }
     }
 
     /// The record of a new block; `plain`: the memory is libc's, not the backend's.
@@ -253,6 +264,7 @@ impl AllocCore {
     ) -> Result<RecordRef> {
         let p = NonNull::new(std::ptr::with_exposed_provenance_mut::<u8>(addr))
             .ok_or(Error::NullPointer)?;
+        self.check_tag(arena)?;
         let slot = RecordSlot::new()?;
         let tag = arena.map(|t| &**t);
         let charged = self.charge(req.size, 0, tag, true)?;

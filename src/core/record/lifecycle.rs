@@ -21,7 +21,7 @@ impl Record {
         index::remove_dead(self);
         self.count_free(prev);
         track::on_end(self, arena == 0);
-        if prev >> PIN_SHIFT == 0 {
+        if pins_of(prev) == 0 {
             self.return_memory()
         } else {
             // Exported: the memory goes back later; check its guard bytes now.
@@ -37,17 +37,18 @@ impl Record {
     pub fn free_plain(&self, addr: usize) -> Result<()> {
         let w = self.word.load(Relaxed);
         if addr == self.addr()
-            && w & !ALIGN_MASK == LIVE
+            && w & !(ALIGN_MASK | REF_MASK) == LIVE
             && self
                 .word
                 .compare_exchange(w, w | FREED, AcqRel, Acquire)
                 .is_ok()
         {
             index::remove_dead(self);
-            self.alloc.count_free(self.size);
-            return self.return_memory();
+            let alloc = self.allocator();
+            alloc.count_free(self.size);
+            return self.return_memory_of(alloc);
         }
-        self.free(self.alloc.group, 0, addr)
+        self.free(self.allocator().group, 0, addr)
     }
 
     /// Ownership leaves rsalloc, whoever owned the block (allocator or
@@ -63,7 +64,7 @@ impl Record {
             // Guard bytes surround it: C's free() of this address would
             // corrupt the heap, and C is who gets a detached block.
             State::Live if !self.c_can_free() => Err(Error::Ownership(Ownership::Guarded)),
-            State::Live if w >> PIN_SHIFT != 0 => Err(Error::Exported),
+            State::Live if pins_of(w) != 0 => Err(Error::Exported),
             State::Live => Ok((w & !(STATE_MASK | IN_ARENA)) | DETACHED),
         })?;
         // C may free it from now on, and libc hand the address out again.
@@ -94,7 +95,7 @@ impl Record {
     pub(crate) fn begin_realloc(&self, owner_group: u64, arena: u64, addr: usize) -> Result<()> {
         self.update(|w| {
             self.check_free(w, owner_group, arena, addr)?;
-            if w >> PIN_SHIFT != 0 {
+            if pins_of(w) != 0 {
                 return Err(Error::Exported);
             }
             Ok((w & !STATE_MASK) | REALLOCATED)
@@ -137,7 +138,7 @@ impl Drop for Record {
             index::remove(self);
         }
         if w & AUTOFREE != 0 && decode(w) == State::Live && w & IN_ARENA == 0 {
-            self.alloc.count_free(self.size);
+            self.allocator().count_free(self.size);
             if let Err(e) = self.return_memory() {
                 // No caller to raise to: the garbage collector freed it.
                 use std::io::Write;
@@ -145,7 +146,7 @@ impl Drop for Record {
                     std::io::stderr(),
                     "rsalloc: {e}: autofree block at {:#x} from {}",
                     self.addr(),
-                    self.alloc.name
+                    self.allocator().name
                 );
             }
         }
