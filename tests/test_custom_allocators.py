@@ -470,3 +470,25 @@ def test_python_defined_and_foreign_allocators_are_tracked() -> None:
             pool.free(p)
     finally:
         tracking.disable()
+
+
+def test_pointer_allocator_follows_its_objects_lifetime_not_its_cores() -> None:
+    # The binding remembers an allocator's (or an arena's) object beside
+    # the core, by the core's address: a block outliving its owner's object
+    # answers None, and the objects made after it never answer for it.
+    limited = malloc.limited(1 << 20)
+    foreign = ForeignAllocator(LIBC.malloc, LIBC.free)
+    p, q = limited.allocate(8), foreign.allocate(8)
+    assert p.allocator is limited and q.allocator is foreign
+    del limited, foreign
+    gc.collect()
+    assert p.allocator is None and q.allocator is None
+    others = [malloc.limited(64) for _ in range(10)] + [rsalloc.Arena(malloc) for _ in range(10)]
+    others += [rsalloc.Arena() for _ in range(10)] + [Pool() for _ in range(10)]
+    made = [o.allocate(8) for o in others]
+    assert all(x.allocator is o for x, o in zip(made, others))
+    assert p.allocator is None and q.allocator is None
+    for o in others[10:30]:
+        o.release_all()
+    for x in made[:10] + made[30:] + [q, p]:
+        rsalloc.free(x)

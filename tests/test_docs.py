@@ -50,6 +50,8 @@ def members(cls: type) -> Iterator[tuple[str, Any]]:
                 continue
             if isinstance(value, (types.WrapperDescriptorType, types.MethodWrapperType)):
                 continue  # a CPython slot: documented by CPython
+            if getattr(value, "__module__", None) == "typing":
+                continue  # written by typing.Protocol (AllocatorLike's __init__)
             if not (callable(value) or isinstance(value, (property, classmethod, staticmethod))
                     or inspect.isdatadescriptor(value) or inspect.isgetsetdescriptor(value)):
                 continue  # a plain class attribute (`_kind_`, a dataclass default)

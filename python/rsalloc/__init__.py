@@ -23,6 +23,7 @@ from ._errors import (
     RsallocError,
     UseAfterFreeError,
 )
+from ._protocols import AllocatorLike
 from ._types import (
     Bool,
     Double,
@@ -72,6 +73,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "Allocator",
+    "AllocatorLike",
     "Arena",
     "Array",
     "ArenaClosedError",

@@ -18,13 +18,12 @@ use super::layout::MALLOC_ALIGN;
 use super::serial::Serialized;
 use super::stats::{Counters, GLOBAL};
 use super::sys;
-use std::any::Any;
 use std::ptr::NonNull;
 use std::sync::atomic::{
     AtomicU64, AtomicUsize,
     Ordering::{AcqRel, Acquire, Relaxed},
 };
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 /// Where an allocator's memory comes from and goes back to.
 ///
@@ -106,6 +105,13 @@ pub trait Backend: Send + Sync {
     /// user code, no other effect, and `free` cannot fail. The binding's
     /// fast paths serve only such backends.
     fn plain(&self) -> bool {
+        false
+    }
+
+    /// True when `alloc` or `free` run the binding's own code (a Python
+    /// function), whose failures during a free the binding collects around
+    /// it. False by default.
+    fn calls_out(&self) -> bool {
         false
     }
 }
@@ -214,8 +220,6 @@ pub struct AllocCore {
     pub counters: Counters,
     /// Where the memory comes from and goes back to.
     pub backend: Box<dyn Backend>,
-    /// The binding layer's object for this allocator (set once).
-    pub handle: OnceLock<Box<dyn Any + Send + Sync>>,
     /// Records every allocation, tracking switch or not (diagnostic allocators).
     pub always_track: bool,
     /// Never dropped (see [`AllocCore::into_lifelong`]): records skip the count.
@@ -280,6 +284,9 @@ impl Backend for Over {
     }
     fn plain(&self) -> bool {
         self.0.plain_backend
+    }
+    fn calls_out(&self) -> bool {
+        self.0.backend.calls_out()
     }
 }
 
@@ -378,7 +385,6 @@ impl AllocCore {
             zeroed,
             counters: Counters::new(),
             backend,
-            handle: OnceLock::new(),
             always_track,
             lifelong: false,
             limit: UNLIMITED,
@@ -398,7 +404,6 @@ impl AllocCore {
             zeroed: self.zeroed,
             counters: Counters::new(),
             backend: Box::new(Over(self.clone())),
-            handle: OnceLock::new(),
             always_track: self.always_track,
             lifelong: false,
             limit: max_bytes,

@@ -15,7 +15,7 @@ use super::alloc::{AllocCore, Backend, CoreRef, Libc};
 use super::error::{Death, Error, Ownership, Result};
 use super::serial::Serialized;
 use super::stats::Counters;
-use std::any::Any;
+use std::ops::ControlFlow;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering::*};
 use std::sync::{Arc, OnceLock};
@@ -468,10 +468,17 @@ impl std::fmt::Debug for Record {
     }
 }
 
-/// An allocation or free site, as the binding layer captured it; the
-/// binding reads it back as its own type (docs/architecture.md, "What the
-/// core keeps of the binding").
-pub type Site = Arc<dyn Any + Send + Sync>;
+/// A call stack the binding layer captured (where a block was allocated or
+/// freed): the core keeps it, drops it, and reads it only through this.
+pub trait Trace: Send + Sync {
+    /// Calls `each` with every frame's file, line and function, innermost
+    /// first, until `each` breaks.
+    fn each_frame(&self, each: &mut dyn FnMut(&str, i64, &str) -> ControlFlow<()>);
+}
+
+/// An allocation or free site, as the binding layer captured it
+/// (docs/architecture.md, "What the core keeps of the binding").
+pub type Site = Arc<dyn Trace>;
 
 /// What a record carries about its tracking, for error messages.
 pub struct Tracked {
@@ -495,8 +502,6 @@ pub struct ArenaTag {
     /// The cap on the arena's live bytes (`Arena(allocator, limit=N)`),
     /// or `budget::UNLIMITED`.
     pub limit: u64,
-    /// The binding layer's object for the arena (set once).
-    pub handle: OnceLock<Box<dyn Any + Send + Sync>>,
     /// The allocator every block of the arena comes from, uncounted: a
     /// record reaches its allocator through its arena's tag (see [`Extra`])
     /// and holds its own count of it, which keeps this valid wherever it is
@@ -522,7 +527,6 @@ impl ArenaTag {
             id,
             counters: Counters::new(),
             limit,
-            handle: OnceLock::new(),
             alloc: NonNull::from(alloc),
         }
     }

@@ -28,10 +28,9 @@ use super::layout::{round_up, Request, MALLOC_ALIGN};
 use super::serial::{SerialGuard, SerialMutex, Serialized};
 use super::stats::{Snapshot, GLOBAL};
 use super::sys;
-use std::any::Any;
 use std::ptr::NonNull;
 use std::sync::atomic::{fence, AtomicU64, AtomicUsize, Ordering::*};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, Weak};
 
 /// Size of the first chunk; each new chunk doubles it up to [`MAX_CHUNK`].
 pub const FIRST_CHUNK: usize = 4096;
@@ -375,8 +374,6 @@ pub struct RegionCore {
     /// `inner.dead.len()`, readable without the lock on the access path.
     dead_count: AtomicUsize,
     inner: SerialMutex<Inner>,
-    /// The binding layer's object for this region (set once).
-    pub handle: OnceLock<Box<dyn Any + Send + Sync>>,
     /// The address of the binding layer's object for this region while
     /// that object lives, else 0: set and cleared by the binding layer,
     /// which says when it may be read.
@@ -570,7 +567,6 @@ impl RegionCore {
                 limit,
                 ..Inner::default()
             }),
-            handle: OnceLock::new(),
             object: AtomicUsize::new(0),
         })
     }

@@ -6,7 +6,7 @@ use super::args::{
     adopt_request, bytes_request, call_request, limit_arg, realloc_request, Asked, SizeArg,
 };
 use super::errors::{to_py, IntoPy};
-use super::handles::{handle, handle_callbacks, raising_free_errors, set_handle};
+use super::handles::{self, raising_free_errors, Key};
 use super::pointer::{Owned, Owner, Pointer};
 use super::python_allocator::{self, PyCallbacks};
 use super::stats::Stats;
@@ -18,7 +18,7 @@ use crate::py::serialized::token;
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyDict, PyTuple, PyType, PyWeakrefReference};
+use pyo3::types::{PyDict, PyTuple, PyType};
 use pyo3::{PyTraverseError, PyVisit};
 use std::sync::Arc;
 
@@ -39,10 +39,20 @@ use std::sync::Arc;
 #[pyclass(frozen, subclass, weakref, module = "rsalloc", name = "Allocator")]
 pub struct Allocator {
     pub core: Arc<AllocCore>,
+    /// The Python functions of a Python-defined backend (also held by the
+    /// backend): bound to this object by `__init__`, visited by the
+    /// garbage collector.
+    pub(crate) callbacks: Option<Arc<PyCallbacks>>,
     /// The object's vectorcall entry (`allocator(T, n)` without an
     /// argument tuple), read by CPython only once the fence turned the
     /// type's vectorcall on (`cpython::fast_structs`); None without it.
     vectorcall: Option<pyo3::ffi::vectorcallfunc>,
+}
+
+impl Drop for Allocator {
+    fn drop(&mut self) {
+        handles::forget(Key::from(&*self.core), std::ptr::from_ref(self).addr());
+    }
 }
 
 /// `a.clone(p)`: `make` allocates a block of p's size and alignment, which
@@ -119,10 +129,12 @@ pub(crate) fn adopted_object(py: Python<'_>, fresh: Pointer) -> PyResult<Bound<'
 }
 
 impl Allocator {
-    /// The object's value for `core`.
-    pub(crate) fn of(core: Arc<AllocCore>) -> Self {
+    /// The object's value for `core`, with the callbacks of its
+    /// Python-defined backend.
+    pub(crate) fn of(core: Arc<AllocCore>, callbacks: Option<Arc<PyCallbacks>>) -> Self {
         Allocator {
             core,
+            callbacks,
             vectorcall: super::cpython::allocator_vectorcall(),
         }
     }
@@ -135,8 +147,17 @@ impl Allocator {
     }
 
     pub fn wrap(py: Python<'_>, core: Arc<AllocCore>) -> PyResult<Bound<'_, Allocator>> {
-        let obj = Bound::new(py, Allocator::of(core))?;
-        set_handle(&obj.get().core.handle, Some(obj.as_any()), None)?;
+        Self::made(Bound::new(py, Allocator::of(core, None))?)
+    }
+
+    /// `obj`, now remembered as its core's object (`Pointer.allocator`).
+    fn made(obj: Bound<'_, Allocator>) -> PyResult<Bound<'_, Allocator>> {
+        let a = obj.get();
+        handles::remember(
+            Key::from(&*a.core),
+            obj.as_any(),
+            std::ptr::from_ref(a).addr(),
+        )?;
         Ok(obj)
     }
 
@@ -163,7 +184,9 @@ impl Allocator {
     /// limited allocator shares those of the one it allocates through,
     /// whose object owns them).
     fn own_callbacks(&self) -> Option<&Arc<PyCallbacks>> {
-        handle_callbacks(&self.core).filter(|_| self.core.over().is_none())
+        self.callbacks
+            .as_ref()
+            .filter(|_| self.core.over().is_none())
     }
 
     /// Nothing holds the core but this object and arenas over it (and the
@@ -198,8 +221,7 @@ impl Allocator {
             ));
         }
         let (core, callbacks) = python_allocator::subclass_core(cls)?;
-        set_handle(&core.handle, None, Some(callbacks))?;
-        Ok(Allocator::of(core))
+        Ok(Allocator::of(core, Some(callbacks)))
     }
 
     /// Binds the Python object to its core (a subclass's `__init__` must
@@ -210,13 +232,14 @@ impl Allocator {
         _args: &Bound<'_, PyTuple>,
         _kwargs: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<()> {
-        if let Some(h) = handle(&slf.get().core.handle) {
-            if h.weak.get().is_none() {
-                let _ = h.weak.set(PyWeakrefReference::new(slf)?.unbind());
-            }
-            if let Some(cb) = &h.callbacks {
-                cb.bind_methods(slf.as_any())?;
-            }
+        let this = slf.get();
+        handles::remember(
+            Key::from(&*this.core),
+            slf.as_any(),
+            std::ptr::from_ref(this).addr(),
+        )?;
+        if let Some(cb) = &this.callbacks {
+            cb.bind_methods(slf.as_any())?;
         }
         Ok(())
     }
@@ -369,12 +392,10 @@ impl Allocator {
         let max = limit_arg(max_bytes, "max_bytes")?;
         let inner = &slf.get().core;
         let core = inner.limited(max);
-        let obj = Bound::new(py, Allocator::of(core))?;
-        // A Python-defined backend's free errors are raised by the free that
-        // caused them, as for the allocator itself.
-        let callbacks = handle_callbacks(inner).cloned();
-        set_handle(&obj.get().core.handle, Some(obj.as_any()), callbacks)?;
-        Ok(obj)
+        // The callbacks stay those of the allocator it allocates through
+        // (`own_callbacks` leaves them to that one's object).
+        let callbacks = slf.get().callbacks.clone();
+        Allocator::made(Bound::new(py, Allocator::of(core, callbacks))?)
     }
 
     fn __repr__(&self) -> String {

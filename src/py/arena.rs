@@ -6,7 +6,7 @@
 use super::allocator::{adopted_object, block_object, clone_with, Allocator};
 use super::args::{adopt_request, bytes_request, call_request, realloc_request, Asked, SizeArg};
 use super::errors::{to_py, IntoPy};
-use super::handles::{raising_free_errors, set_handle};
+use super::handles::{self, raising_free_errors, Key};
 use super::pointer::{Owned, Owner, Pointer};
 use super::stats::Stats;
 use super::types::TypeInfo;
@@ -69,6 +69,35 @@ pub struct Arena {
     made: Made,
     /// Its key among the unreleased arenas `leak_check` reports (0: none).
     leak_seq: u64,
+    /// Whether `handles` remembers this object for `Pointer.allocator`
+    /// (made on the first allocation; forgotten when this is dropped).
+    known: AtomicBool,
+}
+
+impl Arena {
+    /// The core object `handles` keys this arena's object by.
+    fn key(&self) -> Key {
+        match &self.backing {
+            ArenaKind::Region(a) => Key::from(&**a.region()),
+            ArenaKind::Wrap(w) => Key::from(&*w.tag),
+        }
+    }
+
+    /// Remembers `slf`, this arena's object, for `Pointer.allocator`.
+    #[cold]
+    fn remember_object(&self, slf: &Bound<'_, PyAny>) -> PyResult<()> {
+        handles::remember(self.key(), slf, std::ptr::from_ref(self).addr())?;
+        self.known.store(true, Relaxed);
+        Ok(())
+    }
+}
+
+impl Drop for Arena {
+    fn drop(&mut self) {
+        if *self.known.get_mut() {
+            handles::forget(self.key(), std::ptr::from_ref(self).addr());
+        }
+    }
 }
 
 /// "arena #N", formatted in place: an arena is made per call, and a
@@ -125,9 +154,9 @@ impl std::fmt::Display for ArenaName {
 /// address read is a live object. Where there is none, a weak reference
 /// serves instead ([`remember`]).
 #[inline]
-fn remember_quickly(region: &RegionCore, slf: *mut ffi::PyObject) -> bool {
+fn remember_quickly(arena: &Arena, region: &RegionCore, slf: *mut ffi::PyObject) -> bool {
     if cfg!(Py_GIL_DISABLED) || !DEALLOC_FORGETS.load(Relaxed) {
-        return region.handle.get().is_some();
+        return arena.known.load(Relaxed);
     }
     if region.object.load(Relaxed) == 0 {
         region.object.store(slf.expose_provenance(), Relaxed);
@@ -136,17 +165,18 @@ fn remember_quickly(region: &RegionCore, slf: *mut ffi::PyObject) -> bool {
 }
 
 /// Remembers `slf` as the region's arena, for `Pointer.allocator`.
-fn remember(region: &RegionCore, slf: &Bound<'_, PyAny>) -> PyResult<()> {
-    if !remember_quickly(region, slf.as_ptr()) {
-        set_handle(&region.handle, Some(slf), None)?;
+fn remember(arena: &Arena, region: &RegionCore, slf: &Bound<'_, PyAny>) -> PyResult<()> {
+    if !remember_quickly(arena, region, slf.as_ptr()) {
+        arena.remember_object(slf)?;
     }
     Ok(())
 }
 
 /// The arena object of a region, None once it is gone.
 pub(crate) fn region_object(py: Python<'_>, region: &RegionCore) -> Py<PyAny> {
-    if region.handle.get().is_some() {
-        return super::handles::handle_object(py, &region.handle);
+    let known = handles::object(py, Key::from(region));
+    if !known.is_none(py) {
+        return known;
     }
     match region.object.load(Relaxed) {
         0 => py.None(),
@@ -388,7 +418,7 @@ impl Arena {
     )]
     pub(crate) fn ready_region(&self, slf: *mut ffi::PyObject) -> Option<&Anchor> {
         match &self.backing {
-            ArenaKind::Region(a) => remember_quickly(a.region(), slf).then_some(a),
+            ArenaKind::Region(a) => remember_quickly(self, a.region(), slf).then_some(a),
             _ => None,
         }
     }
@@ -419,12 +449,12 @@ impl Arena {
         let py = slf.py();
         match &self.backing {
             ArenaKind::Region(a) => {
-                remember(a.region(), slf)?;
+                remember(self, a.region(), slf)?;
                 self.region_pointer(py, a, ty, req)
             }
             ArenaKind::Wrap(w) => {
-                if w.tag.handle.get().is_none() {
-                    set_handle(&w.tag.handle, Some(slf), None)?;
+                if !self.known.load(Relaxed) {
+                    self.remember_object(slf)?;
                 }
                 let rec = w
                     .allocate(req, token(py))
@@ -610,6 +640,7 @@ impl Arena {
             name: ArenaName::new(0),
             made: Made::Unknown,
             leak_seq: 0,
+            known: AtomicBool::new(false),
         };
         arena.name = ArenaName::new(arena.id());
         if track::enabled() {
@@ -734,8 +765,8 @@ impl Arena {
                 Err(Error::Ownership(Ownership::RegionCannotAdopt)).py(py, &asked)
             }
             ArenaKind::Wrap(w) => {
-                if w.tag.handle.get().is_none() {
-                    set_handle(&w.tag.handle, Some(slf.as_any()), None)?;
+                if !this.known.load(Relaxed) {
+                    this.remember_object(slf.as_any())?;
                 }
                 let rec = w.adopt(addr, req, token(py)).py(py, &asked)?;
                 adopted_object(

@@ -3,7 +3,6 @@
 //! callables (`python_allocator`).
 
 use super::allocator::Allocator;
-use super::handles::{handle_callbacks, set_handle};
 use super::python_allocator::callables_backend;
 use crate::core::alloc::{new_id, AllocCore, Backend};
 use crate::core::foreign::CFunctions;
@@ -86,13 +85,13 @@ impl ForeignAllocator {
                 )),
             };
         let core = AllocCore::new(name, new_id(), zeroed, backend);
-        set_handle(&core.handle, None, cb)?;
-        Ok(PyClassInitializer::from(Allocator::of(core)).add_subclass(ForeignAllocator))
+        Ok(PyClassInitializer::from(Allocator::of(core, cb)).add_subclass(ForeignAllocator))
     }
 
     fn __repr__(slf: &Bound<'_, Self>) -> String {
-        let core = &slf.as_super().get().core;
-        let how = if handle_callbacks(core).is_some() {
+        let base = slf.as_super().get();
+        let core = &base.core;
+        let how = if base.callbacks.is_some() {
             "Python callables"
         } else {
             "C functions"

@@ -3,6 +3,7 @@
 pub mod allocator;
 pub mod arena;
 pub mod args;
+pub mod checked;
 pub mod cpython;
 pub mod errors;
 pub mod foreign_allocator;

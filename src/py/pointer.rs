@@ -19,7 +19,6 @@ use pyo3::prelude::*;
 use std::fmt;
 
 mod items;
-pub(crate) use items::value_object;
 mod methods;
 
 /// How element access reaches struct and array elements. `structs` sits

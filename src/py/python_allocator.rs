@@ -190,6 +190,10 @@ impl Backend for PyBackend {
         let fns = self.0.fns.lock().unwrap_or_else(|e| e.into_inner());
         fns.as_ref().is_some_and(|f| f.alloc.is_none())
     }
+
+    fn calls_out(&self) -> bool {
+        true
+    }
 }
 
 thread_local! {
@@ -215,7 +219,7 @@ fn report_free_error(py: Python<'_>, e: PyErr) {
 
 /// Runs `f`, a free through an allocator with Python callbacks: an
 /// exception raised by its Python free function during it becomes the
-/// result (`handles::raising_free_errors` asks whether there are any).
+/// result (`handles::raising_free_errors` asks the backend whether there are any).
 pub(crate) fn catching_free_errors(
     py: Python<'_>,
     f: impl FnOnce() -> PyResult<()>,
@@ -235,7 +239,7 @@ pub(crate) fn catching_free_errors(
 
 /// The core of a new instance of `cls`, a Python subclass of Allocator
 /// (not Allocator itself: the caller refuses that), and the callbacks its
-/// handle keeps.
+/// object keeps (for the garbage collector and `__init__`).
 pub fn subclass_core(cls: &Bound<'_, PyType>) -> PyResult<(Arc<AllocCore>, Arc<PyCallbacks>)> {
     let name = cls.name()?.to_string();
     for method in ["_raw_alloc", "_raw_free"] {

@@ -7,13 +7,16 @@
 //! and function are worked out when a report or an error message needs them.
 
 use crate::core::record::Record;
+use crate::core::record::Trace;
 use crate::core::track::{self, Capture, Site};
 use pyo3::ffi;
 use pyo3::intern;
 use pyo3::prelude::*;
+use pyo3::types::PyString;
 use std::cell::RefCell;
 use std::ffi::c_int;
 use std::fmt;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
 /// A captured stack, innermost frame first.
@@ -67,8 +70,7 @@ pub fn caller_frame(py: Python<'_>) -> Option<(Py<PyAny>, c_int)> {
 
 /// The file and line of a [`caller_frame`].
 pub fn frame_location(py: Python<'_>, (code, lasti): &(Py<PyAny>, c_int)) -> (String, i64) {
-    let (file, line, _) = resolve_frame(py, code, *lasti);
-    (file, line)
+    with_frame(py, code, *lasti, |file, line, _| (file.to_owned(), line))
 }
 
 /// The core's capture hook: up to `n` frames of the running Python stack.
@@ -106,46 +108,60 @@ pub(crate) fn capture(n: usize) -> Capture {
 /// One resolved frame: (file, line, function).
 pub(crate) type Line = (String, i64, String);
 
-/// A site's frames: (code object, instruction offset), innermost first.
-pub(crate) fn frames_of(site: &Site) -> &[(Py<PyAny>, c_int)] {
-    site.downcast_ref::<Frames>().map_or(&[], |f| &f.0)
+impl Trace for Frames {
+    fn each_frame(&self, each: &mut dyn FnMut(&str, i64, &str) -> ControlFlow<()>) {
+        Python::attach(|py| {
+            for (code, lasti) in &self.0 {
+                if with_frame(py, code, *lasti, &mut *each).is_break() {
+                    return;
+                }
+            }
+        });
+    }
 }
 
-pub(crate) fn resolve(py: Python<'_>, site: &Site) -> Vec<Line> {
-    let Some(frames) = site.downcast_ref::<Frames>() else {
-        return Vec::new();
-    };
-    frames
-        .0
-        .iter()
-        .map(|(code, lasti)| resolve_frame(py, code, *lasti))
-        .collect()
-}
-
-pub(crate) fn resolve_frame(py: Python<'_>, code: &Py<PyAny>, lasti: c_int) -> Line {
+/// Calls `f` with a frame's file, line and function: the code object's
+/// own strings, borrowed, so nothing is made on the Rust heap (the leak
+/// list is built from them under memory pressure too).
+fn with_frame<R>(
+    py: Python<'_>,
+    code: &Py<PyAny>,
+    lasti: c_int,
+    f: impl FnOnce(&str, i64, &str) -> R,
+) -> R {
+    fn text<'a>(v: &'a PyResult<Bound<'_, PyAny>>) -> &'a str {
+        v.as_ref()
+            .ok()
+            .and_then(|v| v.cast::<PyString>().ok())
+            .and_then(|s| s.to_str().ok())
+            .unwrap_or("?")
+    }
     let code = code.bind(py);
     // SAFETY: `code` is a code object (PyFrame_GetCode's result).
     let line = unsafe { ffi::PyCode_Addr2Line(code.as_ptr().cast(), lasti) };
-    let text = |attr| {
-        code.getattr(attr)
-            .and_then(|v| v.extract::<String>())
-            .unwrap_or_else(|_| "?".into())
-    };
-    (
-        text(intern!(py, "co_filename")),
-        i64::from(line),
-        text(intern!(py, "co_qualname")),
-    )
+    let file = code.getattr(intern!(py, "co_filename"));
+    let func = code.getattr(intern!(py, "co_qualname"));
+    f(text(&file), i64::from(line), text(&func))
+}
+
+/// A site's innermost frame.
+fn innermost(site: &Site) -> Option<Line> {
+    let mut first = None;
+    site.each_frame(&mut |file, line, func| {
+        first = Some((file.to_owned(), line, func.to_owned()));
+        ControlFlow::Break(())
+    });
+    first
 }
 
 /// The file and line of a site's innermost frame.
-pub fn site_location(py: Python<'_>, site: &Site) -> Option<(String, i64)> {
-    let (file, line, _) = resolve(py, site).into_iter().next()?;
+pub fn site_location(_py: Python<'_>, site: &Site) -> Option<(String, i64)> {
+    let (file, line, _) = innermost(site)?;
     Some((file, line))
 }
 
-pub(crate) fn first_line(py: Python<'_>, site: &Site) -> Option<String> {
-    let (file, line, func) = resolve(py, site).into_iter().next()?;
+pub(crate) fn first_line(_py: Python<'_>, site: &Site) -> Option<String> {
+    let (file, line, func) = innermost(site)?;
     Some(format!("{file}:{line} in {func}"))
 }
 

@@ -10,11 +10,12 @@
 //! bytes: every field access checks that Pointer's block first, and the view
 //! does not pin it.
 
+use super::checked;
 use super::cpython::attribute_routes;
 use super::cpython::freelist::{as_pointer, new_object};
 use super::cpython::view_objects::{make_view, plain_view_objects};
 use super::errors::IntoPy;
-use super::pointer::{from_stored_address, value_object, Pointer};
+use super::pointer::{from_stored_address, Pointer};
 use super::struct_view::StructView;
 use super::types::{self, leak, Composite, TypeInfo};
 use super::values::{plain_number, to_value};
@@ -145,7 +146,7 @@ impl Field {
         if kind.is_number() {
             // SAFETY: the view's block is live and holds the struct, whose
             // layout puts this field inside it.
-            return value_object(py, unsafe { kind.read(addr) });
+            return checked::value(py, unsafe { kind.read(addr) });
         }
         if kind == Kind::Ptr {
             // SAFETY: as above; the slot is pointer-sized.

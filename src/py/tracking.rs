@@ -5,13 +5,16 @@
 //! The frames themselves (capture and printing) are `py::sites`.
 
 use super::allocator::{named_allocator, Allocator};
+use super::checked;
 use super::errors::IntoPy;
 use crate::core::alloc::{AllocCore, Libc, LIBC_GROUP};
 use crate::core::guard::Guarded;
 use crate::core::track::{self, Entry};
+use pyo3::exceptions::PyMemoryError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyList, PyTuple};
+use std::ops::ControlFlow;
 use std::time::UNIX_EPOCH;
 
 static ADAPTIVE_MALLOC: PyOnceLock<Py<Allocator>> = PyOnceLock::new();
@@ -81,101 +84,45 @@ pub fn _track_lost() -> u64 {
     track::lost()
 }
 
-/// The Python objects of the leak list, each made fallibly: the list is
-/// built when memory may be exhausted (`leak_check`, the exit report), and
-/// PyO3's own conversions of ints, floats and strs panic when CPython
-/// returns NULL, where the panic may then not even get the memory for its
-/// message (an abort).
-mod checked {
-    use pyo3::ffi;
-    use pyo3::prelude::*;
-    use pyo3::types::{PyList, PyTuple};
-
-    fn own(py: Python<'_>, p: *mut ffi::PyObject) -> PyResult<Bound<'_, PyAny>> {
-        // SAFETY: `p` is a new reference or NULL with an exception set.
-        unsafe { Bound::from_owned_ptr_or_err(py, p) }
-    }
-
-    pub fn uint(py: Python<'_>, v: u64) -> PyResult<Bound<'_, PyAny>> {
-        // SAFETY: a plain conversion; NULL on failure.
-        own(py, unsafe { ffi::PyLong_FromUnsignedLongLong(v) })
-    }
-
-    pub fn int(py: Python<'_>, v: i64) -> PyResult<Bound<'_, PyAny>> {
-        // SAFETY: as above.
-        own(py, unsafe { ffi::PyLong_FromLongLong(v) })
-    }
-
-    pub fn float(py: Python<'_>, v: f64) -> PyResult<Bound<'_, PyAny>> {
-        // SAFETY: as above.
-        own(py, unsafe { ffi::PyFloat_FromDouble(v) })
-    }
-
-    pub fn str<'py>(py: Python<'py>, s: &str) -> PyResult<Bound<'py, PyAny>> {
-        // SAFETY: `s` is valid UTF-8 of `s.len()` bytes (a str's length fits isize).
-        own(py, unsafe {
-            ffi::PyUnicode_FromStringAndSize(s.as_ptr().cast(), s.len() as ffi::Py_ssize_t)
-        })
-    }
-
-    pub fn opt_str<'py>(py: Python<'py>, s: Option<&str>) -> PyResult<Bound<'py, PyAny>> {
-        match s {
-            Some(s) => str(py, s),
-            None => Ok(py.None().into_bound(py)),
-        }
-    }
-
-    pub fn tuple<'py, const N: usize>(
-        py: Python<'py>,
-        items: [Bound<'py, PyAny>; N],
-    ) -> PyResult<Bound<'py, PyTuple>> {
-        // SAFETY: a new tuple of N slots, each set once; SetItem steals the
-        // reference it is given.
-        unsafe {
-            let t = own(py, ffi::PyTuple_New(N as ffi::Py_ssize_t))?;
-            for (i, item) in items.into_iter().enumerate() {
-                ffi::PyTuple_SetItem(t.as_ptr(), i as ffi::Py_ssize_t, item.into_ptr());
+/// `[(file, line, function), ...]` of a site, from its code objects'
+/// own strings: nothing on the Rust heap but fallible reservations.
+fn frames<'py>(
+    py: Python<'py>,
+    site: Option<&crate::core::track::Site>,
+) -> PyResult<Bound<'py, PyList>> {
+    let mut made = Vec::new();
+    let mut failed = None;
+    if let Some(site) = site {
+        site.each_frame(&mut |file, line, func| {
+            let frame = made
+                .try_reserve(1)
+                .map_err(|_| PyMemoryError::new_err("the leak list"))
+                .and_then(|()| {
+                    checked::tuple(
+                        py,
+                        [
+                            checked::str(py, file)?,
+                            checked::int(py, line)?,
+                            checked::str(py, func)?,
+                        ],
+                    )
+                });
+            match frame {
+                Ok(t) => {
+                    made.push(t.into_any());
+                    ControlFlow::Continue(())
+                }
+                Err(e) => {
+                    failed = Some(e);
+                    ControlFlow::Break(())
+                }
             }
-            Ok(t.cast_into_unchecked())
-        }
+        });
     }
-
-    pub fn list<'py>(
-        py: Python<'py>,
-        items: impl ExactSizeIterator<Item = Bound<'py, PyAny>>,
-    ) -> PyResult<Bound<'py, PyList>> {
-        // SAFETY: a new list of len slots, each set once (an iterator that
-        // yields fewer leaves NULL slots, which lists allow until set);
-        // SetItem steals the reference.
-        unsafe {
-            let l = own(py, ffi::PyList_New(items.len() as ffi::Py_ssize_t))?;
-            for (i, item) in items.enumerate() {
-                ffi::PyList_SetItem(l.as_ptr(), i as ffi::Py_ssize_t, item.into_ptr());
-            }
-            Ok(l.cast_into_unchecked())
-        }
+    if let Some(e) = failed {
+        return Err(e);
     }
-
-    /// `[(file, line, function), ...]` of a site, from its code objects'
-    /// own strings: nothing on the Rust heap but one fallible reservation.
-    pub fn frames<'py>(
-        py: Python<'py>,
-        site: Option<&crate::core::track::Site>,
-    ) -> PyResult<Bound<'py, PyList>> {
-        let frames = site.map_or(&[][..], crate::py::sites::frames_of);
-        let mut made = Vec::new();
-        made.try_reserve_exact(frames.len())
-            .map_err(|_| pyo3::exceptions::PyMemoryError::new_err("the leak list"))?;
-        for (code, lasti) in frames {
-            let code = code.bind(py);
-            // SAFETY: `code` is a code object (PyFrame_GetCode's result).
-            let line = unsafe { ffi::PyCode_Addr2Line(code.as_ptr().cast(), *lasti) };
-            let file = code.getattr(pyo3::intern!(py, "co_filename"))?;
-            let func = code.getattr(pyo3::intern!(py, "co_qualname"))?;
-            made.push(tuple(py, [file, int(py, i64::from(line))?, func])?.into_any());
-        }
-        list(py, made.into_iter())
-    }
+    checked::list(py, made.into_iter())
 }
 
 fn entry_tuple<'py>(py: Python<'py>, e: &Entry) -> PyResult<Bound<'py, PyTuple>> {
@@ -194,7 +141,7 @@ fn entry_tuple<'py>(py: Python<'py>, e: &Entry) -> PyResult<Bound<'py, PyTuple>>
             checked::float(py, time)?,
             checked::uint(py, e.thread_id)?,
             checked::opt_str(py, e.thread_name.as_deref())?,
-            checked::frames(py, e.site.as_ref())?.into_any(),
+            frames(py, e.site.as_ref())?.into_any(),
         ],
     )
 }
@@ -230,7 +177,7 @@ pub fn _track_live(py: Python<'_>, since: u64) -> PyResult<Bound<'_, PyList>> {
                 checked::float(py, time)?,
                 checked::uint(py, a.thread_id)?,
                 checked::opt_str(py, a.thread_name.as_deref())?,
-                checked::frames(py, a.site.as_ref())?.into_any(),
+                frames(py, a.site.as_ref())?.into_any(),
             ],
         )?;
         items.push((a.seq, t));

@@ -75,3 +75,25 @@ def structs() -> int:
 def counters() -> int:
     s = rsalloc.stats()
     return s.live_count + malloc.stats().peak_bytes
+
+
+def fill(owner: rsalloc.AllocatorLike, n: int) -> Pointer[Int32]:
+    """Allocates through whatever owner it is given: an Allocator or an Arena."""
+    p = owner(Int32, n)
+    assert_type(p, Pointer[Int32])
+    assert_type(owner.allocate(8), Pointer[Uint8])
+    assert_type(owner.native_free, int | None)
+    p[:] = list(range(n))
+    return owner.realloc(p, n + 1)
+
+
+def owners() -> int:
+    lim = malloc.limited(1 << 16)
+    total = 0
+    for owner in (malloc, lim, rsalloc.Arena(), rsalloc.Arena(malloc)):
+        assert isinstance(owner, rsalloc.AllocatorLike)
+        p = fill(owner, 3)
+        total += sum(p[:3]) + owner.stats().live_count
+        if isinstance(owner, rsalloc.Arena):
+            owner.release_all()
+    return total

@@ -15,7 +15,7 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyCFunction, PyType};
-use std::ffi::{c_int, CStr};
+use std::ffi::c_int;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::OnceLock;
 
@@ -119,7 +119,7 @@ pub(crate) unsafe fn general<R: Ret>(f: impl FnOnce(Python<'_>) -> PyResult<R>) 
 /// # Safety
 /// `args` holds `nargs` borrowed objects.
 #[inline]
-pub(crate) unsafe fn single<'a, 'py>(
+unsafe fn single<'a, 'py>(
     py: Python<'py>,
     args: Args,
     nargs: ffi::Py_ssize_t,
@@ -134,7 +134,7 @@ pub(crate) unsafe fn single<'a, 'py>(
 ///
 /// # Safety
 /// As for `enter`.
-pub(crate) unsafe fn delegate(
+unsafe fn delegate(
     slow: &PyOnceLock<Py<PyAny>>,
     slf: Option<*mut ffi::PyObject>,
     args: Args,
@@ -169,21 +169,30 @@ pub(crate) unsafe fn delegate(
     }
 }
 
-/// A `PyMethodDef` kept for the life of the process: in static storage
-/// rather than leaked, so that a leak checker does not count it lost once
-/// CPython drops, at exit, the objects that point at it.
-struct Def(ffi::PyMethodDef);
+/// A definition CPython reads (a `PyMethodDef`, a `PyGetSetDef`) kept for
+/// the life of the process: in static storage rather than leaked, so that a
+/// leak checker does not count it lost once CPython drops, at exit, the
+/// objects that point at it.
+pub(crate) struct Def<T>(pub(crate) T);
 
 // SAFETY: written once at module init (under the GIL), then only read, by
 // CPython, through the objects made from it.
-unsafe impl Send for Def {}
+unsafe impl<T> Send for Def<T> {}
 
 // SAFETY: as for `Send`: CPython only reads the definition after init.
-unsafe impl Sync for Def {}
+unsafe impl<T> Sync for Def<T> {}
+
+impl<T> Def<T> {
+    /// The definition in `cell`, made by `make` the first time, as the
+    /// mutable pointer CPython takes (and never writes through).
+    pub(crate) fn kept(cell: &'static OnceLock<Def<T>>, make: impl FnOnce() -> T) -> *mut T {
+        std::ptr::from_ref(&cell.get_or_init(|| Def(make())).0).cast_mut()
+    }
+}
 
 /// One per replaced entry point: allocator.allocate, arena.allocate, free,
 /// to_native_utf8 (fast_structs.rs).
-static DEFS: [OnceLock<Def>; 4] = [
+static DEFS: [OnceLock<Def<ffi::PyMethodDef>>; 4] = [
     OnceLock::new(),
     OnceLock::new(),
     OnceLock::new(),
@@ -197,16 +206,14 @@ fn method_def(
     old: ffi::PyMethodDef,
     entry: ffi::PyCFunctionFastWithKeywords,
 ) -> *mut ffi::PyMethodDef {
-    let def = DEFS[slot].get_or_init(|| {
+    Def::kept(&DEFS[slot], || {
         let mut def = old;
         def.ml_meth = ffi::PyMethodDefPointer {
             PyCFunctionFastWithKeywords: entry,
         };
         def.ml_flags = ffi::METH_FASTCALL | ffi::METH_KEYWORDS;
-        Def(def)
-    });
-    // CPython takes a mutable pointer but never writes through it.
-    std::ptr::from_ref(&def.0).cast_mut()
+        def
+    })
 }
 
 /// The calling convention every replaced definition must have, because it
@@ -226,53 +233,112 @@ fn check_convention(name: &str, old: &ffi::PyMethodDef) -> PyResult<()> {
     Ok(())
 }
 
-/// Replaces method `name` of `ty` by one that calls `entry` (its definition
-/// in `DEFS[slot]`, copied from the old one's), keeping the old one in `slow`.
-pub(crate) fn replace_method(
+/// The descriptor `name` in `ty`'s own dict, checked to be an object of
+/// `kind` (`PyMethodDescr_Type`, `PyGetSetDescr_Type`).
+pub(crate) fn own_descriptor<'py>(
+    ty: &Bound<'py, PyType>,
+    name: &str,
+    kind: *mut ffi::PyTypeObject,
+) -> PyResult<Bound<'py, PyAny>> {
+    let old = ty.getattr("__dict__")?.get_item(name)?;
+    // SAFETY: a type check of a live object.
+    if unsafe { ffi::Py_IS_TYPE(old.as_ptr(), kind) } == 0 {
+        return Err(pyo3::exceptions::PyRuntimeError::new_err(format!(
+            "{}.{name} is not the descriptor it was",
+            ty.name()?
+        )));
+    }
+    Ok(old)
+}
+
+/// Stores the descriptor `new` (made with `PyDescr_New*` for `ty`) as
+/// `ty.name`, as PyType_Ready would.
+pub(crate) fn set_descriptor(
     ty: &Bound<'_, PyType>,
-    name: &CStr,
-    slow: &PyOnceLock<Py<PyAny>>,
-    slot: usize,
-    entry: ffi::PyCFunctionFastWithKeywords,
+    name: &str,
+    new: *mut ffi::PyObject,
 ) -> PyResult<()> {
     let py = ty.py();
-    let dict = ty.getattr("__dict__")?;
-    let old = dict.get_item(name.to_str().expect("ascii"))?;
-    // SAFETY: the entry of a PyO3 method is a method descriptor whose
-    // PyMethodDef PyO3 keeps for the life of the process; the new
-    // descriptor is stored in the type's dict, as PyType_Ready would.
+    // SAFETY: `new` is a new reference or NULL with the exception set; a
+    // ready heap type's tp_dict is its dict, which may hold descriptors.
     unsafe {
-        if ffi::Py_IS_TYPE(
-            old.as_ptr(),
-            std::ptr::addr_of_mut!(ffi::PyMethodDescr_Type),
-        ) == 0
-        {
-            return Err(pyo3::exceptions::PyRuntimeError::new_err(
-                "not a method descriptor",
-            ));
-        }
-        let old_def = *(*old.as_ptr().cast::<ffi::PyMethodDescrObject>()).d_method;
-        check_convention(name.to_str().expect("ascii"), &old_def)?;
-        let def = method_def(slot, old_def, entry);
-        let new = Bound::from_owned_ptr_or_err(py, ffi::PyDescr_NewMethod(ty.as_type_ptr(), def))?;
+        let new = Bound::from_owned_ptr_or_err(py, new)?;
         let tp_dict = Bound::from_borrowed_ptr(py, (*ty.as_type_ptr()).tp_dict);
-        tp_dict.set_item(name.to_str().expect("ascii"), new)?;
+        tp_dict.set_item(name, new)?;
         ffi::PyType_Modified(ty.as_type_ptr());
     }
-    let _ = slow.set(py, old.unbind());
     Ok(())
 }
 
-/// Replaces module function `name` of `m` by one that calls `entry` (its
-/// definition in `DEFS[slot]`, copied from the old one's), keeping the old
-/// one in `slow`.
-pub(crate) fn replace_function(
-    m: &Bound<'_, PyModule>,
-    name: &str,
-    slow: &PyOnceLock<Py<PyAny>>,
-    slot: usize,
-    entry: ffi::PyCFunctionFastWithKeywords,
-) -> PyResult<()> {
+/// A method or module function replaced by an entry point whose plain case
+/// is a call with one positional argument and no keywords.
+pub(crate) trait Unary {
+    /// The replaced PyO3 method or function, for every other call, and
+    /// the slot of the new definition in `DEFS`.
+    const SLOW: (&'static PyOnceLock<Py<PyAny>>, usize);
+    /// The plain case of a call with `arg` on `slf` (the object, or the
+    /// module); `Outcome::Delegate` when it is not one.
+    ///
+    /// # Safety
+    /// As for `enter`; `slf` is what CPython passed (for a method, an
+    /// object the method descriptor checked to be of the type).
+    unsafe fn route(py: Python<'_>, slf: Obj, arg: Arg<'_, '_>) -> Outcome<Obj>;
+}
+
+/// What CPython passes and takes: an object (borrowed or new, or NULL).
+pub(crate) type Obj = *mut ffi::PyObject;
+/// One argument, borrowed from CPython's argument array.
+pub(crate) type Arg<'a, 'py> = pyo3::Borrowed<'a, 'py, PyAny>;
+
+/// The entry point of `U`: a call with one positional argument and no
+/// keywords goes to `U::route`; any other, and any call it delegates, to
+/// `U::SLOW` with the arguments as received (with `slf` first for a
+/// `METHOD`; a module function's `self` is the module).
+///
+/// # Safety
+/// Called by CPython as a `METH_FASTCALL | METH_KEYWORDS` function: the
+/// GIL held, `args` holding `nargs` borrowed objects and `kwnames` null or
+/// a tuple.
+unsafe extern "C" fn unary_entry<U: Unary, const METHOD: bool>(
+    slf: *mut ffi::PyObject,
+    args: Args,
+    nargs: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: per the function's contract.
+    unsafe {
+        enter(
+            |py| match single(py, args, nargs, kwnames) {
+                Some(arg) => U::route(py, slf, arg),
+                None => Outcome::Delegate,
+            },
+            || delegate(U::SLOW.0, METHOD.then_some(slf), args, nargs, kwnames),
+        )
+    }
+}
+
+/// Replaces method `name` of `ty` by `U`'s entry point (its definition in
+/// `DEFS`, copied from the old one's), keeping the old one in
+/// `U::SLOW`.
+pub(crate) fn replace_method<U: Unary>(ty: &Bound<'_, PyType>, name: &str) -> PyResult<()> {
+    let py = ty.py();
+    let old = own_descriptor(ty, name, std::ptr::addr_of_mut!(ffi::PyMethodDescr_Type))?;
+    // SAFETY: the entry of a PyO3 method is a method descriptor (checked)
+    // whose PyMethodDef PyO3 keeps for the life of the process.
+    unsafe {
+        let old_def = *(*old.as_ptr().cast::<ffi::PyMethodDescrObject>()).d_method;
+        check_convention(name, &old_def)?;
+        let def = method_def(U::SLOW.1, old_def, unary_entry::<U, true>);
+        set_descriptor(ty, name, ffi::PyDescr_NewMethod(ty.as_type_ptr(), def))?;
+    }
+    let _ = U::SLOW.0.set(py, old.unbind());
+    Ok(())
+}
+
+/// Replaces module function `name` of `m` by `U`'s entry point (its
+/// definition in `DEFS`, copied from the old one's), keeping the
+/// old one in `U::SLOW`.
+pub(crate) fn replace_function<U: Unary>(m: &Bound<'_, PyModule>, name: &str) -> PyResult<()> {
     let py = m.py();
     let old = m.getattr(name)?.cast_into::<PyCFunction>()?;
     // SAFETY: a PyO3 function's PyMethodDef lives for the process; the new
@@ -280,7 +346,7 @@ pub(crate) fn replace_function(
     unsafe {
         let old_def = *(*old.as_ptr().cast::<ffi::PyCFunctionObject>()).m_ml;
         check_convention(name, &old_def)?;
-        let def = method_def(slot, old_def, entry);
+        let def = method_def(U::SLOW.1, old_def, unary_entry::<U, false>);
         let new = Bound::from_owned_ptr_or_err(
             py,
             ffi::PyCMethod_New(
@@ -292,33 +358,6 @@ pub(crate) fn replace_function(
         )?;
         m.setattr(name, new)?;
     }
-    let _ = slow.set(py, old.into_any().unbind());
+    let _ = U::SLOW.0.set(py, old.into_any().unbind());
     Ok(())
-}
-
-/// A module function's entry point for a call with one positional argument
-/// and no keywords: `route` takes that argument; any other call, and any
-/// call `route` delegates, goes to `slow` (the replaced PyO3 function).
-///
-/// # Safety
-/// As for `enter`; `args` holds `nargs` borrowed objects and `kwnames` is
-/// null or a tuple, as CPython passes them to a vectorcall function.
-#[inline(always)]
-pub(crate) unsafe fn unary_function(
-    slow: &PyOnceLock<Py<PyAny>>,
-    args: Args,
-    nargs: ffi::Py_ssize_t,
-    kwnames: *mut ffi::PyObject,
-    route: impl FnOnce(Python<'_>, pyo3::Borrowed<'_, '_, PyAny>) -> Outcome<*mut ffi::PyObject>,
-) -> *mut ffi::PyObject {
-    // SAFETY: per the function's contract.
-    unsafe {
-        enter(
-            |py| match single(py, args, nargs, kwnames) {
-                Some(arg) => route(py, arg),
-                None => Outcome::Delegate,
-            },
-            || delegate(slow, None, args, nargs, kwnames),
-        )
-    }
 }

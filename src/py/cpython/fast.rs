@@ -19,10 +19,7 @@
 //! does any general code a route falls back to (`entry::general`: `p[i]`
 //! of a value that needs converting, say).
 
-use super::entry::{
-    delegate, enter, general, replace_function, replace_method, single, unary_function, Args,
-    Outcome,
-};
+use super::entry::{enter, general, replace_function, replace_method, Arg, Obj, Outcome, Unary};
 use super::freelist::as_pointer;
 use crate::core::types::Kind;
 use crate::py::allocator::{block_object, Allocator};
@@ -44,101 +41,86 @@ static ALLOCATOR_ALLOCATE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static ARENA_ALLOCATE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static FREE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
-/// `x.allocate(nbytes)` called with one exact int: `make(py, n)` builds the
-/// Pointer, or returns None when `x` is not a plain case.
+/// `slf.allocate(nbytes)` called with one exact int: `make(this, n)`
+/// builds the Pointer, or returns None when `this` is not a plain case.
 ///
 /// # Safety
-/// As for `enter`; `slf` is the object the method descriptor checked.
-#[inline]
-unsafe fn allocate_entry(
-    slow: &PyOnceLock<Py<PyAny>>,
-    slf: *mut ffi::PyObject,
-    args: Args,
-    nargs: ffi::Py_ssize_t,
-    kwnames: *mut ffi::PyObject,
-    make: impl FnOnce(Python<'_>, i64) -> Option<PyResult<Pointer>>,
-) -> *mut ffi::PyObject {
+/// As for `Unary::route`; `slf` is a `T`.
+#[inline(always)]
+unsafe fn allocate<T: pyo3::PyClass<Frozen = pyo3::pyclass::boolean_struct::True> + Sync>(
+    py: Python<'_>,
+    slf: Obj,
+    nbytes: Arg<'_, '_>,
+    make: impl FnOnce(&T, i64) -> Option<PyResult<Pointer>>,
+) -> Outcome<Obj> {
     // SAFETY: per the function's contract.
-    unsafe {
-        enter(
-            |py| {
-                let made = single(py, args, nargs, kwnames)
-                    .and_then(|a| exact_small_int(&a))
-                    .and_then(|n| make(py, n));
-                match made {
-                    Some(p) => p.and_then(|p| Ok(block_object(py, p)?.into_ptr())).into(),
-                    None => Outcome::Delegate,
-                }
-            },
-            || delegate(slow, Some(slf), args, nargs, kwnames),
-        )
+    let this = unsafe { pyo3::Borrowed::from_ptr(py, slf).cast_unchecked::<T>() };
+    match exact_small_int(&nbytes).and_then(|n| make(this.get(), n)) {
+        Some(p) => p.and_then(|p| Ok(block_object(py, p)?.into_ptr())).into(),
+        None => Outcome::Delegate,
     }
 }
 
 /// `allocator.allocate(nbytes)` of a plain allocator.
-unsafe extern "C" fn allocator_allocate(
-    slf: *mut ffi::PyObject,
-    args: Args,
-    nargs: ffi::Py_ssize_t,
-    kwnames: *mut ffi::PyObject,
-) -> *mut ffi::PyObject {
-    // SAFETY: CPython's method descriptor checked that slf is an Allocator.
-    unsafe {
-        allocate_entry(&ALLOCATOR_ALLOCATE, slf, args, nargs, kwnames, |py, n| {
-            let this = pyo3::Borrowed::from_ptr(py, slf).cast_unchecked::<Allocator>();
-            let this = this.get();
-            this.core.plain().then(|| {
-                let (ty, req) = plain_bytes_request(py, &this.core.name, n)?;
-                this.new_pointer(py, ty, req)
+struct AllocatorAllocate;
+
+impl Unary for AllocatorAllocate {
+    const SLOW: (&'static PyOnceLock<Py<PyAny>>, usize) = (&ALLOCATOR_ALLOCATE, 0);
+    #[inline(always)]
+    unsafe fn route(py: Python<'_>, slf: Obj, nbytes: Arg<'_, '_>) -> Outcome<Obj> {
+        // SAFETY: CPython's method descriptor checked that slf is an Allocator.
+        unsafe {
+            allocate(py, slf, nbytes, |this: &Allocator, n| {
+                this.core.plain().then(|| {
+                    let (ty, req) = plain_bytes_request(py, &this.core.name, n)?;
+                    this.new_pointer(py, ty, req)
+                })
             })
-        })
+        }
     }
 }
 
 /// `arena.allocate(nbytes)` of a bump-region arena.
-unsafe extern "C" fn arena_allocate(
-    slf: *mut ffi::PyObject,
-    args: Args,
-    nargs: ffi::Py_ssize_t,
-    kwnames: *mut ffi::PyObject,
-) -> *mut ffi::PyObject {
-    // SAFETY: CPython's method descriptor checked that slf is an Arena.
-    unsafe {
-        allocate_entry(&ARENA_ALLOCATE, slf, args, nargs, kwnames, |py, n| {
-            let this = pyo3::Borrowed::from_ptr(py, slf).cast_unchecked::<Arena>();
-            let this = this.get();
-            this.ready_region(slf).map(|r| {
-                let (ty, req) = plain_bytes_request(py, &this.name, n)?;
-                this.region_pointer(py, r, ty, req)
+struct ArenaAllocate;
+
+impl Unary for ArenaAllocate {
+    const SLOW: (&'static PyOnceLock<Py<PyAny>>, usize) = (&ARENA_ALLOCATE, 1);
+    #[inline(always)]
+    unsafe fn route(py: Python<'_>, slf: Obj, nbytes: Arg<'_, '_>) -> Outcome<Obj> {
+        // SAFETY: CPython's method descriptor checked that slf is an Arena.
+        unsafe {
+            allocate(py, slf, nbytes, |this: &Arena, n| {
+                let r = this.ready_region(slf)?;
+                Some(
+                    plain_bytes_request(py, &this.name, n)
+                        .and_then(|(ty, req)| this.region_pointer(py, r, ty, req)),
+                )
             })
-        })
+        }
     }
 }
 
 /// `rsalloc.free(p)` of a block from a plain allocator.
-unsafe extern "C" fn free(
-    _module: *mut ffi::PyObject,
-    args: Args,
-    nargs: ffi::Py_ssize_t,
-    kwnames: *mut ffi::PyObject,
-) -> *mut ffi::PyObject {
-    // SAFETY: per `unary_function`.
-    unsafe {
-        unary_function(&FREE, args, nargs, kwnames, |py, p| {
-            let Some(p) = as_pointer(&p) else {
-                return Outcome::Delegate;
-            };
-            let p = p.get();
-            match p.owner.get() {
-                Owned::Block(rec) if p.addr != 0 && rec.frees_plainly() => {
-                    match rec.free_plain(p.addr, token(py)).py(py, p) {
-                        Ok(()) => Outcome::Done(ffi::Py_NewRef(ffi::Py_None())),
-                        Err(e) => Outcome::Raise(e),
-                    }
+struct Free;
+
+impl Unary for Free {
+    const SLOW: (&'static PyOnceLock<Py<PyAny>>, usize) = (&FREE, 2);
+    #[inline(always)]
+    unsafe fn route(py: Python<'_>, _module: Obj, p: Arg<'_, '_>) -> Outcome<Obj> {
+        let Some(p) = as_pointer(&p) else {
+            return Outcome::Delegate;
+        };
+        let p = p.get();
+        match p.owner.get() {
+            Owned::Block(rec) if p.addr != 0 && rec.frees_plainly() => {
+                match rec.free_plain(p.addr, token(py)).py(py, p) {
+                    // SAFETY: attached (the route's contract); None is immortal.
+                    Ok(()) => Outcome::Done(unsafe { ffi::Py_NewRef(ffi::Py_None()) }),
+                    Err(e) => Outcome::Raise(e),
                 }
-                _ => Outcome::Delegate,
             }
-        })
+            _ => Outcome::Delegate,
+        }
     }
 }
 
@@ -252,21 +234,8 @@ fn replace_item_slots(py: Python<'_>) -> PyResult<()> {
 /// its functions and classes.
 pub fn install(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
-    replace_method(
-        &Allocator::type_object(py),
-        c"allocate",
-        &ALLOCATOR_ALLOCATE,
-        0,
-        allocator_allocate,
-    )?;
-    replace_method(
-        &Arena::type_object(py),
-        c"allocate",
-        &ARENA_ALLOCATE,
-        1,
-        arena_allocate,
-    )?;
-
-    replace_function(m, "free", &FREE, 2, free)?;
+    replace_method::<AllocatorAllocate>(&Allocator::type_object(py), "allocate")?;
+    replace_method::<ArenaAllocate>(&Arena::type_object(py), "allocate")?;
+    replace_function::<Free>(m, "free")?;
     replace_item_slots(py)
 }

@@ -11,7 +11,9 @@
 //! plain malloc — and hands every other call,
 //! unchanged, to the PyO3 slot it replaced, which raises the errors.
 
-use super::entry::{enter, replace_function, unary_function, Args, Outcome};
+use super::entry::{
+    enter, own_descriptor, replace_function, set_descriptor, Arg, Args, Def, Obj, Outcome, Unary,
+};
 use super::freelist::{as_pointer, injected_failure};
 #[cfg(not(Py_GIL_DISABLED))]
 use super::view_objects::last_ref;
@@ -553,16 +555,14 @@ unsafe fn call_through_tp_call(
 }
 
 /// `to_native_utf8(s)` of an exact str, from a plain malloc.
-unsafe extern "C" fn to_native_utf8(
-    _module: *mut ffi::PyObject,
-    args: Args,
-    nargs: ffi::Py_ssize_t,
-    kwnames: *mut ffi::PyObject,
-) -> *mut ffi::PyObject {
-    // SAFETY: per `enter`; the UTF-8 bytes CPython caches in the str stay
-    // valid while the str (borrowed from the arguments) lives.
-    unsafe {
-        unary_function(&TO_NATIVE_UTF8, args, nargs, kwnames, |py, s| {
+struct ToNativeUtf8;
+
+impl Unary for ToNativeUtf8 {
+    const SLOW: (&'static PyOnceLock<Py<PyAny>>, usize) = (&TO_NATIVE_UTF8, 3);
+    unsafe fn route(py: Python<'_>, _module: Obj, s: Arg<'_, '_>) -> Outcome<Obj> {
+        // SAFETY: per `enter`; the UTF-8 bytes CPython caches in the str stay
+        // valid while the str (borrowed from the arguments) lives.
+        unsafe {
             if ffi::PyUnicode_CheckExact(s.as_ptr()) == 0 {
                 return Outcome::Delegate;
             }
@@ -601,19 +601,12 @@ unsafe extern "C" fn to_native_utf8(
                 });
             made.and_then(|p| Ok(block_object(py, p)?.into_ptr()))
                 .into()
-        })
+        }
     }
 }
 
-/// A `PyGetSetDef` for the replaced `ref` getter, kept for the process.
-struct Def(ffi::PyGetSetDef);
-
-// SAFETY: written once at module init (under the GIL), then only read by CPython.
-unsafe impl Send for Def {}
-// SAFETY: as for `Send`: CPython only reads the definition after init.
-unsafe impl Sync for Def {}
-
-static REF_DEF: OnceLock<Def> = OnceLock::new();
+/// The definition of the replaced `ref` getter.
+static REF_DEF: OnceLock<Def<ffi::PyGetSetDef>> = OnceLock::new();
 
 /// Points the Field type's descriptor slots and
 /// Pointer's `ref` getter at the entry points above. Called once at module
@@ -627,7 +620,7 @@ pub fn install(m: &Bound<'_, PyModule>) -> PyResult<()> {
             "struct views are off",
         ));
     }
-    replace_function(m, "to_native_utf8", &TO_NATIVE_UTF8, 3, to_native_utf8)?;
+    replace_function::<ToNativeUtf8>(m, "to_native_utf8")?;
     let alloc_tp = Allocator::type_object(py).as_type_ptr();
     // SAFETY: a heap type rsalloc owns, ready, before any subclass exists
     // (a Python allocator class made later inherits this slot).
@@ -681,16 +674,11 @@ pub fn install(m: &Bound<'_, PyModule>) -> PyResult<()> {
         (*field).tp_descr_set = Some(field_set);
 
         let pointer = crate::py::pointer::Pointer::type_object(py);
-        let old = pointer.getattr("__dict__")?.get_item("ref")?;
-        if ffi::Py_IS_TYPE(
-            old.as_ptr(),
+        let old = own_descriptor(
+            &pointer,
+            "ref",
             std::ptr::addr_of_mut!(ffi::PyGetSetDescr_Type),
-        ) == 0
-        {
-            return Err(pyo3::exceptions::PyRuntimeError::new_err(
-                "Pointer.ref is not a getset descriptor",
-            ));
-        }
+        )?;
         let old_def = *(*old.as_ptr().cast::<ffi::PyGetSetDescrObject>()).d_getset;
         let Some(old_get) = old_def.get else {
             return Err(pyo3::exceptions::PyRuntimeError::new_err(
@@ -698,18 +686,16 @@ pub fn install(m: &Bound<'_, PyModule>) -> PyResult<()> {
             ));
         };
         let _ = OLD_REF_GET.set(old_get);
-        let def = REF_DEF.get_or_init(|| {
+        let def = Def::kept(&REF_DEF, || {
             let mut def = old_def;
             def.get = Some(ref_get);
-            Def(def)
+            def
         });
-        let new = Bound::from_owned_ptr_or_err(
-            py,
-            ffi::PyDescr_NewGetSet(pointer.as_type_ptr(), std::ptr::from_ref(&def.0).cast_mut()),
+        set_descriptor(
+            &pointer,
+            "ref",
+            ffi::PyDescr_NewGetSet(pointer.as_type_ptr(), def),
         )?;
-        let tp_dict = Bound::from_borrowed_ptr(py, (*pointer.as_type_ptr()).tp_dict);
-        tp_dict.set_item("ref", new)?;
-        ffi::PyType_Modified(pointer.as_type_ptr());
     }
     Ok(())
 }

@@ -4,6 +4,7 @@
 
 use super::{from_stored_address, Pointer};
 use crate::core::types::{Kind, Value};
+use crate::py::checked;
 use crate::py::cpython::freelist::new_object;
 use crate::py::errors::IntoPy;
 use crate::py::serialized::token;
@@ -35,7 +36,7 @@ impl Pointer {
         if self.ty.kind.is_number() {
             // SAFETY: elem_addr checked liveness and bounds (or the view is
             // foreign, whose reads are the caller's responsibility).
-            return number_object(unsafe { self.ty.kind.read(addr) });
+            return checked::number_ptr(unsafe { self.ty.kind.read(addr) });
         }
         None
     }
@@ -53,14 +54,12 @@ impl Pointer {
         step: isize,
         len: usize,
     ) -> PyResult<Py<PyAny>> {
-        // SAFETY: a new list of `len` empty (NULL) slots, or NULL with an
-        // exception set; a list with NULL slots is valid to drop.
-        let list = unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyList_New(len as isize))? };
+        let list = checked::empty_list(py, len)?;
         let _held = self.pinned(token(py)).py(py, self)?;
         let first = self.addr + start as usize * self.ty.size;
         let stride = step * self.ty.size as isize;
         let out = list.as_ptr();
-        use std::ffi::{c_long, c_ulong};
+        use std::ffi::c_ulong;
         // One loop per element type, so the read and the conversion are not
         // chosen again for every element.
         // SAFETY: (every arm) slice_bounds checked that the `len` elements
@@ -68,21 +67,11 @@ impl Pointer {
         // live, and no Python code has run since; the list has `len` slots.
         let filled = unsafe {
             match self.ty.kind {
-                Kind::I8 => fill_list(out, first, stride, len, |v: i8| {
-                    ffi::PyLong_FromLong(v as c_long)
-                }),
-                Kind::I16 => fill_list(out, first, stride, len, |v: i16| {
-                    ffi::PyLong_FromLong(v as c_long)
-                }),
-                Kind::I32 => fill_list(out, first, stride, len, |v: i32| {
-                    ffi::PyLong_FromLong(v as c_long)
-                }),
-                Kind::U8 => fill_list(out, first, stride, len, |v: u8| {
-                    ffi::PyLong_FromLong(v as c_long)
-                }),
-                Kind::U16 => fill_list(out, first, stride, len, |v: u16| {
-                    ffi::PyLong_FromLong(v as c_long)
-                }),
+                Kind::I8 => fill_list(out, first, stride, len, long::<i8>),
+                Kind::I16 => fill_list(out, first, stride, len, long::<i16>),
+                Kind::I32 => fill_list(out, first, stride, len, long::<i32>),
+                Kind::U8 => fill_list(out, first, stride, len, long::<u8>),
+                Kind::U16 => fill_list(out, first, stride, len, long::<u16>),
                 Kind::U32 => fill_list(out, first, stride, len, |v: u32| {
                     ffi::PyLong_FromUnsignedLong(v as c_ulong)
                 }),
@@ -200,7 +189,7 @@ impl Pointer {
                         let p = from_stored_address(py, a, target, &self.owner)?;
                         Ok(new_object(py, p)?.into_any().unbind())
                     }
-                    v => value_object(py, v),
+                    v => checked::value(py, v),
                 }
             }
         }
@@ -358,36 +347,12 @@ impl Pointer {
 /// The object for a numeric element's value, as a new reference (NULL with
 /// an exception set when CPython is out of memory); None for an address.
 /// Makes an int, a float or a bool: no Python code runs.
+/// An element that fits a C long, as an int: a new reference or NULL with
+/// the exception set (`fill_list`'s `make`).
 #[inline(always)]
-#[cfg_attr(
-    not(all(pyo3_disable_reference_pool, pyo3_leak_on_drop_without_reference_pool)),
-    allow(dead_code)
-)]
-/// The Python object for an element's value (an address as an int),
-/// made with CPython's checked constructors: out of memory is a
-/// MemoryError, never a panic (PyO3's conversions panic on NULL, and a
-/// panic with the emergency reserve spent would abort).
-pub(crate) fn value_object(py: Python<'_>, v: Value) -> PyResult<Py<PyAny>> {
-    let obj = match v {
-        // SAFETY: a plain constructor; NULL is handled below.
-        Value::Addr(a) => unsafe { ffi::PyLong_FromSize_t(a) },
-        v => number_object(v).expect("a number"),
-    };
-    // SAFETY: a new reference or NULL with the exception set.
-    unsafe { Bound::from_owned_ptr_or_err(py, obj) }.map(Bound::unbind)
-}
-
-pub(super) fn number_object(v: Value) -> Option<*mut ffi::PyObject> {
-    // SAFETY: each call takes a plain number and returns a new reference or NULL.
-    Some(unsafe {
-        match v {
-            Value::Int(v) => ffi::PyLong_FromLongLong(v),
-            Value::UInt(v) => ffi::PyLong_FromUnsignedLongLong(v),
-            Value::Float(v) => ffi::PyFloat_FromDouble(v),
-            Value::Bool(b) => ffi::Py_NewRef(if b { ffi::Py_True() } else { ffi::Py_False() }),
-            Value::Addr(_) => return None,
-        }
-    })
+fn long<T: Into<std::ffi::c_long>>(v: T) -> *mut ffi::PyObject {
+    // SAFETY: a plain constructor.
+    unsafe { ffi::PyLong_FromLong(v.into()) }
 }
 
 pub(super) fn slice_length_error(got: usize, len: usize) -> PyErr {
