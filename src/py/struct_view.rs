@@ -28,10 +28,28 @@ thread_local! {
 /// initialises an object of any subclass: the route when the fence's
 /// `struct_views` trick is off.
 pub(crate) fn new_view(py: Python<'_>, class: &Py<PyAny>, ptr: Pointer) -> PyResult<Py<PyAny>> {
+    let base = StructView::type_object(py).as_type_ptr();
+    // SAFETY: reading a slot of a ready type.
+    let Some(tp_new) = (unsafe { (*base).tp_new }) else {
+        return Err(PyTypeError::new_err("_StructView has no constructor"));
+    };
     PENDING.with(|p| *p.borrow_mut() = Some(ptr));
-    let made = StructView::type_object(py)
-        .getattr("__new__")
-        .and_then(|new| new.call1((class.bind(py),)));
+    // The base's tp_new with the subclass, as `_StructView.__new__(class)`
+    // calls it, through the C API: PyO3's attribute lookup by a &str name
+    // and its argument tuples panic when CPython cannot make the object,
+    // and this runs when memory may be gone (a panic there aborts).
+    // SAFETY: `class` is a StructView subclass (classify_composite checked
+    // it), a ready type; the empty tuple is CPython's shared one.
+    let made = unsafe {
+        let args = pyo3::ffi::PyTuple_New(0);
+        if args.is_null() {
+            Err(PyErr::fetch(py))
+        } else {
+            let obj = tp_new(class.as_ptr().cast(), args, std::ptr::null_mut());
+            pyo3::ffi::Py_DECREF(args);
+            Bound::from_owned_ptr_or_err(py, obj)
+        }
+    };
     // Taken by `__new__` when it ran; dropped here when it did not.
     PENDING.with(|p| p.borrow_mut().take());
     Ok(made?.unbind())
