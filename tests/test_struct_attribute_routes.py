@@ -258,3 +258,17 @@ def test_names_made_at_run_time_resolve_by_their_text() -> None:
         setattr(v, "".join(["gam", "ma"]), 2)
         assert v.alpha == 1
     rsalloc.free(p)
+
+
+def test_a_str_subclass_name_reads_its_field() -> None:
+    class Name(str):
+        pass
+
+    p = rsalloc.calloc(S)
+    p.ref.x, p.ref.y = 3, 4
+    v = p.ref
+    for k in range(3):
+        assert getattr(v, Name("x")) == 3 and getattr(v, Name("y")) == 4 + k
+        setattr(v, Name("y"), 5 + k)
+        assert v.y == 5 + k
+    rsalloc.free(p)

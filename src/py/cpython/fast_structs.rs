@@ -215,8 +215,10 @@ unsafe fn field_of(
     unsafe {
         let tp = ffi::Py_TYPE(obj);
         let tag = (*tp).tp_version_tag;
-        let slot = &mut *FIELD_CACHE.0.get();
-        let e = &mut slot[(name.addr() >> 4 ^ tp.addr() >> 4) & (FIELD_CACHE_SIZE - 1)];
+        let i = (name.addr() >> 4 ^ tp.addr() >> 4) & (FIELD_CACHE_SIZE - 1);
+        // A copy: the lookup below may run Python code (a key's __eq__ in a
+        // type's dict) that reaches this function again.
+        let e = (*FIELD_CACHE.0.get())[i];
         if e.tp == tp.addr() && e.name == name.addr() && e.tag == tag && tag != 0 {
             return Some(std::ptr::with_exposed_provenance_mut(e.field));
         }
@@ -230,11 +232,12 @@ unsafe fn field_of(
         // its address while the entry stands (a name built at run time
         // dies and its memory is reused); the Field lives as long as the
         // type version does (the dict that holds it changes the version).
+        // Only exact str names: releasing one runs no Python code.
         let tag = (*tp).tp_version_tag;
-        if tag != 0 {
+        if tag != 0 && ffi::PyUnicode_CheckExact(name) != 0 {
             ffi::Py_INCREF(name);
             let old = std::mem::replace(
-                e,
+                &mut (*FIELD_CACHE.0.get())[i],
                 FieldEntry {
                     tp: tp.addr(),
                     tag,
@@ -251,8 +254,8 @@ unsafe fn field_of(
 }
 
 /// Which Field a (view class, attribute name) pair resolved to, in which
-/// version of the class (the name held by the entry): CPython gives a type a new version tag, never
-/// seen before, whenever it or a base changes, so an entry whose tag is
+/// version of the class (the name held by the entry): CPython gives a
+/// type a new version tag, never seen before, whenever it or a base changes, so an entry whose tag is
 /// the class's current one still holds. The type's own method cache is
 /// the same idea; this one skips its hashing for the few names a
 /// program's struct accesses use.
