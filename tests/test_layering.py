@@ -13,9 +13,9 @@ ROOT = Path(__file__).resolve().parent.parent
 TOOL = ROOT / "scripts" / "rust_cycles.py"
 
 
-def run(tree: Path) -> subprocess.CompletedProcess[str]:
+def run(tree: Path, tool: Path = TOOL) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, str(TOOL), str(tree)], capture_output=True, text=True, check=False
+        [sys.executable, str(tool), str(tree)], capture_output=True, text=True, check=False
     )
 
 
@@ -48,3 +48,43 @@ def test_the_check_reports_a_cycle(tmp_path: Path) -> None:
         "pub struct B;\n#[cfg(test)]\nmod tests {\n    use crate::core::a::A;\n}\n"
     )
     assert run(tmp_path).returncode == 0
+
+
+CONVERSIONS = ROOT / "scripts" / "check_conversions.py"
+
+
+@source_tree
+def test_the_bindings_hand_python_only_checked_objects() -> None:
+    r = run(ROOT, CONVERSIONS)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "unchecked conversions: 0" in r.stdout
+
+
+@source_tree
+def test_the_conversion_check_finds_each_kind(tmp_path: Path) -> None:
+    py = tmp_path / "src" / "py"
+    py.mkdir(parents=True)
+    (py / "bad.rs").write_text(
+        "#[pyclass(frozen, get_all)]\n"
+        "struct A { n: u64 }\n"
+        "#[pymethods]\n"
+        "impl A {\n"
+        "    fn count(&self) -> usize { 1 }\n"
+        "    fn __len__(&self) -> usize { 1 }\n"
+        "    fn name(&self) -> PyResult<String> { todo!() }\n"
+        "    fn ok(&self) -> Text<String> { todo!() }\n"
+        "}\n"
+        "#[pyfunction]\n"
+        "fn pair() -> (bool, usize) { (true, 1) }\n"
+        "fn lookup(o: &Bound<'_, PyAny>) { let _ = o.getattr(\"x\"); }\n"
+    )
+    r = run(tmp_path, CONVERSIONS)
+    assert r.returncode == 1
+    out = r.stdout
+    assert "get_all" in out
+    assert "method count -> usize" in out
+    assert "method name -> PyResult<String>" in out
+    assert "pyfunction pair -> (bool, usize)" in out
+    assert "a literal name" in out
+    assert "__len__" not in out and " ok " not in out
+    assert "unchecked conversions: 5" in out

@@ -14,6 +14,8 @@ use super::types::TypeInfo;
 use crate::core::alloc::{AllocCore, Libc, LIBC_GROUP};
 use crate::core::layout::Request;
 use crate::core::record_ref::RecordRef;
+use crate::py::checked;
+use crate::py::checked::{Int, Text};
 use crate::py::serialized::token;
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
@@ -64,7 +66,7 @@ pub(crate) fn clone_with(
 ) -> PyResult<Pointer> {
     let n = p
         .nbytes_usize()
-        .ok_or_else(|| PyTypeError::new_err(format!("clone() of {p}: unknown length")))?;
+        .ok_or_else(|| checked::error::<PyTypeError>(format!("clone() of {p}: unknown length")))?;
     p.check(token(py)).py(py, p)?;
     let align = p
         .record()
@@ -215,7 +217,7 @@ impl Allocator {
         _kwargs: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Self> {
         if cls.is(cls.py().get_type::<Allocator>()) {
-            return Err(PyTypeError::new_err(
+            return Err(checked::error::<PyTypeError>(
                 "Allocator cannot be instantiated: subclass it and implement _raw_alloc(nbytes, alignment) \
                  and _raw_free(address), or use ForeignAllocator(alloc, free)",
             ));
@@ -266,7 +268,7 @@ impl Allocator {
     }
 
     /// `a(T=Uint8, count=1, *, alignment=None)`: a Pointer[T] of count elements.
-    #[pyo3(signature = (r#type=None, count=SizeArg(1), *, alignment=None))]
+    #[pyo3(signature = (r#type=None, count=SizeArg::of(1), *, alignment=None))]
     fn __call__<'py>(
         &self,
         py: Python<'py>,
@@ -274,7 +276,13 @@ impl Allocator {
         count: SizeArg,
         alignment: Option<SizeArg>,
     ) -> PyResult<Bound<'py, Pointer>> {
-        let (ty, req) = call_request(py, &self.core.name, r#type, count.0, alignment.map(|a| a.0))?;
+        let (ty, req) = call_request(
+            py,
+            &self.core.name,
+            r#type,
+            count.get()?,
+            alignment.map(SizeArg::get).transpose()?,
+        )?;
         block_object(py, self.new_pointer(py, ty, req)?)
     }
 
@@ -286,12 +294,18 @@ impl Allocator {
         nbytes: SizeArg,
         alignment: Option<SizeArg>,
     ) -> PyResult<Bound<'py, Pointer>> {
-        let (ty, req) = bytes_request(py, &self.core.name, nbytes.0, alignment.map(|a| a.0))?;
+        let (ty, req) = bytes_request(
+            py,
+            &self.core.name,
+            nbytes.get()?,
+            alignment.map(SizeArg::get).transpose()?,
+        )?;
         block_object(py, self.new_pointer(py, ty, req)?)
     }
 
     /// Returns a block to this allocator. `free(nullptr)` does nothing.
-    fn free(&self, py: Python<'_>, p: &Bound<'_, Pointer>) -> PyResult<()> {
+    fn free(&self, py: Python<'_>, p: &Bound<'_, PyAny>) -> PyResult<()> {
+        let p = checked::cast::<Pointer>(p, "p")?;
         let p = p.get();
         if p.addr == 0 {
             return Ok(());
@@ -307,11 +321,12 @@ impl Allocator {
     fn realloc<'py>(
         &self,
         py: Python<'py>,
-        p: &Bound<'_, Pointer>,
+        p: &Bound<'_, PyAny>,
         count: SizeArg,
     ) -> PyResult<Bound<'py, Pointer>> {
+        let p = checked::cast::<Pointer>(p, "p")?;
         let p = p.get();
-        let (ty, req) = realloc_request(py, &self.core.name, p.ty, count.0)?;
+        let (ty, req) = realloc_request(py, &self.core.name, p.ty, count.get()?)?;
         if p.addr == 0 {
             // C: realloc(NULL, n) is malloc(n)
             return block_object(py, self.new_pointer(py, ty, req)?);
@@ -351,7 +366,8 @@ impl Allocator {
     }
 
     /// A new block from this allocator holding a copy of p's bytes.
-    fn clone<'py>(&self, py: Python<'py>, p: &Bound<'_, Pointer>) -> PyResult<Bound<'py, Pointer>> {
+    fn clone<'py>(&self, py: Python<'py>, p: &Bound<'_, PyAny>) -> PyResult<Bound<'py, Pointer>> {
+        let p = checked::cast::<Pointer>(p, "p")?;
         block_object(
             py,
             clone_with(py, p.get(), |ty, req| self.new_pointer(py, ty, req))?,
@@ -360,8 +376,8 @@ impl Allocator {
 
     /// Address of the C function that frees this allocator's memory, or None.
     #[getter]
-    fn native_free(&self) -> Option<usize> {
-        self.core.backend.native_free()
+    fn native_free(&self) -> Option<Int> {
+        self.core.backend.native_free().map(Int::from)
     }
 
     /// New memory is zero-filled (calloc semantics).
@@ -372,8 +388,8 @@ impl Allocator {
 
     /// The allocator's name.
     #[getter]
-    fn name(&self) -> &str {
-        &self.core.name
+    fn name(&self) -> Text<&str> {
+        Text(&self.core.name)
     }
 
     /// This allocator's counters, with its limit.
@@ -398,13 +414,15 @@ impl Allocator {
         Allocator::made(Bound::new(py, Allocator::of(core, callbacks))?)
     }
 
-    fn __repr__(&self) -> String {
-        format!("<rsalloc.Allocator {}>", self.core.name)
+    fn __repr__(&self) -> Text<String> {
+        Text(format!("<rsalloc.Allocator {}>", self.core.name))
     }
 
     /// Refuses: an allocator owns memory of this process only (TypeError).
     fn __reduce_ex__(&self, _protocol: &Bound<'_, PyAny>) -> PyResult<()> {
-        Err(PyTypeError::new_err("allocators cannot be pickled"))
+        Err(checked::error::<PyTypeError>(
+            "allocators cannot be pickled",
+        ))
     }
 }
 
@@ -446,7 +464,8 @@ pub fn calloc(py: Python<'_>) -> PyResult<Bound<'_, Allocator>> {
 
 /// `rsalloc.free(p)`: frees p through its own owner. `free(nullptr)` does nothing.
 #[pyfunction]
-pub fn free(py: Python<'_>, p: &Bound<'_, Pointer>) -> PyResult<()> {
+pub fn free(py: Python<'_>, p: &Bound<'_, PyAny>) -> PyResult<()> {
+    let p = checked::cast::<Pointer>(p, "p")?;
     let p = p.get();
     if p.addr == 0 {
         return Ok(());

@@ -17,12 +17,14 @@ use crate::core::layout::Request;
 use crate::core::region::{Anchor, RegionCore};
 use crate::core::stats::Snapshot;
 use crate::core::track::{self, Site};
+use crate::py::checked;
+use crate::py::checked::{Int, Text};
 use crate::py::serialized::token;
 use pyo3::exceptions::{PyResourceWarning, PyRuntimeError, PyStopIteration, PyTypeError};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyList, PyType};
+use pyo3::types::PyType;
 use pyo3::{PyTraverseError, PyVisit};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -216,9 +218,9 @@ fn current_var(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
     CURRENT
         .get_or_try_init(py, || {
             Ok::<_, PyErr>(
-                py.import("contextvars")?
-                    .getattr("ContextVar")?
-                    .call1(("rsalloc.current_arena",))?
+                py.import(checked::name!("contextvars"))?
+                    .getattr(checked::name!("ContextVar"))?
+                    .call1((checked::str(py, "rsalloc.current_arena")?,))?
                     .unbind(),
             )
         })
@@ -245,6 +247,18 @@ fn current_value<'py>(py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
 /// Sets the context variable; the reset token it returns is not needed.
 fn set_current(py: Python<'_>, value: &Bound<'_, PyAny>) -> PyResult<()> {
     let var = current_var(py)?;
+    // CPython (3.11 to 3.13) crashes in PyContextVar_Set when both of its
+    // allocations fail: it decrefs the token it could not make. A probe
+    // of a token's size class first: when even that fails, MemoryError
+    // here instead (tests/test_fault_injection.py, the arena cases).
+    // SAFETY: a plain allocation, freed at once.
+    unsafe {
+        let probe = ffi::PyObject_Malloc(64);
+        if probe.is_null() {
+            return Err(checked::no_memory());
+        }
+        ffi::PyObject_Free(probe);
+    }
     // SAFETY: `var` is a ContextVar, `value` a live object; the result is a
     // new reference to a token, or NULL with an exception set.
     let token = unsafe { ffi::PyContextVar_Set(var.as_ptr(), value.as_ptr()) };
@@ -335,7 +349,7 @@ pub fn current_arena(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
     let arena = innermost(py)?.and_then(|e| e.get().arena(py));
     match arena {
         Some(a) => Ok(a.into_bound(py).into_any()),
-        None => Err(PyRuntimeError::new_err(
+        None => Err(checked::error::<PyRuntimeError>(
             "no current arena: current_arena() is only valid inside `with Arena()`",
         )),
     }
@@ -357,9 +371,15 @@ fn raise_all(py: Python<'_>, mut errors: Vec<PyErr>) -> PyResult<()> {
         0 => Ok(()),
         1 => Err(errors.remove(0)),
         n => {
-            let cls = EXCEPTION_GROUP.import(py, "builtins", "BaseExceptionGroup")?;
-            let excs = PyList::new(py, errors.iter().map(|e| e.value(py)))?;
-            let group = cls.call1((format!("{n} arena release callbacks raised"), excs))?;
+            let cls = checked::imported(
+                &EXCEPTION_GROUP,
+                py,
+                checked::name!("builtins"),
+                checked::name!("BaseExceptionGroup"),
+            )?;
+            let excs = checked::list(py, errors.iter().map(|e| e.value(py).clone().into_any()))?;
+            let msg = checked::str(py, &format!("{n} arena release callbacks raised"))?;
+            let group = cls.call1((msg, excs))?;
             Err(PyErr::from_value(group))
         }
     }
@@ -378,7 +398,11 @@ impl Ready {
         slf
     }
     fn __next__(&self, py: Python<'_>) -> PyResult<()> {
-        Err(PyStopIteration::new_err((self.0.clone_ref(py),)))
+        Err(checked::error_with(
+            py,
+            &py.get_type::<PyStopIteration>(),
+            self.0.bind(py),
+        ))
     }
 }
 
@@ -481,7 +505,12 @@ impl Arena {
             arena: Mutex::new(Some(slf.clone().unbind())),
             outer,
         };
-        set_current(py, Bound::new(py, entry)?.as_any())
+        let entry = Bound::new(py, entry)?;
+        set_current(py, entry.as_any()).inspect_err(|_| {
+            // CPython may have set the variable and failed after (making
+            // the reset token): an ended entry is one current_arena() skips.
+            entry.get().end(slf);
+        })
     }
 
     /// Ends this arena's entry (if it is the innermost: an exit out of
@@ -543,7 +572,7 @@ impl Arena {
         self.check_open(py)?;
         let mut g = self.lock();
         g.try_reserve(1)
-            .map_err(|_| pyo3::exceptions::PyMemoryError::new_err("callback list"))?;
+            .map_err(|_| checked::error::<pyo3::exceptions::PyMemoryError>("callback list"))?;
         g.push(cb);
         Ok(())
     }
@@ -613,13 +642,14 @@ impl Arena {
         };
         let (backing, obj) = match allocator.filter(|a| !a.is_none()) {
             None => {
-                let anchor = Anchor::new(RegionCore::with_limit(limit))
-                    .map_err(|e| pyo3::exceptions::PyMemoryError::new_err(e.to_string()))?;
+                let anchor = Anchor::new(RegionCore::with_limit(limit)).map_err(|e| {
+                    checked::error::<pyo3::exceptions::PyMemoryError>(e.to_string())
+                })?;
                 (ArenaKind::Region(anchor), None)
             }
             Some(a) => {
                 let alloc = a.cast::<Allocator>().map_err(|_| {
-                    PyTypeError::new_err(format!(
+                    checked::error::<PyTypeError>(format!(
                         "Arena() wraps an rsalloc Allocator (malloc, calloc, ...), not {}",
                         a.get_type()
                             .name()
@@ -664,7 +694,7 @@ impl Arena {
     }
 
     /// `arena(T=Uint8, count=1, *, alignment=None)`: a Pointer[T] of count elements.
-    #[pyo3(signature = (r#type=None, count=SizeArg(1), *, alignment=None))]
+    #[pyo3(signature = (r#type=None, count=SizeArg::of(1), *, alignment=None))]
     fn __call__<'py>(
         slf: &Bound<'py, Self>,
         r#type: Option<&Bound<'_, PyAny>>,
@@ -676,8 +706,8 @@ impl Arena {
             slf.py(),
             &this.name,
             r#type,
-            count.0,
-            alignment.map(|a| a.0),
+            count.get()?,
+            alignment.map(SizeArg::get).transpose()?,
         )?;
         block_object(slf.py(), this.new_pointer(slf.as_any(), ty, req)?)
     }
@@ -690,13 +720,19 @@ impl Arena {
         alignment: Option<SizeArg>,
     ) -> PyResult<Bound<'py, Pointer>> {
         let this = slf.get();
-        let (ty, req) = bytes_request(slf.py(), &this.name, nbytes.0, alignment.map(|a| a.0))?;
+        let (ty, req) = bytes_request(
+            slf.py(),
+            &this.name,
+            nbytes.get()?,
+            alignment.map(SizeArg::get).transpose()?,
+        )?;
         block_object(slf.py(), this.new_pointer(slf.as_any(), ty, req)?)
     }
 
     /// A no-op for a live block of this arena (released with the arena);
     /// a dead one -> DoubleFreeError, anyone else's -> OwnershipError.
-    fn free(&self, py: Python<'_>, p: &Bound<'_, Pointer>) -> PyResult<()> {
+    fn free(&self, py: Python<'_>, p: &Bound<'_, PyAny>) -> PyResult<()> {
+        let p = checked::cast::<Pointer>(p, "p")?;
         let p = p.get();
         if p.addr == 0 {
             return Ok(());
@@ -708,13 +744,14 @@ impl Arena {
     /// p and its views are dead.
     fn realloc<'py>(
         slf: &Bound<'py, Self>,
-        p: &Bound<'_, Pointer>,
+        p: &Bound<'_, PyAny>,
         count: SizeArg,
     ) -> PyResult<Bound<'py, Pointer>> {
+        let p = checked::cast::<Pointer>(p, "p")?;
         let py = slf.py();
         let this = slf.get();
         let p = p.get();
-        let (ty, req) = realloc_request(py, &this.name, p.ty, count.0)?;
+        let (ty, req) = realloc_request(py, &this.name, p.ty, count.get()?)?;
         if p.addr == 0 {
             return block_object(py, this.new_pointer(slf.as_any(), ty, req)?);
         }
@@ -778,7 +815,8 @@ impl Arena {
     }
 
     /// A new block of this arena holding a copy of p's bytes.
-    fn clone<'py>(slf: &Bound<'py, Self>, p: &Bound<'_, Pointer>) -> PyResult<Bound<'py, Pointer>> {
+    fn clone<'py>(slf: &Bound<'py, Self>, p: &Bound<'_, PyAny>) -> PyResult<Bound<'py, Pointer>> {
+        let p = checked::cast::<Pointer>(p, "p")?;
         let fresh = clone_with(slf.py(), p.get(), |ty, req| {
             slf.get().new_pointer(slf.as_any(), ty, req)
         })?;
@@ -788,11 +826,8 @@ impl Arena {
     /// `p` leaves the arena and survives its release: from an arena over an
     /// allocator, p then belongs to that allocator; a bump region cannot
     /// give memory away (OwnershipError: copy it out with `clone`).
-    fn detach<'py>(
-        &self,
-        py: Python<'py>,
-        p: Bound<'py, Pointer>,
-    ) -> PyResult<Bound<'py, Pointer>> {
+    fn detach<'py>(&self, py: Python<'py>, p: Bound<'py, PyAny>) -> PyResult<Bound<'py, Pointer>> {
+        let p = checked::cast::<Pointer>(&p, "p")?.clone();
         let ptr = p.get();
         self.check_free(py, ptr).py(py, ptr)?;
         match (&self.backing, ptr.owner.get()) {
@@ -835,14 +870,14 @@ impl Arena {
 
     /// Arena memory is freed by the arena, never by C: None.
     #[getter]
-    fn native_free(&self) -> Option<usize> {
+    fn native_free(&self) -> Option<Int> {
         None
     }
 
     /// The arena's name, as reprs and leak reports show it.
     #[getter]
-    fn name(&self) -> &str {
-        &self.name
+    fn name(&self) -> Text<&str> {
+        Text(&self.name)
     }
 
     /// The backing allocator, None for a bump region.
@@ -873,7 +908,7 @@ impl Arena {
     /// Refused: an arena is not an allocator to wrap; give the arena its
     /// own budget with `Arena(allocator, limit=N)`.
     fn limited(&self, _max_bytes: &Bound<'_, PyAny>) -> PyResult<()> {
-        Err(PyTypeError::new_err(
+        Err(checked::error::<PyTypeError>(
             "an Arena cannot be limited after the fact: make it with Arena(allocator, limit=N)              or Arena(limit=N)",
         ))
     }
@@ -883,13 +918,13 @@ impl Arena {
         self.snapshot().live_count as usize
     }
 
-    fn __repr__(&self) -> String {
+    fn __repr__(&self) -> Text<String> {
         let kind = match &self.backing {
             ArenaKind::Region(_) => "bump region".to_string(),
             ArenaKind::Wrap(w) => format!("over {}", w.backing.name),
         };
         if self.is_closed() {
-            return format!("<rsalloc.Arena #{} {kind} released>", self.id());
+            return Text(format!("<rsalloc.Arena #{} {kind} released>", self.id()));
         }
         let s = self.snapshot();
         let callbacks = self.lock().len();
@@ -900,12 +935,12 @@ impl Arena {
             }
             ArenaKind::Wrap(_) => String::new(),
         };
-        format!(
+        Text(format!(
             "<rsalloc.Arena #{} {kind} open: {} allocations, {} bytes{chunks}, {callbacks} callbacks>",
             self.id(),
             s.live_count,
             s.live_bytes
-        )
+        ))
     }
 
     /// Makes this the current arena (`rsalloc.current_arena()`) and returns it.
@@ -952,7 +987,7 @@ impl Arena {
 
     /// Refuses: an arena owns memory of this process only (TypeError).
     fn __reduce_ex__(&self, _protocol: &Bound<'_, PyAny>) -> PyResult<()> {
-        Err(PyTypeError::new_err("arenas cannot be pickled"))
+        Err(checked::error::<PyTypeError>("arenas cannot be pickled"))
     }
 
     // An arena takes part in cycle collection: its callbacks (and the

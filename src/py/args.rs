@@ -9,6 +9,7 @@ use crate::core::budget;
 use crate::core::error::Error;
 use crate::core::layout::{self, Request};
 use crate::core::types::Kind;
+use crate::py::checked;
 use pyo3::exceptions::{PyOverflowError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyInt};
@@ -25,29 +26,68 @@ impl std::fmt::Display for Asked<'_> {
 /// A size, count or alignment argument: any Python int, classified exactly
 /// (negative, too big for isize, fine) up to 128 bits; anything else is
 /// TypeError. Small ints take a fast path that skips the 128-bit conversion.
-pub struct SizeArg(pub i128);
+///
+/// PyO3 always gets Ok: the conversion's error waits in the value for
+/// [`SizeArg::get`] in the method's body. An argument error PyO3 sees is
+/// rewritten by it ("argument 'count': ...") into an error whose message it
+/// makes only when raised, and out of memory that is an abort
+/// (src/py/checked.rs).
+pub struct SizeArg(pub Result<i128, PyErr>);
+
+impl SizeArg {
+    pub const fn of(v: i128) -> Self {
+        SizeArg(Ok(v))
+    }
+
+    /// The int, or its conversion's error (a normalized TypeError, or the
+    /// MemoryError of making it).
+    #[inline]
+    pub fn get(self) -> PyResult<i128> {
+        self.0
+    }
+}
 
 impl<'a, 'py> FromPyObject<'a, 'py> for SizeArg {
-    type Error = PyErr;
+    type Error = std::convert::Infallible;
 
     #[inline]
-    fn extract(obj: pyo3::Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
-        if obj.is_exact_instance_of::<pyo3::types::PyInt>() {
-            let mut overflow = 0;
-            // SAFETY: obj is an exact int; this call cannot fail otherwise.
-            let v = unsafe { pyo3::ffi::PyLong_AsLongLongAndOverflow(obj.as_ptr(), &mut overflow) };
-            if overflow == 0 {
-                return Ok(SizeArg(v as i128));
-            }
-        }
-        obj.extract::<i128>().map(SizeArg)
+    fn extract(obj: pyo3::Borrowed<'a, 'py, PyAny>) -> Result<Self, Self::Error> {
+        Ok(SizeArg(int128(&obj)))
     }
+}
+
+/// Any int (or `__index__`) as i128 (beyond 128 bits, OverflowError).
+/// Errors are CPython's own, fetched (normalized), or made checked.
+#[inline]
+pub fn int128(obj: &Bound<'_, PyAny>) -> PyResult<i128> {
+    if obj.is_exact_instance_of::<pyo3::types::PyInt>() {
+        let mut overflow = 0;
+        // SAFETY: obj is an exact int; this call cannot fail otherwise.
+        let v = unsafe { pyo3::ffi::PyLong_AsLongLongAndOverflow(obj.as_ptr(), &mut overflow) };
+        if overflow == 0 {
+            return Ok(v as i128);
+        }
+    }
+    // SAFETY: a new reference or NULL with the exception set.
+    let index =
+        unsafe { Bound::from_owned_ptr_or_err(obj.py(), pyo3::ffi::PyNumber_Index(obj.as_ptr()))? };
+    let mut overflow = 0;
+    // SAFETY: `index` is an int; this call cannot fail otherwise.
+    let v = unsafe { pyo3::ffi::PyLong_AsLongLongAndOverflow(index.as_ptr(), &mut overflow) };
+    Ok(match overflow {
+        0 => v as i128,
+        // The only error of an int's i128 conversion (more than 128 bits)
+        // is one PyO3 makes lazily: made here instead.
+        _ => index
+            .extract::<i128>()
+            .map_err(|_| checked::error::<PyOverflowError>("Python int larger than 128 bits"))?,
+    })
 }
 
 fn align_arg(v: Option<i128>) -> PyResult<Option<u128>> {
     match v {
         None => Ok(None),
-        Some(a) if a <= 0 => Err(PyValueError::new_err(format!(
+        Some(a) if a <= 0 => Err(checked::error::<PyValueError>(format!(
             "alignment {a} is not a power of two"
         ))),
         Some(a) => Ok(Some(a as u128)),
@@ -63,7 +103,7 @@ pub(crate) fn request(
     alignment: Option<i128>,
 ) -> PyResult<Request> {
     if !ty.has_size() {
-        return Err(PyTypeError::new_err(format!(
+        return Err(checked::error::<PyTypeError>(format!(
             "{} has no size: allocate bytes or a sized type",
             ty.name
         )));
@@ -146,7 +186,7 @@ pub(crate) fn adopt_request(
         _ => types::uint8(py)?,
     };
     let count = match count {
-        Some(c) => c.0,
+        Some(c) => c.get()?,
         None if matches!(ty.kind, Kind::U8 | Kind::I8) => {
             if addr == 0 {
                 return Err(to_py(py, Error::NullPointer, &Asked("adopt", ty, &"NULL")));
@@ -157,7 +197,7 @@ pub(crate) fn adopt_request(
                 as i128
         }
         None => {
-            return Err(PyTypeError::new_err(format!(
+            return Err(checked::error::<PyTypeError>(format!(
                 "adopt() of {} needs a count (only an Int8/Uint8 C string has a length of its own)",
                 ty.name
             )))
@@ -177,13 +217,14 @@ pub(crate) fn adopt_request(
 
 /// A non-negative int argument as usize (negative: ValueError; too big: OverflowError).
 pub fn usize_arg(v: &Bound<'_, PyAny>, what: &str) -> PyResult<usize> {
-    let i: i128 = v.extract()?;
+    let i = int128(v)?;
     if i < 0 {
-        return Err(PyValueError::new_err(format!(
+        return Err(checked::error::<PyValueError>(format!(
             "{what} must not be negative, got {i}"
         )));
     }
-    usize::try_from(i).map_err(|_| PyOverflowError::new_err(format!("{what} {i} is too large")))
+    usize::try_from(i)
+        .map_err(|_| checked::error::<PyOverflowError>(format!("{what} {i} is too large")))
 }
 
 /// An address argument: a non-negative int, or None for NULL (as ctypes
@@ -201,10 +242,12 @@ pub fn limit_arg(value: &Bound<'_, PyAny>, what: &str) -> PyResult<u64> {
     let n: i128 = match value.extract() {
         Ok(n) if !value.is_instance_of::<PyBool>() => n,
         Err(_) if value.is_instance_of::<PyInt>() => {
-            return Err(PyOverflowError::new_err(format!("{what} is too large")))
+            return Err(checked::error::<PyOverflowError>(format!(
+                "{what} is too large"
+            )))
         }
         _ => {
-            return Err(PyTypeError::new_err(format!(
+            return Err(checked::error::<PyTypeError>(format!(
                 "{what} must be an int number of bytes or None, not {}",
                 value
                     .get_type()
@@ -215,14 +258,41 @@ pub fn limit_arg(value: &Bound<'_, PyAny>, what: &str) -> PyResult<u64> {
         }
     };
     if n < 0 {
-        return Err(PyValueError::new_err(format!(
+        return Err(checked::error::<PyValueError>(format!(
             "{what} must not be negative, got {n}"
         )));
     }
     match u64::try_from(n) {
         Ok(n) if n != budget::UNLIMITED => Ok(n),
-        _ => Err(PyOverflowError::new_err(format!(
+        _ => Err(checked::error::<PyOverflowError>(format!(
             "{what} {n} does not fit in 64 bits (use None for no limit)"
         ))),
+    }
+}
+
+/// A str argument (`errors=`), as given or left out: like [`SizeArg`], PyO3
+/// always gets Ok and a TypeError waits, made checked, for [`StrArg::get`].
+pub enum StrArg {
+    Default,
+    Given(PyResult<String>),
+}
+
+impl<'a, 'py> FromPyObject<'a, 'py> for StrArg {
+    type Error = std::convert::Infallible;
+
+    fn extract(obj: pyo3::Borrowed<'a, 'py, PyAny>) -> Result<Self, Self::Error> {
+        let given = checked::cast::<pyo3::types::PyString>(&obj, "errors")
+            .and_then(|s| s.to_str().map(str::to_owned));
+        Ok(StrArg::Given(given))
+    }
+}
+
+impl StrArg {
+    /// The str, `default` when left out.
+    pub fn get(self, default: &'static str) -> PyResult<std::borrow::Cow<'static, str>> {
+        match self {
+            StrArg::Default => Ok(default.into()),
+            StrArg::Given(s) => s.map(Into::into),
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! The one place core errors become Python exceptions.
 
 use crate::core::error::{Error, Raised};
+use crate::py::checked;
 use pyo3::exceptions::{PyBufferError, PyIndexError, PyMemoryError, PyOverflowError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -18,11 +19,11 @@ macro_rules! py_errors {
         pub enum Exc { $($name),* }
         impl Exc {
             pub fn class(self, py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
-                match self { $(Exc::$name => $name.import(py, "rsalloc._errors", $class)),* }
+                match self { $(Exc::$name => checked::imported(&$name, py, checked::name!("rsalloc._errors"), checked::name!($class))),* }
             }
             pub fn err(self, py: Python<'_>, msg: String) -> PyErr {
                 match self.class(py) {
-                    Ok(cls) => PyErr::from_type(cls.clone(), msg),
+                    Ok(cls) => checked::error_of(py, cls, &msg),
                     Err(e) => e,
                 }
             }
@@ -43,26 +44,29 @@ py_errors! {
 /// Maps a core error to its exception; `subject` names the pointer or the
 /// request ("Pointer[Int32] at 0x… from malloc"), appended to the message.
 pub fn to_py(py: Python<'_>, e: Error, subject: &dyn std::fmt::Display) -> PyErr {
+    if let Error::Raised(raised) = e {
+        // Set again and taken at once: nothing runs in between.
+        raised.reraise();
+        return PyErr::fetch(py);
+    }
     let msg = format!("{e}: {subject}");
     match e {
-        Error::NegativeSize | Error::BadAlignment(_) => PyValueError::new_err(msg),
-        Error::SizeOverflow => PyOverflowError::new_err(msg),
-        Error::OutOfMemory(_) | Error::OverLimit(_) => PyMemoryError::new_err(msg),
+        Error::NegativeSize | Error::BadAlignment(_) => checked::error::<PyValueError>(msg),
+        Error::SizeOverflow => checked::error::<PyOverflowError>(msg),
+        Error::OutOfMemory(_) | Error::OverLimit(_) => checked::error::<PyMemoryError>(msg),
         Error::UseAfterFree(_) => Exc::UseAfterFree.err(py, msg),
         Error::DoubleFree(_) => Exc::DoubleFree.err(py, msg),
         Error::Ownership(_) => Exc::Ownership.err(py, msg),
         Error::NullPointer => Exc::NullPointer.err(py, msg),
-        Error::OutOfBounds { .. } | Error::RangeOutOfBounds { .. } => PyIndexError::new_err(msg),
+        Error::OutOfBounds { .. } | Error::RangeOutOfBounds { .. } => {
+            checked::error::<PyIndexError>(msg)
+        }
         Error::ArenaClosed => Exc::ArenaClosed.err(py, msg),
         Error::HeapCorruption(_) => Exc::HeapCorruption.err(py, msg),
-        Error::Exported | Error::TooManyExports => PyBufferError::new_err(msg),
-        Error::Unsupported(_) => pyo3::exceptions::PyTypeError::new_err(msg),
-        Error::BadBlock(_) => PyValueError::new_err(msg),
-        Error::Raised(raised) => {
-            // Set again and taken at once: nothing runs in between.
-            raised.reraise();
-            PyErr::fetch(py)
-        }
+        Error::Exported | Error::TooManyExports => checked::error::<PyBufferError>(msg),
+        Error::Unsupported(_) => checked::error::<pyo3::exceptions::PyTypeError>(msg),
+        Error::BadBlock(_) => checked::error::<PyValueError>(msg),
+        Error::Raised(_) => unreachable!("re-raised above"),
     }
 }
 
@@ -73,7 +77,13 @@ struct PyRaised(PyErr);
 
 impl fmt::Display for PyRaised {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
+        // str() of the exception is Python code, which may fail (out of
+        // memory): a Display that failed would make `format!` panic.
+        let text = Python::attach(|py| {
+            let v = self.0.value(py).str().ok()?;
+            v.to_str().ok().map(str::to_owned)
+        });
+        f.write_str(text.as_deref().unwrap_or("a Python exception"))
     }
 }
 

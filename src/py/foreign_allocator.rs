@@ -6,6 +6,8 @@ use super::allocator::Allocator;
 use super::python_allocator::callables_backend;
 use crate::core::alloc::{new_id, AllocCore, Backend};
 use crate::core::foreign::CFunctions;
+use crate::py::checked;
+use crate::py::checked::Text;
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -35,10 +37,23 @@ impl ForeignAllocator {
         free: &Bound<'_, PyAny>,
         zeroed: bool,
         sized: bool,
-        name: Option<String>,
+        name: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<PyClassInitializer<Self>> {
         let py = alloc.py();
-        let describe = C_FUNCTION.import(py, "rsalloc._ctypes_support", "c_function")?;
+        let name = match name {
+            Some(n) => Some(
+                checked::cast::<pyo3::types::PyString>(n, "name")?
+                    .to_str()?
+                    .to_owned(),
+            ),
+            None => None,
+        };
+        let describe = checked::imported(
+            &C_FUNCTION,
+            py,
+            checked::name!("rsalloc._ctypes_support"),
+            checked::name!("c_function"),
+        )?;
         let free_only = alloc.is_none();
         let c_alloc: Option<(usize, usize)> = if free_only {
             None
@@ -49,46 +64,49 @@ impl ForeignAllocator {
         let name = match name {
             Some(n) => n,
             None => (if free_only { free } else { alloc })
-                .getattr("__name__")
+                .getattr(checked::name!("__name__"))
                 .map(|n| n.to_string())
                 .unwrap_or_else(|_| "foreign".into()),
         };
-        let (backend, cb): (Box<dyn Backend>, _) =
-            match (c_alloc, c_free) {
-                (Some((_, max_size)), Some((f, _))) | (None, Some((f, max_size)))
-                    if c_alloc.is_some() || free_only =>
-                {
-                    let a = c_alloc.map_or(0, |(a, _)| a);
-                    let keep =
-                        Box::new(Kept(Some((alloc.clone().unbind(), free.clone().unbind()))));
-                    // SAFETY: the addresses are C functions (ctypes function
-                    // objects, kept alive by `keep`, or addresses the caller
-                    // vouches for); their signatures are the documented
-                    // contract (`sized`: a free that takes the size).
-                    let b = unsafe { CFunctions::new(a, f, sized, max_size, keep) }.ok_or_else(
-                        || PyTypeError::new_err("ForeignAllocator: a function pointer is NULL"),
-                    )?;
-                    (Box::new(b), None)
-                }
-                (None, None) if (free_only || alloc.is_callable()) && free.is_callable() => {
-                    let (b, cb) = callables_backend(
-                        &name,
-                        (!free_only).then(|| alloc.clone().unbind()),
-                        free.clone().unbind(),
-                        sized,
-                    );
-                    (b, Some(cb))
-                }
-                _ => return Err(PyTypeError::new_err(
+        let (backend, cb): (Box<dyn Backend>, _) = match (c_alloc, c_free) {
+            (Some((_, max_size)), Some((f, _))) | (None, Some((f, max_size)))
+                if c_alloc.is_some() || free_only =>
+            {
+                let a = c_alloc.map_or(0, |(a, _)| a);
+                let keep = Box::new(Kept(Some((alloc.clone().unbind(), free.clone().unbind()))));
+                // SAFETY: the addresses are C functions (ctypes function
+                // objects, kept alive by `keep`, or addresses the caller
+                // vouches for); their signatures are the documented
+                // contract (`sized`: a free that takes the size).
+                let b =
+                    unsafe { CFunctions::new(a, f, sized, max_size, keep) }.ok_or_else(|| {
+                        checked::error::<PyTypeError>(
+                            "ForeignAllocator: a function pointer is NULL",
+                        )
+                    })?;
+                (Box::new(b), None)
+            }
+            (None, None) if (free_only || alloc.is_callable()) && free.is_callable() => {
+                let (b, cb) = callables_backend(
+                    &name,
+                    (!free_only).then(|| alloc.clone().unbind()),
+                    free.clone().unbind(),
+                    sized,
+                );
+                (b, Some(cb))
+            }
+            _ => {
+                return Err(checked::error::<PyTypeError>(
                     "ForeignAllocator(alloc, free): give two C functions (ctypes function objects \
                      or addresses) or two Python callables, not one of each",
-                )),
-            };
+                ))
+            }
+        };
         let core = AllocCore::new(name, new_id(), zeroed, backend);
         Ok(PyClassInitializer::from(Allocator::of(core, cb)).add_subclass(ForeignAllocator))
     }
 
-    fn __repr__(slf: &Bound<'_, Self>) -> String {
+    fn __repr__(slf: &Bound<'_, Self>) -> Text<String> {
         let base = slf.as_super().get();
         let core = &base.core;
         let how = if base.callbacks.is_some() {
@@ -96,7 +114,7 @@ impl ForeignAllocator {
         } else {
             "C functions"
         };
-        format!("<rsalloc.ForeignAllocator {} ({how})>", core.name)
+        Text(format!("<rsalloc.ForeignAllocator {} ({how})>", core.name))
     }
 }
 

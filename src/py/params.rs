@@ -15,6 +15,7 @@ use super::errors::IntoPy;
 use super::pointer::Pointer;
 use super::types::{self, TypeInfo};
 use crate::core::types::Kind;
+use crate::py::checked;
 use crate::py::serialized::token;
 use pyo3::exceptions::{PyBufferError, PyTypeError};
 use pyo3::ffi;
@@ -25,8 +26,8 @@ fn param_class<'py>(py: Python<'py>, ty: &'static TypeInfo) -> PyResult<&'py Bou
     ty.param
         .get_or_try_init(py, || {
             Ok::<_, PyErr>(
-                py.import("rsalloc._struct")?
-                    .call_method1("param_type", (ty.class.bind(py),))?
+                py.import(checked::name!("rsalloc._struct"))?
+                    .call_method1(checked::name!("param_type"), (ty.class.bind(py),))?
                     .unbind(),
             )
         })
@@ -37,7 +38,11 @@ fn param_class<'py>(py: Python<'py>, ty: &'static TypeInfo) -> PyResult<&'py Bou
 pub(crate) fn as_parameter<'py>(py: Python<'py>, p: &Pointer) -> PyResult<Bound<'py, PyAny>> {
     let cls = param_class(py, p.ty)?;
     if p.ty.kind == Kind::Void {
-        return cls.call1((if p.addr == 0 { None } else { Some(p.addr) },));
+        let addr = match p.addr {
+            0 => py.None().into_bound(py),
+            a => checked::uint(py, a as u64)?,
+        };
+        return cls.call1((addr,));
     }
     let obj = cls.call0()?; // a NULL ctypes pointer
     if p.addr != 0 {
@@ -62,7 +67,7 @@ fn store_address(obj: &Bound<'_, PyAny>, addr: usize) -> PyResult<()> {
         }
         ffi::PyBuffer_Release(view);
         if !fits {
-            return Err(PyBufferError::new_err(
+            return Err(checked::error::<PyBufferError>(
                 "a ctypes pointer of unexpected size",
             ));
         }
@@ -87,7 +92,7 @@ pub fn _pointer_from_param<'py>(
     let slot = types::lookup(cls)?;
     let target = slot.target.expect("Pointer[T] classes have a target");
     let Ok(p) = obj.cast::<Pointer>() else {
-        return Err(PyTypeError::new_err(format!(
+        return Err(checked::error::<PyTypeError>(format!(
             "{} takes a Pointer or None, not {}",
             slot.name,
             obj.get_type().name()?
@@ -96,7 +101,7 @@ pub fn _pointer_from_param<'py>(
     let p = p.get();
     let same = std::ptr::eq(p.ty, target) || p.ty.class.is(&target.class);
     if !(same || target.kind == Kind::Void || p.ty.kind == Kind::Void) {
-        return Err(PyTypeError::new_err(format!(
+        return Err(checked::error::<PyTypeError>(format!(
             "{} takes a Pointer[{}], not a Pointer[{}]: cast it (p.cast({})) or declare Pointer[Void]",
             slot.name, target.name, p.ty.name, target.name
         )));

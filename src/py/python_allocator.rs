@@ -18,6 +18,7 @@ use crate::core::alloc::{new_id, AllocCore, Backend};
 use crate::core::error::{BadBlock, Error, Result};
 use crate::core::foreign::{check_block, FREE_ONLY};
 use crate::core::serial::Serialized;
+use crate::py::checked;
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyInt, PyType};
@@ -60,7 +61,7 @@ impl PyCallbacks {
                 f.alloc.as_ref().map(|a| a.clone_ref(py)),
                 f.free.clone_ref(py),
             )),
-            None => Err(PyTypeError::new_err(format!(
+            None => Err(checked::error::<PyTypeError>(format!(
                 "{}: the allocator is not initialised (an __init__ that does not call super().__init__()?)",
                 self.name
             ))),
@@ -75,8 +76,8 @@ impl PyCallbacks {
         let mut fns = self.fns.lock().unwrap_or_else(|e| e.into_inner());
         if fns.is_none() {
             *fns = Some(Fns {
-                alloc: Some(obj.getattr("_raw_alloc")?.unbind()),
-                free: obj.getattr("_raw_free")?.unbind(),
+                alloc: Some(obj.getattr(checked::name!("_raw_alloc"))?.unbind()),
+                free: obj.getattr(checked::name!("_raw_free"))?.unbind(),
             });
         }
         Ok(())
@@ -108,11 +109,14 @@ struct PyBackend(Arc<PyCallbacks>);
 impl PyBackend {
     fn give_back(&self, py: Python<'_>, free: &Py<PyAny>, p: NonNull<u8>, size: usize) {
         let addr = p.as_ptr().expose_provenance();
-        let r = if self.0.sized {
-            free.call1(py, (addr, size))
-        } else {
-            free.call1(py, (addr,))
-        };
+        // The ints are made checked: this runs when memory may be short.
+        let r = checked::uint(py, addr as u64).and_then(|a| {
+            if self.0.sized {
+                free.call1(py, (a, checked::uint(py, size as u64)?))
+            } else {
+                free.call1(py, (a,))
+            }
+        });
         if let Err(e) = r {
             report_free_error(py, e);
         }
@@ -126,7 +130,7 @@ fn address_value(name: &str, v: &Bound<'_, PyAny>, size: usize) -> Result<i128> 
         return Ok(0);
     }
     if !v.is_instance_of::<PyInt>() || v.is_instance_of::<PyBool>() {
-        return Err(raised(PyTypeError::new_err(format!(
+        return Err(raised(checked::error::<PyTypeError>(format!(
             "{name}: the allocation function must return an int address (0 or None for out of memory), not {}",
             v.get_type().name().map(|n| n.to_string()).unwrap_or_default()
         ))));
@@ -152,12 +156,15 @@ impl Backend for PyBackend {
             let n = size.max(1);
             let (alloc, free) = self.0.get(py).map_err(raised)?;
             let alloc = alloc.ok_or(Error::Unsupported(FREE_ONLY))?;
-            let ret = if self.0.with_alignment {
-                alloc.call1(py, (n, align))
-            } else {
-                alloc.call1(py, (n,))
-            }
-            .map_err(raised)?;
+            let ret = checked::uint(py, n as u64)
+                .and_then(|n| {
+                    if self.0.with_alignment {
+                        alloc.call1(py, (n, checked::uint(py, align as u64)?))
+                    } else {
+                        alloc.call1(py, (n,))
+                    }
+                })
+                .map_err(raised)?;
             let value = address_value(&self.0.name, ret.bind(py), n)?;
             let p = check_block(value, n, align, |p| self.give_back(py, &free, p, n))?;
             if zeroed {
@@ -244,14 +251,14 @@ pub fn subclass_core(cls: &Bound<'_, PyType>) -> PyResult<(Arc<AllocCore>, Arc<P
     let name = cls.name()?.to_string();
     for method in ["_raw_alloc", "_raw_free"] {
         if !cls.hasattr(method)? {
-            return Err(PyTypeError::new_err(format!(
+            return Err(checked::error::<PyTypeError>(format!(
                 "{name} must implement {method} to be an Allocator"
             )));
         }
     }
     // `zeroed = True` in the class body gives calloc semantics.
     let zeroed = cls
-        .getattr("zeroed")
+        .getattr(checked::name!("zeroed"))
         .ok()
         .and_then(|v| v.cast::<PyBool>().ok().map(|b| b.is_true()))
         .unwrap_or(false);
@@ -285,16 +292,16 @@ pub(crate) fn callables_backend(
 /// Whether `cls._raw_free` takes the block's size too (`_raw_free(self,
 /// address, nbytes)`), asked once, when an instance is made.
 fn raw_free_is_sized(cls: &Bound<'_, PyType>) -> PyResult<bool> {
-    let f = cls.getattr("_raw_free")?;
+    let f = cls.getattr(checked::name!("_raw_free"))?;
     let sig = cls
         .py()
-        .import("inspect")?
-        .getattr("signature")?
+        .import(checked::name!("inspect"))?
+        .getattr(checked::name!("signature"))?
         .call1((f,));
     let Ok(sig) = sig else {
         return Ok(false); // no signature to read (a builtin): the documented one
     };
-    let n = sig.getattr("parameters")?.len()?;
+    let n = sig.getattr(checked::name!("parameters"))?.len()?;
     // self, address[, nbytes]
     Ok(n >= 3)
 }

@@ -9,8 +9,8 @@
 use crate::core::record::Record;
 use crate::core::record::Trace;
 use crate::core::track::{self, Capture, Site};
+use crate::py::checked;
 use pyo3::ffi;
-use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::PyString;
 use std::cell::RefCell;
@@ -40,9 +40,9 @@ pub(crate) fn thread_name(py: Python<'_>) -> Option<Arc<str>> {
             return Some(n.clone());
         }
         let name: Arc<str> = py
-            .import(intern!(py, "threading"))
-            .and_then(|m| m.call_method0(intern!(py, "current_thread")))
-            .and_then(|t| t.getattr(intern!(py, "name")))
+            .import(checked::name!("threading"))
+            .and_then(|m| m.call_method0(checked::name!("current_thread")))
+            .and_then(|t| t.getattr(checked::name!("name")))
             .and_then(|n| n.extract::<String>())
             .ok()?
             .into();
@@ -58,8 +58,10 @@ pub fn caller_frame(py: Python<'_>) -> Option<(Py<PyAny>, c_int)> {
     // SAFETY: attached; PyEval_GetFrame lends its frame, PyFrame_GetCode
     // returns a new reference, which we keep.
     unsafe {
+        let before = ffi::PyErr_Occurred();
         let frame = ffi::PyEval_GetFrame();
         if frame.is_null() {
+            forget_frame_error(before);
             return None;
         }
         let code = ffi::PyFrame_GetCode(frame);
@@ -73,6 +75,25 @@ pub fn frame_location(py: Python<'_>, (code, lasti): &(Py<PyAny>, c_int)) -> (St
     with_frame(py, code, *lasti, |file, line, _| (file.to_owned(), line))
 }
 
+/// Clears what a NULL frame left raised, when `before` (PyErr_Occurred()
+/// before reading frames) was NULL: PyEval_GetFrame and PyFrame_GetBack
+/// make the frame object on demand, and out of memory give NULL with
+/// MemoryError set. A site is best effort (fewer frames, or none); the
+/// operation it describes must not fail for it, nor return with an
+/// exception set. An exception that was already set (a free in a dealloc
+/// while one propagates) is left alone.
+///
+/// # Safety
+/// Attached to the interpreter.
+unsafe fn forget_frame_error(before: *mut ffi::PyObject) {
+    // SAFETY: per the function's contract.
+    unsafe {
+        if before.is_null() && !ffi::PyErr_Occurred().is_null() {
+            ffi::PyErr_Clear();
+        }
+    }
+}
+
 /// The core's capture hook: up to `n` frames of the running Python stack.
 pub(crate) fn capture(n: usize) -> Capture {
     Python::attach(|py| {
@@ -81,6 +102,7 @@ pub(crate) fn capture(n: usize) -> Capture {
         // frame; PyFrame_GetBack and PyFrame_GetCode return new references,
         // which we release (frames) or keep (code objects).
         unsafe {
+            let before = ffi::PyErr_Occurred();
             let mut frame = ffi::PyEval_GetFrame();
             let mut owned: *mut ffi::PyFrameObject = std::ptr::null_mut();
             while !frame.is_null() && frames.len() < n {
@@ -97,6 +119,7 @@ pub(crate) fn capture(n: usize) -> Capture {
             if !owned.is_null() {
                 ffi::Py_DECREF(owned.cast());
             }
+            forget_frame_error(before);
         }
         Capture {
             site: (!frames.is_empty()).then(|| Arc::new(Frames(frames.into_boxed_slice())) as Site),
@@ -139,8 +162,8 @@ fn with_frame<R>(
     let code = code.bind(py);
     // SAFETY: `code` is a code object (PyFrame_GetCode's result).
     let line = unsafe { ffi::PyCode_Addr2Line(code.as_ptr().cast(), lasti) };
-    let file = code.getattr(intern!(py, "co_filename"));
-    let func = code.getattr(intern!(py, "co_qualname"));
+    let file = code.getattr(checked::name!("co_filename"));
+    let func = code.getattr(checked::name!("co_qualname"));
     f(text(&file), i64::from(line), text(&func))
 }
 

@@ -4,6 +4,7 @@
 //! element by element in C order, as `bytes(src)` would be, never read as if
 //! its bytes were contiguous.
 
+use crate::py::checked;
 use pyo3::exceptions::{PyMemoryError, PyTypeError};
 use pyo3::ffi;
 use pyo3::prelude::*;
@@ -23,7 +24,7 @@ impl Source {
     pub fn get(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Source> {
         // SAFETY: a plain object pointer; CheckBuffer runs no code.
         if unsafe { ffi::PyObject_CheckBuffer(obj.as_ptr()) } == 0 {
-            return Err(PyTypeError::new_err(format!(
+            return Err(checked::error::<PyTypeError>(format!(
                 "{what}, not {}",
                 obj.get_type()
                     .name()
@@ -76,8 +77,9 @@ impl Source {
         // Gathered into a scratch block first: the destination may be the
         // memory the source's elements are scattered over.
         let mut tmp: Vec<u8> = Vec::new();
-        tmp.try_reserve_exact(len)
-            .map_err(|_| PyMemoryError::new_err("no memory to gather a non-contiguous buffer"))?;
+        tmp.try_reserve_exact(len).map_err(|_| {
+            checked::error::<PyMemoryError>("no memory to gather a non-contiguous buffer")
+        })?;
         // SAFETY: tmp has room for len bytes; PyBuffer_ToContiguous follows
         // the export's shape, strides and suboffsets (negative strides
         // included) and writes exactly len bytes.

@@ -3,10 +3,12 @@
 use super::args::limit_arg;
 use crate::core::budget;
 use crate::core::stats::{Snapshot, GLOBAL};
+use crate::py::checked::{self, Int, Text};
 use pyo3::prelude::*;
+use pyo3::types::PyTuple;
 
 /// A snapshot of allocation counters.
-#[pyclass(frozen, eq, get_all, module = "rsalloc", name = "Stats")]
+#[pyclass(frozen, module = "rsalloc", name = "Stats")]
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Stats {
     /// Allocations handed out and not yet freed or released.
@@ -46,25 +48,66 @@ impl From<Snapshot> for Stats {
 
 #[pymethods]
 impl Stats {
-    fn __repr__(&self) -> String {
+    // The fields' getters make their ints with the checked constructor
+    // (`get_all` would have PyO3's, which panics out of memory).
+    /// Allocations handed out and not yet freed or released.
+    #[getter]
+    fn live_count(&self) -> Int {
+        Int(self.live_count)
+    }
+    /// Bytes asked for by the live allocations.
+    #[getter]
+    fn live_bytes(&self) -> Int {
+        Int(self.live_bytes)
+    }
+    /// The highest live_bytes seen.
+    #[getter]
+    fn peak_bytes(&self) -> Int {
+        Int(self.peak_bytes)
+    }
+    /// Allocations counted so far, freed or not.
+    #[getter]
+    fn total_allocs(&self) -> Int {
+        Int(self.total_allocs)
+    }
+    /// Allocations freed or released so far.
+    #[getter]
+    fn total_frees(&self) -> Int {
+        Int(self.total_frees)
+    }
+    /// The cap on live_bytes (`a.limited(n)`, `Arena(limit=n)`,
+    /// `rsalloc.set_limit(n)`), None when there is none.
+    #[getter]
+    fn limit(&self) -> Option<Int> {
+        self.limit.map(Int)
+    }
+
+    // By hand, not `eq`: PyO3's generated comparison raises its errors
+    // with `new_err` (clippy.toml).
+    fn __eq__(&self, other: &Bound<'_, PyAny>) -> bool {
+        other.cast::<Stats>().is_ok_and(|o| o.get() == self)
+    }
+
+    fn __repr__(&self) -> Text<String> {
         let limit = match self.limit {
             Some(n) => format!(", limit={n}"),
             None => String::new(),
         };
-        format!(
+        Text(format!(
             "Stats(live_count={}, live_bytes={}, peak_bytes={}, total_allocs={}, total_frees={}{limit})",
             self.live_count, self.live_bytes, self.peak_bytes, self.total_allocs, self.total_frees
-        )
+        ))
     }
 
     /// The counters as a dict.
     fn _asdict(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        let d = pyo3::types::PyDict::new(py);
-        d.set_item("live_count", self.live_count)?;
-        d.set_item("live_bytes", self.live_bytes)?;
-        d.set_item("peak_bytes", self.peak_bytes)?;
-        d.set_item("total_allocs", self.total_allocs)?;
-        d.set_item("total_frees", self.total_frees)?;
+        let d = checked::dict(py)?;
+        let put = |key: checked::Name, v: u64| d.set_item(key, checked::uint(py, v)?);
+        put(checked::name!("live_count"), self.live_count)?;
+        put(checked::name!("live_bytes"), self.live_bytes)?;
+        put(checked::name!("peak_bytes"), self.peak_bytes)?;
+        put(checked::name!("total_allocs"), self.total_allocs)?;
+        put(checked::name!("total_frees"), self.total_frees)?;
         Ok(d.into_any().unbind())
     }
 }
@@ -108,23 +151,40 @@ pub fn block_cache_wanted() -> bool {
 /// arena chunk) if `trim`: private, for tests and diagnostics.
 #[pyfunction]
 #[pyo3(signature = (trim=false))]
-pub fn _block_cache(py: Python<'_>, trim: bool) -> (bool, usize, usize) {
+pub fn _block_cache(py: Python<'_>, trim: bool) -> PyResult<Bound<'_, PyTuple>> {
     use crate::core::block_cache;
-    let Some(s) = crate::py::serialized::token(py) else {
-        return (false, 0, 0); // free-threaded: never on
+    let (on, blocks, bytes) = match crate::py::serialized::token(py) {
+        None => (false, 0, 0), // free-threaded: never on
+        Some(s) => {
+            if trim {
+                block_cache::trim(s);
+                crate::core::region::trim_kept_chunks(s);
+            }
+            let (blocks, bytes) = block_cache::held(s);
+            (block_cache::enabled(), blocks, bytes)
+        }
     };
-    if trim {
-        block_cache::trim(s);
-        crate::core::region::trim_kept_chunks(s);
-    }
-    let (blocks, bytes) = block_cache::held(s);
-    (block_cache::enabled(), blocks, bytes)
+    checked::tuple(
+        py,
+        [
+            checked::bool(py, on),
+            checked::uint(py, blocks as u64)?,
+            checked::uint(py, bytes as u64)?,
+        ],
+    )
 }
 
 /// `_reserve_state()`: (emergency reserve held, times it was given back).
 #[pyfunction]
-pub fn _reserve_state() -> (bool, usize) {
-    crate::core::reserve::state()
+pub fn _reserve_state(py: Python<'_>) -> PyResult<Bound<'_, PyTuple>> {
+    let (held, given_back) = crate::core::reserve::state();
+    checked::tuple(
+        py,
+        [
+            checked::bool(py, held),
+            checked::uint(py, given_back as u64)?,
+        ],
+    )
 }
 
 /// `_fail_object_creation(n)`: the `n`-th next Pointer or struct view

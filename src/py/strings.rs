@@ -6,6 +6,8 @@ use super::errors::IntoPy;
 use super::pointer::Pointer;
 use super::types::{self, TypeInfo};
 use crate::core::layout::Request;
+use crate::py::args::StrArg;
+use crate::py::checked;
 use crate::py::serialized::token;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -41,8 +43,8 @@ fn allocate_from<'py>(
             true,
         ));
     }
-    let allocate = allocator.getattr("allocate").map_err(|_| {
-        PyTypeError::new_err(format!(
+    let allocate = allocator.getattr(checked::name!("allocate")).map_err(|_| {
+        checked::error::<PyTypeError>(format!(
             "allocator must be an rsalloc allocator, not {}",
             allocator
                 .get_type()
@@ -51,12 +53,14 @@ fn allocate_from<'py>(
                 .unwrap_or_default()
         ))
     })?;
-    let raw = allocate.call1((nbytes,))?;
+    let raw = allocate.call1((checked::uint(py, nbytes as u64)?,))?;
     let raw = raw
         .cast_into::<Pointer>()
-        .map_err(|_| PyTypeError::new_err("allocate() did not return a Pointer"))?;
+        .map_err(|_| checked::error::<PyTypeError>("allocate() did not return a Pointer"))?;
     let cls = ty.class.bind(py);
-    let p = raw.call_method1("cast", (cls,))?.cast_into::<Pointer>()?;
+    let p = raw
+        .call_method1(checked::name!("cast"), (cls,))?
+        .cast_into::<Pointer>()?;
     Ok((p, false))
 }
 
@@ -91,7 +95,10 @@ fn encode<'py>(
     let py = s.py();
     Ok(py
         .get_type::<PyString>()
-        .call_method1("encode", (s, encoding, errors))?
+        .call_method1(
+            checked::name!("encode"),
+            (s, checked::str(py, encoding)?, checked::str(py, errors)?),
+        )?
         .cast_into::<PyBytes>()?)
 }
 
@@ -115,7 +122,7 @@ fn fill<'py>(
 
 fn no_nul(has_nul: bool) -> PyResult<()> {
     if has_nul {
-        return Err(PyValueError::new_err(
+        return Err(checked::error::<PyValueError>(
             "embedded NUL character: C would cut the string there",
         ));
     }
@@ -124,13 +131,16 @@ fn no_nul(has_nul: bool) -> PyResult<()> {
 
 /// A NUL-terminated UTF-8 copy of `s` (count = encoded length + 1).
 #[pyfunction]
-#[pyo3(signature = (s, allocator=None, *, errors="strict"))]
+#[pyo3(signature = (s, allocator=None, *, errors=StrArg::Default), text_signature = "(s, allocator=None, *, errors='strict')")]
 pub fn to_native_utf8<'py>(
     py: Python<'py>,
-    s: &Bound<'py, PyString>,
+    s: &Bound<'py, PyAny>,
     allocator: Option<&Bound<'py, PyAny>>,
-    errors: &str,
+    errors: StrArg,
 ) -> PyResult<Bound<'py, Pointer>> {
+    let s = checked::cast::<PyString>(s, "s")?;
+    let errors = errors.get("strict")?;
+    let errors = errors.as_ref();
     let encoded;
     let bytes: &[u8] = if errors == "strict" {
         s.to_str()?.as_bytes()
@@ -145,13 +155,16 @@ pub fn to_native_utf8<'py>(
 
 /// A NUL-terminated UTF-16 copy of `s` in native byte order (count = code units + 1).
 #[pyfunction]
-#[pyo3(signature = (s, allocator=None, *, errors="strict"))]
+#[pyo3(signature = (s, allocator=None, *, errors=StrArg::Default), text_signature = "(s, allocator=None, *, errors='strict')")]
 pub fn to_native_utf16<'py>(
     py: Python<'py>,
-    s: &Bound<'py, PyString>,
+    s: &Bound<'py, PyAny>,
     allocator: Option<&Bound<'py, PyAny>>,
-    errors: &str,
+    errors: StrArg,
 ) -> PyResult<Bound<'py, Pointer>> {
+    let s = checked::cast::<PyString>(s, "s")?;
+    let errors = errors.get("strict")?;
+    let errors = errors.as_ref();
     let encoding = if cfg!(target_endian = "little") {
         "utf-16-le"
     } else {
@@ -160,7 +173,7 @@ pub fn to_native_utf16<'py>(
     let encoded = encode(s, encoding, errors)?;
     let bytes = encoded.as_bytes();
     if bytes.len() % 2 != 0 {
-        return Err(PyValueError::new_err(format!(
+        return Err(checked::error::<PyValueError>(format!(
             "the {encoding} codec returned {} bytes: not whole UTF-16 code units",
             bytes.len()
         )));

@@ -5,6 +5,8 @@
 //! classes by `structs`.
 
 use super::pointer::Pointer;
+use crate::py::checked;
+use crate::py::checked::Text;
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::type_object::PyTypeInfo;
@@ -31,7 +33,9 @@ pub(crate) fn new_view(py: Python<'_>, class: &Py<PyAny>, ptr: Pointer) -> PyRes
     let base = StructView::type_object(py).as_type_ptr();
     // SAFETY: reading a slot of a ready type.
     let Some(tp_new) = (unsafe { (*base).tp_new }) else {
-        return Err(PyTypeError::new_err("_StructView has no constructor"));
+        return Err(checked::error::<PyTypeError>(
+            "_StructView has no constructor",
+        ));
     };
     PENDING.with(|p| *p.borrow_mut() = Some(ptr));
     // The base's tp_new with the subclass, as `_StructView.__new__(class)`
@@ -63,24 +67,24 @@ impl StructView {
     fn __new__() -> PyResult<Self> {
         match PENDING.with(|p| p.borrow_mut().take()) {
             Some(ptr) => Ok(StructView { ptr }),
-            None => Err(PyTypeError::new_err(
+            None => Err(checked::error::<PyTypeError>(
                 "struct views are made by p.ref and p[i] of a struct Pointer, not constructed",
             )),
         }
     }
 
-    fn __repr__(&self) -> String {
-        format!(
+    fn __repr__(&self) -> Text<String> {
+        Text(format!(
             "<{} view at {:#x} {} {}>",
             self.ptr.ty.name,
             self.ptr.addr,
             self.ptr.owner.name(),
             self.ptr.owner.state_name(self.ptr.addr)
-        )
+        ))
     }
 
     fn __reduce_ex__(&self, _protocol: &Bound<'_, PyAny>) -> PyResult<()> {
-        Err(PyTypeError::new_err(
+        Err(checked::error::<PyTypeError>(
             "struct views cannot be pickled: they are views of native memory",
         ))
     }

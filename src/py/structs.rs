@@ -20,6 +20,7 @@ use super::struct_view::StructView;
 use super::types::{self, leak, Composite, TypeInfo};
 use super::values::{plain_number, to_value};
 use crate::core::types::{Kind, Value};
+use crate::py::checked::{Int, Text};
 use crate::py::serialized::token;
 use pyo3::exceptions::{PyAttributeError, PyOverflowError, PyTypeError};
 use pyo3::ffi;
@@ -64,7 +65,9 @@ impl Field {
     fn view<'a>(obj: &'a Bound<'_, PyAny>) -> PyResult<&'a StructView> {
         match obj.cast::<StructView>() {
             Ok(v) => Ok(v.get()),
-            Err(_) => Err(PyTypeError::new_err("a struct field of another object")),
+            Err(_) => Err(checked::error::<PyTypeError>(
+                "a struct field of another object",
+            )),
         }
     }
 
@@ -197,7 +200,7 @@ impl Field {
     }
 
     fn __delete__(&self, _obj: &Bound<'_, PyAny>) -> PyResult<()> {
-        Err(PyAttributeError::new_err(format!(
+        Err(checked::error::<PyAttributeError>(format!(
             "the struct field {} cannot be deleted",
             self.name
         )))
@@ -205,14 +208,14 @@ impl Field {
 
     /// The field's byte offset in its struct.
     #[getter]
-    fn offset(&self) -> usize {
-        self.offset
+    fn offset(&self) -> Int {
+        Int::from(self.offset)
     }
 
     /// The field's size in bytes.
     #[getter]
-    fn size(&self) -> usize {
-        self.ty.size
+    fn size(&self) -> Int {
+        Int::from(self.ty.size)
     }
 
     /// The field's type, as declared.
@@ -222,15 +225,15 @@ impl Field {
     }
 
     #[getter]
-    fn name(&self) -> &str {
-        &self.name
+    fn name(&self) -> Text<&str> {
+        Text(&self.name)
     }
 
-    fn __repr__(&self) -> String {
-        format!(
+    fn __repr__(&self) -> Text<String> {
+        Text(format!(
             "<Field {}: {} at offset {}, size {}>",
             self.name, self.ty.name, self.offset, self.ty.size
-        )
+        ))
     }
 }
 
@@ -239,7 +242,7 @@ static STRUCT_MODULE: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
 fn struct_module(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
     STRUCT_MODULE
         .get_or_try_init(py, || {
-            Ok::<_, PyErr>(py.import("rsalloc._struct")?.unbind())
+            Ok::<_, PyErr>(py.import(checked::name!("rsalloc._struct"))?.unbind())
         })
         .map(|m| m.bind(py))
 }
@@ -271,10 +274,11 @@ type StructLayout<'py> = (
 pub(crate) fn classify_composite(class: &Bound<'_, PyType>) -> PyResult<Option<&'static TypeInfo>> {
     let py = class.py();
     let module = struct_module(py)?;
-    let name: String = class.getattr("__name__")?.extract()?;
+    let name: String = class.getattr(checked::name!("__name__"))?.extract()?;
     if class.is_subclass(&StructView::type_object(py))? {
-        let (size, align, format, base, fields): StructLayout<'_> =
-            module.call_method1("_layout", (class,))?.extract()?;
+        let (size, align, format, base, fields): StructLayout<'_> = module
+            .call_method1(checked::name!("_layout"), (class,))?
+            .extract()?;
         if let Some(base) = base {
             types::lookup(&base)?; // its fields are the first of this one
         }
@@ -319,14 +323,15 @@ pub(crate) fn classify_composite(class: &Bound<'_, PyType>) -> PyResult<Option<&
         }
         return Ok(Some(info));
     }
-    if class.is_subclass(&module.getattr("Array")?)? {
-        let (elem, len, format): (Bound<'_, PyAny>, usize, String) =
-            module.call_method1("_array_layout", (class,))?.extract()?;
+    if class.is_subclass(&module.getattr(checked::name!("Array"))?)? {
+        let (elem, len, format): (Bound<'_, PyAny>, usize, String) = module
+            .call_method1(checked::name!("_array_layout"), (class,))?
+            .extract()?;
         let elem = types::lookup(&elem)?;
         let size = len
             .checked_mul(elem.size)
             .filter(|n| *n <= isize::MAX as usize)
-            .ok_or_else(|| PyOverflowError::new_err(format!("{name} is too large")))?;
+            .ok_or_else(|| checked::error::<PyOverflowError>(format!("{name} is too large")))?;
         return Ok(Some(leak(TypeInfo {
             kind: Kind::Opaque,
             size,
@@ -392,7 +397,7 @@ fn copy_struct(py: Python<'_>, dst: &Pointer, i: isize, v: &Bound<'_, PyAny>) ->
     let src = match v.cast::<StructView>() {
         Ok(s) if s.get().ptr.ty.class.is(&ty.class) => s.get(),
         _ => {
-            return Err(PyTypeError::new_err(format!(
+            return Err(checked::error::<PyTypeError>(format!(
                 "expected a {} view, got {}",
                 ty.name,
                 v.get_type().name()?

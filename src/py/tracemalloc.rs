@@ -9,6 +9,7 @@
 //! flag costs time, never correctness.
 
 use crate::core::observer::{self, Observer};
+use crate::py::checked::Int;
 use pyo3::prelude::*;
 use std::ffi::{c_int, c_uint};
 
@@ -54,6 +55,6 @@ pub fn _tracemalloc_on() -> bool {
 /// The domain blocks are reported in: private, checked against the Python
 /// constant at import.
 #[pyfunction]
-pub fn _tracemalloc_domain() -> u32 {
-    DOMAIN
+pub fn _tracemalloc_domain() -> Int {
+    Int(DOMAIN.into())
 }

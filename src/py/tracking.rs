@@ -10,6 +10,7 @@ use super::errors::IntoPy;
 use crate::core::alloc::{AllocCore, Libc, LIBC_GROUP};
 use crate::core::guard::Guarded;
 use crate::core::track::{self, Entry};
+use crate::py::checked::Int;
 use pyo3::exceptions::PyMemoryError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -68,20 +69,20 @@ pub fn _track_is_enabled() -> bool {
 
 /// Frames captured per allocation.
 #[pyfunction]
-pub fn _track_frames() -> usize {
-    track::frames()
+pub fn _track_frames() -> Int {
+    Int::from(track::frames())
 }
 
 /// The sequence number the next tracked allocation will get.
 #[pyfunction]
-pub fn _track_seq() -> u64 {
-    track::next_seq()
+pub fn _track_seq() -> Int {
+    Int(track::next_seq())
 }
 
 /// Tracked allocations that could not be recorded (bookkeeping memory ran out).
 #[pyfunction]
-pub fn _track_lost() -> u64 {
-    track::lost()
+pub fn _track_lost() -> Int {
+    Int(track::lost())
 }
 
 /// `[(file, line, function), ...]` of a site, from its code objects'
@@ -96,7 +97,7 @@ fn frames<'py>(
         site.each_frame(&mut |file, line, func| {
             let frame = made
                 .try_reserve(1)
-                .map_err(|_| PyMemoryError::new_err("the leak list"))
+                .map_err(|_| checked::error::<PyMemoryError>("the leak list"))
                 .and_then(|()| {
                     checked::tuple(
                         py,
@@ -156,7 +157,7 @@ pub fn _track_live(py: Python<'_>, since: u64) -> PyResult<Bound<'_, PyList>> {
     let mut items = Vec::new();
     items
         .try_reserve_exact(entries.len() + arenas.len())
-        .map_err(|_| pyo3::exceptions::PyMemoryError::new_err("the leak list"))?;
+        .map_err(|_| checked::error::<pyo3::exceptions::PyMemoryError>("the leak list"))?;
     for e in &entries {
         items.push((e.seq, entry_tuple(py, e)?));
     }

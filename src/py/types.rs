@@ -5,6 +5,8 @@
 //! per class.
 
 use crate::core::types::Kind;
+use crate::py::checked;
+use crate::py::checked::Int;
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -150,7 +152,7 @@ fn scalar(class: &Bound<'_, PyAny>, kind: Kind, ctypes: bool) -> PyResult<&'stat
         format: kind.format(),
         class: class.clone().unbind(),
         target: None,
-        name: class.getattr("__name__")?.extract()?,
+        name: class.getattr(checked::name!("__name__"))?.extract()?,
         ctypes,
         composite: Composite::No,
         param: PyOnceLock::new(),
@@ -159,11 +161,11 @@ fn scalar(class: &Bound<'_, PyAny>, kind: Kind, ctypes: bool) -> PyResult<&'stat
 
 fn registry(py: Python<'_>) -> PyResult<&Registry> {
     REGISTRY.get_or_try_init(py, || {
-        let module = py.import("rsalloc._types")?;
+        let module = py.import(checked::name!("rsalloc._types"))?;
         let mut scalars = Vec::new();
-        for class in module.getattr("SCALARS")?.try_iter()? {
+        for class in module.getattr(checked::name!("SCALARS"))?.try_iter()? {
             let class = class?;
-            let kind: String = class.getattr("_kind_")?.extract()?;
+            let kind: String = class.getattr(checked::name!("_kind_"))?.extract()?;
             let kind = kind_named(&kind).expect("_types.py names known kinds");
             scalars.push((class.as_ptr().addr(), scalar(&class, kind, false)?));
         }
@@ -268,14 +270,14 @@ fn resolve(reg: &Registry, t: &Bound<'_, PyAny>) -> PyResult<&'static TypeInfo> 
         // (py_object, ...) is seen as Void; a Pointer[T]'s must be a type.
         let lenient = chain.last().is_some_and(|l| l.ctypes);
         if !seen.insert(key) {
-            return Err(PyTypeError::new_err(format!(
+            return Err(checked::error::<PyTypeError>(format!(
                 "{} is a cyclic pointer type: following its pointees ({} pointer types) leads back to one of them",
                 type_name(t),
                 chain.len()
             )));
         }
         if chain.len() >= MAX_CHAIN {
-            return Err(PyTypeError::new_err(format!(
+            return Err(checked::error::<PyTypeError>(format!(
                 "{} nests more than {MAX_CHAIN} pointer types",
                 type_name(t)
             )));
@@ -313,7 +315,7 @@ fn resolve(reg: &Registry, t: &Bound<'_, PyAny>) -> PyResult<&'static TypeInfo> 
 /// The pointee of a pointer type with no `_type_` to follow.
 fn chain_end(py: Python<'_>, link: Option<&Link<'_>>) -> PyResult<&'static TypeInfo> {
     let code: Option<String> = link
-        .and_then(|l| l.class.getattr("_type_").ok())
+        .and_then(|l| l.class.getattr(checked::name!("_type_")).ok())
         .and_then(|c| c.extract().ok());
     match code.as_deref() {
         Some("z") => Ok(registry(py)?.scalars[0].1), // char* -> Int8
@@ -322,14 +324,14 @@ fn chain_end(py: Python<'_>, link: Option<&Link<'_>>) -> PyResult<&'static TypeI
 }
 
 fn type_name(t: &Bound<'_, PyAny>) -> String {
-    t.getattr("__name__")
+    t.getattr(checked::name!("__name__"))
         .and_then(|n| n.extract::<String>())
         .or_else(|_| t.repr().map(|r| r.to_string()))
         .unwrap_or_default()
 }
 
 fn incomplete(t: &Bound<'_, PyAny>) -> PyErr {
-    PyTypeError::new_err(format!(
+    checked::error::<PyTypeError>(format!(
         "{} is an incomplete ctypes type: its _fields_ are not set yet (set them before \
          allocating it; `_fields_ = []` declares an empty struct); a pointer to it is fine",
         type_name(t)
@@ -368,7 +370,7 @@ fn known(reg: &Registry, t: &Bound<'_, PyAny>) -> PyResult<Known> {
 
 fn has_own_fields(class: &Bound<'_, PyAny>) -> PyResult<bool> {
     class
-        .getattr(pyo3::intern!(class.py(), "__dict__"))?
+        .getattr(checked::name!("__dict__"))?
         .contains("_fields_")
 }
 
@@ -404,11 +406,16 @@ pub(crate) fn remember(
 static CTYPES: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
 pub fn ctypes(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
-    CTYPES.import(py, "rsalloc._ctypes_support", "ctypes")
+    checked::imported(
+        &CTYPES,
+        py,
+        checked::name!("rsalloc._ctypes_support"),
+        checked::name!("ctypes"),
+    )
 }
 
 fn not_a_type(t: &Bound<'_, PyAny>) -> PyErr {
-    PyTypeError::new_err(format!(
+    checked::error::<PyTypeError>(format!(
         "{} is not an element type: use an rsalloc type (Int32, Pointer[T], ...) or a ctypes type",
         t.repr().map(|r| r.to_string()).unwrap_or_default()
     ))
@@ -454,20 +461,20 @@ fn step<'py>(t: &Bound<'py, PyAny>) -> PyResult<Step<'py>> {
     let Ok(class) = t.cast::<PyType>() else {
         return Err(not_a_type(t));
     };
-    let support = py.import("rsalloc._ctypes_support")?;
-    let types = py.import("rsalloc._types")?;
-    if class.is_subclass(&types.getattr("PointerSlot")?)? {
+    let support = py.import(checked::name!("rsalloc._ctypes_support"))?;
+    let types = py.import(checked::name!("rsalloc._types"))?;
+    if class.is_subclass(&types.getattr(checked::name!("PointerSlot"))?)? {
         return Ok(Step::Pointer(Link {
             class: class.clone(),
             ctypes: false,
-            target: Some(class.getattr("_target_")?),
+            target: Some(class.getattr(checked::name!("_target_"))?),
         }));
     }
     if let Some(info) = (composites().classify)(class)? {
         return Ok(Step::Leaf(info));
     }
     // A ctypes type: describe() returns (kind, size, align, format, target, final).
-    let desc = support.call_method1("describe", (class,))?;
+    let desc = support.call_method1(checked::name!("describe"), (class,))?;
     if desc.is_none() {
         return Err(not_a_type(t));
     }
@@ -479,7 +486,7 @@ fn step<'py>(t: &Bound<'py, PyAny>) -> PyResult<Step<'py>> {
         Option<Bound<'_, PyAny>>,
         bool,
     ) = desc.extract()?;
-    let name: String = class.getattr("__name__")?.extract()?;
+    let name: String = class.getattr(checked::name!("__name__"))?.extract()?;
     if code == "incomplete" {
         return Ok(Step::Incomplete);
     }
@@ -554,26 +561,29 @@ pub fn pointer_class<'py>(target: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyA
     }
     target
         .py()
-        .import("rsalloc._types")?
-        .call_method1("pointer_type", (target,))
+        .import(checked::name!("rsalloc._types"))?
+        .call_method1(checked::name!("pointer_type"), (target,))
 }
 
 fn sized(t: &Bound<'_, PyAny>) -> PyResult<&'static TypeInfo> {
     let info = lookup(t)?;
     if !info.has_size() {
-        return Err(PyTypeError::new_err(format!("{} has no size", info.name)));
+        return Err(checked::error::<PyTypeError>(format!(
+            "{} has no size",
+            info.name
+        )));
     }
     Ok(info)
 }
 
 /// `sizeof(T)`: the C size of an element type.
 #[pyfunction]
-pub fn sizeof(t: &Bound<'_, PyAny>) -> PyResult<usize> {
-    Ok(sized(t)?.size)
+pub fn sizeof(t: &Bound<'_, PyAny>) -> PyResult<Int> {
+    Ok(Int::from(sized(t)?.size))
 }
 
 /// `alignof(T)`: the C alignment of an element type.
 #[pyfunction]
-pub fn alignof(t: &Bound<'_, PyAny>) -> PyResult<usize> {
-    Ok(sized(t)?.align)
+pub fn alignof(t: &Bound<'_, PyAny>) -> PyResult<Int> {
+    Ok(Int::from(sized(t)?.align))
 }

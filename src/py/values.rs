@@ -6,6 +6,7 @@ use super::errors::IntoPy;
 use super::pointer::Pointer;
 use super::types::TypeInfo;
 use crate::core::types::{Kind, Value};
+use crate::py::checked;
 use crate::py::serialized::token;
 use pyo3::exceptions::{PyOverflowError, PyTypeError};
 use pyo3::ffi;
@@ -17,7 +18,7 @@ use std::fmt;
 /// Converts a Python value for a slot of `kind`, checking kind and range.
 pub(crate) fn to_value(kind: Kind, ty: &TypeInfo, v: &Bound<'_, PyAny>) -> PyResult<Value> {
     let out_of_range = |shown: &dyn fmt::Display| {
-        PyOverflowError::new_err(format!("{shown} is out of range for {}", ty.name))
+        checked::error::<PyOverflowError>(format!("{shown} is out of range for {}", ty.name))
     };
     match kind {
         Kind::F32 | Kind::F64 => {
@@ -147,9 +148,17 @@ fn numpy_bool(v: &Bound<'_, PyAny>) -> Option<bool> {
     let cls = match NP_BOOL.get(py) {
         Some(c) => c,
         None => {
-            let modules = py.import("sys").ok()?.getattr("modules").ok()?;
-            let np = modules.get_item("numpy").ok()?;
-            let cls = np.getattr("bool_").ok()?.cast_into::<PyType>().ok()?;
+            let modules = py
+                .import(checked::name!("sys"))
+                .ok()?
+                .getattr(checked::name!("modules"))
+                .ok()?;
+            let np = modules.get_item(checked::name!("numpy")).ok()?;
+            let cls = np
+                .getattr(checked::name!("bool_"))
+                .ok()?
+                .cast_into::<PyType>()
+                .ok()?;
             NP_BOOL.get_or_init(py, || cls.unbind())
         }
     };
@@ -160,7 +169,8 @@ fn numpy_bool(v: &Bound<'_, PyAny>) -> Option<bool> {
 }
 
 fn has_float(v: &Bound<'_, PyAny>) -> bool {
-    !v.is_instance_of::<pyo3::types::PyString>() && v.hasattr("__float__").unwrap_or(false)
+    !v.is_instance_of::<pyo3::types::PyString>()
+        && v.hasattr(checked::name!("__float__")).unwrap_or(false)
 }
 
 fn int_error(
@@ -176,7 +186,7 @@ fn int_error(
 }
 
 fn wrong_kind(ty: &TypeInfo, v: &Bound<'_, PyAny>, wanted: &str) -> PyErr {
-    PyTypeError::new_err(format!(
+    checked::error::<PyTypeError>(format!(
         "{} takes {wanted}, not {}",
         ty.name,
         v.get_type()

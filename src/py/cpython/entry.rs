@@ -11,6 +11,7 @@
 //! --cfg pyo3_leak_on_drop_without_reference_pool` (.cargo/config.toml;
 //! `cpython/mod.rs` reports them off otherwise).
 
+use crate::py::checked;
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -87,7 +88,7 @@ pub(crate) unsafe fn enter<R: Ret>(
                 .map(|s| s.to_string())
                 .or_else(|| payload.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "panic in rsalloc".into());
-            raise(pyo3::panic::PanicException::new_err(msg))
+            raise(checked::error::<pyo3::panic::PanicException>(msg))
         }
     }
 }
@@ -225,7 +226,7 @@ fn method_def(
 fn check_convention(name: &str, old: &ffi::PyMethodDef) -> PyResult<()> {
     let expected = ffi::METH_FASTCALL | ffi::METH_KEYWORDS;
     if old.ml_flags != expected {
-        return Err(pyo3::exceptions::PyRuntimeError::new_err(format!(
+        return Err(checked::error::<pyo3::exceptions::PyRuntimeError>(format!(
             "{name} has method flags {:#x}, not METH_FASTCALL | METH_KEYWORDS ({expected:#x})",
             old.ml_flags
         )));
@@ -240,10 +241,10 @@ pub(crate) fn own_descriptor<'py>(
     name: &str,
     kind: *mut ffi::PyTypeObject,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let old = ty.getattr("__dict__")?.get_item(name)?;
+    let old = ty.getattr(checked::name!("__dict__"))?.get_item(name)?;
     // SAFETY: a type check of a live object.
     if unsafe { ffi::Py_IS_TYPE(old.as_ptr(), kind) } == 0 {
-        return Err(pyo3::exceptions::PyRuntimeError::new_err(format!(
+        return Err(checked::error::<pyo3::exceptions::PyRuntimeError>(format!(
             "{}.{name} is not the descriptor it was",
             ty.name()?
         )));
@@ -352,7 +353,7 @@ pub(crate) fn replace_function<U: Unary>(m: &Bound<'_, PyModule>, name: &str) ->
             ffi::PyCMethod_New(
                 def,
                 m.as_ptr(),
-                m.getattr("__name__")?.as_ptr(),
+                m.getattr(checked::name!("__name__"))?.as_ptr(),
                 std::ptr::null_mut(),
             ),
         )?;

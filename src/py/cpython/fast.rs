@@ -25,6 +25,7 @@ use crate::core::types::Kind;
 use crate::py::allocator::{block_object, Allocator};
 use crate::py::arena::Arena;
 use crate::py::args::plain_bytes_request;
+use crate::py::checked;
 use crate::py::errors::IntoPy;
 use crate::py::pointer::{Owned, Pointer};
 use crate::py::serialized::token;
@@ -218,7 +219,7 @@ fn replace_item_slots(py: Python<'_>) -> PyResult<()> {
             m.as_ref().and_then(|m| m.mp_subscript),
             m.as_ref().and_then(|m| m.mp_ass_subscript),
         ) else {
-            return Err(pyo3::exceptions::PyRuntimeError::new_err(
+            return Err(checked::error::<pyo3::exceptions::PyRuntimeError>(
                 "Pointer has no item slots",
             ));
         };

@@ -21,6 +21,7 @@ use super::view_objects::make_view;
 use crate::core::layout::Request;
 use crate::py::allocator::{self, block_object, Allocator};
 use crate::py::args::request;
+use crate::py::checked;
 use crate::py::serialized::token;
 use crate::py::struct_view::StructView;
 use crate::py::structs::Field;
@@ -140,7 +141,7 @@ unsafe extern "C" fn ref_get(slf: *mut ffi::PyObject, closure: *mut c_void) -> *
                 #[cfg(not(Py_GIL_DISABLED))]
                 if let Some(kept) = last_ref::reuse(p, addr) {
                     if injected_failure() {
-                        return Outcome::Raise(pyo3::exceptions::PyMemoryError::new_err(()));
+                        return Outcome::Raise(checked::no_memory());
                     }
                     ffi::Py_INCREF(kept);
                     return Outcome::Done(kept);
@@ -619,7 +620,7 @@ pub fn install(m: &Bound<'_, PyModule>) -> PyResult<()> {
     if !super::view_objects::available() {
         // `p.ref` would make views through PyO3's constructor, general
         // code that the plain case must not run unregistered.
-        return Err(pyo3::exceptions::PyRuntimeError::new_err(
+        return Err(checked::error::<pyo3::exceptions::PyRuntimeError>(
             "struct views are off",
         ));
     }
@@ -629,7 +630,7 @@ pub fn install(m: &Bound<'_, PyModule>) -> PyResult<()> {
     // (a Python allocator class made later inherits this slot).
     unsafe {
         let Some(call) = (*alloc_tp).tp_call else {
-            return Err(pyo3::exceptions::PyRuntimeError::new_err(
+            return Err(checked::error::<pyo3::exceptions::PyRuntimeError>(
                 "Allocator has no tp_call",
             ));
         };
@@ -667,7 +668,7 @@ pub fn install(m: &Bound<'_, PyModule>) -> PyResult<()> {
     // PyType_Ready would, from a definition kept for the process.
     unsafe {
         let (Some(get), Some(set)) = ((*field).tp_descr_get, (*field).tp_descr_set) else {
-            return Err(pyo3::exceptions::PyRuntimeError::new_err(
+            return Err(checked::error::<pyo3::exceptions::PyRuntimeError>(
                 "Field lacks its descriptor slots",
             ));
         };
@@ -684,7 +685,7 @@ pub fn install(m: &Bound<'_, PyModule>) -> PyResult<()> {
         )?;
         let old_def = *(*old.as_ptr().cast::<ffi::PyGetSetDescrObject>()).d_getset;
         let Some(old_get) = old_def.get else {
-            return Err(pyo3::exceptions::PyRuntimeError::new_err(
+            return Err(checked::error::<pyo3::exceptions::PyRuntimeError>(
                 "Pointer.ref has no getter",
             ));
         };

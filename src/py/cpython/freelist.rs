@@ -24,6 +24,7 @@
 //! calls with the GIL held. A free-threaded build has no GIL to guard it, so
 //! there the slots are left alone (`install` does nothing).
 
+use crate::py::checked;
 use crate::py::pointer::Pointer;
 use crate::py::serialized::token;
 use pyo3::ffi;
@@ -90,7 +91,7 @@ pub fn new_object_or<'py>(
 ) -> PyResult<Bound<'py, Pointer>> {
     if injected_failure() {
         undo(py, &value);
-        return Err(pyo3::exceptions::PyMemoryError::new_err(()));
+        return Err(checked::no_memory());
     }
     let off = OFFSET.load(Ordering::Relaxed);
     if off == 0 {

@@ -7,6 +7,7 @@
 //! then, or when it is not 30 bits in 4 bytes, every int takes the C API.
 //! Compiled only for CPython up to 3.11 (3.12 changed the layout).
 
+use crate::py::checked;
 use pyo3::ffi;
 use pyo3::prelude::*;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -17,8 +18,8 @@ static READY: AtomicBool = AtomicBool::new(false);
 /// why not otherwise.
 pub fn check(py: Python<'_>) -> Result<(), String> {
     let info = py
-        .import("sys")
-        .and_then(|s| s.getattr("int_info"))
+        .import(checked::name!("sys"))
+        .and_then(|s| s.getattr(checked::name!("int_info")))
         .map_err(|e| e.to_string())?;
     let field = |name: &str| -> Result<usize, String> {
         info.getattr(name)

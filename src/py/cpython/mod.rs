@@ -28,6 +28,7 @@ pub mod int_digits;
 pub mod untracked;
 pub mod view_objects;
 
+use crate::py::checked;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use std::sync::Mutex;
@@ -159,13 +160,14 @@ fn pymalloc_records() -> Result<(), String> {
 /// active one).
 #[pyfunction]
 pub fn _fast_paths(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
-    let out = PyDict::new(py);
+    let out = checked::dict(py)?;
     let report = REPORT.lock().unwrap_or_else(|e| e.into_inner());
     for (name, why) in report.iter() {
-        let entry = PyDict::new(py);
-        entry.set_item("active", why.is_none())?;
-        entry.set_item("reason", why.as_deref().unwrap_or(""))?;
-        out.set_item(*name, entry)?;
+        let entry = checked::dict(py)?;
+        entry.set_item(checked::name!("active"), checked::bool(py, why.is_none()))?;
+        let reason = checked::str(py, why.as_deref().unwrap_or(""))?;
+        entry.set_item(checked::name!("reason"), &reason)?;
+        out.set_item(checked::str(py, name)?, entry)?;
     }
     Ok(out)
 }

@@ -7,6 +7,7 @@
 //! memory from the class's own `tp_alloc`, or, for a plain view class
 //! (`plain_view_objects`), from a free list.
 
+use crate::py::checked;
 use crate::py::pointer::{Owner, Pointer};
 use crate::py::struct_view::StructView;
 use pyo3::ffi;
@@ -98,7 +99,7 @@ pub(crate) fn make_view(py: Python<'_>, class: &Py<PyAny>, ptr: Pointer) -> PyRe
     if off == 0 {
         // The trick is off (`_fast_paths()` says why): PyO3 makes the view.
         if super::freelist::injected_failure() {
-            return Err(pyo3::exceptions::PyMemoryError::new_err(()));
+            return Err(checked::no_memory());
         }
         return crate::py::struct_view::new_view(py, class, ptr);
     }
@@ -110,7 +111,7 @@ pub(crate) fn make_view(py: Python<'_>, class: &Py<PyAny>, ptr: Pointer) -> PyRe
     // to initialise a frozen class's object.
     unsafe {
         if super::freelist::injected_failure() {
-            return Err(pyo3::exceptions::PyMemoryError::new_err(()));
+            return Err(checked::no_memory());
         }
         let obj = alloc_view(tp);
         if obj.is_null() {

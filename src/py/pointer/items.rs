@@ -17,7 +17,7 @@ use pyo3::types::{PyList, PySlice, PyTuple};
 
 impl Pointer {
     pub(super) fn element_type_error(&self) -> PyErr {
-        PyTypeError::new_err(format!("{} has no elements to index", self.ty.name))
+        checked::error::<PyTypeError>(format!("{} has no elements to index", self.ty.name))
     }
 
     /// `self[i]` of a live, in-range numeric element, as a new reference
@@ -147,7 +147,7 @@ impl Pointer {
         }
         let mut values = Vec::new();
         if values.try_reserve_exact(len).is_err() {
-            return Some(Err(pyo3::exceptions::PyMemoryError::new_err(
+            return Some(Err(checked::error::<pyo3::exceptions::PyMemoryError>(
                 "no memory to convert a slice assignment",
             )));
         }
@@ -272,7 +272,7 @@ impl Pointer {
             .ty
             .class
             .bind(py)
-            .call_method1("from_buffer", (one,))?
+            .call_method1(checked::name!("from_buffer"), (one,))?
             .unbind())
     }
 
@@ -286,14 +286,14 @@ impl Pointer {
             return done;
         }
         if !v.is_instance(self.ty.class.bind(py))? {
-            return Err(PyTypeError::new_err(format!(
+            return Err(checked::error::<PyTypeError>(format!(
                 "expected a {} instance, got {}",
                 self.ty.name,
                 v.get_type().name()?
             )));
         }
         let src = types::ctypes(py)?
-            .call_method1("addressof", (v,))?
+            .call_method1(checked::name!("addressof"), (v,))?
             .extract::<usize>()?;
         let _held = self.access(token(py)).py(py, self)?;
         let addr = self.elem_addr(i).py(py, self)?;
@@ -316,9 +316,9 @@ impl Pointer {
         }
         idx.extract::<isize>().map_err(|e| {
             if e.is_instance_of::<PyOverflowError>(idx.py()) {
-                PyIndexError::new_err("index out of range")
+                checked::error::<PyIndexError>("index out of range")
             } else {
-                PyTypeError::new_err(format!(
+                checked::error::<PyTypeError>(format!(
                     "Pointer indices must be integers or slices, not {}",
                     idx.get_type()
                         .name()
@@ -336,7 +336,7 @@ impl Pointer {
         s: &Bound<'_, PySlice>,
     ) -> PyResult<(isize, isize, usize)> {
         let n = self.count().ok_or_else(|| {
-            PyTypeError::new_err(format!("cannot slice {}: its count is unknown", self))
+            checked::error::<PyTypeError>(format!("cannot slice {}: its count is unknown", self))
         })?;
         self.check(token(py)).py(py, self)?;
         let ind = s.indices(n as isize)?;
@@ -356,7 +356,7 @@ fn long<T: Into<std::ffi::c_long>>(v: T) -> *mut ffi::PyObject {
 }
 
 pub(super) fn slice_length_error(got: usize, len: usize) -> PyErr {
-    PyValueError::new_err(format!(
+    checked::error::<PyValueError>(format!(
         "slice assignment of {got} values to {len} elements"
     ))
 }

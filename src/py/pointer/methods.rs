@@ -11,7 +11,9 @@ use crate::core::owner::{Owned, Owner};
 use crate::core::record::State;
 use crate::core::types::Kind;
 use crate::core::view::OffsetError;
-use crate::py::args::{address_arg, usize_arg};
+use crate::py::args::{address_arg, int128, usize_arg, StrArg};
+use crate::py::checked;
+use crate::py::checked::{Int, Text};
 use crate::py::errors::IntoPy;
 use crate::py::serialized::token;
 use crate::py::source::Source;
@@ -20,19 +22,19 @@ use crate::py::values::{exact_small_int, to_value};
 use pyo3::exceptions::{PyBufferError, PyIndexError, PyOverflowError, PyTypeError, PyValueError};
 use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::{PyInt, PyList, PySlice, PyTuple};
+use pyo3::types::{PyInt, PySlice, PyTuple};
 use std::ffi::{c_int, CStr};
 
 #[pymethods]
 impl Pointer {
     /// The address as an int.
     #[getter]
-    fn address(&self) -> usize {
-        self.addr
+    fn address(&self) -> Int {
+        Int::from(self.addr)
     }
 
-    fn __int__(&self) -> usize {
-        self.addr
+    fn __int__(&self) -> Int {
+        Int::from(self.addr)
     }
 
     /// The element type.
@@ -43,19 +45,20 @@ impl Pointer {
 
     /// Elements in the view, None when unknown (foreign memory).
     #[getter(count)]
-    fn get_count(&self) -> Option<usize> {
-        self.count()
+    fn get_count(&self) -> Option<Int> {
+        self.count().map(Int::from)
     }
 
     /// Bytes covered by the view, None when unknown.
     #[getter]
-    fn nbytes(&self) -> Option<usize> {
-        self.nbytes_usize()
+    fn nbytes(&self) -> Option<Int> {
+        self.nbytes_usize().map(Int::from)
     }
 
     fn __len__(&self) -> PyResult<usize> {
-        self.count()
-            .ok_or_else(|| PyTypeError::new_err(format!("len() of {}: its count is unknown", self)))
+        self.count().ok_or_else(|| {
+            checked::error::<PyTypeError>(format!("len() of {}: its count is unknown", self))
+        })
     }
 
     fn __getitem__(&self, py: Python<'_>, idx: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
@@ -68,7 +71,7 @@ impl Pointer {
                 return self.number_slice(py, start, step, len);
             }
             let _held = self.pinned(token(py)).py(py, self)?;
-            let items = PyList::empty(py);
+            let items = checked::empty_list(py, 0)?;
             for k in 0..len as isize {
                 self.check(token(py)).py(py, self)?;
                 let i = start + k * step;
@@ -96,7 +99,7 @@ impl Pointer {
             }
             // Convert everything first, so a bad value changes nothing.
             if self.ty.kind == Kind::Opaque || self.ty.kind == Kind::Void {
-                return Err(PyTypeError::new_err(format!(
+                return Err(checked::error::<PyTypeError>(format!(
                     "slice assignment to {}",
                     self.ty.name
                 )));
@@ -141,7 +144,7 @@ impl Pointer {
     #[getter(r#ref)]
     fn get_ref(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         if !self.ty.ctypes && matches!(self.ty.composite, types::Composite::No) {
-            return Err(PyTypeError::new_err(format!(
+            return Err(checked::error::<PyTypeError>(format!(
                 ".ref needs a Struct, Union, Array or ctypes element type (Structure, Union, array, scalar), not {}",
                 self.ty.name
             )));
@@ -184,25 +187,28 @@ impl Pointer {
     ) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
         if let Some(d) = dtype {
-            let np = py.import("numpy")?;
-            let kind = np.call_method1("dtype", (d,))?.getattr("kind")?;
-            if kind.eq("O")? {
+            let np = py.import(checked::name!("numpy"))?;
+            let kind = np
+                .call_method1(checked::name!("dtype"), (d,))?
+                .getattr(checked::name!("kind"))?;
+            let object = checked::name!("O");
+            if kind.eq(object)? {
                 let empty = PyTuple::empty(py);
-                let one = np.call_method1("empty", (&empty, "O"))?;
+                let one = np.call_method1(checked::name!("empty"), (&empty, object))?;
                 one.set_item(empty, slf)?;
                 return Ok(one);
             }
         }
         let mv = pyo3::types::PyMemoryView::from(slf.as_any())?;
-        let kwargs = pyo3::types::PyDict::new(py);
+        let kwargs = checked::dict(py)?;
         if let Some(d) = dtype {
-            kwargs.set_item("dtype", d)?;
+            kwargs.set_item(checked::name!("dtype"), d)?;
         }
         if let Some(c) = copy {
-            kwargs.set_item("copy", c)?;
+            kwargs.set_item(checked::name!("copy"), checked::bool(py, c))?;
         }
-        py.import("numpy")?
-            .getattr("asarray")?
+        py.import(checked::name!("numpy"))?
+            .getattr(checked::name!("asarray"))?
             .call((mv,), Some(&kwargs))
     }
 
@@ -229,17 +235,20 @@ impl Pointer {
         match (bytes, at.extent()) {
             (Some(n), None) => Ok(self.view(at.addr, self.ty, Some(n), token(py))),
             (Some(n), Some(e)) if n <= e => Ok(self.view(at.addr, self.ty, Some(n), token(py))),
-            (_, Some(_)) => Err(PyIndexError::new_err(format!(
+            (_, Some(_)) => Err(checked::error::<PyIndexError>(format!(
                 "view of {count} elements from {start} outside {self}"
             ))),
-            (None, None) => Err(PyOverflowError::new_err(
+            (None, None) => Err(checked::error::<PyOverflowError>(
                 "count × size overflows the address space",
             )),
         }
     }
 
     /// A view n elements further in the same allocation (0 <= n <= count).
-    fn offset(&self, py: Python<'_>, n: isize) -> PyResult<Pointer> {
+    fn offset(&self, py: Python<'_>, n: &Bound<'_, PyAny>) -> PyResult<Pointer> {
+        let n = isize::try_from(int128(n)?).map_err(|_| {
+            checked::error::<pyo3::exceptions::PyOverflowError>("offset out of range")
+        })?;
         self.offset_by(py, n)
     }
 
@@ -252,18 +261,20 @@ impl Pointer {
 
     /// Decodes a C string: UTF-8 for Uint8/Int8, UTF-16 for Uint16, up to the
     /// first NUL or the end of the view, or exactly `length` elements.
-    #[pyo3(signature = (length=None, errors="strict"))]
+    #[pyo3(signature = (length=None, errors=StrArg::Default), text_signature = "($self, length=None, errors='strict')")]
     fn to_str(
         &self,
         py: Python<'_>,
         length: Option<&Bound<'_, PyAny>>,
-        errors: &str,
+        errors: StrArg,
     ) -> PyResult<Py<PyAny>> {
+        let errors = errors.get("strict")?;
+        let errors = errors.as_ref();
         let unit = match self.ty.kind {
             Kind::U8 | Kind::I8 => 1,
             Kind::U16 => 2,
             _ => {
-                return Err(PyTypeError::new_err(format!(
+                return Err(checked::error::<PyTypeError>(format!(
                     "to_str() needs a Uint8, Int8 or Uint16 pointer, not {}",
                     self.ty.name
                 )))
@@ -275,7 +286,8 @@ impl Pointer {
         let errors = match errors {
             "strict" => None,
             e => Some(
-                std::ffi::CString::new(e).map_err(|_| PyValueError::new_err("bad errors value"))?,
+                std::ffi::CString::new(e)
+                    .map_err(|_| checked::error::<PyValueError>("bad errors value"))?,
             ),
         };
         // Any other handler may be a Python function, run by the decoder
@@ -291,7 +303,7 @@ impl Pointer {
                 self.stated_range(
                     0,
                     l.checked_mul(unit)
-                        .ok_or_else(|| PyOverflowError::new_err("length too large"))?,
+                        .ok_or_else(|| checked::error::<PyOverflowError>("length too large"))?,
                 )
                 .py(py, self)?;
                 l
@@ -339,17 +351,16 @@ impl Pointer {
     ) -> PyResult<Bound<'py, PyAny>> {
         let n = match n {
             Some(n) => usize_arg(n, "n")?,
-            None => self
-                .nbytes_usize()
-                .ok_or_else(|| PyTypeError::new_err(format!("read_bytes() of {}: pass n", self)))?,
+            None => self.nbytes_usize().ok_or_else(|| {
+                checked::error::<PyTypeError>(format!("read_bytes() of {}: pass n", self))
+            })?,
         };
         let _held = self.access(token(py)).py(py, self)?;
         let addr = self.stated_range(0, n).py(py, self)?;
         // SAFETY: checked range (or stated on a view of unknown length).
-        Ok(pyo3::types::PyBytes::new(py, unsafe {
+        checked::bytes(py, unsafe {
             std::slice::from_raw_parts(std::ptr::with_exposed_provenance::<u8>(addr), n)
         })
-        .into_any())
     }
 
     /// Copies a bytes-like object into the view at a byte offset.
@@ -378,11 +389,13 @@ impl Pointer {
             other => other?,
         };
         if !(0..=255).contains(&byte) {
-            return Err(PyValueError::new_err("byte must be in range(0, 256)"));
+            return Err(checked::error::<PyValueError>(
+                "byte must be in range(0, 256)",
+            ));
         }
         let n = self
             .nbytes_usize()
-            .ok_or_else(|| PyTypeError::new_err(format!("fill() of {}", self)))?;
+            .ok_or_else(|| checked::error::<PyTypeError>(format!("fill() of {}", self)))?;
         let _held = self.access(token(py)).py(py, self)?;
         let addr = self.byte_range(0, n).py(py, self)?;
         // SAFETY: checked range.
@@ -401,7 +414,7 @@ impl Pointer {
         let (from, len, _src_held) = if let Ok(p) = src.cast::<Pointer>() {
             let p = p.get();
             let n = p.nbytes_usize().ok_or_else(|| {
-                PyTypeError::new_err(format!("copy_from() of {}: unknown length", p))
+                checked::error::<PyTypeError>(format!("copy_from() of {}: unknown length", p))
             })?;
             let held = p.access(token(py)).py(py, p)?;
             (p.byte_range(0, n).py(py, p)?, n, held)
@@ -484,10 +497,12 @@ impl Pointer {
         let n = c
             .checked_mul(ty.size.max(1))
             .filter(|n| addr.checked_add(*n).is_some() && *n <= isize::MAX as usize)
-            .ok_or_else(|| PyOverflowError::new_err("count × size overflows the address space"))?;
+            .ok_or_else(|| {
+                checked::error::<PyOverflowError>("count × size overflows the address space")
+            })?;
         if let (Some(room), false) = (p.extent(), matches!(p.owner.get(), Owned::Unowned)) {
             if n > room {
-                return Err(PyIndexError::new_err(format!(
+                return Err(checked::error::<PyIndexError>(format!(
                     "count {c} of {} ({n} bytes) does not fit in the {room} bytes from {addr:#x} \
                      to the end of its block: {p}",
                     ty.name
@@ -500,9 +515,9 @@ impl Pointer {
     /// Hands ownership away (to C code that will free the block): returns the
     /// address; the block is no longer counted, and the Pointer becomes an
     /// unowned view.
-    fn detach(&self, py: Python<'_>) -> PyResult<usize> {
+    fn detach(&self, py: Python<'_>) -> PyResult<Int> {
         match self.owner.get() {
-            Owned::Block(r) => r.detach(self.addr, token(py)).py(py, self),
+            Owned::Block(r) => r.detach(self.addr, token(py)).py(py, self).map(Int::from),
             Owned::Region(_) => Err(self.err(py, Error::Ownership(Ownership::RegionCannotDetach))),
             Owned::Dependent(_) => Err(self.err(py, Error::Ownership(Ownership::Dependent))),
             Owned::Unowned => Err(self.err(py, Error::Ownership(Ownership::Foreign))),
@@ -527,19 +542,19 @@ impl Pointer {
         Ok(slf)
     }
 
-    fn __repr__(&self) -> String {
+    fn __repr__(&self) -> Text<String> {
         let count = match self.count() {
             Some(n) => n.to_string(),
             None => "?".into(),
         };
-        format!(
+        Text(format!(
             "<Pointer[{}] {:#x} count={} {} {}>",
             self.ty.name,
             self.addr,
             count,
             self.owner.name(),
             self.owner.state_name(self.addr)
-        )
+        ))
     }
 
     fn __eq__(&self, other: &Bound<'_, PyAny>) -> bool {
@@ -554,7 +569,7 @@ impl Pointer {
 
     /// Refuses: an address means nothing in another process (TypeError).
     fn __reduce_ex__(&self, _protocol: &Bound<'_, PyAny>) -> PyResult<()> {
-        Err(PyTypeError::new_err(
+        Err(checked::error::<PyTypeError>(
             "Pointer objects cannot be pickled: an address means nothing in another process",
         ))
     }
@@ -566,7 +581,7 @@ impl Pointer {
         t: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyAny>> {
         if let Ok(tuple) = t.cast::<PyTuple>() {
-            return Err(PyTypeError::new_err(format!(
+            return Err(checked::error::<PyTypeError>(format!(
                 "Pointer[...] takes one type, got {}",
                 tuple.len()
             )));
@@ -582,10 +597,12 @@ impl Pointer {
         let this = slf.get();
         let py = slf.py();
         if view.is_null() {
-            return Err(PyBufferError::new_err("NULL view in __getbuffer__"));
+            return Err(checked::error::<PyBufferError>(
+                "NULL view in __getbuffer__",
+            ));
         }
         let Some(nbytes) = this.nbytes_usize() else {
-            return Err(PyBufferError::new_err(format!(
+            return Err(checked::error::<PyBufferError>(format!(
                 "{}: unknown length, no buffer",
                 this
             )));
@@ -618,7 +635,7 @@ impl Pointer {
             // SAFETY: a non-zero size.
             let p = unsafe { std::alloc::alloc(layout) }.cast::<isize>();
             if p.is_null() {
-                return Err(pyo3::exceptions::PyMemoryError::new_err(
+                return Err(checked::error::<pyo3::exceptions::PyMemoryError>(
                     "no memory for a buffer shape",
                 ));
             }
@@ -684,12 +701,14 @@ impl Pointer {
         self.check(token(py)).py(py, self)?;
         match self.span().offset_by(n) {
             Ok((addr, extent)) => Ok(self.view(addr, self.ty, extent, token(py))),
-            Err(OffsetError::Outside { limit }) => Err(PyIndexError::new_err(format!(
+            Err(OffsetError::Outside { limit }) => Err(checked::error::<PyIndexError>(format!(
                 "offset {n} outside 0..={} for {}",
                 limit.map(|c| c.to_string()).unwrap_or_else(|| "∞".into()),
                 self
             ))),
-            Err(OffsetError::Overflow) => Err(PyOverflowError::new_err("address overflow")),
+            Err(OffsetError::Overflow) => {
+                Err(checked::error::<PyOverflowError>("address overflow"))
+            }
         }
     }
 }
@@ -699,9 +718,9 @@ impl Pointer {
 /// for anything else, which is NotImplemented.
 fn offset_operand(n: &Bound<'_, PyAny>) -> PyResult<Option<isize>> {
     if let Some(i) = exact_small_int(n) {
-        return Ok(Some(
-            isize::try_from(i).map_err(|_| PyOverflowError::new_err("offset out of range"))?,
-        ));
+        return Ok(Some(isize::try_from(i).map_err(|_| {
+            checked::error::<PyOverflowError>("offset out of range")
+        })?));
     }
     // SAFETY: a plain object pointer; PyIndex_Check reads its type's slot.
     if n.is_instance_of::<PyInt>() || unsafe { ffi::PyIndex_Check(n.as_ptr()) } != 0 {
