@@ -223,6 +223,8 @@ CASES = [
      "v = (rsalloc.leak_report('collapsed'), rsalloc.leak_report(filter=rsalloc.tracking.by_allocator(rsalloc.malloc)))"),
     ("bad free", "", "rsalloc.free(42)"),
     ("bad errors argument", "p = rsalloc.to_native_utf8('ab')", "p.to_str(errors=3)"),
+    ("bad bool argument", "a = rsalloc.Arena()", "a.release_all(reuse=1)"),
+    ("bool arguments", "", "f = rsalloc.ForeignAllocator(libc.malloc, libc.free, True, sized=False)"),
     ("numpy", "import numpy as np; p = rsalloc.calloc(Int32, 16)", "a = np.asarray(p); a[2] = 5; b = np.array(p, dtype=np.int64)"),
 ]
 

@@ -221,13 +221,22 @@ def leaks(filter: Any = None) -> list[LeakRecord]:
     return _live(0, filter)
 
 
+def _size_then_age(r: LeakRecord) -> tuple[int, int]:
+    return (-r.size, r.sequence)
+
+
+# The report's code makes no function object as it runs (a module-level
+# key, not a lambda; list comprehensions, which are inlined, not generator
+# expressions): making one while memory is exhausted crashes CPython 3.13.0
+# (PyFunction_NewWithQualName; tests/test_fault_injection.py), and a leak
+# report is read just then.
 def _largest_first(records: Iterable[LeakRecord]) -> list[LeakRecord]:
-    return sorted(records, key=lambda r: (-r.size, r.sequence))
+    return sorted(records, key=_size_then_age)
 
 
 def _summary(records: list[LeakRecord]) -> str:
     n = len(records)
-    total = sum(r.size for r in records)
+    total = sum([r.size for r in records])
     return f"rsalloc: {n} leak{'' if n == 1 else 's'}, {total} byte{'' if total == 1 else 's'} in total"
 
 
@@ -240,7 +249,7 @@ def _text(records: list[LeakRecord]) -> str:
             f"{r.size} bytes ({r.type or '?'}) at {r.address:#x} from {r.allocator}, thread {thread}, at {when}"
         )
         if r.traceback:
-            lines.extend(f"    {f}:{ln} in {fn}" for f, ln, fn in r.traceback)
+            lines.extend([f"    {f}:{ln} in {fn}" for f, ln, fn in r.traceback])
         else:
             lines.append("    (no traceback: tracking captured 0 frames)")
     lost = _rsalloc._track_lost()
@@ -264,7 +273,7 @@ def _collapsed(records: list[LeakRecord]) -> str:
         frames = [_frame_name(*f) for f in reversed(r.traceback)] or ["<no traceback>"]
         stack = ";".join(frames)
         weights[stack] = weights.get(stack, 0) + r.size
-    return "".join(f"{stack} {n}\n" for stack, n in sorted(weights.items()))
+    return "".join([f"{stack} {n}\n" for stack, n in sorted(weights.items())])
 
 
 def leak_report(format: Literal["text", "json", "collapsed"] = "text", filter: Any = None) -> str:
@@ -286,7 +295,7 @@ def leak_report(format: Literal["text", "json", "collapsed"] = "text", filter: A
             "schema_version": SCHEMA_VERSION,
             "summary": {
                 "count": len(records),
-                "bytes": sum(r.size for r in records),
+                "bytes": sum([r.size for r in records]),
                 "unrecorded": _rsalloc._track_lost(),
             },
             "leaks": [r.to_dict() for r in _largest_first(records)],
@@ -344,10 +353,10 @@ class leak_check(contextlib.ContextDecorator):
 
 
 def _leak_error(found: list[LeakRecord], where: str) -> LeakError:
-    total = sum(r.size for r in found)
+    total = sum([r.size for r in found])
     n = len(found)
     lines = [f"{n} allocation{'' if n == 1 else 's'} made inside {where} still live ({total} bytes):"]
-    lines.extend(f"  {r.describe()}" for r in _largest_first(found))
+    lines.extend([f"  {r.describe()}" for r in _largest_first(found)])
     err = LeakError("\n".join(lines))
     err.leaks = found
     return err

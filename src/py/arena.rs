@@ -4,7 +4,9 @@
 //! shared with `Allocator` (`py::allocator`).
 
 use super::allocator::{adopted_object, block_object, clone_with, Allocator};
-use super::args::{adopt_request, bytes_request, call_request, realloc_request, Asked, SizeArg};
+use super::args::{
+    adopt_request, bytes_request, call_request, realloc_request, Asked, BoolArg, SizeArg,
+};
 use super::errors::{to_py, IntoPy};
 use super::handles::{self, raising_free_errors, Key};
 use super::pointer::{Owned, Owner, Pointer};
@@ -863,8 +865,9 @@ impl Arena {
     /// Runs the callbacks and releases every block: all pointers from the
     /// arena die. With `reuse=True` the arena stays open (keeping a chunk);
     /// otherwise it is closed. Releasing a closed arena does nothing.
-    #[pyo3(signature = (reuse=false))]
-    fn release_all(&self, py: Python<'_>, reuse: bool) -> PyResult<()> {
+    #[pyo3(signature = (reuse=BoolArg::of(false)), text_signature = "($self, reuse=False)")]
+    fn release_all(&self, py: Python<'_>, reuse: BoolArg) -> PyResult<()> {
+        let reuse = reuse.get()?;
         self.release(py, reuse)
     }
 

@@ -296,3 +296,47 @@ impl StrArg {
         }
     }
 }
+
+/// A bool argument: like [`SizeArg`], PyO3 always gets Ok and the TypeError
+/// for a non-bool waits, made checked, for [`BoolArg::get`].
+pub struct BoolArg(pub Result<bool, PyErr>);
+
+impl BoolArg {
+    pub const fn of(v: bool) -> Self {
+        BoolArg(Ok(v))
+    }
+
+    #[inline]
+    pub fn get(self) -> PyResult<bool> {
+        self.0
+    }
+}
+
+impl<'a, 'py> FromPyObject<'a, 'py> for BoolArg {
+    type Error = std::convert::Infallible;
+
+    fn extract(obj: pyo3::Borrowed<'a, 'py, PyAny>) -> Result<Self, Self::Error> {
+        // What PyO3's bool accepts: True, False, and numpy's bool scalar
+        // (not a bool subclass: known by its type's name, as PyO3 does).
+        let numpy_bool = || {
+            let ty = obj.get_type();
+            let module = ty.module().is_ok_and(|m| m == "numpy");
+            module && ty.name().is_ok_and(|n| n == "bool" || n == "bool_")
+        };
+        let v = match obj.cast::<PyBool>() {
+            Ok(b) => Ok(b.is_true()),
+            Err(_) if numpy_bool() => obj.is_truthy(),
+            Err(_) => {
+                let got = obj
+                    .get_type()
+                    .name()
+                    .map(|n| n.to_string())
+                    .unwrap_or_default();
+                Err(checked::error::<PyTypeError>(format!(
+                    "'{got}' object is not a bool"
+                )))
+            }
+        };
+        Ok(BoolArg(v))
+    }
+}

@@ -6,6 +6,7 @@ use super::allocator::Allocator;
 use super::python_allocator::callables_backend;
 use crate::core::alloc::{new_id, AllocCore, Backend};
 use crate::core::foreign::CFunctions;
+use crate::py::args::BoolArg;
 use crate::py::checked;
 use crate::py::checked::Text;
 use pyo3::exceptions::PyTypeError;
@@ -31,15 +32,19 @@ impl ForeignAllocator {
     /// `alloc` None: a free-only owner (adopt works, allocating raises
     /// TypeError); `sized`: `free(address, nbytes)` gets the block's size.
     #[new]
-    #[pyo3(signature = (alloc, free, zeroed=false, *, sized=false, name=None))]
+    #[pyo3(
+        signature = (alloc, free, zeroed=BoolArg::of(false), *, sized=BoolArg::of(false), name=None),
+        text_signature = "(alloc, free, zeroed=False, *, sized=False, name=None)"
+    )]
     fn new(
         alloc: &Bound<'_, PyAny>,
         free: &Bound<'_, PyAny>,
-        zeroed: bool,
-        sized: bool,
+        zeroed: BoolArg,
+        sized: BoolArg,
         name: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<PyClassInitializer<Self>> {
         let py = alloc.py();
+        let (zeroed, sized) = (zeroed.get()?, sized.get()?);
         let name = match name {
             Some(n) => Some(
                 checked::cast::<pyo3::types::PyString>(n, "name")?

@@ -11,7 +11,7 @@ use crate::core::owner::{Owned, Owner};
 use crate::core::record::State;
 use crate::core::types::Kind;
 use crate::core::view::OffsetError;
-use crate::py::args::{address_arg, int128, usize_arg, StrArg};
+use crate::py::args::{address_arg, int128, usize_arg, BoolArg, StrArg};
 use crate::py::checked;
 use crate::py::checked::{Int, Text};
 use crate::py::errors::IntoPy;
@@ -183,7 +183,7 @@ impl Pointer {
     fn __array__<'py>(
         slf: &Bound<'py, Self>,
         dtype: Option<&Bound<'py, PyAny>>,
-        copy: Option<bool>,
+        copy: Option<BoolArg>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
         if let Some(d) = dtype {
@@ -204,7 +204,7 @@ impl Pointer {
         if let Some(d) = dtype {
             kwargs.set_item(checked::name!("dtype"), d)?;
         }
-        if let Some(c) = copy {
+        if let Some(c) = copy.map(BoolArg::get).transpose()? {
             kwargs.set_item(checked::name!("copy"), checked::bool(py, c))?;
         }
         py.import(checked::name!("numpy"))?
