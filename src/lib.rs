@@ -76,10 +76,16 @@ mod _rsalloc {
         crate::py::cpython::install_early(py, stats_probe);
         // Every call of the binding brings the token (`py::serialized`);
         // the cache serves the calls that bring one.
-        if let Some(s) = crate::py::serialized::token(py) {
-            if crate::py::stats::block_cache_wanted() {
-                crate::core::block_cache::enable(s);
+        match crate::py::serialized::token(py) {
+            Some(s) if crate::py::stats::block_cache_wanted() => {
+                crate::core::block_cache::enable(s)
             }
+            // Without the cache, frees still look for blocks C freed behind
+            // rsalloc's back, except under a memory checker's setting.
+            _ if !crate::py::stats::memory_checker_setting() => {
+                crate::core::block_cache::detect_c_frees()
+            }
+            _ => {}
         }
         crate::core::reserve::arm();
         m.add("malloc", crate::py::allocator::malloc(py)?)?;

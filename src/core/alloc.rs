@@ -144,10 +144,14 @@ impl Backend for Libc {
     unsafe fn free(
         &self,
         ptr: NonNull<u8>,
-        _size: usize,
+        size: usize,
         _align: usize,
         s: Option<Serialized<'_>>,
     ) -> Result<()> {
+        // SAFETY: forwarded contract: a libc block rsalloc was given.
+        if unsafe { block_cache::freed_by_c(ptr, size) } {
+            return Ok(()); // neither kept nor freed again
+        }
         // SAFETY: forwarded contract: a live libc block, unused from now on.
         if !s.is_some_and(|s| unsafe { block_cache::give(s, ptr) }) {
             // SAFETY: as above; the cache did not keep it.

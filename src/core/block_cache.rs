@@ -156,6 +156,18 @@ static CACHE: Shared = Shared(UnsafeCell::new(Cache {
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
 
+/// Whether frees look for blocks glibc already counts free ([`freed_by_c`]):
+/// on with the cache, and also where the cache is off for other reasons
+/// than a memory checker (`RSALLOC_BLOCK_CACHE=0`, a free-threaded build).
+/// Off under valgrind's and the sanitizers' setting (`PYTHONMALLOC=malloc`):
+/// the look reads a freed block's words, which they report, and there the
+/// double free is theirs to report.
+static DETECT: AtomicBool = AtomicBool::new(false);
+
+/// The largest request glibc's per-thread cache holds (64 bins of 16 bytes
+/// from 24 usable bytes, on 64-bit).
+const TCACHE_MAX: usize = 1032;
+
 /// glibc's per-process tcache key (0: unknown), which glibc stores in the
 /// second word of every block in its per-thread cache, as a double-free
 /// check. A block rsalloc frees that carries it was freed already: by C,
@@ -185,9 +197,51 @@ fn learn_tcache_key() {
 /// the synchronised path, without one, never touches the cache).
 pub fn enable(_serialized: Serialized<'_>) {
     if cfg!(all(target_os = "linux", target_env = "gnu")) {
-        learn_tcache_key();
+        detect_c_frees();
         ENABLED.store(true, Relaxed);
     }
+}
+
+/// Turns on [`freed_by_c`] alone, without the cache (see [`DETECT`]).
+pub fn detect_c_frees() {
+    if cfg!(all(target_os = "linux", target_env = "gnu")) {
+        learn_tcache_key();
+        DETECT.store(true, Relaxed);
+    }
+}
+
+/// Whether glibc already counts `p` free: C freed or reallocated it behind
+/// rsalloc's back (`getline` growing its buffer). Such a block is neither
+/// kept nor freed: kept, the cache and glibc would both hand it out; freed,
+/// glibc would abort on the double free. glibc tells two such cases apart:
+/// a block in its per-thread cache carries [`TCACHE_KEY`], and one in its
+/// bins has no usable size. A block C freed that glibc already handed out
+/// again cannot be told from a live one (docs/safety.md). False when the
+/// look is off ([`DETECT`]).
+///
+/// The look reads the block: a block C freed can be gone from the map
+/// (merged into the top chunk of a thread's heap, which glibc then
+/// unmaps; seen in this file's test). With the cache on, every block it
+/// could keep is looked at, as a kept block C freed would be handed out
+/// twice; without it, only blocks of glibc's per-thread cache sizes
+/// ([`TCACHE_MAX`]), which a free leaves in place, and a larger block C
+/// freed is a C double free, as in C.
+///
+/// # Safety
+/// `p` is a block of libc's `malloc` family rsalloc was given, live as far
+/// as rsalloc knows, of `size` bytes asked.
+#[inline]
+pub unsafe fn freed_by_c(p: NonNull<u8>, size: usize) -> bool {
+    if !DETECT.load(Relaxed) || (size > TCACHE_MAX && !enabled()) {
+        return false;
+    }
+    let key = TCACHE_KEY.load(Relaxed);
+    // SAFETY: a libc block has at least 24 usable bytes (glibc's smallest
+    // chunk), readable whatever its state.
+    if key != 0 && unsafe { p.as_ptr().cast::<usize>().add(1).read_volatile() } == key {
+        return true;
+    }
+    usable(p.as_ptr()) == 0
 }
 
 /// Whether [`enable`] turned the cache on.
@@ -224,30 +278,13 @@ pub fn take(s: Serialized<'_>, n: usize) -> Option<NonNull<u8>> {
 ///
 /// # Safety
 /// `p` is a live block of libc's `malloc` family that nothing else uses
-/// from now on.
-///
-/// A block glibc already counts free (C freed or reallocated it behind
-/// rsalloc's back) is neither kept nor freed: true. Kept, it would be
-/// handed out by the cache and by glibc both; freed, glibc would abort on
-/// the double free. glibc tells two such cases apart: a block in its
-/// per-thread cache carries [`TCACHE_KEY`], and one in its bins has no
-/// usable size. A block C freed that glibc already handed out again cannot
-/// be told from a live one (docs/safety.md).
+/// from now on, and not one [`freed_by_c`] (the caller asked first).
 #[inline]
 pub unsafe fn give(s: Serialized<'_>, p: NonNull<u8>) -> bool {
     let Some(c) = cache(s) else {
         return false;
     };
-    let key = TCACHE_KEY.load(Relaxed);
-    // SAFETY: a libc block has at least 24 usable bytes (glibc's smallest
-    // chunk), readable whatever its state.
-    if key != 0 && unsafe { p.as_ptr().cast::<usize>().add(1).read_volatile() } == key {
-        return true;
-    }
     let usable = usable(p.as_ptr());
-    if usable == 0 {
-        return true;
-    }
     let class = usable.saturating_add(8) >> 4;
     if class >= CLASSES {
         return hold(&mut c.held, p.as_ptr(), usable);
@@ -433,5 +470,29 @@ mod tests {
         // SAFETY: the cache is off, so `give` kept nothing: `p` is still live and ours.
         unsafe { libc::free(p.as_ptr().cast()) };
         assert_eq!(held(s), (0, 0));
+    }
+
+    #[test]
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    fn a_glibc_block_c_freed_is_seen_freed_without_the_cache() {
+        // The cache stays off: the look for C's frees works on its own
+        // (RSALLOC_BLOCK_CACHE=0, a free-threaded build). Reads a freed
+        // block's words: skipped under the sanitizers with the test above.
+        detect_c_frees();
+        assert!(!enabled());
+        for n in [24, 64, 200, 1000, TCACHE_MAX] {
+            // SAFETY: plain libc calls; `p` is read only as `freed_by_c`
+            // reads a block C freed (its words stay mapped).
+            unsafe {
+                let p = NonNull::new(libc::malloc(n).cast::<u8>()).unwrap();
+                assert!(!freed_by_c(p, n), "a live block of {n} bytes");
+                // A second block keeps `p` from merging into the top chunk,
+                // where glibc could give it a usable size again.
+                let fence = libc::malloc(16);
+                libc::free(p.as_ptr().cast());
+                assert!(freed_by_c(p, n), "a block of {n} bytes C freed");
+                libc::free(fence);
+            }
+        }
     }
 }

@@ -138,12 +138,23 @@ pub fn set_limit(max_bytes: &Bound<'_, PyAny>) -> PyResult<()> {
 /// Python's own cache is (`PYTHONMALLOC=malloc` or `malloc_debug`, the
 /// settings for valgrind and sanitizers, which must see every free).
 pub fn block_cache_wanted() -> bool {
-    let var = |name| std::env::var(name).unwrap_or_default();
-    match var("RSALLOC_BLOCK_CACHE").as_str() {
+    match std::env::var("RSALLOC_BLOCK_CACHE")
+        .unwrap_or_default()
+        .as_str()
+    {
         "0" => false,
         "1" => true,
-        _ => !matches!(var("PYTHONMALLOC").as_str(), "malloc" | "malloc_debug"),
+        _ => !memory_checker_setting(),
     }
+}
+
+/// `PYTHONMALLOC=malloc` or `malloc_debug`: valgrind's and the sanitizers'
+/// setting, under which every free goes to libc as the program made it.
+pub fn memory_checker_setting() -> bool {
+    matches!(
+        std::env::var("PYTHONMALLOC").unwrap_or_default().as_str(),
+        "malloc" | "malloc_debug"
+    )
 }
 
 /// `(on, blocks, bytes)` of the cache of freed small libc blocks
