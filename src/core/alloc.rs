@@ -148,13 +148,18 @@ impl Backend for Libc {
         _align: usize,
         s: Option<Serialized<'_>>,
     ) -> Result<()> {
-        // SAFETY: forwarded contract: a libc block rsalloc was given.
-        if unsafe { block_cache::freed_by_c(ptr, size) } {
-            return Ok(()); // neither kept nor freed again
-        }
-        // SAFETY: forwarded contract: a live libc block, unused from now on.
-        if !s.is_some_and(|s| unsafe { block_cache::give(s, ptr) }) {
-            // SAFETY: as above; the cache did not keep it.
+        // The cache looks for C's frees itself; without it the look is its
+        // own step. Either way a block C freed already is neither kept nor
+        // freed again.
+        let kept_or_c_freed = match s {
+            // SAFETY: forwarded contract: a libc block rsalloc was given,
+            // unused from now on.
+            Some(s) if block_cache::enabled() => unsafe { block_cache::give(s, ptr) },
+            // SAFETY: as above.
+            _ => unsafe { block_cache::freed_by_c(ptr, size) },
+        };
+        if !kept_or_c_freed {
+            // SAFETY: as above; neither the cache nor C has it.
             unsafe { sys::free(ptr) };
         }
         Ok(())

@@ -235,13 +235,23 @@ pub unsafe fn freed_by_c(p: NonNull<u8>, size: usize) -> bool {
     if !DETECT.load(Relaxed) || (size > TCACHE_MAX && !enabled()) {
         return false;
     }
+    // SAFETY: per the function's contract.
+    unsafe { usable_unless_freed(p) }.is_none()
+}
+
+/// `p`'s usable size, None when glibc counts it free ([`freed_by_c`]).
+///
+/// # Safety
+/// As for [`freed_by_c`].
+#[inline(always)]
+unsafe fn usable_unless_freed(p: NonNull<u8>) -> Option<usize> {
     let key = TCACHE_KEY.load(Relaxed);
     // SAFETY: a libc block has at least 24 usable bytes (glibc's smallest
     // chunk), readable whatever its state.
     if key != 0 && unsafe { p.as_ptr().cast::<usize>().add(1).read_volatile() } == key {
-        return true;
+        return None;
     }
-    usable(p.as_ptr()) == 0
+    Some(usable(p.as_ptr())).filter(|&n| n != 0)
 }
 
 /// Whether [`enable`] turned the cache on.
@@ -277,14 +287,20 @@ pub fn take(s: Serialized<'_>, n: usize) -> Option<NonNull<u8>> {
 /// caller must `free` it itself.
 ///
 /// # Safety
-/// `p` is a live block of libc's `malloc` family that nothing else uses
-/// from now on, and not one [`freed_by_c`] (the caller asked first).
+/// `p` is a block of libc's `malloc` family rsalloc was given, live as far
+/// as rsalloc knows, that nothing else uses from now on.
+///
+/// A block [`freed_by_c`] is neither kept nor freed: true (the cache's
+/// own look, which saves the free path a second usable-size call).
 #[inline]
 pub unsafe fn give(s: Serialized<'_>, p: NonNull<u8>) -> bool {
     let Some(c) = cache(s) else {
         return false;
     };
-    let usable = usable(p.as_ptr());
+    // SAFETY: per the function's contract.
+    let Some(usable) = (unsafe { usable_unless_freed(p) }) else {
+        return true;
+    };
     let class = usable.saturating_add(8) >> 4;
     if class >= CLASSES {
         return hold(&mut c.held, p.as_ptr(), usable);
