@@ -208,7 +208,13 @@ thread_local! {
     /// stored here and raised by that call. Frees with no caller to raise
     /// into (autofree, the last export of a freed block) report it as
     /// unraisable, as `__del__` does.
-    static CAUGHT: RefCell<Option<Option<PyErr>>> = const { RefCell::new(None) };
+    ///
+    /// `ManuallyDrop`: no destructor to register on a thread's first free,
+    /// which glibc aborts the process for when memory has run out ("failed
+    /// to register TLS destructor"; CI, test_oom's Python allocator on
+    /// 3.13). Nothing is lost: the value is None again when each free ends.
+    static CAUGHT: std::mem::ManuallyDrop<RefCell<Option<Option<PyErr>>>> =
+        const { std::mem::ManuallyDrop::new(RefCell::new(None)) };
 }
 
 fn report_free_error(py: Python<'_>, e: PyErr) {

@@ -208,4 +208,8 @@ pub fn write_sites(f: &mut fmt::Formatter<'_>, rec: &Record) -> fmt::Result {
 /// Installs the capture hook (module import).
 pub fn install() {
     track::set_capture(capture);
+    // The cache's destructor is registered on its first use: here, for the
+    // main thread, while memory is there (glibc aborts the process when it
+    // cannot register one: "failed to register TLS destructor").
+    THREAD_NAME.with(|_| ());
 }

@@ -22,7 +22,10 @@ pub struct StructView {
 
 thread_local! {
     /// The Pointer the view `new_view` is making will hold.
-    static PENDING: RefCell<Option<Pointer>> = const { RefCell::new(None) };
+    /// `ManuallyDrop`: no destructor to register on first use (see
+    /// `python_allocator::CAUGHT`); None again once each view is made.
+    static PENDING: std::mem::ManuallyDrop<RefCell<Option<Pointer>>> =
+        const { std::mem::ManuallyDrop::new(RefCell::new(None)) };
 }
 
 /// A view of class `class` (a StructView subclass) over `ptr`, made by
