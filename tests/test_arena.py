@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import ctypes
 import ctypes.util
 import gc
@@ -548,14 +549,16 @@ def test_nested_arenas_in_concurrent_tasks() -> None:
         rsalloc.current_arena()
 
 
+async def late(go: asyncio.Event) -> object:
+    """The current arena of a task, read once `go` is set."""
+    await go.wait()
+    return rsalloc.current_arena()
+
+
 def test_task_outliving_the_with_sees_the_arena_outside_it() -> None:
     # A task made inside `with` shares its context entry; once that `with`
     # has ended (and released its arena) the task sees the arena outside
     # it, never the released one (docs/decisions.md).
-    async def late(go: asyncio.Event) -> object:
-        await go.wait()
-        return rsalloc.current_arena()
-
     async def main() -> None:
         go = asyncio.Event()
         async with Arena() as outer:
@@ -570,6 +573,91 @@ def test_task_outliving_the_with_sees_the_arena_outside_it() -> None:
             t2 = asyncio.ensure_future(late(go))
         with pytest.raises(RuntimeError):
             await t2
+
+    asyncio.run(main())
+
+
+# --- a `with` that takes over an ended entry (the fence's context_vars_in_place) ---
+
+
+def _entry_id() -> int | None:
+    """id() of the context variable's value (the innermost entry), or None.
+    The copy this reads through is dropped before returning, so it leaves
+    the context's mapping unshared again."""
+    for var, value in contextvars.copy_context().items():
+        if var.name == "rsalloc.current_arena":
+            return id(value)
+    return None
+
+
+def _in_place() -> bool:
+    from rsalloc import _rsalloc
+
+    return bool(_rsalloc._fast_paths()["context_vars_in_place"]["active"])
+
+
+def test_a_with_after_a_with_takes_over_its_ended_entry() -> None:
+    # Only this context could see the ended entry: the next `with` at the
+    # same depth reuses it (no context variable update) when the trick is
+    # on, and makes a new one when it is off; current_arena() is right
+    # either way.
+    with Arena() as a:
+        assert rsalloc.current_arena() is a
+        first = _entry_id()
+    with Arena() as b:
+        assert rsalloc.current_arena() is b
+        second = _entry_id()
+    assert (first == second) is _in_place()
+    with pytest.raises(RuntimeError):
+        rsalloc.current_arena()
+    with Arena() as outer:
+        for _ in range(3):
+            with Arena() as inner:
+                assert rsalloc.current_arena() is inner
+            assert rsalloc.current_arena() is outer
+
+
+def test_a_copy_of_the_context_keeps_what_it_saw() -> None:
+    # A copy made after a `with` shares the mapping that holds the ended
+    # entry: the next `with` must not change it in place, or the copy would
+    # see an arena entered after it was made.
+    with Arena() as outer:
+        with Arena():
+            pass
+        snap = contextvars.copy_context()
+        with Arena() as c:
+            assert rsalloc.current_arena() is c
+            assert snap.run(rsalloc.current_arena) is outer
+        assert snap.run(rsalloc.current_arena) is outer
+    with Arena():
+        pass
+    snap = contextvars.copy_context()
+    with Arena():
+        with pytest.raises(RuntimeError):
+            snap.run(rsalloc.current_arena)
+
+
+def test_an_entry_held_by_python_code_is_not_taken_over() -> None:
+    with Arena():
+        pass
+    held = [v for k, v in contextvars.copy_context().items() if k.name == "rsalloc.current_arena"]
+    with Arena() as b:
+        assert rsalloc.current_arena() is b
+        assert id(held[0]) != _entry_id()
+
+
+def test_a_task_made_between_two_withs_sees_neither() -> None:
+    async def main() -> None:
+        go = asyncio.Event()
+        async with Arena() as outer:
+            async with Arena():
+                pass
+            t = asyncio.ensure_future(late(go))  # copies the context now
+            await asyncio.sleep(0)
+            async with Arena() as c:
+                assert rsalloc.current_arena() is c
+                go.set()
+                assert await t is outer
 
     asyncio.run(main())
 

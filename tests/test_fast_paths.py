@@ -437,6 +437,7 @@ def test_ints_read_straight_from_their_digits_keep_their_value(i):
 
 TRICKS = {
     "arena_finalizer",
+    "context_vars_in_place",
     "pymalloc_records",
     "untracked_pointers",
     "untracked_stats",

@@ -332,6 +332,45 @@ impl Entered {
     }
 }
 
+/// A `with` where the variable's value is an entry that ended and only
+/// this context can reach: that entry takes the arena, and the variable
+/// is not set (a mapping copy and a reset token, a fifth of a per-call
+/// `with Arena()`: docs/decisions.md, "Per-call arenas"). True when done.
+///
+/// "Only this context" is two reference counts: the running context's
+/// mapping is its own (no copy of the context shares it, the fence's
+/// `context` trick), and the entry is held by that mapping alone (no other
+/// mapping, no later entry's `outer`, no Python reference). Then nothing
+/// else can see the change; the entry's own `outer` is still the right
+/// chain, since an ended entry's innermost live one is found through it.
+/// A context copied later (an asyncio task made inside the `with`) shares
+/// the entry as it does an entry made by setting the variable.
+fn reopen_ended_entry(py: Python<'_>, slf: &Bound<'_, Arena>) -> PyResult<bool> {
+    // SAFETY: attached, and the trick is on only with a GIL.
+    if !unsafe { super::cpython::context::vars_are_its_own() } {
+        return Ok(false);
+    }
+    let value = current_value(py)?;
+    let Ok(entry) = value.cast::<Entered>() else {
+        return Ok(false);
+    };
+    // The mapping's reference and `value`'s.
+    // SAFETY: a live object's reference count, read under the GIL.
+    if unsafe { pyo3::ffi::Py_REFCNT(value.as_ptr()) } != 2 {
+        return Ok(false);
+    }
+    let mut a = entry
+        .get()
+        .arena
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    if a.is_some() {
+        return Ok(false); // live: a nested `with`, which needs its own entry
+    }
+    *a = Some(slf.clone().unbind());
+    Ok(true)
+}
+
 /// The innermost entry of this context whose `with` has not ended.
 fn innermost<'py>(py: Python<'py>) -> PyResult<Option<Bound<'py, Entered>>> {
     let mut cur = current_value(py)?.cast_into::<Entered>().ok();
@@ -502,6 +541,9 @@ impl Arena {
 
     fn enter(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
+        if reopen_ended_entry(py, slf)? {
+            return Ok(());
+        }
         let outer = innermost(py)?.map(Bound::unbind);
         let entry = Entered {
             arena: Mutex::new(Some(slf.clone().unbind())),

@@ -15,6 +15,7 @@
 
 pub mod arena_finalizer;
 pub(crate) mod attach;
+pub(crate) mod context;
 #[cfg(all(pyo3_disable_reference_pool, pyo3_leak_on_drop_without_reference_pool))]
 pub mod entry;
 #[cfg(all(pyo3_disable_reference_pool, pyo3_leak_on_drop_without_reference_pool))]
@@ -106,6 +107,7 @@ where
         Err("read through the C API: the digit layout is CPython 3.11's and older".into())
     });
     attempt("arena_finalizer", || arena_finalizer::install(py));
+    attempt("context_vars_in_place", || context::install(py));
 }
 
 /// The tricks installed once the module has its functions and classes:
