@@ -74,13 +74,13 @@ pub(crate) fn install(_py: Python<'_>) -> Result<(), String> {
                 "a context's variable mapping is not where CPython 3.10 to 3.13 keep it",
             );
         }
-        let ts = ffi::PyThreadState_Get().cast::<usize>();
+        let ts = ffi::PyThreadState_Get().cast::<*mut ffi::PyObject>();
         if ffi::PyContext_Enter(ctx) != 0 {
             ffi::PyErr_Clear();
             return release("PyContext_Enter failed");
         }
         let found: Vec<usize> = (0..SEARCH)
-            .filter(|&i| *ts.add(i) == ctx as usize)
+            .filter(|&i| *ts.add(i) == ctx)
             .collect();
         let left = ffi::PyContext_Exit(ctx) == 0;
         if !left {
@@ -88,7 +88,7 @@ pub(crate) fn install(_py: Python<'_>) -> Result<(), String> {
             return release("PyContext_Exit failed");
         }
         match found.as_slice() {
-            [i] if *ts.add(*i) != ctx as usize => {
+            [i] if *ts.add(*i) != ctx => {
                 CONTEXT_WORD.store(*i, Relaxed);
                 ffi::Py_DECREF(ctx);
                 Ok(())
