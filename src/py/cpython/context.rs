@@ -79,9 +79,7 @@ pub(crate) fn install(_py: Python<'_>) -> Result<(), String> {
             ffi::PyErr_Clear();
             return release("PyContext_Enter failed");
         }
-        let found: Vec<usize> = (0..SEARCH)
-            .filter(|&i| *ts.add(i) == ctx)
-            .collect();
+        let found: Vec<usize> = (0..SEARCH).filter(|&i| *ts.add(i) == ctx).collect();
         let left = ffi::PyContext_Exit(ctx) == 0;
         if !left {
             ffi::PyErr_Clear();
