@@ -64,6 +64,8 @@ PATTERNS: dict[str, tuple[str, int]] = {
     "calloc3_freed": ("x = calloc_allocate(32); y = calloc_allocate(32); z = calloc_allocate(32); rfree(x); rfree(y); rfree(z)", 20000),
     "arena_wrap": ("with Arena(calloc) as a:\n    a.allocate(32); a.allocate(32); a.allocate(32)", 20000),
     "arena_new": ("Arena().release_all()", 20000),
+    "arena_ctor": ("Arena()", 20000),
+    "arena_with_held": ("with A: pass", 20000),
     "utf8": ("rfree(utf8(KEY))", 20000),
     "seed_struct": (
         "p2 = calloc(AuthInfo); r2 = p2.ref\n"

@@ -561,13 +561,13 @@ fn released_blocks_of_a_kept_chunk_read_back_dead() {
     let block =
         |r: &Arc<RegionCore>, n: usize| r.allocate(Request { size: n, align: 8 }, s).unwrap().0;
     let (a, b) = (block(&old, 24), block(&old, 24));
-    let old_id = old.id;
+    let old_id = old.id();
     old.release(false, s);
     drop(old);
     for (addr, start, block_end) in [(a, true, a + 24), (b, true, b + 24), (b + 1, false, b + 24)] {
         let (r, end) = released_view_at(addr, s).unwrap().expect("a dead view");
         assert!(dead(&r, addr) && r.is_start() == start);
-        assert_eq!((end, r.region().id), (block_end, old_id));
+        assert_eq!((end, r.region().id()), (block_end, old_id));
     }
     // A new region takes the kept chunk: what it hands out again is live.
     let new = RegionCore::new();
@@ -586,7 +586,7 @@ fn released_blocks_of_a_kept_chunk_read_back_dead() {
     );
     // What it has not handed out again reads back dead, not as its own.
     let (r, end) = view_at(&new, b, s).unwrap().expect("a dead view");
-    assert!(dead(&r, b) && end == b + 24 && r.region().id == old_id);
+    assert!(dead(&r, b) && end == b + 24 && r.region().id() == old_id);
     assert!(
         released_view_at(b, s).unwrap().is_none(),
         "listed, not kept"

@@ -438,6 +438,8 @@ def test_ints_read_straight_from_their_digits_keep_their_value(i):
 TRICKS = {
     "arena_finalizer",
     "context_vars_in_place",
+    "arena_with",
+    "arena_pool",
     "pymalloc_records",
     "untracked_pointers",
     "untracked_stats",

@@ -23,7 +23,7 @@ impl ArenaKind {
     /// The arena's id (what its blocks' records and region references name).
     pub fn id(&self) -> u64 {
         match self {
-            ArenaKind::Region(a) => a.region().id,
+            ArenaKind::Region(a) => a.region().id(),
             ArenaKind::Wrap(w) => w.id(),
         }
     }

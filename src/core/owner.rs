@@ -213,7 +213,7 @@ impl Owner {
                     None => r.allocator().name.clone(),
                 },
             },
-            Owned::Region(r) => format!("arena #{}", r.region().id),
+            Owned::Region(r) => format!("arena #{}", r.region().id()),
             Owned::Dependent(r) => format!("part of a {} block", r.allocator().name),
             Owned::Unowned => "unowned".into(),
         }

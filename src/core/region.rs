@@ -365,8 +365,9 @@ pub struct Usage {
 /// The bump region behind `Arena()`: chunks carved by a bump pointer, released all at once; each
 /// release starts a new generation.
 pub struct RegionCore {
-    /// The region's identity (`new_id`), as its blocks' owner.
-    pub id: u64,
+    /// The region's identity (`new_id`), as its blocks' owner; a new one
+    /// when it is reopened for a new owner ([`Anchor::reopen`]).
+    id: AtomicU64,
     /// Itself, for the index's entries of its chunks.
     me: Weak<RegionCore>,
     /// generation × 2 | CLOSED.
@@ -559,7 +560,7 @@ impl RegionCore {
     fn make(id: u64, limit: u64, state: u64) -> Arc<Self> {
         Arc::new_cyclic(|me| RegionCore {
             me: me.clone(),
-            id,
+            id: AtomicU64::new(id),
             state: AtomicU64::new(state),
             dead_count: AtomicUsize::new(0),
             inner: SerialMutex::new(Inner {
@@ -575,6 +576,11 @@ impl RegionCore {
     /// every operation here takes the caller's proof (None: it locks).
     fn lock(&self, s: Option<Serialized<'_>>) -> SerialGuard<'_, Inner> {
         self.inner.lock(s)
+    }
+
+    /// The region's identity, as its blocks' owner.
+    pub fn id(&self) -> u64 {
+        self.id.load(Relaxed)
     }
 
     /// Whether the region was released for good (closed).
@@ -710,7 +716,7 @@ impl RegionCore {
         self.dead_count.store(0, Release);
         let mut chunks = std::mem::take(&mut g.chunks);
         for c in &mut chunks {
-            c.retire(&self.me, self.id, state);
+            c.retire(&self.me, self.id(), state);
         }
         let bump = g.bump.take();
         let used_to = std::mem::take(&mut g.cur);
@@ -808,7 +814,7 @@ impl RegionCore {
 impl std::fmt::Debug for RegionCore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RegionCore")
-            .field("id", &self.id)
+            .field("id", &self.id())
             .field("usage", &self.usage())
             .finish()
     }
@@ -1104,6 +1110,48 @@ impl Anchor {
         &self.region
     }
 
+    /// Reopens the closed region as a new one, with id `id` and no limit,
+    /// for a new owner: a per-call arena then costs no region, generation
+    /// or chunk list of its own (BENCHMARKS.md, job h). Only when nothing
+    /// can tell: no reference to the region but this anchor's (no Pointer,
+    /// no view, no generation but the anchor's current one), no export, no
+    /// parked chunk, no chunk at all (a release disposed of them). Blocks
+    /// of the old owner read back from memory stay dead and are named by
+    /// their old id (`dead_ref`). True when reopened; false changes nothing.
+    pub fn reopen(&self, id: u64, s: Serialized<'_>) -> bool {
+        let r = &self.region;
+        if !r.is_closed() || Arc::strong_count(r) != 2 {
+            return false;
+        }
+        let cur = self.current.lock(Some(s));
+        let g = cur.generation();
+        if g.refs.load(Relaxed) != 1 || !Arc::ptr_eq(&g.region, r) {
+            return false;
+        }
+        let mut inner = r.lock(Some(s));
+        if inner.pins != 0 || !inner.parked.is_empty() || !inner.chunks.is_empty() {
+            return false;
+        }
+        let chunks = std::mem::take(&mut inner.chunks);
+        *inner = Inner {
+            chunks,
+            next_size: FIRST_CHUNK,
+            limit: UNLIMITED,
+            ..Inner::default()
+        };
+        // A release moved the state to a generation no block has: the
+        // new owner's first.
+        let token = r.state.load(Relaxed) & !CLOSED;
+        r.id.store(id, Relaxed);
+        r.dead_count.store(0, Relaxed);
+        r.object.store(0, Relaxed);
+        // SAFETY: the generation's only reference is `cur`, held under its
+        // lock (and the proof): nothing else reads the token meanwhile.
+        unsafe { (*cur.generation_ptr()).token = token };
+        r.state.store(token, Release);
+        true
+    }
+
     /// A reference for a block handed out with `token`, starting the block.
     #[inline(always)]
     fn reference(&self, token: u64, s: Option<Serialized<'_>>) -> Result<RegionRef> {
@@ -1159,7 +1207,12 @@ enum Found {
 /// A dead view's reference for a released block: to the region that
 /// released it (never again at that generation), or to a closed stand-in.
 fn dead_ref((start, _, region, id, token): Ghost, addr: usize) -> Result<RegionRef> {
-    let region = region.upgrade().unwrap_or_else(|| RegionCore::gone(id));
+    // A region reopened since for a new owner (`Anchor::reopen`) has a new
+    // id: the block was the old owner's, which a stand-in names.
+    let region = region
+        .upgrade()
+        .filter(|r| r.id() == id)
+        .unwrap_or_else(|| RegionCore::gone(id));
     RegionRef::resolved(&region, token, addr == start)
 }
 
@@ -1341,6 +1394,53 @@ mod tests {
         Request { size, align }
     }
 
+    #[test]
+    fn a_closed_region_reopens_as_a_new_one_only_when_nothing_refers_to_it() {
+        // SAFETY: the region is this test's own: no other thread touches it.
+        let s = unsafe { Serialized::new() };
+        let anchor = Anchor::new(RegionCore::with_limit(64)).unwrap();
+        let old_id = anchor.region().id();
+        assert!(!anchor.reopen(new_id(), s), "an open region stays as it is");
+        let (at, r) = anchor.allocate(req(16, 8), None).unwrap();
+        let old_token = r.token();
+        anchor.region().release(false, None);
+        assert!(!anchor.reopen(new_id(), s), "a block's reference is left");
+        assert_eq!(
+            anchor.region().id(),
+            old_id,
+            "a refused reopen changes nothing"
+        );
+        assert!(anchor.region().is_closed());
+        drop(r);
+        let id = new_id();
+        assert!(anchor.reopen(id, s));
+        let region = anchor.region().clone();
+        assert_eq!(region.id(), id);
+        assert!(!region.is_closed());
+        assert_eq!(region.limit(), None, "the old owner's limit is gone");
+        let snap = region.snapshot();
+        assert_eq!(
+            (
+                snap.live_count,
+                snap.total_allocs,
+                snap.total_frees,
+                snap.peak_bytes
+            ),
+            (0, 0, 0, 0)
+        );
+        let (at2, r2) = anchor.allocate(req(100, 8), None).unwrap();
+        assert!(r2.check_access(at2, None).is_ok());
+        assert!(r2.token() > old_token);
+        assert!(
+            region.check(old_token, at, None).is_err(),
+            "the old owner's blocks stay dead"
+        );
+        assert_eq!(region.snapshot().total_allocs, 1);
+        drop(r2);
+        drop(region);
+        anchor.region().release(false, None);
+    }
+
     fn zeroed(at: usize, n: usize) -> bool {
         // SAFETY: callers pass a block the region just allocated, `n` bytes long and live.
         unsafe { std::slice::from_raw_parts(std::ptr::with_exposed_provenance::<u8>(at), n) }
@@ -1459,7 +1559,7 @@ mod tests {
     fn a_released_block_of_a_region_gone_names_a_closed_stand_in() {
         let gone = Arc::downgrade(&RegionCore::new());
         let rf = dead_ref((0x1000, 0x1010, gone, 42, 0), 0x1008).unwrap();
-        assert_eq!(rf.region().id, 42);
+        assert_eq!(rf.region().id(), 42);
         assert!(rf.region().is_closed() && !rf.is_start());
         assert!(matches!(
             rf.check_access(0x1008, None),

@@ -458,7 +458,9 @@ impl Arena {
         self.backing.id()
     }
 
-    fn is_closed(&self) -> bool {
+    /// Released for good: its finalizer has nothing left to do
+    /// (`collected`), so the dealloc skips it.
+    pub(crate) fn is_closed(&self) -> bool {
         self.backing.is_closed()
     }
 
@@ -539,7 +541,7 @@ impl Arena {
         self.backing.check_free(&p.owner, p.addr, token(py))
     }
 
-    fn enter(slf: &Bound<'_, Self>) -> PyResult<()> {
+    pub(crate) fn enter(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         if reopen_ended_entry(py, slf)? {
             return Ok(());
@@ -559,7 +561,7 @@ impl Arena {
 
     /// Ends this arena's entry (if it is the innermost: an exit out of
     /// order leaves the context alone) and releases it.
-    fn exit(slf: &Bound<'_, Self>) -> PyResult<()> {
+    pub(crate) fn exit(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         if let Some(e) = innermost(py)? {
             e.get().end(slf);
@@ -623,6 +625,41 @@ impl Arena {
 }
 
 impl Arena {
+    /// Whether this arena, dead and released, may serve as the next
+    /// `Arena()` (`cpython::arena_pool`): a region arena that nothing can
+    /// tell from a new one once its region is reopened (no leak-tracking
+    /// registration, callback, backing allocator or `Pointer.allocator`
+    /// handle; the region's conditions are `Anchor::reopen`'s). True when
+    /// the region was reopened.
+    pub(crate) fn recycle(&self, py: Python<'_>) -> bool {
+        let ArenaKind::Region(anchor) = &self.backing else {
+            return false;
+        };
+        if self.leak_seq != 0 || matches!(self.made, Made::Tracked(_)) || self.known.load(Relaxed) {
+            return false;
+        }
+        let none_held = self.allocator.try_lock().is_ok_and(|a| a.is_none())
+            && self.callbacks.try_lock().is_ok_and(|c| c.is_empty());
+        let Some(s) = token(py) else {
+            return false;
+        };
+        none_held && anchor.reopen(crate::core::alloc::new_id(), s)
+    }
+
+    /// Makes a recycled arena the new `Arena()`: named by its region's new
+    /// id, made where the caller is (as `Arena.__new__` records it with
+    /// tracking off).
+    ///
+    /// # Safety
+    /// `this` is the value of an arena object that `recycle` accepted and
+    /// that nothing else refers to yet.
+    pub(crate) unsafe fn renew(this: *mut Arena, py: Python<'_>) {
+        // SAFETY: per the function's contract: no other reference exists.
+        let a = unsafe { &mut *this };
+        a.name = ArenaName::new(a.id());
+        a.made = super::sites::caller_frame(py).map_or(Made::Unknown, Made::Frame);
+    }
+
     /// Called when the arena is garbage-collected: an unreleased one is
     /// released now, callbacks included, with a ResourceWarning located
     /// where it was made; failures are unraisable (no caller to raise to).

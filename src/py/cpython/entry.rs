@@ -142,8 +142,8 @@ unsafe fn delegate(
     nargs: ffi::Py_ssize_t,
     kwnames: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
-    // SAFETY: per the function's contract; kwnames is a tuple when set; the
-    // slow callable is set at install, before any call can arrive.
+    // SAFETY: per the function's contract; the slow callable is set at
+    // install, before any call can arrive.
     unsafe {
         let py = Python::assume_attached();
         let Some(slow) = slow.get(py) else {
@@ -153,20 +153,7 @@ unsafe fn delegate(
             );
             return std::ptr::null_mut();
         };
-        let nkw = if kwnames.is_null() {
-            0
-        } else {
-            ffi::PyTuple_GET_SIZE(kwnames)
-        };
-        let total = (nargs + nkw) as usize;
-        let mut all: Vec<*mut ffi::PyObject> = Vec::new();
-        if all.try_reserve_exact(total + 1).is_err() {
-            return ffi::PyErr_NoMemory();
-        }
-        all.extend(slf);
-        all.extend_from_slice(std::slice::from_raw_parts(args, total));
-        let npos = nargs as usize + usize::from(slf.is_some());
-        ffi::PyObject_Vectorcall(slow.as_ptr(), all.as_ptr(), npos, kwnames)
+        super::call_prepended(slow.as_ptr(), slf, args, nargs, kwnames)
     }
 }
 
@@ -234,43 +221,6 @@ fn check_convention(name: &str, old: &ffi::PyMethodDef) -> PyResult<()> {
     Ok(())
 }
 
-/// The descriptor `name` in `ty`'s own dict, checked to be an object of
-/// `kind` (`PyMethodDescr_Type`, `PyGetSetDescr_Type`).
-pub(crate) fn own_descriptor<'py>(
-    ty: &Bound<'py, PyType>,
-    name: &str,
-    kind: *mut ffi::PyTypeObject,
-) -> PyResult<Bound<'py, PyAny>> {
-    let old = ty.getattr(checked::name!("__dict__"))?.get_item(name)?;
-    // SAFETY: a type check of a live object.
-    if unsafe { ffi::Py_IS_TYPE(old.as_ptr(), kind) } == 0 {
-        return Err(checked::error::<pyo3::exceptions::PyRuntimeError>(format!(
-            "{}.{name} is not the descriptor it was",
-            ty.name()?
-        )));
-    }
-    Ok(old)
-}
-
-/// Stores the descriptor `new` (made with `PyDescr_New*` for `ty`) as
-/// `ty.name`, as PyType_Ready would.
-pub(crate) fn set_descriptor(
-    ty: &Bound<'_, PyType>,
-    name: &str,
-    new: *mut ffi::PyObject,
-) -> PyResult<()> {
-    let py = ty.py();
-    // SAFETY: `new` is a new reference or NULL with the exception set; a
-    // ready heap type's tp_dict is its dict, which may hold descriptors.
-    unsafe {
-        let new = Bound::from_owned_ptr_or_err(py, new)?;
-        let tp_dict = Bound::from_borrowed_ptr(py, (*ty.as_type_ptr()).tp_dict);
-        tp_dict.set_item(name, new)?;
-        ffi::PyType_Modified(ty.as_type_ptr());
-    }
-    Ok(())
-}
-
 /// A method or module function replaced by an entry point whose plain case
 /// is a call with one positional argument and no keywords.
 pub(crate) trait Unary {
@@ -323,14 +273,14 @@ unsafe extern "C" fn unary_entry<U: Unary, const METHOD: bool>(
 /// `U::SLOW`.
 pub(crate) fn replace_method<U: Unary>(ty: &Bound<'_, PyType>, name: &str) -> PyResult<()> {
     let py = ty.py();
-    let old = own_descriptor(ty, name, std::ptr::addr_of_mut!(ffi::PyMethodDescr_Type))?;
+    let old = super::own_descriptor(ty, name, std::ptr::addr_of_mut!(ffi::PyMethodDescr_Type))?;
     // SAFETY: the entry of a PyO3 method is a method descriptor (checked)
     // whose PyMethodDef PyO3 keeps for the life of the process.
     unsafe {
         let old_def = *(*old.as_ptr().cast::<ffi::PyMethodDescrObject>()).d_method;
         check_convention(name, &old_def)?;
         let def = method_def(U::SLOW.1, old_def, unary_entry::<U, true>);
-        set_descriptor(ty, name, ffi::PyDescr_NewMethod(ty.as_type_ptr(), def))?;
+        super::set_descriptor(ty, name, ffi::PyDescr_NewMethod(ty.as_type_ptr(), def))?;
     }
     let _ = U::SLOW.0.set(py, old.unbind());
     Ok(())

@@ -11,9 +11,7 @@
 //! plain malloc — and hands every other call,
 //! unchanged, to the PyO3 slot it replaced, which raises the errors.
 
-use super::entry::{
-    enter, own_descriptor, replace_function, set_descriptor, Arg, Args, Def, Obj, Outcome, Unary,
-};
+use super::entry::{enter, replace_function, Arg, Args, Def, Obj, Outcome, Unary};
 use super::freelist::{as_pointer, injected_failure};
 #[cfg(not(Py_GIL_DISABLED))]
 use super::view_objects::last_ref;
@@ -678,7 +676,7 @@ pub fn install(m: &Bound<'_, PyModule>) -> PyResult<()> {
         (*field).tp_descr_set = Some(field_set);
 
         let pointer = crate::py::pointer::Pointer::type_object(py);
-        let old = own_descriptor(
+        let old = super::own_descriptor(
             &pointer,
             "ref",
             std::ptr::addr_of_mut!(ffi::PyGetSetDescr_Type),
@@ -695,7 +693,7 @@ pub fn install(m: &Bound<'_, PyModule>) -> PyResult<()> {
             def.get = Some(ref_get);
             def
         });
-        set_descriptor(
+        super::set_descriptor(
             &pointer,
             "ref",
             ffi::PyDescr_NewGetSet(pointer.as_type_ptr(), def),

@@ -14,6 +14,8 @@
 //! trick buys.
 
 pub mod arena_finalizer;
+pub(crate) mod arena_pool;
+pub(crate) mod arena_with;
 pub(crate) mod attach;
 pub(crate) mod context;
 #[cfg(all(pyo3_disable_reference_pool, pyo3_leak_on_drop_without_reference_pool))]
@@ -30,8 +32,9 @@ pub mod untracked;
 pub mod view_objects;
 
 use crate::py::checked;
+use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{PyDict, PyType};
 use std::sync::Mutex;
 
 /// Why the tricks that skip PyO3's trampoline are off in this build.
@@ -108,6 +111,8 @@ where
     });
     attempt("arena_finalizer", || arena_finalizer::install(py));
     attempt("context_vars_in_place", || context::install(py));
+    attempt("arena_with", || arena_with::install(py));
+    attempt("arena_pool", || arena_pool::install(py));
 }
 
 /// The tricks installed once the module has its functions and classes:
@@ -190,4 +195,77 @@ pub(crate) fn allocator_vectorcall() -> Option<pyo3::ffi::vectorcallfunc> {
     return Some(fast_structs::allocator_vectorcall);
     #[cfg(not(all(pyo3_disable_reference_pool, pyo3_leak_on_drop_without_reference_pool)))]
     None
+}
+
+/// The descriptor `name` in `ty`'s own dict, checked to be an object of
+/// `kind` (`PyMethodDescr_Type`, `PyGetSetDescr_Type`).
+pub(crate) fn own_descriptor<'py>(
+    ty: &Bound<'py, PyType>,
+    name: &str,
+    kind: *mut ffi::PyTypeObject,
+) -> PyResult<Bound<'py, PyAny>> {
+    let old = ty.getattr(checked::name!("__dict__"))?.get_item(name)?;
+    // SAFETY: a type check of a live object.
+    if unsafe { ffi::Py_IS_TYPE(old.as_ptr(), kind) } == 0 {
+        return Err(checked::error::<pyo3::exceptions::PyRuntimeError>(format!(
+            "{}.{name} is not the descriptor it was",
+            ty.name()?
+        )));
+    }
+    Ok(old)
+}
+
+/// Stores the descriptor `new` (made with `PyDescr_New*` for `ty`) as
+/// `ty.name`, as PyType_Ready would.
+pub(crate) fn set_descriptor(
+    ty: &Bound<'_, PyType>,
+    name: &str,
+    new: *mut ffi::PyObject,
+) -> PyResult<()> {
+    let py = ty.py();
+    // SAFETY: `new` is a new reference or NULL with the exception set; a
+    // ready heap type's tp_dict is its dict, which may hold descriptors.
+    unsafe {
+        let new = Bound::from_owned_ptr_or_err(py, new)?;
+        let tp_dict = Bound::from_borrowed_ptr(py, (*ty.as_type_ptr()).tp_dict);
+        tp_dict.set_item(name, new)?;
+        ffi::PyType_Modified(ty.as_type_ptr());
+    }
+    Ok(())
+}
+
+/// Calls `callable(first, *args)` (or `callable(*args)` without `first`)
+/// with a call's arguments exactly as received; its error, if any, is
+/// left raised. How a replaced entry point hands a call it does not serve
+/// to the PyO3 code it replaced.
+///
+/// # Safety
+/// Attached; `args` holds `nargs` positional then `len(kwnames)` keyword
+/// values, borrowed; `kwnames` is null or a tuple.
+pub(crate) unsafe fn call_prepended(
+    callable: *mut ffi::PyObject,
+    first: Option<*mut ffi::PyObject>,
+    args: *const *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: per the function's contract.
+    unsafe {
+        let nkw = if kwnames.is_null() {
+            0
+        } else {
+            ffi::PyTuple_GET_SIZE(kwnames)
+        };
+        let total = (nargs + nkw) as usize;
+        let mut all: Vec<*mut ffi::PyObject> = Vec::new();
+        if all.try_reserve_exact(total + 1).is_err() {
+            return ffi::PyErr_NoMemory();
+        }
+        all.extend(first);
+        if total > 0 {
+            all.extend_from_slice(std::slice::from_raw_parts(args, total));
+        }
+        let npos = nargs as usize + usize::from(first.is_some());
+        ffi::PyObject_Vectorcall(callable, all.as_ptr(), npos, kwnames)
+    }
 }

@@ -1,0 +1,391 @@
+//! `with arena:` without two bound methods per `with`.
+//!
+//! A `with` looks `__enter__` and `__exit__` up on the object's type and
+//! binds each (`_PyObject_LookupSpecial`): for PyO3's method descriptors
+//! that is a new bound method object per name, made and destroyed per
+//! `with`, then called through PyO3's argument parsing. In a per-call
+//! arena (`with Arena() as a:` around a few allocations) those two objects
+//! and their calls were about a seventh of the whole (callgrind,
+//! BENCHMARKS.md). Here the two names of the Arena type hold a descriptor
+//! of our own whose `__get__` on an arena makes one small object, a
+//! *scope*, that the `with` calls directly (vectorcall): no argument
+//! parsing, and one object instead of two, the `__exit__` one.
+//!
+//! What stays PyO3's: on the class (`Arena.__enter__`, what
+//! `contextlib.ExitStack` looks up) the descriptor gives PyO3's own method
+//! descriptor back, so signatures, docstrings and `Arena.__exit__(a, ...)`
+//! are unchanged; the descriptor in the class's dict forwards its calls,
+//! attributes and repr to PyO3's; a scope called with any other shape of arguments
+//! (keywords, too many) calls PyO3's method with them, so the errors are
+//! PyO3's. `async with` is untouched. A scope is a garbage-collected object
+//! that holds its arena, as a bound method does.
+
+use crate::py::arena::Arena;
+use crate::py::checked;
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::type_object::PyTypeInfo;
+use std::ffi::{c_int, c_void};
+use std::sync::atomic::{AtomicPtr, Ordering::Relaxed};
+
+/// Which of the two methods a descriptor or scope stands for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Which {
+    Enter,
+    Exit,
+}
+
+/// `arena.__enter__` / `arena.__exit__`: the arena, bound.
+#[repr(C)]
+struct Scope {
+    ob_base: ffi::PyObject,
+    vectorcall: Option<ffi::vectorcallfunc>,
+    /// The arena (a strong reference; NULL once cleared by the collector).
+    arena: *mut ffi::PyObject,
+    /// PyO3's method descriptor, for every other call shape (borrowed:
+    /// the descriptor object below keeps it for the process).
+    old: *mut ffi::PyObject,
+    which: Which,
+}
+
+/// What `Arena.__dict__["__enter__"]` holds once the trick is on.
+#[repr(C)]
+struct Method {
+    ob_base: ffi::PyObject,
+    /// PyO3's method descriptor (a strong reference).
+    old: *mut ffi::PyObject,
+    which: Which,
+}
+
+/// Neither type is made from Python code (no `tp_new`) nor changed by it.
+const SEALED: std::ffi::c_ulong =
+    ffi::Py_TPFLAGS_DISALLOW_INSTANTIATION | ffi::Py_TPFLAGS_IMMUTABLETYPE;
+
+static SCOPE_TYPE: AtomicPtr<ffi::PyTypeObject> = AtomicPtr::new(std::ptr::null_mut());
+static ARENA_TYPE: AtomicPtr<ffi::PyTypeObject> = AtomicPtr::new(std::ptr::null_mut());
+
+/// The scope's call: `__enter__()` enters and returns the arena,
+/// `__exit__(t, v, tb)` leaves and releases it and returns False; any
+/// other shape goes to PyO3's method.
+unsafe extern "C" fn scope_call(
+    callable: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargsf: usize,
+    kwnames: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: CPython calls a vectorcall entry attached, with `callable` a
+    // live Scope (this function is only ever a Scope's entry).
+    unsafe {
+        let s = &*callable.cast::<Scope>();
+        let nargs = ffi::PyVectorcall_NARGS(nargsf);
+        let arena = s.arena;
+        if arena.is_null() {
+            ffi::PyErr_SetString(
+                ffi::PyExc_RuntimeError,
+                c"rsalloc: this arena method was cleared by the garbage collector".as_ptr(),
+            );
+            return std::ptr::null_mut();
+        }
+        let plain = kwnames.is_null()
+            && match s.which {
+                Which::Enter => nargs == 0,
+                Which::Exit => nargs <= 3,
+            };
+        if !plain {
+            return super::call_prepended(s.old, Some(arena), args, nargs, kwnames);
+        }
+        // The arena is held by the scope, which the caller holds, for the
+        // whole call. Entering and leaving may drop `Py` values (the
+        // entries, callbacks at release), so the thread is registered.
+        let which = s.which;
+        let out = super::attach::registered(|py| {
+            let a = pyo3::Borrowed::from_ptr(py, arena).cast_unchecked::<Arena>();
+            let done = match which {
+                Which::Enter => Arena::enter(&a),
+                Which::Exit => Arena::exit(&a),
+            };
+            match done {
+                Ok(()) => match which {
+                    Which::Enter => ffi::Py_NewRef(arena),
+                    Which::Exit => ffi::Py_NewRef(ffi::Py_False()),
+                },
+                Err(e) => {
+                    e.restore(py);
+                    std::ptr::null_mut()
+                }
+            }
+        });
+        // None: a panic, raised as PanicException.
+        out.unwrap_or(std::ptr::null_mut())
+    }
+}
+
+unsafe extern "C" fn scope_traverse(
+    obj: *mut ffi::PyObject,
+    visit: ffi::visitproc,
+    arg: *mut c_void,
+) -> c_int {
+    // SAFETY: CPython traverses a live Scope.
+    unsafe {
+        let a = (*obj.cast::<Scope>()).arena;
+        if a.is_null() {
+            0
+        } else {
+            visit(a, arg)
+        }
+    }
+}
+
+unsafe extern "C" fn scope_clear(obj: *mut ffi::PyObject) -> c_int {
+    // SAFETY: a live Scope; the reference is taken out before it is dropped.
+    unsafe {
+        let s = &mut *obj.cast::<Scope>();
+        let a = std::mem::replace(&mut s.arena, std::ptr::null_mut());
+        if !a.is_null() {
+            ffi::Py_DECREF(a);
+        }
+    }
+    0
+}
+
+unsafe extern "C" fn scope_dealloc(obj: *mut ffi::PyObject) {
+    // SAFETY: CPython deallocates a dead Scope, attached; a heap type's
+    // instance holds a reference to its type, dropped last.
+    unsafe {
+        ffi::PyObject_GC_UnTrack(obj.cast());
+        scope_clear(obj);
+        let tp = ffi::Py_TYPE(obj);
+        #[cfg(not(Py_GIL_DISABLED))]
+        let kept = KEPT.keep(obj);
+        #[cfg(Py_GIL_DISABLED)]
+        let kept = false;
+        if !kept {
+            ffi::PyObject_GC_Del(obj.cast());
+        }
+        ffi::Py_DECREF(tp.cast());
+    }
+}
+
+unsafe extern "C" fn scope_repr(obj: *mut ffi::PyObject) -> *mut ffi::PyObject {
+    // SAFETY: a live Scope.
+    unsafe {
+        let s = &*obj.cast::<Scope>();
+        let name = match s.which {
+            Which::Enter => c"__enter__",
+            Which::Exit => c"__exit__",
+        };
+        if s.arena.is_null() {
+            return ffi::PyUnicode_FromFormat(
+                c"<method Arena.%s, cleared>".as_ptr(),
+                name.as_ptr(),
+            );
+        }
+        ffi::PyUnicode_FromFormat(
+            c"<bound method Arena.%s of %R>".as_ptr(),
+            name.as_ptr(),
+            s.arena,
+        )
+    }
+}
+
+/// The descriptor's `__get__`: on an arena, a new scope; on the class (or
+/// anything else), PyO3's descriptor's own answer.
+unsafe extern "C" fn method_get(
+    descr: *mut ffi::PyObject,
+    obj: *mut ffi::PyObject,
+    ty: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: CPython calls tp_descr_get attached, with a live Method and
+    // `obj` NULL or live.
+    unsafe {
+        let m = &*descr.cast::<Method>();
+        let arena_tp = ARENA_TYPE.load(Relaxed);
+        if obj.is_null() || ffi::Py_TYPE(obj) != arena_tp {
+            // The class itself, or the error PyO3's descriptor gives.
+            return match (*ffi::Py_TYPE(m.old)).tp_descr_get {
+                Some(get) => get(m.old, obj, ty),
+                None => ffi::Py_NewRef(m.old),
+            };
+        }
+        let s = new_scope();
+        if s.is_null() {
+            return s;
+        }
+        let scope = &mut *s.cast::<Scope>();
+        scope.vectorcall = Some(scope_call);
+        scope.arena = ffi::Py_NewRef(obj);
+        scope.old = m.old;
+        scope.which = m.which;
+        // Tracked once its fields are set (the collector may run at any allocation).
+        ffi::PyObject_GC_Track(s.cast());
+        s
+    }
+}
+
+/// Dead scopes kept for the next `with` (a `with` makes two and drops them
+/// within the statement): their memory, untracked, the type's reference
+/// dropped. With a GIL only.
+#[cfg(not(Py_GIL_DISABLED))]
+static KEPT: super::gil_list::GilList<8> = super::gil_list::GilList::new();
+
+/// A scope object, untracked, its fields to be set; NULL with MemoryError.
+///
+/// # Safety
+/// Attached.
+unsafe fn new_scope() -> *mut ffi::PyObject {
+    let tp = SCOPE_TYPE.load(Relaxed);
+    // SAFETY: attached (the GIL, where the list is used); a kept object is
+    // a dead scope's memory, from the type's allocator.
+    unsafe {
+        #[cfg(not(Py_GIL_DISABLED))]
+        if let Some(obj) = KEPT.take() {
+            // The header as PyType_GenericAlloc sets it (a reference to the type).
+            return ffi::PyObject_Init(obj, tp);
+        }
+        // An object from PyObject_GC_New is not tracked yet.
+        ffi::PyObject_GC_New::<ffi::PyObject>(tp)
+    }
+}
+
+/// `Arena.__dict__["__enter__"](a)` and every attribute (`__doc__`,
+/// `__name__`, `__text_signature__`, ...) are PyO3's descriptor's.
+unsafe extern "C" fn method_call(
+    descr: *mut ffi::PyObject,
+    args: *mut ffi::PyObject,
+    kwargs: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: a live Method; CPython passes a tuple and NULL or a dict.
+    unsafe { ffi::PyObject_Call((*descr.cast::<Method>()).old, args, kwargs) }
+}
+
+unsafe extern "C" fn method_getattro(
+    descr: *mut ffi::PyObject,
+    name: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: a live Method and a str name.
+    unsafe { ffi::PyObject_GetAttr((*descr.cast::<Method>()).old, name) }
+}
+
+unsafe extern "C" fn method_repr(descr: *mut ffi::PyObject) -> *mut ffi::PyObject {
+    // SAFETY: a live Method.
+    unsafe { ffi::PyObject_Repr((*descr.cast::<Method>()).old) }
+}
+
+unsafe extern "C" fn method_dealloc(obj: *mut ffi::PyObject) {
+    // SAFETY: a dead Method (only at interpreter exit: the type's dict holds it).
+    unsafe {
+        ffi::Py_DECREF((*obj.cast::<Method>()).old);
+        let tp = ffi::Py_TYPE(obj);
+        ffi::PyObject_Free(obj.cast());
+        ffi::Py_DECREF(tp.cast());
+    }
+}
+
+/// A type from a spec: `name`, `size` bytes an object, `slots`.
+fn make_type(
+    name: &'static std::ffi::CStr,
+    size: usize,
+    flags: std::ffi::c_ulong,
+    slots: &mut [ffi::PyType_Slot],
+) -> Result<*mut ffi::PyTypeObject, String> {
+    let mut spec = ffi::PyType_Spec {
+        name: name.as_ptr(),
+        basicsize: size as c_int,
+        itemsize: 0,
+        flags: flags as _,
+        slots: slots.as_mut_ptr(),
+    };
+    // SAFETY: a complete spec whose slots end with a zero entry (the
+    // callers'); CPython copies what it needs, the strings are static.
+    let tp = unsafe { ffi::PyType_FromSpec(&mut spec) };
+    if tp.is_null() {
+        // SAFETY: attached (module init), with the exception set.
+        unsafe { ffi::PyErr_Clear() };
+        return Err(format!("PyType_FromSpec({name:?}) failed"));
+    }
+    Ok(tp.cast())
+}
+
+/// Puts the descriptors in Arena's dict in place of PyO3's `__enter__` and
+/// `__exit__` (module init, before any arena is entered).
+pub(crate) fn install(py: Python<'_>) -> Result<(), String> {
+    let arena = Arena::type_object(py);
+    let members = Box::leak(Box::new([
+        ffi::PyMemberDef {
+            name: c"__vectorcalloffset__".as_ptr(),
+            type_code: ffi::Py_T_PYSSIZET,
+            offset: std::mem::offset_of!(Scope, vectorcall) as ffi::Py_ssize_t,
+            flags: ffi::Py_READONLY,
+            doc: std::ptr::null(),
+        },
+        ffi::PyMemberDef {
+            name: c"__self__".as_ptr(),
+            type_code: ffi::Py_T_OBJECT_EX,
+            offset: std::mem::offset_of!(Scope, arena) as ffi::Py_ssize_t,
+            flags: ffi::Py_READONLY,
+            doc: std::ptr::null(),
+        },
+        // SAFETY: the all-zero member ends the list.
+        unsafe { std::mem::zeroed() },
+    ]));
+    let slot = |slot: c_int, pfunc: *mut c_void| ffi::PyType_Slot { slot, pfunc };
+    let mut scope_slots = [
+        slot(ffi::Py_tp_dealloc, scope_dealloc as *mut c_void),
+        slot(ffi::Py_tp_traverse, scope_traverse as *mut c_void),
+        slot(ffi::Py_tp_clear, scope_clear as *mut c_void),
+        slot(ffi::Py_tp_repr, scope_repr as *mut c_void),
+        slot(ffi::Py_tp_call, ffi::PyVectorcall_Call as *mut c_void),
+        slot(ffi::Py_tp_members, members.as_mut_ptr().cast()),
+        slot(0, std::ptr::null_mut()),
+    ];
+    let scope_tp = make_type(
+        c"rsalloc._ArenaMethod",
+        std::mem::size_of::<Scope>(),
+        ffi::Py_TPFLAGS_DEFAULT
+            | ffi::Py_TPFLAGS_HAVE_GC
+            | ffi::Py_TPFLAGS_HAVE_VECTORCALL
+            | SEALED,
+        &mut scope_slots,
+    )?;
+    let mut method_slots = [
+        slot(ffi::Py_tp_dealloc, method_dealloc as *mut c_void),
+        slot(ffi::Py_tp_descr_get, method_get as *mut c_void),
+        slot(ffi::Py_tp_call, method_call as *mut c_void),
+        slot(ffi::Py_tp_getattro, method_getattro as *mut c_void),
+        slot(ffi::Py_tp_repr, method_repr as *mut c_void),
+        slot(0, std::ptr::null_mut()),
+    ];
+    let method_tp = make_type(
+        c"rsalloc._ArenaMethodDescriptor",
+        std::mem::size_of::<Method>(),
+        ffi::Py_TPFLAGS_DEFAULT | SEALED,
+        &mut method_slots,
+    )?;
+    // A scope is never made from Python (no tp_new): only by `method_get`.
+    SCOPE_TYPE.store(scope_tp, Relaxed);
+    ARENA_TYPE.store(arena.as_type_ptr(), Relaxed);
+    for (name, which) in [("__enter__", Which::Enter), ("__exit__", Which::Exit)] {
+        let old = super::own_descriptor(
+            &arena,
+            name,
+            std::ptr::addr_of_mut!(ffi::PyMethodDescr_Type),
+        )
+        .map_err(|e| e.to_string())?;
+        // SAFETY: a ready type of ours, no tp_new, so allocated by hand:
+        // PyType_GenericAlloc sets the header (and a reference to the type).
+        let m = unsafe {
+            let m = ffi::PyType_GenericAlloc(method_tp, 0);
+            if m.is_null() {
+                ffi::PyErr_Clear();
+                return Err(checked::no_memory().to_string());
+            }
+            let mm = &mut *m.cast::<Method>();
+            mm.old = old.into_ptr();
+            mm.which = which;
+            m
+        };
+        super::set_descriptor(&arena, name, m).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}

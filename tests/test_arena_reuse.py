@@ -1,0 +1,241 @@
+"""`with arena:` through the fence's scopes (`arena_with`) and `Arena()` from
+kept arenas (`arena_pool`): everything a program can observe is what the
+plain PyO3 routes give (run with RSALLOC_FAST_PATHS=0 too, by .ci/run).
+docs/decisions.md, "Per-call arenas"."""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import inspect
+import warnings
+import weakref
+
+import pytest
+
+import rsalloc
+from rsalloc import Arena, ArenaClosedError, UseAfterFreeError
+
+from _native import needs_fast_path
+
+
+def _active(name: str) -> bool:
+    from rsalloc import _rsalloc
+
+    return bool(_rsalloc._fast_paths()[name]["active"])
+
+
+# --- __enter__ / __exit__ ---
+
+
+def test_bound_enter_and_exit_behave_as_the_methods() -> None:
+    a = Arena()
+    enter, exit_ = a.__enter__, a.__exit__
+    assert enter.__self__ is a and exit_.__self__ is a
+    assert "__enter__" in repr(enter) and "__exit__" in repr(exit_)
+    assert enter() is a
+    assert rsalloc.current_arena() is a
+    assert exit_(None, None, None) is False
+    assert a.closed
+    with pytest.raises(RuntimeError):
+        rsalloc.current_arena()
+    # __exit__ takes 0 to 3 arguments, by position or keyword, as PyO3's does.
+    b = Arena()
+    b.__enter__()
+    assert b.__exit__() is False
+    c = Arena()
+    c.__enter__()
+    assert c.__exit__(_exc_type=None, _exc=None, _tb=None) is False
+
+
+def test_call_shapes_the_methods_refuse_raise_their_errors() -> None:
+    a = Arena()
+    with pytest.raises(TypeError, match="takes no arguments"):
+        a.__enter__(1)
+    with pytest.raises(TypeError):
+        a.__enter__(x=1)
+    with pytest.raises(TypeError, match="positional arguments"):
+        a.__exit__(1, 2, 3, 4)
+    with pytest.raises(TypeError):
+        a.__exit__(nope=1)
+    # Nothing happened: the arena is not entered, and still open.
+    with pytest.raises(RuntimeError):
+        rsalloc.current_arena()
+    assert not a.allocate(1).is_null
+    a.release_all()
+
+
+def test_the_class_attributes_are_pyo3s_methods() -> None:
+    d = Arena.__dict__["__enter__"]
+    assert Arena.__enter__.__name__ == "__enter__"
+    assert d.__doc__ == Arena.__enter__.__doc__ and d.__doc__
+    assert str(inspect.signature(Arena.__exit__)).startswith("(self")
+    a = Arena()
+    assert Arena.__enter__(a) is a  # unbound, as contextlib.ExitStack calls it
+    assert rsalloc.current_arena() is a
+    assert Arena.__exit__(a, None, None, None) is False
+    assert a.closed
+    b = Arena()
+    assert d(b) is b  # the dict's descriptor calls as PyO3's does
+    assert Arena.__dict__["__exit__"](b) is False and b.closed
+    with pytest.raises(TypeError):
+        Arena.__enter__(object())
+    with pytest.raises(TypeError):
+        type(d)()
+
+
+def test_exit_stack_and_nesting_see_the_right_current_arena() -> None:
+    with contextlib.ExitStack() as st:
+        a = st.enter_context(Arena())
+        assert rsalloc.current_arena() is a
+        with Arena() as b:
+            assert rsalloc.current_arena() is b
+        assert rsalloc.current_arena() is a
+    with pytest.raises(RuntimeError):
+        rsalloc.current_arena()
+
+
+def test_an_exception_in_the_block_propagates_and_releases() -> None:
+    with pytest.raises(KeyError):
+        with Arena() as a:
+            p = a.allocate(8)
+            raise KeyError("x")
+    with pytest.raises(UseAfterFreeError):
+        p[0]
+    with pytest.raises(ArenaClosedError):
+        a.allocate(1)
+
+
+def test_a_cycle_through_a_bound_exit_is_collected() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        a = Arena()
+        a.on_release_all(a.__exit__)  # arena -> callback -> scope -> arena
+        w = weakref.ref(a)
+        del a
+        gc.collect()
+        assert w() is None
+
+
+# --- Arena() from kept arenas ---
+
+
+def test_every_arena_has_its_own_name_and_id() -> None:
+    names = set()
+    for _ in range(20):
+        with Arena() as a:
+            a.allocate(16)
+            names.add((a.name, repr(a)))
+            assert "1 allocations" in repr(a)
+    assert len({n for n, _ in names}) == 20
+
+
+def test_a_block_kept_from_a_released_arena_stays_dead_as_its_memory_is_reused() -> None:
+    holder = rsalloc.calloc(rsalloc.Pointer[rsalloc.Uint8], 1)  # C memory holding an address
+    with Arena() as a:
+        p = a.allocate(32)
+        p[0] = 7
+        holder[0] = p
+        name = a.name
+    del a
+    for _ in range(10):
+        with Arena() as b:
+            q = b.allocate(32)
+            assert q[0] == 0, "a new arena's memory is zeroed"
+            q[0] = 9
+    with pytest.raises(UseAfterFreeError, match=name):
+        p[0]
+    # The address read back from C memory: dead (named by the last arena
+    # whose block held it: the memory was handed out again since).
+    back = holder[0]
+    assert back.address == p.address
+    if rsalloc._rsalloc._block_cache(False)[0]:
+        with pytest.raises(UseAfterFreeError, match="released with its arena"):
+            back[0]
+    # Without the block cache (PYTHONMALLOC=malloc) the chunk went back to
+    # libc at each release: its addresses read back as foreign memory.
+    rsalloc.free(holder)
+
+
+def test_a_kept_arena_has_no_limit_callback_or_old_counters() -> None:
+    with Arena(limit=16) as a:
+        a.allocate(16)
+        a.on_release_all(lambda: None)
+    del a
+    for _ in range(3):
+        with Arena() as b:
+            assert b.stats().limit is None
+            b.allocate(4096)
+            assert b.stats().total_allocs == 1
+            assert "0 callbacks" in repr(b)
+
+
+def test_the_arena_of_a_kept_arenas_block_is_the_new_arena() -> None:
+    for _ in range(5):
+        with Arena() as a:
+            p = a.allocate(8)
+            assert p.allocator is a
+
+
+def test_arenas_with_a_weak_reference_or_a_pointer_left_are_not_reused() -> None:
+    with Arena() as a:
+        p = a.allocate(8)
+    w = weakref.ref(a)
+    del a
+    assert w() is None
+    with Arena() as b:
+        b.allocate(8)
+        assert b.name != p.allocator.name if p.allocator is not None else True
+    with pytest.raises(UseAfterFreeError):
+        p[0]
+
+
+@needs_fast_path("arena_finalizer")
+def test_an_unreleased_kept_arena_warns_where_it_was_made() -> None:
+    with Arena() as a:
+        pass
+    del a
+    with pytest.warns(ResourceWarning) as got:
+        b = Arena()  # the line the warning names
+        line = inspect.currentframe().f_lineno - 1
+        b.allocate(1)
+        del b
+        gc.collect()
+    assert any(f"{__file__}:{line}" in str(w.message) or w.lineno == line for w in got), [
+        str(w.message) for w in got
+    ]
+
+
+def test_arena_with_arguments_takes_the_full_route() -> None:
+    with Arena(rsalloc.calloc) as a:
+        assert "over" in repr(a)
+        a.allocate(8)
+    with Arena(None, limit=8) as b:
+        with pytest.raises(MemoryError):
+            b.allocate(9)
+    with pytest.raises(TypeError):
+        Arena(1)
+    with pytest.raises(TypeError):
+        Arena(nope=1)
+
+
+def test_an_arena_made_with_tracking_on_is_reported_though_kept_ones_wait() -> None:
+    with Arena() as a:
+        pass
+    del a  # kept, with tracking off
+    held = []
+    with pytest.raises(rsalloc.LeakError, match="arena"):
+        with rsalloc.leak_check():
+            b = Arena()  # made with tracking on: registered, so reported
+            b.allocate(8)
+            held.append(b)
+    held[0].release_all()
+
+
+def test_the_tricks_are_reported() -> None:
+    import os
+
+    if os.environ.get("RSALLOC_FAST_PATHS") == "0":
+        assert not _active("arena_with") and not _active("arena_pool")
+    else:
+        assert _active("arena_with") and _active("arena_pool")
