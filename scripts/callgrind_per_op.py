@@ -59,6 +59,8 @@ except ImportError:  # pragma: no cover
 PATTERNS: dict[str, tuple[str, int]] = {
     "empty": ("pass", 20000),
     "malloc64": ("rfree(malloc_allocate(64))", 20000),
+    "calloc64": ("rfree(calloc_allocate(64))", 20000),
+    "bytearray64": ("bytearray(64)", 20000),
     "arena_empty": ("with Arena() as a: pass", 20000),
     "arena": ("with Arena() as a:\n    a.allocate(32); a.allocate(32); a.allocate(32)", 20000),
     "calloc3_freed": ("x = calloc_allocate(32); y = calloc_allocate(32); z = calloc_allocate(32); rfree(x); rfree(y); rfree(z)", 20000),

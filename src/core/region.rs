@@ -209,8 +209,8 @@ impl Drop for Chunk {
 }
 
 /// Ends every chunk of `chunks` (see [`Chunk::dispose`]).
-fn end_all(chunks: Vec<Chunk>, s: Option<Serialized<'_>>) {
-    for c in chunks {
+fn end_all(chunks: &mut Vec<Chunk>, s: Option<Serialized<'_>>) {
+    for c in chunks.drain(..) {
         c.dispose(s);
     }
 }
@@ -643,7 +643,7 @@ impl RegionCore {
 
     /// A buffer export ends; the last one returns the parked chunks.
     pub fn unpin(&self, s: Option<Serialized<'_>>) {
-        let parked = {
+        let mut parked = {
             let mut g = self.lock(s);
             debug_assert!(g.pins > 0, "unpin without pin");
             g.pins = g.pins.saturating_sub(1);
@@ -653,7 +653,7 @@ impl RegionCore {
                 Vec::new()
             }
         };
-        end_all(parked, s);
+        end_all(&mut parked, s);
     }
 
     /// A copy of the block at `base` (`old` bytes, token `token`) in a new
@@ -743,7 +743,14 @@ impl RegionCore {
             }
         }
         drop(g);
-        end_all(chunks, s);
+        end_all(&mut chunks, s);
+        // The emptied list's room goes back for the next generation (or the
+        // next owner, `Anchor::reopen`): its first chunk then reserves
+        // nothing (a per-call arena's first allocation, BENCHMARKS.md).
+        let mut g = self.lock(s);
+        if g.chunks.capacity() == 0 {
+            g.chunks = chunks;
+        }
         true
     }
 

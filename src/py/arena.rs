@@ -114,23 +114,19 @@ pub(crate) struct ArenaName {
 impl ArenaName {
     fn new(id: u64) -> Self {
         const PREFIX: &[u8] = b"arena #";
-        let mut digits = [0u8; 20];
-        let (mut n, mut i) = (id, digits.len());
-        loop {
-            i -= 1;
-            digits[i] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
+        let digits = id.checked_ilog10().map_or(1, |d| d as usize + 1);
+        let len = PREFIX.len() + digits;
         let mut buf = [0u8; 27];
         buf[..PREFIX.len()].copy_from_slice(PREFIX);
-        let tail = &digits[i..];
-        buf[PREFIX.len()..PREFIX.len() + tail.len()].copy_from_slice(tail);
+        // Written in place from the last digit (a u64 has at most 20).
+        let mut n = id;
+        for b in buf[PREFIX.len()..len].iter_mut().rev() {
+            *b = b'0' + (n % 10) as u8;
+            n /= 10;
+        }
         ArenaName {
             buf,
-            len: (PREFIX.len() + tail.len()) as u8,
+            len: len as u8,
         }
     }
 }
@@ -748,7 +744,10 @@ impl Arena {
             backing,
             allocator: Mutex::new(obj),
             callbacks: Mutex::new(Vec::new()),
-            name: ArenaName::new(0),
+            name: ArenaName {
+                buf: [0; 27],
+                len: 0,
+            },
             made: Made::Unknown,
             leak_seq: 0,
             known: AtomicBool::new(false),
