@@ -243,3 +243,31 @@ def test_the_tricks_are_reported() -> None:
         assert not _active("arena_with") and not _active("arena_pool")
     else:
         assert _active("arena_with") and _active("arena_pool")
+
+
+def test_threads_opening_per_call_arenas_get_their_own() -> None:
+    import threading
+
+    seen: list[list[str]] = [[], [], []]
+    errors: list[BaseException] = []
+
+    def work(k: int) -> None:
+        try:
+            for i in range(500):
+                with Arena() as a:
+                    assert rsalloc.current_arena() is a
+                    p = a.allocate(16)
+                    p[0] = k
+                    assert p[0] == k and p.allocator is a
+                    seen[k].append(a.name)
+        except BaseException as e:  # reported below
+            errors.append(e)
+
+    ts = [threading.Thread(target=work, args=(k,)) for k in range(3)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert not errors, errors
+    names = [n for s in seen for n in s]
+    assert len(names) == 1500 and len(set(names)) == 1500
