@@ -110,57 +110,8 @@ unsafe extern "C" fn new_arena(
                 return obj;
             }
         }
-        type_call(callable, args, nargs, kwnames)
-    }
-}
-
-/// `type.__call__(callable, *args, **kwargs)` from a vectorcall's arguments.
-///
-/// # Safety
-/// Attached; the arguments as CPython passes them to a vectorcall entry.
-unsafe fn type_call(
-    callable: *mut ffi::PyObject,
-    args: *const *mut ffi::PyObject,
-    nargs: ffi::Py_ssize_t,
-    kwnames: *mut ffi::PyObject,
-) -> *mut ffi::PyObject {
-    // SAFETY: per the function's contract; every object made here is
-    // checked and released.
-    unsafe {
-        let Some(call) = (*ffi::Py_TYPE(callable)).tp_call else {
-            ffi::PyErr_SetString(ffi::PyExc_TypeError, c"Arena type is not callable".as_ptr());
-            return std::ptr::null_mut();
-        };
-        let tuple = ffi::PyTuple_New(nargs);
-        if tuple.is_null() {
-            return tuple;
-        }
-        for i in 0..nargs {
-            let a = *args.offset(i);
-            ffi::PyTuple_SET_ITEM(tuple, i, ffi::Py_NewRef(a));
-        }
-        let mut kwargs = std::ptr::null_mut();
-        if !kwnames.is_null() {
-            kwargs = ffi::PyDict_New();
-            if kwargs.is_null() {
-                ffi::Py_DECREF(tuple);
-                return kwargs;
-            }
-            for i in 0..ffi::PyTuple_GET_SIZE(kwnames) {
-                let key = ffi::PyTuple_GET_ITEM(kwnames, i);
-                if ffi::PyDict_SetItem(kwargs, key, *args.offset(nargs + i)) < 0 {
-                    ffi::Py_DECREF(kwargs);
-                    ffi::Py_DECREF(tuple);
-                    return std::ptr::null_mut();
-                }
-            }
-        }
-        let out = call(callable, tuple, kwargs);
-        ffi::Py_DECREF(tuple);
-        if !kwargs.is_null() {
-            ffi::Py_DECREF(kwargs);
-        }
-        out
+        // `type.__call__(Arena, *args, **kwargs)`, as without this entry.
+        super::call_through_tp_call(callable, args, nargs, kwnames)
     }
 }
 

@@ -102,19 +102,13 @@ unsafe extern "C" fn scope_call(
         let out = super::attach::registered(|py| {
             let a = pyo3::Borrowed::from_ptr(py, arena).cast_unchecked::<Arena>();
             let done = match which {
-                Which::Enter => Arena::enter(&a),
-                Which::Exit => Arena::exit(&a),
+                Which::Enter => Arena::enter(&a).map(|()| ffi::Py_NewRef(arena)),
+                Which::Exit => Arena::exit(&a).map(|()| ffi::Py_NewRef(ffi::Py_False())),
             };
-            match done {
-                Ok(()) => match which {
-                    Which::Enter => ffi::Py_NewRef(arena),
-                    Which::Exit => ffi::Py_NewRef(ffi::Py_False()),
-                },
-                Err(e) => {
-                    e.restore(py);
-                    std::ptr::null_mut()
-                }
-            }
+            done.unwrap_or_else(|e| {
+                e.restore(py);
+                std::ptr::null_mut()
+            })
         });
         // None: a panic, raised as PanicException.
         out.unwrap_or(std::ptr::null_mut())
@@ -311,7 +305,8 @@ fn make_type(
 /// `__exit__` (module init, before any arena is entered).
 pub(crate) fn install(py: Python<'_>) -> Result<(), String> {
     let arena = Arena::type_object(py);
-    let members = Box::leak(Box::new([
+    // PyType_FromSpec copies the members into the type it makes.
+    let mut members = [
         ffi::PyMemberDef {
             name: c"__vectorcalloffset__".as_ptr(),
             type_code: ffi::Py_T_PYSSIZET,
@@ -328,7 +323,7 @@ pub(crate) fn install(py: Python<'_>) -> Result<(), String> {
         },
         // SAFETY: the all-zero member ends the list.
         unsafe { std::mem::zeroed() },
-    ]));
+    ];
     let slot = |slot: c_int, pfunc: *mut c_void| ffi::PyType_Slot { slot, pfunc };
     let mut scope_slots = [
         slot(ffi::Py_tp_dealloc, scope_dealloc as *mut c_void),

@@ -491,68 +491,8 @@ pub(crate) unsafe extern "C" fn allocator_vectorcall(
                 let count = (nargs == 2).then(|| *args.add(1));
                 plain_allocator_call(py, callable, *args, count)
             },
-            || call_through_tp_call(callable, args, nargs, kwnames),
+            || super::call_through_tp_call(callable, args, nargs, kwnames),
         )
-    }
-}
-
-/// What CPython does for a callable without vectorcall: the positional
-/// arguments as a tuple, the keyword ones as a dict, then `tp_call`.
-///
-/// # Safety
-/// As for `allocator_vectorcall`.
-unsafe fn call_through_tp_call(
-    callable: *mut ffi::PyObject,
-    args: Args,
-    nargs: ffi::Py_ssize_t,
-    kwnames: *mut ffi::PyObject,
-) -> *mut ffi::PyObject {
-    // SAFETY: per the function's contract; every reference made here is
-    // released on every path.
-    unsafe {
-        let Some(call) = (*ffi::Py_TYPE(callable)).tp_call else {
-            return ffi::PyErr_Format(ffi::PyExc_TypeError, c"object is not callable".as_ptr());
-        };
-        let tuple = ffi::PyTuple_New(nargs);
-        if tuple.is_null() {
-            return std::ptr::null_mut();
-        }
-        for i in 0..nargs {
-            let a = *args.offset(i);
-            ffi::Py_INCREF(a);
-            ffi::PyTuple_SET_ITEM(tuple, i, a);
-        }
-        let mut kwargs = std::ptr::null_mut();
-        let nkw = if kwnames.is_null() {
-            0
-        } else {
-            ffi::PyTuple_GET_SIZE(kwnames)
-        };
-        if nkw > 0 {
-            kwargs = ffi::PyDict_New();
-            if kwargs.is_null() {
-                ffi::Py_DECREF(tuple);
-                return std::ptr::null_mut();
-            }
-            for i in 0..nkw {
-                let set = ffi::PyDict_SetItem(
-                    kwargs,
-                    ffi::PyTuple_GET_ITEM(kwnames, i),
-                    *args.offset(nargs + i),
-                );
-                if set < 0 {
-                    ffi::Py_DECREF(kwargs);
-                    ffi::Py_DECREF(tuple);
-                    return std::ptr::null_mut();
-                }
-            }
-        }
-        let r = call(callable, tuple, kwargs);
-        ffi::Py_DECREF(tuple);
-        if !kwargs.is_null() {
-            ffi::Py_DECREF(kwargs);
-        }
-        r
     }
 }
 

@@ -269,3 +269,64 @@ pub(crate) unsafe fn call_prepended(
         ffi::PyObject_Vectorcall(callable, all.as_ptr(), npos, kwnames)
     }
 }
+
+/// What CPython does for a callable without vectorcall: the positional
+/// arguments as a tuple, the keyword ones as a dict, then `tp_call`.
+///
+/// # Safety
+/// Attached; the arguments as CPython passes them to a vectorcall entry
+/// (`args` holding `nargs` positional then `len(kwnames)` keyword values).
+pub(crate) unsafe fn call_through_tp_call(
+    callable: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: per the function's contract; every reference made here is
+    // released on every path.
+    unsafe {
+        let Some(call) = (*ffi::Py_TYPE(callable)).tp_call else {
+            return ffi::PyErr_Format(ffi::PyExc_TypeError, c"object is not callable".as_ptr());
+        };
+        let tuple = ffi::PyTuple_New(nargs);
+        if tuple.is_null() {
+            return std::ptr::null_mut();
+        }
+        for i in 0..nargs {
+            let a = *args.offset(i);
+            ffi::Py_INCREF(a);
+            ffi::PyTuple_SET_ITEM(tuple, i, a);
+        }
+        let mut kwargs = std::ptr::null_mut();
+        let nkw = if kwnames.is_null() {
+            0
+        } else {
+            ffi::PyTuple_GET_SIZE(kwnames)
+        };
+        if nkw > 0 {
+            kwargs = ffi::PyDict_New();
+            if kwargs.is_null() {
+                ffi::Py_DECREF(tuple);
+                return std::ptr::null_mut();
+            }
+            for i in 0..nkw {
+                let set = ffi::PyDict_SetItem(
+                    kwargs,
+                    ffi::PyTuple_GET_ITEM(kwnames, i),
+                    *args.offset(nargs + i),
+                );
+                if set < 0 {
+                    ffi::Py_DECREF(kwargs);
+                    ffi::Py_DECREF(tuple);
+                    return std::ptr::null_mut();
+                }
+            }
+        }
+        let r = call(callable, tuple, kwargs);
+        ffi::Py_DECREF(tuple);
+        if !kwargs.is_null() {
+            ffi::Py_DECREF(kwargs);
+        }
+        r
+    }
+}
