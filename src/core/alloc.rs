@@ -137,8 +137,13 @@ impl Backend for Libc {
                 return Ok(p);
             }
         }
-        sys::alloc(size, align, zeroed)
-            .or_else(|e| retry_after_trim(e, s, || sys::alloc(size, align, zeroed)))
+        let p = sys::alloc(size, align, zeroed)
+            .or_else(|e| retry_after_trim(e, s, || sys::alloc(size, align, zeroed)))?;
+        if !zeroed {
+            // SAFETY: a fresh libc block, ours alone.
+            unsafe { block_cache::scrub(p) };
+        }
+        Ok(p)
     }
     #[inline]
     unsafe fn free(
@@ -177,12 +182,19 @@ impl Backend for Libc {
         s: Option<Serialized<'_>>,
     ) -> Result<NonNull<u8>> {
         // SAFETY: forwarded contract (a failed realloc leaves the block as it was).
-        unsafe { sys::realloc(ptr, old, new, align, zeroed) }.or_else(|e| {
+        let p = unsafe { sys::realloc(ptr, old, new, align, zeroed) }.or_else(|e| {
             // SAFETY: as above: the block is untouched after the failure.
             retry_after_trim(e, s, || unsafe {
                 sys::realloc(ptr, old, new, align, zeroed)
             })
-        })
+        })?;
+        if !zeroed && old <= std::mem::size_of::<usize>() {
+            // The second word is past the bytes kept: as unspecified as a
+            // fresh block's (`block_cache::scrub`).
+            // SAFETY: the new block is ours alone.
+            unsafe { block_cache::scrub(p) };
+        }
+        Ok(p)
     }
     fn native_free(&self) -> Option<usize> {
         Some(sys::free_fn_address())

@@ -229,7 +229,8 @@ pub fn detect_c_frees() {
 ///
 /// # Safety
 /// `p` is a block of libc's `malloc` family rsalloc was given, live as far
-/// as rsalloc knows, of `size` bytes asked.
+/// as rsalloc knows, of `size` bytes asked ([`scrub`]bed when it was given,
+/// or adopted: an adopted block's second word is its maker's).
 #[inline]
 pub unsafe fn freed_by_c(p: NonNull<u8>, size: usize) -> bool {
     if !DETECT.load(Relaxed) || (size > TCACHE_MAX && !enabled()) {
@@ -237,6 +238,34 @@ pub unsafe fn freed_by_c(p: NonNull<u8>, size: usize) -> bool {
     }
     // SAFETY: per the function's contract.
     unsafe { usable_unless_freed(p) }.is_none()
+}
+
+/// Clears the key from a block libc just handed rsalloc, where its second
+/// word holds it: the key is not proof enough on its own. glibc leaves it
+/// in a block that left a per-thread cache other than through `malloc` (a
+/// thread's cache emptied at its exit goes to that thread's arena's bins,
+/// key and all, and the next thread to take the arena gets such blocks
+/// from `malloc` with the word as it was). Read at its free, such a live
+/// block looked freed by C and was dropped: neither kept nor freed, a leak
+/// (tests/test_c_free_key.py). A fresh block's contents are unspecified,
+/// so clearing the word changes nothing a caller may rely on.
+///
+/// # Safety
+/// `p` is a block of libc's `malloc` family that nothing else uses yet
+/// (at least 24 usable bytes, as every glibc block has).
+#[inline]
+pub unsafe fn scrub(p: NonNull<u8>) {
+    let key = TCACHE_KEY.load(Relaxed);
+    if key == 0 {
+        return;
+    }
+    // SAFETY: per the function's contract: the word is the block's own.
+    unsafe {
+        let w = p.as_ptr().cast::<usize>().add(1);
+        if w.read_volatile() == key {
+            w.write_volatile(0);
+        }
+    }
 }
 
 /// `p`'s usable size, None when glibc counts it free ([`freed_by_c`]).
@@ -490,6 +519,28 @@ mod tests {
 
     #[test]
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    fn a_live_block_that_kept_a_stale_key_is_not_taken_for_freed() {
+        detect_c_frees();
+        let key = TCACHE_KEY.load(Relaxed);
+        assert_ne!(key, 0, "glibc's tcache key learnt");
+        // SAFETY: plain libc calls on a live block of ours.
+        unsafe {
+            let p = NonNull::new(libc::malloc(64).cast::<u8>()).unwrap();
+            // What glibc leaves in a block a thread's cache let go at its exit.
+            p.as_ptr().cast::<usize>().add(1).write(key);
+            assert!(freed_by_c(p, 64), "the key alone reads as freed");
+            scrub(p);
+            assert!(!freed_by_c(p, 64), "scrubbed when given: live");
+            // A word that is not the key is the caller's and stays.
+            p.as_ptr().cast::<usize>().add(1).write(key ^ 1);
+            scrub(p);
+            assert_eq!(p.as_ptr().cast::<usize>().add(1).read(), key ^ 1);
+            libc::free(p.as_ptr().cast());
+        }
+    }
+
+    #[test]
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
     fn a_glibc_block_c_freed_is_seen_freed_without_the_cache() {
         // The cache stays off: the look for C's frees works on its own
         // (RSALLOC_BLOCK_CACHE=0, a free-threaded build). Reads a freed
@@ -501,6 +552,8 @@ mod tests {
             // reads a block C freed (its words stay mapped).
             unsafe {
                 let p = NonNull::new(libc::malloc(n).cast::<u8>()).unwrap();
+                // As rsalloc takes every block from libc (`Libc::alloc`).
+                scrub(p);
                 assert!(!freed_by_c(p, n), "a live block of {n} bytes");
                 // A second block keeps `p` from merging into the top chunk,
                 // where glibc could give it a usable size again.
