@@ -200,3 +200,54 @@ print("ok", p[len(p) - 1])
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "ok 7", out.stderr
+
+
+@on
+@pytest.mark.parametrize("size", [24, 200, 4000])
+def test_a_cache_filled_by_other_sizes_still_keeps_the_latest_frees(size: int) -> None:
+    # Earlier work left the cache at its byte bound with blocks of other
+    # sizes (issue 18's CI run: a string array freed after it read back
+    # foreign from its 15th string on). The latest frees are still kept.
+    bound = 1024 * 1024
+    for n in (4096, 3900, 3700, 3500, 3300):
+        if n != size:
+            churn(n, 64)
+    # Then up to the last few bytes, from classes of 32 bytes and up.
+    for n in range(24, 1000, 16):
+        room = bound - _block_cache()[2]
+        if n != size and room >= 32:
+            churn(n, min(64, room // (n + 8)))
+    assert bound - _block_cache()[2] < 64 * 32, "the 64 frees below do not fit"
+    arr = calloc(rsalloc.Pointer[rsalloc.Uint8], 64)
+    for i in range(64):
+        arr[i] = malloc(rsalloc.Uint8, size)
+    for i in range(64):
+        free(arr[i])
+    for i in range(64):
+        stale = arr[i]
+        assert not stale.alive, i
+        with pytest.raises(UseAfterFreeError):
+            stale[0]
+    free(arr)
+    assert _block_cache()[2] <= 1024 * 1024
+
+
+@on
+def test_blocks_freed_again_after_reuse_read_back_dead() -> None:
+    # A block the cache handed out again and that is freed anew is the
+    # latest free, whatever other frees came between its two lives: the
+    # record of lately freed blocks moved it to the front of its set (it
+    # stayed where its first life was, and the next frees in its set
+    # pushed it out: issue 18's CI run).
+    for _ in range(24):
+        first = [malloc.allocate(200) for _ in range(64)]
+        for p in first:
+            free(p)
+        churn(48, 600)  # other frees, in every set
+        arr = calloc(rsalloc.Pointer[rsalloc.Uint8], 64)
+        for i in range(64):
+            arr[i] = malloc(rsalloc.Uint8, 200)
+        for i in range(64):
+            free(arr[i])
+        assert [i for i in range(64) if arr[i].alive] == []
+        free(arr)

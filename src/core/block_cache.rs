@@ -17,8 +17,10 @@
 //!
 //! Bounds: blocks of up to [`MAX_SIZE`] bytes, at most [`PER_CLASS`] per size
 //! class and [`MAX_BYTES`] in all. A class that is full gives its oldest
-//! block to `free` and keeps the new one: the most recently freed addresses
-//! stay rsalloc's, so a stale address read back from C memory finds its
+//! block to `free` and keeps the new one, and a cache at its byte bound
+//! takes room from the class holding the most (`make_room`): the new block
+//! is always kept. So the most recently freed addresses stay rsalloc's,
+//! and a stale address read back from C memory finds its
 //! dead record (`index::lately_freed`) instead of memory libc gave someone
 //! else. Allocation takes the newest (its memory is the warmest).
 //!
@@ -337,23 +339,49 @@ pub unsafe fn give(s: Serialized<'_>, p: NonNull<u8>) -> bool {
     let cb = class_bytes(class);
     if c.stacks[class].len == PER_CLASS || c.bytes + cb > MAX_BYTES {
         make_room(c, class);
-        if c.bytes + cb > MAX_BYTES {
-            return false;
-        }
     }
     c.stacks[class].push(p.as_ptr());
     c.bytes += cb;
     true
 }
 
-/// Gives the oldest blocks of `class` to `free` until it has room for one
-/// more within the bounds (or is empty).
+/// Makes room for one more block of `class`: a full class gives its
+/// oldest block to `free`; over [`MAX_BYTES`], the class holding the most
+/// bytes gives its oldest ones, in one go down to [`ROOM_AFTER_TRIM`].
+/// Never refusing the new block for the bytes bound keeps the promise that
+/// the latest frees stay rsalloc's: a cache filled with blocks of other
+/// sizes would otherwise send every new free straight to libc, and its
+/// start would read back as foreign memory (issue 18's CI run). Going
+/// below the bound by an eighth makes the scan of the classes rare.
 #[cold]
 fn make_room(c: &mut Cache, class: usize) {
     let cb = class_bytes(class);
-    let s = &mut c.stacks[class];
-    while s.len == PER_CLASS || (c.bytes + cb > MAX_BYTES && s.len > 0) {
-        let Some(old) = s.pop_oldest() else { break };
+    if c.stacks[class].len == PER_CLASS {
+        give_oldest(c, class, 1);
+    }
+    while c.bytes + cb > MAX_BYTES {
+        let (fullest, bytes) = (0..CLASSES)
+            .map(|k| (k, c.stacks[k].len * class_bytes(k)))
+            .max_by_key(|&(_, b)| b)
+            .unwrap_or((class, 0));
+        if bytes == 0 {
+            break;
+        }
+        let over = (c.bytes + cb).saturating_sub(ROOM_AFTER_TRIM);
+        give_oldest(c, fullest, over.div_ceil(class_bytes(fullest)).max(1));
+    }
+}
+
+/// What [`make_room`] brings the cache's bytes down to when it is full.
+const ROOM_AFTER_TRIM: usize = MAX_BYTES - MAX_BYTES / 8;
+
+/// Gives up to `n` of the oldest blocks of `class` to `free`.
+fn give_oldest(c: &mut Cache, class: usize, n: usize) {
+    let cb = class_bytes(class);
+    for _ in 0..n {
+        let Some(old) = c.stacks[class].pop_oldest() else {
+            break;
+        };
         c.bytes -= cb;
         // SAFETY: kept blocks are live libc blocks nothing else uses.
         unsafe { sys::free(NonNull::new_unchecked(old)) };

@@ -40,7 +40,7 @@
 //! Lately freed blocks: up to [`FREED_KEPT`] records that died by a free or
 //! a realloc keep the index's count in a table (four-way set-associative by
 //! address: a later free whose address maps to a full set takes its oldest
-//! entry; a block freed again replaces its own), so that
+//! entry; a block freed again replaces its own and becomes the newest), so that
 //! the start address of such a block, read back from memory before rsalloc
 //! hands that address out again, gives a dead Pointer (`UseAfterFreeError`)
 //! and not a foreign view of whatever the memory holds now, as long as the
@@ -519,7 +519,15 @@ impl State {
         let word = r.into_word();
         let same = set.iter().position(|e| e.0 == start && e.1 != 0);
         let old = match same {
-            Some(i) => std::mem::replace(&mut set[i], (start, word)).1,
+            Some(i) => {
+                // Its previous life goes, and it moves to the front: it is
+                // the newest now (left in place, the set's next start could
+                // push out a block freed just before).
+                let (_, old) = set[i];
+                set.copy_within(0..i, 1);
+                set[0] = (start, word);
+                old
+            }
             None => {
                 let (_, oldest) = set[FREED_WAYS - 1];
                 set.copy_within(0..FREED_WAYS - 1, 1);
@@ -946,7 +954,7 @@ mod tests {
     fn lately_freed_sets_keep_four_and_drop_the_oldest() {
         let m = malloc();
         let mut st = State::new();
-        let recs: Vec<_> = (0..7)
+        let recs: Vec<_> = (0..9)
             .map(|_| {
                 m.allocate(array(16, 1, 1, None).unwrap(), None, None)
                     .unwrap()
@@ -982,6 +990,22 @@ mod tests {
         assert!(st.freed_word(starts[0]).is_none());
         assert!(starts[1..5].iter().all(|&a| st.freed_word(a).is_some()));
         assert!(st.freed_word(starts[5]).is_none());
+        // The oldest start freed again (its block was handed out and freed
+        // anew) is the newest now: the next start takes the one after it.
+        let old = st
+            .keep_freed(starts[1], recs[7].clone())
+            .expect("its previous life");
+        assert!(RecordRef::ptr_eq(&old, &recs[1]));
+        let old = st
+            .keep_freed(starts[5], recs[8].clone())
+            .expect("the oldest");
+        assert!(
+            RecordRef::ptr_eq(&old, &recs[3]),
+            "not the start freed just before"
+        );
+        assert!([1, 2, 4, 5]
+            .iter()
+            .all(|&i| st.freed_word(starts[i]).is_some()));
         // Another set is untouched.
         assert!(st.keep_freed(other, recs[6].clone()).is_none());
         for e in st.freed.iter_mut().flatten() {
