@@ -505,20 +505,27 @@ mod block_cache {
         let (_one, g, m) = setup();
         let s = Some(token(&g));
         trim(token(&g));
-        // Fill the bytes bound from several large classes.
-        let mut n = MAX_SIZE;
-        while held(token(&g)).1 + MAX_SIZE < MAX_BYTES {
-            churn(&m, s, n, PER_CLASS);
-            n -= 200;
+        // The bytes bound filled from a few large classes, or from many
+        // smaller ones (then the new size's own class becomes the fullest,
+        // and the room must still come from the others).
+        for (first, step, size) in [(MAX_SIZE, 200, 200), (1000, 16, 4000)] {
+            let mut n = first;
+            while held(token(&g)).1 + MAX_SIZE < MAX_BYTES {
+                churn(&m, s, n, PER_CLASS);
+                n -= step;
+            }
+            let full = held(token(&g));
+            assert!(full.1 + MAX_SIZE >= MAX_BYTES, "{full:?}");
+            let addrs = churn(&m, s, size, PER_CLASS);
+            for (i, &a) in addrs.iter().enumerate() {
+                assert!(
+                    holds(token(&g), a, size),
+                    "block {i} of {size} bytes given to libc"
+                );
+            }
+            assert!(held(token(&g)).1 <= MAX_BYTES, "{:?}", held(token(&g)));
+            trim(token(&g));
         }
-        let full = held(token(&g));
-        assert!(full.1 + MAX_SIZE >= MAX_BYTES, "{full:?}");
-        let addrs = churn(&m, s, 200, PER_CLASS);
-        for (i, &a) in addrs.iter().enumerate() {
-            assert!(holds(token(&g), a, 200), "block {i} of 64 given to libc");
-        }
-        assert!(held(token(&g)).1 <= MAX_BYTES, "{:?}", held(token(&g)));
-        trim(token(&g));
     }
 
     /// A full class gives its oldest block to `free`: the latest frees stay

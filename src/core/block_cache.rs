@@ -18,7 +18,7 @@
 //! Bounds: blocks of up to [`MAX_SIZE`] bytes, at most [`PER_CLASS`] per size
 //! class and [`MAX_BYTES`] in all. A class that is full gives its oldest
 //! block to `free` and keeps the new one, and a cache at its byte bound
-//! takes room from the class holding the most (`make_room`): the new block
+//! takes room from the other class holding the most (`make_room`): the new block
 //! is always kept. So the most recently freed addresses stay rsalloc's,
 //! and a stale address read back from C memory finds its
 //! dead record (`index::lately_freed`) instead of memory libc gave someone
@@ -346,8 +346,8 @@ pub unsafe fn give(s: Serialized<'_>, p: NonNull<u8>) -> bool {
 }
 
 /// Makes room for one more block of `class`: a full class gives its
-/// oldest block to `free`; over [`MAX_BYTES`], the class holding the most
-/// bytes gives its oldest ones, in one go down to [`ROOM_AFTER_TRIM`].
+/// oldest block to `free`; over [`MAX_BYTES`], the other class holding the
+/// most bytes gives its oldest ones, in one go down to [`ROOM_AFTER_TRIM`].
 /// Never refusing the new block for the bytes bound keeps the promise that
 /// the latest frees stay rsalloc's: a cache filled with blocks of other
 /// sizes would otherwise send every new free straight to libc, and its
@@ -360,10 +360,14 @@ fn make_room(c: &mut Cache, class: usize) {
         give_oldest(c, class, 1);
     }
     while c.bytes + cb > MAX_BYTES {
-        let (fullest, bytes) = (0..CLASSES)
+        // Another class first: the new block's own holds the frees just
+        // before it, which a program's array of one size wants kept.
+        let others = (0..CLASSES).filter(|&k| k != class);
+        let (fullest, bytes) = others
             .map(|k| (k, c.stacks[k].len * class_bytes(k)))
             .max_by_key(|&(_, b)| b)
-            .unwrap_or((class, 0));
+            .filter(|&(_, b)| b > 0)
+            .unwrap_or((class, c.stacks[class].len * cb));
         if bytes == 0 {
             break;
         }
