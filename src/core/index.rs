@@ -517,28 +517,21 @@ impl State {
     fn keep_freed(&mut self, start: usize, r: RecordRef) -> Option<RecordRef> {
         let set = &mut self.freed[freed_set(start)];
         let word = r.into_word();
-        let same = set.iter().position(|e| e.0 == start && e.1 != 0);
-        let old = match same {
-            Some(i) => {
-                // Its previous life goes, and it moves to the front: it is
-                // the newest now (left in place, the set's next start could
-                // push out a block freed just before).
-                // In an allocate-free loop it is the first already: no move
-                // (a `copy_within` here is a `memmove` call on every free).
-                let (_, old) = set[i];
-                for j in (1..=i).rev() {
-                    set[j] = set[j - 1];
-                }
-                set[0] = (start, word);
-                old
-            }
-            None => {
-                let (_, oldest) = set[FREED_WAYS - 1];
-                set.copy_within(0..FREED_WAYS - 1, 1);
-                set[0] = (start, word);
-                oldest
-            }
-        };
+        // The entry that goes: the block's previous life, else the set's
+        // oldest. Either way the new one moves to the front, the newest
+        // (left in place, a previous life's slot could be the next to go,
+        // pushing out a block freed just before). A loop, not `copy_within`:
+        // that is a `memmove` call on every free, and in an allocate-free
+        // loop the previous life is first already and nothing moves.
+        let i = set
+            .iter()
+            .position(|e| e.0 == start && e.1 != 0)
+            .unwrap_or(FREED_WAYS - 1);
+        let (_, old) = set[i];
+        for j in (1..=i).rev() {
+            set[j] = set[j - 1];
+        }
+        set[0] = (start, word);
         (old != 0).then(|| take_count(old)).flatten()
     }
 
