@@ -44,7 +44,7 @@ mod _rsalloc {
     use crate::py::pointer::Pointer;
     #[pymodule_export]
     use crate::py::stats::{
-        _block_cache, _fail_object_creation, _reserve_state, set_limit, stats, Stats,
+        _block_cache, _fail_object_creation, _held_chunks, _reserve_state, set_limit, stats, Stats,
     };
     #[pymodule_export]
     use crate::py::strings::{to_native_utf16, to_native_utf8};

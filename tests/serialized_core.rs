@@ -288,14 +288,20 @@ fn a_region_released_with_the_proof_keeps_its_first_chunk_and_one_without_frees_
     serialize();
     let g = LOCK.lock().unwrap();
     let s = Some(token(&g));
-    use rsalloc::core::region::trim_kept_chunks;
+    use rsalloc::core::region::{held_chunks, trim_kept_chunks};
     trim_kept_chunks(token(&g));
     let req = Request { size: 64, align: 8 };
     let first = RegionCore::new();
     let (at, _) = first.allocate(req, s).unwrap();
     // SAFETY: a live 64-byte block of `first`.
     unsafe { std::ptr::write_bytes(std::ptr::with_exposed_provenance_mut::<u8>(at), 0xAB, 64) };
+    let held = held_chunks();
     assert!(first.release(false, s));
+    assert_eq!(held_chunks(), held + 1, "held for the region's reopening");
+    assert_eq!(trim_kept_chunks(token(&g)), 0);
+    // Its owner goes (the binding's dealloc): kept for the next region.
+    first.let_go(token(&g));
+    assert_eq!(held_chunks(), held);
     assert_eq!(trim_kept_chunks(token(&g)), 1, "kept for the next region");
 
     let second = RegionCore::new();
@@ -303,6 +309,7 @@ fn a_region_released_with_the_proof_keeps_its_first_chunk_and_one_without_frees_
     // SAFETY: a live 64-byte block of `second`.
     unsafe { std::ptr::write_bytes(std::ptr::with_exposed_provenance_mut::<u8>(at), 0xAB, 64) };
     assert!(second.release(false, s));
+    second.let_go(token(&g));
     let third = RegionCore::new();
     let (again, _) = third.allocate(req, s).unwrap();
     assert_eq!(again, at, "the kept chunk serves the next region");
@@ -315,8 +322,117 @@ fn a_region_released_with_the_proof_keeps_its_first_chunk_and_one_without_frees_
     );
     // The synchronised path (a drop, or a caller without the proof) frees.
     assert!(third.release(false, None));
+    assert_eq!(held_chunks(), held);
+    assert_eq!(trim_kept_chunks(token(&g)), 0);
+    // A held chunk whose region is dropped without the proof is freed, and
+    // no longer counted.
+    let fourth = RegionCore::new();
+    fourth.allocate(req, s).unwrap();
+    fourth.release(false, s);
+    assert_eq!(held_chunks(), held + 1);
+    drop(fourth);
+    assert_eq!(held_chunks(), held);
     assert_eq!(trim_kept_chunks(token(&g)), 0);
     drop((first, second, third));
+}
+
+#[test]
+fn a_closed_region_holds_its_first_chunk_for_its_reopening_and_no_more_than_four_are_held() {
+    use rsalloc::core::error::Death;
+    use rsalloc::core::region::{held_chunks, trim_kept_chunks, view_at};
+    let _one = ONE_TEST.lock().unwrap_or_else(|e| e.into_inner());
+    serialize();
+    let g = LOCK.lock().unwrap();
+    let s = Some(token(&g));
+    trim_kept_chunks(token(&g));
+    let req = Request { size: 24, align: 8 };
+    let held = held_chunks();
+    assert_eq!(held, 0, "no region of another test is left closed");
+    let anchor = Anchor::new(RegionCore::new()).unwrap();
+    let r = anchor.region().clone();
+    let (a, _) = anchor.allocate(req, s).unwrap();
+    let (b, _) = anchor.allocate(req, s).unwrap();
+    // SAFETY: live 24-byte blocks of the region.
+    unsafe {
+        std::ptr::write_bytes(std::ptr::with_exposed_provenance_mut::<u8>(a), 0xEE, 24);
+        std::ptr::write_bytes(std::ptr::with_exposed_provenance_mut::<u8>(b), 0xEE, 24);
+    }
+    let old_id = r.id();
+    assert!(r.release(false, s));
+    assert_eq!(held_chunks(), 1);
+    let u = r.usage();
+    assert_eq!(
+        (u.chunks, u.reserved, u.closed),
+        (0, 0, true),
+        "held, not in use"
+    );
+    // Still listed: its released blocks read back dead, named by their region.
+    let dead = |r: &Arc<RegionCore>, addr: usize, id: u64| {
+        let (v, end) = view_at(r, addr, s).unwrap().expect("a dead view");
+        matches!(
+            v.check_access(addr, s),
+            Err(Error::UseAfterFree(Death::Released))
+        ) && end == addr + 24
+            && v.region().id() == id
+    };
+    assert!(dead(&r, a, old_id) && dead(&r, b, old_id));
+    drop(r);
+    assert!(anchor.reopen(old_id + 1_000_000, token(&g)));
+    assert_eq!(held_chunks(), 0, "the reopened region bumps it");
+    let r = anchor.region().clone();
+    let (again, _) = anchor.allocate(req, s).unwrap();
+    assert_eq!(again, a, "the held chunk is the new owner's first");
+    let u = r.usage();
+    assert_eq!((u.chunks, u.closed), (1, false));
+    // SAFETY: a live 24-byte block of the reopened region.
+    let bytes =
+        unsafe { std::slice::from_raw_parts(std::ptr::with_exposed_provenance::<u8>(again), 24) };
+    assert!(bytes.iter().all(|x| *x == 0), "zeroed as calloc gives it");
+    assert!(
+        dead(&r, b, old_id),
+        "the old owner's block not handed out again"
+    );
+    // Held again, reopened again: unused until its first shared block (a
+    // big one takes a chunk of its own), and kept by a reusing release.
+    assert!(r.release(false, s));
+    assert_eq!(held_chunks(), 1);
+    drop(r);
+    assert!(anchor.reopen(old_id + 2_000_000, token(&g)));
+    let r = anchor.region().clone();
+    assert_eq!((r.usage().chunks, r.usage().reserved), (0, 0));
+    let (big, _) = anchor
+        .allocate(
+            Request {
+                size: 10_000,
+                align: 8,
+            },
+            s,
+        )
+        .unwrap();
+    assert_ne!(big, a);
+    assert_eq!((r.usage().chunks, r.usage().reserved), (1, 10_000));
+    assert!(r.release(true, s));
+    assert_eq!(r.usage().chunks, 1, "the held chunk, kept by the reuse");
+    assert_eq!(anchor.allocate(req, s).unwrap().0, a);
+    r.release(false, s);
+    r.let_go(token(&g));
+    drop((r, anchor));
+    assert_eq!(held_chunks(), 0);
+
+    // Closed regions a program keeps hold four chunks between them; the
+    // fifth release keeps its chunk for the next region instead.
+    let regions: Vec<_> = (0..5).map(|_| RegionCore::new()).collect();
+    for r in &regions {
+        r.allocate(req, s).unwrap();
+        assert!(r.release(false, s));
+    }
+    assert_eq!(held_chunks(), 4);
+    assert_eq!(trim_kept_chunks(token(&g)), 1);
+    drop(regions);
+    assert_eq!(held_chunks(), 0);
+    // With the block cache off (PYTHONMALLOC=malloc) nothing is held:
+    // tests/test_arena_reuse.py runs that in a process of its own.
+    assert_eq!(WRONG.load(Relaxed), 0);
 }
 
 #[test]
@@ -608,6 +724,7 @@ fn released_blocks_of_a_kept_chunk_read_back_dead() {
     let (a, b) = (block(&old, 24), block(&old, 24));
     let old_id = old.id();
     old.release(false, s);
+    old.let_go(token(&g));
     drop(old);
     for (addr, start, block_end) in [(a, true, a + 24), (b, true, b + 24), (b + 1, false, b + 24)] {
         let (r, end) = released_view_at(addr, s).unwrap().expect("a dead view");
@@ -637,6 +754,7 @@ fn released_blocks_of_a_kept_chunk_read_back_dead() {
         "listed, not kept"
     );
     new.release(false, s);
+    new.let_go(token(&g));
     drop(new);
     assert!(released_view_at(a, s).unwrap().is_some());
     assert!(trim_kept_chunks(token(&g)) >= 1);

@@ -271,3 +271,102 @@ def test_threads_opening_per_call_arenas_get_their_own() -> None:
     assert not errors, errors
     names = [n for s in seen for n in s]
     assert len(names) == 1500 and len(set(names)) == 1500
+
+
+# --- a closed arena's first chunk, held for its reopening (core::region, `held`) ---
+
+held_chunks = rsalloc._rsalloc._held_chunks
+cache_on = pytest.mark.skipif(
+    not rsalloc._rsalloc._block_cache(False)[0],
+    reason="block cache off (PYTHONMALLOC=malloc, RSALLOC_BLOCK_CACHE=0): a release frees every chunk",
+)
+
+
+@cache_on
+def test_closed_arenas_a_program_keeps_hold_four_first_chunks_at_most() -> None:
+    before = held_chunks()
+    arenas = [Arena() for _ in range(6)]
+    for a in arenas:
+        with a:
+            a.allocate(24)
+    assert held_chunks() == 4, "four at most, whatever else is alive"
+    assert all("released" in repr(a) and a.closed for a in arenas)
+    big = Arena()
+    with big:
+        big.allocate(100_000)  # a chunk of its own: never held
+        big.allocate(24)
+    assert held_chunks() == 4
+    del arenas, a, big
+    gc.collect()
+    assert held_chunks() == before
+
+
+@cache_on
+def test_a_held_chunk_reads_back_dead_and_serves_the_reopened_arena_zeroed() -> None:
+    holder = rsalloc.calloc(rsalloc.Pointer[rsalloc.Uint8], 2)  # C memory holding addresses
+    # Room for one more held chunk, whatever earlier tests left alive.
+    gc.collect()
+    assert held_chunks() < 4
+    with Arena() as a:
+        for i in range(2):
+            p = a.allocate(24)
+            for k in range(24):
+                p[k] = 0xFF
+            holder[i] = p
+        name = a.name
+    del p
+    first, second = holder[0].address, holder[1].address
+    for i in range(2):
+        back = holder[i]
+        assert not back.alive
+        with pytest.raises(UseAfterFreeError, match=f"released with its arena: .*{name}\\)"):
+            back[0]
+    del back
+    del a  # reopened as the next Arena(), its chunk the new one's first
+    with Arena() as b:
+        q = b.allocate(24)
+        assert q.address == first, "the held chunk"
+        assert q[:] == [0] * 24, "zeroed, as calloc gives it"
+        assert holder[0].alive and holder[0].allocator is b
+        stale = holder[1]
+        assert stale.address == second and not stale.alive, "not handed out again yet"
+        with pytest.raises(UseAfterFreeError):
+            stale[0]
+    rsalloc.free(holder)
+
+
+@cache_on
+def test_an_arena_that_is_not_reused_gives_its_held_chunk_up_and_its_blocks_stay_dead() -> None:
+    holder = rsalloc.calloc(rsalloc.Pointer[rsalloc.Uint8], 1)
+    gc.collect()
+    before = held_chunks()
+    assert before < 4
+    with Arena() as a:
+        holder[0] = a.allocate(24)
+    assert held_chunks() == before + 1
+    w = weakref.ref(a)  # not reused: dealloc'd, its chunk kept for any region
+    del a
+    assert w() is None and held_chunks() == before
+    back = holder[0]
+    assert not back.alive
+    with pytest.raises(UseAfterFreeError, match="released with its arena"):
+        back[0]
+    rsalloc.free(holder)
+
+
+def test_with_the_block_cache_off_no_chunk_is_held() -> None:
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import rsalloc, gc\n"
+        "from rsalloc._rsalloc import _held_chunks, _block_cache\n"
+        "kept = [rsalloc.Arena() for _ in range(3)]\n"
+        "for a in kept:\n"
+        "    with a: a.allocate(24)\n"
+        "print(_block_cache()[0], _held_chunks())\n"
+    )
+    env = dict(os.environ, RSALLOC_BLOCK_CACHE="0")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "0"]

@@ -13,8 +13,9 @@
 //! Released blocks stay known while rsalloc holds their memory: a chunk
 //! keeps the blocks of the generations released since its memory last came
 //! from libc ([`Released`]), wherever it goes (the region's next
-//! generation, the parked chunks, the kept first chunks, another region that
-//! takes a kept chunk), so that an address read back from memory in one of
+//! generation, the parked chunks, the first chunk a closed region holds for
+//! its reopening, the kept first chunks, another region that takes a kept
+//! chunk), so that an address read back from memory in one of
 //! them gives a dead view ([`view_at`], [`released_view_at`]) and not a
 //! foreign view of memory that now holds zeros or someone else's bytes. A
 //! live block at the address always wins; a chunk given back to libc is
@@ -167,6 +168,25 @@ impl Chunk {
         });
     }
 
+    /// Zeroes the chunk as far as its blocks reached, so that it comes out
+    /// as `calloc` would give it. Only for a chunk no live block or export
+    /// refers to (ending, or held by a closed region).
+    fn zero_used(&mut self) {
+        // Blocks are carved in address order: the last one's end is as far
+        // as anything was written (a reallocated block's copy included).
+        // A released chunk's blocks are its released ones (and past the
+        // last generation's, zeros already).
+        let last = self
+            .released
+            .as_ref()
+            .map_or(&self.blocks, |r| &r.blocks)
+            .last();
+        let used = last.map_or(self.size, |b| b.1 as usize).min(self.size);
+        // SAFETY: the chunk's first `used` bytes are its own, and nothing
+        // refers to them any more (per the function's contract).
+        unsafe { std::ptr::write_bytes(self.ptr.as_ptr(), 0, used) };
+    }
+
     fn start(&self) -> usize {
         self.ptr.as_ptr().expose_provenance()
     }
@@ -265,15 +285,7 @@ mod kept {
         if list.len() >= KEPT || (list.capacity() == 0 && list.try_reserve_exact(KEPT).is_err()) {
             return false;
         }
-        // Blocks are carved in address order: the last one's end is as far
-        // as anything was written (a reallocated block's copy included).
-        // A released chunk's blocks are its released ones (and past the
-        // last generation's, zeros already).
-        let last = c.released.as_ref().map_or(&c.blocks, |r| &r.blocks).last();
-        let used = last.map_or(c.size, |b| b.1 as usize).min(c.size);
-        // SAFETY: the chunk's first `used` bytes are its own, and nothing
-        // refers to them any more (it is ending).
-        unsafe { std::ptr::write_bytes(c.ptr.as_ptr(), 0, used) };
+        c.zero_used();
         let mut blocks = std::mem::take(&mut c.blocks);
         blocks.clear();
         list.push(Chunk {
@@ -314,6 +326,78 @@ mod kept {
 
 pub use kept::trim as trim_kept_chunks;
 
+/// A closed region's first chunk, held for the region's reopening
+/// ([`Anchor::reopen`]) instead of going to the kept list: it stays in the
+/// region's list and in the index, so a per-call arena's release and its
+/// next first allocation skip the unlisting, the kept list, the relisting
+/// and the chunk's making (BENCHMARKS.md, job h). Zeroed as a kept chunk
+/// is, and its released blocks read back dead as a kept chunk's do. Only a
+/// region's one and only chunk, a shared first chunk; at most [`MAX_HELD`]
+/// process-wide, so that the closed arenas a program keeps hold no more
+/// than that between them (a release frees everything else); on only where
+/// kept chunks are, and with the proof.
+mod held {
+    use super::{Chunk, FIRST_CHUNK};
+    use crate::core::block_cache;
+    use crate::core::serial::Serialized;
+    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+    pub const MAX_HELD: usize = 4;
+    /// Chunks held now. Taken only with the proof; given back also without
+    /// it (a region dropped on any thread), hence an atomic.
+    static HELD: AtomicUsize = AtomicUsize::new(0);
+
+    /// Whether a closed region's chunk list is one held chunk; counted in
+    /// [`HELD`] while set, however the region ends.
+    #[derive(Default)]
+    pub struct Mark(bool);
+
+    impl Drop for Mark {
+        fn drop(&mut self) {
+            self.clear();
+        }
+    }
+
+    impl Mark {
+        /// Holds the closing region's `chunks` (none alive or exported),
+        /// if they are one first chunk and there is room: true when held.
+        pub fn hold(&mut self, _proof: Serialized<'_>, chunks: &mut [Chunk]) -> bool {
+            let [c] = chunks else { return false };
+            let room = HELD.load(Relaxed) < MAX_HELD && block_cache::enabled();
+            if c.own || c.size != FIRST_CHUNK || !room {
+                return false;
+            }
+            HELD.fetch_add(1, Relaxed);
+            self.0 = true;
+            c.zero_used();
+            // As if it went back: tracemalloc sees it again at its first
+            // block after a reopening (`Inner::bump_held`).
+            super::super::observer::gone(c.start());
+            true
+        }
+
+        pub fn is_set(&self) -> bool {
+            self.0
+        }
+
+        /// Ends the hold: true when there was one.
+        pub fn clear(&mut self) -> bool {
+            let was = std::mem::take(&mut self.0);
+            if was {
+                HELD.fetch_sub(1, Relaxed);
+            }
+            was
+        }
+    }
+
+    /// Chunks held now (for tests).
+    pub fn count() -> usize {
+        HELD.load(Relaxed)
+    }
+}
+
+pub use held::count as held_chunks;
+
 #[derive(Default)]
 struct Inner {
     /// Every chunk of the current generation.
@@ -337,6 +421,12 @@ struct Inner {
     pins: usize,
     /// Chunks of released generations that exports still look into.
     parked: Vec<Chunk>,
+    /// Set while the region is closed and `chunks` is a first chunk kept
+    /// for its reopening ([`held`]).
+    held: held::Mark,
+    /// Set from a reopening with a held chunk until the first shared block:
+    /// `chunks[0]` is that chunk, not yet in use (`grow` starts bumping it).
+    first_unused: bool,
     /// The blocks reallocated in this generation (dead early), as (start,
     /// end), sorted. A view carries its address, not its block's start, so
     /// an access looks up the block whose range holds the address; every
@@ -410,6 +500,21 @@ impl Inner {
         self.grow(size, align, me, s)
     }
 
+    /// Starts bumping the chunk a closed region held ([`held`]), zeroed
+    /// and listed, as the generation's first chunk (what `grow` would have
+    /// made); it is in use from here, for tracemalloc too.
+    fn bump_held(&mut self, report: bool) {
+        self.first_unused = false;
+        let c = &self.chunks[0];
+        if report {
+            super::observer::made(c.start(), c.size);
+        }
+        self.cur = c.start();
+        self.end = c.end();
+        self.bump = Some(0);
+        self.next_size = (FIRST_CHUNK * 2).min(MAX_CHUNK);
+    }
+
     #[cold]
     fn room_for_one(blocks: &mut Vec<(u32, u32)>, size: usize) -> Result<()> {
         blocks.try_reserve(1).map_err(|_| Error::OutOfMemory(size))
@@ -423,10 +528,17 @@ impl Inner {
         me: &Weak<RegionCore>,
         s: Option<Serialized<'_>>,
     ) -> Result<usize> {
+        let own = align > CHUNK_ALIGN_LIMIT || size > self.next_size / 2;
+        if self.first_unused && !own {
+            // The first shared block since a reopening: in the held chunk
+            // (a big one, in a chunk of its own, leaves it unused).
+            self.bump_held(true);
+            return self.bump(size, align, me, s);
+        }
         self.chunks
             .try_reserve(1)
             .map_err(|_| Error::OutOfMemory(size))?;
-        if align > CHUNK_ALIGN_LIMIT || size > self.next_size / 2 {
+        if own {
             // A big block gets a chunk of its own: the bump chunk stays for
             // the small ones, and no chunk is mostly wasted padding.
             let c = Chunk::new(size, align, true, me, s)?;
@@ -698,6 +810,27 @@ impl RegionCore {
     /// region stays open; otherwise it is closed for good. Returns false when
     /// the region was already closed (nothing to do).
     pub fn release(&self, reuse: bool, s: Option<Serialized<'_>>) -> bool {
+        self.end_generation(reuse, true, s)
+    }
+
+    /// The region's owner goes (its object dealloc'd), with the proof: its
+    /// chunks go now, the first one to the kept list for the next region,
+    /// not held for a reopening that will not come ([`held`]).
+    pub fn let_go(&self, s: Serialized<'_>) {
+        if self.end_generation(false, false, Some(s)) {
+            return;
+        }
+        let mut g = self.lock(Some(s));
+        if g.held.clear() {
+            let mut chunks = std::mem::take(&mut g.chunks);
+            drop(g);
+            end_all(&mut chunks, Some(s));
+        }
+    }
+
+    /// [`RegionCore::release`]; a closing one holds its first chunk only if
+    /// `may_hold`.
+    fn end_generation(&self, reuse: bool, may_hold: bool, s: Option<Serialized<'_>>) -> bool {
         // Closed is for good: seen closed, there is nothing to lock for (an
         // arena's drop, after its owner released it with the proof).
         if self.is_closed() {
@@ -707,6 +840,11 @@ impl RegionCore {
         let state = self.state.load(Relaxed);
         if state & CLOSED != 0 {
             return false;
+        }
+        if g.first_unused {
+            // Released before its first allocation: bumped as from the
+            // start (a release reusing it keeps it), never reported made.
+            g.bump_held(false);
         }
         let next = (state & !CLOSED).wrapping_add(GENERATION) | if reuse { 0 } else { CLOSED };
         self.state.store(next, Release);
@@ -741,6 +879,10 @@ impl RegionCore {
                 g.bump = Some(0);
                 g.chunks.push(keep);
             }
+        } else if s.is_some_and(|s| !reuse && may_hold && g.held.hold(s, &mut chunks)) {
+            // Listed as it was, and kept in place.
+            g.chunks = chunks;
+            return true;
         }
         drop(g);
         end_all(&mut chunks, s);
@@ -807,11 +949,14 @@ impl RegionCore {
     /// The counts `repr(arena)` shows.
     pub fn usage(&self) -> Usage {
         let g = self.lock(None);
+        // A held chunk is not in use (it stands for a kept one), nor is it
+        // after a reopening until the first shared block: it is the first.
+        let unused = usize::from(g.held.is_set() || g.first_unused);
         Usage {
             count: g.count,
             bytes: g.bytes,
-            chunks: g.chunks.len(),
-            reserved: g.chunks.iter().map(|c| c.size).sum(),
+            chunks: g.chunks.len() - unused,
+            reserved: g.chunks.iter().skip(unused).map(|c| c.size).sum(),
             parked: g.parked.len(),
             closed: self.is_closed(),
         }
@@ -1122,9 +1267,11 @@ impl Anchor {
     /// or chunk list of its own (BENCHMARKS.md, job h). Only when nothing
     /// can tell: no reference to the region but this anchor's (no Pointer,
     /// no view, no generation but the anchor's current one), no export, no
-    /// parked chunk, no chunk at all (a release disposed of them). Blocks
-    /// of the old owner read back from memory stay dead and are named by
-    /// their old id (`dead_ref`). True when reopened; false changes nothing.
+    /// parked chunk, no chunk in use (a release disposed of them). A first
+    /// chunk the release held ([`held`]) becomes the new owner's bump chunk,
+    /// still listed in the index. Blocks of the old owner read back from
+    /// memory stay dead and are named by their old id (`dead_ref`). True
+    /// when reopened; false changes nothing.
     pub fn reopen(&self, id: u64, s: Serialized<'_>) -> bool {
         let r = &self.region;
         if !r.is_closed() || Arc::strong_count(r) != 2 {
@@ -1136,9 +1283,11 @@ impl Anchor {
             return false;
         }
         let mut inner = r.lock(Some(s));
-        if inner.pins != 0 || !inner.parked.is_empty() || !inner.chunks.is_empty() {
+        let in_use = !inner.chunks.is_empty() && !inner.held.is_set();
+        if inner.pins != 0 || !inner.parked.is_empty() || in_use {
             return false;
         }
+        let held = inner.held.clear();
         let chunks = std::mem::take(&mut inner.chunks);
         *inner = Inner {
             chunks,
@@ -1146,6 +1295,7 @@ impl Anchor {
             limit: UNLIMITED,
             ..Inner::default()
         };
+        inner.first_unused = held;
         // A release moved the state to a generation no block has: the
         // new owner's first.
         let token = r.state.load(Relaxed) & !CLOSED;

@@ -642,6 +642,15 @@ impl Arena {
         none_held && anchor.reopen(crate::core::alloc::new_id(), s)
     }
 
+    /// The arena's object goes (dealloc'd, not recycled): its region's
+    /// chunks go now with the proof, the first one kept for the next
+    /// region (`core::region`'s `let_go`), not freed by the drop.
+    pub(crate) fn let_go(&self, py: Python<'_>) {
+        if let (ArenaKind::Region(anchor), Some(s)) = (&self.backing, token(py)) {
+            anchor.region().let_go(s);
+        }
+    }
+
     /// Makes a recycled arena the new `Arena()`: named by its region's new
     /// id, made where the caller is (as `Arena.__new__` records it with
     /// tracking off).

@@ -185,6 +185,13 @@ pub fn _block_cache(py: Python<'_>, trim: bool) -> PyResult<Bound<'_, PyTuple>> 
     )
 }
 
+/// `_held_chunks()`: first chunks held by closed arenas for their
+/// reopening (`core::region`, at most four): private, for tests.
+#[pyfunction]
+pub fn _held_chunks(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+    checked::uint(py, crate::core::region::held_chunks() as u64)
+}
+
 /// `_reserve_state()`: (emergency reserve held, times it was given back).
 #[pyfunction]
 pub fn _reserve_state(py: Python<'_>) -> PyResult<Bound<'_, PyTuple>> {

@@ -61,6 +61,8 @@ unsafe extern "C" fn dealloc(obj: *mut ffi::PyObject) {
     if unsafe { super::arena_pool::keep(obj) } {
         return;
     }
+    // SAFETY: CPython calls tp_dealloc attached.
+    arena.let_go(unsafe { Python::assume_attached() });
     if let Some(inner) = DEALLOC.get() {
         // SAFETY: the slot PyO3 installed, called as it would have been.
         unsafe { inner(obj) }
