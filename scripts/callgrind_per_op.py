@@ -39,6 +39,7 @@ class CAuthInfo(ctypes.Structure):
 KEY, ACCID, TOKEN = "45c6af3c98409b18a84451215d0bdd6e", "user-42", "t\\u00f6k\\u00e9n"
 T32 = ctypes.c_char * 32; CP = ctypes.c_char_p
 p = rsalloc.calloc(Pair); r = p.ref
+import threading; Lock = threading.Lock; LK = Lock()
 P1024 = rsalloc.calloc(Int32, 1024); L = list(range(1024))
 Q = rsalloc.calloc(Int32, 4); A = rsalloc.Arena(); QA = A(Int32, 4)
 """
@@ -68,6 +69,10 @@ PATTERNS: dict[str, tuple[str, int]] = {
     "arena_new": ("Arena().release_all()", 20000),
     "arena_ctor": ("Arena()", 20000),
     "arena_with_held": ("with A: pass", 20000),
+    # What a `with` costs CPython itself, around the cheapest C context
+    # manager at hand: the floor under any `with Arena() as a:` (job h).
+    "with_lock": ("with LK: pass", 20000),
+    "with_new_lock": ("with Lock() as a: pass", 20000),
     "utf8": ("rfree(utf8(KEY))", 20000),
     "seed_struct": (
         "p2 = calloc(AuthInfo); r2 = p2.ref\n"

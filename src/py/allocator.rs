@@ -48,6 +48,11 @@ pub struct Allocator {
     /// The object's vectorcall entry (`allocator(T, n)` without an
     /// argument tuple), read by CPython only once the fence turned the
     /// type's vectorcall on (`cpython::fast_structs`); None without it.
+    /// Without the fence's bypass cfgs nothing reads it (the entry is off).
+    #[cfg_attr(
+        not(all(pyo3_disable_reference_pool, pyo3_leak_on_drop_without_reference_pool)),
+        allow(dead_code)
+    )]
     vectorcall: Option<pyo3::ffi::vectorcallfunc>,
 }
 
@@ -142,6 +147,7 @@ impl Allocator {
     }
 
     /// Where the object keeps its vectorcall entry, from the object's start.
+    #[cfg(all(pyo3_disable_reference_pool, pyo3_leak_on_drop_without_reference_pool))]
     pub(crate) fn vectorcall_offset(obj: &Bound<'_, Allocator>) -> Option<usize> {
         let field = std::ptr::from_ref(&obj.get().vectorcall);
         obj.get().vectorcall?;

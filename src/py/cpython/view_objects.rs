@@ -14,7 +14,6 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::type_object::PyTypeInfo;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::OnceLock;
 
 /// Offset of the StructView value in a view object, measured at install
 /// (0 until then).
@@ -130,7 +129,7 @@ pub(crate) fn make_view(py: Python<'_>, class: &Py<PyAny>, ptr: Pointer) -> PyRe
     pyo3_disable_reference_pool,
     pyo3_leak_on_drop_without_reference_pool
 ))]
-static OLD_VIEW_DEALLOC: OnceLock<ffi::destructor> = OnceLock::new();
+static OLD_VIEW_DEALLOC: std::sync::OnceLock<ffi::destructor> = std::sync::OnceLock::new();
 
 /// StructView's object size, set by install.
 static VIEW_SIZE: AtomicUsize = AtomicUsize::new(0);
