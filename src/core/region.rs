@@ -858,9 +858,9 @@ impl RegionCore {
         g.count_free(count, bytes, s);
         g.dead.clear();
         self.dead_count.store(0, Release);
-        let mut chunks = std::mem::take(&mut g.chunks);
-        for c in &mut chunks {
-            c.retire(&self.me, self.id(), state);
+        let id = self.id();
+        for c in &mut g.chunks {
+            c.retire(&self.me, id, state);
         }
         let bump = g.bump.take();
         let used_to = std::mem::take(&mut g.cur);
@@ -869,9 +869,16 @@ impl RegionCore {
             // Exports look into these chunks: none can be reused or freed
             // yet, and none holds a live block. They stay listed: their
             // released blocks read back dead.
+            let chunks = std::mem::take(&mut g.chunks);
             g.park(chunks, s);
             return true;
         }
+        let inner = &mut *g;
+        if s.is_some_and(|s| !reuse && may_hold && inner.held.hold(s, &mut inner.chunks)) {
+            // Listed as it was, and kept in place.
+            return true;
+        }
+        let mut chunks = std::mem::take(&mut g.chunks);
         if let Some(i) = bump.filter(|_| reuse) {
             let keep = chunks.swap_remove(i);
             if g.chunks.try_reserve(1).is_ok() {
@@ -885,10 +892,6 @@ impl RegionCore {
                 g.bump = Some(0);
                 g.chunks.push(keep);
             }
-        } else if s.is_some_and(|s| !reuse && may_hold && g.held.hold(s, &mut chunks)) {
-            // Listed as it was, and kept in place.
-            g.chunks = chunks;
-            return true;
         }
         drop(g);
         end_all(&mut chunks, s);
