@@ -1296,7 +1296,7 @@ impl Anchor {
         if inner.pins != 0 || !inner.parked.is_empty() || in_use {
             return false;
         }
-        // Reset in place (a rebuilt `Inner` and the old one's drop cost ~60
+        // Reset in place (a rebuilt `Inner` and the old one's drop cost ~120
         // instructions), every field named so that a new one is decided on
         // here: `chunks` is empty or the held chunk, `pins` and `parked`
         // were checked, the rest starts over.
