@@ -296,7 +296,7 @@ fn a_region_released_with_the_proof_keeps_its_first_chunk_and_one_without_frees_
     // SAFETY: a live 64-byte block of `first`.
     unsafe { std::ptr::write_bytes(std::ptr::with_exposed_provenance_mut::<u8>(at), 0xAB, 64) };
     let held = held_chunks();
-    assert!(first.release(false, s));
+    assert!(first.close_holding(token(&g)));
     assert_eq!(held_chunks(), held + 1, "held for the region's reopening");
     assert_eq!(trim_kept_chunks(token(&g)), 0);
     // Its owner goes (the binding's dealloc): kept for the next region.
@@ -308,7 +308,7 @@ fn a_region_released_with_the_proof_keeps_its_first_chunk_and_one_without_frees_
     let (at, _) = second.allocate(req, s).unwrap();
     // SAFETY: a live 64-byte block of `second`.
     unsafe { std::ptr::write_bytes(std::ptr::with_exposed_provenance_mut::<u8>(at), 0xAB, 64) };
-    assert!(second.release(false, s));
+    assert!(second.close_holding(token(&g)));
     second.let_go(token(&g));
     let third = RegionCore::new();
     let (again, _) = third.allocate(req, s).unwrap();
@@ -324,11 +324,17 @@ fn a_region_released_with_the_proof_keeps_its_first_chunk_and_one_without_frees_
     assert!(third.release(false, None));
     assert_eq!(held_chunks(), held);
     assert_eq!(trim_kept_chunks(token(&g)), 0);
+    // A plain release does not hold: the chunk is kept at once.
+    let fifth = RegionCore::new();
+    fifth.allocate(req, s).unwrap();
+    assert!(fifth.release(false, s));
+    assert_eq!(held_chunks(), held);
+    assert_eq!(trim_kept_chunks(token(&g)), 1);
     // A held chunk whose region is dropped without the proof is freed, and
     // no longer counted.
     let fourth = RegionCore::new();
     fourth.allocate(req, s).unwrap();
-    fourth.release(false, s);
+    fourth.close_holding(token(&g));
     assert_eq!(held_chunks(), held + 1);
     drop(fourth);
     assert_eq!(held_chunks(), held);
@@ -358,7 +364,7 @@ fn a_closed_region_holds_its_first_chunk_for_its_reopening_and_no_more_than_four
         std::ptr::write_bytes(std::ptr::with_exposed_provenance_mut::<u8>(b), 0xEE, 24);
     }
     let old_id = r.id();
-    assert!(r.release(false, s));
+    assert!(r.close_holding(token(&g)));
     assert_eq!(held_chunks(), 1);
     let u = r.usage();
     assert_eq!(
@@ -394,7 +400,7 @@ fn a_closed_region_holds_its_first_chunk_for_its_reopening_and_no_more_than_four
     );
     // Held again, reopened again: unused until its first shared block (a
     // big one takes a chunk of its own), and kept by a reusing release.
-    assert!(r.release(false, s));
+    assert!(r.close_holding(token(&g)));
     assert_eq!(held_chunks(), 1);
     drop(r);
     assert!(anchor.reopen(old_id + 2_000_000, token(&g)));
@@ -414,7 +420,7 @@ fn a_closed_region_holds_its_first_chunk_for_its_reopening_and_no_more_than_four
     assert!(r.release(true, s));
     assert_eq!(r.usage().chunks, 1, "the held chunk, kept by the reuse");
     assert_eq!(anchor.allocate(req, s).unwrap().0, a);
-    r.release(false, s);
+    r.close_holding(token(&g));
     r.let_go(token(&g));
     drop((r, anchor));
     assert_eq!(held_chunks(), 0);
@@ -424,7 +430,7 @@ fn a_closed_region_holds_its_first_chunk_for_its_reopening_and_no_more_than_four
     let regions: Vec<_> = (0..5).map(|_| RegionCore::new()).collect();
     for r in &regions {
         r.allocate(req, s).unwrap();
-        assert!(r.release(false, s));
+        assert!(r.close_holding(token(&g)));
     }
     assert_eq!(held_chunks(), 4);
     assert_eq!(trim_kept_chunks(token(&g)), 1);
@@ -724,7 +730,6 @@ fn released_blocks_of_a_kept_chunk_read_back_dead() {
     let (a, b) = (block(&old, 24), block(&old, 24));
     let old_id = old.id();
     old.release(false, s);
-    old.let_go(token(&g));
     drop(old);
     for (addr, start, block_end) in [(a, true, a + 24), (b, true, b + 24), (b + 1, false, b + 24)] {
         let (r, end) = released_view_at(addr, s).unwrap().expect("a dead view");
@@ -754,7 +759,6 @@ fn released_blocks_of_a_kept_chunk_read_back_dead() {
         "listed, not kept"
     );
     new.release(false, s);
-    new.let_go(token(&g));
     drop(new);
     assert!(released_view_at(a, s).unwrap().is_some());
     assert!(trim_kept_chunks(token(&g)) >= 1);

@@ -277,8 +277,9 @@ def test_threads_opening_per_call_arenas_get_their_own() -> None:
 
 held_chunks = rsalloc._rsalloc._held_chunks
 cache_on = pytest.mark.skipif(
-    not rsalloc._rsalloc._block_cache(False)[0],
-    reason="block cache off (PYTHONMALLOC=malloc, RSALLOC_BLOCK_CACHE=0): a release frees every chunk",
+    not rsalloc._rsalloc._block_cache(False)[0] or not _active("arena_finalizer"),
+    reason="block cache off (PYTHONMALLOC=malloc, RSALLOC_BLOCK_CACHE=0), or the fence's arena "
+    "dealloc off (RSALLOC_FAST_PATHS=0): nothing is held",
 )
 
 
@@ -370,3 +371,36 @@ def test_with_the_block_cache_off_no_chunk_is_held() -> None:
     env = dict(os.environ, RSALLOC_BLOCK_CACHE="0")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "0"]
+
+
+@cache_on
+def test_a_chunk_an_export_pins_at_release_is_not_held_and_reads_back_dead() -> None:
+    holder = rsalloc.calloc(rsalloc.Pointer[rsalloc.Uint8], 1)
+    gc.collect()
+    before = held_chunks()
+    with Arena() as a:
+        p = a.allocate(24)
+        holder[0] = p
+        m = memoryview(p)  # pins the region: its chunk is parked, not held
+    assert held_chunks() == before
+    with pytest.raises(UseAfterFreeError):
+        holder[0][0]
+    m.release()  # the last unpin: the chunk goes (kept for the next region)
+    assert held_chunks() == before
+    del a, p
+    with Arena() as b:
+        b.allocate(24)
+        b.release_all(reuse=True)  # the bump chunk stays for the next blocks
+        b.allocate(24)
+    assert held_chunks() == min(before + 1, 4), "held at the exit after a reusing release"
+    rsalloc.free(holder)
+
+
+@pytest.mark.skipif(_active("arena_finalizer"), reason="the fence's arena dealloc is on")
+def test_without_the_fence_s_arena_dealloc_no_chunk_is_held() -> None:
+    # Without the dealloc that gives a held chunk up, an arena object's end
+    # would free it: a release keeps it for the next region at once.
+    before = held_chunks()
+    with Arena() as a:
+        a.allocate(24)
+    assert held_chunks() == before == 0

@@ -583,6 +583,12 @@ mod tests {
             // SAFETY: plain libc calls; `p` is read only as `freed_by_c`
             // reads a block C freed (its words stay mapped).
             unsafe {
+                // The thread's cache bin for `n` emptied first (glibc keeps
+                // 7 blocks a size), so that the free below goes into it and
+                // gets the key: with the bin full (the test harness's own
+                // frees on this thread), it would go to a shared bin, which
+                // writes none (failed once in CI).
+                let drained: [*mut libc::c_void; 7] = std::array::from_fn(|_| libc::malloc(n));
                 let p = NonNull::new(libc::malloc(n).cast::<u8>()).unwrap();
                 // As rsalloc takes every block from libc (`Libc::alloc`).
                 scrub(p);
@@ -593,6 +599,9 @@ mod tests {
                 libc::free(p.as_ptr().cast());
                 assert!(freed_by_c(p, n), "a block of {n} bytes C freed");
                 libc::free(fence);
+                for d in drained {
+                    libc::free(d);
+                }
             }
         }
     }

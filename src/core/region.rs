@@ -816,7 +816,15 @@ impl RegionCore {
     /// region stays open; otherwise it is closed for good. Returns false when
     /// the region was already closed (nothing to do).
     pub fn release(&self, reuse: bool, s: Option<Serialized<'_>>) -> bool {
-        self.end_generation(reuse, true, s)
+        self.end_generation(reuse, false, s)
+    }
+
+    /// [`RegionCore::release`] for good, holding the first chunk for a
+    /// reopening ([`held`]): only for an owner that calls
+    /// [`RegionCore::let_go`] with the proof when it goes unreopened, so
+    /// that the chunk is then kept for the next region, not freed.
+    pub fn close_holding(&self, s: Serialized<'_>) -> bool {
+        self.end_generation(false, true, Some(s))
     }
 
     /// The region's owner goes (its object dealloc'd), with the proof: its
@@ -834,8 +842,8 @@ impl RegionCore {
         }
     }
 
-    /// [`RegionCore::release`]; a closing one holds its first chunk only if
-    /// `may_hold`.
+    /// [`RegionCore::release`]; a closing one holds its first chunk if
+    /// `may_hold` (and there is room).
     fn end_generation(&self, reuse: bool, may_hold: bool, s: Option<Serialized<'_>>) -> bool {
         // Closed is for good: seen closed, there is nothing to lock for (an
         // arena's drop, after its owner released it with the proof).

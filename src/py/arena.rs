@@ -190,7 +190,8 @@ pub(crate) fn region_object(py: Python<'_>, region: &RegionCore) -> Py<PyAny> {
 }
 
 /// Set once the arena type's dealloc calls [`forget_object`] (by
-/// `cpython::arena_finalizer`, at module init, before any arena exists).
+/// `cpython::arena_finalizer`, at module init, before any arena exists),
+/// and [`Arena::let_go`] for an arena not kept.
 static DEALLOC_FORGETS: AtomicBool = AtomicBool::new(false);
 
 pub(crate) fn dealloc_forgets_objects() {
@@ -581,7 +582,12 @@ impl Arena {
             }
         }
         let released = match &self.backing {
-            ArenaKind::Region(a) => a.region().release(reuse, token(py)),
+            // The first chunk is held for a reopening only where the
+            // arena's dealloc is the fence's, which lets it go otherwise.
+            ArenaKind::Region(a) => match token(py) {
+                Some(s) if !reuse && DEALLOC_FORGETS.load(Relaxed) => a.region().close_holding(s),
+                s => a.region().release(reuse, s),
+            },
             ArenaKind::Wrap(w) => {
                 // A Python-defined backing allocator's failing free is
                 // raised with the rest, not lost.
