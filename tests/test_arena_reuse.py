@@ -276,14 +276,14 @@ def test_threads_opening_per_call_arenas_get_their_own() -> None:
 # --- a closed arena's first chunk, held for its reopening (core::region, `held`) ---
 
 held_chunks = rsalloc._rsalloc._held_chunks
-cache_on = pytest.mark.skipif(
+holding_on = pytest.mark.skipif(
     not rsalloc._rsalloc._block_cache(False)[0] or not _active("arena_finalizer"),
     reason="block cache off (PYTHONMALLOC=malloc, RSALLOC_BLOCK_CACHE=0), or the fence's arena "
     "dealloc off (RSALLOC_FAST_PATHS=0): nothing is held",
 )
 
 
-@cache_on
+@holding_on
 def test_closed_arenas_a_program_keeps_hold_four_first_chunks_at_most() -> None:
     before = held_chunks()
     arenas = [Arena() for _ in range(6)]
@@ -302,7 +302,7 @@ def test_closed_arenas_a_program_keeps_hold_four_first_chunks_at_most() -> None:
     assert held_chunks() == before
 
 
-@cache_on
+@holding_on
 def test_a_held_chunk_reads_back_dead_and_serves_the_reopened_arena_zeroed() -> None:
     holder = rsalloc.calloc(rsalloc.Pointer[rsalloc.Uint8], 2)  # C memory holding addresses
     # Room for one more held chunk, whatever earlier tests left alive.
@@ -336,7 +336,7 @@ def test_a_held_chunk_reads_back_dead_and_serves_the_reopened_arena_zeroed() -> 
     rsalloc.free(holder)
 
 
-@cache_on
+@holding_on
 def test_an_arena_that_is_not_reused_gives_its_held_chunk_up_and_its_blocks_stay_dead() -> None:
     holder = rsalloc.calloc(rsalloc.Pointer[rsalloc.Uint8], 1)
     gc.collect()
@@ -373,7 +373,7 @@ def test_with_the_block_cache_off_no_chunk_is_held() -> None:
     assert out.stdout.split() == ["False", "0"]
 
 
-@cache_on
+@holding_on
 def test_a_chunk_an_export_pins_at_release_is_not_held_and_reads_back_dead() -> None:
     holder = rsalloc.calloc(rsalloc.Pointer[rsalloc.Uint8], 1)
     gc.collect()
