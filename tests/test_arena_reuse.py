@@ -95,6 +95,62 @@ def test_exit_stack_and_nesting_see_the_right_current_arena() -> None:
         rsalloc.current_arena()
 
 
+def test_an_arena_exited_out_of_order_ends_only_its_own_entry() -> None:
+    with Arena() as outer:
+        a, b = Arena(), Arena()
+        a.__enter__()
+        b.__enter__()
+        assert a.__exit__(None, None, None) is False
+        assert a.closed and not b.closed
+        # The arena entered inside it stays current ...
+        assert rsalloc.current_arena() is b
+        b.__exit__(None, None, None)
+        # ... and once it ends, the released one is skipped: the one outside.
+        assert rsalloc.current_arena() is outer
+    with pytest.raises(RuntimeError):
+        rsalloc.current_arena()
+
+
+def test_an_arena_entered_twice_ends_both_entries_with_its_two_exits() -> None:
+    a = Arena()
+    with a:
+        with a:
+            assert rsalloc.current_arena() is a
+        assert a.closed
+    with pytest.raises(RuntimeError):
+        rsalloc.current_arena()
+    # Entered again after both exits: closed, and no entry is left over.
+    with pytest.raises(ArenaClosedError):
+        with a:
+            a.allocate(1)
+    with pytest.raises(RuntimeError):
+        rsalloc.current_arena()
+
+
+def test_an_arena_entered_and_never_exited_goes_with_its_context() -> None:
+    # The arena holds its entry until the exit, and the entry holds the
+    # arena: the collector must see that cycle once the context is gone.
+    import contextvars
+
+    def enter() -> weakref.ref[Arena]:
+        a = Arena()
+        a.__enter__()
+        assert rsalloc.current_arena() is a
+        return weakref.ref(a)
+
+    ctx = contextvars.copy_context()
+    ref = ctx.run(enter)
+    del ctx
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        gc.collect()
+    assert ref() is None
+    if _active("arena_finalizer"):  # what warns (and releases) at collection
+        assert any("garbage-collected unreleased" in str(w.message) for w in seen)
+    with pytest.raises(RuntimeError):
+        rsalloc.current_arena()
+
+
 def test_an_exception_in_the_block_propagates_and_releases() -> None:
     with pytest.raises(KeyError):
         with Arena() as a:

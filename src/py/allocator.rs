@@ -364,7 +364,7 @@ impl Allocator {
         let rec = self
             .core
             .adopt_typed(addr, req, &ty.name, token(py))
-            .py(py, &Asked("adopt", ty, &format_args!("{addr:#x}")))?;
+            .py(py, &Asked(&"adopt", ty, &format_args!("{addr:#x}")))?;
         adopted_object(
             py,
             Pointer::new(addr, ty, Some(req.size), Owner::block(rec)),

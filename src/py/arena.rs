@@ -68,6 +68,9 @@ pub struct Arena {
     /// a region (and once the garbage collector broke a cycle through it).
     allocator: Mutex<Option<Py<PyAny>>>,
     callbacks: Mutex<Vec<Callback>>,
+    /// The entry its latest `with` made or reopened, until that `with`
+    /// exits: the exit ends it without reading the context variable.
+    entry: Mutex<Option<Py<Entered>>>,
     pub(crate) name: ArenaName,
     /// Where the arena was made: named when it is garbage-collected unreleased.
     made: Made,
@@ -104,46 +107,50 @@ impl Drop for Arena {
     }
 }
 
-/// "arena #N", formatted in place: an arena is made per call, and a
-/// `String` through `format!` was about a fifth of `Arena()` (callgrind).
-pub(crate) struct ArenaName {
-    buf: [u8; 27],
-    len: u8,
-}
+/// "arena #N", formatted only when shown: an arena is made per call, and
+/// its name is read only by errors, reprs and reports (formatting it per
+/// `Arena()` was about 60 instructions of a per-call arena's 3800,
+/// callgrind; a `String` through `format!` had been a fifth of `Arena()`).
+#[derive(Clone, Copy)]
+pub(crate) struct ArenaName(u64);
 
 impl ArenaName {
-    fn new(id: u64) -> Self {
+    /// The name as text, formatted in place: no allocation to fail.
+    fn text(self) -> NameText {
         const PREFIX: &[u8] = b"arena #";
-        let digits = id.checked_ilog10().map_or(1, |d| d as usize + 1);
+        let digits = self.0.checked_ilog10().map_or(1, |d| d as usize + 1);
         let len = PREFIX.len() + digits;
         let mut buf = [0u8; 27];
         buf[..PREFIX.len()].copy_from_slice(PREFIX);
-        // Written in place from the last digit (a u64 has at most 20).
-        let mut n = id;
+        // Written from the last digit (a u64 has at most 20).
+        let mut n = self.0;
         for b in buf[PREFIX.len()..len].iter_mut().rev() {
             *b = b'0' + (n % 10) as u8;
             n /= 10;
         }
-        ArenaName {
+        NameText {
             buf,
             len: len as u8,
         }
     }
 }
 
-impl std::ops::Deref for ArenaName {
-    type Target = str;
-    fn deref(&self) -> &str {
-        // SAFETY: `new` wrote ASCII there (checking it again on every
-        // error-free allocation that names its arena cost more than the
-        // allocation's own work).
-        unsafe { std::str::from_utf8_unchecked(&self.buf[..self.len as usize]) }
+impl std::fmt::Display for ArenaName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.text().as_ref())
     }
 }
 
-impl std::fmt::Display for ArenaName {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self)
+/// An [`ArenaName`] as text.
+pub(crate) struct NameText {
+    buf: [u8; 27],
+    len: u8,
+}
+
+impl AsRef<str> for NameText {
+    fn as_ref(&self) -> &str {
+        // SAFETY: `ArenaName::text` wrote ASCII there.
+        unsafe { std::str::from_utf8_unchecked(&self.buf[..self.len as usize]) }
     }
 }
 
@@ -332,7 +339,8 @@ impl Entered {
 /// A `with` where the variable's value is an entry that ended and only
 /// this context can reach: that entry takes the arena, and the variable
 /// is not set (a mapping copy and a reset token, a fifth of a per-call
-/// `with Arena()`: docs/decisions.md, "Per-call arenas"). True when done.
+/// `with Arena()`: docs/decisions.md, "Per-call arenas"). The entry when
+/// done.
 ///
 /// "Only this context" is two reference counts: the running context's
 /// mapping is its own (no copy of the context shares it, the fence's
@@ -342,19 +350,19 @@ impl Entered {
 /// chain, since an ended entry's innermost live one is found through it.
 /// A context copied later (an asyncio task made inside the `with`) shares
 /// the entry as it does an entry made by setting the variable.
-fn reopen_ended_entry(py: Python<'_>, slf: &Bound<'_, Arena>) -> PyResult<bool> {
+fn reopen_ended_entry(py: Python<'_>, slf: &Bound<'_, Arena>) -> PyResult<Option<Py<Entered>>> {
     // SAFETY: attached, and the trick is on only with a GIL.
     if !unsafe { super::cpython::context::vars_are_its_own() } {
-        return Ok(false);
+        return Ok(None);
     }
     let value = current_value(py)?;
-    let Ok(entry) = value.cast::<Entered>() else {
-        return Ok(false);
+    let Ok(entry) = value.cast_into::<Entered>() else {
+        return Ok(None);
     };
     // The mapping's reference and `value`'s.
     // SAFETY: a live object's reference count, read under the GIL.
-    if unsafe { pyo3::ffi::Py_REFCNT(value.as_ptr()) } != 2 {
-        return Ok(false);
+    if unsafe { pyo3::ffi::Py_REFCNT(entry.as_ptr()) } != 2 {
+        return Ok(None);
     }
     let mut a = entry
         .get()
@@ -362,10 +370,11 @@ fn reopen_ended_entry(py: Python<'_>, slf: &Bound<'_, Arena>) -> PyResult<bool> 
         .lock()
         .unwrap_or_else(PoisonError::into_inner);
     if a.is_some() {
-        return Ok(false); // live: a nested `with`, which needs its own entry
+        return Ok(None); // live: a nested `with`, which needs its own entry
     }
     *a = Some(slf.clone().unbind());
-    Ok(true)
+    drop(a);
+    Ok(Some(entry.unbind()))
 }
 
 /// The innermost entry of this context whose `with` has not ended.
@@ -540,30 +549,52 @@ impl Arena {
 
     pub(crate) fn enter(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
-        if reopen_ended_entry(py, slf)? {
-            return Ok(());
-        }
-        let outer = innermost(py)?.map(Bound::unbind);
-        let entry = Entered {
-            arena: Mutex::new(Some(slf.clone().unbind())),
-            outer,
+        let entry = match reopen_ended_entry(py, slf)? {
+            Some(entry) => entry,
+            None => {
+                let outer = innermost(py)?.map(Bound::unbind);
+                let entry = Entered {
+                    arena: Mutex::new(Some(slf.clone().unbind())),
+                    outer,
+                };
+                let entry = Bound::new(py, entry)?;
+                set_current(py, entry.as_any()).inspect_err(|_| {
+                    // CPython may have set the variable and failed after
+                    // (making the reset token): an ended entry is one
+                    // current_arena() skips.
+                    entry.get().end(slf);
+                })?;
+                entry.unbind()
+            }
         };
-        let entry = Bound::new(py, entry)?;
-        set_current(py, entry.as_any()).inspect_err(|_| {
-            // CPython may have set the variable and failed after (making
-            // the reset token): an ended entry is one current_arena() skips.
-            entry.get().end(slf);
-        })
+        let old = slf.get().entry_slot().replace(entry);
+        drop(old); // outside the lock (an arena entered twice: the outer entry)
+        Ok(())
     }
 
-    /// Ends this arena's entry (if it is the innermost: an exit out of
-    /// order leaves the context alone) and releases it.
+    /// Ends this arena's entry and releases it. The entry is the one its
+    /// latest `with` made; without one (a second exit of an arena entered
+    /// twice) the innermost of this context, if it is this arena's: an exit
+    /// out of order ends no other arena's entry.
     pub(crate) fn exit(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
-        if let Some(e) = innermost(py)? {
-            e.get().end(slf);
+        let own = slf.get().entry_slot().take();
+        match own {
+            Some(e) => {
+                e.get().end(slf);
+                drop(e);
+            }
+            None => {
+                if let Some(e) = innermost(py)? {
+                    e.get().end(slf);
+                }
+            }
         }
         slf.get().release(py, false)
+    }
+
+    fn entry_slot(&self) -> std::sync::MutexGuard<'_, Option<Py<Entered>>> {
+        self.entry.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn release(&self, py: Python<'_>, reuse: bool) -> PyResult<()> {
@@ -633,15 +664,20 @@ impl Arena {
     /// registration, callback, backing allocator or `Pointer.allocator`
     /// handle; the region's conditions are `Anchor::reopen`'s). True when
     /// the region was reopened.
-    pub(crate) fn recycle(&self, py: Python<'_>) -> bool {
+    ///
+    /// `&mut`: the object is dead and nothing else refers to it, so its
+    /// fields are read without locking (three `try_lock`s were about 80
+    /// instructions of a per-call arena, callgrind).
+    pub(crate) fn recycle(&mut self, py: Python<'_>) -> bool {
         let ArenaKind::Region(anchor) = &self.backing else {
             return false;
         };
-        if self.leak_seq != 0 || matches!(self.made, Made::Tracked(_)) || self.known.load(Relaxed) {
+        if self.leak_seq != 0 || matches!(self.made, Made::Tracked(_)) || *self.known.get_mut() {
             return false;
         }
-        let none_held = self.allocator.try_lock().is_ok_and(|a| a.is_none())
-            && self.callbacks.try_lock().is_ok_and(|c| c.is_empty());
+        let none_held = matches!(self.allocator.get_mut(), Ok(None))
+            && matches!(self.callbacks.get_mut(), Ok(c) if c.is_empty())
+            && matches!(self.entry.get_mut(), Ok(None));
         let Some(s) = token(py) else {
             return false;
         };
@@ -667,7 +703,7 @@ impl Arena {
     pub(crate) unsafe fn renew(this: *mut Arena, py: Python<'_>) {
         // SAFETY: per the function's contract: no other reference exists.
         let a = unsafe { &mut *this };
-        a.name = ArenaName::new(a.id());
+        a.name = ArenaName(a.id());
         a.made = super::sites::caller_frame(py).map_or(Made::Unknown, Made::Frame);
     }
 
@@ -759,15 +795,13 @@ impl Arena {
             backing,
             allocator: Mutex::new(obj),
             callbacks: Mutex::new(Vec::new()),
-            name: ArenaName {
-                buf: [0; 27],
-                len: 0,
-            },
+            entry: Mutex::new(None),
+            name: ArenaName(0),
             made: Made::Unknown,
             leak_seq: 0,
             known: AtomicBool::new(false),
         };
-        arena.name = ArenaName::new(arena.id());
+        arena.name = ArenaName(arena.id());
         if track::enabled() {
             let live: Arc<dyn Fn() -> u64 + Send + Sync> = match &arena.backing {
                 ArenaKind::Region(a) => {
@@ -779,7 +813,7 @@ impl Arena {
                     Arc::new(move || tag.counters.snapshot().live_bytes)
                 }
             };
-            let (seq, site) = track::register_arena((*arena.name).into(), live);
+            let (seq, site) = track::register_arena(arena.name.text().as_ref().into(), live);
             arena.leak_seq = seq;
             arena.made = site.map_or(Made::Unknown, Made::Tracked);
         } else if let Some(f) = super::sites::caller_frame(py) {
@@ -891,7 +925,7 @@ impl Arena {
         let py = slf.py();
         let this = slf.get();
         let (addr, ty, req) = adopt_request(py, &this.name, address, r#type, count)?;
-        let asked = Asked("adopt", ty, &format_args!("{addr:#x}"));
+        let asked = Asked(&"adopt", ty, &format_args!("{addr:#x}"));
         match &this.backing {
             ArenaKind::Region(_) => {
                 Err(Error::Ownership(Ownership::RegionCannotAdopt)).py(py, &asked)
@@ -972,8 +1006,8 @@ impl Arena {
 
     /// The arena's name, as reprs and leak reports show it.
     #[getter]
-    fn name(&self) -> Text<&str> {
-        Text(&self.name)
+    fn name(&self) -> Text<NameText> {
+        Text(self.name.text())
     }
 
     /// The backing allocator, None for a bump region.
@@ -1109,6 +1143,11 @@ impl Arena {
                 visit.call(a)?;
             }
         }
+        if let Ok(e) = self.entry.try_lock() {
+            if let Some(e) = &*e {
+                visit.call(e)?;
+            }
+        }
         Ok(())
     }
 
@@ -1120,6 +1159,7 @@ impl Arena {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
-        drop((cbs, alloc));
+        let entry = self.entry_slot().take();
+        drop((cbs, alloc, entry));
     }
 }

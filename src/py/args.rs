@@ -15,7 +15,11 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyInt};
 
 /// Describes a request in error messages.
-pub(crate) struct Asked<'a>(pub &'a str, pub &'a TypeInfo, pub &'a dyn std::fmt::Display);
+pub(crate) struct Asked<'a>(
+    pub &'a dyn std::fmt::Display,
+    pub &'a TypeInfo,
+    pub &'a dyn std::fmt::Display,
+);
 
 impl std::fmt::Display for Asked<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -97,7 +101,7 @@ fn align_arg(v: Option<i128>) -> PyResult<Option<u128>> {
 /// A validated request for `count` elements of `ty` from the allocator `who`.
 pub(crate) fn request(
     py: Python<'_>,
-    who: &str,
+    who: &dyn std::fmt::Display,
     ty: &'static TypeInfo,
     count: i128,
     alignment: Option<i128>,
@@ -115,7 +119,7 @@ pub(crate) fn request(
 /// The arguments of `a(T=Uint8, count=1, *, alignment=None)`.
 pub(crate) fn call_request(
     py: Python<'_>,
-    who: &str,
+    who: &dyn std::fmt::Display,
     r#type: Option<&Bound<'_, PyAny>>,
     count: i128,
     alignment: Option<i128>,
@@ -130,7 +134,7 @@ pub(crate) fn call_request(
 /// The arguments of `a.allocate(nbytes, *, alignment=None)`.
 pub(crate) fn bytes_request(
     py: Python<'_>,
-    who: &str,
+    who: &dyn std::fmt::Display,
     nbytes: i128,
     alignment: Option<i128>,
 ) -> PyResult<(&'static TypeInfo, Request)> {
@@ -146,7 +150,7 @@ pub(crate) fn bytes_request(
 #[inline]
 pub(crate) fn plain_bytes_request(
     py: Python<'_>,
-    who: &str,
+    who: &dyn std::fmt::Display,
     nbytes: i64,
 ) -> PyResult<(&'static TypeInfo, Request)> {
     let ty = types::uint8(py)?;
@@ -157,7 +161,7 @@ pub(crate) fn plain_bytes_request(
 /// for a Void pointer) at p's block alignment.
 pub(crate) fn realloc_request(
     py: Python<'_>,
-    who: &str,
+    who: &dyn std::fmt::Display,
     pointee: &'static TypeInfo,
     count: i128,
 ) -> PyResult<(&'static TypeInfo, Request)> {
@@ -175,7 +179,7 @@ pub(crate) fn realloc_request(
 /// `address` None is NULL (refused by the core: NullPointerError).
 pub(crate) fn adopt_request(
     py: Python<'_>,
-    who: &str,
+    who: &dyn std::fmt::Display,
     address: &Bound<'_, PyAny>,
     r#type: Option<&Bound<'_, PyAny>>,
     count: Option<SizeArg>,
@@ -189,7 +193,7 @@ pub(crate) fn adopt_request(
         Some(c) => c.get()?,
         None if matches!(ty.kind, Kind::U8 | Kind::I8) => {
             if addr == 0 {
-                return Err(to_py(py, Error::NullPointer, &Asked("adopt", ty, &"NULL")));
+                return Err(to_py(py, Error::NullPointer, &Asked(&"adopt", ty, &"NULL")));
             }
             // SAFETY: the caller vouches that `address` is a C string of
             // this allocator's (the documented contract of a count-less adopt).

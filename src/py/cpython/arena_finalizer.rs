@@ -57,10 +57,15 @@ unsafe extern "C" fn dealloc(obj: *mut ffi::PyObject) {
     }
     // No Python code runs between here and `inner`.
     crate::py::arena::forget_object(arena, obj);
-    // SAFETY: obj is a dead Arena, its finalizer done; attached.
+    // SAFETY: obj is a dead Arena, its finalizer done; attached. `keep`
+    // takes the value `&mut`: `arena` is not used after this.
     if unsafe { super::arena_pool::keep(obj) } {
         return;
     }
+    // SAFETY: as above: obj is an Arena, alive until `inner`; attached.
+    let arena = unsafe { pyo3::Borrowed::from_ptr(Python::assume_attached(), obj) };
+    // SAFETY: as above.
+    let arena = unsafe { arena.cast_unchecked::<Arena>() }.get();
     // SAFETY: CPython calls tp_dealloc attached.
     arena.let_go(unsafe { Python::assume_attached() });
     if let Some(inner) = DEALLOC.get() {

@@ -45,7 +45,8 @@ unsafe fn value(obj: *mut ffi::PyObject) -> *mut Arena {
 /// stops there.
 ///
 /// # Safety
-/// Called from the Arena type's dealloc, attached, with `obj` dead.
+/// Called from the Arena type's dealloc, attached, with `obj` dead and
+/// no reference to its value held across the call.
 pub(crate) unsafe fn keep(obj: *mut ffi::PyObject) -> bool {
     let tp = TYPE.load(Relaxed);
     if tp.is_null() {
@@ -66,7 +67,7 @@ pub(crate) unsafe fn keep(obj: *mut ffi::PyObject) -> bool {
             return false;
         }
         let py = Python::assume_attached();
-        if !(*value(obj)).recycle(py) {
+        if !(&mut *value(obj)).recycle(py) {
             return false;
         }
         if !KEPT.keep(obj) {
