@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import inspect
+import sys
 import warnings
 import weakref
 
@@ -149,6 +150,44 @@ def test_an_arena_entered_and_never_exited_goes_with_its_context() -> None:
         assert any("garbage-collected unreleased" in str(w.message) for w in seen)
     with pytest.raises(RuntimeError):
         rsalloc.current_arena()
+
+
+def test_python_code_run_by_a_kept_arena_s_renewal_changes_nothing() -> None:
+    # A kept arena holds the code object it was made in; the next Arena()
+    # that takes it drops that reference, which may be the last one: the
+    # code object's weak-reference callback then runs inside Arena().
+    ran: list[str] = []
+
+    def hostile(_ref: object) -> None:
+        with Arena() as inner:  # the pool, entered again from inside it
+            inner.allocate(8)[0] = 1
+        ran.append(repr(Arena()))
+        raise RuntimeError("from inside Arena()")
+
+    unraisable: list[BaseException | None] = []
+    hook, sys.unraisablehook = sys.unraisablehook, lambda u: unraisable.append(u.exc_value)
+    try:
+        code = compile("a = Arena()\nwith a:\n    a.allocate(16)\n", "<per-call>", "exec")
+        ref = weakref.ref(code, hostile)
+        exec(code, {"Arena": Arena})
+        del code
+        if _active("arena_pool"):
+            assert ref() is not None  # the kept arena holds it
+        b = Arena()
+        if _active("arena_pool"):
+            assert ran, "the renewal dropped the code object"
+        p = b.allocate(32)
+        assert p[:] == [0] * 32
+        b.release_all()
+        gc.collect()
+    finally:
+        sys.unraisablehook = hook
+    assert ref() is None
+    assert ran and ran[0].startswith("<rsalloc.Arena")
+    # The callback's exception is CPython's to report, not Arena()'s to raise.
+    assert [str(e) for e in unraisable] == ["from inside Arena()"]
+    with pytest.raises(UseAfterFreeError):
+        p[0]
 
 
 def test_an_exception_in_the_block_propagates_and_releases() -> None:

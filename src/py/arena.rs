@@ -697,14 +697,26 @@ impl Arena {
     /// id, made where the caller is (as `Arena.__new__` records it with
     /// tracking off).
     ///
+    /// Runs outside PyO3's registration (`cpython::attach`: its trampoline
+    /// was about 60 instructions of a per-call arena): it drops no `Py`
+    /// through PyO3 (the old site's code object goes by a plain decref, as
+    /// CPython's own code would drop it) and nothing in it panics.
+    ///
     /// # Safety
     /// `this` is the value of an arena object that `recycle` accepted and
-    /// that nothing else refers to yet.
+    /// that nothing else refers to yet; attached.
     pub(crate) unsafe fn renew(this: *mut Arena, py: Python<'_>) {
         // SAFETY: per the function's contract: no other reference exists.
         let a = unsafe { &mut *this };
         a.name = ArenaName(a.id());
-        a.made = super::sites::caller_frame(py).map_or(Made::Unknown, Made::Frame);
+        let made = super::sites::caller_frame(py).map_or(Made::Unknown, Made::Frame);
+        match std::mem::replace(&mut a.made, made) {
+            // SAFETY: attached; the reference was the arena's own.
+            Made::Frame((code, _)) => unsafe { ffi::Py_DECREF(code.into_ptr()) },
+            Made::Unknown => {}
+            // `recycle` refuses a tracked arena; dropped registered if ever.
+            Made::Tracked(site) => super::cpython::attach::drop_registered(site),
+        }
     }
 
     /// Called when the arena is garbage-collected: an unreleased one is

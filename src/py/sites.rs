@@ -66,7 +66,12 @@ pub fn caller_frame(py: Python<'_>) -> Option<(Py<PyAny>, c_int)> {
         }
         let code = ffi::PyFrame_GetCode(frame);
         let lasti = ffi::PyFrame_GetLasti(frame);
-        Some((Bound::from_owned_ptr(py, code.cast()).unbind(), lasti))
+        // Never NULL (CPython asserts it), but no panic either way: an
+        // arena's renewal runs this where a panic could not be caught.
+        Some((
+            Bound::from_owned_ptr_or_opt(py, code.cast())?.unbind(),
+            lasti,
+        ))
     }
 }
 

@@ -100,14 +100,9 @@ unsafe extern "C" fn new_arena(
                 let tp = callable.cast::<ffi::PyTypeObject>();
                 // The header as tp_alloc sets it: one reference, and one to the type.
                 let obj = ffi::PyObject_Init(obj, tp);
-                // Renewing drops the old site's code object: registered.
-                let renewed = super::attach::registered(|py| Arena::renew(value(obj), py));
+                // Unregistered: renewing drops nothing through PyO3 (its comment).
+                Arena::renew(value(obj), Python::assume_attached());
                 ffi::PyObject_GC_Track(obj.cast());
-                if renewed.is_none() {
-                    // A panic, raised as PanicException; the object goes as any arena.
-                    ffi::Py_DECREF(obj);
-                    return std::ptr::null_mut();
-                }
                 return obj;
             }
         }
