@@ -28,7 +28,10 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyType;
 use pyo3::{PyTraverseError, PyVisit};
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicBool,
+    Ordering::{Acquire, Relaxed, Release},
+};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 /// Where an arena was made.
@@ -68,6 +71,10 @@ pub struct Arena {
     /// a region (and once the garbage collector broke a cycle through it).
     allocator: Mutex<Option<Py<PyAny>>>,
     callbacks: Mutex<Vec<Callback>>,
+    /// Whether `callbacks` may hold any: set with a push, cleared under
+    /// the lock when a release empties it, so that a release without
+    /// callbacks (a per-call arena's) takes no lock for them.
+    has_callbacks: AtomicBool,
     /// The entry its latest `with` made or reopened, until that `with`
     /// exits: the exit ends it without reading the context variable.
     entry: Mutex<Option<Py<Entered>>>,
@@ -339,8 +346,8 @@ impl Entered {
 /// A `with` where the variable's value is an entry that ended and only
 /// this context can reach: that entry takes the arena, and the variable
 /// is not set (a mapping copy and a reset token, a fifth of a per-call
-/// `with Arena()`: docs/decisions.md, "Per-call arenas"). The entry when
-/// done.
+/// `with Arena()`: docs/decisions.md, "Per-call arenas"). True when done,
+/// the entry then in the arena's slot; false when nothing changed.
 ///
 /// "Only this context" is two reference counts: the running context's
 /// mapping is its own (no copy of the context shares it, the fence's
@@ -350,19 +357,45 @@ impl Entered {
 /// chain, since an ended entry's innermost live one is found through it.
 /// A context copied later (an asyncio task made inside the `with`) shares
 /// the entry as it does an entry made by setting the variable.
-fn reopen_ended_entry(py: Python<'_>, slf: &Bound<'_, Arena>) -> PyResult<Option<Py<Entered>>> {
+///
+/// Runs outside PyO3's registration too (`cpython::arena_with`, the
+/// `with`'s enter; its trampoline was about 50 instructions): it drops
+/// no `Py` (it stops where it would: an arena whose slot holds an entry),
+/// makes no `PyErr` (a failed read is cleared, for the full enter to
+/// raise), and nothing in it panics.
+pub(crate) fn reopen_ended_entry(slf: &Bound<'_, Arena>) -> bool {
+    let py = slf.py();
     // SAFETY: attached, and the trick is on only with a GIL.
     if !unsafe { super::cpython::context::vars_are_its_own() } {
-        return Ok(None);
+        return false;
     }
-    let value = current_value(py)?;
-    let Ok(entry) = value.cast_into::<Entered>() else {
-        return Ok(None);
+    let Some(var) = CURRENT.get(py) else {
+        return false;
     };
-    // The mapping's reference and `value`'s.
+    let mut value = std::ptr::null_mut();
+    // SAFETY: `var` is a ContextVar; the default is a borrowed None; on
+    // success `value` is a new reference.
+    if unsafe { ffi::PyContextVar_Get(var.as_ptr(), ffi::Py_None(), &mut value) } < 0 {
+        // SAFETY: attached, the failure's exception set.
+        unsafe { ffi::PyErr_Clear() };
+        return false;
+    }
+    // SAFETY: a new reference or NULL; a Bound drops by a plain decref.
+    let Some(value) = (unsafe { Bound::from_owned_ptr_or_opt(py, value) }) else {
+        return false;
+    };
+    let Ok(entry) = value.cast_into::<Entered>() else {
+        return false;
+    };
+    // The mapping's reference and `entry`'s.
     // SAFETY: a live object's reference count, read under the GIL.
     if unsafe { pyo3::ffi::Py_REFCNT(entry.as_ptr()) } != 2 {
-        return Ok(None);
+        return false;
+    }
+    let this = slf.get();
+    let mut slot = this.entry_slot();
+    if slot.is_some() {
+        return false; // entered twice: the full enter replaces (drops) it
     }
     let mut a = entry
         .get()
@@ -370,11 +403,12 @@ fn reopen_ended_entry(py: Python<'_>, slf: &Bound<'_, Arena>) -> PyResult<Option
         .lock()
         .unwrap_or_else(PoisonError::into_inner);
     if a.is_some() {
-        return Ok(None); // live: a nested `with`, which needs its own entry
+        return false; // live: a nested `with`, which needs its own entry
     }
     *a = Some(slf.clone().unbind());
     drop(a);
-    Ok(Some(entry.unbind()))
+    *slot = Some(entry.unbind());
+    true
 }
 
 /// The innermost entry of this context whose `with` has not ended.
@@ -547,27 +581,26 @@ impl Arena {
         self.backing.check_free(&p.owner, p.addr, token(py))
     }
 
-    pub(crate) fn enter(slf: &Bound<'_, Self>) -> PyResult<()> {
+    /// Enters: an ended entry taken over where [`reopen_ended_entry`]
+    /// can (when `reopen`: the caller has not tried it already), else a
+    /// new entry set as the context variable's value.
+    pub(crate) fn enter(slf: &Bound<'_, Self>, reopen: bool) -> PyResult<()> {
         let py = slf.py();
-        let entry = match reopen_ended_entry(py, slf)? {
-            Some(entry) => entry,
-            None => {
-                let outer = innermost(py)?.map(Bound::unbind);
-                let entry = Entered {
-                    arena: Mutex::new(Some(slf.clone().unbind())),
-                    outer,
-                };
-                let entry = Bound::new(py, entry)?;
-                set_current(py, entry.as_any()).inspect_err(|_| {
-                    // CPython may have set the variable and failed after
-                    // (making the reset token): an ended entry is one
-                    // current_arena() skips.
-                    entry.get().end(slf);
-                })?;
-                entry.unbind()
-            }
+        if reopen && reopen_ended_entry(slf) {
+            return Ok(());
+        }
+        let outer = innermost(py)?.map(Bound::unbind);
+        let entry = Entered {
+            arena: Mutex::new(Some(slf.clone().unbind())),
+            outer,
         };
-        let old = slf.get().entry_slot().replace(entry);
+        let entry = Bound::new(py, entry)?;
+        set_current(py, entry.as_any()).inspect_err(|_| {
+            // CPython may have set the variable and failed after (making
+            // the reset token): an ended entry is one current_arena() skips.
+            entry.get().end(slf);
+        })?;
+        let old = slf.get().entry_slot().replace(entry.unbind());
         drop(old); // outside the lock (an arena entered twice: the outer entry)
         Ok(())
     }
@@ -603,7 +636,18 @@ impl Arena {
         // (e.g. a C handle whose struct lives in the arena). Registered ones
         // are popped one at a time, so a callback may register another.
         loop {
-            let Some(cb) = self.lock().pop() else { break };
+            if !self.has_callbacks.load(Acquire) {
+                break;
+            }
+            let cb = {
+                let mut g = self.lock();
+                let cb = g.pop();
+                if g.is_empty() {
+                    self.has_callbacks.store(false, Release);
+                }
+                cb
+            };
+            let Some(cb) = cb else { break };
             let r = match &cb {
                 Callback::Call(f) => f.call0(py),
                 Callback::Release(res, f) => f.call1(py, (res,)),
@@ -653,6 +697,7 @@ impl Arena {
         g.try_reserve(1)
             .map_err(|_| checked::error::<pyo3::exceptions::PyMemoryError>("callback list"))?;
         g.push(cb);
+        self.has_callbacks.store(true, Release);
         Ok(())
     }
 }
@@ -807,6 +852,7 @@ impl Arena {
             backing,
             allocator: Mutex::new(obj),
             callbacks: Mutex::new(Vec::new()),
+            has_callbacks: AtomicBool::new(false),
             entry: Mutex::new(None),
             name: ArenaName(0),
             made: Made::Unknown,
@@ -1087,7 +1133,7 @@ impl Arena {
 
     /// Makes this the current arena (`rsalloc.current_arena()`) and returns it.
     fn __enter__(slf: Bound<'_, Self>) -> PyResult<Bound<'_, Self>> {
-        Arena::enter(&slf)?;
+        Arena::enter(&slf, true)?;
         Ok(slf)
     }
 
@@ -1106,7 +1152,7 @@ impl Arena {
 
     /// `async with` form of `__enter__`: an awaitable of the arena.
     fn __aenter__(slf: Bound<'_, Self>) -> PyResult<Ready> {
-        Arena::enter(&slf)?;
+        Arena::enter(&slf, true)?;
         Ok(Ready(slf.into_any().unbind()))
     }
 

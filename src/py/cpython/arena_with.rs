@@ -96,13 +96,21 @@ unsafe extern "C" fn scope_call(
             return super::call_prepended(s.old, Some(arena), args, nargs, kwnames);
         }
         // The arena is held by the scope, which the caller holds, for the
-        // whole call. Entering and leaving may drop `Py` values (the
-        // entries, callbacks at release), so the thread is registered.
+        // whole call. A `with` after a `with` takes the ended entry over
+        // unregistered (its comment says why it may); otherwise entering
+        // and leaving may drop `Py` values (the entries, callbacks at
+        // release), so the thread is registered.
         let which = s.which;
+        if let Which::Enter = which {
+            let a = pyo3::Borrowed::from_ptr(Python::assume_attached(), arena);
+            if crate::py::arena::reopen_ended_entry(&a.cast_unchecked::<Arena>()) {
+                return ffi::Py_NewRef(arena);
+            }
+        }
         let out = super::attach::registered(|py| {
             let a = pyo3::Borrowed::from_ptr(py, arena).cast_unchecked::<Arena>();
             let done = match which {
-                Which::Enter => Arena::enter(&a).map(|()| ffi::Py_NewRef(arena)),
+                Which::Enter => Arena::enter(&a, false).map(|()| ffi::Py_NewRef(arena)),
                 Which::Exit => Arena::exit(&a).map(|()| ffi::Py_NewRef(ffi::Py_False())),
             };
             done.unwrap_or_else(|e| {
