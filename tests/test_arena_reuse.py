@@ -152,6 +152,25 @@ def test_an_arena_entered_and_never_exited_goes_with_its_context() -> None:
         rsalloc.current_arena()
 
 
+def test_an_exit_after_its_context_is_gone_lets_the_last_entry_go() -> None:
+    # The exits hold the last references to their entries (the context that
+    # held them is gone): the entries go in the exit, with their chain.
+    import contextvars
+
+    o, a = Arena(), Arena()
+    ctx = contextvars.copy_context()
+    ctx.run(lambda: (o.__enter__(), a.__enter__()))
+    del ctx
+    gc.collect()
+    with pytest.raises(RuntimeError):
+        rsalloc.current_arena()  # this context never entered them
+    assert a.__exit__(None, None, None) is False
+    assert o.__exit__(None, None, None) is False
+    assert a.closed and o.closed
+    with Arena() as b:  # and the next `with` is as usual
+        assert rsalloc.current_arena() is b
+
+
 def test_python_code_run_by_a_kept_arena_s_renewal_changes_nothing() -> None:
     # A kept arena holds the code object it was made in; the next Arena()
     # that takes it drops that reference, which may be the last one: the

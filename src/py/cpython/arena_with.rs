@@ -96,16 +96,19 @@ unsafe extern "C" fn scope_call(
             return super::call_prepended(s.old, Some(arena), args, nargs, kwnames);
         }
         // The arena is held by the scope, which the caller holds, for the
-        // whole call. A `with` after a `with` takes the ended entry over
-        // unregistered (its comment says why it may); otherwise entering
-        // and leaving may drop `Py` values (the entries, callbacks at
-        // release), so the thread is registered.
+        // whole call. A `with` after a `with` takes the ended entry over,
+        // and a plain exit leaves, unregistered (their comments say why
+        // they may); otherwise entering and leaving may drop `Py` values
+        // (the entries, callbacks at release), so the thread is registered.
         let which = s.which;
-        if let Which::Enter = which {
-            let a = pyo3::Borrowed::from_ptr(Python::assume_attached(), arena);
-            if crate::py::arena::reopen_ended_entry(&a.cast_unchecked::<Arena>()) {
+        let a = pyo3::Borrowed::from_ptr(Python::assume_attached(), arena);
+        let a = a.cast_unchecked::<Arena>();
+        match which {
+            Which::Enter if crate::py::arena::reopen_ended_entry(&a) => {
                 return ffi::Py_NewRef(arena);
             }
+            Which::Exit if Arena::exit_plainly(&a) => return ffi::Py_NewRef(ffi::Py_False()),
+            _ => {}
         }
         let out = super::attach::registered(|py| {
             let a = pyo3::Borrowed::from_ptr(py, arena).cast_unchecked::<Arena>();
