@@ -228,6 +228,14 @@ pub fn new_id() -> u64 {
     NEXT_ID.fetch_add(1, Relaxed)
 }
 
+/// [`new_id`] with the proof: a load and a store, no locked
+/// read-modify-write (a kept arena's reopening takes one per call).
+pub fn new_id_serialized(_s: Serialized<'_>) -> u64 {
+    let id = NEXT_ID.load(Relaxed);
+    NEXT_ID.store(id + 1, Relaxed);
+    id
+}
+
 /// An allocator: its name, owner group, counters and [`Backend`], and the rules every allocation
 /// through it follows (`alloc/ops.rs`).
 pub struct AllocCore {

@@ -350,7 +350,9 @@ mod held {
 
     pub const MAX_HELD: usize = 4;
     /// Chunks held now. Taken only with the proof; given back also without
-    /// it (a region dropped on any thread), hence an atomic.
+    /// it (a region dropped on any thread), hence an atomic, updated by a
+    /// load and a store where the proof is (a locked read-modify-write is
+    /// some 20 cycles, two per per-call arena).
     static HELD: AtomicUsize = AtomicUsize::new(0);
 
     /// Whether a closed region's chunk list is one held chunk; counted in
@@ -360,7 +362,7 @@ mod held {
 
     impl Drop for Mark {
         fn drop(&mut self) {
-            self.clear();
+            self.clear(None);
         }
     }
 
@@ -373,7 +375,7 @@ mod held {
             if c.own || c.size != FIRST_CHUNK || !room {
                 return false;
             }
-            HELD.fetch_add(1, Relaxed);
+            HELD.store(HELD.load(Relaxed) + 1, Relaxed);
             self.0 = true;
             c.zero_used();
             // As if it went back: tracemalloc sees it again at its first
@@ -387,10 +389,14 @@ mod held {
         }
 
         /// Ends the hold: true when there was one.
-        pub fn clear(&mut self) -> bool {
+        pub fn clear(&mut self, s: Option<Serialized<'_>>) -> bool {
             let was = std::mem::take(&mut self.0);
             if was {
-                HELD.fetch_sub(1, Relaxed);
+                if s.is_some() {
+                    HELD.store(HELD.load(Relaxed) - 1, Relaxed);
+                } else {
+                    HELD.fetch_sub(1, Relaxed);
+                }
             }
             was
         }
@@ -835,7 +841,7 @@ impl RegionCore {
             return;
         }
         let mut g = self.lock(Some(s));
-        if g.held.clear() {
+        if g.held.clear(Some(s)) {
             let mut chunks = std::mem::take(&mut g.chunks);
             drop(g);
             end_all(&mut chunks, Some(s));
@@ -1326,7 +1332,7 @@ impl Anchor {
             first_unused,
             dead,
         } = &mut *inner;
-        *first_unused = held.clear();
+        *first_unused = held.clear(Some(s));
         (*bump, *bump_at, *end, *next_size) = (None, 0, 0, FIRST_CHUNK);
         (*count, *bytes, *peak_bytes, *limit) = (0, 0, 0, UNLIMITED);
         (*total_allocs, *total_frees) = (0, 0);

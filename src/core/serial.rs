@@ -177,6 +177,34 @@ impl<T> SerialMutex<T> {
     }
 }
 
+impl<T> SerialMutex<T> {
+    /// The value if it can be had at once: always with the proof, else when
+    /// the mutex is free (for a garbage collector's traverse, which must
+    /// never wait).
+    #[inline]
+    pub(crate) fn try_lock(&self, s: Option<Serialized<'_>>) -> Option<SerialGuard<'_, T>> {
+        let held = if s.is_some() {
+            None
+        } else {
+            match self.lock.try_lock() {
+                Ok(g) => Some(g),
+                Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+                Err(std::sync::TryLockError::WouldBlock) => return None,
+            }
+        };
+        Some(SerialGuard {
+            _held: held,
+            value: &self.value,
+        })
+    }
+
+    /// The value, with no lock: the `&mut` is the proof.
+    #[inline]
+    pub(crate) fn get_mut(&mut self) -> &mut T {
+        self.value.get_mut()
+    }
+}
+
 impl<T> Deref for SerialGuard<'_, T> {
     type Target = T;
     #[inline]

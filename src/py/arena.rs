@@ -17,6 +17,7 @@ use crate::core::arena_kind::ArenaKind;
 use crate::core::error::{Error, Ownership};
 use crate::core::layout::Request;
 use crate::core::region::{Anchor, RegionCore};
+use crate::core::serial::{SerialMutex, Serialized};
 use crate::core::stats::Snapshot;
 use crate::core::track::{self, Site};
 use crate::py::checked;
@@ -77,7 +78,7 @@ pub struct Arena {
     has_callbacks: AtomicBool,
     /// The entry its latest `with` made or reopened, until that `with`
     /// exits: the exit ends it without reading the context variable.
-    entry: Mutex<Option<Py<Entered>>>,
+    entry: SerialMutex<Option<Py<Entered>>>,
     pub(crate) name: ArenaName,
     /// Where the arena was made: named when it is garbage-collected unreleased.
     made: Made,
@@ -216,10 +217,16 @@ pub(crate) fn dealloc_forgets_objects() {
 /// and not revived it): its region's `Pointer.allocator` is None from now on.
 pub(crate) fn forget_object(arena: &Arena, obj: *mut ffi::PyObject) {
     if let ArenaKind::Region(a) = &arena.backing {
-        let _ = a
-            .region()
-            .object
-            .compare_exchange(obj.addr(), 0, Relaxed, Relaxed);
+        let object = &a.region().object;
+        // With the GIL (the only build whose dealloc remembers objects:
+        // `remember_quickly`), every writer of `object` holds it: a load and
+        // a store, not a locked compare-and-swap.
+        #[cfg(not(Py_GIL_DISABLED))]
+        if object.load(Relaxed) == obj.addr() {
+            object.store(0, Relaxed);
+        }
+        #[cfg(Py_GIL_DISABLED)]
+        let _ = object.compare_exchange(obj.addr(), 0, Relaxed, Relaxed);
     }
 }
 
@@ -291,38 +298,58 @@ fn set_current(py: Python<'_>, value: &Bound<'_, PyAny>) -> PyResult<()> {
 /// arena outside it, not the released one (docs/decisions.md).
 #[pyclass(frozen, module = "rsalloc", name = "_Entered")]
 pub struct Entered {
-    arena: Mutex<Option<Py<Arena>>>,
+    arena: SerialMutex<Option<Py<Arena>>>,
     outer: Option<Py<Entered>>,
 }
 
 impl Entered {
+    fn new(arena: &Bound<'_, Arena>, outer: Option<Py<Entered>>) -> Self {
+        Entered {
+            arena: SerialMutex::new(Some(arena.clone().unbind())),
+            outer,
+        }
+    }
+
     fn arena(&self, py: Python<'_>) -> Option<Py<Arena>> {
-        let a = self.arena.lock().unwrap_or_else(PoisonError::into_inner);
+        let a = self.arena.lock(token(py));
         a.as_ref().map(|a| a.clone_ref(py))
     }
 
-    fn live(&self) -> bool {
-        let a = self.arena.lock().unwrap_or_else(PoisonError::into_inner);
-        a.is_some()
+    fn live(&self, py: Python<'_>) -> bool {
+        self.arena.lock(token(py)).is_some()
     }
 
     /// Ends the entry if it is `arena`'s: true when it was.
     fn end(&self, arena: &Bound<'_, Arena>) -> bool {
-        let mut a = self.arena.lock().unwrap_or_else(PoisonError::into_inner);
-        let ended = a.as_ref().is_some_and(|a| a.is(arena));
-        let taken = if ended { a.take() } else { None };
-        drop(a);
+        let taken = self.take_if(arena);
+        let ended = taken.is_some();
         // Dropped outside the lock: it may be the arena's last reference
         // but for the caller's, so nothing runs here in practice.
         drop(taken);
         ended
     }
+
+    /// The entry's arena if it is `arena`, taken out (the entry ended).
+    fn take_if(&self, arena: &Bound<'_, Arena>) -> Option<Py<Arena>> {
+        let mut a = self.arena.lock(token(arena.py()));
+        match &*a {
+            Some(x) if x.is(arena) => a.take(),
+            _ => None,
+        }
+    }
+}
+
+/// The proof for a garbage collector's traverse or clear, which run
+/// attached (with the GIL, where there is one) but are handed no `Python`.
+fn gc_token<'a>() -> Option<Serialized<'a>> {
+    // SAFETY: CPython's collector calls tp_traverse attached.
+    token(unsafe { Python::assume_attached() })
 }
 
 #[pymethods]
 impl Entered {
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        if let Ok(a) = self.arena.try_lock() {
+        if let Some(a) = self.arena.try_lock(gc_token()) {
             if let Some(a) = &*a {
                 visit.call(a)?;
             }
@@ -334,11 +361,7 @@ impl Entered {
     }
 
     fn __clear__(&self) {
-        let a = self
-            .arena
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
+        let a = self.arena.lock(gc_token()).take();
         drop(a);
     }
 }
@@ -392,16 +415,12 @@ pub(crate) fn reopen_ended_entry(slf: &Bound<'_, Arena>) -> bool {
     if unsafe { pyo3::ffi::Py_REFCNT(entry.as_ptr()) } != 2 {
         return false;
     }
-    let this = slf.get();
-    let mut slot = this.entry_slot();
+    let s = token(py);
+    let mut slot = slf.get().entry.lock(s);
     if slot.is_some() {
         return false; // entered twice: the full enter replaces (drops) it
     }
-    let mut a = entry
-        .get()
-        .arena
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner);
+    let mut a = entry.get().arena.lock(s);
     if a.is_some() {
         return false; // live: a nested `with`, which needs its own entry
     }
@@ -415,7 +434,7 @@ pub(crate) fn reopen_ended_entry(slf: &Bound<'_, Arena>) -> bool {
 fn innermost<'py>(py: Python<'py>) -> PyResult<Option<Bound<'py, Entered>>> {
     let mut cur = current_value(py)?.cast_into::<Entered>().ok();
     while let Some(e) = cur {
-        if e.get().live() {
+        if e.get().live(py) {
             return Ok(Some(e));
         }
         cur = e.get().outer.as_ref().map(|o| o.bind(py).clone());
@@ -590,17 +609,13 @@ impl Arena {
             return Ok(());
         }
         let outer = innermost(py)?.map(Bound::unbind);
-        let entry = Entered {
-            arena: Mutex::new(Some(slf.clone().unbind())),
-            outer,
-        };
-        let entry = Bound::new(py, entry)?;
+        let entry = Bound::new(py, Entered::new(slf, outer))?;
         set_current(py, entry.as_any()).inspect_err(|_| {
             // CPython may have set the variable and failed after (making
             // the reset token): an ended entry is one current_arena() skips.
             entry.get().end(slf);
         })?;
-        let old = slf.get().entry_slot().replace(entry.unbind());
+        let old = slf.get().entry.lock(token(py)).replace(entry.unbind());
         drop(old); // outside the lock (an arena entered twice: the outer entry)
         Ok(())
     }
@@ -611,7 +626,7 @@ impl Arena {
     /// out of order ends no other arena's entry.
     pub(crate) fn exit(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
-        let own = slf.get().entry_slot().take();
+        let own = slf.get().entry.lock(token(py)).take();
         match own {
             Some(e) => {
                 e.get().end(slf);
@@ -647,20 +662,10 @@ impl Arena {
         {
             return false;
         }
-        let Some(entry) = this.entry_slot().take() else {
+        let Some(entry) = this.entry.lock(Some(s)).take() else {
             return false;
         };
-        let arena = {
-            let mut a = entry
-                .get()
-                .arena
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            match &*a {
-                Some(x) if x.is(slf) => a.take(),
-                _ => None,
-            }
-        };
+        let arena = entry.get().take_if(slf);
         // SAFETY: attached; both references were the arena's and the
         // entry's own (see above for why a plain decref is right).
         unsafe {
@@ -671,10 +676,6 @@ impl Arena {
         }
         anchor.region().close_holding(s);
         true
-    }
-
-    fn entry_slot(&self) -> std::sync::MutexGuard<'_, Option<Py<Entered>>> {
-        self.entry.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn release(&self, py: Python<'_>, reuse: bool) -> PyResult<()> {
@@ -769,11 +770,11 @@ impl Arena {
         }
         let none_held = matches!(self.allocator.get_mut(), Ok(None))
             && matches!(self.callbacks.get_mut(), Ok(c) if c.is_empty())
-            && matches!(self.entry.get_mut(), Ok(None));
+            && self.entry.get_mut().is_none();
         let Some(s) = token(py) else {
             return false;
         };
-        none_held && anchor.reopen(crate::core::alloc::new_id(), s)
+        none_held && anchor.reopen(crate::core::alloc::new_id_serialized(s), s)
     }
 
     /// The arena's object goes (dealloc'd, not recycled): its region's
@@ -900,7 +901,7 @@ impl Arena {
             allocator: Mutex::new(obj),
             callbacks: Mutex::new(Vec::new()),
             has_callbacks: AtomicBool::new(false),
-            entry: Mutex::new(None),
+            entry: SerialMutex::new(None),
             name: ArenaName(0),
             made: Made::Unknown,
             leak_seq: 0,
@@ -1248,7 +1249,7 @@ impl Arena {
                 visit.call(a)?;
             }
         }
-        if let Ok(e) = self.entry.try_lock() {
+        if let Some(e) = self.entry.try_lock(gc_token()) {
             if let Some(e) = &*e {
                 visit.call(e)?;
             }
@@ -1264,7 +1265,7 @@ impl Arena {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
-        let entry = self.entry_slot().take();
+        let entry = self.entry.lock(gc_token()).take();
         drop((cbs, alloc, entry));
     }
 }
