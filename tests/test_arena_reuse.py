@@ -518,3 +518,39 @@ def test_without_the_fence_s_arena_dealloc_no_chunk_is_held() -> None:
     with Arena() as a:
         a.allocate(24)
     assert held_chunks() == before == 0
+
+
+def test_per_call_arenas_in_a_big_arena_s_chunk_come_zeroed_and_its_blocks_stay_dead() -> None:
+    # A first chunk that a bigger arena used, then per-call arenas of
+    # changing sizes: each zeroes as far as it reached (core::region,
+    # `Released::reached`), and the bigger arena's blocks past that reach
+    # still read back dead (the released tail is kept; a chunk names its
+    # latest release, so they name the last arena that used the chunk).
+    n_big, size = 100, 32
+    holder = rsalloc.calloc(rsalloc.Pointer[rsalloc.Uint8], n_big)  # C memory holding addresses
+    gc.collect()
+    big = Arena()
+    with big:
+        for i in range(n_big):
+            p = big.allocate(size)
+            p.fill(0xFF)
+            holder[i] = p
+    del big, p  # held, then reopened as the next Arena(), when there is room
+    # Block sizes that cover more, fewer and as many earlier blocks.
+    for blocks, each in ((3, 32), (5, 32), (2, 64), (6, 16), (1, 100), (4, 24), (3, 32), (7, 8)):
+        with Arena() as a:
+            for _ in range(blocks):
+                q = a.allocate(each)
+                assert q[:] == [0] * each, f"a block of {blocks} x {each} B is not zeroed"
+                q.fill(0xFF)
+        del q
+    # With the block cache off every chunk goes back to libc at once (the
+    # addresses are foreign memory then, docs/arena.md).
+    if rsalloc._rsalloc._block_cache(False)[0]:
+        for i in range(n_big):
+            back = holder[i]
+            assert not back.alive
+            with pytest.raises(UseAfterFreeError, match="released with its arena"):
+                back[0]
+        del back
+    rsalloc.free(holder)

@@ -73,6 +73,9 @@ struct Released {
     token: u64,
     /// As [`Chunk::blocks`], sorted; empty for a chunk of its own.
     blocks: Vec<(u32, u32)>,
+    /// How far the released generation's own blocks reached: past it the
+    /// chunk is zeros already (earlier generations zeroed what they used).
+    reached: u32,
 }
 
 /// A block read back in a released chunk: (start, end, what released it).
@@ -148,29 +151,56 @@ impl Chunk {
     /// steady state: the two lists trade their room.
     fn retire(&mut self, region: &Weak<RegionCore>, id: u64, token: u64) {
         let mut blocks = std::mem::take(&mut self.blocks);
-        let (spare, region) = match self.released.take() {
-            Some(old) => {
-                let reached = blocks.last().map_or(0, |b| b.1);
-                let tail = &old.blocks[old.blocks.partition_point(|b| b.0 < reached)..];
-                // Without room for them, the earlier ones are forgotten.
-                if !tail.is_empty() && blocks.try_reserve(tail.len()).is_ok() {
-                    blocks.extend_from_slice(tail);
-                }
-                let mut spare = old.blocks;
-                spare.clear();
+        let reached = blocks.last().map_or(0, |b| b.1);
+        let (spare, released, region) = match self.released.take() {
+            Some(mut old) => {
+                // The generation's blocks take the place of the earlier
+                // ones they cover; those past its reach stay. In place: a
+                // per-call arena's chunk, once a big arena's first one,
+                // keeps a long tail, which must not be copied per release.
+                let cut = old.blocks.partition_point(|b| b.0 < reached);
+                // An earlier block this generation's reach ends inside: its
+                // part past the reach stays, so that the starts of blocks
+                // before it in there still read back dead.
+                let remnant = cut
+                    .checked_sub(1)
+                    .map(|i| old.blocks[i])
+                    .filter(|b| b.1 > reached)
+                    .map(|b| (reached, b.1));
+                let k = blocks.len() + usize::from(remnant.is_some());
+                let same = old.region.ptr_eq(region);
                 // The same region releasing again (a per-call arena's
                 // chunk): its reference is kept, not counted up and down.
-                let same = old.region.ptr_eq(region);
-                (spare, if same { old.region } else { region.clone() })
+                let region = if same { old.region } else { region.clone() };
+                let (mut spare, released) = if cut == old.blocks.len() && remnant.is_none() {
+                    // No tail: the lists trade their room.
+                    (old.blocks, blocks)
+                } else if cut == k {
+                    // As many as they cover (the same calls again).
+                    old.blocks[..blocks.len()].copy_from_slice(&blocks);
+                    if let Some(r) = remnant {
+                        old.blocks[blocks.len()] = r;
+                    }
+                    (blocks, old.blocks)
+                } else if k < cut || old.blocks.try_reserve(k - cut).is_ok() {
+                    old.blocks.splice(..cut, blocks.drain(..).chain(remnant));
+                    (blocks, old.blocks)
+                } else {
+                    // Without room for them, the earlier ones are forgotten.
+                    (old.blocks, blocks)
+                };
+                spare.clear();
+                (spare, released, region)
             }
-            None => (Vec::new(), region.clone()),
+            None => (Vec::new(), blocks, region.clone()),
         };
         self.blocks = spare;
         self.released = Some(Released {
             region,
             id,
             token,
-            blocks,
+            blocks: released,
+            reached,
         });
     }
 
@@ -180,14 +210,14 @@ impl Chunk {
     fn zero_used(&mut self) {
         // Blocks are carved in address order: the last one's end is as far
         // as anything was written (a reallocated block's copy included).
-        // A released chunk's blocks are its released ones (and past the
-        // last generation's, zeros already).
-        let last = self
-            .released
-            .as_ref()
-            .map_or(&self.blocks, |r| &r.blocks)
-            .last();
-        let used = last.map_or(self.size, |b| b.1 as usize).min(self.size);
+        // A released chunk's are its last generation's (past them, zeros
+        // already: `Released::reached`; zeroing an earlier, bigger
+        // generation's reach again was 2000 instructions a per-call arena).
+        let used = match &self.released {
+            Some(r) => r.reached as usize,
+            None => self.blocks.last().map_or(self.size, |b| b.1 as usize),
+        }
+        .min(self.size);
         // SAFETY: the chunk's first `used` bytes are its own, and nothing
         // refers to them any more (per the function's contract).
         unsafe { std::ptr::write_bytes(self.ptr.as_ptr(), 0, used) };
