@@ -162,6 +162,16 @@ impl AsRef<str> for NameText {
     }
 }
 
+/// Releases a region arena's blocks (true when this released it). The
+/// first chunk is held for a reopening only where the arena's dealloc is
+/// the fence's, which lets it go otherwise.
+fn release_region(a: &Anchor, reuse: bool, s: Option<Serialized<'_>>) -> bool {
+    match s {
+        Some(s) if !reuse && DEALLOC_FORGETS.load(Relaxed) => a.region().close_holding(s),
+        s => a.region().release(reuse, s),
+    }
+}
+
 /// Remembers `slf` as the region's arena, without allocating: the
 /// object's address, cleared by the arena's dealloc ([`forget_object`],
 /// called from the dealloc that `cpython::arena_finalizer` installs).
@@ -252,16 +262,20 @@ fn current_var(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
 /// argument tuple each, the larger part of an empty `with Arena()`
 /// (docs/decisions.md, "Per-call arenas").
 fn current_value<'py>(py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-    let var = current_var(py)?;
+    read_var(current_var(py)?).ok_or_else(|| PyErr::fetch(py))
+}
+
+/// `var`'s value, None when unset; NULL (None here) with the exception
+/// set when the read fails. Makes no `PyErr` and drops no `Py`.
+fn read_var<'py>(var: &Bound<'py, PyAny>) -> Option<Bound<'py, PyAny>> {
     let mut value = std::ptr::null_mut();
     // SAFETY: `var` is a ContextVar (made in current_var); the default is a
     // borrowed None; on success `value` is a new reference.
-    let rc = unsafe { ffi::PyContextVar_Get(var.as_ptr(), ffi::Py_None(), &mut value) };
-    if rc < 0 {
-        return Err(PyErr::fetch(py));
+    if unsafe { ffi::PyContextVar_Get(var.as_ptr(), ffi::Py_None(), &mut value) } < 0 {
+        return None;
     }
     // SAFETY: a new reference (PyContextVar_Get returned 0 with a default).
-    Ok(unsafe { Bound::from_owned_ptr(py, value) })
+    unsafe { Bound::from_owned_ptr_or_opt(var.py(), value) }
 }
 
 /// Sets the context variable; the reset token it returns is not needed.
@@ -395,16 +409,10 @@ pub(crate) fn reopen_ended_entry(slf: &Bound<'_, Arena>) -> bool {
     let Some(var) = CURRENT.get(py) else {
         return false;
     };
-    let mut value = std::ptr::null_mut();
-    // SAFETY: `var` is a ContextVar; the default is a borrowed None; on
-    // success `value` is a new reference.
-    if unsafe { ffi::PyContextVar_Get(var.as_ptr(), ffi::Py_None(), &mut value) } < 0 {
+    // A Bound drops by a plain decref.
+    let Some(value) = read_var(var.bind(py)) else {
         // SAFETY: attached, the failure's exception set.
         unsafe { ffi::PyErr_Clear() };
-        return false;
-    }
-    // SAFETY: a new reference or NULL; a Bound drops by a plain decref.
-    let Some(value) = (unsafe { Bound::from_owned_ptr_or_opt(py, value) }) else {
         return false;
     };
     let Ok(entry) = value.cast_into::<Entered>() else {
@@ -644,8 +652,7 @@ impl Arena {
     /// [`Arena::exit`] for the common case, outside PyO3's registration
     /// (`cpython::arena_with`; its trampoline was about 100 instructions of
     /// a per-call arena): a region arena with its entry in its slot, no
-    /// callback and no leak-tracking registration, whose dealloc is the
-    /// fence's. True when done; false when nothing changed. It makes no
+    /// callback and no leak-tracking registration. True when done; false when nothing changed. It makes no
     /// `PyErr`, nothing in it panics, and the two references it lets go
     /// (the entry's arena, the slot's entry) go by plain decrefs: neither
     /// is the last of its object but in a context already gone, and then
@@ -658,8 +665,7 @@ impl Arena {
         let Some(s) = token(slf.py()) else {
             return false;
         };
-        if this.has_callbacks.load(Acquire) || this.leak_seq != 0 || !DEALLOC_FORGETS.load(Relaxed)
-        {
+        if this.has_callbacks.load(Acquire) || this.leak_seq != 0 {
             return false;
         }
         let Some(entry) = this.entry.lock(Some(s)).take() else {
@@ -674,7 +680,7 @@ impl Arena {
             }
             ffi::Py_DECREF(entry.into_ptr());
         }
-        anchor.region().close_holding(s);
+        release_region(anchor, false, Some(s));
         true
     }
 
@@ -705,12 +711,7 @@ impl Arena {
             }
         }
         let released = match &self.backing {
-            // The first chunk is held for a reopening only where the
-            // arena's dealloc is the fence's, which lets it go otherwise.
-            ArenaKind::Region(a) => match token(py) {
-                Some(s) if !reuse && DEALLOC_FORGETS.load(Relaxed) => a.region().close_holding(s),
-                s => a.region().release(reuse, s),
-            },
+            ArenaKind::Region(a) => release_region(a, reuse, token(py)),
             ArenaKind::Wrap(w) => {
                 // A Python-defined backing allocator's failing free is
                 // raised with the rest, not lost.
