@@ -210,6 +210,10 @@ def test_errors_raised_on_the_fast_routes_leak_no_references():
     kinds = [ValueError, rsalloc.UseAfterFreeError, rsalloc.DoubleFreeError, IndexError]
     before = [sys.getrefcount(k) for k in kinds]
     q = calloc(Int32, 1)
+    # Pointer slots: their reads and writes run outside the registered route
+    # and hand back the errors they make (src/py/cpython/fast.rs).
+    slots, dead_slots = calloc(rsalloc.Pointer[Int32], 1), calloc(rsalloc.Pointer[Int32], 1)
+    free(dead_slots)
     for _ in range(2000):
         with pytest.raises(ValueError):
             malloc.allocate(-1)
@@ -219,7 +223,19 @@ def test_errors_raised_on_the_fast_routes_leak_no_references():
             free(p)
         with pytest.raises(IndexError):
             q[1]
+        with pytest.raises(IndexError):
+            slots[1]
+        with pytest.raises(IndexError):
+            slots[-2] = q
+        with pytest.raises(rsalloc.UseAfterFreeError):
+            slots[0] = p
+        with pytest.raises(rsalloc.UseAfterFreeError):
+            dead_slots[0]
+        with pytest.raises(rsalloc.UseAfterFreeError):
+            dead_slots[0] = None
+    assert slots[0].is_null  # no failed write changed the slot
     free(q)
+    free(slots)
     gc.collect()
     after = [sys.getrefcount(k) for k in kinds]
     assert [a - b for a, b in zip(after, before)] == [0, 0, 0, 0]

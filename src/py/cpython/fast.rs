@@ -153,10 +153,10 @@ unsafe extern "C" fn subscript(
                         None => general(|py| p.item(py, i).map(Py::into_ptr)),
                     },
                     // A pointer slot: the address read back resolves to its
-                    // block (`from_stored_address`), which runs no Python code.
-                    Some(i) if p.ty.kind == Kind::Ptr => {
-                        general(|py| p.item(py, i).map(Py::into_ptr))
-                    }
+                    // block (`from_stored_address`), which runs no Python
+                    // code and drops no `Py` (an error is made and handed
+                    // back, raised by `enter`, registered).
+                    Some(i) if p.ty.kind == Kind::Ptr => p.item(py, i).map(Py::into_ptr).into(),
                     _ => Outcome::Delegate,
                 }
             },
@@ -187,11 +187,14 @@ unsafe extern "C" fn ass_subscript(
                     || value.is_exact_instance_of::<pyo3::types::PyFloat>();
                 // A Pointer or None into a pointer slot: converting either
                 // runs no Python code.
-                let address = value.is_none() || as_pointer(&value).is_some();
+                let target = as_pointer(&value);
+                let address = value.is_none() || target.is_some();
                 match int_index(&key) {
-                    Some(i) if address && p.ty.kind == Kind::Ptr => {
-                        general(|py| p.write_address(py, i, &value).map(|()| 0))
-                    }
+                    // As for the read: an error is made, not dropped.
+                    Some(i) if address && p.ty.kind == Kind::Ptr => p
+                        .write_address(py, i, target.as_ref().map(|q| q.get()))
+                        .map(|()| 0)
+                        .into(),
                     Some(i) if plain && p.ty.kind.is_number() => {
                         if p.plain_write(i, &value) {
                             Outcome::Done(0)

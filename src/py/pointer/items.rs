@@ -238,26 +238,33 @@ impl Pointer {
         Ok(())
     }
 
-    /// `self[i] = v` of a Pointer or None into a pointer slot: converting
-    /// either runs no Python code, so one check of the slot serves (`write`
-    /// checks before and after a conversion that might). The same errors,
-    /// in the same order, as `write`.
+    /// `self[i] = v` of a Pointer (`Some`) or None into a pointer slot:
+    /// converting either runs no Python code, so one check of the slot
+    /// serves (`write` checks before and after a conversion that might).
+    /// The same errors, in the same order, as `write` (`to_value`'s).
     #[cfg_attr(
         not(all(pyo3_disable_reference_pool, pyo3_leak_on_drop_without_reference_pool)),
         allow(dead_code)
     )]
+    #[inline(always)]
     pub(crate) fn write_address(
         &self,
         py: Python<'_>,
         i: isize,
-        v: &Bound<'_, PyAny>,
+        v: Option<&Pointer>,
     ) -> PyResult<()> {
-        debug_assert!(self.ty.kind == Kind::Ptr && (v.is_none() || v.cast::<Pointer>().is_ok()));
+        debug_assert!(self.ty.kind == Kind::Ptr);
         let _held = self.access(token(py)).py(py, self)?;
         let addr = self.elem_addr(i).py(py, self)?;
-        let value = to_value(Kind::Ptr, self.ty, v)?;
-        // SAFETY: checked live and in bounds; the conversion ran no Python code.
-        unsafe { Kind::Ptr.write(addr, value) };
+        let value = match v {
+            None => 0,
+            Some(q) => {
+                q.check_alive(token(py)).py(py, q)?;
+                q.addr
+            }
+        };
+        // SAFETY: checked live and in bounds; nothing ran since.
+        unsafe { Kind::Ptr.write(addr, Value::Addr(value)) };
         Ok(())
     }
 
