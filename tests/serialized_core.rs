@@ -769,3 +769,53 @@ fn released_blocks_of_a_kept_chunk_read_back_dead() {
     assert!(released_view_at(b, s).unwrap().is_none());
     assert_eq!(WRONG.load(Relaxed), 0);
 }
+
+/// With the proof, the common free is a store and the index's hand-out of
+/// a listed record a load and a store (no compare-and-swap): each still
+/// decides as the synchronised path does, and counts the same.
+#[test]
+fn the_plain_free_and_the_index_hand_out_decide_alike_with_and_without_the_proof() {
+    use rsalloc::core::error::Death;
+    use rsalloc::core::index::{resolve, Found};
+    use rsalloc::core::record::State;
+    let _one = ONE_TEST.lock().unwrap_or_else(|e| e.into_inner());
+    serialize();
+    let a = AllocCore::into_lifelong(AllocCore::new("malloc", LIBC_GROUP, false, Box::new(Libc)));
+    let g = LOCK.lock().unwrap();
+    let outcome = |s: Option<Serialized<'_>>| {
+        let r = a.allocate(array(8, 1, 1, None).unwrap(), None, s).unwrap();
+        let refs = r.refs();
+        // Handed out by the index: one reference more, given back.
+        let Some(Found::Block(found)) = resolve(r.addr() + 3, s) else {
+            panic!("a live block is listed")
+        };
+        assert_eq!((found.addr(), r.refs()), (r.addr(), refs + 1));
+        found.release(s);
+        assert_eq!(r.refs(), refs);
+        let interior = format!("{:?}", r.free_plain(r.addr() + 1, s));
+        let first = format!("{:?}", r.free_plain(r.addr(), s));
+        let again = format!("{:?}", r.free_plain(r.addr(), s));
+        let listed = resolve(r.addr(), s).is_some();
+        let state = r.state();
+        r.release(s);
+        (
+            interior,
+            first,
+            again,
+            listed,
+            state,
+            a.counters.snapshot().live_count,
+        )
+    };
+    let with = outcome(Some(token(&g)));
+    let without = outcome(None);
+    assert_eq!(with, without);
+    assert!(
+        with.0.contains("Interior") && with.1 == "Ok(())" && with.2.contains("DoubleFree"),
+        "{with:?}"
+    );
+    assert_eq!(
+        (with.3, with.4, with.5),
+        (false, State::Dead(Death::Freed), 0)
+    );
+}

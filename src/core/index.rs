@@ -412,19 +412,19 @@ impl State {
         }
     }
 
-    fn find(&mut self, addr: usize) -> Option<Found> {
+    fn find(&mut self, addr: usize, s: Option<Serialized<'_>>) -> Option<Found> {
         if let Some(w) = self.small_containing(addr) {
             // SAFETY: listed, so valid; upgrade refuses a record whose
             // last reference is being dropped (an uncounted entry).
-            return unsafe { RecordRef::upgrade(record(w)) }.map(Found::Block);
+            return unsafe { RecordRef::upgrade(record(w), s) }.map(Found::Block);
         }
-        let s = &self.spans[self.span_at_or_below(addr)?];
-        if addr >= s.end {
+        let span = &self.spans[self.span_at_or_below(addr)?];
+        if addr >= span.end {
             return None;
         }
-        match &s.target {
+        match &span.target {
             // SAFETY: as above.
-            Target::Record(w) => unsafe { RecordRef::upgrade(record(*w)) }.map(Found::Block),
+            Target::Record(w) => unsafe { RecordRef::upgrade(record(*w), s) }.map(Found::Block),
             Target::Chunk(w) => w.upgrade().map(Found::Chunk),
         }
     }
@@ -580,7 +580,7 @@ pub fn resolve(addr: usize, s: Option<Serialized<'_>>) -> Option<Found> {
     if addr == 0 {
         return None;
     }
-    lock(s).find(addr)
+    lock(s).find(addr, s)
 }
 
 /// Lists the block of `rec`, just made, with a count on it.
@@ -703,7 +703,7 @@ fn lose(w: usize, s: Option<Serialized<'_>>) -> Option<(RecordRef, bool)> {
     let old = unsafe { record(w) };
     let lost = old.lose(s);
     // SAFETY: as above.
-    let r = take_count(w).or_else(|| unsafe { RecordRef::upgrade(old) });
+    let r = take_count(w).or_else(|| unsafe { RecordRef::upgrade(old, s) });
     r.map(|r| (r, lost))
 }
 
@@ -785,7 +785,7 @@ pub fn lately_freed(addr: usize, s: Option<Serialized<'_>>) -> Option<RecordRef>
         return None;
     }
     // SAFETY: as above.
-    unsafe { RecordRef::upgrade(rec) }
+    unsafe { RecordRef::upgrade(rec, s) }
 }
 
 /// Lists a chunk of a bump region.

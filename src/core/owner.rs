@@ -152,9 +152,9 @@ impl Owner {
     pub fn view(&self, same_start: bool, s: Option<Serialized<'_>>) -> Owner {
         match self.get() {
             Owned::Unowned => Owner::UNOWNED,
-            Owned::Block(r) => Owner::block(r.clone()),
+            Owned::Block(r) => Owner::block(r.share(s)),
             Owned::Region(r) => Owner::region(r.view(same_start, s)),
-            Owned::Dependent(r) => Owner::dependent((*r).clone()),
+            Owned::Dependent(r) => Owner::dependent(r.share(s)),
         }
     }
 

@@ -168,8 +168,8 @@ impl Record {
     // The reference count in the word, for `RecordRef` (record_ref.rs),
     // which decides when each runs.
 
-    /// References counted now.
-    pub(crate) fn refs(&self) -> usize {
+    /// References counted now (public for the serialized paths' tests).
+    pub fn refs(&self) -> usize {
         self.word.load(Acquire) >> REF_SHIFT
     }
 
@@ -198,8 +198,19 @@ impl Record {
 
     /// One more reference unless the count is 0 (the last reference is
     /// being dropped): how the index hands out the records it lists.
+    /// `serialized` as for [`Record::ref_add`]: a load and a store.
     #[inline]
-    pub(crate) fn ref_add_unless_zero(&self) -> bool {
+    pub(crate) fn ref_add_unless_zero(&self, serialized: bool) -> bool {
+        if serialized {
+            let w = self.word.load(Relaxed);
+            if w >> REF_SHIFT == 0 {
+                return false;
+            }
+            if w & REF_SATURATED == 0 {
+                self.word.store(w + REF, Relaxed);
+            }
+            return true;
+        }
         self.word
             .fetch_update(Acquire, Relaxed, |w| match w >> REF_SHIFT {
                 0 => None,
@@ -296,6 +307,20 @@ impl Record {
     }
 
     /// Applies `f` to the word until the CAS succeeds or `f` refuses.
+    /// Sets the word to `new` if it still is `cur`: a compare-and-swap, or
+    /// with the serialization proof (`serialized`) a store, as the counts
+    /// are (no other thread can change the word meanwhile).
+    #[inline]
+    fn replace_word(&self, cur: usize, new: usize, serialized: bool) -> bool {
+        if serialized {
+            self.word.store(new, Relaxed);
+            return true;
+        }
+        self.word
+            .compare_exchange(cur, new, AcqRel, Acquire)
+            .is_ok()
+    }
+
     fn update(&self, mut f: impl FnMut(usize) -> Result<usize>) -> Result<usize> {
         let mut cur = self.word.load(Acquire);
         loop {
@@ -807,8 +832,10 @@ mod tests {
             assert!(!r.ref_sub(serialized));
             assert_eq!(r.refs(), before);
         }
-        assert!(r.ref_add_unless_zero());
-        assert_eq!(r.refs(), before);
+        for serialized in [false, true] {
+            assert!(r.ref_add_unless_zero(serialized));
+            assert_eq!(r.refs(), before);
+        }
         // The fields below the count are untouched; the block still frees.
         assert_eq!((r.state(), r.pins(), r.align()), (State::Live, 0, 8));
         r.word.fetch_sub(REF_SATURATED, AcqRel); // the test gives them back

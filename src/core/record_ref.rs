@@ -169,17 +169,18 @@ impl RecordRef {
 
     /// A new reference to the record at `rec`, unless its last reference
     /// is being dropped (count 0): how the index hands out the records it
-    /// lists, which hold no count of their own.
+    /// lists, which hold no count of their own. With the serialization
+    /// proof `s`, counting is a load and a store (see `release`).
     ///
     /// # Safety
     /// `rec` is the record of a live `Inner` (the index's lock keeps it
     /// from being freed meanwhile: a record leaves the index before its
     /// memory goes).
-    pub(crate) unsafe fn upgrade(rec: *const Record) -> Option<Self> {
+    pub(crate) unsafe fn upgrade(rec: *const Record, s: Option<Serialized<'_>>) -> Option<Self> {
         // SAFETY: the caller's contract: `rec` is a live record.
         let rec = unsafe { &*rec };
         let inner = Self::inner_of(rec);
-        if !rec.ref_add_unless_zero() {
+        if !rec.ref_add_unless_zero(s.is_some()) {
             return None;
         }
         // SAFETY: non-null (derived from a reference's pointee), now counted.
@@ -220,6 +221,15 @@ impl Drop for RecordRef {
 }
 
 impl RecordRef {
+    /// Another reference, as `clone` makes; with the serialization proof
+    /// `s`, counting up is a load and a store (a view of a block, `p.ref`,
+    /// takes one).
+    #[inline]
+    pub fn share(&self, s: Option<Serialized<'_>>) -> Self {
+        self.ref_add(s.is_some());
+        RecordRef(self.0)
+    }
+
     /// Drops this reference, as `drop` does; with the serialization proof
     /// `s`, counting down is a load and a store, and the last reference's
     /// slot goes to the process-wide list.

@@ -19,8 +19,13 @@
 //! explicitly instead (`RecordRef::release`, `Owner::release`, a region's
 //! release).
 //!
-//! Allocation *state* (free, export, detach) is decided by compare-and-swap
-//! with or without the proof: it is what decides who returns memory.
+//! Allocation *state* (export, detach, an arena's release) is decided by
+//! compare-and-swap with or without the proof: it is what decides who
+//! returns memory. The common free (`Record::free_plain`) and the index's
+//! hand-out of a listed record (`RecordRef::upgrade`) are the exceptions:
+//! with the proof, a load and a store, as the counts (the seed `char**`
+//! took 35 locked instructions per build-and-free, callgrind; see
+//! BENCHMARKS.md).
 //!
 //! Record memory may come from functions the binding gives
 //! ([`use_record_memory`]): CPython's small-object allocator, which needs

@@ -4,9 +4,11 @@
 //! identity in a small table; everything else through a cache filled once
 //! per class.
 
+use crate::core::serial::SerialMutex;
 use crate::core::types::Kind;
 use crate::py::checked;
 use crate::py::checked::Int;
+use crate::py::serialized::token;
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -85,7 +87,10 @@ impl TypeInfo {
 struct Registry {
     /// rsalloc's own scalar classes, matched by identity on the hot path.
     scalars: Vec<(usize, &'static TypeInfo)>,
-    cache: Mutex<HashMap<usize, &'static TypeInfo, BuildHasherDefault<AddressHasher>>>,
+    /// Not locked by a caller holding the GIL (`SerialMutex`): two locked
+    /// instructions on every `calloc(S)` otherwise. Its values are
+    /// `'static`: nothing drops (no Python code runs) while it is held.
+    cache: SerialMutex<HashMap<usize, &'static TypeInfo, BuildHasherDefault<AddressHasher>>>,
     /// Types whose layout a class (the second part) may still change by
     /// getting `_fields_` of its own; looked up after the cache.
     provisional: Mutex<HashMap<usize, (&'static TypeInfo, Py<PyAny>)>>,
@@ -173,7 +178,7 @@ fn registry(py: Python<'_>) -> PyResult<&Registry> {
         let (uint8, uint16, void) = (find(Kind::U8), find(Kind::U16), find(Kind::Void));
         Ok(Registry {
             scalars,
-            cache: Mutex::new(HashMap::default()),
+            cache: SerialMutex::new(HashMap::default()),
             provisional: Mutex::new(HashMap::new()),
             uint8,
             uint16,
@@ -204,7 +209,7 @@ pub(crate) fn lookup_cached(t: &Bound<'_, PyAny>) -> Option<&'static TypeInfo> {
     if let Some((_, info)) = reg.scalars.iter().find(|(k, _)| *k == key) {
         return Some(info);
     }
-    reg.cache.lock().ok()?.get(&key).copied()
+    reg.cache.lock(token(t.py())).get(&key).copied()
 }
 
 /// The TypeInfo of an element type, or TypeError.
@@ -215,7 +220,7 @@ pub fn lookup(t: &Bound<'_, PyAny>) -> PyResult<&'static TypeInfo> {
     if let Some((_, info)) = reg.scalars.iter().find(|(k, _)| *k == key) {
         return Ok(info);
     }
-    if let Some(info) = reg.cache.lock().unwrap().get(&key) {
+    if let Some(info) = reg.cache.lock(token(t.py())).get(&key) {
         return Ok(info);
     }
     resolve(reg, t)
@@ -348,7 +353,7 @@ fn known(reg: &Registry, t: &Bound<'_, PyAny>) -> PyResult<Known> {
     if let Some((_, info)) = reg.scalars.iter().find(|(k, _)| *k == key) {
         return Ok(Some((info, None)));
     }
-    if let Some(info) = reg.cache.lock().unwrap().get(&key) {
+    if let Some(info) = reg.cache.lock(token(t.py())).get(&key) {
         return Ok(Some((info, None)));
     }
     let entry = reg
@@ -385,7 +390,7 @@ fn remember_in(
 ) -> &'static TypeInfo {
     let key = t.as_ptr().addr();
     match pending {
-        None => reg.cache.lock().unwrap().entry(key).or_insert(info),
+        None => reg.cache.lock(token(t.py())).entry(key).or_insert(info),
         Some(dep) => {
             let mut map = reg.provisional.lock().unwrap();
             map.entry(key).or_insert((info, dep.clone_ref(t.py()))).0

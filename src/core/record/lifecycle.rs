@@ -39,17 +39,15 @@ impl Record {
 
     /// [`Record::free`] by the block's own allocator group, for a block that
     /// [`frees_plainly`](Record::frees_plainly): the common word (live, no
-    /// flags, no exports) viewed at its start takes one compare-and-swap and
-    /// nothing else; any other case is `free` itself.
+    /// flags, no exports) viewed at its start takes one compare-and-swap
+    /// (with the serialization proof, a store: no other thread can change
+    /// the word meanwhile) and nothing else; any other case is `free` itself.
     #[inline]
     pub fn free_plain(&self, addr: usize, s: Option<Serialized<'_>>) -> Result<()> {
         let w = self.word.load(Relaxed);
         if addr == self.addr()
             && w & !(ALIGN_MASK | REF_MASK) == LIVE
-            && self
-                .word
-                .compare_exchange(w, w | FREED, AcqRel, Acquire)
-                .is_ok()
+            && self.replace_word(w, w | FREED, s.is_some())
         {
             index::remove_dead(self, s);
             let alloc = self.allocator();
