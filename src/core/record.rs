@@ -368,13 +368,14 @@ impl Record {
             return Ok(()); // libc gave it to another block: not ours to return
         }
         super::observer::gone(self.addr());
-        let backend: &dyn Backend = if w & PLAIN_MEMORY != 0 {
-            &Libc
-        } else {
-            &*alloc.backend
-        };
         // SAFETY: called exactly once, by whoever saw the block dead with no pins.
-        unsafe { backend.free(self.addr, self.size, self.align(), s) }
+        unsafe {
+            if w & PLAIN_MEMORY != 0 {
+                Libc.free(self.addr, self.size, self.align(), s)
+            } else {
+                alloc.backend_free(self.addr, self.size, self.align(), s)
+            }
+        }
     }
 
     /// The backend that made the block's memory: its allocator's, or libc's

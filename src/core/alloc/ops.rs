@@ -156,7 +156,7 @@ impl AllocCore {
         let slot = RecordSlot::new(s)?;
         let tag = arena.map(|t| &**t);
         let charged = self.charge(req.size, replaces, tag, true)?;
-        let p = match self.backend.alloc(req.size, req.align, self.zeroed, s) {
+        let p = match self.backend_alloc(req.size, req.align, s) {
             Ok(p) => p,
             Err(e) => {
                 self.uncharge(charged, req.size, tag);
@@ -177,7 +177,7 @@ impl AllocCore {
         .inspect_err(|_| {
             self.uncharge(charged, req.size, tag);
             // SAFETY: the block just came from this backend; no record holds it.
-            let _ = unsafe { self.backend.free(p, req.size, req.align, s) };
+            let _ = unsafe { self.backend_free(p, req.size, req.align, s) };
         })
     }
 
