@@ -118,6 +118,11 @@ PRELUDES: dict[str, str] = {
     ),
 }
 PATTERNS["arena_after_big"] = (PATTERNS["arena"][0], 20000)
+# The per-call patterns inside a function called once each (job h's second
+# row): a new frame per call, as programs run them.
+for _name in ("arena", "calloc3_freed", "ctypes_arrays3"):
+    PRELUDES[_name + "_fn"] = "def f():\n" + "".join(f"    {l}\n" for l in PATTERNS[_name][0].splitlines())
+    PATTERNS[_name + "_fn"] = ("f()", 20000)
 if _cffi_setup is not None:
     PATTERNS["cffi_read"] = ("c.x", 20000)
     PATTERNS["cffi_write"] = ("c.x = 5", 20000)

@@ -454,6 +454,7 @@ def test_ints_read_straight_from_their_digits_keep_their_value(i):
 TRICKS = {
     "arena_finalizer",
     "context_vars_in_place",
+    "caller_frames",
     "arena_with",
     "arena_pool",
     "pymalloc_records",

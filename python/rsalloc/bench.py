@@ -243,7 +243,16 @@ def _per_call_arena_rows() -> list[Row]:
                           setup="Z = np.zeros; U8 = np.uint8"))
     if cffi is not None:
         cells.append(Cell("cffi ffi.new", "x = ffi_new('char[32]'); y = ffi_new('char[32]'); z = ffi_new('char[32]'); del x, y, z"))
-    return [Row("h", "per-call scratch: 3 × 32 B, zeroed, released at the end", cells)]
+    # The same in a function called once per C call, as programs write it: a
+    # function's frame is new at every call (CPython makes its frame object
+    # only when asked for one, and `Arena()` records where it was made).
+    in_function = [
+        Cell(c.impl, "f()", setup=f"{c.setup}\ndef f():\n" + "".join(f"    {line}\n" for line in c.stmt.splitlines()),
+             ours=c.ours, compared=c.compared)
+        for c in cells
+    ]
+    return [Row("h", "per-call scratch: 3 × 32 B, zeroed, released at the end", cells),
+            Row("h", "per-call scratch inside a function, one call each", in_function)]
 
 
 WORDS = [f"word-{i:02d}-é" for i in range(16)]

@@ -52,9 +52,14 @@ pub(crate) fn thread_name(py: Python<'_>) -> Option<Arc<str>> {
 }
 
 /// The running Python frame's code object and instruction offset: the
-/// cheapest record of where the caller is (no allocation beyond the
-/// frame object CPython may make on demand).
+/// cheapest record of where the caller is. Read from the interpreter's
+/// frame record where the fence can (`cpython::frames`: no frame object
+/// made); else asked of the frame object, which CPython makes on demand.
 pub fn caller_frame(py: Python<'_>) -> Option<(Py<PyAny>, c_int)> {
+    if let Some((code, lasti)) = super::cpython::frames::caller(py) {
+        // SAFETY: `caller` returns a new reference to a code object.
+        return Some((unsafe { Bound::from_owned_ptr(py, code) }.unbind(), lasti));
+    }
     // SAFETY: attached; PyEval_GetFrame lends its frame, PyFrame_GetCode
     // returns a new reference, which we keep.
     unsafe {

@@ -24,6 +24,7 @@ pub mod entry;
 pub mod fast;
 #[cfg(all(pyo3_disable_reference_pool, pyo3_leak_on_drop_without_reference_pool))]
 pub mod fast_structs;
+pub(crate) mod frames;
 pub mod freelist;
 pub mod gil_list;
 #[cfg(not(any(Py_3_12, PyPy, GraalPy, Py_LIMITED_API)))]
@@ -111,6 +112,7 @@ where
     });
     attempt("arena_finalizer", || arena_finalizer::install(py));
     attempt("context_vars_in_place", || context::install(py));
+    attempt("caller_frames", || frames::install(py));
     attempt("arena_with", || arena_with::install(py));
     attempt("arena_pool", || arena_pool::install(py));
 }
