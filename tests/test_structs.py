@@ -297,3 +297,28 @@ def test_structs_in_an_arena_and_the_seed_example_inside_one() -> None:
     assert not person.alive and not guids.alive
     after = rsalloc.stats()
     assert (after.live_count, after.live_bytes) == (before.live_count, before.live_bytes)
+
+
+def test_many_classes_alternating_get_their_own_layouts() -> None:
+    # Lookups go through a small table of recent types keyed by the class's
+    # address (src/py/types.rs, RECENT): with far more classes than entries,
+    # alternating between them, each allocation still gets its own class,
+    # size and fields, and ctypes and scalar types mixed in too.
+    import ctypes
+
+    classes = []
+    for i in range(300):
+        fields = {f"f{j}": rsalloc.Int32 for j in range(i % 7 + 1)}
+        classes.append(type(f"S{i}", (rsalloc.Struct,), {"__annotations__": fields}))
+    others = [rsalloc.Int8, rsalloc.Float64, ctypes.c_int16, rsalloc.Pointer[rsalloc.Uint8], ctypes.c_double]
+    for rnd in range(3):
+        for i, cls in enumerate(classes if rnd % 2 == 0 else reversed(classes)):
+            p = rsalloc.calloc(cls)
+            assert p.type is cls and p.nbytes == 4 * (classes.index(cls) % 7 + 1)
+            setattr(p.ref, "f0", i)
+            assert p.ref.f0 == i
+            rsalloc.free(p)
+            t = others[i % len(others)]
+            q = rsalloc.calloc(t, 2)
+            assert q.type is t and q.count == 2 and q.nbytes == 2 * rsalloc.sizeof(t)
+            rsalloc.free(q)
