@@ -242,33 +242,32 @@ fn note_recent(info: &'static TypeInfo) -> &'static TypeInfo {
 )]
 pub(crate) fn lookup_cached(t: &Bound<'_, PyAny>) -> Option<&'static TypeInfo> {
     let key = t.as_ptr().addr();
-    if let Some(info) = recent(key) {
-        return Some(info);
-    }
-    let reg = REGISTRY.get(t.py())?;
-    if let Some((_, info)) = reg.scalars.iter().find(|(k, _)| *k == key) {
-        return Some(note_recent(info));
-    }
-    let found = reg.cache.lock(token(t.py())).get(&key).copied();
+    recent(key).or_else(|| final_info(REGISTRY.get(t.py())?, t))
+}
+
+/// The final TypeInfo of class `t` from the registry (a scalar's, the
+/// cache's), noted as recent; None when `t` is not classified for good.
+#[inline]
+fn final_info(reg: &Registry, t: &Bound<'_, PyAny>) -> Option<&'static TypeInfo> {
+    let key = t.as_ptr().addr();
+    let found = match reg.scalars.iter().find(|(k, _)| *k == key) {
+        Some((_, info)) => Some(*info),
+        None => reg.cache.lock(token(t.py())).get(&key).copied(),
+    };
     found.map(note_recent)
 }
 
 /// The TypeInfo of an element type, or TypeError.
 #[inline]
 pub fn lookup(t: &Bound<'_, PyAny>) -> PyResult<&'static TypeInfo> {
-    let key = t.as_ptr().addr();
-    if let Some(info) = recent(key) {
+    if let Some(info) = recent(t.as_ptr().addr()) {
         return Ok(info);
     }
     let reg = registry(t.py())?;
-    if let Some((_, info)) = reg.scalars.iter().find(|(k, _)| *k == key) {
-        return Ok(note_recent(info));
+    match final_info(reg, t) {
+        Some(info) => Ok(info),
+        None => resolve(reg, t),
     }
-    let found = reg.cache.lock(token(t.py())).get(&key).copied();
-    if let Some(info) = found {
-        return Ok(note_recent(info));
-    }
-    resolve(reg, t)
 }
 
 /// Pointer chains longer than this are refused (a legal C declaration

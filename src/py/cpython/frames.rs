@@ -182,36 +182,45 @@ pub(crate) fn install(_py: Python<'_>) -> Result<(), String> {
             ffi::PyErr_Clear();
             return Err("no Python frame runs the import".into());
         }
+        let running = public(frame).2;
+        if running.is_null() || current_frame(l) != running {
+            return Err("the thread state's running frame is not PyEval_GetFrame's".into());
+        }
         let back = ffi::PyFrame_GetBack(frame);
         if back.is_null() {
             ffi::PyErr_Clear();
             return Err("the import's frame has no caller".into());
         }
-        let mut start = None;
-        for (i, fo) in [frame, back].into_iter().enumerate() {
-            let (code, lasti, interp) = public(fo);
-            let f = if i == 0 { current_frame(l) } else { interp };
-            if f != interp || f.is_null() {
-                ffi::Py_DECREF(back.cast());
-                return Err("the thread state's running frame is not PyEval_GetFrame's".into());
-            }
-            let Some((c, instr)) = code_and_instr(l, f) else {
-                ffi::Py_DECREF(back.cast());
-                return Err("the running frame's owner or code is not where expected".into());
-            };
-            let at = instr.wrapping_sub(c.addr()).wrapping_sub(lasti as usize);
-            if c != code || lasti < 0 || !(16..4096).contains(&at) || start.is_some_and(|s| s != at)
-            {
-                ffi::Py_DECREF(back.cast());
-                return Err(
-                    "the frame's code or instruction pointer disagrees with PyFrame_GetLasti"
-                        .into(),
-                );
-            }
-            start = Some(at);
-        }
+        let found = code_start(l, frame).and_then(|at| match code_start(l, back)? {
+            again if again == at => Ok(at),
+            _ => Err("two frames' code starts at different offsets".to_string()),
+        });
         ffi::Py_DECREF(back.cast());
-        CODE_START.store(start.unwrap_or(0), Relaxed);
+        CODE_START.store(found?, Relaxed);
     }
     Ok(())
+}
+
+/// Where the code of frame object `frame` starts, as bytes from its code
+/// object, checked against the public answer: the same code object, and
+/// an offset in a code object's plausible range.
+///
+/// # Safety
+/// Attached; `frame` is a live frame object.
+unsafe fn code_start(l: &Layout, frame: *mut ffi::PyFrameObject) -> Result<usize, String> {
+    // SAFETY: per the function's contract; `interp` is the frame's own
+    // interpreter frame (the caller checked the layout finds the running one).
+    unsafe {
+        let (code, lasti, interp) = public(frame);
+        let Some((c, instr)) = code_and_instr(l, interp) else {
+            return Err("the running frame's owner or code is not where expected".into());
+        };
+        let at = instr.wrapping_sub(c.addr()).wrapping_sub(lasti as usize);
+        if c != code || lasti < 0 || !(16..4096).contains(&at) {
+            return Err(
+                "the frame's code or instruction pointer disagrees with PyFrame_GetLasti".into(),
+            );
+        }
+        Ok(at)
+    }
 }
