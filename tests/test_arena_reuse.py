@@ -554,3 +554,164 @@ def test_per_call_arenas_in_a_big_arena_s_chunk_come_zeroed_and_its_blocks_stay_
                 back[0]
         del back
     rsalloc.free(holder)
+
+
+# --- one scope per `with` statement (`arena_with_shared`) ---
+
+
+def _shared() -> int:
+    from rsalloc import _rsalloc
+
+    return int(_rsalloc._shared_scopes())
+
+
+def _sharing() -> bool:
+    return _active("arena_with_shared")
+
+
+def test_a_with_statement_looks_both_methods_up_as_one_scope() -> None:
+    before = _shared()
+    for _ in range(10):
+        with Arena() as a:
+            assert rsalloc.current_arena() is a
+            a.allocate(8)
+        assert a.closed
+    assert _shared() - before == (10 if _sharing() else 0)
+
+
+def test_lookups_outside_a_with_statement_stay_two_methods() -> None:
+    before = _shared()
+    a = Arena()
+    enter = a.__enter__
+    exit_ = a.__exit__  # looked up right after, as a `with` does, but by hand
+    assert enter is not exit_
+    assert "__enter__" in repr(enter) and "__exit__" in repr(exit_)
+    with pytest.raises(TypeError, match="takes no arguments"):
+        enter(None, None, None)  # not an exit in disguise
+    assert not a.closed
+    assert enter() is a
+    with pytest.raises(TypeError):
+        exit_(1, 2, 3, 4)
+    assert exit_(None, None, None) is False and a.closed
+    assert _shared() == before
+
+
+def test_the_exit_of_a_with_statement_gets_its_exception() -> None:
+    holder: list[Arena] = []
+    with pytest.raises(KeyError, match="boom"):
+        with Arena() as a:
+            holder.append(a)
+            p = a.allocate(8)
+            raise KeyError("boom")
+    assert holder[0].closed
+    with pytest.raises(UseAfterFreeError):
+        p[0]
+    with pytest.raises(RuntimeError):
+        rsalloc.current_arena()
+    # An exception swallowed nowhere, a return and a break leave alike.
+    def leave(how: str) -> Arena:
+        for _ in range(2):
+            with Arena() as b:
+                if how == "break":
+                    break
+                return b
+        return b
+
+    assert leave("return").closed and leave("break").closed
+
+
+def test_a_with_statement_on_a_released_arena_enters_it_and_allocations_raise() -> None:
+    a = Arena()
+    a.release_all()
+    for _ in range(3):
+        with a:
+            assert rsalloc.current_arena() is a
+            with pytest.raises(ArenaClosedError):
+                a.allocate(8)
+    with pytest.raises(RuntimeError):
+        rsalloc.current_arena()
+    with Arena() as b:  # the next `with` is whole
+        assert rsalloc.current_arena() is b
+
+
+def test_several_arenas_in_one_with_statement_and_nested() -> None:
+    with Arena() as a, Arena() as b:
+        assert rsalloc.current_arena() is b
+        with Arena() as c:
+            assert rsalloc.current_arena() is c
+        assert c.closed and rsalloc.current_arena() is b
+    assert a.closed and b.closed
+
+
+def test_a_generator_suspended_in_a_with_is_collected_with_its_arena() -> None:
+    # arena -> callback -> generator -> its frame -> the `with` scope -> arena:
+    # a cycle the collector must see through the scope the frame holds. The
+    # generator runs in a context of its own, dropped: the context the
+    # `with` entered the arena in holds it too, and must be garbage as well.
+    import contextvars
+
+    def gen(a: Arena):
+        with a:
+            yield 1
+
+    a = Arena()
+    g = gen(a)
+    contextvars.copy_context().run(next, g)
+    a.on_release_all([g].copy)
+    refs = weakref.ref(g), weakref.ref(a)
+    del a, g
+    gc.collect()
+    assert [r() for r in refs] == [None, None]
+
+
+def test_with_statements_inside_finalizers_run_during_the_lookups() -> None:
+    # Collections at every allocation run __del__ methods that open arenas
+    # of their own while an outer `with` statement is looking its names up.
+    opened: list[int] = []
+
+    class Cycle:
+        def __init__(self) -> None:
+            self.me = self
+
+        def __del__(self) -> None:
+            with Arena() as inner:
+                inner.allocate(4)
+                assert rsalloc.current_arena() is inner
+            opened.append(1)
+
+    old = gc.get_threshold()
+    gc.set_threshold(1, 1, 1)
+    try:
+        for _ in range(300):
+            Cycle()
+            with Arena() as a:
+                assert rsalloc.current_arena() is a
+                Cycle()
+                a.allocate(8)
+                assert rsalloc.current_arena() is a
+            assert a.closed
+    finally:
+        gc.set_threshold(*old)
+    gc.collect()
+    assert len(opened) >= 300
+    with pytest.raises(RuntimeError):
+        rsalloc.current_arena()
+
+
+def test_sharing_is_reported_and_off_without_the_frames_trick() -> None:
+    import os
+    import subprocess
+
+    if os.environ.get("RSALLOC_FAST_PATHS") == "0":
+        assert not _sharing()
+        return
+    code = (
+        "import rsalloc; from rsalloc import _rsalloc\n"
+        "r = _rsalloc._fast_paths()['arena_with_shared']\n"
+        "with rsalloc.Arena() as a: pass\n"
+        "print(r['active'], _rsalloc._shared_scopes(), r['reason'])\n"
+    )
+    env = dict(os.environ, RSALLOC_CALLER_FRAMES="0")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    active, count, reason = out.stdout.split(" ", 2)
+    assert active == "False" and count == "0" and "caller_frames" in reason

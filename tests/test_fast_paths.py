@@ -457,6 +457,7 @@ TRICKS = {
     "caller_frames",
     "arena_with",
     "arena_pool",
+    "arena_with_shared",
     "pymalloc_records",
     "untracked_pointers",
     "untracked_stats",

@@ -203,6 +203,24 @@ impl Owner {
         }
     }
 
+    /// Drops this owner, as [`release`](Owner::release) does, when that
+    /// drops only a count ([`drops_plainly`](Owner::drops_plainly)): true,
+    /// and the word is then unowned; false, changing nothing, otherwise.
+    /// One reading of the word for both (a Pointer object's dealloc).
+    #[inline(always)]
+    pub fn release_plainly(&mut self, s: Option<Serialized<'_>>) -> bool {
+        let plain = match self.get() {
+            Owned::Unowned => return true,
+            Owned::Block(r) => r.is_shared() || r.drops_plainly(),
+            Owned::Dependent(r) => r.is_shared() || r.drops_plainly(),
+            Owned::Region(r) => r.drops_to_a_count(),
+        };
+        if plain {
+            self.give_back(s);
+        }
+        plain
+    }
+
     /// Who owns the memory, for messages.
     pub fn name(&self) -> String {
         match self.get() {
@@ -264,12 +282,12 @@ impl Owner {
     /// Drops this owner, as `drop` does; with the serialization proof `s`
     /// its reference counts down without a read-modify-write (what a
     /// Pointer's dealloc, which holds the GIL, does: `py::cpython`).
-    #[inline]
+    #[inline(always)]
     pub fn release(mut self, s: Option<Serialized<'_>>) {
         self.give_back(s);
     }
 
-    #[inline]
+    #[inline(always)]
     fn give_back(&mut self, s: Option<Serialized<'_>>) {
         let Some(w) = self.0.take() else {
             return;

@@ -119,6 +119,24 @@ pub struct Pointer {
 
 use crate::core::view::{elem_addr_within, Span, UNKNOWN};
 
+/// A Pointer whose owner is unowned has nothing to drop: its other fields
+/// have no drop glue (`py::cpython::freelist`'s dealloc skips the drop on
+/// this). The pattern names every field, so a new one stops the build here
+/// until this check covers it.
+const _: () = {
+    #[allow(dead_code)]
+    const fn others(p: &Pointer) -> (&usize, &&'static TypeInfo, &usize) {
+        let Pointer {
+            addr,
+            ty,
+            extent,
+            owner: _,
+        } = p;
+        (addr, ty, extent)
+    }
+    assert!(!std::mem::needs_drop::<usize>() && !std::mem::needs_drop::<&'static TypeInfo>());
+};
+
 impl Pointer {
     #[inline]
     pub fn new(addr: usize, ty: &'static TypeInfo, extent: Option<usize>, owner: Owner) -> Self {

@@ -26,7 +26,7 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::type_object::PyTypeInfo;
 use std::ffi::{c_int, c_void};
-use std::sync::atomic::{AtomicPtr, Ordering::Relaxed};
+use std::sync::atomic::{AtomicPtr, AtomicU16, AtomicUsize, Ordering::Relaxed};
 
 /// Which of the two methods a descriptor or scope stands for.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -34,6 +34,9 @@ use std::sync::atomic::{AtomicPtr, Ordering::Relaxed};
 enum Which {
     Enter,
     Exit,
+    /// Both, by the call's arguments: the one scope a `with` statement
+    /// looked both names up as (`share_with_statement`).
+    With,
 }
 
 /// `arena.__enter__` / `arena.__exit__`: the arena, bound.
@@ -43,9 +46,6 @@ struct Scope {
     vectorcall: Option<ffi::vectorcallfunc>,
     /// The arena (a strong reference; NULL once cleared by the collector).
     arena: *mut ffi::PyObject,
-    /// PyO3's method descriptor, for every other call shape (borrowed:
-    /// the descriptor object below keeps it for the process).
-    old: *mut ffi::PyObject,
     which: Which,
 }
 
@@ -63,6 +63,13 @@ const SEALED: std::ffi::c_ulong =
     ffi::Py_TPFLAGS_DISALLOW_INSTANTIATION | ffi::Py_TPFLAGS_IMMUTABLETYPE;
 
 static SCOPE_TYPE: AtomicPtr<ffi::PyTypeObject> = AtomicPtr::new(std::ptr::null_mut());
+/// PyO3's method descriptors of `__enter__` and `__exit__`, for every call
+/// shape a scope does not serve itself (borrowed: the Method objects in
+/// the type's dict keep them for the process).
+static OLD: [AtomicPtr<ffi::PyObject>; 2] = [
+    AtomicPtr::new(std::ptr::null_mut()),
+    AtomicPtr::new(std::ptr::null_mut()),
+];
 static ARENA_TYPE: AtomicPtr<ffi::PyTypeObject> = AtomicPtr::new(std::ptr::null_mut());
 
 /// The scope's call: `__enter__()` enters and returns the arena,
@@ -87,20 +94,27 @@ unsafe extern "C" fn scope_call(
             );
             return std::ptr::null_mut();
         }
+        // A `with` statement's one scope is `__enter__` called without
+        // arguments, as the statement calls it first, and `__exit__` else.
+        let which = match s.which {
+            Which::With if nargs == 0 && kwnames.is_null() => Which::Enter,
+            Which::With => Which::Exit,
+            w => w,
+        };
         let plain = kwnames.is_null()
-            && match s.which {
+            && match which {
                 Which::Enter => nargs == 0,
-                Which::Exit => nargs <= 3,
+                _ => nargs <= 3,
             };
         if !plain {
-            return super::call_prepended(s.old, Some(arena), args, nargs, kwnames);
+            let old = OLD[usize::from(which == Which::Exit)].load(Relaxed);
+            return super::call_prepended(old, Some(arena), args, nargs, kwnames);
         }
         // The arena is held by the scope, which the caller holds, for the
         // whole call. A `with` after a `with` takes the ended entry over,
         // and a plain exit leaves, unregistered (their comments say why
         // they may); otherwise entering and leaving may drop `Py` values
         // (the entries, callbacks at release), so the thread is registered.
-        let which = s.which;
         let a = pyo3::Borrowed::from_ptr(Python::assume_attached(), arena);
         let a = a.cast_unchecked::<Arena>();
         match which {
@@ -114,7 +128,7 @@ unsafe extern "C" fn scope_call(
             let a = pyo3::Borrowed::from_ptr(py, arena).cast_unchecked::<Arena>();
             let done = match which {
                 Which::Enter => Arena::enter(&a, false).map(|()| ffi::Py_NewRef(arena)),
-                Which::Exit => Arena::exit(&a).map(|()| ffi::Py_NewRef(ffi::Py_False())),
+                _ => Arena::exit(&a).map(|()| ffi::Py_NewRef(ffi::Py_False())),
             };
             done.unwrap_or_else(|e| {
                 e.restore(py);
@@ -159,6 +173,10 @@ unsafe extern "C" fn scope_dealloc(obj: *mut ffi::PyObject) {
     // instance holds a reference to its type, dropped last.
     unsafe {
         ffi::PyObject_GC_UnTrack(obj.cast());
+        #[cfg(not(Py_GIL_DISABLED))]
+        if LOOKED_UP.load(Relaxed) == obj {
+            LOOKED_UP.store(std::ptr::null_mut(), Relaxed);
+        }
         scope_clear(obj);
         let tp = ffi::Py_TYPE(obj);
         #[cfg(not(Py_GIL_DISABLED))]
@@ -179,6 +197,7 @@ unsafe extern "C" fn scope_repr(obj: *mut ffi::PyObject) -> *mut ffi::PyObject {
         let name = match s.which {
             Which::Enter => c"__enter__",
             Which::Exit => c"__exit__",
+            Which::With => c"__enter__/__exit__",
         };
         if s.arena.is_null() {
             return ffi::PyUnicode_FromFormat(
@@ -213,6 +232,16 @@ unsafe extern "C" fn method_get(
                 None => ffi::Py_NewRef(m.old),
             };
         }
+        #[cfg(not(Py_GIL_DISABLED))]
+        let statement = match m.which {
+            Which::Exit => {
+                if let Some(s) = share_with_statement(obj) {
+                    return s;
+                }
+                false
+            }
+            _ => in_with_statement(),
+        };
         let s = new_scope();
         if s.is_null() {
             return s;
@@ -220,11 +249,86 @@ unsafe extern "C" fn method_get(
         let scope = &mut *s.cast::<Scope>();
         scope.vectorcall = Some(scope_call);
         scope.arena = ffi::Py_NewRef(obj);
-        scope.old = m.old;
         scope.which = m.which;
         // Tracked once its fields are set (the collector may run at any allocation).
         ffi::PyObject_GC_Track(s.cast());
+        #[cfg(not(Py_GIL_DISABLED))]
+        if statement {
+            // Last, after the allocation (which may run Python code, whose
+            // own `with` statements come and go before it ends).
+            LOOKED_UP.store(s, Relaxed);
+        }
         s
+    }
+}
+
+// One scope for a `with` statement, with a GIL.
+//
+// A `with` statement (`BEFORE_WITH`, CPython 3.11 to 3.13) looks
+// `__enter__` up, then `__exit__`, both on the same object and with
+// nothing run between them, then calls the first without arguments and
+// drops it, and holds the second until the block ends. So when the
+// running frame is at that instruction, the `__enter__` scope is
+// remembered (`LOOKED_UP`), and the `__exit__` lookup that follows gives
+// the same object back, turned into a `With` scope, if nothing else holds
+// it: one object instead of two. Off unless checked at install
+// (`install_shared_scope`): the opcode from CPython's `opcode` module, and
+// a probe `with` that must go this way. Outside a `with` statement (an
+// attribute lookup, a call of `__enter__` by hand) each name gives a scope
+// of its own, as before.
+
+/// The `__enter__` scope a `with` statement looked up, until its
+/// `__exit__` lookup (borrowed: a scope's dealloc clears it).
+#[cfg(not(Py_GIL_DISABLED))]
+static LOOKED_UP: AtomicPtr<ffi::PyObject> = AtomicPtr::new(std::ptr::null_mut());
+/// `BEFORE_WITH`'s opcode, once checked; above 255: off.
+static WITH_OPCODE: AtomicU16 = AtomicU16::new(OFF);
+const OFF: u16 = 0x100;
+/// How many `__exit__` lookups were shared (the install probe's check).
+#[cfg(not(Py_GIL_DISABLED))]
+static SHARED: AtomicUsize = AtomicUsize::new(0);
+
+/// How many `__exit__` lookups were shared so far.
+pub(crate) fn shared_scopes() -> usize {
+    #[cfg(not(Py_GIL_DISABLED))]
+    return SHARED.load(Relaxed);
+    #[cfg(Py_GIL_DISABLED)]
+    0
+}
+
+/// Whether the running frame is at a `with` statement's first instruction.
+#[cfg(not(Py_GIL_DISABLED))]
+fn in_with_statement() -> bool {
+    let op = WITH_OPCODE.load(Relaxed);
+    // SAFETY: called from `__get__`, attached.
+    op != OFF
+        && super::frames::running_opcode(unsafe { Python::assume_attached() })
+            .is_some_and(|b| u16::from(b) == op)
+}
+
+/// The `__exit__` of arena `obj`: the scope its `with` statement just
+/// looked `__enter__` up as, when there is one that nothing else holds (a
+/// new reference); None otherwise.
+///
+/// # Safety
+/// Attached, with a GIL; `obj` a live Arena.
+#[cfg(not(Py_GIL_DISABLED))]
+unsafe fn share_with_statement(obj: *mut ffi::PyObject) -> Option<*mut ffi::PyObject> {
+    let s = LOOKED_UP.swap(std::ptr::null_mut(), Relaxed);
+    if s.is_null() {
+        return None;
+    }
+    // SAFETY: per the function's contract; a remembered scope is alive (its
+    // dealloc forgets it). Its only holder is the statement, whose
+    // `__enter__` call comes next and then drops it.
+    unsafe {
+        let scope = &mut *s.cast::<Scope>();
+        if scope.arena != obj || scope.which != Which::Enter || ffi::Py_REFCNT(s) != 1 {
+            return None;
+        }
+        scope.which = Which::With;
+        SHARED.store(SHARED.load(Relaxed).wrapping_add(1), Relaxed);
+        Some(ffi::Py_NewRef(s))
     }
 }
 
@@ -389,9 +493,59 @@ pub(crate) fn install(py: Python<'_>) -> Result<(), String> {
             let mm = &mut *m.cast::<Method>();
             mm.old = old.into_ptr();
             mm.which = which;
+            OLD[usize::from(which == Which::Exit)].store(mm.old, Relaxed);
             m
         };
         super::set_descriptor(&arena, name, m).map_err(|e| e.to_string())?;
     }
     Ok(())
+}
+
+/// Turns the shared scope on: `BEFORE_WITH`'s opcode from CPython's
+/// `opcode` module, then a probe: a `with` on a new arena must look its
+/// two names up as one scope, and `__enter__` and `__exit__` looked up
+/// outside a `with` must stay two (module init, after `install` and the
+/// frames trick).
+pub(crate) fn install_shared_scope(py: Python<'_>) -> Result<(), String> {
+    #[cfg(Py_GIL_DISABLED)]
+    return Err("free-threaded build: the looked-up scope is guarded by the GIL".into());
+    #[cfg(not(Py_GIL_DISABLED))]
+    {
+        if SCOPE_TYPE.load(Relaxed).is_null() {
+            return Err("arena_with is off".into());
+        }
+        if super::frames::running_opcode(py).is_none() {
+            return Err("caller_frames is off: the running instruction is unknown".into());
+        }
+        let err = |e: PyErr| e.to_string();
+        let op: u8 = py
+            .import(checked::name!("opcode"))
+            .and_then(|m| m.getattr(checked::name!("opmap")))
+            .and_then(|m| m.get_item(checked::name!("BEFORE_WITH")))
+            .and_then(|o| o.extract())
+            .map_err(err)?;
+        let globals = checked::dict(py).map_err(err)?;
+        globals
+            .set_item(checked::name!("A"), Arena::type_object(py))
+            .map_err(err)?;
+        let before = SHARED.load(Relaxed);
+        WITH_OPCODE.store(u16::from(op), Relaxed);
+        let probe = c"with A() as a:\n    pass\nb = A()\nm = b.__enter__\nx = b.__exit__\nsame = m is x\nb.release_all()\n";
+        let ran = py.run(probe, Some(&globals), None);
+        let same = globals
+            .get_item(checked::name!("same"))
+            .ok()
+            .flatten()
+            .map(|s| s.is_truthy().unwrap_or(true));
+        let shared = SHARED.load(Relaxed).wrapping_sub(before);
+        if ran.is_err() || shared != 1 || same != Some(false) || !LOOKED_UP.load(Relaxed).is_null()
+        {
+            WITH_OPCODE.store(OFF, Relaxed);
+            let why = ran.err().map_or_else(String::new, err);
+            return Err(format!(
+                "the probe `with` shared {shared} scope(s), not one, or lookups outside it did {why}"
+            ));
+        }
+        Ok(())
+    }
 }

@@ -147,6 +147,30 @@ pub(crate) fn caller(_py: Python<'_>) -> Option<(*mut ffi::PyObject, c_int)> {
     }
 }
 
+/// The first byte of the instruction the running frame is executing: its
+/// opcode as the code's adaptive bytes hold it (specialized or
+/// instrumented forms included); None when the trick is off or no plain
+/// frame runs.
+pub(crate) fn running_opcode(_py: Python<'_>) -> Option<u8> {
+    let l = LAYOUT.as_ref()?;
+    if CODE_START.load(Relaxed) == 0 {
+        return None;
+    }
+    // SAFETY: attached (the token); on, so the layout was checked at
+    // install: a plain frame's instruction pointer points into its code
+    // object (at the instruction running, or in 3.11 and 3.12 at the unit
+    // before the first one until it runs: still the code object's).
+    unsafe {
+        let f = current_frame(l);
+        if f.is_null() {
+            return None;
+        }
+        code_and_instr(l, f)?;
+        let instr = *f.add(l.instr).cast::<*const u8>();
+        Some(*instr)
+    }
+}
+
 /// The public answer for frame object `frame` (borrowed): its code
 /// (borrowed), instruction offset and interpreter frame.
 ///

@@ -177,20 +177,21 @@ mod list {
         unsafe {
             let off = super::OFFSET.load(std::sync::atomic::Ordering::Relaxed);
             let value = obj.cast::<u8>().add(off).cast::<super::Pointer>();
-            if !(*value).owner.drops_plainly() {
+            let tp = ffi::Py_TYPE(obj);
+            // The owner goes first, with the proof the GIL gives (a drop
+            // has none: it would count down with a read-modify-write), if
+            // that drops no Python object (else PyO3's dealloc, registered).
+            // Nothing in it panics, but unwinding out of a C callback would
+            // abort: leak instead.
+            let s = crate::py::serialized::token(pyo3::Python::assume_attached());
+            // Released, the owner is unowned: the value has nothing else
+            // to drop (checked where Pointer is declared).
+            let released = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                (*value).owner.release_plainly(s)
+            }));
+            if let Ok(false) = released {
                 return OLD_DEALLOC.get().expect("set at install")(obj);
             }
-            let tp = ffi::Py_TYPE(obj);
-            // No Python object is dropped here; nothing in the drop panics,
-            // but unwinding out of a C callback would abort: leak instead.
-            // The owner goes first, with the proof the GIL gives (a drop
-            // has none: it would count down with a read-modify-write).
-            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                let owner =
-                    std::mem::replace(&mut (*value).owner, crate::py::pointer::Owner::UNOWNED);
-                owner.release(crate::py::serialized::token(pyo3::Python::assume_attached()));
-                std::ptr::drop_in_place(value)
-            }));
             free(obj.cast());
             ffi::Py_DECREF(tp.cast());
         }

@@ -115,6 +115,7 @@ where
     attempt("caller_frames", || frames::install(py));
     attempt("arena_with", || arena_with::install(py));
     attempt("arena_pool", || arena_pool::install(py));
+    attempt("arena_with_shared", || arena_with::install_shared_scope(py));
 }
 
 /// The tricks installed once the module has its functions and classes:
@@ -179,6 +180,14 @@ pub fn _fast_paths(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
         out.set_item(checked::str(py, name)?, entry)?;
     }
     Ok(out)
+}
+
+/// `rsalloc._rsalloc._shared_scopes()`: how many `with` statements looked
+/// an arena's `__enter__` and `__exit__` up as one scope (`arena_with`):
+/// private, for tests.
+#[pyfunction]
+pub fn _shared_scopes(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+    checked::uint(py, arena_with::shared_scopes() as u64)
 }
 
 /// Gives a struct view class the attribute routes of `fast_structs`, when
