@@ -461,6 +461,7 @@ TRICKS = {
     "pymalloc_records",
     "untracked_pointers",
     "untracked_stats",
+    "kept_object_init",
     "pointer_free_list",
     "pointer_dealloc",
     "int_digits",
@@ -613,3 +614,36 @@ def test_struct_views_cannot_be_constructed_from_python():
         rsalloc._rsalloc._StructView.__new__(P)
     with pytest.raises(TypeError, match="not constructed"):
         rsalloc._rsalloc._StructView()
+
+
+def test_objects_from_the_free_lists_carry_their_own_traceback_under_tracemalloc() -> None:
+    # Kept objects' memory is made an object again (`gil_list::init`): as
+    # PyObject_Init does, tracemalloc then names where it was made again,
+    # not where the memory first was.
+    import tracemalloc
+
+    def first() -> None:
+        # More than the lists hold, freed newest first: what they keep was
+        # made while tracing (older memory has no trace to update).
+        ps = [rsalloc.malloc.allocate(8) for _ in range(2000)]
+        arenas = [Arena() for _ in range(50)]
+        for p in reversed(ps):
+            free(p)
+        for a in reversed(arenas):
+            a.release_all()
+        del a
+        arenas.clear()
+
+    tracemalloc.start(1)
+    try:
+        first()  # fills the free lists (Pointer objects, scopes, arenas)
+        p = rsalloc.malloc.allocate(8); line = sys._getframe().f_lineno
+        a = Arena(); arena_line = sys._getframe().f_lineno
+        tb = tracemalloc.get_object_traceback(p)
+        tb_arena = tracemalloc.get_object_traceback(a)
+    finally:
+        tracemalloc.stop()
+    free(p)
+    a.release_all()
+    assert tb is not None and tb[0].lineno == line
+    assert tb_arena is not None and tb_arena[0].lineno == arena_line

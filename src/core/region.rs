@@ -158,7 +158,12 @@ impl Chunk {
                 // ones they cover; those past its reach stay. In place: a
                 // per-call arena's chunk, once a big arena's first one,
                 // keeps a long tail, which must not be copied per release.
-                let cut = old.blocks.partition_point(|b| b.0 < reached);
+                // Most often every earlier block starts below the reach
+                // (the same calls again): no search then.
+                let cut = match old.blocks.last() {
+                    Some(b) if b.0 >= reached => old.blocks.partition_point(|b| b.0 < reached),
+                    _ => old.blocks.len(),
+                };
                 // An earlier block this generation's reach ends inside: its
                 // part past the reach stays, so that the starts of blocks
                 // before it in there still read back dead.

@@ -99,7 +99,7 @@ unsafe extern "C" fn new_arena(
             if let Some(obj) = KEPT.take() {
                 let tp = callable.cast::<ffi::PyTypeObject>();
                 // The header as tp_alloc sets it: one reference, and one to the type.
-                let obj = ffi::PyObject_Init(obj, tp);
+                let obj = super::gil_list::init(obj, tp);
                 // Unregistered: renewing drops nothing through PyO3 (its comment).
                 Arena::renew(value(obj), Python::assume_attached());
                 ffi::PyObject_GC_Track(obj.cast());

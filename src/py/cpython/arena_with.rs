@@ -350,7 +350,7 @@ unsafe fn new_scope() -> *mut ffi::PyObject {
         #[cfg(not(Py_GIL_DISABLED))]
         if let Some(obj) = KEPT.take() {
             // The header as PyType_GenericAlloc sets it (a reference to the type).
-            return ffi::PyObject_Init(obj, tp);
+            return super::gil_list::init(obj, tp);
         }
         // An object from PyObject_GC_New is not tracked yet.
         ffi::PyObject_GC_New::<ffi::PyObject>(tp)

@@ -148,7 +148,7 @@ mod list {
                 // Pointer objects (PyO3 and new_object) write the whole value, which
                 // install checked is all there is after the header.
                 // Sets the type (a new reference for a heap type) and the refcount.
-                Some(obj) => ffi::PyObject_Init(obj, tp),
+                Some(obj) => super::super::gil_list::init(obj, tp),
                 None => ffi::PyType_GenericAlloc(tp, 0),
             }
         }

@@ -102,6 +102,7 @@ where
         untracked::install::<crate::py::pointer::Pointer>(py, probe)
     });
     attempt("untracked_stats", || untracked::install(py, stats));
+    attempt("kept_object_init", gil_list::install_init);
     attempt("pointer_free_list", || freelist::install(py));
     attempt("pointer_dealloc", || freelist::install_dealloc(py));
     #[cfg(not(any(Py_3_12, PyPy, GraalPy, Py_LIMITED_API)))]

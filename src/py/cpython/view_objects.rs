@@ -212,7 +212,7 @@ pub(crate) unsafe fn alloc_view(tp: *mut ffi::PyTypeObject) -> *mut ffi::PyObjec
             if obj.is_null() {
                 return ffi::PyErr_NoMemory();
             }
-            return ffi::PyObject_Init(obj, tp);
+            return super::gil_list::init(obj, tp);
         }
         (*tp).tp_alloc.unwrap_or(ffi::PyType_GenericAlloc)(tp, 0)
     }
