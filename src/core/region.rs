@@ -152,6 +152,26 @@ impl Chunk {
     fn retire(&mut self, region: &Weak<RegionCore>, id: u64, token: u64) {
         let mut blocks = std::mem::take(&mut self.blocks);
         let reached = blocks.last().map_or(0, |b| b.1);
+        // A per-call arena's case first, in place: the same region releasing
+        // again, its earlier blocks all within this generation's reach (the
+        // last one ends there at most; blocks are sorted and disjoint). The
+        // general code below then trades the lists' room, keeping nothing
+        // of the earlier ones, as this does.
+        if let Some(old) = &mut self.released {
+            let within = old
+                .blocks
+                .last()
+                .is_none_or(|b| b.0 < reached && b.1 <= reached);
+            if within && old.region.ptr_eq(region) {
+                std::mem::swap(&mut old.blocks, &mut blocks);
+                blocks.clear();
+                self.blocks = blocks;
+                old.id = id;
+                old.token = token;
+                old.reached = reached;
+                return;
+            }
+        }
         let (spare, released, region) = match self.released.take() {
             Some(mut old) => {
                 // The generation's blocks take the place of the earlier

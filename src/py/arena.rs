@@ -432,9 +432,12 @@ pub(crate) fn reopen_ended_entry(slf: &Bound<'_, Arena>) -> bool {
     if a.is_some() {
         return false; // live: a nested `with`, which needs its own entry
     }
-    *a = Some(slf.clone().unbind());
+    // Both were None (checked above): what `replace` gives back has
+    // nothing to drop, and forgetting it skips the out-of-line drop of an
+    // `Option<Py<_>>` (twice a `with`).
+    std::mem::forget(a.replace(slf.clone().unbind()));
     drop(a);
-    *slot = Some(entry.unbind());
+    std::mem::forget(slot.replace(entry.unbind()));
     true
 }
 
