@@ -564,7 +564,34 @@ impl Inner {
                 return Ok(at);
             }
         }
+        if self.first_unused {
+            return self.first_in_held(size, align, me, s);
+        }
         self.grow(size, align, me, s)
+    }
+
+    /// The first block since a reopening: a shared one starts bumping the
+    /// held chunk, a big one gets a chunk of its own (`grow`, which
+    /// leaves the held one unused). Apart from `grow`, whose frame costs
+    /// more than this (a per-call arena's first block, callgrind).
+    #[inline(never)]
+    fn first_in_held(
+        &mut self,
+        size: usize,
+        align: usize,
+        me: &Weak<RegionCore>,
+        s: Option<Serialized<'_>>,
+    ) -> Result<usize> {
+        if self.owns_a_chunk(size, align) {
+            return self.grow(size, align, me, s);
+        }
+        self.bump_held(true);
+        self.bump(size, align, me, s)
+    }
+
+    /// Whether a block of `size` at `align` gets a chunk of its own.
+    fn owns_a_chunk(&self, size: usize, align: usize) -> bool {
+        align > CHUNK_ALIGN_LIMIT || size > self.next_size / 2
     }
 
     /// Starts bumping the chunk a closed region held ([`held`]), zeroed
@@ -595,13 +622,8 @@ impl Inner {
         me: &Weak<RegionCore>,
         s: Option<Serialized<'_>>,
     ) -> Result<usize> {
-        let own = align > CHUNK_ALIGN_LIMIT || size > self.next_size / 2;
-        if self.first_unused && !own {
-            // The first shared block since a reopening: in the held chunk
-            // (a big one, in a chunk of its own, leaves it unused).
-            self.bump_held(true);
-            return self.bump(size, align, me, s);
-        }
+        // The held chunk of a reopening is started by `first_in_held`.
+        let own = self.owns_a_chunk(size, align);
         self.chunks
             .try_reserve(1)
             .map_err(|_| Error::OutOfMemory(size))?;
