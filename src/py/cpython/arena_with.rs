@@ -124,7 +124,21 @@ unsafe extern "C" fn scope_call(
             Which::Exit if Arena::exit_plainly(&a) => return ffi::Py_NewRef(ffi::Py_False()),
             _ => {}
         }
-        let out = super::attach::registered(|py| {
+        registered(arena, which)
+    }
+}
+
+/// Enters or leaves `arena` the full way, registered with PyO3. Out of
+/// line: the plain cases above are a `with`'s, and this one's frame costs
+/// them more than their work.
+///
+/// # Safety
+/// Attached; `arena` a live Arena the caller holds for the call.
+#[inline(never)]
+unsafe fn registered(arena: *mut ffi::PyObject, which: Which) -> *mut ffi::PyObject {
+    // SAFETY: per the function's contract.
+    let out = unsafe {
+        super::attach::registered(|py| {
             let a = pyo3::Borrowed::from_ptr(py, arena).cast_unchecked::<Arena>();
             let done = match which {
                 Which::Enter => Arena::enter(&a, false).map(|()| ffi::Py_NewRef(arena)),
@@ -134,10 +148,10 @@ unsafe extern "C" fn scope_call(
                 e.restore(py);
                 std::ptr::null_mut()
             })
-        });
-        // None: a panic, raised as PanicException.
-        out.unwrap_or(std::ptr::null_mut())
-    }
+        })
+    };
+    // None: a panic, raised as PanicException.
+    out.unwrap_or(std::ptr::null_mut())
 }
 
 unsafe extern "C" fn scope_traverse(
@@ -213,8 +227,10 @@ unsafe extern "C" fn scope_repr(obj: *mut ffi::PyObject) -> *mut ffi::PyObject {
     }
 }
 
-/// The descriptor's `__get__`: on an arena, a new scope; on the class (or
-/// anything else), PyO3's descriptor's own answer.
+/// The descriptor's `__get__`: on an arena, a new scope (or the one its
+/// `with` statement looked `__enter__` up as); on the class (or anything
+/// else), PyO3's descriptor's own answer. The shared `__exit__` returns
+/// before `new_scope_for`'s frame is set up (a `with`'s second lookup).
 unsafe extern "C" fn method_get(
     descr: *mut ffi::PyObject,
     obj: *mut ffi::PyObject,
@@ -233,15 +249,25 @@ unsafe extern "C" fn method_get(
             };
         }
         #[cfg(not(Py_GIL_DISABLED))]
-        let statement = match m.which {
-            Which::Exit => {
-                if let Some(s) = share_with_statement(obj) {
-                    return s;
-                }
-                false
+        if m.which == Which::Exit {
+            if let Some(s) = share_with_statement(obj) {
+                return s;
             }
-            _ => in_with_statement(),
-        };
+        }
+        new_scope_for(obj, m.which)
+    }
+}
+
+/// A new scope for `which` of arena `obj`; NULL with MemoryError.
+///
+/// # Safety
+/// Attached; `obj` a live Arena.
+#[inline(never)]
+unsafe fn new_scope_for(obj: *mut ffi::PyObject, which: Which) -> *mut ffi::PyObject {
+    #[cfg(not(Py_GIL_DISABLED))]
+    let statement = which == Which::Enter && in_with_statement();
+    // SAFETY: per the function's contract.
+    unsafe {
         let s = new_scope();
         if s.is_null() {
             return s;
@@ -249,7 +275,7 @@ unsafe extern "C" fn method_get(
         let scope = &mut *s.cast::<Scope>();
         scope.vectorcall = Some(scope_call);
         scope.arena = ffi::Py_NewRef(obj);
-        scope.which = m.which;
+        scope.which = which;
         // Tracked once its fields are set (the collector may run at any allocation).
         ffi::PyObject_GC_Track(s.cast());
         #[cfg(not(Py_GIL_DISABLED))]
