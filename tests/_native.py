@@ -55,3 +55,16 @@ def needs_fast_path(name: str):  # type: ignore[no-untyped-def]
 
     p = rsalloc._rsalloc._fast_paths()[name]
     return pytest.mark.skipif(not p["active"], reason=f"{name} is off: {p['reason']}")
+
+
+def python_child(code: str, **env: str) -> str:
+    """What `code` prints, run by a fresh interpreter with `env` added to this
+    process's environment (a switch read at import, say)."""
+    import os
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=dict(os.environ, **env), capture_output=True, text=True, check=True
+    )
+    return out.stdout

@@ -17,7 +17,7 @@ import pytest
 import rsalloc
 from rsalloc import Arena, ArenaClosedError, UseAfterFreeError
 
-from _native import needs_fast_path
+from _native import needs_fast_path, python_child
 
 
 def _active(name: str) -> bool:
@@ -470,10 +470,6 @@ def test_an_arena_that_is_not_reused_gives_its_held_chunk_up_and_its_blocks_stay
 
 
 def test_with_the_block_cache_off_no_chunk_is_held() -> None:
-    import os
-    import subprocess
-    import sys
-
     code = (
         "import rsalloc, gc\n"
         "from rsalloc._rsalloc import _held_chunks, _block_cache\n"
@@ -482,9 +478,7 @@ def test_with_the_block_cache_off_no_chunk_is_held() -> None:
         "    with a: a.allocate(24)\n"
         "print(_block_cache()[0], _held_chunks())\n"
     )
-    env = dict(os.environ, RSALLOC_BLOCK_CACHE="0")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["False", "0"]
+    assert python_child(code, RSALLOC_BLOCK_CACHE="0").split() == ["False", "0"]
 
 
 @holding_on
@@ -700,7 +694,6 @@ def test_with_statements_inside_finalizers_run_during_the_lookups() -> None:
 
 def test_sharing_is_reported_and_off_without_the_frames_trick() -> None:
     import os
-    import subprocess
 
     if os.environ.get("RSALLOC_FAST_PATHS") == "0":
         assert not _sharing()
@@ -711,7 +704,5 @@ def test_sharing_is_reported_and_off_without_the_frames_trick() -> None:
         "with rsalloc.Arena() as a: pass\n"
         "print(r['active'], _rsalloc._shared_scopes(), r['reason'])\n"
     )
-    env = dict(os.environ, RSALLOC_CALLER_FRAMES="0")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    active, count, reason = out.stdout.split(" ", 2)
+    active, count, reason = python_child(code, RSALLOC_CALLER_FRAMES="0").split(" ", 2)
     assert active == "False" and count == "0" and "caller_frames" in reason
