@@ -111,7 +111,7 @@ unsafe fn current_frame(l: &Layout) -> *const u8 {
 ///
 /// # Safety
 /// `f` is a live interpreter frame of this version's layout `l`.
-unsafe fn code_and_instr(l: &Layout, f: *const u8) -> Option<(*mut ffi::PyObject, usize)> {
+unsafe fn code_and_instr(l: &Layout, f: *const u8) -> Option<(*mut ffi::PyObject, *const u8)> {
     // SAFETY: per the function's contract.
     unsafe {
         let owner = *f.add(l.owner);
@@ -119,8 +119,29 @@ unsafe fn code_and_instr(l: &Layout, f: *const u8) -> Option<(*mut ffi::PyObject
             return None;
         }
         let code = *f.add(l.code).cast::<*mut ffi::PyObject>();
-        let instr = *f.add(l.instr).cast::<usize>();
+        let instr = *f.add(l.instr).cast::<*const u8>();
         (!code.is_null() && ffi::PyCode_Check(code) != 0).then_some((code, instr))
+    }
+}
+
+/// The running frame's code object (borrowed) and instruction pointer,
+/// and how far a code object's instructions start from it; None when the
+/// trick is off or the running frame is not a plain one.
+fn running() -> Option<(*mut ffi::PyObject, *const u8, usize)> {
+    let l = LAYOUT.as_ref()?;
+    let start = CODE_START.load(Relaxed);
+    if start == 0 {
+        return None;
+    }
+    // SAFETY: callers are attached (their token); on, so the layout was
+    // checked at install.
+    unsafe {
+        let f = current_frame(l);
+        if f.is_null() {
+            return None;
+        }
+        let (code, instr) = code_and_instr(l, f)?;
+        Some((code, instr, start))
     }
 }
 
@@ -129,22 +150,11 @@ unsafe fn code_and_instr(l: &Layout, f: *const u8) -> Option<(*mut ffi::PyObject
 /// making a frame object; None when the trick is off or the running frame
 /// is not a plain one (ask the public way then).
 pub(crate) fn caller(_py: Python<'_>) -> Option<(*mut ffi::PyObject, c_int)> {
-    let l = LAYOUT.as_ref()?;
-    let start = CODE_START.load(Relaxed);
-    if start == 0 {
-        return None;
-    }
-    // SAFETY: attached (the token); on, so the layout was checked at install.
-    unsafe {
-        let f = current_frame(l);
-        if f.is_null() {
-            return None;
-        }
-        let (code, instr) = code_and_instr(l, f)?;
-        let lasti = instr.checked_sub(code.addr() + start)?;
-        let lasti = c_int::try_from(lasti).ok()?;
-        Some((ffi::Py_NewRef(code), lasti))
-    }
+    let (code, instr, start) = running()?;
+    let lasti = instr.addr().checked_sub(code.addr() + start)?;
+    let lasti = c_int::try_from(lasti).ok()?;
+    // SAFETY: attached (the token); a live code object.
+    Some((unsafe { ffi::Py_NewRef(code) }, lasti))
 }
 
 /// The first byte of the instruction the running frame is executing: its
@@ -152,23 +162,12 @@ pub(crate) fn caller(_py: Python<'_>) -> Option<(*mut ffi::PyObject, c_int)> {
 /// instrumented forms included); None when the trick is off or no plain
 /// frame runs.
 pub(crate) fn running_opcode(_py: Python<'_>) -> Option<u8> {
-    let l = LAYOUT.as_ref()?;
-    if CODE_START.load(Relaxed) == 0 {
-        return None;
-    }
-    // SAFETY: attached (the token); on, so the layout was checked at
-    // install: a plain frame's instruction pointer points into its code
-    // object (at the instruction running, or in 3.11 and 3.12 at the unit
-    // before the first one until it runs: still the code object's).
-    unsafe {
-        let f = current_frame(l);
-        if f.is_null() {
-            return None;
-        }
-        code_and_instr(l, f)?;
-        let instr = *f.add(l.instr).cast::<*const u8>();
-        Some(*instr)
-    }
+    let (_, instr, _) = running()?;
+    // SAFETY: attached (the token); the layout checked at install: a plain
+    // frame's instruction pointer points into its code object (at the
+    // instruction running, or in 3.11 and 3.12 at the unit before the
+    // first one until it runs: still the code object's).
+    Some(unsafe { *instr })
 }
 
 /// The public answer for frame object `frame` (borrowed): its code
@@ -239,7 +238,10 @@ unsafe fn code_start(l: &Layout, frame: *mut ffi::PyFrameObject) -> Result<usize
         let Some((c, instr)) = code_and_instr(l, interp) else {
             return Err("the running frame's owner or code is not where expected".into());
         };
-        let at = instr.wrapping_sub(c.addr()).wrapping_sub(lasti as usize);
+        let at = instr
+            .addr()
+            .wrapping_sub(c.addr())
+            .wrapping_sub(lasti as usize);
         if c != code || lasti < 0 || !(16..4096).contains(&at) {
             return Err(
                 "the frame's code or instruction pointer disagrees with PyFrame_GetLasti".into(),
