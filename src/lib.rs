@@ -35,7 +35,7 @@ mod _rsalloc {
     #[pymodule_export]
     use crate::py::arena::{current_arena, Arena};
     #[pymodule_export]
-    use crate::py::cpython::{_fast_paths, _shared_scopes};
+    use crate::py::cpython::{_fast_paths, _kept_calls, _shared_scopes};
     #[pymodule_export]
     use crate::py::foreign_allocator::ForeignAllocator;
     #[pymodule_export]

@@ -706,3 +706,294 @@ def test_sharing_is_reported_and_off_without_the_frames_trick() -> None:
     )
     active, count, reason = python_child(code, RSALLOC_CALLER_FRAMES="0").split(" ", 2)
     assert active == "False" and count == "0" and "caller_frames" in reason
+
+
+# --- a kept call per context entry (`arena_with_kept_call`) ---
+
+
+def _kept() -> int:
+    from rsalloc import _rsalloc
+
+    return int(_rsalloc._kept_calls())
+
+
+def _keeping() -> bool:
+    return _active("arena_with_kept_call")
+
+
+def _bound_calls(a: Arena) -> list:
+    """The kept calls bound to `a` (what a `with` served by one holds; a
+    plain bound `__exit__` of PyO3's is another builtin function)."""
+    return [
+        r
+        for r in gc.get_referrers(a)
+        if type(r).__name__ == "builtin_function_or_method" and (r.__doc__ or "").startswith("An arena's __enter__")
+    ]
+
+
+def test_with_statements_in_a_row_are_served_by_the_context_entry_s_kept_call() -> None:
+    before = _kept()
+    blocks = []
+    for _ in range(10):
+        k = _kept()
+        with Arena() as a:
+            assert rsalloc.current_arena() is a
+            blocks.append(a.allocate(8))
+            if _kept() > k:
+                # The statement holds one builtin function bound to the arena.
+                (call,) = _bound_calls(a)
+                assert call.__self__ is a and call.__name__ == "__exit__"
+                del call  # held, it would not be free for the next `with`
+            else:
+                assert _bound_calls(a) == []
+        assert a.closed and _bound_calls(a) == []
+    with pytest.raises(RuntimeError):
+        rsalloc.current_arena()
+    for p in blocks:
+        with pytest.raises(UseAfterFreeError):
+            p[0]
+    # From the third on at the latest: the first makes the entry, the second
+    # reopens it and makes its kept call.
+    assert _kept() - before >= (8 if _keeping() else 0)
+    assert _kept() - before <= 10
+
+
+def test_a_kept_call_does_not_keep_its_arena_alive() -> None:
+    for _ in range(3):
+        with Arena():
+            pass
+    before = _kept()
+    with Arena() as a:
+        a.allocate(8)
+    ref = weakref.ref(a)
+    del a
+    assert ref() is None  # no collection needed: nothing holds it
+    assert _kept() - before == (1 if _keeping() else 0)
+
+
+def test_exceptions_returns_and_breaks_leave_through_a_kept_call() -> None:
+    before = _kept()
+    arenas: list[Arena] = []
+
+    def boom() -> None:
+        with Arena() as a:
+            arenas.append(a)
+            raise KeyError("boom")
+
+    for _ in range(5):
+        with pytest.raises(KeyError, match="boom"):
+            boom()
+
+    def leave(how: str) -> Arena:
+        for _ in range(2):
+            with Arena() as b:
+                if how == "break":
+                    break
+                return b
+        return b
+
+    arenas += [leave("return") for _ in range(3)] + [leave("break") for _ in range(3)]
+    assert all(a.closed for a in arenas)
+    assert all(_bound_calls(a) == [] for a in arenas)
+    assert _kept() - before >= (9 if _keeping() else 0)
+    with pytest.raises(RuntimeError):
+        rsalloc.current_arena()
+
+
+def test_the_same_arena_nested_and_two_arenas_in_one_statement() -> None:
+    a = Arena()
+    for _ in range(4):
+        with a:
+            assert rsalloc.current_arena() is a
+            with a:
+                assert rsalloc.current_arena() is a
+            with Arena() as inner:
+                assert rsalloc.current_arena() is inner
+            assert inner.closed
+    assert a.closed and _bound_calls(a) == []
+    for _ in range(4):
+        with Arena() as x, Arena() as y:
+            assert rsalloc.current_arena() is y
+        assert x.closed and y.closed
+    ref = weakref.ref(a)
+    del a
+    assert ref() is None
+
+
+def test_a_kept_call_called_by_hand_inside_its_with() -> None:
+    for _ in range(3):
+        with Arena():
+            pass
+    with Arena() as a:
+        calls = _bound_calls(a)
+        if not _keeping():
+            return
+        (call,) = calls
+        del calls
+        assert call() is a  # the enter its statement did: nothing more
+        with pytest.raises(TypeError):
+            call(1, 2, 3, 4)  # PyO3's __exit__ and its error
+        assert not a.closed and call.__self__ is a
+        assert call(None, None, None) is False  # leaves by hand
+        assert a.closed
+    # The statement's own exit then finds it unbound: nothing to do.
+    assert _bound_calls(a) == []
+    with pytest.raises(RuntimeError, match="not bound"):
+        call()
+    assert call(None, None, None) is False
+    assert "__exit__" in repr(call)
+    del call
+    with Arena() as b:
+        (call,) = _bound_calls(b)
+        assert call(None) is False and b.closed  # PyO3's exit, one argument
+        assert call.__self__ is None
+        del call
+
+
+def test_a_generator_suspended_in_a_kept_call_s_with_is_collected_with_its_arena() -> None:
+    # As for the scope above, through the kept call the frame holds: the
+    # context (its own, dropped) reuses its entry from its third `with` on.
+    import contextvars
+
+    def gen(a: Arena):
+        with a:
+            yield 1
+
+    def run(g) -> int:
+        for _ in range(3):
+            with Arena():
+                pass
+        k = _kept()
+        next(g)
+        return _kept() - k
+
+    a = Arena()
+    g = gen(a)
+    used = contextvars.copy_context().run(run, g)
+    a.on_release_all([g].copy)
+    refs = weakref.ref(g), weakref.ref(a)
+    del a, g
+    gc.collect()
+    assert [r() for r in refs] == [None, None]
+    assert used == (1 if _keeping() else 0)
+
+
+def test_a_lookup_of_enter_alone_at_a_with_statement_enters_nothing() -> None:
+    # C code looking `__enter__` up while the frame is at BEFORE_WITH (here
+    # getattr, called by another object's __enter__): a lookup, as by hand.
+    import functools
+
+    for _ in range(3):
+        with Arena():
+            pass
+    b = Arena()
+
+    class Other:
+        __enter__ = staticmethod(functools.partial(getattr, b, "__enter__"))
+
+        def __exit__(self, *exc: object) -> bool:
+            return False
+
+    with Other() as enter:
+        with pytest.raises(RuntimeError):
+            rsalloc.current_arena()  # not entered by the lookup
+        assert not b.closed
+    assert enter() is b  # an __enter__ by hand: the full enter
+    assert rsalloc.current_arena() is b
+    b.__exit__(None, None, None)
+    assert b.closed
+    with pytest.raises(RuntimeError):
+        rsalloc.current_arena()
+    for _ in range(3):  # the context's kept call still serves
+        with Arena() as c:
+            assert rsalloc.current_arena() is c
+
+
+def test_a_generator_suspended_in_a_kept_call_s_with_finishes_later() -> None:
+    def gen():
+        for _ in range(3):
+            with Arena() as a:
+                yield a
+            assert a.closed
+
+    for _ in range(3):
+        with Arena():
+            pass
+    g = gen()
+    a = next(g)
+    with Arena() as other:  # the generator's entry is live: another one here
+        assert rsalloc.current_arena() is other
+    assert not a.closed
+    rest = list(g)
+    assert a.closed and all(x.closed for x in rest)
+    g2 = gen()
+    b = next(g2)
+    g2.close()  # GeneratorExit through the kept call's exit
+    assert b.closed and _bound_calls(b) == []
+
+
+def test_kept_calls_in_threads_and_asyncio_tasks() -> None:
+    import asyncio
+    import threading
+
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            for _ in range(200):
+                with Arena() as a:
+                    assert rsalloc.current_arena() is a
+                    a.allocate(16)
+                assert a.closed
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+
+    async def task(n: int) -> int:
+        for _ in range(20):
+            with Arena() as a:
+                await asyncio.sleep(0)
+                assert rsalloc.current_arena() is a
+            assert a.closed
+        return n
+
+    async def main() -> list[int]:
+        return await asyncio.gather(*(task(i) for i in range(5)))
+
+    assert asyncio.run(main()) == list(range(5))
+
+
+def test_kept_calls_are_reported_and_off_without_the_shared_scope() -> None:
+    import os
+
+    if os.environ.get("RSALLOC_FAST_PATHS") == "0":
+        assert not _keeping()
+        return
+    assert _keeping()
+    code = (
+        "import rsalloc; from rsalloc import _rsalloc\n"
+        "r = _rsalloc._fast_paths()['arena_with_kept_call']\n"
+        "for _ in range(5):\n"
+        "    with rsalloc.Arena() as a: pass\n"
+        "print(r['active'], _rsalloc._kept_calls(), r['reason'])\n"
+    )
+    active, count, reason = python_child(code, RSALLOC_CALLER_FRAMES="0").split(" ", 2)
+    assert active == "False" and count == "0" and "arena_with_shared" in reason
+
+
+def test_the_arena_type_is_immutable() -> None:
+    # A final class, immutable as CPython's own types are: `Arena()` is then
+    # the specialised call of a class with a vectorcall entry (3.11 to 3.13).
+    with pytest.raises(TypeError, match="immutable"):
+        Arena.extra = 1  # type: ignore[attr-defined]
+    assert not hasattr(Arena, "extra")
+    with pytest.raises(TypeError):
+
+        class Sub(Arena):  # type: ignore[misc]
+            pass

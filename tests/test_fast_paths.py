@@ -458,6 +458,7 @@ TRICKS = {
     "arena_with",
     "arena_pool",
     "arena_with_shared",
+    "arena_with_kept_call",
     "pymalloc_records",
     "untracked_pointers",
     "untracked_stats",

@@ -7,6 +7,7 @@ use super::allocator::{adopted_object, block_object, clone_with, Allocator};
 use super::args::{
     adopt_request, bytes_request, call_request, realloc_request, Asked, BoolArg, SizeArg,
 };
+use super::cpython::held_ref::HeldRef;
 use super::errors::{to_py, IntoPy};
 use super::handles::{self, raising_free_errors, Key};
 use super::pointer::{Owned, Owner, Pointer};
@@ -65,7 +66,7 @@ enum Callback {
 /// at release, last registered first. After `release_all()` every pointer
 /// from the arena is dead and allocating raises `ArenaClosedError` (unless
 /// `reuse=True`); `arena.detach(p)` lets a block outlive it.
-#[pyclass(frozen, weakref, module = "rsalloc", name = "Arena")]
+#[pyclass(frozen, weakref, immutable_type, module = "rsalloc", name = "Arena")]
 pub struct Arena {
     backing: ArenaKind,
     /// The backing allocator object (kept alive with the arena), None for
@@ -87,6 +88,10 @@ pub struct Arena {
     /// Whether `handles` remembers this object for `Pointer.allocator`
     /// (made on the first allocation; forgotten when this is dropped).
     known: AtomicBool,
+    /// The kept call of a context entry while it is bound to this arena
+    /// (`cpython::arena_with`): from a `with`'s `__enter__` lookup to its
+    /// exit, so that the exit finds it to unbind it.
+    pub(crate) bound_call: HeldRef,
 }
 
 impl Arena {
@@ -314,6 +319,10 @@ fn set_current(py: Python<'_>, value: &Bound<'_, PyAny>) -> PyResult<()> {
 pub struct Entered {
     arena: SerialMutex<Option<Py<Arena>>>,
     outer: Option<Py<Entered>>,
+    /// The builtin function this context's `with` statements call as both
+    /// `__enter__` and `__exit__` while they reuse this entry
+    /// (`cpython::arena_with`), made at its first reuse.
+    pub(crate) kept_call: HeldRef,
 }
 
 impl Entered {
@@ -321,6 +330,7 @@ impl Entered {
         Entered {
             arena: SerialMutex::new(Some(arena.clone().unbind())),
             outer,
+            kept_call: HeldRef::default(),
         }
     }
 
@@ -371,20 +381,24 @@ impl Entered {
         if let Some(o) = &self.outer {
             visit.call(o)?;
         }
-        Ok(())
+        self.kept_call.visit(&visit)
     }
 
     fn __clear__(&self) {
         let a = self.arena.lock(gc_token()).take();
         drop(a);
+        // SAFETY: attached (a collector's clear), with a GIL wherever the
+        // kept call is made; the reference taken out is this entry's.
+        unsafe { ffi::Py_XDECREF(self.kept_call.replace(std::ptr::null_mut())) };
     }
 }
 
 /// A `with` where the variable's value is an entry that ended and only
 /// this context can reach: that entry takes the arena, and the variable
 /// is not set (a mapping copy and a reset token, a fifth of a per-call
-/// `with Arena()`: docs/decisions.md, "Per-call arenas"). True when done,
-/// the entry then in the arena's slot; false when nothing changed.
+/// `with Arena()`: docs/decisions.md, "Per-call arenas"). The entry when
+/// done (a reference the caller lets go), then in the arena's slot; None
+/// when nothing changed.
 ///
 /// "Only this context" is two reference counts: the running context's
 /// mapping is its own (no copy of the context shares it, the fence's
@@ -400,45 +414,53 @@ impl Entered {
 /// no `Py` (it stops where it would: an arena whose slot holds an entry),
 /// makes no `PyErr` (a failed read is cleared, for the full enter to
 /// raise), and nothing in it panics.
-pub(crate) fn reopen_ended_entry(slf: &Bound<'_, Arena>) -> bool {
+pub(crate) fn reopen_ended_entry<'py>(slf: &Bound<'py, Arena>) -> Option<Bound<'py, Entered>> {
+    let entry = reusable_entry(slf)?;
+    take_over(slf, &entry);
+    Some(entry)
+}
+
+/// The entry [`reopen_ended_entry`] would reopen for `slf` (an extra
+/// reference), changing nothing; `cpython::arena_with` checks its kept
+/// call before [`take_over`].
+pub(crate) fn reusable_entry<'py>(slf: &Bound<'py, Arena>) -> Option<Bound<'py, Entered>> {
     let py = slf.py();
     // SAFETY: attached, and the trick is on only with a GIL.
     if !unsafe { super::cpython::context::vars_are_its_own() } {
-        return false;
+        return None;
     }
-    let Some(var) = CURRENT.get(py) else {
-        return false;
-    };
+    let var = CURRENT.get(py)?;
     // A Bound drops by a plain decref.
     let Some(value) = read_var(var.bind(py)) else {
         // SAFETY: attached, the failure's exception set.
         unsafe { ffi::PyErr_Clear() };
-        return false;
+        return None;
     };
-    let Ok(entry) = value.cast_into::<Entered>() else {
-        return false;
-    };
+    let entry = value.cast_into::<Entered>().ok()?;
     // The mapping's reference and `entry`'s.
     // SAFETY: a live object's reference count, read under the GIL.
     if unsafe { pyo3::ffi::Py_REFCNT(entry.as_ptr()) } != 2 {
-        return false;
+        return None;
     }
     let s = token(py);
-    let mut slot = slf.get().entry.lock(s);
-    if slot.is_some() {
-        return false; // entered twice: the full enter replaces (drops) it
+    if slf.get().entry.lock(s).is_some() {
+        return None; // entered twice: the full enter replaces (drops) it
     }
-    let mut a = entry.get().arena.lock(s);
-    if a.is_some() {
-        return false; // live: a nested `with`, which needs its own entry
+    if entry.get().arena.lock(s).is_some() {
+        return None; // live: a nested `with`, which needs its own entry
     }
-    // Both were None (checked above): what `replace` gives back has
-    // nothing to drop, and forgetting it skips the out-of-line drop of an
-    // `Option<Py<_>>` (twice a `with`).
-    std::mem::forget(a.replace(slf.clone().unbind()));
-    drop(a);
-    std::mem::forget(slot.replace(entry.unbind()));
-    true
+    Some(entry)
+}
+
+/// `entry`, from [`reusable_entry`] with nothing run since, takes `slf`
+/// over: the arena is entered.
+pub(crate) fn take_over(slf: &Bound<'_, Arena>, entry: &Bound<'_, Entered>) {
+    let s = token(slf.py());
+    // Both were None (checked by `reusable_entry`): what `replace` gives
+    // back has nothing to drop, and forgetting it skips the out-of-line
+    // drop of an `Option<Py<_>>` (twice a `with`).
+    std::mem::forget(entry.get().arena.lock(s).replace(slf.clone().unbind()));
+    std::mem::forget(slf.get().entry.lock(s).replace(entry.clone().unbind()));
 }
 
 /// The innermost entry of this context whose `with` has not ended.
@@ -616,7 +638,7 @@ impl Arena {
     /// new entry set as the context variable's value.
     pub(crate) fn enter(slf: &Bound<'_, Self>, reopen: bool) -> PyResult<()> {
         let py = slf.py();
-        if reopen && reopen_ended_entry(slf) {
+        if reopen && reopen_ended_entry(slf).is_some() {
             return Ok(());
         }
         let outer = innermost(py)?.map(Bound::unbind);
@@ -910,6 +932,7 @@ impl Arena {
             made: Made::Unknown,
             leak_seq: 0,
             known: AtomicBool::new(false),
+            bound_call: HeldRef::default(),
         };
         arena.name = ArenaName(arena.id());
         if track::enabled() {
@@ -1258,7 +1281,7 @@ impl Arena {
                 visit.call(e)?;
             }
         }
-        Ok(())
+        self.bound_call.visit(&visit)
     }
 
     fn __clear__(&self) {
@@ -1271,5 +1294,8 @@ impl Arena {
             .take();
         let entry = self.entry.lock(gc_token()).take();
         drop((cbs, alloc, entry));
+        // SAFETY: attached (a collector's clear); the reference taken out
+        // is this arena's (the call stays bound: it holds the arena).
+        unsafe { ffi::Py_XDECREF(self.bound_call.replace(std::ptr::null_mut())) };
     }
 }

@@ -26,7 +26,7 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::type_object::PyTypeInfo;
 use std::ffi::{c_int, c_void};
-use std::sync::atomic::{AtomicPtr, AtomicU16, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU16, AtomicUsize, Ordering::Relaxed};
 
 /// Which of the two methods a descriptor or scope stands for.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -118,8 +118,13 @@ unsafe extern "C" fn scope_call(
         let a = pyo3::Borrowed::from_ptr(Python::assume_attached(), arena);
         let a = a.cast_unchecked::<Arena>();
         match which {
-            Which::Enter if crate::py::arena::reopen_ended_entry(&a) => {
-                return ffi::Py_NewRef(arena);
+            Which::Enter => {
+                if let Some(entry) = crate::py::arena::reopen_ended_entry(&a) {
+                    #[cfg(not(Py_GIL_DISABLED))]
+                    keep_call_on(&entry);
+                    drop(entry);
+                    return ffi::Py_NewRef(arena);
+                }
             }
             Which::Exit if Arena::exit_plainly(&a) => return ffi::Py_NewRef(ffi::Py_False()),
             _ => {}
@@ -249,23 +254,41 @@ unsafe extern "C" fn method_get(
             };
         }
         #[cfg(not(Py_GIL_DISABLED))]
-        if m.which == Which::Exit {
-            if let Some(s) = share_with_statement(obj) {
-                return s;
+        let statement = match m.which {
+            Which::Exit => {
+                if let Some(s) = share_with_statement(obj) {
+                    return s;
+                }
+                false
             }
-        }
-        new_scope_for(obj, m.which)
+            _ => {
+                let statement = in_with_statement();
+                if statement {
+                    if let Some(c) = bind_kept_call(obj) {
+                        return c;
+                    }
+                }
+                statement
+            }
+        };
+        #[cfg(Py_GIL_DISABLED)]
+        let statement = false;
+        new_scope_for(obj, m.which, statement)
     }
 }
 
-/// A new scope for `which` of arena `obj`; NULL with MemoryError.
+/// A new scope for `which` of arena `obj`, remembered for the `__exit__`
+/// lookup when `statement` (a `with` statement's `__enter__`); NULL with
+/// MemoryError.
 ///
 /// # Safety
 /// Attached; `obj` a live Arena.
 #[inline(never)]
-unsafe fn new_scope_for(obj: *mut ffi::PyObject, which: Which) -> *mut ffi::PyObject {
-    #[cfg(not(Py_GIL_DISABLED))]
-    let statement = which == Which::Enter && in_with_statement();
+unsafe fn new_scope_for(
+    obj: *mut ffi::PyObject,
+    which: Which,
+    statement: bool,
+) -> *mut ffi::PyObject {
     // SAFETY: per the function's contract.
     unsafe {
         let s = new_scope();
@@ -340,10 +363,32 @@ fn in_with_statement() -> bool {
 /// Attached, with a GIL; `obj` a live Arena.
 #[cfg(not(Py_GIL_DISABLED))]
 unsafe fn share_with_statement(obj: *mut ffi::PyObject) -> Option<*mut ffi::PyObject> {
-    let s = LOOKED_UP.swap(std::ptr::null_mut(), Relaxed);
+    // A load and a store, not a swap: with a GIL nothing runs between
+    // them, and a swap is a locked instruction (about 20 cycles).
+    if KEPT_FOR.load(Relaxed) == obj {
+        KEPT_FOR.store(std::ptr::null_mut(), Relaxed);
+        // SAFETY: per the function's contract; the arena's kept call, if
+        // bound, is held by it.
+        let c = unsafe {
+            pyo3::Borrowed::from_ptr(Python::assume_attached(), obj).cast_unchecked::<Arena>()
+        }
+        .get()
+        .bound_call
+        .get();
+        if !c.is_null() {
+            // SAFETY: per the function's contract: the statement's own
+            // lookups, with nothing run since the first.
+            unsafe { enter_bound(obj, c) };
+            SHARED.store(SHARED.load(Relaxed).wrapping_add(1), Relaxed);
+            // SAFETY: a live object the arena holds.
+            return Some(unsafe { ffi::Py_NewRef(c) });
+        }
+    }
+    let s = LOOKED_UP.load(Relaxed);
     if s.is_null() {
         return None;
     }
+    LOOKED_UP.store(std::ptr::null_mut(), Relaxed);
     // SAFETY: per the function's contract; a remembered scope is alive (its
     // dealloc forgets it). Its only holder is the statement, whose
     // `__enter__` call comes next and then drops it.
@@ -355,6 +400,248 @@ unsafe fn share_with_statement(obj: *mut ffi::PyObject) -> Option<*mut ffi::PyOb
         scope.which = Which::With;
         SHARED.store(SHARED.load(Relaxed).wrapping_add(1), Relaxed);
         Some(ffi::Py_NewRef(s))
+    }
+}
+
+// A kept call per context entry, with a GIL.
+//
+// In a loop of `with Arena() as a:` the context's entry is reused (the
+// ended entry the last `with` left: arena::reopen_ended_entry), and so can
+// the one object the statement calls as `__enter__` and `__exit__`: a
+// builtin function (`METH_FASTCALL`, `self` the arena), made at the
+// entry's first reuse and kept on it, bound to the arena at the
+// statement's `__enter__` lookup and unbound by its exit. No scope is made
+// and collected, and CPython calls a builtin function directly at the end
+// of the block (its specialised call of a builtin, `PRECALL_BUILTIN_FAST`
+// on 3.11), not through `PyObject_Vectorcall`.
+//
+// The `__enter__` lookup reads the context variable and binds the call
+// (its `self` the arena, its `__module__` slot the entry, held); the
+// `__exit__` lookup, on the same arena, which in a `with` statement comes
+// next with nothing run between, enters the arena there (the entry takes
+// it over), so the call without arguments only returns it. A lookup of
+// `__enter__` alone (by C code while a frame is at `BEFORE_WITH`) binds it
+// and enters nothing: calling it then is an `__enter__` by hand, the full
+// enter, and unbinds it.
+
+/// The arena whose `__enter__` lookup bound a kept call, until its
+/// `__exit__` lookup (an address, compared, never read through).
+#[cfg(not(Py_GIL_DISABLED))]
+static KEPT_FOR: AtomicPtr<ffi::PyObject> = AtomicPtr::new(std::ptr::null_mut());
+/// Whether kept calls are made and used (checked at install).
+#[cfg(not(Py_GIL_DISABLED))]
+static KEPT_ON: AtomicBool = AtomicBool::new(false);
+/// How many `with` statements were served by a kept call (the install
+/// probe's check, and the tests').
+#[cfg(not(Py_GIL_DISABLED))]
+static KEPT_USED: AtomicUsize = AtomicUsize::new(0);
+
+/// How many `with` statements a kept call served so far.
+pub(crate) fn kept_calls() -> usize {
+    #[cfg(not(Py_GIL_DISABLED))]
+    return KEPT_USED.load(Relaxed);
+    #[cfg(Py_GIL_DISABLED)]
+    0
+}
+
+/// The kept calls' definition: CPython reads it, never writes it.
+struct KeptDef(ffi::PyMethodDef);
+// SAFETY: immutable, and only ever read.
+unsafe impl Sync for KeptDef {}
+
+static KEPT_DEF: KeptDef = KeptDef(ffi::PyMethodDef {
+    ml_name: c"__exit__".as_ptr(),
+    ml_meth: ffi::PyMethodDefPointer {
+        PyCFunctionFast: kept_call,
+    },
+    ml_flags: ffi::METH_FASTCALL,
+    ml_doc: c"An arena's __enter__ (without arguments) and __exit__, bound for one with statement."
+        .as_ptr(),
+});
+
+/// A kept call: `()` returns the arena its statement's lookups entered
+/// (or enters it, when only `__enter__` was looked up, and unbinds the
+/// call); `(t, v, tb)` leaves and releases the arena, returns False, and
+/// unbinds the call; any other count is PyO3's `__exit__` (its error,
+/// or its exit, which unbinds it too).
+/// Unbound, `(t, v, tb)` returns False (the statement's arena left by a
+/// call of it by hand) and anything else raises RuntimeError.
+unsafe extern "C" fn kept_call(
+    slf: *mut ffi::PyObject,
+    args: *mut *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+) -> *mut ffi::PyObject {
+    // SAFETY: CPython calls a builtin function attached; `slf` is its
+    // `self`, which only `bind_kept_call` sets: a live Arena or NULL.
+    unsafe {
+        if slf.is_null() {
+            if nargs == 3 {
+                return ffi::Py_NewRef(ffi::Py_False());
+            }
+            ffi::PyErr_SetString(
+                ffi::PyExc_RuntimeError,
+                c"rsalloc: this arena method is not bound (its with statement ended)".as_ptr(),
+            );
+            return std::ptr::null_mut();
+        }
+        match nargs {
+            0 => {
+                let a = pyo3::Borrowed::from_ptr(Python::assume_attached(), slf)
+                    .cast_unchecked::<Arena>();
+                let c = a.get().bound_call.get();
+                if c.is_null() || (*c.cast::<ffi::PyCFunctionObject>()).m_module.is_null() {
+                    // Entered at the `__exit__` lookup.
+                    return ffi::Py_NewRef(slf);
+                }
+                // No `__exit__` lookup came: an `__enter__` by hand.
+                #[cfg(not(Py_GIL_DISABLED))]
+                if KEPT_FOR.load(Relaxed) == slf {
+                    KEPT_FOR.store(std::ptr::null_mut(), Relaxed);
+                }
+                let out = registered(slf, Which::Enter);
+                unbind(slf);
+                out
+            }
+            3 => {
+                let a = pyo3::Borrowed::from_ptr(Python::assume_attached(), slf)
+                    .cast_unchecked::<Arena>();
+                let out = if Arena::exit_plainly(&a) {
+                    ffi::Py_NewRef(ffi::Py_False())
+                } else {
+                    registered(slf, Which::Exit)
+                };
+                unbind(slf);
+                out
+            }
+            _ => {
+                // PyO3's `__exit__`: it leaves with one or two arguments
+                // too, and then the call is unbound as at a plain exit.
+                let out = super::call_prepended(
+                    OLD[1].load(Relaxed),
+                    Some(slf),
+                    args,
+                    nargs,
+                    std::ptr::null_mut(),
+                );
+                if !out.is_null() {
+                    unbind(slf);
+                }
+                out
+            }
+        }
+    }
+}
+
+/// Unbinds the kept call bound to `arena`, if one is, dropping its
+/// reference to the arena last (possibly the arena's last).
+///
+/// # Safety
+/// Attached, with a GIL; `arena` a live Arena the caller may no longer use.
+unsafe fn unbind(arena: *mut ffi::PyObject) {
+    // SAFETY: per the function's contract; a bound call is a builtin
+    // function `bind_kept_call` made, whose `self` is the arena.
+    unsafe {
+        let a =
+            pyo3::Borrowed::from_ptr(Python::assume_attached(), arena).cast_unchecked::<Arena>();
+        let c = a.get().bound_call.replace(std::ptr::null_mut());
+        if c.is_null() {
+            return;
+        }
+        let f = &mut *c.cast::<ffi::PyCFunctionObject>();
+        let entry = std::mem::replace(&mut f.m_module, std::ptr::null_mut());
+        let s = std::mem::replace(&mut f.m_self, std::ptr::null_mut());
+        ffi::Py_DECREF(c);
+        ffi::Py_XDECREF(entry);
+        ffi::Py_XDECREF(s);
+    }
+}
+
+/// The `__exit__` lookup of a `with` statement whose `__enter__` lookup
+/// bound `c` to `arena`: the entry the call holds takes the arena over.
+///
+/// # Safety
+/// Attached, with a GIL, nothing run since that lookup; `c` the arena's
+/// bound call.
+#[cfg(not(Py_GIL_DISABLED))]
+unsafe fn enter_bound(arena: *mut ffi::PyObject, c: *mut ffi::PyObject) {
+    // SAFETY: per the function's contract; the entry is the one
+    // `reusable_entry` gave at that lookup, held by the call since.
+    unsafe {
+        let f = &mut *c.cast::<ffi::PyCFunctionObject>();
+        let entry = std::mem::replace(&mut f.m_module, std::ptr::null_mut());
+        if entry.is_null() {
+            return;
+        }
+        let py = Python::assume_attached();
+        let a = pyo3::Borrowed::from_ptr(py, arena).cast_unchecked::<Arena>();
+        let e = Bound::from_owned_ptr(py, entry).cast_into_unchecked::<crate::py::arena::Entered>();
+        crate::py::arena::take_over(&a, &e);
+    }
+}
+
+/// The kept call of the context's reusable entry, bound to arena `obj`
+/// (a new reference) and holding the entry; None, and nothing changed,
+/// when there is none free.
+///
+/// # Safety
+/// Attached, with a GIL, at a `with` statement's `__enter__` lookup; `obj`
+/// a live Arena.
+#[cfg(not(Py_GIL_DISABLED))]
+unsafe fn bind_kept_call(obj: *mut ffi::PyObject) -> Option<*mut ffi::PyObject> {
+    KEPT_FOR.store(std::ptr::null_mut(), Relaxed);
+    if !KEPT_ON.load(Relaxed) {
+        return None;
+    }
+    // SAFETY: per the function's contract.
+    unsafe {
+        let a = pyo3::Borrowed::from_ptr(Python::assume_attached(), obj).cast_unchecked::<Arena>();
+        if !a.get().bound_call.get().is_null() {
+            return None;
+        }
+        let entry = crate::py::arena::reusable_entry(&a)?;
+        let c = entry.get().kept_call.get();
+        // Free: held by the entry alone, and unbound.
+        if c.is_null() || ffi::Py_REFCNT(c) != 1 {
+            return None;
+        }
+        let f = &mut *c.cast::<ffi::PyCFunctionObject>();
+        if !f.m_self.is_null() || !f.m_module.is_null() {
+            return None;
+        }
+        // The entry, for the `__exit__` lookup to enter the arena with.
+        f.m_module = entry.into_ptr();
+        f.m_self = ffi::Py_NewRef(obj);
+        a.get().bound_call.replace(ffi::Py_NewRef(c));
+        KEPT_FOR.store(obj, Relaxed);
+        KEPT_USED.store(KEPT_USED.load(Relaxed).wrapping_add(1), Relaxed);
+        Some(ffi::Py_NewRef(c))
+    }
+}
+
+/// Gives a reopened entry its kept call if it has none (at the `with`'s
+/// enter, a call: the allocation may run code). A failure to make one
+/// changes nothing.
+///
+/// # Safety
+/// Attached, with a GIL.
+#[cfg(not(Py_GIL_DISABLED))]
+unsafe fn keep_call_on(entry: &Bound<'_, crate::py::arena::Entered>) {
+    if !KEPT_ON.load(Relaxed) || !entry.get().kept_call.get().is_null() {
+        return;
+    }
+    // SAFETY: per the function's contract; the definition is static.
+    unsafe {
+        let c = ffi::PyCFunction_NewEx(
+            std::ptr::from_ref(&KEPT_DEF.0).cast_mut(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+        );
+        if c.is_null() {
+            ffi::PyErr_Clear();
+            return;
+        }
+        // Code the allocation ran may have given it one meanwhile.
+        ffi::Py_XDECREF(entry.get().kept_call.replace(c));
     }
 }
 
@@ -570,6 +857,51 @@ pub(crate) fn install_shared_scope(py: Python<'_>) -> Result<(), String> {
             let why = ran.err().map_or_else(String::new, err);
             return Err(format!(
                 "the probe `with` shared {shared} scope(s), not one, or lookups outside it did {why}"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Turns kept calls on, then a probe: `with` statements in a row on new
+/// arenas must be served by one from the third on, each arena closed after
+/// its statement and no call left bound (module init, after
+/// `install_shared_scope`).
+pub(crate) fn install_kept_call(py: Python<'_>) -> Result<(), String> {
+    #[cfg(Py_GIL_DISABLED)]
+    return Err("free-threaded build: kept calls are guarded by the GIL".into());
+    #[cfg(not(Py_GIL_DISABLED))]
+    {
+        if WITH_OPCODE.load(Relaxed) == OFF {
+            return Err("arena_with_shared is off".into());
+        }
+        let err = |e: PyErr| e.to_string();
+        let globals = checked::dict(py).map_err(err)?;
+        globals
+            .set_item(checked::name!("A"), Arena::type_object(py))
+            .map_err(err)?;
+        let before = KEPT_USED.load(Relaxed);
+        KEPT_ON.store(true, Relaxed);
+        let probe = c"ok = True\nfor _ in range(4):\n    with A() as a:\n        ok = ok and not a.closed\n    ok = ok and a.closed\n";
+        let ran = py.run(probe, Some(&globals), None);
+        let ok = globals
+            .get_item(checked::name!("ok"))
+            .ok()
+            .flatten()
+            .is_some_and(|o| o.is_truthy().unwrap_or(false));
+        let bound = globals
+            .get_item(checked::name!("a"))
+            .ok()
+            .flatten()
+            .and_then(|a| a.cast_into::<Arena>().ok())
+            .is_none_or(|a| !a.get().bound_call.get().is_null());
+        let used = KEPT_USED.load(Relaxed).wrapping_sub(before);
+        if ran.is_err() || !ok || bound || used < 2 || !KEPT_FOR.load(Relaxed).is_null() {
+            KEPT_ON.store(false, Relaxed);
+            let why = ran.err().map_or_else(String::new, err);
+            return Err(format!(
+                "the probe's four `with` statements used {used} kept call(s), not at least two, \
+                 or left one bound or an arena open {why}"
             ));
         }
         Ok(())

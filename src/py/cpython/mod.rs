@@ -27,6 +27,7 @@ pub mod fast_structs;
 pub(crate) mod frames;
 pub mod freelist;
 pub mod gil_list;
+pub(crate) mod held_ref;
 #[cfg(not(any(Py_3_12, PyPy, GraalPy, Py_LIMITED_API)))]
 pub mod int_digits;
 pub mod untracked;
@@ -117,6 +118,7 @@ where
     attempt("arena_with", || arena_with::install(py));
     attempt("arena_pool", || arena_pool::install(py));
     attempt("arena_with_shared", || arena_with::install_shared_scope(py));
+    attempt("arena_with_kept_call", || arena_with::install_kept_call(py));
 }
 
 /// The tricks installed once the module has its functions and classes:
@@ -189,6 +191,14 @@ pub fn _fast_paths(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
 #[pyfunction]
 pub fn _shared_scopes(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
     checked::uint(py, arena_with::shared_scopes() as u64)
+}
+
+/// `rsalloc._rsalloc._kept_calls()`: how many `with` statements were
+/// served by their context entry's kept call (`arena_with`): private, for
+/// tests.
+#[pyfunction]
+pub fn _kept_calls(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+    checked::uint(py, arena_with::kept_calls() as u64)
 }
 
 /// Gives a struct view class the attribute routes of `fast_structs`, when
