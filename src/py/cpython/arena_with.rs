@@ -19,6 +19,12 @@
 //! (keywords, too many) calls PyO3's method with them, so the errors are
 //! PyO3's. `async with` is untouched. A scope is a garbage-collected object
 //! that holds its arena, as a bound method does.
+//!
+//! Two refinements for `with` statements (each a trick of its own in
+//! `_fast_paths()`): the two lookups of one statement give one scope
+//! (`arena_with_shared`), and a context entry reused by its statements
+//! keeps a builtin function that serves them instead of a scope
+//! (`arena_with_kept_call`); their sections below say how.
 
 use crate::py::arena::Arena;
 use crate::py::checked;
@@ -412,8 +418,8 @@ unsafe fn share_with_statement(obj: *mut ffi::PyObject) -> Option<*mut ffi::PyOb
 // entry's first reuse and kept on it, bound to the arena at the
 // statement's `__enter__` lookup and unbound by its exit. No scope is made
 // and collected, and CPython calls a builtin function directly at the end
-// of the block (its specialised call of a builtin, `PRECALL_BUILTIN_FAST`
-// on 3.11), not through `PyObject_Vectorcall`.
+// of the block (its specialised call of a builtin function:
+// `PRECALL_NO_KW_BUILTIN_FAST` on 3.11), not through `PyObject_Vectorcall`.
 //
 // The `__enter__` lookup reads the context variable and binds the call
 // (its `self` the arena, its `__module__` slot the entry, held); the
