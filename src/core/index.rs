@@ -332,8 +332,12 @@ impl State {
             slot.store(leaf, Relaxed);
             live.store(if heap { HEAP } else { 0 }, Relaxed);
         }
-        self.cached = CachedLeaf { key, leaf, live };
-        self.recent[key & (RECENT_LEAVES - 1)] = self.cached;
+        // Both from the words at hand: copied from `cached`, just stored by
+        // words, the entry was read back by pairs, a stalled store forward
+        // (perf, BENCHMARKS.md "The thirteenth session").
+        let found = CachedLeaf { key, leaf, live };
+        self.recent[key & (RECENT_LEAVES - 1)] = found;
+        self.cached = found;
         // SAFETY: as above; the leaf is mapped until given back under the lock.
         Some(unsafe { (&*leaf, live) })
     }

@@ -150,28 +150,30 @@ impl Chunk {
     /// their end, and the chunk has no live block. No allocation in the
     /// steady state: the two lists trade their room.
     fn retire(&mut self, region: &Weak<RegionCore>, id: u64, token: u64) {
-        let mut blocks = std::mem::take(&mut self.blocks);
-        let reached = blocks.last().map_or(0, |b| b.1);
+        let reached = self.blocks.last().map_or(0, |b| b.1);
         // A per-call arena's case first, in place: the same region releasing
         // again, its earlier blocks all within this generation's reach (the
         // last one ends there at most; blocks are sorted and disjoint). The
         // general code below then trades the lists' room, keeping nothing
-        // of the earlier ones, as this does.
+        // of the earlier ones, as this does. The lists are swapped where
+        // they lie: moved through a local, the list was stored by words and
+        // read back by pairs, a stalled store forward at every release
+        // (perf, BENCHMARKS.md "The thirteenth session").
         if let Some(old) = &mut self.released {
             let within = old
                 .blocks
                 .last()
                 .is_none_or(|b| b.0 < reached && b.1 <= reached);
             if within && old.region.ptr_eq(region) {
-                std::mem::swap(&mut old.blocks, &mut blocks);
-                blocks.clear();
-                self.blocks = blocks;
+                std::mem::swap(&mut old.blocks, &mut self.blocks);
+                self.blocks.clear();
                 old.id = id;
                 old.token = token;
                 old.reached = reached;
                 return;
             }
         }
+        let mut blocks = std::mem::take(&mut self.blocks);
         let (spare, released, region) = match self.released.take() {
             Some(mut old) => {
                 // The generation's blocks take the place of the earlier

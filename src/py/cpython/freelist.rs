@@ -117,7 +117,7 @@ pub fn new_object_or<'py>(
             undo(py, &value);
             return Err(e);
         }
-        obj.cast::<u8>().add(off).cast::<Pointer>().write(value);
+        value.write_to(obj.cast::<u8>().add(off).cast::<Pointer>());
         Ok(Bound::from_owned_ptr(py, obj).cast_into_unchecked())
     }
 }
