@@ -169,7 +169,9 @@ impl Allocator {
         Ok(obj)
     }
 
-    #[inline]
+    /// Inlined, so that the Pointer's words reach the object from registers
+    /// (see `ToNativeUtf8::route`).
+    #[inline(always)]
     pub fn new_pointer(
         &self,
         py: Python<'_>,

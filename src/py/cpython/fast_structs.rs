@@ -534,19 +534,24 @@ impl Unary for ToNativeUtf8 {
                 size: bytes.len() + 1,
                 align: 1,
             };
-            let made = types::uint8(py)
-                .and_then(|ty| malloc.new_pointer(py, ty, req))
-                .inspect(|p| {
-                    // A fresh, live block of len + 1 bytes.
-                    std::ptr::copy_nonoverlapping(
-                        bytes.as_ptr(),
-                        std::ptr::with_exposed_provenance_mut::<u8>(p.addr),
-                        bytes.len(),
-                    );
-                    *std::ptr::with_exposed_provenance_mut::<u8>(p.addr + bytes.len()) = 0;
-                });
-            made.and_then(|p| Ok(block_object(py, p)?.into_ptr()))
-                .into()
+            // No combinators and no closure: the Pointer's words go from the
+            // registers they were made in to the object (Pointer::write_to).
+            // Moved as a Result between closures, they were read back by
+            // 16-byte pairs just after being stored by words, a stalled
+            // store forward on a third of this entry's samples (perf).
+            let ty = match types::uint8(py) {
+                Ok(ty) => ty,
+                Err(e) => return Outcome::Raise(e),
+            };
+            let p = match malloc.new_pointer(py, ty, req) {
+                Ok(p) => p,
+                Err(e) => return Outcome::Raise(e),
+            };
+            // A fresh, live block of len + 1 bytes.
+            let dst = std::ptr::with_exposed_provenance_mut::<u8>(p.addr);
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), dst, bytes.len());
+            *dst.add(bytes.len()) = 0;
+            block_object(py, p).map(Bound::into_ptr).into()
         }
     }
 }
