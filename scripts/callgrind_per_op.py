@@ -42,6 +42,7 @@ p = rsalloc.calloc(Pair); r = p.ref
 import threading; Lock = threading.Lock; LK = Lock()
 P1024 = rsalloc.calloc(Int32, 1024); L = list(range(1024))
 Q = rsalloc.calloc(Int32, 4); A = rsalloc.Arena(); QA = A(Int32, 4)
+S3 = rsalloc.calloc(AuthInfo); R3 = S3.ref; K3 = utf8(KEY); ARR = rsalloc.calloc(PU8, 16); ARR[0] = K3
 """
 
 try:
@@ -74,6 +75,15 @@ PATTERNS: dict[str, tuple[str, int]] = {
     "with_lock": ("with LK: pass", 20000),
     "with_new_lock": ("with Lock() as a: pass", 20000),
     "utf8": ("rfree(utf8(KEY))", 20000),
+    # The seed struct's operations one by one, and the floor under two
+    # calls of builtin functions of one argument each.
+    "two_builtin_calls": ("id(len(KEY))", 20000),
+    "utf8_short": ("rfree(utf8(ACCID))", 20000),
+    "calloc_struct": ("rfree(calloc(AuthInfo))", 20000),
+    "calloc24": ("rfree(calloc_allocate(24))", 20000),
+    "pointer_field_set": ("R3.appKey = K3", 20000),
+    "pointer_item_set": ("ARR[1] = K3", 20000),
+    "pointer_item_get": ("ARR[0]", 20000),
     "seed_struct": (
         "p2 = calloc(AuthInfo); r2 = p2.ref\n"
         "k = utf8(KEY); a = utf8(ACCID); t = utf8(TOKEN)\n"

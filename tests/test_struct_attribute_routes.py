@@ -272,3 +272,25 @@ def test_a_str_subclass_name_reads_its_field() -> None:
         setattr(v, Name("y"), 5 + k)
         assert v.y == 5 + k
     rsalloc.free(p)
+
+
+def test_many_fields_of_many_classes_in_turn_each_reach_their_own() -> None:
+    # More (class, name) pairs than the field cache holds, used in turn, so
+    # entries are evicted and looked up again at every round; names made
+    # at run time as well as interned ones.
+    classes = []
+    for c in range(6):
+        ns = {"__annotations__": {f"f{i}": Int32 for i in range(12)}}
+        classes.append(type(f"Wide{c}", (Struct,), ns))
+    blocks = [rsalloc.calloc(cls) for cls in classes]
+    views = [p.ref for p in blocks]
+    for rnd in range(3):
+        for c, v in enumerate(views):
+            for i in range(12):
+                name = "".join(["f", str(i)]) if rnd == 1 else f"f{i}"
+                setattr(v, name, 1000 * rnd + 100 * c + i)
+        for c, v in enumerate(views):
+            assert [getattr(v, f"f{i}") for i in range(12)] == [1000 * rnd + 100 * c + i for i in range(12)]
+    for c, p in enumerate(blocks):
+        assert p.cast(Int32)[:12] == [2000 + 100 * c + i for i in range(12)]
+        rsalloc.free(p)

@@ -3,7 +3,8 @@
 Every cell is a `timeit` statement; each repeat runs every cell of a job once,
 in turn (interleaved), and the table shows the median over the repeats in ns
 per operation, with the ratio of each rsalloc cell to the fastest peer of its
-row measured in the same run. Peers that are not installed are skipped with a
+row: the median over the repeats of the ratio within each repeat (a paired
+comparison, see `_ratios`). Peers that are not installed are skipped with a
 line saying so. Install them all with `pip install ".[bench]"`.
 """
 
@@ -65,6 +66,7 @@ class Cell:
     ops: int = 1  # operations per execution of stmt
     ours: bool = False
     compared: bool = True  # a peer the ratios are taken against
+    baseline: str = ""  # an rsalloc cell of the row this one must not be slower than
 
 
 @dataclass
@@ -75,6 +77,7 @@ class Row:
     name: str
     cells: list[Cell]
     medians: dict[str, float] = field(default_factory=dict)
+    samples: dict[str, list[float]] = field(default_factory=dict)  # ns per op, one per repeat
 
 
 def _namespace() -> dict[str, Any]:
@@ -227,13 +230,17 @@ def _tracking_rows() -> list[Row]:
 # What programs write (not single operations): the shapes C interop code
 # takes in practice, each beside the idiom a ctypes, cffi or numpy user writes.
 
+ONE_BY_ONE = "rsalloc calloc, freed one by one"
+
+
 def _per_call_arena_rows() -> list[Row]:
     """Scratch memory for one C call: three 32-byte buffers, zeroed, gone at the end."""
     three = "a.allocate(32); a.allocate(32); a.allocate(32)"
     cells = [
-        Cell("rsalloc with Arena()", f"with Arena() as a:\n    {three}", setup="Arena = rsalloc.Arena", ours=True),
+        Cell("rsalloc with Arena()", f"with Arena() as a:\n    {three}", setup="Arena = rsalloc.Arena", ours=True,
+             baseline=ONE_BY_ONE),
         # Not a peer: the same allocations freed one by one (the arena's own goal).
-        Cell("rsalloc calloc, freed one by one",
+        Cell(ONE_BY_ONE,
              "x = al(32); y = al(32); z = al(32); rfree(x); rfree(y); rfree(z)", setup="al = calloc_allocate"),
         Cell("bytearray", "x = bytearray(32); y = bytearray(32); z = bytearray(32); del x, y, z"),
         Cell("ctypes arrays", "x = T(); y = T(); z = T(); del x, y, z", setup="T = ctypes.c_char * 32"),
@@ -248,7 +255,7 @@ def _per_call_arena_rows() -> list[Row]:
     # only when asked for one, and `Arena()` records where it was made).
     in_function = [
         Cell(c.impl, "f()", setup=f"{c.setup}\ndef f():\n" + "".join(f"    {line}\n" for line in c.stmt.splitlines()),
-             ours=c.ours, compared=c.compared)
+             ours=c.ours, compared=c.compared, baseline=c.baseline)
         for c in cells
     ]
     return [Row("h", "per-call scratch: 3 × 32 B, zeroed, released at the end", cells),
@@ -404,14 +411,54 @@ def _measure(row: Row, repeats: int, quick: bool, ns: dict[str, Any]) -> None:
             secs = t.timeit(n)
             exec(_TEARDOWN, dict(ns))
             samples[cell.impl].append(secs / (n * cell.ops) * 1e9)
+    row.samples = samples
     row.medians = {impl: statistics.median(v) for impl, v in samples.items()}
 
 
+def _peers(row: Row) -> list[str]:
+    return [c.impl for c in row.cells if c.compared and not c.ours and not c.impl.startswith("rsalloc")]
+
+
 def _ratios(row: Row) -> dict[str, float]:
-    peers = [row.medians[c.impl] for c in row.cells if c.compared and not c.ours and not c.impl.startswith("rsalloc")]
+    """Each rsalloc cell's ratio to the fastest peer: the median over the
+    repeats of the ratio within one repeat (to the fastest peer of that
+    repeat), a paired comparison.
+
+    Why paired: the cells of one repeat run within a fraction of a second of
+    each other, while the machine's speed can drift by up to 1.8x over a few
+    hundred milliseconds (a shared host). The ratio of two medians taken
+    over different moments carries that drift; the ratio within a repeat
+    mostly cancels it (docs/decisions.md, "The bench's ratio"). Taking the
+    fastest peer per repeat never favours rsalloc: a minimum of noisy
+    figures is lower than the figure of the fastest peer's median.
+    """
+    peers = _peers(row)
     if not peers:
         return {}
-    best = min(peers)
+    n = len(row.samples[peers[0]])
+    out = {}
+    for c in row.cells:
+        if c.ours:
+            mine = row.samples[c.impl]
+            out[c.impl] = statistics.median(mine[r] / min(row.samples[p][r] for p in peers) for r in range(n))
+    return out
+
+
+def _baseline_ratios(row: Row) -> dict[str, float]:
+    """Each cell's ratio to its baseline cell, paired as in `_ratios`."""
+    return {
+        c.impl: statistics.median(a / b for a, b in zip(row.samples[c.impl], row.samples[c.baseline]))
+        for c in row.cells
+        if c.baseline
+    }
+
+
+def _ratios_of_medians(row: Row) -> dict[str, float]:
+    """The unpaired figure (the ratio of the medians), kept in the JSON for comparison."""
+    peers = _peers(row)
+    if not peers:
+        return {}
+    best = min(row.medians[p] for p in peers)
     return {c.impl: row.medians[c.impl] / best for c in row.cells if c.ours}
 
 
@@ -458,7 +505,10 @@ def _collect(wanted: list[str], jobs: list[str] | None, repeats: int, quick: boo
         "processes": 1,
         "skipped_peers": _missing(),
         "rows": [
-            {"job": r.job, "row": r.name, "ns_per_op": r.medians, "ratio_to_fastest_peer": _ratios(r)} for r in rows
+            {"job": r.job, "row": r.name, "ns_per_op": r.medians, "ratio_to_fastest_peer": _ratios(r),
+             "ratio_of_medians": _ratios_of_medians(r), "ratio_to_baseline": _baseline_ratios(r),
+             "baseline": {c.impl: c.baseline for c in r.cells if c.baseline}}
+            for r in rows
         ],
         "memory_overhead_bytes": memory,
     }
@@ -495,6 +545,14 @@ def _collect_in_processes(argv: list[str], processes: int) -> dict[str, Any]:
                 k: statistics.median(p["ratio_to_fastest_peer"][k] for p in per) for k in row["ratio_to_fastest_peer"]
             },
             "ratio_per_process": {k: [p["ratio_to_fastest_peer"][k] for p in per] for k in row["ratio_to_fastest_peer"]},
+            "ratio_of_medians_per_process": {k: [p["ratio_of_medians"][k] for p in per] for k in row["ratio_of_medians"]},
+            "ratio_to_baseline": {
+                k: statistics.median(p["ratio_to_baseline"][k] for p in per) for k in row["ratio_to_baseline"]
+            },
+            "baseline": row["baseline"],
+            "ratio_to_baseline_per_process": {
+                k: [p["ratio_to_baseline"][k] for p in per] for k in row["ratio_to_baseline"]
+            },
         })
     memory = first["memory_overhead_bytes"]
     if memory:
@@ -532,7 +590,7 @@ def run(
         print(f"(peer {name} is not installed: its cells are skipped; pip install \".[bench]\")")
     across = f", medians across {processes} processes" if processes > 1 else ""
     print(f"rsalloc bench: median ns per operation over {repeats} interleaved repeats{across}; "
-          "ratio = rsalloc / fastest peer in the same run\n")
+          "ratio = median over the repeats of rsalloc / the fastest peer of the same repeat\n")
     for r in result["rows"]:
         ratios = r["ratio_to_fastest_peer"]
         print(f"[{r['job']}] {r['row']}")
@@ -540,6 +598,10 @@ def run(
             mark = f"  ratio {ratios[impl]:.2f}x" if impl in ratios else ""
             if impl in r.get("ratio_per_process", {}):
                 mark += " (" + ", ".join(f"{x:.2f}" for x in r["ratio_per_process"][impl]) + ")"
+            if impl in r.get("ratio_to_baseline", {}):
+                mark += f"; {r['ratio_to_baseline'][impl]:.2f}x of '{r['baseline'][impl]}'"
+                if impl in r.get("ratio_to_baseline_per_process", {}):
+                    mark += " (" + ", ".join(f"{x:.2f}" for x in r["ratio_to_baseline_per_process"][impl]) + ")"
             print(f"    {impl:<34} {ns:>12.1f} ns{mark}")
     memory = result["memory_overhead_bytes"]
     if memory:

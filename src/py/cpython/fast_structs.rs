@@ -214,12 +214,14 @@ unsafe fn field_of(
     unsafe {
         let tp = ffi::Py_TYPE(obj);
         let tag = (*tp).tp_version_tag;
-        let i = (name.addr() >> 4 ^ tp.addr() >> 4) & (FIELD_CACHE_SIZE - 1);
-        // A copy: the lookup below may run Python code (a key's __eq__ in a
-        // type's dict) that reaches this function again.
-        let e = (*FIELD_CACHE.0.get())[i];
-        if e.tp == tp.addr() && e.name == name.addr() && e.tag == tag && tag != 0 {
-            return Some(std::ptr::with_exposed_provenance_mut(e.field));
+        let set = field_set_of(tp.addr(), name.addr());
+        // Each way is read as a copy: the lookup below may run Python code
+        // (a key's __eq__ in a type's dict) that reaches this function again.
+        for way in 0..FIELD_WAYS {
+            let e = (*FIELD_CACHE.0.get())[set][way];
+            if e.tp == tp.addr() && e.name == name.addr() && e.tag == tag && tag != 0 {
+                return Some(std::ptr::with_exposed_provenance_mut(e.field));
+            }
         }
         let lookup = TYPE_LOOKUP.get()?;
         let found = lookup(tp, name);
@@ -235,21 +237,34 @@ unsafe fn field_of(
         let tag = (*tp).tp_version_tag;
         if tag != 0 && ffi::PyUnicode_CheckExact(name) != 0 {
             ffi::Py_INCREF(name);
-            let old = std::mem::replace(
-                &mut (*FIELD_CACHE.0.get())[i],
-                FieldEntry {
-                    tp: tp.addr(),
-                    tag,
-                    name: name.expose_provenance(),
-                    field: found.expose_provenance(),
-                },
-            );
+            // The newest entry goes first and the oldest of the set drops out.
+            let ways = &mut (*FIELD_CACHE.0.get())[set];
+            let old = ways[FIELD_WAYS - 1];
+            ways.copy_within(0..FIELD_WAYS - 1, 1);
+            ways[0] = FieldEntry {
+                tp: tp.addr(),
+                tag,
+                name: name.expose_provenance(),
+                field: found.expose_provenance(),
+            };
             if old.name != 0 {
                 ffi::Py_DECREF(std::ptr::with_exposed_provenance_mut(old.name));
             }
         }
         Some(found)
     }
+}
+
+/// The set of the field cache that (view class, name) addresses map to.
+/// Mixed by a multiplication, not taken from a few low bits: names that
+/// pymalloc places a multiple of 256 bytes apart (often those of one class
+/// body) shared a set in a direct-mapped cache keyed by bits 4-7, and two
+/// fields of the seed struct evicted each other at every access, in most
+/// processes (docs/decisions.md, "The field cache").
+#[inline(always)]
+fn field_set_of(tp: usize, name: usize) -> usize {
+    let h = (name ^ tp.rotate_left(32)) as u64;
+    (h.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - FIELD_SET_BITS)) as usize
 }
 
 /// Which Field a (view class, attribute name) pair resolved to, in which
@@ -266,19 +281,24 @@ struct FieldEntry {
     field: usize,
 }
 
-const FIELD_CACHE_SIZE: usize = 16;
+const FIELD_SET_BITS: u32 = 4;
+/// Entries per set: up to this many pairs that map to one set all stay
+/// (the seed struct's three fields, whatever their addresses).
+const FIELD_WAYS: usize = 4;
+const _: () = assert!(FIELD_WAYS >= 3);
+const EMPTY_FIELD: FieldEntry = FieldEntry {
+    tp: 0,
+    tag: 0,
+    name: 0,
+    field: 0,
+};
 
-struct FieldCache(std::cell::UnsafeCell<[FieldEntry; FIELD_CACHE_SIZE]>);
+struct FieldCache(std::cell::UnsafeCell<[[FieldEntry; FIELD_WAYS]; 1 << FIELD_SET_BITS]>);
 // SAFETY: only accessed with the GIL held (the attribute routes are
 // compiled for GIL builds only, like every entry point of this module).
 unsafe impl Sync for FieldCache {}
 static FIELD_CACHE: FieldCache = FieldCache(std::cell::UnsafeCell::new(
-    [FieldEntry {
-        tp: 0,
-        tag: 0,
-        name: 0,
-        field: 0,
-    }; FIELD_CACHE_SIZE],
+    [[EMPTY_FIELD; FIELD_WAYS]; 1 << FIELD_SET_BITS],
 ));
 
 /// A struct view class's `__getattribute__`: a field goes straight to its
@@ -649,4 +669,27 @@ pub fn install(m: &Bound<'_, PyModule>) -> PyResult<()> {
         )?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{field_set_of, FIELD_SET_BITS, FIELD_WAYS};
+
+    #[test]
+    fn names_a_multiple_of_256_bytes_apart_spread_over_the_sets() {
+        // Names placed 256 bytes apart (one pymalloc pool's blocks of one
+        // size, as a class body's names often are) shared one set when the
+        // index was bits 4-7 of the address.
+        let tp = 0x7f12_3456_7800_usize;
+        for base in [0x7f00_0000_1000_usize, 0x5555_5555_a010, 0x7fff_f7a3_c0b0] {
+            for step in [256_usize, 512, 4096] {
+                let mut per_set = [0_usize; 1 << FIELD_SET_BITS];
+                for k in 0..16 {
+                    per_set[field_set_of(tp, base + k * step)] += 1;
+                }
+                let worst = per_set.iter().max().copied().unwrap_or(0);
+                assert!(worst <= FIELD_WAYS, "{per_set:?} for step {step}");
+            }
+        }
+    }
 }
