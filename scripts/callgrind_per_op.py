@@ -7,7 +7,8 @@
 Each pattern runs its statement in a loop under callgrind twice (N and 2N
 iterations, after a warm-up of N); instructions per operation are the
 difference divided by N, minus the same figure for an empty statement (the
-loop itself). Deterministic for one binary, unlike timings.
+loop itself). Deterministic for one binary, unlike timings (under
+PYTHONHASHSEED=0, which the runs get unless it is set).
 
     python scripts/callgrind_per_op.py --run NAME ITERATIONS   # what callgrind runs
 """
@@ -157,6 +158,9 @@ def instructions(name: str, n: int) -> int:
             ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable,
              __file__, "--run", name, str(n)],
             check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            # A fixed str hash: with a random one, dict probes (globals,
+            # type dicts) moved a pattern's count by up to ±15 from run to run.
+            env={**os.environ, "PYTHONHASHSEED": os.environ.get("PYTHONHASHSEED", "0")},
         )
         with open(out) as f:
             m = re.search(r"^(?:summary|totals): (\d+)", f.read(), re.M)

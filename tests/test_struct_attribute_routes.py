@@ -294,3 +294,25 @@ def test_many_fields_of_many_classes_in_turn_each_reach_their_own() -> None:
     for c, p in enumerate(blocks):
         assert p.cast(Int32)[:12] == [2000 + 100 * c + i for i in range(12)]
         rsalloc.free(p)
+
+
+def test_the_plain_call_refuses_sizes_as_the_keyword_call_does() -> None:
+    # `calloc(T, n)` takes the fence's route (64-bit size arithmetic);
+    # `calloc(type=T, count=n)` the PyO3 method (128-bit): same answers.
+    before = rsalloc.stats().live_count
+    for t in (Int32, Int64, S, rsalloc.Uint8):
+        for n in (-1, -(2**63), 2**60, 2**61, 2**62, 2**63 - 1, 2**63, 2**64, 2**100):
+            errors = []
+            for call in (lambda: rsalloc.calloc(t, n), lambda: rsalloc.calloc(type=t, count=n)):
+                with pytest.raises((ValueError, OverflowError, MemoryError)) as e:
+                    call()
+                errors.append((type(e.value), str(e.value).replace("type=", "").replace("count=", "")))
+            assert errors[0] == errors[1], (t, n)
+        for n in (0, 1, 3):
+            p, q = rsalloc.calloc(t, n), rsalloc.calloc(type=t, count=n)
+            assert (p.count, p.type, p.nbytes) == (q.count, q.type, q.nbytes)
+            rsalloc.free(p)
+            rsalloc.free(q)
+    with pytest.raises(TypeError, match="no size"):
+        rsalloc.calloc(rsalloc.Void, 1)
+    assert rsalloc.stats().live_count == before

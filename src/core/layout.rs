@@ -74,6 +74,29 @@ pub fn bytes(n: i64) -> Result<Request> {
     }
 }
 
+/// `count` elements of `elem_size` bytes at their natural alignment: the
+/// same as `array(count, elem_size, elem_align, None)` (tested), in 64-bit
+/// arithmetic, for `allocator(T)` and `allocator(T, n)` with an int n.
+#[inline]
+pub fn elements(count: i64, elem_size: usize, elem_align: usize) -> Result<Request> {
+    if count < 0 {
+        return Err(Error::NegativeSize);
+    }
+    let align = elem_align.max(1);
+    // i64 is no wider than usize on the targets rsalloc builds for; the
+    // rounded-up size must fit in isize, as in `array`.
+    match (count as usize).checked_mul(elem_size) {
+        Some(size)
+            if size
+                .checked_add(align - 1)
+                .is_some_and(|n| n <= isize::MAX as usize) =>
+        {
+            Ok(Request { size, align })
+        }
+        _ => Err(Error::SizeOverflow),
+    }
+}
+
 /// Rounds `n` up to a multiple of `align` (a power of two), None on overflow.
 pub fn round_up(n: usize, align: usize) -> Option<usize> {
     Some(n.checked_add(align - 1)? & !(align - 1))
@@ -91,6 +114,48 @@ mod tests {
                 format!("{:?}", array(n.into(), 1, 1, None))
             );
         }
+    }
+
+    #[test]
+    fn elements_is_array_at_the_natural_alignment() {
+        let counts = [
+            0,
+            1,
+            2,
+            3,
+            7,
+            4096,
+            1 << 31,
+            1 << 40,
+            i64::MAX / 8,
+            i64::MAX / 8 + 1,
+            i64::MAX,
+            -1,
+            i64::MIN,
+        ];
+        let half = isize::MAX as usize / 2;
+        for n in counts {
+            for (size, align) in [
+                (0, 1),
+                (1, 1),
+                (4, 4),
+                (8, 8),
+                (24, 8),
+                (3, 1),
+                (12, 4),
+                (64, 64),
+                (half, 8),
+                (usize::MAX, 1),
+            ] {
+                assert_eq!(
+                    format!("{:?}", elements(n, size, align)),
+                    format!("{:?}", array(n.into(), size, align, None)),
+                    "{n} x {size} at {align}"
+                );
+            }
+        }
+        // A zero alignment (a type without one) is taken as 1, as by `array`.
+        assert_eq!(elements(3, 8, 0).unwrap(), Request { size: 24, align: 1 });
     }
 
     #[test]
