@@ -116,21 +116,6 @@ pub(crate) fn request(
     layout::array(count, ty.size, ty.align, align).py(py, &Asked(who, ty, &count))
 }
 
-/// [`request`] without an alignment, for a count that fits in i64 (the
-/// plain `allocator(T)` / `allocator(T, n)`): the same answers and errors,
-/// in 64-bit arithmetic (`layout::elements`).
-pub(crate) fn plain_request(
-    py: Python<'_>,
-    who: &dyn std::fmt::Display,
-    ty: &'static TypeInfo,
-    count: i64,
-) -> PyResult<Request> {
-    if !ty.has_size() {
-        return request(py, who, ty, count.into(), None); // raises
-    }
-    layout::elements(count, ty.size, ty.align).py(py, &Asked(who, ty, &count))
-}
-
 /// The arguments of `a(T=Uint8, count=1, *, alignment=None)`.
 pub(crate) fn call_request(
     py: Python<'_>,

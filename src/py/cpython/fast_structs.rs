@@ -16,15 +16,16 @@ use super::freelist::{as_pointer, injected_failure};
 #[cfg(not(Py_GIL_DISABLED))]
 use super::view_objects::last_ref;
 use super::view_objects::make_view;
-use crate::core::layout::Request;
+use crate::core::layout::{self, Request};
 use crate::py::allocator::{self, block_object, Allocator};
-use crate::py::args::plain_request;
+use crate::py::args::{request, Asked};
 use crate::py::checked;
+use crate::py::errors::IntoPy;
 use crate::py::serialized::token;
 use crate::py::struct_view::StructView;
 use crate::py::structs::Field;
 use crate::py::types;
-use crate::py::types::Composite;
+use crate::py::types::{Composite, TypeInfo};
 use crate::py::values::exact_small_int;
 use pyo3::ffi;
 use pyo3::prelude::*;
@@ -481,6 +482,21 @@ unsafe fn plain_allocator_call(
             .and_then(|p| Ok(block_object(py, p)?.into_ptr()))
             .into()
     }
+}
+
+/// [`request`] without an alignment, for a count that fits in i64 (the
+/// plain `allocator(T)` / `allocator(T, n)`): the same answers and errors,
+/// in 64-bit arithmetic (`layout::elements`).
+fn plain_request(
+    py: Python<'_>,
+    who: &dyn std::fmt::Display,
+    ty: &'static TypeInfo,
+    count: i64,
+) -> PyResult<Request> {
+    if !ty.has_size() {
+        return request(py, who, ty, count.into(), None); // raises
+    }
+    layout::elements(count, ty.size, ty.align).py(py, &Asked(who, ty, &count))
 }
 
 /// Allocator's `tp_call`.
