@@ -292,8 +292,9 @@ fn field_set_of(tp: usize, name: usize) -> usize {
 /// version of the class (the name held by the entry): CPython gives a
 /// type a new version tag, never seen before, whenever it or a base changes, so an entry whose tag is
 /// the class's current one still holds. The type's own method cache is
-/// the same idea; this one skips its hashing for the few names a
-/// program's struct accesses use.
+/// the same idea (keyed by the version tag and the name's address); this
+/// one also skips the call into it and the check that the answer is a
+/// Field, for the few names a program's struct accesses use.
 #[derive(Clone, Copy)]
 struct FieldEntry {
     tp: usize,
